@@ -1,0 +1,164 @@
+/**
+ * loadModel: a Hugging Face checkpoint folder -> typed weight records on the tfjs backend.
+ * nn.Linear weights are transposed once here to [in, out] so the forward pass only multiplies untransposed operands.
+ * A model larger than `residentBudgetBytes` keeps its layer weights on the host (Float32Arrays) and the forward pass
+ * uploads one layer at a time ("streamed" residency).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
+import { UserError } from '../util/errors.js';
+import { normalizeConfig, type ModelConfig } from './config.js';
+import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
+
+export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
+
+/** One decoder layer. Shapes: d = hidden, H = heads, KV = kv heads, hd = head dim, F = ffn. */
+export interface LayerWeights {
+  ln1: Norm;
+  wq: tf.Tensor2D; // [d, H*hd]
+  wk: tf.Tensor2D; // [d, KV*hd]
+  wv: tf.Tensor2D; // [d, KV*hd]
+  wo: tf.Tensor2D; // [H*hd, d]
+  bq?: tf.Tensor1D; bk?: tf.Tensor1D; bv?: tf.Tensor1D; bo?: tf.Tensor1D;
+  ln2: Norm;
+  w1: tf.Tensor2D; // [d, F]  OPT fc1, Llama up_proj
+  b1?: tf.Tensor1D;
+  wg?: tf.Tensor2D; // [d, F] Llama gate_proj
+  bg?: tf.Tensor1D;
+  w2: tf.Tensor2D; // [F, d]  OPT fc2, Llama down_proj
+  b2?: tf.Tensor1D;
+}
+
+export interface HostTensor { shape: number[]; data: Float32Array }
+type HostLayer = Record<string, HostTensor>;
+
+export interface Model {
+  config: ModelConfig;
+  dir: string;
+  residency: 'resident' | 'streamed';
+  embed: tf.Tensor2D; // [V, Dp]
+  pos?: tf.Tensor2D; // [P + offset, d]
+  projIn?: tf.Tensor2D; // [Dp, d]
+  projOut?: tf.Tensor2D; // [d, Dp]
+  finalNorm?: Norm;
+  lmHead: tf.Tensor2D; // [Dp, V]
+  /** borrow layer i's weights; call release() when done (no-op when resident) */
+  layer(i: number): { w: LayerWeights; release(): void };
+  /** total bytes of float32 weights */
+  bytes: number;
+  dispose(): void;
+}
+
+export interface LoadOptions {
+  /** bytes of weights that may live on the backend at once; default 2.5 GiB (tfjs-wasm's heap is <= 4 GiB) */
+  residentBudgetBytes?: number;
+  residency?: 'auto' | 'resident' | 'streamed';
+}
+
+function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(src.length);
+  const B = 64;
+  for (let r0 = 0; r0 < rows; r0 += B)
+    for (let c0 = 0; c0 < cols; c0 += B)
+      for (let r = r0; r < Math.min(rows, r0 + B); r++)
+        for (let c = c0; c < Math.min(cols, c0 + B); c++) out[c * rows + r] = src[r * cols + c]!;
+  return out;
+}
+
+/** Match the checkpoint's keys against the family table: every problem listed in one error. */
+function checkKeys(ck: Checkpoint, cfg: ModelConfig, specs: WeightSpec[]): Map<string, string> {
+  const expected = new Set(specs.map((s) => s.key));
+  const canon = new Map<string, string>(); // canonical key -> file key
+  const problems: string[] = [];
+  for (const k of ck.tensors.keys()) {
+    const c = canonicalKey(cfg.family, k);
+    if (expected.has(c)) canon.set(c, k);
+    else if (!isIgnorable(c, expected)) problems.push(`unexpected weight "${k}" ${JSON.stringify(ck.tensors.get(k)!.info.shape)}`);
+  }
+  for (const s of specs) {
+    const fk = canon.get(s.key);
+    if (!fk) { problems.push(`missing weight "${s.key}" (expected shape ${JSON.stringify(s.shape)})`); continue; }
+    const shape = ck.tensors.get(fk)!.info.shape;
+    if (JSON.stringify(shape) !== JSON.stringify(s.shape))
+      problems.push(`weight "${fk}" has shape ${JSON.stringify(shape)}, expected ${JSON.stringify(s.shape)} from config.json`);
+  }
+  if (problems.length)
+    throw new UserError(`checkpoint ${ck.dir} does not match its ${cfg.family} config.json:\n  - ${problems.slice(0, 40).join('\n  - ')}${problems.length > 40 ? `\n  - ... ${problems.length - 40} more` : ''}`,
+      'the weights and config.json disagree: use the config.json saved with these weights');
+  return canon;
+}
+
+function readHost(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor {
+  const data = ck.read(fileKey);
+  if (!spec.transpose) return { shape: spec.shape, data };
+  const [rows, cols] = spec.shape as [number, number];
+  return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
+}
+
+function toLayer(h: HostLayer, i: number): LayerWeights {
+  const t2 = (n: string) => tf.tensor2d(h[`layers.${i}.${n}`]!.data, h[`layers.${i}.${n}`]!.shape as [number, number]);
+  const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(h[`layers.${i}.${n}`]!.data) : undefined);
+  const w: LayerWeights = {
+    ln1: { g: t1('ln1.g')! }, ln2: { g: t1('ln2.g')! },
+    wq: t2('wq'), wk: t2('wk'), wv: t2('wv'), wo: t2('wo'), w1: t2('w1'), w2: t2('w2'),
+  };
+  const opt: [keyof LayerWeights, string][] = [['bq', 'bq'], ['bk', 'bk'], ['bv', 'bv'], ['bo', 'bo'], ['b1', 'b1'], ['b2', 'b2'], ['bg', 'bg']];
+  for (const [k, n] of opt) { const t = t1(n); if (t) (w as unknown as Record<string, tf.Tensor>)[k] = t; }
+  const b1n = t1('ln1.b'); if (b1n) w.ln1.b = b1n;
+  const b2n = t1('ln2.b'); if (b2n) w.ln2.b = b2n;
+  if (h[`layers.${i}.wg`]) w.wg = t2('wg');
+  return w;
+}
+
+export function disposeLayer(w: LayerWeights): void {
+  for (const v of Object.values(w)) {
+    if (v instanceof tf.Tensor) v.dispose();
+    else if (v && typeof v === 'object') for (const t of Object.values(v as Norm)) (t as tf.Tensor | undefined)?.dispose();
+  }
+}
+
+export function loadModel(dir: string, opts: LoadOptions = {}): Model {
+  const ck = openCheckpoint(dir);
+  const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
+  const specs = expectedWeights(cfg);
+  const canon = checkKeys(ck, cfg, specs);
+  const bytes = specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1) * 4, 0);
+  const budget = opts.residentBudgetBytes ?? 2.5 * 2 ** 30;
+  const residency = opts.residency && opts.residency !== 'auto' ? opts.residency : bytes > budget ? 'streamed' : 'resident';
+
+  const host: HostLayer = {};
+  for (const s of specs) host[s.name] = readHost(ck, canon.get(s.key)!, s);
+  const g = (n: string) => host[n];
+  const embedH = g('embed')!;
+  const embed = tf.tensor2d(embedH.data, embedH.shape as [number, number]);
+  const lmHead = cfg.tiedLmHead
+    ? tf.tensor2d(transpose2d(embedH.data, embedH.shape[0]!, embedH.shape[1]!), [embedH.shape[1]!, embedH.shape[0]!])
+    : tf.tensor2d(g('lmHead')!.data, g('lmHead')!.shape as [number, number]);
+  const model: Model = {
+    config: cfg,
+    dir,
+    residency,
+    embed,
+    lmHead,
+    bytes,
+    layer: () => { throw new Error('unreachable'); },
+    dispose: () => undefined,
+  };
+  if (g('pos')) model.pos = tf.tensor2d(g('pos')!.data, g('pos')!.shape as [number, number]);
+  if (g('projIn')) model.projIn = tf.tensor2d(g('projIn')!.data, g('projIn')!.shape as [number, number]);
+  if (g('projOut')) model.projOut = tf.tensor2d(g('projOut')!.data, g('projOut')!.shape as [number, number]);
+  if (g('finalNorm.g')) {
+    model.finalNorm = { g: tf.tensor1d(g('finalNorm.g')!.data) };
+    if (g('finalNorm.b')) model.finalNorm.b = tf.tensor1d(g('finalNorm.b')!.data);
+  }
+  const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
+  if (residency === 'resident') {
+    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i));
+    model.layer = (i) => ({ w: layers[i]!, release: () => undefined });
+    model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); };
+  } else {
+    model.layer = (i) => { const w = toLayer(host, i); return { w, release: () => disposeLayer(w) }; };
+    model.dispose = () => { for (const t of globals) t?.dispose(); };
+  }
+  return model;
+}

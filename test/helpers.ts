@@ -1,0 +1,31 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { openSafetensors, readTensorF32, readTensorInt } from '../src/checkpoint/safetensors.js';
+
+export const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+
+/** relative Frobenius error ||a - b|| / ||b|| */
+export function relFrob(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length mismatch ${a.length} vs ${b.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) { const d = a[i]! - b[i]!; num += d * d; den += b[i]! * b[i]!; }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+export interface Reference { ids: number[][]; tensors: Map<string, { shape: number[]; data: Float32Array }> }
+
+export function loadReference(dir: string): Reference {
+  const st = openSafetensors(path.join(dir, 'reference.safetensors'));
+  const info = st.tensors.get('input_ids')!;
+  const flat = readTensorInt(st, 'input_ids');
+  const [B, T] = info.shape as [number, number];
+  const ids = Array.from({ length: B }, (_, b) => flat.slice(b * T, (b + 1) * T));
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [k, t] of st.tensors) tensors.set(k, { shape: t.shape, data: readTensorF32(st, k) });
+  return { ids, tensors };
+}
+
+export function tmpDir(prefix = 'dejavu-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
