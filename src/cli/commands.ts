@@ -1,0 +1,140 @@
+/** Command table: flags map onto config keys (dotted paths); the stage does the work. */
+import type { z } from 'zod';
+import { ensureBackend, type BackendPreference } from '../backend.js';
+import { resolveConfig } from '../config/load.js';
+import { SCHEMAS } from '../config/schemas.js';
+import type { CommandContext } from './program.js';
+import { runCollect } from '../stages/collect.js';
+import { runTrain } from '../stages/train.js';
+import { runEvaluate } from '../stages/evaluate.js';
+import { runExport, runVerify } from '../stages/export.js';
+import { runPipeline } from '../stages/pipeline.js';
+import { runGenerate } from '../stages/generate.js';
+
+export interface FlagDef {
+  flags: string;
+  description: string;
+  /** dotted config key this flag sets */
+  key?: string;
+  parse?: (v: string) => unknown;
+  choices?: string[];
+}
+
+export interface StageResult {
+  /** human-readable result table for stdout */
+  text: string;
+  /** machine-readable result (printed with --json) */
+  json: unknown;
+  /** exit code (default 0) */
+  code?: number;
+}
+
+export interface CommandDef {
+  name: string;
+  description: string;
+  configurable: boolean;
+  flags: FlagDef[];
+  run(opts: Record<string, unknown>, ctx: CommandContext): Promise<void>;
+}
+
+const int = (v: string) => { const n = Number(v); return Number.isFinite(n) ? n : v; };
+const list = (v: string) => v === 'all' ? 'all' : v.split(',').map((s) => int(s.trim()));
+const BACKEND: FlagDef = { flags: '--backend <name>', description: 'tfjs backend: auto (tensorflow > wasm > cpu), tensorflow, wasm, cpu', key: 'backend', choices: ['auto', 'tensorflow', 'wasm', 'cpu'] };
+const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
+const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
+
+function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[],
+  stage: (cfg: z.infer<(typeof SCHEMAS)[K]>, ctx: CommandContext) => Promise<StageResult>): CommandDef {
+  return {
+    name, description, configurable: true, flags: [...flags, JSON_FLAG],
+    async run(opts, ctx) {
+      const mapped: Record<string, unknown> = {};
+      for (const f of flags) {
+        if (!f.key) continue;
+        const prop = f.flags.split(/[ ,]/)[0]!.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+        if (opts[prop] !== undefined) mapped[f.key] = opts[prop];
+      }
+      const cfg = resolveConfig(SCHEMAS[name], name, { configFile: opts.config as string | undefined, flags: mapped, sets: opts.set as string[] | undefined });
+      const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, ctx);
+      ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text.endsWith('\n') ? res.text : res.text + '\n');
+      ctx.exit(res.code ?? 0);
+    },
+  };
+}
+
+/** Stages that run a model print the backend they run on. */
+async function withBackend(pref: BackendPreference, ctx: CommandContext): Promise<string> {
+  const b = await ensureBackend(pref);
+  ctx.deps.log(`backend: ${b.name} (${b.reason})`);
+  return b.name;
+}
+
+export const COMMANDS: CommandDef[] = [
+  configured('collect-activations', 'run the dense model on calibration text and record per-layer activations into Arrow IPC shards (streaming, resumable)', [
+    { flags: '--model <dir>', description: 'Hugging Face checkpoint folder', key: 'model' },
+    { flags: '--data <file>', description: 'JSONL with "text" (or pre-tokenized "ids"), or plain .txt', key: 'data' },
+    { flags: '--out <dir>', description: 'output dataset folder', key: 'out' },
+    { flags: '--seq-len <n>', description: 'tokens per packed sequence (default 256)', key: 'seqLen', parse: int },
+    { flags: '--max-tokens <n>', description: 'stop after this many tokens', key: 'maxTokens', parse: int },
+    { flags: '--batch-size <n>', description: 'sequences per forward pass (default 8)', key: 'batchSize', parse: int },
+    { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
+    { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
+    OVERWRITE, BACKEND,
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
+  configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors and calibrate them to a target recall', [
+    { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },
+    { flags: '--out <dir>', description: 'output predictors folder', key: 'out' },
+    { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
+    { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
+    OVERWRITE, BACKEND,
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runTrain(cfg, ctx.deps); }),
+  configured('evaluate-recall', 'held-out recall/precision/density per layer at the runtime selection rule, and perplexity dense vs oracle vs predicted sparsity', [
+    { flags: '--activations <dir>', description: 'held-out dataset from collect-activations', key: 'activations' },
+    { flags: '--predictors <dir>', description: 'folder from train-predictors', key: 'predictors' },
+    { flags: '--model <dir>', description: 'checkpoint for the perplexity part', key: 'model' },
+    { flags: '--data <file>', description: 'held-out text for perplexity', key: 'data' },
+    { flags: '--out <dir>', description: 'report folder', key: 'out' },
+    { flags: '--max-tokens <n>', description: 'tokens for the perplexity part', key: 'maxTokens', parse: int },
+    BACKEND,
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runEvaluate(cfg, ctx.deps); }),
+  configured('export-bundle', 'write a versioned, checksummed sparse-runtime bundle (manifest, predictors, neuron-major weights)', [
+    { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
+    { flags: '--predictors <dir>', description: 'folder from train-predictors', key: 'predictors' },
+    { flags: '--report <dir>', description: 'folder from evaluate-recall (expected recall/density)', key: 'report' },
+    { flags: '--out <dir>', description: 'bundle folder', key: 'out' },
+    OVERWRITE,
+  ], async (cfg, ctx) => runExport(cfg, ctx.deps)),
+  configured('pipeline', 'collect (calibration + held-out), train, evaluate and export in one go, skipping stages whose outputs are complete and current', [
+    { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
+    { flags: '--workdir <dir>', description: 'where stage outputs go', key: 'workdir' },
+    BACKEND,
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); }),
+  {
+    name: 'verify-bundle', description: 'check a bundle: schema, checksums, and (with --model) that it belongs to that checkpoint', configurable: false,
+    flags: [{ flags: '--bundle <dir>', description: 'bundle folder' }, { flags: '--model <dir>', description: 'checkpoint the bundle must match' }, JSON_FLAG],
+    async run(opts, ctx) {
+      const res = await runVerify({ bundle: opts.bundle as string, model: opts.model as string | undefined }, ctx.deps);
+      ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
+      ctx.exit(res.code ?? 0);
+    },
+  },
+  {
+    name: 'generate', description: 'generate text with a KV cache, dense or sparse with a bundle (only the predicted neurons and heads are computed)', configurable: false,
+    flags: [
+      { flags: '--model <dir>', description: 'checkpoint folder' },
+      { flags: '--bundle <dir>', description: 'sparse bundle from export-bundle (dense without it)' },
+      { flags: '--prompt <text...>', description: 'prompt text (repeat for a batch)' },
+      { flags: '--max-tokens <n>', description: 'tokens to generate (default 40)', parse: int },
+      { flags: '--temperature <t>', description: '0 = greedy (default); > 0 samples', parse: Number },
+      { flags: '--top-k <k>', description: 'sample from the k most likely tokens (with temperature > 0)', parse: int },
+      { flags: '--seed <n>', description: 'sampling seed', parse: int },
+      BACKEND, JSON_FLAG,
+    ],
+    async run(opts, ctx) {
+      await withBackend((opts.backend as BackendPreference | undefined) ?? 'auto', ctx);
+      const res = await runGenerate(opts as never, ctx.deps);
+      ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
+      ctx.exit(res.code ?? 0);
+    },
+  },
+];

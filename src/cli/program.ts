@@ -1,0 +1,72 @@
+/**
+ * The commander program, built by a factory so tests can run commands without exiting the process.
+ * Each command file is thin: parse flags -> resolve + validate config -> call the stage -> print -> exit code.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { isUserError } from '../util/errors.js';
+import { makeProgressFactory, type StageDeps } from '../util/progress.js';
+import { COMMANDS } from './commands.js';
+
+export interface CliIO {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean };
+}
+
+export interface CommandContext {
+  io: CliIO;
+  deps: StageDeps;
+  /** set the process exit code the command wants (default 0) */
+  exit(code: number): void;
+}
+
+export const VERSION = '0.1.0';
+
+export function buildProgram(io: CliIO, onExit: (code: number) => void): Command {
+  const program = new Command('dejavu')
+    .description('Make a dense Hugging Face LLM contextually sparse without retraining it (Deja Vu): collect activations, train per-layer sparsity predictors, evaluate them, export a bundle, run it.')
+    .version(VERSION)
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
+    .showHelpAfterError('(run with --help for usage)');
+  for (const def of COMMANDS) {
+    const cmd = program.command(def.name).description(def.description).exitOverride();
+    if (def.configurable) {
+      cmd.option('--config <file>', 'YAML config file (see configs/)');
+      cmd.addOption(new Option('--set <key=value>', 'override a config key, e.g. --set mlp.rank=256 (repeatable)').argParser((v: string, prev: string[] = []) => [...prev, v]));
+    }
+    cmd.option('--quiet', 'no progress output on stderr');
+    for (const f of def.flags) {
+      const o = new Option(f.flags, f.description);
+      if (f.parse) o.argParser(f.parse);
+      if (f.choices) o.choices(f.choices);
+      cmd.addOption(o);
+    }
+    cmd.action(async (opts: Record<string, unknown>) => {
+      const log = (m: string) => { if (!opts.quiet) io.stderr.write(m + '\n'); };
+      const deps: StageDeps = { log, progress: makeProgressFactory(io.stderr, { quiet: Boolean(opts.quiet) }) };
+      await def.run(opts, { io, deps, exit: onExit });
+    });
+  }
+  return program;
+}
+
+/** Run the CLI; returns the exit code (0 ok, 2 user error, 1 internal error). Never calls process.exit. */
+export async function runCli(argv: string[], io: CliIO): Promise<number> {
+  let code = 0;
+  const program = buildProgram(io, (c) => { code = c; });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return code;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      return 2; // usage errors: commander already printed the message
+    }
+    if (isUserError(e)) {
+      io.stderr.write(`error: ${e.message}\n${e.hint ? `hint: ${e.hint}\n` : ''}`);
+      return 2;
+    }
+    io.stderr.write(`internal error (please report): ${(e as Error)?.stack ?? String(e)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * Config resolution for every command: schema defaults <- YAML file (--config) <- explicit flags <- --set a.b=value.
+ * One strict zod schema per command; all problems are reported in one error with dotted path, received value and hint.
+ */
+import * as fs from 'node:fs';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { UserError } from '../util/errors.js';
+
+export type Obj = Record<string, unknown>;
+
+export function readYamlFile(file: string): Obj {
+  let text: string;
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { throw new UserError(`cannot read config ${file}: ${(e as Error).message}`, 'check the --config path'); }
+  let v: unknown;
+  try { v = YAML.parse(text); } catch (e) { throw new UserError(`config ${file} is not valid YAML: ${(e as Error).message}`); }
+  if (v === null || v === undefined) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw new UserError(`config ${file} must be a YAML mapping at the top level`);
+  return v as Obj;
+}
+
+/** set obj[a][b][c] = value for path "a.b.c", creating objects on the way */
+export function setPath(obj: Obj, dotted: string, value: unknown): void {
+  const parts = dotted.split('.');
+  if (parts.some((p) => p === '')) throw new UserError(`--set: invalid key "${dotted}"`, 'use --set a.b=value');
+  let cur: Obj = obj;
+  for (const p of parts.slice(0, -1)) {
+    const next = cur[p];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) cur[p] = {};
+    cur = cur[p] as Obj;
+  }
+  cur[parts[parts.length - 1]!] = value;
+}
+
+/** "a.b=value": value parsed as YAML (so numbers, booleans and [lists] get their types) */
+export function parseSet(s: string): [string, unknown] {
+  const eq = s.indexOf('=');
+  if (eq <= 0) throw new UserError(`--set "${s}" is not of the form key.path=value`, 'example: --set train.mlp.rank=256');
+  const key = s.slice(0, eq).trim();
+  const raw = s.slice(eq + 1);
+  let value: unknown;
+  try { value = raw === '' ? '' : YAML.parse(raw); } catch { value = raw; }
+  return [key, value];
+}
+
+function deepMerge(a: Obj, b: Obj): Obj {
+  const out: Obj = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const av = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && av && typeof av === 'object' && !Array.isArray(av) ? deepMerge(av as Obj, v as Obj) : v;
+  }
+  return out;
+}
+
+function describeReceived(root: unknown, path: PropertyKey[]): string {
+  let cur: unknown = root;
+  for (const p of path) {
+    if (cur && typeof cur === 'object') cur = (cur as Record<PropertyKey, unknown>)[p];
+    else { cur = undefined; break; }
+  }
+  const s = JSON.stringify(cur);
+  return s === undefined ? 'nothing' : s.length > 80 ? s.slice(0, 77) + '...' : s;
+}
+
+/** Validate with one error listing every problem. */
+export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what: string): z.infer<S> {
+  const r = schema.safeParse(input);
+  if (r.success) return r.data;
+  const lines = r.error.issues.map((iss) => {
+    const p = iss.path.map(String).join('.') || '(top level)';
+    if (iss.code === 'unrecognized_keys') {
+      const at = iss.path.length ? `${p}.` : '';
+      return iss.keys.map((k) => `${at}${k}: unknown key; received ${describeReceived(input, [...iss.path, k])} (check the spelling against the documented keys)`).join('\n  - ');
+    }
+    const received = describeReceived(input, iss.path);
+    if (received === 'nothing' && iss.code === 'invalid_type') return `${p}: required but missing (${iss.message})`;
+    return `${p}: ${iss.message}; received ${received}`;
+  });
+  throw new UserError(`invalid ${what} config (${lines.length} problem${lines.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`,
+    'fix the YAML file or the --set/flag values; every key is documented in README.md and configs/');
+}
+
+export interface ResolveInput {
+  configFile?: string | undefined;
+  /** flag values already mapped to dotted paths; undefined values are skipped */
+  flags?: Record<string, unknown>;
+  sets?: string[];
+}
+
+export function resolveConfig<S extends z.ZodType>(schema: S, what: string, input: ResolveInput): z.infer<S> {
+  let obj: Obj = input.configFile ? readYamlFile(input.configFile) : {};
+  const over: Obj = {};
+  for (const [k, v] of Object.entries(input.flags ?? {})) if (v !== undefined) setPath(over, k, v);
+  obj = deepMerge(obj, over);
+  for (const s of input.sets ?? []) { const [k, v] = parseSet(s); setPath(obj, k, v); }
+  return validateConfig(schema, obj, what);
+}

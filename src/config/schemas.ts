@@ -1,0 +1,125 @@
+/** One strict schema per command. Keys are documented in README.md; every YAML in configs/ is validated by a test. */
+import { z } from 'zod';
+
+const backend = z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).default('auto');
+const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all');
+const posInt = z.number().int().positive();
+
+export const collectSchema = z.strictObject({
+  model: z.string().min(1, 'a checkpoint folder is required (--model)'),
+  data: z.string().min(1, 'a data file is required (--data)'),
+  out: z.string().min(1, 'an output folder is required (--out)'),
+  seqLen: posInt.default(256),
+  /** stop after this many tokens (all data when absent) */
+  maxTokens: posInt.optional(),
+  batchSize: posInt.default(8),
+  layers,
+  dtype: z.enum(['float16', 'float32']).default('float16'),
+  /** rows (tokens) per Arrow shard */
+  rowsPerShard: posInt.default(8192),
+  /** record float16 MLP activation magnitudes; auto = on for non-ReLU models */
+  recordMlpAct: z.union([z.literal('auto'), z.boolean()]).default('auto'),
+  overwrite: z.boolean().default(false),
+  backend,
+});
+export type CollectConfig = z.infer<typeof collectSchema>;
+
+const labelRule = z.strictObject({
+  /** active: ReLU > 0 (ReLU models); topFraction: the top `value` fraction by |activation|; threshold: |activation| > value */
+  kind: z.enum(['auto', 'active', 'topFraction', 'threshold']).default('auto'),
+  value: z.number().positive().default(0.1),
+});
+
+export const trainSchema = z.strictObject({
+  activations: z.string().min(1, 'an activations folder is required (--activations)'),
+  out: z.string().min(1, 'an output folder is required (--out)'),
+  layers,
+  seed: z.number().int().default(0),
+  /** worker threads (one tfjs each); 0 = one per core */
+  workers: z.number().int().min(0).default(0),
+  validationFraction: z.number().gt(0).lt(0.5).default(0.1),
+  /** cap on training tokens read per layer (all when absent) */
+  maxSamples: posInt.optional(),
+  overwrite: z.boolean().default(false),
+  backend,
+  mlp: z.strictObject({
+    enabled: z.boolean().default(true),
+    rank: posInt.default(1000),
+    hiddenActivation: z.enum(['none', 'relu']).default('none'),
+    input: z.enum(['x_attn', 'x_mlp']).default('x_attn'),
+    label: labelRule.default({ kind: 'auto', value: 0.1 }),
+    targetRecall: z.number().gt(0).lte(1).default(0.99),
+    /** selection rule the runtime uses: topk (per-layer k) or threshold on logits */
+    rule: z.enum(['topk', 'threshold']).default('topk'),
+    autoRank: z.strictObject({
+      enabled: z.boolean().default(false),
+      candidates: z.array(posInt).min(1).default([64, 128, 256, 512, 1000]),
+      /** max predictor FLOPs as a fraction of the layer's dense FLOPs */
+      flopBudget: z.number().gt(0).lte(1).default(0.05),
+    }).default({ enabled: false, candidates: [64, 128, 256, 512, 1000], flopBudget: 0.05 }),
+  }).prefault({}),
+  heads: z.strictObject({
+    enabled: z.boolean().default(true),
+    rank: posInt.default(128),
+    input: z.enum(['prev', 'same']).default('prev'),
+    topFraction: z.number().gt(0).lte(1).default(0.3),
+    targetRecall: z.number().gt(0).lte(1).default(0.95),
+    rule: z.enum(['topk', 'threshold']).default('topk'),
+  }).prefault({}),
+  optim: z.strictObject({
+    batchSize: posInt.default(256),
+    epochs: posInt.default(8),
+    lr: z.number().positive().default(1e-3),
+    weightDecay: z.number().min(0).default(0.01),
+    /** stop when validation recall has not improved for this many epochs */
+    patience: posInt.default(2),
+  }).prefault({}),
+});
+export type TrainConfig = z.infer<typeof trainSchema>;
+
+export const evaluateSchema = z.strictObject({
+  activations: z.string().min(1, 'a held-out activations folder is required (--activations)'),
+  predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
+  out: z.string().min(1, 'an output folder is required (--out)'),
+  /** checkpoint for the end-to-end perplexity part (skipped when absent) */
+  model: z.string().optional(),
+  /** held-out text for perplexity (default: the data file recorded in the activations manifest) */
+  data: z.string().optional(),
+  seqLen: posInt.default(256),
+  maxTokens: posInt.default(16384),
+  batchSize: posInt.default(4),
+  sweep: z.array(z.number().gt(0).lte(1)).min(2).default([0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1]),
+  backend,
+});
+export type EvaluateConfig = z.infer<typeof evaluateSchema>;
+
+export const exportSchema = z.strictObject({
+  model: z.string().min(1, 'a checkpoint folder is required (--model)'),
+  predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
+  report: z.string().optional(),
+  out: z.string().min(1, 'an output folder is required (--out)'),
+  neuronMajor: z.boolean().default(true),
+  overwrite: z.boolean().default(false),
+});
+export type ExportConfig = z.infer<typeof exportSchema>;
+
+export const pipelineSchema = z.strictObject({
+  model: z.string().min(1),
+  workdir: z.string().min(1).default('runs/default'),
+  backend,
+  data: z.strictObject({ calibration: z.string().min(1), heldout: z.string().min(1) }),
+  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true }).prefault({}),
+  heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
+  train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}),
+  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),
+  export: exportSchema.omit({ model: true, predictors: true, report: true, out: true }).prefault({}),
+});
+export type PipelineConfig = z.infer<typeof pipelineSchema>;
+
+export const SCHEMAS = {
+  'collect-activations': collectSchema,
+  'train-predictors': trainSchema,
+  'evaluate-recall': evaluateSchema,
+  'export-bundle': exportSchema,
+  pipeline: pipelineSchema,
+} as const;
