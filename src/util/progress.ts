@@ -46,7 +46,8 @@ export function makeProgressFactory(stream: NodeJS.WritableStream & { isTTY?: bo
       const rate = value / Math.max(1e-3, s);
       const eta = rate > 0 ? (total - value) / rate : 0;
       const extra = payload ? ' ' + Object.entries(payload).map(([k, v]) => `${k}=${v}`).join(' ') : '';
-      stream.write(`${label}: ${value}/${total} ${unit} (${((100 * value) / Math.max(1, total)).toFixed(0)}%) ${rate.toFixed(0)} ${unit}/s ETA ${eta.toFixed(0)}s${extra}\n`);
+      const of = total > 0 ? `/${total} ${unit} (${((100 * value) / total).toFixed(0)}%)` : ` ${unit}`;
+      stream.write(`${label}: ${value}${of} ${rate.toFixed(0)} ${unit}/s${total > 0 ? ` ETA ${eta.toFixed(0)}s` : ''}${extra}\n`);
     };
     return {
       update(value, payload) {

@@ -193,7 +193,7 @@ export function makeRandomCheckpoint(dir: string, opts: RandomCkptOptions): { co
   const toWrite: { name: string; shape: number[]; f32: Float32Array; bytes: number }[] = [];
   for (const s of specs) {
     const n = s.shape.reduce((a, b) => a * b, 1);
-    let f32 = new Float32Array(n);
+    let f32: Float32Array = new Float32Array(n);
     for (let i = 0; i < n; i++) f32[i] = s.mean + s.std * rnd();
     if (dtype === 'F16') f32 = f16ToF32Array(f32ToF16Array(f32));
     else if (dtype === 'BF16') f32 = bf16ToF32Array(f32ToBf16Array(f32));
