@@ -108,7 +108,7 @@ function floats(batch: A.RecordBatch, name: string, want: Set<string>): Float32A
   const n = batch.numRows * v.size;
   const start = v.offset * v.size;
   const sub = v.values.subarray(start, start + n);
-  if (v.type instanceof A.Float16) return f16ToF32Array(sub as Uint16Array);
+  if (A.DataType.isFloat(v.type) && (v.type as A.Float).precision === A.Precision.HALF) return f16ToF32Array(sub as Uint16Array);
   return Float32Array.from(sub as Float32Array);
 }
 

@@ -68,6 +68,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     } else if (fs.existsSync(out) && fs.readdirSync(out).length && !cfg.overwrite) {
       throw new UserError(`output folder ${out} exists and is not an activations dataset`, 'choose an empty or new --out, or pass --overwrite');
     }
+    const createdHere = !fs.existsSync(out);
     try { fs.mkdirSync(out, { recursive: true }); } catch (e) { throw new UserError(`cannot create output folder ${out}: ${(e as Error).message}`, 'choose a writable --out'); }
     try { fs.accessSync(out, fs.constants.W_OK); } catch { throw new UserError(`output folder ${out} is not writable`, 'choose a writable --out'); }
     for (const l of layers) {
@@ -173,6 +174,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       await finishShard();
     } catch (e) {
       if (writers) for (const w of (writers as Map<number, ShardWriter>).values()) await w.abort();
+      // nothing half-written: a run that completed no shard leaves no dataset behind (later failures stay resumable)
+      if (shardIndex === 0) { if (createdHere) fs.rmSync(out, { recursive: true, force: true }); else for (const f of ['manifest.json', 'progress.json']) fs.rmSync(path.join(out, f), { force: true }); }
       throw e;
     } finally {
       bar.stop();
