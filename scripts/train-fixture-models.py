@@ -418,6 +418,17 @@ def model_card(kind, name, cfg, tr, ev, slice_ev, args, ntrain_tokens, nheld_tok
     A(f"- wall time: {tr['wall_s']:.1f} s on one NVIDIA H200 ({(tr['sec_per_step'] or 0) * 1000:.1f} ms/step); "
       f"torch {torch.__version__}, transformers {transformers.__version__}")
     A(f"- loss curve: `training-log.json` (mean training loss every {args.log_every} steps, held-out NLL in bf16 every {args.eval_every} steps)\n")
+    if tr["eval_log"]:
+        A("Held-out NLL during training (bf16 autocast, training weights)" + (" and fc1 density per layer" if kind == "opt" else "") + ":\n")
+        A("| step | train loss | held-out NLL |" + (" fc1 density per layer |" if kind == "opt" else ""))
+        A("| --- | --- | --- |" + (" --- |" if kind == "opt" else ""))
+        tl = {e["step"]: e["loss"] for e in tr["loss_log"]}
+        for e in tr["eval_log"]:
+            row = f"| {e['step']} | {tl.get(e['step'], float('nan')):.4f} | {e['heldout_nll_bf16']:.4f} |"
+            if kind == "opt":
+                row += " " + ", ".join(f"{v:.3f}" for v in e["fc1_density_per_layer"]) + " |"
+            A(row)
+        A("")
     A("## Held-out evaluation\n")
     A("Computed from the **saved float16 weights, reloaded in float32** (eager attention, eval mode), on all windows of `data/heldout.jsonl`.\n")
     A(f"- mean NLL: {ev['nll_mean']:.4f} nats/token, **perplexity {ev['ppl']:.2f}**")
@@ -446,9 +457,13 @@ def model_card(kind, name, cfg, tr, ev, slice_ev, args, ntrain_tokens, nheld_tok
     A(shlex.join(["python3"] + sys.argv))
     A("```\n")
     steps_flag = "--steps-opt" if kind == "opt" else "--steps-llama"
-    A(f"The command above is the exact one that produced this folder. To repeat this model's run with the same step count "
-      f"without the time-based choice, add `{steps_flag} {tr['planned_steps']}` (GPU kernels are not bitwise deterministic, so "
-      "weights will differ in the last bits).\n")
+    if steps_flag in sys.argv:
+        A("The command above is the exact one that produced this folder (GPU kernels are not bitwise deterministic, so a "
+          "rerun gives weights that differ in the last bits).\n")
+    else:
+        A(f"The command above is the exact one that produced this folder. To repeat this model's run with the same step count "
+          f"without the time-based choice, add `{steps_flag} {tr['planned_steps']}` (GPU kernels are not bitwise deterministic, so "
+          "weights will differ in the last bits).\n")
     return "\n".join(lines)
 
 

@@ -79,3 +79,8 @@ export async function ensureBackend(pref: BackendPreference = 'auto'): Promise<B
   return current;
 }
 export { tf };
+
+/** The backend this process initialized, if any. */
+export function getBackend(): BackendName | null {
+  return current?.name ?? null;
+}

@@ -1,7 +1,119 @@
-import { UserError } from '../util/errors.js';
-import type { StageDeps } from '../util/progress.js';
+/**
+ * train-predictors: per layer, an MLP-neuron predictor and an attention-head predictor, calibrated to a target
+ * recall on a validation split carved (by sequence) from the training activations. Layers are spread over
+ * worker_threads (one tfjs each; tfjs-wasm runs single-threaded under Node).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type { StageResult } from '../cli/commands.js';
+import { VERSION } from '../cli/program.js';
+import type { TrainConfig } from '../config/schemas.js';
+import { readManifest } from '../activations/dataset.js';
+import { checkpointMatches, PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
+import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
+import { UserError } from '../util/errors.js';
+import { sha256File } from '../util/fsx.js';
+import type { StageDeps } from '../util/progress.js';
+import { getBackend } from '../backend.js';
 
-export async function runTrain(_cfg: unknown, _deps: StageDeps): Promise<StageResult> {
-  throw new UserError('not implemented yet');
+function workerScript(): string | null {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [path.join(here, '..', 'predictors', 'worker.js'), path.join(here, '..', '..', 'dist', 'predictors', 'worker.js')];
+  return candidates.find((f) => fs.existsSync(f)) ?? null;
+}
+
+async function trainInWorkers(dir: string, cfg: TrainConfig, layers: number[], nWorkers: number, onSamples: (n: number) => void): Promise<LayerResult[]> {
+  const script = workerScript();
+  if (!script || nWorkers <= 1) {
+    const m = readManifest(dir);
+    const out: LayerResult[] = [];
+    for (const l of layers) { out.push(trainLayer(dir, m, cfg, l, onSamples)); await new Promise((r) => setImmediate(r)); }
+    return out;
+  }
+  const queue = [...layers];
+  const results: LayerResult[] = [];
+  const backend = getBackend() ?? 'wasm';
+  await Promise.all(Array.from({ length: Math.min(nWorkers, layers.length) }, async () => {
+    const w = new Worker(script);
+    try {
+      while (queue.length) {
+        const layer = queue.shift()!;
+        const r = await new Promise<LayerResult>((resolve, reject) => {
+          const onMsg = (msg: { type: string; samples?: number; result?: LayerResult; user?: boolean; message?: string; hint?: string; stack?: string }) => {
+            if (msg.type === 'progress') onSamples(msg.samples!);
+            else {
+              w.off('message', onMsg); w.off('error', reject);
+              if (msg.type === 'done') resolve(msg.result!);
+              else reject(msg.user ? new UserError(msg.message!, msg.hint) : Object.assign(new Error(msg.message), { stack: msg.stack }));
+            }
+          };
+          w.on('message', onMsg);
+          w.once('error', reject);
+          w.postMessage({ dir, cfg, layer, backend });
+        });
+        results.push(r);
+      }
+    } finally {
+      await w.terminate();
+    }
+  }));
+  return results.sort((a, b) => a.layer - b.layer);
+}
+
+export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
+  const t0 = Date.now();
+  const m = readManifest(cfg.activations);
+  const manifestHash = sha256File(path.join(cfg.activations, 'manifest.json'));
+  const layers = cfg.layers === 'all' ? m.layers : [...new Set(cfg.layers)].sort((a, b) => a - b);
+  for (const l of layers) if (!m.layers.includes(l)) throw new UserError(`layer ${l} is not in the activations dataset (collected layers: ${m.layers.join(', ')})`, 'fix --layers');
+  const identity = JSON.stringify({ activations: manifestHash, cfg: { ...cfg, out: undefined, overwrite: undefined, backend: undefined, workers: undefined } });
+  if (fs.existsSync(path.join(cfg.out, 'predictors.json'))) {
+    const old = readPredictorsManifest(cfg.out);
+    if (old.identity === identity) {
+      deps.log(`train-predictors: ${cfg.out} is complete and current; nothing to do`);
+      return summarize(cfg.out, old);
+    }
+    if (!cfg.overwrite) throw new UserError(`output folder ${cfg.out} holds predictors trained on other activations or with another config`, 'choose another --out, or pass --overwrite');
+  } else if (fs.existsSync(cfg.out) && fs.readdirSync(cfg.out).length && !cfg.overwrite) {
+    throw new UserError(`output folder ${cfg.out} exists and is not a predictors folder`, 'choose an empty or new --out, or pass --overwrite');
+  }
+  const nWorkers = cfg.workers || Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, layers.length));
+  const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
+  const perLayer = Math.min(trainRows, cfg.maxSamples ?? Infinity) * cfg.optim.epochs * ((cfg.mlp.enabled ? 1 : 0) + (cfg.heads.enabled ? 1 : 0));
+  const bar = deps.progress('train', perLayer * layers.length, 'samples');
+  let done = 0;
+  deps.log(`train-predictors: ${layers.length} layer(s) on ${nWorkers} worker(s), ${m.tokens} tokens (${Math.round(cfg.validationFraction * 100)}% of sequences held for validation)`);
+  let results: LayerResult[];
+  try {
+    results = await trainInWorkers(cfg.activations, cfg, layers, nWorkers, (n) => { done += n; bar.update(Math.min(done, perLayer * layers.length)); });
+  } finally {
+    bar.stop();
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  const manifest: PredictorsManifest = {
+    formatVersion: PREDICTORS_FORMAT_VERSION, kind: 'dejavu-predictors', toolVersion: VERSION, identity,
+    config: cfg, activations: { dir: cfg.activations, manifestSha256: manifestHash, tokens: m.tokens }, model: { fingerprint: m.model.fingerprint, config: m.model.config },
+    training: { seconds, workers: nWorkers, samplesPerSecond: results.reduce((s, r) => s + r.samplesPerSecond, 0) },
+    layers: [],
+  };
+  writePredictors(cfg.out, manifest, results);
+  void checkpointMatches;
+  return summarize(cfg.out, readPredictorsManifest(cfg.out));
+}
+
+function pct(x: number) { return (100 * x).toFixed(1) + '%'; }
+
+export function summarize(out: string, p: PredictorsManifest): StageResult {
+  const lines = [`predictors: ${out} (${p.layers.length} layers, ${p.training.seconds.toFixed(0)} s, ${p.training.samplesPerSecond.toFixed(0)} samples/s)`, '',
+    '| layer | MLP rule | MLP recall | MLP precision | predicted density | true density | ratio | FLOP share | head rule | head recall |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|---|---:|'];
+  for (const l of p.layers) {
+    const mm = l.mlp, h = l.heads;
+    const rule = (r?: { kind: string; k?: number; value?: number }) => (r ? (r.kind === 'topk' ? `top-${r.k}` : `>= ${r.value!.toFixed(3)}`) : '-');
+    lines.push(`| ${l.layer} | ${rule(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm ? pct(mm.flopShare) : '-'} | ${rule(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
+  }
+  return { text: lines.join('\n'), json: p };
 }

@@ -1,0 +1,98 @@
+/**
+ * Selection rules and their metrics. A rule is what the runtime uses: top-k per token on the predictor's logits,
+ * or a threshold on the logits. Recall/precision/density are micro-averaged over tokens.
+ *
+ * RankHistogram: for each token, the rank (0-based, by descending logit) of every true positive. recall(k) is then
+ * a prefix sum, so it is monotone in k by construction, and the smallest k reaching a target recall is exact.
+ */
+export type SelectionRule = { kind: 'topk'; k: number } | { kind: 'threshold'; value: number };
+
+export class RankHistogram {
+  readonly hist: Float64Array; // hist[r] = number of true positives at rank r
+  tokens = 0;
+  positives = 0;
+  constructor(readonly width: number) { this.hist = new Float64Array(width); }
+
+  /** logits [n, width], labels 0/1 [n, width] */
+  add(logits: Float32Array, labels: Uint8Array, n: number): void {
+    const W = this.width;
+    const order = new Uint32Array(W);
+    const idx = Array.from({ length: W }, (_, i) => i);
+    for (let t = 0; t < n; t++) {
+      const base = t * W;
+      idx.sort((a, b) => logits[base + b]! - logits[base + a]!);
+      for (let r = 0; r < W; r++) order[idx[r]!] = r;
+      for (let j = 0; j < W; j++) if (labels[base + j]) { this.hist[order[j]!]!++; this.positives++; }
+      this.tokens++;
+    }
+  }
+
+  /** recall of top-k, for k = 0..width */
+  recallCurve(): Float64Array {
+    const c = new Float64Array(this.width + 1);
+    for (let k = 1; k <= this.width; k++) c[k] = c[k - 1]! + this.hist[k - 1]!;
+    for (let k = 0; k <= this.width; k++) c[k] = this.positives ? c[k]! / this.positives : 1;
+    return c;
+  }
+
+  /** smallest k with recall >= target */
+  kForRecall(target: number): number {
+    const c = this.recallCurve();
+    for (let k = 0; k <= this.width; k++) if (c[k]! >= target - 1e-12) return k;
+    return this.width;
+  }
+
+  trueDensity(): number { return this.tokens ? this.positives / (this.tokens * this.width) : 0; }
+
+  metricsAtK(k: number): Metrics {
+    const recall = this.recallCurve()[k]!;
+    const tp = recall * this.positives;
+    const selected = k * this.tokens;
+    return finish(tp, selected, this.positives, this.tokens * this.width);
+  }
+}
+
+export interface Metrics { recall: number; precision: number; f1: number; predictedDensity: number; trueDensity: number }
+
+function finish(tp: number, selected: number, positives: number, total: number): Metrics {
+  const recall = positives ? tp / positives : 1;
+  const precision = selected ? tp / selected : 1;
+  return { recall, precision, f1: recall + precision ? (2 * recall * precision) / (recall + precision) : 0, predictedDensity: total ? selected / total : 0, trueDensity: total ? positives / total : 0 };
+}
+
+/** Threshold calibration: the largest threshold whose recall reaches the target (positives' logits quantile). */
+export function thresholdForRecall(positiveLogits: Float32Array, target: number): number {
+  if (positiveLogits.length === 0) return Infinity;
+  const s = Float32Array.from(positiveLogits).sort();
+  // keep ceil(target * P) positives: threshold = the value at index P - ceil(target*P)
+  const keep = Math.ceil(target * s.length - 1e-9);
+  return s[Math.max(0, s.length - keep)]!;
+}
+
+/** Counts for a threshold rule over a chunk. */
+export class ThresholdCounter {
+  tp = 0; selected = 0; positives = 0; total = 0;
+  constructor(readonly value: number) {}
+  add(logits: Float32Array, labels: Uint8Array): void {
+    for (let i = 0; i < logits.length; i++) {
+      const sel = logits[i]! >= this.value;
+      if (sel) this.selected++;
+      if (labels[i]) { this.positives++; if (sel) this.tp++; }
+    }
+    this.total += logits.length;
+  }
+  metrics(): Metrics { return finish(this.tp, this.selected, this.positives, this.total); }
+}
+
+/** Labels for the top `k` entries per row of `values` [n, W] (ties broken by index). */
+export function topKLabels(values: Float32Array, n: number, W: number, k: number, abs = false): Uint8Array {
+  const out = new Uint8Array(n * W);
+  const idx = Array.from({ length: W }, (_, i) => i);
+  for (let t = 0; t < n; t++) {
+    const b = t * W;
+    const key = (i: number) => (abs ? Math.abs(values[b + i]!) : values[b + i]!);
+    idx.sort((a, c) => key(c) - key(a) || a - c);
+    for (let r = 0; r < k; r++) out[b + idx[r]!] = 1;
+  }
+  return out;
+}

@@ -1,0 +1,95 @@
+/**
+ * Predictors folder: predictors.json + layer-LL.safetensors + train-log.jsonl.
+ * Tensor names (nn.Linear convention, weight [out, in]):
+ *   mlp.fc1.weight [r, d], mlp.fc1.bias [r], mlp.fc2.weight [F, r], mlp.fc2.bias [F]
+ *   heads.fc1.weight [rh, d], heads.fc1.bias [rh], heads.fc2.weight [H, rh], heads.fc2.bias [H]
+ * logits = fc2(act(fc1(x))), act = identity or relu (see predictors.json).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Fingerprint } from '../checkpoint/checkpoint.js';
+import type { ModelConfig } from '../model/config.js';
+import { openSafetensors, readTensorF32, writeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.js';
+import { UserError } from '../util/errors.js';
+import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
+import type { Metrics, SelectionRule } from './metrics.js';
+import type { HostPredictor } from './predictor.js';
+import type { LabelRule, LayerResult } from './train-layer.js';
+
+export const PREDICTORS_FORMAT_VERSION = 1;
+
+export interface PredictorEntry {
+  rank: number;
+  hidden: 'none' | 'relu';
+  /** x_attn (this layer's input), x_mlp, or x_attn[layer-1] (lookahead) */
+  input: string;
+  label: LabelRule;
+  rule: SelectionRule;
+  validation: Metrics;
+  flopShare: number;
+  epochs: number;
+  candidates?: { rank: number; flopShare: number; predictedDensity: number; meets: boolean }[];
+}
+
+export interface PredictorsManifest {
+  formatVersion: number;
+  kind: 'dejavu-predictors';
+  toolVersion: string;
+  identity: string;
+  config: unknown;
+  activations: { dir: string; manifestSha256: string; tokens: number };
+  model: { fingerprint: Fingerprint; config: ModelConfig };
+  training: { seconds: number; workers: number; samplesPerSecond: number };
+  layers: { layer: number; file: string; seconds: number; mlp?: PredictorEntry; heads?: PredictorEntry }[];
+}
+
+function entry(r: NonNullable<LayerResult['mlp']>): PredictorEntry {
+  return { rank: r.rank, hidden: r.host.hidden, input: r.input, label: r.label, rule: r.rule, validation: r.validation, flopShare: r.flopShare, epochs: r.epochs, ...(r.candidates ? { candidates: r.candidates } : {}) };
+}
+
+function tensors(prefix: string, h: HostPredictor): Record<string, TensorToWrite> {
+  return {
+    [`${prefix}.fc1.weight`]: { dtype: 'F32', shape: [h.r, h.d], data: h.fc1Weight },
+    [`${prefix}.fc1.bias`]: { dtype: 'F32', shape: [h.r], data: h.fc1Bias },
+    [`${prefix}.fc2.weight`]: { dtype: 'F32', shape: [h.out, h.r], data: h.fc2Weight },
+    [`${prefix}.fc2.bias`]: { dtype: 'F32', shape: [h.out], data: h.fc2Bias },
+  };
+}
+
+/** Write every layer file, the log, then predictors.json last (its presence marks the folder complete). */
+export function writePredictors(out: string, manifest: PredictorsManifest, results: LayerResult[]): void {
+  fs.mkdirSync(out, { recursive: true });
+  fs.rmSync(path.join(out, 'predictors.json'), { force: true });
+  for (const r of results) {
+    const file = `layer-${String(r.layer).padStart(2, '0')}.safetensors`;
+    const t: Record<string, TensorToWrite> = { ...(r.mlp ? tensors('mlp', r.mlp.host) : {}), ...(r.heads ? tensors('heads', r.heads.host) : {}) };
+    writeSafetensors(path.join(out, file), t, { format: 'pt', layer: String(r.layer) });
+    manifest.layers.push({ layer: r.layer, file, seconds: r.seconds, ...(r.mlp ? { mlp: entry(r.mlp) } : {}), ...(r.heads ? { heads: entry(r.heads) } : {}) });
+  }
+  writeFileAtomic(path.join(out, 'train-log.jsonl'), results.flatMap((r) => r.log).map((e) => JSON.stringify(e)).join('\n') + '\n');
+  writeJsonAtomic(path.join(out, 'predictors.json'), manifest);
+}
+
+export function readPredictorsManifest(dir: string): PredictorsManifest {
+  const f = path.join(dir, 'predictors.json');
+  if (!fs.existsSync(f)) throw new UserError(`${dir} is not a predictors folder (no predictors.json)`, 'pass a folder written by `dejavu train-predictors`');
+  let m: PredictorsManifest;
+  try { m = JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { throw new UserError(`${f} is not valid JSON: ${(e as Error).message}`); }
+  if (m.kind !== 'dejavu-predictors' || m.formatVersion !== PREDICTORS_FORMAT_VERSION)
+    throw new UserError(`${f}: not a predictors manifest of format ${PREDICTORS_FORMAT_VERSION}`, 're-run train-predictors');
+  return m;
+}
+
+export function loadHostPredictor(dir: string, file: string, prefix: 'mlp' | 'heads', hidden: 'none' | 'relu'): HostPredictor {
+  const st = openSafetensors(path.join(dir, file));
+  const w1 = st.tensors.get(`${prefix}.fc1.weight`), w2 = st.tensors.get(`${prefix}.fc2.weight`);
+  if (!w1 || !w2) throw new UserError(`${file} lacks the ${prefix} predictor tensors`);
+  const [r, d] = w1.shape as [number, number];
+  const out = w2.shape[0]!;
+  return { fc1Weight: readTensorF32(st, `${prefix}.fc1.weight`), fc1Bias: readTensorF32(st, `${prefix}.fc1.bias`), fc2Weight: readTensorF32(st, `${prefix}.fc2.weight`), fc2Bias: readTensorF32(st, `${prefix}.fc2.bias`), d, r, out, hidden };
+}
+
+/** Refuse predictors made for another checkpoint. */
+export function checkpointMatches(a: Fingerprint, b: Fingerprint): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
