@@ -567,7 +567,7 @@ def main():
     ap.add_argument("--steps-llama", type=int, default=None)
     ap.add_argument("--budget-opt", type=float, default=200.0, help="seconds of training for OPT when --steps-opt is not given")
     ap.add_argument("--budget-llama", type=float, default=120.0, help="seconds of training for Llama when --steps-llama is not given")
-    ap.add_argument("--max-steps", type=int, default=6000)
+    ap.add_argument("--max-steps", type=int, default=3000, help="cap of the time-based step choice (6000 over-fitted: see the model cards)")
     ap.add_argument("--deadline", type=float, default=470.0, help="seconds after start at which any training loop stops (safety net)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -32,8 +32,11 @@ export interface CaptureOptions {
  * - oracleTopK: keep each token's k largest |activation| (needs the dense activation: oracle evaluation only).
  */
 export type MlpSelection = { mask: tf.Tensor } | { indices: Int32Array[] } | { oracleTopK: number };
-/** Which heads to compute: mask [B, T, H] (0/1), or per batch row the head ids (K/V are always computed for all heads). */
-export type HeadSelection = { mask: tf.Tensor } | { indices: Int32Array[] };
+/**
+ * Which heads to compute: mask [B, T, H] (0/1), or per batch row the head ids (K/V are always computed for all
+ * heads), or oracleTopK: each token's k heads with the largest context norm (oracle evaluation only).
+ */
+export type HeadSelection = { mask: tf.Tensor } | { indices: Int32Array[] } | { oracleTopK: number };
 
 export interface SparsityHooks {
   /** xAttn: residual entering the layer; xMlp: residual entering the MLP block (both [B, T, d]) */
@@ -275,6 +278,11 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
   const o = attend(q, repeatKV(k, H), repeatKV(v, H), prep.bias, scale); // [B, H, T, hd]
   let ctx4 = tf.transpose(o, [0, 2, 1, 3]); // [B, T, H, hd]
   if (sel && 'mask' in sel) ctx4 = tf.mul(ctx4, tf.expandDims(sel.mask, 3));
+  else if (sel && 'oracleTopK' in sel && sel.oracleTopK < H) {
+    const norms = tf.sqrt(tf.sum(tf.square(ctx4), -1)); // [B, T, H]
+    const m = tf.sum(tf.oneHot(tf.topk(norms, sel.oracleTopK).indices, H), 2); // [B, T, H]
+    ctx4 = tf.mul(ctx4, tf.expandDims(m, 3));
+  }
   const ctx = tf.reshape(ctx4, [B, T, H * hd]);
   return { out: linear(ctx, w.wo, w.bo), ctx };
 }
@@ -348,6 +356,7 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
       return out;
     } finally {
       xPrev?.dispose();
+      if (!x.isDisposed) x.dispose(); // error path: the residual of the failing layer
       rot?.[0].dispose(); rot?.[1].dispose();
     }
   } catch (e) {

@@ -1,7 +1,193 @@
-import { UserError } from '../util/errors.js';
-import type { StageDeps } from '../util/progress.js';
+/**
+ * evaluate-recall: on a held-out activations dataset, per layer, recall/precision/F1/density at the calibrated rule
+ * the runtime uses (and a sweep over k); end to end, perplexity of the dense model vs oracle sparsity (each
+ * token's truly largest activations / head norms at the predictors' density) vs predicted sparsity, through the
+ * one forward pass.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
 import type { StageResult } from '../cli/commands.js';
+import { VERSION } from '../cli/program.js';
+import type { EvaluateConfig } from '../config/schemas.js';
+import { iterateLayer, readManifest } from '../activations/dataset.js';
+import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
+import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
+import { loadModel } from '../model/model.js';
+import type { SparsityHooks } from '../model/forward.js';
+import { loadTokenizer } from '../tokenizer.js';
+import { RankHistogram, ThresholdCounter, topKLabels, type Metrics } from '../predictors/metrics.js';
+import { loadPredictors, predictorHooks, type LoadedSite } from '../predictors/hooks.js';
+import { predictLogits } from '../predictors/predictor.js';
+import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
+import { lineChart } from '../eval/svg.js';
+import { UserError } from '../util/errors.js';
+import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
+import type { StageDeps } from '../util/progress.js';
 
-export async function runEvaluate(_cfg: unknown, _deps: StageDeps): Promise<StageResult> {
-  throw new UserError('not implemented yet');
+export interface SiteReport { rule: unknown; metrics: Metrics; sweep: { fraction: number; k: number; recall: number; precision: number; predictedDensity: number }[] }
+export interface LayerReport { layer: number; mlp?: SiteReport; heads?: SiteReport }
+export interface EvalReport {
+  kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig; heldoutTokens: number;
+  layers: LayerReport[];
+  averages: { mlpRecall: number; mlpPredictedDensity: number; mlpTrueDensity: number; mlpSparsity: number; headRecall: number; headDensity: number };
+  perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }> };
+}
+
+function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, kind: 'mlp' | 'heads', sweep: number[]): SiteReport {
+  const e = site.entry;
+  const W = kind === 'mlp' ? m.dims.ffn : m.dims.heads;
+  const srcLayer = layer + site.sourceLayerOffset;
+  const labelFields = kind === 'heads' ? ['head_norm'] : e.label.kind === 'active' ? ['mlp_active'] : ['mlp_act'];
+  const inField = e.input === 'x_mlp' ? 'x_mlp' : 'x_attn';
+  const lab = iterateLayer(dir, m, layer, srcLayer === layer ? [inField, ...labelFields] : labelFields);
+  const inp = srcLayer === layer ? null : iterateLayer(dir, m, srcLayer, ['x_attn']);
+  const hist = new RankHistogram(W);
+  const thr = e.rule.kind === 'threshold' ? new ThresholdCounter(e.rule.value) : null;
+  for (const lb of lab) {
+    const xb = inp ? inp.next().value! : lb;
+    const x = inField === 'x_mlp' ? xb.xMlp : xb.xAttn;
+    let y: Uint8Array;
+    if (kind === 'heads') y = topKLabels(lb.headNorm, lb.rows, W, Math.ceil((e.label as { value: number }).value * W - 1e-9));
+    else if (e.label.kind === 'active') y = lb.mlpActive;
+    else if (e.label.kind === 'threshold') { const v = e.label.value; y = Uint8Array.from(lb.mlpAct!, (a) => (Math.abs(a) > v ? 1 : 0)); }
+    else y = topKLabels(lb.mlpAct!, lb.rows, W, Math.max(1, Math.round(e.label.value * W)), true);
+    const logits = tf.tidy(() => predictLogits(site.weights, tf.tensor2d(x, [lb.rows, m.dims.hidden])).dataSync() as Float32Array);
+    hist.add(logits, y, lb.rows);
+    thr?.add(logits, y);
+  }
+  const metrics = e.rule.kind === 'topk' ? hist.metricsAtK(e.rule.k) : thr!.metrics();
+  const ks = [...new Set(sweep.map((f) => Math.max(1, Math.min(W, Math.round(f * W)))))].sort((a, b) => a - b);
+  return { rule: e.rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
+}
+
+const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
+
+export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
+  const m = readManifest(cfg.activations);
+  const preds = loadPredictors(cfg.predictors);
+  try {
+    if (!sameFingerprint(preds.manifest.model.fingerprint, m.model.fingerprint))
+      throw new UserError(`predictors in ${cfg.predictors} were trained for another model than the held-out activations in ${cfg.activations}`, 'collect the held-out activations with the same checkpoint the predictors were trained on');
+    const trainSha = preds.manifest.activations.manifestSha256;
+    if (m.data.sha256 && preds.manifest.activations.dir && fs.existsSync(path.join(preds.manifest.activations.dir, 'manifest.json'))) {
+      const trainM = readManifest(preds.manifest.activations.dir, false);
+      if (trainM.data.sha256 === m.data.sha256) deps.log(`warning: the held-out activations come from the same data file as the training activations (${m.data.file}); recall is not held-out`);
+    }
+    void trainSha;
+    const layers: LayerReport[] = [];
+    const bar = deps.progress('recall', preds.manifest.layers.length, 'layers');
+    for (const l of preds.manifest.layers) {
+      if (!m.layers.includes(l.layer)) throw new UserError(`layer ${l.layer} has predictors but is not in the held-out dataset`, 'collect all layers');
+      const r: LayerReport = { layer: l.layer };
+      const ms = preds.mlp.get(l.layer), hs = preds.heads.get(l.layer);
+      if (ms) r.mlp = siteEval(cfg.activations, m, l.layer, ms, 'mlp', cfg.sweep);
+      if (hs) r.heads = siteEval(cfg.activations, m, l.layer, hs, 'heads', cfg.sweep);
+      layers.push(r);
+      bar.update(layers.length);
+    }
+    bar.stop();
+    const mlpL = layers.filter((l) => l.mlp), hL = layers.filter((l) => l.heads);
+    const report: EvalReport = {
+      kind: 'dejavu-evaluation', toolVersion: VERSION, config: cfg, heldoutTokens: m.tokens, layers,
+      averages: {
+        mlpRecall: mean(mlpL.map((l) => l.mlp!.metrics.recall)), mlpPredictedDensity: mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
+        mlpTrueDensity: mean(mlpL.map((l) => l.mlp!.metrics.trueDensity)), mlpSparsity: 1 - mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
+        headRecall: mean(hL.map((l) => l.heads!.metrics.recall)), headDensity: mean(hL.map((l) => l.heads!.metrics.predictedDensity)),
+      },
+    };
+
+    if (cfg.model) {
+      const fp = fingerprintCheckpoint(cfg.model);
+      if (!sameFingerprint(fp, preds.manifest.model.fingerprint)) throw new UserError(`--model ${cfg.model} is not the checkpoint the predictors were trained for`, 'pass the same checkpoint used for collect-activations');
+      const dataFile = cfg.data ?? m.data.file;
+      const model = loadModel(cfg.model);
+      try {
+        const c = model.config;
+        const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
+        const seqs: number[][] = [];
+        for await (const s of packSequences(readDocuments(dataFile), { seqLen: cfg.seqLen, cfg: c, tokenizer, maxTokens: cfg.maxTokens, source: dataFile })) seqs.push(s);
+        // oracle at the predictors' density: per layer k = the predicted density x width
+        const kOf = (site: LoadedSite | undefined, rep: SiteReport | undefined, W: number) => site ? Math.max(1, Math.round((rep?.metrics.predictedDensity ?? 1) * W)) : W;
+        const oracle = (mlp: boolean, heads: boolean): SparsityHooks => ({
+          ...(mlp ? { mlp: (i: number) => ({ oracleTopK: kOf(preds.mlp.get(i), layers.find((l) => l.layer === i)?.mlp, c.ffn) }) } : {}),
+          ...(heads ? { heads: (i: number) => ({ oracleTopK: kOf(preds.heads.get(i), layers.find((l) => l.layer === i)?.heads, c.heads) }) } : {}),
+        });
+        const density: Record<string, { mlp: number[]; heads: number[] }> = {};
+        const tracked = (name: string, mlp: boolean, heads: boolean) => {
+          const sel = { mlp: new Array(c.layers).fill(0), heads: new Array(c.layers).fill(0), mlpT: new Array(c.layers).fill(0), headsT: new Array(c.layers).fill(0) };
+          const h = predictorHooks(preds, { mode: 'mask', mlp, heads, onSelect: (site, layer, s, t) => { sel[site][layer] += s; sel[site === 'mlp' ? 'mlpT' : 'headsT'][layer] += t; } });
+          return { h, done: () => { density[name] = { mlp: sel.mlp.map((s, i) => (sel.mlpT[i] ? s / sel.mlpT[i] : 1)), heads: sel.heads.map((s, i) => (sel.headsT[i] ? s / sel.headsT[i] : 1)) }; } };
+        };
+        const runs: [string, () => { h?: SparsityHooks; done?: () => void }][] = [
+          ['dense', () => ({})],
+          ['oracle (MLP)', () => ({ h: oracle(true, false) })],
+          ['oracle (heads)', () => ({ h: oracle(false, true) })],
+          ['oracle (MLP + heads)', () => ({ h: oracle(true, true) })],
+          ['predicted (MLP)', () => tracked('predicted (MLP)', true, false)],
+          ['predicted (heads)', () => tracked('predicted (heads)', false, true)],
+          ['predicted (MLP + heads)', () => tracked('predicted (MLP + heads)', true, true)],
+        ];
+        const res: Record<string, number> = {};
+        const pbar = deps.progress('perplexity', runs.length * seqs.length, 'seqs');
+        let n = 0;
+        for (const [name, make] of runs) {
+          const { h, done } = make();
+          const tot: NllTotals = { nll: 0, count: 0 };
+          for (let i = 0; i < seqs.length; i += cfg.batchSize) {
+            const r = batchNll(model, seqs.slice(i, i + cfg.batchSize), h);
+            tot.nll += r.nll; tot.count += r.count;
+            n += Math.min(cfg.batchSize, seqs.length - i); pbar.update(n);
+          }
+          done?.();
+          res[name] = ppl(tot);
+        }
+        pbar.stop();
+        const deltas = Object.fromEntries(Object.entries(res).filter(([k]) => k !== 'dense').map(([k, v]) => [k, v / res.dense! - 1]));
+        report.perplexity = { tokens: seqs.length * cfg.seqLen, runs: res, deltas, density };
+      } finally {
+        model.dispose();
+      }
+    }
+    writeReport(cfg.out, report);
+    return { text: reportTable(report, cfg.out), json: report };
+  } finally {
+    preds.dispose();
+  }
+}
+
+const pct = (x: number) => (100 * x).toFixed(1) + '%';
+
+export function reportTable(r: EvalReport, out: string): string {
+  const lines = [`evaluation: ${out} (held-out tokens: ${r.heldoutTokens})`, '',
+    '| layer | MLP recall | precision | F1 | predicted density | true density | head recall | head density |', '|---:|---:|---:|---:|---:|---:|---:|---:|'];
+  for (const l of r.layers) {
+    const m = l.mlp?.metrics, h = l.heads?.metrics;
+    lines.push(`| ${l.layer} | ${m ? m.recall.toFixed(4) : '-'} | ${m ? m.precision.toFixed(3) : '-'} | ${m ? m.f1.toFixed(3) : '-'} | ${m ? pct(m.predictedDensity) : '-'} | ${m ? pct(m.trueDensity) : '-'} | ${h ? h.recall.toFixed(3) : '-'} | ${h ? pct(h.predictedDensity) : '-'} |`);
+  }
+  const a = r.averages;
+  lines.push(`| mean | ${a.mlpRecall.toFixed(4)} | | | ${pct(a.mlpPredictedDensity)} | ${pct(a.mlpTrueDensity)} | ${a.headRecall.toFixed(3)} | ${pct(a.headDensity)} |`);
+  if (r.perplexity) {
+    lines.push('', `perplexity on ${r.perplexity.tokens} held-out tokens:`, '', '| run | perplexity | vs dense |', '|---|---:|---:|');
+    for (const [k, v] of Object.entries(r.perplexity.runs)) lines.push(`| ${k} | ${v.toFixed(3)} | ${k === 'dense' ? '' : (r.perplexity.deltas[k]! >= 0 ? '+' : '') + (100 * r.perplexity.deltas[k]!).toFixed(2) + '%'} |`);
+  }
+  return lines.join('\n');
+}
+
+function writeReport(out: string, r: EvalReport): void {
+  fs.mkdirSync(out, { recursive: true });
+  writeJsonAtomic(path.join(out, 'report.json'), r);
+  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, out)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n`);
+  writeFileAtomic(path.join(out, 'recall-vs-density.svg'), lineChart({
+    title: 'MLP predictor: held-out recall vs predicted density (top-k sweep)', xLabel: 'predicted density (fraction of neurons computed)', yLabel: 'recall', xMax: 1, yMin: 0, yMax: 1,
+    series: r.layers.filter((l) => l.mlp).map((l) => ({ name: `layer ${l.layer}`, points: l.mlp!.sweep.map((s) => [s.predictedDensity, s.recall] as [number, number]) })),
+  }));
+  const mlpL = r.layers.filter((l) => l.mlp);
+  writeFileAtomic(path.join(out, 'densities.svg'), lineChart({
+    title: 'MLP density per layer: true vs predicted', xLabel: 'layer', yLabel: 'density', yMin: 0,
+    series: [
+      { name: 'true', points: mlpL.map((l) => [l.layer, l.mlp!.metrics.trueDensity] as [number, number]) },
+      { name: 'predicted', points: mlpL.map((l) => [l.layer, l.mlp!.metrics.predictedDensity] as [number, number]), dashed: true },
+    ],
+  }));
 }

@@ -1,0 +1,88 @@
+/**
+ * Predictors as forward-pass hooks: per layer, the MLP predictor reads x_attn (or x_mlp) and picks neurons; the
+ * head predictor reads the previous layer's x_attn (lookahead) or its own and picks heads. The same hooks serve
+ * evaluation (mask mode: [B, T, *] 0/1 masks) and the runtime (indices mode: only the picked rows are computed).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { HeadSelection, MlpSelection, SparsityHooks } from '../model/forward.js';
+import type { SelectionRule } from './metrics.js';
+import { disposePredictor, fromHost, predictLogits, type PredictorWeights } from './predictor.js';
+import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
+
+export interface LoadedSite { entry: PredictorEntry; weights: PredictorWeights; sourceLayerOffset: number }
+export interface LoadedPredictors { manifest: PredictorsManifest; mlp: Map<number, LoadedSite>; heads: Map<number, LoadedSite>; dispose(): void }
+
+export function loadPredictors(dir: string): LoadedPredictors {
+  const manifest = readPredictorsManifest(dir);
+  const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
+  for (const l of manifest.layers) {
+    if (l.mlp) mlp.set(l.layer, { entry: l.mlp, weights: fromHost(loadHostPredictor(dir, l.file, 'mlp', l.mlp.hidden)), sourceLayerOffset: 0 });
+    if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(loadHostPredictor(dir, l.file, 'heads', l.heads.hidden)), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
+  }
+  return { manifest, mlp, heads, dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposePredictor(s.weights); } };
+}
+
+/** logits [N, W] -> 0/1 mask [N, W] by the rule */
+export function ruleMask(logits: tf.Tensor2D, rule: SelectionRule): tf.Tensor2D {
+  return tf.tidy(() => {
+    const W = logits.shape[1];
+    if (rule.kind === 'threshold') return tf.cast(tf.greaterEqual(logits, rule.value), 'float32') as tf.Tensor2D;
+    if (rule.k >= W) return tf.onesLike(logits);
+    return tf.sum(tf.oneHot(tf.topk(logits, rule.k).indices, W), 1) as tf.Tensor2D;
+  });
+}
+
+/** per row: the selected ids, sorted ascending (runtime: one token per row) */
+export function ruleIndices(logits: Float32Array, rows: number, W: number, rule: SelectionRule): Int32Array[] {
+  const out: Int32Array[] = [];
+  for (let r = 0; r < rows; r++) {
+    const row = logits.subarray(r * W, (r + 1) * W);
+    let ids: number[];
+    if (rule.kind === 'threshold') { ids = []; for (let j = 0; j < W; j++) if (row[j]! >= rule.value) ids.push(j); }
+    else {
+      const k = Math.min(W, rule.k);
+      ids = Array.from({ length: W }, (_, j) => j).sort((a, b) => row[b]! - row[a]! || a - b).slice(0, k);
+    }
+    out.push(Int32Array.from(ids.sort((a, b) => a - b)));
+  }
+  return out;
+}
+
+export interface HookOptions {
+  mode: 'mask' | 'indices';
+  mlp: boolean;
+  heads: boolean;
+  /** record what was selected per layer (density), for reports */
+  onSelect?: (site: 'mlp' | 'heads', layer: number, selected: number, total: number) => void;
+}
+
+export function predictorHooks(p: LoadedPredictors, opts: HookOptions): SparsityHooks {
+  const flat = (x: tf.Tensor) => tf.reshape(x, [-1, x.shape[x.shape.length - 1]!]) as tf.Tensor2D;
+  const select = (site: LoadedSite, x: tf.Tensor, layer: number, kind: 'mlp' | 'heads'): MlpSelection & HeadSelection => {
+    const [B, T] = x.shape as [number, number];
+    const logits = predictLogits(site.weights, flat(x)); // [B*T, W]
+    const W = logits.shape[1];
+    if (opts.mode === 'indices') {
+      if (T !== 1) throw new Error('indices mode selects per row: one token per row (decode) only');
+      const idx = ruleIndices(logits.dataSync() as Float32Array, B, W, site.entry.rule);
+      logits.dispose();
+      opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
+      return { indices: idx } as never;
+    }
+    const mask = tf.reshape(ruleMask(logits, site.entry.rule), [B, T, W]);
+    if (opts.onSelect) opts.onSelect(kind, layer, tf.sum(mask).dataSync()[0]!, B * T * W);
+    return { mask } as never;
+  };
+  const hooks: SparsityHooks = {};
+  if (opts.mlp) hooks.mlp = (layer, ctx) => {
+    const s = p.mlp.get(layer);
+    if (!s) return null;
+    return select(s, s.entry.input === 'x_mlp' ? ctx.xMlp : ctx.xAttn, layer, 'mlp');
+  };
+  if (opts.heads) hooks.heads = (layer, ctx) => {
+    const s = p.heads.get(layer);
+    if (!s) return null;
+    return select(s, s.sourceLayerOffset === -1 ? ctx.xAttnPrev : ctx.xAttn, layer, 'heads');
+  };
+  return hooks;
+}
