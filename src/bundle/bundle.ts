@@ -1,0 +1,174 @@
+/**
+ * Bundle = manifest.json + predictors.safetensors (+ neuron-major.safetensors). See docs/bundle.md.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { fingerprintCheckpoint, openCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
+import { openSafetensors, readTensorF32, type TensorToWrite, writeSafetensors } from '../checkpoint/safetensors.js';
+import { normalizeConfig } from '../model/config.js';
+import { canonicalKey } from '../model/weight-map.js';
+import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
+import { fromHost } from '../predictors/predictor.js';
+import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js';
+import { loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
+import { UserError } from '../util/errors.js';
+import { sha256File, writeJsonAtomic } from '../util/fsx.js';
+import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, type BundleManifest } from './schema.js';
+import type { EvalReport } from '../stages/evaluate.js';
+
+type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
+
+function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, d: number, W: number, evalMetrics?: { recall: number; precision: number; predictedDensity: number; trueDensity: number }): PredJson {
+  const p = `layers.${layer}.${site}`;
+  const ex = evalMetrics ?? e.validation;
+  return {
+    rank: e.rank, hiddenActivation: e.hidden, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
+    tensors: { fc1Weight: { name: `${p}.fc1.weight`, shape: [e.rank, d] }, fc1Bias: { name: `${p}.fc1.bias`, shape: [e.rank] }, fc2Weight: { name: `${p}.fc2.weight`, shape: [W, e.rank] }, fc2Bias: { name: `${p}.fc2.bias`, shape: [W] } },
+    expected: { recall: ex.recall, precision: ex.precision, predictedDensity: ex.predictedDensity, trueDensity: ex.trueDensity, source: evalMetrics ? 'evaluate-recall' : 'validation' },
+    flopShare: e.flopShare,
+  };
+}
+
+export interface ExportOptions { model: string; predictors: string; report?: string | undefined; out: string; neuronMajor: boolean; overwrite: boolean; config: Record<string, unknown> }
+
+export function exportBundle(o: ExportOptions): BundleManifest {
+  const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
+  const fp = fingerprintCheckpoint(o.model);
+  if (!sameFingerprint(fp, pm.model.fingerprint)) throw new UserError(`predictors in ${o.predictors} were trained for another checkpoint than ${o.model}`, 'pass the checkpoint the activations were collected from');
+  let report: EvalReport | null = null;
+  if (o.report) {
+    const f = path.join(o.report, 'report.json');
+    if (!fs.existsSync(f)) throw new UserError(`no report.json in ${o.report}`, 'pass the --out folder of evaluate-recall');
+    report = JSON.parse(fs.readFileSync(f, 'utf8'));
+    if (path.resolve(report!.config.predictors) !== path.resolve(o.predictors)) throw new UserError(`the report in ${o.report} evaluated other predictors (${report!.config.predictors})`, 'pass the report made for these predictors');
+  }
+  if (fs.existsSync(o.out) && fs.readdirSync(o.out).length && !o.overwrite) throw new UserError(`bundle folder ${o.out} exists and is not empty`, 'choose another --out or pass --overwrite');
+  const ck = openCheckpoint(o.model);
+  const c = normalizeConfig(ck.rawConfig, o.model);
+  const tmp = `${o.out}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp, { recursive: true });
+  const ptensors: Record<string, TensorToWrite> = {};
+  const ntensors: Record<string, TensorToWrite> = {};
+  const layers: BundleManifest['layers'] = [];
+  const keyOf = new Map([...ck.tensors.keys()].map((k) => [canonicalKey(c.family, k), k]));
+  const read = (k: string) => ck.read(keyOf.get(k) ?? k);
+  for (const l of pm.layers) {
+    const ev = report?.layers.find((x) => x.layer === l.layer);
+    const entry: BundleManifest['layers'][number] = { layer: l.layer, mlp: null, heads: null, neuronMajor: null };
+    for (const site of ['mlp', 'heads'] as const) {
+      const e = l[site];
+      if (!e) continue;
+      const h = loadHostPredictor(o.predictors, l.file, site, e.hidden);
+      const j = predictorJson(l.layer, site, e, c.hidden, site === 'mlp' ? c.ffn : c.heads, ev?.[site]?.metrics);
+      ptensors[j.tensors.fc1Weight.name] = { dtype: 'F16', shape: j.tensors.fc1Weight.shape, data: h.fc1Weight };
+      ptensors[j.tensors.fc1Bias.name] = { dtype: 'F16', shape: j.tensors.fc1Bias.shape, data: h.fc1Bias };
+      ptensors[j.tensors.fc2Weight.name] = { dtype: 'F16', shape: j.tensors.fc2Weight.shape, data: h.fc2Weight };
+      ptensors[j.tensors.fc2Bias.name] = { dtype: 'F16', shape: j.tensors.fc2Bias.shape, data: h.fc2Bias };
+      entry[site] = j;
+    }
+    if (o.neuronMajor) {
+      const pre = c.family === 'opt' ? `model.decoder.layers.${l.layer}.` : `model.layers.${l.layer}.`;
+      const up = c.family === 'opt' ? 'fc1' : 'mlp.up_proj', down = c.family === 'opt' ? 'fc2' : 'mlp.down_proj';
+      const nm = `layers.${l.layer}.neuron_major`;
+      const dt = ck.tensors.get(keyOf.get(`${pre}${up}.weight`) ?? '')?.info.dtype === 'F32' ? 'F32' : 'F16';
+      ntensors[`${nm}.up`] = { dtype: dt, shape: [c.ffn, c.hidden], data: read(`${pre}${up}.weight`) }; // HF [F, d]: already neuron-major
+      const downW = read(`${pre}${down}.weight`); // HF [d, F] -> transpose to [F, d]
+      const dT = new Float32Array(downW.length);
+      for (let i = 0; i < c.hidden; i++) for (let j = 0; j < c.ffn; j++) dT[j * c.hidden + i] = downW[i * c.ffn + j]!;
+      ntensors[`${nm}.down`] = { dtype: dt, shape: [c.ffn, c.hidden], data: dT };
+      entry.neuronMajor = { up: { name: `${nm}.up`, shape: [c.ffn, c.hidden] }, down: { name: `${nm}.down`, shape: [c.ffn, c.hidden] }, gate: null, upBias: null, gateBias: null };
+      if (c.family === 'llama') {
+        ntensors[`${nm}.gate`] = { dtype: dt, shape: [c.ffn, c.hidden], data: read(`${pre}mlp.gate_proj.weight`) };
+        entry.neuronMajor.gate = { name: `${nm}.gate`, shape: [c.ffn, c.hidden] };
+      }
+      if (c.mlpBias) {
+        ntensors[`${nm}.up_bias`] = { dtype: 'F32', shape: [c.ffn], data: read(`${pre}${up}.bias`) };
+        entry.neuronMajor.upBias = { name: `${nm}.up_bias`, shape: [c.ffn] };
+        if (c.family === 'llama') { ntensors[`${nm}.gate_bias`] = { dtype: 'F32', shape: [c.ffn], data: read(`${pre}mlp.gate_proj.bias`) }; entry.neuronMajor.gateBias = { name: `${nm}.gate_bias`, shape: [c.ffn] }; }
+      }
+    }
+    layers.push(entry);
+  }
+  writeSafetensors(path.join(tmp, 'predictors.safetensors'), ptensors, { format: 'pt', kind: 'dejavu-predictors' });
+  if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
+  const files: BundleManifest['files'] = {};
+  for (const f of fs.readdirSync(tmp)) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
+  const manifest: BundleManifest = {
+    formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: '0.1.0', createdAt: new Date().toISOString(), config: o.config,
+    model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim } },
+    predictorsFile: 'predictors.safetensors', neuronMajorFile: o.neuronMajor ? 'neuron-major.safetensors' : null,
+    layers, files, perplexity: report?.perplexity?.runs ?? null,
+  };
+  bundleManifestSchema.parse(manifest);
+  writeJsonAtomic(path.join(tmp, 'manifest.json'), manifest);
+  fs.rmSync(o.out, { recursive: true, force: true });
+  fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
+  fs.renameSync(tmp, o.out);
+  return manifest;
+}
+
+/** Every problem with a bundle, in one list (empty = valid). */
+export function verifyBundle(dir: string, model?: string): { problems: string[]; manifest: BundleManifest | null } {
+  const problems: string[] = [];
+  const mf = path.join(dir, 'manifest.json');
+  if (!fs.existsSync(mf)) return { problems: [`${mf} does not exist`], manifest: null };
+  let raw: unknown;
+  try { raw = JSON.parse(fs.readFileSync(mf, 'utf8')); } catch (e) { return { problems: [`manifest.json is not valid JSON: ${(e as Error).message}`], manifest: null }; }
+  const parsed = bundleManifestSchema.safeParse(raw);
+  if (!parsed.success) return { problems: parsed.error.issues.map((i) => `manifest.json ${i.path.join('.') || '(top level)'}: ${i.message}`), manifest: null };
+  const m = parsed.data;
+  for (const [f, want] of Object.entries(m.files)) {
+    const p = path.join(dir, f);
+    if (f.includes('/') || f.includes('..')) { problems.push(`file name ${f} must be a plain name`); continue; }
+    if (!fs.existsSync(p)) { problems.push(`${f} is missing`); continue; }
+    const size = fs.statSync(p).size;
+    if (size !== want.bytes) problems.push(`${f} is ${size} bytes, the manifest says ${want.bytes} (truncated or replaced)`);
+    else if (sha256File(p) !== want.sha256) problems.push(`${f} checksum mismatch (the file was modified after export)`);
+  }
+  for (const need of [m.predictorsFile, ...(m.neuronMajorFile ? [m.neuronMajorFile] : [])]) if (!m.files[need]) problems.push(`${need} is not listed in files`);
+  if (!problems.length) {
+    const check = (file: string, refs: { name: string; shape: number[] }[]) => {
+      let st;
+      try { st = openSafetensors(path.join(dir, file)); } catch (e) { problems.push((e as Error).message); return; }
+      for (const r of refs) {
+        const t = st.tensors.get(r.name);
+        if (!t) problems.push(`${file}: tensor ${r.name} is missing`);
+        else if (JSON.stringify(t.shape) !== JSON.stringify(r.shape)) problems.push(`${file}: tensor ${r.name} has shape ${JSON.stringify(t.shape)}, manifest says ${JSON.stringify(r.shape)}`);
+      }
+    };
+    check(m.predictorsFile, m.layers.flatMap((l) => [l.mlp, l.heads].filter((x) => x).flatMap((p) => Object.values(p!.tensors))));
+    if (m.neuronMajorFile) check(m.neuronMajorFile, m.layers.flatMap((l) => (l.neuronMajor ? [l.neuronMajor.up, l.neuronMajor.down, l.neuronMajor.gate, l.neuronMajor.upBias, l.neuronMajor.gateBias].filter((x): x is { name: string; shape: number[] } => !!x) : [])));
+    for (const l of m.layers) {
+      if (l.layer >= m.model.dims.layers) problems.push(`layer ${l.layer} is beyond the model's ${m.model.dims.layers} layers`);
+      if (l.mlp?.rule.kind === 'topk' && l.mlp.rule.k > m.model.dims.ffn) problems.push(`layer ${l.layer}: MLP top-k ${l.mlp.rule.k} exceeds ffn ${m.model.dims.ffn}`);
+    }
+  }
+  if (model) {
+    let fp;
+    try { fp = fingerprintCheckpoint(model); } catch (e) { problems.push((e as Error).message); }
+    if (fp && !sameFingerprint(fp, m.model.fingerprint)) problems.push(`the bundle was made for another checkpoint than ${model} (config/weights sha256 differ)`);
+  }
+  return { problems, manifest: m };
+}
+
+/** Load a verified bundle's predictors for the forward-pass hooks. */
+export function loadBundlePredictors(dir: string, model?: string): LoadedPredictors & { bundle: BundleManifest } {
+  const { problems, manifest } = verifyBundle(dir, model);
+  if (problems.length || !manifest) throw new UserError(`bundle ${dir} failed verification:\n  - ${problems.join('\n  - ')}`, 're-export the bundle with `dejavu export-bundle`');
+  const st = openSafetensors(path.join(dir, manifest.predictorsFile));
+  const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
+  for (const l of manifest.layers) for (const site of ['mlp', 'heads'] as const) {
+    const p = l[site];
+    if (!p) continue;
+    const [r, d] = p.tensors.fc1Weight.shape as [number, number];
+    const w = fromHost({ fc1Weight: readTensorF32(st, p.tensors.fc1Weight.name), fc1Bias: readTensorF32(st, p.tensors.fc1Bias.name), fc2Weight: readTensorF32(st, p.tensors.fc2Weight.name), fc2Bias: readTensorF32(st, p.tensors.fc2Bias.name), d, r, out: p.tensors.fc2Weight.shape[0]!, hidden: p.hiddenActivation });
+    const entry = { rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 } as PredictorEntry;
+    (site === 'mlp' ? mlp : heads).set(l.layer, { entry, weights: w, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0 });
+  }
+  return {
+    bundle: manifest, manifest: { model: { fingerprint: manifest.model.fingerprint } } as PredictorsManifest, mlp, heads,
+    dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) { for (const t of [s.weights.w1, s.weights.b1, s.weights.w2, s.weights.b2]) (t as tf.Tensor).dispose(); } },
+  };
+}

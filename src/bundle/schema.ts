@@ -1,0 +1,56 @@
+/**
+ * The bundle manifest schema (zod). docs/bundle.schema.json is generated from it (z.toJSONSchema) and a test
+ * keeps the committed file in sync.
+ */
+import { z } from 'zod';
+
+export const BUNDLE_FORMAT_VERSION = 1;
+
+const rule = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('topk'), k: z.number().int().positive() }),
+  z.strictObject({ kind: z.literal('threshold'), value: z.number() }),
+]);
+const sha = z.string().regex(/^[0-9a-f]{64}$/);
+const tensorRef = z.strictObject({ name: z.string().min(1), shape: z.array(z.number().int().nonnegative()) });
+
+const predictor = z.strictObject({
+  rank: z.number().int().positive(),
+  hiddenActivation: z.enum(['none', 'relu']),
+  /** x_attn: this layer's input; x_mlp: the residual entering the MLP block; x_attn[layer-1]: the previous layer's input (lookahead) */
+  input: z.enum(['x_attn', 'x_mlp', 'x_attn[layer-1]']),
+  label: z.union([z.strictObject({ kind: z.literal('active') }), z.strictObject({ kind: z.enum(['topFraction', 'threshold']), value: z.number() })]),
+  rule,
+  tensors: z.strictObject({ fc1Weight: tensorRef, fc1Bias: tensorRef, fc2Weight: tensorRef, fc2Bias: tensorRef }),
+  expected: z.strictObject({ recall: z.number().min(0).max(1), precision: z.number().min(0).max(1), predictedDensity: z.number().min(0).max(1), trueDensity: z.number().min(0).max(1), source: z.enum(['validation', 'evaluate-recall']) }),
+  flopShare: z.number().nonnegative(),
+});
+
+export const bundleManifestSchema = z.strictObject({
+  formatVersion: z.literal(BUNDLE_FORMAT_VERSION),
+  kind: z.literal('dejavu-bundle'),
+  toolVersion: z.string(),
+  createdAt: z.string(),
+  config: z.record(z.string(), z.unknown()),
+  model: z.strictObject({
+    fingerprint: z.strictObject({ config: sha, weights: z.record(z.string(), sha) }),
+    family: z.enum(['opt', 'llama']),
+    architecture: z.record(z.string(), z.unknown()),
+    dims: z.strictObject({ layers: z.number().int().positive(), hidden: z.number().int().positive(), ffn: z.number().int().positive(), heads: z.number().int().positive(), kvHeads: z.number().int().positive(), headDim: z.number().int().positive() }),
+  }),
+  predictorsFile: z.string(),
+  neuronMajorFile: z.string().nullable(),
+  layers: z.array(z.strictObject({
+    layer: z.number().int().nonnegative(),
+    mlp: predictor.nullable(),
+    heads: predictor.nullable(),
+    /** neuron-major MLP weights: row j holds neuron j's weights (fc1/up/gate rows; fc2/down transposed) */
+    neuronMajor: z.strictObject({ up: tensorRef, gate: tensorRef.nullable(), down: tensorRef, upBias: tensorRef.nullable(), gateBias: tensorRef.nullable() }).nullable(),
+  })),
+  files: z.record(z.string(), z.strictObject({ sha256: sha, bytes: z.number().int().nonnegative() })),
+  perplexity: z.record(z.string(), z.number()).nullable(),
+});
+export type BundleManifest = z.infer<typeof bundleManifestSchema>;
+
+export function bundleJsonSchema(): unknown {
+  return { $id: 'https://dejavu-ts/bundle.schema.json', title: 'dejavu-ts bundle manifest', ...(z.toJSONSchema(bundleManifestSchema) as object) };
+}
