@@ -57,7 +57,7 @@ export async function selectBackend(pref: BackendPreference = 'auto', probe: Bac
     if (name === 'tensorflow') {
       const pkg = await probe.tensorflow();
       if (pkg && (await probe.init('tensorflow'))) return { name, reason: pref === 'auto' ? `auto: ${pkg} is installed` : `requested (${pkg})` };
-      tried.push('tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is importable');
+      tried.push(pkg ? `tensorflow: ${pkg} is installed but failed to initialize` : 'tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is importable');
       continue;
     }
     if (await probe.init(name)) {

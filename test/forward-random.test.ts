@@ -434,7 +434,7 @@ describe('metamorphic properties', () => {
           steps.push(forward(model, [[0, 0, ...a], b], { cache, attentionMask: [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]] }));
           for (let s = 0; s < 3; s++) steps.push(forward(model, [[contA[s]!], [contB[s]!]], { cache }));
           expect(cache.keyMask).toEqual([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1]]);
-          for (const [row, seq, pads] of [[0, [...a, ...contA], 2], [1, [...b, ...contB], 0]] as const) {
+          for (const [row, seq, pads] of [[0, [...a, ...contA], 2], [1, [...b, ...contB], 0]] as [number, number[], number][]) {
             const full = forward(model, [seq]);
             const fl = data(full.logits, 'full');
             const prompt = row === 0 ? a.length : b.length;

@@ -58,10 +58,12 @@ export function openCheckpoint(dir: string): Checkpoint {
       bins.length ? 'PyTorch .bin checkpoints are not supported: re-save with model.save_pretrained(dir, safe_serialization=True)' : 'pass a Hugging Face checkpoint folder',
     );
   }
+  // every shard present before any is read: a missing shard is reported as such, not as an index mismatch
+  for (const f of files)
+    if (!fs.existsSync(path.join(dir, f))) throw new UserError(`shard ${f} listed in ${index} is missing`, 'the checkpoint download is incomplete');
   const tensors = new Map<string, { file: SafetensorsFile; info: TensorInfo }>();
   for (const f of files) {
     const full = path.join(dir, f);
-    if (!fs.existsSync(full)) throw new UserError(`shard ${f} listed in ${index} is missing`, 'the checkpoint download is incomplete');
     const st = openSafetensors(full);
     for (const [name, info] of st.tensors) {
       if (tensors.has(name)) throw new UserError(`tensor "${name}" appears in two weight files (${path.basename(tensors.get(name)!.file.path)} and ${f})`);

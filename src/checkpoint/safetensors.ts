@@ -152,8 +152,16 @@ export function readTensorF32(st: SafetensorsFile, name: string): Float32Array {
   }
 }
 
-/** Read an integer tensor (I64/I32/...) as plain numbers. */
+/** Read an integer tensor (I64/I32/...) as plain numbers (exact up to 2^53; float dtypes are rounded). */
 export function readTensorInt(st: SafetensorsFile, name: string): number[] {
+  const t = st.tensors.get(name);
+  if (t && (t.dtype === 'I64' || t.dtype === 'I32')) {
+    // not through float32: ids and counts above 2^24 must survive
+    const buf = readBytes(st.path, t.begin, t.end);
+    const ab = new ArrayBuffer(buf.length);
+    new Uint8Array(ab).set(buf);
+    return t.dtype === 'I64' ? Array.from(new BigInt64Array(ab), (v) => Number(v)) : Array.from(new Int32Array(ab));
+  }
   return Array.from(readTensorF32(st, name), (v) => Math.round(v));
 }
 
