@@ -210,12 +210,24 @@ function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelecti
   const actOf = (x: tf.Tensor, w1: tf.Tensor2D, b1?: tf.Tensor1D, wg?: tf.Tensor2D, bg?: tf.Tensor1D) =>
     c.activation === 'relu' ? tf.relu(linear(x, w1, b1)) : tf.mul(tf.mul(linear(x, wg!, bg), tf.sigmoid(linear(x, wg!, bg))), linear(x, w1, b1));
   if (sel && 'indices' in sel) {
-    // real skip: gather the selected columns of w1/wg ([d, k]) and rows of w2 ([k, d]) per batch row
+    // real skip: only the selected neurons' weights are gathered and multiplied, per batch row
+    const d = c.hidden;
     const rows = sel.indices.map((idx, b) => {
-      const hb = tf.slice(h, [b, 0, 0], [1, -1, -1]);
+      const hb = tf.slice(h, [b, 0, 0], [1, -1, -1]); // [1, T, d]
+      const T = hb.shape[1]!;
+      if (idx.length === 0) { const z = tf.zeros([1, T, d]); return w.b2 ? tf.add(z, w.b2) : z; }
       const ix = tf.tensor1d(idx, 'int32');
-      const a = actOf(hb, tf.gather(w.w1, ix, 1) as tf.Tensor2D, w.b1 && (tf.gather(w.b1, ix) as tf.Tensor1D),
-        w.wg && (tf.gather(w.wg, ix, 1) as tf.Tensor2D), w.bg && (tf.gather(w.bg, ix) as tf.Tensor1D));
+      let a: tf.Tensor;
+      if (w.w1nm && T === 1) {
+        // decode fast path: contiguous rows of the neuron-major copy, [k, d] @ [d, 1] (no transposed operand)
+        const hT = tf.reshape(hb, [d, 1]);
+        const lin = (wnm: tf.Tensor2D, bias?: tf.Tensor1D) => { const y = tf.reshape(tf.matMul(tf.gather(wnm, ix, 0), hT), [1, 1, idx.length]); return bias ? tf.add(y, tf.gather(bias, ix)) : y; };
+        const up = lin(w.w1nm, w.b1);
+        a = c.activation === 'relu' ? tf.relu(up) : tf.mul(tf.mul(lin(w.wgnm!, w.bg), tf.sigmoid(lin(w.wgnm!, w.bg))), up);
+      } else {
+        a = actOf(hb, tf.gather(w.w1, ix, 1) as tf.Tensor2D, w.b1 && (tf.gather(w.b1, ix) as tf.Tensor1D),
+          w.wg && (tf.gather(w.wg, ix, 1) as tf.Tensor2D), w.bg && (tf.gather(w.bg, ix) as tf.Tensor1D));
+      }
       return linear(a, tf.gather(w.w2, ix, 0) as tf.Tensor2D, w.b2);
     });
     return { out: rows.length === 1 ? rows[0]! : tf.concat(rows, 0) };

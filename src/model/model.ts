@@ -27,6 +27,9 @@ export interface LayerWeights {
   bg?: tf.Tensor1D;
   w2: tf.Tensor2D; // [F, d]  OPT fc2, Llama down_proj
   b2?: tf.Tensor1D;
+  /** optional neuron-major copies for the sparse runtime: row j = neuron j's input weights */
+  w1nm?: tf.Tensor2D; // [F, d]
+  wgnm?: tf.Tensor2D; // [F, d]
 }
 
 export interface HostTensor { shape: number[]; data: Float32Array }
@@ -53,6 +56,8 @@ export interface LoadOptions {
   /** bytes of weights that may live on the backend at once; default 2.5 GiB (tfjs-wasm's heap is <= 4 GiB) */
   residentBudgetBytes?: number;
   residency?: 'auto' | 'resident' | 'streamed';
+  /** also keep neuron-major ([F, d]) copies of fc1/up/gate, so the sparse runtime gathers contiguous rows */
+  neuronMajor?: boolean;
 }
 
 function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
@@ -95,7 +100,7 @@ function readHost(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor
   return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
 }
 
-function toLayer(h: HostLayer, i: number): LayerWeights {
+function toLayer(h: HostLayer, i: number, neuronMajor = false): LayerWeights {
   const t2 = (n: string) => tf.tensor2d(h[`layers.${i}.${n}`]!.data, h[`layers.${i}.${n}`]!.shape as [number, number]);
   const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(h[`layers.${i}.${n}`]!.data) : undefined);
   const w: LayerWeights = {
@@ -107,6 +112,12 @@ function toLayer(h: HostLayer, i: number): LayerWeights {
   const b1n = t1('ln1.b'); if (b1n) w.ln1.b = b1n;
   const b2n = t1('ln2.b'); if (b2n) w.ln2.b = b2n;
   if (h[`layers.${i}.wg`]) w.wg = t2('wg');
+  if (neuronMajor) {
+    // HF stores fc1/up/gate as [F, d]: that is already neuron-major
+    const nm = (n: string) => { const t = h[`layers.${i}.${n}`]!; return tf.tensor2d(transpose2d(t.data, t.shape[0]!, t.shape[1]!), [t.shape[1]!, t.shape[0]!]); };
+    w.w1nm = nm('w1');
+    if (h[`layers.${i}.wg`]) w.wgnm = nm('wg');
+  }
   return w;
 }
 
@@ -153,11 +164,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   }
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
   if (residency === 'resident') {
-    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i));
+    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i, opts.neuronMajor));
     model.layer = (i) => ({ w: layers[i]!, release: () => undefined });
     model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); };
   } else {
-    model.layer = (i) => { const w = toLayer(host, i); return { w, release: () => disposeLayer(w) }; };
+    model.layer = (i) => { const w = toLayer(host, i, opts.neuronMajor); return { w, release: () => disposeLayer(w) }; };
     model.dispose = () => { for (const t of globals) t?.dispose(); };
   }
   return model;

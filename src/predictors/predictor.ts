@@ -57,16 +57,22 @@ export function disposeAdam(a: AdamState): void { for (const t of [...a.m, ...a.
  * One AdamW step on weighted BCE: loss = sum(w * bce(z, y)) / sum(w), with w = 1 for positives, negWeight for
  * negatives (Deja Vu down-weights negatives to the positive rate). Returns the loss. Updates p and state in place.
  */
-export function trainStep(p: PredictorWeights, st: AdamState, x: tf.Tensor2D, y: tf.Tensor2D, opt: { lr: number; weightDecay: number; negWeight: number }): number {
+export function trainStep(p: PredictorWeights, st: AdamState, x: tf.Tensor2D, y: tf.Tensor2D,
+  opt: { lr: number; weightDecay: number; negWeight: number; wantLoss?: boolean; positives?: number }): number {
   const [nw1, nb1, nw2, nb2, m, v, loss] = tf.tidy(() => {
     const pre = tf.add(tf.matMul(x, p.w1), p.b1); // [N, r]
     const h = p.hidden === 'relu' ? tf.relu(pre) : pre;
     const z = tf.add(tf.matMul(h, p.w2), p.b2); // [N, out]
     const w = tf.add(tf.mul(y, 1 - opt.negWeight), opt.negWeight); // [N, out]
-    const wsum = tf.sum(w);
-    // bce(z, y) = max(z, 0) - z*y + log(1 + exp(-|z|))
-    const bce = tf.add(tf.sub(tf.relu(z), tf.mul(z, y)), tf.log1p(tf.exp(tf.neg(tf.abs(z)))));
-    const lossT = tf.div(tf.sum(tf.mul(w, bce)), wsum);
+    // sum of weights: from the host-side positive count when given (saves a reduction)
+    const total = y.shape[0] * y.shape[1];
+    const wsum: number | tf.Tensor = opt.positives !== undefined ? opt.positives + (total - opt.positives) * opt.negWeight : tf.sum(w);
+    let lossT: tf.Tensor | null = null;
+    if (opt.wantLoss !== false) {
+      // bce(z, y) = max(z, 0) - z*y + log(1 + exp(-|z|))
+      const bce = tf.add(tf.sub(tf.relu(z), tf.mul(z, y)), tf.log1p(tf.exp(tf.neg(tf.abs(z)))));
+      lossT = tf.div(tf.sum(tf.mul(w, bce)), wsum);
+    }
     const dz = tf.div(tf.mul(w, tf.sub(tf.sigmoid(z), y)), wsum); // [N, out]
     const dW2 = tf.matMul(tf.transpose(h), dz); // [r, out]
     const db2 = tf.sum(dz, 0);
@@ -85,13 +91,13 @@ export function trainStep(p: PredictorWeights, st: AdamState, x: tf.Tensor2D, y:
       const decayed = i % 2 === 0 && opt.weightDecay > 0 ? tf.mul(q, 1 - opt.lr * opt.weightDecay) : q;
       return tf.sub(decayed, tf.mul(tf.div(ms[i]!, tf.add(tf.sqrt(vs[i]!), eps)), lrT));
     });
-    return [...news, ms, vs, lossT] as const;
+    return [...news, ms, vs, lossT ?? tf.scalar(NaN)] as const;
   }) as unknown as [tf.Tensor2D, tf.Tensor1D, tf.Tensor2D, tf.Tensor1D, tf.Tensor[], tf.Tensor[], tf.Tensor];
   disposePredictor(p);
   p.w1 = nw1; p.b1 = nb1; p.w2 = nw2; p.b2 = nb2;
   for (const t of [...st.m, ...st.v]) t.dispose();
   st.m = m; st.v = v; st.t++;
-  const l = loss.dataSync()[0]!;
+  const l = opt.wantLoss === false ? NaN : loss.dataSync()[0]!;
   loss.dispose();
   return l;
 }

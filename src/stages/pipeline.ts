@@ -1,7 +1,56 @@
-import { UserError } from '../util/errors.js';
-import type { StageDeps } from '../util/progress.js';
+/**
+ * pipeline: collect (calibration) -> collect (held-out) -> train -> evaluate -> export, in one workdir.
+ * Every stage skips itself when its output is complete and current (same inputs and config); a stale output is
+ * replaced. Prints the final per-layer table and the perplexities.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { StageResult } from '../cli/commands.js';
+import { collectSchema, evaluateSchema, exportSchema, trainSchema, type PipelineConfig } from '../config/schemas.js';
+import { verifyBundle } from '../bundle/bundle.js';
+import { sha256File } from '../util/fsx.js';
+import type { StageDeps } from '../util/progress.js';
+import { runCollect } from './collect.js';
+import { runTrain } from './train.js';
+import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
+import { runExport } from './export.js';
 
-export async function runPipeline(_cfg: unknown, _deps: StageDeps): Promise<StageResult> {
-  throw new UserError('not implemented yet');
+export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise<StageResult> {
+  const t0 = Date.now();
+  const w = cfg.workdir;
+  const dirs = { cal: path.join(w, 'activations-calibration'), held: path.join(w, 'activations-heldout'), pred: path.join(w, 'predictors'), report: path.join(w, 'report'), bundle: path.join(w, 'bundle') };
+  const timings: Record<string, number> = {};
+  const step = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
+    const s = Date.now();
+    deps.log(`\n== ${name}`);
+    const r = await f();
+    timings[name] = (Date.now() - s) / 1000;
+    deps.log(`== ${name}: ${timings[name]!.toFixed(1)} s`);
+    return r;
+  };
+  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: cfg.data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), deps));
+  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: cfg.data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), deps));
+  await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps));
+  const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: cfg.data.heldout, backend: cfg.backend });
+  // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged
+  const evalId = JSON.stringify({ p: sha256File(path.join(dirs.pred, 'predictors.json')), a: sha256File(path.join(dirs.held, 'manifest.json')), c: evalCfg });
+  const idFile = path.join(dirs.report, '.inputs.json');
+  let report: EvalReport;
+  if (fs.existsSync(idFile) && fs.readFileSync(idFile, 'utf8') === evalId && fs.existsSync(path.join(dirs.report, 'report.json'))) {
+    deps.log('\n== evaluate-recall: report is complete and current; skipped');
+    report = JSON.parse(fs.readFileSync(path.join(dirs.report, 'report.json'), 'utf8'));
+  } else {
+    report = (await step('evaluate-recall', () => runEvaluate(evalCfg, deps))).json as EvalReport;
+    fs.writeFileSync(idFile, evalId);
+  }
+  const expCfg = exportSchema.parse({ ...cfg.export, model: cfg.model, predictors: dirs.pred, report: dirs.report, out: dirs.bundle, overwrite: true });
+  const expId = JSON.stringify({ p: sha256File(path.join(dirs.pred, 'predictors.json')), r: sha256File(path.join(dirs.report, 'report.json')), c: expCfg });
+  const expIdFile = path.join(w, '.bundle-inputs.json');
+  if (fs.existsSync(expIdFile) && fs.readFileSync(expIdFile, 'utf8') === expId && verifyBundle(dirs.bundle, cfg.model).problems.length === 0) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
+  else { await step('export-bundle', () => runExport(expCfg, deps)); fs.writeFileSync(expIdFile, expId); }
+  const v = verifyBundle(dirs.bundle, cfg.model);
+  const total = (Date.now() - t0) / 1000;
+  const text = [reportTable(report, dirs.report), '', `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,
+    `pipeline: ${total.toFixed(0)} s (${Object.entries(timings).map(([k, s]) => `${k} ${s.toFixed(0)} s`).join(', ') || 'everything was current'})`].join('\n');
+  return { text, json: { report, bundle: dirs.bundle, verified: v.problems.length === 0, seconds: total, timings }, code: v.problems.length ? 1 : 0 };
 }

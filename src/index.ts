@@ -1,0 +1,13 @@
+/** Public API of dejavu-ts. */
+export { loadModel, type Model, type LoadOptions, type LayerWeights } from './model/model.js';
+export { forward, newCache, disposeCache, disposeOutput, type ForwardOptions, type ForwardOutput, type CaptureOptions, type SparsityHooks, type MlpSelection, type HeadSelection, type KVCache } from './model/forward.js';
+export { normalizeConfig, type ModelConfig } from './model/config.js';
+export { loadTokenizer, type LoadedTokenizer } from './tokenizer.js';
+export { selectBackend, ensureBackend, type BackendChoice, type BackendPreference } from './backend.js';
+export { openSafetensors, readTensorF32, writeSafetensors } from './checkpoint/safetensors.js';
+export { openCheckpoint, fingerprintCheckpoint } from './checkpoint/checkpoint.js';
+export { loadPredictors, predictorHooks } from './predictors/hooks.js';
+export { exportBundle, verifyBundle, loadBundlePredictors } from './bundle/bundle.js';
+export { generate, decodePerplexityNll } from './runtime/generate.js';
+export { runCli } from './cli/program.js';
+export { UserError } from './util/errors.js';
