@@ -1,0 +1,22 @@
+import * as tf from '@tensorflow/tfjs-core';
+
+/** Median wall time (ms) of fn over n runs after w warm-ups. */
+export function timeIt(fn: () => void, n = 5, w = 1): number {
+  for (let i = 0; i < w; i++) fn();
+  const ts: number[] = [];
+  for (let i = 0; i < n; i++) { const t = performance.now(); fn(); ts.push(performance.now() - t); }
+  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)]!;
+}
+
+/** The backend's own matmul rate (GFLOP/s) on an [m, k] x [k, n] product. */
+export function matmulRate(m: number, k: number, n: number): number {
+  const a = tf.randomNormal([m, k]), b = tf.randomNormal([k, n]);
+  try {
+    const ms = timeIt(() => { tf.matMul(a, b).dataSync(); }, 5, 2);
+    return (2 * m * k * n) / (ms * 1e6);
+  } finally { a.dispose(); b.dispose(); }
+}
+
+export function table(header: string[], rows: (string | number)[][]): string {
+  return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}

@@ -1,0 +1,104 @@
+/**
+ * npm run bench:decode — batch-1 decode tokens/s, dense vs sparse, on the same backend in one run:
+ * (a) the OPT fixture with its bundle (predictors pick neurons and heads), (b) OPT-1.3B widths with random
+ * weights and random masks (10% MLP, 50% heads), next to the bound implied by the bytes of weights read.
+ */
+import * as fs from 'node:fs';
+import * as tf from '@tensorflow/tfjs-core';
+import { ensureBackend } from '../backend.js';
+import { loadBundlePredictors } from '../bundle/bundle.js';
+import type { ModelConfig } from '../model/config.js';
+import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } from '../model/forward.js';
+import { loadModel, type LayerWeights, type Model } from '../model/model.js';
+import { predictorHooks } from '../predictors/hooks.js';
+import { table, timeIt } from './common.js';
+
+const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
+const STEPS = Number(process.env.BENCH_STEPS ?? 24);
+
+/** decode tokens/s at batch 1 after a short prompt */
+function decodeRate(model: Model, hooks: SparsityHooks | undefined, steps = STEPS): number {
+  const cache = newCache(model);
+  try {
+    disposeOutput(forward(model, [[1, 5, 9, 13, 17, 21, 25, 29]], { cache }));
+    for (let i = 0; i < 3; i++) disposeOutput(forward(model, [[3 + i]], { cache, ...(hooks ? { sparsity: hooks } : {}) }));
+    const t = performance.now();
+    for (let i = 0; i < steps; i++) { const o = forward(model, [[7 + (i % 50)]], { cache, ...(hooks ? { sparsity: hooks } : {}) }); o.logits!.dataSync(); disposeOutput(o); }
+    return steps / ((performance.now() - t) / 1000);
+  } finally { disposeCache(cache); }
+}
+
+function randomModel(c: ModelConfig): Model {
+  const r = (shape: number[], std: number) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 7), std) as tf.Tensor2D;
+  const layers: LayerWeights[] = Array.from({ length: c.layers }, () => {
+    const w1 = r([c.hidden, c.ffn], 1 / Math.sqrt(c.hidden));
+    return {
+      ln1: { g: tf.ones([c.hidden]) as tf.Tensor1D, b: tf.zeros([c.hidden]) as tf.Tensor1D }, ln2: { g: tf.ones([c.hidden]) as tf.Tensor1D, b: tf.zeros([c.hidden]) as tf.Tensor1D },
+      wq: r([c.hidden, c.hidden], 0.02), wk: r([c.hidden, c.hidden], 0.02), wv: r([c.hidden, c.hidden], 0.02), wo: r([c.hidden, c.hidden], 0.02),
+      w1, w1nm: tf.transpose(w1) as tf.Tensor2D, w2: r([c.ffn, c.hidden], 1 / Math.sqrt(c.ffn)),
+    };
+  });
+  const embed = r([c.vocabSize, c.hidden], 0.02);
+  return {
+    config: c, dir: '(random)', residency: 'resident', embed, pos: r([c.maxPositions + 2, c.hidden], 0.02), finalNorm: { g: tf.ones([c.hidden]) as tf.Tensor1D, b: tf.zeros([c.hidden]) as tf.Tensor1D },
+    lmHead: tf.transpose(embed) as tf.Tensor2D, bytes: 0, layer: (i) => ({ w: layers[i]!, release: () => undefined }), dispose: () => undefined,
+  };
+}
+
+function randomHooks(c: ModelConfig, mlpFrac: number, headFrac: number): SparsityHooks {
+  let s = 12345;
+  const rand = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
+  const choose = (n: number, k: number) => { const a = Int32Array.from({ length: n }, (_, i) => i); for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; } return a.slice(0, k).sort(); };
+  return {
+    mlp: () => ({ indices: [choose(c.ffn, Math.round(mlpFrac * c.ffn))] }),
+    heads: () => ({ indices: [choose(c.heads, Math.round(headFrac * c.heads))] }),
+  };
+}
+
+/** bytes of weights read per decoded token (float32), dense vs sparse */
+function bytesPerToken(c: ModelConfig, mlpFrac: number, headFrac: number) {
+  const d = c.hidden, qo = 2 * d * c.heads * c.headDim, kv = 2 * d * c.kvHeads * c.headDim, mlp = d * c.ffn * (c.activation === 'swiglu' ? 3 : 2);
+  const head = d * c.vocabSize;
+  return { dense: 4 * (c.layers * (qo + kv + mlp) + head), sparse: 4 * (c.layers * (headFrac * qo + kv + mlpFrac * mlp) + head) };
+}
+
+const rows: (string | number)[][] = [];
+const bundle = process.env.BENCH_BUNDLE ?? 'runs/default/bundle';
+const fixture = process.env.BENCH_MODEL ?? 'checkpoints/opt-fixture';
+if (fs.existsSync(`${bundle}/manifest.json`)) {
+  const model = loadModel(fixture, { neuronMajor: true });
+  const preds = loadBundlePredictors(bundle, fixture);
+  const sel = { mlp: 0, mlpT: 0, heads: 0, headsT: 0 };
+  const hooks = predictorHooks(preds, { mode: 'indices', mlp: true, heads: true, onSelect: (site, _l, s2, t) => { if (site === 'mlp') { sel.mlp += s2; sel.mlpT += t; } else { sel.heads += s2; sel.headsT += t; } } });
+  const dense = decodeRate(model, undefined), sparse = decodeRate(model, hooks);
+  const mf = sel.mlp / sel.mlpT, hf = sel.heads / sel.headsT;
+  const by = bytesPerToken(model.config, mf, hf);
+  const predBytes = 4 * preds.bundle.layers.reduce((s2, l) => s2 + [l.mlp, l.heads].reduce((a, p) => a + (p ? p.rank * (model.config.hidden + (p === l.mlp ? model.config.ffn : model.config.heads)) : 0), 0), 0);
+  rows.push([`OPT fixture + bundle (${model.config.layers} layers, d ${model.config.hidden}, ffn ${model.config.ffn})`, `${(100 * mf).toFixed(1)}% / ${(100 * hf).toFixed(0)}%`, dense.toFixed(1), sparse.toFixed(1), (sparse / dense).toFixed(2) + 'x', (by.dense / (by.sparse + predBytes)).toFixed(2) + 'x']);
+  preds.dispose(); model.dispose();
+} else console.error(`(a) skipped: no bundle at ${bundle}; run \`npx dejavu pipeline --config configs/default.yaml\` first`);
+
+const layers = Number(process.env.BENCH_LAYERS ?? 4);
+const big: ModelConfig = { family: 'opt', vocabSize: 2048, hidden: 2048, layers, heads: 32, kvHeads: 32, headDim: 64, ffn: 8192, maxPositions: 2048, norm: 'layernorm', normEps: 1e-5, preNorm: true, finalNorm: true, activation: 'relu', positions: 'learned', positionOffset: 2, ropeTheta: 0, embedProjDim: null, tiedLmHead: true, attnBias: false, mlpBias: false, bosTokenId: 2, eosTokenId: 2, padTokenId: 1 };
+{
+  const model = randomModel(big);
+  const dense = decodeRate(model, undefined), sparse = decodeRate(model, randomHooks(big, 0.1, 0.5));
+  const by = bytesPerToken(big, 0.1, 0.5);
+  rows.push([`OPT-1.3B widths, random weights (${layers} layers, d 2048, ffn 8192, 32 heads)`, '10% / 50%', dense.toFixed(1), sparse.toFixed(1), (sparse / dense).toFixed(2) + 'x', (by.dense / by.sparse).toFixed(2) + 'x']);
+  // profile of one layer's MLP at batch 1: where the time goes
+  const w = model.layer(0).w;
+  const x = tf.randomNormal([1, big.hidden]);
+  const idx = tf.tensor1d(Int32Array.from({ length: 819 }, (_, i) => i * 10), 'int32');
+  const prof = [
+    ['dense MLP: x @ W1 [d, F] (matvec)', timeIt(() => { tf.matMul(x, w.w1).dataSync(); }, 9, 2)],
+    ['dense MLP: a @ W2 [F, d] (matvec)', timeIt(() => { tf.tidy(() => tf.matMul(tf.randomNormal([1, big.ffn]), w.w2).dataSync()); }, 9, 2)],
+    ['sparse: gather 10% rows of W1 (neuron-major) [k, d]', timeIt(() => { tf.gather(w.w1nm!, idx, 0).dataSync(); }, 9, 2)],
+    ['sparse: gather 10% rows of W2 [k, d]', timeIt(() => { tf.gather(w.w2, idx, 0).dataSync(); }, 9, 2)],
+    ['sparse: gather 10% columns of W1 [d, k] (non-neuron-major)', timeIt(() => { tf.gather(w.w1, idx, 1).dataSync(); }, 9, 2)],
+    ['sparse: [k, d] @ [d, 1] matvec', timeIt(() => { tf.tidy(() => tf.matMul(tf.gather(w.w1nm!, idx, 0), tf.reshape(x, [big.hidden, 1])).dataSync()); }, 9, 2)],
+  ];
+  console.log(`bench:decode, backend ${b.name}, batch 1, ${STEPS} decode steps each\n`);
+  console.log(table(['model', 'density MLP / heads', 'dense tok/s', 'sparse tok/s', 'speedup', 'bound (weight bytes read)'], rows));
+  console.log('\nprofile (one layer, OPT-1.3B widths, median ms):\n');
+  console.log(table(['op', 'ms'], prof.map(([k, v]) => [k as string, (v as number).toFixed(3)])));
+}
