@@ -20,7 +20,9 @@ export class RankHistogram {
     const idx = Array.from({ length: W }, (_, i) => i);
     for (let t = 0; t < n; t++) {
       const base = t * W;
-      idx.sort((a, b) => logits[base + b]! - logits[base + a]!);
+      // ties by index, as the runtime rule (ruleIndices, tf.topk) and topKLabels break them; without it the order of
+      // tied logits would depend on the previous token's sort
+      idx.sort((a, b) => logits[base + b]! - logits[base + a]! || a - b);
       for (let r = 0; r < W; r++) order[idx[r]!] = r;
       for (let j = 0; j < W; j++) if (labels[base + j]) { this.hist[order[j]!]!++; this.positives++; }
       this.tokens++;
