@@ -13,18 +13,26 @@ export class RankHistogram {
   positives = 0;
   constructor(readonly width: number) { this.hist = new Float64Array(width); }
 
-  /** logits [n, width], labels 0/1 [n, width] */
+  /**
+   * logits [n, width], labels 0/1 [n, width]. A positive's rank is the number of logits in its row strictly
+   * greater than its own (found by binary search in the natively sorted row), so ties share the better rank.
+   */
   add(logits: Float32Array, labels: Uint8Array, n: number): void {
     const W = this.width;
-    const order = new Uint32Array(W);
-    const idx = Array.from({ length: W }, (_, i) => i);
+    const sorted = new Float32Array(W);
     for (let t = 0; t < n; t++) {
       const base = t * W;
-      // ties by index, as the runtime rule (ruleIndices, tf.topk) and topKLabels break them; without it the order of
-      // tied logits would depend on the previous token's sort
-      idx.sort((a, b) => logits[base + b]! - logits[base + a]! || a - b);
-      for (let r = 0; r < W; r++) order[idx[r]!] = r;
-      for (let j = 0; j < W; j++) if (labels[base + j]) { this.hist[order[j]!]!++; this.positives++; }
+      sorted.set(logits.subarray(base, base + W));
+      sorted.sort(); // ascending, native
+      for (let j = 0; j < W; j++) {
+        if (!labels[base + j]) continue;
+        const v = logits[base + j]!;
+        // first index with sorted[i] > v
+        let lo = 0, hi = W;
+        while (lo < hi) { const mid = (lo + hi) >> 1; if (sorted[mid]! > v) hi = mid; else lo = mid + 1; }
+        this.hist[W - lo]!++;
+        this.positives++;
+      }
       this.tokens++;
     }
   }
