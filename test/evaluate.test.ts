@@ -78,17 +78,18 @@ describe('metrics on hand-made cases', () => {
     expect(prev.recall).toBe(1);
   });
 
-  it('ties in the logits are ranked by index, as the runtime rule (ruleIndices / topKLabels) breaks them', () => {
+  it('a token\'s ranks do not depend on the tokens before it in the chunk (tied logits)', () => {
     const W = 4;
-    // token 0 has distinct logits (it permutes any internal order), token 1 is all ties with its positive at index 0
-    const lg = Float32Array.from([1, 2, 3, 4, /**/ 0, 0, 0, 0]);
-    const lb = Uint8Array.from([0, 0, 0, 1, /**/ 1, 0, 0, 0]);
-    const h = new RankHistogram(W);
-    h.add(lg, lb, 2);
-    // top-1 by index on ties: token 0 selects idx3 (positive), token 1 selects idx0 (positive)
-    const sel = topKLabels(lg, 2, W, 1);
-    expect(Array.from(sel)).toEqual([0, 0, 0, 1, 1, 0, 0, 0]);
-    expect(h.metricsAtK(1).recall).toBe(1);
+    // token A has distinct logits (it would permute any internal order); token B is all ties, its positive at index 0
+    const A = { lg: Float32Array.from([1, 2, 3, 4]), lb: Uint8Array.from([0, 0, 0, 1]) };
+    const B = { lg: Float32Array.from([0, 0, 0, 0]), lb: Uint8Array.from([1, 0, 0, 0]) };
+    const h1 = new RankHistogram(W), h2 = new RankHistogram(W);
+    h1.add(Float32Array.from([...A.lg, ...B.lg]), Uint8Array.from([...A.lb, ...B.lb]), 2); // one chunk: A then B
+    h2.add(Float32Array.from([...B.lg, ...A.lg]), Uint8Array.from([...B.lb, ...A.lb]), 2); // B then A
+    expect(Array.from(h1.hist)).toEqual(Array.from(h2.hist));
+    // top-1 (ties by index, as ruleIndices / topKLabels break them) selects the positive of both tokens
+    expect(Array.from(topKLabels(Float32Array.from([...A.lg, ...B.lg]), 2, W, 1))).toEqual([0, 0, 0, 1, 1, 0, 0, 0]);
+    expect(h1.metricsAtK(1).recall).toBe(1);
   });
 
   it('ThresholdCounter: selects logits >= value', () => {
@@ -187,7 +188,6 @@ describe('evaluate-recall end to end', () => {
     expect(Object.keys(p.runs)).toEqual(['dense', 'oracle (MLP)', 'oracle (heads)', 'oracle (MLP + heads)', 'predicted (MLP)', 'predicted (heads)', 'predicted (MLP + heads)']);
     const pm = JSON.parse(fs.readFileSync(path.join(PRED, 'predictors.json'), 'utf8')) as PredictorsManifest;
     const c = pm.model.config;
-    console.log(pm.layers.map((l) => [l.mlp!.rule, l.heads!.rule]));
     for (const l of pm.layers) {
       expect(p.density['predicted (MLP)']!.mlp[l.layer]).toBeCloseTo((l.mlp!.rule as { k: number }).k / c.ffn, 12);
       expect(p.density['predicted (MLP + heads)']!.heads[l.layer]).toBeCloseTo((l.heads!.rule as { k: number }).k / c.heads, 12);
@@ -229,6 +229,9 @@ describe('evaluate-recall end to end', () => {
     await runCollect(collectSchema.parse({ model: other, data: path.join(REPO, 'data', 'heldout.jsonl'), out: otherHeld, seqLen: 64, maxTokens: 256, dtype: 'float32' }), quiet);
     await userError(runEvaluate(evalCfg(PRED, 'rep-x1', { activations: otherHeld, model: undefined }), quiet), /trained for another model/);
     await userError(runEvaluate(evalCfg(PRED, 'rep-x2', { model: other }), quiet), /is not the checkpoint the predictors were trained for/);
+    const held0 = path.join(TMP, 'acts-held-layer0');
+    await runCollect(collectSchema.parse({ model: MODEL, data: path.join(REPO, 'data', 'heldout.jsonl'), out: held0, seqLen: 64, maxTokens: 128, dtype: 'float32', layers: [0] }), quiet);
+    await userError(runEvaluate(evalCfg(PRED, 'rep-x3', { activations: held0, model: undefined }), quiet), /layer 1 has predictors but is not in the held-out dataset/);
     expect(fs.existsSync(path.join(TMP, 'rep-x1', 'report.json'))).toBe(false);
     expect(fs.existsSync(path.join(TMP, 'rep-x2', 'report.json'))).toBe(false);
   });

@@ -12,6 +12,7 @@ import { loadModel } from '../src/model/model.js';
 import { normalizeConfig } from '../src/model/config.js';
 import { disposeOutput, forward } from '../src/model/forward.js';
 import { loadTokenizer } from '../src/tokenizer.js';
+import { batchNll, ppl, type NllTotals } from '../src/eval/perplexity.js';
 import { packSequences, readDocuments } from '../src/activations/data.js';
 
 const REPO = path.join(import.meta.dirname, '..');
@@ -22,33 +23,47 @@ const slice = (name: string): Slice => JSON.parse(fs.readFileSync(path.join(REPO
 
 beforeAll(async () => { await ensureBackend('wasm'); });
 
-/** Mean next-token NLL (float64 accumulation) and, when asked, per-layer fraction of mlpAct > 0. */
+/**
+ * Mean next-token NLL over the windows, 2 per forward pass. With `density`, the NLL is accumulated here (float64)
+ * from one forward pass that also captures mlpAct (fraction > 0 per layer), and batchNll is cross-checked on the
+ * first batch; without it, batchNll (src/eval/perplexity.ts) does the work.
+ */
 function evaluate(dir: string, windows: number[][], density: boolean): { nll: number; density: number[] } {
-  const model = loadModel(dir);
   const before = tf.memory().numTensors;
+  const model = loadModel(dir);
   const L = model.config.layers, V = model.config.vocabSize;
-  let nll = 0, count = 0;
+  const tot: NllTotals = { nll: 0, count: 0 };
   const active = new Array<number>(L).fill(0), total = new Array<number>(L).fill(0);
   try {
     for (let i = 0; i < windows.length; i += 2) {
       const batch = windows.slice(i, i + 2);
-      const out = forward(model, batch, { capture: { logits: true, mlpAct: density } });
+      if (!density) { const r = batchNll(model, batch); tot.nll += r.nll; tot.count += r.count; continue; }
+      const out = forward(model, batch, { capture: { logits: true, mlpAct: true } });
+      let nll = 0, count = 0;
       try {
         const logp = tf.tidy(() => tf.logSoftmax(out.logits!, -1).dataSync() as Float32Array);
         const T = batch[0]!.length;
         for (let b = 0; b < batch.length; b++)
           for (let t = 0; t < T - 1; t++) { nll -= logp[(b * T + t) * V + batch[b]![t + 1]!]!; count++; }
-        if (density) for (let l = 0; l < L; l++) {
+        for (let l = 0; l < L; l++) {
           const a = out.captured.mlpAct![l]!.dataSync();
           let n = 0;
           for (let j = 0; j < a.length; j++) if (a[j]! > 0) n++;
           active[l]! += n; total[l]! += a.length;
         }
       } finally { disposeOutput(out); }
+      if (i === 0) {
+        const r = batchNll(model, batch);
+        expect(r.count).toBe(count);
+        expect(Math.abs(r.nll / nll - 1), `batchNll ${r.nll} vs ${nll}`).toBeLessThan(1e-5);
+      }
+      tot.nll += nll; tot.count += count;
     }
-    expect(tf.memory().numTensors).toBe(before);
   } finally { model.dispose(); }
-  return { nll: nll / count, density: active.map((a, l) => a / total[l]!) };
+  expect(tf.memory().numTensors, 'no tensor leaked').toBe(before);
+  expect(tot.count).toBe(windows.length * (windows[0]!.length - 1));
+  expect(ppl(tot)).toBeCloseTo(Math.exp(tot.nll / tot.count), 9);
+  return { nll: tot.nll / tot.count, density: active.map((a, l) => a / total[l]!) };
 }
 
 describe('fixture models reproduce their PyTorch held-out numbers', () => {

@@ -7,10 +7,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ensureBackend } from '../src/backend.js';
-import { loadModel } from '../src/model/model.js';
-import { disposeOutput, forward, type ForwardOutput } from '../src/model/forward.js';
-import { openSafetensors, readTensorInt } from '../src/checkpoint/safetensors.js';
+// the public API (src/index.ts), as a user of the package would call it
+import { disposeOutput, ensureBackend, forward, loadModel, openSafetensors, type ForwardOutput } from '../src/index.js';
+import { readTensorInt } from '../src/checkpoint/safetensors.js';
 import { FIXTURES, loadReference, relFrob } from './helpers.js';
 
 const ROOT = path.join(FIXTURES, 'hf-variants');

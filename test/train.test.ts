@@ -198,7 +198,7 @@ describe('weighted BCE step (trainStep)', () => {
   const N = 6, d = 5, r = 3, W = 7;
   const r0 = rng(11);
   const x = Array.from({ length: N * d }, () => r0() * 2 - 1);
-  const y = Array.from({ length: N * W }, (_, i) => (i % W === W - 1 ? 0 : r0() < 0.3 ? 1 : 0)); // last column: no positives
+  const y: number[] = Array.from({ length: N * W }, (_, i) => (i % W === W - 1 ? 0 : r0() < 0.3 ? 1 : 0)); // last column: no positives
 
   it('the float64 reference gradient agrees with central finite differences', () => {
     const p = initPredictor(d, r, W, 'relu', 5);

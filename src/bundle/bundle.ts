@@ -49,6 +49,15 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   const tmp = `${o.out}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp, { recursive: true });
+  try {
+    return writeBundle(o, pm, fp, report, ck, c, tmp);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true }); // nothing half-written is left behind on failure
+  }
+}
+
+function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: EvalReport | null,
+  ck: ReturnType<typeof openCheckpoint>, c: ReturnType<typeof normalizeConfig>, tmp: string): BundleManifest {
   const ptensors: Record<string, TensorToWrite> = {};
   const ntensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
@@ -140,9 +149,31 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
     };
     check(m.predictorsFile, m.layers.flatMap((l) => [l.mlp, l.heads].filter((x) => x).flatMap((p) => Object.values(p!.tensors))));
     if (m.neuronMajorFile) check(m.neuronMajorFile, m.layers.flatMap((l) => (l.neuronMajor ? [l.neuronMajor.up, l.neuronMajor.down, l.neuronMajor.gate, l.neuronMajor.upBias, l.neuronMajor.gateBias].filter((x): x is { name: string; shape: number[] } => !!x) : [])));
+    const dims = m.model.dims;
+    const seen = new Set<number>();
     for (const l of m.layers) {
-      if (l.layer >= m.model.dims.layers) problems.push(`layer ${l.layer} is beyond the model's ${m.model.dims.layers} layers`);
-      if (l.mlp?.rule.kind === 'topk' && l.mlp.rule.k > m.model.dims.ffn) problems.push(`layer ${l.layer}: MLP top-k ${l.mlp.rule.k} exceeds ffn ${m.model.dims.ffn}`);
+      if (seen.has(l.layer)) problems.push(`layer ${l.layer} is listed more than once`);
+      seen.add(l.layer);
+      if (l.layer >= dims.layers) problems.push(`layer ${l.layer} is beyond the model's ${dims.layers} layers`);
+      if (l.mlp?.rule.kind === 'topk' && l.mlp.rule.k > dims.ffn) problems.push(`layer ${l.layer}: MLP top-k ${l.mlp.rule.k} exceeds ffn ${dims.ffn}`);
+      if (l.heads?.rule.kind === 'topk' && l.heads.rule.k > dims.heads) problems.push(`layer ${l.layer}: head top-k ${l.heads.rule.k} exceeds heads ${dims.heads}`);
+      // shapes must fit the model (not only the file): a predictor of the wrong width would break the forward pass
+      const fit = (what: string, ref: { shape: number[] } | null | undefined, want: number[]) => {
+        if (ref && JSON.stringify(ref.shape) !== JSON.stringify(want)) problems.push(`layer ${l.layer} ${what}: shape ${JSON.stringify(ref.shape)} does not fit the model (expected ${JSON.stringify(want)})`);
+      };
+      for (const [site, W] of [['mlp', dims.ffn], ['heads', dims.heads]] as const) {
+        const p = l[site];
+        if (!p) continue;
+        fit(`${site}.fc1Weight`, p.tensors.fc1Weight, [p.rank, dims.hidden]);
+        fit(`${site}.fc1Bias`, p.tensors.fc1Bias, [p.rank]);
+        fit(`${site}.fc2Weight`, p.tensors.fc2Weight, [W, p.rank]);
+        fit(`${site}.fc2Bias`, p.tensors.fc2Bias, [W]);
+      }
+      const nm = l.neuronMajor;
+      if (nm) {
+        for (const k of ['up', 'gate', 'down'] as const) fit(`neuronMajor.${k}`, nm[k], [dims.ffn, dims.hidden]);
+        for (const k of ['upBias', 'gateBias'] as const) fit(`neuronMajor.${k}`, nm[k], [dims.ffn]);
+      }
     }
   }
   if (model) {
