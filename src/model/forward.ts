@@ -206,6 +206,18 @@ function prepare(model: Model, ids: number[][], opts: ForwardOptions): Prepared 
   return { B, T, P, idsT: tf.tensor2d(flat, [B, T], 'int32'), mask, positions, bias: tf.tensor4d(bias, [B, 1, T, S]), keyMask };
 }
 
+/**
+ * 0/1 mask of each row's k largest entries along the last axis: x >= the row's k-th largest value (ties at the
+ * threshold are kept; for ReLU activations a tie at 0 adds only neurons that contribute nothing). Avoids a one-hot
+ * [.., k, W] tensor, which is k times larger than the mask.
+ */
+export function topkMask(x: tf.Tensor, k: number): tf.Tensor {
+  const W = x.shape[x.shape.length - 1]!;
+  if (k >= W) return tf.onesLike(x);
+  const kth = tf.slice(tf.topk(x, k).values, new Array(x.rank).fill(0).map((_, i) => (i === x.rank - 1 ? k - 1 : 0)), x.shape.map((d, i) => (i === x.rank - 1 ? 1 : d)));
+  return tf.cast(tf.greaterEqual(x, kth), 'float32');
+}
+
 function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelection | null | undefined): { out: tf.Tensor; act?: tf.Tensor } {
   const actOf = (x: tf.Tensor, w1: tf.Tensor2D, b1?: tf.Tensor1D, wg?: tf.Tensor2D, bg?: tf.Tensor1D) =>
     c.activation === 'relu' ? tf.relu(linear(x, w1, b1)) : tf.mul(tf.mul(linear(x, wg!, bg), tf.sigmoid(linear(x, wg!, bg))), linear(x, w1, b1));
@@ -238,9 +250,7 @@ function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelecti
     const k = sel.oracleTopK;
     const F = act.shape[2]!;
     if (k < F) {
-      const { indices } = tf.topk(tf.abs(act), k); // [B, T, k]
-      const m = tf.sum(tf.oneHot(indices, F), 2); // [B, T, F]
-      act = tf.mul(act, m);
+      act = tf.mul(act, topkMask(tf.abs(act), k)); // [B, T, F]
     }
   }
   return { out: linear(act, w.w2, w.b2), act };
@@ -292,8 +302,7 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
   if (sel && 'mask' in sel) ctx4 = tf.mul(ctx4, tf.expandDims(sel.mask, 3));
   else if (sel && 'oracleTopK' in sel && sel.oracleTopK < H) {
     const norms = tf.sqrt(tf.sum(tf.square(ctx4), -1)); // [B, T, H]
-    const m = tf.sum(tf.oneHot(tf.topk(norms, sel.oracleTopK).indices, H), 2); // [B, T, H]
-    ctx4 = tf.mul(ctx4, tf.expandDims(m, 3));
+    ctx4 = tf.mul(ctx4, tf.expandDims(topkMask(norms, sel.oracleTopK), 3));
   }
   const ctx = tf.reshape(ctx4, [B, T, H * hd]);
   return { out: linear(ctx, w.wo, w.bo), ctx };

@@ -4,7 +4,7 @@
  * evaluation (mask mode: [B, T, *] 0/1 masks) and the runtime (indices mode: only the picked rows are computed).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { HeadSelection, MlpSelection, SparsityHooks } from '../model/forward.js';
+import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } from '../model/forward.js';
 import type { SelectionRule } from './metrics.js';
 import { disposePredictor, fromHost, predictLogits, type PredictorWeights } from './predictor.js';
 import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
@@ -28,7 +28,7 @@ export function ruleMask(logits: tf.Tensor2D, rule: SelectionRule): tf.Tensor2D 
     const W = logits.shape[1];
     if (rule.kind === 'threshold') return tf.cast(tf.greaterEqual(logits, rule.value), 'float32') as tf.Tensor2D;
     if (rule.k >= W) return tf.onesLike(logits);
-    return tf.sum(tf.oneHot(tf.topk(logits, rule.k).indices, W), 1) as tf.Tensor2D;
+    return topkMask(logits, rule.k) as tf.Tensor2D;
   });
 }
 

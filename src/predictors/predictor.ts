@@ -5,6 +5,7 @@
  * matmul runs ~10x slower): transposes are explicit, then plain matMul.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { readSync } from '../util/tfx.js';
 
 export interface PredictorWeights {
   w1: tf.Tensor2D; // [d, r]
@@ -108,13 +109,13 @@ export interface HostPredictor { fc1Weight: Float32Array; fc1Bias: Float32Array;
 export function toHost(p: PredictorWeights): HostPredictor {
   const [d, r] = p.w1.shape;
   const out = p.w2.shape[1];
-  return tf.tidy(() => ({
-    fc1Weight: tf.transpose(p.w1).dataSync() as Float32Array,
-    fc1Bias: p.b1.dataSync() as Float32Array,
-    fc2Weight: tf.transpose(p.w2).dataSync() as Float32Array,
-    fc2Bias: p.b2.dataSync() as Float32Array,
+  return {
+    fc1Weight: readSync(() => tf.transpose(p.w1)),
+    fc1Bias: Float32Array.from(p.b1.dataSync()),
+    fc2Weight: readSync(() => tf.transpose(p.w2)),
+    fc2Bias: Float32Array.from(p.b2.dataSync()),
     d, r, out, hidden: p.hidden,
-  }));
+  };
 }
 
 export function fromHost(h: HostPredictor): PredictorWeights {

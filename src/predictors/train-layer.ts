@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { readSync } from '../util/tfx.js';
 import type { TrainConfig } from '../config/schemas.js';
 import { iterateLayer, type ActivationsManifest } from '../activations/dataset.js';
 import type { DecodedBatch } from '../activations/format.js';
@@ -107,7 +108,7 @@ function validate(p: PredictorWeights, dir: string, m: ActivationsManifest, spec
   for (let s = 0; s < m.shards; s++) {
     for (const { val } of shardRows(dir, m, spec, labelLayer, s, valEvery)) {
       if (!val.n) continue;
-      const logits = tf.tidy(() => predictLogits(p, tf.tensor2d(val.x, [val.n, d])).dataSync() as Float32Array);
+      const logits = readSync(() => predictLogits(p, tf.tensor2d(val.x, [val.n, d])));
       hist.add(logits, val.y, val.n);
       if (wantPositives) for (let i = 0; i < logits.length; i++) if (val.y[i]) pos.push(logits[i]!);
     }
@@ -120,7 +121,7 @@ function thresholdMetrics(p: PredictorWeights, dir: string, m: ActivationsManife
   for (let s = 0; s < m.shards; s++)
     for (const { val } of shardRows(dir, m, spec, labelLayer, s, valEvery)) {
       if (!val.n) continue;
-      c.add(tf.tidy(() => predictLogits(p, tf.tensor2d(val.x, [val.n, m.dims.hidden])).dataSync() as Float32Array), val.y);
+      c.add(readSync(() => predictLogits(p, tf.tensor2d(val.x, [val.n, m.dims.hidden]))), val.y);
     }
   return c.metrics();
 }

@@ -5,6 +5,7 @@
  * the cache stays exact for heads that a later token selects.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { readSync } from '../util/tfx.js';
 import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 
@@ -53,7 +54,7 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   try {
     let t = performance.now();
     const pre = forward(model, padded, { attentionMask: mask, cache });
-    const last = tf.tidy(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]).dataSync() as Float32Array);
+    const last = readSync(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]));
     disposeOutput(pre);
     let next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
     const prefillMs = performance.now() - t;
@@ -87,7 +88,7 @@ export function decodePerplexityNll(model: Model, seqs: number[][], sparsity?: S
     try {
       for (let t = 0; t < seq.length - 1; t++) {
         const o = forward(model, [[seq[t]!]], { cache, ...(sparsity ? { sparsity } : {}) });
-        const lg = tf.tidy(() => tf.logSoftmax(tf.reshape(o.logits!, [V])).dataSync() as Float32Array);
+        const lg = readSync(() => tf.logSoftmax(tf.reshape(o.logits!, [V])));
         disposeOutput(o);
         nll -= lg[seq[t + 1]!]!;
         count++;

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { readSync } from '../util/tfx.js';
 import type { StageResult } from '../cli/commands.js';
 import { VERSION } from '../cli/program.js';
 import type { EvaluateConfig } from '../config/schemas.js';
@@ -52,7 +53,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
     else if (e.label.kind === 'active') y = lb.mlpActive;
     else if (e.label.kind === 'threshold') { const v = e.label.value; y = Uint8Array.from(lb.mlpAct!, (a) => (Math.abs(a) > v ? 1 : 0)); }
     else y = topKLabels(lb.mlpAct!, lb.rows, W, Math.max(1, Math.round(e.label.value * W)), true);
-    const logits = tf.tidy(() => predictLogits(site.weights, tf.tensor2d(x, [lb.rows, m.dims.hidden])).dataSync() as Float32Array);
+    const logits = readSync(() => predictLogits(site.weights, tf.tensor2d(x, [lb.rows, m.dims.hidden])));
     hist.add(logits, y, lb.rows);
     thr?.add(logits, y);
   }
