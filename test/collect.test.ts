@@ -7,6 +7,7 @@ import { collectSchema } from '../src/config/schemas.js';
 import { runCollect } from '../src/stages/collect.js';
 import { iterateLayer, readManifest, layerDir } from '../src/activations/dataset.js';
 import { FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
+import { openSafetensors, readTensorF32, writeSafetensors } from '../src/checkpoint/safetensors.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
 const REPO = path.join(import.meta.dirname, '..');
@@ -88,6 +89,26 @@ describe('collect-activations', () => {
     const badIds = path.join(tmp, 'bad.jsonl'); writeJsonl(badIds, [{ ids: [1, 2, 99999] }]);
     await expect(runCollect(collectSchema.parse({ model, data: badIds, out: path.join(tmp, 'o5'), seqLen: 2 }), quiet)).rejects.toThrow(/outside the model's vocabulary/);
     expect(fs.existsSync(path.join(tmp, 'o5', 'manifest.json'))).toBe(false);
+    // unwritable output: a path below a regular file
+    const file = path.join(tmp, 'plain-file'); fs.writeFileSync(file, 'x');
+    await expect(runCollect(collectSchema.parse({ model, data, out: path.join(file, 'sub'), seqLen: 16, maxTokens: 64 }), quiet)).rejects.toThrow(/cannot create output folder .*plain-file/);
+  });
+
+  it('NaN in the activations is a clear error and leaves no dataset behind', async () => {
+    const tmp = tmpDir();
+    const bad = path.join(tmp, 'nan-model');
+    fs.mkdirSync(bad);
+    for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(FIXTURES, 'opt-tiny-ref', f), path.join(bad, f));
+    const st = openSafetensors(path.join(FIXTURES, 'opt-tiny-ref', 'model.safetensors'));
+    const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+    for (const [k, t] of st.tensors) tensors[k] = { dtype: 'F32', shape: t.shape, data: readTensorF32(st, k) };
+    tensors['model.decoder.layers.1.fc1.bias']!.data[5] = NaN;
+    writeSafetensors(path.join(bad, 'model.safetensors'), tensors);
+    const data = path.join(tmp, 'd.jsonl');
+    writeJsonl(data, sampleText(10));
+    const out = path.join(tmp, 'out');
+    await expect(runCollect(collectSchema.parse({ model: bad, data, out, seqLen: 16, maxTokens: 64 }), quiet)).rejects.toThrow(/non-finite mlp_act value \(NaN\) at layer 1/);
+    expect(fs.existsSync(out)).toBe(false);
   });
 
   it('after kill -9 the same command resumes and the dataset equals an uninterrupted run', async () => {

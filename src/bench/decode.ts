@@ -12,6 +12,10 @@ import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } fr
 import { loadModel, type LayerWeights, type Model } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';
 import { table, timeIt } from './common.js';
+import { loadTokenizer } from '../tokenizer.js';
+import { packSequences, readDocuments } from '../activations/data.js';
+import { batchNll, ppl } from '../eval/perplexity.js';
+import { decodePerplexityNll } from '../runtime/generate.js';
 
 const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
 const STEPS = Number(process.env.BENCH_STEPS ?? 24);
@@ -63,6 +67,7 @@ function bytesPerToken(c: ModelConfig, mlpFrac: number, headFrac: number) {
 }
 
 const rows: (string | number)[][] = [];
+let pplLine = '';
 const bundle = process.env.BENCH_BUNDLE ?? 'runs/default/bundle';
 const fixture = process.env.BENCH_MODEL ?? 'checkpoints/opt-fixture';
 if (fs.existsSync(`${bundle}/manifest.json`)) {
@@ -75,6 +80,16 @@ if (fs.existsSync(`${bundle}/manifest.json`)) {
   const by = bytesPerToken(model.config, mf, hf);
   const predBytes = 4 * preds.bundle.layers.reduce((s2, l) => s2 + [l.mlp, l.heads].reduce((a, p) => a + (p ? p.rank * (model.config.hidden + (p === l.mlp ? model.config.ffn : model.config.heads)) : 0), 0), 0);
   rows.push([`OPT fixture + bundle (${model.config.layers} layers, d ${model.config.hidden}, ffn ${model.config.ffn})`, `${(100 * mf).toFixed(1)}% / ${(100 * hf).toFixed(0)}%`, dense.toFixed(1), sparse.toFixed(1), (sparse / dense).toFixed(2) + 'x', (by.dense / (by.sparse + predBytes)).toFixed(2) + 'x']);
+  // the runtime's own sparse perplexity (token by token, skipping) vs evaluate-recall's predicted-sparsity
+  // perplexity (full sequences, masking) on the same held-out sequences and the same predictors
+  const tok = loadTokenizer(fixture);
+  const seqs: number[][] = [];
+  for await (const sq of packSequences(readDocuments('data/heldout.jsonl'), { seqLen: 128, cfg: model.config, tokenizer: tok, maxTokens: 128 * Number(process.env.BENCH_PPL_SEQS ?? 6), source: 'data/heldout.jsonl' })) seqs.push(sq);
+  const evalP = ppl(batchNll(model, seqs, predictorHooks(preds, { mode: 'mask', mlp: true, heads: true })));
+  const t0 = performance.now();
+  const rtP = ppl(decodePerplexityNll(model, seqs, predictorHooks(preds, { mode: 'indices', mlp: true, heads: true })));
+  const denseP = ppl(batchNll(model, seqs));
+  pplLine = `runtime sparse perplexity (token-by-token decode, skipping) ${rtP.toFixed(4)} vs evaluate-style predicted-sparsity perplexity (masking) ${evalP.toFixed(4)} on ${seqs.length * 128} held-out tokens: ${(100 * (rtP / evalP - 1)).toFixed(3)}% (dense ${denseP.toFixed(4)}; ${((performance.now() - t0) / 1000).toFixed(0)} s)`;
   preds.dispose(); model.dispose();
 } else console.error(`(a) skipped: no bundle at ${bundle}; run \`npx dejavu pipeline --config configs/default.yaml\` first`);
 
@@ -99,6 +114,7 @@ const big: ModelConfig = { family: 'opt', vocabSize: 2048, hidden: 2048, layers,
   ];
   console.log(`bench:decode, backend ${b.name}, batch 1, ${STEPS} decode steps each\n`);
   console.log(table(['model', 'density MLP / heads', 'dense tok/s', 'sparse tok/s', 'speedup', 'bound (weight bytes read)'], rows));
+  if (pplLine) console.log('\n' + pplLine);
   console.log('\nprofile (one layer, OPT-1.3B widths, median ms):\n');
   console.log(table(['op', 'ms'], prof.map(([k, v]) => [k as string, (v as number).toFixed(3)])));
 }

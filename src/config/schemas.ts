@@ -89,6 +89,11 @@ export const evaluateSchema = z.strictObject({
   maxTokens: posInt.default(16384),
   batchSize: posInt.default(4),
   sweep: z.array(z.number().gt(0).lte(1)).min(2).default([0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1]),
+  /**
+   * perplexity-vs-density curve: for each target average MLP density, the predictors' per-layer k are scaled
+   * proportionally (k_l = F * min(1, D * calibrated_l / mean calibrated)) and predicted-MLP perplexity is measured
+   */
+  densitySweep: z.array(z.number().gt(0).lte(1)).default([0.1, 0.15, 0.2, 0.3]),
   backend,
 });
 export type EvaluateConfig = z.infer<typeof evaluateSchema>;

@@ -32,7 +32,9 @@ export interface EvalReport {
   kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig; heldoutTokens: number;
   layers: LayerReport[];
   averages: { mlpRecall: number; mlpPredictedDensity: number; mlpTrueDensity: number; mlpSparsity: number; headRecall: number; headDensity: number };
-  perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }> };
+  perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }>;
+    /** predicted-MLP perplexity at scaled per-layer k (top-k rules), and the same density for the oracle */
+    densityCurve: { targetDensity: number; meanDensity: number; predicted: number; oracle: number; k: number[] }[] };
 }
 
 function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, kind: 'mlp' | 'heads', sweep: number[]): SiteReport {
@@ -144,8 +146,27 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
           res[name] = ppl(tot);
         }
         pbar.stop();
+        // perplexity vs average MLP density: scale each layer's calibrated density proportionally
+        const calib = c.layers ? Array.from({ length: c.layers }, (_, i) => layers.find((l) => l.layer === i)?.mlp?.metrics.predictedDensity ?? 1) : [];
+        const meanCal = calib.reduce((a, b) => a + b, 0) / Math.max(1, calib.length);
+        const densityCurve: NonNullable<EvalReport['perplexity']>['densityCurve'] = [];
+        const topkOnly = [...preds.mlp.values()].every((s) => s.entry.rule.kind === 'topk');
+        for (const D of topkOnly ? cfg.densitySweep : []) {
+          const ks = calib.map((d) => Math.max(1, Math.min(c.ffn, Math.round(c.ffn * Math.min(1, (D * d) / meanCal)))));
+          const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
+          const ph = predictorHooks(scaled, { mode: 'mask', mlp: true, heads: false });
+          const oh: SparsityHooks = { mlp: (i: number) => ({ oracleTopK: ks[i]! }) };
+          const tp: NllTotals = { nll: 0, count: 0 }, to: NllTotals = { nll: 0, count: 0 };
+          for (let i = 0; i < seqs.length; i += cfg.batchSize) {
+            const b = seqs.slice(i, i + cfg.batchSize);
+            const r1 = batchNll(model, b, ph), r2 = batchNll(model, b, oh);
+            tp.nll += r1.nll; tp.count += r1.count; to.nll += r2.nll; to.count += r2.count;
+          }
+          densityCurve.push({ targetDensity: D, meanDensity: ks.reduce((a, k) => a + k / c.ffn, 0) / ks.length, predicted: ppl(tp), oracle: ppl(to), k: ks });
+          deps.log(`density ${D}: predicted ${ppl(tp).toFixed(3)}, oracle ${ppl(to).toFixed(3)}`);
+        }
         const deltas = Object.fromEntries(Object.entries(res).filter(([k]) => k !== 'dense').map(([k, v]) => [k, v / res.dense! - 1]));
-        report.perplexity = { tokens: seqs.length * cfg.seqLen, runs: res, deltas, density };
+        report.perplexity = { tokens: seqs.length * cfg.seqLen, runs: res, deltas, density, densityCurve };
       } finally {
         model.dispose();
       }
@@ -171,6 +192,12 @@ export function reportTable(r: EvalReport, out: string): string {
   if (r.perplexity) {
     lines.push('', `perplexity on ${r.perplexity.tokens} held-out tokens:`, '', '| run | perplexity | vs dense |', '|---|---:|---:|');
     for (const [k, v] of Object.entries(r.perplexity.runs)) lines.push(`| ${k} | ${v.toFixed(3)} | ${k === 'dense' ? '' : (r.perplexity.deltas[k]! >= 0 ? '+' : '') + (100 * r.perplexity.deltas[k]!).toFixed(2) + '%'} |`);
+    const dc = r.perplexity.densityCurve ?? [];
+    if (dc.length) {
+      const dense = r.perplexity.runs.dense!;
+      lines.push('', 'perplexity vs mean MLP density (per-layer k scaled from the calibrated ones; heads dense):', '', '| mean MLP density | MLP sparsity | predicted ppl | vs dense | oracle ppl | vs dense |', '|---:|---:|---:|---:|---:|---:|');
+      for (const p of dc) lines.push(`| ${pct(p.meanDensity)} | ${pct(1 - p.meanDensity)} | ${p.predicted.toFixed(3)} | ${(100 * (p.predicted / dense - 1)).toFixed(2)}% | ${p.oracle.toFixed(3)} | ${(100 * (p.oracle / dense - 1)).toFixed(2)}% |`);
+    }
   }
   return lines.join('\n');
 }
@@ -178,12 +205,21 @@ export function reportTable(r: EvalReport, out: string): string {
 function writeReport(out: string, r: EvalReport): void {
   fs.mkdirSync(out, { recursive: true });
   writeJsonAtomic(path.join(out, 'report.json'), r);
-  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, out)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n`);
+  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, out)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
   writeFileAtomic(path.join(out, 'recall-vs-density.svg'), lineChart({
     title: 'MLP predictor: held-out recall vs predicted density (top-k sweep)', xLabel: 'predicted density (fraction of neurons computed)', yLabel: 'recall', xMax: 1, yMin: 0, yMax: 1,
     series: r.layers.filter((l) => l.mlp).map((l) => ({ name: `layer ${l.layer}`, points: l.mlp!.sweep.map((s) => [s.predictedDensity, s.recall] as [number, number]) })),
   }));
   const mlpL = r.layers.filter((l) => l.mlp);
+  const dc = r.perplexity?.densityCurve ?? [];
+  if (dc.length) writeFileAtomic(path.join(out, 'perplexity-vs-density.svg'), lineChart({
+    title: 'Perplexity vs mean MLP density (held-out)', xLabel: 'mean MLP density', yLabel: 'perplexity', xMax: 1,
+    series: [
+      { name: 'predicted', points: dc.map((p) => [p.meanDensity, p.predicted] as [number, number]) },
+      { name: 'oracle', points: dc.map((p) => [p.meanDensity, p.oracle] as [number, number]), dashed: true },
+      { name: 'dense', points: [[0, r.perplexity!.runs.dense!], [1, r.perplexity!.runs.dense!]] },
+    ],
+  }));
   writeFileAtomic(path.join(out, 'densities.svg'), lineChart({
     title: 'MLP density per layer: true vs predicted', xLabel: 'layer', yLabel: 'density', yMin: 0,
     series: [
