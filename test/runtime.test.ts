@@ -14,6 +14,7 @@ import { batchNll, ppl } from '../src/eval/perplexity.js';
 import { decodePerplexityNll, generate } from '../src/runtime/generate.js';
 import { runCli } from '../src/cli/program.js';
 import { FIXTURES, relFrob, tmpDir } from './helpers.js';
+import { makeRandomCheckpoint } from './reference/random-checkpoint.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
@@ -64,6 +65,27 @@ describe('sparse runtime', () => {
     const dense = decodePerplexityNll(model, [[2, 5, 9, 40, 41]]);
     expect(Math.abs(a.nll - dense.nll) / dense.nll).toBeGreaterThan(1e-3); // the mask really changed something
     maskM.dispose(); maskH.dispose(); model.dispose();
+  });
+
+  it('host decode kernels (RoPE, GQA, SwiGLU, biases): indices == mask mode == dense when all selected', () => {
+    const dir = tmpDir();
+    makeRandomCheckpoint(dir, { family: 'llama', layers: 2, hidden: 32, heads: 4, kvHeads: 2, headDim: 12, ffn: 48, attentionBias: true, mlpBias: true, seed: 3 });
+    for (const d of [dir, path.join(FIXTURES, 'llama-tiny-ref')]) {
+      const model = loadModel(d, { neuronMajor: true });
+      const c = model.config;
+      const seq = [1, 5, 9, 30, 41, 17, 3, 22];
+      const all: SparsityHooks = { mlp: () => ({ indices: [Int32Array.from({ length: c.ffn }, (_, i) => i)] }), heads: () => ({ indices: [Int32Array.from({ length: c.heads }, (_, i) => i)] }) };
+      const dense = decodePerplexityNll(model, [seq]);
+      expect(Math.abs(decodePerplexityNll(model, [seq], all).nll / dense.nll - 1)).toBeLessThan(1e-5);
+      const keep = Int32Array.from({ length: c.ffn }, (_, i) => i).filter((i) => i % 2 === 1);
+      const maskM = tf.tensor3d(Float32Array.from({ length: c.ffn }, (_, i) => i % 2), [1, 1, c.ffn]);
+      const maskH = tf.tensor3d(Float32Array.from({ length: c.heads }, (_, h) => (h === 1 || h === 2 ? 1 : 0)), [1, 1, c.heads]);
+      const a = decodePerplexityNll(model, [seq], { mlp: () => ({ indices: [keep] }), heads: () => ({ indices: [Int32Array.from([1, 2])] }) });
+      const b = decodePerplexityNll(model, [seq], { mlp: () => ({ mask: maskM }), heads: () => ({ mask: maskH }) });
+      expect(Math.abs(a.nll / b.nll - 1)).toBeLessThan(1e-5);
+      expect(Math.abs(a.nll / dense.nll - 1)).toBeGreaterThan(1e-4);
+      maskM.dispose(); maskH.dispose(); model.dispose();
+    }
   });
 
   it("the runtime's own sparse perplexity (skip, token by token) matches evaluate's predicted-sparsity perplexity (mask) within 0.5%", () => {

@@ -12,6 +12,7 @@ import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } fr
 import { loadModel, type LayerWeights, type Model } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';
 import { table, timeIt } from './common.js';
+import { sparseAttention, sparseMlp } from '../runtime/host-kernels.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { packSequences, readDocuments } from '../activations/data.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
@@ -36,10 +37,17 @@ function randomModel(c: ModelConfig): Model {
   const r = (shape: number[], std: number) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 7), std) as tf.Tensor2D;
   const layers: LayerWeights[] = Array.from({ length: c.layers }, () => {
     const w1 = r([c.hidden, c.ffn], 1 / Math.sqrt(c.hidden));
+    const wq = r([c.hidden, c.hidden], 0.02), wo = r([c.hidden, c.hidden], 0.02), w2 = r([c.ffn, c.hidden], 1 / Math.sqrt(c.ffn));
+    const w1nm = tf.transpose(w1) as tf.Tensor2D;
+    const host = {
+      mlp: { up: w1nm.dataSync() as Float32Array, down: w2.dataSync() as Float32Array, activation: 'relu' as const },
+      attn: { q: tf.transpose(wq).dataSync() as Float32Array, o: wo.dataSync() as Float32Array, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim },
+    };
     return {
+      host, wq, wo, w2,
       ln1: { g: tf.ones([c.hidden]) as tf.Tensor1D, b: tf.zeros([c.hidden]) as tf.Tensor1D }, ln2: { g: tf.ones([c.hidden]) as tf.Tensor1D, b: tf.zeros([c.hidden]) as tf.Tensor1D },
-      wq: r([c.hidden, c.hidden], 0.02), wk: r([c.hidden, c.hidden], 0.02), wv: r([c.hidden, c.hidden], 0.02), wo: r([c.hidden, c.hidden], 0.02),
-      w1, w1nm: tf.transpose(w1) as tf.Tensor2D, w2: r([c.ffn, c.hidden], 1 / Math.sqrt(c.ffn)),
+      wk: r([c.hidden, c.hidden], 0.02), wv: r([c.hidden, c.hidden], 0.02),
+      w1, w1nm,
     };
   });
   const embed = r([c.vocabSize, c.hidden], 0.02);
@@ -104,13 +112,21 @@ const big: ModelConfig = { family: 'opt', vocabSize: 2048, hidden: 2048, layers,
   const w = model.layer(0).w;
   const x = tf.randomNormal([1, big.hidden]);
   const idx = tf.tensor1d(Int32Array.from({ length: 819 }, (_, i) => i * 10), 'int32');
+  const idxHost = Int32Array.from({ length: 819 }, (_, i) => i * 10);
+  const headsHost = Int32Array.from({ length: 16 }, (_, i) => i * 2);
+  const xHost = x.dataSync() as Float32Array;
+  const kvHost = new Float32Array(big.kvHeads * 16 * big.headDim).map(() => Math.random());
   const prof = [
     ['dense MLP: x @ W1 [d, F] (matvec)', timeIt(() => { tf.matMul(x, w.w1).dataSync(); }, 9, 2)],
     ['dense MLP: a @ W2 [F, d] (matvec)', timeIt(() => { tf.tidy(() => tf.matMul(tf.randomNormal([1, big.ffn]), w.w2).dataSync()); }, 9, 2)],
     ['sparse: gather 10% rows of W1 (neuron-major) [k, d]', timeIt(() => { tf.gather(w.w1nm!, idx, 0).dataSync(); }, 9, 2)],
     ['sparse: gather 10% rows of W2 [k, d]', timeIt(() => { tf.gather(w.w2, idx, 0).dataSync(); }, 9, 2)],
     ['sparse: gather 10% columns of W1 [d, k] (non-neuron-major)', timeIt(() => { tf.gather(w.w1, idx, 1).dataSync(); }, 9, 2)],
-    ['sparse: [k, d] @ [d, 1] matvec', timeIt(() => { tf.tidy(() => tf.matMul(tf.gather(w.w1nm!, idx, 0), tf.reshape(x, [big.hidden, 1])).dataSync()); }, 9, 2)],
+    ['sparse: [k, d] @ [d, 1] matvec after tf.gather', timeIt(() => { tf.tidy(() => tf.matMul(tf.gather(w.w1nm!, idx, 0), tf.reshape(x, [big.hidden, 1])).dataSync()); }, 9, 2)],
+    ['sparse MLP, host kernel (10% neurons, up + ReLU + down; used by the runtime)', timeIt(() => { sparseMlp(w.host!.mlp, idxHost, xHost); }, 9, 2)],
+    ['sparse attention Q/O, host kernel (50% heads, context of 16 tokens)', timeIt(() => { sparseAttention(w.host!.attn, headsHost, xHost, kvHost, kvHost, 16, new Array(16).fill(1), null, big.hidden); }, 9, 2)],
+    ['dense attention projections (4 matvecs [d, d])', timeIt(() => { tf.tidy(() => { for (const m of [w.wq, w.wk, w.wv, w.wo]) tf.matMul(x, m).dataSync(); }); }, 9, 2)],
+    ['K and V projections (always dense, exact cache)', timeIt(() => { tf.tidy(() => { for (const m of [w.wk, w.wv]) tf.matMul(x, m).dataSync(); }); }, 9, 2)],
   ];
   console.log(`bench:decode, backend ${b.name}, batch 1, ${STEPS} decode steps each\n`);
   console.log(table(['model', 'density MLP / heads', 'dense tok/s', 'sparse tok/s', 'speedup', 'bound (weight bytes read)'], rows));

@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.js';
 import type { LayerWeights, Model, Norm } from './model.js';
 import { UserError } from '../util/errors.js';
+import { sparseAttention, sparseMlp } from '../runtime/host-kernels.js';
 
 export type CaptureKind = 'layerInput' | 'mlpInput' | 'mlpAct' | 'attnContext' | 'headNorm';
 
@@ -228,6 +229,7 @@ function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelecti
       const hb = tf.slice(h, [b, 0, 0], [1, -1, -1]); // [1, T, d]
       const T = hb.shape[1]!;
       if (idx.length === 0) { const z = tf.zeros([1, T, d]); return w.b2 ? tf.add(z, w.b2) : z; }
+      if (w.host && T === 1) return tf.tensor3d(sparseMlp(w.host.mlp, idx, hb.dataSync() as Float32Array), [1, 1, d]); // host kernel: reads only the selected rows
       const ix = tf.tensor1d(idx, 'int32');
       let a: tf.Tensor;
       if (w.w1nm && T === 1) {
@@ -270,6 +272,26 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
     if (pk && pv) { k = tf.concat([pk, k], 2); v = tf.concat([pv, v], 2); }
     cache.k[i] = tf.keep(k); cache.v[i] = tf.keep(v);
     pk?.dispose(); pv?.dispose();
+  }
+  if (sel && 'indices' in sel && w.host && T === 1) {
+    // host kernel: only the selected heads' Q rows, scores, context and output-projection rows are read
+    const S = k.shape[2]!;
+    const rows = sel.indices.map((idx, b) => {
+      const x = tf.slice(h, [b, 0, 0], [1, 1, -1]).dataSync() as Float32Array;
+      const kb = tf.slice(k, [b, 0, 0, 0], [1, -1, -1, -1]).dataSync() as Float32Array;
+      const vb = tf.slice(v, [b, 0, 0, 0], [1, -1, -1, -1]).dataSync() as Float32Array;
+      const pos = prep.positions[b * T]!;
+      const ropeQ = rot ? (q: Float32Array) => {
+        const half = hd / 2;
+        for (let j = 0; j < half; j++) {
+          const f = Math.fround(pos * (1 / Math.pow(c.ropeTheta, (2 * j) / hd)));
+          const cs = Math.cos(f), sn = Math.sin(f), a = q[j]!, bb = q[j + half]!;
+          q[j] = a * cs - bb * sn; q[j + half] = bb * cs + a * sn;
+        }
+      } : null;
+      return tf.tensor3d(sparseAttention(w.host!.attn, idx, x, kb, vb, S, prep.keyMask[b]!, ropeQ, c.hidden), [1, 1, c.hidden]);
+    });
+    return { out: rows.length === 1 ? rows[0]! : tf.concat(rows, 0) };
   }
   if (sel && 'indices' in sel) {
     // real skip: only the selected heads' Q, scores, context and output-projection rows are computed

@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
+import type { HostAttn, HostMlp } from '../runtime/host-kernels.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
 export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
@@ -30,6 +31,8 @@ export interface LayerWeights {
   /** optional neuron-major copies for the sparse runtime: row j = neuron j's input weights */
   w1nm?: tf.Tensor2D; // [F, d]
   wgnm?: tf.Tensor2D; // [F, d]
+  /** host copies, row-major per neuron / output channel, for the sparse decode kernels (src/runtime/host-kernels.ts) */
+  host?: { mlp: HostMlp; attn: HostAttn };
 }
 
 export interface HostTensor { shape: number[]; data: Float32Array }
@@ -100,7 +103,7 @@ function readHost(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor
   return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
 }
 
-function toLayer(h: HostLayer, i: number, neuronMajor = false): LayerWeights {
+function toLayer(h: HostLayer, i: number, neuronMajor = false, c?: ModelConfig): LayerWeights {
   const t2 = (n: string) => tf.tensor2d(h[`layers.${i}.${n}`]!.data, h[`layers.${i}.${n}`]!.shape as [number, number]);
   const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(h[`layers.${i}.${n}`]!.data) : undefined);
   const w: LayerWeights = {
@@ -114,15 +117,31 @@ function toLayer(h: HostLayer, i: number, neuronMajor = false): LayerWeights {
   if (h[`layers.${i}.wg`]) w.wg = t2('wg');
   if (neuronMajor) {
     // HF stores fc1/up/gate as [F, d]: that is already neuron-major
-    const nm = (n: string) => { const t = h[`layers.${i}.${n}`]!; return tf.tensor2d(transpose2d(t.data, t.shape[0]!, t.shape[1]!), [t.shape[1]!, t.shape[0]!]); };
-    w.w1nm = nm('w1');
-    if (h[`layers.${i}.wg`]) w.wgnm = nm('wg');
+    const nmHost = (n: string) => { const t = h[`layers.${i}.${n}`]!; return transpose2d(t.data, t.shape[0]!, t.shape[1]!); };
+    const g = (n: string) => h[`layers.${i}.${n}`]?.data;
+    const up = nmHost('w1'), gate = h[`layers.${i}.wg`] ? nmHost('wg') : undefined;
+    const [d, F] = h[`layers.${i}.w1`]!.shape as [number, number];
+    w.w1nm = tf.tensor2d(up, [F, d]);
+    if (gate) w.wgnm = tf.tensor2d(gate, [F, d]);
+    const [, HD] = h[`layers.${i}.wq`]!.shape as [number, number];
+    const mlp: HostMlp = { up, down: g('w2')!, activation: gate ? 'swiglu' : 'relu' };
+    if (gate) mlp.gate = gate;
+    if (g('b1')) mlp.upBias = g('b1')!;
+    if (g('bg')) mlp.gateBias = g('bg')!;
+    if (g('b2')) mlp.downBias = g('b2')!;
+    const attn: HostAttn = { q: nmHost('wq'), o: g('wo')!, heads: 0, kvHeads: 0, headDim: 0 };
+    if (g('bq')) attn.qBias = g('bq')!;
+    if (g('bo')) attn.oBias = g('bo')!;
+    void HD;
+    attn.heads = c!.heads; attn.kvHeads = c!.kvHeads; attn.headDim = c!.headDim;
+    w.host = { mlp, attn };
   }
   return w;
 }
 
 export function disposeLayer(w: LayerWeights): void {
-  for (const v of Object.values(w)) {
+  for (const [k, v] of Object.entries(w)) {
+    if (k === 'host') continue;
     if (v instanceof tf.Tensor) v.dispose();
     else if (v && typeof v === 'object') for (const t of Object.values(v as Norm)) (t as tf.Tensor | undefined)?.dispose();
   }
@@ -164,11 +183,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   }
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
   if (residency === 'resident') {
-    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i, opts.neuronMajor));
+    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i, opts.neuronMajor, cfg));
     model.layer = (i) => ({ w: layers[i]!, release: () => undefined });
     model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); };
   } else {
-    model.layer = (i) => { const w = toLayer(host, i, opts.neuronMajor); return { w, release: () => disposeLayer(w) }; };
+    model.layer = (i) => { const w = toLayer(host, i, opts.neuronMajor, cfg); return { w, release: () => disposeLayer(w) }; };
     model.dispose = () => { for (const t of globals) t?.dispose(); };
   }
   return model;
