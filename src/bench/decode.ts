@@ -12,7 +12,8 @@ import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } fr
 import { loadModel, type LayerWeights, type Model } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';
 import { table, timeIt } from './common.js';
-import { sparseAttention, sparseMlp } from '../runtime/host-kernels.js';
+import { sparseAttention, sparseMlp, type Rows } from '../runtime/host-kernels.js';
+import { toWasmRows } from '../runtime/wasm/kernels.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { packSequences, readDocuments } from '../activations/data.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
@@ -39,9 +40,10 @@ function randomModel(c: ModelConfig): Model {
     const w1 = r([c.hidden, c.ffn], 1 / Math.sqrt(c.hidden));
     const wq = r([c.hidden, c.hidden], 0.02), wo = r([c.hidden, c.hidden], 0.02), w2 = r([c.ffn, c.hidden], 1 / Math.sqrt(c.ffn));
     const w1nm = tf.transpose(w1) as tf.Tensor2D;
+    const rowsOf = (t: tf.Tensor) => { const a = t.dataSync() as Rows; a.wasm = process.env.BENCH_NO_SIMD ? null : toWasmRows(a, a.length / c.hidden, c.hidden); return a; };
     const host = {
-      mlp: { up: w1nm.dataSync() as Float32Array, down: w2.dataSync() as Float32Array, activation: 'relu' as const },
-      attn: { q: tf.transpose(wq).dataSync() as Float32Array, o: wo.dataSync() as Float32Array, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim },
+      mlp: { up: rowsOf(w1nm), down: rowsOf(w2), activation: 'relu' as const },
+      attn: { q: rowsOf(tf.transpose(wq)), o: rowsOf(wo), heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim },
     };
     return {
       host, wq, wo, w2,

@@ -9,6 +9,7 @@ import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
 import type { HostAttn, HostMlp } from '../runtime/host-kernels.js';
+import { toWasmRows } from '../runtime/wasm/kernels.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
 export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
@@ -134,6 +135,8 @@ function toLayer(h: HostLayer, i: number, neuronMajor = false, c?: ModelConfig):
     if (g('bo')) attn.oBias = g('bo')!;
     void HD;
     attn.heads = c!.heads; attn.kvHeads = c!.kvHeads; attn.headDim = c!.headDim;
+    // mirror the row-major copies in the SIMD arena (falls back to JS loops when it does not fit)
+    for (const r of [mlp.up, mlp.gate, mlp.down, attn.q, attn.o]) if (r) r.wasm = toWasmRows(r, r.length / d, d);
     w.host = { mlp, attn };
   }
   return w;

@@ -8,8 +8,18 @@
  *   q: [H*hd, d]      (HF q_proj)                        o: [H*hd, d]  (out_proj / o_proj transposed)
  */
 
+import { wasmGatherAxpy, wasmGatherMatVec, type WasmRows } from './wasm/kernels.js';
+
+/** A row-major weight matrix on the host, optionally mirrored in the SIMD arena. */
+export type Rows = Float32Array & { wasm?: WasmRows | null };
+
 /** out[i] = dot(W[rows[i]], x) (+ bias[rows[i]]) */
-export function gatherMatVec(W: Float32Array, rows: ArrayLike<number>, x: Float32Array, out: Float32Array, bias?: Float32Array): void {
+export function gatherMatVec(W: Rows, rows: Int32Array, x: Float32Array, out: Float32Array, bias?: Float32Array): void {
+  if (W.wasm) {
+    wasmGatherMatVec(W.wasm, rows, x, out);
+    if (bias) for (let i = 0; i < rows.length; i++) out[i]! += bias[rows[i]!]!;
+    return;
+  }
   const d = x.length;
   const d4 = d - (d % 4);
   for (let i = 0; i < rows.length; i++) {
@@ -24,7 +34,8 @@ export function gatherMatVec(W: Float32Array, rows: ArrayLike<number>, x: Float3
 }
 
 /** out += sum_i a[i] * W[rows[i]]; rows whose coefficient is exactly 0 (ReLU) are skipped */
-export function gatherAxpy(W: Float32Array, rows: ArrayLike<number>, a: Float32Array, out: Float32Array): void {
+export function gatherAxpy(W: Rows, rows: Int32Array, a: Float32Array, out: Float32Array): void {
+  if (W.wasm) { wasmGatherAxpy(W.wasm, rows, a, out); return; }
   const d = out.length;
   for (let i = 0; i < rows.length; i++) {
     const ai = a[i]!;
@@ -34,7 +45,7 @@ export function gatherAxpy(W: Float32Array, rows: ArrayLike<number>, a: Float32A
   }
 }
 
-export interface HostMlp { up: Float32Array; gate?: Float32Array; down: Float32Array; upBias?: Float32Array; gateBias?: Float32Array; downBias?: Float32Array; activation: 'relu' | 'swiglu' }
+export interface HostMlp { up: Rows; gate?: Rows; down: Rows; upBias?: Float32Array; gateBias?: Float32Array; downBias?: Float32Array; activation: 'relu' | 'swiglu' }
 
 /** one token: y [d] = down(act(x)) over the selected neurons only */
 export function sparseMlp(m: HostMlp, idx: Int32Array, x: Float32Array): Float32Array {
@@ -52,7 +63,7 @@ export function sparseMlp(m: HostMlp, idx: Int32Array, x: Float32Array): Float32
   return y;
 }
 
-export interface HostAttn { q: Float32Array; qBias?: Float32Array; o: Float32Array; oBias?: Float32Array; heads: number; kvHeads: number; headDim: number }
+export interface HostAttn { q: Rows; qBias?: Float32Array; o: Rows; oBias?: Float32Array; heads: number; kvHeads: number; headDim: number }
 
 /**
  * one token, selected heads only: q_h = Wq_h x; softmax(q_h K_h^T / sqrt(hd)) V_h over the cached keys; y = sum_h Wo_h ctx_h.
