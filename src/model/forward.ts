@@ -10,6 +10,7 @@ import type { ModelConfig } from './config.js';
 import type { LayerWeights, Model, Norm } from './model.js';
 import { UserError } from '../util/errors.js';
 import { sparseAttention, sparseMlp } from '../runtime/host-kernels.js';
+import { attentionHost } from '../runtime/wasm/kernels.js';
 
 export type CaptureKind = 'layerInput' | 'mlpInput' | 'mlpAct' | 'attnContext' | 'headNorm';
 
@@ -319,7 +320,15 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
   }
   let q = splitHeads(linear(h, w.wq, w.bq), H, hd); // [B, H, T, hd]
   if (rot) q = rope(q, rot[0], rot[1]);
-  const o = attend(q, repeatKV(k, H), repeatKV(v, H), prep.bias, scale); // [B, H, T, hd]
+  const kr = repeatKV(k, H), vr = repeatKV(v, H);
+  let o: tf.Tensor | null = null;
+  if (tf.getBackend() === 'wasm' && T > 1) {
+    // tfjs-wasm's batched matmul is slow on [B*H] small products: use the SIMD kernels (exact same math)
+    const S = kr.shape[2]!;
+    const ctx = attentionHost(q.dataSync() as Float32Array, kr.dataSync() as Float32Array, vr.dataSync() as Float32Array, B, H, T, S, hd, prep.keyMask, prep.P, scale);
+    if (ctx) o = tf.tensor4d(ctx, [B, H, T, hd]);
+  }
+  o ??= attend(q, kr, vr, prep.bias, scale); // [B, H, T, hd]
   let ctx4 = tf.transpose(o, [0, 2, 1, 3]); // [B, T, H, hd]
   if (sel && 'mask' in sel) ctx4 = tf.mul(ctx4, tf.expandDims(sel.mask, 3));
   else if (sel && 'oracleTopK' in sel && sel.oracleTopK < H) {

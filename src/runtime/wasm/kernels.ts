@@ -88,3 +88,49 @@ function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array, v: Float32Ar
 export function wasmGatherMatVec(W: WasmRows, idx: Int32Array, x: Float32Array, out: Float32Array): void { run('matvec', W, idx, x, out, false); }
 /** out += sum_i a[i] W[idx[i]] */
 export function wasmGatherAxpy(W: WasmRows, idx: Int32Array, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
+
+/**
+ * Causal attention for all heads of a batch through the SIMD kernels: per (row, head, query t), scores over the
+ * visible keys (gather_matvec over K rows), a JS softmax, then the context (gather_axpy over V rows).
+ * q [B, H, T, hd], k/v [B, H, S, hd] (S = P + T, P cached positions), keyMask[b][s] (1 = attend).
+ * Returns ctx [B, H, T, hd], or null when the SIMD arena is unavailable (callers use tfjs then).
+ * tfjs-wasm's BatchMatMul with batch > 1 runs at ~1 GFLOP/s on these shapes; this path skips masked keys too.
+ */
+export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array, B: number, H: number, T: number, S: number, hd: number,
+  keyMask: number[][], P: number, scale: number): Float32Array | null {
+  if (hd % 8 !== 0 || !init()) return null;
+  const fq = B * H * T * hd, fk = B * H * S * hd;
+  const bytes = 4 * (2 * fq + 2 * fk + 2 * S) + 256;
+  let base: number;
+  try { base = scratchFor(bytes); } catch { return null; }
+  const al = (x: number) => (x + 15) & ~15;
+  const qOff = base, kOff = al(qOff + 4 * fq), vOff = al(kOff + 4 * fk), cOff = al(vOff + 4 * fk), rOff = al(cOff + 4 * fq), sOff = al(rOff + 4 * S);
+  const buf = ex!.memory.buffer;
+  new Float32Array(buf, qOff, fq).set(q);
+  new Float32Array(buf, kOff, fk).set(k);
+  new Float32Array(buf, vOff, fk).set(v);
+  const ctx = new Float32Array(buf, cOff, fq);
+  ctx.fill(0);
+  const rows = new Int32Array(buf, rOff, S);
+  const sc = new Float32Array(buf, sOff, S);
+  for (let b = 0; b < B; b++) {
+    const km = keyMask[b]!;
+    for (let t = 0; t < T; t++) {
+      // visible keys for query t: s <= P + t with keyMask 1
+      let n = 0;
+      for (let s = 0; s <= P + t; s++) if (km[s]) rows[n++] = s;
+      if (n === 0) continue;
+      for (let h = 0; h < H; h++) {
+        const bh = b * H + h;
+        ex!.gather_matvec(kOff + 4 * bh * S * hd, rOff, n, qOff + 4 * (bh * T + t) * hd, hd, sOff);
+        let mx = -Infinity;
+        for (let i = 0; i < n; i++) { const x = sc[i]! * scale; sc[i] = x; if (x > mx) mx = x; }
+        let sum = 0;
+        for (let i = 0; i < n; i++) { const e = Math.exp(sc[i]! - mx); sc[i] = e; sum += e; }
+        for (let i = 0; i < n; i++) sc[i] = sc[i]! / sum;
+        ex!.gather_axpy(vOff + 4 * bh * S * hd, rOff, n, sOff, hd, cOff + 4 * (bh * T + t) * hd);
+      }
+    }
+  }
+  return Float32Array.from(new Float32Array(ex!.memory.buffer, cOff, fq));
+}
