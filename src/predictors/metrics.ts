@@ -94,15 +94,25 @@ export class ThresholdCounter {
   metrics(): Metrics { return finish(this.tp, this.selected, this.positives, this.total); }
 }
 
-/** Labels for the top `k` entries per row of `values` [n, W] (ties broken by index). */
+/**
+ * Labels for the top `k` entries per row of `values` [n, W] (ties broken by index: lower index first).
+ * The k-th largest value comes from a native sort of the row; entries above it are labelled, then entries equal to
+ * it in index order until k are labelled.
+ */
 export function topKLabels(values: Float32Array, n: number, W: number, k: number, abs = false): Uint8Array {
   const out = new Uint8Array(n * W);
-  const idx = Array.from({ length: W }, (_, i) => i);
+  if (k <= 0) return out;
+  const kk = Math.min(k, W);
+  const row = new Float32Array(W);
   for (let t = 0; t < n; t++) {
     const b = t * W;
-    const key = (i: number) => (abs ? Math.abs(values[b + i]!) : values[b + i]!);
-    idx.sort((a, c) => key(c) - key(a) || a - c);
-    for (let r = 0; r < k; r++) out[b + idx[r]!] = 1;
+    for (let i = 0; i < W; i++) row[i] = abs ? Math.abs(values[b + i]!) : values[b + i]!;
+    const key = Float32Array.from(row);
+    row.sort();
+    const thr = row[W - kk]!;
+    let taken = 0;
+    for (let i = 0; i < W; i++) if (key[i]! > thr) { out[b + i] = 1; taken++; }
+    for (let i = 0; i < W && taken < kk; i++) if (key[i] === thr) { out[b + i] = 1; taken++; }
   }
   return out;
 }
