@@ -5,7 +5,6 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Writable } from 'node:stream';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
@@ -14,7 +13,6 @@ import { runCollect } from '../src/stages/collect.js';
 import { runTrain } from '../src/stages/train.js';
 import { runExport } from '../src/stages/export.js';
 import { runEvaluate, type EvalReport } from '../src/stages/evaluate.js';
-import { runCli, type CliIO } from '../src/cli/program.js';
 import { loadBundlePredictors, verifyBundle } from '../src/bundle/bundle.js';
 import { bundleJsonSchema, bundleManifestSchema, type BundleManifest } from '../src/bundle/schema.js';
 import { openCheckpoint } from '../src/checkpoint/checkpoint.js';
@@ -26,7 +24,7 @@ import { disposeOutput, forward, type SparsityHooks } from '../src/model/forward
 import { f16ToF32Array, f32ToF16Array } from '../src/util/half.js';
 import { sha256File } from '../src/util/fsx.js';
 import { isUserError } from '../src/util/errors.js';
-import { FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
+import { cli, FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
 const REPO = path.join(import.meta.dirname, '..');
@@ -43,16 +41,6 @@ beforeAll(async () => {
 });
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 
-class Sink extends Writable {
-  text = '';
-  override _write(chunk: Buffer | string, _enc: BufferEncoding, cb: () => void): void { this.text += chunk.toString(); cb(); }
-}
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const stdout = new Sink(), stderr = new Sink();
-  const io: CliIO = { stdout, stderr };
-  const code = await runCli(argv, io);
-  return { code, out: stdout.text, err: stderr.text };
-}
 
 let copies = 0;
 function copyBundle(): string {

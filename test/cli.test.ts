@@ -1,10 +1,9 @@
 /** runCli with in-memory streams: help, exit codes (0 ok, 2 user error, 1 internal error), a real collect run. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Writable } from 'node:stream';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { runCli, VERSION, type CliIO } from '../src/cli/program.js';
-import { FIXTURES, tmpDir } from './helpers.js';
+import { VERSION } from '../src/cli/program.js';
+import { cli, FIXTURES, tmpDir } from './helpers.js';
 
 // A seam for "an internal error inside a stage": runCollect is the real one unless a test sets `h.fail`.
 const h = vi.hoisted(() => ({ fail: null as Error | null }));
@@ -23,17 +22,6 @@ const TMP = tmpDir('dejavu-cli-');
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 afterEach(() => { h.fail = null; });
 
-class Sink extends Writable {
-  text = '';
-  override _write(chunk: Buffer | string, _enc: BufferEncoding, cb: () => void): void { this.text += chunk.toString(); cb(); }
-}
-
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const stdout = new Sink(), stderr = new Sink();
-  const io: CliIO = { stdout, stderr };
-  const code = await runCli(argv, io);
-  return { code, out: stdout.text, err: stderr.text };
-}
 
 const SUBCOMMANDS = ['collect-activations', 'train-predictors', 'evaluate-recall', 'export-bundle', 'verify-bundle', 'pipeline', 'generate'];
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');

@@ -1,7 +1,9 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Writable } from 'node:stream';
 import { openSafetensors, readTensorF32, readTensorInt } from '../src/checkpoint/safetensors.js';
+import { runCli } from '../src/cli/program.js';
 
 export const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
@@ -28,4 +30,16 @@ export function loadReference(dir: string): Reference {
 
 export function tmpDir(prefix = 'dejavu-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+class Sink extends Writable {
+  text = '';
+  override _write(chunk: Buffer | string, _enc: BufferEncoding, cb: () => void): void { this.text += chunk.toString(); cb(); }
+}
+
+/** Run the CLI in-process with captured stdout/stderr. */
+export async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const stdout = new Sink(), stderr = new Sink();
+  const code = await runCli(argv, { stdout, stderr });
+  return { code, out: stdout.text, err: stderr.text };
 }
