@@ -124,7 +124,6 @@ function toLayer(h: HostLayer, i: number, neuronMajor = false, c?: ModelConfig):
     const [d, F] = h[`layers.${i}.w1`]!.shape as [number, number];
     w.w1nm = tf.tensor2d(up, [F, d]);
     if (gate) w.wgnm = tf.tensor2d(gate, [F, d]);
-    const [, HD] = h[`layers.${i}.wq`]!.shape as [number, number];
     const mlp: HostMlp = { up, down: g('w2')!, activation: gate ? 'swiglu' : 'relu' };
     if (gate) mlp.gate = gate;
     if (g('b1')) mlp.upBias = g('b1')!;
@@ -133,7 +132,6 @@ function toLayer(h: HostLayer, i: number, neuronMajor = false, c?: ModelConfig):
     const attn: HostAttn = { q: nmHost('wq'), o: g('wo')!, heads: 0, kvHeads: 0, headDim: 0 };
     if (g('bq')) attn.qBias = g('bq')!;
     if (g('bo')) attn.oBias = g('bo')!;
-    void HD;
     attn.heads = c!.heads; attn.kvHeads = c!.kvHeads; attn.headDim = c!.headDim;
     // mirror the row-major copies in the SIMD arena (falls back to JS loops when it does not fit)
     for (const r of [mlp.up, mlp.gate, mlp.down, attn.q, attn.o]) if (r) r.wasm = toWasmRows(r, r.length / d, d);

@@ -88,8 +88,3 @@ export function loadHostPredictor(dir: string, file: string, prefix: 'mlp' | 'he
   const out = w2.shape[0]!;
   return { fc1Weight: readTensorF32(st, `${prefix}.fc1.weight`), fc1Bias: readTensorF32(st, `${prefix}.fc1.bias`), fc2Weight: readTensorF32(st, `${prefix}.fc2.weight`), fc2Bias: readTensorF32(st, `${prefix}.fc2.bias`), d, r, out, hidden };
 }
-
-/** Refuse predictors made for another checkpoint. */
-export function checkpointMatches(a: Fingerprint, b: Fingerprint): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}

@@ -72,12 +72,10 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
   try {
     if (!sameFingerprint(preds.manifest.model.fingerprint, m.model.fingerprint))
       throw new UserError(`predictors in ${cfg.predictors} were trained for another model than the held-out activations in ${cfg.activations}`, 'collect the held-out activations with the same checkpoint the predictors were trained on');
-    const trainSha = preds.manifest.activations.manifestSha256;
     if (m.data.sha256 && preds.manifest.activations.dir && fs.existsSync(path.join(preds.manifest.activations.dir, 'manifest.json'))) {
       const trainM = readManifest(preds.manifest.activations.dir, false);
       if (trainM.data.sha256 === m.data.sha256) deps.log(`warning: the held-out activations come from the same data file as the training activations (${m.data.file}); recall is not held-out`);
     }
-    void trainSha;
     const layers: LayerReport[] = [];
     const bar = deps.progress('recall', preds.manifest.layers.length, 'layers');
     for (const l of preds.manifest.layers) {

@@ -12,7 +12,7 @@ import type { StageResult } from '../cli/commands.js';
 import { VERSION } from '../cli/program.js';
 import type { TrainConfig } from '../config/schemas.js';
 import { readManifest } from '../activations/dataset.js';
-import { checkpointMatches, PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
+import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
 import { UserError } from '../util/errors.js';
 import { sha256File } from '../util/fsx.js';
@@ -100,7 +100,6 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     layers: [],
   };
   writePredictors(cfg.out, manifest, results);
-  void checkpointMatches;
   return summarize(cfg.out, readPredictorsManifest(cfg.out));
 }
 
