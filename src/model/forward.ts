@@ -230,7 +230,7 @@ function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelecti
       const hb = tf.slice(h, [b, 0, 0], [1, -1, -1]); // [1, T, d]
       const T = hb.shape[1]!;
       if (idx.length === 0) { const z = tf.zeros([1, T, d]); return w.b2 ? tf.add(z, w.b2) : z; }
-      if (w.host && T === 1) return tf.tensor3d(sparseMlp(w.host.mlp, idx, hb.dataSync() as Float32Array), [1, 1, d]); // host kernel: reads only the selected rows
+      if (w.host && T === 1) return tf.tensor3d(sparseMlp(w.host.mlp, idx, (sel.indices.length === 1 ? h : hb).dataSync() as Float32Array), [1, 1, d]); // host kernel: reads only the selected rows
       const ix = tf.tensor1d(idx, 'int32');
       let a: tf.Tensor;
       if (w.w1nm && T === 1) {
@@ -278,9 +278,8 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
     // host kernel: only the selected heads' Q rows, scores, context and output-projection rows are read
     const S = k.shape[2]!;
     const rows = sel.indices.map((idx, b) => {
-      const x = tf.slice(h, [b, 0, 0], [1, 1, -1]).dataSync() as Float32Array;
-      const kb = tf.slice(k, [b, 0, 0, 0], [1, -1, -1, -1]).dataSync() as Float32Array;
-      const vb = tf.slice(v, [b, 0, 0, 0], [1, -1, -1, -1]).dataSync() as Float32Array;
+      const row = (t: tf.Tensor) => (B === 1 ? t : tf.slice(t, [b, ...new Array(t.rank - 1).fill(0)], [1, ...t.shape.slice(1)])).dataSync() as Float32Array;
+      const x = row(h), kb = row(k), vb = row(v);
       const pos = prep.positions[b * T]!;
       const ropeQ = rot ? (q: Float32Array) => {
         const half = hd / 2;

@@ -35,15 +35,23 @@ export function ruleMask(logits: tf.Tensor2D, rule: SelectionRule): tf.Tensor2D 
 /** per row: the selected ids, sorted ascending (runtime: one token per row) */
 export function ruleIndices(logits: Float32Array, rows: number, W: number, rule: SelectionRule): Int32Array[] {
   const out: Int32Array[] = [];
+  const sorted = new Float32Array(W);
   for (let r = 0; r < rows; r++) {
     const row = logits.subarray(r * W, (r + 1) * W);
-    let ids: number[];
-    if (rule.kind === 'threshold') { ids = []; for (let j = 0; j < W; j++) if (row[j]! >= rule.value) ids.push(j); }
+    const ids = new Int32Array(rule.kind === 'threshold' ? W : Math.min(W, rule.k));
+    let n = 0;
+    if (rule.kind === 'threshold') { for (let j = 0; j < W; j++) if (row[j]! >= rule.value) ids[n++] = j; }
     else {
-      const k = Math.min(W, rule.k);
-      ids = Array.from({ length: W }, (_, j) => j).sort((a, b) => row[b]! - row[a]! || a - b).slice(0, k);
+      // k-th largest by a native sort; entries above it, then ties in index order (same rule as topKLabels)
+      const k = ids.length;
+      sorted.set(row); sorted.sort();
+      const thr = sorted[W - k]!;
+      let above = 0;
+      for (let j = 0; j < W; j++) if (row[j]! > thr) above++;
+      let ties = k - above;
+      for (let j = 0; j < W; j++) { const v = row[j]!; if (v > thr || (v === thr && ties-- > 0)) ids[n++] = j; }
     }
-    out.push(Int32Array.from(ids.sort((a, b) => a - b)));
+    out.push(ids.slice(0, n));
   }
   return out;
 }
