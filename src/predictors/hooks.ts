@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } from '../model/forward.js';
-import type { SelectionRule } from './metrics.js';
+import { topKRow, type SelectionRule } from './metrics.js';
 import { disposePredictor, fromHost, predictLogits, type PredictorWeights } from './predictor.js';
 import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
@@ -35,23 +35,13 @@ export function ruleMask(logits: tf.Tensor2D, rule: SelectionRule): tf.Tensor2D 
 /** per row: the selected ids, sorted ascending (runtime: one token per row) */
 export function ruleIndices(logits: Float32Array, rows: number, W: number, rule: SelectionRule): Int32Array[] {
   const out: Int32Array[] = [];
-  const sorted = new Float32Array(W);
+  const scratch = new Float32Array(W);
   for (let r = 0; r < rows; r++) {
     const row = logits.subarray(r * W, (r + 1) * W);
-    const ids = new Int32Array(rule.kind === 'threshold' ? W : Math.min(W, rule.k));
-    let n = 0;
-    if (rule.kind === 'threshold') { for (let j = 0; j < W; j++) if (row[j]! >= rule.value) ids[n++] = j; }
-    else {
-      // k-th largest by a native sort; entries above it, then ties in index order (same rule as topKLabels)
-      const k = ids.length;
-      sorted.set(row); sorted.sort();
-      const thr = sorted[W - k]!;
-      let above = 0;
-      for (let j = 0; j < W; j++) if (row[j]! > thr) above++;
-      let ties = k - above;
-      for (let j = 0; j < W; j++) { const v = row[j]!; if (v > thr || (v === thr && ties-- > 0)) ids[n++] = j; }
-    }
-    out.push(ids.slice(0, n));
+    if (rule.kind === 'topk') { out.push(topKRow(row, rule.k, scratch)); continue; }
+    const ids: number[] = [];
+    for (let j = 0; j < W; j++) if (row[j]! >= rule.value) ids.push(j);
+    out.push(Int32Array.from(ids));
   }
   return out;
 }

@@ -102,17 +102,30 @@ export class ThresholdCounter {
 export function topKLabels(values: Float32Array, n: number, W: number, k: number, abs = false): Uint8Array {
   const out = new Uint8Array(n * W);
   if (k <= 0) return out;
-  const kk = Math.min(k, W);
-  const row = new Float32Array(W);
+  const key = new Float32Array(W), scratch = new Float32Array(W);
   for (let t = 0; t < n; t++) {
     const b = t * W;
-    for (let i = 0; i < W; i++) row[i] = abs ? Math.abs(values[b + i]!) : values[b + i]!;
-    const key = Float32Array.from(row);
-    row.sort();
-    const thr = row[W - kk]!;
-    let taken = 0;
-    for (let i = 0; i < W; i++) if (key[i]! > thr) { out[b + i] = 1; taken++; }
-    for (let i = 0; i < W && taken < kk; i++) if (key[i] === thr) { out[b + i] = 1; taken++; }
+    for (let i = 0; i < W; i++) key[i] = abs ? Math.abs(values[b + i]!) : values[b + i]!;
+    for (const j of topKRow(key, k, scratch)) out[b + j] = 1;
   }
   return out;
+}
+
+/**
+ * Indices (ascending) of the k largest entries of `row`, ties at the k-th value broken by index (lower first).
+ * The k-th value comes from a native sort of a copy (`scratch`, length >= row.length).
+ */
+export function topKRow(row: Float32Array, k: number, scratch: Float32Array = new Float32Array(row.length)): Int32Array {
+  const W = row.length;
+  const kk = Math.max(0, Math.min(k, W));
+  const ids = new Int32Array(kk);
+  if (kk === 0) return ids;
+  const sorted = scratch.subarray(0, W);
+  sorted.set(row); sorted.sort();
+  const thr = sorted[W - kk]!;
+  let ties = kk;
+  for (let j = 0; j < W; j++) if (row[j]! > thr) ties--;
+  let n = 0;
+  for (let j = 0; j < W; j++) { const v = row[j]!; if (v > thr || (v === thr && ties-- > 0)) ids[n++] = j; }
+  return ids;
 }

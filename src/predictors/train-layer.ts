@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
+import { mulberry32 } from '../util/random.js';
 import type { TrainConfig } from '../config/schemas.js';
 import { iterateLayer, type ActivationsManifest } from '../activations/dataset.js';
 import type { DecodedBatch } from '../activations/format.js';
@@ -48,10 +49,9 @@ interface SiteSpec {
   positiveRate: number;
 }
 
-function labelsOf(spec: SiteSpec, b: DecodedBatch): Uint8Array {
-  const W = spec.width;
-  if (spec.site === 'heads') return topKLabels(b.headNorm, b.rows, W, Math.ceil((spec.label as { value: number }).value * W - 1e-9));
-  const l = spec.label;
+/** 0/1 labels [rows, width] of a decoded batch under a site's label rule (training and evaluation share this). */
+export function labelsFor(site: Site, l: LabelRule, W: number, b: DecodedBatch): Uint8Array {
+  if (site === 'heads') return topKLabels(b.headNorm, b.rows, W, Math.ceil((l as { value: number }).value * W - 1e-9));
   if (l.kind === 'active') return b.mlpActive;
   if (!b.mlpAct) throw new UserError('the label rule needs MLP activation magnitudes (mlp_act), which this dataset did not record', 're-collect with --set recordMlpAct=true, or use label kind "active" for ReLU models');
   if (l.kind === 'threshold') { const o = new Uint8Array(b.mlpAct.length); for (let i = 0; i < o.length; i++) o[i] = Math.abs(b.mlpAct[i]!) > l.value ? 1 : 0; return o; }
@@ -70,7 +70,7 @@ function* shardRows(dir: string, m: ActivationsManifest, spec: SiteSpec, labelLa
   for (const lb of lab) {
     const xb = inp ? inp.next().value as DecodedBatch : lb;
     const x = spec.inputField === 'x_attn' ? xb.xAttn : xb.xMlp;
-    const y = labelsOf(spec, lb);
+    const y = labelsFor(spec.site, spec.label, spec.width, lb);
     const split = (val: boolean): Rows => {
       const keep: number[] = [];
       for (let r = 0; r < lb.rows; r++) if ((lb.seq[r]! % valEvery === valEvery - 1) === val) keep.push(r);
@@ -80,11 +80,6 @@ function* shardRows(dir: string, m: ActivationsManifest, spec: SiteSpec, labelLa
     };
     yield { train: split(false), val: split(true) };
   }
-}
-
-function mulberry(seed: number) {
-  let a = seed >>> 0;
-  return () => { a = (a + 0x6d2b79f5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
 }
 
 function shuffle<T>(a: T[], rnd: () => number): T[] {
@@ -132,7 +127,7 @@ function trainSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, spec: 
   const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
   let p = initPredictor(d, rank, spec.width, spec.hidden, seed);
   const adam = newAdam(p);
-  const rnd = mulberry(seed);
+  const rnd = mulberry32(seed);
   const negWeight = spec.positiveRate / Math.max(1e-6, 1 - spec.positiveRate);
   let best: HostPredictor | null = null, bestScore = -1, since = 0, epochs = 0, samples = 0;
   try {

@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
+import { mulberry32 } from '../util/random.js';
 import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 
@@ -21,11 +22,6 @@ export interface GenerateOptions {
 }
 
 export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number }
-
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => { a = (a + 0x6d2b79f5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
-}
 
 function pick(logits: Float32Array, o: GenerateOptions, rand: () => number): number {
   const temp = o.temperature ?? 0;
@@ -45,7 +41,7 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   const T = Math.max(...prompts.map((p) => p.length));
   const padded = prompts.map((p) => [...new Array(T - p.length).fill(0), ...p]);
   const mask = prompts.map((p) => [...new Array(T - p.length).fill(0), ...new Array(p.length).fill(1)]);
-  const rand = rng(o.seed ?? 0);
+  const rand = mulberry32(o.seed ?? 0);
   const cache = newCache(model);
   const out: number[][] = prompts.map(() => []);
   const done = new Array(B).fill(false);

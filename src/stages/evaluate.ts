@@ -17,7 +17,8 @@ import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint
 import { loadModel } from '../model/model.js';
 import type { SparsityHooks } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
-import { RankHistogram, ThresholdCounter, topKLabels, type Metrics } from '../predictors/metrics.js';
+import { RankHistogram, ThresholdCounter, type Metrics } from '../predictors/metrics.js';
+import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, predictorHooks, type LoadedSite } from '../predictors/hooks.js';
 import { predictLogits } from '../predictors/predictor.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
@@ -50,11 +51,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
   for (const lb of lab) {
     const xb = inp ? inp.next().value! : lb;
     const x = inField === 'x_mlp' ? xb.xMlp : xb.xAttn;
-    let y: Uint8Array;
-    if (kind === 'heads') y = topKLabels(lb.headNorm, lb.rows, W, Math.ceil((e.label as { value: number }).value * W - 1e-9));
-    else if (e.label.kind === 'active') y = lb.mlpActive;
-    else if (e.label.kind === 'threshold') { const v = e.label.value; y = Uint8Array.from(lb.mlpAct!, (a) => (Math.abs(a) > v ? 1 : 0)); }
-    else y = topKLabels(lb.mlpAct!, lb.rows, W, Math.max(1, Math.round(e.label.value * W)), true);
+    const y = labelsFor(kind, e.label, W, lb);
     const logits = readSync(() => predictLogits(site.weights, tf.tensor2d(x, [lb.rows, m.dims.hidden])));
     hist.add(logits, y, lb.rows);
     thr?.add(logits, y);
