@@ -115,13 +115,18 @@ function rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
   return tf.add(tf.mul(x, cos), tf.mul(rot, sin));
 }
 
+/** RoPE inverse frequencies 1 / theta^(2i/hd), i < hd/2 (float32, as HF computes them) */
+function ropeInvFreq(c: ModelConfig): Float32Array {
+  const half = c.headDim / 2;
+  return Float32Array.from({ length: half }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / c.headDim));
+}
+
 function ropeTables(c: ModelConfig, positions: Int32Array, B: number, T: number): [tf.Tensor, tf.Tensor] {
   const hd = c.headDim;
   const half = hd / 2;
   const cos = new Float32Array(B * T * hd);
   const sin = new Float32Array(B * T * hd);
-  const invFreq = new Float32Array(half);
-  for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(c.ropeTheta, (2 * i) / hd);
+  const invFreq = ropeInvFreq(c);
   for (let bt = 0; bt < B * T; bt++) {
     const p = positions[bt]!;
     for (let i = 0; i < half; i++) {
@@ -277,14 +282,15 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
   if (sel && 'indices' in sel && w.host && T === 1) {
     // host kernel: only the selected heads' Q rows, scores, context and output-projection rows are read
     const S = k.shape[2]!;
+    const invFreq = rot ? ropeInvFreq(c) : null;
     const rows = sel.indices.map((idx, b) => {
       const row = (t: tf.Tensor) => (B === 1 ? t : tf.slice(t, [b, ...new Array(t.rank - 1).fill(0)], [1, ...t.shape.slice(1)])).dataSync() as Float32Array;
       const x = row(h), kb = row(k), vb = row(v);
       const pos = prep.positions[b * T]!;
-      const ropeQ = rot ? (q: Float32Array) => {
+      const ropeQ = invFreq ? (q: Float32Array) => {
         const half = hd / 2;
         for (let j = 0; j < half; j++) {
-          const f = Math.fround(pos * (1 / Math.pow(c.ropeTheta, (2 * j) / hd)));
+          const f = Math.fround(pos * invFreq[j]!);
           const cs = Math.cos(f), sn = Math.sin(f), a = q[j]!, bb = q[j + half]!;
           q[j] = a * cs - bb * sn; q[j + half] = bb * cs + a * sn;
         }
