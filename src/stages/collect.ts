@@ -168,7 +168,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         batch.push(s);
         if (batch.length === cfg.batchSize) { await runBatch(batch, idx - batch.length + 1); batch = []; }
       }
-      if (seqIndex <= skipSeqs && skipSeqs > 0 && seqIndex < skipSeqs)
+      if (skipSeqs > 0 && seqIndex < skipSeqs)
         throw new UserError(`the data now yields fewer sequences (${seqIndex}) than were already collected (${skipSeqs})`, 'use --overwrite');
       if (batch.length) await runBatch(batch, seqIndex - batch.length);
       await finishShard();
