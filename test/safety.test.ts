@@ -124,7 +124,7 @@ describe('#11 case 1: dejavu deletes or replaces only folders it made', () => {
 describe('#11 case 5: disk full', () => {
   it('collect (spawned, injected ENOSPC): exit 2 with what/where/hint, no temp files; the same command then resumes', () => {
     const out = path.join(TMP, 'full-collect');
-    const r = spawnSync('node', [BIN, ...collectArgs(out)], { encoding: 'utf8', env: { ...process.env, DEJAVU_FAULT_ENOSPC_AFTER: '90000' } });
+    const r = spawnSync('node', [BIN, ...collectArgs(out)], { encoding: 'utf8', env: { ...process.env, DEJAVU_FAULT_ENOSPC_AFTER: '110000' } });
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toMatch(/error: no space left on device while writing .*full-collect/);
     expect(r.stderr).toMatch(/hint: free disk space/);
@@ -163,7 +163,7 @@ describe('#11 case 5: disk full', () => {
 describe('#11 case 7: resume verifies what progress.json claims', () => {
   async function interrupted(name: string): Promise<string> {
     const out = path.join(TMP, name);
-    process.env.DEJAVU_FAULT_ENOSPC_AFTER = '90000';
+    process.env.DEJAVU_FAULT_ENOSPC_AFTER = '110000';
     const r = await cli(...collectArgs(out));
     delete process.env.DEJAVU_FAULT_ENOSPC_AFTER;
     expect(r.code).toBe(2);

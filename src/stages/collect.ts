@@ -11,17 +11,20 @@ import type { CollectConfig } from '../config/schemas.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, ShardWriter, type LayerRows } from '../activations/format.js';
-import { layerDir, readManifest, shardName, type ActivationsManifest } from '../activations/dataset.js';
+import { layerDir, readManifest, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
 import { loadModel } from '../model/model.js';
 import { forward, disposeOutput } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
-import { UserError } from '../util/errors.js';
-import { sha256File, writeJsonAtomic } from '../util/fsx.js';
+import { fsUserError, UserError } from '../util/errors.js';
+import { checkOutput, lockOutput, MARKER, writeMarker } from '../util/outdir.js';
+import { sha256, sha256File, writeJsonAtomic } from '../util/fsx.js';
 import { f32ToF16Array } from '../util/half.js';
 import type { StageDeps } from '../util/progress.js';
 
 interface LayerStats { tokens: number; active: number; headNormSum: number[]; headNormSq: number[]; actAbsSum: number }
-interface Progress { shardsDone: number; tokens: number; seconds: number; stats: Record<string, LayerStats> }
+/** per complete shard: its files' sha256, and the token count and layer stats after it (so a resume can roll back) */
+interface ShardRecord { sha256: Record<string, string>; tokens: number; stats: Record<string, LayerStats> }
+interface Progress { shardsDone: number; tokens: number; seconds: number; shards: ShardRecord[] }
 
 /** What makes two collections the same (resume) or different (refuse without --overwrite). */
 function identity(cfg: CollectConfig, m: { fingerprint: unknown; tokenizerHash: string | null; dataHash: string }) {
@@ -45,10 +48,15 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     const fields = ['seq', 'pos', 'x_attn', 'x_mlp', 'mlp_active', ...(mlpAct ? ['mlp_act'] : []), 'head_norm'];
     const id = identity(cfg, { fingerprint, tokenizerHash: tokenizer?.hash ?? null, dataHash });
 
-    // --- output folder: new, resume, or refuse
+    // --- output folder: new, resume, or refuse (src/util/outdir.ts: marker, lock, only our own folders)
     const out = cfg.out;
-    let progress: Progress = { shardsDone: 0, tokens: 0, seconds: 0, stats: {} };
-    if (fs.existsSync(path.join(out, 'manifest.json'))) {
+    const lock = lockOutput(out);
+    let aside: string | null = null; // the dataset --overwrite replaces, kept until the new one is complete
+    let createdHere = false, startedEmpty = false;
+    try {
+    const before = checkOutput(out, 'activations');
+    let progress: Progress = { shardsDone: 0, tokens: 0, seconds: 0, shards: [] };
+    if (before.state === 'ours' && fs.existsSync(path.join(out, 'manifest.json'))) {
       let old: ActivationsManifest | null = null;
       try { old = readManifest(out, false); } catch { old = null; }
       const same = old && (old.config as { identity?: string }).identity === id && sameFingerprint(old.model.fingerprint, fingerprint);
@@ -57,20 +65,22 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         return summarize(out, old!);
       }
       if (same) {
-        const pf = path.join(out, 'progress.json');
-        if (fs.existsSync(pf)) progress = JSON.parse(fs.readFileSync(pf, 'utf8'));
+        progress = verifiedProgress(out, layers, deps.log);
         deps.log(`collect-activations: resuming ${out} after ${progress.shardsDone} complete shard(s) (${progress.tokens} tokens)`);
       } else if (!cfg.overwrite) {
         throw new UserError(`output folder ${out} holds activations from a different model, data or config`, 'choose another --out, or pass --overwrite to replace it');
       } else {
-        fs.rmSync(out, { recursive: true, force: true });
+        aside = path.join(path.dirname(path.resolve(out)), `.${path.basename(path.resolve(out))}.dejavu-old-${process.pid}`);
+        if (before.legacy) writeMarker(out, 'activations'); // a leftover of a kill -9 must be recognizable as ours to be swept
+        fs.renameSync(out, aside);
       }
-    } else if (fs.existsSync(out) && fs.readdirSync(out).length && !cfg.overwrite) {
-      throw new UserError(`output folder ${out} exists and is not an activations dataset`, 'choose an empty or new --out, or pass --overwrite');
+    } else if (before.state === 'ours' && !cfg.overwrite && fs.readdirSync(out).some((f) => f !== MARKER)) {
+      throw new UserError(`output folder ${out} holds an unfinished activations dataset without manifest.json`, 'pass --overwrite to replace it, or choose another --out');
     }
-    const createdHere = !fs.existsSync(out);
-    try { fs.mkdirSync(out, { recursive: true }); } catch (e) { throw new UserError(`cannot create output folder ${out}: ${(e as Error).message}`, 'choose a writable --out'); }
-    try { fs.accessSync(out, fs.constants.W_OK); } catch { throw new UserError(`output folder ${out} is not writable`, 'choose a writable --out'); }
+    createdHere = !fs.existsSync(out);
+    startedEmpty = createdHere || before.state === 'empty' || !!aside || progress.shardsDone === 0;
+    fs.mkdirSync(out, { recursive: true });
+    writeMarker(out, 'activations', sha256(id));
     for (const l of layers) {
       const ld = layerDir(out, l);
       fs.mkdirSync(ld, { recursive: true });
@@ -80,6 +90,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         if (!m || Number(m[1]) >= progress.shardsDone) fs.rmSync(path.join(ld, f), { force: true });
       }
     }
+    const resumedFromShard = progress.shardsDone;
     const manifest: ActivationsManifest = {
       formatVersion: ACTIVATIONS_FORMAT_VERSION, kind: 'dejavu-activations', toolVersion: VERSION, status: 'in-progress',
       config: { ...cfg, identity: id, resolved: { mlpAct, seqsPerShard } },
@@ -91,7 +102,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     writeJsonAtomic(path.join(out, 'manifest.json'), manifest);
 
     const schemas = new Map(layers.map((l) => [l, layerSchema({ layer: l, hidden: c.hidden, ffn: c.ffn, heads: c.heads, dtype: cfg.dtype, mlpAct })]));
-    const stats = new Map(layers.map((l) => [l, progress.stats[l] ?? { tokens: 0, active: 0, headNormSum: new Array(c.heads).fill(0), headNormSq: new Array(c.heads).fill(0), actAbsSum: 0 }]));
+    const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? { tokens: 0, active: 0, headNormSum: new Array(c.heads).fill(0), headNormSq: new Array(c.heads).fill(0), actAbsSum: 0 }]));
     const total = cfg.maxTokens ?? NaN;
     const bar = deps.progress('collect', Number.isFinite(total) ? total : 0, 'tok');
     let seqIndex = 0;
@@ -106,10 +117,15 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     const openShard = () => new Map(layers.map((l) => [l, new ShardWriter(path.join(layerDir(out, l), `.${shardName(shardIndex)}.tmp`))]));
     const finishShard = async () => {
       if (!writers) return;
-      for (const [l, w] of writers) { await w.close(); fs.renameSync(w.file, path.join(layerDir(out, l), shardName(shardIndex))); }
+      const sums: Record<string, string> = {};
+      for (const [l, w] of writers) {
+        await w.close();
+        sums[shardKey(l, shardIndex)] = sha256File(w.file);
+        fs.renameSync(w.file, path.join(layerDir(out, l), shardName(shardIndex)));
+      }
       writers = null;
       shardIndex++;
-      progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, stats: Object.fromEntries(stats) };
+      progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, shards: [...progress.shards, { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)) }] };
       writeJsonAtomic(path.join(out, 'progress.json'), progress);
     };
     const runBatch = async (seqs: number[][], firstSeq: number) => {
@@ -174,22 +190,21 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       await finishShard();
     } catch (e) {
       if (writers) for (const w of (writers as Map<number, ShardWriter>).values()) await w.abort();
-      // nothing half-written: a run that completed no shard leaves no dataset behind (later failures stay resumable)
-      if (shardIndex === 0) { if (createdHere) fs.rmSync(out, { recursive: true, force: true }); else for (const f of ['manifest.json', 'progress.json']) fs.rmSync(path.join(out, f), { force: true }); }
+      startedEmpty = shardIndex === 0; // with complete shards the run stays resumable
       throw e;
     } finally {
       bar.stop();
     }
     if (tf.memory().numTensors !== tfBefore) throw new Error(`tensor leak in collect: ${tf.memory().numTensors - tfBefore} tensors`);
     const runSeconds = (Date.now() - tRun) / 1000;
-    const done: ActivationsManifest = { ...manifest, status: 'complete', tokens: seqIndex * cfg.seqLen, sequences: seqIndex, shards: shardIndex };
+    const done: ActivationsManifest = { ...manifest, status: 'complete', tokens: seqIndex * cfg.seqLen, sequences: seqIndex, shards: shardIndex, shardSha256: Object.assign({}, ...progress.shards.map((r) => r.sha256)) };
     const newTokens = tokens - skipSeqs * cfg.seqLen;
     const summary = {
       tokens: done.tokens, sequences: done.sequences, shards: done.shards,
       seconds: (Date.now() - t0) / 1000,
       tokensPerSecond: newTokens > 0 ? newTokens / runSeconds : null,
       timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs) },
-      resumedFromShard: skipSeqs ? progress.shardsDone : 0,
+      resumedFromShard,
       layers: layers.map((l) => {
         const st = stats.get(l)!;
         return {
@@ -204,10 +219,47 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     writeJsonAtomic(path.join(out, 'summary.json'), summary);
     writeJsonAtomic(path.join(out, 'manifest.json'), done);
     fs.rmSync(path.join(out, 'progress.json'), { force: true });
+    if (aside) { fs.rmSync(aside, { recursive: true, force: true }); aside = null; }
     return summarize(out, done);
+    } catch (e) {
+      // nothing half-written: a run that completed no shard leaves the folder as it found it (later failures stay
+      // resumable); a dataset that --overwrite was replacing comes back
+      if (aside) { fs.rmSync(out, { recursive: true, force: true }); fs.renameSync(aside, out); }
+      else if (startedEmpty && createdHere) fs.rmSync(out, { recursive: true, force: true });
+      else if (startedEmpty && fs.existsSync(out)) for (const f of fs.readdirSync(out)) fs.rmSync(path.join(out, f), { recursive: true, force: true });
+      throw fsUserError(e, 'writing activations to', out);
+    } finally {
+      lock.release();
+    }
   } finally {
     model.dispose();
   }
+}
+
+/** progress.json of a resumable run, checked against the shards on disk: resume from the first missing or altered one. */
+function verifiedProgress(out: string, layers: number[], log: (m: string) => void): Progress {
+  const fresh: Progress = { shardsDone: 0, tokens: 0, seconds: 0, shards: [] };
+  const pf = path.join(out, 'progress.json');
+  if (!fs.existsSync(pf)) return fresh;
+  let p: Progress;
+  try {
+    p = JSON.parse(fs.readFileSync(pf, 'utf8'));
+    if (!Number.isInteger(p?.shardsDone) || !Array.isArray(p.shards) || p.shards.length !== p.shardsDone || !p.shards.every((r) => r && typeof r.sha256 === 'object' && typeof r.tokens === 'number' && typeof r.stats === 'object'))
+      throw new Error('unexpected contents (written by another dejavu version?)');
+  } catch (e) {
+    log(`collect-activations: ${pf} is unreadable (${(e as Error).message}); restarting the collection from shard 0`);
+    return fresh;
+  }
+  for (let s = 0; s < p.shardsDone; s++) for (const l of layers) {
+    const file = path.join(layerDir(out, l), shardName(s));
+    const problem = !fs.existsSync(file) ? 'is missing' : sha256File(file) !== p.shards[s]!.sha256[shardKey(l, s)] ? 'fails its sha256 check' : null;
+    if (problem) {
+      log(`collect-activations: ${file} ${problem}; rebuilding from shard ${s}`);
+      const shards = p.shards.slice(0, s);
+      return { shardsDone: s, tokens: shards.at(-1)?.tokens ?? 0, seconds: p.seconds, shards };
+    }
+  }
+  return p;
 }
 
 function summarize(out: string, m: ActivationsManifest): StageResult {

@@ -11,7 +11,8 @@ import { readSync } from '../util/tfx.js';
 import type { StageResult } from '../cli/commands.js';
 import { VERSION } from '../cli/program.js';
 import type { EvaluateConfig } from '../config/schemas.js';
-import { iterateLayer, readManifest } from '../activations/dataset.js';
+import { iterateLayer, readManifest, verifyDataset } from '../activations/dataset.js';
+import { beginOutput, writeOutput } from '../util/outdir.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { loadModel } from '../model/model.js';
@@ -64,7 +65,16 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 
 export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
+  const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
+  let report: EvalReport;
+  try { report = await evaluate(cfg, deps); } catch (e) { w.abort(); throw e; }
+  await writeOutput(w, cfg.out, (tmp) => writeReport(tmp, report, cfg.out));
+  return { text: reportTable(report, cfg.out), json: report };
+}
+
+async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalReport> {
   const m = readManifest(cfg.activations);
+  verifyDataset(cfg.activations, m, m.layers);
   const preds = loadPredictors(cfg.predictors);
   try {
     if (!sameFingerprint(preds.manifest.model.fingerprint, m.model.fingerprint))
@@ -166,8 +176,7 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
         model.dispose();
       }
     }
-    writeReport(cfg.out, report);
-    return { text: reportTable(report, cfg.out), json: report };
+    return report;
   } finally {
     preds.dispose();
   }
@@ -197,10 +206,9 @@ export function reportTable(r: EvalReport, out: string): string {
   return lines.join('\n');
 }
 
-function writeReport(out: string, r: EvalReport): void {
-  fs.mkdirSync(out, { recursive: true });
+function writeReport(out: string, r: EvalReport, shownOut: string): void {
   writeJsonAtomic(path.join(out, 'report.json'), r);
-  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, out)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
+  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, shownOut)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
   writeFileAtomic(path.join(out, 'recall-vs-density.svg'), lineChart({
     title: 'MLP predictor: held-out recall vs predicted density (top-k sweep)', xLabel: 'predicted density (fraction of neurons computed)', yLabel: 'recall', xMax: 1, yMin: 0, yMax: 1,
     series: r.layers.filter((l) => l.mlp).map((l) => ({ name: `layer ${l.layer}`, points: l.mlp!.sweep.map((s) => [s.predictedDensity, s.recall] as [number, number]) })),
