@@ -146,6 +146,18 @@ describe('#11 case 5: disk full', () => {
     expect(tree(mnt).filter((f) => f.endsWith('.tmp'))).toEqual([]);
   });
 
+  it('an fs error escaping as an unhandled rejection exits 2 (ENOSPC) or 1 (a bug), never with Node\'s own code', () => {
+    const run = (err: string) => spawnSync('node', ['--input-type=module', '-e',
+      `const { installProcessHandlers } = await import(${JSON.stringify(path.join(REPO, 'dist', 'cli', 'main.js'))}); await import('@tensorflow/tfjs-backend-wasm');
+       installProcessHandlers(); process.on('uncaughtException', (e) => { throw e; }); Promise.reject(${err});`], { encoding: 'utf8', cwd: REPO });
+    const full = run(`Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', path: '/data/out/x.arrow' })`);
+    expect(full.status, full.stderr).toBe(2);
+    expect(full.stderr).toMatch(/^error: no space left on device while accessing \/data\/out\/x\.arrow \(ENOSPC\)\nhint: free disk space/);
+    const bug = run(`new TypeError('boom')`);
+    expect(bug.status).toBe(1);
+    expect(bug.stderr).toMatch(/internal error \(please report\): TypeError: boom\n\s+at /);
+  });
+
   it('train: exit 2, no partial output; a rerun succeeds', async () => {
     const out = path.join(TMP, 'full-pred');
     process.env.DEJAVU_FAULT_ENOSPC_AFTER = '3000';
@@ -207,6 +219,17 @@ describe('#11 case 8: activation shards are integrity-checked on read', () => {
     expect(r.err).toMatch(/hint: re-run collect-activations to rebuild it/);
     noStack(r);
     expect(fs.existsSync(path.join(TMP, 'p-trunc'))).toBe(false);
+  });
+
+  it('a truncated shard of a dataset without checksums (written before #11): exit 2, not a TypeError', async () => {
+    const d = broken('acts-trunc-legacy', (d) => {
+      const f = path.join(d, 'manifest.json'); const m = JSON.parse(fs.readFileSync(f, 'utf8')); delete m.shardSha256; fs.writeFileSync(f, JSON.stringify(m));
+      const b = fs.readFileSync(shard(d)); fs.writeFileSync(shard(d), b.subarray(0, b.length - 100));
+    });
+    const r = await cli(...trainArgs(d, path.join(TMP, 'p-trunc2')));
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/error: activation shard .*shard-00001\.arrow is truncated/);
+    noStack(r);
   });
 
   it('a flipped byte in a shard: exit 2 (checksum mismatch)', async () => {
