@@ -97,6 +97,21 @@ describe('#11 case 1: dejavu deletes or replaces only folders it made', () => {
     expect(fs.readdirSync(TMP).filter((f) => f.includes('acts-keep'))).toEqual(['acts-keep']); // no temp or aside folder left
   });
 
+  it('a dataset of the previous version (no marker) is recognized by its files; with a foreign file it is refused', async () => {
+    const old = path.join(TMP, 'acts-legacy');
+    fs.cpSync(ACTS, old, { recursive: true });
+    fs.rmSync(path.join(old, '.dejavu-output.json'));
+    const same = await cli(...collectArgs(old).filter((a) => a !== '--quiet'));
+    expect(same.code, same.err).toBe(0);
+    expect(same.err).toMatch(/is complete and current; nothing to do/);
+    fs.writeFileSync(path.join(old, 'layer-00', 'my-notes.txt'), 'mine');
+    const r = await cli(...collectArgs(old).map((a) => (a === '256' ? '128' : a)), '--overwrite');
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/acts-legacy was not made by dejavu \(it holds layer-00\/my-notes\.txt\)/);
+    expect(fs.readFileSync(path.join(old, 'layer-00', 'my-notes.txt'), 'utf8')).toBe('mine');
+    expect(readManifest(old).tokens).toBe(256);
+  });
+
   it('export-bundle --overwrite and evaluate-recall refuse a folder they did not make', async () => {
     const d = path.join(TMP, 'docs');
     fs.mkdirSync(d);

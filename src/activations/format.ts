@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as A from 'apache-arrow';
 import { f16ToF32Array } from '../util/half.js';
+import { createHash } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { writeAll } from '../util/fsx.js';
@@ -68,13 +69,16 @@ export class ShardWriter {
   private fd: number;
   private done: Promise<void>;
   private error: unknown = null;
+  private hash = createHash('sha256');
   rows = 0;
+  /** sha256 of the file, set by close() */
+  sha256 = '';
   constructor(readonly file: string) {
     this.fd = fs.openSync(file, 'w');
     const fd = this.fd;
     const sink = new Writable({
       write: (chunk: Buffer, _enc, cb) => {
-        try { writeAll(fd, chunk); cb(); } catch (e) { this.error ??= e; cb(e as Error); }
+        try { writeAll(fd, chunk); this.hash.update(chunk); cb(); } catch (e) { this.error ??= e; cb(e as Error); }
       },
     });
     this.done = new Promise<void>((res, rej) => { sink.on('finish', () => res()); sink.on('error', (e) => { this.error ??= e; rej(e); }); });
@@ -93,6 +97,7 @@ export class ShardWriter {
     fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
     this.fd = -1;
+    this.sha256 = this.hash.digest('hex');
   }
   async abort(): Promise<void> {
     try { this.writer.close(); await Promise.race([this.done, new Promise((r) => setTimeout(r, 100))]); } catch { /* ignore */ }
