@@ -205,10 +205,12 @@ describe('#11 case 7: resume verifies what progress.json claims', () => {
   it('a deleted shard is rebuilt from the first bad one (resumedFromShard says so)', async () => {
     const out = await interrupted('resume-deleted');
     fs.rmSync(path.join(layerDir(out, 1), 'shard-00001.arrow'));
+    fs.writeFileSync(path.join(out, '.progress.json.4000000.1700000000000.tmp'), '{"shardsD'); // a kill -9 during a write
     const r = await cli(...collectArgs(out).filter((a) => a !== '--quiet'), '--json');
     expect(r.code, r.err).toBe(0);
     expect(r.err).toMatch(/shard-00001\.arrow is missing.*rebuilding from shard 1/);
     expect(JSON.parse(r.out).summary.resumedFromShard).toBe(1);
+    expect(tree(out).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     sameAsFull(out);
   });
 

@@ -16,7 +16,7 @@ import { loadModel } from '../model/model.js';
 import { forward, disposeOutput } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { fsUserError, UserError } from '../util/errors.js';
-import { checkOutput, lockOutput, MARKER, writeMarker } from '../util/outdir.js';
+import { checkOutput, lockOutput, MARKER, sweepAtomicTemps, writeMarker } from '../util/outdir.js';
 import { sha256, sha256File, writeJsonAtomic } from '../util/fsx.js';
 import { f32ToF16Array } from '../util/half.js';
 import type { StageDeps } from '../util/progress.js';
@@ -81,6 +81,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       startedEmpty = createdHere || before.state === 'empty' || !!aside || progress.shardsDone === 0;
       fs.mkdirSync(out, { recursive: true });
       writeMarker(out, 'activations', sha256(id));
+      sweepAtomicTemps(out);
       for (const l of layers) {
         const ld = layerDir(out, l);
         fs.mkdirSync(ld, { recursive: true });

@@ -82,6 +82,12 @@ export function inspectOutput(dir: string, kind: OutputKind): OutputState {
   return { state: 'ours', marker: { tool: 'dejavu', kind }, legacy: true };
 }
 
+/** Remove temp files of writeFileAtomic / writeSafetensors left in `dir` by a killed run (call with the lock held). */
+export function sweepAtomicTemps(dir: string): void {
+  const re = new RegExp(`^${ATOMIC_TMP}$`);
+  for (const f of fs.readdirSync(dir)) if (re.test(f)) fs.rmSync(path.join(dir, f), { force: true });
+}
+
 export function foreignError(dir: string, reason: string): UserError {
   return new UserError(`output folder ${dir} was not made by dejavu (${reason})`, 'choose a new or empty --out: dejavu deletes or replaces only folders it made, --overwrite included');
 }
