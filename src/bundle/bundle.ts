@@ -3,12 +3,11 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
 import { fingerprintCheckpoint, openCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { openSafetensors, readTensorF32, type TensorToWrite, writeSafetensors } from '../checkpoint/safetensors.js';
 import { normalizeConfig } from '../model/config.js';
 import { canonicalKey } from '../model/weight-map.js';
-import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
+import { disposeSite, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { fromHost } from '../predictors/predictor.js';
 import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js';
 import { loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
@@ -23,9 +22,11 @@ type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, d: number, W: number, evalMetrics?: { recall: number; precision: number; predictedDensity: number; trueDensity: number }): PredJson {
   const p = `layers.${layer}.${site}`;
   const ex = evalMetrics ?? e.validation;
+  const lowRank = e.family === 'closed-form' || e.family === 'dejavu';
+  const refs = (q: string) => ({ fc1Weight: { name: `${q}.fc1.weight`, shape: [e.rank, d] }, fc1Bias: { name: `${q}.fc1.bias`, shape: [e.rank] }, fc2Weight: { name: `${q}.fc2.weight`, shape: [W, e.rank] }, fc2Bias: { name: `${q}.fc2.bias`, shape: [W] } });
   return {
-    rank: e.rank, hiddenActivation: e.hidden, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
-    tensors: { fc1Weight: { name: `${p}.fc1.weight`, shape: [e.rank, d] }, fc1Bias: { name: `${p}.fc1.bias`, shape: [e.rank] }, fc2Weight: { name: `${p}.fc2.weight`, shape: [W, e.rank] }, fc2Bias: { name: `${p}.fc2.bias`, shape: [W] } },
+    family: e.family, score: e.score, rank: e.rank, hiddenActivation: e.hidden, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
+    tensors: lowRank ? refs(p) : null, upTensors: lowRank && e.score === 'swiglu' ? refs(`${p}.up`) : null,
     expected: { recall: ex.recall, precision: ex.precision, predictedDensity: ex.predictedDensity, trueDensity: ex.trueDensity, source: evalMetrics ? 'evaluate-recall' : 'validation' },
     flopShare: e.flopShare,
   };
@@ -69,12 +70,15 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
     for (const site of ['mlp', 'heads'] as const) {
       const e = l[site];
       if (!e) continue;
-      const h = loadHostPredictor(o.predictors, l.file, site, e.hidden);
       const j = predictorJson(l.layer, site, e, c.hidden, site === 'mlp' ? c.ffn : c.heads, ev?.[site]?.metrics);
-      ptensors[j.tensors.fc1Weight.name] = { dtype: 'F16', shape: j.tensors.fc1Weight.shape, data: h.fc1Weight };
-      ptensors[j.tensors.fc1Bias.name] = { dtype: 'F16', shape: j.tensors.fc1Bias.shape, data: h.fc1Bias };
-      ptensors[j.tensors.fc2Weight.name] = { dtype: 'F16', shape: j.tensors.fc2Weight.shape, data: h.fc2Weight };
-      ptensors[j.tensors.fc2Bias.name] = { dtype: 'F16', shape: j.tensors.fc2Bias.shape, data: h.fc2Bias };
+      for (const [refs, prefix] of [[j.tensors, site], [j.upTensors, 'mlp.up']] as const) {
+        if (!refs) continue;
+        const h = loadHostPredictor(o.predictors, l.file, prefix, e.hidden);
+        ptensors[refs.fc1Weight.name] = { dtype: 'F16', shape: refs.fc1Weight.shape, data: h.fc1Weight };
+        ptensors[refs.fc1Bias.name] = { dtype: 'F16', shape: refs.fc1Bias.shape, data: h.fc1Bias };
+        ptensors[refs.fc2Weight.name] = { dtype: 'F16', shape: refs.fc2Weight.shape, data: h.fc2Weight };
+        ptensors[refs.fc2Bias.name] = { dtype: 'F16', shape: refs.fc2Bias.shape, data: h.fc2Bias };
+      }
       entry[site] = j;
     }
     if (o.neuronMajor) {
@@ -144,7 +148,7 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
         else if (JSON.stringify(t.shape) !== JSON.stringify(r.shape)) problems.push(`${file}: tensor ${r.name} has shape ${JSON.stringify(t.shape)}, manifest says ${JSON.stringify(r.shape)}`);
       }
     };
-    check(m.predictorsFile, m.layers.flatMap((l) => [l.mlp, l.heads].filter((x) => x).flatMap((p) => Object.values(p!.tensors))));
+    check(m.predictorsFile, m.layers.flatMap((l) => [l.mlp, l.heads].flatMap((p) => [p?.tensors, p?.upTensors]).flatMap((t) => (t ? Object.values(t) : []))));
     if (m.neuronMajorFile) check(m.neuronMajorFile, m.layers.flatMap((l) => (l.neuronMajor ? [l.neuronMajor.up, l.neuronMajor.down, l.neuronMajor.gate, l.neuronMajor.upBias, l.neuronMajor.gateBias].filter((x): x is { name: string; shape: number[] } => !!x) : [])));
     const dims = m.model.dims;
     const seen = new Set<number>();
@@ -152,8 +156,8 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
       if (seen.has(l.layer)) problems.push(`layer ${l.layer} is listed more than once`);
       seen.add(l.layer);
       if (l.layer >= dims.layers) problems.push(`layer ${l.layer} is beyond the model's ${dims.layers} layers`);
-      if (l.mlp?.rule.kind === 'topk' && l.mlp.rule.k > dims.ffn) problems.push(`layer ${l.layer}: MLP top-k ${l.mlp.rule.k} exceeds ffn ${dims.ffn}`);
-      if (l.heads?.rule.kind === 'topk' && l.heads.rule.k > dims.heads) problems.push(`layer ${l.layer}: head top-k ${l.heads.rule.k} exceeds heads ${dims.heads}`);
+      if (l.mlp?.rule?.kind === 'topk' && l.mlp.rule.k > dims.ffn) problems.push(`layer ${l.layer}: MLP top-k ${l.mlp.rule.k} exceeds ffn ${dims.ffn}`);
+      if (l.heads?.rule?.kind === 'topk' && l.heads.rule.k > dims.heads) problems.push(`layer ${l.layer}: head top-k ${l.heads.rule.k} exceeds heads ${dims.heads}`);
       // shapes must fit the model (not only the file): a predictor of the wrong width would break the forward pass
       const fit = (what: string, ref: { shape: number[] } | null | undefined, want: number[]) => {
         if (ref && JSON.stringify(ref.shape) !== JSON.stringify(want)) problems.push(`layer ${l.layer} ${what}: shape ${JSON.stringify(ref.shape)} does not fit the model (expected ${JSON.stringify(want)})`);
@@ -161,10 +165,16 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
       for (const [site, W] of [['mlp', dims.ffn], ['heads', dims.heads]] as const) {
         const p = l[site];
         if (!p) continue;
-        fit(`${site}.fc1Weight`, p.tensors.fc1Weight, [p.rank, dims.hidden]);
-        fit(`${site}.fc1Bias`, p.tensors.fc1Bias, [p.rank]);
-        fit(`${site}.fc2Weight`, p.tensors.fc2Weight, [W, p.rank]);
-        fit(`${site}.fc2Bias`, p.tensors.fc2Bias, [W]);
+        const lowRank = p.family === 'closed-form' || p.family === 'dejavu';
+        if (lowRank !== Boolean(p.tensors) || (p.score === 'swiglu') !== Boolean(p.upTensors)) problems.push(`layer ${l.layer} ${site}: a ${p.family} predictor with ${p.score} score must ${lowRank ? '' : 'not '}have tensors${p.score === 'swiglu' ? ' and upTensors' : ''}`);
+        if (site === 'mlp' && p.family !== 'dense' && !p.rule) problems.push(`layer ${l.layer} mlp: a ${p.family} predictor needs a rule`);
+        for (const [name, t] of [['tensors', p.tensors], ['upTensors', p.upTensors]] as const) {
+          if (!t) continue;
+          fit(`${site}.${name}.fc1Weight`, t.fc1Weight, [p.rank, dims.hidden]);
+          fit(`${site}.${name}.fc1Bias`, t.fc1Bias, [p.rank]);
+          fit(`${site}.${name}.fc2Weight`, t.fc2Weight, [W, p.rank]);
+          fit(`${site}.${name}.fc2Bias`, t.fc2Bias, [W]);
+        }
       }
       const nm = l.neuronMajor;
       if (nm) {
@@ -187,16 +197,22 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
   if (problems.length || !manifest) throw new UserError(`bundle ${dir} failed verification:\n  - ${problems.join('\n  - ')}`, 're-export the bundle with `dejavu export-bundle`');
   const st = openSafetensors(path.join(dir, manifest.predictorsFile));
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
+  type Refs = NonNullable<PredJson['tensors']>;
+  const lowRank = (t: Refs, hidden: PredJson['hiddenActivation']) => {
+    const [r, d] = t.fc1Weight.shape as [number, number];
+    return fromHost({ fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name), fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden });
+  };
   for (const l of manifest.layers) for (const site of ['mlp', 'heads'] as const) {
     const p = l[site];
     if (!p) continue;
-    const [r, d] = p.tensors.fc1Weight.shape as [number, number];
-    const w = fromHost({ fc1Weight: readTensorF32(st, p.tensors.fc1Weight.name), fc1Bias: readTensorF32(st, p.tensors.fc1Bias.name), fc2Weight: readTensorF32(st, p.tensors.fc2Weight.name), fc2Bias: readTensorF32(st, p.tensors.fc2Bias.name), d, r, out: p.tensors.fc2Weight.shape[0]!, hidden: p.hiddenActivation });
-    const entry = { rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 } as PredictorEntry;
-    (site === 'mlp' ? mlp : heads).set(l.layer, { entry, weights: w, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0 });
+    const entry: PredictorEntry = { family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 };
+    (site === 'mlp' ? mlp : heads).set(l.layer, {
+      entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
+      ...(p.tensors ? { weights: lowRank(p.tensors, p.hiddenActivation) } : {}), ...(p.upTensors ? { up: lowRank(p.upTensors, p.hiddenActivation) } : {}),
+    });
   }
   return {
     bundle: manifest, manifest: { model: { fingerprint: manifest.model.fingerprint } } as PredictorsManifest, mlp, heads,
-    dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) { for (const t of [s.weights.w1, s.weights.b1, s.weights.w2, s.weights.b2]) (t as tf.Tensor).dispose(); } },
+    dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposeSite(s); },
   };
 }

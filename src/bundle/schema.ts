@@ -4,7 +4,8 @@
  */
 import { z } from 'zod';
 
-export const BUNDLE_FORMAT_VERSION = 1;
+/** 2: MLP modes (dense / exact / closed-form / dejavu), h_mlp input, SwiGLU scores from gate + up predictors */
+export const BUNDLE_FORMAT_VERSION = 2;
 
 const rule = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('topk'), k: z.number().int().positive() }),
@@ -13,14 +14,22 @@ const rule = z.discriminatedUnion('kind', [
 const sha = z.string().regex(/^[0-9a-f]{64}$/);
 const tensorRef = z.strictObject({ name: z.string().min(1), shape: z.array(z.number().int().nonnegative()) });
 
+const lowRankTensors = z.strictObject({ fc1Weight: tensorRef, fc1Bias: tensorRef, fc2Weight: tensorRef, fc2Bias: tensorRef });
 const predictor = z.strictObject({
-  rank: z.number().int().positive(),
+  /** dense: every neuron (no predictor); exact: the first projection itself scores (ReLU, lossless); closed-form / dejavu: low-rank */
+  family: z.enum(['dense', 'exact', 'closed-form', 'dejavu']),
+  /** linear: logits = fc2(act(fc1(x))); swiglu: |silu(gate) * up| from `tensors` (gate) and `upTensors` */
+  score: z.enum(['linear', 'swiglu']),
+  rank: z.number().int().nonnegative(),
   hiddenActivation: z.enum(['none', 'relu']),
-  /** x_attn: this layer's input; x_mlp: the residual entering the MLP block; x_attn[layer-1]: the previous layer's input (lookahead) */
-  input: z.enum(['x_attn', 'x_mlp', 'x_attn[layer-1]']),
+  /** h_mlp: the MLP block's own normalized input; x_attn: this layer's input; x_mlp: the residual entering the MLP block; x_attn[layer-1]: the previous layer's input (lookahead) */
+  input: z.enum(['h_mlp', 'x_attn', 'x_mlp', 'x_attn[layer-1]', 'none']),
   label: z.union([z.strictObject({ kind: z.literal('active') }), z.strictObject({ kind: z.enum(['topFraction', 'threshold']), value: z.number() })]),
-  rule,
-  tensors: z.strictObject({ fc1Weight: tensorRef, fc1Bias: tensorRef, fc2Weight: tensorRef, fc2Bias: tensorRef }),
+  /** null: dense */
+  rule: rule.nullable(),
+  /** null for the dense and exact modes */
+  tensors: lowRankTensors.nullable(),
+  upTensors: lowRankTensors.nullable(),
   expected: z.strictObject({ recall: z.number().min(0).max(1), precision: z.number().min(0).max(1), predictedDensity: z.number().min(0).max(1), trueDensity: z.number().min(0).max(1), source: z.enum(['validation', 'evaluate-recall']) }),
   flopShare: z.number().nonnegative(),
 });

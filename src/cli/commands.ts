@@ -87,8 +87,9 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
     OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
-  configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors and calibrate them to a target recall', [
+  configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
     { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },
+    { flags: '--model <dir>', description: 'checkpoint (default: the one the activations were collected from)', key: 'model' },
     { flags: '--out <dir>', description: 'output predictors folder', key: 'out' },
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },

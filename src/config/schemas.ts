@@ -32,6 +32,8 @@ const labelRule = z.strictObject({
 
 export const trainSchema = z.strictObject({
   activations: z.string().min(1, 'an activations folder is required (--activations)'),
+  /** the checkpoint (default: the one recorded in the activations manifest; its fingerprint must match) */
+  model: z.string().min(1).optional(),
   out: z.string().min(1, 'an output folder is required (--out)'),
   layers,
   seed: z.number().int().default(0),
@@ -44,19 +46,29 @@ export const trainSchema = z.strictObject({
   backend,
   mlp: z.strictObject({
     enabled: z.boolean().default(true),
-    rank: posInt.default(1000),
+    /**
+     * candidate modes per layer; the one with the lowest estimated MLP cost at the target recall is chosen.
+     * dense: every neuron; exact: the first projection itself, then only the active rows of the second (ReLU,
+     * lossless); closed-form: whitened low-rank fit of the first projection(s) on the MLP's own input (no training);
+     * dejavu: Deja Vu's trained low-rank predictor (rank, input, hiddenActivation, optim.*)
+     */
+    families: z.array(z.enum(['dense', 'exact', 'closed-form', 'dejavu'])).min(1).default(['dense', 'exact', 'closed-form']),
+    /** closed-form ranks to try: values <= 1 are fractions of the model width d */
+    ranks: z.array(z.number().positive()).min(1).default([0.125, 0.25, 0.5]),
+    /** closed form: divide each neuron's score by its residual std (per-neuron thresholds, free at run time) */
+    normalize: z.boolean().default(true),
+    /** dejavu family: rank (<= 1: fraction of d), hidden activation and input */
+    rank: z.number().positive().default(0.5),
     hiddenActivation: z.enum(['none', 'relu']).default('none'),
-    input: z.enum(['x_attn', 'x_mlp']).default('x_attn'),
+    input: z.enum(['x_attn', 'x_mlp', 'h_mlp']).default('x_attn'),
     label: labelRule.default({ kind: 'auto', value: 0.1 }),
     targetRecall: z.number().gt(0).lte(1).default(0.99),
-    /** selection rule the runtime uses: topk (per-layer k) or threshold on logits */
-    rule: z.enum(['topk', 'threshold']).default('topk'),
-    autoRank: z.strictObject({
-      enabled: z.boolean().default(false),
-      candidates: z.array(posInt).min(1).default([64, 128, 256, 512, 1000]),
-      /** max predictor FLOPs as a fraction of the layer's dense FLOPs */
-      flopBudget: z.number().gt(0).lte(1).default(0.05),
-    }).default({ enabled: false, candidates: [64, 128, 256, 512, 1000], flopBudget: 0.05 }),
+    /** count: fraction of active neurons kept; magnitude: fraction of sum |activation| x ||down column|| kept */
+    recallWeighting: z.enum(['count', 'magnitude']).default('count'),
+    /** selection rule: topk (per-layer k per token), threshold (per-layer threshold on the score), auto = the cheaper */
+    rule: z.enum(['auto', 'topk', 'threshold']).default('auto'),
+    /** validation rows kept in memory for calibration and the choice */
+    maxCalibrationRows: posInt.default(16384),
   }).prefault({}),
   heads: z.strictObject({
     enabled: z.boolean().default(true),

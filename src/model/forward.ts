@@ -41,8 +41,11 @@ export type MlpSelection = { mask: tf.Tensor } | { indices: Int32Array[] } | { o
 export type HeadSelection = { mask: tf.Tensor } | { indices: Int32Array[] } | { oracleTopK: number };
 
 export interface SparsityHooks {
-  /** xAttn: residual entering the layer; xMlp: residual entering the MLP block (both [B, T, d]) */
-  mlp?: (layer: number, ctx: { xAttn: tf.Tensor; xMlp: tf.Tensor }) => MlpSelection | null | undefined;
+  /**
+   * xAttn: residual entering the layer; xMlp: residual entering the MLP block; hMlp: the MLP block's own
+   * (normalized) input (all [B, T, d]); w1/b1: the first projection [d, F] (OPT fc1, Llama up_proj)
+   */
+  mlp?: (layer: number, ctx: { xAttn: tf.Tensor; xMlp: tf.Tensor; hMlp: tf.Tensor; w1: tf.Tensor2D; b1?: tf.Tensor1D | undefined }) => MlpSelection | null | undefined;
   /** xAttn: this layer's input; xAttnPrev: previous layer's input (layer 0: its own) */
   heads?: (layer: number, ctx: { xAttn: tf.Tensor; xAttnPrev: tf.Tensor }) => HeadSelection | null | undefined;
 }
@@ -382,8 +385,8 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
             let xm = tf.add(x, att.out);
             if (!c.preNorm) xm = norm(c, xm, w.ln1);
             keepCap('mlpInput', i, xm);
-            const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm });
             const h2 = c.preNorm ? norm(c, xm, w.ln2) : xm;
+            const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm, hMlp: h2, w1: w.w1, b1: w.b1 });
             const mlp = mlpBlock(c, w, h2, msel);
             keepCap('mlpAct', i, mlp.act);
             let out = tf.add(xm, mlp.out);

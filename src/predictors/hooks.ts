@@ -1,25 +1,50 @@
 /**
- * Predictors as forward-pass hooks: per layer, the MLP predictor reads x_attn (or x_mlp) and picks neurons; the
+ * Predictors as forward-pass hooks: per layer, the MLP predictor reads h_mlp (the MLP block's own normalized input;
+ * or x_attn / x_mlp for Deja Vu's family) and picks neurons (the exact mode scores with the first projection itself,
+ * the dense mode picks nothing and computes every neuron); the
  * head predictor reads the previous layer's x_attn (lookahead) or its own and picks heads. The same hooks serve
  * evaluation (mask mode: [B, T, *] 0/1 masks) and the runtime (indices mode: only the picked rows are computed).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } from '../model/forward.js';
 import { topKRow, type SelectionRule } from './metrics.js';
-import { disposePredictor, fromHost, predictLogits, type PredictorWeights } from './predictor.js';
+import { disposePredictor, fromHost, predictLogits, swigluScore, type PredictorWeights } from './predictor.js';
 import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
-export interface LoadedSite { entry: PredictorEntry; weights: PredictorWeights; sourceLayerOffset: number }
+/** A layer's loaded predictor: low-rank weights (SwiGLU: gate's, and `up`), none for the dense and exact modes. */
+export interface LoadedSite { entry: PredictorEntry; weights?: PredictorWeights; up?: PredictorWeights; sourceLayerOffset: number }
+
+/** The first projection [d, F] (+ bias), which the exact mode scores with. */
+export interface ExactProjection { w: tf.Tensor2D; b?: tf.Tensor1D | undefined }
+
+/** Scores [N, W] of a site for inputs x [N, d] (the input its entry names). */
+export function siteScores(site: LoadedSite, x: tf.Tensor2D, exact?: ExactProjection): tf.Tensor2D {
+  if (site.entry.family === 'exact') {
+    if (!exact) throw new Error('the exact MLP mode needs the layer\'s first projection');
+    return tf.tidy(() => { const z = tf.matMul(x, exact.w); return (exact.b ? tf.add(z, exact.b) : z) as tf.Tensor2D; });
+  }
+  if (!site.weights) throw new Error(`no predictor weights for a ${site.entry.family} site`);
+  return site.up ? swigluScore(site.weights, site.up, x) : predictLogits(site.weights, x);
+}
+
+export function disposeSite(s: LoadedSite): void { if (s.weights) disposePredictor(s.weights); if (s.up) disposePredictor(s.up); }
 export interface LoadedPredictors { manifest: PredictorsManifest; mlp: Map<number, LoadedSite>; heads: Map<number, LoadedSite>; dispose(): void }
 
 export function loadPredictors(dir: string): LoadedPredictors {
   const manifest = readPredictorsManifest(dir);
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
   for (const l of manifest.layers) {
-    if (l.mlp) mlp.set(l.layer, { entry: l.mlp, weights: fromHost(loadHostPredictor(dir, l.file, 'mlp', l.mlp.hidden)), sourceLayerOffset: 0 });
+    if (l.mlp) {
+      const lowRank = l.mlp.family === 'closed-form' || l.mlp.family === 'dejavu';
+      mlp.set(l.layer, {
+        entry: l.mlp, sourceLayerOffset: 0,
+        ...(lowRank ? { weights: fromHost(loadHostPredictor(dir, l.file, 'mlp', l.mlp.hidden)) } : {}),
+        ...(lowRank && l.mlp.score === 'swiglu' ? { up: fromHost(loadHostPredictor(dir, l.file, 'mlp.up', l.mlp.hidden)) } : {}),
+      });
+    }
     if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(loadHostPredictor(dir, l.file, 'heads', l.heads.hidden)), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
   }
-  return { manifest, mlp, heads, dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposePredictor(s.weights); } };
+  return { manifest, mlp, heads, dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposeSite(s); } };
 }
 
 /** logits [N, W] -> 0/1 mask [N, W] by the rule */
@@ -56,26 +81,28 @@ export interface HookOptions {
 
 export function predictorHooks(p: LoadedPredictors, opts: HookOptions): SparsityHooks {
   const flat = (x: tf.Tensor) => tf.reshape(x, [-1, x.shape[x.shape.length - 1]!]) as tf.Tensor2D;
-  const select = (site: LoadedSite, x: tf.Tensor, layer: number, kind: 'mlp' | 'heads'): MlpSelection & HeadSelection => {
+  const select = (site: LoadedSite, x: tf.Tensor, layer: number, kind: 'mlp' | 'heads', exact?: ExactProjection): MlpSelection & HeadSelection => {
     const [B, T] = x.shape as [number, number];
-    const logits = predictLogits(site.weights, flat(x)); // [B*T, W]
+    const rule = site.entry.rule!;
+    const logits = siteScores(site, flat(x), exact); // [B*T, W]
     const W = logits.shape[1];
     if (opts.mode === 'indices') {
       if (T !== 1) throw new Error('indices mode selects per row: one token per row (decode) only');
-      const idx = ruleIndices(logits.dataSync() as Float32Array, B, W, site.entry.rule);
+      const idx = ruleIndices(logits.dataSync() as Float32Array, B, W, rule);
       logits.dispose();
       opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
       return { indices: idx } as never;
     }
-    const mask = tf.reshape(ruleMask(logits, site.entry.rule), [B, T, W]);
+    const mask = tf.reshape(ruleMask(logits, rule), [B, T, W]);
     if (opts.onSelect) opts.onSelect(kind, layer, tf.sum(mask).dataSync()[0]!, B * T * W);
     return { mask } as never;
   };
   const hooks: SparsityHooks = {};
   if (opts.mlp) hooks.mlp = (layer, ctx) => {
     const s = p.mlp.get(layer);
-    if (!s) return null;
-    return select(s, s.entry.input === 'x_mlp' ? ctx.xMlp : ctx.xAttn, layer, 'mlp');
+    if (!s || s.entry.family === 'dense') return null;
+    const x = s.entry.input === 'h_mlp' ? ctx.hMlp : s.entry.input === 'x_mlp' ? ctx.xMlp : ctx.xAttn;
+    return select(s, x, layer, 'mlp', { w: ctx.w1, b: ctx.b1 });
   };
   if (opts.heads) hooks.heads = (layer, ctx) => {
     const s = p.heads.get(layer);

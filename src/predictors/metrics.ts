@@ -9,15 +9,18 @@ export type SelectionRule = { kind: 'topk'; k: number } | { kind: 'threshold'; v
 
 export class RankHistogram {
   readonly hist: Float64Array; // hist[r] = number of true positives at rank r
+  /** with weights: whist[r] = summed weight of the true positives at rank r (magnitude-weighted recall) */
+  readonly whist: Float64Array | null;
   tokens = 0;
   positives = 0;
-  constructor(readonly width: number) { this.hist = new Float64Array(width); }
+  weight = 0;
+  constructor(readonly width: number, weighted = false) { this.hist = new Float64Array(width); this.whist = weighted ? new Float64Array(width) : null; }
 
   /**
    * logits [n, width], labels 0/1 [n, width]. A positive's rank is the number of logits in its row strictly
    * greater than its own (found by binary search in the natively sorted row), so ties share the better rank.
    */
-  add(logits: Float32Array, labels: Uint8Array, n: number): void {
+  add(logits: Float32Array, labels: Uint8Array, n: number, weights?: Float32Array): void {
     const W = this.width;
     const sorted = new Float32Array(W);
     for (let t = 0; t < n; t++) {
@@ -32,6 +35,7 @@ export class RankHistogram {
         while (lo < hi) { const mid = (lo + hi) >> 1; if (sorted[mid]! > v) hi = mid; else lo = mid + 1; }
         this.hist[W - lo]!++;
         this.positives++;
+        if (this.whist && weights) { this.whist[W - lo]! += weights[base + j]!; this.weight += weights[base + j]!; }
       }
       this.tokens++;
     }
@@ -48,6 +52,24 @@ export class RankHistogram {
   /** smallest k with recall >= target */
   kForRecall(target: number): number {
     const c = this.recallCurve();
+    for (let k = 0; k <= this.width; k++) if (c[k]! >= target - 1e-12) return k;
+    return this.width;
+  }
+
+  /** weighted recall of top-k, for k = 0..width */
+  weightedRecallCurve(): Float64Array {
+    const c = new Float64Array(this.width + 1);
+    if (!this.whist) return c.fill(NaN);
+    for (let k = 1; k <= this.width; k++) c[k] = c[k - 1]! + this.whist[k - 1]!;
+    for (let k = 0; k <= this.width; k++) c[k] = this.weight ? c[k]! / this.weight : 1;
+    return c;
+  }
+
+  weightedRecallAtK(k: number): number { return this.weightedRecallCurve()[k]!; }
+
+  /** smallest k with weighted recall >= target */
+  kForWeightedRecall(target: number): number {
+    const c = this.weightedRecallCurve();
     for (let k = 0; k <= this.width; k++) if (c[k]! >= target - 1e-12) return k;
     return this.width;
   }
@@ -70,9 +92,20 @@ function finish(tp: number, selected: number, positives: number, total: number):
   return { recall, precision, f1: recall + precision ? (2 * recall * precision) / (recall + precision) : 0, predictedDensity: total ? selected / total : 0, trueDensity: total ? positives / total : 0 };
 }
 
-/** Threshold calibration: the largest threshold whose recall reaches the target (positives' logits quantile). */
-export function thresholdForRecall(positiveLogits: Float32Array, target: number): number {
+/**
+ * Threshold calibration: the largest threshold whose recall reaches the target (positives' logits quantile). With
+ * `weights` (one per positive), the recall counted is the weighted one.
+ */
+export function thresholdForRecall(positiveLogits: Float32Array, target: number, weights?: Float32Array): number {
   if (positiveLogits.length === 0) return Infinity;
+  if (weights) {
+    const order = Array.from(positiveLogits.keys()).sort((a, b) => positiveLogits[b]! - positiveLogits[a]!);
+    let total = 0;
+    for (const w of weights) total += w;
+    let acc = 0;
+    for (const i of order) { acc += weights[i]!; if (acc >= target * total - 1e-9 * total) return positiveLogits[i]!; }
+    return positiveLogits[order[order.length - 1]!]!;
+  }
   const s = Float32Array.from(positiveLogits).sort();
   // keep ceil(target * P) positives: threshold = the value at index P - ceil(target*P)
   const keep = Math.ceil(target * s.length - 1e-9);
@@ -81,16 +114,21 @@ export function thresholdForRecall(positiveLogits: Float32Array, target: number)
 
 /** Counts for a threshold rule over a chunk. */
 export class ThresholdCounter {
-  tp = 0; selected = 0; positives = 0; total = 0;
+  tp = 0; selected = 0; positives = 0; total = 0; wtp = 0; wpos = 0;
   constructor(readonly value: number) {}
-  add(logits: Float32Array, labels: Uint8Array): void {
+  add(logits: Float32Array, labels: Uint8Array, weights?: Float32Array): void {
     for (let i = 0; i < logits.length; i++) {
       const sel = logits[i]! >= this.value;
       if (sel) this.selected++;
-      if (labels[i]) { this.positives++; if (sel) this.tp++; }
+      if (labels[i]) {
+        this.positives++;
+        if (sel) this.tp++;
+        if (weights) { this.wpos += weights[i]!; if (sel) this.wtp += weights[i]!; }
+      }
     }
     this.total += logits.length;
   }
+  weightedRecall(): number { return this.wpos ? this.wtp / this.wpos : this.positives ? NaN : 1; }
   metrics(): Metrics { return finish(this.tp, this.selected, this.positives, this.total); }
 }
 

@@ -127,3 +127,14 @@ export function fromHost(h: HostPredictor): PredictorWeights {
     hidden: h.hidden,
   }));
 }
+
+/**
+ * A SwiGLU MLP's neuron score from two low-rank predictors, of gate and up: |silu(ĝ) · û| (the magnitude the
+ * neuron would pass to the down projection).
+ */
+export function swigluScore(gate: PredictorWeights, up: PredictorWeights, x: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const g = predictLogits(gate, x), u = predictLogits(up, x);
+    return tf.abs(tf.mul(tf.mul(g, tf.sigmoid(g)), u)) as tf.Tensor2D;
+  });
+}

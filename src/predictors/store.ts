@@ -3,7 +3,8 @@
  * Tensor names (nn.Linear convention, weight [out, in]):
  *   mlp.fc1.weight [r, d], mlp.fc1.bias [r], mlp.fc2.weight [F, r], mlp.fc2.bias [F]
  *   heads.fc1.weight [rh, d], heads.fc1.bias [rh], heads.fc2.weight [H, rh], heads.fc2.bias [H]
- * logits = fc2(act(fc1(x))), act = identity or relu (see predictors.json).
+ *   mlp.up.fc1.weight ... (SwiGLU closed form: the up projection's predictor; mlp.* is then the gate's)
+ * logits = fc2(act(fc1(x))), act = identity or relu (see predictors.json); dense / exact MLP modes have no tensors.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,20 +16,28 @@ import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
 import type { Metrics, SelectionRule } from './metrics.js';
 import type { HostPredictor } from './predictor.js';
 import type { LabelRule, LayerResult } from './train-layer.js';
+import type { MlpCandidate } from './fit-mlp.js';
 
-export const PREDICTORS_FORMAT_VERSION = 1;
+/** 2: MLP entries carry family / score / costShare / candidates; closed-form inputs are h_mlp */
+export const PREDICTORS_FORMAT_VERSION = 2;
 
 export interface PredictorEntry {
+  /** MLP mode: dense (no predictor), exact (the first projection itself; ReLU), closed-form or dejavu (low-rank) */
+  family: 'dense' | 'exact' | 'closed-form' | 'dejavu';
+  /** linear: logits = fc2(act(fc1(x))); swiglu: |silu(gate) * up| from two low-rank predictors (mlp.*, mlp.up.*) */
+  score: 'linear' | 'swiglu';
   rank: number;
   hidden: 'none' | 'relu';
-  /** x_attn (this layer's input), x_mlp, or x_attn[layer-1] (lookahead) */
+  /** h_mlp (the MLP block's normalized input), x_attn (this layer's input), x_mlp, or x_attn[layer-1] (lookahead) */
   input: string;
   label: LabelRule;
-  rule: SelectionRule;
-  validation: Metrics;
+  /** null for the dense mode */
+  rule: SelectionRule | null;
+  validation: Metrics & { magnitudeRecall?: number };
   flopShare: number;
+  costShare?: number;
   epochs: number;
-  candidates?: { rank: number; flopShare: number; predictedDensity: number; meets: boolean }[];
+  candidates?: (MlpCandidate & { chosen: boolean })[];
 }
 
 export interface PredictorsManifest {
@@ -44,7 +53,10 @@ export interface PredictorsManifest {
 }
 
 function entry(r: NonNullable<LayerResult['mlp']>): PredictorEntry {
-  return { rank: r.rank, hidden: r.host.hidden, input: r.input, label: r.label, rule: r.rule, validation: r.validation, flopShare: r.flopShare, epochs: r.epochs, ...(r.candidates ? { candidates: r.candidates } : {}) };
+  return {
+    family: r.family, score: r.score, rank: r.rank, hidden: r.host?.hidden ?? 'none', input: r.input, label: r.label, rule: r.rule, validation: r.validation, flopShare: r.flopShare,
+    ...(r.costShare !== undefined ? { costShare: r.costShare } : {}), epochs: r.epochs, ...(r.candidates ? { candidates: r.candidates } : {}),
+  };
 }
 
 function tensors(prefix: string, h: HostPredictor): Record<string, TensorToWrite> {
@@ -62,7 +74,9 @@ export function writePredictors(out: string, manifest: PredictorsManifest, resul
   fs.rmSync(path.join(out, 'predictors.json'), { force: true });
   for (const r of results) {
     const file = `layer-${String(r.layer).padStart(2, '0')}.safetensors`;
-    const t: Record<string, TensorToWrite> = { ...(r.mlp ? tensors('mlp', r.mlp.host) : {}), ...(r.heads ? tensors('heads', r.heads.host) : {}) };
+    const t: Record<string, TensorToWrite> = {
+      ...(r.mlp?.host ? tensors('mlp', r.mlp.host) : {}), ...(r.mlp?.hostUp ? tensors('mlp.up', r.mlp.hostUp) : {}), ...(r.heads?.host ? tensors('heads', r.heads.host) : {}),
+    };
     writeSafetensors(path.join(out, file), t, { format: 'pt', layer: String(r.layer) });
     manifest.layers.push({ layer: r.layer, file, seconds: r.seconds, ...(r.mlp ? { mlp: entry(r.mlp) } : {}), ...(r.heads ? { heads: entry(r.heads) } : {}) });
   }
@@ -80,7 +94,7 @@ export function readPredictorsManifest(dir: string): PredictorsManifest {
   return m;
 }
 
-export function loadHostPredictor(dir: string, file: string, prefix: 'mlp' | 'heads', hidden: 'none' | 'relu'): HostPredictor {
+export function loadHostPredictor(dir: string, file: string, prefix: 'mlp' | 'mlp.up' | 'heads', hidden: 'none' | 'relu'): HostPredictor {
   const st = openSafetensors(path.join(dir, file));
   const w1 = st.tensors.get(`${prefix}.fc1.weight`), w2 = st.tensors.get(`${prefix}.fc2.weight`);
   if (!w1 || !w2) throw new UserError(`${file} lacks the ${prefix} predictor tensors`);

@@ -11,23 +11,34 @@ import type { TrainConfig } from '../config/schemas.js';
 import { iterateLayer, type ActivationsManifest } from '../activations/dataset.js';
 import type { DecodedBatch } from '../activations/format.js';
 import { UserError } from '../util/errors.js';
-import { RankHistogram, ThresholdCounter, thresholdForRecall, topKLabels, type Metrics, type SelectionRule } from './metrics.js';
+import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from './metrics.js';
 import { disposeAdam, disposePredictor, fromHost, initPredictor, newAdam, predictLogits, predictorFlops, toHost, trainStep, type HostPredictor, type PredictorWeights } from './predictor.js';
 
-export type LabelRule = { kind: 'active' } | { kind: 'topFraction'; value: number } | { kind: 'threshold'; value: number };
+import { labelsFor, type LabelRule } from './labels.js';
+import { fitMlpSite, resolveRanks, type MlpCandidate, type MlpChoice, type MlpFamily, type TrainedCandidate } from './fit-mlp.js';
+import { mlpInput, readMlpSite } from './mlp-site.js';
+export { labelsFor, type LabelRule };
 
 export interface PredictorResult {
-  host: HostPredictor;
+  /** low-rank weights (none for the dense and exact modes; SwiGLU closed form: the gate's) */
+  host?: HostPredictor;
+  /** SwiGLU closed form: the up projection's low-rank predictor */
+  hostUp?: HostPredictor;
+  family: MlpFamily | 'dejavu';
+  score: 'linear' | 'swiglu';
   input: string;
   label: LabelRule;
-  rule: SelectionRule;
-  validation: Metrics;
-  /** predictor FLOPs / dense layer FLOPs (per token) */
+  /** null: dense (every neuron) */
+  rule: SelectionRule | null;
+  validation: Metrics & { magnitudeRecall?: number };
+  /** predictor FLOPs / dense layer FLOPs (heads) or / dense MLP FLOPs (MLP), per token */
   flopShare: number;
+  /** MLP: estimated MLP cost / dense MLP cost (predictor + predicted density x MLP) */
+  costShare?: number;
   rank: number;
   epochs: number;
-  /** auto rank: every candidate tried */
-  candidates?: { rank: number; flopShare: number; predictedDensity: number; meets: boolean }[];
+  /** MLP: every candidate mode tried for this layer, with its calibrated rule and estimated cost */
+  candidates?: (MlpCandidate & { chosen: boolean })[];
 }
 
 export interface LayerResult { layer: number; mlp?: PredictorResult; heads?: PredictorResult; log: Record<string, unknown>[]; samplesPerSecond: number; seconds: number }
@@ -38,7 +49,9 @@ interface SiteSpec {
   site: Site;
   width: number;
   inputLayer: number;
-  inputField: 'x_attn' | 'x_mlp';
+  inputField: 'x_attn' | 'x_mlp' | 'h_mlp';
+  /** h_mlp: x_mlp -> the MLP block's normalized input */
+  toInput?: (x: Float32Array, n: number) => Float32Array;
   label: LabelRule;
   rank: number;
   hidden: 'none' | 'relu';
@@ -49,27 +62,19 @@ interface SiteSpec {
   positiveRate: number;
 }
 
-/** 0/1 labels [rows, width] of a decoded batch under a site's label rule (training and evaluation share this). */
-export function labelsFor(site: Site, l: LabelRule, W: number, b: DecodedBatch): Uint8Array {
-  if (site === 'heads') return topKLabels(b.headNorm, b.rows, W, Math.ceil((l as { value: number }).value * W - 1e-9));
-  if (l.kind === 'active') return b.mlpActive;
-  if (!b.mlpAct) throw new UserError('the label rule needs MLP activation magnitudes (mlp_act), which this dataset did not record', 're-collect with --set recordMlpAct=true, or use label kind "active" for ReLU models');
-  if (l.kind === 'threshold') { const o = new Uint8Array(b.mlpAct.length); for (let i = 0; i < o.length; i++) o[i] = Math.abs(b.mlpAct[i]!) > l.value ? 1 : 0; return o; }
-  return topKLabels(b.mlpAct, b.rows, W, Math.max(1, Math.round(l.value * W)), true);
-}
-
 interface Rows { x: Float32Array; y: Uint8Array; n: number }
 
 /** Stream (input, labels) rows of one shard, split into train/validation by sequence. */
 function* shardRows(dir: string, m: ActivationsManifest, spec: SiteSpec, labelLayer: number, shard: number, valEvery: number): Generator<{ train: Rows; val: Rows }> {
   const labelFields = spec.site === 'heads' ? ['head_norm'] : spec.label.kind === 'active' ? ['mlp_active'] : ['mlp_act'];
   const sameLayer = spec.inputLayer === labelLayer;
-  const lab = iterateLayer(dir, m, labelLayer, sameLayer ? [spec.inputField, ...labelFields] : labelFields, (i) => i === shard);
-  const inp = sameLayer ? null : iterateLayer(dir, m, spec.inputLayer, [spec.inputField], (i) => i === shard);
+  const field = spec.inputField === 'x_attn' ? 'x_attn' : 'x_mlp';
+  const lab = iterateLayer(dir, m, labelLayer, sameLayer ? [field, ...labelFields] : labelFields, (i) => i === shard);
+  const inp = sameLayer ? null : iterateLayer(dir, m, spec.inputLayer, [field], (i) => i === shard);
   const d = m.dims.hidden, W = spec.width;
   for (const lb of lab) {
     const xb = inp ? inp.next().value as DecodedBatch : lb;
-    const x = spec.inputField === 'x_attn' ? xb.xAttn : xb.xMlp;
+    const x = spec.inputField === 'x_attn' ? xb.xAttn : spec.toInput ? spec.toInput(xb.xMlp, xb.rows) : xb.xMlp;
     const y = labelsFor(spec.site, spec.label, spec.width, lb);
     const split = (val: boolean): Rows => {
       const keep: number[] = [];
@@ -199,32 +204,35 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
 
   if (cfg.mlp.enabled) {
     const label = resolveLabel(cfg, mc.activation);
-    const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
-    const spec: SiteSpec = {
-      site: 'mlp', width: mc.ffn, inputLayer: layer, inputField: cfg.mlp.input, label, rank: cfg.mlp.rank, hidden: cfg.mlp.hiddenActivation,
-      targetRecall: cfg.mlp.targetRecall, rule: cfg.mlp.rule, kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate,
-    };
-    const ranks = cfg.mlp.autoRank.enabled ? [...cfg.mlp.autoRank.candidates].sort((a, b) => a - b) : [cfg.mlp.rank];
-    const candidates: NonNullable<PredictorResult['candidates']> = [];
-    let chosen: { p: PredictorWeights; rank: number; epochs: number; cal: ReturnType<typeof calibrate> } | null = null;
-    for (const rank of ranks) {
-      const share = predictorFlops(mc.hidden, rank, mc.ffn) / dense;
-      if (cfg.mlp.autoRank.enabled && share > cfg.mlp.autoRank.flopBudget && candidates.length) break;
+    const site = readMlpSite(cfg.model ?? m.model.dir, mc, layer);
+    const trained: TrainedCandidate[] = [];
+    let epochs = 0;
+    if (cfg.mlp.families.includes('dejavu')) {
+      // Deja Vu's family: a trained low-rank predictor, offered as one more candidate
+      const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
+      const rank = resolveRanks([cfg.mlp.rank], mc.hidden)[0]!;
+      const spec: SiteSpec = {
+        site: 'mlp', width: mc.ffn, inputLayer: layer, inputField: cfg.mlp.input, label, rank, hidden: cfg.mlp.hiddenActivation,
+        targetRecall: cfg.mlp.targetRecall, rule: 'topk', kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate,
+        ...(cfg.mlp.input === 'h_mlp' ? { toInput: (x: Float32Array, n: number) => mlpInput(site, x, n) } : {}),
+      };
       const tr = trainSite(dir, m, cfg, spec, layer, rank, cfg.seed * 1000 + layer * 2, push, tick);
-      const cal = calibrate(tr.p, dir, m, spec, layer, valEvery);
-      const meets = cal.validation.predictedDensity <= 1.3 * cal.validation.trueDensity + 1e-12;
-      candidates.push({ rank, flopShare: share, predictedDensity: cal.validation.predictedDensity, meets });
-      const better = !chosen || (meets && !(chosen.cal.validation.predictedDensity <= 1.3 * chosen.cal.validation.trueDensity)) || (!meets && cal.validation.predictedDensity < chosen.cal.validation.predictedDensity);
-      if (better) { if (chosen) disposePredictor(chosen.p); chosen = { p: tr.p, rank, epochs: tr.epochs, cal }; } else disposePredictor(tr.p);
-      if (meets) break;
+      epochs = tr.epochs;
+      trained.push({ family: 'dejavu', rank, input: cfg.mlp.input, weights: tr.p });
+    }
+    let choice: MlpChoice;
+    try {
+      choice = fitMlpSite(dir, m, cfg, site, label, trained, tick);
+    } finally {
+      for (const t of trained) disposePredictor(t.weights);
     }
     res.mlp = {
-      host: toHost(chosen!.p), input: cfg.mlp.input, label, rule: chosen!.cal.rule, validation: chosen!.cal.validation,
-      flopShare: predictorFlops(mc.hidden, chosen!.rank, mc.ffn) / dense, rank: chosen!.rank, epochs: chosen!.epochs,
-      ...(cfg.mlp.autoRank.enabled ? { candidates } : {}),
+      ...(choice.host ? { host: choice.host } : {}), ...(choice.hostUp ? { hostUp: choice.hostUp } : {}),
+      family: choice.family, score: choice.score, input: choice.input, label, rule: choice.rule, validation: choice.validation,
+      flopShare: choice.flopShare, costShare: choice.costShare, rank: choice.rank, epochs: choice.family === 'dejavu' ? epochs : 0, candidates: choice.candidates,
     };
-    disposePredictor(chosen!.p);
-    push({ site: 'mlp', calibrated: res.mlp.rule, validation: res.mlp.validation });
+    for (const c of choice.candidates) push({ site: 'mlp', candidate: c });
+    push({ site: 'mlp', chosen: { family: choice.family, rank: choice.rank, rule: choice.rule }, validation: res.mlp.validation });
   }
   if (cfg.heads.enabled) {
     const H = mc.heads;
@@ -238,7 +246,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
     const tr = trainSite(dir, m, cfg, spec, layer, cfg.heads.rank, cfg.seed * 1000 + layer * 2 + 1, push, tick);
     const cal = calibrate(tr.p, dir, m, spec, layer, valEvery);
     res.heads = {
-      host: toHost(tr.p), input: inputLayer === layer ? 'x_attn' : `x_attn[layer-1]`, label: spec.label, rule: cal.rule, validation: cal.validation,
+      host: toHost(tr.p), family: 'dejavu', score: 'linear', input: inputLayer === layer ? 'x_attn' : `x_attn[layer-1]`, label: spec.label, rule: cal.rule, validation: cal.validation,
       flopShare: predictorFlops(mc.hidden, cfg.heads.rank, H) / dense, rank: cfg.heads.rank, epochs: tr.epochs,
     };
     disposePredictor(tr.p);

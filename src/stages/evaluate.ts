@@ -18,17 +18,28 @@ import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint
 import { loadModel } from '../model/model.js';
 import type { SparsityHooks } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
-import { RankHistogram, ThresholdCounter, type Metrics } from '../predictors/metrics.js';
+import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
-import { loadPredictors, predictorHooks, type LoadedSite } from '../predictors/hooks.js';
-import { predictLogits } from '../predictors/predictor.js';
+import { loadPredictors, predictorHooks, siteScores, type LoadedSite } from '../predictors/hooks.js';
+import { exactPreActivations, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
+import { mlpDenseFlops } from '../predictors/fit-mlp.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
 import { lineChart } from '../eval/svg.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 
-export interface SiteReport { rule: unknown; metrics: Metrics; sweep: { fraction: number; k: number; recall: number; precision: number; predictedDensity: number }[] }
+export interface SiteReport {
+  rule: unknown; metrics: Metrics; sweep: { fraction: number; k: number; recall: number; precision: number; predictedDensity: number }[];
+  /** MLP: recall weighted by |activation| x ||down column|| */
+  magnitudeRecall?: number;
+  /** MLP: the density the exact predictor (the first projection itself) needs for the same recall under the same kind of rule */
+  exactBound?: { rule: string; predictedDensity: number };
+  /** MLP: the exact predictor's top-k sweep (recall vs density) */
+  exactSweep?: { fraction: number; k: number; recall: number }[];
+  /** MLP: estimated MLP cost / dense MLP cost at the held-out density */
+  costShare?: number;
+}
 export interface LayerReport { layer: number; mlp?: SiteReport; heads?: SiteReport }
 export interface EvalReport {
   kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig; heldoutTokens: number;
@@ -39,27 +50,71 @@ export interface EvalReport {
     densityCurve: { targetDensity: number; meanDensity: number; predicted: number; oracle: number; k: number[] }[] };
 }
 
-function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, kind: 'mlp' | 'heads', sweep: number[]): SiteReport {
+interface SiteCtx { mlpSite?: MlpSite | undefined; targetRecall: number }
+
+/**
+ * Held-out metrics of one site at its rule, a top-k sweep, and for MLP sites the exact predictor's bound under the
+ * same rule (the density the first projection itself needs for the same recall) and the estimated MLP cost.
+ */
+function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, kind: 'mlp' | 'heads', sweep: number[], ctx: SiteCtx): SiteReport {
   const e = site.entry;
   const W = kind === 'mlp' ? m.dims.ffn : m.dims.heads;
   const srcLayer = layer + site.sourceLayerOffset;
   const labelFields = kind === 'heads' ? ['head_norm'] : e.label.kind === 'active' ? ['mlp_active'] : ['mlp_act'];
-  const inField = e.input === 'x_mlp' ? 'x_mlp' : 'x_attn';
+  const inField = e.input === 'x_attn' || e.input.startsWith('x_attn[') ? 'x_attn' : 'x_mlp';
   const lab = iterateLayer(dir, m, layer, srcLayer === layer ? [inField, ...labelFields] : labelFields);
   const inp = srcLayer === layer ? null : iterateLayer(dir, m, srcLayer, ['x_attn']);
-  const hist = new RankHistogram(W);
-  const thr = e.rule.kind === 'threshold' ? new ThresholdCounter(e.rule.value) : null;
+  const ms = ctx.mlpSite;
+  const hist = new RankHistogram(W, Boolean(ms)), exactHist = ms ? new RankHistogram(W) : null;
+  const rule = e.rule;
+  const thr = rule?.kind === 'threshold' ? new ThresholdCounter(rule.value) : null;
+  const exactPos: number[] = [], exactSample: number[] = [];
+  const d = m.dims.hidden;
   for (const lb of lab) {
     const xb = inp ? inp.next().value! : lb;
-    const x = inField === 'x_mlp' ? xb.xMlp : xb.xAttn;
+    const raw = inField === 'x_mlp' ? xb.xMlp : xb.xAttn;
     const y = labelsFor(kind, e.label, W, lb);
-    const logits = readSync(() => predictLogits(site.weights, tf.tensor2d(x, [lb.rows, m.dims.hidden])));
-    hist.add(logits, y, lb.rows);
-    thr?.add(logits, y);
+    let scores: Float32Array, exact: Float32Array | null = null, weights: Float32Array | undefined;
+    if (ms) {
+      const h = mlpInput(ms, xb.xMlp, lb.rows);
+      const z = exactPreActivations(ms, h, lb.rows, 'up');
+      if (ms.activation === 'swiglu') {
+        const g = exactPreActivations(ms, h, lb.rows, 'gate');
+        exact = Float32Array.from(z, (u, i) => Math.abs((g[i]! / (1 + Math.exp(-g[i]!))) * u));
+      } else exact = z;
+      weights = Float32Array.from(exact, (v, i) => Math.max(v, 0) * ms.downColNorm[i % W]!); // |a_i| x ||W_down[:, i]||
+      const x = e.input === 'h_mlp' ? h : raw;
+      scores = e.family === 'exact' ? z : e.family === 'dense' ? new Float32Array(lb.rows * W).fill(1) : readSync(() => siteScores(site, tf.tensor2d(x, [lb.rows, d])));
+      exactHist!.add(exact, y, lb.rows);
+      for (let i = 0; i < exact.length; i++) if (y[i]) exactPos.push(exact[i]!);
+      for (let i = 0; i < exact.length; i += 8) exactSample.push(exact[i]!);
+    } else scores = readSync(() => siteScores(site, tf.tensor2d(raw, [lb.rows, d])));
+    hist.add(scores, y, lb.rows, weights);
+    thr?.add(scores, y, weights);
   }
-  const metrics = e.rule.kind === 'topk' ? hist.metricsAtK(e.rule.k) : thr!.metrics();
+  const metrics = rule === null ? { ...hist.metricsAtK(W), precision: hist.trueDensity() } : rule.kind === 'topk' ? hist.metricsAtK(rule.k) : thr!.metrics();
+  const magnitudeRecall = rule === null ? 1 : rule.kind === 'topk' ? hist.weightedRecallAtK(rule.k) : thr!.weightedRecall();
   const ks = [...new Set(sweep.map((f) => Math.max(1, Math.min(W, Math.round(f * W)))))].sort((a, b) => a - b);
-  return { rule: e.rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
+  const out: SiteReport = { rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
+  if (ms && exactHist) {
+    out.magnitudeRecall = magnitudeRecall;
+    // the bound: the exact scores under the same kind of rule, calibrated to the same recall on these rows
+    // (threshold: its density is counted on every 8th score)
+    let boundDensity: number;
+    if (rule?.kind === 'topk') boundDensity = exactHist.metricsAtK(Math.max(1, exactHist.kForRecall(ctx.targetRecall))).predictedDensity;
+    else {
+      const t = thresholdForRecall(Float32Array.from(exactPos), ctx.targetRecall);
+      let above = 0;
+      for (const v of exactSample) if (v >= t) above++;
+      boundDensity = above / Math.max(1, exactSample.length);
+    }
+    out.exactBound = { rule: rule?.kind ?? 'threshold', predictedDensity: boundDensity };
+    out.exactSweep = ks.map((k) => ({ fraction: k / W, k, recall: exactHist.metricsAtK(k).recall }));
+    const denseFlops = mlpDenseFlops({ d, F: W, activation: ms.activation });
+    out.costShare = e.family === 'dense' ? 1 : e.family === 'exact' ? (2 * d * W * (1 + metrics.predictedDensity)) / denseFlops
+      : (2 * e.rank * (d + W) * (e.score === 'swiglu' ? 2 : 1) + metrics.predictedDensity * denseFlops) / denseFlops;
+  }
+  return out;
 }
 
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
@@ -84,13 +139,18 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
       if (trainM.data.sha256 === m.data.sha256) deps.log(`warning: the held-out activations come from the same data file as the training activations (${m.data.file}); recall is not held-out`);
     }
     const layers: LayerReport[] = [];
+    // the MLP's own input and the exact bound need the checkpoint: --model, else the one the activations came from
+    const modelDir = cfg.model ?? m.model.dir;
+    if (!sameFingerprint(fingerprintCheckpoint(modelDir), m.model.fingerprint))
+      throw new UserError(`checkpoint ${modelDir} is not the one the held-out activations were collected from`, 'pass --model with that checkpoint');
+    const targetRecall = (preds.manifest.config as { mlp?: { targetRecall?: number } }).mlp?.targetRecall ?? 0.99;
     const bar = deps.progress('recall', preds.manifest.layers.length, 'layers');
     for (const l of preds.manifest.layers) {
       if (!m.layers.includes(l.layer)) throw new UserError(`layer ${l.layer} has predictors but is not in the held-out dataset`, 'collect all layers');
       const r: LayerReport = { layer: l.layer };
       const ms = preds.mlp.get(l.layer), hs = preds.heads.get(l.layer);
-      if (ms) r.mlp = siteEval(cfg.activations, m, l.layer, ms, 'mlp', cfg.sweep);
-      if (hs) r.heads = siteEval(cfg.activations, m, l.layer, hs, 'heads', cfg.sweep);
+      if (ms) r.mlp = siteEval(cfg.activations, m, l.layer, ms, 'mlp', cfg.sweep, { mlpSite: readMlpSite(modelDir, m.model.config, l.layer), targetRecall });
+      if (hs) r.heads = siteEval(cfg.activations, m, l.layer, hs, 'heads', cfg.sweep, { targetRecall });
       layers.push(r);
       bar.update(layers.length);
     }
@@ -155,10 +215,10 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
         const calib = c.layers ? Array.from({ length: c.layers }, (_, i) => layers.find((l) => l.layer === i)?.mlp?.metrics.predictedDensity ?? 1) : [];
         const meanCal = calib.reduce((a, b) => a + b, 0) / Math.max(1, calib.length);
         const densityCurve: NonNullable<EvalReport['perplexity']>['densityCurve'] = [];
-        const topkOnly = [...preds.mlp.values()].every((s) => s.entry.rule.kind === 'topk');
-        for (const D of topkOnly ? cfg.densitySweep : []) {
+        // every layer with a selection (not dense) gets a per-token top-k on its own scores at the scaled k
+        for (const D of cfg.densitySweep) {
           const ks = calib.map((d) => Math.max(1, Math.min(c.ffn, Math.round(c.ffn * Math.min(1, (D * d) / meanCal)))));
-          const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
+          const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, s.entry.family === 'dense' ? s : { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
           const ph = predictorHooks(scaled, { mode: 'mask', mlp: true, heads: false });
           const oh: SparsityHooks = { mlp: (i: number) => ({ oracleTopK: ks[i]! }) };
           const tp: NllTotals = { nll: 0, count: 0 }, to: NllTotals = { nll: 0, count: 0 };

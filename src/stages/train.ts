@@ -15,7 +15,8 @@ import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
-import { UserError } from '../util/errors.js';
+import { isUserError, UserError } from '../util/errors.js';
+import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { sha256, sha256File } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 import { getBackend } from '../backend.js';
@@ -87,10 +88,24 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     deps.log(`train-predictors: ${cfg.out} is complete and current; nothing to do`);
     return summarize(cfg.out, current);
   }
-  try { verifyDataset(cfg.activations, m, layers); } catch (e) { w.abort(); throw e; }
+  try {
+    verifyDataset(cfg.activations, m, layers);
+    // the MLP predictors are fitted to the checkpoint's own first projection and norm
+    const modelDir = cfg.model ?? m.model.dir;
+    if (cfg.mlp.enabled) {
+      let fp;
+      try { fp = fingerprintCheckpoint(modelDir); } catch (e) {
+        throw isUserError(e) ? new UserError(`${e.message} (the checkpoint of ${cfg.activations})`, 'pass --model with the checkpoint the activations were collected from') : e;
+      }
+      if (!sameFingerprint(fp, m.model.fingerprint)) throw new UserError(`checkpoint ${modelDir} is not the one the activations in ${cfg.activations} were collected from`, 'pass --model with that checkpoint');
+    }
+    cfg = { ...cfg, model: modelDir };
+  } catch (e) { w.abort(); throw e; }
   const nWorkers = cfg.workers || Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, layers.length));
   const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
-  const perLayer = Math.min(trainRows, cfg.maxSamples ?? Infinity) * cfg.optim.epochs * ((cfg.mlp.enabled ? 1 : 0) + (cfg.heads.enabled ? 1 : 0));
+  // progress in rows read: the MLP fit reads each row once (plus the epochs of a Deja Vu candidate), heads train for epochs
+  const trainRowsCapped = Math.min(trainRows, cfg.maxSamples ?? Infinity);
+  const perLayer = (cfg.mlp.enabled ? m.tokens + (cfg.mlp.families.includes('dejavu') ? trainRowsCapped * cfg.optim.epochs : 0) : 0) + (cfg.heads.enabled ? trainRowsCapped * cfg.optim.epochs : 0);
   const bar = deps.progress('train', perLayer * layers.length, 'samples');
   let done = 0;
   deps.log(`train-predictors: ${layers.length} layer(s) on ${nWorkers} worker(s), ${m.tokens} tokens (${Math.round(cfg.validationFraction * 100)}% of sequences held for validation)`);
@@ -118,12 +133,22 @@ function pct(x: number) { return (100 * x).toFixed(1) + '%'; }
 
 export function summarize(out: string, p: PredictorsManifest): StageResult {
   const lines = [`predictors: ${out} (${p.layers.length} layers, ${p.training.seconds.toFixed(0)} s, ${p.training.samplesPerSecond.toFixed(0)} samples/s)`, '',
-    '| layer | MLP rule | MLP recall | MLP precision | predicted density | true density | ratio | FLOP share | head rule | head recall |',
-    '|---:|---|---:|---:|---:|---:|---:|---:|---|---:|'];
+    '| layer | MLP mode | rank | MLP rule | MLP recall | MLP precision | predicted density | true density | ratio | est. MLP cost | head rule | head recall |',
+    '|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|'];
   for (const l of p.layers) {
     const mm = l.mlp, h = l.heads;
-    const rule = (r?: { kind: string; k?: number; value?: number }) => (r ? (r.kind === 'topk' ? `top-${r.k}` : `>= ${r.value!.toFixed(3)}`) : '-');
-    lines.push(`| ${l.layer} | ${rule(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm ? pct(mm.flopShare) : '-'} | ${rule(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
+    lines.push(`| ${l.layer} | ${mm ? mm.family : '-'} | ${mm ? mm.rank : '-'} | ${ruleText(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm?.costShare !== undefined ? pct(mm.costShare) : '-'} | ${ruleText(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
+  }
+  for (const l of p.layers) {
+    const cs = l.mlp?.candidates;
+    if (!cs?.length) continue;
+    lines.push('', `layer ${l.layer}: MLP candidates (validation rows; cost = predictor + predicted density x dense MLP, as a share of the dense MLP)`, '',
+      '| mode | rank | rule | recall | predicted density | recall at true density | cost | chosen |', '|---|---:|---|---:|---:|---:|---:|---|');
+    for (const c of cs) lines.push(`| ${c.family} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
   }
   return { text: lines.join('\n'), json: p };
+}
+
+export function ruleText(r?: { kind: string; k?: number; value?: number } | null): string {
+  return r ? (r.kind === 'topk' ? `top-${r.k}` : `>= ${r.value!.toFixed(3)}`) : '-';
 }

@@ -1,0 +1,74 @@
+/**
+ * What a layer's MLP block sees and computes, on the host, for fitting and scoring predictors: its norm (applied to
+ * the residual x_mlp gives h, the MLP's own input), its first projection(s) and the norms of the down projection's
+ * columns (a neuron's weight in the magnitude-weighted recall). Read straight from the checkpoint, one layer at a
+ * time, in nn.Linear layout ([out, in]).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
+import type { ModelConfig } from '../model/config.js';
+import { expectedWeights } from '../model/weight-map.js';
+import { readSync } from '../util/tfx.js';
+
+export interface MlpSite {
+  layer: number;
+  d: number;
+  F: number;
+  activation: ModelConfig['activation'];
+  /** x_mlp -> h: null for post-LN models, whose x_mlp is already normalized */
+  norm: { kind: ModelConfig['norm']; eps: number; g: Float32Array; b?: Float32Array } | null;
+  up: Float32Array; // [F, d]  OPT fc1, Llama up_proj
+  upBias?: Float32Array;
+  gate?: Float32Array; // [F, d] Llama gate_proj
+  gateBias?: Float32Array;
+  /** ‖W_down[:, i]‖ per neuron [F] */
+  downColNorm: Float32Array;
+}
+
+export function readMlpSite(ck: Checkpoint | string, c: ModelConfig, layer: number): MlpSite {
+  const cp = typeof ck === 'string' ? openCheckpoint(ck) : ck;
+  const keys = new Map(expectedWeights(c).filter((w) => w.name.startsWith(`layers.${layer}.`)).map((w) => [w.name.slice(`layers.${layer}.`.length), w.key]));
+  const get = (n: string) => (keys.has(n) ? cp.read(keys.get(n)!) : undefined);
+  const d = c.hidden, F = c.ffn;
+  const down = get('w2')!; // [d, F]
+  const downColNorm = new Float32Array(F);
+  for (let o = 0; o < d; o++) for (let i = 0; i < F; i++) downColNorm[i]! += down[o * F + i]! ** 2;
+  for (let i = 0; i < F; i++) downColNorm[i] = Math.sqrt(downColNorm[i]!);
+  const site: MlpSite = {
+    layer, d, F, activation: c.activation,
+    norm: c.preNorm ? { kind: c.norm, eps: c.normEps, g: get('ln2.g')!, ...(keys.has('ln2.b') ? { b: get('ln2.b')! } : {}) } : null,
+    up: get('w1')!, downColNorm,
+  };
+  const ub = get('b1'), g = get('wg'), gb = get('bg');
+  if (ub) site.upBias = ub;
+  if (g) site.gate = g;
+  if (gb) site.gateBias = gb;
+  return site;
+}
+
+/** h = the MLP block's input for residual rows x [n, d] (the forward pass's norm, in float64 on the host). */
+export function mlpInput(site: MlpSite, x: Float32Array, n: number): Float32Array {
+  if (!site.norm) return x;
+  const { d } = site, { kind, eps, g, b } = site.norm;
+  const h = new Float32Array(n * d);
+  for (let r = 0; r < n; r++) {
+    const o = r * d;
+    let mean = 0;
+    if (kind === 'layernorm') { for (let j = 0; j < d; j++) mean += x[o + j]!; mean /= d; }
+    let v = 0;
+    for (let j = 0; j < d; j++) v += (x[o + j]! - mean) ** 2;
+    const inv = 1 / Math.sqrt(v / d + eps);
+    for (let j = 0; j < d; j++) h[o + j] = (x[o + j]! - mean) * inv * g[j]! + (b ? b[j]! : 0);
+  }
+  return h;
+}
+
+/** Exact pre-activations z = h W1ᵀ + b1 (or the gate's), [n, F], for labels, magnitudes and the exact bound. */
+export function exactPreActivations(site: MlpSite, h: Float32Array, n: number, which: 'up' | 'gate' = 'up'): Float32Array {
+  const W = which === 'up' ? site.up : site.gate!, bias = which === 'up' ? site.upBias : site.gateBias;
+  const { d, F } = site;
+  return readSync(() => {
+    const z = tf.matMul(tf.tensor2d(h, [n, d]), tf.transpose(tf.tensor2d(W, [F, d]))); // [n, F]
+    return bias ? tf.add(z, tf.tensor1d(bias)) : z;
+  });
+}
