@@ -14,7 +14,7 @@ import { runTrain } from '../src/stages/train.js';
 import { runExport } from '../src/stages/export.js';
 import { runEvaluate, type EvalReport } from '../src/stages/evaluate.js';
 import { loadBundlePredictors, verifyBundle } from '../src/bundle/bundle.js';
-import { bundleJsonSchema, bundleManifestSchema, type BundleManifest } from '../src/bundle/schema.js';
+import { BUNDLE_FORMAT_VERSION, bundleJsonSchema, bundleManifestSchema, manifestChecksum, type BundleManifest } from '../src/bundle/schema.js';
 import { openCheckpoint } from '../src/checkpoint/checkpoint.js';
 import { openSafetensors, readTensorF32, writeSafetensors, type TensorToWrite } from '../src/checkpoint/safetensors.js';
 import { loadPredictors, predictorHooks, type LoadedPredictors } from '../src/predictors/hooks.js';
@@ -49,7 +49,10 @@ function copyBundle(): string {
   return dir;
 }
 const readM = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
-const writeM = (dir: string, m: unknown) => fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
+/** a hand edit: the manifest's own checksum is left as it was */
+const editM = (dir: string, m: unknown) => fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
+/** an edit by a tool that also re-seals the manifest checksum: only the deeper checks can catch it */
+const writeM = (dir: string, m: Record<string, unknown>) => editM(dir, { ...m, manifestSha256: manifestChecksum(m) });
 
 /** the tamper case is caught by verifyBundle (with a message matching re) and by the CLI with exit code 2 */
 async function expectRejected(dir: string, re: RegExp, model?: string): Promise<string[]> {
@@ -156,6 +159,45 @@ describe('export-bundle with an evaluate-recall report', () => {
   });
 });
 
+describe('the manifest is checksummed (issue #11 case 3)', () => {
+  const cases: [string, (m: Record<string, any>) => void, RegExp][] = [
+    ['MLP top-k lowered', (m) => { m.layers[0].mlp.rule.k -= 3; }, /layers\.0\.mlp\.rule\.k is \d+, was \d+ at export/],
+    ['head rule made a threshold', (m) => { m.layers[1].heads.rule = { kind: 'threshold', value: -1 }; }, /layers\.1\.heads\.rule\.(kind|value|k) /],
+    ['tensor names of two layers swapped', (m) => { const a = m.layers[0].mlp.tensors.fc1Weight.name; m.layers[0].mlp.tensors.fc1Weight.name = m.layers[1].mlp.tensors.fc1Weight.name; m.layers[1].mlp.tensors.fc1Weight.name = a; }, /layers\.0\.mlp\.tensors\.fc1Weight\.name is "layers\.1\.mlp\.fc1\.weight", was "layers\.0\.mlp\.fc1\.weight" at export/],
+    ['claimed recall raised', (m) => { m.layers[0].mlp.expected.recall = 1; }, /layers\.0\.mlp\.expected\.recall is 1, was/],
+    ['predictor input changed', (m) => { m.layers[1].heads.input = 'x_mlp'; }, /layers\.1\.heads\.input is "x_mlp", was "x_attn(\[layer-1\])?" at export/],
+  ];
+  for (const [what, edit, re] of cases) {
+    it(`${what}: verify-bundle exit 2 naming the field; generate refuses the bundle`, async () => {
+      const dir = copyBundle();
+      const m = readM(dir);
+      edit(m);
+      editM(dir, m);
+      const problems = await expectRejected(dir, re);
+      expect(problems[0]).toMatch(/^manifest\.json was modified after export \(its content no longer matches manifestSha256\)/);
+      const g = await cli('generate', '--model', MODEL, '--bundle', dir, '--prompt', 'Call me', '--max-tokens', '3', '--backend', 'wasm');
+      expect(g.code).toBe(2);
+      expect(g.err).toMatch(/failed verification/);
+      expect(g.err).toMatch(re);
+    });
+  }
+  it('the manifest records its format and checksum; a re-sealed manifest that contradicts the files is still caught', async () => {
+    const m = readM(BUNDLE);
+    expect(m.formatVersion).toBe(BUNDLE_FORMAT_VERSION);
+    expect(BUNDLE_FORMAT_VERSION).toBe(2);
+    expect(m.manifestSha256).toMatch(/^[0-9a-f]{64}$/);
+    const { manifestSha256, ...rest } = m;
+    expect(manifestChecksum(rest)).toBe(manifestSha256);
+    // key order and whitespace do not matter, values do
+    expect(manifestChecksum(Object.fromEntries(Object.entries(rest).reverse()))).toBe(manifestSha256);
+    expect(manifestChecksum({ ...rest, createdAt: '2000-01-01T00:00:00.000Z' })).not.toBe(manifestSha256);
+    const dir = copyBundle();
+    m.layers[0].mlp.rule.k -= 3;
+    writeM(dir, m);
+    await expectRejected(dir, /layers\.0\.mlp\.rule\.k is \d+, was \d+ at export \(the copy sealed in predictors\.safetensors\)/);
+  });
+});
+
 describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
   it('a flipped byte in predictors.safetensors', async () => {
     const dir = copyBundle();
@@ -187,9 +229,9 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
     await expectRejected(dir, /manifest\.json does not exist/);
   });
 
-  it('manifest schema violations: formatVersion 2, an unknown key, a bad rule, a bad checksum string', async () => {
+  it('manifest schema violations: formatVersion 1 (old bundle), an unknown key, a bad rule, a bad checksum string', async () => {
     const cases: [string, (m: Record<string, any>) => void, RegExp][] = [
-      ['formatVersion 2', (m) => { m.formatVersion = 2; }, /formatVersion/],
+      ['formatVersion 1 (an old bundle)', (m) => { m.formatVersion = 1; }, /manifest\.json formatVersion: bundle format 1 is not supported .*re-export/],
       ['unknown top-level key', (m) => { m.extra = true; }, /extra/],
       ['unknown predictor key', (m) => { m.layers[0].mlp.note = 'x'; }, /layers\.0\.mlp/],
       ['rule k not an integer', (m) => { m.layers[0].mlp.rule.k = 2.5; }, /layers\.0\.mlp\.rule\.k/],
@@ -238,7 +280,7 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
     expect(st.tensors.has(drop)).toBe(true);
     const keep: Record<string, TensorToWrite> = {};
     for (const [name, t] of st.tensors) if (name !== drop) keep[name] = { dtype: 'F16', shape: t.shape, data: f32ToF16Array(readTensorF32(st, name)) };
-    writeSafetensors(f, keep, { format: 'pt' });
+    writeSafetensors(f, keep, st.metadata); // a careful rewrite: metadata (with the sealed manifest) kept
     const m = readM(dir);
     m.files['predictors.safetensors'] = { sha256: sha256File(f), bytes: fs.statSync(f).size };
     writeM(dir, m);
@@ -258,7 +300,7 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
       if (name === 'layers.0.mlp.fc2.bias') { data = data.slice(0, F - 8); shape = [F - 8]; }
       t[name] = { dtype: 'F16', shape, data: f32ToF16Array(data) };
     }
-    writeSafetensors(f, t, { format: 'pt' });
+    writeSafetensors(f, t, st.metadata);
     const m = readM(dir);
     m.layers[0].mlp.tensors.fc2Weight.shape = [F - 8, r];
     m.layers[0].mlp.tensors.fc2Bias.shape = [F - 8];

@@ -14,7 +14,8 @@ import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js'
 import { loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
 import { UserError } from '../util/errors.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
-import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, type BundleManifest } from './schema.js';
+import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
+import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
 import type { EvalReport } from '../stages/evaluate.js';
 
 type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
@@ -100,22 +101,42 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
     }
     layers.push(entry);
   }
-  writeSafetensors(path.join(tmp, 'predictors.safetensors'), ptensors, { format: 'pt', kind: 'dejavu-predictors' });
-  if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
-  const files: BundleManifest['files'] = {};
-  for (const f of fs.readdirSync(tmp)) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
-  const manifest: BundleManifest = {
+  const body: Omit<BundleManifest, 'files' | 'manifestSha256'> = {
     formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: '0.1.0', createdAt: new Date().toISOString(), config: o.config,
     model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim } },
     predictorsFile: 'predictors.safetensors', neuronMajorFile: o.neuronMajor ? 'neuron-major.safetensors' : null,
-    layers, files, perplexity: report?.perplexity?.runs ?? null,
+    layers, perplexity: report?.perplexity?.runs ?? null,
   };
+  // a copy of the manifest (less the files table) sealed in the checksummed predictors file: an edited manifest is
+  // caught, and verify-bundle can name the field that changed
+  writeSafetensors(path.join(tmp, 'predictors.safetensors'), ptensors, { format: 'pt', kind: 'dejavu-predictors', [SEALED_MANIFEST_KEY]: canonicalJson(body) });
+  if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
+  const files: BundleManifest['files'] = {};
+  for (const f of fs.readdirSync(tmp)) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
+  const unsealed = { ...body, files };
+  const manifest: BundleManifest = { ...unsealed, manifestSha256: manifestChecksum(unsealed) };
   bundleManifestSchema.parse(manifest);
   writeJsonAtomic(path.join(tmp, 'manifest.json'), manifest);
   fs.rmSync(o.out, { recursive: true, force: true });
   fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
   fs.renameSync(tmp, o.out);
   return manifest;
+}
+
+/** Compare the manifest with the copy sealed in predictors.safetensors at export: every changed field, by path. */
+function sealedCopyProblems(dir: string, m: BundleManifest): string[] {
+  const file = path.join(dir, m.predictorsFile);
+  if (m.predictorsFile.includes('/') || m.predictorsFile.includes('..') || !fs.existsSync(file)) return []; // reported by the file checks
+  let meta: Record<string, string>;
+  try { meta = openSafetensors(file).metadata; } catch { return []; } // reported by the tensor checks
+  const sealedText = meta[SEALED_MANIFEST_KEY];
+  if (sealedText === undefined) return [`${m.predictorsFile} carries no sealed manifest copy (${SEALED_MANIFEST_KEY} metadata): the file was not written by this export`];
+  let sealed: unknown;
+  try { sealed = JSON.parse(sealedText); } catch { return [`${m.predictorsFile}: the sealed manifest copy (${SEALED_MANIFEST_KEY} metadata) is not valid JSON`]; }
+  const diff = jsonDiff(sealedPart(m as unknown as Record<string, unknown>), sealed);
+  const shown = diff.slice(0, 20).map((d) => `manifest.json ${d.path} is ${d.now}, was ${d.was} at export (the copy sealed in ${m.predictorsFile})`);
+  if (diff.length > 20) shown.push(`manifest.json: ${diff.length - 20} more fields differ from the copy sealed in ${m.predictorsFile}`);
+  return shown;
 }
 
 /** Every problem with a bundle, in one list (empty = valid). */
@@ -125,9 +146,17 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
   if (!fs.existsSync(mf)) return { problems: [`${mf} does not exist`], manifest: null };
   let raw: unknown;
   try { raw = JSON.parse(fs.readFileSync(mf, 'utf8')); } catch (e) { return { problems: [`manifest.json is not valid JSON: ${(e as Error).message}`], manifest: null }; }
+  const fv = (raw as { formatVersion?: unknown } | null)?.formatVersion;
+  if (typeof fv === 'number' && fv !== BUNDLE_FORMAT_VERSION)
+    return { problems: [`manifest.json formatVersion: bundle format ${fv} is not supported by this dejavu (it reads format ${BUNDLE_FORMAT_VERSION}, whose manifest is checksummed); re-export the bundle with \`dejavu export-bundle\``], manifest: null };
   const parsed = bundleManifestSchema.safeParse(raw);
   if (!parsed.success) return { problems: parsed.error.issues.map((i) => `manifest.json ${i.path.join('.') || '(top level)'}: ${i.message}`), manifest: null };
   const m = parsed.data;
+  // manifest-level problems come first; the file and tensor checks below still run
+  const edited: string[] = [];
+  if (manifestChecksum(raw as Record<string, unknown>) !== m.manifestSha256)
+    edited.push('manifest.json was modified after export (its content no longer matches manifestSha256): re-export the bundle, or restore the manifest');
+  edited.push(...sealedCopyProblems(dir, m));
   for (const [f, want] of Object.entries(m.files)) {
     const p = path.join(dir, f);
     if (f.includes('/') || f.includes('..')) { problems.push(`file name ${f} must be a plain name`); continue; }
@@ -181,7 +210,7 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
     try { fp = fingerprintCheckpoint(model); } catch (e) { problems.push((e as Error).message); }
     if (fp && !sameFingerprint(fp, m.model.fingerprint)) problems.push(`the bundle was made for another checkpoint than ${model} (config/weights sha256 differ)`);
   }
-  return { problems, manifest: m };
+  return { problems: [...edited, ...problems], manifest: m };
 }
 
 /** Load a verified bundle's predictors for the forward-pass hooks. */
