@@ -23,6 +23,7 @@ import { loadModel } from '../src/model/model.js';
 import { disposeOutput, forward, type SparsityHooks } from '../src/model/forward.js';
 import { f16ToF32Array, f32ToF16Array } from '../src/util/half.js';
 import { sha256File } from '../src/util/fsx.js';
+import { predictorsContentHash } from '../src/predictors/content-hash.js';
 import { isUserError } from '../src/util/errors.js';
 import { cli, FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
 
@@ -151,11 +152,55 @@ describe('export-bundle with an evaluate-recall report', () => {
       const mm = r.layers.find((x) => x.layer === l.layer)![site]!.metrics;
       expect(l[site]!.expected).toEqual({ recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity, trueDensity: mm.trueDensity, source: 'evaluate-recall' });
     }
-    const otherPred = path.join(TMP, 'pred-copy');
-    fs.cpSync(PRED, otherPred, { recursive: true });
-    const e = await runExport(exportSchema.parse({ model: MODEL, predictors: otherPred, report: rep, out: path.join(TMP, 'bundle-rep2') }), quiet).then(() => null, (x: unknown) => x);
+    // the report records the content hash of what it evaluated: an identical copy of the folder is accepted ...
+    expect(r.predictorsSha256).toBe(predictorsContentHash(PRED));
+    const samePred = path.join(TMP, 'pred-copy');
+    fs.cpSync(PRED, samePred, { recursive: true });
+    await runExport(exportSchema.parse({ model: MODEL, predictors: samePred, report: rep, out: path.join(TMP, 'bundle-rep2') }), quiet);
+    // ... one changed weight is not
+    const f = path.join(samePred, 'layer-01.safetensors');
+    const buf = fs.readFileSync(f);
+    buf[buf.length - 2]! ^= 0x01;
+    fs.writeFileSync(f, buf);
+    const e = await runExport(exportSchema.parse({ model: MODEL, predictors: samePred, report: rep, out: path.join(TMP, 'bundle-rep3') }), quiet).then(() => null, (x: unknown) => x);
     expect(isUserError(e)).toBe(true);
     expect((e as Error).message).toMatch(/evaluated other predictors/);
+  });
+
+  it('issue #11 case 4: a report made before retraining into the same folder is refused (exit 2), not copied into the bundle', async () => {
+    const pred = path.join(TMP, 'pred-retrain'), rep = path.join(TMP, 'report-retrain');
+    const train = (seed: number) => cli('train-predictors', '--activations', ACTS, '--out', pred, '--workers', '1', '--set', `seed=${seed}`, '--set', 'mlp.rank=8', '--set', 'heads.rank=4', '--set', 'optim.epochs=1', '--overwrite', '--backend', 'wasm', '--quiet');
+    expect((await train(1)).code).toBe(0);
+    expect((await cli('evaluate-recall', '--activations', ACTS, '--predictors', pred, '--out', rep, '--backend', 'wasm', '--quiet')).code).toBe(0);
+    expect((await cli('export-bundle', '--model', MODEL, '--predictors', pred, '--report', rep, '--out', path.join(TMP, 'b-retrain-1'), '--quiet')).code).toBe(0);
+    expect((await train(2)).code).toBe(0); // retrained into the same folder: same path, other weights
+    const x = await cli('export-bundle', '--model', MODEL, '--predictors', pred, '--report', rep, '--out', path.join(TMP, 'b-retrain-2'), '--quiet');
+    expect(x.code, x.err).toBe(2);
+    expect(x.err).toMatch(/error: the report in .*report-retrain evaluated other predictors than .*pred-retrain holds now \(content sha256 [0-9a-f]{12}… vs [0-9a-f]{12}…; evaluated: /);
+    expect(x.err).toMatch(/hint: re-run evaluate-recall on these predictors, or export without --report/);
+    expect(fs.existsSync(path.join(TMP, 'b-retrain-2'))).toBe(false);
+  });
+
+  it('issue #11 case 9: a corrupt or old report.json is a user error naming the file and field (exit 2)', async () => {
+    const rep = path.join(TMP, 'report');
+    const good = JSON.parse(fs.readFileSync(path.join(rep, 'report.json'), 'utf8'));
+    const cases: [string, string, RegExp][] = [
+      ['truncated', JSON.stringify(good).slice(0, 100), /report\.json is not valid JSON/],
+      ['layers not a list', JSON.stringify({ ...good, layers: 5 }), /report\.json is not a valid evaluate-recall report:\n  - layers: /],
+      ['recall above 1', JSON.stringify({ ...good, layers: [{ ...good.layers[0], mlp: { ...good.layers[0].mlp, metrics: { ...good.layers[0].mlp.metrics, recall: 1.5 } } }] }), /layers\.0\.mlp\.metrics\.recall: /],
+      ['no content hash (old report)', JSON.stringify({ ...good, predictorsSha256: undefined }), /was written by an older dejavu: it does not record which predictors it evaluated/],
+    ];
+    for (const [what, text, re] of cases) {
+      const dir = path.join(TMP, `bad-report-${what.replace(/\W+/g, '-')}`);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'report.json'), text);
+      const x = await cli('export-bundle', '--model', MODEL, '--predictors', PRED, '--report', dir, '--out', path.join(TMP, 'b-bad'), '--quiet');
+      expect(x.code, `${what}: ${x.err}`).toBe(2);
+      expect(x.err, what).toMatch(re);
+      expect(x.err, what).toContain(path.join(dir, 'report.json'));
+      expect(x.err, what).toMatch(/hint: /);
+      expect(x.err, what).not.toMatch(/\n\s+at /);
+    }
   });
 });
 

@@ -70,4 +70,22 @@ describe('dejavu generate', () => {
     expect(r.err).toMatch(/hint: /);
     expect(r.out).toBe('');
   });
+
+  it('issue #11 case 9: an invalid tokenizer_config.json is a user error naming the file (exit 2), not a stack', async () => {
+    for (const [what, text, re] of [
+      ['not JSON', '{"model_max_length": 2048,', /tokenizer_config\.json is not valid JSON/],
+      ['not an object', '[1, 2]', /tokenizer_config\.json is not a tokenizer config: \(top level\): /],
+      ['wrong field type', '{"bos_token": 5}', /tokenizer_config\.json is not a tokenizer config: bos_token: /],
+    ] as const) {
+      const dir = path.join(TMP, `tokcfg-${what.replace(/\W+/g, '-')}`);
+      fs.cpSync(MODEL, dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), text);
+      const r = await cli('generate', '--model', dir, '--prompt', 'Call me', '--max-tokens', '2', '--backend', 'wasm');
+      expect(r.code, `${what}: ${r.err}`).toBe(2);
+      expect(r.err, what).toMatch(re);
+      expect(r.err, what).toContain(path.join(dir, 'tokenizer_config.json'));
+      expect(r.err, what).toMatch(/hint: /);
+      expect(r.err, what).not.toMatch(/\n\s+at /);
+    }
+  });
 });

@@ -16,7 +16,8 @@ import { UserError } from '../util/errors.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
 import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
-import type { EvalReport } from '../stages/evaluate.js';
+import { readEvalReport, type ReportFile } from '../eval/report.js';
+import { predictorsContentHash } from '../predictors/content-hash.js';
 
 type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 
@@ -37,12 +38,14 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
   const fp = fingerprintCheckpoint(o.model);
   if (!sameFingerprint(fp, pm.model.fingerprint)) throw new UserError(`predictors in ${o.predictors} were trained for another checkpoint than ${o.model}`, 'pass the checkpoint the activations were collected from');
-  let report: EvalReport | null = null;
+  let report: ReportFile | null = null;
   if (o.report) {
-    const f = path.join(o.report, 'report.json');
-    if (!fs.existsSync(f)) throw new UserError(`no report.json in ${o.report}`, 'pass the --out folder of evaluate-recall');
-    report = JSON.parse(fs.readFileSync(f, 'utf8'));
-    if (path.resolve(report!.config.predictors) !== path.resolve(o.predictors)) throw new UserError(`the report in ${o.report} evaluated other predictors (${report!.config.predictors})`, 'pass the report made for these predictors');
+    report = readEvalReport(o.report);
+    // the report must describe these exact weights (a retrain into the same folder keeps the path, not the content)
+    const now = predictorsContentHash(o.predictors);
+    if (report.predictorsSha256 !== now)
+      throw new UserError(`the report in ${o.report} evaluated other predictors than ${o.predictors} holds now (content sha256 ${report.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…; evaluated: ${report.config.predictors})`,
+        're-run evaluate-recall on these predictors, or export without --report');
   }
   if (fs.existsSync(o.out) && fs.readdirSync(o.out).length && !o.overwrite) throw new UserError(`bundle folder ${o.out} exists and is not empty`, 'choose another --out or pass --overwrite');
   const ck = openCheckpoint(o.model);
@@ -57,7 +60,7 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   }
 }
 
-function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: EvalReport | null,
+function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: ReportFile | null,
   ck: ReturnType<typeof openCheckpoint>, c: ReturnType<typeof normalizeConfig>, tmp: string): BundleManifest {
   const ptensors: Record<string, TensorToWrite> = {};
   const ntensors: Record<string, TensorToWrite> = {};

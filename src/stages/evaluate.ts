@@ -21,6 +21,7 @@ import { RankHistogram, ThresholdCounter, type Metrics } from '../predictors/met
 import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, predictorHooks, type LoadedSite } from '../predictors/hooks.js';
 import { predictLogits } from '../predictors/predictor.js';
+import { predictorsContentHash } from '../predictors/content-hash.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
 import { lineChart } from '../eval/svg.js';
 import { UserError } from '../util/errors.js';
@@ -30,7 +31,10 @@ import type { StageDeps } from '../util/progress.js';
 export interface SiteReport { rule: unknown; metrics: Metrics; sweep: { fraction: number; k: number; recall: number; precision: number; predictedDensity: number }[] }
 export interface LayerReport { layer: number; mlp?: SiteReport; heads?: SiteReport }
 export interface EvalReport {
-  kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig; heldoutTokens: number;
+  kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig;
+  /** content hash of the predictors folder evaluated (predictors.json + safetensors); export-bundle compares it */
+  predictorsSha256: string;
+  heldoutTokens: number;
   layers: LayerReport[];
   averages: { mlpRecall: number; mlpPredictedDensity: number; mlpTrueDensity: number; mlpSparsity: number; headRecall: number; headDensity: number };
   perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }>;
@@ -65,6 +69,7 @@ const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.l
 
 export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
   const m = readManifest(cfg.activations);
+  const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the weights evaluated are these
   const preds = loadPredictors(cfg.predictors);
   try {
     if (!sameFingerprint(preds.manifest.model.fingerprint, m.model.fingerprint))
@@ -87,7 +92,7 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
     bar.stop();
     const mlpL = layers.filter((l) => l.mlp), hL = layers.filter((l) => l.heads);
     const report: EvalReport = {
-      kind: 'dejavu-evaluation', toolVersion: VERSION, config: cfg, heldoutTokens: m.tokens, layers,
+      kind: 'dejavu-evaluation', toolVersion: VERSION, config: cfg, predictorsSha256, heldoutTokens: m.tokens, layers,
       averages: {
         mlpRecall: mean(mlpL.map((l) => l.mlp!.metrics.recall)), mlpPredictedDensity: mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
         mlpTrueDensity: mean(mlpL.map((l) => l.mlp!.metrics.trueDensity)), mlpSparsity: 1 - mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
