@@ -16,6 +16,7 @@ import { UserError } from '../util/errors.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
 import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
+import { assertFinitePredictor } from '../predictors/finite.js';
 import { readEvalReport, type ReportFile } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 
@@ -74,6 +75,7 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
       const e = l[site];
       if (!e) continue;
       const h = loadHostPredictor(o.predictors, l.file, site, e.hidden);
+      assertFinitePredictor(h, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in ${o.predictors}`, site);
       const j = predictorJson(l.layer, site, e, c.hidden, site === 'mlp' ? c.ffn : c.heads, ev?.[site]?.metrics);
       ptensors[j.tensors.fc1Weight.name] = { dtype: 'F16', shape: j.tensors.fc1Weight.shape, data: h.fc1Weight };
       ptensors[j.tensors.fc1Bias.name] = { dtype: 'F16', shape: j.tensors.fc1Bias.shape, data: h.fc1Bias };
@@ -226,7 +228,10 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const p = l[site];
     if (!p) continue;
     const [r, d] = p.tensors.fc1Weight.shape as [number, number];
-    const w = fromHost({ fc1Weight: readTensorF32(st, p.tensors.fc1Weight.name), fc1Bias: readTensorF32(st, p.tensors.fc1Bias.name), fc2Weight: readTensorF32(st, p.tensors.fc2Weight.name), fc2Bias: readTensorF32(st, p.tensors.fc2Bias.name), d, r, out: p.tensors.fc2Weight.shape[0]!, hidden: p.hiddenActivation });
+    const hp = { fc1Weight: readTensorF32(st, p.tensors.fc1Weight.name), fc1Bias: readTensorF32(st, p.tensors.fc1Bias.name), fc2Weight: readTensorF32(st, p.tensors.fc2Weight.name), fc2Bias: readTensorF32(st, p.tensors.fc2Bias.name), d, r, out: p.tensors.fc2Weight.shape[0]!, hidden: p.hiddenActivation };
+    assertFinitePredictor(hp, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in bundle ${dir}`, `layers.${l.layer}.${site}`,
+      'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
+    const w = fromHost(hp);
     const entry = { rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 } as PredictorEntry;
     (site === 'mlp' ? mlp : heads).set(l.layer, { entry, weights: w, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0 });
   }

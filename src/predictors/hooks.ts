@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } from '../model/forward.js';
 import { topKRow, type SelectionRule } from './metrics.js';
 import { disposePredictor, fromHost, predictLogits, type PredictorWeights } from './predictor.js';
+import { assertFinitePredictor } from './finite.js';
 import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
 export interface LoadedSite { entry: PredictorEntry; weights: PredictorWeights; sourceLayerOffset: number }
@@ -15,9 +16,14 @@ export interface LoadedPredictors { manifest: PredictorsManifest; mlp: Map<numbe
 export function loadPredictors(dir: string): LoadedPredictors {
   const manifest = readPredictorsManifest(dir);
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
+  const host = (l: PredictorsManifest['layers'][number], site: 'mlp' | 'heads') => {
+    const h = loadHostPredictor(dir, l.file, site, l[site]!.hidden);
+    assertFinitePredictor(h, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in ${dir}`, site);
+    return h;
+  };
   for (const l of manifest.layers) {
-    if (l.mlp) mlp.set(l.layer, { entry: l.mlp, weights: fromHost(loadHostPredictor(dir, l.file, 'mlp', l.mlp.hidden)), sourceLayerOffset: 0 });
-    if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(loadHostPredictor(dir, l.file, 'heads', l.heads.hidden)), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
+    if (l.mlp) mlp.set(l.layer, { entry: l.mlp, weights: fromHost(host(l, 'mlp')), sourceLayerOffset: 0 });
+    if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(host(l, 'heads')), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
   }
   return { manifest, mlp, heads, dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposePredictor(s.weights); } };
 }

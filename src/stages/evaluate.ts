@@ -22,6 +22,7 @@ import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, predictorHooks, type LoadedSite } from '../predictors/hooks.js';
 import { predictLogits } from '../predictors/predictor.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
+import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
 import { lineChart } from '../eval/svg.js';
 import { UserError } from '../util/errors.js';
@@ -57,6 +58,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
     const x = inField === 'x_mlp' ? xb.xMlp : xb.xAttn;
     const y = labelsFor(kind, e.label, W, lb);
     const logits = readSync(() => predictLogits(site.weights, tf.tensor2d(x, [lb.rows, m.dims.hidden])));
+    assertFiniteLogits(logits, `layer ${layer} ${kind === 'mlp' ? 'MLP' : 'head'} predictor`);
     hist.add(logits, y, lb.rows);
     thr?.add(logits, y);
   }
@@ -185,6 +187,8 @@ export function reportTable(r: EvalReport, out: string): string {
     '| layer | MLP recall | precision | F1 | predicted density | true density | head recall | head density |', '|---:|---:|---:|---:|---:|---:|---:|---:|'];
   for (const l of r.layers) {
     const m = l.mlp?.metrics, h = l.heads?.metrics;
+    if (m) checkMetrics(m, `layer ${l.layer} MLP predictor (held-out)`);
+    if (h) checkMetrics(h, `layer ${l.layer} head predictor (held-out)`);
     lines.push(`| ${l.layer} | ${m ? m.recall.toFixed(4) : '-'} | ${m ? m.precision.toFixed(3) : '-'} | ${m ? m.f1.toFixed(3) : '-'} | ${m ? pct(m.predictedDensity) : '-'} | ${m ? pct(m.trueDensity) : '-'} | ${h ? h.recall.toFixed(3) : '-'} | ${h ? pct(h.predictedDensity) : '-'} |`);
   }
   const a = r.averages;
