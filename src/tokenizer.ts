@@ -15,6 +15,25 @@ export interface LoadedTokenizer {
   vocabSize: number;
   /** sha256 of tokenizer.json */
   hash: string;
+  /**
+   * true when encoding a text split before a single whitespace character (between two non-whitespace ones) gives
+   * the same ids as encoding it whole (byte-level BPE: yes; a normalizer that prepends "▁" to every call: no).
+   * Long texts are then tokenized in pieces (src/activations/data.ts textPieces).
+   */
+  chunkSafe: boolean;
+}
+
+const CHUNK_PROBES = ['Call me Ishmael. Some years ago', 'never mind\nhow long,\tprecisely', '12 345 6.7 ; x', 'naïve café 東京 go'];
+
+function probeChunkSafe(encode: (s: string) => number[]): boolean {
+  for (const p of CHUNK_PROBES) {
+    for (let i = 1; i < p.length - 1; i++) {
+      if (!/\s/.test(p[i]!) || /\s/.test(p[i - 1]!) || /\s/.test(p[i + 1]!)) continue;
+      const whole = encode(p), split = [...encode(p.slice(0, i)), ...encode(p.slice(i))];
+      if (whole.length !== split.length || whole.some((x, j) => x !== split[j])) return false;
+    }
+  }
+  return true;
 }
 
 const specialToken = z.union([z.string(), z.looseObject({ content: z.string() }), z.null()]);
@@ -51,8 +70,10 @@ export function loadTokenizer(dir: string): LoadedTokenizer {
   const vocab = (json as { model?: { vocab?: Record<string, number> | unknown[] } }).model?.vocab;
   const added = (json as { added_tokens?: { id: number }[] }).added_tokens ?? [];
   const vocabSize = Math.max(Array.isArray(vocab) ? vocab.length : Object.keys(vocab ?? {}).length, ...added.map((a) => a.id + 1));
+  const encode = (s: string) => tok.encode(s, { add_special_tokens: false }).ids;
   return {
-    encode: (s) => tok.encode(s, { add_special_tokens: false }).ids,
+    encode,
+    chunkSafe: probeChunkSafe(encode),
     decode: (ids, o) => ids.length === 0 ? '' : tok.decode(ids, { skip_special_tokens: o?.skipSpecial ?? false }),
     vocabSize,
     hash: sha256(text),
