@@ -243,6 +243,28 @@ describe('the manifest is checksummed (issue #11 case 3)', () => {
   });
 });
 
+describe('pipeline rerun after a manifest edit (issue #11 case 3)', () => {
+  it('re-exports the edited bundle instead of keeping it as current', async () => {
+    const w = path.join(TMP, 'pipe');
+    const cfg = path.join(TMP, 'pipe.yaml');
+    fs.writeFileSync(cfg, [`model: ${MODEL}`, `workdir: ${w}`, 'backend: wasm', `data: { calibration: ${path.join(REPO, 'data', 'calibration.jsonl')}, heldout: ${path.join(REPO, 'data', 'heldout.jsonl')} }`,
+      'collect: { seqLen: 32, maxTokens: 512, dtype: float32 }', 'train: { workers: 1, mlp: { rank: 8 }, heads: { rank: 4 }, optim: { epochs: 1 } }',
+      'evaluate: { seqLen: 32, maxTokens: 64, densitySweep: [] }'].join('\n'));
+    const first = await cli('pipeline', '--config', cfg, '--quiet');
+    expect(first.code, first.err).toBe(0);
+    const mf = path.join(w, 'bundle', 'manifest.json');
+    const m = readM(path.join(w, 'bundle'));
+    const k = m.layers[0].mlp.rule.k;
+    m.layers[0].mlp.rule.k = k - 1;
+    editM(path.join(w, 'bundle'), m);
+    const again = await cli('pipeline', '--config', cfg);
+    expect(again.code, again.err).toBe(0);
+    expect(again.err).toMatch(/== export-bundle: [\d.]+ s/); // ran, not "skipped"
+    expect(JSON.parse(fs.readFileSync(mf, 'utf8')).layers[0].mlp.rule.k).toBe(k);
+    expect(verifyBundle(path.join(w, 'bundle'), MODEL).problems).toEqual([]);
+  });
+});
+
 describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
   it('a flipped byte in predictors.safetensors', async () => {
     const dir = copyBundle();
