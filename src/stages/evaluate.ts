@@ -173,8 +173,9 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
         model.dispose();
       }
     }
+    const text = reportTable(report, cfg.out); // checks every metric first: nothing is written when one is impossible
     writeReport(cfg.out, report);
-    return { text: reportTable(report, cfg.out), json: report };
+    return { text, json: report };
   } finally {
     preds.dispose();
   }
