@@ -74,7 +74,7 @@ async function expectRejected(dir: string, re: RegExp, model?: string): Promise<
 
 describe('export-bundle + verify-bundle', () => {
   it('the exported bundle verifies, also against its checkpoint', async () => {
-    expect(fs.readdirSync(BUNDLE).sort()).toEqual(['manifest.json', 'neuron-major.safetensors', 'predictors.safetensors']);
+    expect(fs.readdirSync(BUNDLE).sort()).toEqual(['.dejavu-output.json', 'manifest.json', 'neuron-major.safetensors', 'predictors.safetensors']);
     expect(bundleManifestSchema.safeParse(readM(BUNDLE)).success).toBe(true);
     expect(verifyBundle(BUNDLE).problems).toEqual([]);
     expect(verifyBundle(BUNDLE, MODEL).problems).toEqual([]);

@@ -4,7 +4,9 @@ import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import type { Fingerprint } from '../checkpoint/checkpoint.js';
 import type { ModelConfig } from '../model/config.js';
-import { ACTIVATIONS_FORMAT_VERSION, decodeBatch, readShard, type DecodedBatch } from './format.js';
+import * as A from 'apache-arrow';
+import { ACTIVATIONS_FORMAT_VERSION, decodeBatch, openShard, readShard, REBUILD_HINT, type DecodedBatch } from './format.js';
+import { sha256 } from '../util/fsx.js';
 
 export interface ActivationsManifest {
   formatVersion: number;
@@ -21,6 +23,8 @@ export interface ActivationsManifest {
   dims: { hidden: number; ffn: number; heads: number; headDim: number };
   dtype: 'float16' | 'float32';
   fields: string[];
+  /** sha256 of every shard, keyed `layer-LL/shard-SSSSS.arrow` (absent in datasets of dejavu <= 0.1.0 before #11) */
+  shardSha256?: Record<string, string>;
   tokens: number;
   sequences: number;
   shards: number;
@@ -28,6 +32,43 @@ export interface ActivationsManifest {
 
 export const layerDir = (root: string, layer: number) => path.join(root, `layer-${String(layer).padStart(2, '0')}`);
 export const shardName = (i: number) => `shard-${String(i).padStart(5, '0')}.arrow`;
+/** a shard's key in `shardSha256` */
+export const shardKey = (layer: number, i: number) => `${path.basename(layerDir('', layer))}/${shardName(i)}`;
+
+/** The manifest's fields and dims must be what the shard's Arrow schema says. */
+export function checkShardSchema(file: string, schema: A.Schema, m: Pick<ActivationsManifest, 'fields' | 'dims' | 'dtype'>): void {
+  const bad = (what: string) => new UserError(`activation shard ${file} does not match its manifest: ${what}`, `the manifest was edited or the shard replaced: ${REBUILD_HINT}`);
+  const names = schema.fields.map((f) => f.name);
+  if (names.join() !== ['seq', 'pos', ...m.fields.filter((f) => f !== 'seq' && f !== 'pos')].join()) throw bad(`columns ${names.join(', ')}, manifest says ${m.fields.join(', ')}`);
+  const want: Record<string, [number, string]> = { x_attn: [m.dims.hidden, 'dims.hidden'], x_mlp: [m.dims.hidden, 'dims.hidden'], mlp_active: [m.dims.ffn, 'dims.ffn'], mlp_act: [m.dims.ffn, 'dims.ffn'], head_norm: [m.dims.heads, 'dims.heads'] };
+  for (const f of schema.fields) {
+    const w = want[f.name];
+    if (!w) continue;
+    const t = f.type as A.FixedSizeList;
+    if (t.listSize !== w[0]) throw bad(`${f.name} has ${t.listSize} values per row, manifest says ${w[0]} (${w[1]})`);
+    if (f.name.startsWith('x_')) {
+      const half = (t.children[0]!.type as A.Float).precision === A.Precision.HALF;
+      if (half !== (m.dtype === 'float16')) throw bad(`${f.name} is ${half ? 'float16' : 'float32'}, manifest says ${m.dtype}`);
+    }
+  }
+}
+
+/**
+ * Verify a dataset before use: every shard of `layers` exists, has the sha256 the manifest records (datasets written
+ * before checksums existed skip this), is a complete Arrow file, and its schema agrees with the manifest.
+ */
+export function verifyDataset(dir: string, m: ActivationsManifest, layers: number[]): void {
+  for (const l of layers) for (let s = 0; s < m.shards; s++) {
+    const file = path.join(layerDir(dir, l), shardName(s));
+    let buf: Buffer;
+    try { buf = fs.readFileSync(file); } catch (e) {
+      throw new UserError((e as { code?: string }).code === 'ENOENT' ? `missing activation shard ${file}` : `cannot read activation shard ${file}: ${(e as Error).message}`, REBUILD_HINT);
+    }
+    const want = m.shardSha256?.[shardKey(l, s)];
+    if (want !== undefined && sha256(buf) !== want) throw new UserError(`activation shard ${file} fails its sha256 check (the manifest records ${want.slice(0, 12)}…): it was modified or truncated`, REBUILD_HINT);
+    checkShardSchema(file, openShard(file, buf).schema, m);
+  }
+}
 
 export function readManifest(dir: string, wantComplete = true): ActivationsManifest {
   const f = path.join(dir, 'manifest.json');
@@ -46,7 +87,13 @@ export function* iterateLayer(dir: string, m: ActivationsManifest, layer: number
   for (let s = 0; s < m.shards; s++) {
     if (shardFilter && !shardFilter(s)) continue;
     const file = path.join(layerDir(dir, layer), shardName(s));
-    if (!fs.existsSync(file)) throw new UserError(`missing activation shard ${file}`, 'the dataset is incomplete: re-run collect-activations');
-    for (const b of readShard(file)) yield decodeBatch(b, fields);
+    if (!fs.existsSync(file)) throw new UserError(`missing activation shard ${file}`, REBUILD_HINT);
+    let first = true;
+    for (const b of readShard(file)) {
+      if (first) { checkShardSchema(file, b.schema, m); first = false; }
+      let d: DecodedBatch;
+      try { d = decodeBatch(b, fields); } catch (e) { throw new UserError(`activation shard ${file} is corrupt: ${(e as Error).message}`, REBUILD_HINT); }
+      yield d;
+    }
   }
 }

@@ -7,7 +7,10 @@
 import * as fs from 'node:fs';
 import * as A from 'apache-arrow';
 import { f16ToF32Array } from '../util/half.js';
+import { createHash } from 'node:crypto';
+import { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
+import { writeAll } from '../util/fsx.js';
 
 export const ACTIVATIONS_FORMAT_VERSION = 1;
 
@@ -56,25 +59,49 @@ export function makeBatch(schema: A.Schema, r: LayerRows): A.RecordBatch {
   return new A.RecordBatch(schema, A.makeData({ type: new A.Struct(schema.fields), length: r.rows, nullCount: 0, children }));
 }
 
-/** Streams record batches to `file` (the caller renames it when complete). */
+/**
+ * Streams record batches to `file` (the caller renames it when complete). Bytes go through `writeAll` with a
+ * synchronous fd; a write error (ENOSPC...) is kept and rethrown by the next write() or by close(), never left as an
+ * unhandled stream error (which the wasm backend's process handlers turned into a Node crash with exit code 7).
+ */
 export class ShardWriter {
   private writer = new A.RecordBatchFileWriter();
-  private sink: fs.WriteStream;
+  private fd: number;
   private done: Promise<void>;
+  private error: unknown = null;
+  private hash = createHash('sha256');
   rows = 0;
+  /** sha256 of the file, set by close() */
+  sha256 = '';
   constructor(readonly file: string) {
-    this.sink = fs.createWriteStream(file);
-    this.done = new Promise((res, rej) => { this.sink.on('finish', () => res()); this.sink.on('error', rej); });
-    this.writer.toNodeStream().pipe(this.sink);
+    this.fd = fs.openSync(file, 'w');
+    const fd = this.fd;
+    const sink = new Writable({
+      write: (chunk: Buffer, _enc, cb) => {
+        try { writeAll(fd, chunk); this.hash.update(chunk); cb(); } catch (e) { this.error ??= e; cb(e as Error); }
+      },
+    });
+    this.done = new Promise<void>((res, rej) => { sink.on('finish', () => res()); sink.on('error', (e) => { this.error ??= e; rej(e); }); });
+    this.done.catch(() => undefined); // observed through `error` / close()
+    this.writer.toNodeStream().pipe(sink);
   }
-  write(b: A.RecordBatch): void { this.writer.write(b); this.rows += b.numRows; }
+  write(b: A.RecordBatch): void {
+    if (this.error) throw this.error;
+    this.writer.write(b); this.rows += b.numRows;
+  }
   async close(): Promise<void> {
+    if (this.error) throw this.error;
     this.writer.close();
     await this.done;
-    const fd = fs.openSync(this.file, 'r+'); fs.fsyncSync(fd); fs.closeSync(fd);
+    if (this.error) throw this.error;
+    fs.fsyncSync(this.fd);
+    fs.closeSync(this.fd);
+    this.fd = -1;
+    this.sha256 = this.hash.digest('hex');
   }
   async abort(): Promise<void> {
-    try { this.writer.close(); await this.done; } catch { /* ignore */ }
+    try { this.writer.close(); await Promise.race([this.done, new Promise((r) => setTimeout(r, 100))]); } catch { /* ignore */ }
+    if (this.fd >= 0) { try { fs.closeSync(this.fd); } catch { /* ignore */ } this.fd = -1; }
     fs.rmSync(this.file, { force: true });
   }
 }
@@ -140,14 +167,28 @@ export function decodeBatch(batch: A.RecordBatch, fields: string[] = ['x_attn', 
   return out;
 }
 
+export const REBUILD_HINT = 're-run collect-activations to rebuild it';
+const MAGIC = Buffer.from('ARROW1');
+
+/** Open a shard's bytes as an Arrow IPC file; truncation and garbage are UserErrors naming the file. */
+export function openShard(file: string, buf: Buffer): A.RecordBatchReader {
+  if (buf.length < 2 * MAGIC.length || !buf.subarray(0, 6).equals(MAGIC) || !buf.subarray(buf.length - 6).equals(MAGIC))
+    throw new UserError(`activation shard ${file} is truncated or not an Arrow IPC file (${buf.length} bytes, no Arrow file footer)`, REBUILD_HINT);
+  try { return A.RecordBatchReader.from(buf).open(); } catch (e) { throw new UserError(`activation shard ${file} is not a valid Arrow IPC file: ${(e as Error).message}`, REBUILD_HINT); }
+}
+
 /** Iterate the record batches of one shard file (one shard in memory at a time, bounded by rowsPerShard). */
 export function* readShard(file: string): Generator<A.RecordBatch> {
   let buf: Buffer;
-  try { buf = fs.readFileSync(file); } catch (e) { throw new UserError(`cannot read activation shard ${file}: ${(e as Error).message}`); }
-  let reader: A.RecordBatchReader;
-  try { reader = A.RecordBatchReader.from(buf); } catch (e) { throw new UserError(`activation shard ${file} is not a valid Arrow IPC file: ${(e as Error).message}`, 're-run collect-activations'); }
+  try { buf = fs.readFileSync(file); } catch (e) { throw new UserError(`cannot read activation shard ${file}: ${(e as Error).message}`, REBUILD_HINT); }
+  const reader = openShard(file, buf);
   const fv = reader.schema?.metadata.get('formatVersion');
-  for (const b of reader) {
+  const it = reader[Symbol.iterator]();
+  for (;;) {
+    let r: IteratorResult<A.RecordBatch>;
+    try { r = it.next(); } catch (e) { throw new UserError(`activation shard ${file} is corrupt: ${(e as Error).message}`, REBUILD_HINT); }
+    if (r.done) break;
+    const b = r.value;
     if (b.schema.metadata.get('formatVersion') !== String(ACTIVATIONS_FORMAT_VERSION))
       throw new UserError(`activation shard ${file} has formatVersion ${fv ?? b.schema.metadata.get('formatVersion')}, expected ${ACTIVATIONS_FORMAT_VERSION}`, 're-run collect-activations with this version of dejavu');
     yield b;

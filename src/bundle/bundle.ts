@@ -12,7 +12,8 @@ import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
 import { fromHost } from '../predictors/predictor.js';
 import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js';
 import { loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
-import { UserError } from '../util/errors.js';
+import { fsUserError, UserError } from '../util/errors.js';
+import { beginOutput } from '../util/outdir.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
 import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
@@ -48,17 +49,16 @@ export function exportBundle(o: ExportOptions): BundleManifest {
       throw new UserError(`the report in ${o.report} evaluated other predictors than ${o.predictors} holds now (content sha256 ${report.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…; evaluated: ${report.config.predictors})`,
         're-run evaluate-recall on these predictors, or export without --report');
   }
-  if (fs.existsSync(o.out) && fs.readdirSync(o.out).length && !o.overwrite) throw new UserError(`bundle folder ${o.out} exists and is not empty`, 'choose another --out or pass --overwrite');
   const ck = openCheckpoint(o.model);
   const c = normalizeConfig(ck.rawConfig, o.model);
-  const tmp = `${o.out}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
-  try {
-    return writeBundle(o, pm, fp, report, ck, c, tmp);
-  } finally {
-    fs.rmSync(tmp, { recursive: true, force: true }); // nothing half-written is left behind on failure
-  }
+  // written to a temp sibling and renamed into place; only a bundle folder of ours is ever replaced (util/outdir)
+  const w = beginOutput(o.out, 'bundle', {
+    mayReplace: (s) => { if (s.state === 'ours' && !o.overwrite) throw new UserError(`bundle folder ${o.out} exists and is not empty`, 'choose another --out or pass --overwrite'); },
+  });
+  let m: BundleManifest;
+  try { m = writeBundle(o, pm, fp, report, ck, c, w.tmp); } catch (e) { w.abort(); throw fsUserError(e, 'writing', o.out); }
+  w.commit();
+  return m;
 }
 
 function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: ReportFile | null,
@@ -117,14 +117,11 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
   writeSafetensors(path.join(tmp, 'predictors.safetensors'), ptensors, { format: 'pt', kind: 'dejavu-predictors', [SEALED_MANIFEST_KEY]: canonicalJson(body) });
   if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
   const files: BundleManifest['files'] = {};
-  for (const f of fs.readdirSync(tmp)) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
+  for (const f of fs.readdirSync(tmp).filter((x) => !x.startsWith('.'))) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
   const unsealed = { ...body, files };
   const manifest: BundleManifest = { ...unsealed, manifestSha256: manifestChecksum(unsealed) };
   bundleManifestSchema.parse(manifest);
   writeJsonAtomic(path.join(tmp, 'manifest.json'), manifest);
-  fs.rmSync(o.out, { recursive: true, force: true });
-  fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
-  fs.renameSync(tmp, o.out);
   return manifest;
 }
 

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import { UserError } from '../util/errors.js';
 import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from '../util/half.js';
-import { tempPathFor } from '../util/fsx.js';
+import { tempPathFor, writeAll } from '../util/fsx.js';
 
 export const DTYPE_SIZE = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
@@ -207,14 +207,19 @@ export function writeSafetensors(file: string, tensors: Record<string, TensorToW
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(hbytes.length));
   const tmp = tempPathFor(file);
-  const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, len);
-    fs.writeSync(fd, hbytes);
-    for (const b of blobs) fs.writeSync(fd, b);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      writeAll(fd, len);
+      writeAll(fd, hbytes);
+      for (const b of blobs) writeAll(fd, b);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
   }
-  fs.renameSync(tmp, file);
 }

@@ -1,4 +1,5 @@
 /** Command table: flags map onto config keys (dotted paths); the stage does the work. */
+import { InvalidArgumentError } from 'commander';
 import type { z } from 'zod';
 import { ensureBackend, type BackendPreference } from '../backend.js';
 import { resolveConfig, validateConfig } from '../config/load.js';
@@ -40,7 +41,12 @@ export interface CommandDef {
 }
 
 const int = (v: string) => { const n = Number(v); return Number.isFinite(n) ? n : v; };
-const list = (v: string) => v === 'all' ? 'all' : v.split(',').map((s) => int(s.trim()));
+const list = (v: string) => {
+  if (v.trim() === 'all') return 'all';
+  const parts = v.split(',').map((s) => s.trim());
+  if (parts.some((s) => s === '')) throw new InvalidArgumentError('empty entry: give comma-separated layer indices like 0,1,2, or "all"');
+  return parts.map(int);
+};
 const BACKEND: FlagDef = { flags: '--backend <name>', description: 'tfjs backend: auto (tensorflow > wasm > cpu), tensorflow, wasm, cpu', key: 'backend', choices: ['auto', 'tensorflow', 'wasm', 'cpu'] };
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
 const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };

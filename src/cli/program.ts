@@ -3,7 +3,7 @@
  * Each command file is thin: parse flags -> resolve + validate config -> call the stage -> print -> exit code.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { isUserError } from '../util/errors.js';
+import { fsUserError, isUserError } from '../util/errors.js';
 import { makeProgressFactory, type StageDeps } from '../util/progress.js';
 import { COMMANDS } from './commands.js';
 
@@ -62,11 +62,21 @@ export async function runCli(argv: string[], io: CliIO): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
       return 2; // usage errors: commander already printed the message
     }
-    if (isUserError(e)) {
-      io.stderr.write(`error: ${e.message}\n${e.hint ? `hint: ${e.hint}\n` : ''}`);
-      return 2;
-    }
-    io.stderr.write(`internal error (please report): ${(e as Error)?.stack ?? String(e)}\n`);
-    return 1;
+    return reportError(e, io.stderr);
   }
+}
+
+/**
+ * Print an error the way the CLI does and return its exit code: a UserError, or a user-fixable fs error (ENOSPC,
+ * EACCES, EROFS, EISDIR, ENOTDIR... mapped by util/errors), is `error:` + `hint:` and 2; anything else is an internal
+ * error with its stack and 1.
+ */
+export function reportError(e0: unknown, stderr: NodeJS.WritableStream): number {
+  const e = fsUserError(e0, 'accessing');
+  if (isUserError(e)) {
+    stderr.write(`error: ${e.message}\n${e.hint ? `hint: ${e.hint}\n` : ''}`);
+    return 2;
+  }
+  stderr.write(`internal error (please report): ${(e as Error)?.stack ?? String(e)}\n`);
+  return 1;
 }

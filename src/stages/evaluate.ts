@@ -11,7 +11,8 @@ import { readSync } from '../util/tfx.js';
 import type { StageResult } from '../cli/commands.js';
 import { VERSION } from '../cli/program.js';
 import type { EvaluateConfig } from '../config/schemas.js';
-import { iterateLayer, readManifest } from '../activations/dataset.js';
+import { iterateLayer, readManifest, verifyDataset } from '../activations/dataset.js';
+import { beginOutput, writeOutput } from '../util/outdir.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { loadModel } from '../model/model.js';
@@ -70,7 +71,18 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 
 export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
+  const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
+  let report: EvalReport;
+  let text: string;
+  // reportTable checks every metric first: nothing is written when one is impossible
+  try { report = await evaluate(cfg, deps); text = reportTable(report, cfg.out); } catch (e) { w.abort(); throw e; }
+  await writeOutput(w, cfg.out, (tmp) => writeReport(tmp, report, cfg.out));
+  return { text, json: report };
+}
+
+async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalReport> {
   const m = readManifest(cfg.activations);
+  verifyDataset(cfg.activations, m, m.layers);
   const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the weights evaluated are these
   const preds = loadPredictors(cfg.predictors);
   try {
@@ -173,9 +185,7 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
         model.dispose();
       }
     }
-    const text = reportTable(report, cfg.out); // checks every metric first: nothing is written when one is impossible
-    writeReport(cfg.out, report);
-    return { text, json: report };
+    return report;
   } finally {
     preds.dispose();
   }
@@ -207,10 +217,9 @@ export function reportTable(r: EvalReport, out: string): string {
   return lines.join('\n');
 }
 
-function writeReport(out: string, r: EvalReport): void {
-  fs.mkdirSync(out, { recursive: true });
+function writeReport(out: string, r: EvalReport, shownOut: string): void {
   writeJsonAtomic(path.join(out, 'report.json'), r);
-  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, out)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
+  writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, shownOut)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
   writeFileAtomic(path.join(out, 'recall-vs-density.svg'), lineChart({
     title: 'MLP predictor: held-out recall vs predicted density (top-k sweep)', xLabel: 'predicted density (fraction of neurons computed)', yLabel: 'recall', xMax: 1, yMin: 0, yMax: 1,
     series: r.layers.filter((l) => l.mlp).map((l) => ({ name: `layer ${l.layer}`, points: l.mlp!.sweep.map((s) => [s.predictedDensity, s.recall] as [number, number]) })),

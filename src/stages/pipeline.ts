@@ -8,10 +8,11 @@ import * as path from 'node:path';
 import type { StageResult } from '../cli/commands.js';
 import { collectSchema, evaluateSchema, exportSchema, trainSchema, type PipelineConfig } from '../config/schemas.js';
 import { verifyBundle } from '../bundle/bundle.js';
-import { sha256File } from '../util/fsx.js';
+import { sha256File, writeFileAtomic } from '../util/fsx.js';
+import { isUserError, withFsErrors } from '../util/errors.js';
+import { checkOutput, writeMarker } from '../util/outdir.js';
 import { readEvalReport } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
-import { isUserError } from '../util/errors.js';
 import type { StageDeps } from '../util/progress.js';
 import { runCollect } from './collect.js';
 import { runTrain } from './train.js';
@@ -22,6 +23,11 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   const t0 = Date.now();
   const w = cfg.workdir;
   const dirs = { cal: path.join(w, 'activations-calibration'), held: path.join(w, 'activations-heldout'), pred: path.join(w, 'predictors'), report: path.join(w, 'report'), bundle: path.join(w, 'bundle') };
+  // refuse a workdir holding anything dejavu did not write, before any work (stages replace only their own outputs)
+  const ws = checkOutput(w, 'workdir');
+  const kinds = { cal: 'activations', held: 'activations', pred: 'predictors', report: 'report', bundle: 'bundle' } as const;
+  for (const [k, kind] of Object.entries(kinds)) checkOutput(dirs[k as keyof typeof kinds], kind);
+  if (ws.state !== 'ours' || ws.legacy) withFsErrors('writing', w, () => { fs.mkdirSync(w, { recursive: true }); writeMarker(w, 'workdir'); });
   const timings: Record<string, number> = {};
   const step = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
     const s = Date.now();
@@ -46,13 +52,13 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   }
   if (!report) {
     report = (await step('evaluate-recall', () => runEvaluate(evalCfg, deps))).json as EvalReport;
-    fs.writeFileSync(idFile, evalId);
+    writeFileAtomic(idFile, evalId);
   }
   const expCfg = exportSchema.parse({ ...cfg.export, model: cfg.model, predictors: dirs.pred, report: dirs.report, out: dirs.bundle, overwrite: true });
-  const expId = JSON.stringify({ p: sha256File(path.join(dirs.pred, 'predictors.json')), r: sha256File(path.join(dirs.report, 'report.json')), c: expCfg });
+  const expId = JSON.stringify({ p: predictorsContentHash(dirs.pred), r: sha256File(path.join(dirs.report, 'report.json')), c: expCfg });
   const expIdFile = path.join(w, '.bundle-inputs.json');
   if (fs.existsSync(expIdFile) && fs.readFileSync(expIdFile, 'utf8') === expId && verifyBundle(dirs.bundle, cfg.model).problems.length === 0) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
-  else { await step('export-bundle', () => runExport(expCfg, deps)); fs.writeFileSync(expIdFile, expId); }
+  else { await step('export-bundle', () => runExport(expCfg, deps)); writeFileAtomic(expIdFile, expId); }
   const v = verifyBundle(dirs.bundle, cfg.model);
   const total = (Date.now() - t0) / 1000;
   const text = [reportTable(report, dirs.report), '', `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,

@@ -11,11 +11,12 @@ import { Worker } from 'node:worker_threads';
 import type { StageResult } from '../cli/commands.js';
 import { VERSION } from '../cli/program.js';
 import type { TrainConfig } from '../config/schemas.js';
-import { readManifest } from '../activations/dataset.js';
+import { readManifest, verifyDataset } from '../activations/dataset.js';
+import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
 import { UserError } from '../util/errors.js';
-import { sha256File } from '../util/fsx.js';
+import { sha256, sha256File } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 import { getBackend } from '../backend.js';
 import { assertFinitePredictor, checkMetrics } from '../predictors/finite.js';
@@ -71,16 +72,23 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   const layers = cfg.layers === 'all' ? m.layers : [...new Set(cfg.layers)].sort((a, b) => a - b);
   for (const l of layers) if (!m.layers.includes(l)) throw new UserError(`layer ${l} is not in the activations dataset (collected layers: ${m.layers.join(', ')})`, 'fix --layers');
   const identity = JSON.stringify({ activations: manifestHash, cfg: { ...cfg, out: undefined, overwrite: undefined, backend: undefined, workers: undefined } });
-  if (fs.existsSync(path.join(cfg.out, 'predictors.json'))) {
-    const old = readPredictorsManifest(cfg.out);
-    if (old.identity === identity) {
-      deps.log(`train-predictors: ${cfg.out} is complete and current; nothing to do`);
-      return summarize(cfg.out, old);
-    }
-    if (!cfg.overwrite) throw new UserError(`output folder ${cfg.out} holds predictors trained on other activations or with another config`, 'choose another --out, or pass --overwrite');
-  } else if (fs.existsSync(cfg.out) && fs.readdirSync(cfg.out).length && !cfg.overwrite) {
-    throw new UserError(`output folder ${cfg.out} exists and is not a predictors folder`, 'choose an empty or new --out, or pass --overwrite');
+  let current: PredictorsManifest | null = null;
+  const w = beginOutput(cfg.out, 'predictors', {
+    identity: sha256(identity),
+    mayReplace: (before) => {
+      if (before.state !== 'ours') return;
+      let old: PredictorsManifest | null = null;
+      try { old = readPredictorsManifest(cfg.out); } catch { old = null; }
+      if (old?.identity === identity) { current = old; return; }
+      if (!cfg.overwrite) throw new UserError(old ? `output folder ${cfg.out} holds predictors trained on other activations or with another config` : `output folder ${cfg.out} holds unfinished predictors`, 'choose another --out, or pass --overwrite');
+    },
+  });
+  if (current) {
+    w.abort();
+    deps.log(`train-predictors: ${cfg.out} is complete and current; nothing to do`);
+    return summarize(cfg.out, current);
   }
+  try { verifyDataset(cfg.activations, m, layers); } catch (e) { w.abort(); throw e; }
   const nWorkers = cfg.workers || Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, layers.length));
   const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
   const perLayer = Math.min(trainRows, cfg.maxSamples ?? Infinity) * cfg.optim.epochs * ((cfg.mlp.enabled ? 1 : 0) + (cfg.heads.enabled ? 1 : 0));
@@ -90,6 +98,9 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   let results: LayerResult[];
   try {
     results = await trainInWorkers(cfg.activations, cfg, layers, nWorkers, (n) => { done += n; bar.update(Math.min(done, perLayer * layers.length)); });
+  } catch (e) {
+    w.abort();
+    throw e;
   } finally {
     bar.stop();
   }
@@ -108,7 +119,7 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     training: { seconds, workers: nWorkers, samplesPerSecond: results.reduce((s, r) => s + r.samplesPerSecond, 0) },
     layers: [],
   };
-  writePredictors(cfg.out, manifest, results);
+  await writeOutput(w, cfg.out, (tmp) => writePredictors(tmp, manifest, results));
   return summarize(cfg.out, readPredictorsManifest(cfg.out));
 }
 

@@ -11,14 +11,38 @@ export function tempPathFor(target: string): string {
 export function writeFileAtomic(target: string, data: string | Uint8Array): void {
   fs.mkdirSync(path.dirname(target), { recursive: true });
   const tmp = tempPathFor(target);
-  const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, typeof data === "string" ? Buffer.from(data, "utf8") : data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      writeAll(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, target);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true }); // never leave a temp file behind
+    throw e;
   }
-  fs.renameSync(tmp, target);
+}
+
+let fault = { limit: '', written: 0 };
+/**
+ * Test hook for disk-full handling: with DEJAVU_FAULT_ENOSPC_AFTER=N in the environment, every write after the
+ * first N bytes (counted per process since the variable took that value) throws a real ENOSPC-coded error.
+ */
+export function faultCheck(bytes: number): void {
+  const limit = process.env.DEJAVU_FAULT_ENOSPC_AFTER ?? '';
+  if (limit !== fault.limit) fault = { limit, written: 0 };
+  if (!limit) return;
+  fault.written += bytes;
+  if (fault.written > Number(limit)) throw Object.assign(new Error('ENOSPC: no space left on device, write (injected by DEJAVU_FAULT_ENOSPC_AFTER)'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+}
+
+/** Write all of `data` at the fd's position (loops over short writes); the one write path of the tool's outputs. */
+export function writeAll(fd: number, data: Uint8Array): void {
+  faultCheck(data.byteLength);
+  for (let off = 0; off < data.byteLength;) off += fs.writeSync(fd, data, off, data.byteLength - off);
 }
 
 export function writeJsonAtomic(target: string, value: unknown): void {
