@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { z } from 'zod';
 import { UserError } from './util/errors.js';
 import { sha256 } from './util/fsx.js';
 
@@ -14,6 +15,45 @@ export interface LoadedTokenizer {
   vocabSize: number;
   /** sha256 of tokenizer.json */
   hash: string;
+  /**
+   * true when encoding a text split before a single whitespace character (between two non-whitespace ones) gives
+   * the same ids as encoding it whole (byte-level BPE: yes; a normalizer that prepends "▁" to every call: no).
+   * Long texts are then tokenized in pieces (src/activations/data.ts textPieces).
+   */
+  chunkSafe: boolean;
+}
+
+const CHUNK_PROBES = ['Call me Ishmael. Some years ago', 'never mind\nhow long,\tprecisely', '12 345 6.7 ; x', 'naïve café 東京 go'];
+
+function probeChunkSafe(encode: (s: string) => number[]): boolean {
+  for (const p of CHUNK_PROBES) {
+    for (let i = 1; i < p.length - 1; i++) {
+      if (!/\s/.test(p[i]!) || /\s/.test(p[i - 1]!) || /\s/.test(p[i + 1]!)) continue;
+      const whole = encode(p), split = [...encode(p.slice(0, i)), ...encode(p.slice(i))];
+      if (whole.length !== split.length || whole.some((x, j) => x !== split[j])) return false;
+    }
+  }
+  return true;
+}
+
+const specialToken = z.union([z.string(), z.looseObject({ content: z.string() }), z.null()]);
+/** tokenizer_config.json: a JSON object; the fields the tokenizer reads are type-checked, others kept as they are. */
+const tokenizerConfigSchema = z.looseObject({
+  bos_token: specialToken.optional(), eos_token: specialToken.optional(), unk_token: specialToken.optional(), pad_token: specialToken.optional(),
+  sep_token: specialToken.optional(), cls_token: specialToken.optional(), mask_token: specialToken.optional(),
+  add_bos_token: z.boolean().nullable().optional(), add_eos_token: z.boolean().nullable().optional(),
+  clean_up_tokenization_spaces: z.boolean().nullable().optional(), model_max_length: z.number().nullable().optional(),
+  chat_template: z.union([z.string(), z.array(z.unknown()), z.null()]).optional(),
+});
+
+function readTokenizerConfig(cfgFile: string): Record<string, unknown> {
+  if (!fs.existsSync(cfgFile)) return {};
+  const hint = 'fix or remove tokenizer_config.json (it is optional; save_pretrained writes a valid one)';
+  let raw: unknown;
+  try { raw = JSON.parse(fs.readFileSync(cfgFile, 'utf8')); } catch (e) { throw new UserError(`${cfgFile} is not valid JSON: ${(e as Error).message}`, hint); }
+  const r = tokenizerConfigSchema.safeParse(raw);
+  if (!r.success) throw new UserError(`${cfgFile} is not a tokenizer config: ${r.error.issues.map((i) => `${i.path.map(String).join('.') || '(top level)'}: ${i.message}`).join('; ')}`, hint);
+  return r.data;
 }
 
 export function loadTokenizer(dir: string): LoadedTokenizer {
@@ -21,16 +61,19 @@ export function loadTokenizer(dir: string): LoadedTokenizer {
   if (!fs.existsSync(file)) throw new UserError(`no tokenizer.json in ${dir}`, 'the checkpoint folder needs a fast-tokenizer tokenizer.json (tokenizer.save_pretrained writes it); or pass pre-tokenized data (JSONL with "ids")');
   const text = fs.readFileSync(file, 'utf8');
   let json: unknown;
-  try { json = JSON.parse(text); } catch (e) { throw new UserError(`${file} is not valid JSON: ${(e as Error).message}`); }
+  try { json = JSON.parse(text); } catch (e) { throw new UserError(`${file} is not valid JSON: ${(e as Error).message}`, 'restore tokenizer.json from the checkpoint (tokenizer.save_pretrained writes it)'); }
+  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new UserError(`${file} is not a tokenizer: expected a JSON object`, 'restore tokenizer.json from the checkpoint (tokenizer.save_pretrained writes it)');
   const cfgFile = path.join(dir, 'tokenizer_config.json');
-  const cfg = fs.existsSync(cfgFile) ? JSON.parse(fs.readFileSync(cfgFile, 'utf8')) : {};
+  const cfg = readTokenizerConfig(cfgFile);
   let tok: Tokenizer;
   try { tok = new Tokenizer(json as object, cfg); } catch (e) { throw new UserError(`cannot load ${file}: ${(e as Error).message}`); }
   const vocab = (json as { model?: { vocab?: Record<string, number> | unknown[] } }).model?.vocab;
   const added = (json as { added_tokens?: { id: number }[] }).added_tokens ?? [];
   const vocabSize = Math.max(Array.isArray(vocab) ? vocab.length : Object.keys(vocab ?? {}).length, ...added.map((a) => a.id + 1));
+  const encode = (s: string) => tok.encode(s, { add_special_tokens: false }).ids;
   return {
-    encode: (s) => tok.encode(s, { add_special_tokens: false }).ids,
+    encode,
+    chunkSafe: probeChunkSafe(encode),
     decode: (ids, o) => ids.length === 0 ? '' : tok.decode(ids, { skip_special_tokens: o?.skipSpecial ?? false }),
     vocabSize,
     hash: sha256(text),

@@ -14,7 +14,7 @@ import { runTrain } from '../src/stages/train.js';
 import { runExport } from '../src/stages/export.js';
 import { runEvaluate, type EvalReport } from '../src/stages/evaluate.js';
 import { loadBundlePredictors, verifyBundle } from '../src/bundle/bundle.js';
-import { bundleJsonSchema, bundleManifestSchema, type BundleManifest } from '../src/bundle/schema.js';
+import { BUNDLE_FORMAT_VERSION, bundleJsonSchema, bundleManifestSchema, manifestChecksum, type BundleManifest } from '../src/bundle/schema.js';
 import { openCheckpoint } from '../src/checkpoint/checkpoint.js';
 import { openSafetensors, readTensorF32, writeSafetensors, type TensorToWrite } from '../src/checkpoint/safetensors.js';
 import { loadPredictors, predictorHooks, type LoadedPredictors } from '../src/predictors/hooks.js';
@@ -23,6 +23,7 @@ import { loadModel } from '../src/model/model.js';
 import { disposeOutput, forward, type SparsityHooks } from '../src/model/forward.js';
 import { f16ToF32Array, f32ToF16Array } from '../src/util/half.js';
 import { sha256File } from '../src/util/fsx.js';
+import { predictorsContentHash } from '../src/predictors/content-hash.js';
 import { isUserError } from '../src/util/errors.js';
 import { cli, FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
 
@@ -49,7 +50,10 @@ function copyBundle(): string {
   return dir;
 }
 const readM = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
-const writeM = (dir: string, m: unknown) => fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
+/** a hand edit: the manifest's own checksum is left as it was */
+const editM = (dir: string, m: unknown) => fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
+/** an edit by a tool that also re-seals the manifest checksum: only the deeper checks can catch it */
+const writeM = (dir: string, m: Record<string, unknown>) => editM(dir, { ...m, manifestSha256: manifestChecksum(m) });
 
 /** the tamper case is caught by verifyBundle (with a message matching re) and by the CLI with exit code 2 */
 async function expectRejected(dir: string, re: RegExp, model?: string): Promise<string[]> {
@@ -148,11 +152,116 @@ describe('export-bundle with an evaluate-recall report', () => {
       const mm = r.layers.find((x) => x.layer === l.layer)![site]!.metrics;
       expect(l[site]!.expected).toEqual({ recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity, trueDensity: mm.trueDensity, source: 'evaluate-recall' });
     }
-    const otherPred = path.join(TMP, 'pred-copy');
-    fs.cpSync(PRED, otherPred, { recursive: true });
-    const e = await runExport(exportSchema.parse({ model: MODEL, predictors: otherPred, report: rep, out: path.join(TMP, 'bundle-rep2') }), quiet).then(() => null, (x: unknown) => x);
+    // the report records the content hash of what it evaluated: an identical copy of the folder is accepted ...
+    expect(r.predictorsSha256).toBe(predictorsContentHash(PRED));
+    const samePred = path.join(TMP, 'pred-copy');
+    fs.cpSync(PRED, samePred, { recursive: true });
+    await runExport(exportSchema.parse({ model: MODEL, predictors: samePred, report: rep, out: path.join(TMP, 'bundle-rep2') }), quiet);
+    // ... one changed weight is not
+    const f = path.join(samePred, 'layer-01.safetensors');
+    const buf = fs.readFileSync(f);
+    buf[buf.length - 2]! ^= 0x01;
+    fs.writeFileSync(f, buf);
+    const e = await runExport(exportSchema.parse({ model: MODEL, predictors: samePred, report: rep, out: path.join(TMP, 'bundle-rep3') }), quiet).then(() => null, (x: unknown) => x);
     expect(isUserError(e)).toBe(true);
     expect((e as Error).message).toMatch(/evaluated other predictors/);
+  });
+
+  it('issue #11 case 4: a report made before retraining into the same folder is refused (exit 2), not copied into the bundle', async () => {
+    const pred = path.join(TMP, 'pred-retrain'), rep = path.join(TMP, 'report-retrain');
+    const train = (seed: number) => cli('train-predictors', '--activations', ACTS, '--out', pred, '--workers', '1', '--set', `seed=${seed}`, '--set', 'mlp.rank=8', '--set', 'heads.rank=4', '--set', 'optim.epochs=1', '--overwrite', '--backend', 'wasm', '--quiet');
+    expect((await train(1)).code).toBe(0);
+    expect((await cli('evaluate-recall', '--activations', ACTS, '--predictors', pred, '--out', rep, '--backend', 'wasm', '--quiet')).code).toBe(0);
+    expect((await cli('export-bundle', '--model', MODEL, '--predictors', pred, '--report', rep, '--out', path.join(TMP, 'b-retrain-1'), '--quiet')).code).toBe(0);
+    expect((await train(2)).code).toBe(0); // retrained into the same folder: same path, other weights
+    const x = await cli('export-bundle', '--model', MODEL, '--predictors', pred, '--report', rep, '--out', path.join(TMP, 'b-retrain-2'), '--quiet');
+    expect(x.code, x.err).toBe(2);
+    expect(x.err).toMatch(/error: the report in .*report-retrain evaluated other predictors than .*pred-retrain holds now \(content sha256 [0-9a-f]{12}… vs [0-9a-f]{12}…; evaluated: /);
+    expect(x.err).toMatch(/hint: re-run evaluate-recall on these predictors, or export without --report/);
+    expect(fs.existsSync(path.join(TMP, 'b-retrain-2'))).toBe(false);
+  });
+
+  it('issue #11 case 9: a corrupt or old report.json is a user error naming the file and field (exit 2)', async () => {
+    const rep = path.join(TMP, 'report');
+    const good = JSON.parse(fs.readFileSync(path.join(rep, 'report.json'), 'utf8'));
+    const cases: [string, string, RegExp][] = [
+      ['truncated', JSON.stringify(good).slice(0, 100), /report\.json is not valid JSON/],
+      ['layers not a list', JSON.stringify({ ...good, layers: 5 }), /report\.json is not a valid evaluate-recall report:\n  - layers: /],
+      ['recall above 1', JSON.stringify({ ...good, layers: [{ ...good.layers[0], mlp: { ...good.layers[0].mlp, metrics: { ...good.layers[0].mlp.metrics, recall: 1.5 } } }] }), /layers\.0\.mlp\.metrics\.recall: /],
+      ['no content hash (old report)', JSON.stringify({ ...good, predictorsSha256: undefined }), /was written by an older dejavu: it does not record which predictors it evaluated/],
+    ];
+    for (const [what, text, re] of cases) {
+      const dir = path.join(TMP, `bad-report-${what.replace(/\W+/g, '-')}`);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'report.json'), text);
+      const x = await cli('export-bundle', '--model', MODEL, '--predictors', PRED, '--report', dir, '--out', path.join(TMP, 'b-bad'), '--quiet');
+      expect(x.code, `${what}: ${x.err}`).toBe(2);
+      expect(x.err, what).toMatch(re);
+      expect(x.err, what).toContain(path.join(dir, 'report.json'));
+      expect(x.err, what).toMatch(/hint: /);
+      expect(x.err, what).not.toMatch(/\n\s+at /);
+    }
+  });
+});
+
+describe('the manifest is checksummed (issue #11 case 3)', () => {
+  const cases: [string, (m: Record<string, any>) => void, RegExp][] = [
+    ['MLP top-k lowered', (m) => { m.layers[0].mlp.rule.k -= 3; }, /layers\.0\.mlp\.rule\.k is \d+, was \d+ at export/],
+    ['head rule made a threshold', (m) => { m.layers[1].heads.rule = { kind: 'threshold', value: -1 }; }, /layers\.1\.heads\.rule\.(kind|value|k) /],
+    ['tensor names of two layers swapped', (m) => { const a = m.layers[0].mlp.tensors.fc1Weight.name; m.layers[0].mlp.tensors.fc1Weight.name = m.layers[1].mlp.tensors.fc1Weight.name; m.layers[1].mlp.tensors.fc1Weight.name = a; }, /layers\.0\.mlp\.tensors\.fc1Weight\.name is "layers\.1\.mlp\.fc1\.weight", was "layers\.0\.mlp\.fc1\.weight" at export/],
+    ['claimed recall raised', (m) => { m.layers[0].mlp.expected.recall = 1; }, /layers\.0\.mlp\.expected\.recall is 1, was/],
+    ['predictor input changed', (m) => { m.layers[1].heads.input = 'x_mlp'; }, /layers\.1\.heads\.input is "x_mlp", was "x_attn(\[layer-1\])?" at export/],
+  ];
+  for (const [what, edit, re] of cases) {
+    it(`${what}: verify-bundle exit 2 naming the field; generate refuses the bundle`, async () => {
+      const dir = copyBundle();
+      const m = readM(dir);
+      edit(m);
+      editM(dir, m);
+      const problems = await expectRejected(dir, re);
+      expect(problems[0]).toMatch(/^manifest\.json was modified after export \(its content no longer matches manifestSha256\)/);
+      const g = await cli('generate', '--model', MODEL, '--bundle', dir, '--prompt', 'Call me', '--max-tokens', '3', '--backend', 'wasm');
+      expect(g.code).toBe(2);
+      expect(g.err).toMatch(/failed verification/);
+      expect(g.err).toMatch(re);
+    });
+  }
+  it('the manifest records its format and checksum; a re-sealed manifest that contradicts the files is still caught', async () => {
+    const m = readM(BUNDLE);
+    expect(m.formatVersion).toBe(BUNDLE_FORMAT_VERSION);
+    expect(BUNDLE_FORMAT_VERSION).toBe(2);
+    expect(m.manifestSha256).toMatch(/^[0-9a-f]{64}$/);
+    const { manifestSha256, ...rest } = m;
+    expect(manifestChecksum(rest)).toBe(manifestSha256);
+    // key order and whitespace do not matter, values do
+    expect(manifestChecksum(Object.fromEntries(Object.entries(rest).reverse()))).toBe(manifestSha256);
+    expect(manifestChecksum({ ...rest, createdAt: '2000-01-01T00:00:00.000Z' })).not.toBe(manifestSha256);
+    const dir = copyBundle();
+    m.layers[0].mlp.rule.k -= 3;
+    writeM(dir, m);
+    await expectRejected(dir, /layers\.0\.mlp\.rule\.k is \d+, was \d+ at export \(the copy sealed in predictors\.safetensors\)/);
+  });
+});
+
+describe('pipeline rerun after a manifest edit (issue #11 case 3)', () => {
+  it('re-exports the edited bundle instead of keeping it as current', async () => {
+    const w = path.join(TMP, 'pipe');
+    const cfg = path.join(TMP, 'pipe.yaml');
+    fs.writeFileSync(cfg, [`model: ${MODEL}`, `workdir: ${w}`, 'backend: wasm', `data: { calibration: ${path.join(REPO, 'data', 'calibration.jsonl')}, heldout: ${path.join(REPO, 'data', 'heldout.jsonl')} }`,
+      'collect: { seqLen: 32, maxTokens: 512, dtype: float32 }', 'train: { workers: 1, mlp: { rank: 8 }, heads: { rank: 4 }, optim: { epochs: 1 } }',
+      'evaluate: { seqLen: 32, maxTokens: 64, densitySweep: [] }'].join('\n'));
+    const first = await cli('pipeline', '--config', cfg, '--quiet');
+    expect(first.code, first.err).toBe(0);
+    const mf = path.join(w, 'bundle', 'manifest.json');
+    const m = readM(path.join(w, 'bundle'));
+    const k = m.layers[0].mlp.rule.k;
+    m.layers[0].mlp.rule.k = k - 1;
+    editM(path.join(w, 'bundle'), m);
+    const again = await cli('pipeline', '--config', cfg);
+    expect(again.code, again.err).toBe(0);
+    expect(again.err).toMatch(/== export-bundle: [\d.]+ s/); // ran, not "skipped"
+    expect(JSON.parse(fs.readFileSync(mf, 'utf8')).layers[0].mlp.rule.k).toBe(k);
+    expect(verifyBundle(path.join(w, 'bundle'), MODEL).problems).toEqual([]);
   });
 });
 
@@ -187,9 +296,9 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
     await expectRejected(dir, /manifest\.json does not exist/);
   });
 
-  it('manifest schema violations: formatVersion 2, an unknown key, a bad rule, a bad checksum string', async () => {
+  it('manifest schema violations: formatVersion 1 (old bundle), an unknown key, a bad rule, a bad checksum string', async () => {
     const cases: [string, (m: Record<string, any>) => void, RegExp][] = [
-      ['formatVersion 2', (m) => { m.formatVersion = 2; }, /formatVersion/],
+      ['formatVersion 1 (an old bundle)', (m) => { m.formatVersion = 1; }, /manifest\.json formatVersion: bundle format 1 is not supported .*re-export/],
       ['unknown top-level key', (m) => { m.extra = true; }, /extra/],
       ['unknown predictor key', (m) => { m.layers[0].mlp.note = 'x'; }, /layers\.0\.mlp/],
       ['rule k not an integer', (m) => { m.layers[0].mlp.rule.k = 2.5; }, /layers\.0\.mlp\.rule\.k/],
@@ -238,7 +347,7 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
     expect(st.tensors.has(drop)).toBe(true);
     const keep: Record<string, TensorToWrite> = {};
     for (const [name, t] of st.tensors) if (name !== drop) keep[name] = { dtype: 'F16', shape: t.shape, data: f32ToF16Array(readTensorF32(st, name)) };
-    writeSafetensors(f, keep, { format: 'pt' });
+    writeSafetensors(f, keep, st.metadata); // a careful rewrite: metadata (with the sealed manifest) kept
     const m = readM(dir);
     m.files['predictors.safetensors'] = { sha256: sha256File(f), bytes: fs.statSync(f).size };
     writeM(dir, m);
@@ -258,7 +367,7 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
       if (name === 'layers.0.mlp.fc2.bias') { data = data.slice(0, F - 8); shape = [F - 8]; }
       t[name] = { dtype: 'F16', shape, data: f32ToF16Array(data) };
     }
-    writeSafetensors(f, t, { format: 'pt' });
+    writeSafetensors(f, t, st.metadata);
     const m = readM(dir);
     m.layers[0].mlp.tensors.fc2Weight.shape = [F - 8, r];
     m.layers[0].mlp.tensors.fc2Bias.shape = [F - 8];

@@ -13,7 +13,7 @@ import { loadModel, type LayerWeights, type Model } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';
 import { table, timeIt } from './common.js';
 import { sparseAttention, sparseMlp, type Rows } from '../runtime/host-kernels.js';
-import { toWasmRows } from '../runtime/wasm/kernels.js';
+import { createArena, toWasmRows } from '../runtime/wasm/kernels.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { packSequences, readDocuments } from '../activations/data.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
@@ -42,12 +42,13 @@ function bestOf(dense: () => number, sparse: () => number): [number, number] {
 }
 
 function randomModel(c: ModelConfig): Model {
+  const arena = process.env.BENCH_NO_SIMD ? null : createArena();
   const r = (shape: number[], std: number) => tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 7), std) as tf.Tensor2D;
   const layers: LayerWeights[] = Array.from({ length: c.layers }, () => {
     const w1 = r([c.hidden, c.ffn], 1 / Math.sqrt(c.hidden));
     const wq = r([c.hidden, c.hidden], 0.02), wo = r([c.hidden, c.hidden], 0.02), w2 = r([c.ffn, c.hidden], 1 / Math.sqrt(c.ffn));
     const w1nm = tf.transpose(w1) as tf.Tensor2D;
-    const rowsOf = (t: tf.Tensor) => { const a = t.dataSync() as Rows; a.wasm = process.env.BENCH_NO_SIMD ? null : toWasmRows(a, a.length / c.hidden, c.hidden); return a; };
+    const rowsOf = (t: tf.Tensor) => { const a = t.dataSync() as Rows; a.wasm = toWasmRows(a, a.length / c.hidden, c.hidden, arena); return a; };
     const host = {
       mlp: { up: rowsOf(w1nm), down: rowsOf(w2), activation: 'relu' as const },
       attn: { q: rowsOf(tf.transpose(wq)), o: rowsOf(wo), heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim },
@@ -62,7 +63,7 @@ function randomModel(c: ModelConfig): Model {
   const embed = r([c.vocabSize, c.hidden], 0.02);
   return {
     config: c, dir: '(random)', residency: 'resident', embed, pos: r([c.maxPositions + 2, c.hidden], 0.02), finalNorm: { g: tf.ones([c.hidden]) as tf.Tensor1D, b: tf.zeros([c.hidden]) as tf.Tensor1D },
-    lmHead: tf.transpose(embed) as tf.Tensor2D, bytes: 0, layer: (i) => ({ w: layers[i]!, release: () => undefined }), dispose: () => undefined,
+    lmHead: tf.transpose(embed) as tf.Tensor2D, bytes: 0, layer: (i) => ({ w: layers[i]!, release: () => undefined }), dispose: () => arena?.dispose(),
   };
 }
 

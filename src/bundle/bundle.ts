@@ -14,8 +14,11 @@ import { loadHostPredictor, readPredictorsManifest } from '../predictors/store.j
 import { fsUserError, UserError } from '../util/errors.js';
 import { beginOutput } from '../util/outdir.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
-import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, type BundleManifest } from './schema.js';
-import type { EvalReport } from '../stages/evaluate.js';
+import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
+import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
+import { assertFinitePredictor } from '../predictors/finite.js';
+import { readEvalReport, type ReportFile } from '../eval/report.js';
+import { predictorsContentHash } from '../predictors/content-hash.js';
 
 type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 
@@ -38,12 +41,14 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
   const fp = fingerprintCheckpoint(o.model);
   if (!sameFingerprint(fp, pm.model.fingerprint)) throw new UserError(`predictors in ${o.predictors} were trained for another checkpoint than ${o.model}`, 'pass the checkpoint the activations were collected from');
-  let report: EvalReport | null = null;
+  let report: ReportFile | null = null;
   if (o.report) {
-    const f = path.join(o.report, 'report.json');
-    if (!fs.existsSync(f)) throw new UserError(`no report.json in ${o.report}`, 'pass the --out folder of evaluate-recall');
-    report = JSON.parse(fs.readFileSync(f, 'utf8'));
-    if (path.resolve(report!.config.predictors) !== path.resolve(o.predictors)) throw new UserError(`the report in ${o.report} evaluated other predictors (${report!.config.predictors})`, 'pass the report made for these predictors');
+    report = readEvalReport(o.report);
+    // the report must describe these exact weights (a retrain into the same folder keeps the path, not the content)
+    const now = predictorsContentHash(o.predictors);
+    if (report.predictorsSha256 !== now)
+      throw new UserError(`the report in ${o.report} evaluated other predictors than ${o.predictors} holds now (content sha256 ${report.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…; evaluated: ${report.config.predictors})`,
+        're-run evaluate-recall on these predictors, or export without --report');
   }
   const ck = openCheckpoint(o.model);
   const c = normalizeConfig(ck.rawConfig, o.model);
@@ -57,7 +62,7 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   return m;
 }
 
-function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: EvalReport | null,
+function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: ReportFile | null,
   ck: ReturnType<typeof openCheckpoint>, c: ReturnType<typeof normalizeConfig>, tmp: string): BundleManifest {
   const ptensors: Record<string, TensorToWrite> = {};
   const ntensors: Record<string, TensorToWrite> = {};
@@ -74,6 +79,7 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
       for (const [refs, prefix] of [[j.tensors, site], [j.upTensors, 'mlp.up']] as const) {
         if (!refs) continue;
         const h = loadHostPredictor(o.predictors, l.file, prefix, e.hidden);
+        assertFinitePredictor(h, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in ${o.predictors}`, prefix);
         ptensors[refs.fc1Weight.name] = { dtype: 'F16', shape: refs.fc1Weight.shape, data: h.fc1Weight };
         ptensors[refs.fc1Bias.name] = { dtype: 'F16', shape: refs.fc1Bias.shape, data: h.fc1Bias };
         ptensors[refs.fc2Weight.name] = { dtype: 'F16', shape: refs.fc2Weight.shape, data: h.fc2Weight };
@@ -104,19 +110,39 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
     }
     layers.push(entry);
   }
-  writeSafetensors(path.join(tmp, 'predictors.safetensors'), ptensors, { format: 'pt', kind: 'dejavu-predictors' });
-  if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
-  const files: BundleManifest['files'] = {};
-  for (const f of fs.readdirSync(tmp).filter((x) => !x.startsWith('.'))) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
-  const manifest: BundleManifest = {
+  const body: Omit<BundleManifest, 'files' | 'manifestSha256'> = {
     formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: '0.1.0', createdAt: new Date().toISOString(), config: o.config,
     model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim } },
     predictorsFile: 'predictors.safetensors', neuronMajorFile: o.neuronMajor ? 'neuron-major.safetensors' : null,
-    layers, files, perplexity: report?.perplexity?.runs ?? null,
+    layers, perplexity: report?.perplexity?.runs ?? null,
   };
+  // a copy of the manifest (less the files table) sealed in the checksummed predictors file: an edited manifest is
+  // caught, and verify-bundle can name the field that changed
+  writeSafetensors(path.join(tmp, 'predictors.safetensors'), ptensors, { format: 'pt', kind: 'dejavu-predictors', [SEALED_MANIFEST_KEY]: canonicalJson(body) });
+  if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
+  const files: BundleManifest['files'] = {};
+  for (const f of fs.readdirSync(tmp).filter((x) => !x.startsWith('.'))) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
+  const unsealed = { ...body, files };
+  const manifest: BundleManifest = { ...unsealed, manifestSha256: manifestChecksum(unsealed) };
   bundleManifestSchema.parse(manifest);
   writeJsonAtomic(path.join(tmp, 'manifest.json'), manifest);
   return manifest;
+}
+
+/** Compare the manifest with the copy sealed in predictors.safetensors at export: every changed field, by path. */
+function sealedCopyProblems(dir: string, m: BundleManifest): string[] {
+  const file = path.join(dir, m.predictorsFile);
+  if (m.predictorsFile.includes('/') || m.predictorsFile.includes('..') || !fs.existsSync(file)) return []; // reported by the file checks
+  let meta: Record<string, string>;
+  try { meta = openSafetensors(file).metadata; } catch { return []; } // reported by the tensor checks
+  const sealedText = meta[SEALED_MANIFEST_KEY];
+  if (sealedText === undefined) return [`${m.predictorsFile} carries no sealed manifest copy (${SEALED_MANIFEST_KEY} metadata): the file was not written by this export`];
+  let sealed: unknown;
+  try { sealed = JSON.parse(sealedText); } catch { return [`${m.predictorsFile}: the sealed manifest copy (${SEALED_MANIFEST_KEY} metadata) is not valid JSON`]; }
+  const diff = jsonDiff(sealedPart(m as unknown as Record<string, unknown>), sealed);
+  const shown = diff.slice(0, 20).map((d) => `manifest.json ${d.path} is ${d.now}, was ${d.was} at export (the copy sealed in ${m.predictorsFile})`);
+  if (diff.length > 20) shown.push(`manifest.json: ${diff.length - 20} more fields differ from the copy sealed in ${m.predictorsFile}`);
+  return shown;
 }
 
 /** Every problem with a bundle, in one list (empty = valid). */
@@ -126,9 +152,17 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
   if (!fs.existsSync(mf)) return { problems: [`${mf} does not exist`], manifest: null };
   let raw: unknown;
   try { raw = JSON.parse(fs.readFileSync(mf, 'utf8')); } catch (e) { return { problems: [`manifest.json is not valid JSON: ${(e as Error).message}`], manifest: null }; }
+  const fv = (raw as { formatVersion?: unknown } | null)?.formatVersion;
+  if (typeof fv === 'number' && fv !== BUNDLE_FORMAT_VERSION)
+    return { problems: [`manifest.json formatVersion: bundle format ${fv} is not supported by this dejavu (it reads format ${BUNDLE_FORMAT_VERSION}, whose manifest is checksummed); re-export the bundle with \`dejavu export-bundle\``], manifest: null };
   const parsed = bundleManifestSchema.safeParse(raw);
   if (!parsed.success) return { problems: parsed.error.issues.map((i) => `manifest.json ${i.path.join('.') || '(top level)'}: ${i.message}`), manifest: null };
   const m = parsed.data;
+  // manifest-level problems come first; the file and tensor checks below still run
+  const edited: string[] = [];
+  if (manifestChecksum(raw as Record<string, unknown>) !== m.manifestSha256)
+    edited.push('manifest.json was modified after export (its content no longer matches manifestSha256): re-export the bundle, or restore the manifest');
+  edited.push(...sealedCopyProblems(dir, m));
   for (const [f, want] of Object.entries(m.files)) {
     const p = path.join(dir, f);
     if (f.includes('/') || f.includes('..')) { problems.push(`file name ${f} must be a plain name`); continue; }
@@ -188,7 +222,7 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
     try { fp = fingerprintCheckpoint(model); } catch (e) { problems.push((e as Error).message); }
     if (fp && !sameFingerprint(fp, m.model.fingerprint)) problems.push(`the bundle was made for another checkpoint than ${model} (config/weights sha256 differ)`);
   }
-  return { problems, manifest: m };
+  return { problems: [...edited, ...problems], manifest: m };
 }
 
 /** Load a verified bundle's predictors for the forward-pass hooks. */
@@ -198,9 +232,11 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
   const st = openSafetensors(path.join(dir, manifest.predictorsFile));
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
   type Refs = NonNullable<PredJson['tensors']>;
-  const lowRank = (t: Refs, hidden: PredJson['hiddenActivation']) => {
+  const lowRank = (t: Refs, hidden: PredJson['hiddenActivation'], what: string) => {
     const [r, d] = t.fc1Weight.shape as [number, number];
-    return fromHost({ fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name), fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden });
+    const hp = { fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name), fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden };
+    assertFinitePredictor(hp, `${what} in bundle ${dir}`, what, 'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
+    return fromHost(hp);
   };
   for (const l of manifest.layers) for (const site of ['mlp', 'heads'] as const) {
     const p = l[site];
@@ -208,7 +244,7 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const entry: PredictorEntry = { family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 };
     (site === 'mlp' ? mlp : heads).set(l.layer, {
       entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
-      ...(p.tensors ? { weights: lowRank(p.tensors, p.hiddenActivation) } : {}), ...(p.upTensors ? { up: lowRank(p.upTensors, p.hiddenActivation) } : {}),
+      ...(p.tensors ? { weights: lowRank(p.tensors, p.hiddenActivation, `layers.${l.layer}.${site}`) } : {}), ...(p.upTensors ? { up: lowRank(p.upTensors, p.hiddenActivation, `layers.${l.layer}.mlp.up`) } : {}),
     });
   }
   return {

@@ -3,9 +3,16 @@
  * keeps the committed file in sync.
  */
 import { z } from 'zod';
+import { sha256Json } from '../util/canonical-json.js';
 
-/** 2: MLP modes (dense / exact / closed-form / dejavu), h_mlp input, SwiGLU scores from gate + up predictors */
+/**
+ * 2: MLP modes (dense / exact / closed-form / dejavu), h_mlp input, SwiGLU scores from gate + up predictors; the
+ * manifest is checksummed (manifestSha256) and a copy of it (less `files`) is sealed in predictors.safetensors'
+ * metadata. Format 1 bundles are refused with a hint to re-export.
+ */
 export const BUNDLE_FORMAT_VERSION = 2;
+/** predictors.safetensors metadata key holding the sealed manifest copy (canonical JSON, without files/manifestSha256) */
+export const SEALED_MANIFEST_KEY = 'dejavu.manifest';
 
 const rule = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('topk'), k: z.number().int().positive() }),
@@ -57,8 +64,22 @@ export const bundleManifestSchema = z.strictObject({
   })),
   files: z.record(z.string(), z.strictObject({ sha256: sha, bytes: z.number().int().nonnegative() })),
   perplexity: z.record(z.string(), z.number()).nullable(),
+  /** sha256 of the canonical JSON (keys sorted, no whitespace) of this manifest without manifestSha256 */
+  manifestSha256: sha,
 });
 export type BundleManifest = z.infer<typeof bundleManifestSchema>;
+
+/** The manifest checksum: sha256 of the canonical JSON of the manifest less its manifestSha256 field. */
+export function manifestChecksum(m: Record<string, unknown>): string {
+  const { manifestSha256: _, ...rest } = m;
+  return sha256Json(rest);
+}
+
+/** What the sealed copy holds: the manifest less `files` (it cannot hold its own file's checksum) and manifestSha256. */
+export function sealedPart(m: Record<string, unknown>): Record<string, unknown> {
+  const { manifestSha256: _a, files: _b, ...rest } = m;
+  return rest;
+}
 
 export function bundleJsonSchema(): unknown {
   return { $id: 'https://dejavu-ts/bundle.schema.json', title: 'dejavu-ts bundle manifest', ...(z.toJSONSchema(bundleManifestSchema) as object) };

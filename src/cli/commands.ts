@@ -2,8 +2,8 @@
 import { InvalidArgumentError } from 'commander';
 import type { z } from 'zod';
 import { ensureBackend, type BackendPreference } from '../backend.js';
-import { resolveConfig } from '../config/load.js';
-import { SCHEMAS } from '../config/schemas.js';
+import { resolveConfig, validateConfig } from '../config/load.js';
+import { generateSchema, SCHEMAS } from '../config/schemas.js';
 import type { CommandContext } from './program.js';
 import { runCollect } from '../stages/collect.js';
 import { runTrain } from '../stages/train.js';
@@ -28,6 +28,8 @@ export interface StageResult {
   json: unknown;
   /** exit code (default 0) */
   code?: number;
+  /** things the user must see even with --quiet (printed on stderr as "note: ...") */
+  notes?: string[];
 }
 
 export interface CommandDef {
@@ -132,14 +134,22 @@ export const COMMANDS: CommandDef[] = [
       { flags: '--bundle <dir>', description: 'sparse bundle from export-bundle (dense without it)' },
       { flags: '--prompt <text...>', description: 'prompt text (repeat for a batch)' },
       { flags: '--max-tokens <n>', description: 'tokens to generate (default 40)', parse: int },
-      { flags: '--temperature <t>', description: '0 = greedy (default); > 0 samples', parse: Number },
+      { flags: '--temperature <t>', description: '0 = greedy (default); > 0 samples', parse: int },
       { flags: '--top-k <k>', description: 'sample from the k most likely tokens (with temperature > 0)', parse: int },
       { flags: '--seed <n>', description: 'sampling seed', parse: int },
       BACKEND, JSON_FLAG,
     ],
     async run(opts, ctx) {
-      await withBackend((opts.backend as BackendPreference | undefined) ?? 'auto', ctx);
-      const res = await runGenerate(opts as never, ctx.deps);
+      const flagOf = (dotted: string) => `--${dotted.split('.')[0]!.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase())}`;
+      const input: Record<string, unknown> = {};
+      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
+      const cfg = validateConfig(generateSchema, input, 'generate', {
+        title: 'generate flags', label: flagOf,
+        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT]',
+      });
+      await withBackend(cfg.backend, ctx);
+      const res = await runGenerate(cfg, ctx.deps);
+      for (const n of res.notes ?? []) ctx.io.stderr.write(`note: ${n}\n`);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
       ctx.exit(res.code ?? 0);
     },

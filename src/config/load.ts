@@ -62,12 +62,16 @@ function describeReceived(root: unknown, path: PropertyKey[]): string {
   return s === undefined ? 'nothing' : s.length > 80 ? s.slice(0, 77) + '...' : s;
 }
 
+/** How validateConfig names things: `label` maps a dotted key to what the user typed (e.g. a flag); `hint` replaces the config hint. */
+export interface ValidateStyle { label?: (dotted: string) => string; title?: string; hint?: string }
+
 /** Validate with one error listing every problem. */
-export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what: string): z.infer<S> {
+export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what: string, style: ValidateStyle = {}): z.infer<S> {
   const r = schema.safeParse(input);
   if (r.success) return r.data;
   const lines = r.error.issues.map((iss) => {
-    const p = iss.path.map(String).join('.') || '(top level)';
+    const dotted = iss.path.map(String).join('.');
+    const p = dotted ? (style.label ? style.label(dotted) : dotted) : '(top level)';
     if (iss.code === 'unrecognized_keys') {
       const at = iss.path.length ? `${p}.` : '';
       return iss.keys.map((k) => `${at}${k}: unknown key; received ${describeReceived(input, [...iss.path, k])} (check the spelling against the documented keys)`).join('\n  - ');
@@ -76,8 +80,8 @@ export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what:
     if (received === 'nothing' && iss.code === 'invalid_type') return `${p}: required but missing (${iss.message})`;
     return `${p}: ${iss.message}; received ${received}`;
   });
-  throw new UserError(`invalid ${what} config (${lines.length} problem${lines.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`,
-    'fix the YAML file or the --set/flag values; every key is documented in README.md and configs/');
+  throw new UserError(`invalid ${style.title ?? `${what} config`} (${lines.length} problem${lines.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`,
+    style.hint ?? 'fix the YAML file or the --set/flag values; every key is documented in README.md and configs/');
 }
 
 export interface ResolveInput {

@@ -133,6 +133,19 @@ export const pipelineSchema = z.strictObject({
 });
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
 
+/** dejavu generate's flags (no config file): validated together, problems named by flag. */
+export const generateSchema = z.strictObject({
+  model: z.string({ error: 'a checkpoint folder is required' }).min(1, 'a checkpoint folder is required'),
+  bundle: z.string().min(1).optional(),
+  prompt: z.array(z.string(), { error: 'at least one prompt is required' }).min(1, 'at least one prompt is required'),
+  maxTokens: z.number({ error: 'expected a positive integer' }).int('expected a positive integer').positive('expected a positive integer').default(40),
+  temperature: z.number({ error: 'expected a number >= 0' }).min(0, 'expected a number >= 0 (0 = greedy)').default(0),
+  topK: z.number({ error: 'expected an integer >= 0' }).int('expected an integer >= 0').min(0, 'expected an integer >= 0 (0 = no top-k cut)').default(0),
+  seed: z.number({ error: 'expected an integer' }).int('expected an integer').default(0),
+  backend,
+});
+export type GenerateConfig = z.infer<typeof generateSchema>;
+
 export const SCHEMAS = {
   'collect-activations': collectSchema,
   'train-predictors': trainSchema,

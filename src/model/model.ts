@@ -9,7 +9,7 @@ import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
 import type { HostAttn, HostMlp } from '../runtime/host-kernels.js';
-import { toWasmRows } from '../runtime/wasm/kernels.js';
+import { createArena, toWasmRows, type WasmArena } from '../runtime/wasm/kernels.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
 export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
@@ -104,7 +104,30 @@ function readHost(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor
   return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
 }
 
-function toLayer(h: HostLayer, i: number, neuronMajor = false, c?: ModelConfig): LayerWeights {
+/** Layer i's sparse-runtime copies: neuron-major host rows (mirrored in the model's arena). Made once per model. */
+interface NeuronMajorParts { up: Float32Array; gate?: Float32Array; F: number; d: number; host: { mlp: HostMlp; attn: HostAttn } }
+
+function neuronMajorParts(h: HostLayer, i: number, c: ModelConfig, arena: WasmArena | null): NeuronMajorParts {
+  // HF stores fc1/up/gate as [F, d] (already neuron-major); the host layer holds them transposed to [d, F]
+  const nmHost = (n: string) => { const t = h[`layers.${i}.${n}`]!; return transpose2d(t.data, t.shape[0]!, t.shape[1]!); };
+  const g = (n: string) => h[`layers.${i}.${n}`]?.data;
+  const up = nmHost('w1'), gate = h[`layers.${i}.wg`] ? nmHost('wg') : undefined;
+  const [d, F] = h[`layers.${i}.w1`]!.shape as [number, number];
+  const mlp: HostMlp = { up, down: g('w2')!, activation: gate ? 'swiglu' : 'relu' };
+  if (gate) mlp.gate = gate;
+  if (g('b1')) mlp.upBias = g('b1')!;
+  if (g('bg')) mlp.gateBias = g('bg')!;
+  if (g('b2')) mlp.downBias = g('b2')!;
+  const attn: HostAttn = { q: nmHost('wq'), o: g('wo')!, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim };
+  if (g('bq')) attn.qBias = g('bq')!;
+  if (g('bo')) attn.oBias = g('bo')!;
+  // mirror the row-major copies in the model's SIMD arena (JS loops when it does not fit or there is none)
+  for (const r of [mlp.up, mlp.gate, mlp.down, attn.q, attn.o]) if (r) r.wasm = toWasmRows(r, r.length / d, d, arena);
+  return { up, ...(gate ? { gate } : {}), F, d, host: { mlp, attn } };
+}
+
+/** Backend tensors of layer i (uploaded per call when streamed); `nm` adds the neuron-major ones and host kernels. */
+function toLayer(h: HostLayer, i: number, nm?: NeuronMajorParts): LayerWeights {
   const t2 = (n: string) => tf.tensor2d(h[`layers.${i}.${n}`]!.data, h[`layers.${i}.${n}`]!.shape as [number, number]);
   const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(h[`layers.${i}.${n}`]!.data) : undefined);
   const w: LayerWeights = {
@@ -116,26 +139,10 @@ function toLayer(h: HostLayer, i: number, neuronMajor = false, c?: ModelConfig):
   const b1n = t1('ln1.b'); if (b1n) w.ln1.b = b1n;
   const b2n = t1('ln2.b'); if (b2n) w.ln2.b = b2n;
   if (h[`layers.${i}.wg`]) w.wg = t2('wg');
-  if (neuronMajor) {
-    // HF stores fc1/up/gate as [F, d]: that is already neuron-major
-    const nmHost = (n: string) => { const t = h[`layers.${i}.${n}`]!; return transpose2d(t.data, t.shape[0]!, t.shape[1]!); };
-    const g = (n: string) => h[`layers.${i}.${n}`]?.data;
-    const up = nmHost('w1'), gate = h[`layers.${i}.wg`] ? nmHost('wg') : undefined;
-    const [d, F] = h[`layers.${i}.w1`]!.shape as [number, number];
-    w.w1nm = tf.tensor2d(up, [F, d]);
-    if (gate) w.wgnm = tf.tensor2d(gate, [F, d]);
-    const mlp: HostMlp = { up, down: g('w2')!, activation: gate ? 'swiglu' : 'relu' };
-    if (gate) mlp.gate = gate;
-    if (g('b1')) mlp.upBias = g('b1')!;
-    if (g('bg')) mlp.gateBias = g('bg')!;
-    if (g('b2')) mlp.downBias = g('b2')!;
-    const attn: HostAttn = { q: nmHost('wq'), o: g('wo')!, heads: 0, kvHeads: 0, headDim: 0 };
-    if (g('bq')) attn.qBias = g('bq')!;
-    if (g('bo')) attn.oBias = g('bo')!;
-    attn.heads = c!.heads; attn.kvHeads = c!.kvHeads; attn.headDim = c!.headDim;
-    // mirror the row-major copies in the SIMD arena (falls back to JS loops when it does not fit)
-    for (const r of [mlp.up, mlp.gate, mlp.down, attn.q, attn.o]) if (r) r.wasm = toWasmRows(r, r.length / d, d);
-    w.host = { mlp, attn };
+  if (nm) {
+    w.w1nm = tf.tensor2d(nm.up, [nm.F, nm.d]);
+    if (nm.gate) w.wgnm = tf.tensor2d(nm.gate, [nm.F, nm.d]);
+    w.host = nm.host;
   }
   return w;
 }
@@ -183,13 +190,16 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
     if (g('finalNorm.b')) model.finalNorm.b = tf.tensor1d(g('finalNorm.b')!.data);
   }
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
+  // one arena per model, freed by dispose; neuron-major host copies made once per layer (also when streamed)
+  const arena = opts.neuronMajor ? createArena() : null;
+  const nm = opts.neuronMajor ? Array.from({ length: cfg.layers }, (_, i) => neuronMajorParts(host, i, cfg, arena)) : null;
   if (residency === 'resident') {
-    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i, opts.neuronMajor, cfg));
+    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i, nm?.[i]));
     model.layer = (i) => ({ w: layers[i]!, release: () => undefined });
-    model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); };
+    model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); arena?.dispose(); };
   } else {
-    model.layer = (i) => { const w = toLayer(host, i, opts.neuronMajor, cfg); return { w, release: () => disposeLayer(w) }; };
-    model.dispose = () => { for (const t of globals) t?.dispose(); };
+    model.layer = (i) => { const w = toLayer(host, i, nm?.[i]); return { w, release: () => disposeLayer(w) }; };
+    model.dispose = () => { for (const t of globals) t?.dispose(); arena?.dispose(); };
   }
   return model;
 }

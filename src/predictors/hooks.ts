@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } from '../model/forward.js';
 import { topKRow, type SelectionRule } from './metrics.js';
 import { disposePredictor, fromHost, predictLogits, swigluScore, type PredictorWeights } from './predictor.js';
+import { assertFinitePredictor } from './finite.js';
 import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
 /** A layer's loaded predictor: low-rank weights (SwiGLU: gate's, and `up`), none for the dense and exact modes. */
@@ -33,16 +34,21 @@ export interface LoadedPredictors { manifest: PredictorsManifest; mlp: Map<numbe
 export function loadPredictors(dir: string): LoadedPredictors {
   const manifest = readPredictorsManifest(dir);
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
+  const host = (l: PredictorsManifest['layers'][number], site: 'mlp' | 'mlp.up' | 'heads') => {
+    const h = loadHostPredictor(dir, l.file, site, l[site === 'heads' ? 'heads' : 'mlp']!.hidden);
+    assertFinitePredictor(h, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in ${dir}`, site);
+    return h;
+  };
   for (const l of manifest.layers) {
     if (l.mlp) {
       const lowRank = l.mlp.family === 'closed-form' || l.mlp.family === 'dejavu';
       mlp.set(l.layer, {
         entry: l.mlp, sourceLayerOffset: 0,
-        ...(lowRank ? { weights: fromHost(loadHostPredictor(dir, l.file, 'mlp', l.mlp.hidden)) } : {}),
-        ...(lowRank && l.mlp.score === 'swiglu' ? { up: fromHost(loadHostPredictor(dir, l.file, 'mlp.up', l.mlp.hidden)) } : {}),
+        ...(lowRank ? { weights: fromHost(host(l, 'mlp')) } : {}),
+        ...(lowRank && l.mlp.score === 'swiglu' ? { up: fromHost(host(l, 'mlp.up')) } : {}),
       });
     }
-    if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(loadHostPredictor(dir, l.file, 'heads', l.heads.hidden)), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
+    if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(host(l, 'heads')), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
   }
   return { manifest, mlp, heads, dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposeSite(s); } };
 }

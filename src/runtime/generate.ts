@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
+import { UserError } from '../util/errors.js';
 import { mulberry32 } from '../util/random.js';
 import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } from '../model/forward.js';
 import type { Model } from '../model/model.js';
@@ -21,7 +22,20 @@ export interface GenerateOptions {
   stopAtEos?: boolean;
 }
 
-export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number }
+/** Why generation ended: every row hit EOS, maxNewTokens were generated, or the model ran out of positions. */
+export type StopReason = 'eos' | 'max-tokens' | 'max-positions';
+export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number; stopReason: StopReason; maxPositions: number }
+
+/** Longest prompt + new tokens must fit the model's positions (max_position_embeddings). */
+export function positionsLeft(model: Model, promptLen: number): number { return model.config.maxPositions - promptLen; }
+
+/** A row of logits with NaN or +-Infinity means broken weights (model or predictors): never pick a token from it. */
+function assertFinite(logits: Float32Array, V: number, where: string): void {
+  for (let i = 0; i < logits.length; i++) {
+    if (!Number.isFinite(logits[i]!)) throw new UserError(`${where}: the model produced non-finite logits (${logits[i]} for prompt ${Math.floor(i / V) + 1}, vocabulary id ${i % V})`,
+      'the weights hold NaN/Inf: check the checkpoint (and the bundle: dejavu verify-bundle); if predictors were trained with a large optim.lr, retrain with a lower one');
+  }
+}
 
 function pick(logits: Float32Array, o: GenerateOptions, rand: () => number): number {
   const temp = o.temperature ?? 0;
@@ -47,25 +61,32 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   const done = new Array(B).fill(false);
   const eos = model.config.eosTokenId;
   const V = model.config.vocabSize;
+  const room = positionsLeft(model, T);
+  if (room < 1) throw new UserError(`generate: the prompt has ${T} tokens; the model has ${model.config.maxPositions} positions (max_position_embeddings)`, 'shorten the prompt');
+  const maxNew = Math.min(o.maxNewTokens, room);
+  let stopReason: StopReason = o.maxNewTokens > room ? 'max-positions' : 'max-tokens';
   try {
     let t = performance.now();
     const pre = forward(model, padded, { attentionMask: mask, cache });
     const last = readSync(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]));
     disposeOutput(pre);
+    assertFinite(last, V, 'generate (prompt)');
     let next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
     const prefillMs = performance.now() - t;
     t = performance.now();
     let steps = 0;
-    for (let s = 0; s < o.maxNewTokens; s++) {
+    for (let s = 0; s < maxNew; s++) {
       next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && id === eos) done[b] = true; });
-      if (done.every(Boolean) || s === o.maxNewTokens - 1) break;
+      if (done.every(Boolean)) { stopReason = 'eos'; break; }
+      if (s === maxNew - 1) break;
       const step = forward(model, next.map((id) => [id]), { cache, ...(o.sparsity ? { sparsity: o.sparsity } : {}) });
       const lg = step.logits!.dataSync() as Float32Array;
       disposeOutput(step);
+      assertFinite(lg, V, `generate (step ${s + 1})`);
       next = Array.from({ length: B }, (_, b) => pick(lg.subarray(b * V, (b + 1) * V), o, rand));
       steps++;
     }
-    return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps };
+    return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions };
   } finally {
     disposeCache(cache);
   }

@@ -23,6 +23,8 @@ import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, predictorHooks, siteScores, type LoadedSite } from '../predictors/hooks.js';
 import { exactPreActivations, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
 import { mlpDenseFlops } from '../predictors/fit-mlp.js';
+import { predictorsContentHash } from '../predictors/content-hash.js';
+import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
 import { lineChart } from '../eval/svg.js';
 import { UserError } from '../util/errors.js';
@@ -42,7 +44,10 @@ export interface SiteReport {
 }
 export interface LayerReport { layer: number; mlp?: SiteReport; heads?: SiteReport }
 export interface EvalReport {
-  kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig; heldoutTokens: number;
+  kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig;
+  /** content hash of the predictors folder evaluated (predictors.json + safetensors); export-bundle compares it */
+  predictorsSha256: string;
+  heldoutTokens: number;
   layers: LayerReport[];
   averages: { mlpRecall: number; mlpPredictedDensity: number; mlpTrueDensity: number; mlpSparsity: number; headRecall: number; headDensity: number };
   perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }>;
@@ -85,10 +90,14 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
       weights = Float32Array.from(exact, (v, i) => Math.max(v, 0) * ms.downColNorm[i % W]!); // |a_i| x ||W_down[:, i]||
       const x = e.input === 'h_mlp' ? h : raw;
       scores = e.family === 'exact' ? z : e.family === 'dense' ? new Float32Array(lb.rows * W).fill(1) : readSync(() => siteScores(site, tf.tensor2d(x, [lb.rows, d])));
+      assertFiniteLogits(scores, `layer ${layer} MLP predictor`);
       exactHist!.add(exact, y, lb.rows);
       for (let i = 0; i < exact.length; i++) if (y[i]) exactPos.push(exact[i]!);
       for (let i = 0; i < exact.length; i += 8) exactSample.push(exact[i]!);
-    } else scores = readSync(() => siteScores(site, tf.tensor2d(raw, [lb.rows, d])));
+    } else {
+      scores = readSync(() => siteScores(site, tf.tensor2d(raw, [lb.rows, d])));
+      assertFiniteLogits(scores, `layer ${layer} ${kind === 'mlp' ? 'MLP' : 'head'} predictor`);
+    }
     hist.add(scores, y, lb.rows, weights);
     thr?.add(scores, y, weights);
   }
@@ -122,14 +131,17 @@ const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.l
 export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
   const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
   let report: EvalReport;
-  try { report = await evaluate(cfg, deps); } catch (e) { w.abort(); throw e; }
+  let text: string;
+  // reportTable checks every metric first: nothing is written when one is impossible
+  try { report = await evaluate(cfg, deps); text = reportTable(report, cfg.out); } catch (e) { w.abort(); throw e; }
   await writeOutput(w, cfg.out, (tmp) => writeReport(tmp, report, cfg.out));
-  return { text: reportTable(report, cfg.out), json: report };
+  return { text, json: report };
 }
 
 async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalReport> {
   const m = readManifest(cfg.activations);
   verifyDataset(cfg.activations, m, m.layers);
+  const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the weights evaluated are these
   const preds = loadPredictors(cfg.predictors);
   try {
     if (!sameFingerprint(preds.manifest.model.fingerprint, m.model.fingerprint))
@@ -157,7 +169,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
     bar.stop();
     const mlpL = layers.filter((l) => l.mlp), hL = layers.filter((l) => l.heads);
     const report: EvalReport = {
-      kind: 'dejavu-evaluation', toolVersion: VERSION, config: cfg, heldoutTokens: m.tokens, layers,
+      kind: 'dejavu-evaluation', toolVersion: VERSION, config: cfg, predictorsSha256, heldoutTokens: m.tokens, layers,
       averages: {
         mlpRecall: mean(mlpL.map((l) => l.mlp!.metrics.recall)), mlpPredictedDensity: mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
         mlpTrueDensity: mean(mlpL.map((l) => l.mlp!.metrics.trueDensity)), mlpSparsity: 1 - mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
@@ -249,6 +261,8 @@ export function reportTable(r: EvalReport, out: string): string {
     '| layer | MLP recall | precision | F1 | predicted density | true density | head recall | head density |', '|---:|---:|---:|---:|---:|---:|---:|---:|'];
   for (const l of r.layers) {
     const m = l.mlp?.metrics, h = l.heads?.metrics;
+    if (m) checkMetrics(m, `layer ${l.layer} MLP predictor (held-out)`);
+    if (h) checkMetrics(h, `layer ${l.layer} head predictor (held-out)`);
     lines.push(`| ${l.layer} | ${m ? m.recall.toFixed(4) : '-'} | ${m ? m.precision.toFixed(3) : '-'} | ${m ? m.f1.toFixed(3) : '-'} | ${m ? pct(m.predictedDensity) : '-'} | ${m ? pct(m.trueDensity) : '-'} | ${h ? h.recall.toFixed(3) : '-'} | ${h ? pct(h.predictedDensity) : '-'} |`);
   }
   const a = r.averages;

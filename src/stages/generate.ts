@@ -5,15 +5,11 @@ import { predictorHooks } from '../predictors/hooks.js';
 import { generate } from '../runtime/generate.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { UserError } from '../util/errors.js';
+import type { GenerateConfig } from '../config/schemas.js';
 import type { StageDeps } from '../util/progress.js';
 
-export interface GenerateCliOptions { model?: string; bundle?: string; prompt?: string[]; maxTokens?: number; temperature?: number; topK?: number; seed?: number }
-
-export async function runGenerate(o: GenerateCliOptions, deps: StageDeps): Promise<StageResult> {
-  if (!o.model) throw new UserError('--model is required', 'dejavu generate --model checkpoints/opt-fixture [--bundle runs/default/bundle] --prompt "text"');
-  if (!o.prompt?.length) throw new UserError('--prompt is required');
-  if (o.maxTokens !== undefined && (!Number.isInteger(o.maxTokens) || o.maxTokens < 1)) throw new UserError(`--max-tokens must be a positive integer, got ${o.maxTokens}`);
-  if (o.temperature !== undefined && !(o.temperature >= 0)) throw new UserError(`--temperature must be >= 0, got ${o.temperature}`);
+/** Flags validated by generateSchema (src/config/schemas.ts). */
+export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<StageResult> {
   const tok = loadTokenizer(o.model);
   const model = loadModel(o.model, { neuronMajor: Boolean(o.bundle) });
   const preds = o.bundle ? loadBundlePredictors(o.bundle, o.model) : null;
@@ -22,14 +18,22 @@ export async function runGenerate(o: GenerateCliOptions, deps: StageDeps): Promi
     const hooks = preds ? predictorHooks(preds, { mode: 'indices', mlp: true, heads: true, onSelect: (site, _l, s, t) => { if (site === 'mlp') { sel.mlp += s; sel.mlpT += t; } else { sel.heads += s; sel.headsT += t; } } }) : undefined;
     const bos = model.config.bosTokenId;
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
-    const r = generate(model, prompts, { maxNewTokens: o.maxTokens ?? 40, temperature: o.temperature ?? 0, topK: o.topK ?? 0, seed: o.seed ?? 0, sparsity: hooks });
+    const P = model.config.maxPositions;
+    prompts.forEach((p, i) => {
+      if (p.length >= P) throw new UserError(`prompt ${i + 1} has ${p.length} tokens; the model has ${P} positions (max_position_embeddings), so nothing can be generated after it`, 'shorten the prompt');
+    });
+    const r = generate(model, prompts, { maxNewTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, seed: o.seed, sparsity: hooks });
+    const notes = r.stopReason === 'max-positions'
+      ? [`stopped after ${r.tokens[0]!.length} of ${o.maxTokens} tokens: the model has ${r.maxPositions} positions (max_position_embeddings) and the ${o.prompt.length > 1 ? 'longest prompt' : 'prompt'} uses ${Math.max(...prompts.map((p) => p.length))}; the text below is complete up to there`]
+      : [];
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
     const tps = (r.decodeSteps * prompts.length) / Math.max(1e-3, r.decodeMs / 1000);
     deps.log(`generate: ${preds ? 'sparse (bundle)' : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
       (preds ? `, MLP density ${(sel.mlp / Math.max(1, sel.mlpT) * 100).toFixed(1)}%, heads ${(sel.heads / Math.max(1, sel.headsT) * 100).toFixed(1)}%` : ''));
     return {
       text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
-      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, decodeTokensPerSecond: tps, mlpDensity: preds ? sel.mlp / Math.max(1, sel.mlpT) : 1, headDensity: preds ? sel.heads / Math.max(1, sel.headsT) : 1 },
+      notes,
+      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, mlpDensity: preds ? sel.mlp / Math.max(1, sel.mlpT) : 1, headDensity: preds ? sel.heads / Math.max(1, sel.headsT) : 1 },
     };
   } finally {
     preds?.dispose();

@@ -9,8 +9,10 @@ import type { StageResult } from '../cli/commands.js';
 import { collectSchema, evaluateSchema, exportSchema, trainSchema, type PipelineConfig } from '../config/schemas.js';
 import { verifyBundle } from '../bundle/bundle.js';
 import { sha256File, writeFileAtomic } from '../util/fsx.js';
-import { withFsErrors } from '../util/errors.js';
+import { isUserError, withFsErrors } from '../util/errors.js';
 import { checkOutput, writeMarker } from '../util/outdir.js';
+import { readEvalReport } from '../eval/report.js';
+import { predictorsContentHash } from '../predictors/content-hash.js';
 import type { StageDeps } from '../util/progress.js';
 import { runCollect } from './collect.js';
 import { runTrain } from './train.js';
@@ -40,18 +42,20 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps));
   const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: cfg.data.heldout, backend: cfg.backend });
   // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged
-  const evalId = JSON.stringify({ p: sha256File(path.join(dirs.pred, 'predictors.json')), a: sha256File(path.join(dirs.held, 'manifest.json')), c: evalCfg });
+  const evalId = JSON.stringify({ p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: evalCfg });
   const idFile = path.join(dirs.report, '.inputs.json');
-  let report: EvalReport;
+  let report: EvalReport | null = null;
   if (fs.existsSync(idFile) && fs.readFileSync(idFile, 'utf8') === evalId && fs.existsSync(path.join(dirs.report, 'report.json'))) {
-    deps.log('\n== evaluate-recall: report is complete and current; skipped');
-    report = JSON.parse(fs.readFileSync(path.join(dirs.report, 'report.json'), 'utf8'));
-  } else {
+    // a report that does not read back (corrupt, or from an older dejavu) is re-made, never used
+    try { report = readEvalReport(dirs.report) as unknown as EvalReport; } catch (e) { if (!isUserError(e)) throw e; deps.log(`\n== evaluate-recall: the existing report is unusable (${e.message.split('\n')[0]}); re-running`); }
+    if (report) deps.log('\n== evaluate-recall: report is complete and current; skipped');
+  }
+  if (!report) {
     report = (await step('evaluate-recall', () => runEvaluate(evalCfg, deps))).json as EvalReport;
     writeFileAtomic(idFile, evalId);
   }
   const expCfg = exportSchema.parse({ ...cfg.export, model: cfg.model, predictors: dirs.pred, report: dirs.report, out: dirs.bundle, overwrite: true });
-  const expId = JSON.stringify({ p: sha256File(path.join(dirs.pred, 'predictors.json')), r: sha256File(path.join(dirs.report, 'report.json')), c: expCfg });
+  const expId = JSON.stringify({ p: predictorsContentHash(dirs.pred), r: sha256File(path.join(dirs.report, 'report.json')), c: expCfg });
   const expIdFile = path.join(w, '.bundle-inputs.json');
   if (fs.existsSync(expIdFile) && fs.readFileSync(expIdFile, 'utf8') === expId && verifyBundle(dirs.bundle, cfg.model).problems.length === 0) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
   else { await step('export-bundle', () => runExport(expCfg, deps)); writeFileAtomic(expIdFile, expId); }

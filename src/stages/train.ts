@@ -20,6 +20,7 @@ import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint
 import { sha256, sha256File } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 import { getBackend } from '../backend.js';
+import { assertFinitePredictor, checkMetrics } from '../predictors/finite.js';
 
 function workerScript(): string | null {
   const here = path.dirname(fileURLToPath(import.meta.url));
@@ -118,6 +119,15 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   } finally {
     bar.stop();
   }
+  // a diverged run (NaN/Inf weights) is an error, never a folder of predictors with perfect-looking metrics
+  for (const r of results) for (const site of ['mlp', 'heads'] as const) {
+    const res = r[site];
+    if (!res) continue;
+    for (const [h, prefix] of [[res.host, site], [res.hostUp, 'mlp.up']] as const)
+      if (h) assertFinitePredictor(h, `training diverged: layer ${r.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, prefix,
+        `lower optim.lr (now ${cfg.optim.lr}), e.g. --set optim.lr=${Math.min(1e-3, cfg.optim.lr / 10)}; then train again`);
+    checkMetrics(res.validation, `layer ${r.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor (validation)`);
+  }
   const seconds = (Date.now() - t0) / 1000;
   const manifest: PredictorsManifest = {
     formatVersion: PREDICTORS_FORMAT_VERSION, kind: 'dejavu-predictors', toolVersion: VERSION, identity,
@@ -137,6 +147,8 @@ export function summarize(out: string, p: PredictorsManifest): StageResult {
     '|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|'];
   for (const l of p.layers) {
     const mm = l.mlp, h = l.heads;
+    if (mm) checkMetrics(mm.validation, `layer ${l.layer} MLP predictor (validation)`);
+    if (h) checkMetrics(h.validation, `layer ${l.layer} head predictor (validation)`);
     lines.push(`| ${l.layer} | ${mm ? mm.family : '-'} | ${mm ? mm.rank : '-'} | ${ruleText(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm?.costShare !== undefined ? pct(mm.costShare) : '-'} | ${ruleText(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
   }
   for (const l of p.layers) {

@@ -14,74 +14,121 @@ interface Exports {
   gather_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
 }
 
-/** rows x d float32 matrix living in the arena */
-export interface WasmRows { off: number; rows: number; d: number }
+/** rows x d float32 matrix living in an arena */
+export interface WasmRows { arena: WasmArena; off: number; rows: number; d: number }
 
 const PAGE = 65536;
 const MAX_BYTES = 3.5 * 2 ** 30;
-let ex: Exports | null = null;
-let top = 0;
-let scratch = 0;
-let scratchBytes = 0;
+let compiled: object | null | undefined;
+let live = 0; // bytes of WebAssembly memory held by arenas not yet disposed
 
-function init(): Exports | null {
-  if (ex) return ex;
+/**
+ * One WebAssembly instance (its own linear memory) with a bump allocator. A model owns one arena for its weight
+ * rows and frees it with dispose() (WebAssembly memory cannot shrink: dropping the instance is the only way to give
+ * it back). Scratch space for the kernels lives at the end of the same arena.
+ */
+export class WasmArena {
+  private ex: Exports | null;
+  private top = 1024;
+  private scratch = 0;
+  private scratchBytes = 0;
+  private counted = 0;
+  /** `tracked`: counted by liveArenaBytes (model arenas; not the process-wide scratch arena) */
+  constructor(ex: Exports, private readonly tracked = true) { this.ex = ex; this.count(); }
+
+  private count(): void {
+    if (!this.tracked || !this.ex) return;
+    const now = this.ex.memory.buffer.byteLength;
+    live += now - this.counted;
+    this.counted = now;
+  }
+
+  get disposed(): boolean { return this.ex === null; }
+  /** bytes of WebAssembly memory this arena holds (0 once disposed) */
+  get bytes(): number { return this.ex ? this.ex.memory.buffer.byteLength : 0; }
+
+  exports(): Exports {
+    if (!this.ex) throw new Error('wasm kernel arena used after its model was disposed');
+    return this.ex;
+  }
+
+  alloc(bytes: number): number | null {
+    const e = this.exports();
+    const off = (this.top + 63) & ~63;
+    const end = off + bytes;
+    if (end > MAX_BYTES) return null;
+    const have = e.memory.buffer.byteLength;
+    if (end > have) {
+      try { e.memory.grow(Math.ceil((end - have) / PAGE)); } catch { return null; }
+      this.count();
+    }
+    this.top = end;
+    return off;
+  }
+
+  scratchFor(bytes: number): number {
+    if (bytes > this.scratchBytes) {
+      const off = this.alloc(bytes);
+      if (off === null) throw new Error('wasm kernel arena is full');
+      this.scratch = off; this.scratchBytes = bytes;
+    }
+    return this.scratch;
+  }
+
+  dispose(): void {
+    if (!this.ex) return;
+    live -= this.counted;
+    this.counted = 0;
+    this.ex = null;
+  }
+}
+
+/** A fresh arena, or null when WebAssembly SIMD is unavailable (callers fall back to the JS kernels). */
+export function createArena(tracked = true): WasmArena | null {
   try {
-    const mod = new WA.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
-    ex = new WA.Instance(mod, {}).exports as unknown as Exports;
-    top = 1024;
-    return ex;
+    if (compiled === undefined) compiled = new WA.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
+    if (!compiled) return null;
+    return new WasmArena(new WA.Instance(compiled, {}).exports as unknown as Exports, tracked);
   } catch {
-    return null; // no SIMD support: callers fall back to the JS kernels
+    compiled = null;
+    return null;
   }
 }
 
-function alloc(bytes: number): number | null {
-  const e = init();
-  if (!e) return null;
-  const off = (top + 63) & ~63;
-  const end = off + bytes;
-  if (end > MAX_BYTES) return null;
-  const have = e.memory.buffer.byteLength;
-  if (end > have) {
-    try { e.memory.grow(Math.ceil((end - have) / PAGE)); } catch { return null; }
-  }
-  top = end;
-  return off;
+/** Total bytes held by arenas that are not disposed (for tests and benchmarks). */
+export function liveArenaBytes(): number { return live; }
+
+let shared: WasmArena | null | undefined;
+/** The process-wide scratch arena of attentionHost (scratch only, reused: it never grows past the largest call). */
+function sharedArena(): WasmArena | null {
+  if (shared === undefined) shared = createArena(false);
+  return shared;
 }
 
-/** Copy a [rows, d] matrix into the arena; null when SIMD is unavailable, d % 8 != 0, or the arena is full. */
-export function toWasmRows(data: Float32Array, rows: number, d: number): WasmRows | null {
-  if (d % 8 !== 0) return null;
-  const off = alloc(data.byteLength);
+/** Copy a [rows, d] matrix into `arena`; null when there is no arena (no SIMD), d % 8 != 0, or the arena is full. */
+export function toWasmRows(data: Float32Array, rows: number, d: number, arena: WasmArena | null): WasmRows | null {
+  if (d % 8 !== 0 || !arena) return null;
+  const off = arena.alloc(data.byteLength);
   if (off === null) return null;
-  new Float32Array(ex!.memory.buffer, off, data.length).set(data);
-  return { off, rows, d };
-}
-
-function scratchFor(bytes: number): number {
-  if (bytes > scratchBytes) {
-    const off = alloc(bytes);
-    if (off === null) throw new Error('wasm kernel arena is full');
-    scratch = off; scratchBytes = bytes;
-  }
-  return scratch;
+  new Float32Array(arena.exports().memory.buffer, off, data.length).set(data);
+  return { arena, off, rows, d };
 }
 
 function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array, v: Float32Array, out: Float32Array, outInit: boolean): void {
   const k = idx.length, d = W.d;
   const vLen = kind === 'matvec' ? d : k;
   const outLen = kind === 'matvec' ? k : d;
-  const base = scratchFor(4 * (k + vLen + outLen) + 64);
+  const base = W.arena.scratchFor(4 * (k + vLen + outLen) + 64);
+  const ex = W.arena.exports();
   const rowsOff = base, vOff = (rowsOff + 4 * k + 15) & ~15, outOff = (vOff + 4 * vLen + 15) & ~15;
-  const buf = ex!.memory.buffer;
+  const buf = ex.memory.buffer;
   new Int32Array(buf, rowsOff, k).set(idx);
   new Float32Array(buf, vOff, vLen).set(v);
   const o = new Float32Array(buf, outOff, outLen);
   if (outInit) o.set(out); else o.fill(0);
-  if (kind === 'matvec') ex!.gather_matvec(W.off, rowsOff, k, vOff, d, outOff);
-  else ex!.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
-  out.set(new Float32Array(ex!.memory.buffer, outOff, outLen));
+  if (kind === 'matvec') ex.gather_matvec(W.off, rowsOff, k, vOff, d, outOff);
+  else ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
+  out.set(new Float32Array(ex.memory.buffer, outOff, outLen));
 }
 
 /** out[i] = dot(W[idx[i]], x) */
@@ -98,14 +145,16 @@ export function wasmGatherAxpy(W: WasmRows, idx: Int32Array, a: Float32Array, ou
  */
 export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array, B: number, H: number, T: number, S: number, hd: number,
   keyMask: number[][], P: number, scale: number): Float32Array | null {
-  if (hd % 8 !== 0 || !init()) return null;
+  const arena = hd % 8 === 0 ? sharedArena() : null;
+  if (!arena) return null;
   const fq = B * H * T * hd, fk = B * H * S * hd;
   const bytes = 4 * (2 * fq + 2 * fk + 2 * S) + 256;
   let base: number;
-  try { base = scratchFor(bytes); } catch { return null; }
+  try { base = arena.scratchFor(bytes); } catch { return null; }
+  const ex = arena.exports();
   const al = (x: number) => (x + 15) & ~15;
   const qOff = base, kOff = al(qOff + 4 * fq), vOff = al(kOff + 4 * fk), cOff = al(vOff + 4 * fk), rOff = al(cOff + 4 * fq), sOff = al(rOff + 4 * S);
-  const buf = ex!.memory.buffer;
+  const buf = ex.memory.buffer;
   new Float32Array(buf, qOff, fq).set(q);
   new Float32Array(buf, kOff, fk).set(k);
   new Float32Array(buf, vOff, fk).set(v);
@@ -122,15 +171,15 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
       if (n === 0) continue;
       for (let h = 0; h < H; h++) {
         const bh = b * H + h;
-        ex!.gather_matvec(kOff + 4 * bh * S * hd, rOff, n, qOff + 4 * (bh * T + t) * hd, hd, sOff);
+        ex.gather_matvec(kOff + 4 * bh * S * hd, rOff, n, qOff + 4 * (bh * T + t) * hd, hd, sOff);
         let mx = -Infinity;
         for (let i = 0; i < n; i++) { const x = sc[i]! * scale; sc[i] = x; if (x > mx) mx = x; }
         let sum = 0;
         for (let i = 0; i < n; i++) { const e = Math.exp(sc[i]! - mx); sc[i] = e; sum += e; }
         for (let i = 0; i < n; i++) sc[i] = sc[i]! / sum;
-        ex!.gather_axpy(vOff + 4 * bh * S * hd, rOff, n, sOff, hd, cOff + 4 * (bh * T + t) * hd);
+        ex.gather_axpy(vOff + 4 * bh * S * hd, rOff, n, sOff, hd, cOff + 4 * (bh * T + t) * hd);
       }
     }
   }
-  return Float32Array.from(new Float32Array(ex!.memory.buffer, cOff, fq));
+  return Float32Array.from(new Float32Array(ex.memory.buffer, cOff, fq));
 }

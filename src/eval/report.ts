@@ -1,0 +1,45 @@
+/**
+ * evaluate-recall's report.json as read back (export-bundle, pipeline): one zod schema, every problem named by
+ * file and field. Objects are loose (unknown keys kept) so newer fields do not break older readers; the numbers a
+ * bundle copies are checked (rates in [0, 1], perplexities positive and finite).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { z } from 'zod';
+import { UserError } from '../util/errors.js';
+
+const rate = z.number().min(0).max(1);
+export const metricsSchema = z.looseObject({ recall: rate, precision: rate, f1: rate, predictedDensity: rate, trueDensity: rate });
+const site = z.looseObject({ rule: z.unknown(), metrics: metricsSchema, sweep: z.array(z.looseObject({ k: z.number(), recall: rate, precision: rate, predictedDensity: rate })) });
+
+export const evalReportSchema = z.looseObject({
+  kind: z.literal('dejavu-evaluation'),
+  toolVersion: z.string(),
+  config: z.looseObject({ predictors: z.string() }),
+  /** content hash of the predictors folder that was evaluated (src/predictors/content-hash.ts) */
+  predictorsSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  heldoutTokens: z.number().int().nonnegative(),
+  layers: z.array(z.looseObject({ layer: z.number().int().nonnegative(), mlp: site.optional(), heads: site.optional() })),
+  averages: z.record(z.string(), z.number().nullable()),
+  perplexity: z.looseObject({ tokens: z.number(), runs: z.record(z.string(), z.number().positive()) }).optional(),
+});
+export type ReportFile = z.infer<typeof evalReportSchema>;
+
+const HINT = 'pass the --out folder of `dejavu evaluate-recall`, or re-run evaluate-recall to write it again';
+
+/** Read and validate DIR/report.json; a UserError naming the file and each bad field otherwise. */
+export function readEvalReport(dir: string): ReportFile {
+  const f = path.join(dir, 'report.json');
+  if (!fs.existsSync(f)) throw new UserError(`no report.json in ${dir}`, HINT);
+  let raw: unknown;
+  try { raw = JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { throw new UserError(`${f} is not valid JSON: ${(e as Error).message}`, HINT); }
+  const o = raw as Record<string, unknown> | null;
+  if (o && typeof o === 'object' && o.kind === 'dejavu-evaluation' && o.predictorsSha256 === undefined)
+    throw new UserError(`${f} was written by an older dejavu: it does not record which predictors it evaluated (predictorsSha256)`, 're-run evaluate-recall on the predictors you export');
+  const r = evalReportSchema.safeParse(raw);
+  if (!r.success) {
+    const lines = r.error.issues.slice(0, 20).map((i) => `${i.path.map(String).join('.') || '(top level)'}: ${i.message}`);
+    throw new UserError(`${f} is not a valid evaluate-recall report:\n  - ${lines.join('\n  - ')}${r.error.issues.length > 20 ? `\n  - ... ${r.error.issues.length - 20} more` : ''}`, HINT);
+  }
+  return r.data;
+}
