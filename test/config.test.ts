@@ -56,7 +56,9 @@ describe('schemas', () => {
     expect(cfg.workdir).toBe('runs/default');
     expect(cfg.backend).toBe('auto');
     expect(cfg.collect.seqLen).toBe(256);
-    expect(cfg.train.mlp.rank).toBe(1000);
+    expect(cfg.train.mlp.rank).toBe(0.5); // Deja Vu's family: half the width, not the paper's 1000
+    expect(cfg.train.mlp.families).toEqual(['dense', 'exact', 'closed-form']);
+    expect(cfg.train.mlp.ranks).toEqual([0.125, 0.25, 0.5]);
     expect(cfg.train.heads.topFraction).toBe(0.3);
     expect(cfg.train.optim.epochs).toBe(8);
     expect(cfg.evaluate.sweep.length).toBeGreaterThanOrEqual(2);
@@ -100,11 +102,11 @@ describe('validation: one error lists every problem with its dotted path and rec
 
   it('nested paths: train.mlp / optim problems are reported with dotted paths', () => {
     const e = userError(() => validateConfig(trainSchema, {
-      activations: 'a', out: 'o', mlp: { rnak: 5, targetRecall: 1.5, autoRank: { candidates: [] } }, optim: { lr: 0 },
+      activations: 'a', out: 'o', mlp: { rnak: 5, targetRecall: 1.5, ranks: [] }, optim: { lr: 0 },
     }, 'train-predictors'));
     expect(e.message).toContain('mlp.rnak: unknown key; received 5');
     expect(e.message).toMatch(/mlp\.targetRecall: .*; received 1\.5/);
-    expect(e.message).toMatch(/mlp\.autoRank\.candidates: .*; received \[\]/);
+    expect(e.message).toMatch(/mlp\.ranks: .*; received \[\]/);
     expect(e.message).toMatch(/optim\.lr: .*; received 0/);
     expect(e.message).toMatch(/\(4 problems\)/);
   });
@@ -195,15 +197,16 @@ describe('precedence: schema defaults < YAML < flags < --set', () => {
   });
 
   it('nested: flags and --set merge into YAML objects instead of replacing them', () => {
-    const f = yamlFile('train.yaml', 'activations: acts\nout: preds\nmlp:\n  rank: 64\n  targetRecall: 0.9\n  autoRank:\n    flopBudget: 0.02\nheads:\n  rank: 16\n');
+    const f = yamlFile('train.yaml', 'activations: acts\nout: preds\nmlp:\n  rank: 64\n  targetRecall: 0.9\n  ranks: [0.25]\nheads:\n  rank: 16\n');
     const cfg = resolveConfig(trainSchema, 'train-predictors', {
       configFile: f,
       flags: { 'mlp.rank': 128, layers: [0, 1] },
-      sets: ['mlp.autoRank.enabled=true', 'heads.enabled=false', 'optim.epochs=2'],
+      sets: ['mlp.families=[closed-form, exact]', 'heads.enabled=false', 'optim.epochs=2'],
     });
     expect(cfg.mlp.rank).toBe(128);
     expect(cfg.mlp.targetRecall).toBe(0.9);
-    expect(cfg.mlp.autoRank).toEqual({ enabled: true, flopBudget: 0.02, candidates: [64, 128, 256, 512, 1000] });
+    expect(cfg.mlp.ranks).toEqual([0.25]);
+    expect(cfg.mlp.families).toEqual(['closed-form', 'exact']);
     expect(cfg.heads).toMatchObject({ enabled: false, rank: 16, topFraction: 0.3 });
     expect(cfg.optim).toMatchObject({ epochs: 2, batchSize: 256 });
     expect(cfg.layers).toEqual([0, 1]);

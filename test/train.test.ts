@@ -38,7 +38,7 @@ function trainCfg(out: string, over: Record<string, unknown> = {}): TrainConfig 
   const { mlp, heads, optim, ...rest } = over as { mlp?: object; heads?: object; optim?: object };
   return trainSchema.parse({
     activations: ACTS, out, workers: 1, seed: 7,
-    mlp: { rank: 16, ...mlp }, heads: { rank: 8, ...heads }, optim: { epochs: 2, batchSize: 128, ...optim }, ...rest,
+    mlp: { rank: 16, families: ['dejavu'], rule: 'topk', ...mlp }, heads: { rank: 8, ...heads }, optim: { epochs: 2, batchSize: 128, ...optim }, ...rest,
   });
 }
 
@@ -359,7 +359,8 @@ describe('train-predictors end to end', () => {
     const dense = 2 * c.hidden * c.heads * c.headDim * 2 + 2 * c.hidden * c.kvHeads * c.headDim * 2 + 2 * c.hidden * c.ffn * 2; // q,o + k,v + fc1,fc2
     for (const l of pm.layers) {
       const mlp = l.mlp!, hd = l.heads!;
-      expect(mlp.rule.kind).toBe('topk');
+      expect(mlp.family).toBe('dejavu');
+      expect(mlp.rule!.kind).toBe('topk');
       const k = (mlp.rule as { k: number }).k;
       expect(k).toBeGreaterThanOrEqual(1);
       expect(k).toBeLessThanOrEqual(c.ffn);
@@ -368,10 +369,11 @@ describe('train-predictors end to end', () => {
       expect(mlp.validation.trueDensity).toBeGreaterThan(0);
       expect(mlp.validation.trueDensity).toBeLessThan(1);
       expect(mlp.validation.predictedDensity).toBeGreaterThanOrEqual(mlp.validation.trueDensity * mlp.validation.recall - 1e-12);
-      expect(mlp.flopShare).toBeCloseTo((2 * (c.hidden * 16 + 16 * c.ffn)) / dense, 12);
+      expect(mlp.flopShare).toBeCloseTo((2 * (c.hidden * 16 + 16 * c.ffn)) / (2 * c.hidden * c.ffn * 2), 12); // of the dense MLP
+      expect(mlp.costShare).toBeCloseTo(mlp.flopShare + mlp.validation.predictedDensity, 12);
       expect(mlp.rank).toBe(16);
       expect(mlp.label).toEqual({ kind: 'active' });
-      expect(hd.rule.kind).toBe('topk');
+      expect(hd.rule!.kind).toBe('topk');
       expect(hd.validation.recall).toBeGreaterThanOrEqual(0.95);
       expect(hd.validation.trueDensity).toBeCloseTo(Math.ceil(0.3 * c.heads - 1e-9) / c.heads, 12);
       expect(hd.flopShare).toBeCloseTo((2 * (c.hidden * 8 + 8 * c.heads)) / dense, 12);

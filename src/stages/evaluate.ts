@@ -154,7 +154,8 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
     // the MLP's own input and the exact bound need the checkpoint: --model, else the one the activations came from
     const modelDir = cfg.model ?? m.model.dir;
     if (!sameFingerprint(fingerprintCheckpoint(modelDir), m.model.fingerprint))
-      throw new UserError(`checkpoint ${modelDir} is not the one the held-out activations were collected from`, 'pass --model with that checkpoint');
+      throw cfg.model ? new UserError(`--model ${cfg.model} is not the checkpoint the predictors were trained for`, 'pass the same checkpoint used for collect-activations')
+        : new UserError(`checkpoint ${modelDir} is not the one the held-out activations were collected from`, 'pass --model with that checkpoint');
     const targetRecall = (preds.manifest.config as { mlp?: { targetRecall?: number } }).mlp?.targetRecall ?? 0.99;
     const bar = deps.progress('recall', preds.manifest.layers.length, 'layers');
     for (const l of preds.manifest.layers) {
