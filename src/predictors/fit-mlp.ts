@@ -185,7 +185,7 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     family: best.family, rank: best.rank, rule: best.rule, ...made,
     validation: { ...met, trueDensity, magnitudeRecall: best.magnitudeRecall },
     flopShare: best.flopShare, costShare: best.costShare,
-    candidates: cands.map(({ make: _m, ...c }) => { const { m: _x, ...rest } = c as typeof c & { m?: Metrics }; return { ...rest, chosen: c === best }; }),
+    candidates: cands.map((c) => { const { make: _m, m: _x, ...rest } = c as typeof c & { m?: Metrics }; return { ...rest, chosen: c === best }; }),
   };
 }
 
