@@ -232,10 +232,10 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
   const st = openSafetensors(path.join(dir, manifest.predictorsFile));
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
   type Refs = NonNullable<PredJson['tensors']>;
-  const lowRank = (t: Refs, hidden: PredJson['hiddenActivation'], what: string) => {
+  const lowRank = (t: Refs, hidden: PredJson['hiddenActivation'], what: string, prefix: string) => {
     const [r, d] = t.fc1Weight.shape as [number, number];
     const hp = { fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name), fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden };
-    assertFinitePredictor(hp, `${what} in bundle ${dir}`, what, 'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
+    assertFinitePredictor(hp, `${what} in bundle ${dir}`, prefix, 'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
     return fromHost(hp);
   };
   for (const l of manifest.layers) for (const site of ['mlp', 'heads'] as const) {
@@ -244,7 +244,8 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const entry: PredictorEntry = { family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 };
     (site === 'mlp' ? mlp : heads).set(l.layer, {
       entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
-      ...(p.tensors ? { weights: lowRank(p.tensors, p.hiddenActivation, `layers.${l.layer}.${site}`) } : {}), ...(p.upTensors ? { up: lowRank(p.upTensors, p.hiddenActivation, `layers.${l.layer}.mlp.up`) } : {}),
+      ...(p.tensors ? { weights: lowRank(p.tensors, p.hiddenActivation, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, `layers.${l.layer}.${site}`) } : {}),
+      ...(p.upTensors ? { up: lowRank(p.upTensors, p.hiddenActivation, `layer ${l.layer} MLP predictor`, `layers.${l.layer}.mlp.up`) } : {}),
     });
   }
   return {
