@@ -77,9 +77,10 @@ export class RankHistogram {
   trueDensity(): number { return this.tokens ? this.positives / (this.tokens * this.width) : 0; }
 
   metricsAtK(k: number): Metrics {
-    const recall = this.recallCurve()[k]!;
-    const tp = recall * this.positives;
     const selected = k * this.tokens;
+    // positives whose score ties the k-th one share the better rank, so a tie across the boundary can count one more
+    // positive than top-k really keeps (seen: 1 in 900k); capped at what is selected, so precision stays <= 1
+    const tp = Math.min(this.recallCurve()[k]! * this.positives, selected);
     return finish(tp, selected, this.positives, this.tokens * this.width);
   }
 }
