@@ -41,7 +41,11 @@ export interface SiteReport {
   exactSweep?: { fraction: number; k: number; recall: number }[];
   /** MLP: estimated MLP cost / dense MLP cost at the held-out density */
   costShare?: number;
+  /** MLP: the mode evaluated (dense / exact / closed-form / dejavu) and its rank */
+  family?: string;
+  rank?: number;
 }
+const ruleLabel = (r: unknown) => { const x = r as { kind: string; k?: number; value?: number }; return x.kind === 'topk' ? `top-${x.k}` : `>= ${x.value!.toFixed(3)}`; };
 export interface LayerReport { layer: number; mlp?: SiteReport; heads?: SiteReport }
 export interface EvalReport {
   kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig;
@@ -104,7 +108,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
   const metrics = rule === null ? { ...hist.metricsAtK(W), precision: hist.trueDensity() } : rule.kind === 'topk' ? hist.metricsAtK(rule.k) : thr!.metrics();
   const magnitudeRecall = rule === null ? 1 : rule.kind === 'topk' ? hist.weightedRecallAtK(rule.k) : thr!.weightedRecall();
   const ks = [...new Set(sweep.map((f) => Math.max(1, Math.min(W, Math.round(f * W)))))].sort((a, b) => a - b);
-  const out: SiteReport = { rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
+  const out: SiteReport = { ...(kind === 'mlp' ? { family: e.family, rank: e.rank } : {}), rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
   if (ms && exactHist) {
     out.magnitudeRecall = magnitudeRecall;
     // the bound: the exact scores under the same kind of rule, calibrated to the same recall on these rows
@@ -257,17 +261,23 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
 
 const pct = (x: number) => (100 * x).toFixed(1) + '%';
 
+const num = (x: number | null | undefined, f: (v: number) => string) => (x !== null && x !== undefined && Number.isFinite(x) ? f(x) : '-');
+
 export function reportTable(r: EvalReport, out: string): string {
   const lines = [`evaluation: ${out} (held-out tokens: ${r.heldoutTokens})`, '',
-    '| layer | MLP recall | precision | F1 | predicted density | true density | head recall | head density |', '|---:|---:|---:|---:|---:|---:|---:|---:|'];
+    '| layer | MLP mode | MLP recall | magnitude recall | precision | predicted density | exact bound | true density | est. MLP cost | head recall | head density |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|'];
   for (const l of r.layers) {
     const m = l.mlp?.metrics, h = l.heads?.metrics;
     if (m) checkMetrics(m, `layer ${l.layer} MLP predictor (held-out)`);
     if (h) checkMetrics(h, `layer ${l.layer} head predictor (held-out)`);
-    lines.push(`| ${l.layer} | ${m ? m.recall.toFixed(4) : '-'} | ${m ? m.precision.toFixed(3) : '-'} | ${m ? m.f1.toFixed(3) : '-'} | ${m ? pct(m.predictedDensity) : '-'} | ${m ? pct(m.trueDensity) : '-'} | ${h ? h.recall.toFixed(3) : '-'} | ${h ? pct(h.predictedDensity) : '-'} |`);
+    const fam = l.mlp ? `${l.mlp.family ?? ''}${l.mlp.rank ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleLabel(l.mlp.rule)}` : ''}` : '-';
+    lines.push(`| ${l.layer} | ${fam} | ${num(m?.recall, (v) => v.toFixed(4))} | ${num(l.mlp?.magnitudeRecall, (v) => v.toFixed(4))} | ${num(m?.precision, (v) => v.toFixed(3))} | ${num(m?.predictedDensity, pct)} | ${num(l.mlp?.exactBound?.predictedDensity, pct)} | ${num(m?.trueDensity, pct)} | ${num(l.mlp?.costShare, pct)} | ${num(h?.recall, (v) => v.toFixed(3))} | ${num(h?.predictedDensity, pct)} |`);
   }
   const a = r.averages;
-  lines.push(`| mean | ${a.mlpRecall.toFixed(4)} | | | ${pct(a.mlpPredictedDensity)} | ${pct(a.mlpTrueDensity)} | ${a.headRecall.toFixed(3)} | ${pct(a.headDensity)} |`);
+  const mean = (f: (l: LayerReport) => number | undefined) => { const v = r.layers.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x)); return v.length ? v.reduce((s, x) => s + x, 0) / v.length : NaN; };
+  lines.push(`| mean | | ${num(a.mlpRecall, (v) => v.toFixed(4))} | ${num(mean((l) => l.mlp?.magnitudeRecall), (v) => v.toFixed(4))} | | ${num(a.mlpPredictedDensity, pct)} | ${num(mean((l) => l.mlp?.exactBound?.predictedDensity), pct)} | ${num(a.mlpTrueDensity, pct)} | ${num(mean((l) => l.mlp?.costShare), pct)} | ${num(a.headRecall, (v) => v.toFixed(3))} | ${num(a.headDensity, pct)} |`);
+  lines.push('', 'exact bound: the density the first projection itself needs for the same recall under the same kind of rule; est. MLP cost: predictor + predicted density x dense MLP FLOPs (exact: first projection + density x second), as a share of the dense MLP');
   if (r.perplexity) {
     lines.push('', `perplexity on ${r.perplexity.tokens} held-out tokens:`, '', '| run | perplexity | vs dense |', '|---|---:|---:|');
     for (const [k, v] of Object.entries(r.perplexity.runs)) lines.push(`| ${k} | ${v.toFixed(3)} | ${k === 'dense' ? '' : (r.perplexity.deltas[k]! >= 0 ? '+' : '') + (100 * r.perplexity.deltas[k]!).toFixed(2) + '%'} |`);
