@@ -189,3 +189,16 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
   };
 }
 
+
+const pct = (x: number) => (100 * x).toFixed(1) + '%';
+export function ruleText(r?: { kind: string; k?: number; value?: number } | null): string {
+  return r ? (r.kind === 'topk' ? `top-${r.k}` : `>= ${r.value!.toFixed(3)}`) : '-';
+}
+
+/** Markdown lines: one layer's candidate table (train-predictors' summary and evaluate-recall's report.md). */
+export function candidateTable(layer: number, cs: (MlpCandidate & { chosen: boolean })[]): string[] {
+  const lines = [`layer ${layer}: MLP candidates (validation rows; cost = predictor + predicted density x dense MLP, as a share of the dense MLP)`, '',
+    '| mode | rank | rule | recall | predicted density | recall at true density | cost | chosen |', '|---|---:|---|---:|---:|---:|---:|---|'];
+  for (const c of cs) lines.push(`| ${c.family} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
+  return lines;
+}

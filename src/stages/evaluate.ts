@@ -18,11 +18,11 @@ import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint
 import { loadModel } from '../model/model.js';
 import type { SparsityHooks } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
-import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics } from '../predictors/metrics.js';
+import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, predictorHooks, siteScores, type LoadedSite } from '../predictors/hooks.js';
 import { exactPreActivations, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
-import { mlpDenseFlops } from '../predictors/fit-mlp.js';
+import { candidateTable, mlpDenseFlops, ruleText, type MlpCandidate } from '../predictors/fit-mlp.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
@@ -45,8 +45,12 @@ export interface SiteReport {
   family?: string;
   rank?: number;
 }
-const ruleLabel = (r: unknown) => { const x = r as { kind: string; k?: number; value?: number }; return x.kind === 'topk' ? `top-${x.k}` : `>= ${x.value!.toFixed(3)}`; };
-export interface LayerReport { layer: number; mlp?: SiteReport; heads?: SiteReport }
+
+export interface LayerReport {
+  layer: number; mlp?: SiteReport; heads?: SiteReport;
+  /** the MLP candidates train-predictors weighed for this layer (validation rows), copied from predictors.json */
+  mlpCandidates?: (MlpCandidate & { chosen: boolean })[];
+}
 export interface EvalReport {
   kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig;
   /** content hash of the predictors folder evaluated (predictors.json + safetensors); export-bundle compares it */
@@ -164,7 +168,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
     const bar = deps.progress('recall', preds.manifest.layers.length, 'layers');
     for (const l of preds.manifest.layers) {
       if (!m.layers.includes(l.layer)) throw new UserError(`layer ${l.layer} has predictors but is not in the held-out dataset`, 'collect all layers');
-      const r: LayerReport = { layer: l.layer };
+      const r: LayerReport = { layer: l.layer, ...(l.mlp?.candidates ? { mlpCandidates: l.mlp.candidates } : {}) };
       const ms = preds.mlp.get(l.layer), hs = preds.heads.get(l.layer);
       if (ms) r.mlp = siteEval(cfg.activations, m, l.layer, ms, 'mlp', cfg.sweep, { mlpSite: readMlpSite(modelDir, m.model.config, l.layer), targetRecall });
       if (hs) r.heads = siteEval(cfg.activations, m, l.layer, hs, 'heads', cfg.sweep, { targetRecall });
@@ -271,12 +275,13 @@ export function reportTable(r: EvalReport, out: string): string {
     const m = l.mlp?.metrics, h = l.heads?.metrics;
     if (m) checkMetrics(m, `layer ${l.layer} MLP predictor (held-out)`);
     if (h) checkMetrics(h, `layer ${l.layer} head predictor (held-out)`);
-    const fam = l.mlp ? `${l.mlp.family ?? ''}${l.mlp.rank ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleLabel(l.mlp.rule)}` : ''}` : '-';
+    const fam = l.mlp ? `${l.mlp.family ?? ''}${l.mlp.rank ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleText(l.mlp.rule as SelectionRule)}` : ''}` : '-';
     lines.push(`| ${l.layer} | ${fam} | ${num(m?.recall, (v) => v.toFixed(4))} | ${num(l.mlp?.magnitudeRecall, (v) => v.toFixed(4))} | ${num(m?.precision, (v) => v.toFixed(3))} | ${num(m?.predictedDensity, pct)} | ${num(l.mlp?.exactBound?.predictedDensity, pct)} | ${num(m?.trueDensity, pct)} | ${num(l.mlp?.costShare, pct)} | ${num(h?.recall, (v) => v.toFixed(3))} | ${num(h?.predictedDensity, pct)} |`);
   }
   const a = r.averages;
   const mean = (f: (l: LayerReport) => number | undefined) => { const v = r.layers.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x)); return v.length ? v.reduce((s, x) => s + x, 0) / v.length : NaN; };
   lines.push(`| mean | | ${num(a.mlpRecall, (v) => v.toFixed(4))} | ${num(mean((l) => l.mlp?.magnitudeRecall), (v) => v.toFixed(4))} | | ${num(a.mlpPredictedDensity, pct)} | ${num(mean((l) => l.mlp?.exactBound?.predictedDensity), pct)} | ${num(a.mlpTrueDensity, pct)} | ${num(mean((l) => l.mlp?.costShare), pct)} | ${num(a.headRecall, (v) => v.toFixed(3))} | ${num(a.headDensity, pct)} |`);
+  for (const l of r.layers) if (l.mlpCandidates?.length) lines.push('', ...candidateTable(l.layer, l.mlpCandidates));
   lines.push('', 'exact bound: the density the first projection itself needs for the same recall under the same kind of rule; est. MLP cost: predictor + predicted density x dense MLP FLOPs (exact: first projection + density x second), as a share of the dense MLP');
   if (r.perplexity) {
     lines.push('', `perplexity on ${r.perplexity.tokens} held-out tokens:`, '', '| run | perplexity | vs dense |', '|---|---:|---:|');

@@ -15,6 +15,7 @@ import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
+import { candidateTable, ruleText } from '../predictors/fit-mlp.js';
 import { isUserError, UserError } from '../util/errors.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { sha256, sha256File } from '../util/fsx.js';
@@ -151,16 +152,6 @@ export function summarize(out: string, p: PredictorsManifest): StageResult {
     if (h) checkMetrics(h.validation, `layer ${l.layer} head predictor (validation)`);
     lines.push(`| ${l.layer} | ${mm ? mm.family : '-'} | ${mm ? mm.rank : '-'} | ${ruleText(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm?.costShare !== undefined ? pct(mm.costShare) : '-'} | ${ruleText(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
   }
-  for (const l of p.layers) {
-    const cs = l.mlp?.candidates;
-    if (!cs?.length) continue;
-    lines.push('', `layer ${l.layer}: MLP candidates (validation rows; cost = predictor + predicted density x dense MLP, as a share of the dense MLP)`, '',
-      '| mode | rank | rule | recall | predicted density | recall at true density | cost | chosen |', '|---|---:|---|---:|---:|---:|---:|---|');
-    for (const c of cs) lines.push(`| ${c.family} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
-  }
+  for (const l of p.layers) if (l.mlp?.candidates?.length) lines.push('', ...candidateTable(l.layer, l.mlp.candidates));
   return { text: lines.join('\n'), json: p };
-}
-
-export function ruleText(r?: { kind: string; k?: number; value?: number } | null): string {
-  return r ? (r.kind === 'topk' ? `top-${r.k}` : `>= ${r.value!.toFixed(3)}`) : '-';
 }
