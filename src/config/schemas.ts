@@ -57,6 +57,8 @@ export const trainSchema = z.strictObject({
     ranks: z.array(z.number().positive()).min(1).default([0.125, 0.25, 0.5]),
     /** closed form: divide each neuron's score by its residual std (per-neuron thresholds, free at run time) */
     normalize: z.boolean().default(true),
+    /** continue training the chosen closed form with Deja Vu's weighted BCE (0 = off); kept only when it costs less */
+    fineTune: z.strictObject({ epochs: z.number().int().min(0).default(0), lr: z.number().positive().default(1e-3) }).prefault({}),
     /** dejavu family: rank (<= 1: fraction of d), hidden activation and input */
     rank: z.number().positive().default(0.5),
     hiddenActivation: z.enum(['none', 'relu']).default('none'),

@@ -35,6 +35,8 @@ export interface MlpCandidate {
   flopShare: number;
   /** estimated MLP cost / dense MLP cost: flopShare + predicted density (exact: first projection + density × second) */
   costShare: number;
+  /** closed form fine-tuned from its start (mlp.fineTune) */
+  fineTuned?: boolean;
 }
 
 export interface MlpChoice {
@@ -50,6 +52,7 @@ export interface MlpChoice {
   host?: HostPredictor;
   hostUp?: HostPredictor;
   candidates: (MlpCandidate & { chosen: boolean })[];
+  fineTuned?: boolean;
 }
 
 /** A trained predictor offered as a candidate (Deja Vu's family). */
@@ -91,7 +94,12 @@ function calibrate(scores: Float32Array, y: Uint8Array, w: Float32Array | null, 
   return { rule: { kind: 'threshold', value }, m: c.metrics(), magnitudeRecall: w ? c.weightedRecall() : NaN, recallAtTrueDensity };
 }
 
-export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, site: MlpSite, label: LabelRule, trained: TrainedCandidate[], onRows: (n: number) => void): MlpChoice {
+/**
+ * `fineTune`, when given, continues training the chosen closed form (linear score) from its start; the result is
+ * recalibrated under the same rule and kept, as one more candidate, when it costs less.
+ */
+export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, site: MlpSite, label: LabelRule, trained: TrainedCandidate[], onRows: (n: number) => void,
+  fineTune?: (start: HostPredictor) => PredictorWeights): MlpChoice {
   const { d, F, layer } = site;
   const mc = cfg.mlp;
   const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
@@ -134,24 +142,29 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
 
   const denseFlops = mlpDenseFlops(site);
   const rules: ('topk' | 'threshold')[] = mc.rule === 'auto' ? ['threshold', 'topk'] : [mc.rule];
-  const cands: (MlpCandidate & { make: () => Pick<MlpChoice, 'host' | 'hostUp' | 'input' | 'score'> })[] = [];
-  const tryScores = (family: MlpFamily, rank: number, predFlops: number, scores: Float32Array, make: () => Pick<MlpChoice, 'host' | 'hostUp' | 'input' | 'score'>) => {
-    for (const rule of rules) {
+  type Made = Pick<MlpChoice, 'host' | 'hostUp' | 'input' | 'score'>;
+  const cands: (MlpCandidate & { make: () => Made; metrics: Metrics })[] = [];
+  const trueDensity = yv.reduce((s, v) => s + v, 0) / Math.max(1, yv.length);
+  const tryScores = (family: MlpFamily, rank: number, predFlops: number, scores: Float32Array, make: () => Made, only = rules) => {
+    for (const rule of only) {
       const c = calibrate(scores, yv, weights, nVal, F, rule, mc.targetRecall, mc.recallWeighting);
       cands.push({ family, rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity, recallAtTrueDensity: c.recallAtTrueDensity,
-        flopShare: predFlops / denseFlops, costShare: (predFlops + c.m.predictedDensity * denseFlops) / denseFlops, make, ...{ m: c.m } });
+        flopShare: predFlops / denseFlops, costShare: (predFlops + c.m.predictedDensity * denseFlops) / denseFlops, make, metrics: c.m });
     }
   };
   const scoreWith = (p: PredictorWeights, x: Float32Array, up?: PredictorWeights) => readSync(() => { const t = tf.tensor2d(x, [nVal, d]); return up ? swigluScore(p, up, t) : predictLogits(p, t); });
 
-  if (families.has('dense')) cands.push({ family: 'dense', rank: 0, rule: null, recall: 1, magnitudeRecall: 1, predictedDensity: 1, recallAtTrueDensity: NaN, flopShare: 0, costShare: 1, make: () => ({ input: 'none', score: 'linear' }) });
+  if (families.has('dense')) {
+    const metrics = { recall: 1, precision: trueDensity, f1: (2 * trueDensity) / (1 + trueDensity), predictedDensity: 1, trueDensity };
+    cands.push({ family: 'dense', rank: 0, rule: null, recall: 1, magnitudeRecall: 1, predictedDensity: 1, recallAtTrueDensity: NaN, flopShare: 0, costShare: 1, make: () => ({ input: 'none', score: 'linear' }), metrics });
+  }
   if (families.has('exact') && !swiglu) {
     // lossless: z > 0 is exactly the active set; the first projection is the "predictor" (2 d F FLOPs)
     const c = new ThresholdCounter(0);
     c.add(zUp, yv, weights);
     const met = c.metrics();
     cands.push({ family: 'exact', rank: d, rule: { kind: 'threshold', value: 0 }, recall: met.recall, magnitudeRecall: c.weightedRecall(), predictedDensity: met.predictedDensity, recallAtTrueDensity: NaN,
-      flopShare: (2 * d * F) / denseFlops, costShare: (2 * d * F * (1 + met.predictedDensity)) / denseFlops, make: () => ({ input: 'h_mlp', score: 'linear' }) });
+      flopShare: (2 * d * F) / denseFlops, costShare: (2 * d * F * (1 + met.predictedDensity)) / denseFlops, make: () => ({ input: 'h_mlp', score: 'linear' }), metrics: met });
   }
   if (families.has('closed-form')) {
     const ranks = resolveRanks(mc.ranks, d);
@@ -176,16 +189,25 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     tryScores('dejavu', t.rank, 2 * t.rank * (d + F), scoreWith(t.weights, x), () => ({ host, input: t.input, score: 'linear' }));
   }
   if (!cands.length) throw new Error(`layer ${layer}: no MLP candidate (families ${[...families].join(', ')})`);
-  let best = cands[0]!;
-  for (const c of cands) if (c.costShare < best.costShare - 1e-12) best = c;
-  const made = best.make();
-  const met = (best as unknown as { m?: Metrics }).m ?? { recall: 1, precision: best.predictedDensity ? 1 : 0, f1: 1, predictedDensity: best.predictedDensity, trueDensity: NaN };
-  const trueDensity = yv.reduce((s, v) => s + v, 0) / Math.max(1, yv.length);
+  const cheapest = () => cands.reduce((b, c) => (c.costShare < b.costShare - 1e-12 ? c : b), cands[0]!);
+  let best = cheapest();
+  if (fineTune && best.family === 'closed-form' && !swiglu) {
+    // start from the normalized scores times 1.7 (a z-score as a logistic logit), a monotone change the rule absorbs
+    const h0 = best.make().host!;
+    const tuned = fineTune({ ...h0, fc2Weight: h0.fc2Weight.map((v) => v * 1.7), fc2Bias: h0.fc2Bias.map((v) => v * 1.7) });
+    try {
+      const host = toHost(tuned);
+      const n0 = cands.length;
+      tryScores('closed-form', best.rank, best.flopShare * denseFlops, scoreWith(tuned, hv), () => ({ host, input: 'h_mlp', score: 'linear' }), [best.rule!.kind as 'topk' | 'threshold']);
+      for (const c of cands.slice(n0)) c.fineTuned = true;
+    } finally { disposePredictor(tuned); }
+    best = cheapest();
+  }
   return {
-    family: best.family, rank: best.rank, rule: best.rule, ...made,
-    validation: { ...met, trueDensity, magnitudeRecall: best.magnitudeRecall },
+    family: best.family, rank: best.rank, rule: best.rule, ...best.make(), ...(best.fineTuned ? { fineTuned: true } : {}),
+    validation: { ...best.metrics, magnitudeRecall: best.magnitudeRecall },
     flopShare: best.flopShare, costShare: best.costShare,
-    candidates: cands.map((c) => { const { make: _m, m: _x, ...rest } = c as typeof c & { m?: Metrics }; return { ...rest, chosen: c === best }; }),
+    candidates: cands.map((c) => { const { make: _m, metrics: _x, ...rest } = c; return { ...rest, chosen: c === best }; }),
   };
 }
 
@@ -199,6 +221,6 @@ export function ruleText(r?: { kind: string; k?: number; value?: number } | null
 export function candidateTable(layer: number, cs: (MlpCandidate & { chosen: boolean })[]): string[] {
   const lines = [`layer ${layer}: MLP candidates (validation rows; cost = predictor + predicted density x dense MLP, as a share of the dense MLP)`, '',
     '| mode | rank | rule | recall | predicted density | recall at true density | cost | chosen |', '|---|---:|---|---:|---:|---:|---:|---|'];
-  for (const c of cs) lines.push(`| ${c.family} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
+  for (const c of cs) lines.push(`| ${c.family}${c.fineTuned ? ' + fine-tune' : ''} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
   return lines;
 }

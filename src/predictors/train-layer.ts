@@ -126,17 +126,22 @@ function thresholdMetrics(p: PredictorWeights, dir: string, m: ActivationsManife
   return c.metrics();
 }
 
+/** A fine-tune instead of a fresh start: initial weights, epochs and learning rate (the rest from cfg.optim). */
+interface FineTune { init: HostPredictor; epochs: number; lr: number }
+
 function trainSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, spec: SiteSpec, labelLayer: number, rank: number, seed: number,
-  log: (e: Record<string, unknown>) => void, tick: (n: number) => void): { p: PredictorWeights; epochs: number; samples: number } {
+  log: (e: Record<string, unknown>) => void, tick: (n: number) => void, ft?: FineTune): { p: PredictorWeights; epochs: number; samples: number } {
   const d = m.dims.hidden;
   const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
-  let p = initPredictor(d, rank, spec.width, spec.hidden, seed);
+  let p = ft ? fromHost(ft.init) : initPredictor(d, rank, spec.width, spec.hidden, seed);
   const adam = newAdam(p);
   const rnd = mulberry32(seed);
   const negWeight = spec.positiveRate / Math.max(1e-6, 1 - spec.positiveRate);
+  const lr = ft?.lr ?? cfg.optim.lr, maxEpochs = ft?.epochs ?? cfg.optim.epochs;
   let best: HostPredictor | null = null, bestScore = -1, since = 0, epochs = 0, samples = 0;
+  if (ft) { best = ft.init; bestScore = validate(p, dir, m, spec, labelLayer, valEvery, false).hist.recallCurve()[Math.min(spec.width, spec.kRef)]!; } // never worse than the start
   try {
-    for (let epoch = 0; epoch < cfg.optim.epochs; epoch++) {
+    for (let epoch = 0; epoch < maxEpochs; epoch++) {
       let seen = 0, lossSum = 0, lossN = 0, steps = 0;
       for (const s of shuffle(Array.from({ length: m.shards }, (_, i) => i), rnd)) {
         if (cfg.maxSamples && seen >= cfg.maxSamples) break;
@@ -151,7 +156,7 @@ function trainSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, spec: 
           const xt = tf.tensor2d(xb, [idx.length, d]), yt = tf.tensor2d(yb, [idx.length, spec.width]);
           const wantLoss = steps % 10 === 0; // the loss is only logged: compute it on every 10th step
           try {
-            const l = trainStep(p, adam, xt, yt, { lr: cfg.optim.lr, weightDecay: cfg.optim.weightDecay, negWeight, wantLoss, positives });
+            const l = trainStep(p, adam, xt, yt, { lr, weightDecay: ft ? 0 : cfg.optim.weightDecay, negWeight, wantLoss, positives });
             if (wantLoss) { lossSum += l; lossN++; }
           } finally { xt.dispose(); yt.dispose(); }
           steps++; seen += idx.length; tick(idx.length);
@@ -162,7 +167,7 @@ function trainSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, spec: 
       epochs++;
       const { hist } = validate(p, dir, m, spec, labelLayer, valEvery, false);
       const score = hist.recallCurve()[Math.min(spec.width, spec.kRef)]!;
-      log({ site: spec.site, rank, epoch, loss: lossSum / Math.max(1, lossN), valRecallAtKRef: score, kRef: spec.kRef, samples: seen });
+      log({ site: spec.site, rank, epoch, ...(ft ? { fineTune: true } : {}), loss: lossSum / Math.max(1, lossN), valRecallAtKRef: score, kRef: spec.kRef, samples: seen });
       if (score > bestScore + 1e-5) { bestScore = score; best = toHost(p); since = 0; } else if (++since >= cfg.optim.patience) break;
     }
   } finally {
@@ -222,14 +227,20 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
     }
     let choice: MlpChoice;
     try {
-      choice = fitMlpSite(dir, m, cfg, site, label, trained, tick);
+      const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
+      // fine-tune of the chosen closed form: Deja Vu's weighted BCE from the closed-form start, on h (mlp.fineTune)
+      const fineTune = cfg.mlp.fineTune.epochs > 0 ? (host: HostPredictor) => trainSite(dir, m, cfg, {
+        site: 'mlp', width: mc.ffn, inputLayer: layer, inputField: 'h_mlp', label, rank: host.r, hidden: 'none', targetRecall: cfg.mlp.targetRecall, rule: 'topk',
+        kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate, toInput: (x: Float32Array, n: number) => mlpInput(site, x, n),
+      }, layer, host.r, cfg.seed * 1000 + layer * 2, push, tick, { init: host, epochs: cfg.mlp.fineTune.epochs, lr: cfg.mlp.fineTune.lr }) : undefined;
+      choice = fitMlpSite(dir, m, cfg, site, label, trained, tick, fineTune && ((h) => { const r = fineTune(h); epochs = r.epochs; return r.p; }));
     } finally {
       for (const t of trained) disposePredictor(t.weights);
     }
     res.mlp = {
       ...(choice.host ? { host: choice.host } : {}), ...(choice.hostUp ? { hostUp: choice.hostUp } : {}),
       family: choice.family, score: choice.score, input: choice.input, label, rule: choice.rule, validation: choice.validation,
-      flopShare: choice.flopShare, costShare: choice.costShare, rank: choice.rank, epochs: choice.family === 'dejavu' ? epochs : 0, candidates: choice.candidates,
+      flopShare: choice.flopShare, costShare: choice.costShare, rank: choice.rank, epochs: choice.family === 'dejavu' || choice.fineTuned ? epochs : 0, candidates: choice.candidates,
     };
     for (const c of choice.candidates) push({ site: 'mlp', candidate: c });
     push({ site: 'mlp', chosen: { family: choice.family, rank: choice.rank, rule: choice.rule }, validation: res.mlp.validation });
