@@ -235,4 +235,18 @@ describe('cost-aware choice per layer (train-predictors end to end)', () => {
       }
     }
   });
+
+  it('fine-tuning the chosen closed form adds a candidate under the same rule, kept only when it costs less', async () => {
+    const pm = await train(path.join(TMP, 'p3'), { families: ['closed-form'], ranks: [0.25], rule: 'threshold', fineTune: { epochs: 1 } });
+    for (const l of pm.layers) {
+      const cs = l.mlp!.candidates!;
+      const tuned = cs.filter((c) => c.fineTuned), plain = cs.filter((c) => !c.fineTuned);
+      expect(tuned.length).toBe(1);
+      expect(plain.length).toBe(1);
+      expect(tuned[0]!.rule!.kind).toBe('threshold');
+      expect(tuned[0]!.recall).toBeGreaterThanOrEqual(0.99);
+      const chosen = cs.find((c) => c.chosen)!;
+      expect(chosen.costShare).toBe(Math.min(tuned[0]!.costShare, plain[0]!.costShare));
+    }
+  });
 });
