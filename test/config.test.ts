@@ -100,6 +100,13 @@ describe('validation: one error lists every problem with its dotted path and rec
     expect(e.hint).toMatch(/--set/);
   });
 
+  it('several unknown keys count as several problems (the count matches the listed lines)', () => {
+    const e = userError(() => validateConfig(trainSchema, { activations: 'a', out: 'o', workdir: 'w', data: {}, collect: {} }, 'train-predictors'));
+    const listed = e.message.split('\n').filter((l) => l.startsWith('  - ')).length;
+    expect(listed).toBe(3);
+    expect(e.message).toMatch(/\(3 problems\)/);
+  });
+
   it('nested paths: train.mlp / optim problems are reported with dotted paths', () => {
     const e = userError(() => validateConfig(trainSchema, {
       activations: 'a', out: 'o', mlp: { rnak: 5, targetRecall: 1.5, ranks: [] }, optim: { lr: 0 },

@@ -69,16 +69,16 @@ export interface ValidateStyle { label?: (dotted: string) => string; title?: str
 export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what: string, style: ValidateStyle = {}): z.infer<S> {
   const r = schema.safeParse(input);
   if (r.success) return r.data;
-  const lines = r.error.issues.map((iss) => {
+  const lines = r.error.issues.flatMap((iss): string[] => {
     const dotted = iss.path.map(String).join('.');
     const p = dotted ? (style.label ? style.label(dotted) : dotted) : '(top level)';
     if (iss.code === 'unrecognized_keys') {
       const at = iss.path.length ? `${p}.` : '';
-      return iss.keys.map((k) => `${at}${k}: unknown key; received ${describeReceived(input, [...iss.path, k])} (check the spelling against the documented keys)`).join('\n  - ');
+      return iss.keys.map((k) => `${at}${k}: unknown key; received ${describeReceived(input, [...iss.path, k])} (check the spelling against the documented keys)`);
     }
     const received = describeReceived(input, iss.path);
-    if (received === 'nothing' && iss.code === 'invalid_type') return `${p}: required but missing (${iss.message})`;
-    return `${p}: ${iss.message}; received ${received}`;
+    if (received === 'nothing' && iss.code === 'invalid_type') return [`${p}: required but missing (${iss.message})`];
+    return [`${p}: ${iss.message}; received ${received}`];
   });
   throw new UserError(`invalid ${style.title ?? `${what} config`} (${lines.length} problem${lines.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`,
     style.hint ?? 'fix the YAML file or the --set/flag values; every key is documented in README.md and configs/');
