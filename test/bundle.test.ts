@@ -106,8 +106,9 @@ describe('export-bundle + verify-bundle', () => {
         expect(b.label).toEqual(e.label);
         expect(b.input).toBe(e.input);
         expect(b.expected).toEqual({ recall: e.validation.recall, precision: e.validation.precision, predictedDensity: e.validation.predictedDensity, trueDensity: e.validation.trueDensity, source: 'validation' });
+        expect(b.tensors).not.toBeNull();
         for (const [key, suffix] of [['fc1Weight', 'fc1.weight'], ['fc1Bias', 'fc1.bias'], ['fc2Weight', 'fc2.weight'], ['fc2Bias', 'fc2.bias']] as const) {
-          const ref = b.tensors[key];
+          const ref = b.tensors![key];
           expect(ref.name).toBe(`layers.${l.layer}.${site}.${suffix}`);
           expect(bst.tensors.get(ref.name)!.dtype).toBe('F16');
           expect(bst.tensors.get(ref.name)!.shape).toEqual(pst.tensors.get(`${site}.${suffix}`)!.shape);

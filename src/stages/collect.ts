@@ -5,8 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { StageResult } from '../cli/commands.js';
-import { VERSION } from '../cli/program.js';
+import type { StageResult } from './types.js';
+import { VERSION } from '../version.js';
 import type { CollectConfig } from '../config/schemas.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { StageResult } from '../cli/commands.js';
+import type { StageResult } from './types.js';
 import { collectSchema, evaluateSchema, exportSchema, trainSchema, type PipelineConfig } from '../config/schemas.js';
 import { verifyBundle } from '../bundle/bundle.js';
 import { sha256File, writeFileAtomic } from '../util/fsx.js';
