@@ -1,4 +1,8 @@
-/** One strict schema per command. Keys are documented in README.md; every YAML in configs/ is validated by a test. */
+/**
+ * One strict schema per command. Keys are documented in README.md; every YAML in configs/ is validated by a test.
+ * A core module (README "Architecture"): the CLI and the stages resolve configs with it, and the predictor training
+ * takes its `TrainConfig`; it imports only the backend list and util.
+ */
 import { z } from 'zod';
 import { BACKEND_PREFERENCES } from '../backend.js';
 

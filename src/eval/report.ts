@@ -11,7 +11,12 @@ import { parseArtifact, readJson } from '../util/json-artifact.js';
 
 const rate = z.number().min(0).max(1);
 export const metricsSchema = z.looseObject({ recall: rate, precision: rate, f1: rate, predictedDensity: rate, trueDensity: rate });
-const site = z.looseObject({ rule: z.unknown(), metrics: metricsSchema, sweep: z.array(z.looseObject({ k: z.number(), recall: rate, precision: rate, predictedDensity: rate })) });
+const site = z.looseObject({
+  rule: z.unknown(), metrics: metricsSchema, sweep: z.array(z.looseObject({ k: z.number(), recall: rate, precision: rate, predictedDensity: rate })),
+  /** MLP sites: the exact predictor's bound under the same rule, and its top-k sweep */
+  exactBound: z.looseObject({ predictedDensity: rate }).optional(),
+  exactSweep: z.array(z.looseObject({ fraction: rate, k: z.number(), recall: rate })).optional(),
+});
 
 export const evalReportSchema = z.looseObject({
   kind: z.literal('dejavu-evaluation'),

@@ -10,6 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
 import { describeFsError, fsUserError, UserError } from './errors.js';
 import { writeFileAtomic, writeJsonAtomic } from './fsx.js';
 
@@ -44,10 +45,13 @@ function listFiles(dir: string): string[] {
     .filter((e) => !e.isDirectory()).map((e) => path.relative(dir, path.join(e.parentPath, e.name)).split(path.sep).join('/'));
 }
 
+/** the marker as read back; anything else (unreadable, not JSON, another shape) is no marker */
+const markerSchema = z.looseObject({ tool: z.literal('dejavu'), kind: z.string(), identity: z.string().optional() });
+
 export function readMarker(dir: string): Marker | null {
   try {
-    const m = JSON.parse(fs.readFileSync(path.join(dir, MARKER), 'utf8')) as Marker;
-    return m?.tool === 'dejavu' && typeof m.kind === 'string' ? m : null;
+    const m: unknown = JSON.parse(fs.readFileSync(path.join(dir, MARKER), 'utf8'));
+    return markerSchema.safeParse(m).success ? (m as Marker) : null;
   } catch { return null; }
 }
 
