@@ -26,7 +26,14 @@ export const PREDICTOR = 'predictor';
 export const EXACT = 'exact (bound)';
 
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
-const CONFIG = { font: 'sans-serif', title: { fontSize: 15, anchor: 'start' as const, offset: 12 }, axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#e6e6e6' }, legend: { labelFontSize: 11, titleFontSize: 12, labelLimit: 320, symbolType: 'stroke', symbolSize: 400, symbolStrokeWidth: 2 }, view: { stroke: null } };
+const CONFIG = {
+  font: 'sans-serif',
+  title: { fontSize: 15, anchor: 'start' as const, offset: 12 },
+  axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#e6e6e6' },
+  legend: { labelFontSize: 11, titleFontSize: 12, labelLimit: 320, symbolType: 'stroke', symbolSize: 400, symbolStrokeWidth: 2 },
+  view: { stroke: null },
+};
+const percentAxis = { format: '.0%', tickCount: 10 };
 const layerName = (l: number) => `layer ${l}`;
 
 export function recallVsDensitySpec(r: PlotReport): TopLevelSpec {
@@ -41,18 +48,23 @@ export function recallVsDensitySpec(r: PlotReport): TopLevelSpec {
   }
   const order = layers.map((l) => layerName(l.layer));
   const color = { field: 'layer', type: 'nominal' as const, title: 'layer', sort: order, scale: { scheme: 'category10' } };
-  const x = { field: 'density', type: 'quantitative' as const, title: 'density (fraction of MLP neurons computed)', scale: { domain: [0, 1] }, axis: { format: '.0%', tickCount: 10 } };
-  const y = { field: 'recall', type: 'quantitative' as const, title: 'recall (fraction of active neurons kept)', scale: { domain: [0, 1] }, axis: { format: '.0%', tickCount: 10 } };
+  const x = { field: 'density', type: 'quantitative' as const, title: 'density (fraction of MLP neurons computed)', scale: { domain: [0, 1] }, axis: percentAxis };
+  const y = { field: 'recall', type: 'quantitative' as const, title: 'recall (fraction of active neurons kept)', scale: { domain: [0, 1] }, axis: percentAxis };
   return {
     $schema: SCHEMA, config: CONFIG, width: 560, height: 380,
-    title: { text: 'MLP neurons: held-out recall vs density (top-k sweep)', subtitle: 'solid: the layer\'s predictor; dashed: the exact predictor (bound); dot: the calibrated rule' },
+    title: {
+      text: 'MLP neurons: held-out recall vs density (top-k sweep)',
+      subtitle: 'solid: the layer\'s predictor; dashed: the exact predictor (bound); dot: the calibrated rule',
+    },
     layer: [
       {
         data: { values: rows },
         mark: { type: 'line', strokeWidth: 2, point: false },
         encoding: {
           x, y, color, detail: { field: 'family', type: 'nominal' },
-          strokeDash: { field: 'family', type: 'nominal', title: 'family', sort: [PREDICTOR, EXACT], scale: { domain: [PREDICTOR, EXACT], range: [[1, 0], [6, 4]] } },
+          strokeDash: {
+            field: 'family', type: 'nominal', title: 'family', sort: [PREDICTOR, EXACT], scale: { domain: [PREDICTOR, EXACT], range: [[1, 0], [6, 4]] },
+          },
         },
       },
       {
@@ -76,10 +88,13 @@ export function perplexityVsDensitySpec(r: PlotReport): TopLevelSpec | null {
   const series = ['predicted MLP sparsity', 'oracle MLP sparsity', 'dense'];
   return {
     $schema: SCHEMA, config: CONFIG, width: 560, height: 340, data: { values: rows },
-    title: { text: 'Perplexity vs mean MLP density (held-out)', subtitle: `per-layer k scaled from the calibrated ones; heads dense; dense perplexity ${dense.toFixed(3)}` },
+    title: {
+      text: 'Perplexity vs mean MLP density (held-out)',
+      subtitle: `per-layer k scaled from the calibrated ones; heads dense; dense perplexity ${dense.toFixed(3)}`,
+    },
     mark: { type: 'line', strokeWidth: 2, point: true },
     encoding: {
-      x: { field: 'density', type: 'quantitative', title: 'mean MLP density (fraction of neurons computed)', scale: { domain: [0, 1] }, axis: { format: '.0%', tickCount: 10 } },
+      x: { field: 'density', type: 'quantitative', title: 'mean MLP density (fraction of neurons computed)', scale: { domain: [0, 1] }, axis: percentAxis },
       y: { field: 'perplexity', type: 'quantitative', title: 'perplexity', scale: { zero: false } },
       color: { field: 'series', type: 'nominal', title: 'run', sort: series, scale: { domain: series, range: ['#1f77b4', '#ff7f0e', '#333333'] } },
       strokeDash: { field: 'series', type: 'nominal', title: 'run', sort: series, scale: { domain: series, range: [[1, 0], [6, 4], [2, 2]] } },
@@ -91,19 +106,24 @@ export function densitiesSpec(r: PlotReport): TopLevelSpec {
   const rows: { layer: number; series: string; density: number }[] = [];
   for (const l of r.layers) {
     if (!l.mlp) continue;
-    rows.push({ layer: l.layer, series: 'true', density: l.mlp.metrics.trueDensity }, { layer: l.layer, series: 'predicted', density: l.mlp.metrics.predictedDensity });
+    rows.push({ layer: l.layer, series: 'true', density: l.mlp.metrics.trueDensity });
+    rows.push({ layer: l.layer, series: 'predicted', density: l.mlp.metrics.predictedDensity });
     if (l.mlp.exactBound) rows.push({ layer: l.layer, series: EXACT, density: l.mlp.exactBound.predictedDensity });
   }
   const series = ['true', 'predicted', ...(rows.some((x) => x.series === EXACT) ? [EXACT] : [])];
+  const n = series.length;
   return {
     $schema: SCHEMA, config: CONFIG, width: 560, height: 320, data: { values: rows },
-    title: { text: 'MLP density per layer: true vs predicted', subtitle: ['predicted: at the calibrated rule;', 'exact (bound): what the first projection itself needs for the same recall'] },
+    title: {
+      text: 'MLP density per layer: true vs predicted',
+      subtitle: ['predicted: at the calibrated rule;', 'exact (bound): what the first projection itself needs for the same recall'],
+    },
     mark: { type: 'line', strokeWidth: 2, point: true },
     encoding: {
       x: { field: 'layer', type: 'quantitative', title: 'layer', axis: { tickMinStep: 1, format: 'd' } },
-      y: { field: 'density', type: 'quantitative', title: 'MLP density (fraction of neurons)', scale: { domainMin: 0 }, axis: { format: '.0%' } },
-      color: { field: 'series', type: 'nominal', title: 'density', sort: series, scale: { domain: series, range: ['#2ca02c', '#1f77b4', '#7f7f7f'].slice(0, series.length) } },
-      strokeDash: { field: 'series', type: 'nominal', title: 'density', sort: series, scale: { domain: series, range: [[1, 0], [6, 4], [2, 2]].slice(0, series.length) } },
+      y: { field: 'density', type: 'quantitative', title: 'MLP density (fraction of neurons)', scale: { zero: true, nice: true }, axis: { format: '.0%' } },
+      color: { field: 'series', type: 'nominal', title: 'density', sort: series, scale: { domain: series, range: ['#2ca02c', '#1f77b4', '#7f7f7f'].slice(0, n) } },
+      strokeDash: { field: 'series', type: 'nominal', title: 'density', sort: series, scale: { domain: series, range: [[1, 0], [6, 4], [2, 2]].slice(0, n) } },
     },
   };
 }

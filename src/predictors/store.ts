@@ -116,7 +116,13 @@ export const predictorsManifestSchema = z.looseObject({
   activations: z.looseObject({ dir: z.string(), manifestSha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected a sha256 (64 hex digits)'), tokens: nat }),
   model: z.looseObject({ fingerprint: fingerprintSchema, config: modelConfigSchema }),
   training: z.looseObject({ seconds: z.number().nonnegative(), workers: nat, samplesPerSecond: z.number().nonnegative() }),
-  layers: z.array(z.looseObject({ layer: nat, file: z.string().regex(/^[^/\\]+\.safetensors$/, 'expected a file name in the predictors folder'), seconds: z.number().nonnegative(), mlp: predictorEntrySchema.optional(), heads: predictorEntrySchema.optional() })),
+  layers: z.array(z.looseObject({
+    layer: nat,
+    file: z.string().regex(/^[^/\\]+\.safetensors$/, 'expected a file name in the predictors folder'),
+    seconds: z.number().nonnegative(),
+    mlp: predictorEntrySchema.optional(),
+    heads: predictorEntrySchema.optional(),
+  })),
 });
 
 const RETRAIN = 're-run train-predictors';
