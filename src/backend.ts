@@ -8,15 +8,17 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { UserError } from './util/errors.js';
 
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+/** The one backend list, in `auto`'s order of preference (config schema, --backend flag and selection use it). */
+export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
 export type BackendPreference = 'auto' | BackendName;
-export const BACKEND_PREFERENCES: readonly BackendPreference[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
+export const BACKEND_PREFERENCES = ['auto', ...BACKEND_NAMES] as const satisfies readonly BackendPreference[];
 
 export interface BackendProbe {
   /** try to make the tensorflow backend available; returns the package that provided it, or null */
   tensorflow(): Promise<string | null>;
   /** whether a backend of that name initializes */
-  init(name: 'wasm' | 'cpu' | 'tensorflow'): Promise<boolean>;
+  init(name: BackendName): Promise<boolean>;
 }
 
 export interface BackendChoice {
@@ -52,7 +54,7 @@ const defaultProbe: BackendProbe = {
  */
 export async function selectBackend(pref: BackendPreference = 'auto', probe: BackendProbe = defaultProbe): Promise<BackendChoice> {
   const tried: string[] = [];
-  const order: BackendName[] = pref === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [pref];
+  const order: readonly BackendName[] = pref === 'auto' ? BACKEND_NAMES : [pref];
   for (const name of order) {
     if (name === 'tensorflow') {
       const pkg = await probe.tensorflow();

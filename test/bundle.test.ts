@@ -106,6 +106,7 @@ describe('export-bundle + verify-bundle', () => {
         expect(b.label).toEqual(e.label);
         expect(b.input).toBe(e.input);
         expect(b.expected).toEqual({ recall: e.validation.recall, precision: e.validation.precision, predictedDensity: e.validation.predictedDensity, trueDensity: e.validation.trueDensity, source: 'validation' });
+        expect(b.tensors).not.toBeNull();
         for (const [key, suffix] of [['fc1Weight', 'fc1.weight'], ['fc1Bias', 'fc1.bias'], ['fc2Weight', 'fc2.weight'], ['fc2Bias', 'fc2.bias']] as const) {
           const ref = b.tensors![key];
           expect(ref.name).toBe(`layers.${l.layer}.${site}.${suffix}`);
@@ -186,7 +187,7 @@ describe('export-bundle with an evaluate-recall report', () => {
     const good = JSON.parse(fs.readFileSync(path.join(rep, 'report.json'), 'utf8'));
     const cases: [string, string, RegExp][] = [
       ['truncated', JSON.stringify(good).slice(0, 100), /report\.json is not valid JSON/],
-      ['layers not a list', JSON.stringify({ ...good, layers: 5 }), /report\.json is not a valid evaluate-recall report:\n  - layers: /],
+      ['layers not a list', JSON.stringify({ ...good, layers: 5 }), /report\.json is not a valid evaluate-recall report \(1 problem\):\n  - layers: /],
       ['recall above 1', JSON.stringify({ ...good, layers: [{ ...good.layers[0], mlp: { ...good.layers[0].mlp, metrics: { ...good.layers[0].mlp.metrics, recall: 1.5 } } }] }), /layers\.0\.mlp\.metrics\.recall: /],
       ['no content hash (old report)', JSON.stringify({ ...good, predictorsSha256: undefined }), /was written by an older dejavu: it does not record which predictors it evaluated/],
     ];
@@ -408,8 +409,8 @@ describe('tampered bundles are rejected (verify-bundle exit code 2)', () => {
 
 describe('docs/bundle.schema.json', () => {
   const file = path.join(REPO, 'docs', 'bundle.schema.json');
-  const exists = fs.existsSync(file);
-  it.skipIf(!exists)(`deep-equals bundleJsonSchema()${exists ? '' : ' (SKIPPED: docs/bundle.schema.json does not exist yet)'}`, () => {
+  it('exists (README and docs/bundle.md link it) and deep-equals bundleJsonSchema() (regenerate: npm run build && npm run schema:bundle)', () => {
+    expect(fs.existsSync(file), `${file} is missing`).toBe(true);
     expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual(JSON.parse(JSON.stringify(bundleJsonSchema())));
   });
 });

@@ -24,7 +24,6 @@ function peakRss(tokens: number, out: string): number {
 
 describe('collect-activations memory', () => {
   it('peak RSS does not grow with the number of tokens (doubling tokens moves it by < 10%)', () => {
-    if (!fs.existsSync(path.join(REPO, 'dist', 'stages', 'collect.js'))) spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO });
     const tmp = tmpDir();
     const a = peakRss(12_288, path.join(tmp, 'a'));
     const b = peakRss(24_576, path.join(tmp, 'b'));

@@ -112,30 +112,41 @@ describe('collect-activations', () => {
   });
 
   it('after kill -9 the same command resumes and the dataset equals an uninterrupted run', async () => {
-    if (!fs.existsSync(path.join(REPO, 'dist', 'cli', 'main.js'))) spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO });
     const tmp = tmpDir();
     const data = path.join(tmp, 'd.jsonl');
     writeJsonl(data, sampleText(150));
     const model = path.join(FIXTURES, 'opt-tiny-ref');
     const args = (out: string) => [BIN, 'collect-activations', '--model', model, '--data', data, '--out', out, '--seq-len', '32', '--batch-size', '1', '--set', 'rowsPerShard=64', '--backend', 'wasm', '--quiet'];
     const full = path.join(tmp, 'full');
-    const r = spawnSync('node', args(full), { encoding: 'utf8' });
+    const r = spawnSync('node', args(full), { encoding: 'utf8', timeout: 60_000 });
     expect(r.status, r.stderr).toBe(0);
     const killed = path.join(tmp, 'killed');
     const child = spawn('node', args(killed), { stdio: 'ignore' });
+    // listen for the exit before anything else, so an early exit cannot be missed (that wait used to hang)
+    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
     const progress = path.join(killed, 'progress.json');
-    await new Promise<void>((resolve, reject) => {
-      const t = setInterval(() => {
-        try {
-          if (fs.existsSync(progress) && JSON.parse(fs.readFileSync(progress, 'utf8')).shardsDone >= 3) { child.kill('SIGKILL'); clearInterval(t); resolve(); }
-        } catch { /* being renamed */ }
-      }, 2);
-      child.on('exit', () => { clearInterval(t); resolve(); });
-      setTimeout(() => reject(new Error('timeout')), 60_000);
-    });
-    await new Promise((res) => child.on('exit', res).emit('noop'));
+    let timer: NodeJS.Timeout | undefined, poll: NodeJS.Timeout | undefined;
+    try {
+      const outcome = await Promise.race([
+        new Promise<'killed'>((res) => {
+          poll = setInterval(() => {
+            try {
+              if (fs.existsSync(progress) && JSON.parse(fs.readFileSync(progress, 'utf8')).shardsDone >= 3) { clearInterval(poll); child.kill('SIGKILL'); res('killed'); }
+            } catch { /* being renamed */ }
+          }, 2);
+        }),
+        exited.then((code) => `exited by itself (code ${code}) before 3 shards were done` as const),
+        new Promise<'timeout'>((res) => { timer = setTimeout(() => res('timeout'), 60_000); }),
+      ]);
+      expect(outcome).toBe('killed');
+      await Promise.race([exited, new Promise((_, rej) => setTimeout(() => rej(new Error('the killed child did not exit within 10 s')), 10_000))]);
+    } finally {
+      clearInterval(poll);
+      clearTimeout(timer);
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
     expect(readManifest(killed, false).status).toBe('in-progress'); // it really was interrupted
-    const r2 = spawnSync('node', args(killed), { encoding: 'utf8' });
+    const r2 = spawnSync('node', args(killed), { encoding: 'utf8', timeout: 60_000 });
     expect(r2.status, r2.stderr).toBe(0);
     const a = readManifest(full), b = readManifest(killed);
     expect(b.tokens).toBe(a.tokens);

@@ -236,7 +236,7 @@ describe('evaluate-recall end to end', () => {
     expect(fs.existsSync(path.join(TMP, 'rep-x2', 'report.json'))).toBe(false);
   });
 
-  it('writes report.json, report.md and SVG plots with one polyline per layer', () => {
+  it('writes report.json, report.md and SVG plots: per layer the predictor\'s sweep and the exact bound, axis titles, legends', () => {
     const dir = path.join(TMP, 'rep');
     const json = JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8'));
     expect(json).toEqual(JSON.parse(JSON.stringify(report)));
@@ -246,20 +246,36 @@ describe('evaluate-recall end to end', () => {
     expect(md).toContain('![densities](densities.svg)');
     for (const l of report.layers) expect(md).toContain(`| ${l.layer} | ${l.mlp!.metrics.recall.toFixed(4)} |`);
     expect(md).toContain(`| dense | ${report.perplexity!.runs.dense!.toFixed(3)} |`);
+    /** the line series of a vega SVG: aria label (fields of the first point) and the number of points */
+    const series = (svg: string) => [...svg.matchAll(/<g class="mark-line role-mark[^"]*"[^>]*><path aria-label="([^"]*)"[^>]* d="([^"]*)"/g)]
+      .map((m) => ({ label: m[1]!, points: m[2]!.split(/[ML]/).filter((p) => p.trim()).length }));
     const svg = fs.readFileSync(path.join(dir, 'recall-vs-density.svg'), 'utf8');
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
-    const lines = [...svg.matchAll(/<polyline [^>]*points="([^"]*)"/g)].map((m) => m[1]!.trim().split(/\s+/));
-    expect(lines.length).toBe(report.layers.length);
-    for (const [i, l] of report.layers.entries()) {
+    for (const t of ['density (fraction of MLP neurons computed)', 'recall (fraction of active neurons kept)', 'layer', 'family', 'predictor', 'exact (bound)']) expect(svg).toContain(`>${t}</text>`);
+    const rs = series(svg);
+    expect(rs.length).toBe(2 * report.layers.length); // the predictor's sweep and the exact predictor's, per layer
+    for (const l of report.layers) {
       expect(svg).toContain(`>layer ${l.layer}</text>`);
-      expect(lines[i]!.length).toBe(l.mlp!.sweep.length);
-      for (const pt of lines[i]!) expect(pt).toMatch(/^-?\d+(\.\d+)?,-?\d+(\.\d+)?$/);
+      const pred = rs.filter((x) => x.label.includes(`layer: layer ${l.layer}; family: predictor`));
+      const exact = rs.filter((x) => x.label.includes(`layer: layer ${l.layer}; family: exact (bound)`));
+      expect(pred.map((x) => x.points)).toEqual([l.mlp!.sweep.length]);
+      expect(exact.map((x) => x.points)).toEqual([l.mlp!.exactSweep!.length]);
     }
     const dens = fs.readFileSync(path.join(dir, 'densities.svg'), 'utf8');
-    const dl = [...dens.matchAll(/<polyline [^>]*points="([^"]*)"/g)];
-    expect(dl.length).toBe(2); // true and predicted
-    for (const m of dl) expect(m[1]!.trim().split(/\s+/).length).toBe(report.layers.length);
-    expect(dens).toContain('stroke-dasharray');
+    const ds = series(dens);
+    expect(ds.length).toBe(3); // true, predicted and the exact bound
+    for (const x of ds) expect(x.points).toBe(report.layers.length);
+    for (const t of ['layer', 'MLP density (fraction of neurons)', 'true', 'predicted', 'exact (bound)']) expect(dens).toContain(`>${t}</text>`);
+    expect(dens).toContain('stroke-dasharray="6,4"');
+    const dc = report.perplexity!.densityCurve;
+    expect(dc.length).toBeGreaterThan(0);
+    expect(md).toContain('![perplexity vs density](perplexity-vs-density.svg)');
+    const ppl = fs.readFileSync(path.join(dir, 'perplexity-vs-density.svg'), 'utf8');
+    const ps = series(ppl);
+    expect(ps.map((x) => x.points)).toEqual([dc.length, dc.length, 2]); // predicted, oracle, and the dense line across
+    expect(ps.map((x) => x.label.split('; ').at(-1))).toEqual(['run: predicted MLP sparsity', 'run: oracle MLP sparsity', 'run: dense']);
+    for (const t of ['mean MLP density (fraction of neurons computed)', 'perplexity', 'run', 'dense', 'oracle MLP sparsity', 'predicted MLP sparsity']) expect(ppl).toContain(`>${t}</text>`);
   });
+
 });

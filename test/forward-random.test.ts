@@ -69,13 +69,6 @@ function rows(t: tf.Tensor, b: number, t0: number, n: number): Float32Array {
   return (t.dataSync() as Float32Array).slice((b * T + t0) * X, (b * T + t0 + n) * X);
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
 /** every output kind of `a` row (b, offset) vs `ref` row (rb, 0) over n tokens: max relative Frobenius error */
 function compareOutputs(a: ForwardOutput, b: number, t0: number, ref: ForwardOutput, rb: number, n: number, L: number): Record<string, number> {
   const errs: Record<string, number> = {};

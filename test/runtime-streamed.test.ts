@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
 import { loadModel } from '../src/model/model.js';
 import { generate } from '../src/runtime/generate.js';
-import { liveArenaBytes } from '../src/runtime/wasm/kernels.js';
+import { liveArenaBytes } from '../src/model/kernels/wasm/kernels.js';
 import type { SparsityHooks } from '../src/model/forward.js';
 
 

@@ -1,9 +1,11 @@
 /** An activation dataset folder: manifest.json + summary.json + layer-LL/shard-SSSSS.arrow. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
 import { UserError } from '../util/errors.js';
-import type { Fingerprint } from '../checkpoint/checkpoint.js';
-import type { ModelConfig } from '../model/config.js';
+import { fingerprintSchema, type Fingerprint } from '../checkpoint/checkpoint.js';
+import { modelConfigSchema, type ModelConfig } from '../model/config.js';
+import { parseArtifact, readJson } from '../util/json-artifact.js';
 import * as A from 'apache-arrow';
 import { ACTIVATIONS_FORMAT_VERSION, decodeBatch, openShard, readShard, REBUILD_HINT, type DecodedBatch } from './format.js';
 import { sha256 } from '../util/fsx.js';
@@ -70,15 +72,66 @@ export function verifyDataset(dir: string, m: ActivationsManifest, layers: numbe
   }
 }
 
+const nat = z.number().int().nonnegative();
+const pos = z.number().int().positive();
+const hex64 = z.string().regex(/^[0-9a-f]{64}$/, 'expected a sha256 (64 hex digits)');
+/** manifest.json of an activations dataset, as read back (kind and formatVersion are checked first, with their own messages). */
+export const activationsManifestSchema = z.looseObject({
+  formatVersion: z.literal(ACTIVATIONS_FORMAT_VERSION),
+  kind: z.literal('dejavu-activations'),
+  toolVersion: z.string(),
+  status: z.enum(['in-progress', 'complete']),
+  config: z.record(z.string(), z.unknown()),
+  model: z.looseObject({ dir: z.string(), fingerprint: fingerprintSchema, config: modelConfigSchema }),
+  tokenizerHash: hex64.nullable(),
+  data: z.looseObject({ file: z.string(), sha256: hex64 }),
+  seqLen: pos,
+  seqsPerShard: pos,
+  layers: z.array(nat).min(1),
+  dims: z.looseObject({ hidden: pos, ffn: pos, heads: pos, headDim: pos }),
+  dtype: z.enum(['float16', 'float32']),
+  fields: z.array(z.string()).min(1),
+  shardSha256: z.record(z.string(), hex64).optional(),
+  tokens: nat,
+  sequences: nat,
+  shards: nat,
+});
+true satisfies (z.output<typeof activationsManifestSchema> extends ActivationsManifest ? true : false);
+
+const rate = z.number().min(0).max(1);
+/** summary.json of a complete dataset (collect writes it; train and collect read it back). */
+export const activationsSummarySchema = z.looseObject({
+  tokensPerSecond: z.number().nonnegative().nullable().optional(),
+  layers: z.array(z.looseObject({ layer: nat, mlpDensity: rate })),
+});
+export type ActivationsSummary = z.output<typeof activationsSummarySchema>;
+
+/** progress.json of an interrupted collection: the complete shards (their sha256 per layer) and running stats. */
+export const collectProgressSchema = z.looseObject({
+  shardsDone: nat,
+  tokens: nat,
+  seconds: z.number().nonnegative(),
+  shards: z.array(z.looseObject({ sha256: z.record(z.string(), hex64), tokens: nat, stats: z.record(z.string(), z.looseObject({})) })),
+}).refine((p) => p.shards.length === p.shardsDone, { message: 'shards must list one record per complete shard (shardsDone)', path: ['shards'] });
+
+const NOT_DATASET = 'pass a folder written by `dejavu collect-activations`';
+
 export function readManifest(dir: string, wantComplete = true): ActivationsManifest {
   const f = path.join(dir, 'manifest.json');
-  if (!fs.existsSync(f)) throw new UserError(`${dir} is not an activations dataset (no manifest.json)`, 'pass a folder written by `dejavu collect-activations`');
-  let m: ActivationsManifest;
-  try { m = JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { throw new UserError(`${f} is not valid JSON: ${(e as Error).message}`); }
-  if (m.kind !== 'dejavu-activations') throw new UserError(`${f} is not an activations manifest (kind ${JSON.stringify(m.kind)})`);
-  if (m.formatVersion !== ACTIVATIONS_FORMAT_VERSION) throw new UserError(`${f} has formatVersion ${m.formatVersion}; this dejavu reads ${ACTIVATIONS_FORMAT_VERSION}`, 're-run collect-activations');
+  if (!fs.existsSync(f)) throw new UserError(`${dir} is not an activations dataset (no manifest.json)`, NOT_DATASET);
+  const raw = readJson(f, REBUILD_HINT) as Partial<ActivationsManifest> | null;
+  if (raw?.kind !== 'dejavu-activations') throw new UserError(`${f} is not an activations manifest (kind ${JSON.stringify(raw?.kind)})`, NOT_DATASET);
+  if (raw.formatVersion !== ACTIVATIONS_FORMAT_VERSION) throw new UserError(`${f} has formatVersion ${raw.formatVersion}; this dejavu reads ${ACTIVATIONS_FORMAT_VERSION}`, 're-run collect-activations');
+  const m: ActivationsManifest = parseArtifact(activationsManifestSchema, raw, f, 'activations manifest', REBUILD_HINT);
   if (wantComplete && m.status !== 'complete') throw new UserError(`activations dataset ${dir} is incomplete (collection was interrupted)`, 're-run the same collect-activations command to resume it');
   return m;
+}
+
+/** summary.json of a dataset (null when absent: datasets are usable without it). */
+export function readSummary(dir: string): ActivationsSummary | null {
+  const f = path.join(dir, 'summary.json');
+  if (!fs.existsSync(f)) return null;
+  return parseArtifact(activationsSummarySchema, readJson(f, REBUILD_HINT), f, 'activations summary', REBUILD_HINT);
 }
 
 /** Stream a layer's rows, batch by batch, across its shards (optionally only some shards). */

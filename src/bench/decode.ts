@@ -12,8 +12,8 @@ import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } fr
 import { loadModel, type LayerWeights, type Model } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';
 import { table, timeIt } from './common.js';
-import { sparseAttention, sparseMlp, type Rows } from '../runtime/host-kernels.js';
-import { createArena, toWasmRows } from '../runtime/wasm/kernels.js';
+import { sparseAttention, sparseMlp, type Rows } from '../model/kernels/host-kernels.js';
+import { createArena, toWasmRows } from '../model/kernels/wasm/kernels.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { packSequences, readDocuments } from '../activations/data.js';
 import { batchNll, ppl } from '../eval/perplexity.js';

@@ -19,6 +19,7 @@ import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
 import { assertFinitePredictor } from '../predictors/finite.js';
 import { readEvalReport, type ReportFile } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
+import { VERSION } from '../version.js';
 
 type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 
@@ -111,7 +112,7 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
     layers.push(entry);
   }
   const body: Omit<BundleManifest, 'files' | 'manifestSha256'> = {
-    formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: '0.1.0', createdAt: new Date().toISOString(), config: o.config,
+    formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: VERSION, createdAt: new Date().toISOString(), config: o.config,
     model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim } },
     predictorsFile: 'predictors.safetensors', neuronMajorFile: o.neuronMajor ? 'neuron-major.safetensors' : null,
     layers, perplexity: report?.perplexity?.runs ?? null,

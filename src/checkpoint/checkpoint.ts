@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
 import { UserError } from '../util/errors.js';
 import { sha256File } from '../util/fsx.js';
 import { openSafetensors, readTensorF32, type SafetensorsFile, type TensorInfo } from './safetensors.js';
@@ -90,6 +91,9 @@ export interface Fingerprint {
   config: string;
   weights: Record<string, string>;
 }
+const sha = z.string().regex(/^[0-9a-f]{64}$/, 'expected a sha256 (64 hex digits)');
+/** A Fingerprint as recorded in artifacts, checked when read back. */
+export const fingerprintSchema = z.looseObject({ config: sha, weights: z.record(z.string(), sha) });
 
 const fpCache = new Map<string, { mtimeMs: number; size: number; hash: string }>();
 function cachedHash(file: string): string {

@@ -1,16 +1,19 @@
 /** Command table: flags map onto config keys (dotted paths); the stage does the work. */
 import { InvalidArgumentError } from 'commander';
 import type { z } from 'zod';
-import { ensureBackend, type BackendPreference } from '../backend.js';
+import { BACKEND_NAMES, BACKEND_PREFERENCES, ensureBackend, type BackendPreference } from '../backend.js';
 import { resolveConfig, validateConfig } from '../config/load.js';
 import { generateSchema, SCHEMAS } from '../config/schemas.js';
-import type { CommandContext } from './program.js';
+import type { CommandContext } from './context.js';
 import { runCollect } from '../stages/collect.js';
 import { runTrain } from '../stages/train.js';
 import { runEvaluate } from '../stages/evaluate.js';
 import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
 import { runGenerate } from '../stages/generate.js';
+import type { StageResult } from '../stages/types.js';
+
+export type { StageResult } from '../stages/types.js';
 
 export interface FlagDef {
   flags: string;
@@ -19,17 +22,6 @@ export interface FlagDef {
   key?: string;
   parse?: (v: string) => unknown;
   choices?: string[];
-}
-
-export interface StageResult {
-  /** human-readable result table for stdout */
-  text: string;
-  /** machine-readable result (printed with --json) */
-  json: unknown;
-  /** exit code (default 0) */
-  code?: number;
-  /** things the user must see even with --quiet (printed on stderr as "note: ...") */
-  notes?: string[];
 }
 
 export interface CommandDef {
@@ -47,7 +39,7 @@ const list = (v: string) => {
   if (parts.some((s) => s === '')) throw new InvalidArgumentError('empty entry: give comma-separated layer indices like 0,1,2, or "all"');
   return parts.map(int);
 };
-const BACKEND: FlagDef = { flags: '--backend <name>', description: 'tfjs backend: auto (tensorflow > wasm > cpu), tensorflow, wasm, cpu', key: 'backend', choices: ['auto', 'tensorflow', 'wasm', 'cpu'] };
+const BACKEND: FlagDef = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
 const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 

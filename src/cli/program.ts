@@ -6,20 +6,12 @@ import { Command, CommanderError, Option } from 'commander';
 import { fsUserError, isUserError } from '../util/errors.js';
 import { makeProgressFactory, type StageDeps } from '../util/progress.js';
 import { COMMANDS } from './commands.js';
+import type { CliIO } from './context.js';
+import { VERSION } from '../version.js';
 
-export interface CliIO {
-  stdout: NodeJS.WritableStream & { isTTY?: boolean };
-  stderr: NodeJS.WritableStream & { isTTY?: boolean };
-}
+export { VERSION } from '../version.js';
+export type { CliIO, CommandContext } from './context.js';
 
-export interface CommandContext {
-  io: CliIO;
-  deps: StageDeps;
-  /** set the process exit code the command wants (default 0) */
-  exit(code: number): void;
-}
-
-export const VERSION = '0.1.0';
 
 export function buildProgram(io: CliIO, onExit: (code: number) => void): Command {
   const program = new Command('dejavu')

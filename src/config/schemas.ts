@@ -1,7 +1,12 @@
-/** One strict schema per command. Keys are documented in README.md; every YAML in configs/ is validated by a test. */
+/**
+ * One strict schema per command. Keys are documented in README.md; every YAML in configs/ is validated by a test.
+ * A core module (README "Architecture"): the CLI and the stages resolve configs with it, and the predictor training
+ * takes its `TrainConfig`; it imports only the backend list and util.
+ */
 import { z } from 'zod';
+import { BACKEND_PREFERENCES } from '../backend.js';
 
-const backend = z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).default('auto');
+const backend = z.enum(BACKEND_PREFERENCES).default('auto');
 const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all');
 const posInt = z.number().int().positive();
 

@@ -7,10 +7,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { UserError } from '../util/errors.js';
+import { parseArtifact, readJson } from '../util/json-artifact.js';
 
 const rate = z.number().min(0).max(1);
 export const metricsSchema = z.looseObject({ recall: rate, precision: rate, f1: rate, predictedDensity: rate, trueDensity: rate });
-const site = z.looseObject({ rule: z.unknown(), metrics: metricsSchema, sweep: z.array(z.looseObject({ k: z.number(), recall: rate, precision: rate, predictedDensity: rate })) });
+const site = z.looseObject({
+  rule: z.unknown(), metrics: metricsSchema, sweep: z.array(z.looseObject({ k: z.number(), recall: rate, precision: rate, predictedDensity: rate })),
+  /** MLP sites: the exact predictor's bound under the same rule, and its top-k sweep */
+  exactBound: z.looseObject({ predictedDensity: rate }).optional(),
+  exactSweep: z.array(z.looseObject({ fraction: rate, k: z.number(), recall: rate })).optional(),
+});
 
 export const evalReportSchema = z.looseObject({
   kind: z.literal('dejavu-evaluation'),
@@ -31,15 +37,9 @@ const HINT = 'pass the --out folder of `dejavu evaluate-recall`, or re-run evalu
 export function readEvalReport(dir: string): ReportFile {
   const f = path.join(dir, 'report.json');
   if (!fs.existsSync(f)) throw new UserError(`no report.json in ${dir}`, HINT);
-  let raw: unknown;
-  try { raw = JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { throw new UserError(`${f} is not valid JSON: ${(e as Error).message}`, HINT); }
+  const raw = readJson(f, HINT);
   const o = raw as Record<string, unknown> | null;
   if (o && typeof o === 'object' && o.kind === 'dejavu-evaluation' && o.predictorsSha256 === undefined)
     throw new UserError(`${f} was written by an older dejavu: it does not record which predictors it evaluated (predictorsSha256)`, 're-run evaluate-recall on the predictors you export');
-  const r = evalReportSchema.safeParse(raw);
-  if (!r.success) {
-    const lines = r.error.issues.slice(0, 20).map((i) => `${i.path.map(String).join('.') || '(top level)'}: ${i.message}`);
-    throw new UserError(`${f} is not a valid evaluate-recall report:\n  - ${lines.join('\n  - ')}${r.error.issues.length > 20 ? `\n  - ... ${r.error.issues.length - 20} more` : ''}`, HINT);
-  }
-  return r.data;
+  return parseArtifact(evalReportSchema, raw, f, 'evaluate-recall report', HINT);
 }

@@ -2,6 +2,7 @@
  * Hugging Face config.json dialects -> one normalized ModelConfig. Every family is mapped here, at the boundary;
  * the forward pass only ever sees ModelConfig.
  */
+import { z } from 'zod';
 import { UserError } from '../util/errors.js';
 
 export type Family = 'opt' | 'llama';
@@ -36,6 +37,17 @@ export interface ModelConfig {
   eosTokenId: number | null;
   padTokenId: number | null;
 }
+
+const count = z.number().int().positive();
+const tokenId = z.number().int().nonnegative().nullable();
+/** A normalized ModelConfig as recorded in artifacts (activations manifest, predictors.json), checked when read back. */
+export const modelConfigSchema = z.looseObject({
+  family: z.enum(['opt', 'llama']), vocabSize: count, hidden: count, layers: count, heads: count, kvHeads: count, headDim: count, ffn: count,
+  maxPositions: count, norm: z.enum(['layernorm', 'rmsnorm']), normEps: z.number().positive(), preNorm: z.boolean(), finalNorm: z.boolean(),
+  activation: z.enum(['relu', 'swiglu']), positions: z.enum(['learned', 'rope']), positionOffset: z.number().int().nonnegative(), ropeTheta: z.number().nonnegative(),
+  embedProjDim: count.nullable(), tiedLmHead: z.boolean(), attnBias: z.boolean(), mlpBias: z.boolean(), bosTokenId: tokenId, eosTokenId: tokenId, padTokenId: tokenId,
+});
+true satisfies (z.output<typeof modelConfigSchema> extends ModelConfig ? true : false);
 
 type Raw = Record<string, unknown>;
 

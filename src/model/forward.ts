@@ -9,8 +9,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.js';
 import type { LayerWeights, Model, Norm } from './model.js';
 import { UserError } from '../util/errors.js';
-import { sparseAttention, sparseMlp } from '../runtime/host-kernels.js';
-import { attentionHost } from '../runtime/wasm/kernels.js';
+import { sparseAttention, sparseMlp } from './kernels/host-kernels.js';
+import { attentionHost } from './kernels/wasm/kernels.js';
 
 export type CaptureKind = 'layerInput' | 'mlpInput' | 'mlpAct' | 'attnContext' | 'headNorm';
 

@@ -8,8 +8,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
-import type { HostAttn, HostMlp } from '../runtime/host-kernels.js';
-import { createArena, toWasmRows, type WasmArena } from '../runtime/wasm/kernels.js';
+import type { HostAttn, HostMlp } from './kernels/host-kernels.js';
+import { createArena, toWasmRows, type WasmArena } from './kernels/wasm/kernels.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
 export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
@@ -32,7 +32,7 @@ export interface LayerWeights {
   /** optional neuron-major copies for the sparse runtime: row j = neuron j's input weights */
   w1nm?: tf.Tensor2D; // [F, d]
   wgnm?: tf.Tensor2D; // [F, d]
-  /** host copies, row-major per neuron / output channel, for the sparse decode kernels (src/runtime/host-kernels.ts) */
+  /** host copies, row-major per neuron / output channel, for the sparse decode kernels (src/model/kernels/host-kernels.ts) */
   host?: { mlp: HostMlp; attn: HostAttn };
 }
 

@@ -8,8 +8,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Fingerprint } from '../checkpoint/checkpoint.js';
-import type { ModelConfig } from '../model/config.js';
+import { z } from 'zod';
+import { fingerprintSchema, type Fingerprint } from '../checkpoint/checkpoint.js';
+import { modelConfigSchema, type ModelConfig } from '../model/config.js';
+import { parseArtifact, readJson } from '../util/json-artifact.js';
 import { openSafetensors, readTensorF32, writeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
@@ -84,14 +86,54 @@ export function writePredictors(out: string, manifest: PredictorsManifest, resul
   writeJsonAtomic(path.join(out, 'predictors.json'), manifest);
 }
 
+const nat = z.number().int().nonnegative();
+const rate = z.number().min(0).max(1);
+/** a threshold calibrated on no positives is +Infinity, which JSON writes as null */
+const selectionRuleSchema = z.union([z.looseObject({ kind: z.literal('topk'), k: nat }), z.looseObject({ kind: z.literal('threshold'), value: z.number().nullable() })]);
+const labelRuleSchema = z.union([z.looseObject({ kind: z.literal('active') }), z.looseObject({ kind: z.enum(['topFraction', 'threshold']), value: z.number().positive() })]);
+/** one site's entry; optional fields may be added by newer writers (objects are loose), candidates are checked lightly */
+export const predictorEntrySchema = z.looseObject({
+  family: z.enum(['dense', 'exact', 'closed-form', 'dejavu']),
+  score: z.enum(['linear', 'swiglu']),
+  rank: nat,
+  hidden: z.enum(['none', 'relu']),
+  input: z.string(),
+  label: labelRuleSchema,
+  rule: selectionRuleSchema.nullable(),
+  validation: z.looseObject({ recall: rate, precision: rate, f1: rate, predictedDensity: rate, trueDensity: rate, magnitudeRecall: rate.optional() }),
+  flopShare: z.number().nonnegative(),
+  costShare: z.number().nonnegative().optional(),
+  epochs: nat,
+  candidates: z.array(z.looseObject({ family: z.string(), chosen: z.boolean() })).optional(),
+});
+/** predictors.json as read back (kind and formatVersion are checked first, with their own message) */
+export const predictorsManifestSchema = z.looseObject({
+  formatVersion: z.literal(PREDICTORS_FORMAT_VERSION),
+  kind: z.literal('dejavu-predictors'),
+  toolVersion: z.string(),
+  identity: z.string(),
+  config: z.unknown(),
+  activations: z.looseObject({ dir: z.string(), manifestSha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected a sha256 (64 hex digits)'), tokens: nat }),
+  model: z.looseObject({ fingerprint: fingerprintSchema, config: modelConfigSchema }),
+  training: z.looseObject({ seconds: z.number().nonnegative(), workers: nat, samplesPerSecond: z.number().nonnegative() }),
+  layers: z.array(z.looseObject({
+    layer: nat,
+    file: z.string().regex(/^[^/\\]+\.safetensors$/, 'expected a file name in the predictors folder'),
+    seconds: z.number().nonnegative(),
+    mlp: predictorEntrySchema.optional(),
+    heads: predictorEntrySchema.optional(),
+  })),
+});
+
+const RETRAIN = 're-run train-predictors';
+
 export function readPredictorsManifest(dir: string): PredictorsManifest {
   const f = path.join(dir, 'predictors.json');
   if (!fs.existsSync(f)) throw new UserError(`${dir} is not a predictors folder (no predictors.json)`, 'pass a folder written by `dejavu train-predictors`');
-  let m: PredictorsManifest;
-  try { m = JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { throw new UserError(`${f} is not valid JSON: ${(e as Error).message}`); }
-  if (m.kind !== 'dejavu-predictors' || m.formatVersion !== PREDICTORS_FORMAT_VERSION)
-    throw new UserError(`${f}: not a predictors manifest of format ${PREDICTORS_FORMAT_VERSION}`, 're-run train-predictors');
-  return m;
+  const raw = readJson(f, RETRAIN) as Partial<PredictorsManifest> | null;
+  if (raw?.kind !== 'dejavu-predictors' || raw.formatVersion !== PREDICTORS_FORMAT_VERSION)
+    throw new UserError(`${f}: not a predictors manifest of format ${PREDICTORS_FORMAT_VERSION}`, RETRAIN);
+  return parseArtifact(predictorsManifestSchema, raw, f, 'predictors manifest', RETRAIN) as unknown as PredictorsManifest;
 }
 
 export function loadHostPredictor(dir: string, file: string, prefix: 'mlp' | 'mlp.up' | 'heads', hidden: 'none' | 'relu'): HostPredictor {

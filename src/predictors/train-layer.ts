@@ -2,13 +2,11 @@
  * Train and calibrate one layer's predictors, streaming its activation shards (one shard in memory at a time).
  * Runs in-process or inside a worker thread (one tfjs per worker).
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
 import { mulberry32 } from '../util/random.js';
 import type { TrainConfig } from '../config/schemas.js';
-import { iterateLayer, type ActivationsManifest } from '../activations/dataset.js';
+import { iterateLayer, readSummary, type ActivationsManifest } from '../activations/dataset.js';
 import type { DecodedBatch } from '../activations/format.js';
 import { UserError } from '../util/errors.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from './metrics.js';
@@ -204,8 +202,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
   const res: LayerResult = { layer, log, samplesPerSecond: 0, seconds: 0 };
   let samples = 0;
   const tick = (n: number) => { samples += n; onProgress(n); };
-  const summaryFile = path.join(dir, 'summary.json');
-  const summary = fs.existsSync(summaryFile) ? (JSON.parse(fs.readFileSync(summaryFile, 'utf8')) as { layers: { layer: number; mlpDensity: number }[] }) : undefined;
+  const summary = readSummary(dir);
 
   if (cfg.mlp.enabled) {
     const label = resolveLabel(cfg, mc.activation);

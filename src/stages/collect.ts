@@ -5,13 +5,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { StageResult } from '../cli/commands.js';
-import { VERSION } from '../cli/program.js';
+import type { StageResult } from './types.js';
+import { VERSION } from '../version.js';
 import type { CollectConfig } from '../config/schemas.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
-import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, ShardWriter, type LayerRows } from '../activations/format.js';
-import { layerDir, readManifest, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
+import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, REBUILD_HINT, ShardWriter, type LayerRows } from '../activations/format.js';
+import { collectProgressSchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
+import { issueLines } from '../util/json-artifact.js';
 import { loadModel } from '../model/model.js';
 import { forward, disposeOutput } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
@@ -244,9 +245,10 @@ function verifiedProgress(out: string, layers: number[], log: (m: string) => voi
   if (!fs.existsSync(pf)) return fresh;
   let p: Progress;
   try {
-    p = JSON.parse(fs.readFileSync(pf, 'utf8'));
-    if (!Number.isInteger(p?.shardsDone) || !Array.isArray(p.shards) || p.shards.length !== p.shardsDone || !p.shards.every((r) => r && typeof r.sha256 === 'object' && typeof r.tokens === 'number' && typeof r.stats === 'object'))
-      throw new Error('unexpected contents (written by another dejavu version?)');
+    const raw: unknown = JSON.parse(fs.readFileSync(pf, 'utf8'));
+    const r = collectProgressSchema.safeParse(raw);
+    if (!r.success) throw new Error(`unexpected contents (written by another dejavu version?): ${issueLines(r.error, raw, 5).join('; ')}`);
+    p = raw as Progress;
   } catch (e) {
     log(`collect-activations: ${pf} is unreadable (${(e as Error).message}); restarting the collection from shard 0`);
     return fresh;
@@ -264,7 +266,8 @@ function verifiedProgress(out: string, layers: number[], log: (m: string) => voi
 }
 
 function summarize(out: string, m: ActivationsManifest): StageResult {
-  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  const summary = readSummary(out);
+  if (!summary) throw new UserError(`activations dataset ${out} has no summary.json`, REBUILD_HINT);
   const lines = [`activations: ${out}`, `tokens ${m.tokens} in ${m.sequences} sequences of ${m.seqLen}, ${m.shards} shard(s) per layer` +
     (summary.tokensPerSecond ? `, ${summary.tokensPerSecond.toFixed(0)} tokens/s` : ''), '', '| layer | MLP density |', '|---:|---:|'];
   for (const l of summary.layers) lines.push(`| ${l.layer} | ${l.mlpDensity.toFixed(4)} |`);

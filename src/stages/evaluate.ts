@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
-import type { StageResult } from '../cli/commands.js';
-import { VERSION } from '../cli/program.js';
+import type { StageResult } from './types.js';
+import { VERSION } from '../version.js';
 import type { EvaluateConfig } from '../config/schemas.js';
 import { iterateLayer, readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
@@ -26,7 +26,7 @@ import { candidateTable, mlpDenseFlops, ruleText, type MlpCandidate } from '../p
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
-import { lineChart } from '../eval/svg.js';
+import { renderReportPlots } from '../eval/plots.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
@@ -296,28 +296,8 @@ export function reportTable(r: EvalReport, out: string): string {
   return lines.join('\n');
 }
 
-function writeReport(out: string, r: EvalReport, shownOut: string): void {
+async function writeReport(out: string, r: EvalReport, shownOut: string): Promise<void> {
   writeJsonAtomic(path.join(out, 'report.json'), r);
   writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, shownOut)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
-  writeFileAtomic(path.join(out, 'recall-vs-density.svg'), lineChart({
-    title: 'MLP predictor: held-out recall vs predicted density (top-k sweep)', xLabel: 'predicted density (fraction of neurons computed)', yLabel: 'recall', xMax: 1, yMin: 0, yMax: 1,
-    series: r.layers.filter((l) => l.mlp).map((l) => ({ name: `layer ${l.layer}`, points: l.mlp!.sweep.map((s) => [s.predictedDensity, s.recall] as [number, number]) })),
-  }));
-  const mlpL = r.layers.filter((l) => l.mlp);
-  const dc = r.perplexity?.densityCurve ?? [];
-  if (dc.length) writeFileAtomic(path.join(out, 'perplexity-vs-density.svg'), lineChart({
-    title: 'Perplexity vs mean MLP density (held-out)', xLabel: 'mean MLP density', yLabel: 'perplexity', xMax: 1,
-    series: [
-      { name: 'predicted', points: dc.map((p) => [p.meanDensity, p.predicted] as [number, number]) },
-      { name: 'oracle', points: dc.map((p) => [p.meanDensity, p.oracle] as [number, number]), dashed: true },
-      { name: 'dense', points: [[0, r.perplexity!.runs.dense!], [1, r.perplexity!.runs.dense!]] },
-    ],
-  }));
-  writeFileAtomic(path.join(out, 'densities.svg'), lineChart({
-    title: 'MLP density per layer: true vs predicted', xLabel: 'layer', yLabel: 'density', yMin: 0,
-    series: [
-      { name: 'true', points: mlpL.map((l) => [l.layer, l.mlp!.metrics.trueDensity] as [number, number]) },
-      { name: 'predicted', points: mlpL.map((l) => [l.layer, l.mlp!.metrics.predictedDensity] as [number, number]), dashed: true },
-    ],
-  }));
+  for (const [file, svg] of Object.entries(await renderReportPlots(r))) writeFileAtomic(path.join(out, file), svg);
 }

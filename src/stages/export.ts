@@ -1,4 +1,4 @@
-import type { StageResult } from '../cli/commands.js';
+import type { StageResult } from './types.js';
 import type { ExportConfig } from '../config/schemas.js';
 import { exportBundle, verifyBundle } from '../bundle/bundle.js';
 import type { StageDeps } from '../util/progress.js';

@@ -1,4 +1,4 @@
-import type { StageResult } from '../cli/commands.js';
+import type { StageResult } from './types.js';
 import { loadBundlePredictors } from '../bundle/bundle.js';
 import { loadModel } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';

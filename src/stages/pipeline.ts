@@ -5,12 +5,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { StageResult } from '../cli/commands.js';
+import type { StageResult } from './types.js';
 import { collectSchema, evaluateSchema, exportSchema, trainSchema, type PipelineConfig } from '../config/schemas.js';
 import { verifyBundle } from '../bundle/bundle.js';
-import { sha256File, writeFileAtomic } from '../util/fsx.js';
+import { sha256File } from '../util/fsx.js';
 import { isUserError, withFsErrors } from '../util/errors.js';
-import { checkOutput, writeMarker } from '../util/outdir.js';
+import { checkOutput, outputIsCurrent, recordOutputInputs, writeMarker } from '../util/outdir.js';
 import { readEvalReport } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import type { StageDeps } from '../util/progress.js';
@@ -45,20 +45,20 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   const evalId = JSON.stringify({ p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: evalCfg });
   const idFile = path.join(dirs.report, '.inputs.json');
   let report: EvalReport | null = null;
-  if (fs.existsSync(idFile) && fs.readFileSync(idFile, 'utf8') === evalId && fs.existsSync(path.join(dirs.report, 'report.json'))) {
+  if (outputIsCurrent(idFile, evalId, () => fs.existsSync(path.join(dirs.report, 'report.json')))) {
     // a report that does not read back (corrupt, or from an older dejavu) is re-made, never used
     try { report = readEvalReport(dirs.report) as unknown as EvalReport; } catch (e) { if (!isUserError(e)) throw e; deps.log(`\n== evaluate-recall: the existing report is unusable (${e.message.split('\n')[0]}); re-running`); }
     if (report) deps.log('\n== evaluate-recall: report is complete and current; skipped');
   }
   if (!report) {
     report = (await step('evaluate-recall', () => runEvaluate(evalCfg, deps))).json as EvalReport;
-    writeFileAtomic(idFile, evalId);
+    recordOutputInputs(idFile, evalId);
   }
   const expCfg = exportSchema.parse({ ...cfg.export, model: cfg.model, predictors: dirs.pred, report: dirs.report, out: dirs.bundle, overwrite: true });
   const expId = JSON.stringify({ p: predictorsContentHash(dirs.pred), r: sha256File(path.join(dirs.report, 'report.json')), c: expCfg });
   const expIdFile = path.join(w, '.bundle-inputs.json');
-  if (fs.existsSync(expIdFile) && fs.readFileSync(expIdFile, 'utf8') === expId && verifyBundle(dirs.bundle, cfg.model).problems.length === 0) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
-  else { await step('export-bundle', () => runExport(expCfg, deps)); writeFileAtomic(expIdFile, expId); }
+  if (outputIsCurrent(expIdFile, expId, () => verifyBundle(dirs.bundle, cfg.model).problems.length === 0)) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
+  else { await step('export-bundle', () => runExport(expCfg, deps)); recordOutputInputs(expIdFile, expId); }
   const v = verifyBundle(dirs.bundle, cfg.model);
   const total = (Date.now() - t0) / 1000;
   const text = [reportTable(report, dirs.report), '', `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,

@@ -1,0 +1,14 @@
+/** What a CLI command runs with (split from program.ts so commands.ts does not import the program that imports it). */
+import type { StageDeps } from '../util/progress.js';
+
+export interface CliIO {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean };
+}
+
+export interface CommandContext {
+  io: CliIO;
+  deps: StageDeps;
+  /** set the process exit code the command wants (default 0) */
+  exit(code: number): void;
+}

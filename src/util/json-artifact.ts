@@ -1,0 +1,49 @@
+/**
+ * JSON artifacts read back (activations manifest/summary/progress, predictors.json, report.json): one zod schema
+ * each, and one error listing every problem with its dotted path and the value found (exit 2), like the config
+ * errors of src/config/load.ts. Readers use loose objects (unknown keys kept), so fields added by newer writers pass.
+ */
+import * as fs from 'node:fs';
+import type { z } from 'zod';
+import { UserError } from './errors.js';
+
+function at(root: unknown, p: readonly PropertyKey[]): unknown {
+  let cur = root;
+  for (const k of p) cur = cur && typeof cur === 'object' ? (cur as Record<PropertyKey, unknown>)[k] : undefined;
+  return cur;
+}
+
+function shown(v: unknown): string {
+  const s = JSON.stringify(v);
+  return s === undefined ? 'nothing' : s.length > 80 ? s.slice(0, 77) + '...' : s;
+}
+
+/** One line per problem: `a.b.0.c: message; found VALUE` (at most `max`, then a count of the rest). */
+export function issueLines(error: z.ZodError, input: unknown, max = 20): string[] {
+  const lines = error.issues.slice(0, max).map((i) => {
+    const p = i.path.map(String).join('.') || '(top level)';
+    const found = shown(at(input, i.path));
+    return found === 'nothing' ? `${p}: missing (${i.message})` : `${p}: ${i.message}; found ${found}`;
+  });
+  if (error.issues.length > max) lines.push(`... ${error.issues.length - max} more`);
+  return lines;
+}
+
+/**
+ * Validate parsed JSON; a UserError naming the file and every bad field otherwise. Returns the input itself, not
+ * zod's copy: artifact schemas have no defaults or transforms, and callers compare parts of artifacts by their JSON
+ * (fingerprints, identities), which must keep the writer's key order.
+ */
+export function parseArtifact<S extends z.ZodType>(schema: S, raw: unknown, file: string, what: string, hint: string): z.output<S> {
+  const r = schema.safeParse(raw);
+  if (r.success) return raw as z.output<S>;
+  const lines = issueLines(r.error, raw);
+  throw new UserError(`${file} is not a valid ${what} (${r.error.issues.length} problem${r.error.issues.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`, hint);
+}
+
+/** Read a JSON file (a UserError when unreadable or not JSON). */
+export function readJson(file: string, hint: string): unknown {
+  let text: string;
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { throw new UserError(`cannot read ${file}: ${(e as Error).message}`, hint); }
+  try { return JSON.parse(text); } catch (e) { throw new UserError(`${file} is not valid JSON: ${(e as Error).message}`, hint); }
+}
