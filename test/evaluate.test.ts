@@ -244,7 +244,7 @@ describe('evaluate-recall end to end', () => {
     const md = fs.readFileSync(path.join(dir, 'report.md'), 'utf8');
     expect(md).toContain('![recall vs density](recall-vs-density.svg)');
     expect(md).toContain('![densities](densities.svg)');
-    for (const l of report.layers) expect(md).toContain(`| ${l.layer} | ${l.mlp!.metrics.recall.toFixed(4)} |`);
+    for (const l of report.layers) expect(md).toMatch(new RegExp(`\\| ${l.layer} \\| dejavu r16, top-\\d+ \\| ${l.mlp!.metrics.recall.toFixed(4)} \\|`));
     expect(md).toContain(`| dense | ${report.perplexity!.runs.dense!.toFixed(3)} |`);
     /** the line series of a vega SVG: aria label (fields of the first point) and the number of points */
     const series = (svg: string) => [...svg.matchAll(/<g class="mark-line role-mark[^"]*"[^>]*><path aria-label="([^"]*)"[^>]* d="([^"]*)"/g)]
