@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.js';
 import type { LayerWeights, Model, Norm } from './model.js';
 import { UserError } from '../util/errors.js';
-import { sparseAttention, sparseMlp } from './kernels/host-kernels.js';
+import { sparseAttention, sparseDown, sparseMlp } from './kernels/host-kernels.js';
 import { attentionHost } from './kernels/wasm/kernels.js';
 
 export type CaptureKind = 'layerInput' | 'mlpInput' | 'mlpAct' | 'attnContext' | 'headNorm';
@@ -30,10 +30,11 @@ export interface CaptureOptions {
  * Which MLP neurons to compute for layer i.
  * - mask: [B, T, F] of 0/1; unselected activations contribute nothing (multiplied by 0 before the down projection).
  * - indices: per batch row, the neuron ids to compute for every token of that row; only those rows/columns of the
- *   weights are gathered and multiplied (the runtime's real skip).
+ *   weights are gathered and multiplied (the runtime's real skip). With `act` (one token per row: the selected
+ *   neurons' activations, known when the first projection itself selected them) only the down rows are read.
  * - oracleTopK: keep each token's k largest |activation| (needs the dense activation: oracle evaluation only).
  */
-export type MlpSelection = { mask: tf.Tensor } | { indices: Int32Array[] } | { oracleTopK: number };
+export type MlpSelection = { mask: tf.Tensor } | { indices: Int32Array[]; act?: Float32Array[] } | { oracleTopK: number };
 /**
  * Which heads to compute: mask [B, T, H] (0/1), or per batch row the head ids (K/V are always computed for all
  * heads), or oracleTopK: each token's k heads with the largest context norm (oracle evaluation only).
@@ -238,6 +239,7 @@ function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelecti
       const hb = tf.slice(h, [b, 0, 0], [1, -1, -1]); // [1, T, d]
       const T = hb.shape[1]!;
       if (idx.length === 0) { const z = tf.zeros([1, T, d]); return w.b2 ? tf.add(z, w.b2) : z; }
+      if (w.host && T === 1 && sel.act) return tf.tensor3d(sparseDown(w.host.mlp, idx, sel.act[b]!, d), [1, 1, d]); // activations known: down rows only
       if (w.host && T === 1) return tf.tensor3d(sparseMlp(w.host.mlp, idx, (sel.indices.length === 1 ? h : hb).dataSync() as Float32Array), [1, 1, d]); // host kernel: reads only the selected rows
       const ix = tf.tensor1d(idx, 'int32');
       let a: tf.Tensor;

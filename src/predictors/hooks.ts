@@ -94,8 +94,15 @@ export function predictorHooks(p: LoadedPredictors, opts: HookOptions): Sparsity
     const W = logits.shape[1];
     if (opts.mode === 'indices') {
       if (T !== 1) throw new Error('indices mode selects per row: one token per row (decode) only');
-      const idx = ruleIndices(logits.dataSync() as Float32Array, B, W, rule);
+      const z = logits.dataSync() as Float32Array;
+      const idx = ruleIndices(z, B, W, rule);
       logits.dispose();
+      if (site.entry.family === 'exact') {
+        // lossless ReLU mode: the scores are the pre-activations, so the selected neurons' activations are known
+        const act = idx.map((ids, b) => Float32Array.from(ids, (j) => Math.max(0, z[b * W + j]!)));
+        opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
+        return { indices: idx, act } as never;
+      }
       opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
       return { indices: idx } as never;
     }

@@ -47,6 +47,13 @@ export function gatherAxpy(W: Rows, rows: Int32Array, a: Float32Array, out: Floa
 
 export interface HostMlp { up: Rows; gate?: Rows; down: Rows; upBias?: Float32Array; gateBias?: Float32Array; downBias?: Float32Array; activation: 'relu' | 'swiglu' }
 
+/** one token, activations of the selected neurons already known (the lossless ReLU mode): y [d] = down rows only */
+export function sparseDown(m: HostMlp, idx: Int32Array, act: Float32Array, d: number): Float32Array {
+  const y = m.downBias ? Float32Array.from(m.downBias) : new Float32Array(d);
+  gatherAxpy(m.down, idx, act, y);
+  return y;
+}
+
 /** one token: y [d] = down(act(x)) over the selected neurons only */
 export function sparseMlp(m: HostMlp, idx: Int32Array, x: Float32Array): Float32Array {
   const k = idx.length;
