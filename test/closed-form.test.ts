@@ -249,4 +249,16 @@ describe('cost-aware choice per layer (train-predictors end to end)', () => {
       expect(chosen.costShare).toBe(Math.min(tuned[0]!.costShare, plain[0]!.costShare));
     }
   });
+
+  it('recallWeighting magnitude calibrates the kept share of sum |a_i| x ||down column||, not the count', async () => {
+    const pm = await train(path.join(TMP, 'p4'), { families: ['closed-form'], ranks: [0.25], rule: 'threshold', recallWeighting: 'magnitude', targetRecall: 0.95 });
+    const counted = await train(path.join(TMP, 'p5'), { families: ['closed-form'], ranks: [0.25], rule: 'threshold', targetRecall: 0.95 });
+    for (const [i, l] of pm.layers.entries()) {
+      const m = l.mlp!, c = counted.layers[i]!.mlp!;
+      expect(m.validation.magnitudeRecall!).toBeGreaterThanOrEqual(0.95 - 1e-9);
+      expect(c.validation.recall).toBeGreaterThanOrEqual(0.95 - 1e-9);
+      // large activations are the easy ones to predict: the weighted target is met with fewer neurons
+      expect(m.validation.predictedDensity).toBeLessThan(c.validation.predictedDensity);
+    }
+  });
 });

@@ -69,8 +69,12 @@ export function mlpDenseFlops(site: { d: number; F: number; activation: string }
 
 interface ValRows { h: Float32Array[]; raw: Map<MlpInput, Float32Array[]>; y: Uint8Array[]; n: number[] }
 
-const cat = (parts: Float32Array[]) => { const o = new Float32Array(parts.reduce((s, p) => s + p.length, 0)); let k = 0; for (const p of parts) { o.set(p, k); k += p.length; } return o; };
-const catU8 = (parts: Uint8Array[]) => { const o = new Uint8Array(parts.reduce((s, p) => s + p.length, 0)); let k = 0; for (const p of parts) { o.set(p, k); k += p.length; } return o; };
+function cat<T extends Float32Array | Uint8Array>(parts: T[], make: (n: number) => T): T {
+  const o = make(parts.reduce((s, p) => s + p.length, 0));
+  let k = 0;
+  for (const p of parts) { o.set(p, k); k += p.length; }
+  return o;
+}
 
 function fitHost(f: LinearFit, d: number, F: number): HostPredictor {
   return { fc1Weight: f.fc1, fc1Bias: new Float32Array(f.r), fc2Weight: f.fc2, fc2Bias: f.fc2Bias, d, r: f.r, out: F, hidden: 'none' };
@@ -131,7 +135,7 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     }
     onRows(b.rows);
   }
-  const hv = cat(val.h), yv = catU8(val.y);
+  const hv = cat(val.h, (n) => new Float32Array(n)), yv = cat(val.y, (n) => new Uint8Array(n));
   // exact pre-activations of the validation rows: the exact candidate, and each active neuron's magnitude weight
   const zUp = exactPreActivations(site, hv, nVal, 'up');
   let weights: Float32Array;
@@ -184,7 +188,7 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     });
   }
   for (const t of trained) {
-    const x = t.input === 'h_mlp' ? hv : cat(val.raw.get(t.input)!);
+    const x = t.input === 'h_mlp' ? hv : cat(val.raw.get(t.input)!, (n) => new Float32Array(n));
     const host = toHost(t.weights);
     tryScores('dejavu', t.rank, 2 * t.rank * (d + F), scoreWith(t.weights, x), () => ({ host, input: t.input, score: 'linear' }));
   }
