@@ -29,7 +29,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
     const tps = (r.decodeSteps * prompts.length) / Math.max(1e-3, r.decodeMs / 1000);
     deps.log(`generate: ${preds ? 'sparse (bundle)' : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
-      (preds ? `, MLP density ${(sel.mlp / Math.max(1, sel.mlpT) * 100).toFixed(1)}%, heads ${(sel.heads / Math.max(1, sel.headsT) * 100).toFixed(1)}%` : ''));
+      (preds ? `, MLP density ${sel.mlpT ? `${(sel.mlp / sel.mlpT * 100).toFixed(1)}%` : 'dense'}, heads ${sel.headsT ? `${(sel.heads / sel.headsT * 100).toFixed(1)}%` : 'dense'}` : ''));
     return {
       text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
       notes,
