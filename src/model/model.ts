@@ -62,7 +62,12 @@ export interface LoadOptions {
   residency?: 'auto' | 'resident' | 'streamed';
   /** also keep neuron-major ([F, d]) copies of fc1/up/gate, so the sparse runtime gathers contiguous rows */
   neuronMajor?: boolean;
+  /** host weights already read (loadHostWeights), e.g. SharedArrayBuffer-backed ones shared by worker threads */
+  host?: HostWeights;
 }
+
+/** Every weight of a checkpoint on the host, laid out as the model uses them (float32, [in, out]). */
+export interface HostWeights { dir: string; tensors: Record<string, HostTensor> }
 
 function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(src.length);
@@ -155,6 +160,24 @@ export function disposeLayer(w: LayerWeights): void {
   }
 }
 
+/**
+ * Read every weight to the host once. `shared`: in SharedArrayBuffers, so worker threads given this object (by
+ * postMessage / workerData) see the same memory instead of a copy each.
+ */
+export function loadHostWeights(dir: string, opts: { shared?: boolean } = {}): HostWeights {
+  const ck = openCheckpoint(dir);
+  const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
+  const specs = expectedWeights(cfg);
+  const canon = checkKeys(ck, cfg, specs);
+  const tensors: HostLayer = {};
+  for (const s of specs) {
+    const t = readHost(ck, canon.get(s.key)!, s);
+    if (opts.shared) { const a = new Float32Array(new SharedArrayBuffer(t.data.byteLength)); a.set(t.data); t.data = a; }
+    tensors[s.name] = t;
+  }
+  return { dir, tensors };
+}
+
 export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const ck = openCheckpoint(dir);
   const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
@@ -164,8 +187,9 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const budget = opts.residentBudgetBytes ?? 2.5 * 2 ** 30;
   const residency = opts.residency && opts.residency !== 'auto' ? opts.residency : bytes > budget ? 'streamed' : 'resident';
 
-  const host: HostLayer = {};
-  for (const s of specs) host[s.name] = readHost(ck, canon.get(s.key)!, s);
+  let host: HostLayer = {};
+  if (opts.host) host = opts.host.tensors;
+  else for (const s of specs) host[s.name] = readHost(ck, canon.get(s.key)!, s);
   const g = (n: string) => host[n];
   const embedH = g('embed')!;
   const embed = tf.tensor2d(embedH.data, embedH.shape as [number, number]);

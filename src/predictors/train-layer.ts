@@ -41,7 +41,7 @@ export interface PredictorResult {
   candidates?: (MlpCandidate & { chosen: boolean })[];
 }
 
-export interface LayerResult { layer: number; mlp?: PredictorResult; heads?: PredictorResult; log: Record<string, unknown>[]; samplesPerSecond: number; seconds: number }
+export interface LayerResult { layer: number; mlp?: PredictorResult; heads?: PredictorResult; log: Record<string, unknown>[]; samplesPerSecond: number; seconds: number; samples?: number }
 
 type Site = 'mlp' | 'heads';
 
@@ -189,7 +189,9 @@ export function resolveLabel(cfg: TrainConfig, activation: string): LabelRule {
   return { kind: k, value: cfg.mlp.label.value };
 }
 
-export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig, layer: number, onProgress: (samples: number) => void = () => undefined): LayerResult {
+/** `sites`: which of the layer's predictors to make (train-predictors runs a layer's MLP and heads as separate jobs) */
+export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig, layer: number, onProgress: (samples: number) => void = () => undefined,
+  sites: { mlp?: boolean; heads?: boolean } = { mlp: true, heads: true }): LayerResult {
   const t0 = Date.now();
   const log: Record<string, unknown>[] = [];
   const push = (e: Record<string, unknown>) => log.push({ layer, ...e, t: (Date.now() - t0) / 1000 });
@@ -202,7 +204,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
   const summaryFile = path.join(dir, 'summary.json');
   const summary = fs.existsSync(summaryFile) ? (JSON.parse(fs.readFileSync(summaryFile, 'utf8')) as { layers: { layer: number; mlpDensity: number }[] }) : undefined;
 
-  if (cfg.mlp.enabled) {
+  if (cfg.mlp.enabled && sites.mlp) {
     const label = resolveLabel(cfg, mc.activation);
     const site = readMlpSite(cfg.model ?? m.model.dir, mc, layer);
     const trained: TrainedCandidate[] = [];
@@ -234,7 +236,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
     for (const c of choice.candidates) push({ site: 'mlp', candidate: c });
     push({ site: 'mlp', chosen: { family: choice.family, rank: choice.rank, rule: choice.rule }, validation: res.mlp.validation });
   }
-  if (cfg.heads.enabled) {
+  if (cfg.heads.enabled && sites.heads) {
     const H = mc.heads;
     const inputLayer = cfg.heads.input === 'prev' && layer > 0 ? layer - 1 : layer;
     if (!m.layers.includes(inputLayer)) throw new UserError(`the head predictor of layer ${layer} reads layer ${inputLayer}'s x_attn (lookahead), which was not collected`, 'collect all layers, or set heads.input=same');
@@ -254,5 +256,6 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
   }
   res.seconds = (Date.now() - t0) / 1000;
   res.samplesPerSecond = samples / Math.max(1e-3, res.seconds);
+  res.samples = samples;
   return res;
 }
