@@ -130,6 +130,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       let tokens = progress.tokens;
       const skipSeqs = progress.shardsDone * seqsPerShard;
       let batch: number[][] = [];
+      await pool?.ready(); // worker start-up (backend, model) is not collection time
       const tRun = Date.now();
       let forwardMs = 0, captureMs = 0, writeMs = 0;
 

@@ -24,7 +24,6 @@ type Job =
   | EvalJob;
 
 const init = workerData as Init;
-let ready: Promise<unknown> | null = null;
 let model: Model | null = null;
 const manifests = new Map<string, ActivationsManifest>();
 const predictors = new Map<string, LoadedPredictors>();
@@ -38,8 +37,6 @@ const manifest = (dir: string) => { if (!manifests.has(dir)) manifests.set(dir, 
 const preds = (dir: string) => { if (!predictors.has(dir)) predictors.set(dir, loadPredictors(dir)); return predictors.get(dir)!; };
 
 serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
-  ready ??= ensureBackend(init.backend === 'tensorflow' ? 'tensorflow' : init.backend === 'cpu' ? 'cpu' : 'wasm');
-  await ready;
   switch (job.kind) {
     case 'collect': return captureBatch(theModel(), job.seqs, job.firstSeq, job.spec);
     case 'train': {
@@ -49,4 +46,7 @@ serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
     case 'recall': return recallJob(job, manifest(job.activations), preds(job.predictors));
     case 'nll': return nllJob(theModel(), preds(job.predictors), job.seqs, job.hooks);
   }
-}, isUserError);
+}, isUserError, async () => {
+  await ensureBackend(init.backend === 'tensorflow' ? 'tensorflow' : init.backend === 'cpu' ? 'cpu' : 'wasm');
+  if (init.model) theModel();
+});

@@ -15,9 +15,9 @@ export function defaultWorkers(): number {
 }
 
 interface Pending { id: number; label: string; job: unknown; transfer: ArrayBuffer[]; onProgress: ((v: unknown) => void) | undefined; resolve: (r: unknown) => void; reject: (e: Error) => void }
-interface Slot { index: number; worker: Worker; busy: Pending | null; dead: boolean }
+interface Slot { index: number; worker: Worker; threadId: number; busy: Pending | null; dead: boolean }
 
-export interface WorkerMessage { id: number; type: 'progress' | 'done' | 'error'; value?: unknown; result?: unknown; user?: boolean; message?: string; hint?: string; stack?: string }
+export interface WorkerMessage { id: number; type: 'ready' | 'progress' | 'done' | 'error'; value?: unknown; result?: unknown; user?: boolean; message?: string; hint?: string; stack?: string }
 
 export class WorkerPool {
   private slots: Slot[] = [];
@@ -25,11 +25,13 @@ export class WorkerPool {
   private nextId = 0;
   private failure: Error | null = null;
   private closing = false;
+  private readyCount = 0;
+  private readyWaiters: (() => void)[] = [];
 
   constructor(script: string, readonly size: number, workerData: unknown, private readonly what = 'worker') {
     for (let i = 0; i < size; i++) {
       const worker = new Worker(script, { workerData: { ...(workerData as object), workerIndex: i } });
-      const slot: Slot = { index: i, worker, busy: null, dead: false };
+      const slot: Slot = { index: i, worker, threadId: worker.threadId, busy: null, dead: false };
       worker.on('message', (m: WorkerMessage) => this.onMessage(slot, m));
       worker.on('error', (e) => this.onDeath(slot, `crashed: ${e.message}`));
       worker.on('exit', (code) => { if (!this.closing || slot.busy) this.onDeath(slot, `exited unexpectedly (exit code ${code})`); });
@@ -37,7 +39,7 @@ export class WorkerPool {
     }
   }
 
-  private name(slot: Slot) { return `${this.what} ${slot.index + 1} of ${this.size} (thread ${slot.worker.threadId})`; }
+  private name(slot: Slot) { return `${this.what} ${slot.index + 1} of ${this.size} (thread ${slot.threadId})`; }
 
   /** Queue one job; resolves with the worker's result. `transfer`: buffers moved (not copied) to the worker. */
   run<R>(label: string, job: unknown, opts: { transfer?: ArrayBuffer[]; onProgress?: (v: unknown) => void } = {}): Promise<R> {
@@ -57,7 +59,18 @@ export class WorkerPool {
     }
   }
 
+  /** Resolves when every worker has finished its start-up (backend, model); rejects if one dies first. */
+  ready(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.readyCount >= this.size) return Promise.resolve();
+    return new Promise<void>((resolve) => this.readyWaiters.push(resolve)).then(() => { if (this.failure) throw this.failure; });
+  }
+
   private onMessage(slot: Slot, m: WorkerMessage) {
+    if (m.type === 'ready') {
+      if (++this.readyCount >= this.size) for (const w of this.readyWaiters.splice(0)) w();
+      return;
+    }
     const p = slot.busy;
     if (!p || p.id !== m.id) return;
     if (m.type === 'progress') { p.onProgress?.(m.value); return; }
@@ -75,6 +88,7 @@ export class WorkerPool {
     slot.dead = true;
     const e = new Error(`${this.name(slot)} ${how}${slot.busy ? ` while running ${slot.busy.label}` : ''}`);
     this.failure ??= e;
+    for (const w of this.readyWaiters.splice(0)) w();
     const victims = [...(slot.busy ? [slot.busy] : []), ...this.queue.splice(0)];
     slot.busy = null;
     for (const v of victims) v.reject(this.failure);
@@ -92,15 +106,19 @@ export class WorkerPool {
  * Test hook: DEJAVU_TEST_KILL_WORKER="I:N" exits worker I (0-based) just before its N-th job (1-based).
  */
 export function serveJobs(port: import('node:worker_threads').MessagePort, workerIndex: number,
-  handle: (job: never, progress: (v: unknown) => void) => unknown | Promise<unknown>, isUser: (e: unknown) => boolean): void {
+  handle: (job: never, progress: (v: unknown) => void) => unknown | Promise<unknown>, isUser: (e: unknown) => boolean, init: () => Promise<void> = async () => undefined): void {
   let n = 0;
   const kill = /^(\d+):(\d+)$/.exec(process.env.DEJAVU_TEST_KILL_WORKER ?? '');
-  let chain: Promise<void> = Promise.resolve();
+  // start-up first (its failure is reported with the first job); then 'ready'
+  const started = init().then(() => port.postMessage({ id: -1, type: 'ready' }));
+  started.catch(() => port.postMessage({ id: -1, type: 'ready' }));
+  let chain: Promise<void> = started.catch(() => undefined);
   port.on('message', (msg: { id: number; job: unknown }) => {
     chain = chain.then(async () => {
       n++;
       if (kill && Number(kill[1]) === workerIndex && Number(kill[2]) === n) process.exit(70);
       try {
+        await started;
         const result = await handle(msg.job as never, (value) => port.postMessage({ id: msg.id, type: 'progress', value }));
         const transfer = collectTransferables(result);
         port.postMessage({ id: msg.id, type: 'done', result }, transfer);
