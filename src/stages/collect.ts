@@ -172,7 +172,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         if ((b.firstSeq + nSeq) % seqsPerShard === 0) await finishShard();
       };
       const inflight: Promise<BatchCapture>[] = [];
-      const maxInflight = pool ? 2 * pool.size : 0;
+      const maxInflight = pool ? pool.size + 1 : 0;
       const runBatch = async (seqs: number[][], firstSeq: number) => {
         if (!pool) { await writeBatch(captureBatch(model!, seqs, firstSeq, spec)); return; }
         const p = pool.run<BatchCapture>(`the batch of sequences ${firstSeq}..${firstSeq + seqs.length - 1}`, { kind: 'collect', seqs, firstSeq, spec });

@@ -19,6 +19,18 @@ interface Slot { index: number; worker: Worker; threadId: number; busy: Pending 
 
 export interface WorkerMessage { id: number; type: 'ready' | 'progress' | 'done' | 'error'; value?: unknown; result?: unknown; user?: boolean; message?: string; hint?: string; stack?: string }
 
+/** the parent's Node flags minus those that only make sense for a main script (-e/--eval/-p/--print, --input-type) */
+function workerExecArgv(): string[] {
+  const out: string[] = [];
+  const a = process.execArgv;
+  for (let i = 0; i < a.length; i++) {
+    if (['-e', '--eval', '-p', '--print'].includes(a[i]!)) { i++; continue; }
+    if (/^(--input-type|--eval=|--print=)/.test(a[i]!)) continue;
+    out.push(a[i]!);
+  }
+  return out;
+}
+
 export class WorkerPool {
   private slots: Slot[] = [];
   private queue: Pending[] = [];
@@ -30,7 +42,7 @@ export class WorkerPool {
 
   constructor(script: string, readonly size: number, workerData: unknown, private readonly what = 'worker') {
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(script, { workerData: { ...(workerData as object), workerIndex: i } });
+      const worker = new Worker(script, { workerData: { ...(workerData as object), workerIndex: i }, execArgv: workerExecArgv() });
       const slot: Slot = { index: i, worker, threadId: worker.threadId, busy: null, dead: false };
       worker.on('message', (m: WorkerMessage) => this.onMessage(slot, m));
       worker.on('error', (e) => this.onDeath(slot, `crashed: ${e.message}`));
