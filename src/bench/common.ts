@@ -1,3 +1,4 @@
+import type { ModelConfig } from '../model/config.js';
 import * as tf from '@tensorflow/tfjs-core';
 
 /** Median wall time (ms) of fn over n runs after w warm-ups. */
@@ -19,4 +20,9 @@ export function matmulRate(m: number, k: number, n: number): number {
 
 export function table(header: string[], rows: (string | number)[][]): string {
   return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+/** OPT-1.3B's widths (24 layers, d 2048, ffn 8192, 32 heads, vocab 50272), as a normalized config. */
+export function opt13bConfig(over: Partial<ModelConfig> = {}): ModelConfig {
+  return { family: 'opt', vocabSize: 50272, hidden: 2048, layers: 24, heads: 32, kvHeads: 32, headDim: 64, ffn: 8192, maxPositions: 2048, norm: 'layernorm', normEps: 1e-5, preNorm: true, finalNorm: true, activation: 'relu', positions: 'learned', positionOffset: 2, ropeTheta: 0, embedProjDim: null, tiedLmHead: true, attnBias: true, mlpBias: true, bosTokenId: 2, eosTokenId: 2, padTokenId: 1, ...over };
 }

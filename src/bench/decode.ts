@@ -11,7 +11,7 @@ import type { ModelConfig } from '../model/config.js';
 import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } from '../model/forward.js';
 import { loadModel, type LayerWeights, type Model } from '../model/model.js';
 import { predictorHooks } from '../predictors/hooks.js';
-import { table, timeIt } from './common.js';
+import { opt13bConfig, table, timeIt } from './common.js';
 import { sparseAttention, sparseMlp, type Rows } from '../model/kernels/host-kernels.js';
 import { createArena, toWasmRows } from '../model/kernels/wasm/kernels.js';
 import { loadTokenizer } from '../tokenizer.js';
@@ -112,7 +112,7 @@ if (fs.existsSync(`${bundle}/manifest.json`)) {
 } else console.error(`(a) skipped: no bundle at ${bundle}; run \`npx dejavu pipeline --config configs/default.yaml\` first`);
 
 const layers = Number(process.env.BENCH_LAYERS ?? 4);
-const big: ModelConfig = { family: 'opt', vocabSize: 2048, hidden: 2048, layers, heads: 32, kvHeads: 32, headDim: 64, ffn: 8192, maxPositions: 2048, norm: 'layernorm', normEps: 1e-5, preNorm: true, finalNorm: true, activation: 'relu', positions: 'learned', positionOffset: 2, ropeTheta: 0, embedProjDim: null, tiedLmHead: true, attnBias: false, mlpBias: false, bosTokenId: 2, eosTokenId: 2, padTokenId: 1 };
+const big: ModelConfig = opt13bConfig({ vocabSize: 2048, layers, attnBias: false, mlpBias: false });
 {
   const model = randomModel(big);
   const [dense, sparse] = bestOf(() => decodeRate(model, undefined), () => decodeRate(model, randomHooks(big, 0.1, 0.5)));

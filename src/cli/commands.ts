@@ -79,6 +79,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--batch-size <n>', description: 'sequences per forward pass (default 8)', key: 'batchSize', parse: int },
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
+    { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
     OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
@@ -96,6 +97,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--data <file>', description: 'held-out text for perplexity', key: 'data' },
     { flags: '--out <dir>', description: 'report folder', key: 'out' },
     { flags: '--max-tokens <n>', description: 'tokens for the perplexity part', key: 'maxTokens', parse: int },
+    { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
     BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runEvaluate(cfg, ctx.deps); }),
   configured('export-bundle', 'write a versioned, checksummed sparse-runtime bundle (manifest, predictors, neuron-major weights)', [

@@ -24,6 +24,8 @@ export const collectSchema = z.strictObject({
   rowsPerShard: posInt.default(8192),
   /** record float16 MLP activation magnitudes; auto = on for non-ReLU models */
   recordMlpAct: z.union([z.literal('auto'), z.boolean()]).default('auto'),
+  /** worker threads (one tfjs each; batches dealt out, written in order; the dataset is the same for any count); 0 = one per core */
+  workers: z.number().int().min(0).default(0),
   overwrite: z.boolean().default(false),
   backend,
 });
@@ -113,6 +115,8 @@ export const evaluateSchema = z.strictObject({
    * proportionally (k_l = F * min(1, D * calibrated_l / mean calibrated)) and predicted-MLP perplexity is measured
    */
   densitySweep: z.array(z.number().gt(0).lte(1)).default([0.1, 0.15, 0.2, 0.3]),
+  /** worker threads for the recall pass and the perplexity runs (the report is the same for any count); 0 = one per core */
+  workers: z.number().int().min(0).default(0),
   backend,
 });
 export type EvaluateConfig = z.infer<typeof evaluateSchema>;

@@ -4,7 +4,9 @@
  * A model larger than `residentBudgetBytes` keeps its layer weights on the host (Float32Arrays) and the forward pass
  * uploads one layer at a time ("streamed" residency).
  */
+import * as fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
+import { f16ToF32Array } from '../util/half.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
@@ -36,7 +38,9 @@ export interface LayerWeights {
   host?: { mlp: HostMlp; attn: HostAttn };
 }
 
-export interface HostTensor { shape: number[]; data: Float32Array }
+/** data: float32, or float16 bits (Uint16Array; a float16 checkpoint kept at half size, widened when uploaded) */
+export interface HostTensor { shape: number[]; data: Float32Array | Uint16Array }
+const f32of = (t: HostTensor): Float32Array => (t.data instanceof Uint16Array ? f16ToF32Array(t.data) : t.data);
 type HostLayer = Record<string, HostTensor>;
 
 export interface Model {
@@ -62,10 +66,15 @@ export interface LoadOptions {
   residency?: 'auto' | 'resident' | 'streamed';
   /** also keep neuron-major ([F, d]) copies of fc1/up/gate, so the sparse runtime gathers contiguous rows */
   neuronMajor?: boolean;
+  /** host weights already read (loadHostWeights), e.g. SharedArrayBuffer-backed ones shared by worker threads */
+  host?: HostWeights;
 }
 
-function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(src.length);
+/** Every weight of a checkpoint on the host, laid out as the model uses them (float32, [in, out]). */
+export interface HostWeights { dir: string; tensors: Record<string, HostTensor> }
+
+function transpose2d<T extends Float32Array | Uint16Array>(src: T, rows: number, cols: number): T {
+  const out = new (src.constructor as new (n: number) => T)(src.length);
   const B = 64;
   for (let r0 = 0; r0 < rows; r0 += B)
     for (let c0 = 0; c0 < cols; c0 += B)
@@ -104,13 +113,27 @@ function readHost(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor
   return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
 }
 
+/** A float16 tensor's bits, laid out like readHost (transposed to [in, out] where the spec says so). */
+function readHostF16(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor {
+  const { file, info } = ck.tensors.get(fileKey)!;
+  const data = new Uint16Array((info.end - info.begin) / 2);
+  const fd = fs.openSync(file.path, 'r');
+  try {
+    const bytes = new Uint8Array(data.buffer);
+    for (let o = 0; o < bytes.length;) { const n = fs.readSync(fd, bytes, o, Math.min(bytes.length - o, 1 << 30), info.begin + o); if (n <= 0) throw new Error(`short read of ${fileKey} in ${file.path}`); o += n; }
+  } finally { fs.closeSync(fd); }
+  if (!spec.transpose) return { shape: spec.shape, data };
+  const [rows, cols] = spec.shape as [number, number];
+  return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
+}
+
 /** Layer i's sparse-runtime copies: neuron-major host rows (mirrored in the model's arena). Made once per model. */
 interface NeuronMajorParts { up: Float32Array; gate?: Float32Array; F: number; d: number; host: { mlp: HostMlp; attn: HostAttn } }
 
 function neuronMajorParts(h: HostLayer, i: number, c: ModelConfig, arena: WasmArena | null): NeuronMajorParts {
   // HF stores fc1/up/gate as [F, d] (already neuron-major); the host layer holds them transposed to [d, F]
-  const nmHost = (n: string) => { const t = h[`layers.${i}.${n}`]!; return transpose2d(t.data, t.shape[0]!, t.shape[1]!); };
-  const g = (n: string) => h[`layers.${i}.${n}`]?.data;
+  const nmHost = (n: string) => { const t = h[`layers.${i}.${n}`]!; return transpose2d(f32of(t), t.shape[0]!, t.shape[1]!); };
+  const g = (n: string) => { const t = h[`layers.${i}.${n}`]; return t ? f32of(t) : undefined; };
   const up = nmHost('w1'), gate = h[`layers.${i}.wg`] ? nmHost('wg') : undefined;
   const [d, F] = h[`layers.${i}.w1`]!.shape as [number, number];
   const mlp: HostMlp = { up, down: g('w2')!, activation: gate ? 'swiglu' : 'relu' };
@@ -128,8 +151,8 @@ function neuronMajorParts(h: HostLayer, i: number, c: ModelConfig, arena: WasmAr
 
 /** Backend tensors of layer i (uploaded per call when streamed); `nm` adds the neuron-major ones and host kernels. */
 function toLayer(h: HostLayer, i: number, nm?: NeuronMajorParts): LayerWeights {
-  const t2 = (n: string) => tf.tensor2d(h[`layers.${i}.${n}`]!.data, h[`layers.${i}.${n}`]!.shape as [number, number]);
-  const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(h[`layers.${i}.${n}`]!.data) : undefined);
+  const t2 = (n: string) => tf.tensor2d(f32of(h[`layers.${i}.${n}`]!), h[`layers.${i}.${n}`]!.shape as [number, number]);
+  const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(f32of(h[`layers.${i}.${n}`]!)) : undefined);
   const w: LayerWeights = {
     ln1: { g: t1('ln1.g')! }, ln2: { g: t1('ln2.g')! },
     wq: t2('wq'), wk: t2('wk'), wv: t2('wv'), wo: t2('wo'), w1: t2('w1'), w2: t2('w2'),
@@ -155,6 +178,30 @@ export function disposeLayer(w: LayerWeights): void {
   }
 }
 
+/**
+ * Read every weight to the host once. `shared`: in SharedArrayBuffers, so worker threads given this object (by
+ * postMessage / workerData) see the same memory instead of a copy each.
+ */
+export function loadHostWeights(dir: string, opts: { shared?: boolean } = {}): HostWeights {
+  const ck = openCheckpoint(dir);
+  const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
+  const specs = expectedWeights(cfg);
+  const canon = checkKeys(ck, cfg, specs);
+  const tensors: HostLayer = {};
+  // a float16 checkpoint stays float16 on the host (half the memory; widening to float32 is exact)
+  const half = specs.every((s) => ck.tensors.get(canon.get(s.key)!)!.info.dtype === 'F16');
+  for (const s of specs) {
+    const t = half ? readHostF16(ck, canon.get(s.key)!, s) : readHost(ck, canon.get(s.key)!, s);
+    if (opts.shared) {
+      const a = t.data instanceof Uint16Array ? new Uint16Array(new SharedArrayBuffer(t.data.byteLength)) : new Float32Array(new SharedArrayBuffer(t.data.byteLength));
+      a.set(t.data);
+      t.data = a;
+    }
+    tensors[s.name] = t;
+  }
+  return { dir, tensors };
+}
+
 export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const ck = openCheckpoint(dir);
   const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
@@ -164,14 +211,16 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const budget = opts.residentBudgetBytes ?? 2.5 * 2 ** 30;
   const residency = opts.residency && opts.residency !== 'auto' ? opts.residency : bytes > budget ? 'streamed' : 'resident';
 
-  const host: HostLayer = {};
-  for (const s of specs) host[s.name] = readHost(ck, canon.get(s.key)!, s);
+  let host: HostLayer = {};
+  if (opts.host) host = opts.host.tensors;
+  else for (const s of specs) host[s.name] = readHost(ck, canon.get(s.key)!, s);
   const g = (n: string) => host[n];
   const embedH = g('embed')!;
-  const embed = tf.tensor2d(embedH.data, embedH.shape as [number, number]);
+  const embedF = f32of(embedH);
+  const embed = tf.tensor2d(embedF, embedH.shape as [number, number]);
   const lmHead = cfg.tiedLmHead
-    ? tf.tensor2d(transpose2d(embedH.data, embedH.shape[0]!, embedH.shape[1]!), [embedH.shape[1]!, embedH.shape[0]!])
-    : tf.tensor2d(g('lmHead')!.data, g('lmHead')!.shape as [number, number]);
+    ? tf.tensor2d(transpose2d(embedF, embedH.shape[0]!, embedH.shape[1]!), [embedH.shape[1]!, embedH.shape[0]!])
+    : tf.tensor2d(f32of(g('lmHead')!), g('lmHead')!.shape as [number, number]);
   const model: Model = {
     config: cfg,
     dir,
@@ -182,12 +231,12 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
     layer: () => { throw new Error('unreachable'); },
     dispose: () => undefined,
   };
-  if (g('pos')) model.pos = tf.tensor2d(g('pos')!.data, g('pos')!.shape as [number, number]);
-  if (g('projIn')) model.projIn = tf.tensor2d(g('projIn')!.data, g('projIn')!.shape as [number, number]);
-  if (g('projOut')) model.projOut = tf.tensor2d(g('projOut')!.data, g('projOut')!.shape as [number, number]);
+  if (g('pos')) model.pos = tf.tensor2d(f32of(g('pos')!), g('pos')!.shape as [number, number]);
+  if (g('projIn')) model.projIn = tf.tensor2d(f32of(g('projIn')!), g('projIn')!.shape as [number, number]);
+  if (g('projOut')) model.projOut = tf.tensor2d(f32of(g('projOut')!), g('projOut')!.shape as [number, number]);
   if (g('finalNorm.g')) {
-    model.finalNorm = { g: tf.tensor1d(g('finalNorm.g')!.data) };
-    if (g('finalNorm.b')) model.finalNorm.b = tf.tensor1d(g('finalNorm.b')!.data);
+    model.finalNorm = { g: tf.tensor1d(f32of(g('finalNorm.g')!)) };
+    if (g('finalNorm.b')) model.finalNorm.b = tf.tensor1d(f32of(g('finalNorm.b')!));
   }
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
   // one arena per model, freed by dispose; neuron-major host copies made once per layer (also when streamed)

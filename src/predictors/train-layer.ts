@@ -39,7 +39,7 @@ export interface PredictorResult {
   candidates?: (MlpCandidate & { chosen: boolean })[];
 }
 
-export interface LayerResult { layer: number; mlp?: PredictorResult; heads?: PredictorResult; log: Record<string, unknown>[]; samplesPerSecond: number; seconds: number }
+export interface LayerResult { layer: number; mlp?: PredictorResult; heads?: PredictorResult; log: Record<string, unknown>[]; samplesPerSecond: number; seconds: number; samples?: number }
 
 type Site = 'mlp' | 'heads';
 
@@ -192,7 +192,9 @@ export function resolveLabel(cfg: TrainConfig, activation: string): LabelRule {
   return { kind: k, value: cfg.mlp.label.value };
 }
 
-export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig, layer: number, onProgress: (samples: number) => void = () => undefined): LayerResult {
+/** `sites`: which of the layer's predictors to make (train-predictors runs a layer's MLP and heads as separate jobs) */
+export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig, layer: number, onProgress: (samples: number) => void = () => undefined,
+  sites: { mlp?: boolean; heads?: boolean } = { mlp: true, heads: true }): LayerResult {
   const t0 = Date.now();
   const log: Record<string, unknown>[] = [];
   const push = (e: Record<string, unknown>) => log.push({ layer, ...e, t: (Date.now() - t0) / 1000 });
@@ -204,7 +206,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
   const tick = (n: number) => { samples += n; onProgress(n); };
   const summary = readSummary(dir);
 
-  if (cfg.mlp.enabled) {
+  if (cfg.mlp.enabled && sites.mlp) {
     const label = resolveLabel(cfg, mc.activation);
     const site = readMlpSite(cfg.model ?? m.model.dir, mc, layer);
     const trained: TrainedCandidate[] = [];
@@ -242,7 +244,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
     for (const c of choice.candidates) push({ site: 'mlp', candidate: c });
     push({ site: 'mlp', chosen: { family: choice.family, rank: choice.rank, rule: choice.rule }, validation: res.mlp.validation });
   }
-  if (cfg.heads.enabled) {
+  if (cfg.heads.enabled && sites.heads) {
     const H = mc.heads;
     const inputLayer = cfg.heads.input === 'prev' && layer > 0 ? layer - 1 : layer;
     if (!m.layers.includes(inputLayer)) throw new UserError(`the head predictor of layer ${layer} reads layer ${inputLayer}'s x_attn (lookahead), which was not collected`, 'collect all layers, or set heads.input=same');
@@ -262,5 +264,6 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
   }
   res.seconds = (Date.now() - t0) / 1000;
   res.samplesPerSecond = samples / Math.max(1e-3, res.seconds);
+  res.samples = samples;
   return res;
 }

@@ -13,13 +13,17 @@ import { isPretokenized, packSequences, readDocuments } from '../activations/dat
 import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, REBUILD_HINT, ShardWriter, type LayerRows } from '../activations/format.js';
 import { collectProgressSchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
 import { issueLines } from '../util/json-artifact.js';
-import { loadModel } from '../model/model.js';
-import { forward, disposeOutput } from '../model/forward.js';
+import { loadHostWeights, loadModel, type Model } from '../model/model.js';
+import { normalizeConfig } from '../model/config.js';
+import { openCheckpoint } from '../checkpoint/checkpoint.js';
+import { captureBatch, type BatchCapture, type CaptureSpec } from '../activations/capture.js';
+import { defaultWorkers, WorkerPool } from '../util/pool.js';
+import { getBackend } from '../backend.js';
+import { stageWorkerScript } from './worker-script.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { fsUserError, UserError } from '../util/errors.js';
 import { checkOutput, lockOutput, MARKER, sweepAtomicTemps, writeMarker } from '../util/outdir.js';
 import { sha256, sha256File, writeJsonAtomic } from '../util/fsx.js';
-import { f32ToF16Array } from '../util/half.js';
 import type { StageDeps } from '../util/progress.js';
 
 interface LayerStats { tokens: number; active: number; headNormSum: number[]; headNormSq: number[]; actAbsSum: number }
@@ -27,9 +31,15 @@ interface LayerStats { tokens: number; active: number; headNormSum: number[]; he
 interface ShardRecord { sha256: Record<string, string>; tokens: number; stats: Record<string, LayerStats> }
 interface Progress { shardsDone: number; tokens: number; seconds: number; shards: ShardRecord[] }
 
+/** the config as recorded in the manifest: the worker count changes nothing in the dataset */
+function withoutWorkers(cfg: CollectConfig): Omit<CollectConfig, 'workers'> {
+  const { workers: _w, ...rest } = cfg;
+  return rest;
+}
+
 /** What makes two collections the same (resume) or different (refuse without --overwrite). */
 function identity(cfg: CollectConfig, m: { fingerprint: unknown; tokenizerHash: string | null; dataHash: string }) {
-  const { overwrite: _o, backend: _b, out: _out, ...rest } = cfg;
+  const { overwrite: _o, backend: _b, out: _out, workers: _w, ...rest } = cfg;
   return JSON.stringify({ ...rest, ...m });
 }
 
@@ -39,9 +49,17 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
   const pretok = await isPretokenized(cfg.data);
   const tokenizer = pretok ? null : loadTokenizer(cfg.model);
   const dataHash = sha256File(cfg.data);
-  const model = loadModel(cfg.model);
+  // one worker per core (each with its own tfjs, host weights shared), or in-process when there is one batch at most
+  const expectBatches = cfg.maxTokens ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : Infinity;
+  const nWorkers = Math.min(cfg.workers || defaultWorkers(), expectBatches);
+  let pool: WorkerPool | null = null;
+  let model: Model | null = null;
+  if (nWorkers > 1) {
+    const host = loadHostWeights(cfg.model, { shared: true });
+    pool = new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: { dir: cfg.model, host } }, 'collect worker');
+  } else model = loadModel(cfg.model);
   try {
-    const c = model.config;
+    const c = normalizeConfig(openCheckpoint(cfg.model).rawConfig, `${cfg.model}/config.json`);
     const layers = cfg.layers === 'all' ? Array.from({ length: c.layers }, (_, i) => i) : [...new Set(cfg.layers)].sort((a, b) => a - b);
     for (const l of layers) if (l >= c.layers) throw new UserError(`layer ${l} does not exist: the model has ${c.layers} layers (0..${c.layers - 1})`, 'fix --layers');
     const mlpAct = cfg.recordMlpAct === 'auto' ? c.activation !== 'relu' : cfg.recordMlpAct;
@@ -95,7 +113,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       const resumedFromShard = progress.shardsDone;
       const manifest: ActivationsManifest = {
         formatVersion: ACTIVATIONS_FORMAT_VERSION, kind: 'dejavu-activations', toolVersion: VERSION, status: 'in-progress',
-        config: { ...cfg, identity: id, resolved: { mlpAct, seqsPerShard } },
+        config: { ...withoutWorkers(cfg), identity: id, resolved: { mlpAct, seqsPerShard } },
         model: { dir: cfg.model, fingerprint, config: c }, tokenizerHash: tokenizer?.hash ?? null,
         data: { file: cfg.data, sha256: dataHash }, seqLen: cfg.seqLen, seqsPerShard, layers,
         dims: { hidden: c.hidden, ffn: c.ffn, heads: c.heads, headDim: c.headDim }, dtype: cfg.dtype, fields,
@@ -113,6 +131,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       let tokens = progress.tokens;
       const skipSeqs = progress.shardsDone * seqsPerShard;
       let batch: number[][] = [];
+      await pool?.ready(); // worker start-up (backend, model) is not collection time
       const tRun = Date.now();
       let forwardMs = 0, captureMs = 0, writeMs = 0;
 
@@ -130,52 +149,39 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, shards: [...progress.shards, { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)) }] };
         writeJsonAtomic(path.join(out, 'progress.json'), progress);
       };
-      const runBatch = async (seqs: number[][], firstSeq: number) => {
-        let s = performance.now();
-        const o = forward(model, seqs, { capture: { layerInput: true, mlpInput: true, mlpAct: true, headNorm: true, logits: false, layers } });
-        try {
-          forwardMs += performance.now() - s;
-          s = performance.now();
-          const rows = seqs.length * cfg.seqLen;
-          const seq = new Int32Array(rows), pos = new Int32Array(rows);
-          for (let b = 0; b < seqs.length; b++) for (let t = 0; t < cfg.seqLen; t++) { seq[b * cfg.seqLen + t] = firstSeq + b; pos[b * cfg.seqLen + t] = t; }
-          writers ??= openShard();
-          for (const l of layers) {
-            const xa = o.captured.layerInput![l]!.dataSync() as Float32Array;
-            const xm = o.captured.mlpInput![l]!.dataSync() as Float32Array;
-            const act = o.captured.mlpAct![l]!.dataSync() as Float32Array;
-            const hn = o.captured.headNorm![l]!.dataSync() as Float32Array;
-            for (const [name, arr] of [['x_attn', xa], ['x_mlp', xm], ['mlp_act', act], ['head_norm', hn]] as const) {
-              for (let i = 0; i < arr.length; i++) {
-                const v = arr[i]!;
-                if (!Number.isFinite(v)) throw new UserError(`non-finite ${name} value (${v}) at layer ${l}, sequence ${firstSeq + Math.floor(i / (arr.length / seqs.length))}`, 'the checkpoint produces NaN/Inf on this data: check the weights and dtype');
-                if (cfg.dtype === 'float16' && name !== 'head_norm' && Math.abs(v) > 65504) throw new UserError(`${name} value ${v} at layer ${l} overflows float16`, 'use --dtype float32');
-              }
-            }
-            const bits = new Uint8Array(Math.ceil((rows * c.ffn) / 8));
-            const st = stats.get(l)!;
-            let active = 0, absSum = 0;
-            for (let i = 0; i < act.length; i++) { const a = act[i]!; if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; } absSum += Math.abs(a); }
-            st.tokens += rows; st.active += active; st.actAbsSum += absSum;
-            for (let r = 0; r < rows; r++) for (let h = 0; h < c.heads; h++) { const v = hn[r * c.heads + h]!; st.headNormSum[h]! += v; st.headNormSq[h]! += v * v; }
-            const lr: LayerRows = {
-              rows, seq, pos,
-              xAttn: cfg.dtype === 'float16' ? f32ToF16Array(xa) : xa,
-              xMlp: cfg.dtype === 'float16' ? f32ToF16Array(xm) : xm,
-              mlpActiveBits: bits, headNorm: hn,
-            };
-            if (mlpAct) lr.mlpAct = f32ToF16Array(act);
-            captureMs += performance.now() - s; s = performance.now();
-            writers.get(l)!.write(makeBatch(schemas.get(l)!, lr));
-            writeMs += performance.now() - s; s = performance.now();
-          }
-        } finally {
-          disposeOutput(o);
+      // batches are fixed sets of sequences (sequence i -> batch floor(i / batchSize)); with a pool they run in
+      // parallel, one tfjs per worker, and are written here strictly in order
+      const spec: CaptureSpec = { layers, seqLen: cfg.seqLen, dtype: cfg.dtype, mlpAct };
+      const writeBatch = async (b: BatchCapture) => {
+        forwardMs += b.forwardMs; captureMs += b.captureMs;
+        const s = performance.now();
+        const rows = b.rows, nSeq = rows / cfg.seqLen;
+        const seq = new Int32Array(rows), pos = new Int32Array(rows);
+        for (let q = 0; q < nSeq; q++) for (let t = 0; t < cfg.seqLen; t++) { seq[q * cfg.seqLen + t] = b.firstSeq + q; pos[q * cfg.seqLen + t] = t; }
+        writers ??= openShard();
+        for (const lc of b.layers) {
+          const st = stats.get(lc.layer)!;
+          st.tokens += rows; st.active += lc.active; st.actAbsSum += lc.absSum;
+          for (let h = 0; h < c.heads; h++) { st.headNormSum[h]! += lc.headNormSum[h]!; st.headNormSq[h]! += lc.headNormSq[h]!; }
+          const lr: LayerRows = { rows, seq, pos, xAttn: lc.xAttn, xMlp: lc.xMlp, mlpActiveBits: lc.bits, headNorm: lc.headNorm };
+          if (lc.mlpAct) lr.mlpAct = lc.mlpAct;
+          writers.get(lc.layer)!.write(makeBatch(schemas.get(lc.layer)!, lr));
         }
-        tokens += seqs.length * cfg.seqLen;
+        writeMs += performance.now() - s;
+        tokens += rows;
         bar.update(tokens, { shard: shardIndex });
-        if ((firstSeq + seqs.length) % seqsPerShard === 0) await finishShard();
+        if ((b.firstSeq + nSeq) % seqsPerShard === 0) await finishShard();
       };
+      const inflight: Promise<BatchCapture>[] = [];
+      const maxInflight = pool ? pool.size + 1 : 0;
+      const runBatch = async (seqs: number[][], firstSeq: number) => {
+        if (!pool) { await writeBatch(captureBatch(model!, seqs, firstSeq, spec)); return; }
+        const p = pool.run<BatchCapture>(`the batch of sequences ${firstSeq}..${firstSeq + seqs.length - 1}`, { kind: 'collect', seqs, firstSeq, spec });
+        p.catch(() => undefined); // awaited in order below; a failure surfaces there
+        inflight.push(p);
+        while (inflight.length >= maxInflight) await writeBatch(await inflight.shift()!);
+      };
+      const drain = async () => { while (inflight.length) await writeBatch(await inflight.shift()!); };
 
       const tfBefore = tf.memory().numTensors;
       try {
@@ -189,6 +195,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         if (skipSeqs > 0 && seqIndex < skipSeqs)
           throw new UserError(`the data now yields fewer sequences (${seqIndex}) than were already collected (${skipSeqs})`, 'use --overwrite');
         if (batch.length) await runBatch(batch, seqIndex - batch.length);
+        await drain();
         await finishShard();
       } catch (e) {
         if (writers) for (const w of (writers as Map<number, ShardWriter>).values()) await w.abort();
@@ -205,6 +212,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         tokens: done.tokens, sequences: done.sequences, shards: done.shards,
         seconds: (Date.now() - t0) / 1000,
         tokensPerSecond: newTokens > 0 ? newTokens / runSeconds : null,
+        workers: pool ? pool.size : 1,
+        /** forward and capture: summed over workers (thread time); write: this thread */
         timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs) },
         resumedFromShard,
         layers: layers.map((l) => {
@@ -234,7 +243,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       lock.release();
     }
   } finally {
-    model.dispose();
+    model?.dispose();
+    await pool?.close();
   }
 }
 

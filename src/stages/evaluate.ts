@@ -15,17 +15,22 @@ import { iterateLayer, readManifest, verifyDataset } from '../activations/datase
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
-import { loadModel } from '../model/model.js';
-import type { SparsityHooks } from '../model/forward.js';
+import { loadModel, type Model } from '../model/model.js';
+import { normalizeConfig, type ModelConfig } from '../model/config.js';
+import { openCheckpoint } from '../checkpoint/checkpoint.js';
+import { nllJob, type HookSpec, type NllResult } from '../eval/jobs.js';
+import { defaultWorkers, WorkerPool } from '../util/pool.js';
+import { getBackend } from '../backend.js';
+import { stageWorkerScript } from './worker-script.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
-import { loadPredictors, predictorHooks, siteScores, type LoadedSite } from '../predictors/hooks.js';
+import { loadPredictors, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { exactPreActivations, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
 import { candidateTable, mlpDenseFlops, ruleText, type MlpCandidate } from '../predictors/fit-mlp.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
-import { batchNll, ppl, type NllTotals } from '../eval/perplexity.js';
+import { ppl, type NllTotals } from '../eval/perplexity.js';
 import { renderReportPlots } from '../eval/plots.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
@@ -136,6 +141,16 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
 
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 
+/** One site's held-out pass (a unit of work for the pool: the same in-process or in a worker thread). */
+export interface RecallJob { activations: string; predictors: string; modelDir: string; sweep: number[]; targetRecall: number; layer: number; site: 'mlp' | 'heads' }
+export function recallJob(j: RecallJob, m: ReturnType<typeof readManifest>, preds: LoadedPredictors): SiteReport {
+  if (j.site === 'mlp') return siteEval(j.activations, m, j.layer, preds.mlp.get(j.layer)!, 'mlp', j.sweep, { mlpSite: readMlpSite(j.modelDir, m.model.config, j.layer), targetRecall: j.targetRecall });
+  return siteEval(j.activations, m, j.layer, preds.heads.get(j.layer)!, 'heads', j.sweep, { targetRecall: j.targetRecall });
+}
+
+/** Evaluation work: a site's recall pass or a perplexity batch; dealt to worker threads, results kept by index. */
+export type EvalJob = ({ kind: 'recall' } & RecallJob) | { kind: 'nll'; predictors: string; seqs: number[][]; hooks: HookSpec };
+
 export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
   const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
   let report: EvalReport;
@@ -144,6 +159,12 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
   try { report = await evaluate(cfg, deps); text = reportTable(report, cfg.out); } catch (e) { w.abort(); throw e; }
   await writeOutput(w, cfg.out, (tmp) => writeReport(tmp, report, cfg.out));
   return { text, json: report };
+}
+
+/** the config as recorded in the report: the worker count changes nothing in it */
+function reportConfig(cfg: EvaluateConfig): EvaluateConfig {
+  const { workers: _w, ...rest } = cfg;
+  return rest as EvaluateConfig;
 }
 
 async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalReport> {
@@ -165,20 +186,66 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
       throw cfg.model ? new UserError(`--model ${cfg.model} is not the checkpoint the predictors were trained for`, 'pass the same checkpoint used for collect-activations')
         : new UserError(`checkpoint ${modelDir} is not the one the held-out activations were collected from`, 'pass --model with that checkpoint');
     const targetRecall = (preds.manifest.config as { mlp?: { targetRecall?: number } }).mlp?.targetRecall ?? 0.99;
-    const bar = deps.progress('recall', preds.manifest.layers.length, 'layers');
-    for (const l of preds.manifest.layers) {
+    if (cfg.model && !sameFingerprint(fingerprintCheckpoint(cfg.model), preds.manifest.model.fingerprint))
+      throw new UserError(`--model ${cfg.model} is not the checkpoint the predictors were trained for`, 'pass the same checkpoint used for collect-activations');
+    for (const l of preds.manifest.layers)
       if (!m.layers.includes(l.layer)) throw new UserError(`layer ${l.layer} has predictors but is not in the held-out dataset`, 'collect all layers');
-      const r: LayerReport = { layer: l.layer, ...(l.mlp?.candidates ? { mlpCandidates: l.mlp.candidates } : {}) };
-      const ms = preds.mlp.get(l.layer), hs = preds.heads.get(l.layer);
-      if (ms) r.mlp = siteEval(cfg.activations, m, l.layer, ms, 'mlp', cfg.sweep, { mlpSite: readMlpSite(modelDir, m.model.config, l.layer), targetRecall });
-      if (hs) r.heads = siteEval(cfg.activations, m, l.layer, hs, 'heads', cfg.sweep, { targetRecall });
-      layers.push(r);
-      bar.update(layers.length);
+    // the work (each site's recall pass, each perplexity batch of each run) is dealt to worker threads, one tfjs
+    // each; results are combined here in a fixed order, so the report does not depend on the worker count
+    const siteJobs = preds.manifest.layers.flatMap((l) => [...(preds.mlp.has(l.layer) ? ['mlp' as const] : []), ...(preds.heads.has(l.layer) ? ['heads' as const] : [])].map((site) => ({ layer: l.layer, site })));
+    const nBatches = cfg.model ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : 0;
+    const nWorkers = Math.max(1, Math.min(cfg.workers || defaultWorkers(), siteJobs.length + 11 * nBatches));
+    const pool = nWorkers > 1 ? new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: cfg.model ? { dir: cfg.model } : null }, 'evaluate worker') : null;
+    let localModel: Model | null = null;
+    const exec = <R>(label: string, job: EvalJob): Promise<R> => {
+      const p = pool ? pool.run<R>(label, job) : Promise.resolve().then(() => {
+        if (job.kind === 'recall') return recallJob(job, m, preds) as R;
+        localModel ??= loadModel(cfg.model!);
+        return nllJob(localModel, preds, job.seqs, job.hooks) as R;
+      });
+      p.catch(() => undefined); // awaited in a fixed order below; a failure surfaces there
+      return p;
+    };
+    try {
+    const bar = deps.progress('recall', siteJobs.length, 'sites');
+    let sitesDone = 0;
+    const siteResults = siteJobs.map((j) => exec<SiteReport>(`the ${j.site === 'mlp' ? 'MLP' : 'head'} recall pass of layer ${j.layer}`,
+      { kind: 'recall', activations: cfg.activations, predictors: cfg.predictors, modelDir, sweep: cfg.sweep, targetRecall, layer: j.layer, site: j.site }).then((r) => { bar.update(++sitesDone); return r; }));
+    // perplexity runs that do not need the recall results are queued behind the recall passes at once
+    const seqs: number[][] = [];
+    let c: ModelConfig | null = null;
+    const perplexityRun = (name: string, hooks: HookSpec) => {
+      const parts: Promise<NllResult>[] = [];
+      for (let i = 0; i < seqs.length; i += cfg.batchSize)
+        parts.push(exec<NllResult>(`perplexity run "${name}", sequences ${i}..${Math.min(seqs.length, i + cfg.batchSize) - 1}`, { kind: 'nll', predictors: cfg.predictors, seqs: seqs.slice(i, i + cfg.batchSize), hooks }));
+      return parts;
+    };
+    const early: [string, HookSpec][] = [
+      ['dense', { kind: 'dense' }],
+      ['predicted (MLP)', { kind: 'predicted', mlp: true, heads: false }],
+      ['predicted (heads)', { kind: 'predicted', mlp: false, heads: true }],
+      ['predicted (MLP + heads)', { kind: 'predicted', mlp: true, heads: true }],
+    ];
+    const pending = new Map<string, Promise<NllResult>[]>();
+    if (cfg.model) {
+      c = normalizeConfig(openCheckpoint(cfg.model).rawConfig, `${cfg.model}/config.json`);
+      const dataFile = cfg.data ?? m.data.file;
+      const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
+      for await (const sq of packSequences(readDocuments(dataFile), { seqLen: cfg.seqLen, cfg: c, tokenizer, maxTokens: cfg.maxTokens, source: dataFile })) seqs.push(sq);
+      for (const [name, spec] of early) pending.set(name, perplexityRun(name, spec));
     }
+    for (const r of await Promise.all(siteResults.map((p) => p.catch((e: Error) => ({ error: e }))))) if ('error' in r) throw r.error;
     bar.stop();
+    let k = 0;
+    for (const l of preds.manifest.layers) {
+      const r: LayerReport = { layer: l.layer, ...(l.mlp?.candidates ? { mlpCandidates: l.mlp.candidates } : {}) };
+      if (preds.mlp.has(l.layer)) r.mlp = await siteResults[k++]!;
+      if (preds.heads.has(l.layer)) r.heads = await siteResults[k++]!;
+      layers.push(r);
+    }
     const mlpL = layers.filter((l) => l.mlp), hL = layers.filter((l) => l.heads);
     const report: EvalReport = {
-      kind: 'dejavu-evaluation', toolVersion: VERSION, config: cfg, predictorsSha256, heldoutTokens: m.tokens, layers,
+      kind: 'dejavu-evaluation', toolVersion: VERSION, config: reportConfig(cfg), predictorsSha256, heldoutTokens: m.tokens, layers,
       averages: {
         mlpRecall: mean(mlpL.map((l) => l.mlp!.metrics.recall)), mlpPredictedDensity: mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
         mlpTrueDensity: mean(mlpL.map((l) => l.mlp!.metrics.trueDensity)), mlpSparsity: 1 - mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
@@ -186,78 +253,61 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
       },
     };
 
-    if (cfg.model) {
-      const fp = fingerprintCheckpoint(cfg.model);
-      if (!sameFingerprint(fp, preds.manifest.model.fingerprint)) throw new UserError(`--model ${cfg.model} is not the checkpoint the predictors were trained for`, 'pass the same checkpoint used for collect-activations');
-      const dataFile = cfg.data ?? m.data.file;
-      const model = loadModel(cfg.model);
-      try {
-        const c = model.config;
-        const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
-        const seqs: number[][] = [];
-        for await (const s of packSequences(readDocuments(dataFile), { seqLen: cfg.seqLen, cfg: c, tokenizer, maxTokens: cfg.maxTokens, source: dataFile })) seqs.push(s);
-        // oracle at the predictors' density: per layer k = the predicted density x width
-        const kOf = (site: LoadedSite | undefined, rep: SiteReport | undefined, W: number) => site ? Math.max(1, Math.round((rep?.metrics.predictedDensity ?? 1) * W)) : W;
-        const oracle = (mlp: boolean, heads: boolean): SparsityHooks => ({
-          ...(mlp ? { mlp: (i: number) => ({ oracleTopK: kOf(preds.mlp.get(i), layers.find((l) => l.layer === i)?.mlp, c.ffn) }) } : {}),
-          ...(heads ? { heads: (i: number) => ({ oracleTopK: kOf(preds.heads.get(i), layers.find((l) => l.layer === i)?.heads, c.heads) }) } : {}),
-        });
-        const density: Record<string, { mlp: number[]; heads: number[] }> = {};
-        const tracked = (name: string, mlp: boolean, heads: boolean) => {
+    if (cfg.model && c) {
+      // oracle at the predictors' density: per layer k = the predicted density x width
+      const kOf = (site: LoadedSite | undefined, rep: SiteReport | undefined, W: number) => site ? Math.max(1, Math.round((rep?.metrics.predictedDensity ?? 1) * W)) : W;
+      const mlpK = Array.from({ length: c.layers }, (_, i) => kOf(preds.mlp.get(i), layers.find((l) => l.layer === i)?.mlp, c!.ffn));
+      const headK = Array.from({ length: c.layers }, (_, i) => kOf(preds.heads.get(i), layers.find((l) => l.layer === i)?.heads, c!.heads));
+      const late: [string, HookSpec][] = [
+        ['oracle (MLP)', { kind: 'oracle', mlpK, headK: null }],
+        ['oracle (heads)', { kind: 'oracle', mlpK: null, headK }],
+        ['oracle (MLP + heads)', { kind: 'oracle', mlpK, headK }],
+      ];
+      for (const [name, spec] of late) pending.set(name, perplexityRun(name, spec));
+      // perplexity vs average MLP density: scale each layer's calibrated density proportionally
+      const calib = c.layers ? Array.from({ length: c.layers }, (_, i) => layers.find((l) => l.layer === i)?.mlp?.metrics.predictedDensity ?? 1) : [];
+      const meanCal = calib.reduce((a, b) => a + b, 0) / Math.max(1, calib.length);
+      // every layer with a selection (not dense) gets a per-token top-k on its own scores at the scaled k
+      const curve = cfg.densitySweep.map((D) => {
+        const ks = calib.map((d) => Math.max(1, Math.min(c!.ffn, Math.round(c!.ffn * Math.min(1, (D * d) / meanCal)))));
+        return { D, ks, predicted: perplexityRun(`predicted at density ${D}`, { kind: 'scaled', ks }), oracle: perplexityRun(`oracle at density ${D}`, { kind: 'oracle', mlpK: ks, headK: null }) };
+      });
+      const total = (parts: Promise<NllResult>[]) => Promise.all(parts).then((rs) => {
+        const tot: NllTotals = { nll: 0, count: 0 };
+        for (const r of rs) { tot.nll += r.nll; tot.count += r.count; } // in batch order
+        return { tot, rs };
+      });
+      const order = ['dense', 'oracle (MLP)', 'oracle (heads)', 'oracle (MLP + heads)', 'predicted (MLP)', 'predicted (heads)', 'predicted (MLP + heads)'];
+      const pbar = deps.progress('perplexity', (order.length + 2 * curve.length) * seqs.length, 'seqs');
+      let n = 0;
+      for (const parts of [...pending.values(), ...curve.flatMap((p) => [p.predicted, p.oracle])])
+        parts.forEach((p, i) => p.then(() => pbar.update(n += Math.min(cfg.batchSize, seqs.length - i * cfg.batchSize)), () => undefined));
+      const res: Record<string, number> = {};
+      const density: Record<string, { mlp: number[]; heads: number[] }> = {};
+      for (const name of order) {
+        const { tot, rs } = await total(pending.get(name)!);
+        res[name] = ppl(tot);
+        if (name.startsWith('predicted')) {
           const sel = { mlp: new Array(c.layers).fill(0), heads: new Array(c.layers).fill(0), mlpT: new Array(c.layers).fill(0), headsT: new Array(c.layers).fill(0) };
-          const h = predictorHooks(preds, { mode: 'mask', mlp, heads, onSelect: (site, layer, s, t) => { sel[site][layer] += s; sel[site === 'mlp' ? 'mlpT' : 'headsT'][layer] += t; } });
-          return { h, done: () => { density[name] = { mlp: sel.mlp.map((s, i) => (sel.mlpT[i] ? s / sel.mlpT[i] : 1)), heads: sel.heads.map((s, i) => (sel.headsT[i] ? s / sel.headsT[i] : 1)) }; } };
-        };
-        const runs: [string, () => { h?: SparsityHooks; done?: () => void }][] = [
-          ['dense', () => ({})],
-          ['oracle (MLP)', () => ({ h: oracle(true, false) })],
-          ['oracle (heads)', () => ({ h: oracle(false, true) })],
-          ['oracle (MLP + heads)', () => ({ h: oracle(true, true) })],
-          ['predicted (MLP)', () => tracked('predicted (MLP)', true, false)],
-          ['predicted (heads)', () => tracked('predicted (heads)', false, true)],
-          ['predicted (MLP + heads)', () => tracked('predicted (MLP + heads)', true, true)],
-        ];
-        const res: Record<string, number> = {};
-        const pbar = deps.progress('perplexity', runs.length * seqs.length, 'seqs');
-        let n = 0;
-        for (const [name, make] of runs) {
-          const { h, done } = make();
-          const tot: NllTotals = { nll: 0, count: 0 };
-          for (let i = 0; i < seqs.length; i += cfg.batchSize) {
-            const r = batchNll(model, seqs.slice(i, i + cfg.batchSize), h);
-            tot.nll += r.nll; tot.count += r.count;
-            n += Math.min(cfg.batchSize, seqs.length - i); pbar.update(n);
-          }
-          done?.();
-          res[name] = ppl(tot);
+          for (const r of rs) for (const key of ['mlp', 'heads', 'mlpT', 'headsT'] as const) r.sel![key].forEach((v, i) => { sel[key][i] += v; });
+          density[name] = { mlp: sel.mlp.map((s, i) => (sel.mlpT[i] ? s / sel.mlpT[i] : 1)), heads: sel.heads.map((s, i) => (sel.headsT[i] ? s / sel.headsT[i] : 1)) };
         }
-        pbar.stop();
-        // perplexity vs average MLP density: scale each layer's calibrated density proportionally
-        const calib = c.layers ? Array.from({ length: c.layers }, (_, i) => layers.find((l) => l.layer === i)?.mlp?.metrics.predictedDensity ?? 1) : [];
-        const meanCal = calib.reduce((a, b) => a + b, 0) / Math.max(1, calib.length);
-        const densityCurve: NonNullable<EvalReport['perplexity']>['densityCurve'] = [];
-        // every layer with a selection (not dense) gets a per-token top-k on its own scores at the scaled k
-        for (const D of cfg.densitySweep) {
-          const ks = calib.map((d) => Math.max(1, Math.min(c.ffn, Math.round(c.ffn * Math.min(1, (D * d) / meanCal)))));
-          const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, s.entry.family === 'dense' ? s : { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
-          const ph = predictorHooks(scaled, { mode: 'mask', mlp: true, heads: false });
-          const oh: SparsityHooks = { mlp: (i: number) => ({ oracleTopK: ks[i]! }) };
-          const tp: NllTotals = { nll: 0, count: 0 }, to: NllTotals = { nll: 0, count: 0 };
-          for (let i = 0; i < seqs.length; i += cfg.batchSize) {
-            const b = seqs.slice(i, i + cfg.batchSize);
-            const r1 = batchNll(model, b, ph), r2 = batchNll(model, b, oh);
-            tp.nll += r1.nll; tp.count += r1.count; to.nll += r2.nll; to.count += r2.count;
-          }
-          densityCurve.push({ targetDensity: D, meanDensity: ks.reduce((a, k) => a + k / c.ffn, 0) / ks.length, predicted: ppl(tp), oracle: ppl(to), k: ks });
-          deps.log(`density ${D}: predicted ${ppl(tp).toFixed(3)}, oracle ${ppl(to).toFixed(3)}`);
-        }
-        const deltas = Object.fromEntries(Object.entries(res).filter(([k]) => k !== 'dense').map(([k, v]) => [k, v / res.dense! - 1]));
-        report.perplexity = { tokens: seqs.length * cfg.seqLen, runs: res, deltas, density, densityCurve };
-      } finally {
-        model.dispose();
       }
+      const densityCurve: NonNullable<EvalReport['perplexity']>['densityCurve'] = [];
+      for (const p of curve) {
+        const tp = (await total(p.predicted)).tot, to = (await total(p.oracle)).tot;
+        densityCurve.push({ targetDensity: p.D, meanDensity: p.ks.reduce((a, k) => a + k / c!.ffn, 0) / p.ks.length, predicted: ppl(tp), oracle: ppl(to), k: p.ks });
+        deps.log(`density ${p.D}: predicted ${ppl(tp).toFixed(3)}, oracle ${ppl(to).toFixed(3)}`);
+      }
+      pbar.stop();
+      const deltas = Object.fromEntries(Object.entries(res).filter(([k]) => k !== 'dense').map(([k, v]) => [k, v / res.dense! - 1]));
+      report.perplexity = { tokens: seqs.length * cfg.seqLen, runs: res, deltas, density, densityCurve };
     }
     return report;
+    } finally {
+      (localModel as Model | null)?.dispose();
+      await pool?.close();
+    }
   } finally {
     preds.dispose();
   }

@@ -42,7 +42,7 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps));
   const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: cfg.data.heldout, backend: cfg.backend });
   // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged
-  const evalId = JSON.stringify({ p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: evalCfg });
+  const evalId = JSON.stringify({ p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: { ...evalCfg, workers: undefined } }); // the worker count changes nothing
   const idFile = path.join(dirs.report, '.inputs.json');
   let report: EvalReport | null = null;
   if (outputIsCurrent(idFile, evalId, () => fs.existsSync(path.join(dirs.report, 'report.json')))) {

@@ -3,11 +3,7 @@
  * recall on a validation split carved (by sequence) from the training activations. Layers are spread over
  * worker_threads (one tfjs each; tfjs-wasm runs single-threaded under Node).
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
 import type { TrainConfig } from '../config/schemas.js';
@@ -17,54 +13,47 @@ import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, typ
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
 import { candidateTable, ruleText } from '../predictors/fit-mlp.js';
 import { isUserError, UserError } from '../util/errors.js';
+import { defaultWorkers, WorkerPool } from '../util/pool.js';
+import { stageWorkerScript } from './worker-script.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { sha256, sha256File } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 import { getBackend } from '../backend.js';
 import { assertFinitePredictor, checkMetrics } from '../predictors/finite.js';
 
-function workerScript(): string | null {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = [path.join(here, '..', 'predictors', 'worker.js'), path.join(here, '..', '..', 'dist', 'predictors', 'worker.js')];
-  return candidates.find((f) => fs.existsSync(f)) ?? null;
-}
-
-async function trainInWorkers(dir: string, cfg: TrainConfig, layers: number[], nWorkers: number, onSamples: (n: number) => void): Promise<LayerResult[]> {
-  const script = workerScript();
-  if (!script || nWorkers <= 1) {
+/**
+ * Every layer's MLP predictor and head predictor are separate jobs (heads first: they train, the MLP fit is closed
+ * form), dealt to worker threads (one tfjs each) or run in-process with one worker; a layer's two results are merged
+ * in a fixed order, so the predictors do not depend on the worker count.
+ */
+async function trainInWorkers(dir: string, cfg: TrainConfig, layers: number[], nWorkers: number, onSamples: (n: number) => void): Promise<{ results: LayerResult[]; workers: number }> {
+  const sites = [...(cfg.heads.enabled ? ['heads' as const] : []), ...(cfg.mlp.enabled ? ['mlp' as const] : [])];
+  const jobs = sites.flatMap((site) => layers.map((layer) => ({ layer, site })));
+  const n = Math.max(1, Math.min(nWorkers, jobs.length));
+  let parts: LayerResult[];
+  if (n <= 1) {
     const m = readManifest(dir);
-    const out: LayerResult[] = [];
-    for (const l of layers) { out.push(trainLayer(dir, m, cfg, l, onSamples)); await new Promise((r) => setImmediate(r)); }
-    return out;
-  }
-  const queue = [...layers];
-  const results: LayerResult[] = [];
-  const backend = getBackend() ?? 'wasm';
-  await Promise.all(Array.from({ length: Math.min(nWorkers, layers.length) }, async () => {
-    const w = new Worker(script);
+    parts = [];
+    for (const j of jobs) { parts.push(trainLayer(dir, m, cfg, j.layer, onSamples, { [j.site]: true })); await new Promise((r) => setImmediate(r)); }
+  } else {
+    const pool = new WorkerPool(stageWorkerScript(), n, { backend: getBackend() ?? 'wasm', model: null }, 'train worker');
     try {
-      while (queue.length) {
-        const layer = queue.shift()!;
-        const r = await new Promise<LayerResult>((resolve, reject) => {
-          const onMsg = (msg: { type: string; samples?: number; result?: LayerResult; user?: boolean; message?: string; hint?: string; stack?: string }) => {
-            if (msg.type === 'progress') onSamples(msg.samples!);
-            else {
-              w.off('message', onMsg); w.off('error', reject);
-              if (msg.type === 'done') resolve(msg.result!);
-              else reject(msg.user ? new UserError(msg.message!, msg.hint) : Object.assign(new Error(msg.message), { stack: msg.stack }));
-            }
-          };
-          w.on('message', onMsg);
-          w.once('error', reject);
-          w.postMessage({ dir, cfg, layer, backend });
-        });
-        results.push(r);
-      }
+      const ps = jobs.map((j) => pool.run<LayerResult>(`the ${j.site === 'mlp' ? 'MLP' : 'head'} predictor of layer ${j.layer}`, { kind: 'train', dir, cfg, layer: j.layer, site: j.site }, { onProgress: (v) => onSamples(v as number) }));
+      for (const p of ps) p.catch(() => undefined);
+      parts = [];
+      for (const p of ps) parts.push(await p);
     } finally {
-      await w.terminate();
+      await pool.close();
     }
-  }));
-  return results.sort((a, b) => a.layer - b.layer);
+  }
+  const results = layers.map((layer) => {
+    const mine = parts.filter((_, i) => jobs[i]!.layer === layer);
+    const mlp = mine.find((r) => r.mlp)?.mlp, heads = mine.find((r) => r.heads)?.heads;
+    const seconds = mine.reduce((s, r) => s + r.seconds, 0), samples = mine.reduce((s, r) => s + (r.samples ?? 0), 0);
+    const log = [...(mine.find((r) => r.mlp)?.log ?? []), ...(mine.find((r) => r.heads)?.log ?? [])];
+    return { layer, ...(mlp ? { mlp } : {}), ...(heads ? { heads } : {}), log, seconds, samples, samplesPerSecond: samples / Math.max(1e-3, seconds) } as LayerResult;
+  });
+  return { results, workers: n };
 }
 
 export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
@@ -103,23 +92,25 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     }
     cfg = { ...cfg, model: modelDir };
   } catch (e) { w.abort(); throw e; }
-  const nWorkers = cfg.workers || Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, layers.length));
+  const nWorkers = cfg.workers || defaultWorkers();
   const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
   // progress in rows read: the MLP fit reads each row once (plus the epochs of a Deja Vu candidate), heads train for epochs
   const trainRowsCapped = Math.min(trainRows, cfg.maxSamples ?? Infinity);
   const perLayer = (cfg.mlp.enabled ? m.tokens + (cfg.mlp.families.includes('dejavu') ? trainRowsCapped * cfg.optim.epochs : 0) : 0) + (cfg.heads.enabled ? trainRowsCapped * cfg.optim.epochs : 0);
   const bar = deps.progress('train', perLayer * layers.length, 'samples');
   let done = 0;
-  deps.log(`train-predictors: ${layers.length} layer(s) on ${nWorkers} worker(s), ${m.tokens} tokens (${Math.round(cfg.validationFraction * 100)}% of sequences held for validation)`);
-  let results: LayerResult[];
+  deps.log(`train-predictors: ${layers.length} layer(s) on up to ${nWorkers} worker(s), ${m.tokens} tokens (${Math.round(cfg.validationFraction * 100)}% of sequences held for validation)`);
+  let results: LayerResult[], usedWorkers: number;
+  const tTrain = Date.now();
   try {
-    results = await trainInWorkers(cfg.activations, cfg, layers, nWorkers, (n) => { done += n; bar.update(Math.min(done, perLayer * layers.length)); });
+    ({ results, workers: usedWorkers } = await trainInWorkers(cfg.activations, cfg, layers, nWorkers, (n) => { done += n; bar.update(Math.min(done, perLayer * layers.length)); }));
   } catch (e) {
     w.abort();
     throw e;
   } finally {
     bar.stop();
   }
+  const tWall = Date.now();
   // a diverged run (NaN/Inf weights) is an error, never a folder of predictors with perfect-looking metrics
   for (const r of results) for (const site of ['mlp', 'heads'] as const) {
     const res = r[site];
@@ -133,7 +124,8 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   const manifest: PredictorsManifest = {
     formatVersion: PREDICTORS_FORMAT_VERSION, kind: 'dejavu-predictors', toolVersion: VERSION, identity,
     config: cfg, activations: { dir: cfg.activations, manifestSha256: manifestHash, tokens: m.tokens }, model: { fingerprint: m.model.fingerprint, config: m.model.config },
-    training: { seconds, workers: nWorkers, samplesPerSecond: results.reduce((s, r) => s + r.samplesPerSecond, 0) },
+    // samples: rows read (MLP fit: each training row once, plus calibration; heads: rows x epochs), over wall time
+    training: { seconds, workers: usedWorkers, samplesPerSecond: results.reduce((s, r) => s + (r.samples ?? 0), 0) / Math.max(1e-3, (tWall - tTrain) / 1000) },
     layers: [],
   };
   await writeOutput(w, cfg.out, (tmp) => writePredictors(tmp, manifest, results));
