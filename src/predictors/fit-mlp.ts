@@ -14,7 +14,7 @@ import { iterateLayer, type ActivationsManifest } from '../activations/dataset.j
 import { readSync } from '../util/tfx.js';
 import { closedFormFits, MomentAccumulator, normalizeByResidual, type LinearFit } from './closed-form.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from './metrics.js';
-import { exactPreActivations, mlpInput, type MlpSite } from './mlp-site.js';
+import { exactScores, mlpInput, type MlpSite } from './mlp-site.js';
 import { fromHost, predictLogits, swigluScore, disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
 import { labelsFor, type LabelRule } from './labels.js';
 
@@ -65,6 +65,24 @@ export function resolveRanks(ranks: number[], d: number): number[] {
 
 export function mlpDenseFlops(site: { d: number; F: number; activation: string }): number {
   return 2 * site.d * site.F * (site.activation === 'swiglu' ? 3 : 2);
+}
+
+/**
+ * Per-token FLOPs of a mode's predictor: none (dense), the first projection itself (exact: 2 d F), or the low-rank
+ * predictor(s) (SwiGLU closed form: gate and up). Its estimated MLP cost, as a share of the dense MLP, is this plus
+ * the predicted density times the dense MLP (exact: the density times the second projection only).
+ */
+export function predictorFlopsOf(family: MlpFamily, rank: number, score: 'linear' | 'swiglu', site: { d: number; F: number }): number {
+  if (family === 'dense') return 0;
+  if (family === 'exact') return 2 * site.d * site.F;
+  return 2 * rank * (site.d + site.F) * (score === 'swiglu' ? 2 : 1);
+}
+
+export function mlpCostShare(family: MlpFamily, rank: number, score: 'linear' | 'swiglu', density: number, site: { d: number; F: number; activation: string }): number {
+  const dense = mlpDenseFlops(site);
+  if (family === 'dense') return 1;
+  if (family === 'exact') return (predictorFlopsOf(family, rank, score, site) * (1 + density)) / dense;
+  return (predictorFlopsOf(family, rank, score, site) + density * dense) / dense;
 }
 
 interface ValRows { h: Float32Array[]; raw: Map<MlpInput, Float32Array[]>; y: Uint8Array[]; n: number[] }
@@ -137,23 +155,18 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
   }
   const hv = cat(val.h, (n) => new Float32Array(n)), yv = cat(val.y, (n) => new Uint8Array(n));
   // exact pre-activations of the validation rows: the exact candidate, and each active neuron's magnitude weight
-  const zUp = exactPreActivations(site, hv, nVal, 'up');
-  let weights: Float32Array;
-  if (swiglu) {
-    const zg = exactPreActivations(site, hv, nVal, 'gate');
-    weights = Float32Array.from(zUp, (u, i) => Math.abs(zg[i]! / (1 + Math.exp(-zg[i]!)) * u) * site.downColNorm[i % F]!);
-  } else weights = Float32Array.from(zUp, (z, i) => Math.max(z, 0) * site.downColNorm[i % F]!);
+  const { z: zUp, weights } = exactScores(site, hv, nVal);
 
   const denseFlops = mlpDenseFlops(site);
   const rules: ('topk' | 'threshold')[] = mc.rule === 'auto' ? ['threshold', 'topk'] : [mc.rule];
   type Made = Pick<MlpChoice, 'host' | 'hostUp' | 'input' | 'score'>;
   const cands: (MlpCandidate & { make: () => Made; metrics: Metrics })[] = [];
   const trueDensity = yv.reduce((s, v) => s + v, 0) / Math.max(1, yv.length);
-  const tryScores = (family: MlpFamily, rank: number, predFlops: number, scores: Float32Array, make: () => Made, only = rules) => {
+  const tryScores = (family: MlpFamily, rank: number, score: 'linear' | 'swiglu', scores: Float32Array, make: () => Made, only = rules) => {
     for (const rule of only) {
       const c = calibrate(scores, yv, weights, nVal, F, rule, mc.targetRecall, mc.recallWeighting);
       cands.push({ family, rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity, recallAtTrueDensity: c.recallAtTrueDensity,
-        flopShare: predFlops / denseFlops, costShare: (predFlops + c.m.predictedDensity * denseFlops) / denseFlops, make, metrics: c.m });
+        flopShare: predictorFlopsOf(family, rank, score, site) / denseFlops, costShare: mlpCostShare(family, rank, score, c.m.predictedDensity, site), make, metrics: c.m });
     }
   };
   const scoreWith = (p: PredictorWeights, x: Float32Array, up?: PredictorWeights) => readSync(() => { const t = tf.tensor2d(x, [nVal, d]); return up ? swigluScore(p, up, t) : predictLogits(p, t); });
@@ -168,7 +181,8 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     c.add(zUp, yv, weights);
     const met = c.metrics();
     cands.push({ family: 'exact', rank: d, rule: { kind: 'threshold', value: 0 }, recall: met.recall, magnitudeRecall: c.weightedRecall(), predictedDensity: met.predictedDensity, recallAtTrueDensity: NaN,
-      flopShare: (2 * d * F) / denseFlops, costShare: (2 * d * F * (1 + met.predictedDensity)) / denseFlops, make: () => ({ input: 'h_mlp', score: 'linear' }), metrics: met });
+      flopShare: predictorFlopsOf('exact', d, 'linear', site) / denseFlops, costShare: mlpCostShare('exact', d, 'linear', met.predictedDensity, site),
+      make: () => ({ input: 'h_mlp', score: 'linear' }), metrics: met });
   }
   if (families.has('closed-form')) {
     const ranks = resolveRanks(mc.ranks, d);
@@ -182,15 +196,14 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
       const pa = fromHost(hostA), pb = hostB ? fromHost(hostB) : undefined;
       try {
         const scores = scoreWith(pa, hv, pb);
-        const predFlops = 2 * uf.r * (d + F) * (swiglu ? 2 : 1);
-        tryScores('closed-form', uf.r, predFlops, scores, () => ({ host: hostA, ...(hostB ? { hostUp: hostB } : {}), input: 'h_mlp', score: swiglu ? 'swiglu' : 'linear' }));
+        tryScores('closed-form', uf.r, swiglu ? 'swiglu' : 'linear', scores, () => ({ host: hostA, ...(hostB ? { hostUp: hostB } : {}), input: 'h_mlp', score: swiglu ? 'swiglu' : 'linear' }));
       } finally { disposePredictor(pa); if (pb) disposePredictor(pb); }
     });
   }
   for (const t of trained) {
     const x = t.input === 'h_mlp' ? hv : cat(val.raw.get(t.input)!, (n) => new Float32Array(n));
     const host = toHost(t.weights);
-    tryScores('dejavu', t.rank, 2 * t.rank * (d + F), scoreWith(t.weights, x), () => ({ host, input: t.input, score: 'linear' }));
+    tryScores('dejavu', t.rank, 'linear', scoreWith(t.weights, x), () => ({ host, input: t.input, score: 'linear' }));
   }
   if (!cands.length) throw new Error(`layer ${layer}: no MLP candidate (families ${[...families].join(', ')})`);
   const cheapest = () => cands.reduce((b, c) => (c.costShare < b.costShare - 1e-12 ? c : b), cands[0]!);
@@ -202,7 +215,7 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     try {
       const host = toHost(tuned);
       const n0 = cands.length;
-      tryScores('closed-form', best.rank, best.flopShare * denseFlops, scoreWith(tuned, hv), () => ({ host, input: 'h_mlp', score: 'linear' }), [best.rule!.kind as 'topk' | 'threshold']);
+      tryScores('closed-form', best.rank, 'linear', scoreWith(tuned, hv), () => ({ host, input: 'h_mlp', score: 'linear' }), [best.rule!.kind as 'topk' | 'threshold']);
       for (const c of cands.slice(n0)) c.fineTuned = true;
     } finally { disposePredictor(tuned); }
     best = cheapest();

@@ -72,3 +72,19 @@ export function exactPreActivations(site: MlpSite, h: Float32Array, n: number, w
     return bias ? tf.add(z, tf.tensor1d(bias)) : z;
   });
 }
+
+/**
+ * The exact scores of rows h [n, d]: `z` the first projection's pre-activations (ReLU: the exact mode's scores),
+ * `exact` the neuron's true output magnitude (ReLU: z; SwiGLU: |silu(gate)·up|), and `weights` each neuron's
+ * |activation| × ‖W_down[:, i]‖ (the magnitude-weighted recall). Fitting and evaluation share this.
+ */
+export function exactScores(site: MlpSite, h: Float32Array, n: number): { z: Float32Array; exact: Float32Array; weights: Float32Array } {
+  const z = exactPreActivations(site, h, n, 'up');
+  let exact = z;
+  if (site.activation === 'swiglu') {
+    const g = exactPreActivations(site, h, n, 'gate');
+    exact = Float32Array.from(z, (u, i) => Math.abs((g[i]! / (1 + Math.exp(-g[i]!))) * u));
+  }
+  const weights = Float32Array.from(exact, (v, i) => Math.max(v, 0) * site.downColNorm[i % site.F]!);
+  return { z, exact, weights };
+}

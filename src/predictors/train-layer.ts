@@ -211,27 +211,26 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
     const site = readMlpSite(cfg.model ?? m.model.dir, mc, layer);
     const trained: TrainedCandidate[] = [];
     let epochs = 0;
+    // a trained MLP predictor (Deja Vu's family, or the closed form's fine-tune): early stopping on recall at 1.3x the
+    // label density, negatives weighted by that density
+    const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
+    const mlpSpec = (inputField: SiteSpec['inputField'], rank: number, hidden: SiteSpec['hidden']): SiteSpec => ({
+      site: 'mlp', width: mc.ffn, inputLayer: layer, inputField, label, rank, hidden, targetRecall: cfg.mlp.targetRecall, rule: 'topk',
+      kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate,
+      ...(inputField === 'h_mlp' ? { toInput: (x: Float32Array, n: number) => mlpInput(site, x, n) } : {}),
+    });
     if (cfg.mlp.families.includes('dejavu')) {
       // Deja Vu's family: a trained low-rank predictor, offered as one more candidate
-      const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
       const rank = resolveRanks([cfg.mlp.rank], mc.hidden)[0]!;
-      const spec: SiteSpec = {
-        site: 'mlp', width: mc.ffn, inputLayer: layer, inputField: cfg.mlp.input, label, rank, hidden: cfg.mlp.hiddenActivation,
-        targetRecall: cfg.mlp.targetRecall, rule: 'topk', kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate,
-        ...(cfg.mlp.input === 'h_mlp' ? { toInput: (x: Float32Array, n: number) => mlpInput(site, x, n) } : {}),
-      };
-      const tr = trainSite(dir, m, cfg, spec, layer, rank, cfg.seed * 1000 + layer * 2, push, tick);
+      const tr = trainSite(dir, m, cfg, mlpSpec(cfg.mlp.input, rank, cfg.mlp.hiddenActivation), layer, rank, cfg.seed * 1000 + layer * 2, push, tick);
       epochs = tr.epochs;
       trained.push({ family: 'dejavu', rank, input: cfg.mlp.input, weights: tr.p });
     }
     let choice: MlpChoice;
     try {
-      const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
       // fine-tune of the chosen closed form: Deja Vu's weighted BCE from the closed-form start, on h (mlp.fineTune)
-      const fineTune = cfg.mlp.fineTune.epochs > 0 ? (host: HostPredictor) => trainSite(dir, m, cfg, {
-        site: 'mlp', width: mc.ffn, inputLayer: layer, inputField: 'h_mlp', label, rank: host.r, hidden: 'none', targetRecall: cfg.mlp.targetRecall, rule: 'topk',
-        kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate, toInput: (x: Float32Array, n: number) => mlpInput(site, x, n),
-      }, layer, host.r, cfg.seed * 1000 + layer * 2, push, tick, { init: host, epochs: cfg.mlp.fineTune.epochs, lr: cfg.mlp.fineTune.lr }) : undefined;
+      const fineTune = cfg.mlp.fineTune.epochs > 0 ? (host: HostPredictor) => trainSite(dir, m, cfg, mlpSpec('h_mlp', host.r, 'none'), layer, host.r,
+        cfg.seed * 1000 + layer * 2, push, tick, { init: host, epochs: cfg.mlp.fineTune.epochs, lr: cfg.mlp.fineTune.lr }) : undefined;
       choice = fitMlpSite(dir, m, cfg, site, label, trained, tick, fineTune && ((h) => { const r = fineTune(h); epochs = r.epochs; return r.p; }));
     } finally {
       for (const t of trained) disposePredictor(t.weights);

@@ -26,8 +26,8 @@ import { loadTokenizer } from '../tokenizer.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
-import { exactPreActivations, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
-import { candidateTable, mlpDenseFlops, ruleText, type MlpCandidate } from '../predictors/fit-mlp.js';
+import { exactScores, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
+import { candidateTable, mlpCostShare, ruleText, type MlpCandidate } from '../predictors/fit-mlp.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { ppl, type NllTotals } from '../eval/perplexity.js';
@@ -92,15 +92,11 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
     const xb = inp ? inp.next().value! : lb;
     const raw = inField === 'x_mlp' ? xb.xMlp : xb.xAttn;
     const y = labelsFor(kind, e.label, W, lb);
-    let scores: Float32Array, exact: Float32Array | null = null, weights: Float32Array | undefined;
+    let scores: Float32Array, weights: Float32Array | undefined;
     if (ms) {
       const h = mlpInput(ms, xb.xMlp, lb.rows);
-      const z = exactPreActivations(ms, h, lb.rows, 'up');
-      if (ms.activation === 'swiglu') {
-        const g = exactPreActivations(ms, h, lb.rows, 'gate');
-        exact = Float32Array.from(z, (u, i) => Math.abs((g[i]! / (1 + Math.exp(-g[i]!))) * u));
-      } else exact = z;
-      weights = Float32Array.from(exact, (v, i) => Math.max(v, 0) * ms.downColNorm[i % W]!); // |a_i| x ||W_down[:, i]||
+      const { z, exact, weights: w } = exactScores(ms, h, lb.rows);
+      weights = w;
       const x = e.input === 'h_mlp' ? h : raw;
       scores = e.family === 'exact' ? z : e.family === 'dense' ? new Float32Array(lb.rows * W).fill(1) : readSync(() => siteScores(site, tf.tensor2d(x, [lb.rows, d])));
       assertFiniteLogits(scores, `layer ${layer} MLP predictor`);
@@ -132,9 +128,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
     }
     out.exactBound = { rule: rule?.kind ?? 'threshold', predictedDensity: boundDensity };
     out.exactSweep = ks.map((k) => ({ fraction: k / W, k, recall: exactHist.metricsAtK(k).recall }));
-    const denseFlops = mlpDenseFlops({ d, F: W, activation: ms.activation });
-    out.costShare = e.family === 'dense' ? 1 : e.family === 'exact' ? (2 * d * W * (1 + metrics.predictedDensity)) / denseFlops
-      : (2 * e.rank * (d + W) * (e.score === 'swiglu' ? 2 : 1) + metrics.predictedDensity * denseFlops) / denseFlops;
+    out.costShare = mlpCostShare(e.family, e.rank, e.score, metrics.predictedDensity, ms);
   }
   return out;
 }
