@@ -10,7 +10,7 @@ import { canonicalKey } from '../model/weight-map.js';
 import { disposeSite, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { fromHost } from '../predictors/predictor.js';
 import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js';
-import { loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
+import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
 import { fsUserError, UserError } from '../util/errors.js';
 import { beginOutput } from '../util/outdir.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
@@ -26,7 +26,7 @@ type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, d: number, W: number, evalMetrics?: { recall: number; precision: number; predictedDensity: number; trueDensity: number }): PredJson {
   const p = `layers.${layer}.${site}`;
   const ex = evalMetrics ?? e.validation;
-  const lowRank = e.family === 'closed-form' || e.family === 'dejavu';
+  const lowRank = hasLowRankWeights(e.family);
   const refs = (q: string) => ({ fc1Weight: { name: `${q}.fc1.weight`, shape: [e.rank, d] }, fc1Bias: { name: `${q}.fc1.bias`, shape: [e.rank] }, fc2Weight: { name: `${q}.fc2.weight`, shape: [W, e.rank] }, fc2Bias: { name: `${q}.fc2.bias`, shape: [W] } });
   return {
     family: e.family, score: e.score, rank: e.rank, hiddenActivation: e.hidden, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
@@ -200,7 +200,7 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
       for (const [site, W] of [['mlp', dims.ffn], ['heads', dims.heads]] as const) {
         const p = l[site];
         if (!p) continue;
-        const lowRank = p.family === 'closed-form' || p.family === 'dejavu';
+        const lowRank = hasLowRankWeights(p.family);
         if (lowRank !== Boolean(p.tensors) || (p.score === 'swiglu') !== Boolean(p.upTensors)) problems.push(`layer ${l.layer} ${site}: a ${p.family} predictor with ${p.score} score must ${lowRank ? '' : 'not '}have tensors${p.score === 'swiglu' ? ' and upTensors' : ''}`);
         if (site === 'mlp' && p.family !== 'dense' && !p.rule) problems.push(`layer ${l.layer} mlp: a ${p.family} predictor needs a rule`);
         for (const [name, t] of [['tensors', p.tensors], ['upTensors', p.upTensors]] as const) {

@@ -10,7 +10,7 @@ import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } f
 import { topKRow, type SelectionRule } from './metrics.js';
 import { disposePredictor, fromHost, predictLogits, swigluScore, type PredictorWeights } from './predictor.js';
 import { assertFinitePredictor } from './finite.js';
-import { loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
+import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
 /** A layer's loaded predictor: low-rank weights (SwiGLU: gate's, and `up`), none for the dense and exact modes. */
 export interface LoadedSite { entry: PredictorEntry; weights?: PredictorWeights; up?: PredictorWeights; sourceLayerOffset: number }
@@ -41,7 +41,7 @@ export function loadPredictors(dir: string): LoadedPredictors {
   };
   for (const l of manifest.layers) {
     if (l.mlp) {
-      const lowRank = l.mlp.family === 'closed-form' || l.mlp.family === 'dejavu';
+      const lowRank = hasLowRankWeights(l.mlp.family);
       mlp.set(l.layer, {
         entry: l.mlp, sourceLayerOffset: 0,
         ...(lowRank ? { weights: fromHost(host(l, 'mlp')) } : {}),
@@ -97,13 +97,9 @@ export function predictorHooks(p: LoadedPredictors, opts: HookOptions): Sparsity
       const z = logits.dataSync() as Float32Array;
       const idx = ruleIndices(z, B, W, rule);
       logits.dispose();
-      if (site.entry.family === 'exact') {
-        // lossless ReLU mode: the scores are the pre-activations, so the selected neurons' activations are known
-        const act = idx.map((ids, b) => Float32Array.from(ids, (j) => Math.max(0, z[b * W + j]!)));
-        opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
-        return { indices: idx, act } as never;
-      }
       opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
+      // lossless ReLU mode: the scores are the pre-activations, so the selected neurons' activations are known
+      if (site.entry.family === 'exact') return { indices: idx, act: idx.map((ids, b) => Float32Array.from(ids, (j) => Math.max(0, z[b * W + j]!))) } as never;
       return { indices: idx } as never;
     }
     const mask = tf.reshape(ruleMask(logits, rule), [B, T, W]);

@@ -23,6 +23,11 @@ import type { MlpCandidate } from './fit-mlp.js';
 /** 2: MLP entries carry family / score / costShare / candidates; closed-form inputs are h_mlp */
 export const PREDICTORS_FORMAT_VERSION = 2;
 
+/** The families whose predictor is a low-rank pair of tensors (dense and exact carry none). */
+export function hasLowRankWeights(family: PredictorEntry['family']): boolean {
+  return family === 'closed-form' || family === 'dejavu';
+}
+
 export interface PredictorEntry {
   /** MLP mode: dense (no predictor), exact (the first projection itself; ReLU), closed-form or dejavu (low-rank) */
   family: 'dense' | 'exact' | 'closed-form' | 'dejavu';
