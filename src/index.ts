@@ -8,6 +8,8 @@ export { openSafetensors, readTensorF32, writeSafetensors } from './checkpoint/s
 export { openCheckpoint, fingerprintCheckpoint } from './checkpoint/checkpoint.js';
 export { loadPredictors, predictorHooks } from './predictors/hooks.js';
 export { exportBundle, verifyBundle, loadBundlePredictors } from './bundle/bundle.js';
-export { generate, decodePerplexityNll } from './runtime/generate.js';
+export { generate, decodeNll } from './runtime/generate.js';
+export { DecodeSession, denseModes, type DecodeModes } from './runtime/decoder.js';
+export { decodeModes, type RuntimePlan } from './runtime/plan.js';
 export { runCli } from './cli/program.js';
 export { UserError } from './util/errors.js';

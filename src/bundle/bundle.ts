@@ -14,12 +14,13 @@ import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest } from '..
 import { fsUserError, UserError } from '../util/errors.js';
 import { beginOutput } from '../util/outdir.js';
 import { sha256File, writeJsonAtomic } from '../util/fsx.js';
-import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
+import { BUNDLE_FORMAT_VERSION, READABLE_BUNDLE_FORMATS, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
 import { assertFinitePredictor } from '../predictors/finite.js';
 import { readEvalReport, type ReportFile } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { VERSION } from '../version.js';
+import { planProblems, readPlanFile } from '../runtime/plan.js';
 
 type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 
@@ -36,7 +37,7 @@ function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, 
   };
 }
 
-export interface ExportOptions { model: string; predictors: string; report?: string | undefined; out: string; neuronMajor: boolean; overwrite: boolean; config: Record<string, unknown> }
+export interface ExportOptions { model: string; predictors: string; report?: string | undefined; plan?: string | undefined; out: string; neuronMajor: boolean; overwrite: boolean; config: Record<string, unknown> }
 
 export function exportBundle(o: ExportOptions): BundleManifest {
   const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
@@ -50,6 +51,11 @@ export function exportBundle(o: ExportOptions): BundleManifest {
     if (report.predictorsSha256 !== now)
       throw new UserError(`the report in ${o.report} evaluated other predictors than ${o.predictors} holds now (content sha256 ${report.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…; evaluated: ${report.config.predictors})`,
         're-run evaluate-recall on these predictors, or export without --report');
+  }
+  if (o.plan) {
+    const pf = readPlanFile(o.plan), now = predictorsContentHash(o.predictors);
+    if (pf.predictorsSha256 !== now)
+      throw new UserError(`the plan in ${o.plan} was made for other predictors than ${o.predictors} holds now (content sha256 ${pf.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…)`, 're-run `dejavu plan` on these predictors, or export without --plan');
   }
   const ck = openCheckpoint(o.model);
   const c = normalizeConfig(ck.rawConfig, o.model);
@@ -68,6 +74,11 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
   const ptensors: Record<string, TensorToWrite> = {};
   const ntensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
+  const plan = o.plan ? readPlanFile(o.plan).plan : null;
+  if (plan) {
+    const problems = planProblems(plan, c, (site, i) => Boolean(pm.layers.find((l) => l.layer === i)?.[site] && hasLowRankWeights(pm.layers.find((l) => l.layer === i)![site]!.family)));
+    if (problems.length) throw new UserError(`the plan in ${o.plan} does not fit these predictors:\n  - ${problems.join('\n  - ')}`, 're-run `dejavu plan` on these predictors');
+  }
   const keyOf = new Map([...ck.tensors.keys()].map((k) => [canonicalKey(c.family, k), k]));
   const read = (k: string) => ck.read(keyOf.get(k) ?? k);
   for (const l of pm.layers) {
@@ -115,7 +126,7 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
     formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: VERSION, createdAt: new Date().toISOString(), config: o.config,
     model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim } },
     predictorsFile: 'predictors.safetensors', neuronMajorFile: o.neuronMajor ? 'neuron-major.safetensors' : null,
-    layers, perplexity: report?.perplexity?.runs ?? null,
+    layers, perplexity: report?.perplexity?.runs ?? null, plan,
   };
   // a copy of the manifest (less the files table) sealed in the checksummed predictors file: an edited manifest is
   // caught, and verify-bundle can name the field that changed
@@ -154,8 +165,8 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
   let raw: unknown;
   try { raw = JSON.parse(fs.readFileSync(mf, 'utf8')); } catch (e) { return { problems: [`manifest.json is not valid JSON: ${(e as Error).message}`], manifest: null }; }
   const fv = (raw as { formatVersion?: unknown } | null)?.formatVersion;
-  if (typeof fv === 'number' && fv !== BUNDLE_FORMAT_VERSION)
-    return { problems: [`manifest.json formatVersion: bundle format ${fv} is not supported by this dejavu (it reads format ${BUNDLE_FORMAT_VERSION}, whose manifest is checksummed); re-export the bundle with \`dejavu export-bundle\``], manifest: null };
+  if (typeof fv === 'number' && !READABLE_BUNDLE_FORMATS.includes(fv))
+    return { problems: [`manifest.json formatVersion: bundle format ${fv} is not supported by this dejavu (it reads formats ${READABLE_BUNDLE_FORMATS.join(', ')}, whose manifest is checksummed); re-export the bundle with \`dejavu export-bundle\``], manifest: null };
   const parsed = bundleManifestSchema.safeParse(raw);
   if (!parsed.success) return { problems: parsed.error.issues.map((i) => `manifest.json ${i.path.join('.') || '(top level)'}: ${i.message}`), manifest: null };
   const m = parsed.data;
@@ -186,6 +197,10 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
     check(m.predictorsFile, m.layers.flatMap((l) => [l.mlp, l.heads].flatMap((p) => [p?.tensors, p?.upTensors]).flatMap((t) => (t ? Object.values(t) : []))));
     if (m.neuronMajorFile) check(m.neuronMajorFile, m.layers.flatMap((l) => (l.neuronMajor ? [l.neuronMajor.up, l.neuronMajor.down, l.neuronMajor.gate, l.neuronMajor.upBias, l.neuronMajor.gateBias].filter((x): x is { name: string; shape: number[] } => !!x) : [])));
     const dims = m.model.dims;
+    if (m.plan) {
+      const site = (s: 'mlp' | 'heads', i: number) => Boolean(m.layers.find((l) => l.layer === i)?.[s]?.tensors);
+      problems.push(...planProblems(m.plan, { ...dims, activation: String(m.model.architecture.activation) as 'relu' | 'swiglu' }, site));
+    }
     const seen = new Set<number>();
     for (const l of m.layers) {
       if (seen.has(l.layer)) problems.push(`layer ${l.layer} is listed more than once`);
@@ -237,16 +252,18 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const [r, d] = t.fc1Weight.shape as [number, number];
     const hp = { fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name), fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden };
     assertFinitePredictor(hp, `${what} in bundle ${dir}`, prefix, 'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
-    return fromHost(hp);
+    return hp;
   };
   for (const l of manifest.layers) for (const site of ['mlp', 'heads'] as const) {
     const p = l[site];
     if (!p) continue;
+    const h = p.tensors && lowRank(p.tensors, p.hiddenActivation, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, `layers.${l.layer}.${site}`);
+    const hu = p.upTensors && lowRank(p.upTensors, p.hiddenActivation, `layer ${l.layer} MLP predictor`, `layers.${l.layer}.mlp.up`);
     const entry: PredictorEntry = { family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 };
     (site === 'mlp' ? mlp : heads).set(l.layer, {
       entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
-      ...(p.tensors ? { weights: lowRank(p.tensors, p.hiddenActivation, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, `layers.${l.layer}.${site}`) } : {}),
-      ...(p.upTensors ? { up: lowRank(p.upTensors, p.hiddenActivation, `layer ${l.layer} MLP predictor`, `layers.${l.layer}.mlp.up`) } : {}),
+      ...(h ? { weights: fromHost(h), host: h } : {}),
+      ...(hu ? { up: fromHost(hu), hostUp: hu } : {}),
     });
   }
   return {

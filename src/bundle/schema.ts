@@ -4,13 +4,17 @@
  */
 import { z } from 'zod';
 import { sha256Json } from '../util/canonical-json.js';
+import { runtimePlanSchema } from '../runtime/plan.js';
 
 /**
  * 2: MLP modes (dense / exact / closed-form / dejavu), h_mlp input, SwiGLU scores from gate + up predictors; the
  * manifest is checksummed (manifestSha256) and a copy of it (less `files`) is sealed in predictors.safetensors'
  * metadata. Format 1 bundles are refused with a hint to re-export.
+ * 3: an optional runtime plan (`dejavu plan`: per-layer modes under a perplexity budget). Format 2 bundles (no plan)
+ * are still read.
  */
-export const BUNDLE_FORMAT_VERSION = 2;
+export const BUNDLE_FORMAT_VERSION = 3;
+export const READABLE_BUNDLE_FORMATS: readonly number[] = [2, 3];
 /** predictors.safetensors metadata key holding the sealed manifest copy (canonical JSON, without files/manifestSha256) */
 export const SEALED_MANIFEST_KEY = 'dejavu.manifest';
 
@@ -42,7 +46,7 @@ const predictor = z.strictObject({
 });
 
 export const bundleManifestSchema = z.strictObject({
-  formatVersion: z.literal(BUNDLE_FORMAT_VERSION),
+  formatVersion: z.union([z.literal(2), z.literal(BUNDLE_FORMAT_VERSION)]),
   kind: z.literal('dejavu-bundle'),
   toolVersion: z.string(),
   createdAt: z.string(),
@@ -64,6 +68,8 @@ export const bundleManifestSchema = z.strictObject({
   })),
   files: z.record(z.string(), z.strictObject({ sha256: sha, bytes: z.number().int().nonnegative() })),
   perplexity: z.record(z.string(), z.number()).nullable(),
+  /** the runtime plan generate follows (null: each layer follows its trained rule); absent in format 2 */
+  plan: runtimePlanSchema.nullable().optional(),
   /** sha256 of the canonical JSON (keys sorted, no whitespace) of this manifest without manifestSha256 */
   manifestSha256: sha,
 });

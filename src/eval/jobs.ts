@@ -27,12 +27,12 @@ export function hooksFor(spec: HookSpec, preds: LoadedPredictors, layers: number
   }
   if (spec.kind === 'predicted') {
     const sel: Selection = { mlp: new Array(layers).fill(0), heads: new Array(layers).fill(0), mlpT: new Array(layers).fill(0), headsT: new Array(layers).fill(0) };
-    const h = predictorHooks(preds, { mode: 'mask', mlp: spec.mlp, heads: spec.heads, onSelect: (site, layer, s, t) => { sel[site][layer]! += s; sel[site === 'mlp' ? 'mlpT' : 'headsT'][layer]! += t; } });
+    const h = predictorHooks(preds, { mlp: spec.mlp, heads: spec.heads, onSelect: (site, layer, s, t) => { sel[site][layer]! += s; sel[site === 'mlp' ? 'mlpT' : 'headsT'][layer]! += t; } });
     return { h, sel };
   }
   const ks = spec.ks;
   const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, s.entry.family === 'dense' ? s : { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
-  return { h: predictorHooks(scaled, { mode: 'mask', mlp: true, heads: false }) };
+  return { h: predictorHooks(scaled, { mlp: true, heads: false }) };
 }
 
 /** Summed next-token NLL of one batch under one hook spec (and what the predictors selected, for 'predicted'). */

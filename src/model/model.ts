@@ -10,8 +10,8 @@ import { f16ToF32Array } from '../util/half.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
-import type { HostAttn, HostMlp } from './kernels/host-kernels.js';
-import { createArena, toWasmRows, type WasmArena } from './kernels/wasm/kernels.js';
+import { buildDecodeWeights, type DecodeWeights } from './decode-weights.js';
+import { transpose2d } from '../util/transpose.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
 export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
@@ -31,11 +31,6 @@ export interface LayerWeights {
   bg?: tf.Tensor1D;
   w2: tf.Tensor2D; // [F, d]  OPT fc2, Llama down_proj
   b2?: tf.Tensor1D;
-  /** optional neuron-major copies for the sparse runtime: row j = neuron j's input weights */
-  w1nm?: tf.Tensor2D; // [F, d]
-  wgnm?: tf.Tensor2D; // [F, d]
-  /** host copies, row-major per neuron / output channel, for the sparse decode kernels (src/model/kernels/host-kernels.ts) */
-  host?: { mlp: HostMlp; attn: HostAttn };
 }
 
 /** data: float32, or float16 bits (Uint16Array; a float16 checkpoint kept at half size, widened when uploaded) */
@@ -57,6 +52,10 @@ export interface Model {
   layer(i: number): { w: LayerWeights; release(): void };
   /** total bytes of float32 weights */
   bytes: number;
+  /** the decode runtime's row copies (loadModel's `decode` option) */
+  decode?: DecodeWeights;
+  /** the forward pass's attention kernel, chosen at load: the SIMD kernels on tfjs-wasm, tfjs ops elsewhere */
+  attention: 'host-simd' | 'tfjs';
   dispose(): void;
 }
 
@@ -64,24 +63,14 @@ export interface LoadOptions {
   /** bytes of weights that may live on the backend at once; default 2.5 GiB (tfjs-wasm's heap is <= 4 GiB) */
   residentBudgetBytes?: number;
   residency?: 'auto' | 'resident' | 'streamed';
-  /** also keep neuron-major ([F, d]) copies of fc1/up/gate, so the sparse runtime gathers contiguous rows */
-  neuronMajor?: boolean;
+  /** also build the decode runtime's row copies (src/model/decode-weights.ts): needed by src/runtime/decoder.ts */
+  decode?: boolean;
   /** host weights already read (loadHostWeights), e.g. SharedArrayBuffer-backed ones shared by worker threads */
   host?: HostWeights;
 }
 
 /** Every weight of a checkpoint on the host, laid out as the model uses them (float32, [in, out]). */
 export interface HostWeights { dir: string; tensors: Record<string, HostTensor> }
-
-function transpose2d<T extends Float32Array | Uint16Array>(src: T, rows: number, cols: number): T {
-  const out = new (src.constructor as new (n: number) => T)(src.length);
-  const B = 64;
-  for (let r0 = 0; r0 < rows; r0 += B)
-    for (let c0 = 0; c0 < cols; c0 += B)
-      for (let r = r0; r < Math.min(rows, r0 + B); r++)
-        for (let c = c0; c < Math.min(cols, c0 + B); c++) out[c * rows + r] = src[r * cols + c]!;
-  return out;
-}
 
 /** Match the checkpoint's keys against the family table: every problem listed in one error. */
 function checkKeys(ck: Checkpoint, cfg: ModelConfig, specs: WeightSpec[]): Map<string, string> {
@@ -127,30 +116,8 @@ function readHostF16(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTen
   return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
 }
 
-/** Layer i's sparse-runtime copies: neuron-major host rows (mirrored in the model's arena). Made once per model. */
-interface NeuronMajorParts { up: Float32Array; gate?: Float32Array; F: number; d: number; host: { mlp: HostMlp; attn: HostAttn } }
-
-function neuronMajorParts(h: HostLayer, i: number, c: ModelConfig, arena: WasmArena | null): NeuronMajorParts {
-  // HF stores fc1/up/gate as [F, d] (already neuron-major); the host layer holds them transposed to [d, F]
-  const nmHost = (n: string) => { const t = h[`layers.${i}.${n}`]!; return transpose2d(f32of(t), t.shape[0]!, t.shape[1]!); };
-  const g = (n: string) => { const t = h[`layers.${i}.${n}`]; return t ? f32of(t) : undefined; };
-  const up = nmHost('w1'), gate = h[`layers.${i}.wg`] ? nmHost('wg') : undefined;
-  const [d, F] = h[`layers.${i}.w1`]!.shape as [number, number];
-  const mlp: HostMlp = { up, down: g('w2')!, activation: gate ? 'swiglu' : 'relu' };
-  if (gate) mlp.gate = gate;
-  if (g('b1')) mlp.upBias = g('b1')!;
-  if (g('bg')) mlp.gateBias = g('bg')!;
-  if (g('b2')) mlp.downBias = g('b2')!;
-  const attn: HostAttn = { q: nmHost('wq'), o: g('wo')!, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim };
-  if (g('bq')) attn.qBias = g('bq')!;
-  if (g('bo')) attn.oBias = g('bo')!;
-  // mirror the row-major copies in the model's SIMD arena (JS loops when it does not fit or there is none)
-  for (const r of [mlp.up, mlp.gate, mlp.down, attn.q, attn.o]) if (r) r.wasm = toWasmRows(r, r.length / d, d, arena);
-  return { up, ...(gate ? { gate } : {}), F, d, host: { mlp, attn } };
-}
-
-/** Backend tensors of layer i (uploaded per call when streamed); `nm` adds the neuron-major ones and host kernels. */
-function toLayer(h: HostLayer, i: number, nm?: NeuronMajorParts): LayerWeights {
+/** Backend tensors of layer i (uploaded per call when streamed). */
+function toLayer(h: HostLayer, i: number): LayerWeights {
   const t2 = (n: string) => tf.tensor2d(f32of(h[`layers.${i}.${n}`]!), h[`layers.${i}.${n}`]!.shape as [number, number]);
   const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(f32of(h[`layers.${i}.${n}`]!)) : undefined);
   const w: LayerWeights = {
@@ -162,17 +129,11 @@ function toLayer(h: HostLayer, i: number, nm?: NeuronMajorParts): LayerWeights {
   const b1n = t1('ln1.b'); if (b1n) w.ln1.b = b1n;
   const b2n = t1('ln2.b'); if (b2n) w.ln2.b = b2n;
   if (h[`layers.${i}.wg`]) w.wg = t2('wg');
-  if (nm) {
-    w.w1nm = tf.tensor2d(nm.up, [nm.F, nm.d]);
-    if (nm.gate) w.wgnm = tf.tensor2d(nm.gate, [nm.F, nm.d]);
-    w.host = nm.host;
-  }
   return w;
 }
 
 export function disposeLayer(w: LayerWeights): void {
-  for (const [k, v] of Object.entries(w)) {
-    if (k === 'host') continue;
+  for (const v of Object.values(w)) {
     if (v instanceof tf.Tensor) v.dispose();
     else if (v && typeof v === 'object') for (const t of Object.values(v as Norm)) (t as tf.Tensor | undefined)?.dispose();
   }
@@ -228,6 +189,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
     embed,
     lmHead,
     bytes,
+    attention: tf.getBackend() === 'wasm' ? 'host-simd' : 'tfjs',
     layer: () => { throw new Error('unreachable'); },
     dispose: () => undefined,
   };
@@ -239,16 +201,16 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
     if (g('finalNorm.b')) model.finalNorm.b = tf.tensor1d(f32of(g('finalNorm.b')!));
   }
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
-  // one arena per model, freed by dispose; neuron-major host copies made once per layer (also when streamed)
-  const arena = opts.neuronMajor ? createArena() : null;
-  const nm = opts.neuronMajor ? Array.from({ length: cfg.layers }, (_, i) => neuronMajorParts(host, i, cfg, arena)) : null;
+  // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
+  if (opts.decode) model.decode = buildDecodeWeights(cfg, (n) => { const t = host[n]; return t && { shape: t.shape, data: f32of(t) }; });
+  const decode = model.decode;
   if (residency === 'resident') {
-    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i, nm?.[i]));
+    const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i));
     model.layer = (i) => ({ w: layers[i]!, release: () => undefined });
-    model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); arena?.dispose(); };
+    model.dispose = () => { for (const t of globals) t?.dispose(); for (const l of layers) disposeLayer(l); decode?.dispose(); };
   } else {
-    model.layer = (i) => { const w = toLayer(host, i, nm?.[i]); return { w, release: () => disposeLayer(w) }; };
-    model.dispose = () => { for (const t of globals) t?.dispose(); arena?.dispose(); };
+    model.layer = (i) => { const w = toLayer(host, i); return { w, release: () => disposeLayer(w) }; };
+    model.dispose = () => { for (const t of globals) t?.dispose(); decode?.dispose(); };
   }
   return model;
 }

@@ -3,17 +3,21 @@
  * or x_attn / x_mlp for Deja Vu's family) and picks neurons (the exact mode scores with the first projection itself,
  * the dense mode picks nothing and computes every neuron); the
  * head predictor reads the previous layer's x_attn (lookahead) or its own and picks heads. The same hooks serve
- * evaluation (mask mode: [B, T, *] 0/1 masks) and the runtime (indices mode: only the picked rows are computed).
+ * evaluation as [B, T, *] 0/1 masks; the decode runtime picks with the same rules on the host (src/runtime/plan.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { topkMask, type HeadSelection, type MlpSelection, type SparsityHooks } from '../model/forward.js';
-import { topKRow, type SelectionRule } from './metrics.js';
-import { disposePredictor, fromHost, predictLogits, swigluScore, type PredictorWeights } from './predictor.js';
+import { topkMask, type SparsityHooks } from '../model/forward.js';
+import type { SelectionRule } from './metrics.js';
+import { disposePredictor, fromHost, predictLogits, swigluScore, type HostPredictor, type PredictorWeights } from './predictor.js';
 import { assertFinitePredictor } from './finite.js';
 import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
 /** A layer's loaded predictor: low-rank weights (SwiGLU: gate's, and `up`), none for the dense and exact modes. */
-export interface LoadedSite { entry: PredictorEntry; weights?: PredictorWeights; up?: PredictorWeights; sourceLayerOffset: number }
+export interface LoadedSite {
+  entry: PredictorEntry; weights?: PredictorWeights; up?: PredictorWeights; sourceLayerOffset: number;
+  /** the same weights on the host (nn.Linear layout), for the decode runtime */
+  host?: HostPredictor; hostUp?: HostPredictor;
+}
 
 /** The first projection [d, F] (+ bias), which the exact mode scores with. */
 export interface ExactProjection { w: tf.Tensor2D; b?: tf.Tensor1D | undefined }
@@ -42,13 +46,10 @@ export function loadPredictors(dir: string): LoadedPredictors {
   for (const l of manifest.layers) {
     if (l.mlp) {
       const lowRank = hasLowRankWeights(l.mlp.family);
-      mlp.set(l.layer, {
-        entry: l.mlp, sourceLayerOffset: 0,
-        ...(lowRank ? { weights: fromHost(host(l, 'mlp')) } : {}),
-        ...(lowRank && l.mlp.score === 'swiglu' ? { up: fromHost(host(l, 'mlp.up')) } : {}),
-      });
+      const h = lowRank ? host(l, 'mlp') : undefined, hu = lowRank && l.mlp.score === 'swiglu' ? host(l, 'mlp.up') : undefined;
+      mlp.set(l.layer, { entry: l.mlp, sourceLayerOffset: 0, ...(h ? { weights: fromHost(h), host: h } : {}), ...(hu ? { up: fromHost(hu), hostUp: hu } : {}) });
     }
-    if (l.heads) heads.set(l.layer, { entry: l.heads, weights: fromHost(host(l, 'heads')), sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 });
+    if (l.heads) { const h = host(l, 'heads'); heads.set(l.layer, { entry: l.heads, weights: fromHost(h), host: h, sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 }); }
   }
   return { manifest, mlp, heads, dispose: () => { for (const s of [...mlp.values(), ...heads.values()]) disposeSite(s); } };
 }
@@ -63,22 +64,7 @@ export function ruleMask(logits: tf.Tensor2D, rule: SelectionRule): tf.Tensor2D 
   });
 }
 
-/** per row: the selected ids, sorted ascending (runtime: one token per row) */
-export function ruleIndices(logits: Float32Array, rows: number, W: number, rule: SelectionRule): Int32Array[] {
-  const out: Int32Array[] = [];
-  const scratch = new Float32Array(W);
-  for (let r = 0; r < rows; r++) {
-    const row = logits.subarray(r * W, (r + 1) * W);
-    if (rule.kind === 'topk') { out.push(topKRow(row, rule.k, scratch)); continue; }
-    const ids: number[] = [];
-    for (let j = 0; j < W; j++) if (row[j]! >= rule.value) ids.push(j);
-    out.push(Int32Array.from(ids));
-  }
-  return out;
-}
-
 export interface HookOptions {
-  mode: 'mask' | 'indices';
   mlp: boolean;
   heads: boolean;
   /** record what was selected per layer (density), for reports */
@@ -87,24 +73,14 @@ export interface HookOptions {
 
 export function predictorHooks(p: LoadedPredictors, opts: HookOptions): SparsityHooks {
   const flat = (x: tf.Tensor) => tf.reshape(x, [-1, x.shape[x.shape.length - 1]!]) as tf.Tensor2D;
-  const select = (site: LoadedSite, x: tf.Tensor, layer: number, kind: 'mlp' | 'heads', exact?: ExactProjection): MlpSelection & HeadSelection => {
+  const select = (site: LoadedSite, x: tf.Tensor, layer: number, kind: 'mlp' | 'heads', exact?: ExactProjection): { mask: tf.Tensor } => {
     const [B, T] = x.shape as [number, number];
     const rule = site.entry.rule!;
     const logits = siteScores(site, flat(x), exact); // [B*T, W]
     const W = logits.shape[1];
-    if (opts.mode === 'indices') {
-      if (T !== 1) throw new Error('indices mode selects per row: one token per row (decode) only');
-      const z = logits.dataSync() as Float32Array;
-      const idx = ruleIndices(z, B, W, rule);
-      logits.dispose();
-      opts.onSelect?.(kind, layer, idx.reduce((s, a) => s + a.length, 0), B * W);
-      // lossless ReLU mode: the scores are the pre-activations, so the selected neurons' activations are known
-      if (site.entry.family === 'exact') return { indices: idx, act: idx.map((ids, b) => Float32Array.from(ids, (j) => Math.max(0, z[b * W + j]!))) } as never;
-      return { indices: idx } as never;
-    }
     const mask = tf.reshape(ruleMask(logits, rule), [B, T, W]);
     if (opts.onSelect) opts.onSelect(kind, layer, tf.sum(mask).dataSync()[0]!, B * T * W);
-    return { mask } as never;
+    return { mask };
   };
   const hooks: SparsityHooks = {};
   if (opts.mlp) hooks.mlp = (layer, ctx) => {

@@ -1,15 +1,16 @@
 /**
- * The sparse runtime: KV-cached decoding through the one forward pass. With predictors (a bundle), each decoded
- * token's MLP neurons and attention heads are picked by the predictors and only those are computed (indices mode:
- * gathered weight rows). The prompt (prefill) runs dense. K and V are computed for every head at every step, so
- * the cache stays exact for heads that a later token selects.
+ * The runtime: the prompt is prefilled densely by the one forward pass (batched), then every new token goes
+ * through the decode session (src/runtime/decoder.ts) with per-layer modes: dense, lossless, or neurons / heads
+ * picked by the predictors (from a plan or the bundle's trained rules), computing only those rows. K and V are
+ * computed for every head at every step, so the cache stays exact for heads that a later token selects.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
 import { UserError } from '../util/errors.js';
 import { mulberry32 } from '../util/random.js';
-import { forward, newCache, disposeCache, disposeOutput, type SparsityHooks } from '../model/forward.js';
+import { forward, newCache, disposeCache, disposeOutput } from '../model/forward.js';
 import type { Model } from '../model/model.js';
+import { DecodeSession, denseModes, sessionFromPrefill, type DecodeCounts, type DecodeModes } from './decoder.js';
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -17,14 +18,14 @@ export interface GenerateOptions {
   temperature?: number;
   topK?: number;
   seed?: number;
-  /** sparse hooks for decode steps (indices mode) */
-  sparsity?: SparsityHooks | undefined;
+  /** per-layer modes of the decode steps (default: every layer dense) */
+  modes?: DecodeModes | undefined;
   stopAtEos?: boolean;
 }
 
 /** Why generation ended: every row hit EOS, maxNewTokens were generated, or the model ran out of positions. */
 export type StopReason = 'eos' | 'max-tokens' | 'max-positions';
-export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number; stopReason: StopReason; maxPositions: number }
+export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number; stopReason: StopReason; maxPositions: number; counts: DecodeCounts }
 
 /** Longest prompt + new tokens must fit the model's positions (max_position_embeddings). */
 export function positionsLeft(model: Model, promptLen: number): number { return model.config.maxPositions - promptLen; }
@@ -65,54 +66,56 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   if (room < 1) throw new UserError(`generate: the prompt has ${T} tokens; the model has ${model.config.maxPositions} positions (max_position_embeddings)`, 'shorten the prompt');
   const maxNew = Math.min(o.maxNewTokens, room);
   let stopReason: StopReason = o.maxNewTokens > room ? 'max-positions' : 'max-tokens';
+  let session: DecodeSession;
+  let t = performance.now();
+  let next: number[];
   try {
-    let t = performance.now();
     const pre = forward(model, padded, { attentionMask: mask, cache });
     const last = readSync(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]));
     disposeOutput(pre);
     assertFinite(last, V, 'generate (prompt)');
-    let next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
-    const prefillMs = performance.now() - t;
-    t = performance.now();
-    let steps = 0;
-    for (let s = 0; s < maxNew; s++) {
-      next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && id === eos) done[b] = true; });
-      if (done.every(Boolean)) { stopReason = 'eos'; break; }
-      if (s === maxNew - 1) break;
-      const step = forward(model, next.map((id) => [id]), { cache, ...(o.sparsity ? { sparsity: o.sparsity } : {}) });
-      const lg = step.logits!.dataSync() as Float32Array;
-      disposeOutput(step);
-      assertFinite(lg, V, `generate (step ${s + 1})`);
-      next = Array.from({ length: B }, (_, b) => pick(lg.subarray(b * V, (b + 1) * V), o, rand));
-      steps++;
-    }
-    return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions };
+    next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
+    session = sessionFromPrefill(model, o.modes ?? denseModes(model.config.layers), cache);
   } finally {
     disposeCache(cache);
   }
+  const prefillMs = performance.now() - t;
+  t = performance.now();
+  let steps = 0;
+  for (let s = 0; s < maxNew; s++) {
+    next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && id === eos) done[b] = true; });
+    if (done.every(Boolean)) { stopReason = 'eos'; break; }
+    if (s === maxNew - 1) break;
+    const lg = session.step(next);
+    assertFinite(lg, V, `generate (step ${s + 1})`);
+    next = Array.from({ length: B }, (_, b) => pick(lg.subarray(b * V, (b + 1) * V), o, rand));
+    steps++;
+  }
+  return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions, counts: session.counts };
 }
 
 /**
- * The runtime's own perplexity: feed each sequence token by token through the cached decode path (with the
- * sparse hooks, one token per row), and score the next token. Same selection rule as evaluate-recall's
- * predicted-sparsity run, computed by skipping instead of masking.
+ * The runtime's own perplexity: each sequence fed token by token through a decode session with the given modes
+ * (default dense), scoring the next token. Same selection rules as evaluate-recall's predicted-sparsity run,
+ * computed by skipping rows instead of masking.
  */
-export function decodePerplexityNll(model: Model, seqs: number[][], sparsity?: SparsityHooks): { nll: number; count: number } {
+export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): { nll: number; count: number; counts: DecodeCounts } {
   let nll = 0, count = 0;
   const V = model.config.vocabSize;
+  const counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
   for (const seq of seqs) {
-    const cache = newCache(model);
-    try {
-      for (let t = 0; t < seq.length - 1; t++) {
-        const o = forward(model, [[seq[t]!]], { cache, ...(sparsity ? { sparsity } : {}) });
-        const lg = readSync(() => tf.logSoftmax(tf.reshape(o.logits!, [V])));
-        disposeOutput(o);
-        nll -= lg[seq[t + 1]!]!;
-        count++;
-      }
-    } finally {
-      disposeCache(cache);
+    const s = new DecodeSession(model, modes ?? denseModes(model.config.layers), 1);
+    for (let t = 0; t < seq.length - 1; t++) {
+      const lg = s.step([seq[t]!]);
+      assertFinite(lg, V, 'decode perplexity');
+      let mx = -Infinity;
+      for (let j = 0; j < V; j++) if (lg[j]! > mx) mx = lg[j]!;
+      let sum = 0;
+      for (let j = 0; j < V; j++) sum += Math.exp(lg[j]! - mx);
+      nll -= lg[seq[t + 1]!]! - mx - Math.log(sum);
+      count++;
     }
+    for (const k of Object.keys(counts) as (keyof DecodeCounts)[]) counts[k] += s.counts[k];
   }
-  return { nll, count };
+  return { nll, count, counts };
 }

@@ -1,7 +1,7 @@
 import type { StageResult } from './types.js';
 import { loadBundlePredictors } from '../bundle/bundle.js';
 import { loadModel } from '../model/model.js';
-import { predictorHooks } from '../predictors/hooks.js';
+import { decodeModes } from '../runtime/plan.js';
 import { generate } from '../runtime/generate.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { UserError } from '../util/errors.js';
@@ -11,31 +11,35 @@ import type { StageDeps } from '../util/progress.js';
 /** Flags validated by generateSchema (src/config/schemas.ts). */
 export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<StageResult> {
   const tok = loadTokenizer(o.model);
-  const model = loadModel(o.model, { neuronMajor: Boolean(o.bundle) });
+  const model = loadModel(o.model, { decode: true });
   const preds = o.bundle ? loadBundlePredictors(o.bundle, o.model) : null;
+  // the bundle's plan when it has one, else each layer's trained rule; no bundle: every layer dense
+  const plan = preds?.bundle.plan ?? null;
+  const built = decodeModes(model.config, preds, plan);
   try {
-    const sel = { mlp: 0, mlpT: 0, heads: 0, headsT: 0 };
-    const hooks = preds ? predictorHooks(preds, { mode: 'indices', mlp: true, heads: true, onSelect: (site, _l, s, t) => { if (site === 'mlp') { sel.mlp += s; sel.mlpT += t; } else { sel.heads += s; sel.headsT += t; } } }) : undefined;
     const bos = model.config.bosTokenId;
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
     const P = model.config.maxPositions;
     prompts.forEach((p, i) => {
       if (p.length >= P) throw new UserError(`prompt ${i + 1} has ${p.length} tokens; the model has ${P} positions (max_position_embeddings), so nothing can be generated after it`, 'shorten the prompt');
     });
-    const r = generate(model, prompts, { maxNewTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, seed: o.seed, sparsity: hooks });
+    const r = generate(model, prompts, { maxNewTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, seed: o.seed, modes: built.modes });
+    const sel = r.counts;
     const notes = r.stopReason === 'max-positions'
       ? [`stopped after ${r.tokens[0]!.length} of ${o.maxTokens} tokens: the model has ${r.maxPositions} positions (max_position_embeddings) and the ${o.prompt.length > 1 ? 'longest prompt' : 'prompt'} uses ${Math.max(...prompts.map((p) => p.length))}; the text below is complete up to there`]
       : [];
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
     const tps = (r.decodeSteps * prompts.length) / Math.max(1e-3, r.decodeMs / 1000);
-    deps.log(`generate: ${preds ? 'sparse (bundle)' : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
-      (preds ? `, MLP density ${sel.mlpT ? `${(sel.mlp / sel.mlpT * 100).toFixed(1)}%` : 'dense'}, heads ${sel.headsT ? `${(sel.heads / sel.headsT * 100).toFixed(1)}%` : 'dense'}` : ''));
+    const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal);
+    deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
+      (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%` : ''));
     return {
       text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
       notes,
-      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, mlpDensity: preds ? sel.mlp / Math.max(1, sel.mlpT) : 1, headDensity: preds ? sel.heads / Math.max(1, sel.headsT) : 1 },
+      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1, plan: Boolean(plan) },
     };
   } finally {
+    built.dispose();
     preds?.dispose();
     model.dispose();
   }

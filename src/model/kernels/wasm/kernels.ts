@@ -12,6 +12,7 @@ interface Exports {
   memory: Memory;
   gather_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
   gather_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
+  gather_axpy_all(W: number, rows: number, k: number, a: number, d: number, out: number): void;
 }
 
 /** rows x d float32 matrix living in an arena */
@@ -114,7 +115,7 @@ export function toWasmRows(data: Float32Array, rows: number, d: number, arena: W
   return { arena, off, rows, d };
 }
 
-function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array, v: Float32Array, out: Float32Array, outInit: boolean): void {
+function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array, v: Float32Array, out: Float32Array, outInit: boolean): void {
   const k = idx.length, d = W.d;
   const vLen = kind === 'matvec' ? d : k;
   const outLen = kind === 'matvec' ? k : d;
@@ -127,7 +128,8 @@ function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array, v: Float32Ar
   const o = new Float32Array(buf, outOff, outLen);
   if (outInit) o.set(out); else o.fill(0);
   if (kind === 'matvec') ex.gather_matvec(W.off, rowsOff, k, vOff, d, outOff);
-  else ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
+  else if (kind === 'axpy') ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
+  else ex.gather_axpy_all(W.off, rowsOff, k, vOff, d, outOff);
   out.set(new Float32Array(ex.memory.buffer, outOff, outLen));
 }
 
@@ -135,6 +137,8 @@ function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array, v: Float32Ar
 export function wasmGatherMatVec(W: WasmRows, idx: Int32Array, x: Float32Array, out: Float32Array): void { run('matvec', W, idx, x, out, false); }
 /** out += sum_i a[i] W[idx[i]] */
 export function wasmGatherAxpy(W: WasmRows, idx: Int32Array, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
+/** out += sum_i a[i] W[idx[i]], zero coefficients included (the dense baseline) */
+export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array, a: Float32Array, out: Float32Array): void { run('axpyAll', W, idx, a, out, true); }
 
 /**
  * Causal attention for all heads of a batch through the SIMD kernels: per (row, head, query t), scores over the

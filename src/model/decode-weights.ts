@@ -1,0 +1,76 @@
+/**
+ * The decode runtime's copy of a model's weights: every matrix as rows (src/model/kernels/rows.ts), laid out so that
+ * a decode step only multiplies rows it keeps:
+ *   q, k, v  [H*hd | KV*hd, d]   matvec (HF q_proj/k_proj/v_proj layout)
+ *   o        [H*hd, d]           axpy with the heads' context (only the selected heads' rows)
+ *   up, gate [F, d]              matvec (only the selected neurons' rows)
+ *   down     [F, d]              axpy with the activations (only the selected / nonzero rows)
+ *   lmHead   [V, Dp]             matvec (tied: the embedding rows themselves)
+ * Built once per model (loadModel's `decode` option); its arena is freed with the model.
+ */
+import type { ModelConfig } from './config.js';
+import { rowMatrix, type RowKernel, type RowMatrix } from './kernels/rows.js';
+import { createArena } from './kernels/wasm/kernels.js';
+import { transpose2d } from '../util/transpose.js';
+
+export interface HostNorm { g: Float32Array; b?: Float32Array | undefined }
+
+export interface DecodeLayer {
+  ln1: HostNorm; ln2: HostNorm;
+  q: RowMatrix; k: RowMatrix; v: RowMatrix; o: RowMatrix;
+  qBias?: Float32Array | undefined; kBias?: Float32Array | undefined; vBias?: Float32Array | undefined; oBias?: Float32Array | undefined;
+  up: RowMatrix; gate?: RowMatrix | undefined; down: RowMatrix;
+  upBias?: Float32Array | undefined; gateBias?: Float32Array | undefined; downBias?: Float32Array | undefined;
+}
+
+export interface DecodeWeights {
+  /** the kernel every matrix got (mixed when the arena filled up part way) */
+  kernel: RowKernel | 'mixed';
+  layers: DecodeLayer[];
+  embed: Float32Array; // [V, Dp]
+  pos?: Float32Array | undefined; // [P + offset, d]
+  projIn?: RowMatrix | undefined; // [Dp, d] (axpy)
+  projOut?: RowMatrix | undefined; // [d, Dp] (axpy)
+  finalNorm?: HostNorm | undefined;
+  lmHead: RowMatrix; // [V, Dp]
+  dispose(): void;
+}
+
+/**
+ * get(name) returns the model's float32 host tensor by our weight name ('embed', 'layers.3.wq', ...) as loadModel
+ * lays them out ([in, out]), or undefined when the model has none.
+ */
+export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shape: number[]; data: Float32Array } | undefined): DecodeWeights {
+  const arena = createArena();
+  const kinds = new Set<RowKernel>();
+  const need = (n: string) => { const t = get(n); if (!t) throw new Error(`decode weights: no ${n}`); return t; };
+  const mat = (data: Float32Array, n: number, d: number) => { const m = rowMatrix(data, n, d, arena); kinds.add(m.kernel); return m; };
+  /** an [in, out] matrix as `out` rows of length `in` */
+  const outRows = (n: string) => { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(transpose2d(t.data, i, o), o, i); };
+  /** an [in, out] matrix as `in` rows of length `out` (for axpy) */
+  const inRows = (n: string) => { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.data, i, o); };
+  const vec = (n: string) => get(n)?.data;
+  const norm = (p: string): HostNorm => ({ g: need(`${p}.g`).data, b: vec(`${p}.b`) });
+  const layers: DecodeLayer[] = Array.from({ length: c.layers }, (_, i) => {
+    const L = (n: string) => `layers.${i}.${n}`;
+    return {
+      ln1: norm(L('ln1')), ln2: norm(L('ln2')),
+      q: outRows(L('wq')), k: outRows(L('wk')), v: outRows(L('wv')), o: inRows(L('wo')),
+      qBias: vec(L('bq')), kBias: vec(L('bk')), vBias: vec(L('bv')), oBias: vec(L('bo')),
+      up: outRows(L('w1')), gate: get(L('wg')) ? outRows(L('wg')) : undefined, down: inRows(L('w2')),
+      upBias: vec(L('b1')), gateBias: vec(L('bg')), downBias: vec(L('b2')),
+    };
+  });
+  const embed = need('embed');
+  const [V, Dp] = embed.shape as [number, number];
+  const lmHead = c.tiedLmHead ? mat(embed.data, V, Dp) : outRows('lmHead');
+  const kernel = kinds.size === 1 ? [...kinds][0]! : 'mixed';
+  return {
+    kernel, layers, embed: embed.data, pos: vec('pos'),
+    projIn: get('projIn') ? inRows('projIn') : undefined,
+    projOut: get('projOut') ? inRows('projOut') : undefined,
+    finalNorm: get('finalNorm.g') ? norm('finalNorm') : undefined,
+    lmHead,
+    dispose: () => arena?.dispose(),
+  };
+}

@@ -1,0 +1,79 @@
+/**
+ * Row kernels of the decode runtime: a weight matrix stored as rows (one neuron / output channel each, contiguous),
+ * read row by row so that a sparse step reads only the rows it selects. Two implementations behind one interface,
+ * chosen once per matrix when a model's decode weights are built:
+ * - wasm-simd: f32x4 kernels (src/model/kernels/wasm) over a copy of the rows in the model's WebAssembly arena;
+ * - js: plain Float32Array loops (no SIMD, d % 8 != 0, or the arena is full).
+ * Hand-written because tfjs-wasm's GatherV2 moves ~17M floats/s and each tfjs op costs ~40 µs of dispatch at
+ * batch 1 (bench:decode's profile): gathering 10% of an OPT-1.3B MLP's rows through tfjs costs more than the whole
+ * dense matvec, and a d 256 decode step spent 95% of its time in dispatch.
+ */
+import { toWasmRows, wasmGatherAxpy, wasmGatherAxpyAll, wasmGatherMatVec, type WasmArena, type WasmRows } from './wasm/kernels.js';
+
+export type RowKernel = 'wasm-simd' | 'js';
+
+export interface RowMatrix {
+  /** rows, row length */
+  readonly n: number;
+  readonly d: number;
+  readonly kernel: RowKernel;
+  /** out[i] = W[rows[i]] · x (+ bias[rows[i]]); rows omitted = every row in order */
+  matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void;
+  /** out += Σ_i a[i] W[rows[i]]; rows omitted = every row. skipZeros: rows with a[i] == 0 are not read (ReLU) */
+  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros?: boolean): void;
+}
+
+const allRows = new Map<number, Int32Array>();
+function every(n: number): Int32Array {
+  let a = allRows.get(n);
+  if (!a) { a = Int32Array.from({ length: n }, (_, i) => i); allRows.set(n, a); }
+  return a;
+}
+
+class JsRows implements RowMatrix {
+  readonly kernel = 'js' as const;
+  constructor(private readonly W: Float32Array, readonly n: number, readonly d: number) {}
+  matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
+    const { W, d } = this;
+    const d4 = d - (d % 4);
+    const k = rows ? rows.length : this.n;
+    for (let i = 0; i < k; i++) {
+      const r = rows ? rows[i]! : i;
+      const o = r * d;
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0, j = 0;
+      for (; j < d4; j += 4) { s0 += W[o + j]! * x[j]!; s1 += W[o + j + 1]! * x[j + 1]!; s2 += W[o + j + 2]! * x[j + 2]!; s3 += W[o + j + 3]! * x[j + 3]!; }
+      for (; j < d; j++) s0 += W[o + j]! * x[j]!;
+      out[i] = s0 + s1 + s2 + s3 + (bias ? bias[r]! : 0);
+    }
+  }
+  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
+    const { W, d } = this;
+    const k = rows ? rows.length : this.n;
+    for (let i = 0; i < k; i++) {
+      const ai = a[i]!;
+      if (skipZeros && ai === 0) continue;
+      const o = (rows ? rows[i]! : i) * d;
+      for (let j = 0; j < d; j++) out[j]! += ai * W[o + j]!;
+    }
+  }
+}
+
+class SimdRows implements RowMatrix {
+  readonly kernel = 'wasm-simd' as const;
+  constructor(private readonly W: WasmRows, readonly n: number, readonly d: number) {}
+  matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
+    const idx = rows ?? every(this.n);
+    wasmGatherMatVec(this.W, idx, x, out);
+    if (bias) for (let i = 0; i < idx.length; i++) out[i]! += bias[idx[i]!]!;
+  }
+  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
+    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, rows ?? every(this.n), a, out);
+  }
+}
+
+/** rows [n, d] (row-major) as a RowMatrix: SIMD in `arena` when it fits (and d % 8 == 0), else JS loops */
+export function rowMatrix(data: Float32Array, n: number, d: number, arena: WasmArena | null): RowMatrix {
+  if (data.length !== n * d) throw new Error(`rowMatrix: ${data.length} values for [${n}, ${d}]`);
+  const w = toWasmRows(data, n, d, arena);
+  return w ? new SimdRows(w, n, d) : new JsRows(data, n, d);
+}

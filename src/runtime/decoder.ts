@@ -1,0 +1,300 @@
+/**
+ * The decode runtime: one token per row through the row kernels (src/model/kernels/rows.ts), the KV cache on the
+ * host, and per-layer MLP / head modes fixed when the session is built (from a plan, a bundle's trained rules, or
+ * a caller's selection) — no per-step checks of backend, shapes or arena space. The prompt is prefilled by the one
+ * forward pass (batched, tfjs) and its cache copied in (loadCache).
+ *
+ * Why its own loop instead of the forward pass at T = 1: a tfjs-wasm op costs ~40 µs of dispatch, a d 256 decode
+ * step is ~200 ops, so 95% of its 8 ms went to dispatch (bench:decode); here each weight matrix is one kernel call.
+ * It computes the same function as src/model/forward.ts (tested against it: dense, masked and cached).
+ *
+ * Modes per layer:
+ *   MLP   dense     every neuron (the baseline: zero activations are multiplied too)
+ *         lossless  the first projection for every neuron, then only the rows of the second whose activation is
+ *                   nonzero (ReLU: exactly dense)
+ *         select    only the neurons `pick` returns (a predictor's rule): their rows of the first and second
+ *   heads dense | select (K and V are computed for every head, so the cache stays exact for later tokens)
+ */
+import type { ModelConfig } from '../model/config.js';
+import type { DecodeLayer, DecodeWeights, HostNorm } from '../model/decode-weights.js';
+import type { KVCache } from '../model/forward.js';
+import type { Model } from '../model/model.js';
+import { UserError } from '../util/errors.js';
+
+export interface MlpContext { /** the MLP's own (normalized) input */ h: Float32Array; /** residual entering the MLP block */ xMlp: Float32Array; /** residual entering the layer */ xAttn: Float32Array }
+export interface HeadContext { xAttn: Float32Array; /** previous layer's input (layer 0: its own) */ xAttnPrev: Float32Array }
+
+export type MlpStep = { mode: 'dense' } | { mode: 'lossless' } | { mode: 'select'; pick: (ctx: MlpContext) => Int32Array };
+export type HeadStep = { mode: 'dense' } | { mode: 'select'; pick: (ctx: HeadContext) => Int32Array };
+/** per layer */
+export interface DecodeModes { mlp: MlpStep[]; heads: HeadStep[] }
+
+export function denseModes(layers: number): DecodeModes {
+  return { mlp: Array.from({ length: layers }, () => ({ mode: 'dense' })), heads: Array.from({ length: layers }, () => ({ mode: 'dense' })) };
+}
+
+/** What a session computed: neurons / heads selected over neurons / heads of the layers, summed over steps and rows. */
+export interface DecodeCounts { mlpSelected: number; mlpTotal: number; headsSelected: number; headsTotal: number }
+
+function normInto(c: ModelConfig, x: Float32Array, n: HostNorm, out: Float32Array): void {
+  const d = x.length;
+  if (c.norm === 'rmsnorm') {
+    let ms = 0;
+    for (let j = 0; j < d; j++) ms += x[j]! * x[j]!;
+    const r = 1 / Math.sqrt(ms / d + c.normEps);
+    for (let j = 0; j < d; j++) out[j] = x[j]! * r * n.g[j]!;
+    return;
+  }
+  let mean = 0;
+  for (let j = 0; j < d; j++) mean += x[j]!;
+  mean /= d;
+  let v = 0;
+  for (let j = 0; j < d; j++) { const t = x[j]! - mean; v += t * t; }
+  const r = 1 / Math.sqrt(v / d + c.normEps);
+  for (let j = 0; j < d; j++) out[j] = (x[j]! - mean) * r * n.g[j]! + (n.b ? n.b[j]! : 0);
+}
+
+/** RoPE (rotate_half) of `n` vectors of length hd in place, at one position (cos/sin [hd/2]) */
+function ropeInPlace(x: Float32Array, n: number, hd: number, cos: Float32Array, sin: Float32Array): void {
+  const half = hd / 2;
+  for (let h = 0; h < n; h++) {
+    const o = h * hd;
+    for (let j = 0; j < half; j++) {
+      const a = x[o + j]!, b = x[o + j + half]!;
+      x[o + j] = a * cos[j]! - b * sin[j]!;
+      x[o + j + half] = b * cos[j]! + a * sin[j]!;
+    }
+  }
+}
+
+/** One row's KV cache: per layer, position-major [cap, KV*hd], grown by doubling. */
+class RowCache {
+  k: Float32Array[]; v: Float32Array[];
+  valid: Uint8Array; // [cap] 1 = attend (0: the prompt's padding)
+  n = 0; // positions held
+  tokens = 0; // real tokens held (the next token's position)
+  constructor(layers: number, private readonly w: number, private cap = 32) {
+    this.k = Array.from({ length: layers }, () => new Float32Array(cap * w));
+    this.v = Array.from({ length: layers }, () => new Float32Array(cap * w));
+    this.valid = new Uint8Array(cap);
+  }
+  reserve(n: number): void {
+    if (n <= this.cap) return;
+    let cap = this.cap;
+    while (cap < n) cap *= 2;
+    const grow = (a: Float32Array) => { const b = new Float32Array(cap * this.w); b.set(a); return b; };
+    this.k = this.k.map(grow); this.v = this.v.map(grow);
+    const valid = new Uint8Array(cap); valid.set(this.valid); this.valid = valid;
+    this.cap = cap;
+  }
+}
+
+/** Scratch vectors of one step, allocated once per session. */
+interface Scratch { x: Float32Array; xPrev: Float32Array; h: Float32Array; xm: Float32Array; h2: Float32Array; y: Float32Array; kv: Float32Array; q: Float32Array; ctx: Float32Array; a: Float32Array; p: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array }
+
+export class DecodeSession {
+  readonly counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
+  private readonly c: ModelConfig;
+  private readonly w: DecodeWeights;
+  private readonly rows: RowCache[];
+  private readonly s: Scratch;
+  private readonly invFreq: Float32Array | null;
+  private readonly headRows: Int32Array[]; // per head: its hd rows of q / o
+  private readonly allHeads: Int32Array;
+
+  constructor(model: Model, private readonly modes: DecodeModes, batch: number) {
+    if (!model.decode) throw new Error('DecodeSession needs a model loaded with { decode: true }');
+    this.c = model.config; this.w = model.decode;
+    const c = this.c, d = c.hidden, hd = c.headDim;
+    if (modes.mlp.length !== c.layers || modes.heads.length !== c.layers) throw new Error(`decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${c.layers}`);
+    this.rows = Array.from({ length: batch }, () => new RowCache(c.layers, c.kvHeads * hd));
+    const Dp = this.w.embed.length / c.vocabSize;
+    const f = (n: number) => new Float32Array(n);
+    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn), p: f(64), e: f(Dp), cos: f(hd / 2), sin: f(hd / 2) };
+    this.invFreq = c.positions === 'rope' ? Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / hd)) : null;
+    this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
+    this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);
+  }
+
+  /** Copy a prefill's cache (forward(..., { cache })): [B, KV, P, hd] per layer and each row's key mask. */
+  loadCache(cache: KVCache): void {
+    const c = this.c, KV = c.kvHeads, hd = c.headDim, W = KV * hd;
+    const B = this.rows.length;
+    if (cache.keyMask.length !== B) throw new Error(`loadCache: cache has ${cache.keyMask.length} rows, session ${B}`);
+    const P = cache.keyMask[0]?.length ?? 0;
+    for (let i = 0; i < c.layers; i++) {
+      const k = cache.k[i]!.dataSync() as Float32Array, v = cache.v[i]!.dataSync() as Float32Array;
+      for (let b = 0; b < B; b++) {
+        const r = this.rows[b]!;
+        r.reserve(P);
+        for (let kv = 0; kv < KV; kv++)
+          for (let p = 0; p < P; p++) {
+            const src = ((b * KV + kv) * P + p) * hd, dst = p * W + kv * hd;
+            r.k[i]!.set(k.subarray(src, src + hd), dst);
+            r.v[i]!.set(v.subarray(src, src + hd), dst);
+          }
+      }
+    }
+    for (let b = 0; b < B; b++) {
+      const r = this.rows[b]!, m = cache.keyMask[b]!;
+      for (let p = 0; p < P; p++) r.valid[p] = m[p] ? 1 : 0;
+      r.n = P; r.tokens = m.reduce((a, x) => a + (x ? 1 : 0), 0);
+    }
+  }
+
+  /** Positions the next token of row b would take (the model's limit applies to learned positions). */
+  position(b: number): number { return this.rows[b]!.tokens; }
+
+  /** One token per row -> logits [rows * V]. */
+  step(ids: number[]): Float32Array {
+    const c = this.c, V = c.vocabSize;
+    if (ids.length !== this.rows.length) throw new Error(`step: ${ids.length} tokens for ${this.rows.length} rows`);
+    const out = new Float32Array(ids.length * V);
+    for (let b = 0; b < ids.length; b++) this.stepRow(b, ids[b]!, out.subarray(b * V, (b + 1) * V));
+    return out;
+  }
+
+  private stepRow(b: number, id: number, logits: Float32Array): void {
+    const c = this.c, w = this.w, s = this.s, r = this.rows[b]!;
+    const d = c.hidden, Dp = w.embed.length / c.vocabSize;
+    if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new UserError(`decode: token id ${id} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    const pos = r.tokens;
+    if (c.positions === 'learned' && pos >= c.maxPositions) throw new UserError(`decode: position ${pos} exceeds the model's max_position_embeddings ${c.maxPositions}`);
+    r.reserve(r.n + 1);
+    // embedding [Dp] (-> [d]) + learned position
+    s.e.set(w.embed.subarray(id * Dp, (id + 1) * Dp));
+    if (w.projIn) { s.x.fill(0); w.projIn.axpy(s.e, s.x); } else s.x.set(s.e);
+    if (w.pos) { const o = (pos + c.positionOffset) * d; for (let j = 0; j < d; j++) s.x[j]! += w.pos[o + j]!; }
+    if (this.invFreq) for (let j = 0; j < this.invFreq.length; j++) { const f = Math.fround(pos * this.invFreq[j]!); s.cos[j] = Math.cos(f); s.sin[j] = Math.sin(f); }
+    r.valid[r.n] = 1;
+    s.xPrev.set(s.x);
+    for (let i = 0; i < c.layers; i++) {
+      const L = w.layers[i]!;
+      // attention block
+      if (c.preNorm) normInto(c, s.x, L.ln1, s.h); else s.h.set(s.x);
+      this.appendKV(L, i, r);
+      const hm = this.modes.heads[i]!;
+      const heads = hm.mode === 'dense' ? this.allHeads : hm.pick({ xAttn: s.x, xAttnPrev: s.xPrev });
+      this.counts.headsSelected += heads.length; this.counts.headsTotal += c.heads;
+      this.attention(L, i, r, heads, s.y);
+      for (let j = 0; j < d; j++) s.xm[j] = s.x[j]! + s.y[j]!;
+      if (!c.preNorm) normInto(c, s.xm, L.ln1, s.xm);
+      // MLP block
+      if (c.preNorm) normInto(c, s.xm, L.ln2, s.h2); else s.h2.set(s.xm);
+      this.mlp(L, this.modes.mlp[i]!, s.y);
+      s.xPrev.set(s.x);
+      for (let j = 0; j < d; j++) s.x[j] = s.xm[j]! + s.y[j]!;
+      if (!c.preNorm) normInto(c, s.x, L.ln2, s.x);
+    }
+    r.n++; r.tokens++;
+    // final norm, projection, LM head
+    let h = s.x;
+    if (w.finalNorm) { normInto(c, s.x, w.finalNorm, s.h); h = s.h; }
+    if (w.projOut) { s.e.fill(0); w.projOut.axpy(h, s.e); h = s.e; }
+    w.lmHead.matvec(h, logits);
+  }
+
+  /** K and V of every kv head for the new position (RoPE on K), appended to the row's cache */
+  private appendKV(L: DecodeLayer, i: number, r: RowCache): void {
+    const c = this.c, s = this.s, W = c.kvHeads * c.headDim;
+    L.k.matvec(s.h, s.kv, undefined, L.kBias);
+    if (this.invFreq) ropeInPlace(s.kv, c.kvHeads, c.headDim, s.cos, s.sin);
+    r.k[i]!.set(s.kv, r.n * W);
+    L.v.matvec(s.h, s.kv, undefined, L.vBias);
+    r.v[i]!.set(s.kv, r.n * W);
+  }
+
+  /** y [d] = the output projection of the selected heads' context (+ bias) */
+  private attention(L: DecodeLayer, i: number, r: RowCache, heads: Int32Array, y: Float32Array): void {
+    const c = this.c, s = this.s, hd = c.headDim, W = c.kvHeads * hd, rep = c.heads / c.kvHeads, scale = 1 / Math.sqrt(hd);
+    const S = r.n + 1, K = r.k[i]!, Vc = r.v[i]!;
+    if (s.p.length < S) s.p = new Float32Array(Math.max(S, 2 * s.p.length));
+    const p = s.p, n = heads.length;
+    // Q rows of the selected heads, in one call
+    const qRows = n === c.heads ? undefined : this.rowsOf(heads);
+    L.q.matvec(s.h, s.q, qRows, L.qBias);
+    if (this.invFreq) ropeInPlace(s.q, n, hd, s.cos, s.sin);
+    for (let t = 0; t < n; t++) {
+      const qo = t * hd, kvo = Math.floor(heads[t]! / rep) * hd;
+      let mx = -Infinity;
+      for (let pos = 0; pos < S; pos++) {
+        if (!r.valid[pos]) { p[pos] = -Infinity; continue; }
+        const ko = pos * W + kvo;
+        let dot = 0;
+        for (let j = 0; j < hd; j++) dot += s.q[qo + j]! * K[ko + j]!;
+        const v = dot * scale;
+        p[pos] = v;
+        if (v > mx) mx = v;
+      }
+      let sum = 0;
+      for (let pos = 0; pos < S; pos++) { const e = r.valid[pos] ? Math.exp(p[pos]! - mx) : 0; p[pos] = e; sum += e; }
+      const ctx = s.ctx;
+      ctx.fill(0, qo, qo + hd);
+      for (let pos = 0; pos < S; pos++) {
+        const wgt = p[pos]! / sum;
+        if (wgt === 0) continue;
+        const vo = pos * W + kvo;
+        for (let j = 0; j < hd; j++) ctx[qo + j]! += wgt * Vc[vo + j]!;
+      }
+    }
+    if (L.oBias) y.set(L.oBias); else y.fill(0, 0, c.hidden);
+    L.o.axpy(s.ctx, y, qRows);
+  }
+
+  private rowsCache = new Map<string, Int32Array>();
+  /** the q / o rows of a head set (cached by set: plans reuse few sets) */
+  private rowsOf(heads: Int32Array): Int32Array {
+    const key = heads.join(',');
+    let rows = this.rowsCache.get(key);
+    if (!rows) {
+      rows = new Int32Array(heads.length * this.c.headDim);
+      heads.forEach((h, t) => rows!.set(this.headRows[h]!, t * this.c.headDim));
+      if (this.rowsCache.size > 4096) this.rowsCache.clear();
+      this.rowsCache.set(key, rows);
+    }
+    return rows;
+  }
+
+  /** y [d] = the MLP of s.h2 under the layer's mode */
+  private mlp(L: DecodeLayer, m: MlpStep, y: Float32Array): void {
+    const c = this.c, s = this.s, F = c.ffn, a = s.a;
+    if (L.downBias) y.set(L.downBias); else y.fill(0, 0, c.hidden);
+    if (m.mode === 'select') {
+      const idx = m.pick({ h: s.h2, xMlp: s.xm, xAttn: s.x });
+      const k = idx.length;
+      this.counts.mlpSelected += k; this.counts.mlpTotal += F;
+      if (k === 0) return;
+      L.up.matvec(s.h2, a, idx, L.upBias);
+      this.activate(L, a, k, idx);
+      L.down.axpy(a, y, idx);
+      return;
+    }
+    L.up.matvec(s.h2, a, undefined, L.upBias);
+    this.activate(L, a, F, undefined);
+    if (m.mode === 'lossless') {
+      let k = 0;
+      for (let j = 0; j < F; j++) if (a[j] !== 0) k++;
+      this.counts.mlpSelected += k; this.counts.mlpTotal += F;
+      L.down.axpy(a, y, undefined, true); // rows with a zero activation are not read
+      return;
+    }
+    this.counts.mlpSelected += F; this.counts.mlpTotal += F;
+    L.down.axpy(a, y);
+  }
+
+  /** a[0..k) = act(first projection) in place (SwiGLU: silu(gate) * up, gate rows `idx`) */
+  private activate(L: DecodeLayer, a: Float32Array, k: number, idx: Int32Array | undefined): void {
+    if (this.c.activation === 'relu') { for (let j = 0; j < k; j++) if (a[j]! < 0) a[j] = 0; return; }
+    const g = this.gateScratch.length >= k ? this.gateScratch : (this.gateScratch = new Float32Array(this.c.ffn));
+    L.gate!.matvec(this.s.h2, g, idx, L.gateBias);
+    for (let j = 0; j < k; j++) { const gj = g[j]!; a[j] = (gj / (1 + Math.exp(-gj))) * a[j]!; }
+  }
+  private gateScratch = new Float32Array(0);
+}
+
+/** tokens ids[b] of prompts that the forward pass prefilled into `cache` -> a session that continues them */
+export function sessionFromPrefill(model: Model, modes: DecodeModes, cache: KVCache): DecodeSession {
+  const s = new DecodeSession(model, modes, cache.keyMask.length);
+  s.loadCache(cache);
+  return s;
+}

@@ -1,0 +1,169 @@
+/**
+ * A runtime plan: per layer, the MLP mode (dense | lossless | predicted with a rule) and the head mode (dense |
+ * predicted with a rule), as `dejavu plan` chose them under a perplexity budget, with what it expected and measured.
+ * Stored in plan.json and in the bundle manifest (checksummed); the decode runtime follows it (decodeModes).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { z } from 'zod';
+import { UserError } from '../util/errors.js';
+import { parseArtifact, readJson } from '../util/json-artifact.js';
+import type { ModelConfig } from '../model/config.js';
+import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
+import type { HostPredictor } from '../predictors/predictor.js';
+import { topKRow, type SelectionRule } from '../predictors/metrics.js';
+import { rowMatrix, type RowMatrix } from '../model/kernels/rows.js';
+import { createArena, type WasmArena } from '../model/kernels/wasm/kernels.js';
+import type { DecodeModes, HeadStep, MlpStep } from './decoder.js';
+
+export const PLAN_FORMAT_VERSION = 1;
+
+const rule = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('topk'), k: z.number().int().positive() }),
+  z.strictObject({ kind: z.literal('threshold'), value: z.number() }),
+]);
+const share = z.number().min(0).max(1);
+const ms = z.number().nonnegative();
+
+export const layerPlanSchema = z.strictObject({
+  layer: z.number().int().nonnegative(),
+  mlp: z.discriminatedUnion('mode', [
+    z.strictObject({ mode: z.literal('dense') }),
+    /** ReLU: the first projection for every neuron, then only the rows of the second with a nonzero activation */
+    z.strictObject({ mode: z.literal('lossless') }),
+    /** the layer's predictor picks the neurons by `rule`, calibrated to `recall` on held-out activations */
+    z.strictObject({ mode: z.literal('predicted'), rule, recall: share }),
+  ]),
+  heads: z.discriminatedUnion('mode', [
+    z.strictObject({ mode: z.literal('dense') }),
+    z.strictObject({ mode: z.literal('predicted'), rule }),
+  ]),
+  /** what the search expected of this layer: MLP / head density, decode ms of the layer (cost model), perplexity increase (alone) */
+  expected: z.strictObject({ mlpDensity: share, headDensity: share, ms, pplIncrease: z.number() }),
+});
+export type LayerPlan = z.infer<typeof layerPlanSchema>;
+
+export const runtimePlanSchema = z.strictObject({
+  formatVersion: z.literal(PLAN_FORMAT_VERSION),
+  maxPplIncrease: z.number().nonnegative(),
+  layers: z.array(layerPlanSchema),
+  /** the cost model's step time (ms per token, batch 1) of this plan and of the dense model */
+  estimate: z.strictObject({ stepMs: ms, denseStepMs: ms, speedup: z.number().positive(), pplIncrease: z.number() }),
+  /** measured by the runtime itself on held-out text the search did not see */
+  verified: z.strictObject({ tokens: z.number().int().positive(), densePerplexity: z.number().positive(), perplexity: z.number().positive(), pplIncrease: z.number(), stepMs: ms, denseStepMs: ms, speedup: z.number().positive() }),
+});
+export type RuntimePlan = z.infer<typeof runtimePlanSchema>;
+
+/** Problems of a plan against a model (and its predictors' sites), each with its dotted path. */
+export function planProblems(plan: RuntimePlan, c: Pick<ModelConfig, 'layers' | 'ffn' | 'heads' | 'activation'>, hasPredictor: (site: 'mlp' | 'heads', layer: number) => boolean): string[] {
+  const p: string[] = [];
+  if (plan.layers.length !== c.layers) p.push(`plan.layers: ${plan.layers.length} entries for a model of ${c.layers} layers`);
+  plan.layers.forEach((l, i) => {
+    const at = `plan.layers.${i}`;
+    if (l.layer !== i) p.push(`${at}.layer: ${l.layer}, expected ${i}`);
+    if (l.mlp.mode === 'lossless' && c.activation !== 'relu') p.push(`${at}.mlp: the lossless mode needs a ReLU MLP (this model's is ${c.activation})`);
+    if (l.mlp.mode === 'predicted') {
+      if (!hasPredictor('mlp', i)) p.push(`${at}.mlp: predicted, but layer ${i} has no MLP predictor weights`);
+      if (l.mlp.rule.kind === 'topk' && l.mlp.rule.k > c.ffn) p.push(`${at}.mlp.rule.k: ${l.mlp.rule.k} > ${c.ffn} neurons`);
+    }
+    if (l.heads.mode === 'predicted') {
+      if (!hasPredictor('heads', i)) p.push(`${at}.heads: predicted, but layer ${i} has no head predictor`);
+      if (l.heads.rule.kind === 'topk' && l.heads.rule.k > c.heads) p.push(`${at}.heads.rule.k: ${l.heads.rule.k} > ${c.heads} heads`);
+    }
+  });
+  return p;
+}
+
+/** A predictor on the host: scores [out] of one input vector through the row kernels. */
+class HostScorer {
+  private readonly fc1: RowMatrix; private readonly fc2: RowMatrix;
+  private readonly u: Float32Array;
+  constructor(private readonly p: HostPredictor, arena: WasmArena | null) {
+    this.fc1 = rowMatrix(p.fc1Weight, p.r, p.d, arena);
+    this.fc2 = rowMatrix(p.fc2Weight, p.out, p.r, arena);
+    this.u = new Float32Array(p.r);
+  }
+  score(x: Float32Array, out: Float32Array): void {
+    this.fc1.matvec(x, this.u, undefined, this.p.fc1Bias);
+    if (this.p.hidden === 'relu') for (let i = 0; i < this.u.length; i++) if (this.u[i]! < 0) this.u[i] = 0;
+    this.fc2.matvec(this.u, out, undefined, this.p.fc2Bias);
+  }
+}
+
+/** ids (ascending) that `rule` keeps of one row of scores */
+function applyRule(s: Float32Array, rule: SelectionRule, scratch: Float32Array, ids: Int32Array): Int32Array {
+  if (rule.kind === 'topk') return topKRow(s, rule.k, scratch);
+  let n = 0;
+  for (let j = 0; j < s.length; j++) if (s[j]! >= rule.value) ids[n++] = j;
+  return ids.slice(0, n);
+}
+
+/** a site's pick function: its input vector -> the ids its rule keeps */
+function picker(site: LoadedSite, rule: SelectionRule, W: number, arena: WasmArena | null): (x: Float32Array) => Int32Array {
+  if (!site.host) throw new Error(`a ${site.entry.family} site has no predictor weights to pick with`);
+  const main = new HostScorer(site.host, arena);
+  const up = site.hostUp ? new HostScorer(site.hostUp, arena) : null;
+  const s = new Float32Array(W), su = new Float32Array(W), scratch = new Float32Array(W), ids = new Int32Array(W);
+  return (x) => {
+    main.score(x, s);
+    if (up) { // SwiGLU: |silu(gate) * up|
+      up.score(x, su);
+      for (let j = 0; j < W; j++) { const g = s[j]!; s[j] = Math.abs((g / (1 + Math.exp(-g))) * su[j]!); }
+    }
+    return applyRule(s, rule, scratch, ids);
+  };
+}
+
+export interface BuiltModes { modes: DecodeModes; dispose(): void }
+
+/**
+ * Per-layer decode modes from predictors and, when given, a plan. Without a plan each layer follows its trained
+ * entry: dense -> dense, exact -> lossless, low-rank -> its rule; heads with a predictor -> its rule.
+ */
+export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan: RuntimePlan | null, use: { mlp: boolean; heads: boolean } = { mlp: true, heads: true }): BuiltModes {
+  const arena = createArena();
+  const mlp: MlpStep[] = [], heads: HeadStep[] = [];
+  for (let i = 0; i < c.layers; i++) {
+    const ms = preds?.mlp.get(i), hs = preds?.heads.get(i);
+    const lp = plan?.layers[i];
+    if (!use.mlp || (!lp && !ms)) mlp.push({ mode: 'dense' });
+    else if (lp) {
+      if (lp.mlp.mode === 'predicted') {
+        if (!ms) throw new Error(`plan: layer ${i} MLP is predicted but there is no predictor`);
+        const pick = picker(ms, lp.mlp.rule, c.ffn, arena), input = ms.entry.input;
+        mlp.push({ mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) });
+      } else mlp.push({ mode: lp.mlp.mode });
+    } else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
+    else if (ms!.entry.family === 'exact') mlp.push({ mode: 'lossless' });
+    else {
+      const pick = picker(ms!, ms!.entry.rule!, c.ffn, arena), input = ms!.entry.input;
+      mlp.push({ mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) });
+    }
+    const headRule = lp ? (lp.heads.mode === 'predicted' ? lp.heads.rule : null) : hs?.entry.rule ?? null;
+    if (!use.heads || !hs || !headRule) heads.push({ mode: 'dense' });
+    else {
+      const pick = picker(hs, headRule, c.heads, arena), prev = hs.sourceLayerOffset === -1;
+      heads.push({ mode: 'select', pick: (x) => pick(prev ? x.xAttnPrev : x.xAttn) });
+    }
+  }
+  return { modes: { mlp, heads }, dispose: () => arena?.dispose() };
+}
+
+/** plan.json (the plan stage's output): the plan, the predictors it was made for, and what the search explored. */
+export const planFileSchema = z.looseObject({
+  kind: z.literal('dejavu-plan'),
+  formatVersion: z.literal(PLAN_FORMAT_VERSION),
+  toolVersion: z.string(),
+  /** content hash of the predictors folder the plan was made for (export-bundle refuses other predictors) */
+  predictorsSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  plan: runtimePlanSchema,
+  /** the search's path: each accepted move with the plan's estimated speedup and perplexity increase */
+  frontier: z.array(z.looseObject({ step: z.number().int().nonnegative(), move: z.string(), speedup: z.number().positive(), pplIncrease: z.number() })),
+});
+export type PlanFile = z.infer<typeof planFileSchema>;
+
+export function readPlanFile(dir: string): PlanFile {
+  const f = path.join(dir, 'plan.json');
+  if (!fs.existsSync(f)) throw new UserError(`${dir} is not a plan folder (no plan.json)`, 'pass a folder written by `dejavu plan`');
+  return parseArtifact(planFileSchema, readJson(f, 're-run `dejavu plan`'), f, 'plan', 're-run `dejavu plan`');
+}
