@@ -20,7 +20,9 @@ import { openSafetensors, readTensorF32, writeSafetensors, type TensorToWrite } 
 import { loadPredictors, predictorHooks, type LoadedPredictors } from '../src/predictors/hooks.js';
 import type { PredictorsManifest } from '../src/predictors/store.js';
 import { loadModel } from '../src/model/model.js';
-import { disposeOutput, forward, type SparsityHooks } from '../src/model/forward.js';
+import { disposeOutput, forward, type ForwardOutput, type SparsityHooks } from '../src/model/forward.js';
+import { DecodeSession } from '../src/runtime/decoder.js';
+import { decodeModes } from '../src/runtime/plan.js';
 import { f16ToF32Array, f32ToF16Array } from '../src/util/half.js';
 import { sha256File } from '../src/util/fsx.js';
 import { predictorsContentHash } from '../src/predictors/content-hash.js';
@@ -230,7 +232,7 @@ describe('the manifest is checksummed (issue #11 case 3)', () => {
   it('the manifest records its format and checksum; a re-sealed manifest that contradicts the files is still caught', async () => {
     const m = readM(BUNDLE);
     expect(m.formatVersion).toBe(BUNDLE_FORMAT_VERSION);
-    expect(BUNDLE_FORMAT_VERSION).toBe(2);
+    expect(BUNDLE_FORMAT_VERSION).toBe(3);
     expect(m.manifestSha256).toMatch(/^[0-9a-f]{64}$/);
     const { manifestSha256, ...rest } = m;
     expect(manifestChecksum(rest)).toBe(manifestSha256);
@@ -419,7 +421,7 @@ describe('loadBundlePredictors drives the forward pass like the predictors folde
   /** hooks that also record every mask they return */
   function recording(p: LoadedPredictors) {
     const masks: Record<string, Float32Array> = {};
-    const h = predictorHooks(p, { mode: 'mask', mlp: true, heads: true });
+    const h = predictorHooks(p, { mlp: true, heads: true });
     const hooks: SparsityHooks = {
       mlp: (l, ctx) => { const s = h.mlp!(l, ctx); if (s && 'mask' in s) masks[`mlp.${l}`] = s.mask.dataSync() as Float32Array; return s; },
       heads: (l, ctx) => { const s = h.heads!(l, ctx); if (s && 'mask' in s) masks[`heads.${l}`] = s.mask.dataSync() as Float32Array; return s; },
@@ -476,37 +478,59 @@ describe('loadBundlePredictors drives the forward pass like the predictors folde
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('indices mode on one-token rows selects the same ids as mask mode', () => {
+  it('decode picks (decodeModes of the bundle) select the same ids as the mask hooks for the same one-token inputs; a session with them == the masked forward', () => {
     const bundle = loadBundlePredictors(BUNDLE);
-    const model = loadModel(MODEL);
+    const model = loadModel(MODEL, { decode: true });
+    const built = decodeModes(model.config, bundle, null);
+    const outs: ForwardOutput[] = [];
     try {
       const ids = loadReference(MODEL).ids.map((r) => [r[5]!]); // [B, 1]
-      const seen: Record<string, number[][]> = {};
-      const wrap = (mode: 'mask' | 'indices') => {
-        const h = predictorHooks(bundle, { mode, mlp: true, heads: true });
-        const rec = (key: string, s: unknown) => {
-          const o = s as { mask?: tf.Tensor; indices?: Int32Array[] };
-          const rows = o.indices ? o.indices.map((a) => Array.from(a)) : (() => {
-            const [B, , W] = o.mask!.shape as [number, number, number];
-            const d = o.mask!.dataSync();
-            return Array.from({ length: B }, (_, b) => Array.from({ length: W }, (_, j) => j).filter((j) => d[b * W + j]));
-          })();
-          seen[`${mode}.${key}`] = rows;
-          return s as never;
-        };
-        const hooks: SparsityHooks = { mlp: (l, ctx) => rec(`mlp.${l}`, h.mlp!(l, ctx)), heads: (l, ctx) => rec(`heads.${l}`, h.heads!(l, ctx)) };
-        return hooks;
+      const B = ids.length;
+      const { mlp: mlpModes, heads: headModes } = built.modes;
+      expect([...mlpModes, ...headModes].every((m) => m.mode === 'select')).toBe(true);
+      const rowsOf = (t: tf.Tensor, b: number) => { const W = t.shape[t.rank - 1]!; return (t.dataSync() as Float32Array).slice(b * W, (b + 1) * W); };
+      const idsOfMask = (m: tf.Tensor, b: number) => { const r = rowsOf(m, b); return Array.from(r.keys()).filter((j) => r[j]); };
+      const seen: Record<string, { mask: number[][]; pick: number[][] }> = {};
+      const h = predictorHooks(bundle, { mlp: true, heads: true });
+      // the mask hooks, and the decode picks on the very inputs the hooks got (each one-token row as a host vector)
+      const hooks: SparsityHooks = {
+        mlp: (l, ctx) => {
+          const s = h.mlp!(l, ctx) as { mask: tf.Tensor };
+          const m = mlpModes[l]!;
+          if (m.mode !== 'select') throw new Error(`layer ${l}: MLP mode ${m.mode}`);
+          seen[`mlp.${l}`] = { mask: Array.from({ length: B }, (_, b) => idsOfMask(s.mask, b)),
+            pick: Array.from({ length: B }, (_, b) => Array.from(m.pick({ h: rowsOf(ctx.hMlp, b), xMlp: rowsOf(ctx.xMlp, b), xAttn: rowsOf(ctx.xAttn, b) }))) };
+          return s;
+        },
+        heads: (l, ctx) => {
+          const s = h.heads!(l, ctx) as { mask: tf.Tensor };
+          const m = headModes[l]!;
+          if (m.mode !== 'select') throw new Error(`layer ${l}: head mode ${m.mode}`);
+          seen[`heads.${l}`] = { mask: Array.from({ length: B }, (_, b) => idsOfMask(s.mask, b)),
+            pick: Array.from({ length: B }, (_, b) => Array.from(m.pick({ xAttn: rowsOf(ctx.xAttn, b), xAttnPrev: rowsOf(ctx.xAttnPrev, b) }))) };
+          return s;
+        },
       };
-      const o1 = forward(model, ids, { sparsity: wrap('mask') });
-      const o2 = forward(model, ids, { sparsity: wrap('indices') });
-      for (const k of ['mlp.0', 'mlp.1', 'heads.0', 'heads.1']) {
-        expect(seen[`indices.${k}`], k).toEqual(seen[`mask.${k}`]);
+      outs.push(forward(model, ids, { sparsity: hooks }));
+      outs.push(forward(model, ids));
+      expect(Object.keys(seen).sort()).toEqual(['heads.0', 'heads.1', 'mlp.0', 'mlp.1']);
+      for (const [k, v] of Object.entries(seen)) {
+        expect(v.pick, k).toEqual(v.mask);
         const rule = bundle.bundle.layers[Number(k.split('.')[1])]![k.startsWith('mlp') ? 'mlp' : 'heads']!.rule as { k: number };
-        for (const row of seen[`indices.${k}`]!) expect(row.length).toBe(rule.k);
+        for (const row of v.pick) expect(row.length).toBe(rule.k);
       }
-      expect(relFrob(o2.logits!.dataSync(), o1.logits!.dataSync())).toBeLessThan(1e-5);
-      disposeOutput(o1); disposeOutput(o2);
+      // the rows select different ids somewhere (a pick that ignored its input would fail above)
+      expect(Object.values(seen).some((v) => v.mask.some((r) => JSON.stringify(r) !== JSON.stringify(v.mask[0])))).toBe(true);
+      // the decode session with the same picks, one step at position 0 for all rows == the masked forward
+      const masked = outs[0]!.logits!.dataSync() as Float32Array;
+      const s = new DecodeSession(model, built.modes, B);
+      const lg = s.step(ids.map((r) => r[0]!));
+      expect(relFrob(lg, masked)).toBeLessThan(1e-5);
+      expect(relFrob(masked, outs[1]!.logits!.dataSync())).toBeGreaterThan(1e-4); // and the selection matters
+      expect(s.counts.mlpSelected).toBeLessThan(s.counts.mlpTotal);
     } finally {
+      for (const o of outs) disposeOutput(o);
+      built.dispose();
       model.dispose();
       bundle.dispose();
     }

@@ -1,6 +1,7 @@
 /**
  * The tfjs forward pass against the float64 naive reference on random tiny Hugging Face checkpoints, plus
- * metamorphic checks (batching, padding, residency, sparsity modes, KV cache) and tensor-leak checks.
+ * metamorphic checks (batching, padding, residency, sparsity masks, KV cache), the decode runtime (DecodeSession:
+ * host row kernels, one token at a time) against the forward pass, and tensor-leak checks.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,6 +12,9 @@ import { loadModel, type Model } from '../src/model/model.js';
 import {
   disposeCache, disposeOutput, forward, newCache, type CaptureKind, type ForwardOutput, type SparsityHooks,
 } from '../src/model/forward.js';
+import { DecodeSession, denseModes, sessionFromPrefill, type DecodeModes, type HeadContext, type MlpContext } from '../src/runtime/decoder.js';
+import { generate } from '../src/runtime/generate.js';
+import { liveArenaBytes } from '../src/model/kernels/wasm/kernels.js';
 import { tmpDir } from './helpers.js';
 import { naiveForward, relFrobenius, type HFConfig, type NaiveTensor, type NaiveWeights } from './reference/naive-forward.js';
 import { makeRandomCheckpoint, type RandomCkptOptions } from './reference/random-checkpoint.js';
@@ -143,6 +147,35 @@ function naiveTailLogits(config: HFConfig, w: NaiveWeights, h: NaiveTensor, act:
   return lin(x, T, head);
 }
 
+/** [rows] token ids, fed to a DecodeSession one position at a time -> logits [rows, T, V] (row-major, like forward's) */
+function decodeAll(s: DecodeSession, ids: number[][], V: number): Float32Array {
+  const B = ids.length, T = ids[0]!.length;
+  const out = new Float32Array(B * T * V);
+  for (let t = 0; t < T; t++) {
+    const lg = s.step(ids.map((r) => r[t]!));
+    for (let b = 0; b < B; b++) out.set(lg.subarray(b * V, (b + 1) * V), (b * T + t) * V);
+  }
+  return out;
+}
+
+/** decode modes that select fixed ids per layer (and per row: `row()` names the row being stepped) */
+function fixedModes(L: number, mlp: (l: number) => Int32Array, heads: (l: number) => Int32Array): DecodeModes {
+  return {
+    mlp: Array.from({ length: L }, (_, l) => ({ mode: 'select' as const, pick: () => mlp(l) })),
+    heads: Array.from({ length: L }, (_, l) => ({ mode: 'select' as const, pick: () => heads(l) })),
+  };
+}
+
+/** 0/1 mask [B, T, n] holding sel[b] on every token of row b */
+function maskOfRows(sel: Int32Array[], T: number, n: number): tf.Tensor3D {
+  const B = sel.length;
+  const m = new Float32Array(B * T * n);
+  sel.forEach((ix, b) => { for (let t = 0; t < T; t++) for (const j of ix) m[(b * T + t) * n + j] = 1; });
+  return tf.tensor3d(m, [B, T, n]);
+}
+
+const range = (n: number) => Int32Array.from({ length: n }, (_, i) => i);
+
 // ---------------------------------------------------------------------------------------------------- parity
 
 describe('tfjs forward vs naive float64 reference on random checkpoints', () => {
@@ -213,7 +246,7 @@ describe('metamorphic properties', () => {
       let V: number, L: number, F: number, H: number;
       beforeAll(() => {
         const b = build(c);
-        model = loadModel(b.dir);
+        model = loadModel(b.dir, { decode: true }); // + the decode runtime's row copies (DecodeSession)
         V = model.config.vocabSize; L = model.config.layers; F = model.config.ffn; H = model.config.heads;
       });
       afterAll(() => model?.dispose());
@@ -292,8 +325,9 @@ describe('metamorphic properties', () => {
         streamed.dispose();
       });
 
-      it('all-ones sparsity masks == dense, exactly; all-indices selection == dense', () => {
+      it('all-ones sparsity masks == dense, exactly; a DecodeSession selecting every neuron and head == dense modes == the forward pass', () => {
         const ids = [tokens(8, V, 61), tokens(8, V, 62)];
+        const T = ids[0]!.length;
         const dense = forward(model, ids, { capture: CAPTURE_ALL });
         const ones: SparsityHooks = {
           mlp: (_i, { xMlp }) => ({ mask: tf.ones([xMlp.shape[0]!, xMlp.shape[1]!, F]) }),
@@ -305,18 +339,41 @@ describe('metamorphic properties', () => {
           heads: (i, ctx) => { calls.heads++; return ones.heads!(i, ctx); },
         };
         const masked = forward(model, ids, { capture: CAPTURE_ALL, sparsity: counted });
-        const all = (n: number) => ids.map(() => Int32Array.from({ length: n }, (_, j) => j));
-        const idx = forward(model, ids, { sparsity: { mlp: () => ({ indices: all(F) }), heads: () => ({ indices: all(H) }) } });
         try {
           expect(calls).toEqual({ mlp: L, heads: L });
           expect(Array.from(data(masked.logits, 'masked'))).toEqual(Array.from(data(dense.logits, 'dense')));
           for (const k of KINDS) for (let i = 0; i < L; i++)
             expect(Array.from(data(masked.captured[k]![i], k)), `${k}.${i}`).toEqual(Array.from(data(dense.captured[k]![i], k)));
-          expect(relFrobenius(data(idx.logits, 'idx'), data(dense.logits, 'dense'))).toBeLessThan(1e-5);
-        } finally { disposeOutput(dense); disposeOutput(masked); disposeOutput(idx); }
+
+          // the decode runtime, one token at a time on the host: select-all picks == dense modes == forward
+          const d = model.config.hidden;
+          const picks = { mlp: 0, heads: 0 };
+          const all: DecodeModes = {
+            mlp: Array.from({ length: L }, () => ({ mode: 'select' as const, pick: (x: MlpContext) => {
+              picks.mlp++;
+              expect([x.h.length, x.xMlp.length, x.xAttn.length]).toEqual([d, d, d]);
+              return range(F);
+            } })),
+            heads: Array.from({ length: L }, () => ({ mode: 'select' as const, pick: (x: HeadContext) => {
+              picks.heads++;
+              expect([x.xAttn.length, x.xAttnPrev.length]).toEqual([d, d]);
+              return range(H);
+            } })),
+          };
+          const sAll = new DecodeSession(model, all, ids.length), sDense = new DecodeSession(model, denseModes(L), ids.length);
+          const la = decodeAll(sAll, ids, V), ld = decodeAll(sDense, ids, V);
+          const fl = data(dense.logits, 'dense');
+          expect(picks).toEqual({ mlp: L * T * ids.length, heads: L * T * ids.length });
+          expect(relFrobenius(la, ld), 'select-all vs dense modes').toBeLessThan(1e-5);
+          for (let b = 0; b < ids.length; b++) for (let t = 0; t < T; t++)
+            expect(relFrobenius(ld, fl, (b * T + t) * V, (b * T + t) * V, V), `dense modes vs forward, row ${b} token ${t}`).toBeLessThan(1e-5);
+          const n = L * T * ids.length;
+          expect(sAll.counts).toEqual({ mlpSelected: n * F, mlpTotal: n * F, headsSelected: n * H, headsTotal: n * H });
+          expect(sDense.counts).toEqual(sAll.counts);
+        } finally { disposeOutput(dense); disposeOutput(masked); }
       });
 
-      it('mask mode == indices mode for the same selection (different selection per row, an empty head set)', () => {
+      it('forward with masks (batched, full sequences) == DecodeSession with the same fixed picks, token by token (different selection per row, an empty head set)', () => {
         const ids = [tokens(7, V, 71), tokens(7, V, 72)];
         const B = ids.length, T = 7;
         // per layer, per row: a pseudo-random subset of neurons / heads
@@ -325,27 +382,39 @@ describe('metamorphic properties', () => {
         const mlpSel = Array.from({ length: L }, (_, l) => Array.from({ length: B }, (_, b) => pick(F, 3, l, b)));
         const headSel = Array.from({ length: L }, (_, l) => Array.from({ length: B }, (_, b) =>
           l === 0 && b === 1 ? new Int32Array(0) : pick(H, 2, l, b)));
-        const maskOf = (sel: Int32Array[], n: number) => {
-          const m = new Float32Array(B * T * n);
-          sel.forEach((ix, b) => { for (let t = 0; t < T; t++) for (const j of ix) m[(b * T + t) * n + j] = 1; });
-          return tf.tensor3d(m, [B, T, n]);
-        };
         for (const l of mlpSel) for (const s of l) { expect(s.length).toBeGreaterThan(0); expect(s.length).toBeLessThan(F); }
+        expect(mlpSel[0]![0]).not.toEqual(mlpSel[0]![1]); // the rows really differ
         const viaMask = forward(model, ids, { sparsity: {
-          mlp: (i) => ({ mask: maskOf(mlpSel[i]!, F) }),
-          heads: (i) => ({ mask: maskOf(headSel[i]!, H) }),
-        } });
-        const viaIdx = forward(model, ids, { sparsity: {
-          mlp: (i) => ({ indices: mlpSel[i]! }),
-          heads: (i) => ({ indices: headSel[i]! }),
+          mlp: (i) => ({ mask: maskOfRows(mlpSel[i]!, T, F) }),
+          heads: (i) => ({ mask: maskOfRows(headSel[i]!, T, H) }),
         } });
         const dense = forward(model, ids);
         try {
-          const lm = data(viaMask.logits, 'mask'), li = data(viaIdx.logits, 'idx');
-          expect(relFrobenius(li, lm)).toBeLessThan(1e-5);
+          const lm = data(viaMask.logits, 'mask');
+          // one session per row
+          const perRow = new Float32Array(B * T * V);
+          for (let b = 0; b < B; b++) {
+            const s = new DecodeSession(model, fixedModes(L, (l) => mlpSel[l]![b]!, (l) => headSel[l]![b]!), 1);
+            perRow.set(decodeAll(s, [ids[b]!], V), b * T * V);
+            const hs = headSel.reduce((a, l) => a + l[b]!.length, 0), ms = mlpSel.reduce((a, l) => a + l[b]!.length, 0);
+            expect(s.counts).toEqual({ mlpSelected: T * ms, mlpTotal: T * L * F, headsSelected: T * hs, headsTotal: T * L * H });
+          }
+          // one session of B rows: the row being stepped is counted at layer 0's head pick (the first pick of a row's step)
+          let row = -1;
+          const multi: DecodeModes = {
+            mlp: Array.from({ length: L }, (_, l) => ({ mode: 'select' as const, pick: () => mlpSel[l]![row]! })),
+            heads: Array.from({ length: L }, (_, l) => ({ mode: 'select' as const, pick: () => { if (l === 0) row = (row + 1) % B; return headSel[l]![row]!; } })),
+          };
+          const batched = decodeAll(new DecodeSession(model, multi, B), ids, V);
+          for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) {
+            const o = (b * T + t) * V;
+            expect(relFrobenius(perRow, lm, o, o, V), `one-row session vs masks, row ${b} token ${t}`).toBeLessThan(1e-5);
+            expect(relFrobenius(batched, lm, o, o, V), `${B}-row session vs masks, row ${b} token ${t}`).toBeLessThan(1e-5);
+          }
           // the selection matters: sparse != dense
           expect(relFrobenius(lm, data(dense.logits, 'dense'))).toBeGreaterThan(1e-3);
-        } finally { disposeOutput(viaMask); disposeOutput(viaIdx); disposeOutput(dense); }
+          expect(relFrobenius(perRow, data(dense.logits, 'dense'))).toBeGreaterThan(1e-3);
+        } finally { disposeOutput(viaMask); disposeOutput(dense); }
       });
 
       it('a fixed MLP mask on the last layer == the naive reference with those activations zeroed', () => {
@@ -440,25 +509,71 @@ describe('metamorphic properties', () => {
         } finally { for (const o of steps) disposeOutput(o); disposeCache(cache); }
       });
 
-      it('KV cache with sparsity in indices mode == full sparse forward with the same selection', () => {
+      it('KV cache with sparsity: masked prefill (forward, cache) + sessionFromPrefill + steps with the same picks == the full masked forward', () => {
         const ids = tokens(6, V, 111);
+        const P = 3;
         const sel = Int32Array.from([...Array(F).keys()].filter((j) => j % 3 !== 1));
         const heads = Int32Array.from([...Array(H).keys()].filter((h) => h !== 1));
-        const hooks: SparsityHooks = { mlp: () => ({ indices: [sel] }), heads: () => ({ indices: [heads] }) };
+        const hooks: SparsityHooks = {
+          mlp: (_i, { xMlp }) => ({ mask: maskOfRows([sel], xMlp.shape[1]!, F) }),
+          heads: (_i, { xAttn }) => ({ mask: maskOfRows([heads], xAttn.shape[1]!, H) }),
+        };
         const full = forward(model, [ids], { sparsity: hooks });
         const fl = data(full.logits, 'full');
+        const dense = forward(model, [ids]);
         const cache = newCache(model);
         try {
-          const pre = forward(model, [ids.slice(0, 3)], { cache, sparsity: hooks });
-          expect(relFrobenius(data(pre.logits, 'pre'), fl, 0, 0, 3 * V)).toBeLessThan(TOL);
+          const pre = forward(model, [ids.slice(0, P)], { cache, sparsity: hooks });
+          expect(relFrobenius(data(pre.logits, 'pre'), fl, 0, 0, P * V)).toBeLessThan(TOL);
           disposeOutput(pre);
-          for (let t = 3; t < ids.length; t++) {
-            const step = forward(model, [[ids[t]!]], { cache, sparsity: hooks });
-            expect(relFrobenius(data(step.logits, 'step'), fl, 0, t * V, V), `token ${t}`).toBeLessThan(TOL);
-            disposeOutput(step);
+          const s = sessionFromPrefill(model, fixedModes(L, () => sel, () => heads), cache);
+          expect(s.position(0)).toBe(P);
+          for (let t = P; t < ids.length; t++) {
+            const lg = s.step([ids[t]!]);
+            expect(relFrobenius(lg, fl, 0, t * V, V), `token ${t}`).toBeLessThan(TOL);
+            // and the selection matters at this token
+            expect(relFrobenius(lg, data(dense.logits, 'dense'), 0, t * V, V), `token ${t} vs dense`).toBeGreaterThan(1e-4);
           }
-        } finally { disposeOutput(full); disposeCache(cache); }
+          expect(s.counts.mlpSelected).toBe((ids.length - P) * L * sel.length);
+          expect(s.counts.headsSelected).toBe((ids.length - P) * L * heads.length);
+        } finally { disposeOutput(full); disposeOutput(dense); disposeCache(cache); }
       });
+
+      it('KV cache: batched left-padded prefill (forward) + sessionFromPrefill, then dense steps == each row in full', () => {
+        const a = tokens(4, V, 121), b = tokens(6, V, 122);
+        const contA = tokens(3, V, 123), contB = tokens(3, V, 124);
+        const cache = newCache(model);
+        const stepLogits: Float32Array[] = [];
+        try {
+          disposeOutput(forward(model, [[0, 0, ...a], b], { cache, attentionMask: [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]] }));
+          const s = sessionFromPrefill(model, denseModes(L), cache);
+          expect([s.position(0), s.position(1)]).toEqual([a.length, b.length]);
+          for (let t = 0; t < 3; t++) stepLogits.push(s.step([contA[t]!, contB[t]!]));
+          for (const [row, seq, prompt] of [[0, [...a, ...contA], a.length], [1, [...b, ...contB], b.length]] as [number, number[], number][]) {
+            const full = forward(model, [seq]);
+            const fl = data(full.logits, 'full');
+            for (let t = 0; t < 3; t++)
+              expect(relFrobenius(stepLogits[t]!, fl, row * V, (prompt + t) * V, V), `row ${row} step ${t}`).toBeLessThan(TOL);
+            disposeOutput(full);
+          }
+          // the two rows are really different continuations (a row mix-up would fail above)
+          expect(relFrobenius(stepLogits[0]!, stepLogits[0]!, 0, V, V)).toBeGreaterThan(1e-3);
+        } finally { disposeCache(cache); }
+      });
+
+      if (c.opts.family === 'opt') {
+        it('ReLU: lossless MLP steps == dense steps bit for bit, computing fewer rows of the second projection', () => {
+          const ids = [tokens(9, V, 131), tokens(9, V, 132)];
+          const lossless: DecodeModes = { mlp: Array.from({ length: L }, () => ({ mode: 'lossless' as const })), heads: denseModes(L).heads };
+          const sl = new DecodeSession(model, lossless, ids.length), sd = new DecodeSession(model, denseModes(L), ids.length);
+          const ll = decodeAll(sl, ids, V), ld = decodeAll(sd, ids, V);
+          expect(Array.from(ll)).toEqual(Array.from(ld));
+          expect(sl.counts.mlpTotal).toBe(sd.counts.mlpTotal);
+          expect(sl.counts.mlpSelected).toBeLessThan(sl.counts.mlpTotal);
+          expect(sl.counts.mlpSelected).toBeGreaterThan(0);
+          expect(sd.counts.mlpSelected).toBe(sd.counts.mlpTotal);
+        });
+      }
     });
   }
 });
@@ -471,7 +586,7 @@ describe('no tensor leaks', () => {
       let model: Model;
       let V: number, F: number, H: number;
       beforeAll(() => {
-        model = loadModel(build(c).dir);
+        model = loadModel(build(c).dir, { decode: true });
         V = model.config.vocabSize; F = model.config.ffn; H = model.config.heads;
       });
       afterAll(() => model?.dispose());
@@ -482,13 +597,16 @@ describe('no tensor leaks', () => {
         expect(tf.memory().numTensors, what).toBe(before);
       };
 
-      it('loadModel + dispose (resident and streamed)', () => {
-        for (const residency of ['resident', 'streamed'] as const) {
-          leakFree(residency, () => {
-            const m = loadModel(build(c).dir, { residency });
+      it('loadModel + dispose (resident and streamed, with and without decode rows; their arena is freed too)', () => {
+        for (const residency of ['resident', 'streamed'] as const) for (const decode of [false, true]) {
+          const arena = liveArenaBytes();
+          leakFree(`${residency}${decode ? ' + decode' : ''}`, () => {
+            const m = loadModel(build(c).dir, { residency, decode });
             expect(tf.memory().numTensors).toBeGreaterThan(0);
+            expect(m.decode === undefined).toBe(!decode);
             m.dispose();
           });
+          expect(liveArenaBytes(), 'arena bytes after dispose').toBe(arena);
         }
       });
 
@@ -508,14 +626,10 @@ describe('no tensor leaks', () => {
         m.dispose();
       });
 
-      it('sparsity: mask, indices, oracleTopK', () => {
+      it('sparsity: mask, oracleTopK', () => {
         const ids = [tokens(6, V, 5), tokens(6, V, 6)];
         leakFree('mask', () => disposeOutput(forward(model, ids, { capture: CAPTURE_ALL, sparsity: {
           mlp: () => ({ mask: tf.ones([2, 6, F]) }), heads: () => ({ mask: tf.ones([2, 6, H]) }),
-        } })));
-        leakFree('indices', () => disposeOutput(forward(model, ids, { sparsity: {
-          mlp: () => ({ indices: [Int32Array.from([0, 2, 5]), Int32Array.from([1])] }),
-          heads: () => ({ indices: [Int32Array.from([0, 3]), new Int32Array(0)] }),
         } })));
         leakFree('oracleTopK', () => disposeOutput(forward(model, ids, { capture: { mlpAct: true }, sparsity: { mlp: () => ({ oracleTopK: 4 }) } })));
       });
@@ -528,6 +642,21 @@ describe('no tensor leaks', () => {
           expect(tf.memory().numTensors).toBeGreaterThan(0);
           disposeCache(cache);
         });
+      });
+
+      it('generate (prefill through forward + decode session), dense and with picks; also when a pick throws', () => {
+        const L = model.config.layers;
+        const prompts = [tokens(5, V, 10), tokens(3, V, 11)];
+        leakFree('generate dense', () => {
+          const r = generate(model, prompts, { maxNewTokens: 4, stopAtEos: false });
+          expect(r.tokens.map((t) => t.length)).toEqual([4, 4]);
+          expect(r.decodeSteps).toBe(3);
+        });
+        leakFree('generate with picks', () => {
+          const r = generate(model, prompts, { maxNewTokens: 4, stopAtEos: false, modes: fixedModes(L, () => Int32Array.from([0, 2, 5]), () => Int32Array.from([1])) });
+          expect(r.counts).toEqual({ mlpSelected: 3 * 2 * L * 3, mlpTotal: 3 * 2 * L * F, headsSelected: 3 * 2 * L, headsTotal: 3 * 2 * L * H });
+        });
+        leakFree('throwing pick', () => expect(() => generate(model, prompts, { maxNewTokens: 4, modes: fixedModes(L, () => { throw new Error('pick failed'); }, () => range(H)) })).toThrow(/pick failed/));
       });
 
       it('failures: a bad token id, a throwing hook, a mis-shaped mask', () => {

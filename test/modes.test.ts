@@ -1,7 +1,8 @@
 /**
  * Per-layer MLP modes (issue 12) through the one forward pass, from a predictors folder and from a bundle: the exact
- * mode (ReLU: the first projection selects the neurons > 0) and the dense mode reproduce dense logits; a closed-form
- * mode really selects fewer neurons and stays close; evaluate reports the exact bound and the estimated cost.
+ * mode (ReLU: the first projection selects the neurons > 0) and the dense mode reproduce dense logits, also in the
+ * decode runtime (exact -> lossless steps); a closed-form mode really selects fewer neurons and stays close;
+ * evaluate reports the exact bound and the estimated cost.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,7 +16,9 @@ import { loadModel } from '../src/model/model.js';
 import { forward, disposeOutput, type SparsityHooks } from '../src/model/forward.js';
 import { loadPredictors, predictorHooks } from '../src/predictors/hooks.js';
 import { exportBundle, loadBundlePredictors } from '../src/bundle/bundle.js';
-import { decodePerplexityNll } from '../src/runtime/generate.js';
+import { decodeNll } from '../src/runtime/generate.js';
+import { DecodeSession, denseModes } from '../src/runtime/decoder.js';
+import { decodeModes } from '../src/runtime/plan.js';
 import { FIXTURES, tmpDir } from './helpers.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
@@ -50,7 +53,7 @@ describe('MLP modes through the forward pass', () => {
       const p = loadPredictors(path.join(TMP, name));
       let sel = 0, tot = 0;
       try {
-        const got = logits(predictorHooks(p, { mode: 'mask', mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += a; tot += b; } }));
+        const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += a; tot += b; } }));
         expect(got).toEqual(dense);
         expect(tot).toBeGreaterThan(0);
         if (name === 'exact') expect(sel / tot).toBeLessThan(0.9); else expect(sel).toBe(tot); // dense: every neuron, counted
@@ -58,18 +61,56 @@ describe('MLP modes through the forward pass', () => {
     }
   });
 
-  it('exact mode from a bundle in the decode path (indices, neuron-major rows) equals dense decoding', () => {
+  it('exact mode from a bundle in the decode runtime (lossless steps) equals dense decoding bit for bit, computing fewer rows', () => {
     const b = path.join(TMP, 'bundle-exact');
     exportBundle({ model: MODEL, predictors: path.join(TMP, 'exact'), out: b, neuronMajor: true, overwrite: false, config: {} });
-    const model = loadModel(MODEL, { neuronMajor: true });
+    const model = loadModel(MODEL, { decode: true });
     const bundle = loadBundlePredictors(b, MODEL);
+    const built = decodeModes(model.config, bundle, null);
     try {
       expect(bundle.bundle.layers.every((l) => l.mlp?.family === 'exact' && l.mlp.tensors === null)).toBe(true);
-      const dense = decodePerplexityNll(model, SEQS);
-      const sparse = decodePerplexityNll(model, SEQS, predictorHooks(bundle, { mode: 'indices', mlp: true, heads: false }));
-      expect(Math.abs(sparse.nll - dense.nll) / dense.nll).toBeLessThan(1e-5);
+      expect(built.modes.mlp.map((m) => m.mode)).toEqual(Array(model.config.layers).fill('lossless'));
+      expect(built.modes.heads.map((m) => m.mode)).toEqual(Array(model.config.layers).fill('dense'));
+      // logits of every step, dense vs lossless sessions over the same two rows
+      const sd = new DecodeSession(model, denseModes(model.config.layers), SEQS.length);
+      const sl = new DecodeSession(model, built.modes, SEQS.length);
+      for (let t = 0; t < SEQS[0]!.length; t++) {
+        const ids = SEQS.map((r) => r[t]!);
+        expect(Array.from(sl.step(ids)), `token ${t}`).toEqual(Array.from(sd.step(ids)));
+      }
+      expect(sl.counts.mlpTotal).toBe(sd.counts.mlpTotal);
+      expect(sl.counts.mlpSelected / sl.counts.mlpTotal).toBeLessThan(0.9); // only the active neurons' rows of the second projection
+      expect(sd.counts.mlpSelected).toBe(sd.counts.mlpTotal);
+      const dense = decodeNll(model, SEQS);
+      const sparse = decodeNll(model, SEQS, built.modes);
+      expect(sparse.nll).toBe(dense.nll);
       expect(sparse.count).toBe(dense.count);
-    } finally { bundle.dispose(); model.dispose(); }
+      expect(sparse.counts.mlpSelected).toBeLessThan(sparse.counts.mlpTotal);
+    } finally { built.dispose(); bundle.dispose(); model.dispose(); }
+  });
+
+  it('decode modes follow each layer\'s trained entry: dense -> dense, closed form -> select by its rule', () => {
+    const model = loadModel(MODEL, { decode: true });
+    try {
+      const dp = loadPredictors(path.join(TMP, 'dense'));
+      const dm = decodeModes(model.config, dp, null);
+      try {
+        expect(dm.modes.mlp.map((m) => m.mode)).toEqual(Array(model.config.layers).fill('dense'));
+        const r = decodeNll(model, SEQS, dm.modes);
+        expect(r.counts.mlpSelected).toBe(r.counts.mlpTotal);
+        expect(r.nll).toBe(decodeNll(model, SEQS).nll);
+      } finally { dm.dispose(); dp.dispose(); }
+      const cp = loadPredictors(path.join(TMP, 'cf'));
+      const cm = decodeModes(model.config, cp, null);
+      try {
+        expect(cm.modes.mlp.map((m) => m.mode)).toEqual(Array(model.config.layers).fill('select'));
+        const r = decodeNll(model, SEQS, cm.modes);
+        expect(r.counts.mlpSelected / r.counts.mlpTotal).toBeLessThan(0.95);
+        const d = decodeNll(model, SEQS);
+        expect(Math.abs(r.nll / d.nll - 1)).toBeLessThan(0.05);
+        expect(r.nll).not.toBe(d.nll);
+      } finally { cm.dispose(); cp.dispose(); }
+    } finally { model.dispose(); }
   });
 
   it('closed-form mode really skips neurons and its logits stay close to dense', () => {
@@ -78,7 +119,7 @@ describe('MLP modes through the forward pass', () => {
     try {
       expect(p.manifest.layers.every((l) => l.mlp?.family === 'closed-form' && l.mlp.input === 'h_mlp')).toBe(true);
       const dense = logits();
-      const got = logits(predictorHooks(p, { mode: 'mask', mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += a; tot += b; } }));
+      const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += a; tot += b; } }));
       expect(sel / tot).toBeLessThan(0.95);
       let num = 0, den = 0;
       for (let i = 0; i < dense.length; i++) { num += (got[i]! - dense[i]!) ** 2; den += dense[i]! ** 2; }

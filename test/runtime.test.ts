@@ -7,13 +7,15 @@ import { collectSchema, trainSchema } from '../src/config/schemas.js';
 import { runCollect } from '../src/stages/collect.js';
 import { runTrain } from '../src/stages/train.js';
 import { loadModel } from '../src/model/model.js';
-import { forward, disposeOutput, type SparsityHooks } from '../src/model/forward.js';
+import type { SparsityHooks } from '../src/model/forward.js';
 import { loadPredictors, predictorHooks } from '../src/predictors/hooks.js';
 import { exportBundle, loadBundlePredictors } from '../src/bundle/bundle.js';
 import { batchNll, ppl } from '../src/eval/perplexity.js';
-import { decodePerplexityNll, generate } from '../src/runtime/generate.js';
+import { decodeNll, generate } from '../src/runtime/generate.js';
+import type { DecodeModes } from '../src/runtime/decoder.js';
+import { decodeModes } from '../src/runtime/plan.js';
 import { runCli } from '../src/cli/program.js';
-import { FIXTURES, relFrob, tmpDir } from './helpers.js';
+import { FIXTURES, tmpDir } from './helpers.js';
 import { makeRandomCheckpoint } from './reference/random-checkpoint.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
@@ -33,73 +35,104 @@ beforeAll(async () => {
   exportBundle({ model: MODEL, predictors: path.join(work, 'pred'), out: path.join(work, 'bundle'), neuronMajor: true, overwrite: false, config: {} });
 }, 300_000);
 
+/** decode modes that select the same ids at every step: `mlp` / `heads` per layer */
+function fixedModes(layers: number, mlp: (l: number) => Int32Array, heads: (l: number) => Int32Array): DecodeModes {
+  return {
+    mlp: Array.from({ length: layers }, (_, l) => ({ mode: 'select' as const, pick: () => mlp(l) })),
+    heads: Array.from({ length: layers }, (_, l) => ({ mode: 'select' as const, pick: () => heads(l) })),
+  };
+}
+const range = (n: number) => Int32Array.from({ length: n }, (_, i) => i);
+/** the same fixed selection as [1, 1, n] masks for the forward pass (broadcast over batch and tokens) */
+function fixedHooks(n: { ffn: number; heads: number }, mlp: (l: number) => Int32Array, heads: (l: number) => Int32Array): SparsityHooks {
+  const mask = (ids: Int32Array, w: number) => { const m = new Float32Array(w); for (const j of ids) m[j] = 1; return tf.tensor3d(m, [1, 1, w]); };
+  return { mlp: (l) => ({ mask: mask(mlp(l), n.ffn) }), heads: (l) => ({ mask: mask(heads(l), n.heads) }) };
+}
+const rel = (a: number, b: number) => Math.abs(a / b - 1);
+
 describe('sparse runtime', () => {
-  it('indices mode with every neuron and head selected equals dense (neuron-major decode path)', () => {
-    const model = loadModel(MODEL, { neuronMajor: true });
+  it('a DecodeSession selecting every neuron and head == dense modes == batchNll of the forward pass; generate leaks no tensors', () => {
+    const model = loadModel(MODEL, { decode: true });
     const c = model.config;
-    const all: SparsityHooks = { mlp: () => ({ indices: [Int32Array.from({ length: c.ffn }, (_, i) => i)] }), heads: () => ({ indices: [Int32Array.from({ length: c.heads }, (_, i) => i)] }) };
+    const all = fixedModes(c.layers, () => range(c.ffn), () => range(c.heads));
     const before = tf.memory().numTensors;
     const dense = generate(model, [[2, 10, 20, 30]], { maxNewTokens: 12 });
-    const sparse = generate(model, [[2, 10, 20, 30]], { maxNewTokens: 12, sparsity: all });
+    const sparse = generate(model, [[2, 10, 20, 30]], { maxNewTokens: 12, modes: all });
+    expect(tf.memory().numTensors).toBe(before); // generate (prefill + decode) leaves nothing behind
     expect(sparse.tokens).toEqual(dense.tokens);
-    const d = decodePerplexityNll(model, [[2, 5, 9, 40, 41, 77, 3]]);
-    const s2 = decodePerplexityNll(model, [[2, 5, 9, 40, 41, 77, 3]], all);
-    expect(Math.abs(d.nll - s2.nll) / d.nll).toBeLessThan(1e-5);
-    // and the cached decode path equals the full forward pass
-    const full = batchNll(model, [[2, 5, 9, 40, 41, 77, 3]]);
-    expect(Math.abs(full.nll - d.nll) / full.nll).toBeLessThan(1e-5);
+    expect(sparse.counts).toEqual(dense.counts);
+    expect(dense.counts.mlpTotal).toBe(dense.decodeSteps * c.layers * c.ffn);
+    const seq = [[2, 5, 9, 40, 41, 77, 3]];
+    const d = decodeNll(model, seq);
+    const s2 = decodeNll(model, seq, all);
+    expect(d.count).toBe(6);
+    expect(s2.count).toBe(6);
+    expect(rel(s2.nll, d.nll)).toBeLessThan(1e-5);
+    expect(s2.counts).toEqual(d.counts);
+    expect(d.counts).toEqual({ mlpSelected: 6 * c.layers * c.ffn, mlpTotal: 6 * c.layers * c.ffn, headsSelected: 6 * c.layers * c.heads, headsTotal: 6 * c.layers * c.heads });
+    // and the decode path equals the full forward pass
+    const full = batchNll(model, seq);
+    expect(full.count).toBe(d.count);
+    expect(rel(d.nll, full.nll)).toBeLessThan(1e-5);
     expect(tf.memory().numTensors).toBe(before);
     model.dispose();
   });
 
-  it('a fixed neuron set computed by gathering equals dense with the other activations zeroed', () => {
-    const model = loadModel(MODEL, { neuronMajor: true });
+  it('a fixed neuron / head set computed by selecting rows == the forward pass with the other activations masked', () => {
+    const model = loadModel(MODEL, { decode: true });
     const c = model.config;
-    const keep = Int32Array.from({ length: c.ffn }, (_, i) => i).filter((i) => i % 3 === 0);
+    const keep = range(c.ffn).filter((i) => i % 3 === 0);
     const heads = Int32Array.from([0, 2]);
-    const maskM = tf.tensor3d(Float32Array.from({ length: c.ffn }, (_, i) => (i % 3 === 0 ? 1 : 0)), [1, 1, c.ffn]);
-    const maskH = tf.tensor3d([1, 0, 1, 0], [1, 1, c.heads]);
-    const a = decodePerplexityNll(model, [[2, 5, 9, 40, 41]], { mlp: () => ({ indices: [keep] }), heads: () => ({ indices: [heads] }) });
-    const b = decodePerplexityNll(model, [[2, 5, 9, 40, 41]], { mlp: () => ({ mask: maskM }), heads: () => ({ mask: maskH }) });
-    expect(Math.abs(a.nll - b.nll) / b.nll).toBeLessThan(1e-5);
-    const dense = decodePerplexityNll(model, [[2, 5, 9, 40, 41]]);
-    expect(Math.abs(a.nll - dense.nll) / dense.nll).toBeGreaterThan(1e-3); // the mask really changed something
-    maskM.dispose(); maskH.dispose(); model.dispose();
+    const seqs = [[2, 5, 9, 40, 41], [2, 300, 7, 11, 12]];
+    const a = decodeNll(model, seqs, fixedModes(c.layers, () => keep, () => heads));
+    const b = batchNll(model, seqs, fixedHooks(c, () => keep, () => heads));
+    expect(a.count).toBe(b.count);
+    expect(rel(a.nll, b.nll)).toBeLessThan(1e-5);
+    expect(a.counts.mlpSelected / a.counts.mlpTotal).toBeCloseTo(keep.length / c.ffn, 12);
+    expect(a.counts.headsSelected / a.counts.headsTotal).toBeCloseTo(2 / c.heads, 12);
+    const dense = decodeNll(model, seqs);
+    expect(rel(a.nll, dense.nll)).toBeGreaterThan(1e-3); // the selection really changed something
+    model.dispose();
   });
 
-  it('host decode kernels (RoPE, GQA, SwiGLU, biases): indices == mask mode == dense when all selected', () => {
+  it('host decode kernels (RoPE, GQA, SwiGLU, biases): select-all == dense == forward; fixed picks == forward masks', () => {
     const dir = tmpDir();
     makeRandomCheckpoint(dir, { family: 'llama', layers: 2, hidden: 32, heads: 4, kvHeads: 2, headDim: 12, ffn: 48, attentionBias: true, mlpBias: true, seed: 3 });
     for (const d of [dir, path.join(FIXTURES, 'llama-tiny-ref')]) {
-      const model = loadModel(d, { neuronMajor: true });
+      const model = loadModel(d, { decode: true });
       const c = model.config;
-      const seq = [1, 5, 9, 30, 41, 17, 3, 22];
-      const all: SparsityHooks = { mlp: () => ({ indices: [Int32Array.from({ length: c.ffn }, (_, i) => i)] }), heads: () => ({ indices: [Int32Array.from({ length: c.heads }, (_, i) => i)] }) };
-      const dense = decodePerplexityNll(model, [seq]);
-      expect(Math.abs(decodePerplexityNll(model, [seq], all).nll / dense.nll - 1)).toBeLessThan(1e-5);
-      const keep = Int32Array.from({ length: c.ffn }, (_, i) => i).filter((i) => i % 2 === 1);
-      const maskM = tf.tensor3d(Float32Array.from({ length: c.ffn }, (_, i) => i % 2), [1, 1, c.ffn]);
-      const maskH = tf.tensor3d(Float32Array.from({ length: c.heads }, (_, h) => (h === 1 || h === 2 ? 1 : 0)), [1, 1, c.heads]);
-      const a = decodePerplexityNll(model, [seq], { mlp: () => ({ indices: [keep] }), heads: () => ({ indices: [Int32Array.from([1, 2])] }) });
-      const b = decodePerplexityNll(model, [seq], { mlp: () => ({ mask: maskM }), heads: () => ({ mask: maskH }) });
-      expect(Math.abs(a.nll / b.nll - 1)).toBeLessThan(1e-5);
-      expect(Math.abs(a.nll / dense.nll - 1)).toBeGreaterThan(1e-4);
-      maskM.dispose(); maskH.dispose(); model.dispose();
+      const seq = [[1, 5, 9, 30, 41, 17, 3, 22]];
+      const dense = decodeNll(model, seq);
+      expect(rel(decodeNll(model, seq, fixedModes(c.layers, () => range(c.ffn), () => range(c.heads))).nll, dense.nll), d).toBeLessThan(1e-5);
+      expect(rel(dense.nll, batchNll(model, seq).nll), d).toBeLessThan(1e-5);
+      const keep = range(c.ffn).filter((i) => i % 2 === 1), hs = Int32Array.from([1, 2]);
+      const a = decodeNll(model, seq, fixedModes(c.layers, () => keep, () => hs));
+      const b = batchNll(model, seq, fixedHooks(c, () => keep, () => hs));
+      expect(rel(a.nll, b.nll), d).toBeLessThan(1e-5);
+      expect(rel(a.nll, dense.nll), d).toBeGreaterThan(1e-4);
+      model.dispose();
     }
   });
 
-  it("the runtime's own sparse perplexity (skip, token by token) matches evaluate's predicted-sparsity perplexity (mask) within 0.5%", () => {
-    const model = loadModel(MODEL, { neuronMajor: true });
+  it("the runtime's own sparse perplexity (bundle decode modes, token by token) matches evaluate's predicted-sparsity perplexity (mask) within 0.5%", () => {
+    const model = loadModel(MODEL, { decode: true });
     const preds = loadPredictors(path.join(work, 'pred'));
     const bundle = loadBundlePredictors(path.join(work, 'bundle'), MODEL);
     const seqs = [[2, 11, 23, 35, 47, 59, 71, 83, 95, 107, 119, 131, 143, 155, 167, 179], [2, 300, 301, 302, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]];
     let selected = 0, total = 0;
-    const evalPpl = ppl(batchNll(model, seqs, predictorHooks(preds, { mode: 'mask', mlp: true, heads: true, onSelect: (_s, _l, a, b) => { selected += a; total += b; } })));
+    const evalPpl = ppl(batchNll(model, seqs, predictorHooks(preds, { mlp: true, heads: true, onSelect: (_s, _l, a, b) => { selected += a; total += b; } })));
     expect(selected / total).toBeLessThan(0.999); // predictors really skip work
-    const runtimePpl = ppl(decodePerplexityNll(model, seqs, predictorHooks(bundle, { mode: 'indices', mlp: true, heads: true })));
-    const densePpl = ppl(batchNll(model, seqs));
-    expect(Math.abs(runtimePpl / evalPpl - 1)).toBeLessThan(0.005);
-    expect(Math.abs(evalPpl / densePpl - 1)).toBeGreaterThan(1e-6);
+    const built = decodeModes(model.config, bundle, null);
+    try {
+      expect(built.modes.mlp.some((m) => m.mode !== 'dense') || built.modes.heads.some((m) => m.mode !== 'dense')).toBe(true);
+      const r = decodeNll(model, seqs, built.modes);
+      const runtimePpl = ppl(r);
+      const densePpl = ppl(batchNll(model, seqs));
+      expect(Math.abs(runtimePpl / evalPpl - 1)).toBeLessThan(0.005);
+      expect(Math.abs(evalPpl / densePpl - 1)).toBeGreaterThan(1e-6);
+      // the runtime skips work too: fewer neurons / heads computed than the dense model's
+      expect(r.counts.mlpSelected + r.counts.headsSelected).toBeLessThan(r.counts.mlpTotal + r.counts.headsTotal);
+    } finally { built.dispose(); }
     preds.dispose(); bundle.dispose(); model.dispose();
   });
 
@@ -107,10 +140,10 @@ describe('sparse runtime', () => {
     const out: string[] = [], err: string[] = [];
     const io = { stdout: { write: (s: string) => out.push(s) }, stderr: { write: (s: string) => err.push(s) } } as never;
     const enc = (p: string) => ['generate', '--model', MODEL, '--prompt', p, '--max-tokens', '8', '--json', '--backend', 'wasm'];
-    expect(await runCli(enc('Call me'), io)).toBe(0);
+    expect(await runCli(enc('Call me'), io), err.join('')).toBe(0);
     const dense = JSON.parse(out.join(''));
     out.length = 0;
-    expect(await runCli([...enc('Call me'), '--bundle', path.join(work, 'bundle')], io)).toBe(0);
+    expect(await runCli([...enc('Call me'), '--bundle', path.join(work, 'bundle')], io), err.join('')).toBe(0);
     const sparse = JSON.parse(out.join(''));
     expect(dense.mode).toBe('dense');
     expect(sparse.mode).toBe('sparse');
@@ -121,4 +154,3 @@ describe('sparse runtime', () => {
     expect(err.join('')).toMatch(/tokenizer|another checkpoint/);
   });
 });
-void relFrob; void disposeOutput; void forward;
