@@ -10,6 +10,7 @@ import { runTrain } from '../stages/train.js';
 import { runEvaluate } from '../stages/evaluate.js';
 import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
+import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
 import type { StageResult } from '../stages/types.js';
 
@@ -100,10 +101,20 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
     BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runEvaluate(cfg, ctx.deps); }),
+  configured('plan', 'choose per-layer runtime modes (dense / lossless / predicted, head budget) for the fastest decode within a perplexity budget, verified by the runtime on held-out text', [
+    { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
+    { flags: '--predictors <dir>', description: 'folder from train-predictors', key: 'predictors' },
+    { flags: '--activations <dir>', description: 'held-out dataset from collect-activations', key: 'activations' },
+    { flags: '--data <file>', description: 'held-out text (default: the activations\' data file)', key: 'data' },
+    { flags: '--max-ppl-increase <x>', description: 'budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'maxPplIncrease', parse: int },
+    { flags: '--out <dir>', description: 'plan folder', key: 'out' },
+    OVERWRITE, BACKEND,
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPlan(cfg, ctx.deps); }),
   configured('export-bundle', 'write a versioned, checksummed sparse-runtime bundle (manifest, predictors, neuron-major weights)', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
     { flags: '--predictors <dir>', description: 'folder from train-predictors', key: 'predictors' },
     { flags: '--report <dir>', description: 'folder from evaluate-recall (expected recall/density)', key: 'report' },
+    { flags: '--plan <dir>', description: 'folder from plan (per-layer runtime modes, followed by generate)', key: 'plan' },
     { flags: '--out <dir>', description: 'bundle folder', key: 'out' },
     OVERWRITE,
   ], async (cfg, ctx) => runExport(cfg, ctx.deps)),

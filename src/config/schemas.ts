@@ -125,11 +125,40 @@ export const exportSchema = z.strictObject({
   model: z.string().min(1, 'a checkpoint folder is required (--model)'),
   predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
   report: z.string().optional(),
+  /** plan folder from `dejavu plan`: written into the bundle, followed by generate */
+  plan: z.string().optional(),
   out: z.string().min(1, 'an output folder is required (--out)'),
   neuronMajor: z.boolean().default(true),
   overwrite: z.boolean().default(false),
 });
 export type ExportConfig = z.infer<typeof exportSchema>;
+
+export const planSchema = z.strictObject({
+  model: z.string().min(1, 'a checkpoint folder is required (--model)'),
+  predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
+  activations: z.string().min(1, 'a held-out activations folder is required (--activations)'),
+  /** held-out text for the search and the verification (default: the data file recorded in the activations manifest) */
+  data: z.string().optional(),
+  out: z.string().min(1, 'an output folder is required (--out)'),
+  /** the budget: largest perplexity increase over dense allowed, as a fraction (0.01 = +1%) */
+  maxPplIncrease: z.number().min(0).max(1).default(0.01),
+  /** predicted MLP options: thresholds calibrated to these recalls on the held-out activations */
+  recalls: z.array(z.number().gt(0).lte(1)).min(1).default([0.9, 0.95, 0.98, 0.99]),
+  /** head options (layers with a head predictor): keep these shares of the heads */
+  headFractions: z.array(z.number().gt(0).lt(1)).default([0.25, 0.5, 0.75]),
+  seqLen: posInt.default(128),
+  /** tokens of held-out text for the search (single-layer perplexities) and, disjoint, for the runtime's verification */
+  searchTokens: posInt.default(2048),
+  verifyTokens: posInt.default(4096),
+  batchSize: posInt.default(4),
+  /** held-out activation rows per layer for calibrating the thresholds */
+  calibrationRows: posInt.default(8192),
+  /** the search spends at most this share of the budget on its estimate (sum of single-layer increases) */
+  safety: z.number().gt(0).lte(1).default(0.8),
+  overwrite: z.boolean().default(false),
+  backend,
+});
+export type PlanConfig = z.infer<typeof planSchema>;
 
 export const pipelineSchema = z.strictObject({
   model: z.string().min(1),
@@ -140,7 +169,8 @@ export const pipelineSchema = z.strictObject({
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
   train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}),
   evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),
-  export: exportSchema.omit({ model: true, predictors: true, report: true, out: true }).prefault({}),
+  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
+  export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}),
 });
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
 
@@ -161,6 +191,7 @@ export const SCHEMAS = {
   'collect-activations': collectSchema,
   'train-predictors': trainSchema,
   'evaluate-recall': evaluateSchema,
+  plan: planSchema,
   'export-bundle': exportSchema,
   pipeline: pipelineSchema,
 } as const;

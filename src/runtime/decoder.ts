@@ -19,6 +19,7 @@ import type { ModelConfig } from '../model/config.js';
 import type { DecodeLayer, DecodeWeights, HostNorm } from '../model/decode-weights.js';
 import type { KVCache } from '../model/forward.js';
 import type { Model } from '../model/model.js';
+import { kvStore, type KvStore } from '../model/kernels/kv.js';
 import { UserError } from '../util/errors.js';
 
 export interface MlpContext { /** the MLP's own (normalized) input */ h: Float32Array; /** residual entering the MLP block */ xMlp: Float32Array; /** residual entering the layer */ xAttn: Float32Array }
@@ -67,36 +68,27 @@ function ropeInPlace(x: Float32Array, n: number, hd: number, cos: Float32Array, 
   }
 }
 
-/** One row's KV cache: per layer, position-major [cap, KV*hd], grown by doubling. */
-class RowCache {
-  k: Float32Array[]; v: Float32Array[];
-  valid: Uint8Array; // [cap] 1 = attend (0: the prompt's padding)
+/** One row's positions: which are attended (the prompt's padding is not), how many, how many real tokens. */
+class RowState {
+  valid = new Uint8Array(32); // [cap] 1 = attend
   n = 0; // positions held
   tokens = 0; // real tokens held (the next token's position)
-  constructor(layers: number, private readonly w: number, private cap = 32) {
-    this.k = Array.from({ length: layers }, () => new Float32Array(cap * w));
-    this.v = Array.from({ length: layers }, () => new Float32Array(cap * w));
-    this.valid = new Uint8Array(cap);
-  }
-  reserve(n: number): void {
-    if (n <= this.cap) return;
-    let cap = this.cap;
-    while (cap < n) cap *= 2;
-    const grow = (a: Float32Array) => { const b = new Float32Array(cap * this.w); b.set(a); return b; };
-    this.k = this.k.map(grow); this.v = this.v.map(grow);
-    const valid = new Uint8Array(cap); valid.set(this.valid); this.valid = valid;
-    this.cap = cap;
-  }
+  reserve(n: number): void { if (n > this.valid.length) { const v = new Uint8Array(Math.max(n, 2 * this.valid.length)); v.set(this.valid); this.valid = v; } }
 }
 
 /** Scratch vectors of one step, allocated once per session. */
-interface Scratch { x: Float32Array; xPrev: Float32Array; h: Float32Array; xm: Float32Array; h2: Float32Array; y: Float32Array; kv: Float32Array; q: Float32Array; ctx: Float32Array; a: Float32Array; p: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array }
+interface Scratch {
+  x: Float32Array; xPrev: Float32Array; h: Float32Array; xm: Float32Array; h2: Float32Array; y: Float32Array; kv: Float32Array; vv: Float32Array;
+  q: Float32Array; ctx: Float32Array; a: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array;
+}
 
 export class DecodeSession {
   readonly counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
   private readonly c: ModelConfig;
   private readonly w: DecodeWeights;
-  private readonly rows: RowCache[];
+  private readonly rows: RowState[];
+  /** K and V of every row and layer, and attention over them (SIMD or JS, chosen here once) */
+  readonly kv: KvStore;
   private readonly s: Scratch;
   private readonly invFreq: Float32Array | null;
   private readonly headRows: Int32Array[]; // per head: its hd rows of q / o
@@ -107,10 +99,11 @@ export class DecodeSession {
     this.c = model.config; this.w = model.decode;
     const c = this.c, d = c.hidden, hd = c.headDim;
     if (modes.mlp.length !== c.layers || modes.heads.length !== c.layers) throw new Error(`decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${c.layers}`);
-    this.rows = Array.from({ length: batch }, () => new RowCache(c.layers, c.kvHeads * hd));
+    this.rows = Array.from({ length: batch }, () => new RowState());
+    this.kv = kvStore({ rows: batch, layers: c.layers, heads: c.heads, kvHeads: c.kvHeads, headDim: hd }, this.w.kernel === 'js' ? 'js' : 'wasm-simd');
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
-    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn), p: f(64), e: f(Dp), cos: f(hd / 2), sin: f(hd / 2) };
+    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn), e: f(Dp), cos: f(hd / 2), sin: f(hd / 2) };
     this.invFreq = c.positions === 'rope' ? Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / hd)) : null;
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
     this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);
@@ -122,24 +115,32 @@ export class DecodeSession {
     const B = this.rows.length;
     if (cache.keyMask.length !== B) throw new Error(`loadCache: cache has ${cache.keyMask.length} rows, session ${B}`);
     const P = cache.keyMask[0]?.length ?? 0;
+    for (let b = 0; b < B; b++) { this.rows[b]!.reserve(P + 1); this.kv.reserve(b, P + 1); }
+    const kp = new Float32Array(W), vp = new Float32Array(W);
     for (let i = 0; i < c.layers; i++) {
       const k = cache.k[i]!.dataSync() as Float32Array, v = cache.v[i]!.dataSync() as Float32Array;
-      for (let b = 0; b < B; b++) {
-        const r = this.rows[b]!;
-        r.reserve(P);
-        for (let kv = 0; kv < KV; kv++)
-          for (let p = 0; p < P; p++) {
-            const src = ((b * KV + kv) * P + p) * hd, dst = p * W + kv * hd;
-            r.k[i]!.set(k.subarray(src, src + hd), dst);
-            r.v[i]!.set(v.subarray(src, src + hd), dst);
+      for (let b = 0; b < B; b++)
+        for (let p = 0; p < P; p++) {
+          for (let kv = 0; kv < KV; kv++) {
+            const src = ((b * KV + kv) * P + p) * hd;
+            kp.set(k.subarray(src, src + hd), kv * hd); vp.set(v.subarray(src, src + hd), kv * hd);
           }
-      }
+          this.kv.write(b, i, p, kp, vp);
+        }
     }
     for (let b = 0; b < B; b++) {
       const r = this.rows[b]!, m = cache.keyMask[b]!;
       for (let p = 0; p < P; p++) r.valid[p] = m[p] ? 1 : 0;
       r.n = P; r.tokens = m.reduce((a, x) => a + (x ? 1 : 0), 0);
     }
+  }
+
+  /** Free the KV cache (its WebAssembly memory); the session cannot step after this. */
+  dispose(): void { this.kv.dispose(); }
+
+  /** Forget the last n positions of every row (benchmarks: steps timed at a fixed context). */
+  rewind(n: number): void {
+    for (const r of this.rows) { if (n > r.n) throw new Error(`rewind ${n}: the row holds ${r.n} positions`); r.n -= n; r.tokens -= n; }
   }
 
   /** Positions the next token of row b would take (the model's limit applies to learned positions). */
@@ -160,7 +161,7 @@ export class DecodeSession {
     if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new UserError(`decode: token id ${id} is outside the vocabulary (0..${c.vocabSize - 1})`);
     const pos = r.tokens;
     if (c.positions === 'learned' && pos >= c.maxPositions) throw new UserError(`decode: position ${pos} exceeds the model's max_position_embeddings ${c.maxPositions}`);
-    r.reserve(r.n + 1);
+    r.reserve(r.n + 1); this.kv.reserve(b, r.n + 1);
     // embedding [Dp] (-> [d]) + learned position
     s.e.set(w.embed.subarray(id * Dp, (id + 1) * Dp));
     if (w.projIn) { s.x.fill(0); w.projIn.axpy(s.e, s.x); } else s.x.set(s.e);
@@ -172,11 +173,11 @@ export class DecodeSession {
       const L = w.layers[i]!;
       // attention block
       if (c.preNorm) normInto(c, s.x, L.ln1, s.h); else s.h.set(s.x);
-      this.appendKV(L, i, r);
+      this.appendKV(L, i, b, r);
       const hm = this.modes.heads[i]!;
       const heads = hm.mode === 'dense' ? this.allHeads : hm.pick({ xAttn: s.x, xAttnPrev: s.xPrev });
       this.counts.headsSelected += heads.length; this.counts.headsTotal += c.heads;
-      this.attention(L, i, r, heads, s.y);
+      this.attention(L, i, b, r, heads, s.y);
       for (let j = 0; j < d; j++) s.xm[j] = s.x[j]! + s.y[j]!;
       if (!c.preNorm) normInto(c, s.xm, L.ln1, s.xm);
       // MLP block
@@ -194,49 +195,22 @@ export class DecodeSession {
     w.lmHead.matvec(h, logits);
   }
 
-  /** K and V of every kv head for the new position (RoPE on K), appended to the row's cache */
-  private appendKV(L: DecodeLayer, i: number, r: RowCache): void {
-    const c = this.c, s = this.s, W = c.kvHeads * c.headDim;
+  /** K and V of every kv head for the new position (RoPE on K), written to the row's cache */
+  private appendKV(L: DecodeLayer, i: number, b: number, r: RowState): void {
+    const c = this.c, s = this.s;
     L.k.matvec(s.h, s.kv, undefined, L.kBias);
     if (this.invFreq) ropeInPlace(s.kv, c.kvHeads, c.headDim, s.cos, s.sin);
-    r.k[i]!.set(s.kv, r.n * W);
-    L.v.matvec(s.h, s.kv, undefined, L.vBias);
-    r.v[i]!.set(s.kv, r.n * W);
+    L.v.matvec(s.h, s.vv, undefined, L.vBias);
+    this.kv.write(b, i, r.n, s.kv, s.vv);
   }
 
   /** y [d] = the output projection of the selected heads' context (+ bias) */
-  private attention(L: DecodeLayer, i: number, r: RowCache, heads: Int32Array, y: Float32Array): void {
-    const c = this.c, s = this.s, hd = c.headDim, W = c.kvHeads * hd, rep = c.heads / c.kvHeads, scale = 1 / Math.sqrt(hd);
-    const S = r.n + 1, K = r.k[i]!, Vc = r.v[i]!;
-    if (s.p.length < S) s.p = new Float32Array(Math.max(S, 2 * s.p.length));
-    const p = s.p, n = heads.length;
-    // Q rows of the selected heads, in one call
-    const qRows = n === c.heads ? undefined : this.rowsOf(heads);
+  private attention(L: DecodeLayer, i: number, b: number, r: RowState, heads: Int32Array, y: Float32Array): void {
+    const c = this.c, s = this.s, n = heads.length;
+    const qRows = n === c.heads ? undefined : this.rowsOf(heads); // the Q (and O) rows of the selected heads
     L.q.matvec(s.h, s.q, qRows, L.qBias);
-    if (this.invFreq) ropeInPlace(s.q, n, hd, s.cos, s.sin);
-    for (let t = 0; t < n; t++) {
-      const qo = t * hd, kvo = Math.floor(heads[t]! / rep) * hd;
-      let mx = -Infinity;
-      for (let pos = 0; pos < S; pos++) {
-        if (!r.valid[pos]) { p[pos] = -Infinity; continue; }
-        const ko = pos * W + kvo;
-        let dot = 0;
-        for (let j = 0; j < hd; j++) dot += s.q[qo + j]! * K[ko + j]!;
-        const v = dot * scale;
-        p[pos] = v;
-        if (v > mx) mx = v;
-      }
-      let sum = 0;
-      for (let pos = 0; pos < S; pos++) { const e = r.valid[pos] ? Math.exp(p[pos]! - mx) : 0; p[pos] = e; sum += e; }
-      const ctx = s.ctx;
-      ctx.fill(0, qo, qo + hd);
-      for (let pos = 0; pos < S; pos++) {
-        const wgt = p[pos]! / sum;
-        if (wgt === 0) continue;
-        const vo = pos * W + kvo;
-        for (let j = 0; j < hd; j++) ctx[qo + j]! += wgt * Vc[vo + j]!;
-      }
-    }
+    if (this.invFreq) ropeInPlace(s.q, n, c.headDim, s.cos, s.sin);
+    this.kv.attend(b, i, r.n + 1, r.valid, heads, s.q, s.ctx);
     if (L.oBias) y.set(L.oBias); else y.fill(0, 0, c.hidden);
     L.o.axpy(s.ctx, y, qRows);
   }

@@ -82,15 +82,17 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   const prefillMs = performance.now() - t;
   t = performance.now();
   let steps = 0;
-  for (let s = 0; s < maxNew; s++) {
-    next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && id === eos) done[b] = true; });
-    if (done.every(Boolean)) { stopReason = 'eos'; break; }
-    if (s === maxNew - 1) break;
-    const lg = session.step(next);
-    assertFinite(lg, V, `generate (step ${s + 1})`);
-    next = Array.from({ length: B }, (_, b) => pick(lg.subarray(b * V, (b + 1) * V), o, rand));
-    steps++;
-  }
+  try {
+    for (let s = 0; s < maxNew; s++) {
+      next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && id === eos) done[b] = true; });
+      if (done.every(Boolean)) { stopReason = 'eos'; break; }
+      if (s === maxNew - 1) break;
+      const lg = session.step(next);
+      assertFinite(lg, V, `generate (step ${s + 1})`);
+      next = Array.from({ length: B }, (_, b) => pick(lg.subarray(b * V, (b + 1) * V), o, rand));
+      steps++;
+    }
+  } finally { session.dispose(); }
   return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions, counts: session.counts };
 }
 
@@ -105,16 +107,18 @@ export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): 
   const counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
   for (const seq of seqs) {
     const s = new DecodeSession(model, modes ?? denseModes(model.config.layers), 1);
-    for (let t = 0; t < seq.length - 1; t++) {
-      const lg = s.step([seq[t]!]);
-      assertFinite(lg, V, 'decode perplexity');
-      let mx = -Infinity;
-      for (let j = 0; j < V; j++) if (lg[j]! > mx) mx = lg[j]!;
-      let sum = 0;
-      for (let j = 0; j < V; j++) sum += Math.exp(lg[j]! - mx);
-      nll -= lg[seq[t + 1]!]! - mx - Math.log(sum);
-      count++;
-    }
+    try {
+      for (let t = 0; t < seq.length - 1; t++) {
+        const lg = s.step([seq[t]!]);
+        assertFinite(lg, V, 'decode perplexity');
+        let mx = -Infinity;
+        for (let j = 0; j < V; j++) if (lg[j]! > mx) mx = lg[j]!;
+        let sum = 0;
+        for (let j = 0; j < V; j++) sum += Math.exp(lg[j]! - mx);
+        nll -= lg[seq[t + 1]!]! - mx - Math.log(sum);
+        count++;
+      }
+    } finally { s.dispose(); }
     for (const k of Object.keys(counts) as (keyof DecodeCounts)[]) counts[k] += s.counts[k];
   }
   return { nll, count, counts };

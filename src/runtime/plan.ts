@@ -14,6 +14,7 @@ import type { HostPredictor } from '../predictors/predictor.js';
 import { topKRow, type SelectionRule } from '../predictors/metrics.js';
 import { rowMatrix, type RowMatrix } from '../model/kernels/rows.js';
 import { createArena, type WasmArena } from '../model/kernels/wasm/kernels.js';
+import { transpose2d } from '../util/transpose.js';
 import type { DecodeModes, HeadStep, MlpStep } from './decoder.js';
 
 export const PLAN_FORMAT_VERSION = 1;
@@ -38,8 +39,12 @@ export const layerPlanSchema = z.strictObject({
     z.strictObject({ mode: z.literal('dense') }),
     z.strictObject({ mode: z.literal('predicted'), rule }),
   ]),
-  /** what the search expected of this layer: MLP / head density, decode ms of the layer (cost model), perplexity increase (alone) */
-  expected: z.strictObject({ mlpDensity: share, headDensity: share, ms, pplIncrease: z.number() }),
+  /**
+   * what the search expected of this layer: MLP / head density; the MLP's decode ms (cost model, predictor included);
+   * the change of the attention's ms from keeping fewer heads (negative: saved); perplexity increase with only this
+   * layer changed (search text)
+   */
+  expected: z.strictObject({ mlpDensity: share, headDensity: share, mlpMs: ms, headDeltaMs: z.number(), pplIncrease: z.number() }),
 });
 export type LayerPlan = z.infer<typeof layerPlanSchema>;
 
@@ -74,19 +79,24 @@ export function planProblems(plan: RuntimePlan, c: Pick<ModelConfig, 'layers' | 
   return p;
 }
 
-/** A predictor on the host: scores [out] of one input vector through the row kernels. */
+/**
+ * A predictor on the host: scores [out] of one input vector through the row kernels. fc2 is kept as its r rows of
+ * length `out` and applied by axpy: as [out, r] rows (r = 64 at d 256) the per-row overhead made the predictor cost
+ * more than the MLP's whole first projection (plan stage's cost model).
+ */
 class HostScorer {
-  private readonly fc1: RowMatrix; private readonly fc2: RowMatrix;
+  private readonly fc1: RowMatrix; private readonly fc2t: RowMatrix;
   private readonly u: Float32Array;
   constructor(private readonly p: HostPredictor, arena: WasmArena | null) {
     this.fc1 = rowMatrix(p.fc1Weight, p.r, p.d, arena);
-    this.fc2 = rowMatrix(p.fc2Weight, p.out, p.r, arena);
+    this.fc2t = rowMatrix(transpose2d(p.fc2Weight, p.out, p.r), p.r, p.out, arena);
     this.u = new Float32Array(p.r);
   }
   score(x: Float32Array, out: Float32Array): void {
     this.fc1.matvec(x, this.u, undefined, this.p.fc1Bias);
     if (this.p.hidden === 'relu') for (let i = 0; i < this.u.length; i++) if (this.u[i]! < 0) this.u[i] = 0;
-    this.fc2.matvec(this.u, out, undefined, this.p.fc2Bias);
+    out.set(this.p.fc2Bias);
+    this.fc2t.axpy(this.u, out);
   }
 }
 
@@ -99,7 +109,7 @@ function applyRule(s: Float32Array, rule: SelectionRule, scratch: Float32Array, 
 }
 
 /** a site's pick function: its input vector -> the ids its rule keeps */
-function picker(site: LoadedSite, rule: SelectionRule, W: number, arena: WasmArena | null): (x: Float32Array) => Int32Array {
+export function sitePicker(site: LoadedSite, rule: SelectionRule, W: number, arena: WasmArena | null): (x: Float32Array) => Int32Array {
   if (!site.host) throw new Error(`a ${site.entry.family} site has no predictor weights to pick with`);
   const main = new HostScorer(site.host, arena);
   const up = site.hostUp ? new HostScorer(site.hostUp, arena) : null;
@@ -130,19 +140,19 @@ export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan
     else if (lp) {
       if (lp.mlp.mode === 'predicted') {
         if (!ms) throw new Error(`plan: layer ${i} MLP is predicted but there is no predictor`);
-        const pick = picker(ms, lp.mlp.rule, c.ffn, arena), input = ms.entry.input;
+        const pick = sitePicker(ms, lp.mlp.rule, c.ffn, arena), input = ms.entry.input;
         mlp.push({ mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) });
       } else mlp.push({ mode: lp.mlp.mode });
     } else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
     else if (ms!.entry.family === 'exact') mlp.push({ mode: 'lossless' });
     else {
-      const pick = picker(ms!, ms!.entry.rule!, c.ffn, arena), input = ms!.entry.input;
+      const pick = sitePicker(ms!, ms!.entry.rule!, c.ffn, arena), input = ms!.entry.input;
       mlp.push({ mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) });
     }
     const headRule = lp ? (lp.heads.mode === 'predicted' ? lp.heads.rule : null) : hs?.entry.rule ?? null;
     if (!use.heads || !hs || !headRule) heads.push({ mode: 'dense' });
     else {
-      const pick = picker(hs, headRule, c.heads, arena), prev = hs.sourceLayerOffset === -1;
+      const pick = sitePicker(hs, headRule, c.heads, arena), prev = hs.sourceLayerOffset === -1;
       heads.push({ mode: 'select', pick: (x) => pick(prev ? x.xAttnPrev : x.xAttn) });
     }
   }

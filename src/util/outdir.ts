@@ -14,7 +14,7 @@ import { z } from 'zod';
 import { describeFsError, fsUserError, UserError } from './errors.js';
 import { writeFileAtomic, writeJsonAtomic } from './fsx.js';
 
-export type OutputKind = 'activations' | 'predictors' | 'report' | 'bundle' | 'workdir';
+export type OutputKind = 'activations' | 'predictors' | 'report' | 'plan' | 'bundle' | 'workdir';
 export const MARKER = '.dejavu-output.json';
 export interface Marker { tool: 'dejavu'; kind: OutputKind; identity?: string }
 
@@ -26,13 +26,14 @@ const OWN_FILES: Record<OutputKind, RegExp> = {
   activations: new RegExp(String.raw`^(?:manifest\.json|summary\.json|progress\.json|${ATOMIC_TMP}|layer-\d{2,}(?:/(?:shard-\d{5,}\.arrow|\.shard-\d{5,}\.arrow\.tmp))?)$`),
   predictors: new RegExp(String.raw`^(?:predictors\.json|train-log\.jsonl|layer-\d{2,}\.safetensors|${ATOMIC_TMP})$`),
   report: new RegExp(String.raw`^(?:report\.json|report\.md|recall-vs-density\.svg|densities\.svg|perplexity-vs-density\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
+  plan: new RegExp(String.raw`^(?:plan\.json|report\.md|frontier\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
   bundle: new RegExp(String.raw`^(?:manifest\.json|predictors\.safetensors|neuron-major\.safetensors|${ATOMIC_TMP})$`),
-  workdir: new RegExp(String.raw`^(?:(?:activations-calibration|activations-heldout|predictors|report|bundle)(?:/.*)?|\.bundle-inputs\.json|${SIBLING}(?:/.*)?|${ATOMIC_TMP})$`),
+  workdir: new RegExp(String.raw`^(?:(?:activations-calibration|activations-heldout|predictors|report|plan|bundle)(?:/.*)?|\.bundle-inputs\.json|${SIBLING}(?:/.*)?|${ATOMIC_TMP})$`),
 };
 /** the file whose `kind` identifies a pre-marker output (workdir: its children are checked one by one) */
 const SIGNATURE: Record<OutputKind, [string, string] | null> = {
   activations: ['manifest.json', 'dejavu-activations'], predictors: ['predictors.json', 'dejavu-predictors'],
-  report: ['report.json', 'dejavu-evaluation'], bundle: ['manifest.json', 'dejavu-bundle'], workdir: null,
+  report: ['report.json', 'dejavu-evaluation'], plan: ['plan.json', 'dejavu-plan'], bundle: ['manifest.json', 'dejavu-bundle'], workdir: null,
 };
 
 export type OutputState =

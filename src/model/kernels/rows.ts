@@ -63,11 +63,12 @@ class SimdRows implements RowMatrix {
   constructor(private readonly W: WasmRows, readonly n: number, readonly d: number) {}
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
     const idx = rows ?? every(this.n);
-    wasmGatherMatVec(this.W, idx, x, out);
+    wasmGatherMatVec(this.W, idx, x.length === this.d ? x : x.subarray(0, this.d), out.length === idx.length ? out : out.subarray(0, idx.length));
     if (bias) for (let i = 0; i < idx.length; i++) out[i]! += bias[idx[i]!]!;
   }
   axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
-    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, rows ?? every(this.n), a, out);
+    const idx = rows ?? every(this.n);
+    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, idx, a.length === idx.length ? a : a.subarray(0, idx.length), out.length === this.d ? out : out.subarray(0, this.d));
   }
 }
 

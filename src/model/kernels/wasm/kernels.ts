@@ -8,7 +8,7 @@ import { KERNELS_WASM_BASE64 } from './kernels-binary.js';
 interface Memory { buffer: ArrayBuffer; grow(pages: number): number }
 const WA = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object; Instance: new (m: object, imports: object) => { exports: unknown } } }).WebAssembly;
 
-interface Exports {
+export interface WasmExports {
   memory: Memory;
   gather_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
   gather_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
@@ -29,13 +29,13 @@ let live = 0; // bytes of WebAssembly memory held by arenas not yet disposed
  * it back). Scratch space for the kernels lives at the end of the same arena.
  */
 export class WasmArena {
-  private ex: Exports | null;
+  private ex: WasmExports | null;
   private top = 1024;
   private scratch = 0;
   private scratchBytes = 0;
   private counted = 0;
   /** `tracked`: counted by liveArenaBytes (model arenas; not the process-wide scratch arena) */
-  constructor(ex: Exports, private readonly tracked = true) { this.ex = ex; this.count(); }
+  constructor(ex: WasmExports, private readonly tracked = true) { this.ex = ex; this.count(); }
 
   private count(): void {
     if (!this.tracked || !this.ex) return;
@@ -48,7 +48,7 @@ export class WasmArena {
   /** bytes of WebAssembly memory this arena holds (0 once disposed) */
   get bytes(): number { return this.ex ? this.ex.memory.buffer.byteLength : 0; }
 
-  exports(): Exports {
+  exports(): WasmExports {
     if (!this.ex) throw new Error('wasm kernel arena used after its model was disposed');
     return this.ex;
   }
@@ -89,7 +89,7 @@ export function createArena(tracked = true): WasmArena | null {
   try {
     if (compiled === undefined) compiled = new WA.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
     if (!compiled) return null;
-    return new WasmArena(new WA.Instance(compiled, {}).exports as unknown as Exports, tracked);
+    return new WasmArena(new WA.Instance(compiled, {}).exports as unknown as WasmExports, tracked);
   } catch {
     compiled = null;
     return null;

@@ -1,0 +1,178 @@
+/**
+ * The planner's cost model: the decode runtime's own kernels timed at this model's shapes on this machine, cached
+ * per shape (and CPU) in the user's cache folder ($DEJAVU_CACHE_DIR, else $XDG_CACHE_HOME/dejavu-ts, else
+ * ~/.cache/dejavu-ts), so a second plan of the same model costs nothing. Times are medians of repeated batches.
+ *
+ *   stepMs          a dense decode step (batch 1) at `context` cached tokens
+ *   upMs, downMs    one layer's first projection (every row, matvec) / second projection (every row, axpy)
+ *   skip            [density, ms] of the second projection when only nonzero rows are read (the lossless mode)
+ *   select          [density, ms] of both projections over that share of rows (the predicted mode, less the predictor)
+ *   heads           [heads kept, ms saved per layer] against every head (K and V are always computed)
+ *   predictors      ms of one predictor call (scores + rule), by its shape
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { z } from 'zod';
+import type { Model } from '../model/model.js';
+import { writeJsonAtomic } from '../util/fsx.js';
+import { DecodeSession, denseModes, type DecodeModes } from './decoder.js';
+
+export const COSTS_FORMAT_VERSION = 1;
+const pairs = z.array(z.tuple([z.number(), z.number()]));
+const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs, select: pairs, heads: pairs, context: z.number().int().positive(), measuredAt: z.string() });
+const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()) });
+export type ShapeCosts = z.infer<typeof shapeCostsSchema>;
+type CostsFile = z.infer<typeof costsFileSchema>;
+
+export function costCacheFile(): string {
+  const dir = process.env.DEJAVU_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'dejavu-ts');
+  return path.join(dir, 'kernel-costs.json');
+}
+
+/** the cache, or an empty one when absent or unreadable (it is only a cache: a bad file is measured over) */
+function readCache(file: string): CostsFile {
+  const empty: CostsFile = { kind: 'dejavu-kernel-costs', formatVersion: COSTS_FORMAT_VERSION, shapes: {}, predictors: {} };
+  try { const r = costsFileSchema.safeParse(JSON.parse(fs.readFileSync(file, 'utf8'))); return r.success ? r.data : empty; } catch { return empty; }
+}
+
+function writeCache(file: string, c: CostsFile): void {
+  try { fs.mkdirSync(path.dirname(file), { recursive: true }); writeJsonAtomic(file, c); } catch { /* a cache that cannot be written is re-measured next time */ }
+}
+
+const machine = () => `${os.cpus()[0]?.model ?? 'cpu'}|${os.availableParallelism()}`;
+
+/** median ms per call of fn, over `batches` batches of enough calls to last ~`ms` each */
+export function timePerCall(fn: () => void, ms = 15, batches = 7): number {
+  fn();
+  let n = 1;
+  for (let t = performance.now(); performance.now() - t < ms / 4; n++) fn();
+  const per = Math.max(1, Math.round(n * 4));
+  const xs: number[] = [];
+  for (let b = 0; b < batches; b++) { const t = performance.now(); for (let i = 0; i < per; i++) fn(); xs.push((performance.now() - t) / per); }
+  return xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+}
+
+/** linear interpolation in sorted [x, y] pairs (clamped to the ends, extrapolated linearly past the last) */
+export function interp(pts: [number, number][], x: number): number {
+  if (x <= pts[0]![0]) return pts[0]![1] * (pts[0]![0] > 0 ? x / pts[0]![0] : 1);
+  for (let i = 1; i < pts.length; i++) {
+    const [x0, y0] = pts[i - 1]!, [x1, y1] = pts[i]!;
+    if (x <= x1) return y0 + ((y1 - y0) * (x - x0)) / (x1 - x0);
+  }
+  const [x0, y0] = pts[pts.length - 2]!, [x1, y1] = pts[pts.length - 1]!;
+  return y1 + ((y1 - y0) * (x - x1)) / (x1 - x0);
+}
+
+function spread(n: number, k: number, seed: number): Int32Array {
+  // k distinct ids in [0, n), ascending, from a fixed stream
+  let s = seed >>> 0 || 1;
+  const a = Int32Array.from({ length: n }, (_, i) => i);
+  for (let i = 0; i < k; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; const j = i + (s % (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; }
+  return a.slice(0, k).sort();
+}
+
+function measureShape(model: Model, context: number): ShapeCosts {
+  const c = model.config, L0 = model.decode!.layers[0]!, F = c.ffn, d = c.hidden;
+  const h = Float32Array.from({ length: d }, (_, i) => Math.sin(i + 1));
+  const a = new Float32Array(F), y = new Float32Array(d);
+  const upMs = timePerCall(() => L0.up.matvec(h, a));
+  const act = Float32Array.from({ length: F }, (_, i) => Math.cos(i));
+  const downMs = timePerCall(() => L0.down.axpy(act, y));
+  const densities = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75];
+  const skip: [number, number][] = densities.map((p) => {
+    const sparse = new Float32Array(F);
+    for (const j of spread(F, Math.round(p * F), 7)) sparse[j] = act[j]!;
+    return [p, timePerCall(() => L0.down.axpy(sparse, y, undefined, true))];
+  });
+  const select: [number, number][] = densities.map((p) => {
+    const idx = spread(F, Math.max(1, Math.round(p * F)), 11);
+    return [p, timePerCall(() => { L0.up.matvec(h, a, idx); L0.down.axpy(a, y, idx); })];
+  });
+  // whole decode steps at `context` cached tokens: dense, and with n heads kept in every layer
+  const stepAt = (modes: DecodeModes) => {
+    const s = new DecodeSession(model, modes, 1);
+    for (let t = 0; t < context; t++) s.step([(t * 7 + 3) % c.vocabSize]);
+    let i = 0;
+    return timePerCall(() => { s.step([(i++ * 5 + 1) % c.vocabSize]); s.rewind(1); }, 20, 5);
+  };
+  const dense = denseModes(c.layers);
+  const stepMs = stepAt(dense);
+  const heads: [number, number][] = [];
+  for (const n of [...new Set([Math.ceil(c.heads / 4), Math.ceil(c.heads / 2), Math.ceil((3 * c.heads) / 4)])].filter((n) => n < c.heads)) {
+    const set = spread(c.heads, n, 5);
+    const t = stepAt({ mlp: dense.mlp, heads: dense.heads.map(() => ({ mode: 'select' as const, pick: () => set })) });
+    heads.push([n, Math.max(0, (stepMs - t) / c.layers)]);
+  }
+  return { stepMs, upMs, downMs, skip, select, heads, context, measuredAt: new Date().toISOString() };
+}
+
+export interface CostModel {
+  shape: ShapeCosts;
+  /** true when read from the cache */
+  cached: boolean;
+  file: string;
+  /** ms of one predictor call of this shape (measured with `run` when not cached) */
+  predictorMs(key: string, run: () => void): number;
+  save(): void;
+}
+
+/** The cost model for this model's shapes, from the cache or measured now. */
+export function kernelCosts(model: Model, context: number, file = costCacheFile()): CostModel {
+  if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
+  const c = model.config;
+  const cache = readCache(file);
+  const key = [machine(), model.decode.kernel, `L${c.layers}`, `d${c.hidden}`, `F${c.ffn}`, `H${c.heads}`, `KV${c.kvHeads}`, `hd${c.headDim}`, c.activation, `V${c.vocabSize}`, c.norm, `ctx${context}`].join('|');
+  let shape = cache.shapes[key];
+  const cached = Boolean(shape);
+  let dirty = false;
+  if (!shape) { shape = measureShape(model, context); cache.shapes[key] = shape; dirty = true; }
+  return {
+    shape, cached, file,
+    predictorMs(pkey, run) {
+      const k = `${machine()}|${model.decode!.kernel}|${pkey}`;
+      if (cache.predictors[k] === undefined) { cache.predictors[k] = timePerCall(run); dirty = true; }
+      return cache.predictors[k]!;
+    },
+    save() { if (dirty) writeCache(file, cache); dirty = false; },
+  };
+}
+
+/** ms of one layer's MLP in a mode (dense: both projections; lossless at its true density; predicted at its density + predictor) */
+export function mlpMs(s: ShapeCosts, mode: 'dense' | 'lossless' | 'predicted', density: number, predictorMs = 0): number {
+  if (mode === 'dense') return s.upMs + s.downMs;
+  if (mode === 'lossless') return s.upMs + interp(s.skip, density);
+  return predictorMs + interp(s.select, density);
+}
+
+/** ms saved per layer by keeping n of H heads: linear between the measured points and (H, 0), extended linearly below */
+export function headSavingMs(s: ShapeCosts, n: number, H: number): number {
+  if (n >= H) return 0;
+  const pts = [...s.heads, [H, 0] as [number, number]].sort((a, b) => a[0] - b[0]);
+  if (pts.length < 2) return 0;
+  let i = pts.findIndex(([x]) => x >= n);
+  if (i <= 0) i = 1;
+  const [x0, y0] = pts[i - 1]!, [x1, y1] = pts[i]!;
+  return Math.max(0, y0 + ((y1 - y0) * (n - x0)) / (x1 - x0));
+}
+
+/**
+ * Decode ms per token of each set of modes, measured by the runtime itself: one session per set primed with
+ * `context` tokens of `text`, then `rounds` rounds in which every set decodes the next `steps` tokens in turn and
+ * rewinds (alternating, so machine drift hits all alike); the median round of each.
+ */
+export function alternatingStepMs(model: Model, sets: DecodeModes[], text: number[], context: number, steps = 32, rounds = 5): number[] {
+  if (text.length < context + steps) throw new Error(`alternatingStepMs: ${text.length} tokens < context ${context} + ${steps} steps`);
+  const sessions = sets.map((m) => { const s = new DecodeSession(model, m, 1); for (let t = 0; t < context; t++) s.step([text[t]!]); return s; });
+  try {
+    const runs: number[][] = sets.map(() => []);
+    for (let r = 0; r < rounds; r++)
+      sessions.forEach((s, i) => {
+        const t = performance.now();
+        for (let k = 0; k < steps; k++) s.step([text[context + k]!]);
+        runs[i]!.push((performance.now() - t) / steps);
+        s.rewind(steps);
+      });
+    return runs.map((xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!);
+  } finally { for (const s of sessions) s.dispose(); }
+}
