@@ -272,8 +272,8 @@ describe('loadModel: accepted key dialects', () => {
       const { w, release } = m.layer(1);
       const fc1 = ck.read('model.decoder.layers.1.fc1.weight'); // [F, d]
       const F = m.config.ffn;
-      expect(w.w1.shape).toEqual([16, F]);
-      const w1 = w.w1.dataSync();
+      expect(w.up.shape).toEqual([16, F]);
+      const w1 = w.up.dataSync();
       for (let f = 0; f < F; f++) for (let i = 0; i < 16; i++) if (w1[i * F + f] !== fc1[f * 16 + i]) expect(w1[i * F + f]).toBe(fc1[f * 16 + i]);
       release();
     } finally { m.dispose(); }

@@ -15,7 +15,7 @@ for (const name of ['opt-tiny-ref', 'llama-tiny-ref']) {
       const ref = loadReference(dir);
       const model = loadModel(dir);
       const before = tf.memory().numTensors;
-      const out = forward(model, ref.ids, { capture: { layerInput: true, mlpAct: true, attnContext: true, finalHidden: true } });
+      const out = forward(model, ref.ids, { capture: { xAttn: true, mlpAct: true, attnContext: true, finalHidden: true } });
       const L = model.config.layers;
       const check = (what: string, t: tf.Tensor | undefined, key: string) => {
         const r = ref.tensors.get(key)!;
@@ -26,7 +26,7 @@ for (const name of ['opt-tiny-ref', 'llama-tiny-ref']) {
       };
       check('logits', out.logits, 'logits');
       for (let i = 0; i < L; i++) {
-        check(`hidden_states.${i}`, out.captured.layerInput![i], `hidden_states.${i}`);
+        check(`hidden_states.${i}`, out.captured.xAttn![i], `hidden_states.${i}`);
         check(`mlp_act.${i}`, out.captured.mlpAct![i], `mlp_act.${i}`);
         check(`attn_context.${i}`, out.captured.attnContext![i], `attn_context.${i}`);
       }

@@ -20,8 +20,8 @@ import { naiveForward, relFrobenius, type HFConfig, type NaiveTensor, type Naive
 import { makeRandomCheckpoint, type RandomCkptOptions } from './reference/random-checkpoint.js';
 
 const TOL = 1e-4;
-const KINDS: Exclude<CaptureKind, 'headNorm'>[] = ['layerInput', 'mlpInput', 'mlpAct', 'attnContext'];
-const CAPTURE_ALL = { layerInput: true, mlpInput: true, mlpAct: true, attnContext: true } as const;
+const KINDS: Exclude<CaptureKind, 'headNorm'>[] = ['xAttn', 'xMlp', 'mlpAct', 'attnContext'];
+const CAPTURE_ALL = { xAttn: true, xMlp: true, mlpAct: true, attnContext: true } as const;
 
 const ROOT = tmpDir('dejavu-forward-random-');
 beforeAll(async () => { await ensureBackend('wasm'); });
@@ -90,7 +90,7 @@ function worst(errs: Record<string, number>): [string, number] {
 }
 
 /**
- * Reference for "the last layer's MLP activations masked": from the naive mlpInput h and mlpAct of the last layer,
+ * Reference for "the last layer's MLP activations masked": from the naive xMlp h and mlpAct of the last layer,
  * compute h + down(act * mask) (+ bias), then the rest of the model (post-LN norm, final norm, project_out, lm_head).
  */
 function naiveTailLogits(config: HFConfig, w: NaiveWeights, h: NaiveTensor, act: NaiveTensor, keep: (t: number, f: number) => boolean): Float64Array {
@@ -180,7 +180,7 @@ const range = (n: number) => Int32Array.from({ length: n }, (_, i) => i);
 
 describe('tfjs forward vs naive float64 reference on random checkpoints', () => {
   for (const c of CASES) {
-    it(`${c.name}: logits, layerInput, mlpInput, mlpAct, attnContext per sequence < ${TOL}`, () => {
+    it(`${c.name}: logits, xAttn, xMlp, mlpAct, attnContext per sequence < ${TOL}`, () => {
       const { dir, config, weights } = build(c);
       const model = loadModel(dir);
       try {
@@ -197,8 +197,8 @@ describe('tfjs forward vs naive float64 reference on random checkpoints', () => 
             const ref = naiveForward(config, weights, ids[b]!);
             const pairs: [string, tf.Tensor, NaiveTensor][] = [['logits', out.logits!, ref.logits]];
             for (let i = 0; i < L; i++) {
-              pairs.push([`layerInput.${i}`, out.captured.layerInput![i]!, ref.layerInput[i]!]);
-              pairs.push([`mlpInput.${i}`, out.captured.mlpInput![i]!, ref.mlpInput[i]!]);
+              pairs.push([`xAttn.${i}`, out.captured.xAttn![i]!, ref.xAttn[i]!]);
+              pairs.push([`xMlp.${i}`, out.captured.xMlp![i]!, ref.xMlp[i]!]);
               pairs.push([`mlpAct.${i}`, out.captured.mlpAct![i]!, ref.mlpAct[i]!]);
               pairs.push([`attnContext.${i}`, out.captured.attnContext![i]!, ref.attnContext[i]!]);
             }
@@ -429,11 +429,11 @@ describe('metamorphic properties', () => {
         const dense = forward(model, [ids], { capture: { mlpAct: true } });
         try {
           const ref = naiveForward(config, weights, ids);
-          const want = naiveTailLogits(config, weights, ref.mlpInput[L - 1]!, ref.mlpAct[L - 1]!, keep);
+          const want = naiveTailLogits(config, weights, ref.xMlp[L - 1]!, ref.mlpAct[L - 1]!, keep);
           const got = data(sparse.logits, 'sparse');
           expect(relFrobenius(got, want)).toBeLessThan(TOL);
           // the naive tail is right: without masking it reproduces the full naive logits
-          expect(relFrobenius(naiveTailLogits(config, weights, ref.mlpInput[L - 1]!, ref.mlpAct[L - 1]!, () => true), ref.logits.data)).toBeLessThan(1e-12);
+          expect(relFrobenius(naiveTailLogits(config, weights, ref.xMlp[L - 1]!, ref.mlpAct[L - 1]!, () => true), ref.logits.data)).toBeLessThan(1e-12);
           // and the masking matters
           expect(relFrobenius(got, data(dense.logits, 'dense'))).toBeGreaterThan(1e-4);
           // captured activations: exact zeros where masked, the dense values elsewhere

@@ -22,7 +22,7 @@ beforeAll(async () => { await ensureBackend('wasm'); });
 function produced(out: ForwardOutput, key: string, L: number): tf.Tensor | undefined | 'input' {
   if (key === 'logits') return out.logits;
   let m = /^hidden_states\.(\d+)$/.exec(key);
-  if (m) return Number(m[1]) === L ? out.finalHidden : out.captured.layerInput?.[Number(m[1])];
+  if (m) return Number(m[1]) === L ? out.finalHidden : out.captured.xAttn?.[Number(m[1])];
   if ((m = /^mlp_act\.(\d+)$/.exec(key))) return out.captured.mlpAct?.[Number(m[1])];
   if ((m = /^attn_context\.(\d+)$/.exec(key))) return out.captured.attnContext?.[Number(m[1])];
   if (['input_ids', 'input_ids_padded', 'attention_mask', 'logits_padded'].includes(key)) return 'input';
@@ -47,7 +47,7 @@ describe('HF variants: logits and captured tensors within relative Frobenius 1e-
       const before = tf.memory().numTensors;
       const model = loadModel(dir);
       const L = model.config.layers;
-      const out = forward(model, ref.ids, { capture: { layerInput: true, mlpAct: true, attnContext: true, finalHidden: true } });
+      const out = forward(model, ref.ids, { capture: { xAttn: true, mlpAct: true, attnContext: true, finalHidden: true } });
       try {
         let compared = 0;
         for (const key of meta.keys) {

@@ -29,15 +29,15 @@ export interface BatchCapture { firstSeq: number; rows: number; layers: LayerCap
 export function captureBatch(model: Model, seqs: number[][], firstSeq: number, spec: CaptureSpec): BatchCapture {
   const c = model.config;
   let s = performance.now();
-  const o = forward(model, seqs, { capture: { layerInput: true, mlpInput: true, mlpAct: true, headNorm: true, logits: false, layers: spec.layers } });
+  const o = forward(model, seqs, { capture: { xAttn: true, xMlp: true, mlpAct: true, headNorm: true, logits: false, layers: spec.layers } });
   try {
     const forwardMs = performance.now() - s;
     s = performance.now();
     const rows = seqs.length * spec.seqLen;
     const layers: LayerCapture[] = [];
     for (const l of spec.layers) {
-      const xa = o.captured.layerInput![l]!.dataSync() as Float32Array;
-      const xm = o.captured.mlpInput![l]!.dataSync() as Float32Array;
+      const xa = o.captured.xAttn![l]!.dataSync() as Float32Array;
+      const xm = o.captured.xMlp![l]!.dataSync() as Float32Array;
       const act = o.captured.mlpAct![l]!.dataSync() as Float32Array;
       const hn = o.captured.headNorm![l]!.dataSync() as Float32Array;
       for (const [name, arr] of [['x_attn', xa], ['x_mlp', xm], ['mlp_act', act], ['head_norm', hn]] as const) {

@@ -44,8 +44,8 @@ export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), see
     for (const s of specs) {
       const n = s.shape.reduce((a, b) => a * b, 1);
       const name = s.name.replace(/^layers\.\d+\./, '');
-      const std = name === 'w1' ? 1 / Math.sqrt(c.hidden) : name === 'w2' ? 1 / Math.sqrt(c.ffn) : 0.02;
-      const constant = /^(ln\d\.g|finalNorm\.g)$/.test(name) ? 1 : /^(ln\d\.b|finalNorm\.b|b\w?)$/.test(name) ? 0 : null;
+      const std = name === 'up' ? 1 / Math.sqrt(c.hidden) : name === 'down' ? 1 / Math.sqrt(c.ffn) : 0.02;
+      const constant = /^(ln\d\.g|finalNorm\.g)$/.test(name) ? 1 : /^(ln\d\.b|finalNorm\.b|b\w?|\w+Bias)$/.test(name) ? 0 : null;
       // 4096 values of a uniform distribution with this std, picked by a xorshift stream
       const table = Uint16Array.from({ length: 4096 }, (_, i) => f32ToF16(constant ?? ((i + 0.5) / 4096 * 2 - 1) * std * Math.sqrt(3)));
       for (let o = 0; o < n; o += CHUNK) {

@@ -57,8 +57,8 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shap
       ln1: norm(L('ln1')), ln2: norm(L('ln2')),
       q: outRows(L('wq')), k: outRows(L('wk')), v: outRows(L('wv')), o: inRows(L('wo')),
       qBias: vec(L('bq')), kBias: vec(L('bk')), vBias: vec(L('bv')), oBias: vec(L('bo')),
-      up: outRows(L('w1')), gate: get(L('wg')) ? outRows(L('wg')) : undefined, down: inRows(L('w2')),
-      upBias: vec(L('b1')), gateBias: vec(L('bg')), downBias: vec(L('b2')),
+      up: outRows(L('up')), gate: get(L('gate')) ? outRows(L('gate')) : undefined, down: inRows(L('down')),
+      upBias: vec(L('upBias')), gateBias: vec(L('gateBias')), downBias: vec(L('downBias')),
     };
   });
   const embed = need('embed');

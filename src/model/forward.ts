@@ -13,11 +13,11 @@ import { attendHostSimd, attendTfjs, linear, norm, prepare, repeatKV, rope, rope
 
 export { topkMask } from './ops.js';
 
-export type CaptureKind = 'layerInput' | 'mlpInput' | 'mlpAct' | 'attnContext' | 'headNorm';
+export type CaptureKind = 'xAttn' | 'xMlp' | 'mlpAct' | 'attnContext' | 'headNorm';
 
 export interface CaptureOptions {
-  layerInput?: boolean; // residual entering layer i (x_attn)       [B, T, d]
-  mlpInput?: boolean; // residual entering the MLP block (x_mlp)      [B, T, d]
+  xAttn?: boolean; // residual entering layer i (x_attn)       [B, T, d]
+  xMlp?: boolean; // residual entering the MLP block (x_mlp)      [B, T, d]
   mlpAct?: boolean; // input of the down projection                   [B, T, F]
   attnContext?: boolean; // input of the attention output projection [B, T, H*hd]
   headNorm?: boolean; // L2 norm of each head's context vector        [B, T, H]
@@ -38,9 +38,9 @@ export type HeadSelection = { mask: tf.Tensor } | { oracleTopK: number };
 export interface SparsityHooks {
   /**
    * xAttn: residual entering the layer; xMlp: residual entering the MLP block; hMlp: the MLP block's own
-   * (normalized) input (all [B, T, d]); w1/b1: the first projection [d, F] (OPT fc1, Llama up_proj)
+   * (normalized) input (all [B, T, d]); up/upBias: the first projection [d, F] (OPT fc1, Llama up_proj)
    */
-  mlp?: (layer: number, ctx: { xAttn: tf.Tensor; xMlp: tf.Tensor; hMlp: tf.Tensor; w1: tf.Tensor2D; b1?: tf.Tensor1D | undefined }) => MlpSelection | null | undefined;
+  mlp?: (layer: number, ctx: { xAttn: tf.Tensor; xMlp: tf.Tensor; hMlp: tf.Tensor; up: tf.Tensor2D; upBias?: tf.Tensor1D | undefined }) => MlpSelection | null | undefined;
   /** xAttn: this layer's input; xAttnPrev: previous layer's input (layer 0: its own) */
   heads?: (layer: number, ctx: { xAttn: tf.Tensor; xAttnPrev: tf.Tensor }) => HeadSelection | null | undefined;
 }
@@ -90,10 +90,10 @@ export function disposeOutput(o: ForwardOutput): void {
 const ATTEND: Record<Model['attention'], AttendKernel> = { 'host-simd': attendHostSimd, tfjs: attendTfjs };
 
 function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelection | null | undefined): { out: tf.Tensor; act: tf.Tensor } {
-  let act = c.activation === 'relu' ? tf.relu(linear(h, w.w1, w.b1)) : tf.mul(tf.mul(linear(h, w.wg!, w.bg), tf.sigmoid(linear(h, w.wg!, w.bg))), linear(h, w.w1, w.b1)); // [B, T, F]
+  let act = c.activation === 'relu' ? tf.relu(linear(h, w.up, w.upBias)) : tf.mul(tf.mul(linear(h, w.gate!, w.gateBias), tf.sigmoid(linear(h, w.gate!, w.gateBias))), linear(h, w.up, w.upBias)); // [B, T, F]
   if (sel && 'mask' in sel) act = tf.mul(act, sel.mask);
   else if (sel && sel.oracleTopK < act.shape[2]!) act = tf.mul(act, topkMask(tf.abs(act), sel.oracleTopK));
-  return { out: linear(act, w.w2, w.b2), act };
+  return { out: linear(act, w.down, w.downBias), act };
 }
 
 function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Prepared, rot: [tf.Tensor, tf.Tensor] | null,
@@ -148,7 +148,7 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
         const { w, release } = model.layer(i);
         try {
           const next: tf.Tensor = tf.tidy(() => {
-            keepCap('layerInput', i, x);
+            keepCap('xAttn', i, x);
             const hsel = opts.sparsity?.heads?.(i, { xAttn: x, xAttnPrev: xPrev ?? x });
             const h1 = c.preNorm ? norm(c, x, w.ln1) : x;
             const att = attentionBlock(c, w, h1, prep, rot, opts.cache, i, hsel, attendK);
@@ -156,9 +156,9 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
             if (cap.headNorm && wantLayer(i)) keepCap('headNorm', i, tf.sqrt(tf.sum(tf.square(tf.reshape(att.ctx, [prep.B, prep.T, c.heads, c.headDim])), -1)));
             let xm = tf.add(x, att.out);
             if (!c.preNorm) xm = norm(c, xm, w.ln1);
-            keepCap('mlpInput', i, xm);
+            keepCap('xMlp', i, xm);
             const h2 = c.preNorm ? norm(c, xm, w.ln2) : xm;
-            const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm, hMlp: h2, w1: w.w1, b1: w.b1 });
+            const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm, hMlp: h2, up: w.up, upBias: w.upBias });
             const mlp = mlpBlock(c, w, h2, msel);
             keepCap('mlpAct', i, mlp.act);
             let out = tf.add(xm, mlp.out);

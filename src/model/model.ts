@@ -25,12 +25,12 @@ export interface LayerWeights {
   wo: tf.Tensor2D; // [H*hd, d]
   bq?: tf.Tensor1D; bk?: tf.Tensor1D; bv?: tf.Tensor1D; bo?: tf.Tensor1D;
   ln2: Norm;
-  w1: tf.Tensor2D; // [d, F]  OPT fc1, Llama up_proj
-  b1?: tf.Tensor1D;
-  wg?: tf.Tensor2D; // [d, F] Llama gate_proj
-  bg?: tf.Tensor1D;
-  w2: tf.Tensor2D; // [F, d]  OPT fc2, Llama down_proj
-  b2?: tf.Tensor1D;
+  up: tf.Tensor2D; // [d, F]  OPT fc1, Llama up_proj
+  upBias?: tf.Tensor1D;
+  gate?: tf.Tensor2D; // [d, F] Llama gate_proj
+  gateBias?: tf.Tensor1D;
+  down: tf.Tensor2D; // [F, d]  OPT fc2, Llama down_proj
+  downBias?: tf.Tensor1D;
 }
 
 /** data: float32, or float16 bits (Uint16Array; a float16 checkpoint kept at half size, widened when uploaded) */
@@ -122,13 +122,13 @@ function toLayer(h: HostLayer, i: number): LayerWeights {
   const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(f32of(h[`layers.${i}.${n}`]!)) : undefined);
   const w: LayerWeights = {
     ln1: { g: t1('ln1.g')! }, ln2: { g: t1('ln2.g')! },
-    wq: t2('wq'), wk: t2('wk'), wv: t2('wv'), wo: t2('wo'), w1: t2('w1'), w2: t2('w2'),
+    wq: t2('wq'), wk: t2('wk'), wv: t2('wv'), wo: t2('wo'), up: t2('up'), down: t2('down'),
   };
-  const opt: [keyof LayerWeights, string][] = [['bq', 'bq'], ['bk', 'bk'], ['bv', 'bv'], ['bo', 'bo'], ['b1', 'b1'], ['b2', 'b2'], ['bg', 'bg']];
+  const opt: [keyof LayerWeights, string][] = [['bq', 'bq'], ['bk', 'bk'], ['bv', 'bv'], ['bo', 'bo'], ['upBias', 'upBias'], ['downBias', 'downBias'], ['gateBias', 'gateBias']];
   for (const [k, n] of opt) { const t = t1(n); if (t) (w as unknown as Record<string, tf.Tensor>)[k] = t; }
   const b1n = t1('ln1.b'); if (b1n) w.ln1.b = b1n;
   const b2n = t1('ln2.b'); if (b2n) w.ln2.b = b2n;
-  if (h[`layers.${i}.wg`]) w.wg = t2('wg');
+  if (h[`layers.${i}.gate`]) w.gate = t2('gate');
   return w;
 }
 

@@ -40,10 +40,10 @@ const optLayer: Entry[] = [
   ['self_attn.out_proj.bias', 'bo', (c) => [c.hidden], false, (c) => c.attnBias],
   ['final_layer_norm.weight', 'ln2.g', (c) => [c.hidden], false],
   ['final_layer_norm.bias', 'ln2.b', (c) => [c.hidden], false],
-  ['fc1.weight', 'w1', (c) => [c.ffn, c.hidden], true],
-  ['fc1.bias', 'b1', (c) => [c.ffn], false, (c) => c.mlpBias],
-  ['fc2.weight', 'w2', (c) => [c.hidden, c.ffn], true],
-  ['fc2.bias', 'b2', (c) => [c.hidden], false, (c) => c.mlpBias],
+  ['fc1.weight', 'up', (c) => [c.ffn, c.hidden], true],
+  ['fc1.bias', 'upBias', (c) => [c.ffn], false, (c) => c.mlpBias],
+  ['fc2.weight', 'down', (c) => [c.hidden, c.ffn], true],
+  ['fc2.bias', 'downBias', (c) => [c.hidden], false, (c) => c.mlpBias],
 ];
 
 const llamaGlobal: Entry[] = [
@@ -62,12 +62,12 @@ const llamaLayer: Entry[] = [
   ['self_attn.o_proj.weight', 'wo', (c) => [c.hidden, c.heads * c.headDim], true],
   ['self_attn.o_proj.bias', 'bo', (c) => [c.hidden], false, (c) => c.attnBias],
   ['post_attention_layernorm.weight', 'ln2.g', (c) => [c.hidden], false],
-  ['mlp.gate_proj.weight', 'wg', (c) => [c.ffn, c.hidden], true],
-  ['mlp.gate_proj.bias', 'bg', (c) => [c.ffn], false, (c) => c.mlpBias],
-  ['mlp.up_proj.weight', 'w1', (c) => [c.ffn, c.hidden], true],
-  ['mlp.up_proj.bias', 'b1', (c) => [c.ffn], false, (c) => c.mlpBias],
-  ['mlp.down_proj.weight', 'w2', (c) => [c.hidden, c.ffn], true],
-  ['mlp.down_proj.bias', 'b2', (c) => [c.hidden], false, (c) => c.mlpBias],
+  ['mlp.gate_proj.weight', 'gate', (c) => [c.ffn, c.hidden], true],
+  ['mlp.gate_proj.bias', 'gateBias', (c) => [c.ffn], false, (c) => c.mlpBias],
+  ['mlp.up_proj.weight', 'up', (c) => [c.ffn, c.hidden], true],
+  ['mlp.up_proj.bias', 'upBias', (c) => [c.ffn], false, (c) => c.mlpBias],
+  ['mlp.down_proj.weight', 'down', (c) => [c.hidden, c.ffn], true],
+  ['mlp.down_proj.bias', 'downBias', (c) => [c.hidden], false, (c) => c.mlpBias],
 ];
 
 const TABLES = {

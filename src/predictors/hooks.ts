@@ -88,12 +88,12 @@ export function predictorHooks(p: LoadedPredictors, opts: HookOptions): Sparsity
     if (!s) return null;
     if (s.entry.family === 'dense') {
       // every neuron is computed: count it so that reported densities cover the dense layers too
-      const n = ctx.hMlp.size / ctx.hMlp.shape[ctx.hMlp.rank - 1]!, F = ctx.w1.shape[1];
+      const n = ctx.hMlp.size / ctx.hMlp.shape[ctx.hMlp.rank - 1]!, F = ctx.up.shape[1];
       opts.onSelect?.('mlp', layer, n * F, n * F);
       return null;
     }
     const x = s.entry.input === 'h_mlp' ? ctx.hMlp : s.entry.input === 'x_mlp' ? ctx.xMlp : ctx.xAttn;
-    return select(s, x, layer, 'mlp', { w: ctx.w1, b: ctx.b1 });
+    return select(s, x, layer, 'mlp', { w: ctx.up, b: ctx.upBias });
   };
   if (opts.heads) hooks.heads = (layer, ctx) => {
     const s = p.heads.get(layer);

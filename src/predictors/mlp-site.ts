@@ -30,16 +30,16 @@ export function readMlpSite(ck: Checkpoint | string, c: ModelConfig, layer: numb
   const keys = new Map(expectedWeights(c).filter((w) => w.name.startsWith(`layers.${layer}.`)).map((w) => [w.name.slice(`layers.${layer}.`.length), w.key]));
   const get = (n: string) => (keys.has(n) ? cp.read(keys.get(n)!) : undefined);
   const d = c.hidden, F = c.ffn;
-  const down = get('w2')!; // [d, F]
+  const down = get('down')!; // [d, F]
   const downColNorm = new Float32Array(F);
   for (let o = 0; o < d; o++) for (let i = 0; i < F; i++) downColNorm[i]! += down[o * F + i]! ** 2;
   for (let i = 0; i < F; i++) downColNorm[i] = Math.sqrt(downColNorm[i]!);
   const site: MlpSite = {
     layer, d, F, activation: c.activation,
     norm: c.preNorm ? { kind: c.norm, eps: c.normEps, g: get('ln2.g')!, ...(keys.has('ln2.b') ? { b: get('ln2.b')! } : {}) } : null,
-    up: get('w1')!, downColNorm,
+    up: get('up')!, downColNorm,
   };
-  const ub = get('b1'), g = get('wg'), gb = get('bg');
+  const ub = get('upBias'), g = get('gate'), gb = get('gateBias');
   if (ub) site.upBias = ub;
   if (g) site.gate = g;
   if (gb) site.gateBias = gb;

@@ -46,14 +46,14 @@ export interface NaiveOutput {
    * Llama: embed_tokens), [i] = output of layer i-1 for i = 1..L-1, [L] = the final output of the decoder stack,
    * i.e. OPT: project_out(final_layer_norm(out of layer L-1)) (each only where it exists; with post-LN there is no
    * final norm, and with project_out the width is word_embed_proj_dim, not hidden_size); Llama: norm(out of layer L-1).
-   * The raw output of the last layer is not in this list (it is layerInput-like data that HF does not return).
+   * The raw output of the last layer is not in this list (it is xAttn-like data that HF does not return).
    */
   hiddenStates: NaiveTensor[];
   /** residual stream entering layer i, [T, hidden] */
-  layerInput: NaiveTensor[];
+  xAttn: NaiveTensor[];
   /** residual stream entering the MLP block of layer i (after the attention residual add, and for post-LN OPT
    * after self_attn_layer_norm, i.e. what the MLP block receives as its residual), [T, hidden] */
-  mlpInput: NaiveTensor[];
+  xMlp: NaiveTensor[];
   /** input of the down projection (OPT fc2: act(fc1(...)); Llama down_proj: silu(gate) * up), [T, ffn] */
   mlpAct: NaiveTensor[];
   /** input of the attention output projection, heads concatenated, [T, heads * head_dim] */
@@ -264,11 +264,11 @@ function optForward(c: HFConfig, w: NaiveWeights, ids: number[], mask: number[])
     for (let i = 0; i < d; i++) x.data[t * d + i] = emb.data[t * d + i]! + P.data[row * d + i]!;
   }
 
-  const out: NaiveOutput = { logits: tensor([0]), hiddenStates: [], layerInput: [], mlpInput: [], mlpAct: [], attnContext: [] };
+  const out: NaiveOutput = { logits: tensor([0]), hiddenStates: [], xAttn: [], xMlp: [], mlpAct: [], attnContext: [] };
   for (let l = 0; l < L; l++) {
     const lp = `${p}layers.${l}.`;
     out.hiddenStates.push(clone(x));
-    out.layerInput.push(clone(x));
+    out.xAttn.push(clone(x));
     // attention block
     const a = preLN ? ln(x, lp + 'self_attn_layer_norm') : x;
     const q = mapInPlace(lin(a, lp + 'self_attn.q_proj'), (v) => v * hd ** -0.5);
@@ -278,7 +278,7 @@ function optForward(c: HFConfig, w: NaiveWeights, ids: number[], mask: number[])
     out.attnContext.push(ctx);
     let h = add(x, lin(ctx, lp + 'self_attn.out_proj'));
     if (!preLN) h = ln(h, lp + 'self_attn_layer_norm');
-    out.mlpInput.push(clone(h));
+    out.xMlp.push(clone(h));
     // MLP block
     const m = preLN ? ln(h, lp + 'final_layer_norm') : h;
     const f = mapInPlace(lin(m, lp + 'fc1'), act);
@@ -348,11 +348,11 @@ function llamaForward(c: HFConfig, w: NaiveWeights, ids: number[], mask: number[
     x.data.set(E.data.subarray(id * d, (id + 1) * d), t * d);
   }
 
-  const out: NaiveOutput = { logits: tensor([0]), hiddenStates: [], layerInput: [], mlpInput: [], mlpAct: [], attnContext: [] };
+  const out: NaiveOutput = { logits: tensor([0]), hiddenStates: [], xAttn: [], xMlp: [], mlpAct: [], attnContext: [] };
   for (let l = 0; l < L; l++) {
     const lp = `${p}layers.${l}.`;
     out.hiddenStates.push(clone(x));
-    out.layerInput.push(clone(x));
+    out.xAttn.push(clone(x));
     const a = rmsNorm(x, get(w, lp + 'input_layernorm.weight'), eps);
     const q = rope(lin(a, lp + 'self_attn.q_proj'), H);
     const k = rope(lin(a, lp + 'self_attn.k_proj'), KV);
@@ -360,7 +360,7 @@ function llamaForward(c: HFConfig, w: NaiveWeights, ids: number[], mask: number[
     const ctx = attention(q, k, v, H, KV, hd, mask, hd ** -0.5);
     out.attnContext.push(ctx);
     const h = add(x, lin(ctx, lp + 'self_attn.o_proj'));
-    out.mlpInput.push(clone(h));
+    out.xMlp.push(clone(h));
     const n = rmsNorm(h, get(w, lp + 'post_attention_layernorm.weight'), eps);
     const g = mapInPlace(lin(n, lp + 'mlp.gate_proj'), act);
     const u = lin(n, lp + 'mlp.up_proj');
