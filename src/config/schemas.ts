@@ -134,12 +134,12 @@ export const exportSchema = z.strictObject({
 export type ExportConfig = z.infer<typeof exportSchema>;
 
 export const planSchema = z.strictObject({
-  model: z.string().min(1, 'a checkpoint folder is required (--model)'),
-  predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
-  activations: z.string().min(1, 'a held-out activations folder is required (--activations)'),
+  model: z.string({ error: 'a checkpoint folder is required (--model)' }).min(1, 'a checkpoint folder is required (--model)'),
+  predictors: z.string({ error: 'a predictors folder is required (--predictors)' }).min(1, 'a predictors folder is required (--predictors)'),
+  activations: z.string({ error: 'a held-out activations folder is required (--activations)' }).min(1, 'a held-out activations folder is required (--activations)'),
   /** held-out text for the search and the verification (default: the data file recorded in the activations manifest) */
   data: z.string().optional(),
-  out: z.string().min(1, 'an output folder is required (--out)'),
+  out: z.string({ error: 'an output folder is required (--out)' }).min(1, 'an output folder is required (--out)'),
   /** the budget: largest perplexity increase over dense allowed, as a fraction (0.01 = +1%) */
   maxPplIncrease: z.number().min(0).max(1).default(0.01),
   /** predicted MLP options: thresholds calibrated to these recalls on the held-out activations */
@@ -155,6 +155,8 @@ export const planSchema = z.strictObject({
   calibrationRows: posInt.default(8192),
   /** the search spends at most this share of the budget on its estimate (sum of single-layer increases) */
   safety: z.number().gt(0).lte(1).default(0.8),
+  /** never slower than dense: when the verified plan does not decode faster than dense (measured twice), the plan is dense */
+  neverSlower: z.boolean().default(true),
   overwrite: z.boolean().default(false),
   backend,
 });

@@ -49,6 +49,8 @@ interface Option<T> { what: T; label: string; density: number; ms: number; dppl:
 interface LayerOptions { mlp: Option<MlpOption>[]; heads: Option<HeadOption>[] }
 
 const pct = (x: number, d = 2) => `${(100 * x).toFixed(d)}%`;
+/** the least perplexity increase a lossy option is charged (0.01%): below what the search text can resolve */
+const NOISE_FLOOR = 1e-4;
 
 /** Per-recall thresholds and their densities for one MLP site, from held-out activations (at most `rows` rows). */
 function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, model: string, recalls: number[], rows: number): { trueDensity: number; options: { recall: number; value: number; density: number }[] } {
@@ -180,7 +182,10 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
     const fixedMs = sc.stepMs - c.layers * denseMlpMs; // everything but the MLPs (attention at every head, norms, LM head)
     const choice = options.map((o) => ({ mlp: o.mlp.reduce((b, x, j) => (x.dppl <= 0 && x.what.mode !== 'predicted' && x.ms < o.mlp[b]!.ms ? j : b), 0), heads: 0 }));
     const stepOf = () => fixedMs + choice.reduce((s, ch, i) => s + options[i]!.mlp[ch.mlp]!.ms + options[i]!.heads[ch.heads]!.ms, 0);
-    const spent = () => choice.reduce((s, ch, i) => s + Math.max(0, options[i]!.mlp[ch.mlp]!.dppl) + Math.max(0, options[i]!.heads[ch.heads]!.dppl), 0);
+    // what an option is charged against the budget: its single-layer increase, and for a lossy option at least
+    // NOISE_FLOOR (a predicted layer that happened to lower perplexity on the search text is not free)
+    const charge = (o: Option<MlpOption | HeadOption>) => (o.what.mode === 'predicted' ? Math.max(NOISE_FLOOR, o.dppl) : 0);
+    const spent = () => choice.reduce((s, ch, i) => s + charge(options[i]!.mlp[ch.mlp]!) + charge(options[i]!.heads[ch.heads]!), 0);
     const frontier: PlanFile['frontier'] = [{ step: 0, move: 'lossless start', speedup: sc.stepMs / stepOf(), pplIncrease: 0 }];
     const moves: Move[] = [];
     const history: { layer: number; site: 'mlp' | 'heads'; from: number }[] = [];
@@ -189,7 +194,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
       for (let i = 0; i < c.layers; i++) for (const site of ['mlp', 'heads'] as const) {
         const cur = options[i]![site][choice[i]![site]]!;
         options[i]![site].forEach((o, j) => {
-          const saved = cur.ms - o.ms, extra = Math.max(0, o.dppl) - Math.max(0, cur.dppl);
+          const saved = cur.ms - o.ms, extra = charge(o) - charge(cur);
           if (saved <= 0 || spent() + extra > cfg.safety * cfg.maxPplIncrease) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
@@ -229,20 +234,36 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
       frontier.push({ step: frontier.length, move: `undo layer ${u.layer} ${u.site} (verified over budget)`, speedup: sc.stepMs / stepOf(), pplIncrease: spent() });
       layers = toPlan();
     }
-    const inc = measuredPpl / denseVerifyPpl - 1;
+    let inc = measuredPpl / denseVerifyPpl - 1;
     if (inc > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(inc, 3)} (lossless modes must equal dense)`);
     // speed, by the runtime itself: dense and the plan decoding the same held-out text, alternating
     const built = decodeModes(c, preds, asPlan(layers));
     const ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, verify[0]!.length - 33));
     let denseMs: number, planMs: number;
-    try { [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], verify[0]!, ctx, Math.min(32, verify[0]!.length - ctx)) as [number, number]; } finally { built.dispose(); }
+    const steps = Math.min(32, verify[0]!.length - ctx);
+    try {
+      [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], verify[0]!, ctx, steps) as [number, number];
+      if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], verify[0]!, ctx, steps, 7) as [number, number]; // once more, longer
+    } finally { built.dispose(); }
+    let fallback = '';
+    if (cfg.neverSlower && planMs >= denseMs) {
+      // never slower than dense: the plan that computes everything is dense itself
+      fallback = `the verified plan (${layers.map((l) => l.mlp.mode).join(', ')}; +${pct(inc, 3)}) decoded at ${(denseMs / planMs).toFixed(3)}x dense, not faster: the plan is dense`;
+      deps.log(`plan: ${fallback}`);
+      for (const ch of choice) { ch.mlp = 0; ch.heads = 0; }
+      layers = toPlan();
+      planMs = denseMs;
+      measuredPpl = denseVerifyPpl;
+      inc = 0;
+      frontier.push({ step: frontier.length, move: 'fall back to dense (the verified plan was not faster)', speedup: 1, pplIncrease: 0 });
+    }
     const plan: RuntimePlan = {
       formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers,
       estimate: { stepMs: stepOf(), denseStepMs: sc.stepMs, speedup: sc.stepMs / stepOf(), pplIncrease: spent() },
       verified: { tokens: verifyTokens, densePerplexity: denseVerifyPpl, perplexity: measuredPpl, pplIncrease: inc, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs },
     };
     const file: PlanFile = { kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256: predictorsContentHash(cfg.predictors), plan, frontier };
-    const text = planReport(plan, options, choice, frontier, cfg, densePpl, (Date.now() - t0) / 1000);
+    const text = planReport(plan, options, choice, frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (fallback ? `\n\nNote: ${fallback}.` : '');
     const svg = await specToSvg(frontierSpec(frontier, cfg.maxPplIncrease, plan.verified));
     const w = beginOutput(cfg.out, 'plan', { mayReplace: (s) => { if (s.state === 'ours' && !cfg.overwrite) throw new UserError(`plan folder ${cfg.out} exists and is not empty`, 'choose another --out or pass --overwrite'); } });
     await writeOutput(w, cfg.out, (tmp) => { writeJsonAtomic(path.join(tmp, 'plan.json'), file); writeFileAtomic(path.join(tmp, 'report.md'), text + '\n'); writeFileAtomic(path.join(tmp, 'frontier.svg'), svg); });

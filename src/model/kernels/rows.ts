@@ -23,13 +23,6 @@ export interface RowMatrix {
   axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros?: boolean): void;
 }
 
-const allRows = new Map<number, Int32Array>();
-function every(n: number): Int32Array {
-  let a = allRows.get(n);
-  if (!a) { a = Int32Array.from({ length: n }, (_, i) => i); allRows.set(n, a); }
-  return a;
-}
-
 class JsRows implements RowMatrix {
   readonly kernel = 'js' as const;
   constructor(private readonly W: Float32Array, readonly n: number, readonly d: number) {}
@@ -62,13 +55,16 @@ class SimdRows implements RowMatrix {
   readonly kernel = 'wasm-simd' as const;
   constructor(private readonly W: WasmRows, readonly n: number, readonly d: number) {}
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
-    const idx = rows ?? every(this.n);
-    wasmGatherMatVec(this.W, idx, x.length === this.d ? x : x.subarray(0, this.d), out.length === idx.length ? out : out.subarray(0, idx.length));
-    if (bias) for (let i = 0; i < idx.length; i++) out[i]! += bias[idx[i]!]!;
+    const k = rows ? rows.length : this.n;
+    wasmGatherMatVec(this.W, rows ?? null, x.length === this.d ? x : x.subarray(0, this.d), out.length === k ? out : out.subarray(0, k));
+    if (bias) {
+      if (rows) for (let i = 0; i < k; i++) out[i]! += bias[rows[i]!]!;
+      else for (let i = 0; i < k; i++) out[i]! += bias[i]!;
+    }
   }
   axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
-    const idx = rows ?? every(this.n);
-    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, idx, a.length === idx.length ? a : a.subarray(0, idx.length), out.length === this.d ? out : out.subarray(0, this.d));
+    const k = rows ? rows.length : this.n;
+    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, rows ?? null, a.length === k ? a : a.subarray(0, k), out.length === this.d ? out : out.subarray(0, this.d));
   }
 }
 

@@ -67,6 +67,30 @@ export class WasmArena {
     return off;
   }
 
+  private viewBuf: ArrayBuffer | null = null;
+  private f32v = new Float32Array(0);
+  private i32v = new Int32Array(0);
+  /** Float32 / Int32 views of the whole memory (made again after the memory grew) */
+  views(): { f32: Float32Array; i32: Int32Array } {
+    const b = this.exports().memory.buffer;
+    if (b !== this.viewBuf) { this.viewBuf = b; this.f32v = new Float32Array(b); this.i32v = new Int32Array(b); }
+    return { f32: this.f32v, i32: this.i32v };
+  }
+
+  private allOff = 0;
+  private allN = 0;
+  /** byte offset of the ids 0..n-1 (int32) in this arena, written once (dense calls pass it instead of copying ids) */
+  allRows(n: number): number {
+    if (n > this.allN) {
+      const off = this.alloc(4 * n);
+      if (off === null) throw new Error('wasm kernel arena is full');
+      const { i32 } = this.views();
+      for (let i = 0; i < n; i++) i32[(off >> 2) + i] = i;
+      this.allOff = off; this.allN = n;
+    }
+    return this.allOff;
+  }
+
   scratchFor(bytes: number): number {
     if (bytes > this.scratchBytes) {
       const off = this.alloc(bytes);
@@ -115,30 +139,31 @@ export function toWasmRows(data: Float32Array, rows: number, d: number, arena: W
   return { arena, off, rows, d };
 }
 
-function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array, v: Float32Array, out: Float32Array, outInit: boolean): void {
-  const k = idx.length, d = W.d;
+/** idx null: every row of W, in order (the ids come from the arena's all-rows table, not copied) */
+function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array | null, v: Float32Array, out: Float32Array, outInit: boolean): void {
+  const k = idx ? idx.length : W.rows, d = W.d;
   const vLen = kind === 'matvec' ? d : k;
   const outLen = kind === 'matvec' ? k : d;
+  const all = idx ? 0 : W.arena.allRows(W.rows);
   const base = W.arena.scratchFor(4 * (k + vLen + outLen) + 64);
   const ex = W.arena.exports();
-  const rowsOff = base, vOff = (rowsOff + 4 * k + 15) & ~15, outOff = (vOff + 4 * vLen + 15) & ~15;
-  const buf = ex.memory.buffer;
-  new Int32Array(buf, rowsOff, k).set(idx);
-  new Float32Array(buf, vOff, vLen).set(v);
-  const o = new Float32Array(buf, outOff, outLen);
-  if (outInit) o.set(out); else o.fill(0);
+  const rowsOff = idx ? base : all, vOff = (base + 4 * k + 15) & ~15, outOff = (vOff + 4 * vLen + 15) & ~15;
+  const { f32, i32 } = W.arena.views();
+  if (idx) i32.set(idx, rowsOff >> 2);
+  f32.set(v, vOff >> 2);
+  if (outInit) f32.set(out, outOff >> 2); else f32.fill(0, outOff >> 2, (outOff >> 2) + outLen);
   if (kind === 'matvec') ex.gather_matvec(W.off, rowsOff, k, vOff, d, outOff);
   else if (kind === 'axpy') ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
   else ex.gather_axpy_all(W.off, rowsOff, k, vOff, d, outOff);
-  out.set(new Float32Array(ex.memory.buffer, outOff, outLen));
+  out.set(W.arena.views().f32.subarray(outOff >> 2, (outOff >> 2) + outLen));
 }
 
 /** out[i] = dot(W[idx[i]], x) */
-export function wasmGatherMatVec(W: WasmRows, idx: Int32Array, x: Float32Array, out: Float32Array): void { run('matvec', W, idx, x, out, false); }
+export function wasmGatherMatVec(W: WasmRows, idx: Int32Array | null, x: Float32Array, out: Float32Array): void { run('matvec', W, idx, x, out, false); }
 /** out += sum_i a[i] W[idx[i]] */
-export function wasmGatherAxpy(W: WasmRows, idx: Int32Array, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
+export function wasmGatherAxpy(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
 /** out += sum_i a[i] W[idx[i]], zero coefficients included (the dense baseline) */
-export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array, a: Float32Array, out: Float32Array): void { run('axpyAll', W, idx, a, out, true); }
+export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpyAll', W, idx, a, out, true); }
 
 /**
  * Causal attention for all heads of a batch through the SIMD kernels: per (row, head, query t), scores over the
