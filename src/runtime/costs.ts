@@ -13,7 +13,10 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { VERSION } from '../version.js';
+import { KERNELS_WASM_BASE64 } from '../model/kernels/wasm/kernels-binary.js';
 import type { Model } from '../model/model.js';
 import { writeJsonAtomic } from '../util/fsx.js';
 import { DecodeSession, denseModes, type DecodeModes } from './decoder.js';
@@ -40,7 +43,8 @@ function writeCache(file: string, c: CostsFile): void {
   try { fs.mkdirSync(path.dirname(file), { recursive: true }); writeJsonAtomic(file, c); } catch { /* a cache that cannot be written is re-measured next time */ }
 }
 
-const machine = () => `${os.cpus()[0]?.model ?? 'cpu'}|${os.availableParallelism()}`;
+/** the CPU, and the code being timed (a new dejavu or new kernels are measured again) */
+const machine = () => `${os.cpus()[0]?.model ?? 'cpu'}|${os.availableParallelism()}|dejavu ${VERSION}|kernels ${createHash('sha256').update(KERNELS_WASM_BASE64).digest('hex').slice(0, 12)}`;
 
 /** median ms per call of fn, over `batches` batches of enough calls to last ~`ms` each */
 export function timePerCall(fn: () => void, ms = 15, batches = 7): number {
