@@ -53,6 +53,7 @@ class JsRows implements RowMatrix {
 
 class SimdRows implements RowMatrix {
   readonly kernel = 'wasm-simd' as const;
+  private ids: Int32Array | undefined; private coef: Float32Array | undefined;
   constructor(private readonly W: WasmRows, readonly n: number, readonly d: number) {}
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
     const k = rows ? rows.length : this.n;
@@ -64,7 +65,17 @@ class SimdRows implements RowMatrix {
   }
   axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
     const k = rows ? rows.length : this.n;
-    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, rows ?? null, a.length === k ? a : a.subarray(0, k), out.length === this.d ? out : out.subarray(0, this.d));
+    const o = out.length === this.d ? out : out.subarray(0, this.d);
+    if (skipZeros && !rows) {
+      // the rows with a nonzero coefficient, in order, as a selection (the scattered-row kernel; the same sum, bit
+      // for bit, as every row: a zero row adds exactly 0)
+      this.ids ??= new Int32Array(this.n); this.coef ??= new Float32Array(this.n);
+      let m = 0;
+      for (let i = 0; i < k; i++) if (a[i] !== 0) { this.ids[m] = i; this.coef[m++] = a[i]!; }
+      wasmGatherAxpyAll(this.W, this.ids.subarray(0, m), this.coef.subarray(0, m), o);
+      return;
+    }
+    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, rows ?? null, a.length === k ? a : a.subarray(0, k), o);
   }
 }
 
