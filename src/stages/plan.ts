@@ -27,7 +27,7 @@ import type { SparsityHooks } from '../model/forward.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { thresholdForRecall, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/labels.js';
-import { loadPredictors, ruleMask, siteScores, type LoadedSite } from '../predictors/hooks.js';
+import { loadPredictors, ruleMask, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { hasLowRankWeights } from '../predictors/store.js';
 import { mlpInput, readMlpSite } from '../predictors/mlp-site.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
@@ -89,8 +89,6 @@ function nllOf(model: Model, seqs: number[][], batch: number, hooks?: SparsityHo
   return ppl({ nll, count });
 }
 
-interface Move { layer: number; site: 'mlp' | 'heads'; to: number }
-
 function frontierSpec(points: { step: number; speedup: number; pplIncrease: number; move: string }[], budget: number, verified: { speedup: number; pplIncrease: number }): TopLevelSpec {
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
@@ -109,39 +107,38 @@ function frontierSpec(points: { step: number; speedup: number; pplIncrease: numb
   } as TopLevelSpec;
 }
 
-export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageResult> {
-  const t0 = Date.now();
-  const preds = loadPredictors(cfg.predictors);
-  const model = loadModel(cfg.model, { decode: true });
-  const c = model.config;
+/** The plan stage's shared inputs. */
+interface Ctx { cfg: PlanConfig; deps: StageDeps; model: Model; preds: LoadedPredictors; m: ReturnType<typeof readManifest>; costs: CostModel }
+
+/** the held-out text as sequences: the search's part and, after it, the verification's part (disjoint) */
+async function heldoutText(cfg: PlanConfig, model: Model, m: ReturnType<typeof readManifest>): Promise<{ search: number[][]; verify: number[][] }> {
+  const dataFile = cfg.data ?? m.data.file;
+  const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
+  const seqs: number[][] = [];
+  const pack = { seqLen: cfg.seqLen, cfg: model.config, tokenizer, maxTokens: cfg.searchTokens + cfg.verifyTokens, source: dataFile };
+  for await (const s of packSequences(readDocuments(dataFile), pack)) seqs.push(s);
+  const nSearch = Math.min(Math.ceil(cfg.searchTokens / cfg.seqLen), Math.floor(seqs.length / 2));
+  const search = seqs.slice(0, nSearch), verify = seqs.slice(nSearch);
+  if (!search.length || !verify.length)
+    throw new UserError(`${dataFile} holds ${seqs.length} sequences of ${cfg.seqLen} tokens: the plan needs at least 2 (one to search, one to verify)`,
+      'pass more held-out text (--data) or a smaller --set seqLen');
+  return { search, verify };
+}
+
+/** Every layer's options with their cost (cost model) and single-layer perplexity increase (search text). */
+function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; densePpl: number } {
+  const { cfg, model, preds, m, costs } = x, c = model.config, sc = costs.shape;
+  const arena = createArena();
+  const probe = Float32Array.from({ length: c.hidden }, (_, i) => Math.sin(i * 0.37));
+  const predMs = (site: LoadedSite, W: number, rule: SelectionRule) => {
+    const pick = sitePicker(site, rule, W, arena);
+    return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hidden}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, () => pick(probe));
+  };
+  const bar = x.deps.progress('plan: options', c.layers);
+  const densePpl = nllOf(model, search, cfg.batchSize);
+  const increase = (hooks: SparsityHooks) => nllOf(model, search, cfg.batchSize, hooks) / densePpl - 1;
+  const options: LayerOptions[] = [];
   try {
-    if (!sameFingerprint(fingerprintCheckpoint(cfg.model), preds.manifest.model.fingerprint))
-      throw new UserError(`predictors in ${cfg.predictors} were trained for another checkpoint than ${cfg.model}`, 'pass the checkpoint the predictors were trained on');
-    const m = readManifest(cfg.activations);
-    if (!sameFingerprint(m.model.fingerprint, preds.manifest.model.fingerprint))
-      throw new UserError(`activations in ${cfg.activations} come from another checkpoint than the predictors`, 'pass held-out activations of the same checkpoint');
-    // held-out text: the search's part and the verification's part, disjoint
-    const dataFile = cfg.data ?? m.data.file;
-    const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
-    const seqs: number[][] = [];
-    for await (const s of packSequences(readDocuments(dataFile), { seqLen: cfg.seqLen, cfg: c, tokenizer, maxTokens: cfg.searchTokens + cfg.verifyTokens, source: dataFile })) seqs.push(s);
-    const nSearch = Math.min(Math.ceil(cfg.searchTokens / cfg.seqLen), Math.floor(seqs.length / 2));
-    const search = seqs.slice(0, nSearch), verify = seqs.slice(nSearch);
-    if (!search.length || !verify.length) throw new UserError(`${dataFile} holds ${seqs.length} sequences of ${cfg.seqLen} tokens: the plan needs at least 2 (one to search, one to verify)`, 'pass more held-out text (--data) or a smaller --set seqLen');
-
-    // cost model
-    const costs: CostModel = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)));
-    const sc = costs.shape;
-    deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
-    const arena = createArena();
-    const probe = Float32Array.from({ length: c.hidden }, (_, i) => Math.sin(i * 0.37));
-    const predMs = (site: LoadedSite, W: number, rule: SelectionRule) =>
-      costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hidden}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, ((p) => () => p(probe))(sitePicker(site, rule, W, arena)));
-
-    // options per layer, with their costs and single-layer perplexity on the search text
-    const bar = deps.progress('plan: options', c.layers);
-    const densePpl = nllOf(model, search, cfg.batchSize);
-    const options: LayerOptions[] = [];
     for (let i = 0; i < c.layers; i++) {
       const ms = preds.mlp.get(i), hs = preds.heads.get(i);
       const mlp: Option<MlpOption>[] = [{ what: { mode: 'dense' }, label: 'dense', density: 1, ms: mlpMs(sc, 'dense', 1), dppl: 0 }];
@@ -149,11 +146,12 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
       if (ms && hasLowRankWeights(ms.entry.family)) {
         const cal = calibrateMlp(cfg.activations, m, i, ms, cfg.model, cfg.recalls, cfg.calibrationRows);
         trueDensity = cal.trueDensity;
-        for (const o of cal.options) {
-          if (!Number.isFinite(o.value)) continue;
+        for (const o of cal.options.filter((q) => Number.isFinite(q.value))) {
           const rule: SelectionRule = { kind: 'threshold', value: o.value };
-          const p = nllOf(model, search, cfg.batchSize, oneLayerHooks(i, ms, 'mlp', rule));
-          mlp.push({ what: { mode: 'predicted', rule, recall: o.recall }, label: `predicted r${ms.entry.rank} @ recall ${o.recall}`, density: o.density, ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: p / densePpl - 1 });
+          mlp.push({
+            what: { mode: 'predicted', rule, recall: o.recall }, label: `predicted r${ms.entry.rank} @ recall ${o.recall}`, density: o.density,
+            ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: increase(oneLayerHooks(i, ms, 'mlp', rule)),
+          });
         }
       }
       if (c.activation === 'relu') {
@@ -161,114 +159,170 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
         mlp.push({ what: { mode: 'lossless' }, label: 'lossless', density: trueDensity, ms: mlpMs(sc, 'lossless', trueDensity), dppl: 0 });
       }
       const heads: Option<HeadOption>[] = [{ what: { mode: 'dense' }, label: 'all heads', density: 1, ms: 0, dppl: 0 }];
-      if (hs?.host) {
-        for (const f of cfg.headFractions) {
-          const k = Math.max(1, Math.round(f * c.heads));
-          if (k >= c.heads || heads.some((h) => h.what.mode === 'predicted' && h.what.rule.kind === 'topk' && h.what.rule.k === k)) continue;
-          const rule: SelectionRule = { kind: 'topk', k };
-          const p = nllOf(model, search, cfg.batchSize, oneLayerHooks(i, hs, 'heads', rule));
-          heads.push({ what: { mode: 'predicted', rule }, label: `top ${k}/${c.heads} heads`, density: k / c.heads, ms: predMs(hs, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: p / densePpl - 1 });
-        }
+      for (const k of hs?.host ? [...new Set(cfg.headFractions.map((f) => Math.max(1, Math.round(f * c.heads))))].filter((k) => k < c.heads) : []) {
+        const rule: SelectionRule = { kind: 'topk', k };
+        heads.push({
+          what: { mode: 'predicted', rule }, label: `top ${k}/${c.heads} heads`, density: k / c.heads,
+          ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: increase(oneLayerHooks(i, hs!, 'heads', rule)),
+        });
       }
       options.push({ mlp, heads });
       bar.update(i + 1);
     }
-    bar.stop();
-    costs.save();
-    arena?.dispose();
+  } finally { bar.stop(); arena?.dispose(); }
+  costs.save();
+  return { options, densePpl };
+}
 
-    // greedy search from the cheapest lossless plan
-    const denseMlpMs = mlpMs(sc, 'dense', 1);
-    const fixedMs = sc.stepMs - c.layers * denseMlpMs; // everything but the MLPs (attention at every head, norms, LM head)
-    const choice = options.map((o) => ({ mlp: o.mlp.reduce((b, x, j) => (x.dppl <= 0 && x.what.mode !== 'predicted' && x.ms < o.mlp[b]!.ms ? j : b), 0), heads: 0 }));
-    const stepOf = () => fixedMs + choice.reduce((s, ch, i) => s + options[i]!.mlp[ch.mlp]!.ms + options[i]!.heads[ch.heads]!.ms, 0);
-    // what an option is charged against the budget: its single-layer increase, and for a lossy option at least
-    // NOISE_FLOOR (a predicted layer that happened to lower perplexity on the search text is not free)
-    const charge = (o: Option<MlpOption | HeadOption>) => (o.what.mode === 'predicted' ? Math.max(NOISE_FLOOR, o.dppl) : 0);
-    const spent = () => choice.reduce((s, ch, i) => s + charge(options[i]!.mlp[ch.mlp]!) + charge(options[i]!.heads[ch.heads]!), 0);
-    const frontier: PlanFile['frontier'] = [{ step: 0, move: 'lossless start', speedup: sc.stepMs / stepOf(), pplIncrease: 0 }];
-    const moves: Move[] = [];
-    const history: { layer: number; site: 'mlp' | 'heads'; from: number }[] = [];
+/** A plan under construction: each layer's chosen MLP and head option, with the cost model's view of it. */
+class Choice {
+  readonly at: { mlp: number; heads: number }[];
+  readonly frontier: PlanFile['frontier'] = [];
+  private readonly history: { layer: number; site: 'mlp' | 'heads'; from: number }[] = [];
+  private readonly fixedMs: number;
+  constructor(private readonly options: LayerOptions[], private readonly stepMs: number) {
+    // everything but the MLPs (attention at every head, norms, LM head) from the dense step
+    this.fixedMs = stepMs - options.reduce((s, o) => s + o.mlp[0]!.ms, 0);
+    // start: each layer's cheapest lossless option (dense or lossless)
+    this.at = options.map((o) => ({ mlp: o.mlp.reduce((b, q, j) => (q.what.mode !== 'predicted' && q.ms < o.mlp[b]!.ms ? j : b), 0), heads: 0 }));
+    this.frontier.push({ step: 0, move: 'lossless start', speedup: this.speedup(), pplIncrease: 0 });
+  }
+  get moves(): number { return this.history.length; }
+  option(i: number, site: 'mlp' | 'heads'): Option<MlpOption | HeadOption> { return this.options[i]![site][this.at[i]![site]]!; }
+  stepOf(): number { return this.fixedMs + this.at.reduce((s, _, i) => s + this.option(i, 'mlp').ms + this.option(i, 'heads').ms, 0); }
+  speedup(): number { return this.stepMs / this.stepOf(); }
+  spent(): number { return this.at.reduce((s, _, i) => s + charge(this.option(i, 'mlp')) + charge(this.option(i, 'heads')), 0); }
+
+  /** greedy: the move with the most ms saved per unit of perplexity charged, while the charges fit `allowance` */
+  search(allowance: number): void {
     for (;;) {
-      let best: (Move & { score: number }) | null = null;
-      for (let i = 0; i < c.layers; i++) for (const site of ['mlp', 'heads'] as const) {
-        const cur = options[i]![site][choice[i]![site]]!;
-        options[i]![site].forEach((o, j) => {
+      let best: { layer: number; site: 'mlp' | 'heads'; to: number; score: number } | null = null;
+      for (let i = 0; i < this.options.length; i++) for (const site of ['mlp', 'heads'] as const) {
+        const cur = this.option(i, site);
+        this.options[i]![site].forEach((o, j) => {
           const saved = cur.ms - o.ms, extra = charge(o) - charge(cur);
-          if (saved <= 0 || spent() + extra > cfg.safety * cfg.maxPplIncrease) return;
+          if (saved <= 0 || this.spent() + extra > allowance) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
       }
-      if (!best) break;
-      const b = best as Move & { score: number };
-      history.push({ layer: b.layer, site: b.site, from: choice[b.layer]![b.site] });
-      choice[b.layer]![b.site] = b.to;
-      moves.push(b);
-      frontier.push({ step: frontier.length, move: `layer ${b.layer} ${b.site}: ${options[b.layer]![b.site][b.to]!.label}`, speedup: sc.stepMs / stepOf(), pplIncrease: spent() });
+      if (!best) return;
+      const b = best as { layer: number; site: 'mlp' | 'heads'; to: number };
+      this.history.push({ layer: b.layer, site: b.site, from: this.at[b.layer]![b.site] });
+      this.at[b.layer]![b.site] = b.to;
+      this.note(`layer ${b.layer} ${b.site}: ${this.option(b.layer, b.site).label}`);
     }
+  }
+  undo(): void {
+    const u = this.history.pop()!;
+    this.at[u.layer]![u.site] = u.from;
+    this.note(`undo layer ${u.layer} ${u.site} (verified over budget)`);
+  }
+  dense(): void {
+    for (const a of this.at) { a.mlp = 0; a.heads = 0; }
+    this.history.length = 0;
+    this.note('fall back to dense (the verified plan was not faster)');
+  }
+  private note(move: string): void { this.frontier.push({ step: this.frontier.length, move, speedup: this.speedup(), pplIncrease: this.spent() }); }
 
-    // verification by the runtime on text the search did not see; undo moves while over budget
-    const toPlan = (): RuntimePlan['layers'] => choice.map((ch, i) => {
-      const mo = options[i]!.mlp[ch.mlp]!, ho = options[i]!.heads[ch.heads]!;
-      const l: LayerPlan = {
+  layers(): RuntimePlan['layers'] {
+    return this.at.map((_, i) => {
+      const mo = this.option(i, 'mlp') as Option<MlpOption>, ho = this.option(i, 'heads') as Option<HeadOption>;
+      return {
         layer: i, mlp: mo.what.mode === 'predicted' ? { mode: 'predicted', rule: mo.what.rule, recall: mo.what.recall } : { mode: mo.what.mode },
         heads: ho.what.mode === 'predicted' ? { mode: 'predicted', rule: ho.what.rule } : { mode: 'dense' },
         expected: { mlpDensity: mo.density, headDensity: ho.density, mlpMs: Math.max(0, mo.ms), headDeltaMs: ho.ms, pplIncrease: Math.max(0, mo.dppl) + Math.max(0, ho.dppl) },
-      };
-      return l;
+      } satisfies LayerPlan;
     });
-    const dv = decodeNll(model, verify);
-    const verifyTokens = dv.count;
-    const denseVerifyPpl = ppl(dv);
-    const asPlan = (ls: RuntimePlan['layers']): RuntimePlan => ({ formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: ls, estimate: { stepMs: 1, denseStepMs: 1, speedup: 1, pplIncrease: 0 }, verified: { tokens: 1, densePerplexity: 1, perplexity: 1, pplIncrease: 0, stepMs: 1, denseStepMs: 1, speedup: 1 } });
-    let layers = toPlan(), measuredPpl: number;
-    for (;;) {
-      const built = decodeModes(c, preds, asPlan(layers));
-      try { measuredPpl = ppl(decodeNll(model, verify, built.modes)); } finally { built.dispose(); }
-      const inc = measuredPpl / denseVerifyPpl - 1;
-      deps.log(`plan: verified ${history.length} move(s) on ${verifyTokens} held-out tokens: perplexity ${measuredPpl.toFixed(4)} vs dense ${denseVerifyPpl.toFixed(4)} (${inc >= 0 ? '+' : ''}${pct(inc, 3)})`);
-      if (inc <= cfg.maxPplIncrease || !history.length) break;
-      const u = history.pop()!;
-      choice[u.layer]![u.site] = u.from;
-      frontier.push({ step: frontier.length, move: `undo layer ${u.layer} ${u.site} (verified over budget)`, speedup: sc.stepMs / stepOf(), pplIncrease: spent() });
-      layers = toPlan();
-    }
-    let inc = measuredPpl / denseVerifyPpl - 1;
-    if (inc > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(inc, 3)} (lossless modes must equal dense)`);
-    // speed, by the runtime itself: dense and the plan decoding the same held-out text, alternating
-    const built = decodeModes(c, preds, asPlan(layers));
-    const ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, verify[0]!.length - 33));
-    let denseMs: number, planMs: number;
-    const steps = Math.min(32, verify[0]!.length - ctx);
-    try {
-      [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], verify[0]!, ctx, steps) as [number, number];
-      if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], verify[0]!, ctx, steps, 7) as [number, number]; // once more, longer
-    } finally { built.dispose(); }
-    let fallback = '';
-    if (cfg.neverSlower && planMs >= denseMs) {
-      // never slower than dense: the plan that computes everything is dense itself
-      fallback = `the verified plan (${layers.map((l) => l.mlp.mode).join(', ')}; +${pct(inc, 3)}) decoded at ${(denseMs / planMs).toFixed(3)}x dense, not faster: the plan is dense`;
-      deps.log(`plan: ${fallback}`);
-      for (const ch of choice) { ch.mlp = 0; ch.heads = 0; }
-      layers = toPlan();
-      planMs = denseMs;
-      measuredPpl = denseVerifyPpl;
-      inc = 0;
-      frontier.push({ step: frontier.length, move: 'fall back to dense (the verified plan was not faster)', speedup: 1, pplIncrease: 0 });
-    }
+  }
+}
+
+/** what an option is charged against the budget: its single-layer increase, a lossy one at least NOISE_FLOOR */
+function charge(o: Option<MlpOption | HeadOption>): number { return o.what.mode === 'predicted' ? Math.max(NOISE_FLOOR, o.dppl) : 0; }
+
+/** a plan object for decodeModes (only its layers are read) */
+function draft(cfg: PlanConfig, layers: RuntimePlan['layers']): RuntimePlan {
+  return {
+    formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers, estimate: { stepMs: 1, denseStepMs: 1, speedup: 1, pplIncrease: 0 },
+    verified: { tokens: 1, densePerplexity: 1, perplexity: 1, pplIncrease: 0, stepMs: 1, denseStepMs: 1, speedup: 1 },
+  };
+}
+
+/**
+ * The runtime decodes the verification text with the plan; while over budget the last move is undone. Then dense and
+ * the plan decode the same text in alternating rounds; a plan not faster (twice) becomes dense (cfg.neverSlower).
+ */
+function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: RuntimePlan['verified']; fallback: string } {
+  const { cfg, model, preds, deps } = x, c = model.config;
+  const dv = decodeNll(model, verify);
+  const densePpl = ppl(dv);
+  const runtimePpl = () => { const b = decodeModes(c, preds, draft(cfg, choice.layers())); try { return ppl(decodeNll(model, verify, b.modes)); } finally { b.dispose(); } };
+  let p = runtimePpl();
+  for (;;) {
+    const inc = p / densePpl - 1;
+    deps.log(`plan: verified ${choice.moves} move(s) on ${dv.count} held-out tokens: perplexity ${p.toFixed(4)} vs dense ${densePpl.toFixed(4)} (${inc >= 0 ? '+' : ''}${pct(inc, 3)})`);
+    if (inc <= cfg.maxPplIncrease || !choice.moves) break;
+    choice.undo();
+    p = runtimePpl();
+  }
+  if (p / densePpl - 1 > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(p / densePpl - 1, 3)} (lossless modes must equal dense)`);
+  const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
+  const built = decodeModes(c, preds, draft(cfg, choice.layers()));
+  let denseMs: number, planMs: number;
+  try {
+    [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], text, ctx, steps) as [number, number];
+    if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], text, ctx, steps, 7) as [number, number]; // once more, longer
+  } finally { built.dispose(); }
+  let fallback = '';
+  if (cfg.neverSlower && planMs >= denseMs) {
+    // never slower than dense: the plan that computes everything is dense itself
+    fallback = `the verified plan (${choice.layers().map((l) => l.mlp.mode).join(', ')}; +${pct(p / densePpl - 1, 3)}) decoded at ${(denseMs / planMs).toFixed(3)}x dense, not faster: the plan is dense`;
+    deps.log(`plan: ${fallback}`);
+    choice.dense();
+    planMs = denseMs; p = densePpl;
+  }
+  return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs }, fallback };
+}
+
+export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageResult> {
+  const t0 = Date.now();
+  const preds = loadPredictors(cfg.predictors);
+  const model = loadModel(cfg.model, { decode: true });
+  // the output folder is claimed first: a folder that is not ours is refused before any work
+  let w: ReturnType<typeof beginOutput> | null = null;
+  try {
+    w = beginOutput(cfg.out, 'plan', { mayReplace: (s) => { if (s.state === 'ours' && !cfg.overwrite) throw new UserError(`plan folder ${cfg.out} exists and is not empty`, 'choose another --out or pass --overwrite'); } });
+    if (!sameFingerprint(fingerprintCheckpoint(cfg.model), preds.manifest.model.fingerprint))
+      throw new UserError(`predictors in ${cfg.predictors} were trained for another checkpoint than ${cfg.model}`, 'pass the checkpoint the predictors were trained on');
+    const m = readManifest(cfg.activations);
+    if (!sameFingerprint(m.model.fingerprint, preds.manifest.model.fingerprint))
+      throw new UserError(`activations in ${cfg.activations} come from another checkpoint than the predictors`, 'pass held-out activations of the same checkpoint');
+    const { search, verify } = await heldoutText(cfg, model, m);
+    const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)));
+    const sc = costs.shape;
+    deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
+    const x: Ctx = { cfg, deps, model, preds, m, costs };
+    const { options, densePpl } = measureOptions(x, search);
+    const choice = new Choice(options, sc.stepMs);
+    choice.search(cfg.safety * cfg.maxPplIncrease);
+    const { verified, fallback } = verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
-      formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers,
-      estimate: { stepMs: stepOf(), denseStepMs: sc.stepMs, speedup: sc.stepMs / stepOf(), pplIncrease: spent() },
-      verified: { tokens: verifyTokens, densePerplexity: denseVerifyPpl, perplexity: measuredPpl, pplIncrease: inc, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs },
+      formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
+      estimate: { stepMs: choice.stepOf(), denseStepMs: sc.stepMs, speedup: choice.speedup(), pplIncrease: choice.spent() }, verified,
     };
-    const file: PlanFile = { kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256: predictorsContentHash(cfg.predictors), plan, frontier };
-    const text = planReport(plan, options, choice, frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (fallback ? `\n\nNote: ${fallback}.` : '');
-    const svg = await specToSvg(frontierSpec(frontier, cfg.maxPplIncrease, plan.verified));
-    const w = beginOutput(cfg.out, 'plan', { mayReplace: (s) => { if (s.state === 'ours' && !cfg.overwrite) throw new UserError(`plan folder ${cfg.out} exists and is not empty`, 'choose another --out or pass --overwrite'); } });
-    await writeOutput(w, cfg.out, (tmp) => { writeJsonAtomic(path.join(tmp, 'plan.json'), file); writeFileAtomic(path.join(tmp, 'report.md'), text + '\n'); writeFileAtomic(path.join(tmp, 'frontier.svg'), svg); });
+    const file: PlanFile = { kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256: predictorsContentHash(cfg.predictors), plan, frontier: choice.frontier };
+    const text = planReport(plan, options, choice.at, choice.frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (fallback ? `\n\nNote: ${fallback}.` : '');
+    const svg = await specToSvg(frontierSpec(choice.frontier, cfg.maxPplIncrease, plan.verified));
+    const out = w;
+    w = null;
+    await writeOutput(out, cfg.out, (tmp) => {
+      writeJsonAtomic(path.join(tmp, 'plan.json'), file);
+      writeFileAtomic(path.join(tmp, 'report.md'), text + '\n');
+      writeFileAtomic(path.join(tmp, 'frontier.svg'), svg);
+    });
     return { text, json: file };
   } finally {
+    w?.abort();
     preds.dispose();
     model.dispose();
   }
