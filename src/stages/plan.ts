@@ -90,19 +90,21 @@ function nllOf(model: Model, seqs: number[][], batch: number, hooks?: SparsityHo
 }
 
 function frontierSpec(points: { step: number; speedup: number; pplIncrease: number; move: string }[], budget: number, verified: { speedup: number; pplIncrease: number }): TopLevelSpec {
+  const SEARCH = 'search (cost model, summed estimates)', VERIFIED = 'plan verified by the runtime', BUDGET = 'budget';
+  const color = (datum: string) => ({ datum, type: 'nominal' as const, title: null, scale: { domain: [SEARCH, VERIFIED, BUDGET], range: ['#1f77b4', '#2ca02c', '#d62728'] } });
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: 'Plan search: estimated speedup vs perplexity increase',
+    title: 'Plan search: decode speedup vs perplexity increase',
     width: 520, height: 320,
-    config: { font: 'sans-serif', axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#e6e6e6' }, view: { stroke: null } },
+    config: { font: 'sans-serif', axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#e6e6e6' }, legend: { orient: 'bottom', direction: 'vertical', labelFontSize: 11, labelLimit: 400 }, view: { stroke: null } },
+    encoding: {
+      x: { field: 'pplIncrease', type: 'quantitative', title: 'perplexity increase over dense', axis: { format: '.2%' } },
+      y: { field: 'speedup', type: 'quantitative', title: 'decode speedup vs dense', scale: { zero: false }, axis: { format: '.2f' } },
+    },
     layer: [
-      { data: { values: points }, mark: { type: 'line', point: true, color: '#1f77b4' }, encoding: {
-        x: { field: 'pplIncrease', type: 'quantitative', title: 'perplexity increase (estimated: sum of single-layer increases)', axis: { format: '.2%' } },
-        y: { field: 'speedup', type: 'quantitative', title: 'decode speedup vs dense (cost model)', scale: { zero: false }, axis: { format: '.2f' } },
-        tooltip: [{ field: 'move', type: 'nominal' }] } },
-      { data: { values: [{ x: budget }] }, mark: { type: 'rule', color: '#d62728', strokeDash: [6, 4] }, encoding: { x: { field: 'x', type: 'quantitative' } } },
-      { data: { values: [{ ...verified, label: 'verified by the runtime' }] }, mark: { type: 'point', shape: 'diamond', size: 120, filled: true, color: '#2ca02c' },
-        encoding: { x: { field: 'pplIncrease', type: 'quantitative' }, y: { field: 'speedup', type: 'quantitative' } } },
+      { data: { values: points }, mark: { type: 'line', point: true }, encoding: { color: color(SEARCH), tooltip: [{ field: 'move', type: 'nominal' }] } },
+      { data: { values: [{ pplIncrease: budget }] }, mark: { type: 'rule', strokeDash: [6, 4] }, encoding: { y: { value: 0 }, y2: { value: 320 }, color: color(BUDGET) } },
+      { data: { values: [verified] }, mark: { type: 'point', shape: 'diamond', size: 140, filled: true }, encoding: { color: color(VERIFIED) } },
     ],
   } as TopLevelSpec;
 }
