@@ -1,6 +1,6 @@
 /**
  * The stages' worker thread: one tfjs (wasm: single-threaded under Node) per worker, serving jobs from a
- * WorkerPool (src/util/pool.ts): a collection batch, one site of a layer's predictor training, an evaluation
+ * WorkerPool (src/util/pool.ts): a collection batch, a layer's head predictor, a piece of a layer's MLP fit, an evaluation
  * recall pass or perplexity batch. The model (host weights shared with the parent when it sends them), manifests
  * and predictors are loaded once per worker.
  */
@@ -12,6 +12,7 @@ import type { TrainConfig } from '../config/schemas.js';
 import { loadModel, type HostWeights, type Model } from '../model/model.js';
 import { loadPredictors, type LoadedPredictors } from '../predictors/hooks.js';
 import { trainLayer } from '../predictors/train-layer.js';
+import { runMlpJob, type MlpJob } from '../predictors/mlp-jobs.js';
 import { nllJob } from '../eval/jobs.js';
 import { isUserError } from '../util/errors.js';
 import { serveJobs } from '../util/pool.js';
@@ -21,6 +22,7 @@ interface Init { backend: BackendPreference; workerIndex: number; model?: { dir:
 type Job =
   | { kind: 'collect'; seqs: number[][]; firstSeq: number; spec: CaptureSpec }
   | { kind: 'train'; dir: string; cfg: TrainConfig; layer: number; site: 'mlp' | 'heads' }
+  | MlpJob
   | EvalJob;
 
 const init = workerData as Init;
@@ -43,6 +45,7 @@ serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
       let pending = 0;
       return trainLayer(job.dir, manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } }, { [job.site]: true });
     }
+    case 'mlp-moments': case 'mlp-exact': case 'mlp-score': return runMlpJob(job);
     case 'recall': return recallJob(job, manifest(job.activations), preds(job.predictors));
     case 'nll': return nllJob(theModel(), preds(job.predictors), job.seqs, job.hooks);
   }
