@@ -16,7 +16,7 @@ import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type
 import { mlpInput, type MlpSite } from './mlp-site.js';
 import { disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
 import type { LabelRule } from './labels.js';
-import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, splitRows, type ExactPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
+import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, type ExactPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
 export type { MlpInput };
 
 export type MlpFamily = 'dense' | 'exact' | 'closed-form' | 'dejavu';
@@ -167,7 +167,8 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   for (let s = 0; s < nVal; s += chunkRows) chunks.push([s, Math.min(nVal, s + chunkRows)]);
   // exact pre-activations of the validation rows (the exact candidate, and each active neuron's magnitude weight),
   // in workers while the decompositions run here
-  const exactJobs = settle(chunks.map(([start, end]) => exec.run<ExactPart>(`${what} (exact scores of rows ${start}..${end - 1})`, { kind: 'mlp-exact', dir, modelDir, layer, h: hv, start, end })));
+  const zUp = sharedF32(nVal * F), weights = sharedF32(nVal * F);
+  const exactJobs = settle(chunks.map(([start, end]) => exec.run<ExactPart>(`${what} (exact scores of rows ${start}..${end - 1})`, { kind: 'mlp-exact', dir, modelDir, layer, h: hv, start, end, z: zUp, weights })));
 
   const denseFlops = mlpDenseFlops(site);
   const rules: ('topk' | 'threshold')[] = mc.rule === 'auto' ? ['threshold', 'topk'] : [mc.rule];
@@ -198,10 +199,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     scored.push({ family: 'dejavu', rank: t.rank, score: 'linear', host, x: t.input === 'h_mlp' ? hv : shared(concat(raws.get(t.input)!, (n) => new Float32Array(n))), make: () => ({ host, input: t.input, score: 'linear' }) });
   }
 
-  const exactParts: ExactPart[] = [];
-  for (const p of exactJobs) exactParts.push(await p);
-  const zUp = concat(exactParts.map((p) => p.z), (n) => new Float32Array(n));
-  const weights = shared(concat(exactParts.map((p) => p.weights), (n) => new Float32Array(n)));
+  for (const p of exactJobs) await p;
 
   if (families.has('dense')) {
     const metrics = { recall: 1, precision: trueDensity, f1: (2 * trueDensity) / (1 + trueDensity), predictedDensity: 1, trueDensity };
@@ -220,14 +218,14 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   // score the candidates chunk by chunk on `exec` (the next candidate's jobs queued before this one is calibrated)
   const launch = (s: Scored) => {
     const host = sharedHost(s.host), hostUp = s.hostUp ? sharedHost(s.hostUp) : undefined;
-    return settle(chunks.map(([start, end]) => exec.run<ScorePart>(`${what} (${s.family} r ${s.rank} scores of rows ${start}..${end - 1})`,
-      { kind: 'mlp-score', x: s.x, y: yv, w: weights, start, end, host, ...(hostUp ? { hostUp } : {}) })));
+    const scores = sharedF32(nVal * F);
+    return { scores, jobs: settle(chunks.map(([start, end]) => exec.run<ScorePart>(`${what} (${s.family} r ${s.rank} scores of rows ${start}..${end - 1})`,
+      { kind: 'mlp-score', x: s.x, y: yv, w: weights, start, end, host, ...(hostUp ? { hostUp } : {}), scores }))) };
   };
-  const calibrateScored = async (s: Scored, jobs: Promise<ScorePart>[]) => {
+  const calibrateScored = async (s: Scored, { scores, jobs }: ReturnType<typeof launch>) => {
     const hist = new RankHistogram(F, true);
     const parts: ScorePart[] = [];
     for (const p of jobs) { const r = await p; hist.merge(r); parts.push(r); }
-    const scores = concat(parts.map((r) => r.scores), (n) => new Float32Array(n));
     const pos = concat(parts.map((r) => r.pos), (n) => new Float32Array(n)), posW = concat(parts.map((r) => r.posW), (n) => new Float32Array(n));
     const n0 = cands.length;
     for (const rule of s.only ?? rules) {
@@ -237,9 +235,9 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     }
     if (s.fineTuned) for (const c of cands.slice(n0)) c.fineTuned = true;
   };
-  let next = scored.length ? launch(scored[0]!) : [];
+  let next = scored.length ? launch(scored[0]!) : null;
   for (let i = 0; i < scored.length; i++) {
-    const cur = next;
+    const cur = next!;
     if (i + 1 < scored.length) next = launch(scored[i + 1]!);
     await calibrateScored(scored[i]!, cur);
   }

@@ -23,14 +23,20 @@ export type MlpInput = 'h_mlp' | 'x_attn' | 'x_mlp';
 export interface MomentsJob { kind: 'mlp-moments'; dir: string; modelDir: string; layer: number; shard: number; label: LabelRule; valEvery: number; shift: Float32Array; fields: string[]; rawInputs: MlpInput[] }
 export interface MomentsPart extends MomentPartial { rows: number; valN: number; h: Float32Array; y: Uint8Array; raw: Partial<Record<MlpInput, Float32Array>> }
 
-/** Rows [start, end) of the validation inputs h (shared): the first projection's pre-activations and magnitude weights. */
-export interface ExactJob { kind: 'mlp-exact'; dir: string; modelDir: string; layer: number; h: Float32Array; start: number; end: number }
-export interface ExactPart { z: Float32Array; weights: Float32Array }
+/**
+ * Rows [start, end) of the validation inputs h (shared): the first projection's pre-activations and magnitude
+ * weights, written into rows [start, end) of the shared `z` and `weights` ([n, F]).
+ */
+export interface ExactJob { kind: 'mlp-exact'; dir: string; modelDir: string; layer: number; h: Float32Array; start: number; end: number; z: Float32Array; weights: Float32Array }
+export type ExactPart = Record<string, never>;
 
-/** Rows [start, end) scored by a candidate predictor (x, y, w shared): scores and their rank histogram. */
-export interface ScoreJob { kind: 'mlp-score'; x: Float32Array; y: Uint8Array; w: Float32Array | null; start: number; end: number; host: HostPredictor; hostUp?: HostPredictor }
+/**
+ * Rows [start, end) scored by a candidate predictor (x, y, w shared): the scores, written into rows [start, end) of
+ * the shared `scores` [n, F], and their rank histogram.
+ */
+export interface ScoreJob { kind: 'mlp-score'; x: Float32Array; y: Uint8Array; w: Float32Array | null; start: number; end: number; host: HostPredictor; hostUp?: HostPredictor; scores: Float32Array }
 /** `pos`, `posW`: the positives' scores and magnitude weights, in row order (the threshold rule's calibration) */
-export interface ScorePart { scores: Float32Array; hist: Float64Array; whist: Float64Array | null; tokens: number; positives: number; weight: number; pos: Float32Array; posW: Float32Array }
+export interface ScorePart { hist: Float64Array; whist: Float64Array | null; tokens: number; positives: number; weight: number; pos: Float32Array; posW: Float32Array }
 
 export type MlpJob = MomentsJob | ExactJob | ScoreJob;
 
@@ -61,6 +67,9 @@ export function pickRows(src: Float32Array, rows: number[], w: number): Float32A
   rows.forEach((r, i) => o.set(src.subarray(r * w, (r + 1) * w), i * w));
   return o;
 }
+
+/** Zeros in shared memory: workers write their rows of a result into it. */
+export function sharedF32(n: number): Float32Array { return new Float32Array(new SharedArrayBuffer(Math.max(1, n) * 4)).subarray(0, n); }
 
 /** A copy of `a` in shared memory (passed to workers without a copy). */
 export function shared<T extends Float32Array | Uint8Array>(a: T): T {
@@ -112,7 +121,9 @@ export function concat<T extends Float32Array | Uint8Array>(parts: T[], make: (n
 function exact(j: ExactJob): ExactPart {
   const site = siteOf(j.dir, j.modelDir, j.layer);
   const { z, weights } = exactScores(site, j.h.subarray(j.start * site.d, j.end * site.d), j.end - j.start);
-  return { z, weights };
+  j.z.set(z, j.start * site.F);
+  j.weights.set(weights, j.start * site.F);
+  return {};
 }
 
 function score(j: ScoreJob): ScorePart {
@@ -128,7 +139,8 @@ function score(j: ScoreJob): ScorePart {
     for (let i = 0; i < y.length; i++) np += y[i]!;
     const pos = new Float32Array(np), posW = new Float32Array(w ? np : 0);
     for (let i = 0, k = 0; i < y.length; i++) if (y[i]) { pos[k] = scores[i]!; if (w) posW[k] = w[i]!; k++; }
-    return { scores, hist: hist.hist, whist: hist.whist, tokens: hist.tokens, positives: hist.positives, weight: hist.weight, pos, posW };
+    j.scores.set(scores, j.start * F);
+    return { hist: hist.hist, whist: hist.whist, tokens: hist.tokens, positives: hist.positives, weight: hist.weight, pos, posW };
   } finally {
     disposePredictor(pa);
     if (pb) disposePredictor(pb);
