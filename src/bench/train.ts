@@ -1,14 +1,16 @@
 /**
  * npm run bench:train [-- ACTIVATIONS] [--layers 1,2] [--workers 1,2] [--repeat N] [--set heads.enabled=true ...] —
  * predictor training on the OPT fixture's calibration activations (configs/default.yaml's train keys, `--set` keys on
- * top), once per worker count, the counts alternating N times (the table shows each count's median run): wall time
+ * top), each run in its own process, the counts alternating N times (the table shows each count's median run): wall time
  * and samples/s, where a sample is one activation row read by a job (the MLP fit reads each row once; the head
  * predictor reads its training rows once per epoch; the same rows for every worker count), over the wall time of the
  * training phase, worker start-up included. Also the last layer's MLP fit and head predictor times.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { ensureBackend } from '../backend.js';
 import { trainSchema } from '../config/schemas.js';
@@ -36,22 +38,39 @@ await ensureBackend('auto');
 const def = YAML.parse(fs.readFileSync('configs/default.yaml', 'utf8'));
 const load0 = os.loadavg().map((x) => x.toFixed(1)).join(' ');
 const counts = opt('workers', '1,2').split(',').map(Number);
-const runs = new Map<number, { wall: number; sps: number; used: number; mlp: number; heads: number }[]>(counts.map((w) => [w, []]));
-for (let rep = 0; rep < repeat; rep++) for (const w of counts) {
+interface Run { wall: number; sps: number; used: number; mlp: number; heads: number }
+
+/** One training run in this process (the --child side): its numbers as JSON on stdout. */
+async function runOnce(w: number): Promise<Run> {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-train-'));
-  const cfg = trainSchema.parse(merge({ ...def.train, activations: acts, out, overwrite: true, workers: w, ...(layers === 'all' ? {} : { layers: layers.split(',').map(Number) }) }, sets));
-  const t = Date.now();
-  const res = await runTrain(cfg, { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) });
-  const wall = (Date.now() - t) / 1000;
-  const p = res.json as { training: { samplesPerSecond: number; workers: number } };
-  // each part's own duration: the clock of its last log entry (a layer's log clock starts with its fit / training)
-  const jobs = { mlp: 0, heads: 0 };
-  for (const line of fs.readFileSync(path.join(out, 'train-log.jsonl'), 'utf8').trim().split('\n')) {
-    const e = JSON.parse(line) as { site: 'mlp' | 'heads'; t: number };
-    jobs[e.site] = Math.max(jobs[e.site], e.t);
+  try {
+    const cfg = trainSchema.parse(merge({ ...def.train, activations: acts, out, overwrite: true, workers: w, ...(layers === 'all' ? {} : { layers: layers.split(',').map(Number) }) }, sets));
+    const t = Date.now();
+    const res = await runTrain(cfg, { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) });
+    const wall = (Date.now() - t) / 1000;
+    const p = res.json as { training: { samplesPerSecond: number; workers: number } };
+    // each part's own duration: the clock of its last log entry (a layer's log clock starts with its fit / training)
+    const jobs = { mlp: 0, heads: 0 };
+    for (const line of fs.readFileSync(path.join(out, 'train-log.jsonl'), 'utf8').trim().split('\n')) {
+      const e = JSON.parse(line) as { site: 'mlp' | 'heads'; t: number };
+      jobs[e.site] = Math.max(jobs[e.site], e.t);
+    }
+    return { wall, sps: p.training.samplesPerSecond, used: p.training.workers, ...jobs };
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
   }
-  runs.get(w)!.push({ wall, sps: p.training.samplesPerSecond, used: p.training.workers, ...jobs });
-  fs.rmSync(out, { recursive: true, force: true });
+}
+if (args.includes('--child')) {
+  console.log(JSON.stringify(await runOnce(Number(opt('child-workers', '1')))));
+  process.exit(0);
+}
+// every run in its own process, as the CLI runs (a fresh JIT and tfjs for each worker count, whichever runs first)
+const runs = new Map<number, Run[]>(counts.map((w) => [w, []]));
+const passOn = args.filter((a, i) => a !== '--workers' && args[i - 1] !== '--workers' && a !== '--repeat' && args[i - 1] !== '--repeat');
+for (let rep = 0; rep < repeat; rep++) for (const w of counts) {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), ...passOn, '--child', '--child-workers', String(w)], { encoding: 'utf8', maxBuffer: 1 << 24, stdio: ['ignore', 'pipe', 'inherit'] });
+  if (r.status !== 0) { console.error(`run with ${w} worker(s) failed (exit ${r.status})`); process.exit(1); }
+  runs.get(w)!.push(JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Run);
 }
 const median = (w: number) => { const r = [...runs.get(w)!].sort((a, b) => a.sps - b.sps); return r[Math.floor((r.length - 1) / 2)]!; };
 const base = median(counts[0]!).sps;
