@@ -85,13 +85,14 @@ describe('train-predictors and evaluate-recall on worker threads', () => {
       expect((await cli('collect-activations', '--model', MODEL, '--data', d, '--out', o, '--seq-len', '64', '--max-tokens', String(n), '--dtype', 'float32', '--workers', '1', '--backend', 'wasm', '--quiet')).code).toBe(0);
   });
 
-  it('train: 2 workers (a layer\'s MLP and heads as separate jobs) == 1 worker, byte for byte', async () => {
+  it('train: 2 workers (head jobs, and the MLP fits cut into shard and chunk jobs) == 1 worker, byte for byte', async () => {
     const o2 = path.join(TMP, 'pred-2');
     expect((await cli(...trainArgs(pred, 1))).code).toBe(0);
     expect((await cli(...trainArgs(o2, 2))).code).toBe(0);
     const timing = (m: any) => ({ ...m, identity: null, config: { ...m.config, workers: null, out: null }, training: null, layers: m.layers.map((l: any) => ({ ...l, seconds: null })) });
     expectSameFolder(pred, o2, { 'predictors.json': timing, 'train-log.jsonl': null });
     expect(json(path.join(o2, 'predictors.json')).training.workers).toBe(2);
+    expect(json(path.join(o2, 'predictors.json')).training.jobsPerWorker.every((n: number) => n > 0)).toBe(true);
     // the log, without its clock
     const log = (d: string) => fs.readFileSync(path.join(d, 'train-log.jsonl'), 'utf8').trim().split('\n').map((l) => ({ ...JSON.parse(l), t: null }));
     expect(log(o2)).toEqual(log(pred));

@@ -310,6 +310,22 @@ describe('IEEE half and bfloat16 conversions', () => {
     }
   });
 
+  it('f32ToF16Array (one loop over the bits, a branch-free path for normal halves) equals f32ToF16 value by value', () => {
+    // every 4099th bit pattern, plus every pattern within 4096 of the fast path's bounds (2^-14, 65520) and of Inf
+    const u: number[] = [];
+    for (let x = 0; x < 2 ** 32; x += 4099) u.push(x);
+    for (const b of [0x38800000, 0x477ff000, 0x477fe000, 0x7f800000]) for (let k = -4096; k <= 4096; k++) u.push((b + k) >>> 0, ((b + k) | 0x80000000) >>> 0);
+    const bits = Uint32Array.from(u), f = new Float32Array(bits.buffer);
+    const got = f32ToF16Array(f);
+    let bad = 0, first = '';
+    for (let i = 0; i < f.length; i++) {
+      const want = f32ToF16(f[i]!);
+      if (got[i] !== want) { bad++; first ||= `0x${bits[i]!.toString(16)}: 0x${got[i]!.toString(16)} vs 0x${want.toString(16)}`; }
+    }
+    expect(bad, first).toBe(0);
+    expect(f.length).toBeGreaterThan(1_000_000);
+  });
+
   it('f32 -> f16 matches the float64 round-to-nearest-even on 200k random float32 bit patterns', () => {
     const xs = seededF32(200_000, 99);
     // plus values concentrated in the half range and exact ties

@@ -13,7 +13,12 @@ import { runCollect } from '../src/stages/collect.js';
 import { runTrain } from '../src/stages/train.js';
 import { iterateLayer, readManifest, type ActivationsManifest } from '../src/activations/dataset.js';
 import { openSafetensors, readTensorF32 } from '../src/checkpoint/safetensors.js';
-import { RankHistogram, ThresholdCounter, thresholdForRecall, topKLabels } from '../src/predictors/metrics.js';
+import { kthSmallest, RankHistogram, ThresholdCounter, thresholdForRecall, topKLabels } from '../src/predictors/metrics.js';
+import { fitMlpSite, type MlpChoice } from '../src/predictors/fit-mlp.js';
+import { inlineMlpExec, runMlpJob, type MlpExec, type MlpJob } from '../src/predictors/mlp-jobs.js';
+import { readMlpSite } from '../src/predictors/mlp-site.js';
+import { WorkerPool } from '../src/util/pool.js';
+import { stageWorkerScript } from '../src/stages/worker-script.js';
 import { disposeAdam, disposePredictor, initPredictor, newAdam, trainStep, type PredictorWeights } from '../src/predictors/predictor.js';
 import { resolveLabel, trainLayer } from '../src/predictors/train-layer.js';
 import { readPredictorsManifest, type PredictorsManifest } from '../src/predictors/store.js';
@@ -113,28 +118,28 @@ describe('labels', () => {
     expect(resolveLabel(trainSchema.parse({ ...base, mlp: { label: { kind: 'active' } } }), 'swiglu')).toEqual({ kind: 'active' });
   });
 
-  it('each label rule trains against the labels it names (validation true density from the dataset)', () => {
+  it('each label rule trains against the labels it names (validation true density from the dataset)', async () => {
     const m = readManifest(ACTS);
     const layer = 1;
     const val = validationRows(m, layer, 10);
     const F = m.dims.ffn;
     expect(val.n).toBeGreaterThan(0);
-    const run = (label: object) => trainLayer(ACTS, m, trainCfg(path.join(TMP, 'unused'), { mlp: { rank: 4, label }, heads: { enabled: false }, optim: { epochs: 1 } }), layer).mlp!;
+    const run = async (label: object) => (await trainLayer(ACTS, m, trainCfg(path.join(TMP, 'unused'), { mlp: { rank: 4, label }, heads: { enabled: false }, optim: { epochs: 1 } }), layer)).mlp!;
     const activeDensity = val.active.reduce((a, b) => a + b, 0) / (val.n * F);
     expect(activeDensity).toBeGreaterThan(0);
     expect(activeDensity).toBeLessThan(1);
-    const a = run({ kind: 'active' });
+    const a = await run({ kind: 'active' });
     expect(a.label).toEqual({ kind: 'active' });
     expect(a.validation.trueDensity).toBeCloseTo(activeDensity, 12);
 
-    const tf_ = run({ kind: 'topFraction', value: 0.1 });
+    const tf_ = await run({ kind: 'topFraction', value: 0.1 });
     expect(tf_.label).toEqual({ kind: 'topFraction', value: 0.1 });
     expect(tf_.validation.trueDensity).toBeCloseTo(Math.round(0.1 * F) / F, 12);
 
     const thr = 0.05;
     const thrDensity = val.act.filter((v) => Math.abs(v) > thr).length / (val.n * F);
     expect(thrDensity).not.toBeCloseTo(activeDensity, 3); // the threshold label really is another label
-    const t = run({ kind: 'threshold', value: thr });
+    const t = await run({ kind: 'threshold', value: thr });
     expect(t.label).toEqual({ kind: 'threshold', value: thr });
     expect(t.validation.trueDensity).toBeCloseTo(thrDensity, 12);
   });
@@ -145,8 +150,8 @@ describe('labels', () => {
     const m = readManifest(out);
     expect(m.fields).not.toContain('mlp_act');
     const cfg = trainSchema.parse({ activations: out, out: path.join(TMP, 'p-noact'), workers: 1, mlp: { rank: 4, label: { kind: 'topFraction', value: 0.1 } }, heads: { enabled: false }, optim: { epochs: 1 } });
-    expect(() => trainLayer(out, m, cfg, 0)).toThrow(UserError);
-    expect(() => trainLayer(out, m, cfg, 0)).toThrow(/mlp_act/);
+    await expect(trainLayer(out, m, cfg, 0)).rejects.toThrow(UserError);
+    await expect(trainLayer(out, m, cfg, 0)).rejects.toThrow(/mlp_act/);
   });
 });
 
@@ -337,6 +342,54 @@ describe('calibration', () => {
       }
     }
     expect(thresholdForRecall(new Float32Array(0), 0.9)).toBe(Infinity);
+  });
+});
+
+// ------------------------------------------------------------------------------------- data-parallel MLP fit
+
+describe('the MLP fit, cut into jobs (issue 15)', () => {
+  it('kthSmallest equals the sorted array at every index (ties, -0 and +0, NaN)', () => {
+    const r = rng(3);
+    for (const n of [1, 2, 7, 100, 1000]) {
+      const a = Float32Array.from({ length: n }, () => [0, -0, 1, -1][Math.floor(r() * 4)]! * (r() < 0.5 ? 1 : Math.round(r() * 5)) + (r() < 0.3 ? r() : 0));
+      const sorted = Float32Array.from(a).sort();
+      for (let k = 0; k < n; k++) expect(Object.is(kthSmallest(a, k), sorted[k]), `n ${n} k ${k}`).toBe(true);
+    }
+    const withNaN = Float32Array.from([3, NaN, 1, 2]);
+    expect(kthSmallest(withNaN, 2)).toBe(3);
+    expect(kthSmallest(withNaN, 3)).toBeNaN();
+  });
+
+  it('a worker pool, or jobs finishing in reverse order, give the same fit as in-process (every byte), with the work on both workers', async () => {
+    const m = readManifest(ACTS);
+    expect(m.shards).toBeGreaterThan(2); // several moment jobs
+    const layer = 1;
+    const cfg = trainCfg(path.join(TMP, 'unused'), { mlp: { families: ['closed-form'], ranks: [4, 16], rule: 'auto' }, heads: { enabled: false } });
+    const site = readMlpSite(MODEL, m.model.config, layer);
+    const fit = (exec: MlpExec) => fitMlpSite(ACTS, m, cfg, site, { kind: 'active' }, [], () => undefined, exec, undefined, 48); // 256 validation rows: 6 chunks
+    const bytes = (c: MlpChoice) => JSON.stringify(c, (_k, v: unknown) => (v instanceof Float32Array ? Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('hex') : v));
+    const inline = await fit(inlineMlpExec);
+    expect(inline.host).toBeDefined();
+    expect(inline.candidates).toHaveLength(4); // two ranks x two rules
+    // every job queued first, then run last-queued first
+    const queue: [MlpJob, (r: unknown) => void][] = [];
+    const reversed: MlpExec = {
+      run: <R>(_l: string, job: MlpJob) => new Promise<R>((resolve) => {
+        if (!queue.length) setTimeout(() => { for (const [j, res] of queue.splice(0).reverse()) res(runMlpJob(j)); }, 5);
+        queue.push([job, resolve as (r: unknown) => void]);
+      }),
+    };
+    expect(bytes(await fit(reversed))).toBe(bytes(inline));
+    const pool = new WorkerPool(stageWorkerScript(), 2, { backend: 'wasm', model: null }, 'test worker');
+    try {
+      const jobs: string[] = [];
+      const pooled = await fit({ run: (label, job) => { jobs.push(job.kind); return pool.run(label, job); } });
+      expect(bytes(pooled)).toBe(bytes(inline));
+      expect(jobs.filter((k) => k === 'mlp-moments')).toHaveLength(m.shards);
+      expect(jobs.filter((k) => k === 'mlp-exact')).toHaveLength(6);
+      expect(jobs.filter((k) => k === 'mlp-score')).toHaveLength(2 * 6); // two ranks x six chunks
+      expect(pool.jobsPerWorker().every((n) => n > 0), `jobs per worker ${pool.jobsPerWorker().join(', ')}`).toBe(true);
+    } finally { await pool.close(); }
   });
 });
 

@@ -26,6 +26,29 @@ export interface LayerCapture {
 
 export interface BatchCapture { firstSeq: number; rows: number; layers: LayerCapture[]; forwardMs: number; captureMs: number }
 
+/** The original per-value checks, in their order: they throw the first problem (only run when the fast pass saw one). */
+function checkValues(arrays: [string, Float32Array][], l: number, firstSeq: number, nSeq: number, dtype: CaptureSpec['dtype']): void {
+  for (const [name, arr] of arrays) {
+    for (let i = 0; i < arr.length; i++) {
+      const v = arr[i]!;
+      if (!Number.isFinite(v)) throw new UserError(`non-finite ${name} value (${v}) at layer ${l}, sequence ${firstSeq + Math.floor(i / (arr.length / nSeq))}`, 'the checkpoint produces NaN/Inf on this data: check the weights and dtype');
+      if (dtype === 'float16' && name !== 'head_norm' && Math.abs(v) > 65504) throw new UserError(`${name} value ${v} at layer ${l} overflows float16`, 'use --dtype float32');
+    }
+  }
+}
+
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => { let n = 0; for (let x = b; x; x >>= 1) n += x & 1; return n; });
+const F16_MAX_BITS = 0x477fe000; // |v| <= 65504 <=> (bits & 0x7fffffff) <= this (and finite)
+const INF_BITS = 0x7f800000;
+
+/** Largest |v| bit pattern of a float32 array (>= INF_BITS: some value is non-finite). */
+function maxAbsBits(a: Float32Array): number {
+  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  let mx = 0;
+  for (let i = 0; i < u.length; i++) { const b = u[i]! & 0x7fffffff; if (b > mx) mx = b; }
+  return mx;
+}
+
 export function captureBatch(model: Model, seqs: number[][], firstSeq: number, spec: CaptureSpec): BatchCapture {
   const c = model.config;
   let s = performance.now();
@@ -35,27 +58,47 @@ export function captureBatch(model: Model, seqs: number[][], firstSeq: number, s
     s = performance.now();
     const rows = seqs.length * spec.seqLen;
     const layers: LayerCapture[] = [];
+    const f16 = spec.dtype === 'float16';
     for (const l of spec.layers) {
       const xa = o.captured.xAttn![l]!.dataSync() as Float32Array;
       const xm = o.captured.xMlp![l]!.dataSync() as Float32Array;
       const act = o.captured.mlpAct![l]!.dataSync() as Float32Array;
       const hn = o.captured.headNorm![l]!.dataSync() as Float32Array;
-      for (const [name, arr] of [['x_attn', xa], ['x_mlp', xm], ['mlp_act', act], ['head_norm', hn]] as const) {
-        for (let i = 0; i < arr.length; i++) {
-          const v = arr[i]!;
-          if (!Number.isFinite(v)) throw new UserError(`non-finite ${name} value (${v}) at layer ${l}, sequence ${firstSeq + Math.floor(i / (arr.length / seqs.length))}`, 'the checkpoint produces NaN/Inf on this data: check the weights and dtype');
-          if (spec.dtype === 'float16' && name !== 'head_norm' && Math.abs(v) > 65504) throw new UserError(`${name} value ${v} at layer ${l} overflows float16`, 'use --dtype float32');
-        }
-      }
+      // one fast pass per array: non-finite values (and float16 overflow) are seen by the largest |v|'s bits, the
+      // activations' bits and statistics in one loop; any problem reruns the per-value checks for their message
       const bits = new Uint8Array(Math.ceil((rows * c.ffn) / 8));
-      let active = 0, absSum = 0;
-      for (let i = 0; i < act.length; i++) { const a = act[i]!; if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; } absSum += Math.abs(a); }
+      let active = 0, absSum = 0, actMax = 0;
+      const n = act.length, whole = n & ~7;
+      for (let i = 0; i < whole; i += 8) {
+        // a byte of bits at a time (LSB first); |a| summed in order, as before
+        let byte = 0;
+        for (let k = 0; k < 8; k++) {
+          const a = act[i + k]!;
+          if (a > 0) byte |= 1 << k;
+          const aa = Math.abs(a);
+          absSum += aa;
+          if (aa > actMax) actMax = aa;
+        }
+        bits[i >> 3] = byte;
+        active += POPCOUNT[byte]!;
+      }
+      for (let i = whole; i < n; i++) {
+        const a = act[i]!;
+        if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; }
+        const aa = Math.abs(a);
+        absSum += aa;
+        if (aa > actMax) actMax = aa;
+      }
       const headNormSum = new Array(c.heads).fill(0), headNormSq = new Array(c.heads).fill(0);
       for (let r = 0; r < rows; r++) for (let h = 0; h < c.heads; h++) { const v = hn[r * c.heads + h]!; headNormSum[h] += v; headNormSq[h] += v * v; }
+      const limit = f16 ? F16_MAX_BITS : INF_BITS - 1;
+      // NaN anywhere in act makes absSum NaN; +-Inf makes it Inf
+      if (maxAbsBits(xa) > limit || maxAbsBits(xm) > limit || !Number.isFinite(absSum) || (f16 && actMax > 65504) || maxAbsBits(hn) >= INF_BITS)
+        checkValues([['x_attn', xa], ['x_mlp', xm], ['mlp_act', act], ['head_norm', hn]], l, firstSeq, seqs.length, spec.dtype);
       layers.push({
         layer: l,
-        xAttn: spec.dtype === 'float16' ? f32ToF16Array(xa) : xa.slice(),
-        xMlp: spec.dtype === 'float16' ? f32ToF16Array(xm) : xm.slice(),
+        xAttn: f16 ? f32ToF16Array(xa) : xa.slice(),
+        xMlp: f16 ? f32ToF16Array(xm) : xm.slice(),
         bits, headNorm: hn.slice(), active, absSum, headNormSum, headNormSq,
         ...(spec.mlpAct ? { mlpAct: f32ToF16Array(act) } : {}),
       });

@@ -4,6 +4,9 @@
  * against the machine measured in the same run: forward GFLOP/s over (workers x one thread's matmul GFLOP/s at the
  * collection's shapes). Default: the OPT fixture on the calibration text. A checkpoint without a tokenizer (e.g.
  * one from `node dist/bench/opt-checkpoint.js DIR`, random OPT-1.3B widths) reads random token ids.
+ * `--breakdown`: also, in this process (one thread, the fixture's batch shape), where one batch's time goes: the
+ * forward pass alone, forward + captures (readback, float16, bits, statistics), the forward's dense matmuls alone at
+ * their shapes, and the attention kernel alone, each against the same FLOPs at one thread's matmul rate.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -14,12 +17,17 @@ import { ensureBackend } from '../backend.js';
 import { collectSchema } from '../config/schemas.js';
 import { runCollect } from '../stages/collect.js';
 import { denseLayerFlopsPerToken, normalizeConfig } from '../model/config.js';
-import { matmulRate, table } from './common.js';
+import { matmulRate, table, timeIt } from './common.js';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadModel } from '../model/model.js';
+import { forward, disposeOutput } from '../model/forward.js';
+import { captureBatch } from '../activations/capture.js';
+import { attentionHost } from '../model/kernels/wasm/kernels.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
-const model = opt('model', args[0] && !args[0].startsWith('--') ? args[0] : 'checkpoints/opt-fixture');
-const isFixture = fs.existsSync(path.join(model, 'tokenizer.json'));
+const modelDir = opt('model', args[0] && !args[0].startsWith('--') ? args[0] : 'checkpoints/opt-fixture');
+const isFixture = fs.existsSync(path.join(modelDir, 'tokenizer.json'));
 const tokens = Number(opt('tokens', isFixture ? '16384' : '4096'));
 const seqLen = Number(opt('seq-len', '256'));
 const batchSize = Number(opt('batch-size', isFixture ? '8' : '2'));
@@ -33,7 +41,7 @@ if (args.includes('--child')) {
   await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-collect-'));
   try {
-    const cfg = collectSchema.parse({ model, data: opt('data', ''), out, maxTokens: tokens, seqLen, batchSize, workers: Number(opt('child-workers', '1')) });
+    const cfg = collectSchema.parse({ model: modelDir, data: opt('data', ''), out, maxTokens: tokens, seqLen, batchSize, workers: Number(opt('child-workers', '1')) });
     const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
     const res = (await runCollect(cfg, quiet)).json as { summary: ChildResult['summary'] };
     const s = res.summary;
@@ -44,7 +52,7 @@ if (args.includes('--child')) {
   }
 } else {
   const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
-  const c = normalizeConfig(JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8')), model);
+  const c = normalizeConfig(JSON.parse(fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8')), modelDir);
   let data = 'data/calibration.jsonl';
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-collect-data-'));
   if (!isFixture) {
@@ -65,7 +73,7 @@ if (args.includes('--child')) {
   const rows: (string | number)[][] = [];
   let base = 0;
   for (const w of workerCounts) {
-    const r = spawnSync(process.execPath, [self, '--child', '--model', model, '--data', data, '--tokens', String(tokens), '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w)],
+    const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', String(tokens), '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w)],
       { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
     if (r.status !== 0) { console.error(`run with ${w} worker(s) failed (exit ${r.status})`); process.exit(1); }
     const res = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildResult;
@@ -76,7 +84,45 @@ if (args.includes('--child')) {
       (res.maxRssBytes / 2 ** 30).toFixed(2), res.loadSeconds.toFixed(0)]);
   }
   fs.rmSync(tmp, { recursive: true, force: true });
-  console.log(`bench:collect on ${model} (${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}), backend ${b.name}, seq ${seqLen}, batch ${batchSize}, ${os.availableParallelism()} cores, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
+  console.log(`bench:collect on ${modelDir} (${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}), backend ${b.name}, seq ${seqLen}, batch ${batchSize}, ${os.availableParallelism()} cores, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
   console.log(`forward FLOPs/token (matmuls): ${(flopsPerToken / 1e6).toFixed(1)} M; one thread's matmul rate [${batchSize * seqLen}, ${c.hidden}] x [${c.hidden}, ${c.ffn}]: ${mm.toFixed(2)} GFLOP/s\n`);
+  if (args.includes('--breakdown')) breakdown(c, flopsPerToken, mm);
   console.log(table(['workers', 'tokens', 'tokens/s', 'vs 1 worker', 'forward GFLOP/s (end to end)', 'ceiling: workers x matmul GFLOP/s', 'ratio to ceiling', 'peak RSS GiB', 'start-up s (weights, workers)'], rows));
+}
+
+/** One batch on one thread: forward alone, forward + captures, its dense matmuls alone, its attention kernel alone. */
+function breakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken: number, mm: number): void {
+  const model = loadModel(modelDir);
+  const B = batchSize, T = seqLen, d = c.hidden;
+  let s = 7;
+  const seqs = Array.from({ length: B }, () => Array.from({ length: T }, () => 4 + ((s = (s * 1103515245 + 12345) & 0x7fffffff) % (c.vocabSize - 4))));
+  const capture = { layerInput: true, mlpInput: true, mlpAct: true, headNorm: true, logits: false } as const;
+  const fwd = timeIt(() => { const o = forward(model, seqs, { capture }); disposeOutput(o); }, 5, 1);
+  const spec = { layers: Array.from({ length: c.layers }, (_, i) => i), seqLen: T, dtype: 'float16' as const, mlpAct: c.activation !== 'relu' };
+  const cap = timeIt(() => { captureBatch(model, seqs, 0, spec); }, 5, 1);
+  // the dense matmuls of one layer at their shapes ([B*T, in] x [in, out], weights laid out [in, out] as the model's)
+  const shapes: [number, number][] = [[d, c.heads * c.headDim], [d, c.kvHeads * c.headDim], [d, c.kvHeads * c.headDim], [c.heads * c.headDim, d], [d, c.ffn], [c.ffn, d], ...(c.activation === 'swiglu' ? [[d, c.ffn] as [number, number]] : [])];
+  let mmMs = 0;
+  for (const [i, o] of shapes) {
+    const a = tf.randomNormal([B * T, i]), w = tf.randomNormal([i, o]);
+    mmMs += timeIt(() => { tf.matMul(a, w).dataSync(); }, 5, 1);
+    a.dispose(); w.dispose();
+  }
+  mmMs *= c.layers;
+  const H = c.heads, hd = c.headDim;
+  const q = Float32Array.from({ length: B * H * T * hd }, () => Math.random() - 0.5), k = q.map((v) => v * 0.5), v = q.map((x) => -x);
+  const keyMask = Array.from({ length: B }, () => new Array(T).fill(1));
+  const att = c.layers * timeIt(() => { attentionHost(q, k, v, B, H, T, T, hd, keyMask, 0, 1 / Math.sqrt(hd)); }, 5, 1);
+  model.dispose();
+  const gf = (ms: number) => ((flopsPerToken * B * T) / (ms * 1e6)).toFixed(2);
+  const ratio = (ms: number) => ((flopsPerToken * B * T) / (ms * 1e6) / mm).toFixed(2);
+  console.log(`one batch (${B} x ${T} tokens) on one thread, median of 5:\n`);
+  console.log(table(['part', 'ms per batch', 'GFLOP/s (all forward FLOPs / this time)', 'ratio to one thread\'s matmul rate'], [
+    ['forward alone (captures kept, not read back)', fwd.toFixed(0), gf(fwd), ratio(fwd)],
+    ['forward + captures (readback, float16, bits, checks, statistics)', cap.toFixed(0), gf(cap), ratio(cap)],
+    ['the dense matmuls alone (tf.matMul at the same shapes)', mmMs.toFixed(0), '-', '-'],
+    ['the attention kernel alone (attentionHost, every layer)', att.toFixed(0), '-', '-'],
+    ['forward minus matmuls minus attention (norms, adds, ReLU, copies, head norms)', (fwd - mmMs - att).toFixed(0), '-', '-'],
+  ]));
+  console.log('');
 }

@@ -20,28 +20,49 @@ import { readSync } from '../util/tfx.js';
 
 export interface Moments { n: number; d: number; mean: Float64Array; cov: Float64Array /* [d, d], population */ }
 
-/** Streaming mean and covariance of rows [n, d]. Rows are shifted by the first chunk's mean before the products. */
+/** A shard's (or chunk's) partial moments about a shared shift: row count, Σ (x - shift), Σ (x - shift)(x - shift)ᵀ. */
+export interface MomentPartial { n: number; sum: Float64Array; prod: Float64Array }
+
+/**
+ * Streaming mean and covariance of rows [n, d]. Rows are shifted by the first chunk's mean before the products
+ * (or by a given shift: data-parallel accumulation, where every part uses the same shift and the parts are summed
+ * in a fixed order with addPartial).
+ */
 export class MomentAccumulator {
   private n = 0;
-  private shift: Float32Array | null = null;
+  private shift: Float32Array | null;
   private readonly sum: Float64Array;
   private readonly prod: Float64Array;
-  constructor(readonly d: number) { this.sum = new Float64Array(d); this.prod = new Float64Array(d * d); }
+  constructor(readonly d: number, shift?: Float32Array) { this.sum = new Float64Array(d); this.prod = new Float64Array(d * d); this.shift = shift ?? null; }
+
+  /** The shift the first add() of rows x [n, d] picks: their mean (summed in float64, rounded to float32). */
+  static shiftOf(x: Float32Array, n: number, d: number): Float32Array {
+    const s = new Float64Array(d);
+    for (let r = 0; r < n; r++) for (let j = 0; j < d; j++) s[j]! += x[r * d + j]!;
+    return Float32Array.from(s, (v) => v / n);
+  }
 
   add(x: Float32Array, n: number): void {
     if (n === 0) return;
     const d = this.d;
-    if (!this.shift) {
-      const s = new Float64Array(d);
-      for (let r = 0; r < n; r++) for (let j = 0; j < d; j++) s[j]! += x[r * d + j]!;
-      this.shift = Float32Array.from(s, (v) => v / n);
-    }
+    this.shift ??= MomentAccumulator.shiftOf(x, n, d);
     const shift = this.shift;
     const xs = new Float32Array(n * d);
     for (let r = 0; r < n; r++) for (let j = 0; j < d; j++) { const v = x[r * d + j]! - shift[j]!; xs[r * d + j] = v; this.sum[j]! += v; }
     const p = readSync(() => { const t = tf.tensor2d(xs, [n, d]); return tf.matMul(tf.transpose(t), t); }); // [d, d]
     for (let i = 0; i < p.length; i++) this.prod[i]! += p[i]!;
     this.n += n;
+  }
+
+  /** What this accumulator has summed (about its shift). */
+  partial(): MomentPartial { return { n: this.n, sum: this.sum, prod: this.prod }; }
+
+  /** Add another accumulator's partial sums (made with the same shift). */
+  addPartial(p: MomentPartial): void {
+    if (p.n === 0) return;
+    for (let j = 0; j < this.d; j++) this.sum[j]! += p.sum[j]!;
+    for (let i = 0; i < this.prod.length; i++) this.prod[i]! += p.prod[i]!;
+    this.n += p.n;
   }
 
   finish(): Moments {

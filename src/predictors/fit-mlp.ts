@@ -8,18 +8,18 @@
  *   - trained predictors handed in by the caller (Deja Vu's family), scored the same way.
  * Each predicted candidate is tried under both rules (per-layer threshold, per-token top-k) unless one is fixed.
  */
-import * as tf from '@tensorflow/tfjs-core';
 import type { TrainConfig } from '../config/schemas.js';
 import { iterateLayer, type ActivationsManifest } from '../activations/dataset.js';
-import { readSync } from '../util/tfx.js';
+import { UserError } from '../util/errors.js';
 import { closedFormFits, MomentAccumulator, normalizeByResidual, type LinearFit } from './closed-form.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from './metrics.js';
-import { exactScores, mlpInput, type MlpSite } from './mlp-site.js';
-import { fromHost, predictLogits, swigluScore, disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
-import { labelsFor, type LabelRule } from './labels.js';
+import { mlpInput, type MlpSite } from './mlp-site.js';
+import { disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
+import type { LabelRule } from './labels.js';
+import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, type ExactPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
+export type { MlpInput };
 
 export type MlpFamily = 'dense' | 'exact' | 'closed-form' | 'dejavu';
-export type MlpInput = 'h_mlp' | 'x_attn' | 'x_mlp';
 
 export interface MlpCandidate {
   family: MlpFamily;
@@ -85,91 +85,121 @@ export function mlpCostShare(family: MlpFamily, rank: number, score: 'linear' | 
   return (predictorFlopsOf(family, rank, score, site) + density * dense) / dense;
 }
 
-interface ValRows { h: Float32Array[]; raw: Map<MlpInput, Float32Array[]>; y: Uint8Array[]; n: number[] }
-
-function cat<T extends Float32Array | Uint8Array>(parts: T[], make: (n: number) => T): T {
-  const o = make(parts.reduce((s, p) => s + p.length, 0));
-  let k = 0;
-  for (const p of parts) { o.set(p, k); k += p.length; }
-  return o;
-}
-
 function fitHost(f: LinearFit, d: number, F: number): HostPredictor {
   return { fc1Weight: f.fc1, fc1Bias: new Float32Array(f.r), fc2Weight: f.fc2, fc2Bias: f.fc2Bias, d, r: f.r, out: F, hidden: 'none' };
 }
 
-/** Calibrate a score matrix [n, F] to the target recall under one rule; metrics on the same rows. */
-function calibrate(scores: Float32Array, y: Uint8Array, w: Float32Array | null, n: number, F: number, rule: 'topk' | 'threshold', target: number, weighting: 'count' | 'magnitude'): { rule: SelectionRule; m: Metrics; magnitudeRecall: number; recallAtTrueDensity: number } {
-  const hist = new RankHistogram(F, w !== null);
-  hist.add(scores, y, n, w ?? undefined);
+const sharedHost = (h: HostPredictor): HostPredictor => ({ ...h, fc1Weight: shared(h.fc1Weight), fc1Bias: shared(h.fc1Bias), fc2Weight: shared(h.fc2Weight), fc2Bias: shared(h.fc2Bias) });
+
+/**
+ * Calibrate a score matrix [n, F] to the target recall under one rule; metrics on the same rows. `hist`: the scores'
+ * rank histogram (weighted when `w` is given), shared by both rules; `pos`, `posW`: the positives' scores and weights
+ * in row order.
+ */
+function calibrate(scores: Float32Array, hist: RankHistogram, pos: Float32Array, posW: Float32Array, y: Uint8Array, w: Float32Array | null, F: number, rule: 'topk' | 'threshold', target: number, weighting: 'count' | 'magnitude'): { rule: SelectionRule; m: Metrics; magnitudeRecall: number; recallAtTrueDensity: number } {
   const kTrue = Math.max(1, Math.round(hist.trueDensity() * F));
   const recallAtTrueDensity = hist.recallCurve()[kTrue]!;
   if (rule === 'topk') {
     const k = Math.max(1, weighting === 'magnitude' && w ? hist.kForWeightedRecall(target) : hist.kForRecall(target));
     return { rule: { kind: 'topk', k }, m: hist.metricsAtK(k), magnitudeRecall: w ? hist.weightedRecallAtK(k) : NaN, recallAtTrueDensity };
   }
-  const pos: number[] = [], pw: number[] = [];
-  for (let i = 0; i < scores.length; i++) if (y[i]) { pos.push(scores[i]!); if (w) pw.push(w[i]!); }
-  const value = thresholdForRecall(Float32Array.from(pos), target, weighting === 'magnitude' && w ? Float32Array.from(pw) : undefined);
+  const value = thresholdForRecall(pos, target, weighting === 'magnitude' && w ? posW : undefined);
   const c = new ThresholdCounter(value);
   c.add(scores, y, w ?? undefined);
   return { rule: { kind: 'threshold', value }, m: c.metrics(), magnitudeRecall: w ? c.weightedRecall() : NaN, recallAtTrueDensity };
 }
 
+/** The shift a sequential moment accumulator picks: the mean of h over the layer's first batch with training rows. */
+function firstShift(dir: string, m: ActivationsManifest, site: MlpSite, valEvery: number): Float32Array {
+  for (const b of iterateLayer(dir, m, site.layer, ['x_mlp'])) {
+    const { tr } = splitRows(b.seq, b.rows, valEvery);
+    if (!tr.length) continue;
+    const h = mlpInput(site, b.xMlp, b.rows);
+    return MomentAccumulator.shiftOf(tr.length === b.rows ? h : pickRows(h, tr, site.d), tr.length, site.d);
+  }
+  throw new UserError(`layer ${site.layer}: no training rows (every sequence is in the validation split)`, 'lower validationFraction or collect more tokens');
+}
+
 /**
- * `fineTune`, when given, continues training the chosen closed form (linear score) from its start; the result is
- * recalibrated under the same rule and kept, as one more candidate, when it costs less.
+ * Fit and calibrate one layer's MLP candidates. The data-parallel work runs as jobs on `exec` (a worker pool, or
+ * in-process): one job per shard (moments of h over the training rows, and the validation rows), then fixed chunks
+ * of validation rows (exact scores; each candidate's scores and rank histogram). Parts are combined in job order,
+ * so the result is the same for any worker count. The decompositions and the calibration run here.
+ *
+ * `chunkRows`: validation rows per scoring job (tests use small chunks). `fineTune`, when given, continues
+ * training the chosen closed form (linear score) from its start; the result is recalibrated under the same rule
+ * and kept, as one more candidate, when it costs less.
  */
-export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, site: MlpSite, label: LabelRule, trained: TrainedCandidate[], onRows: (n: number) => void,
-  fineTune?: (start: HostPredictor) => PredictorWeights): MlpChoice {
+export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, site: MlpSite, label: LabelRule, trained: TrainedCandidate[], onRows: (n: number) => void,
+  exec: MlpExec = inlineMlpExec, fineTune?: (start: HostPredictor) => PredictorWeights, chunkRows = CHUNK_ROWS): Promise<MlpChoice> {
   const { d, F, layer } = site;
   const mc = cfg.mlp;
+  const modelDir = cfg.model ?? m.model.dir;
   const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
   const swiglu = site.activation === 'swiglu';
   const families = new Set(mc.families);
-  const rawInputs = [...new Set(trained.map((t) => t.input).filter((i) => i !== 'h_mlp'))];
+  const rawInputs = [...new Set(trained.map((t) => t.input).filter((i) => i !== 'h_mlp'))] as MlpInput[];
   const labelFields = label.kind === 'active' ? ['mlp_active'] : ['mlp_act'];
   const fields = [...new Set(['x_mlp', ...rawInputs, ...labelFields])];
+  const what = `the MLP predictor of layer ${layer}`;
+  const settle = <T>(ps: Promise<T>[]) => { for (const p of ps) p.catch(() => undefined); return ps; }; // awaited in order; a failure surfaces there
 
-  // one streaming pass: moments of h over training rows, validation rows kept (capped)
-  const acc = new MomentAccumulator(d);
-  const val: ValRows = { h: [], raw: new Map(rawInputs.map((i) => [i, []])), y: [], n: [] };
+  // one pass over the shards (a job each): moments of h over training rows, validation rows kept (capped, in order)
+  const shift = firstShift(dir, m, site, valEvery);
+  const shardJobs = settle(Array.from({ length: m.shards }, (_, shard) => exec.run<MomentsPart>(`${what} (moments of shard ${shard})`,
+    { kind: 'mlp-moments', dir, modelDir, layer, shard, label, valEvery, shift, fields, rawInputs })));
+  const acc = new MomentAccumulator(d, shift);
+  const hs: Float32Array[] = [], ys: Uint8Array[] = [], raws = new Map<MlpInput, Float32Array[]>(rawInputs.map((i) => [i, []]));
   let nVal = 0;
-  for (const b of iterateLayer(dir, m, layer, fields)) {
-    const h = mlpInput(site, b.xMlp, b.rows);
-    const y = labelsFor('mlp', label, F, b);
-    const tr: number[] = [], va: number[] = [];
-    for (let r = 0; r < b.rows; r++) (b.seq[r]! % valEvery === valEvery - 1 ? va : tr).push(r);
-    const pick = (src: Float32Array, rows: number[], w: number) => { const o = new Float32Array(rows.length * w); rows.forEach((r, i) => o.set(src.subarray(r * w, (r + 1) * w), i * w)); return o; };
-    acc.add(tr.length === b.rows ? h : pick(h, tr, d), tr.length);
-    const room = Math.min(va.length, mc.maxCalibrationRows - nVal);
+  for (const p of shardJobs) {
+    const part = await p;
+    acc.addPartial(part);
+    const room = Math.min(part.valN, mc.maxCalibrationRows - nVal);
     if (room > 0) {
-      const rows = va.slice(0, room);
-      val.h.push(pick(h, rows, d));
-      for (const i of rawInputs) val.raw.get(i)!.push(pick(i === 'x_attn' ? b.xAttn : b.xMlp, rows, d));
-      const yy = new Uint8Array(rows.length * F);
-      rows.forEach((r, k) => yy.set(y.subarray(r * F, (r + 1) * F), k * F));
-      val.y.push(yy); val.n.push(rows.length); nVal += rows.length;
+      hs.push(part.h.subarray(0, room * d)); ys.push(part.y.subarray(0, room * F));
+      for (const i of rawInputs) raws.get(i)!.push(part.raw[i]!.subarray(0, room * d));
+      nVal += room;
     }
-    onRows(b.rows);
+    onRows(part.rows);
   }
-  const hv = cat(val.h, (n) => new Float32Array(n)), yv = cat(val.y, (n) => new Uint8Array(n));
-  // exact pre-activations of the validation rows: the exact candidate, and each active neuron's magnitude weight
-  const { z: zUp, weights } = exactScores(site, hv, nVal);
+  const hv = shared(concat(hs, (n) => new Float32Array(n))), yv = shared(concat(ys, (n) => new Uint8Array(n)));
+  const chunks: [number, number][] = [];
+  for (let s = 0; s < nVal; s += chunkRows) chunks.push([s, Math.min(nVal, s + chunkRows)]);
+  // exact pre-activations of the validation rows (the exact candidate, and each active neuron's magnitude weight),
+  // in workers while the decompositions run here
+  const zUp = sharedF32(nVal * F), weights = sharedF32(nVal * F);
+  const exactJobs = settle(chunks.map(([start, end]) => exec.run<ExactPart>(`${what} (exact scores of rows ${start}..${end - 1})`, { kind: 'mlp-exact', dir, modelDir, layer, h: hv, start, end, z: zUp, weights })));
 
   const denseFlops = mlpDenseFlops(site);
   const rules: ('topk' | 'threshold')[] = mc.rule === 'auto' ? ['threshold', 'topk'] : [mc.rule];
   type Made = Pick<MlpChoice, 'host' | 'hostUp' | 'input' | 'score'>;
   const cands: (MlpCandidate & { make: () => Made; metrics: Metrics })[] = [];
-  const trueDensity = yv.reduce((s, v) => s + v, 0) / Math.max(1, yv.length);
-  const tryScores = (family: MlpFamily, rank: number, score: 'linear' | 'swiglu', scores: Float32Array, make: () => Made, only = rules) => {
-    for (const rule of only) {
-      const c = calibrate(scores, yv, weights, nVal, F, rule, mc.targetRecall, mc.recallWeighting);
-      cands.push({ family, rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity, recallAtTrueDensity: c.recallAtTrueDensity,
-        flopShare: predictorFlopsOf(family, rank, score, site) / denseFlops, costShare: mlpCostShare(family, rank, score, c.m.predictedDensity, site), make, metrics: c.m });
-    }
-  };
-  const scoreWith = (p: PredictorWeights, x: Float32Array, up?: PredictorWeights) => readSync(() => { const t = tf.tensor2d(x, [nVal, d]); return up ? swigluScore(p, up, t) : predictLogits(p, t); });
+  let trueDensity = 0;
+  for (let i = 0; i < yv.length; i++) trueDensity += yv[i]!;
+  trueDensity /= Math.max(1, yv.length);
+
+  // every predicted candidate: its host weights, the rows it reads, how to score (then calibrated under each rule)
+  interface Scored { family: MlpFamily; rank: number; score: 'linear' | 'swiglu'; host: HostPredictor; hostUp?: HostPredictor; x: Float32Array; make: () => Made; only?: ('topk' | 'threshold')[]; fineTuned?: boolean }
+  const scored: Scored[] = [];
+  if (families.has('closed-form')) {
+    const ranks = resolveRanks(mc.ranks, d);
+    const mom = acc.finish();
+    const norm = (f: LinearFit) => (mc.normalize && !swiglu ? normalizeByResidual(f, F) : f);
+    const ups = closedFormFits(site.up, site.upBias ?? null, F, mom, ranks).map(norm);
+    const gates = swiglu ? closedFormFits(site.gate!, site.gateBias ?? null, F, mom, ranks) : null;
+    ups.forEach((uf, i) => {
+      const gf = gates?.[i];
+      const hostA = fitHost(gf ?? uf, d, F), hostB = gf ? fitHost(uf, d, F) : undefined;
+      scored.push({ family: 'closed-form', rank: uf.r, score: swiglu ? 'swiglu' : 'linear', host: hostA, ...(hostB ? { hostUp: hostB } : {}), x: hv,
+        make: () => ({ host: hostA, ...(hostB ? { hostUp: hostB } : {}), input: 'h_mlp', score: swiglu ? 'swiglu' : 'linear' }) });
+    });
+  }
+  for (const t of trained) {
+    const host = toHost(t.weights);
+    scored.push({ family: 'dejavu', rank: t.rank, score: 'linear', host, x: t.input === 'h_mlp' ? hv : shared(concat(raws.get(t.input)!, (n) => new Float32Array(n))), make: () => ({ host, input: t.input, score: 'linear' }) });
+  }
+
+  for (const p of exactJobs) await p;
 
   if (families.has('dense')) {
     const metrics = { recall: 1, precision: trueDensity, f1: (2 * trueDensity) / (1 + trueDensity), predictedDensity: 1, trueDensity };
@@ -184,26 +214,32 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
       flopShare: predictorFlopsOf('exact', d, 'linear', site) / denseFlops, costShare: mlpCostShare('exact', d, 'linear', met.predictedDensity, site),
       make: () => ({ input: 'h_mlp', score: 'linear' }), metrics: met });
   }
-  if (families.has('closed-form')) {
-    const ranks = resolveRanks(mc.ranks, d);
-    const mom = acc.finish();
-    const norm = (f: LinearFit) => (mc.normalize && !swiglu ? normalizeByResidual(f, F) : f);
-    const ups = closedFormFits(site.up, site.upBias ?? null, F, mom, ranks).map(norm);
-    const gates = swiglu ? closedFormFits(site.gate!, site.gateBias ?? null, F, mom, ranks) : null;
-    ups.forEach((uf, i) => {
-      const gf = gates?.[i];
-      const hostA = fitHost(gf ?? uf, d, F), hostB = gf ? fitHost(uf, d, F) : undefined;
-      const pa = fromHost(hostA), pb = hostB ? fromHost(hostB) : undefined;
-      try {
-        const scores = scoreWith(pa, hv, pb);
-        tryScores('closed-form', uf.r, swiglu ? 'swiglu' : 'linear', scores, () => ({ host: hostA, ...(hostB ? { hostUp: hostB } : {}), input: 'h_mlp', score: swiglu ? 'swiglu' : 'linear' }));
-      } finally { disposePredictor(pa); if (pb) disposePredictor(pb); }
-    });
-  }
-  for (const t of trained) {
-    const x = t.input === 'h_mlp' ? hv : cat(val.raw.get(t.input)!, (n) => new Float32Array(n));
-    const host = toHost(t.weights);
-    tryScores('dejavu', t.rank, 'linear', scoreWith(t.weights, x), () => ({ host, input: t.input, score: 'linear' }));
+
+  // score the candidates chunk by chunk on `exec` (the next candidate's jobs queued before this one is calibrated)
+  const launch = (s: Scored) => {
+    const host = sharedHost(s.host), hostUp = s.hostUp ? sharedHost(s.hostUp) : undefined;
+    const scores = sharedF32(nVal * F);
+    return { scores, jobs: settle(chunks.map(([start, end]) => exec.run<ScorePart>(`${what} (${s.family} r ${s.rank} scores of rows ${start}..${end - 1})`,
+      { kind: 'mlp-score', x: s.x, y: yv, w: weights, start, end, host, ...(hostUp ? { hostUp } : {}), scores }))) };
+  };
+  const calibrateScored = async (s: Scored, { scores, jobs }: ReturnType<typeof launch>) => {
+    const hist = new RankHistogram(F, true);
+    const parts: ScorePart[] = [];
+    for (const p of jobs) { const r = await p; hist.merge(r); parts.push(r); }
+    const pos = concat(parts.map((r) => r.pos), (n) => new Float32Array(n)), posW = concat(parts.map((r) => r.posW), (n) => new Float32Array(n));
+    const n0 = cands.length;
+    for (const rule of s.only ?? rules) {
+      const c = calibrate(scores, hist, pos, posW, yv, weights, F, rule, mc.targetRecall, mc.recallWeighting);
+      cands.push({ family: s.family, rank: s.rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity, recallAtTrueDensity: c.recallAtTrueDensity,
+        flopShare: predictorFlopsOf(s.family, s.rank, s.score, site) / denseFlops, costShare: mlpCostShare(s.family, s.rank, s.score, c.m.predictedDensity, site), make: s.make, metrics: c.m });
+    }
+    if (s.fineTuned) for (const c of cands.slice(n0)) c.fineTuned = true;
+  };
+  let next = scored.length ? launch(scored[0]!) : null;
+  for (let i = 0; i < scored.length; i++) {
+    const cur = next!;
+    if (i + 1 < scored.length) next = launch(scored[i + 1]!);
+    await calibrateScored(scored[i]!, cur);
   }
   if (!cands.length) throw new Error(`layer ${layer}: no MLP candidate (families ${[...families].join(', ')})`);
   const cheapest = () => cands.reduce((b, c) => (c.costShare < b.costShare - 1e-12 ? c : b), cands[0]!);
@@ -212,12 +248,10 @@ export function fitMlpSite(dir: string, m: ActivationsManifest, cfg: TrainConfig
     // start from the normalized scores times 1.7 (a z-score as a logistic logit), a monotone change the rule absorbs
     const h0 = best.make().host!;
     const tuned = fineTune({ ...h0, fc2Weight: h0.fc2Weight.map((v) => v * 1.7), fc2Bias: h0.fc2Bias.map((v) => v * 1.7) });
-    try {
-      const host = toHost(tuned);
-      const n0 = cands.length;
-      tryScores('closed-form', best.rank, 'linear', scoreWith(tuned, hv), () => ({ host, input: 'h_mlp', score: 'linear' }), [best.rule!.kind as 'topk' | 'threshold']);
-      for (const c of cands.slice(n0)) c.fineTuned = true;
-    } finally { disposePredictor(tuned); }
+    let host: HostPredictor;
+    try { host = toHost(tuned); } finally { disposePredictor(tuned); }
+    const s: Scored = { family: 'closed-form', rank: best.rank, score: 'linear', host, x: hv, make: () => ({ host, input: 'h_mlp', score: 'linear' }), only: [best.rule!.kind as 'topk' | 'threshold'], fineTuned: true };
+    await calibrateScored(s, launch(s));
     best = cheapest();
   }
   return {

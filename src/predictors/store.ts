@@ -55,7 +55,8 @@ export interface PredictorsManifest {
   config: unknown;
   activations: { dir: string; manifestSha256: string; tokens: number };
   model: { fingerprint: Fingerprint; config: ModelConfig };
-  training: { seconds: number; workers: number; samplesPerSecond: number };
+  /** jobsPerWorker: jobs each worker thread finished; mainThreadJobs: MLP-fit jobs this thread ran while they started (both absent in-process) */
+  training: { seconds: number; workers: number; samplesPerSecond: number; jobsPerWorker?: number[]; mainThreadJobs?: number };
   layers: { layer: number; file: string; seconds: number; mlp?: PredictorEntry; heads?: PredictorEntry }[];
 }
 

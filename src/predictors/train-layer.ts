@@ -15,6 +15,7 @@ import { disposeAdam, disposePredictor, fromHost, initPredictor, newAdam, predic
 import { labelsFor, type LabelRule } from './labels.js';
 import { fitMlpSite, resolveRanks, type MlpCandidate, type MlpChoice, type MlpFamily, type TrainedCandidate } from './fit-mlp.js';
 import { mlpInput, readMlpSite } from './mlp-site.js';
+import { inlineMlpExec, type MlpExec } from './mlp-jobs.js';
 export { labelsFor, type LabelRule };
 
 export interface PredictorResult {
@@ -192,9 +193,12 @@ export function resolveLabel(cfg: TrainConfig, activation: string): LabelRule {
   return { kind: k, value: cfg.mlp.label.value };
 }
 
-/** `sites`: which of the layer's predictors to make (train-predictors runs a layer's MLP and heads as separate jobs) */
-export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig, layer: number, onProgress: (samples: number) => void = () => undefined,
-  sites: { mlp?: boolean; heads?: boolean } = { mlp: true, heads: true }): LayerResult {
+/**
+ * `sites`: which of the layer's predictors to make (train-predictors runs a layer's MLP and heads separately);
+ * `exec`: where the MLP fit's data-parallel jobs run (a worker pool, or in this thread).
+ */
+export async function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig, layer: number, onProgress: (samples: number) => void = () => undefined,
+  sites: { mlp?: boolean; heads?: boolean } = { mlp: true, heads: true }, exec: MlpExec = inlineMlpExec): Promise<LayerResult> {
   const t0 = Date.now();
   const log: Record<string, unknown>[] = [];
   const push = (e: Record<string, unknown>) => log.push({ layer, ...e, t: (Date.now() - t0) / 1000 });
@@ -231,7 +235,7 @@ export function trainLayer(dir: string, m: ActivationsManifest, cfg: TrainConfig
       // fine-tune of the chosen closed form: Deja Vu's weighted BCE from the closed-form start, on h (mlp.fineTune)
       const fineTune = cfg.mlp.fineTune.epochs > 0 ? (host: HostPredictor) => trainSite(dir, m, cfg, mlpSpec('h_mlp', host.r, 'none'), layer, host.r,
         cfg.seed * 1000 + layer * 2, push, tick, { init: host, epochs: cfg.mlp.fineTune.epochs, lr: cfg.mlp.fineTune.lr }) : undefined;
-      choice = fitMlpSite(dir, m, cfg, site, label, trained, tick, fineTune && ((h) => { const r = fineTune(h); epochs = r.epochs; return r.p; }));
+      choice = await fitMlpSite(dir, m, cfg, site, label, trained, tick, exec, fineTune && ((h: HostPredictor) => { const r = fineTune(h); epochs = r.epochs; return r.p; }));
     } finally {
       for (const t of trained) disposePredictor(t.weights);
     }

@@ -11,6 +11,7 @@ import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
+import { runMlpJob, type MlpExec, type MlpJob } from '../predictors/mlp-jobs.js';
 import { candidateTable, ruleText } from '../predictors/fit-mlp.js';
 import { isUserError, UserError } from '../util/errors.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
@@ -22,38 +23,77 @@ import { getBackend } from '../backend.js';
 import { assertFinitePredictor, checkMetrics } from '../predictors/finite.js';
 
 /**
- * Every layer's MLP predictor and head predictor are separate jobs (heads first: they train, the MLP fit is closed
- * form), dealt to worker threads (one tfjs each) or run in-process with one worker; a layer's two results are merged
- * in a fixed order, so the predictors do not depend on the worker count.
+ * Every layer's head predictor is a job (it trains); every layer's MLP fit runs here, its data-parallel pieces (a
+ * shard's moments, a chunk of validation rows' scores: src/predictors/mlp-jobs.ts) dealt to the same worker threads
+ * (one tfjs each), or everything in-process with one worker. Jobs are cut the same way for any worker count and
+ * their results combined in a fixed order, so the predictors do not depend on the worker count.
  */
-async function trainInWorkers(dir: string, cfg: TrainConfig, layers: number[], nWorkers: number, onSamples: (n: number) => void): Promise<{ results: LayerResult[]; workers: number }> {
-  const sites = [...(cfg.heads.enabled ? ['heads' as const] : []), ...(cfg.mlp.enabled ? ['mlp' as const] : [])];
-  const jobs = sites.flatMap((site) => layers.map((layer) => ({ layer, site })));
-  const n = Math.max(1, Math.min(nWorkers, jobs.length));
-  let parts: LayerResult[];
-  if (n <= 1) {
-    const m = readManifest(dir);
-    parts = [];
-    for (const j of jobs) { parts.push(trainLayer(dir, m, cfg, j.layer, onSamples, { [j.site]: true })); await new Promise((r) => setImmediate(r)); }
+async function trainInWorkers(dir: string, cfg: TrainConfig, layers: number[], pool: WorkerPool | null, onSamples: (n: number) => void): Promise<{ results: LayerResult[]; mainJobs: number }> {
+  const m = readManifest(dir);
+  const heads = cfg.heads.enabled ? layers : [], mlp = cfg.mlp.enabled ? layers : [];
+  let headParts: LayerResult[], mlpParts: LayerResult[], mainJobs = [0];
+  if (!pool) {
+    headParts = [];
+    for (const layer of heads) { headParts.push(await trainLayer(dir, m, cfg, layer, onSamples, { heads: true })); await new Promise((r) => setImmediate(r)); }
+    mlpParts = [];
+    for (const layer of mlp) mlpParts.push(await trainLayer(dir, m, cfg, layer, onSamples, { mlp: true }));
   } else {
-    const pool = new WorkerPool(stageWorkerScript(), n, { backend: getBackend() ?? 'wasm', model: null }, 'train worker');
-    try {
-      const ps = jobs.map((j) => pool.run<LayerResult>(`the ${j.site === 'mlp' ? 'MLP' : 'head'} predictor of layer ${j.layer}`, { kind: 'train', dir, cfg, layer: j.layer, site: j.site }, { onProgress: (v) => onSamples(v as number) }));
-      for (const p of ps) p.catch(() => undefined);
-      parts = [];
-      for (const p of ps) parts.push(await p);
-    } finally {
-      await pool.close();
+    // head jobs first (they train longest); the MLP fits queue their pieces behind them, two layers at a time
+    const hs = heads.map((layer) => pool.run<LayerResult>(`the head predictor of layer ${layer}`, { kind: 'train', dir, cfg, layer, site: 'heads' }, { onProgress: (v) => onSamples(v as number) }));
+    for (const p of hs) p.catch(() => undefined);
+    const exec = helpedExec(pool);
+    mainJobs = exec.done;
+    const ms: Promise<LayerResult>[] = [];
+    for (const [i, layer] of mlp.entries()) {
+      // at most two layers' fits in flight (each holds its validation rows and scores); a failure stops the later ones
+      const after = i >= 2 ? ms[i - 2]!.then(() => undefined) : Promise.resolve();
+      const p = after.then(() => trainLayer(dir, m, cfg, layer, onSamples, { mlp: true }, exec));
+      p.catch(() => undefined);
+      ms.push(p);
     }
+    headParts = []; mlpParts = [];
+    for (const p of hs) headParts.push(await p);
+    for (const p of ms) mlpParts.push(await p);
   }
   const results = layers.map((layer) => {
-    const mine = parts.filter((_, i) => jobs[i]!.layer === layer);
-    const mlp = mine.find((r) => r.mlp)?.mlp, heads = mine.find((r) => r.heads)?.heads;
+    const mr = mlpParts[mlp.indexOf(layer)], hr = headParts[heads.indexOf(layer)];
+    const mine = [mr, hr].filter((r): r is LayerResult => !!r);
     const seconds = mine.reduce((s, r) => s + r.seconds, 0), samples = mine.reduce((s, r) => s + (r.samples ?? 0), 0);
-    const log = [...(mine.find((r) => r.mlp)?.log ?? []), ...(mine.find((r) => r.heads)?.log ?? [])];
-    return { layer, ...(mlp ? { mlp } : {}), ...(heads ? { heads } : {}), log, seconds, samples, samplesPerSecond: samples / Math.max(1e-3, seconds) } as LayerResult;
+    const log = [...(mr?.log ?? []), ...(hr?.log ?? [])];
+    return { layer, ...(mr?.mlp ? { mlp: mr.mlp } : {}), ...(hr?.heads ? { heads: hr.heads } : {}), log, seconds, samples, samplesPerSecond: samples / Math.max(1e-3, seconds) } as LayerResult;
   });
-  return { results, workers: n };
+  return { results, mainJobs: mainJobs[0]! };
+}
+
+/**
+ * The MLP fit's jobs on the pool. While the workers are still starting (loading their modules and backend: 0.2-0.8 s
+ * for two on two cores), one job per worker is queued there and this thread runs the others itself (the same
+ * functions on the same backend give the same results); once they are up, every job goes to the pool's queue, so the
+ * workers stay busy while this thread decomposes and calibrates. `done[0]` counts this thread's jobs.
+ */
+function helpedExec(pool: WorkerPool): MlpExec & { done: number[] } {
+  let ready = false;
+  pool.ready().then(() => { ready = true; }, () => { ready = true; });
+  const queue: { label: string; job: MlpJob; resolve: (r: unknown) => void; reject: (e: unknown) => void }[] = [];
+  let inflight = 0, helping = false;
+  const done = [0];
+  const pump = () => {
+    while (queue.length && (ready || inflight < pool.size)) {
+      const t = queue.shift()!;
+      inflight++;
+      pool.run(t.label, t.job).then(t.resolve, t.reject).finally(() => { inflight--; pump(); });
+    }
+    if (!ready && queue.length && !helping) {
+      helping = true;
+      setImmediate(() => {
+        helping = false;
+        const t = ready ? undefined : queue.shift();
+        if (t) { try { t.resolve(runMlpJob(t.job)); done[0]!++; } catch (e) { t.reject(e); } }
+        pump();
+      });
+    }
+  };
+  return { done, run: <R>(label: string, job: MlpJob) => new Promise<R>((resolve, reject) => { queue.push({ label, job, resolve: resolve as (r: unknown) => void, reject }); pump(); }) };
 }
 
 export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
@@ -79,6 +119,10 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     deps.log(`train-predictors: ${cfg.out} is complete and current; nothing to do`);
     return summarize(cfg.out, current);
   }
+  // worker start-up (backend) overlaps the dataset checks; the MLP fit has pieces for every worker
+  const nWorkers = cfg.workers || defaultWorkers();
+  const poolSize = Math.min(nWorkers, cfg.mlp.enabled ? Infinity : cfg.heads.enabled ? layers.length : 0);
+  const pool = poolSize > 1 ? new WorkerPool(stageWorkerScript(), poolSize, { backend: getBackend() ?? 'wasm', model: null }, 'train worker') : null;
   try {
     verifyDataset(cfg.activations, m, layers);
     // the MLP predictors are fitted to the checkpoint's own first projection and norm
@@ -91,8 +135,7 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
       if (!sameFingerprint(fp, m.model.fingerprint)) throw new UserError(`checkpoint ${modelDir} is not the one the activations in ${cfg.activations} were collected from`, 'pass --model with that checkpoint');
     }
     cfg = { ...cfg, model: modelDir };
-  } catch (e) { w.abort(); throw e; }
-  const nWorkers = cfg.workers || defaultWorkers();
+  } catch (e) { w.abort(); await pool?.close(); throw e; }
   const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
   // progress in rows read: the MLP fit reads each row once (plus the epochs of a Deja Vu candidate), heads train for epochs
   const trainRowsCapped = Math.min(trainRows, cfg.maxSamples ?? Infinity);
@@ -100,15 +143,19 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   const bar = deps.progress('train', perLayer * layers.length, 'samples');
   let done = 0;
   deps.log(`train-predictors: ${layers.length} layer(s) on up to ${nWorkers} worker(s), ${m.tokens} tokens (${Math.round(cfg.validationFraction * 100)}% of sequences held for validation)`);
-  let results: LayerResult[], usedWorkers: number;
+  let results: LayerResult[], mainJobs = 0;
+  const usedWorkers = pool ? pool.size : 1;
+  let jobsPerWorker: number[] | undefined;
   const tTrain = Date.now();
   try {
-    ({ results, workers: usedWorkers } = await trainInWorkers(cfg.activations, cfg, layers, nWorkers, (n) => { done += n; bar.update(Math.min(done, perLayer * layers.length)); }));
+    ({ results, mainJobs } = await trainInWorkers(cfg.activations, cfg, layers, pool, (n) => { done += n; bar.update(Math.min(done, perLayer * layers.length)); }));
   } catch (e) {
     w.abort();
     throw e;
   } finally {
     bar.stop();
+    jobsPerWorker = pool?.jobsPerWorker();
+    await pool?.close();
   }
   const tWall = Date.now();
   // a diverged run (NaN/Inf weights) is an error, never a folder of predictors with perfect-looking metrics
@@ -125,7 +172,7 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     formatVersion: PREDICTORS_FORMAT_VERSION, kind: 'dejavu-predictors', toolVersion: VERSION, identity,
     config: cfg, activations: { dir: cfg.activations, manifestSha256: manifestHash, tokens: m.tokens }, model: { fingerprint: m.model.fingerprint, config: m.model.config },
     // samples: rows read (MLP fit: each training row once, plus calibration; heads: rows x epochs), over wall time
-    training: { seconds, workers: usedWorkers, samplesPerSecond: results.reduce((s, r) => s + (r.samples ?? 0), 0) / Math.max(1e-3, (tWall - tTrain) / 1000) },
+    training: { seconds, workers: usedWorkers, samplesPerSecond: results.reduce((s, r) => s + (r.samples ?? 0), 0) / Math.max(1e-3, (tWall - tTrain) / 1000), ...(jobsPerWorker ? { jobsPerWorker, mainThreadJobs: mainJobs } : {}) },
     layers: [],
   };
   await writeOutput(w, cfg.out, (tmp) => writePredictors(tmp, manifest, results));

@@ -1,26 +1,39 @@
 /**
  * The stages' worker thread: one tfjs (wasm: single-threaded under Node) per worker, serving jobs from a
- * WorkerPool (src/util/pool.ts): a collection batch, one site of a layer's predictor training, an evaluation
+ * WorkerPool (src/util/pool.ts): a collection batch, a layer's head predictor, a piece of a layer's MLP fit, an evaluation
  * recall pass or perplexity batch. The model (host weights shared with the parent when it sends them), manifests
  * and predictors are loaded once per worker.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { ensureBackend, type BackendPreference } from '../backend.js';
-import { readManifest, type ActivationsManifest } from '../activations/dataset.js';
-import { captureBatch, type CaptureSpec } from '../activations/capture.js';
+import type { ActivationsManifest } from '../activations/dataset.js';
+import type { CaptureSpec } from '../activations/capture.js';
 import type { TrainConfig } from '../config/schemas.js';
-import { loadModel, type HostWeights, type Model } from '../model/model.js';
-import { loadPredictors, type LoadedPredictors } from '../predictors/hooks.js';
-import { trainLayer } from '../predictors/train-layer.js';
-import { nllJob } from '../eval/jobs.js';
+import type { HostWeights, Model } from '../model/model.js';
+import type { LoadedPredictors } from '../predictors/hooks.js';
+import type { MlpJob } from '../predictors/mlp-jobs.js';
 import { isUserError } from '../util/errors.js';
 import { serveJobs } from '../util/pool.js';
-import { recallJob, type EvalJob } from './evaluate.js';
+import type { EvalJob } from './evaluate.js';
+
+// each job kind's modules are imported on its first job (or at start-up, for the model's): a worker of one stage
+// does not load the others' (start-up measured 700-850 ms for two workers on two cores with every module loaded)
+const mods = {
+  dataset: () => import('../activations/dataset.js'),
+  capture: () => import('../activations/capture.js'),
+  model: () => import('../model/model.js'),
+  hooks: () => import('../predictors/hooks.js'),
+  trainLayer: () => import('../predictors/train-layer.js'),
+  mlpJobs: () => import('../predictors/mlp-jobs.js'),
+  evalJobs: () => import('../eval/jobs.js'),
+  evaluate: () => import('./evaluate.js'),
+};
 
 interface Init { backend: BackendPreference; workerIndex: number; model?: { dir: string; host?: HostWeights } | null }
 type Job =
   | { kind: 'collect'; seqs: number[][]; firstSeq: number; spec: CaptureSpec }
   | { kind: 'train'; dir: string; cfg: TrainConfig; layer: number; site: 'mlp' | 'heads' }
+  | MlpJob
   | EvalJob;
 
 const init = workerData as Init;
@@ -28,25 +41,28 @@ let model: Model | null = null;
 const manifests = new Map<string, ActivationsManifest>();
 const predictors = new Map<string, LoadedPredictors>();
 
-function theModel(): Model {
+async function theModel(): Promise<Model> {
   if (!init.model) throw new Error('this worker was started without a model');
+  const { loadModel } = await mods.model();
   model ??= loadModel(init.model.dir, init.model.host ? { host: init.model.host } : {});
   return model;
 }
-const manifest = (dir: string) => { if (!manifests.has(dir)) manifests.set(dir, readManifest(dir)); return manifests.get(dir)!; };
-const preds = (dir: string) => { if (!predictors.has(dir)) predictors.set(dir, loadPredictors(dir)); return predictors.get(dir)!; };
+const manifest = async (dir: string) => { if (!manifests.has(dir)) manifests.set(dir, (await mods.dataset()).readManifest(dir)); return manifests.get(dir)!; };
+const preds = async (dir: string) => { if (!predictors.has(dir)) predictors.set(dir, (await mods.hooks()).loadPredictors(dir)); return predictors.get(dir)!; };
 
 serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
   switch (job.kind) {
-    case 'collect': return captureBatch(theModel(), job.seqs, job.firstSeq, job.spec);
+    case 'collect': return (await mods.capture()).captureBatch(await theModel(), job.seqs, job.firstSeq, job.spec);
     case 'train': {
       let pending = 0;
-      return trainLayer(job.dir, manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } }, { [job.site]: true });
+      return (await mods.trainLayer()).trainLayer(job.dir, await manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } }, { [job.site]: true });
     }
-    case 'recall': return recallJob(job, manifest(job.activations), preds(job.predictors));
-    case 'nll': return nllJob(theModel(), preds(job.predictors), job.seqs, job.hooks);
+    case 'mlp-moments': case 'mlp-exact': case 'mlp-score': return (await mods.mlpJobs()).runMlpJob(job);
+    case 'recall': return (await mods.evaluate()).recallJob(job, await manifest(job.activations), await preds(job.predictors));
+    case 'nll': return (await mods.evalJobs()).nllJob(await theModel(), await preds(job.predictors), job.seqs, job.hooks);
   }
 }, isUserError, async () => {
   await ensureBackend(init.backend === 'tensorflow' ? 'tensorflow' : init.backend === 'cpu' ? 'cpu' : 'wasm');
-  if (init.model) theModel();
+  // the first job's modules now: a collection's batches are timed from the first; a train pool (no model) fits MLPs
+  if (init.model) { await theModel(); await mods.capture(); } else await mods.mlpJobs();
 });

@@ -15,7 +15,7 @@ export function defaultWorkers(): number {
 }
 
 interface Pending { id: number; label: string; job: unknown; transfer: ArrayBuffer[]; onProgress: ((v: unknown) => void) | undefined; resolve: (r: unknown) => void; reject: (e: Error) => void }
-interface Slot { index: number; worker: Worker; threadId: number; busy: Pending | null; dead: boolean }
+interface Slot { index: number; worker: Worker; threadId: number; busy: Pending | null; dead: boolean; done: number }
 
 export interface WorkerMessage { id: number; type: 'ready' | 'progress' | 'done' | 'error'; value?: unknown; result?: unknown; user?: boolean; message?: string; hint?: string; stack?: string }
 
@@ -43,7 +43,7 @@ export class WorkerPool {
   constructor(script: string, readonly size: number, workerData: unknown, private readonly what = 'worker') {
     for (let i = 0; i < size; i++) {
       const worker = new Worker(script, { workerData: { ...(workerData as object), workerIndex: i }, execArgv: workerExecArgv() });
-      const slot: Slot = { index: i, worker, threadId: worker.threadId, busy: null, dead: false };
+      const slot: Slot = { index: i, worker, threadId: worker.threadId, busy: null, dead: false, done: 0 };
       worker.on('message', (m: WorkerMessage) => this.onMessage(slot, m));
       worker.on('error', (e) => this.onDeath(slot, `crashed: ${e.message}`));
       worker.on('exit', (code) => { if (!this.closing || slot.busy) this.onDeath(slot, `exited unexpectedly (exit code ${code})`); });
@@ -87,6 +87,7 @@ export class WorkerPool {
     if (!p || p.id !== m.id) return;
     if (m.type === 'progress') { p.onProgress?.(m.value); return; }
     slot.busy = null;
+    slot.done++;
     if (m.type === 'done') p.resolve(m.result);
     else {
       const e = m.user ? new UserError(m.message!, m.hint) : Object.assign(new Error(`${this.name(slot)}, ${p.label}: ${m.message}`), { stack: m.stack });
@@ -105,6 +106,9 @@ export class WorkerPool {
     slot.busy = null;
     for (const v of victims) v.reject(this.failure);
   }
+
+  /** How many jobs each worker has finished (which worker ran what is up to the pool: never part of a result). */
+  jobsPerWorker(): number[] { return this.slots.map((s) => s.done); }
 
   /** Terminate every worker (after the jobs the caller awaited). */
   async close(): Promise<void> {
