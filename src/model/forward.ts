@@ -130,7 +130,8 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
   const captured: ForwardOutput['captured'] = {};
   const keepCap = (kind: CaptureKind, i: number, t: tf.Tensor | undefined) => {
     if (!cap[kind] || !wantLayer(i) || !t) return;
-    (captured[kind] ??= new Array(c.layers).fill(undefined))[i] = tf.keep(tf.clone(t));
+    // xAttn is the loop's residual, disposed by the loop later: a copy; the others are made inside the layer's tidy
+    (captured[kind] ??= new Array(c.layers).fill(undefined))[i] = tf.keep(kind === 'xAttn' ? tf.clone(t) : t);
   };
   const attendK = ATTEND[model.attention];
   const prep = prepare(model, ids, opts);
