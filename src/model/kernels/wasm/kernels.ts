@@ -13,8 +13,8 @@ export interface WasmExports {
   gather_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
   gather_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
   gather_axpy_all(W: number, rows: number, k: number, a: number, d: number, out: number): void;
-  gather4_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
-  gather4_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
+  gather8_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
+  gather8_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
 }
 
 /** rows x d float32 matrix living in an arena */
@@ -155,12 +155,12 @@ function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array |
   f32.set(v, vOff >> 2);
   if (outInit) f32.set(out, outOff >> 2); else f32.fill(0, outOff >> 2, (outOff >> 2) + outLen);
   // every row, or runs of consecutive rows (a head's block): the streaming kernels (one row at a time; sequential rows
-  // prefetch well, and four neighbouring rows at once measured 3x slower); scattered rows (MLP neurons): the four-row
-  // kernels (four row starts miss the cache together: 1.2-1.3x faster on scattered rows, bench:decode)
+  // prefetch well, and four neighbouring rows at once measured 3x slower); scattered rows (MLP neurons): the eight-row
+  // kernels (eight row starts miss the cache together: 1.5-2x faster on scattered rows, bench:decode)
   const scattered = idx !== null && k >= 4 && !(idx[1] === idx[0]! + 1 && idx[2] === idx[1]! + 1 && idx[3] === idx[2]! + 1);
-  if (kind === 'matvec') (scattered ? ex.gather4_matvec : ex.gather_matvec)(W.off, rowsOff, k, vOff, d, outOff);
+  if (kind === 'matvec') (scattered ? ex.gather8_matvec : ex.gather_matvec)(W.off, rowsOff, k, vOff, d, outOff);
   else if (kind === 'axpy') ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
-  else (scattered ? ex.gather4_axpy : ex.gather_axpy_all)(W.off, rowsOff, k, vOff, d, outOff);
+  else (scattered ? ex.gather8_axpy : ex.gather_axpy_all)(W.off, rowsOff, k, vOff, d, outOff);
   out.set(W.arena.views().f32.subarray(outOff >> 2, (outOff >> 2) + outLen));
 }
 
