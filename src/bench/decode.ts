@@ -21,7 +21,7 @@ import { opt13bConfig, table } from './common.js';
 import { writeRandomOpt } from './opt-checkpoint.js';
 
 const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
-const STEPS = Number(process.env.BENCH_STEPS ?? 48);
+const STEPS = Number(process.env.BENCH_STEPS ?? 128);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
 
