@@ -41,10 +41,19 @@ export interface DecodeWeights {
  * lays them out ([in, out]), or undefined when the model has none.
  */
 export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shape: number[]; data: Float32Array } | undefined): DecodeWeights {
-  const arena = createArena();
+  // one WebAssembly memory holds at most ~3.5 GiB: a larger model gets another arena when one is full
+  const arenas = [createArena()];
   const kinds = new Set<RowKernel>();
   const need = (n: string) => { const t = get(n); if (!t) throw new Error(`decode weights: no ${n}`); return t; };
-  const mat = (data: Float32Array, n: number, d: number) => { const m = rowMatrix(data, n, d, arena); kinds.add(m.kernel); return m; };
+  const mat = (data: Float32Array, n: number, d: number) => {
+    let m = rowMatrix(data, n, d, arenas[arenas.length - 1]!);
+    if (m.kernel === 'js' && d % 8 === 0 && arenas[0] && data.byteLength < 3 * 2 ** 30) {
+      const fresh = createArena();
+      if (fresh) { arenas.push(fresh); m = rowMatrix(data, n, d, fresh); }
+    }
+    kinds.add(m.kernel);
+    return m;
+  };
   /** an [in, out] matrix as `out` rows of length `in` */
   const outRows = (n: string) => { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(transpose2d(t.data, i, o), o, i); };
   /** an [in, out] matrix as `in` rows of length `out` (for axpy) */
@@ -71,6 +80,6 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shap
     projOut: get('projOut') ? inRows('projOut') : undefined,
     finalNorm: get('finalNorm.g') ? norm('finalNorm') : undefined,
     lmHead,
-    dispose: () => arena?.dispose(),
+    dispose: () => { for (const a of arenas) a?.dispose(); },
   };
 }

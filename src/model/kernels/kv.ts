@@ -6,7 +6,7 @@
  * Hand-written because the attention loops in plain JS took a third of a d 256 decode step (cpu profile of
  * bench:decode), ~10x the SIMD kernels' time.
  */
-import { createArena, type WasmArena } from './wasm/kernels.js';
+import { align, createArena, type WasmArena } from './wasm/kernels.js';
 import type { RowKernel } from './rows.js';
 
 export interface KvStore {
@@ -114,7 +114,7 @@ class SimdKv implements KvStore {
     const { headDim: hd, heads: H, kvHeads: KV } = this.dims, rep = H / KV;
     const ex = this.arena.exports(), buf = ex.memory.buffer;
     const kOff = this.off[r]![i]!, vOff = kOff + this.cap[r]! * this.W * 4;
-    const rowsOff = this.scratch, pOff = rowsOff + 4 * this.scratchCap, qOff = (pOff + 4 * this.scratchCap + 15) & ~15, cOff = qOff + 4 * H * hd;
+    const rowsOff = this.scratch, pOff = rowsOff + 4 * this.scratchCap, qOff = align(pOff + 4 * this.scratchCap, 16), cOff = qOff + 4 * H * hd;
     const rows = new Int32Array(buf, rowsOff, this.scratchCap), p = new Float32Array(buf, pOff, this.scratchCap);
     new Float32Array(buf, qOff, heads.length * hd).set(q.subarray(0, heads.length * hd));
     const c = new Float32Array(buf, cOff, heads.length * hd);

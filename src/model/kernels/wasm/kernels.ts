@@ -21,6 +21,8 @@ export interface WasmExports {
 export interface WasmRows { arena: WasmArena; off: number; rows: number; d: number }
 
 const PAGE = 65536;
+/** x rounded up to a multiple of a (plain arithmetic: byte offsets pass 2^31, where JS bit operations turn negative) */
+export function align(x: number, a: number): number { return Math.ceil(x / a) * a; }
 const MAX_BYTES = 3.5 * 2 ** 30;
 let compiled: object | null | undefined;
 let live = 0; // bytes of WebAssembly memory held by arenas not yet disposed
@@ -57,7 +59,7 @@ export class WasmArena {
 
   alloc(bytes: number): number | null {
     const e = this.exports();
-    const off = (this.top + 63) & ~63;
+    const off = align(this.top, 64);
     const end = off + bytes;
     if (end > MAX_BYTES) return null;
     const have = e.memory.buffer.byteLength;
@@ -87,7 +89,7 @@ export class WasmArena {
       const off = this.alloc(4 * n);
       if (off === null) throw new Error('wasm kernel arena is full');
       const { i32 } = this.views();
-      for (let i = 0; i < n; i++) i32[(off >> 2) + i] = i;
+      for (let i = 0; i < n; i++) i32[(off / 4) + i] = i;
       this.allOff = off; this.allN = n;
     }
     return this.allOff;
@@ -149,11 +151,11 @@ function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array |
   const all = idx ? 0 : W.arena.allRows(W.rows);
   const base = W.arena.scratchFor(4 * (k + vLen + outLen) + 64);
   const ex = W.arena.exports();
-  const rowsOff = idx ? base : all, vOff = (base + 4 * k + 15) & ~15, outOff = (vOff + 4 * vLen + 15) & ~15;
+  const rowsOff = idx ? base : all, vOff = align(base + 4 * k, 16), outOff = align(vOff + 4 * vLen, 16);
   const { f32, i32 } = W.arena.views();
-  if (idx) i32.set(idx, rowsOff >> 2);
-  f32.set(v, vOff >> 2);
-  if (outInit) f32.set(out, outOff >> 2); else f32.fill(0, outOff >> 2, (outOff >> 2) + outLen);
+  if (idx) i32.set(idx, rowsOff / 4);
+  f32.set(v, vOff / 4);
+  if (outInit) f32.set(out, outOff / 4); else f32.fill(0, outOff / 4, (outOff / 4) + outLen);
   // every row, or runs of consecutive rows (a head's block): the streaming kernels (one row at a time; sequential rows
   // prefetch well, and four neighbouring rows at once measured 3x slower); scattered rows (MLP neurons): the eight-row
   // kernels (eight row starts miss the cache together: 1.5-2x faster on scattered rows, bench:decode)
@@ -161,7 +163,7 @@ function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array |
   if (kind === 'matvec') (scattered ? ex.gather8_matvec : ex.gather_matvec)(W.off, rowsOff, k, vOff, d, outOff);
   else if (kind === 'axpy') ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
   else (scattered ? ex.gather8_axpy : ex.gather_axpy_all)(W.off, rowsOff, k, vOff, d, outOff);
-  out.set(W.arena.views().f32.subarray(outOff >> 2, (outOff >> 2) + outLen));
+  out.set(W.arena.views().f32.subarray(outOff / 4, (outOff / 4) + outLen));
 }
 
 /** out[i] = dot(W[idx[i]], x) */
@@ -187,7 +189,7 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
   let base: number;
   try { base = arena.scratchFor(bytes); } catch { return null; }
   const ex = arena.exports();
-  const al = (x: number) => (x + 15) & ~15;
+  const al = (x: number) => align(x, 16);
   const qOff = base, kOff = al(qOff + 4 * fq), vOff = al(kOff + 4 * fk), cOff = al(vOff + 4 * fk), rOff = al(cOff + 4 * fq), sOff = al(rOff + 4 * S);
   const buf = ex.memory.buffer;
   new Float32Array(buf, qOff, fq).set(q);
