@@ -241,6 +241,18 @@ describe('plan stage', () => {
     expect(file.frontier.some((f) => /predicted/.test(f.move))).toBe(true);
     expect(text).toMatch(/\| \d \| predicted \| threshold /);
   });
+
+  it('a lossy move must save at least minGain of the dense step: with minGain 0.9 the same budget predicts nothing', async () => {
+    const saved = process.env.DEJAVU_CACHE_DIR!;
+    process.env.DEJAVU_CACHE_DIR = path.join(TMP, 'cache-cheap'); // the cheap costs of the +50% run
+    try {
+      await plan(0.5, 'cheap');
+      const r = await runPlan(planCfg('plan-mingain', 0.5, { neverSlower: false, minGain: 0.9 }), quiet);
+      const p = (r.json as PlanFile).plan;
+      expect(p.layers.every((l) => l.mlp.mode !== 'predicted' && l.heads.mode === 'dense')).toBe(true);
+      expect(p.verified.pplIncrease).toBe(0);
+    } finally { process.env.DEJAVU_CACHE_DIR = saved; }
+  });
 });
 
 describe('plan in the bundle', () => {

@@ -155,6 +155,8 @@ export const planSchema = z.strictObject({
   calibrationRows: posInt.default(8192),
   /** the search spends at most this share of the budget on its estimate (sum of single-layer increases) */
   safety: z.number().gt(0).lte(1).default(0.8),
+  /** a lossy move (predicted MLP or fewer heads) must save at least this share of the dense step (cost model) */
+  minGain: z.number().min(0).lt(1).default(0.005),
   /** never slower than dense: when the verified plan does not decode faster than dense (measured twice), the plan is dense */
   neverSlower: z.boolean().default(true),
   overwrite: z.boolean().default(false),

@@ -182,7 +182,7 @@ class Choice {
   readonly frontier: PlanFile['frontier'] = [];
   private readonly history: { layer: number; site: 'mlp' | 'heads'; from: number }[] = [];
   private readonly fixedMs: number;
-  constructor(private readonly options: LayerOptions[], private readonly stepMs: number) {
+  constructor(private readonly options: LayerOptions[], readonly stepMs: number) {
     // everything but the MLPs (attention at every head, norms, LM head) from the dense step
     this.fixedMs = stepMs - options.reduce((s, o) => s + o.mlp[0]!.ms, 0);
     // start: each layer's cheapest lossless option (dense or lossless)
@@ -195,15 +195,18 @@ class Choice {
   speedup(): number { return this.stepMs / this.stepOf(); }
   spent(): number { return this.at.reduce((s, _, i) => s + charge(this.option(i, 'mlp')) + charge(this.option(i, 'heads')), 0); }
 
-  /** greedy: the move with the most ms saved per unit of perplexity charged, while the charges fit `allowance` */
-  search(allowance: number): void {
+  /**
+   * greedy: the move with the most ms saved per unit of perplexity charged, while the charges fit `allowance`; a lossy
+   * move must save at least `minGain` of the dense step (a gain below the timing noise is not worth perplexity)
+   */
+  search(allowance: number, minGain: number): void {
     for (;;) {
       let best: { layer: number; site: 'mlp' | 'heads'; to: number; score: number } | null = null;
       for (let i = 0; i < this.options.length; i++) for (const site of ['mlp', 'heads'] as const) {
         const cur = this.option(i, site);
         this.options[i]![site].forEach((o, j) => {
           const saved = cur.ms - o.ms, extra = charge(o) - charge(cur);
-          if (saved <= 0 || this.spent() + extra > allowance) return;
+          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved < minGain * this.stepMs)) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
@@ -268,6 +271,10 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
     p = runtimePpl();
   }
   if (p / densePpl - 1 > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(p / densePpl - 1, 3)} (lossless modes must equal dense)`);
+  const layers = choice.layers();
+  if (layers.every((l) => l.mlp.mode === 'dense' && l.heads.mode === 'dense')) { // dense itself: nothing to time
+    return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1 }, fallback: '' };
+  }
   const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
   const built = decodeModes(c, preds, draft(cfg, choice.layers()));
   let denseMs: number, planMs: number;
@@ -306,7 +313,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
     const x: Ctx = { cfg, deps, model, preds, m, costs };
     const { options, densePpl } = measureOptions(x, search);
     const choice = new Choice(options, sc.stepMs);
-    choice.search(cfg.safety * cfg.maxPplIncrease);
+    choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minGain);
     const { verified, fallback } = verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
       formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
