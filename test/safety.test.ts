@@ -9,6 +9,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { layerDir, readManifest } from '../src/activations/dataset.js';
+
+/** byte-for-byte equal files */
+const sameFile = (a: string, b: string) => fs.readFileSync(a).equals(fs.readFileSync(b));
 import { cli, FIXTURES, tmpDir } from './helpers.js';
 
 const REPO = path.join(import.meta.dirname, '..');
@@ -148,7 +151,7 @@ describe('#11 case 5: disk full', () => {
     expect(readManifest(out, false).status).toBe('in-progress'); // complete shards are kept for the resume
     const again = spawnSync('node', [BIN, ...collectArgs(out)], { encoding: 'utf8' });
     expect(again.status, again.stderr).toBe(0);
-    for (const l of [0, 1]) for (const f of fs.readdirSync(layerDir(ACTS, l))) expect(fs.readFileSync(path.join(layerDir(out, l), f)).equals(fs.readFileSync(path.join(layerDir(ACTS, l), f)))).toBe(true);
+    for (const l of [0, 1]) for (const f of fs.readdirSync(layerDir(ACTS, l))) expect(sameFile(path.join(layerDir(out, l), f), path.join(layerDir(ACTS, l), f))).toBe(true);
   });
 
   it.skipIf(!canMount)('collect on a really full tmpfs (64 KiB): exit 2, nothing half-written (skipped only when mount is impossible)', () => {
@@ -199,7 +202,7 @@ describe('#11 case 7: resume verifies what progress.json claims', () => {
   }
   const sameAsFull = (out: string) => {
     expect(readManifest(out).shards).toBe(readManifest(ACTS).shards);
-    for (const l of [0, 1]) for (const f of fs.readdirSync(layerDir(ACTS, l))) expect(fs.readFileSync(path.join(layerDir(out, l), f)).equals(fs.readFileSync(path.join(layerDir(ACTS, l), f))), f).toBe(true);
+    for (const l of [0, 1]) for (const f of fs.readdirSync(layerDir(ACTS, l))) expect(sameFile(path.join(layerDir(out, l), f), path.join(layerDir(ACTS, l), f)), f).toBe(true);
   };
 
   it('a deleted shard is rebuilt from the first bad one (resumedFromShard says so)', async () => {
@@ -333,7 +336,7 @@ describe('#11 case 12: smaller ones', () => {
     const out = path.join(TMP, 'acts-bom');
     const r = await cli(...collectArgs(out, bom));
     expect(r.code, r.err).toBe(0);
-    for (const l of [0, 1]) for (const f of fs.readdirSync(layerDir(ACTS, l))) expect(fs.readFileSync(path.join(layerDir(out, l), f)).equals(fs.readFileSync(path.join(layerDir(ACTS, l), f)))).toBe(true);
+    for (const l of [0, 1]) for (const f of fs.readdirSync(layerDir(ACTS, l))) expect(sameFile(path.join(layerDir(out, l), f), path.join(layerDir(ACTS, l), f))).toBe(true);
     const bad = path.join(TMP, 'bad.jsonl');
     const text = Buffer.from('{"text": "the whale"}\n{"text": "the sea');
     fs.writeFileSync(bad, Buffer.concat([text, Buffer.from([0xff, 0xfe]), Buffer.from('"}\n')]));

@@ -196,7 +196,8 @@ function refLoss(p: P64, x: number[], y: number[], N: number, d: number, r: numb
   return { loss, g };
 }
 
-const host64 = (p: PredictorWeights): P64 => ({ w1: Float64Array.from(p.w1.dataSync()), b1: Float64Array.from(p.b1.dataSync()), w2: Float64Array.from(p.w2.dataSync()), b2: Float64Array.from(p.b2.dataSync()) });
+const host64 = (p: PredictorWeights): P64 => ({ w1: Float64Array.from(p.w1.dataSync()), b1: Float64Array.from(p.b1.dataSync()), w2: Float64Array.from(p.w2.dataSync()),
+    b2: Float64Array.from(p.b2.dataSync()) });
 const KEYS = ['w1', 'b1', 'w2', 'b2'] as const;
 
 describe('weighted BCE step (trainStep)', () => {

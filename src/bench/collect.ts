@@ -33,7 +33,8 @@ const seqLen = Number(opt('seq-len', '256'));
 const batchSize = Number(opt('batch-size', isFixture ? '8' : '2'));
 const workerCounts = opt('workers', '1,2').split(',').map(Number);
 
-interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seconds: number; workers: number; timing: { forwardMs: number; captureMs: number; writeMs: number } }; maxRssBytes: number; loadSeconds: number }
+interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seconds: number; workers: number; timing: { forwardMs: number; captureMs: number; writeMs: number } };
+    maxRssBytes: number; loadSeconds: number }
 
 if (args.includes('--child')) {
   // one collection in this process; prints its summary and peak RSS as JSON

@@ -63,7 +63,11 @@ function bytesPerToken(c: ModelConfig, mlpFrac: number, headFrac: number) {
 function randomPicks(c: ModelConfig, mlpFrac: number, headFrac: number): DecodeModes {
   let s = 12345;
   const rand = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
-  const choose = (n: number, k: number) => { const a = Int32Array.from({ length: n }, (_, i) => i); for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; } return a.slice(0, k).sort(); };
+  const choose = (n: number, k: number) => {
+    const a = Int32Array.from({ length: n }, (_, i) => i);
+    for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; }
+    return a.slice(0, k).sort();
+  };
   // a few fixed sets per layer, cycled: the cost of reading rows, not of a predictor
   const sets = (n: number, k: number) => Array.from({ length: 8 }, () => choose(n, k));
   return {

@@ -20,7 +20,8 @@ const mc = readManifest(cal), mh = readManifest(held);
 const c = mc.model.config, d = c.hidden, F = c.ffn;
 const ranks = [32, 64, 128, 256].filter((r) => r <= d);
 const ref = fs.existsSync(refFile) ? (JSON.parse(fs.readFileSync(refFile, 'utf8')) as { opt_density_at_recall_0_99?: unknown; ['opt_density_at_recall_0.99']?: { layers: Record<string, Record<string, [number, number]> & { true_density: number }> } })['opt_density_at_recall_0.99'] : undefined;
-const scores = (f: LinearFit, h: Float32Array, n: number) => readSync(() => tf.add(tf.matMul(tf.matMul(tf.tensor2d(h, [n, d]), tf.transpose(tf.tensor2d(f.fc1, [f.r, d]))), tf.transpose(tf.tensor2d(f.fc2, [F, f.r]))), tf.tensor1d(f.fc2Bias)));
+const scores = (f: LinearFit, h: Float32Array, n: number) => readSync(() => tf.add(tf.matMul(tf.matMul(tf.tensor2d(h, [n, d]), tf.transpose(tf.tensor2d(f.fc1, [f.r, d]))),
+    tf.transpose(tf.tensor2d(f.fc2, [F, f.r]))), tf.tensor1d(f.fc2Bias)));
 const rows: string[] = ['| layer | true | rank | threshold: ours raw | ours normalized | reference | top-k: ours raw | ours normalized | reference |', '|---:|---:|---:|---:|---:|---:|---:|---:|---:|'];
 const sums: Record<string, number[]> = {};
 for (const layer of mc.layers) {

@@ -37,7 +37,10 @@ function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, 
   };
 }
 
-export interface ExportOptions { model: string; predictors: string; report?: string | undefined; plan?: string | undefined; out: string; neuronMajor: boolean; overwrite: boolean; config: Record<string, unknown> }
+export interface ExportOptions {
+  model: string; predictors: string; report?: string | undefined; plan?: string | undefined; out: string; neuronMajor: boolean; overwrite: boolean;
+  config: Record<string, unknown>;
+}
 
 export function exportBundle(o: ExportOptions): BundleManifest {
   const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
@@ -124,7 +127,8 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
   }
   const body: Omit<BundleManifest, 'files' | 'manifestSha256'> = {
     formatVersion: BUNDLE_FORMAT_VERSION, kind: 'dejavu-bundle', toolVersion: VERSION, createdAt: new Date().toISOString(), config: o.config,
-    model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim } },
+    model: { fingerprint: fp, family: c.family, architecture: c as unknown as Record<string, unknown>, dims: { layers: c.layers, hidden: c.hidden, ffn: c.ffn, heads: c.heads,
+        kvHeads: c.kvHeads, headDim: c.headDim } },
     predictorsFile: 'predictors.safetensors', neuronMajorFile: o.neuronMajor ? 'neuron-major.safetensors' : null,
     layers, perplexity: report?.perplexity?.runs ?? null, plan,
   };
@@ -195,7 +199,9 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
       }
     };
     check(m.predictorsFile, m.layers.flatMap((l) => [l.mlp, l.heads].flatMap((p) => [p?.tensors, p?.upTensors]).flatMap((t) => (t ? Object.values(t) : []))));
-    if (m.neuronMajorFile) check(m.neuronMajorFile, m.layers.flatMap((l) => (l.neuronMajor ? [l.neuronMajor.up, l.neuronMajor.down, l.neuronMajor.gate, l.neuronMajor.upBias, l.neuronMajor.gateBias].filter((x): x is { name: string; shape: number[] } => !!x) : [])));
+    const nmRefs = (nm: NonNullable<BundleManifest['layers'][number]['neuronMajor']>) =>
+      [nm.up, nm.down, nm.gate, nm.upBias, nm.gateBias].filter((x): x is { name: string; shape: number[] } => !!x);
+    if (m.neuronMajorFile) check(m.neuronMajorFile, m.layers.flatMap((l) => (l.neuronMajor ? nmRefs(l.neuronMajor) : [])));
     const dims = m.model.dims;
     if (m.plan) {
       const site = (s: 'mlp' | 'heads', i: number) => Boolean(m.layers.find((l) => l.layer === i)?.[s]?.tensors);
@@ -250,7 +256,10 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
   type Refs = NonNullable<PredJson['tensors']>;
   const lowRank = (t: Refs, hidden: PredJson['hiddenActivation'], what: string, prefix: string) => {
     const [r, d] = t.fc1Weight.shape as [number, number];
-    const hp = { fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name), fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden };
+    const hp = {
+      fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name),
+      fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden,
+    };
     assertFinitePredictor(hp, `${what} in bundle ${dir}`, prefix, 'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
     return hp;
   };
@@ -259,7 +268,10 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     if (!p) continue;
     const h = p.tensors && lowRank(p.tensors, p.hiddenActivation, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, `layers.${l.layer}.${site}`);
     const hu = p.upTensors && lowRank(p.upTensors, p.hiddenActivation, `layer ${l.layer} MLP predictor`, `layers.${l.layer}.mlp.up`);
-    const entry: PredictorEntry = { family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule, validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0 };
+    const entry: PredictorEntry = {
+      family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule,
+      validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0,
+    };
     (site === 'mlp' ? mlp : heads).set(l.layer, {
       entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
       ...(h ? { weights: fromHost(h), host: h } : {}),

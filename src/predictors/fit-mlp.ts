@@ -230,7 +230,8 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     const n0 = cands.length;
     for (const rule of s.only ?? rules) {
       const c = calibrate(scores, hist, pos, posW, yv, weights, F, rule, mc.targetRecall, mc.recallWeighting);
-      cands.push({ family: s.family, rank: s.rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity, recallAtTrueDensity: c.recallAtTrueDensity,
+      cands.push({ family: s.family, rank: s.rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity,
+          recallAtTrueDensity: c.recallAtTrueDensity,
         flopShare: predictorFlopsOf(s.family, s.rank, s.score, site) / denseFlops, costShare: mlpCostShare(s.family, s.rank, s.score, c.m.predictedDensity, site), make: s.make, metrics: c.m });
     }
     if (s.fineTuned) for (const c of cands.slice(n0)) c.fineTuned = true;

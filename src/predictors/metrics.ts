@@ -97,7 +97,8 @@ export interface Metrics { recall: number; precision: number; f1: number; predic
 function finish(tp: number, selected: number, positives: number, total: number): Metrics {
   const recall = positives ? tp / positives : 1;
   const precision = selected ? tp / selected : 1;
-  return { recall, precision, f1: recall + precision ? (2 * recall * precision) / (recall + precision) : 0, predictedDensity: total ? selected / total : 0, trueDensity: total ? positives / total : 0 };
+  return { recall, precision, f1: recall + precision ? (2 * recall * precision) / (recall + precision) : 0, predictedDensity: total ? selected / total : 0,
+      trueDensity: total ? positives / total : 0 };
 }
 
 /**

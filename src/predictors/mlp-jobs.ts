@@ -108,7 +108,8 @@ function moments(j: MomentsJob): MomentsPart {
     }
     rows += b.rows;
   }
-  return { ...acc.partial(), rows, valN, h: concat(hs, (n) => new Float32Array(n)), y: concat(ys, (n) => new Uint8Array(n)), raw: Object.fromEntries([...raws].map(([k, v]) => [k, concat(v, (n) => new Float32Array(n))])) };
+  const raw = Object.fromEntries([...raws].map(([k, v]) => [k, concat(v, (n) => new Float32Array(n))]));
+  return { ...acc.partial(), rows, valN, h: concat(hs, (n) => new Float32Array(n)), y: concat(ys, (n) => new Uint8Array(n)), raw };
 }
 
 export function concat<T extends Float32Array | Uint8Array>(parts: T[], make: (n: number) => T): T {

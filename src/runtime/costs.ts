@@ -23,7 +23,8 @@ import { DecodeSession, denseModes, type DecodeModes } from './decoder.js';
 
 export const COSTS_FORMAT_VERSION = 1;
 const pairs = z.array(z.tuple([z.number(), z.number()]));
-const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs, select: pairs, heads: pairs, context: z.number().int().positive(), measuredAt: z.string() });
+const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs, select: pairs, heads: pairs,
+    context: z.number().int().positive(), measuredAt: z.string() });
 const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()) });
 export type ShapeCosts = z.infer<typeof shapeCostsSchema>;
 type CostsFile = z.infer<typeof costsFileSchema>;

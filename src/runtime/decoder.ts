@@ -22,7 +22,14 @@ import type { Model } from '../model/model.js';
 import { kvStore, type KvStore } from '../model/kernels/kv.js';
 import { UserError } from '../util/errors.js';
 
-export interface MlpContext { /** the MLP's own (normalized) input */ h: Float32Array; /** residual entering the MLP block */ xMlp: Float32Array; /** residual entering the layer */ xAttn: Float32Array }
+export interface MlpContext {
+  /** the MLP's own (normalized) input */
+  h: Float32Array;
+  /** residual entering the MLP block */
+  xMlp: Float32Array;
+  /** residual entering the layer */
+  xAttn: Float32Array;
+}
 export interface HeadContext { xAttn: Float32Array; /** previous layer's input (layer 0: its own) */ xAttnPrev: Float32Array }
 
 export type MlpStep = { mode: 'dense' } | { mode: 'lossless' } | { mode: 'select'; pick: (ctx: MlpContext) => Int32Array };
@@ -103,7 +110,8 @@ export class DecodeSession {
     this.kv = kvStore({ rows: batch, layers: c.layers, heads: c.heads, kvHeads: c.kvHeads, headDim: hd }, this.w.kernel === 'js' ? 'js' : 'wasm-simd');
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
-    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn), e: f(Dp), cos: f(hd / 2), sin: f(hd / 2) };
+    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
+        e: f(Dp), cos: f(hd / 2), sin: f(hd / 2) };
     this.invFreq = c.positions === 'rope' ? Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / hd)) : null;
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
     this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);

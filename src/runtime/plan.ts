@@ -55,7 +55,8 @@ export const runtimePlanSchema = z.strictObject({
   /** the cost model's step time (ms per token, batch 1) of this plan and of the dense model */
   estimate: z.strictObject({ stepMs: ms, denseStepMs: ms, speedup: z.number().positive(), pplIncrease: z.number() }),
   /** measured by the runtime itself on held-out text the search did not see */
-  verified: z.strictObject({ tokens: z.number().int().positive(), densePerplexity: z.number().positive(), perplexity: z.number().positive(), pplIncrease: z.number(), stepMs: ms, denseStepMs: ms, speedup: z.number().positive() }),
+  verified: z.strictObject({ tokens: z.number().int().positive(), densePerplexity: z.number().positive(), perplexity: z.number().positive(), pplIncrease: z.number(), stepMs: ms,
+      denseStepMs: ms, speedup: z.number().positive() }),
 });
 export type RuntimePlan = z.infer<typeof runtimePlanSchema>;
 

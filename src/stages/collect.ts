@@ -122,7 +122,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       writeJsonAtomic(path.join(out, 'manifest.json'), manifest);
 
       const schemas = new Map(layers.map((l) => [l, layerSchema({ layer: l, hidden: c.hidden, ffn: c.ffn, heads: c.heads, dtype: cfg.dtype, mlpAct })]));
-      const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? { tokens: 0, active: 0, headNormSum: new Array(c.heads).fill(0), headNormSq: new Array(c.heads).fill(0), actAbsSum: 0 }]));
+      const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? { tokens: 0, active: 0,
+          headNormSum: new Array(c.heads).fill(0), headNormSq: new Array(c.heads).fill(0), actAbsSum: 0 }]));
       const total = cfg.maxTokens ?? NaN;
       const bar = deps.progress('collect', Number.isFinite(total) ? total : 0, 'tok');
       let seqIndex = 0;

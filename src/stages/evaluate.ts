@@ -323,7 +323,10 @@ export function reportTable(r: EvalReport, out: string): string {
     lines.push(`| ${l.layer} | ${fam} | ${num(m?.recall, (v) => v.toFixed(4))} | ${num(l.mlp?.magnitudeRecall, (v) => v.toFixed(4))} | ${num(m?.precision, (v) => v.toFixed(3))} | ${num(m?.predictedDensity, pct)} | ${num(l.mlp?.exactBound?.predictedDensity, pct)} | ${num(m?.trueDensity, pct)} | ${num(l.mlp?.costShare, pct)} | ${num(h?.recall, (v) => v.toFixed(3))} | ${num(h?.predictedDensity, pct)} |`);
   }
   const a = r.averages;
-  const mean = (f: (l: LayerReport) => number | undefined) => { const v = r.layers.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x)); return v.length ? v.reduce((s, x) => s + x, 0) / v.length : NaN; };
+  const mean = (f: (l: LayerReport) => number | undefined) => {
+    const v = r.layers.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x));
+    return v.length ? v.reduce((s, x) => s + x, 0) / v.length : NaN;
+  };
   lines.push(`| mean | | ${num(a.mlpRecall, (v) => v.toFixed(4))} | ${num(mean((l) => l.mlp?.magnitudeRecall), (v) => v.toFixed(4))} | | ${num(a.mlpPredictedDensity, pct)} | ${num(mean((l) => l.mlp?.exactBound?.predictedDensity), pct)} | ${num(a.mlpTrueDensity, pct)} | ${num(mean((l) => l.mlp?.costShare), pct)} | ${num(a.headRecall, (v) => v.toFixed(3))} | ${num(a.headDensity, pct)} |`);
   for (const l of r.layers) if (l.mlpCandidates?.length) lines.push('', ...candidateTable(l.layer, l.mlpCandidates));
   lines.push('', 'exact bound: the density the first projection itself needs for the same recall under the same kind of rule; est. MLP cost: predictor + predicted density x dense MLP FLOPs (exact: first projection + density x second), as a share of the dense MLP');

@@ -53,7 +53,8 @@ const pct = (x: number, d = 2) => `${(100 * x).toFixed(d)}%`;
 const NOISE_FLOOR = 1e-4;
 
 /** Per-recall thresholds and their densities for one MLP site, from held-out activations (at most `rows` rows). */
-function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, model: string, recalls: number[], rows: number): { trueDensity: number; options: { recall: number; value: number; density: number }[] } {
+function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, model: string, recalls: number[],
+    rows: number): { trueDensity: number; options: { recall: number; value: number; density: number }[] } {
   const F = m.dims.ffn, d = m.dims.hidden;
   const ms = readMlpSite(model, m.model.config, layer);
   const pos: number[] = [], sample: number[] = [];
@@ -70,7 +71,11 @@ function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: nu
   }
   if (!seen) throw new UserError(`${dir}: layer ${layer} has no rows`, 'collect held-out activations with `dejavu collect-activations`');
   const sorted = Float32Array.from(sample).sort();
-  const densityAt = (v: number) => { let lo = 0, hi = sorted.length; while (lo < hi) { const mid = (lo + hi) >> 1; if (sorted[mid]! < v) lo = mid + 1; else hi = mid; } return (sorted.length - lo) / sorted.length; };
+  const densityAt = (v: number) => { // share of the sampled scores >= v (binary search in the sorted sample)
+    let lo = 0, hi = sorted.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (sorted[mid]! < v) lo = mid + 1; else hi = mid; }
+    return (sorted.length - lo) / sorted.length;
+  };
   const P = Float32Array.from(pos);
   return { trueDensity: positives / (seen * F), options: recalls.map((r) => { const value = thresholdForRecall(P, r); return { recall: r, value, density: densityAt(value) }; }) };
 }

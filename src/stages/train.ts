@@ -172,7 +172,8 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     formatVersion: PREDICTORS_FORMAT_VERSION, kind: 'dejavu-predictors', toolVersion: VERSION, identity,
     config: cfg, activations: { dir: cfg.activations, manifestSha256: manifestHash, tokens: m.tokens }, model: { fingerprint: m.model.fingerprint, config: m.model.config },
     // samples: rows read (MLP fit: each training row once, plus calibration; heads: rows x epochs), over wall time
-    training: { seconds, workers: usedWorkers, samplesPerSecond: results.reduce((s, r) => s + (r.samples ?? 0), 0) / Math.max(1e-3, (tWall - tTrain) / 1000), ...(jobsPerWorker ? { jobsPerWorker, mainThreadJobs: mainJobs } : {}) },
+    training: { seconds, workers: usedWorkers, samplesPerSecond: results.reduce((s, r) => s + (r.samples ?? 0), 0) / Math.max(1e-3, (tWall - tTrain) / 1000),
+        ...(jobsPerWorker ? { jobsPerWorker, mainThreadJobs: mainJobs } : {}) },
     layers: [],
   };
   await writeOutput(w, cfg.out, (tmp) => writePredictors(tmp, manifest, results));

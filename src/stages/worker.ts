@@ -55,7 +55,8 @@ serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
     case 'collect': return (await mods.capture()).captureBatch(await theModel(), job.seqs, job.firstSeq, job.spec);
     case 'train': {
       let pending = 0;
-      return (await mods.trainLayer()).trainLayer(job.dir, await manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } }, { [job.site]: true });
+      return (await mods.trainLayer()).trainLayer(job.dir, await manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } },
+          { [job.site]: true });
     }
     case 'mlp-moments': case 'mlp-exact': case 'mlp-score': return (await mods.mlpJobs()).runMlpJob(job);
     case 'recall': return (await mods.evaluate()).recallJob(job, await manifest(job.activations), await preds(job.predictors));
