@@ -93,7 +93,7 @@ if (fs.existsSync(`${bundle}/manifest.json`)) {
   const by = bytesPerToken(model.config, mf, hf);
   const label = `OPT fixture (${model.config.layers} layers, d ${model.config.hidden}, ffn ${model.config.ffn}) + bundle ${plan ? 'plan' : 'rules'}`;
   rows.push([label, `${(100 * mf).toFixed(1)}% / ${(100 * hf).toFixed(0)}%`, d.toFixed(0), sp.toFixed(0), (sp / d).toFixed(2) + 'x', (by.dense / by.sparse).toFixed(2) + 'x', tfjs.toFixed(0)]);
-  if (plan) notes.push(`plan: ${plan.layers.map((l) => `L${l.layer} ${l.mlp.mode}${l.heads.mode === 'predicted' ? '+heads' : ''}`).join(', ')}; verified by the plan stage at +${(100 * plan.verified.pplIncrease).toFixed(2)}% perplexity, ${plan.verified.speedup.toFixed(2)}x`);
+  if (plan) notes.push(`plan: ${plan.layers.map((l) => `L${l.layer} ${l.mlp.mode}${l.heads.mode === 'predicted' ? '+heads' : ''}`).join(', ')}; verified by the plan stage at ${plan.verified.pplIncrease >= 0 ? '+' : ''}${(100 * plan.verified.pplIncrease).toFixed(2)}% perplexity, ${plan.verified.speedup.toFixed(2)}x`);
   built.dispose(); preds.dispose(); model.dispose();
 } else console.error(`(a) skipped: no bundle at ${bundle}; run \`npx dejavu pipeline --config configs/default.yaml\` first`);
 

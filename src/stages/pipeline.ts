@@ -80,7 +80,7 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   const v = verifyBundle(dirs.bundle, cfg.model);
   const total = (Date.now() - t0) / 1000;
   const pv = plan?.plan.verified;
-  const planLine = pv ? `plan: ${dirs.plan}/report.md — verified +${(100 * pv.pplIncrease).toFixed(3)}% perplexity (budget +${(100 * plan!.plan.maxPplIncrease).toFixed(1)}%), decode ${pv.speedup.toFixed(2)}x dense (${plan!.plan.layers.map((l) => l.mlp.mode).join(', ')})` : 'plan: off (train-only rules in the bundle)';
+  const planLine = pv ? `plan: ${dirs.plan}/report.md — verified ${pv.pplIncrease >= 0 ? '+' : ''}${(100 * pv.pplIncrease).toFixed(3)}% perplexity (budget +${(100 * plan!.plan.maxPplIncrease).toFixed(1)}%), decode ${pv.speedup.toFixed(2)}x dense (${plan!.plan.layers.map((l) => l.mlp.mode).join(', ')})` : 'plan: off (train-only rules in the bundle)';
   const text = [reportTable(report, dirs.report), '', planLine, `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,
     `pipeline: ${total.toFixed(0)} s (${Object.entries(timings).map(([k, s]) => `${k} ${s.toFixed(0)} s`).join(', ') || 'everything was current'})`].join('\n');
   return { text, json: { report, bundle: dirs.bundle, verified: v.problems.length === 0, seconds: total, timings }, code: v.problems.length ? 1 : 0 };
