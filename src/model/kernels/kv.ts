@@ -115,7 +115,7 @@ class SimdKv implements KvStore {
     const ex = this.arena.exports(), buf = ex.memory.buffer;
     const kOff = this.off[r]![i]!, vOff = kOff + this.cap[r]! * this.W * 4;
     const rowsOff = this.scratch, pOff = rowsOff + 4 * this.scratchCap, qOff = align(pOff + 4 * this.scratchCap, 16), cOff = qOff + 4 * H * hd;
-    const rows = new Int32Array(buf, rowsOff, this.scratchCap), p = new Float32Array(buf, pOff, this.scratchCap);
+    const rows = new Int32Array(buf, rowsOff, this.scratchCap);
     new Float32Array(buf, qOff, heads.length * hd).set(q.subarray(0, heads.length * hd));
     const c = new Float32Array(buf, cOff, heads.length * hd);
     c.fill(0);
@@ -123,9 +123,7 @@ class SimdKv implements KvStore {
     for (let t = 0; t < heads.length; t++) {
       const kvh = Math.floor(heads[t]! / rep);
       if (kvh !== g) { n = 0; for (let s = 0; s < S; s++) if (valid[s]) rows[n++] = s * KV + kvh; g = kvh; }
-      ex.gather_matvec(kOff, rowsOff, n, qOff + 4 * t * hd, hd, pOff);
-      softmaxInPlace(p, n, 1 / Math.sqrt(hd));
-      ex.gather_axpy(vOff, rowsOff, n, pOff, hd, cOff + 4 * t * hd);
+      ex.attend_one(qOff + 4 * t * hd, kOff, vOff, rowsOff, n, hd, 1 / Math.sqrt(hd), pOff, cOff + 4 * t * hd);
     }
     ctx.set(c);
   }

@@ -15,6 +15,8 @@ export interface WasmExports {
   gather_axpy_all(W: number, rows: number, k: number, a: number, d: number, out: number): void;
   gather8_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
   gather8_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
+  attend_one(q: number, K: number, V: number, rows: number, n: number, hd: number, scale: number, p: number, out: number): void;
+  attend_heads(q: number, K: number, V: number, rows: number, n: number, hd: number, scale: number, p: number, out: number, H: number, qs: number, ks: number, os: number): void;
 }
 
 /** rows x d float32 matrix living in an arena */
@@ -174,8 +176,8 @@ export function wasmGatherAxpy(W: WasmRows, idx: Int32Array | null, a: Float32Ar
 export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpyAll', W, idx, a, out, true); }
 
 /**
- * Causal attention for all heads of a batch through the SIMD kernels: per (row, head, query t), scores over the
- * visible keys (gather_matvec over K rows), a JS softmax, then the context (gather_axpy over V rows).
+ * Causal attention for all heads of a batch through the SIMD kernels: per (row, head, query t), one attend_one call:
+ * scores over the visible keys (K rows), their softmax (exp in SIMD), the context (V rows).
  * q [B, H, T, hd], k/v [B, H, S, hd] (S = P + T, P cached positions), keyMask[b][s] (1 = attend).
  * Returns ctx [B, H, T, hd], or null when the SIMD arena is unavailable (callers use tfjs then).
  * tfjs-wasm's BatchMatMul with batch > 1 runs at ~1 GFLOP/s on these shapes; this path skips masked keys too.
@@ -185,7 +187,7 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
   const arena = hd % 8 === 0 ? sharedArena() : null;
   if (!arena) return null;
   const fq = B * H * T * hd, fk = B * H * S * hd;
-  const bytes = 4 * (2 * fq + 2 * fk + 2 * S) + 256;
+  const bytes = 4 * (2 * fq + 2 * fk + 2 * S) + 512;
   let base: number;
   try { base = arena.scratchFor(bytes); } catch { return null; }
   const ex = arena.exports();
@@ -198,7 +200,6 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
   const ctx = new Float32Array(buf, cOff, fq);
   ctx.fill(0);
   const rows = new Int32Array(buf, rOff, S);
-  const sc = new Float32Array(buf, sOff, S);
   for (let b = 0; b < B; b++) {
     const km = keyMask[b]!;
     for (let t = 0; t < T; t++) {
@@ -206,16 +207,10 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
       let n = 0;
       for (let s = 0; s <= P + t; s++) if (km[s]) rows[n++] = s;
       if (n === 0) continue;
-      for (let h = 0; h < H; h++) {
-        const bh = b * H + h;
-        ex.gather_matvec(kOff + 4 * bh * S * hd, rOff, n, qOff + 4 * (bh * T + t) * hd, hd, sOff);
-        let mx = -Infinity;
-        for (let i = 0; i < n; i++) { const x = sc[i]! * scale; sc[i] = x; if (x > mx) mx = x; }
-        let sum = 0;
-        for (let i = 0; i < n; i++) { const e = Math.exp(sc[i]! - mx); sc[i] = e; sum += e; }
-        for (let i = 0; i < n; i++) sc[i] = sc[i]! / sum;
-        ex.gather_axpy(vOff + 4 * bh * S * hd, rOff, n, sOff, hd, cOff + 4 * (bh * T + t) * hd);
-      }
+      // every head of query t: scores, softmax (exp in SIMD) and the weighted sum of V, in one call
+      const bh = b * H;
+      ex.attend_heads(qOff + 4 * (bh * T + t) * hd, kOff + 4 * bh * S * hd, vOff + 4 * bh * S * hd, rOff, n, hd, scale, sOff, cOff + 4 * (bh * T + t) * hd,
+        H, 4 * T * hd, 4 * S * hd, 4 * T * hd);
     }
   }
   return Float32Array.from(new Float32Array(ex.memory.buffer, cOff, fq));

@@ -154,4 +154,73 @@
     (if (i32.lt_u (local.get $i) (local.get $k)) (then
       (call $gather_axpy_all (local.get $W) (i32.add (local.get $rows) (i32.shl (local.get $i) (i32.const 2))) (i32.sub (local.get $k) (local.get $i))
         (i32.add (local.get $a) (i32.shl (local.get $i) (i32.const 2))) (local.get $d) (local.get $out)))))
+  ;; e^x for x <= 0 (four lanes): x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
+  ;; < 2e-7), 2^n from the exponent bits. Clamped to [-87, 0] (softmax arguments after the max is subtracted).
+  (func $exp4 (param $x v128) (result v128)
+    (local $n v128) (local $r v128) (local $p v128)
+    (local.set $x (f32x4.min (f32x4.max (local.get $x) (f32x4.splat (f32.const -87))) (f32x4.splat (f32.const 0))))
+    (local.set $n (f32x4.nearest (f32x4.mul (local.get $x) (f32x4.splat (f32.const 1.4426950408889634)))))
+    (local.set $r (f32x4.sub (f32x4.sub (local.get $x) (f32x4.mul (local.get $n) (f32x4.splat (f32.const 0.693359375))))
+      (f32x4.mul (local.get $n) (f32x4.splat (f32.const -2.12194440e-4)))))
+    (local.set $p (f32x4.splat (f32.const 0.0013888889)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 0.008333334))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 0.041666668))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 0.16666667))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 0.5))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 1))))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (f32x4.splat (f32.const 1))))
+    (f32x4.mul (local.get $p)
+      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (i32x4.splat (i32.const 127))) (i32.const 23))))
+  ;; One query's attention over the keys `rows` (ids of rows of length hd in K and V): out [hd] =
+  ;; softmax(scale * K[rows] q) V[rows]. $p: scratch for n scores, room for n rounded up to 4.
+  (func $attend_one (export "attend_one") (param $q i32) (param $K i32) (param $V i32) (param $rows i32) (param $n i32) (param $hd i32)
+    (param $scale f32) (param $p i32) (param $out i32)
+    (local $i i32) (local $mx f32) (local $s f32) (local $sum f32) (local $n4 i32) (local $j i32) (local $inv v128)
+    (call $gather_matvec (local.get $K) (local.get $rows) (local.get $n) (local.get $q) (local.get $hd) (local.get $p))
+    (local.set $mx (f32.const -inf))
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $s (f32.mul (f32.load (i32.add (local.get $p) (i32.shl (local.get $i) (i32.const 2)))) (local.get $scale)))
+      (f32.store (i32.add (local.get $p) (i32.shl (local.get $i) (i32.const 2))) (local.get $s))
+      (local.set $mx (f32.max (local.get $mx) (local.get $s)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l1)))
+    (local.set $n4 (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))
+    (local.set $j (i32.const 0))
+    (block $d2 (loop $l2
+      (br_if $d2 (i32.ge_u (local.get $j) (local.get $n4)))
+      (v128.store (i32.add (local.get $p) (local.get $j))
+        (call $exp4 (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $j))) (f32x4.splat (local.get $mx)))))
+      (local.set $j (i32.add (local.get $j) (i32.const 16)))
+      (br $l2)))
+    (local.set $i (i32.const 0))
+    (block $d3 (loop $l3
+      (br_if $d3 (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $sum (f32.add (local.get $sum) (f32.load (i32.add (local.get $p) (i32.shl (local.get $i) (i32.const 2))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l3)))
+    (memory.fill (local.get $out) (i32.const 0) (i32.shl (local.get $hd) (i32.const 2)))
+    (call $gather_axpy_all (local.get $V) (local.get $rows) (local.get $n) (local.get $p) (local.get $hd) (local.get $out))
+    (local.set $inv (f32x4.splat (f32.div (f32.const 1) (local.get $sum))))
+    (local.set $j (i32.const 0))
+    (block $d4 (loop $l4
+      (br_if $d4 (i32.ge_u (local.get $j) (i32.shl (local.get $hd) (i32.const 2))))
+      (v128.store (i32.add (local.get $out) (local.get $j)) (f32x4.mul (v128.load (i32.add (local.get $out) (local.get $j))) (local.get $inv)))
+      (local.set $j (i32.add (local.get $j) (i32.const 16)))
+      (br $l4))))
+  ;; attend_one for H heads of one query row (the same visible keys): head h reads q + h*qs, K + h*ks, V + h*ks and
+  ;; writes out + h*os (byte strides); one call instead of H
+  (func (export "attend_heads") (param $q i32) (param $K i32) (param $V i32) (param $rows i32) (param $n i32) (param $hd i32)
+    (param $scale f32) (param $p i32) (param $out i32) (param $H i32) (param $qs i32) (param $ks i32) (param $os i32)
+    (local $h i32)
+    (block $done (loop $heads
+      (br_if $done (i32.ge_u (local.get $h) (local.get $H)))
+      (call $attend_one
+        (i32.add (local.get $q) (i32.mul (local.get $h) (local.get $qs)))
+        (i32.add (local.get $K) (i32.mul (local.get $h) (local.get $ks)))
+        (i32.add (local.get $V) (i32.mul (local.get $h) (local.get $ks)))
+        (local.get $rows) (local.get $n) (local.get $hd) (local.get $scale) (local.get $p)
+        (i32.add (local.get $out) (i32.mul (local.get $h) (local.get $os))))
+      (local.set $h (i32.add (local.get $h) (i32.const 1)))
+      (br $heads))))
 )
