@@ -160,6 +160,15 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
             ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: increase(oneLayerHooks(i, ms, 'mlp', rule)),
           });
         }
+        // the rule train-predictors calibrated (a per-token top-k or a threshold), at its validation recall and density
+        const tr = ms.entry.rule;
+        if (tr && (tr.kind === 'topk' ? tr.k > 0 && tr.k < c.ffn : Number.isFinite(tr.value))) {
+          const v = ms.entry.validation, label = tr.kind === 'topk' ? `top-${tr.k}` : `>= ${tr.value.toFixed(3)}`;
+          mlp.push({
+            what: { mode: 'predicted', rule: tr, recall: v.recall }, label: `predicted r${ms.entry.rank}, trained rule ${label} (recall ${v.recall.toFixed(3)})`,
+            density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: increase(oneLayerHooks(i, ms, 'mlp', tr)),
+          });
+        }
       }
       if (c.activation === 'relu') {
         if (!Number.isFinite(trueDensity)) trueDensity = activeDensity(cfg.activations, m, i, cfg.calibrationRows);
