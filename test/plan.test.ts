@@ -242,12 +242,12 @@ describe('plan stage', () => {
     expect(text).toMatch(/\| \d \| predicted \| threshold /);
   });
 
-  it('a lossy move must save at least minGain of the dense step: with minGain 0.9 the same budget predicts nothing', async () => {
+  it('a lossy move must gain at least minSpeedPerPpl times its perplexity: with 1e6 the same budget predicts nothing', async () => {
     const saved = process.env.DEJAVU_CACHE_DIR!;
     process.env.DEJAVU_CACHE_DIR = path.join(TMP, 'cache-cheap'); // the cheap costs of the +50% run
     try {
       await plan(0.5, 'cheap');
-      const r = await runPlan(planCfg('plan-mingain', 0.5, { neverSlower: false, minGain: 0.9 }), quiet);
+      const r = await runPlan(planCfg('plan-mingain', 0.5, { neverSlower: false, minSpeedPerPpl: 1e6 }), quiet);
       const p = (r.json as PlanFile).plan;
       expect(p.layers.every((l) => l.mlp.mode !== 'predicted' && l.heads.mode === 'dense')).toBe(true);
       expect(p.verified.pplIncrease).toBe(0);

@@ -155,8 +155,11 @@ export const planSchema = z.strictObject({
   calibrationRows: posInt.default(8192),
   /** the search spends at most this share of the budget on its estimate (sum of single-layer increases) */
   safety: z.number().gt(0).lte(1).default(0.8),
-  /** a lossy move (predicted MLP or fewer heads) must save at least this share of the dense step (cost model) */
-  minGain: z.number().min(0).lt(1).default(0.005),
+  /**
+   * a lossy move (predicted MLP or fewer heads) must gain at least this many times the perplexity increase it costs,
+   * both as shares (1: at least 1% of decode time for each 1% of perplexity)
+   */
+  minSpeedPerPpl: z.number().min(0).default(1),
   /** never slower than dense: when the verified plan does not decode faster than dense (measured twice), the plan is dense */
   neverSlower: z.boolean().default(true),
   overwrite: z.boolean().default(false),

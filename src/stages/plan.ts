@@ -211,16 +211,17 @@ class Choice {
 
   /**
    * greedy: the move with the most ms saved per unit of perplexity charged, while the charges fit `allowance`; a lossy
-   * move must save at least `minGain` of the dense step (a gain below the timing noise is not worth perplexity)
+   * move must gain at least `minRate` times the perplexity it is charged, as shares of the dense step (no +0.5%
+   * perplexity for 0.2% of speed)
    */
-  search(allowance: number, minGain: number): void {
+  search(allowance: number, minRate: number): void {
     for (;;) {
       let best: { layer: number; site: 'mlp' | 'heads'; to: number; score: number } | null = null;
       for (let i = 0; i < this.options.length; i++) for (const site of ['mlp', 'heads'] as const) {
         const cur = this.option(i, site);
         this.options[i]![site].forEach((o, j) => {
           const saved = cur.ms - o.ms, extra = charge(o) - charge(cur);
-          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved < minGain * this.stepMs)) return;
+          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved / this.stepMs < minRate * extra)) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
@@ -327,7 +328,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
     const x: Ctx = { cfg, deps, model, preds, m, costs };
     const { options, densePpl } = measureOptions(x, search);
     const choice = new Choice(options, sc.stepMs);
-    choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minGain);
+    choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl);
     const { verified, fallback } = verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
       formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
@@ -373,7 +374,7 @@ function planReport(plan: RuntimePlan, options: LayerOptions[], choice: { mlp: n
   ];
   plan.layers.forEach((l, i) => {
     const mo = options[i]!.mlp[choice[i]!.mlp]!, ho = options[i]!.heads[choice[i]!.heads]!;
-    const rule = l.mlp.mode === 'predicted' ? `threshold ${l.mlp.rule.kind === 'threshold' ? l.mlp.rule.value.toFixed(3) : ''} (recall ${l.mlp.recall})` : '-';
+    const rule = l.mlp.mode === 'predicted' ? `${l.mlp.rule.kind === 'threshold' ? `threshold ${l.mlp.rule.value.toFixed(3)}` : `top-${l.mlp.rule.k}`} (recall ${Number(l.mlp.recall.toFixed(3))})` : '-';
     lines.push(`| ${l.layer} | ${l.mlp.mode} | ${rule} | ${pct(mo.density, 1)} | ${ho.label} | ${mo.ms.toFixed(4)} | ${ho.ms.toFixed(4)} | +${pct(l.expected.pplIncrease, 3)} | ${pct(l.expected.pplIncrease / Math.max(1e-12, cfg.maxPplIncrease), 0)} |`);
   });
   lines.push('', '## Options measured (cost model ms per layer, perplexity with only that layer changed)', '', '| layer | option | density | ms | perplexity alone |', '|---:|---|---:|---:|---:|');
