@@ -34,7 +34,11 @@ export function bf16ToF32Array(src: Uint16Array, dst = new Float32Array(src.leng
 /** float32 -> IEEE half, round to nearest even, with overflow to inf and subnormals. */
 export function f32ToF16(v: number): number {
   f32[0] = v;
-  const x = u32[0]!;
+  return f16OfBits(u32[0]!);
+}
+
+/** f32ToF16 of a float32 given by its bit pattern x */
+function f16OfBits(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
@@ -72,28 +76,7 @@ export function f32BitsToF16Array(u: Uint32Array, dst = new Uint16Array(u.length
   for (let i = 0; i < u.length; i++) {
     const x = u[i]!;
     const a = x & 0x7fffffff;
-    if (a >= 0x38800000 && a < 0x477ff000) { dst[i] = ((x >>> 16) & 0x8000) | (((a + 0xfff + ((a >>> 13) & 1)) >>> 13) - 0x1c000); continue; }
-    const sign = (x >>> 16) & 0x8000;
-    const exp = (x >>> 23) & 0xff;
-    let mant = x & 0x7fffff;
-    if (exp === 0xff) { dst[i] = sign | 0x7c00 | (mant ? 0x200 : 0); continue; }
-    const e = exp - 127 + 15;
-    if (e >= 31) { dst[i] = sign | 0x7c00; continue; }
-    if (e <= 0) {
-      if (e < -10) { dst[i] = sign; continue; }
-      mant |= 0x800000;
-      const shift = 14 - e;
-      let half = mant >>> shift;
-      const rem = mant & ((1 << shift) - 1);
-      const mid = 1 << (shift - 1);
-      if (rem > mid || (rem === mid && half & 1)) half++;
-      dst[i] = sign | half;
-      continue;
-    }
-    let half = (e << 10) | (mant >>> 13);
-    const rem = mant & 0x1fff;
-    if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-    dst[i] = sign | half;
+    dst[i] = a >= 0x38800000 && a < 0x477ff000 ? ((x >>> 16) & 0x8000) | (((a + 0xfff + ((a >>> 13) & 1)) >>> 13) - 0x1c000) : f16OfBits(x);
   }
   return dst;
 }
