@@ -20,6 +20,7 @@ import type { DecodeLayer, DecodeWeights, HostNorm } from '../model/decode-weigh
 import type { KVCache } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 import { kvStore, type KvStore } from '../model/kernels/kv.js';
+import { nonzeros } from '../model/kernels/rows.js';
 import { UserError } from '../util/errors.js';
 
 export interface MlpContext {
@@ -87,6 +88,7 @@ class RowState {
 interface Scratch {
   x: Float32Array; xPrev: Float32Array; h: Float32Array; xm: Float32Array; h2: Float32Array; y: Float32Array; kv: Float32Array; vv: Float32Array;
   q: Float32Array; ctx: Float32Array; a: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array;
+  ids: Int32Array; coef: Float32Array; // the lossless mode's nonzero rows
 }
 
 export class DecodeSession {
@@ -111,7 +113,7 @@ export class DecodeSession {
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
     this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
-        e: f(Dp), cos: f(hd / 2), sin: f(hd / 2) };
+        e: f(Dp), cos: f(hd / 2), sin: f(hd / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn) };
     this.invFreq = c.positions === 'rope' ? Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / hd)) : null;
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
     this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);
@@ -254,10 +256,10 @@ export class DecodeSession {
     L.up.matvec(s.h2, a, undefined, L.upBias);
     this.activate(L, a, F, undefined);
     if (m.mode === 'lossless') {
-      let k = 0;
-      for (let j = 0; j < F; j++) if (a[j] !== 0) k++;
+      // only the rows with a nonzero activation are read: the dense sum, bit for bit
+      const k = nonzeros(a, F, s.ids, s.coef);
       this.counts.mlpSelected += k; this.counts.mlpTotal += F;
-      L.down.axpy(a, y, undefined, true); // rows with a zero activation are not read
+      L.down.axpy(s.coef.subarray(0, k), y, s.ids.subarray(0, k));
       return;
     }
     this.counts.mlpSelected += F; this.counts.mlpTotal += F;

@@ -1,7 +1,7 @@
 /**
  * The decode runtime's KV cache and attention over it, one implementation chosen per session:
- * - wasm-simd: K and V live in a WebAssembly arena, position-major [cap, KV*hd] per (row, layer); a head's scores
- *   are one gather_matvec over its kv head's rows (row id s*KV + g, row length hd) and its context one gather_axpy;
+ * - wasm-simd: K and V live in a WebAssembly arena, position-major [cap, KV*hd] per (row, layer); one attend_one call
+ *   per head: its scores over its kv head's rows (row id s*KV + g, row length hd), their softmax, its context;
  * - js: the same layout in Float32Arrays and plain loops (no SIMD, or hd % 8 != 0).
  * Hand-written because the attention loops in plain JS took a third of a d 256 decode step (cpu profile of
  * bench:decode), ~10x the SIMD kernels' time.

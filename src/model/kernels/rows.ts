@@ -8,7 +8,7 @@
  * batch 1 (bench:decode's profile): gathering 10% of an OPT-1.3B MLP's rows through tfjs costs more than the whole
  * dense matvec, and a d 256 decode step spent 95% of its time in dispatch.
  */
-import { toWasmRows, wasmGatherAxpy, wasmGatherAxpyAll, wasmGatherMatVec, type WasmArena, type WasmRows } from './wasm/kernels.js';
+import { toWasmRows, wasmGatherAxpyAll, wasmGatherMatVec, type WasmArena, type WasmRows } from './wasm/kernels.js';
 
 export type RowKernel = 'wasm-simd' | 'js';
 
@@ -19,8 +19,18 @@ export interface RowMatrix {
   readonly kernel: RowKernel;
   /** out[i] = W[rows[i]] · x (+ bias[rows[i]]); rows omitted = every row in order */
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void;
-  /** out += Σ_i a[i] W[rows[i]]; rows omitted = every row. skipZeros: rows with a[i] == 0 are not read (ReLU) */
-  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros?: boolean): void;
+  /**
+   * out += Σ_i a[i] W[rows[i]], row after row in order; rows omitted = every row. (Rows with a[i] == 0 add exactly 0:
+   * leaving them out with `nonzeros` gives the same sum bit for bit, the lossless mode.)
+   */
+  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array): void;
+}
+
+/** the i with a[i] != 0 among the first n (ascending) into ids, their a[i] into coef; returns how many */
+export function nonzeros(a: Float32Array, n: number, ids: Int32Array, coef: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < n; i++) if (a[i] !== 0) { ids[m] = i; coef[m++] = a[i]!; }
+  return m;
 }
 
 class JsRows implements RowMatrix {
@@ -39,12 +49,11 @@ class JsRows implements RowMatrix {
       out[i] = s0 + s1 + s2 + s3 + (bias ? bias[r]! : 0);
     }
   }
-  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
+  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array): void {
     const { W, d } = this;
     const k = rows ? rows.length : this.n;
     for (let i = 0; i < k; i++) {
       const ai = a[i]!;
-      if (skipZeros && ai === 0) continue;
       const o = (rows ? rows[i]! : i) * d;
       for (let j = 0; j < d; j++) out[j]! += ai * W[o + j]!;
     }
@@ -53,7 +62,6 @@ class JsRows implements RowMatrix {
 
 class SimdRows implements RowMatrix {
   readonly kernel = 'wasm-simd' as const;
-  private ids: Int32Array | undefined; private coef: Float32Array | undefined;
   constructor(private readonly W: WasmRows, readonly n: number, readonly d: number) {}
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
     const k = rows ? rows.length : this.n;
@@ -63,19 +71,9 @@ class SimdRows implements RowMatrix {
       else for (let i = 0; i < k; i++) out[i]! += bias[i]!;
     }
   }
-  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array, skipZeros = false): void {
+  axpy(a: Float32Array, out: Float32Array, rows?: Int32Array): void {
     const k = rows ? rows.length : this.n;
-    const o = out.length === this.d ? out : out.subarray(0, this.d);
-    if (skipZeros && !rows) {
-      // the rows with a nonzero coefficient, in order, as a selection (the scattered-row kernel; the same sum, bit
-      // for bit, as every row: a zero row adds exactly 0)
-      this.ids ??= new Int32Array(this.n); this.coef ??= new Float32Array(this.n);
-      let m = 0;
-      for (let i = 0; i < k; i++) if (a[i] !== 0) { this.ids[m] = i; this.coef[m++] = a[i]!; }
-      wasmGatherAxpyAll(this.W, this.ids.subarray(0, m), this.coef.subarray(0, m), o);
-      return;
-    }
-    (skipZeros ? wasmGatherAxpy : wasmGatherAxpyAll)(this.W, rows ?? null, a.length === k ? a : a.subarray(0, k), o);
+    wasmGatherAxpyAll(this.W, rows ?? null, a.length === k ? a : a.subarray(0, k), out.length === this.d ? out : out.subarray(0, this.d));
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * A WebAssembly (f32x4 SIMD) arena for the sparse decode kernels: weights are copied in once at load; per token,
- * gather_matvec / gather_axpy read only the selected rows. ~4x the throughput of the plain-JS loops, the same
+ * gather_matvec / gather_axpy_all read only the selected rows. ~4x the throughput of the plain-JS loops, the same
  * order as tfjs-wasm's own matvec, so skipping rows turns into wall-clock savings.
  */
 import { KERNELS_WASM_BASE64 } from './kernels-binary.js';
@@ -11,7 +11,6 @@ const WA = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8A
 export interface WasmExports {
   memory: Memory;
   gather_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
-  gather_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
   gather_axpy_all(W: number, rows: number, k: number, a: number, d: number, out: number): void;
   gather8_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
   gather8_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
@@ -146,7 +145,7 @@ export function toWasmRows(data: Float32Array, rows: number, d: number, arena: W
 }
 
 /** idx null: every row of W, in order (the ids come from the arena's all-rows table, not copied) */
-function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array | null, v: Float32Array, out: Float32Array, outInit: boolean): void {
+function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array | null, v: Float32Array, out: Float32Array, outInit: boolean): void {
   const k = idx ? idx.length : W.rows, d = W.d;
   const vLen = kind === 'matvec' ? d : k;
   const outLen = kind === 'matvec' ? k : d;
@@ -163,17 +162,14 @@ function run(kind: 'matvec' | 'axpy' | 'axpyAll', W: WasmRows, idx: Int32Array |
   // kernels (eight row starts miss the cache together: 1.5-2x faster on scattered rows, bench:decode)
   const scattered = idx !== null && k >= 4 && !(idx[1] === idx[0]! + 1 && idx[2] === idx[1]! + 1 && idx[3] === idx[2]! + 1);
   if (kind === 'matvec') (scattered ? ex.gather8_matvec : ex.gather_matvec)(W.off, rowsOff, k, vOff, d, outOff);
-  else if (kind === 'axpy') ex.gather_axpy(W.off, rowsOff, k, vOff, d, outOff);
   else (scattered ? ex.gather8_axpy : ex.gather_axpy_all)(W.off, rowsOff, k, vOff, d, outOff);
   out.set(W.arena.views().f32.subarray(outOff / 4, (outOff / 4) + outLen));
 }
 
 /** out[i] = dot(W[idx[i]], x) */
 export function wasmGatherMatVec(W: WasmRows, idx: Int32Array | null, x: Float32Array, out: Float32Array): void { run('matvec', W, idx, x, out, false); }
-/** out += sum_i a[i] W[idx[i]] */
-export function wasmGatherAxpy(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
-/** out += sum_i a[i] W[idx[i]], zero coefficients included (the dense baseline) */
-export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpyAll', W, idx, a, out, true); }
+/** out += sum_i a[i] W[idx[i]], row after row */
+export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
 
 /**
  * Causal attention for all heads of a batch through the SIMD kernels: per (row, head, query t), one attend_one call:
