@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import type { ModelConfig } from '../model/config.js';
 import { expectedWeights } from '../model/weight-map.js';
+import { normRows } from '../model/host-norm.js';
 import { readSync } from '../util/tfx.js';
 
 export interface MlpSite {
@@ -49,18 +50,8 @@ export function readMlpSite(ck: Checkpoint | string, c: ModelConfig, layer: numb
 /** h = the MLP block's input for residual rows x [n, d] (the forward pass's norm, in float64 on the host). */
 export function mlpInput(site: MlpSite, x: Float32Array, n: number): Float32Array {
   if (!site.norm) return x;
-  const { d } = site, { kind, eps, g, b } = site.norm;
-  const h = new Float32Array(n * d);
-  for (let r = 0; r < n; r++) {
-    const o = r * d;
-    let mean = 0;
-    if (kind === 'layernorm') { for (let j = 0; j < d; j++) mean += x[o + j]!; mean /= d; }
-    let v = 0;
-    for (let j = 0; j < d; j++) v += (x[o + j]! - mean) ** 2;
-    const inv = 1 / Math.sqrt(v / d + eps);
-    for (let j = 0; j < d; j++) h[o + j] = (x[o + j]! - mean) * inv * g[j]! + (b ? b[j]! : 0);
-  }
-  return h;
+  const { kind, eps, g, b } = site.norm;
+  return normRows(kind, eps, g, b, x, n, site.d);
 }
 
 /** Exact pre-activations z = h W1ᵀ + b1 (or the gate's), [n, F], for labels, magnitudes and the exact bound. */

@@ -21,6 +21,7 @@ import type { KVCache } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 import { kvStore, type KvStore } from '../model/kernels/kv.js';
 import { nonzeros } from '../model/kernels/rows.js';
+import { normRows } from '../model/host-norm.js';
 import { UserError } from '../util/errors.js';
 
 export interface MlpContext {
@@ -46,21 +47,7 @@ export function denseModes(layers: number): DecodeModes {
 export interface DecodeCounts { mlpSelected: number; mlpTotal: number; headsSelected: number; headsTotal: number }
 
 function normInto(c: ModelConfig, x: Float32Array, n: HostNorm, out: Float32Array): void {
-  const d = x.length;
-  if (c.norm === 'rmsnorm') {
-    let ms = 0;
-    for (let j = 0; j < d; j++) ms += x[j]! * x[j]!;
-    const r = 1 / Math.sqrt(ms / d + c.normEps);
-    for (let j = 0; j < d; j++) out[j] = x[j]! * r * n.g[j]!;
-    return;
-  }
-  let mean = 0;
-  for (let j = 0; j < d; j++) mean += x[j]!;
-  mean /= d;
-  let v = 0;
-  for (let j = 0; j < d; j++) { const t = x[j]! - mean; v += t * t; }
-  const r = 1 / Math.sqrt(v / d + c.normEps);
-  for (let j = 0; j < d; j++) out[j] = (x[j]! - mean) * r * n.g[j]! + (n.b ? n.b[j]! : 0);
+  normRows(c.norm, c.normEps, n.g, n.b, x, 1, x.length, out);
 }
 
 /** RoPE (rotate_half) of `n` vectors of length hd in place, at one position (cos/sin [hd/2]) */
