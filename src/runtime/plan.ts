@@ -131,7 +131,7 @@ export interface BuiltModes { modes: DecodeModes; dispose(): void }
  * Per-layer decode modes from predictors and, when given, a plan. Without a plan each layer follows its trained
  * entry: dense -> dense, exact -> lossless, low-rank -> its rule; heads with a predictor -> its rule.
  */
-export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan: RuntimePlan | null, use: { mlp: boolean; heads: boolean } = { mlp: true, heads: true }): BuiltModes {
+export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan: Pick<RuntimePlan, 'layers'> | null, use: { mlp: boolean; heads: boolean } = { mlp: true, heads: true }): BuiltModes {
   const arena = createArena();
   const mlp: MlpStep[] = [], heads: HeadStep[] = [];
   for (let i = 0; i < c.layers; i++) {

@@ -260,14 +260,6 @@ class Choice {
 /** what an option is charged against the budget: its single-layer increase, a lossy one at least NOISE_FLOOR */
 function charge(o: Option<MlpOption | HeadOption>): number { return o.what.mode === 'predicted' ? Math.max(NOISE_FLOOR, o.dppl) : 0; }
 
-/** a plan object for decodeModes (only its layers are read) */
-function draft(cfg: PlanConfig, layers: RuntimePlan['layers']): RuntimePlan {
-  return {
-    formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers, estimate: { stepMs: 1, denseStepMs: 1, speedup: 1, pplIncrease: 0 },
-    verified: { tokens: 1, densePerplexity: 1, perplexity: 1, pplIncrease: 0, stepMs: 1, denseStepMs: 1, speedup: 1 },
-  };
-}
-
 /**
  * The runtime decodes the verification text with the plan; while over budget the last move is undone. Then dense and
  * the plan decode the same text in alternating rounds; a plan not faster (twice) becomes dense (cfg.neverSlower).
@@ -276,7 +268,7 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
   const { cfg, model, preds, deps } = x, c = model.config;
   const dv = decodeNll(model, verify);
   const densePpl = ppl(dv);
-  const runtimePpl = () => { const b = decodeModes(c, preds, draft(cfg, choice.layers())); try { return ppl(decodeNll(model, verify, b.modes)); } finally { b.dispose(); } };
+  const runtimePpl = () => { const b = decodeModes(c, preds, { layers: choice.layers() }); try { return ppl(decodeNll(model, verify, b.modes)); } finally { b.dispose(); } };
   let p = runtimePpl();
   for (;;) {
     const inc = p / densePpl - 1;
@@ -291,7 +283,7 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
     return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1 }, fallback: '' };
   }
   const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
-  const built = decodeModes(c, preds, draft(cfg, choice.layers()));
+  const built = decodeModes(c, preds, { layers: choice.layers() });
   let denseMs: number, planMs: number;
   try {
     [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], text, ctx, steps) as [number, number];
