@@ -46,7 +46,8 @@ function writeCache(file: string, c: CostsFile): void {
 }
 
 /** the CPU, and the code being timed (a new dejavu or new kernels are measured again) */
-const machine = () => `${os.cpus()[0]?.model ?? 'cpu'}|${os.availableParallelism()}|dejavu ${VERSION}|kernels ${createHash('sha256').update(KERNELS_WASM_BASE64).digest('hex').slice(0, 12)}`;
+let machineKey: string | undefined;
+const machine = () => (machineKey ??= `${os.cpus()[0]?.model ?? 'cpu'}|${os.availableParallelism()}|dejavu ${VERSION}|kernels ${createHash('sha256').update(KERNELS_WASM_BASE64).digest('hex').slice(0, 12)}`);
 
 /** median ms per call of fn, over `batches` batches of enough calls to last ~`ms` each */
 export function timePerCall(fn: () => void, ms = 15, batches = 7): number {
