@@ -132,32 +132,32 @@ export interface BuiltModes { modes: DecodeModes; dispose(): void }
  * entry: dense -> dense, exact -> lossless, low-rank -> its rule; heads with a predictor -> its rule.
  */
 export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan: Pick<RuntimePlan, 'layers'> | null, use: { mlp: boolean; heads: boolean } = { mlp: true, heads: true }): BuiltModes {
-  const arena = createArena();
+  let arena: WasmArena | null | undefined; // made on the first predictor that needs it
+  const picker = (site: LoadedSite, rule: SelectionRule, W: number) => sitePicker(site, rule, W, arena === undefined ? (arena = createArena()) : arena);
+  const select = (site: LoadedSite, rule: SelectionRule): MlpStep => {
+    const pick = picker(site, rule, c.ffn), input = site.entry.input;
+    return { mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) };
+  };
   const mlp: MlpStep[] = [], heads: HeadStep[] = [];
   for (let i = 0; i < c.layers; i++) {
     const ms = preds?.mlp.get(i), hs = preds?.heads.get(i);
     const lp = plan?.layers[i];
     if (!use.mlp || (!lp && !ms)) mlp.push({ mode: 'dense' });
-    else if (lp) {
-      if (lp.mlp.mode === 'predicted') {
-        if (!ms) throw new Error(`plan: layer ${i} MLP is predicted but there is no predictor`);
-        const pick = sitePicker(ms, lp.mlp.rule, c.ffn, arena), input = ms.entry.input;
-        mlp.push({ mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) });
-      } else mlp.push({ mode: lp.mlp.mode });
-    } else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
+    else if (lp?.mlp.mode === 'predicted') {
+      if (!ms) throw new Error(`plan: layer ${i} MLP is predicted but there is no predictor`);
+      mlp.push(select(ms, lp.mlp.rule));
+    } else if (lp) mlp.push({ mode: lp.mlp.mode });
+    else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
     else if (ms!.entry.family === 'exact') mlp.push({ mode: 'lossless' });
-    else {
-      const pick = sitePicker(ms!, ms!.entry.rule!, c.ffn, arena), input = ms!.entry.input;
-      mlp.push({ mode: 'select', pick: (x) => pick(input === 'h_mlp' ? x.h : input === 'x_mlp' ? x.xMlp : x.xAttn) });
-    }
+    else mlp.push(select(ms!, ms!.entry.rule!));
     const headRule = lp ? (lp.heads.mode === 'predicted' ? lp.heads.rule : null) : hs?.entry.rule ?? null;
     if (!use.heads || !hs || !headRule) heads.push({ mode: 'dense' });
     else {
-      const pick = sitePicker(hs, headRule, c.heads, arena), prev = hs.sourceLayerOffset === -1;
+      const pick = picker(hs, headRule, c.heads), prev = hs.sourceLayerOffset === -1;
       heads.push({ mode: 'select', pick: (x) => pick(prev ? x.xAttnPrev : x.xAttn) });
     }
   }
-  return { modes: { mlp, heads }, dispose: () => arena?.dispose() };
+  return { modes: { mlp, heads }, dispose: () => { arena?.dispose(); } };
 }
 
 /** plan.json (the plan stage's output): the plan, the predictors it was made for, and what the search explored. */
