@@ -1,5 +1,5 @@
 /**
- * npm run bench:collect [-- --model DIR] [--tokens N] [--workers 1,2] [--batch-size B] [--seq-len T]
+ * npm run bench:collect [-- --model DIR] [--tokens N|all] [--workers 1,2] [--batch-size B] [--seq-len T]
  * collect-activations throughput with 1 and N worker threads, each run in its own process (peak RSS is per run),
  * against the machine measured in the same run: forward GFLOP/s over (workers x one thread's matmul GFLOP/s at the
  * collection's shapes). Default: the OPT fixture on the calibration text. A checkpoint without a tokenizer (e.g.
@@ -28,7 +28,9 @@ const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
 const modelDir = opt('model', args[0] && !args[0].startsWith('--') ? args[0] : 'checkpoints/opt-fixture');
 const isFixture = fs.existsSync(path.join(modelDir, 'tokenizer.json'));
-const tokens = Number(opt('tokens', isFixture ? '16384' : '4096'));
+// the fixture: its whole calibration text (93,440 tokens), as the README's pipeline collects it
+const tokensArg = opt('tokens', isFixture ? 'all' : '4096');
+const tokens = tokensArg === 'all' ? undefined : Number(tokensArg);
 const seqLen = Number(opt('seq-len', '256'));
 const batchSize = Number(opt('batch-size', isFixture ? '8' : '2'));
 const workerCounts = opt('workers', '1,2').split(',').map(Number);
@@ -61,7 +63,7 @@ if (args.includes('--child')) {
     data = path.join(tmp, 'ids.jsonl');
     let s = 12345;
     const rnd = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s; };
-    const docs = Array.from({ length: Math.ceil(tokens / seqLen) + 1 }, () => JSON.stringify({ ids: Array.from({ length: seqLen }, () => 4 + (rnd() % (c.vocabSize - 4))) }));
+    const docs = Array.from({ length: Math.ceil(tokens! / seqLen) + 1 }, () => JSON.stringify({ ids: Array.from({ length: seqLen }, () => 4 + (rnd() % (c.vocabSize - 4))) }));
     fs.writeFileSync(data, docs.join('\n') + '\n');
   }
   const f = denseLayerFlopsPerToken(c);
@@ -74,7 +76,7 @@ if (args.includes('--child')) {
   const rows: (string | number)[][] = [];
   let base = 0;
   for (const w of workerCounts) {
-    const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', String(tokens), '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w)],
+    const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', tokensArg, '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w)],
       { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
     if (r.status !== 0) { console.error(`run with ${w} worker(s) failed (exit ${r.status})`); process.exit(1); }
     const res = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildResult;
@@ -106,7 +108,7 @@ function breakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken: number,
   let mmMs = 0;
   for (const [i, o] of shapes) {
     const a = tf.randomNormal([B * T, i]), w = tf.randomNormal([i, o]);
-    mmMs += timeIt(() => { tf.matMul(a, w).dataSync(); }, 5, 1);
+    mmMs += timeIt(() => { const o = tf.matMul(a, w); o.dataSync(); o.dispose(); }, 5, 1);
     a.dispose(); w.dispose();
   }
   mmMs *= c.layers;
