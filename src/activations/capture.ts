@@ -7,6 +7,7 @@ import { forward, disposeOutput } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 import { UserError } from '../util/errors.js';
 import { f32ToF16Array } from '../util/half.js';
+import { activationBits } from '../model/kernels/wasm/kernels.js';
 
 export interface CaptureSpec { layers: number[]; seqLen: number; dtype: 'float16' | 'float32'; mlpAct: boolean }
 
@@ -49,6 +50,32 @@ function maxAbsBits(a: Float32Array): number {
   return mx;
 }
 
+/** activationBits' plain-JS twin (no SIMD arena): a byte of bits at a time (LSB first), |a| summed in order. */
+function activationBitsJs(act: Float32Array, bits: Uint8Array): { active: number; absSum: number; maxAbs: number } {
+  let active = 0, absSum = 0, maxAbs = 0;
+  const n = act.length, whole = n & ~7;
+  for (let i = 0; i < whole; i += 8) {
+    let byte = 0;
+    for (let k = 0; k < 8; k++) {
+      const a = act[i + k]!;
+      if (a > 0) byte |= 1 << k;
+      const aa = Math.abs(a);
+      absSum += aa;
+      if (aa > maxAbs) maxAbs = aa;
+    }
+    bits[i >> 3] = byte;
+    active += POPCOUNT[byte]!;
+  }
+  for (let i = whole; i < n; i++) {
+    const a = act[i]!;
+    if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; }
+    const aa = Math.abs(a);
+    absSum += aa;
+    if (aa > maxAbs) maxAbs = aa;
+  }
+  return { active, absSum, maxAbs };
+}
+
 export function captureBatch(model: Model, seqs: number[][], firstSeq: number, spec: CaptureSpec): BatchCapture {
   const c = model.config;
   let s = performance.now();
@@ -67,28 +94,7 @@ export function captureBatch(model: Model, seqs: number[][], firstSeq: number, s
       // one fast pass per array: non-finite values (and float16 overflow) are seen by the largest |v|'s bits, the
       // activations' bits and statistics in one loop; any problem reruns the per-value checks for their message
       const bits = new Uint8Array(Math.ceil((rows * c.ffn) / 8));
-      let active = 0, absSum = 0, actMax = 0;
-      const n = act.length, whole = n & ~7;
-      for (let i = 0; i < whole; i += 8) {
-        // a byte of bits at a time (LSB first); |a| summed in order, as before
-        let byte = 0;
-        for (let k = 0; k < 8; k++) {
-          const a = act[i + k]!;
-          if (a > 0) byte |= 1 << k;
-          const aa = Math.abs(a);
-          absSum += aa;
-          if (aa > actMax) actMax = aa;
-        }
-        bits[i >> 3] = byte;
-        active += POPCOUNT[byte]!;
-      }
-      for (let i = whole; i < n; i++) {
-        const a = act[i]!;
-        if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; }
-        const aa = Math.abs(a);
-        absSum += aa;
-        if (aa > actMax) actMax = aa;
-      }
+      const { active, absSum, maxAbs: actMax } = activationBits(act, bits) ?? activationBitsJs(act, bits);
       const headNormSum = new Array(c.heads).fill(0), headNormSq = new Array(c.heads).fill(0);
       for (let r = 0; r < rows; r++) for (let h = 0; h < c.heads; h++) { const v = hn[r * c.heads + h]!; headNormSum[h] += v; headNormSq[h] += v * v; }
       const limit = f16 ? F16_MAX_BITS : INF_BITS - 1;

@@ -1,10 +1,11 @@
 /**
- * The host attention kernel (attentionHost: four-query SIMD tiles plus single queries) against a float64 reference
- * written here: causal masks, left padding, cached positions with holes, T not a multiple of 4, queries that see no
- * key, several head widths.
+ * The forward pass's host SIMD kernels against references written here: attention (attentionHost: four-query tiles
+ * plus single queries) against float64, with causal masks, left padding, cached positions with holes, T not a
+ * multiple of 4, queries that see no key, several head widths; a collection batch's activation bits and statistics
+ * (activationBits) against a per-value loop, with zeros, negatives, -0, NaN, Inf and lengths not a multiple of 8.
  */
 import { describe, expect, it } from 'vitest';
-import { attentionHost } from '../src/model/kernels/wasm/kernels.js';
+import { activationBits, attentionHost } from '../src/model/kernels/wasm/kernels.js';
 
 function reference(q: Float32Array, k: Float32Array, v: Float32Array, B: number, H: number, T: number, S: number, hd: number, km: number[][], P: number, scale: number): Float64Array {
   const out = new Float64Array(B * H * T * hd);
@@ -45,5 +46,38 @@ describe('attentionHost', () => {
     expect(err).toBeLessThan(2e-6);
     // a query that sees no key gets a zero context
     if (pad && !P) for (let i = 0; i < hd; i++) expect(got![i]).toBe(0);
+  });
+});
+
+describe('activationBits', () => {
+  let seed = 777;
+  const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 4294967296; };
+  const cases: [string, number, (i: number) => number][] = [
+    ['relu-like', 4096, () => (rnd() < 0.6 ? 0 : rnd() * 3)],
+    ['signed, length % 8 = 5', 1029, () => rnd() * 4 - 2],
+    ['-0, +0 and tiny values', 64, (i) => [0, -0, 1e-30, -1e-30][i % 4]!],
+    ['one NaN', 100, (i) => (i === 37 ? NaN : rnd())],
+    ['one Infinity in the tail', 13, (i) => (i === 12 ? Infinity : rnd())],
+    ['all negative', 16, () => -rnd() - 0.1],
+  ];
+  it.each(cases)('%s: bits, count, |act| sum and max as a per-value loop', (_name, n, gen) => {
+    const act = Float32Array.from({ length: n }, (_, i) => gen(i));
+    const bits = new Uint8Array(Math.ceil(n / 8));
+    const got = activationBits(act, bits);
+    expect(got).not.toBeNull();
+    const want = new Uint8Array(bits.length);
+    let active = 0, absSum = 0, maxAbs = 0, nan = false;
+    for (let i = 0; i < n; i++) {
+      const a = act[i]!;
+      if (a > 0) { want[i >> 3]! |= 1 << (i & 7); active++; }
+      absSum += Math.abs(a);
+      if (a !== a) nan = true; else maxAbs = Math.max(maxAbs, Math.abs(a));
+    }
+    expect(Array.from(bits)).toEqual(Array.from(want));
+    expect(got!.active).toBe(active);
+    if (nan) { expect(got!.absSum).toBeNaN(); expect(got!.maxAbs).toBeNaN(); return; }
+    expect(got!.maxAbs).toBe(maxAbs);
+    if (Number.isFinite(absSum)) expect(Math.abs(got!.absSum - absSum)).toBeLessThanOrEqual(1e-12 * absSum);
+    else expect(got!.absSum).toBe(absSum);
   });
 });
