@@ -27,7 +27,8 @@ describe('attentionHost', () => {
   let seed = 12345;
   const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 4294967296; };
   // [B, H, T, P (cached), hd, left padding of row 0]
-  const cases: [number, number, number, number, number, number][] = [[2, 3, 13, 0, 32, 3], [1, 2, 4, 0, 8, 0], [3, 2, 7, 5, 16, 2], [2, 4, 64, 0, 32, 0], [1, 1, 1, 3, 8, 0], [2, 2, 9, 0, 64, 9], [1, 2, 6, 4, 16, 5]];
+  const cases: [number, number, number, number, number, number][] = [
+    [2, 3, 13, 0, 32, 3], [1, 2, 4, 0, 8, 0], [3, 2, 7, 5, 16, 2], [2, 4, 64, 0, 32, 0], [1, 1, 1, 3, 8, 0], [2, 2, 9, 0, 64, 9], [1, 2, 6, 4, 16, 5]];
   it.each(cases)('B %i, H %i, T %i, P %i, hd %i, padding %i: equals the float64 reference', (B, H, T, P, hd, pad) => {
     const S = P + T;
     const q = Float32Array.from({ length: B * H * T * hd }, () => rnd() * 4 - 2);
