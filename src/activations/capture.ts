@@ -38,7 +38,6 @@ function checkValues(arrays: [string, Float32Array][], l: number, firstSeq: numb
   }
 }
 
-const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => { let n = 0; for (let x = b; x; x >>= 1) n += x & 1; return n; });
 const F16_MAX_BITS = 0x477fe000; // |v| <= 65504 <=> (bits & 0x7fffffff) <= this (and finite)
 const INF_BITS = 0x7f800000;
 
@@ -48,32 +47,6 @@ function maxAbsBits(a: Float32Array): number {
   let mx = 0;
   for (let i = 0; i < u.length; i++) { const b = u[i]! & 0x7fffffff; if (b > mx) mx = b; }
   return mx;
-}
-
-/** activationBits' plain-JS twin (no SIMD arena): a byte of bits at a time (LSB first), |a| summed in order. */
-function activationBitsJs(act: Float32Array, bits: Uint8Array): { active: number; absSum: number; maxAbs: number } {
-  let active = 0, absSum = 0, maxAbs = 0;
-  const n = act.length, whole = n & ~7;
-  for (let i = 0; i < whole; i += 8) {
-    let byte = 0;
-    for (let k = 0; k < 8; k++) {
-      const a = act[i + k]!;
-      if (a > 0) byte |= 1 << k;
-      const aa = Math.abs(a);
-      absSum += aa;
-      if (aa > maxAbs) maxAbs = aa;
-    }
-    bits[i >> 3] = byte;
-    active += POPCOUNT[byte]!;
-  }
-  for (let i = whole; i < n; i++) {
-    const a = act[i]!;
-    if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; }
-    const aa = Math.abs(a);
-    absSum += aa;
-    if (aa > maxAbs) maxAbs = aa;
-  }
-  return { active, absSum, maxAbs };
 }
 
 export function captureBatch(model: Model, seqs: number[][], firstSeq: number, spec: CaptureSpec): BatchCapture {
@@ -94,7 +67,7 @@ export function captureBatch(model: Model, seqs: number[][], firstSeq: number, s
       // one fast pass per array: non-finite values (and float16 overflow) are seen by the largest |v|'s bits, the
       // activations' bits and statistics in one loop; any problem reruns the per-value checks for their message
       const bits = new Uint8Array(Math.ceil((rows * c.ffn) / 8));
-      const { active, absSum, maxAbs: actMax } = activationBits(act, bits) ?? activationBitsJs(act, bits);
+      const { active, absSum, maxAbs: actMax } = activationBits(act, bits);
       const headNormSum = new Array(c.heads).fill(0), headNormSq = new Array(c.heads).fill(0);
       for (let r = 0; r < rows; r++) for (let h = 0; h < c.heads; h++) { const v = hn[r * c.heads + h]!; headNormSum[h] += v; headNormSq[h] += v * v; }
       const limit = f16 ? F16_MAX_BITS : INF_BITS - 1;

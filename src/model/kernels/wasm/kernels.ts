@@ -234,27 +234,33 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
 
 /**
  * A collection batch's MLP activations: bits[i >> 3] bit (i & 7) = act[i] > 0, the count of active values, the sum
- * of |act| and the largest |act| (NaN if any value is NaN; the sum is then NaN too). In SIMD: the per-value JS loop
- * took 40-57 ms of a fixture batch's 100 ms of captures. null without the SIMD arena (the caller's JS loop runs).
+ * of |act| and the largest |act| (NaN if any value is NaN; the sum is then NaN too). In SIMD (the per-value JS loop
+ * took 40-57 ms of a fixture batch's 103 ms of captures; now 49 ms in all); in JS where the SIMD arena is
+ * unavailable, or with `simd: false` (tests compare the two).
  */
-export function activationBits(act: Float32Array, bits: Uint8Array): { active: number; absSum: number; maxAbs: number } | null {
-  const arena = sharedArena();
-  if (!arena) return null;
+export function activationBits(act: Float32Array, bits: Uint8Array, opts: { simd?: boolean } = {}): { active: number; absSum: number; maxAbs: number } {
   const n = act.length, whole = n & ~7;
-  let base: number;
-  try { base = arena.scratchFor(4 * whole + (whole >> 3) + 64); } catch { return null; }
-  const ex = arena.exports();
-  const statsOff = base, actOff = base + 16, bitsOff = actOff + 4 * whole;
-  new Float32Array(ex.memory.buffer, actOff, whole).set(act.subarray(0, whole));
-  let active = ex.act_bits(actOff, whole, bitsOff, statsOff);
-  bits.set(new Uint8Array(ex.memory.buffer, bitsOff, whole >> 3));
-  let absSum = new Float64Array(ex.memory.buffer, statsOff, 1)[0]!, maxAbs = new Float32Array(ex.memory.buffer, statsOff + 8, 1)[0]!;
-  for (let i = whole; i < n; i++) {
-    const a = act[i]!;
-    if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); active++; }
-    const aa = Math.abs(a);
-    absSum += aa;
-    if (aa > maxAbs || aa !== aa) maxAbs = aa; // NaN stays NaN
+  const arena = opts.simd === false ? null : sharedArena();
+  let base: number | null = null;
+  if (arena) try { base = arena.scratchFor(4 * whole + (whole >> 3) + 64); } catch { base = null; }
+  const r = { active: 0, absSum: 0, maxAbs: 0 };
+  let from = 0;
+  if (arena && base !== null) {
+    const ex = arena.exports();
+    const statsOff = base, actOff = base + 16, bitsOff = actOff + 4 * whole;
+    new Float32Array(ex.memory.buffer, actOff, whole).set(act.subarray(0, whole));
+    r.active = ex.act_bits(actOff, whole, bitsOff, statsOff);
+    bits.set(new Uint8Array(ex.memory.buffer, bitsOff, whole >> 3));
+    r.absSum = new Float64Array(ex.memory.buffer, statsOff, 1)[0]!;
+    r.maxAbs = new Float32Array(ex.memory.buffer, statsOff + 8, 1)[0]!;
+    from = whole;
   }
-  return { active, absSum, maxAbs };
+  for (let i = from; i < n; i++) {
+    const a = act[i]!;
+    if (a > 0) { bits[i >> 3]! |= 1 << (i & 7); r.active++; }
+    const aa = Math.abs(a);
+    r.absSum += aa;
+    if (aa > r.maxAbs || aa !== aa) r.maxAbs = aa; // NaN stays NaN
+  }
+  return r;
 }
