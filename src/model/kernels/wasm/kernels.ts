@@ -1,7 +1,9 @@
 /**
  * A WebAssembly (f32x4 SIMD) arena for the sparse decode kernels: weights are copied in once at load; per token,
  * gather_matvec / gather_axpy_all read only the selected rows. ~4x the throughput of the plain-JS loops, the same
- * order as tfjs-wasm's own matvec, so skipping rows turns into wall-clock savings.
+ * order as tfjs-wasm's own matvec, so skipping rows turns into wall-clock savings. The batched forward pass uses the
+ * same module, in a process-wide scratch arena, for attention (attentionHost) and a collection batch's activation
+ * bits (activationBits).
  */
 import { KERNELS_WASM_BASE64 } from './kernels-binary.js';
 

@@ -1,4 +1,5 @@
-;; Sparse decode kernels, f32x4 SIMD. Weights are rows of length d (d % 8 == 0), addressed by byte offsets.
+;; Sparse decode kernels, f32x4 SIMD. Weights are rows of length d (d % 8 == 0), addressed by byte offsets. Also the
+;; batched forward pass's attention (attend4_heads, attend_heads) and a collection batch's activation bits (act_bits).
 (module
   (memory (export "memory") 1 65536)
   ;; out[i] = dot(W[rows[i]], x) for i < k. Four accumulators per row (16 floats a step, then one 8-float step when
