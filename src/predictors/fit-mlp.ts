@@ -11,12 +11,12 @@
 import type { TrainConfig } from '../config/schemas.js';
 import { iterateLayer, type ActivationsManifest } from '../activations/dataset.js';
 import { UserError } from '../util/errors.js';
-import { closedFormFits, MomentAccumulator, normalizeByResidual, type LinearFit } from './closed-form.js';
+import { MomentAccumulator, type LinearFit } from './closed-form.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from './metrics.js';
 import { mlpInput, type MlpSite } from './mlp-site.js';
 import { disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
 import type { LabelRule } from './labels.js';
-import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, type ExactPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
+import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, type ExactPart, type FitPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
 export type { MlpInput };
 
 export type MlpFamily = 'dense' | 'exact' | 'closed-form' | 'dejavu';
@@ -123,8 +123,9 @@ function firstShift(dir: string, m: ActivationsManifest, site: MlpSite, valEvery
 /**
  * Fit and calibrate one layer's MLP candidates. The data-parallel work runs as jobs on `exec` (a worker pool, or
  * in-process): one job per shard (moments of h over the training rows, and the validation rows), then fixed chunks
- * of validation rows (exact scores; each candidate's scores and rank histogram). Parts are combined in job order,
- * so the result is the same for any worker count. The decompositions and the calibration run here.
+ * of validation rows (exact scores; each candidate's scores and rank histogram), and the closed-form fits (the
+ * decompositions) as one job. Parts are combined in job order, so the result is the same for any worker count. The
+ * calibration runs here.
  *
  * `chunkRows`: validation rows per scoring job (tests use small chunks). `fineTune`, when given, continues
  * training the chosen closed form (linear score) from its start; the result is recalibrated under the same rule
@@ -165,8 +166,10 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   const hv = shared(concat(hs, (n) => new Float32Array(n))), yv = shared(concat(ys, (n) => new Uint8Array(n)));
   const chunks: [number, number][] = [];
   for (let s = 0; s < nVal; s += chunkRows) chunks.push([s, Math.min(nVal, s + chunkRows)]);
-  // exact pre-activations of the validation rows (the exact candidate, and each active neuron's magnitude weight),
-  // in workers while the decompositions run here
+  // the closed-form fits (the decompositions: the longest piece) as the first job, then the exact pre-activations of
+  // the validation rows (the exact candidate, and each active neuron's magnitude weight) beside it
+  const ranks = resolveRanks(mc.ranks, d);
+  const fitJob = families.has('closed-form') ? settle([exec.run<FitPart>(`${what} (closed-form fits)`, { kind: 'mlp-fit', dir, modelDir, layer, mom: acc.finish(), ranks, normalize: mc.normalize })])[0]! : null;
   const zUp = sharedF32(nVal * F), weights = sharedF32(nVal * F);
   const exactJobs = settle(chunks.map(([start, end]) => exec.run<ExactPart>(`${what} (exact scores of rows ${start}..${end - 1})`, { kind: 'mlp-exact', dir, modelDir, layer, h: hv, start, end, z: zUp, weights })));
 
@@ -181,12 +184,8 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   // every predicted candidate: its host weights, the rows it reads, how to score (then calibrated under each rule)
   interface Scored { family: MlpFamily; rank: number; score: 'linear' | 'swiglu'; host: HostPredictor; hostUp?: HostPredictor; x: Float32Array; make: () => Made; only?: ('topk' | 'threshold')[]; fineTuned?: boolean }
   const scored: Scored[] = [];
-  if (families.has('closed-form')) {
-    const ranks = resolveRanks(mc.ranks, d);
-    const mom = acc.finish();
-    const norm = (f: LinearFit) => (mc.normalize && !swiglu ? normalizeByResidual(f, F) : f);
-    const ups = closedFormFits(site.up, site.upBias ?? null, F, mom, ranks).map(norm);
-    const gates = swiglu ? closedFormFits(site.gate!, site.gateBias ?? null, F, mom, ranks) : null;
+  if (fitJob) {
+    const { ups, gates } = await fitJob;
     ups.forEach((uf, i) => {
       const gf = gates?.[i];
       const hostA = fitHost(gf ?? uf, d, F), hostB = gf ? fitHost(uf, d, F) : undefined;

@@ -1,14 +1,14 @@
 /**
- * The data-parallel pieces of one layer's MLP fit (fit-mlp.ts), as jobs that run in a worker thread or in-process
- * with the same code: a shard's moments and validation rows, a chunk of validation rows' exact scores, a chunk of a
- * candidate predictor's scores and rank histogram. The work is cut the same way for any worker count (one job per
+ * The pieces of one layer's MLP fit (fit-mlp.ts), as jobs that run in a worker thread or in-process with the same
+ * code: a shard's moments and validation rows, the closed-form fits (the decompositions), a chunk of validation
+ * rows' exact scores, a chunk of a candidate predictor's scores and rank histogram. The work is cut the same way for any worker count (one job per
  * shard, fixed chunks of CHUNK_ROWS rows) and the caller combines the parts in job order, so the fit does not
  * depend on how many workers ran the jobs, or which.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { iterateLayer, readManifest, type ActivationsManifest } from '../activations/dataset.js';
 import { readSync } from '../util/tfx.js';
-import { MomentAccumulator, type MomentPartial } from './closed-form.js';
+import { closedFormFits, MomentAccumulator, normalizeByResidual, type LinearFit, type MomentPartial, type Moments } from './closed-form.js';
 import { labelsFor, type LabelRule } from './labels.js';
 import { RankHistogram } from './metrics.js';
 import { exactScores, mlpInput, readMlpSite, type MlpSite } from './mlp-site.js';
@@ -38,7 +38,14 @@ export interface ScoreJob { kind: 'mlp-score'; x: Float32Array; y: Uint8Array; w
 /** `pos`, `posW`: the positives' scores and magnitude weights, in row order (the threshold rule's calibration) */
 export interface ScorePart { hist: Float64Array; whist: Float64Array | null; tokens: number; positives: number; weight: number; pos: Float32Array; posW: Float32Array }
 
-export type MlpJob = MomentsJob | ExactJob | ScoreJob;
+/**
+ * The closed-form fits of a layer at every rank (two d x d eigendecompositions each, serial within the layer: 0.3 s at
+ * d 256, minutes at d 2048), as a job so that two layers' fits run on two workers. SwiGLU: the gate's fits too.
+ */
+export interface FitJob { kind: 'mlp-fit'; dir: string; modelDir: string; layer: number; mom: Moments; ranks: number[]; normalize: boolean }
+export interface FitPart { ups: LinearFit[]; gates: LinearFit[] | null }
+
+export type MlpJob = MomentsJob | FitJob | ExactJob | ScoreJob;
 
 /** Where the jobs run: `run` resolves with the job's result (runMlpJob's), whatever thread ran it. */
 export interface MlpExec { run<R>(label: string, job: MlpJob): Promise<R> }
@@ -119,6 +126,14 @@ export function concat<T extends Float32Array | Uint8Array>(parts: T[], make: (n
   return o;
 }
 
+function fits(j: FitJob): FitPart {
+  const site = siteOf(j.dir, j.modelDir, j.layer);
+  const swiglu = site.activation === 'swiglu';
+  const norm = (f: LinearFit) => (j.normalize && !swiglu ? normalizeByResidual(f, site.F) : f);
+  return { ups: closedFormFits(site.up, site.upBias ?? null, site.F, j.mom, j.ranks).map(norm),
+    gates: swiglu ? closedFormFits(site.gate!, site.gateBias ?? null, site.F, j.mom, j.ranks) : null };
+}
+
 function exact(j: ExactJob): ExactPart {
   const site = siteOf(j.dir, j.modelDir, j.layer);
   const { z, weights } = exactScores(site, j.h.subarray(j.start * site.d, j.end * site.d), j.end - j.start);
@@ -148,9 +163,10 @@ function score(j: ScoreJob): ScorePart {
   }
 }
 
-export function runMlpJob(job: MlpJob): MomentsPart | ExactPart | ScorePart {
+export function runMlpJob(job: MlpJob): MomentsPart | FitPart | ExactPart | ScorePart {
   switch (job.kind) {
     case 'mlp-moments': return moments(job);
+    case 'mlp-fit': return fits(job);
     case 'mlp-exact': return exact(job);
     case 'mlp-score': return score(job);
   }

@@ -58,7 +58,7 @@ serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
       return (await mods.trainLayer()).trainLayer(job.dir, await manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } },
           { [job.site]: true });
     }
-    case 'mlp-moments': case 'mlp-exact': case 'mlp-score': return (await mods.mlpJobs()).runMlpJob(job);
+    case 'mlp-moments': case 'mlp-fit': case 'mlp-exact': case 'mlp-score': return (await mods.mlpJobs()).runMlpJob(job);
     case 'recall': return (await mods.evaluate()).recallJob(job, await manifest(job.activations), await preds(job.predictors));
     case 'nll': return (await mods.evalJobs()).nllJob(await theModel(), await preds(job.predictors), job.seqs, job.hooks);
   }
