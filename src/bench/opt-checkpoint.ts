@@ -2,7 +2,10 @@
  * A random-weight OPT checkpoint (Hugging Face layout: config.json + one fp16 model.safetensors), written tensor
  * by tensor so a 2.6 GB file never sits in memory. Default: OPT-1.3B widths (src/bench/common.ts, the widths
  * bench:decode uses). Weight scales keep a pre-LN residual stream bounded (fc1 1/sqrt(d), fc2 1/sqrt(ffn), others 0.02).
- *   node dist/bench/opt-checkpoint.js DIR [LAYERS]
+ *   node dist/bench/opt-checkpoint.js DIR [LAYERS] [--hidden D --ffn F --heads H --vocab V] [--ids TOKENS]
+ * (e.g. `/tmp/optmid 4 --hidden 1024 --ffn 4096 --heads 16 --vocab 4096 --ids 12288`: the mid-size model of
+ * bench:train's multi-layer numbers in the README). `--ids`: also DIR/ids.jsonl, random token ids in sequences of 256
+ * (pretokenized data for collect-activations).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -61,9 +64,25 @@ export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), see
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
-  const dir = process.argv[2];
-  if (!dir) { console.error('usage: node dist/bench/opt-checkpoint.js DIR [LAYERS]'); process.exit(2); }
+  const args = process.argv.slice(2);
+  const flag = (name: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? Number(args[i + 1]) : undefined; };
+  const [dir, layers] = args.filter((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
+  if (!dir) { console.error('usage: node dist/bench/opt-checkpoint.js DIR [LAYERS] [--hidden D --ffn F --heads H --vocab V] [--ids TOKENS]'); process.exit(2); }
+  const over: Partial<ModelConfig> = {};
+  if (layers) over.layers = Number(layers);
+  const hidden = flag('hidden'), ffn = flag('ffn'), heads = flag('heads'), vocab = flag('vocab');
+  if (hidden) over.hidden = hidden;
+  if (ffn) over.ffn = ffn;
+  if (heads) { over.heads = heads; over.kvHeads = heads; over.headDim = (hidden ?? opt13bConfig().hidden) / heads; }
+  if (vocab) over.vocabSize = vocab;
   const t = Date.now();
-  const bytes = writeRandomOpt(dir, opt13bConfig(process.argv[3] ? { layers: Number(process.argv[3]) } : {}));
+  const bytes = writeRandomOpt(dir, opt13bConfig(over));
+  const ids = flag('ids');
+  if (ids) {
+    let st = 12345;
+    const rnd = () => { st = (st * 1103515245 + 12345) & 0x7fffffff; return st; };
+    const V = opt13bConfig(over).vocabSize;
+    fs.writeFileSync(path.join(dir, 'ids.jsonl'), Array.from({ length: Math.ceil(ids / 256) }, () => JSON.stringify({ ids: Array.from({ length: 256 }, () => 4 + (rnd() % (V - 4))) })).join('\n') + '\n');
+  }
   console.log(`${dir}: random OPT checkpoint, ${(bytes / 1e9).toFixed(2)} GB fp16, ${((Date.now() - t) / 1000).toFixed(0)} s`);
 }
