@@ -6,7 +6,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
+import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
 import { closedFormFits, MomentAccumulator, normalizeByResidual } from '../src/predictors/closed-form.js';
+import { symmetricEig } from '../src/util/symmetric-eig.js';
 import { RankHistogram, thresholdForRecall } from '../src/predictors/metrics.js';
 import { collectSchema, trainSchema } from '../src/config/schemas.js';
 import { runCollect } from '../src/stages/collect.js';
@@ -160,6 +162,40 @@ describe('moments and the whitened low-rank fit (float64 reference)', () => {
       return h.kForRecall(0.9);
     };
     expect(dens(lo)).toBeGreaterThan(dens(hi));
+  });
+});
+
+describe('symmetricEig', () => {
+  let seed = 4242;
+  const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 4294967296 - 0.5; };
+  // A Aᵀ of an n x k A: rank k when k < n (repeated zero eigenvalues); a diagonal matrix with ties; a 1 x 1
+  const gram = (n: number, k: number) => {
+    const A = Array.from({ length: n * k }, rnd);
+    return Float64Array.from({ length: n * n }, (_, ij) => {
+      const i = Math.floor(ij / n), j = ij % n;
+      let s = 0;
+      for (let t = 0; t < k; t++) s += A[i * k + t]! * A[j * k + t]!;
+      return s;
+    });
+  };
+  const cases: [string, number, Float64Array][] = [
+    ['full rank 48', 48, gram(48, 60)], ['rank 5 of 40', 40, gram(40, 5)], ['diagonal with ties', 6, Float64Array.from({ length: 36 }, (_, ij) => (ij % 7 === 0 ? [3, 1, 3, 0, 1, 3][ij / 7]! : 0))],
+    ['1 x 1', 1, Float64Array.of(2.5)], ['indefinite 33', 33, (() => { const g = gram(33, 33); for (let i = 0; i < 33; i++) g[i * 33 + i]! -= 4; return g; })()],
+  ];
+  it.each(cases)('%s: bit-identical to ml-matrix (values ascending, every eigenvector), and A v = lambda v', (_name, n, a) => {
+    const mine = symmetricEig(a, n);
+    const ref = new EigenvalueDecomposition(new Matrix(Array.from({ length: n }, (_, i) => Array.from(a.subarray(i * n, (i + 1) * n)))), { assumeSymmetric: true });
+    expect(Array.from(mine.values)).toEqual(ref.realEigenvalues);
+    const V = ref.eigenvectorMatrix;
+    for (let c = 0; c < n; c++) for (let i = 0; i < n; i++) expect(mine.vectorsT[c * n + i]).toBe(V.get(i, c));
+    let worst = 0, scale = 1e-300;
+    for (let c = 0; c < n; c++) for (let i = 0; i < n; i++) {
+      let av = 0;
+      for (let j = 0; j < n; j++) av += a[i * n + j]! * mine.vectorsT[c * n + j]!;
+      worst = Math.max(worst, Math.abs(av - mine.values[c]! * mine.vectorsT[c * n + i]!));
+      scale = Math.max(scale, Math.abs(mine.values[c]!));
+    }
+    expect(worst / scale).toBeLessThan(1e-12);
   });
 });
 
