@@ -18,6 +18,7 @@ import { collectSchema } from '../config/schemas.js';
 import { runCollect } from '../stages/collect.js';
 import { denseLayerFlopsPerToken, normalizeConfig } from '../model/config.js';
 import { matmulRate, table, timeIt } from './common.js';
+import { writeRandomIds } from './opt-checkpoint.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadModel } from '../model/model.js';
 import { forward, disposeOutput } from '../model/forward.js';
@@ -61,10 +62,7 @@ if (args.includes('--child')) {
   if (!isFixture) {
     // random token ids (the checkpoint has no tokenizer): one document per sequence
     data = path.join(tmp, 'ids.jsonl');
-    let s = 12345;
-    const rnd = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s; };
-    const docs = Array.from({ length: Math.ceil(tokens! / seqLen) + 1 }, () => JSON.stringify({ ids: Array.from({ length: seqLen }, () => 4 + (rnd() % (c.vocabSize - 4))) }));
-    fs.writeFileSync(data, docs.join('\n') + '\n');
+    writeRandomIds(data, Math.ceil(tokens! / seqLen) + 1, seqLen, c.vocabSize);
   }
   const f = denseLayerFlopsPerToken(c);
   const avgCtx = (seqLen + 1) / 2;

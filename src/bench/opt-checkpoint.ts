@@ -24,6 +24,13 @@ export function hfConfig(c: ModelConfig): Record<string, unknown> {
   };
 }
 
+/** `seqs` documents of `seqLen` random token ids (4 .. vocab - 1, a fixed LCG stream) as pretokenized JSONL. */
+export function writeRandomIds(file: string, seqs: number, seqLen: number, vocab: number): void {
+  let s = 12345;
+  const rnd = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s; };
+  fs.writeFileSync(file, Array.from({ length: seqs }, () => JSON.stringify({ ids: Array.from({ length: seqLen }, () => 4 + (rnd() % (vocab - 4))) })).join('\n') + '\n');
+}
+
 /** Write the checkpoint; returns the bytes of model.safetensors. */
 export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), seed = 1): number {
   fs.mkdirSync(dir, { recursive: true });
@@ -78,11 +85,6 @@ if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(im
   const t = Date.now();
   const bytes = writeRandomOpt(dir, opt13bConfig(over));
   const ids = flag('ids');
-  if (ids) {
-    let st = 12345;
-    const rnd = () => { st = (st * 1103515245 + 12345) & 0x7fffffff; return st; };
-    const V = opt13bConfig(over).vocabSize;
-    fs.writeFileSync(path.join(dir, 'ids.jsonl'), Array.from({ length: Math.ceil(ids / 256) }, () => JSON.stringify({ ids: Array.from({ length: 256 }, () => 4 + (rnd() % (V - 4))) })).join('\n') + '\n');
-  }
+  if (ids) writeRandomIds(path.join(dir, 'ids.jsonl'), Math.ceil(ids / 256), 256, opt13bConfig(over).vocabSize);
   console.log(`${dir}: random OPT checkpoint, ${(bytes / 1e9).toFixed(2)} GB fp16, ${((Date.now() - t) / 1000).toFixed(0)} s`);
 }

@@ -169,7 +169,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   // the closed-form fits (the decompositions: the longest piece) as the first job, then the exact pre-activations of
   // the validation rows (the exact candidate, and each active neuron's magnitude weight) beside it
   const ranks = resolveRanks(mc.ranks, d);
-  const fitJob = families.has('closed-form') ? settle([exec.run<FitPart>(`${what} (closed-form fits)`, { kind: 'mlp-fit', dir, modelDir, layer, mom: acc.finish(), ranks, normalize: mc.normalize })])[0]! : null;
+  const [fitJob] = families.has('closed-form') ? settle([exec.run<FitPart>(`${what} (closed-form fits)`, { kind: 'mlp-fit', dir, modelDir, layer, mom: acc.finish(), ranks, normalize: mc.normalize })]) : [];
   const zUp = sharedF32(nVal * F), weights = sharedF32(nVal * F);
   const exactJobs = settle(chunks.map(([start, end]) => exec.run<ExactPart>(`${what} (exact scores of rows ${start}..${end - 1})`, { kind: 'mlp-exact', dir, modelDir, layer, h: hv, start, end, z: zUp, weights })));
 

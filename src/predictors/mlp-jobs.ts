@@ -1,9 +1,9 @@
 /**
  * The pieces of one layer's MLP fit (fit-mlp.ts), as jobs that run in a worker thread or in-process with the same
  * code: a shard's moments and validation rows, the closed-form fits (the decompositions), a chunk of validation
- * rows' exact scores, a chunk of a candidate predictor's scores and rank histogram. The work is cut the same way for any worker count (one job per
- * shard, fixed chunks of CHUNK_ROWS rows) and the caller combines the parts in job order, so the fit does not
- * depend on how many workers ran the jobs, or which.
+ * rows' exact scores, a chunk of a candidate predictor's scores and rank histogram. The work is cut the same way for
+ * any worker count (one job per shard, fixed chunks of CHUNK_ROWS rows) and the caller combines the parts in job
+ * order, so the fit does not depend on how many workers ran the jobs, or which.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { iterateLayer, readManifest, type ActivationsManifest } from '../activations/dataset.js';
@@ -39,8 +39,9 @@ export interface ScoreJob { kind: 'mlp-score'; x: Float32Array; y: Uint8Array; w
 export interface ScorePart { hist: Float64Array; whist: Float64Array | null; tokens: number; positives: number; weight: number; pos: Float32Array; posW: Float32Array }
 
 /**
- * The closed-form fits of a layer at every rank (two d x d eigendecompositions each, serial within the layer: 0.3 s at
- * d 256, minutes at d 2048), as a job so that two layers' fits run on two workers. SwiGLU: the gate's fits too.
+ * The closed-form fits of a layer at every rank (two d x d eigendecompositions, one after the other: ~0.15 s at d 256,
+ * ~70 s at d 2048 with three ranks, bench:fit), as a job so that two layers' fits run on two workers. SwiGLU: the
+ * gate's fits too.
  */
 export interface FitJob { kind: 'mlp-fit'; dir: string; modelDir: string; layer: number; mom: Moments; ranks: number[]; normalize: boolean }
 export interface FitPart { ups: LinearFit[]; gates: LinearFit[] | null }

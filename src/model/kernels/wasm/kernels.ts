@@ -207,29 +207,20 @@ export function attentionHost(q: Float32Array, k: Float32Array, v: Float32Array,
   const hb = 4 * hd;
   for (let b = 0; b < B; b++) {
     const km = keyMask[b]!;
-    const bh = b * H;
-    const at = (t: number) => 4 * (bh * T + t) * hd;
+    const bh = b * H, kb = kOff + bh * S * hb, vb = vOff + bh * S * hb;
+    const at = (t: number) => (bh * T + t) * hb;
+    // every head of the query at t over its first n visible keys
+    const one = (t: number, n: number) => { if (n) ex.attend_heads(qOff + at(t), kb, vb, rOff, n, hd, scale, sOff, cOff + at(t), H, T * hb, S * hb, T * hb); };
     // rows[0, n): the visible keys of the query at t (positions <= P + t with keyMask 1), grown one position per query
     let n = 0;
     for (let s = 0; s < P; s++) if (km[s]) rows[n++] = s;
     const counts = [0, 0, 0, 0];
-    for (let t = 0; t < T;) {
-      if (t + 4 <= T) {
-        for (let i = 0; i < 4; i++) { if (km[P + t + i]) rows[n++] = P + t + i; counts[i] = n; }
-        if (counts[0]! > 0) {
-          ex.attend4_heads(qOff + at(t), kOff + 4 * bh * S * hd, vOff + 4 * bh * S * hd, rOff, counts[0]!, counts[1]!, counts[2]!, counts[3]!, hd, scale, sOff,
-            cOff + at(t), H, T * hb, S * hb, T * hb);
-        } else {
-          for (let i = 0; i < 4; i++) if (counts[i]) ex.attend_heads(qOff + at(t + i), kOff + 4 * bh * S * hd, vOff + 4 * bh * S * hd, rOff, counts[i]!, hd, scale, sOff,
-            cOff + at(t + i), H, T * hb, S * hb, T * hb);
-        }
-        t += 4;
-      } else {
-        if (km[P + t]) rows[n++] = P + t;
-        if (n) ex.attend_heads(qOff + at(t), kOff + 4 * bh * S * hd, vOff + 4 * bh * S * hd, rOff, n, hd, scale, sOff, cOff + at(t), H, T * hb, S * hb, T * hb);
-        t++;
-      }
+    for (let t = 0; t + 4 <= T; t += 4) {
+      for (let i = 0; i < 4; i++) { if (km[P + t + i]) rows[n++] = P + t + i; counts[i] = n; }
+      if (counts[0]! > 0) ex.attend4_heads(qOff + at(t), kb, vb, rOff, counts[0]!, counts[1]!, counts[2]!, counts[3]!, hd, scale, sOff, cOff + at(t), H, T * hb, S * hb, T * hb);
+      else for (let i = 0; i < 4; i++) one(t + i, counts[i]!);
     }
+    for (let t = T - (T % 4); t < T; t++) { if (km[P + t]) rows[n++] = P + t; one(t, n); }
   }
   return Float32Array.from(new Float32Array(ex.memory.buffer, cOff, fq));
 }
