@@ -28,10 +28,12 @@ const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
 /** decode tokens/s at batch 1 after a short prompt, through the runtime */
 function decodeRate(model: Model, modes: DecodeModes, steps = STEPS): number {
   const s = new DecodeSession(model, modes, 1);
-  for (const id of PROMPT) s.step([id]);
-  const t = performance.now();
-  for (let i = 0; i < steps; i++) s.step([7 + (i % 50)]);
-  return steps / ((performance.now() - t) / 1000);
+  try {
+    for (const id of PROMPT) s.step([id]);
+    const t = performance.now();
+    for (let i = 0; i < steps; i++) s.step([7 + (i % 50)]);
+    return steps / ((performance.now() - t) / 1000);
+  } finally { s.dispose(); }
 }
 
 /** the previous runtime: the tfjs forward pass with its KV cache, one token per call */
@@ -88,6 +90,7 @@ if (fs.existsSync(`${bundle}/manifest.json`)) {
   const dense = denseModes(model.config.layers);
   const counter = new DecodeSession(model, built.modes, 1);
   for (let i = 0; i < 64; i++) counter.step([7 + (i % 50)]);
+  counter.dispose();
   const mf = counter.counts.mlpSelected / counter.counts.mlpTotal, hf = counter.counts.headsSelected / counter.counts.headsTotal;
   const [tfjs, d, sp] = alternate([() => forwardRate(model), () => decodeRate(model, dense), () => decodeRate(model, built.modes)]);
   const by = bytesPerToken(model.config, mf, hf);
@@ -108,6 +111,7 @@ const big: ModelConfig = opt13bConfig({ vocabSize: 2048, layers, attnBias: false
     const picks = randomPicks(big, 0.1, 0.5);
     const counter = new DecodeSession(model, lossless, 1);
     for (let i = 0; i < 16; i++) counter.step([7 + i]);
+    counter.dispose();
     const active = counter.counts.mlpSelected / counter.counts.mlpTotal;
     const [tfjs, d, ll, sp] = alternate([() => forwardRate(model, 12), () => decodeRate(model, dense, 16), () => decodeRate(model, lossless, 16), () => decodeRate(model, picks, 16)]);
     const name = `OPT-1.3B widths, random weights (${layers} layers, d 2048, ffn 8192, 32 heads)`;

@@ -139,15 +139,20 @@ export function disposeLayer(w: LayerWeights): void {
   }
 }
 
+/** A checkpoint with its normalized config, the weights it must hold, and their keys in it (checked). */
+function openChecked(dir: string) {
+  const ck = openCheckpoint(dir);
+  const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
+  const specs = expectedWeights(cfg);
+  return { ck, cfg, specs, canon: checkKeys(ck, cfg, specs) };
+}
+
 /**
  * Read every weight to the host once. `shared`: in SharedArrayBuffers, so worker threads given this object (by
  * postMessage / workerData) see the same memory instead of a copy each.
  */
 export function loadHostWeights(dir: string, opts: { shared?: boolean } = {}): HostWeights {
-  const ck = openCheckpoint(dir);
-  const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
-  const specs = expectedWeights(cfg);
-  const canon = checkKeys(ck, cfg, specs);
+  const { ck, specs, canon } = openChecked(dir);
   const tensors: HostLayer = {};
   // a float16 checkpoint stays float16 on the host (half the memory; widening to float32 is exact)
   const half = specs.every((s) => ck.tensors.get(canon.get(s.key)!)!.info.dtype === 'F16');
@@ -164,10 +169,7 @@ export function loadHostWeights(dir: string, opts: { shared?: boolean } = {}): H
 }
 
 export function loadModel(dir: string, opts: LoadOptions = {}): Model {
-  const ck = openCheckpoint(dir);
-  const cfg = normalizeConfig(ck.rawConfig, `${dir}/config.json`);
-  const specs = expectedWeights(cfg);
-  const canon = checkKeys(ck, cfg, specs);
+  const { ck, cfg, specs, canon } = openChecked(dir);
   const bytes = specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1) * 4, 0);
   const budget = opts.residentBudgetBytes ?? 2.5 * 2 ** 30;
   const residency = opts.residency && opts.residency !== 'auto' ? opts.residency : bytes > budget ? 'streamed' : 'resident';

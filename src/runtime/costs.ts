@@ -100,9 +100,11 @@ function measureShape(model: Model, context: number): ShapeCosts {
   // whole decode steps at `context` cached tokens: dense, and with n heads kept in every layer
   const stepAt = (modes: DecodeModes) => {
     const s = new DecodeSession(model, modes, 1);
-    for (let t = 0; t < context; t++) s.step([(t * 7 + 3) % c.vocabSize]);
-    let i = 0;
-    return timePerCall(() => { s.step([(i++ * 5 + 1) % c.vocabSize]); s.rewind(1); }, 20, 5);
+    try {
+      for (let t = 0; t < context; t++) s.step([(t * 7 + 3) % c.vocabSize]);
+      let i = 0;
+      return timePerCall(() => { s.step([(i++ * 5 + 1) % c.vocabSize]); s.rewind(1); }, 20, 5);
+    } finally { s.dispose(); } // its KV arena (WebAssembly memory) now, not at some later GC
   };
   const dense = denseModes(c.layers);
   const stepMs = stepAt(dense);

@@ -76,6 +76,7 @@ interface Scratch {
   x: Float32Array; xPrev: Float32Array; h: Float32Array; xm: Float32Array; h2: Float32Array; y: Float32Array; kv: Float32Array; vv: Float32Array;
   q: Float32Array; ctx: Float32Array; a: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array;
   ids: Int32Array; coef: Float32Array; // the lossless mode's nonzero rows
+  g: Float32Array; // SwiGLU's gate activations (empty for ReLU)
 }
 
 export class DecodeSession {
@@ -100,7 +101,7 @@ export class DecodeSession {
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
     this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
-        e: f(Dp), cos: f(hd / 2), sin: f(hd / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn) };
+        e: f(Dp), cos: f(hd / 2), sin: f(hd / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.activation === 'swiglu' ? c.ffn : 0) };
     this.invFreq = c.positions === 'rope' ? Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / hd)) : null;
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
     this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);
@@ -256,11 +257,10 @@ export class DecodeSession {
   /** a[0..k) = act(first projection) in place (SwiGLU: silu(gate) * up, gate rows `idx`) */
   private activate(L: DecodeLayer, a: Float32Array, k: number, idx: Int32Array | undefined): void {
     if (this.c.activation === 'relu') { for (let j = 0; j < k; j++) if (a[j]! < 0) a[j] = 0; return; }
-    const g = this.gateScratch.length >= k ? this.gateScratch : (this.gateScratch = new Float32Array(this.c.ffn));
+    const g = this.s.g;
     L.gate!.matvec(this.s.h2, g, idx, L.gateBias);
     for (let j = 0; j < k; j++) { const gj = g[j]!; a[j] = (gj / (1 + Math.exp(-gj))) * a[j]!; }
   }
-  private gateScratch = new Float32Array(0);
 }
 
 /** tokens ids[b] of prompts that the forward pass prefilled into `cache` -> a session that continues them */

@@ -29,6 +29,7 @@ import { thresholdForRecall, type SelectionRule } from '../predictors/metrics.js
 import { labelsFor } from '../predictors/labels.js';
 import { loadPredictors, ruleMask, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { hasLowRankWeights } from '../predictors/store.js';
+import { ruleText } from '../predictors/fit-mlp.js';
 import { mlpInput, readMlpSite } from '../predictors/mlp-site.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
@@ -163,7 +164,7 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
         // the rule train-predictors calibrated (a per-token top-k or a threshold), at its validation recall and density
         const tr = ms.entry.rule;
         if (tr && (tr.kind === 'topk' ? tr.k > 0 && tr.k < c.ffn : Number.isFinite(tr.value))) {
-          const v = ms.entry.validation, label = tr.kind === 'topk' ? `top-${tr.k}` : `>= ${tr.value.toFixed(3)}`;
+          const v = ms.entry.validation, label = ruleText(tr);
           mlp.push({
             what: { mode: 'predicted', rule: tr, recall: v.recall }, label: `predicted r${ms.entry.rank}, trained rule ${label} (recall ${v.recall.toFixed(3)})`,
             density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: increase(oneLayerHooks(i, ms, 'mlp', tr)),

@@ -25,6 +25,13 @@ export interface KvStore {
 
 interface Dims { rows: number; layers: number; heads: number; kvHeads: number; headDim: number }
 
+/** a row's new capacity: doubled from `have` (at least 32) until it holds `want` positions */
+function grownCap(have: number, want: number): number {
+  let c = Math.max(32, have);
+  while (c < want) c *= 2;
+  return c;
+}
+
 function softmaxInPlace(p: Float32Array, n: number, scale: number): void {
   let mx = -Infinity;
   for (let i = 0; i < n; i++) { const x = p[i]! * scale; p[i] = x; if (x > mx) mx = x; }
@@ -46,8 +53,7 @@ class JsKv implements KvStore {
   }
   reserve(r: number, cap: number): void {
     if (cap <= this.cap[r]!) return;
-    let c = Math.max(32, this.cap[r]!);
-    while (c < cap) c *= 2;
+    const c = grownCap(this.cap[r]!, cap);
     const grow = (a: Float32Array | undefined) => { const b = new Float32Array(c * this.W); if (a) b.set(a); return b; };
     this.k[r] = Array.from({ length: this.dims.layers }, (_, i) => grow(this.k[r]![i]));
     this.v[r] = Array.from({ length: this.dims.layers }, (_, i) => grow(this.v[r]![i]));
@@ -91,8 +97,7 @@ class SimdKv implements KvStore {
   }
   reserve(r: number, cap: number): void {
     if (cap <= this.cap[r]!) return;
-    let c = Math.max(32, this.cap[r]!);
-    while (c < cap) c *= 2;
+    const c = grownCap(this.cap[r]!, cap);
     const bytes = c * this.W * 4, old = this.cap[r]! * this.W * 4;
     for (let i = 0; i < this.dims.layers; i++) {
       const o = this.alloc(2 * bytes), mem = new Uint8Array(this.arena.exports().memory.buffer);
@@ -102,7 +107,7 @@ class SimdKv implements KvStore {
     this.cap[r] = c;
     if (c > this.scratchCap) {
       const H = this.dims.heads * this.dims.headDim;
-      this.scratch = this.alloc(8 * c + 8 * H * 4 + 64); this.scratchCap = c;
+      this.scratch = this.alloc(8 * c + 8 * H + 64); this.scratchCap = c; // rows and scores [c] each, q and ctx [H] each
     }
   }
   write(r: number, i: number, pos: number, k: Float32Array, v: Float32Array): void {
