@@ -72,15 +72,27 @@ export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), see
 
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
   const args = process.argv.slice(2);
-  const flag = (name: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? Number(args[i + 1]) : undefined; };
+  const flag = (name: string) => {
+    const i = args.indexOf(`--${name}`);
+    if (i < 0) return undefined;
+    const v = Number(args[i + 1]);
+    if (!Number.isInteger(v) || v <= 0) { console.error(`error: --${name} needs a positive integer (got ${args[i + 1] ?? 'nothing'})`); process.exit(2); }
+    return v;
+  };
   const [dir, layers] = args.filter((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
   if (!dir) { console.error('usage: node dist/bench/opt-checkpoint.js DIR [LAYERS] [--hidden D --ffn F --heads H --vocab V] [--ids TOKENS]'); process.exit(2); }
   const over: Partial<ModelConfig> = {};
-  if (layers) over.layers = Number(layers);
+  if (layers) {
+    over.layers = Number(layers);
+    if (!Number.isInteger(over.layers) || over.layers <= 0) { console.error(`error: LAYERS needs a positive integer (got ${layers})`); process.exit(2); }
+  }
   const hidden = flag('hidden'), ffn = flag('ffn'), heads = flag('heads'), vocab = flag('vocab');
   if (hidden) over.hidden = hidden;
   if (ffn) over.ffn = ffn;
-  if (heads) { over.heads = heads; over.kvHeads = heads; over.headDim = (hidden ?? opt13bConfig().hidden) / heads; }
+  if (heads) {
+    over.heads = heads; over.kvHeads = heads; over.headDim = (hidden ?? opt13bConfig().hidden) / heads;
+    if (!Number.isInteger(over.headDim)) { console.error(`error: --heads ${heads} does not divide the width ${hidden ?? opt13bConfig().hidden}`); process.exit(2); }
+  }
   if (vocab) over.vocabSize = vocab;
   const t = Date.now();
   const bytes = writeRandomOpt(dir, opt13bConfig(over));
