@@ -1,12 +1,14 @@
 /**
  * One output-folder discipline for every stage (see docs/reliability.md):
  *  - a folder dejavu writes carries a marker file `.dejavu-output.json` ({tool, kind, identity?});
- *  - dejavu deletes or replaces only a folder with its marker of the same kind (or, for folders written before the
- *    marker existed, one whose every file is a file that kind writes and whose signature file has the right kind);
- *    never a folder holding anything else, `--overwrite` included;
- *  - whole-folder outputs are written to a temp sibling `.NAME.dejavu-tmp-PID` and renamed into place;
+ *  - dejavu deletes or replaces only a folder whose every entry is a regular file (or sub-folder) that kind writes, and
+ *    that carries its marker of the same kind (or, for folders written before the marker existed, whose signature file
+ *    has the right kind); never a folder holding anything else or a symbolic link anywhere, `--overwrite` included;
+ *  - nothing is locked or created for an --out before it has been checked (the file-system root is never one);
+ *  - whole-folder outputs are written to a temp sibling `.NAME.dejavu-tmp-PID` and renamed into place; an old output
+ *    that cannot be removed then is left with a warning (the command succeeds);
  *  - a lock file `.NAME.dejavu-lock` (sibling, holds the pid) makes a second writer fail fast; it is stale when its
- *    pid is dead; stale temp siblings (ours by name and marker) are swept by the next writer.
+ *    pid is dead; stale temp siblings (ours by name and marker) are swept by the next writer (or left with a warning).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -110,7 +112,8 @@ export function inspectOutput(dir: string, kind: OutputKind): OutputState {
   checkOutputPath(dir);
   let st: fs.Stats;
   try { st = fs.statSync(dir); } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') return { state: 'absent' };
+    const code = (e as { code?: string }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return { state: 'absent' }; // (below a file: lockOutput says so, creating nothing)
     throw fsUserError(e, 'reading output folder', dir);
   }
   if (!st.isDirectory()) throw new UserError(`output folder ${dir} is a file`, 'choose a folder path for --out (dejavu never replaces a file)');
