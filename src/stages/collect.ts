@@ -5,13 +5,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import type { z } from 'zod';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
 import type { CollectConfig } from '../config/schemas.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, REBUILD_HINT, ShardWriter, type LayerRows } from '../activations/format.js';
-import { collectProgressSchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
+import { activationsManifestSchema, activationsSummarySchema, collectProgressSchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
 import { issueLines } from '../util/json-artifact.js';
 import { loadHostWeights, loadModel, type Model } from '../model/model.js';
 import { normalizeConfig } from '../model/config.js';
@@ -22,7 +23,7 @@ import { getBackend } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { fsUserError, UserError } from '../util/errors.js';
-import { checkOutput, lockOutput, MARKER, sweepAtomicTemps, writeMarker } from '../util/outdir.js';
+import { lockOutput, MARKER, removeOwned, sweepAtomicTemps, writeMarker } from '../util/outdir.js';
 import { sha256, sha256File, writeJsonAtomic } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 
@@ -69,11 +70,11 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
 
     // --- output folder: new, resume, or refuse (src/util/outdir.ts: marker, lock, only our own folders)
     const out = cfg.out;
-    const lock = lockOutput(out);
+    const lock = lockOutput(out, 'activations'); // refuses a folder holding anything collect did not write, links included
     let aside: string | null = null; // the dataset --overwrite replaces, kept until the new one is complete
     let createdHere = false, startedEmpty = false;
     try {
-      const before = checkOutput(out, 'activations');
+      const before = lock.before;
       let progress: Progress = { shardsDone: 0, tokens: 0, seconds: 0, shards: [] };
       if (before.state === 'ours' && fs.existsSync(path.join(out, 'manifest.json'))) {
         let old: ActivationsManifest | null = null;
@@ -104,10 +105,10 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       for (const l of layers) {
         const ld = layerDir(out, l);
         fs.mkdirSync(ld, { recursive: true });
-        // drop shards past the last complete one, and temp files of a killed run
-        for (const f of fs.readdirSync(ld)) {
-          const m = /^shard-(\d+)\.arrow$/.exec(f);
-          if (!m || Number(m[1]) >= progress.shardsDone) fs.rmSync(path.join(ld, f), { force: true });
+        // drop shards past the last complete one, and temp files of a killed run: regular files of our names only
+        for (const e of fs.readdirSync(ld, { withFileTypes: true })) {
+          const m = /^(?:shard-(\d{5,})\.arrow|\.shard-\d{5,}\.arrow\.tmp)$/.exec(e.name);
+          if (e.isFile() && m && (m[1] === undefined || Number(m[1]) >= progress.shardsDone)) fs.rmSync(path.join(ld, e.name));
         }
       }
       const resumedFromShard = progress.shardsDone;
@@ -119,7 +120,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         dims: { hidden: c.hidden, ffn: c.ffn, heads: c.heads, headDim: c.headDim }, dtype: cfg.dtype, fields,
         tokens: 0, sequences: 0, shards: 0,
       };
-      writeJsonAtomic(path.join(out, 'manifest.json'), manifest);
+      writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, manifest);
 
       const schemas = new Map(layers.map((l) => [l, layerSchema({ layer: l, hidden: c.hidden, ffn: c.ffn, heads: c.heads, dtype: cfg.dtype, mlpAct })]));
       const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? { tokens: 0, active: 0,
@@ -148,7 +149,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         writers = null;
         shardIndex++;
         progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, shards: [...progress.shards, { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)) }] };
-        writeJsonAtomic(path.join(out, 'progress.json'), progress);
+        writeChecked(path.join(out, 'progress.json'), collectProgressSchema, progress);
       };
       // batches are fixed sets of sequences (sequence i -> batch floor(i / batchSize)); with a pool they run in
       // parallel, one tfjs per worker, and are written here strictly in order
@@ -228,17 +229,20 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
           };
         }),
       };
-      writeJsonAtomic(path.join(out, 'summary.json'), summary);
-      writeJsonAtomic(path.join(out, 'manifest.json'), done);
+      writeChecked(path.join(out, 'summary.json'), activationsSummarySchema, summary);
+      writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, done);
       fs.rmSync(path.join(out, 'progress.json'), { force: true });
       if (aside) { fs.rmSync(aside, { recursive: true, force: true }); aside = null; }
       return summarize(out, done);
     } catch (e) {
       // nothing half-written: a run that completed no shard leaves the folder as it found it (later failures stay
       // resumable); a dataset that --overwrite was replacing comes back
-      if (aside) { fs.rmSync(out, { recursive: true, force: true }); fs.renameSync(aside, out); }
-      else if (startedEmpty && createdHere) fs.rmSync(out, { recursive: true, force: true });
-      else if (startedEmpty && fs.existsSync(out)) for (const f of fs.readdirSync(out)) fs.rmSync(path.join(out, f), { recursive: true, force: true });
+      // (only what collect writes is removed: a file put there meanwhile stays, and then so does the set-aside dataset)
+      if (aside) {
+        if (removeOwned(out, 'activations')) { fs.rmdirSync(out); fs.renameSync(aside, out); }
+        else deps.log(`warning: ${out} now holds files collect did not write, so the dataset it was replacing stays in ${aside}`);
+      }
+      else if (startedEmpty && fs.existsSync(out) && removeOwned(out, 'activations') && createdHere) fs.rmdirSync(out);
       throw fsUserError(e, 'writing activations to', out);
     } finally {
       lock.release();
@@ -247,6 +251,14 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     model?.dispose();
     await pool?.close();
   }
+}
+
+/** Write one of the dataset's JSON files after checking it as its readers will (a file that fails is a bug: exit 1). */
+function writeChecked(file: string, schema: z.ZodType, value: unknown): void {
+  const back: unknown = JSON.parse(JSON.stringify(value)); // what a reader gets (NaN and Infinity become null)
+  const r = schema.safeParse(back);
+  if (!r.success) throw new Error(`collect-activations produced an invalid ${path.basename(file)} (${file}): ${issueLines(r.error, back, 5).join('; ')}`);
+  writeJsonAtomic(file, value);
 }
 
 /** progress.json of a resumable run, checked against the shards on disk: resume from the first missing or altered one. */

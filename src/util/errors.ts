@@ -27,6 +27,15 @@ const FS_PROBLEMS: Record<string, [string, string]> = {
   EEXIST: ['a file is in the way', 'choose a path that is not an existing file'],
   EMFILE: ['too many open files', 'raise the open-file limit (ulimit -n) and re-run'],
   EIO: ['input/output error', 'check the disk'],
+  ENAMETOOLONG: ['file name too long', 'choose a shorter path (at most 255 bytes per file or folder name)'],
+  ELOOP: ['too many levels of symbolic links (a link on the path points back to itself)', 'fix or remove the looping link, or choose another path'],
+  ENXIO: ['no such device or address (a socket, or a FIFO nobody reads)', 'pass a regular file or folder'],
+  ENODEV: ['no such device', 'pass a regular file or folder'],
+  ETXTBSY: ['the file is busy (a running program)', 'choose another path, or wait for the program to end'],
+  EBUSY: ['the file or folder is busy (in use, or a mount point)', 'choose another path, or unmount / close what uses it'],
+  EFBIG: ['file too large for this file system or the file-size limit (ulimit -f)', 'choose an --out on another file system, or raise the limit'],
+  ENFILE: ['too many open files in the system', 'close other programs and re-run'],
+  EMLINK: ['too many links or sub-folders in a folder', 'choose another --out'],
 };
 
 /** The Node error code of a file-system error, if `e` is one of the user-fixable kinds above. */
