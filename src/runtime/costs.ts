@@ -71,7 +71,7 @@ export function shapeProblems(s: ShapeCosts, layers: number, heads: number): str
   if (layers * (s.upMs + s.downMs) >= s.stepMs) p.push(`${layers} layers x (up ${s.upMs} + down ${s.downMs}) ms is not less than the whole step (${s.stepMs} ms)`);
   for (const [name, t, lo, hi] of [['skip', s.skip, 0, 1], ['select', s.select, 0, 1], ['heads', s.heads, 1, heads - 1]] as const) {
     t.forEach(([x, ms], i) => {
-      if (x < lo || x > hi || x <= 0 || (i > 0 && x <= t[i - 1]![0])) p.push(`${name}[${i}]: ${x} is not an increasing ${name === 'heads' ? 'head count' : 'density'} in [${lo}, ${hi}]`);
+      if (x < lo || x > hi || x <= 0 || (i > 0 && x <= t[i - 1]![0])) p.push(`${name}[${i}]: ${x} is not an increasing ${name === 'heads' ? `head count in [1, ${hi}]` : 'density in (0, 1]'}`);
       if ((name === 'heads' ? layers * ms : ms) >= s.stepMs) p.push(`${name}[${i}]: ${ms} ms${name === 'heads' ? ` saved in each of ${layers} layers` : ''} is not less than the whole step (${s.stepMs} ms)`);
       if (name !== 'heads' && ms <= 0) p.push(`${name}[${i}]: ${ms} ms is not positive`);
     });
