@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectProgressSchema, readManifest, readSummary } from '../src/activations/dataset.js';
 import { readPredictorsManifest } from '../src/predictors/store.js';
 import { issueLines } from '../src/util/json-artifact.js';
+import { sealed } from '../src/util/seal.js';
 import { cli, FIXTURES, tmpDir } from './helpers.js';
 
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
@@ -33,7 +34,8 @@ function damaged(src: string, name: string, file: string, edit: (o: Record<strin
   const f = path.join(d, file);
   const o = JSON.parse(fs.readFileSync(f, 'utf8'));
   edit(o);
-  fs.writeFileSync(f, JSON.stringify(o, null, 2));
+  // predictors.json is sealed (util/seal): re-sealed as a tool would, so that these cases test the schema
+  fs.writeFileSync(f, JSON.stringify(file === 'predictors.json' ? sealed(o) : o, null, 2));
   return d;
 }
 

@@ -27,6 +27,7 @@ import { f16ToF32Array, f32ToF16Array } from '../src/util/half.js';
 import { sha256File } from '../src/util/fsx.js';
 import { predictorsContentHash } from '../src/predictors/content-hash.js';
 import { isUserError } from '../src/util/errors.js';
+import { sealed } from '../src/util/seal.js';
 import { cli, FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
@@ -189,8 +190,9 @@ describe('export-bundle with an evaluate-recall report', () => {
     const good = JSON.parse(fs.readFileSync(path.join(rep, 'report.json'), 'utf8'));
     const cases: [string, string, RegExp][] = [
       ['truncated', JSON.stringify(good).slice(0, 100), /report\.json is not valid JSON/],
-      ['layers not a list', JSON.stringify({ ...good, layers: 5 }), /report\.json is not a valid evaluate-recall report \(1 problem\):\n  - layers: /],
-      ['recall above 1', JSON.stringify({ ...good, layers: [{ ...good.layers[0], mlp: { ...good.layers[0].mlp, metrics: { ...good.layers[0].mlp.metrics, recall: 1.5 } } }] }), /layers\.0\.mlp\.metrics\.recall: /],
+      // re-sealed as a tool would (util/seal): the schema must catch these
+      ['layers not a list', JSON.stringify(sealed({ ...good, layers: 5 })), /report\.json is not a valid evaluate-recall report \(1 problem\):\n  - layers: /],
+      ['recall above 1', JSON.stringify(sealed({ ...good, layers: [{ ...good.layers[0], mlp: { ...good.layers[0].mlp, metrics: { ...good.layers[0].mlp.metrics, recall: 1.5 } } }] })), /layers\.0\.mlp\.metrics\.recall: /],
       ['no content hash (old report)', JSON.stringify({ ...good, predictorsSha256: undefined }), /was written by an older dejavu: it does not record which predictors it evaluated/],
     ];
     for (const [what, text, re] of cases) {

@@ -16,6 +16,7 @@ import { openSafetensors, readTensorF32 } from '../src/checkpoint/safetensors.js
 import { RankHistogram, ThresholdCounter, topKLabels } from '../src/predictors/metrics.js';
 import type { PredictorsManifest } from '../src/predictors/store.js';
 import { isUserError } from '../src/util/errors.js';
+import { sealed } from '../src/util/seal.js';
 import { FIXTURES, tmpDir } from './helpers.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
@@ -131,7 +132,7 @@ function selectAll(from: string, to: string, kind: 'topk' | 'threshold'): string
     l.mlp!.rule = kind === 'topk' ? { kind: 'topk', k: c.ffn } : { kind: 'threshold', value: -1e30 };
     l.heads!.rule = kind === 'topk' ? { kind: 'topk', k: c.heads } : { kind: 'threshold', value: -1e30 };
   }
-  fs.writeFileSync(f, JSON.stringify(pm));
+  fs.writeFileSync(f, JSON.stringify(sealed(pm))); // re-sealed (util/seal): an unsealed edit is refused
   return to;
 }
 

@@ -89,7 +89,8 @@ describe('train-predictors and evaluate-recall on worker threads', () => {
     const o2 = path.join(TMP, 'pred-2');
     expect((await cli(...trainArgs(pred, 1))).code).toBe(0);
     expect((await cli(...trainArgs(o2, 2))).code).toBe(0);
-    const timing = (m: any) => ({ ...m, identity: null, config: { ...m.config, workers: null, out: null }, training: null, layers: m.layers.map((l: any) => ({ ...l, seconds: null })) });
+    const timing = (m: any) => ({ ...m, identity: null, sealSha256: null, config: { ...m.config, workers: null, out: null }, training: null,
+      layers: m.layers.map((l: any) => ({ ...l, seconds: null })) });
     expectSameFolder(pred, o2, { 'predictors.json': timing, 'train-log.jsonl': null });
     expect(json(path.join(o2, 'predictors.json')).training.workers).toBe(2);
     expect(json(path.join(o2, 'predictors.json')).training.jobsPerWorker.every((n: number) => n > 0)).toBe(true);
@@ -102,7 +103,7 @@ describe('train-predictors and evaluate-recall on worker threads', () => {
     const r1 = path.join(TMP, 'rep-1'), r2 = path.join(TMP, 'rep-2');
     expect((await cli(...evalArgs(r1, 1))).code).toBe(0);
     expect((await cli(...evalArgs(r2, 2))).code).toBe(0);
-    const outPath = (r: any) => ({ ...r, config: { ...r.config, out: null } });
+    const outPath = (r: any) => ({ ...r, config: { ...r.config, out: null }, sealSha256: null }); // the seal covers the path
     const md = (d: string) => fs.readFileSync(path.join(d, 'report.md'), 'utf8').replace(d, 'OUT');
     expect(outPath(json(path.join(r2, 'report.json')))).toEqual(outPath(json(path.join(r1, 'report.json'))));
     expect(md(r2)).toBe(md(r1));

@@ -31,6 +31,7 @@ import { costCacheFile } from '../src/runtime/costs.js';
 import { decodeModes, planProblems, readPlanFile, PLAN_FORMAT_VERSION, type LayerPlan, type PlanFile, type RuntimePlan } from '../src/runtime/plan.js';
 import { MARKER } from '../src/util/outdir.js';
 import { isUserError } from '../src/util/errors.js';
+import { sealed } from '../src/util/seal.js';
 import { cli, FIXTURES, tmpDir } from './helpers.js';
 
 const TMP = tmpDir('dejavu-plan-');
@@ -317,7 +318,8 @@ describe('plan in the bundle', () => {
     const bad = path.join(TMP, 'plan-bad');
     fs.mkdirSync(bad, { recursive: true });
     const pf = readPlanFile(pdir);
-    fs.writeFileSync(path.join(bad, 'plan.json'), JSON.stringify({ ...pf, predictorsSha256: predictorsContentHash(EXACT), plan: pred }));
+    // re-sealed as a tool would (util/seal; an unsealed edit is refused first): the deeper checks must catch these
+    fs.writeFileSync(path.join(bad, 'plan.json'), JSON.stringify(sealed({ ...pf, predictorsSha256: predictorsContentHash(EXACT), plan: pred })));
     const refuse = (o: { predictors: string; plan: string }, re: RegExp) => {
       let err: unknown = null;
       try { exportBundle({ model: MODEL, ...o, out: path.join(TMP, 'bundle-refused'), neuronMajor: true, overwrite: false, config: {} }); } catch (e) { err = e; }
@@ -331,7 +333,7 @@ describe('plan in the bundle', () => {
     refuse({ predictors: EXACT, plan: pdir }, /made for other predictors/);
     const other = path.join(TMP, 'plan-other');
     fs.mkdirSync(other, { recursive: true });
-    fs.writeFileSync(path.join(other, 'plan.json'), JSON.stringify({ ...pf, predictorsSha256: 'f'.repeat(64) }));
+    fs.writeFileSync(path.join(other, 'plan.json'), JSON.stringify(sealed({ ...pf, predictorsSha256: 'f'.repeat(64) })));
     refuse({ predictors: CF, plan: other }, /made for other predictors/);
   });
 });

@@ -478,7 +478,7 @@ describe('train-predictors end to end', () => {
     const b = path.join(TMP, 'pred-b');
     await runTrain(trainCfg(b), quiet);
     for (const l of pm.layers) expect(fs.readFileSync(path.join(b, l.file)).equals(fs.readFileSync(path.join(OUT, l.file))), l.file).toBe(true);
-    const strip = (p: PredictorsManifest) => ({ ...p, training: null, config: { ...(p.config as object), out: null }, layers: p.layers.map((l) => ({ ...l, seconds: 0 })) });
+    const strip = (p: PredictorsManifest) => ({ ...p, sealSha256: null, training: null, config: { ...(p.config as object), out: null }, layers: p.layers.map((l) => ({ ...l, seconds: 0 })) });
     expect(strip(readPredictorsManifest(b))).toEqual(strip(pm));
     const c2 = path.join(TMP, 'pred-c');
     await runTrain(trainCfg(c2, { seed: 8, layers: [0] }), quiet);

@@ -13,14 +13,16 @@ import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js'
 import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
 import { fsUserError, UserError } from '../util/errors.js';
 import { beginOutput } from '../util/outdir.js';
-import { sha256File, writeJsonAtomic } from '../util/fsx.js';
+import { sha256File } from '../util/fsx.js';
+import { writeArtifact } from '../util/json-artifact.js';
+import { sealed } from '../util/seal.js';
 import { BUNDLE_FORMAT_VERSION, READABLE_BUNDLE_FORMATS, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
 import { assertFinitePredictor } from '../predictors/finite.js';
 import { readEvalReport, type ReportFile } from '../eval/report.js';
-import { predictorsContentHash } from '../predictors/content-hash.js';
+import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
 import { VERSION } from '../version.js';
-import { planProblems, readPlanFile } from '../runtime/plan.js';
+import { planProblems, readPlanFile, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
 
 type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 
@@ -43,22 +45,24 @@ export interface ExportOptions {
 }
 
 export function exportBundle(o: ExportOptions): BundleManifest {
+  // the predictors' content hash as loaded: taken before anything is read, checked again before the bundle is committed
+  const predictorsSha256 = predictorsContentHash(o.predictors);
   const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
   const fp = fingerprintCheckpoint(o.model);
   if (!sameFingerprint(fp, pm.model.fingerprint)) throw new UserError(`predictors in ${o.predictors} were trained for another checkpoint than ${o.model}`, 'pass the checkpoint the activations were collected from');
   let report: ReportFile | null = null;
   if (o.report) {
-    report = readEvalReport(o.report);
+    report = readEvalReport(o.report); // sealed: an edited report is refused
     // the report must describe these exact weights (a retrain into the same folder keeps the path, not the content)
-    const now = predictorsContentHash(o.predictors);
-    if (report.predictorsSha256 !== now)
-      throw new UserError(`the report in ${o.report} evaluated other predictors than ${o.predictors} holds now (content sha256 ${report.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…; evaluated: ${report.config.predictors})`,
+    if (report.predictorsSha256 !== predictorsSha256)
+      throw new UserError(`the report in ${o.report} evaluated other predictors than ${o.predictors} holds now (content sha256 ${report.predictorsSha256.slice(0, 12)}… vs ${predictorsSha256.slice(0, 12)}…; evaluated: ${report.config.predictors})`,
         're-run evaluate-recall on these predictors, or export without --report');
   }
+  let plan: PlanFile | null = null;
   if (o.plan) {
-    const pf = readPlanFile(o.plan), now = predictorsContentHash(o.predictors);
-    if (pf.predictorsSha256 !== now)
-      throw new UserError(`the plan in ${o.plan} was made for other predictors than ${o.predictors} holds now (content sha256 ${pf.predictorsSha256.slice(0, 12)}… vs ${now.slice(0, 12)}…)`, 're-run `dejavu plan` on these predictors, or export without --plan');
+    plan = readPlanFile(o.plan); // sealed: an edited plan (its predictorsSha256 included) is refused
+    if (plan.predictorsSha256 !== predictorsSha256)
+      throw new UserError(`the plan in ${o.plan} was made for other predictors than ${o.predictors} holds now (content sha256 ${plan.predictorsSha256.slice(0, 12)}… vs ${predictorsSha256.slice(0, 12)}…)`, 're-run `dejavu plan` on these predictors, or export without --plan');
   }
   const ck = openCheckpoint(o.model);
   const c = normalizeConfig(ck.rawConfig, o.model);
@@ -67,17 +71,19 @@ export function exportBundle(o: ExportOptions): BundleManifest {
     mayReplace: (s) => { if (s.state === 'ours' && !o.overwrite) throw new UserError(`bundle folder ${o.out} exists and is not empty`, 'choose another --out or pass --overwrite'); },
   });
   let m: BundleManifest;
-  try { m = writeBundle(o, pm, fp, report, ck, c, w.tmp); } catch (e) { w.abort(); throw fsUserError(e, 'writing', o.out); }
+  try {
+    m = writeBundle(o, pm, fp, report, plan?.plan ?? null, ck, c, w.tmp);
+    checkPredictorsUnchanged(o.predictors, predictorsSha256, 'export-bundle');
+  } catch (e) { w.abort(); throw fsUserError(e, 'writing', o.out); }
   w.commit();
   return m;
 }
 
-function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: ReportFile | null,
+function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: ReportFile | null, plan: RuntimePlan | null,
   ck: ReturnType<typeof openCheckpoint>, c: ReturnType<typeof normalizeConfig>, tmp: string): BundleManifest {
   const ptensors: Record<string, TensorToWrite> = {};
   const ntensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
-  const plan = o.plan ? readPlanFile(o.plan).plan : null;
   if (plan) {
     const problems = planProblems(plan, c, (site, i) => Boolean(pm.layers.find((l) => l.layer === i)?.[site] && hasLowRankWeights(pm.layers.find((l) => l.layer === i)![site]!.family)));
     if (problems.length) throw new UserError(`the plan in ${o.plan} does not fit these predictors:\n  - ${problems.join('\n  - ')}`, 're-run `dejavu plan` on these predictors');
@@ -138,10 +144,8 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
   if (o.neuronMajor) writeSafetensors(path.join(tmp, 'neuron-major.safetensors'), ntensors, { format: 'pt', kind: 'dejavu-neuron-major' });
   const files: BundleManifest['files'] = {};
   for (const f of fs.readdirSync(tmp).filter((x) => !x.startsWith('.'))) files[f] = { sha256: sha256File(path.join(tmp, f)), bytes: fs.statSync(path.join(tmp, f)).size };
-  const unsealed = { ...body, files };
-  const manifest: BundleManifest = { ...unsealed, manifestSha256: manifestChecksum(unsealed) };
-  bundleManifestSchema.parse(manifest);
-  writeJsonAtomic(path.join(tmp, 'manifest.json'), manifest);
+  const manifest: BundleManifest = sealed({ ...body, files }, 'manifestSha256');
+  writeArtifact(bundleManifestSchema, manifest, path.join(tmp, 'manifest.json'), 'bundle manifest');
   return manifest;
 }
 
@@ -166,6 +170,7 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
   const problems: string[] = [];
   const mf = path.join(dir, 'manifest.json');
   if (!fs.existsSync(mf)) return { problems: [`${mf} does not exist`], manifest: null };
+  if (fs.statSync(mf).isDirectory()) return { problems: [`${mf} is a folder, not a file (a bundle's manifest.json is the file export-bundle writes)`], manifest: null };
   let raw: unknown;
   try { raw = JSON.parse(fs.readFileSync(mf, 'utf8')); } catch (e) { return { problems: [`manifest.json is not valid JSON: ${(e as Error).message}`], manifest: null }; }
   const fv = (raw as { formatVersion?: unknown } | null)?.formatVersion;
@@ -176,6 +181,8 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
   const m = parsed.data;
   // manifest-level problems come first; the file and tensor checks below still run
   const edited: string[] = [];
+  if (m.formatVersion === 2 && m.plan !== undefined)
+    edited.push(`manifest.json formatVersion: 2, but the manifest carries a plan (format 2 has no plan; plans came with format ${BUNDLE_FORMAT_VERSION}): the manifest was altered after export; re-export the bundle with \`dejavu export-bundle\``);
   if (manifestChecksum(raw as Record<string, unknown>) !== m.manifestSha256)
     edited.push('manifest.json was modified after export (its content no longer matches manifestSha256): re-export the bundle, or restore the manifest');
   edited.push(...sealedCopyProblems(dir, m));

@@ -3,7 +3,7 @@
  * keeps the committed file in sync.
  */
 import { z } from 'zod';
-import { sha256Json } from '../util/canonical-json.js';
+import { sealOf } from '../util/seal.js';
 import { runtimePlanSchema } from '../runtime/plan.js';
 
 /**
@@ -11,7 +11,7 @@ import { runtimePlanSchema } from '../runtime/plan.js';
  * manifest is checksummed (manifestSha256) and a copy of it (less `files`) is sealed in predictors.safetensors'
  * metadata. Format 1 bundles are refused with a hint to re-export.
  * 3: an optional runtime plan (`dejavu plan`: per-layer modes under a perplexity budget). Format 2 bundles (no plan)
- * are still read.
+ * are still read; a format 2 manifest carrying a plan is refused (verify-bundle).
  */
 export const BUNDLE_FORMAT_VERSION = 3;
 export const READABLE_BUNDLE_FORMATS: readonly number[] = [2, 3];
@@ -76,10 +76,9 @@ export const bundleManifestSchema = z.strictObject({
 });
 export type BundleManifest = z.infer<typeof bundleManifestSchema>;
 
-/** The manifest checksum: sha256 of the canonical JSON of the manifest less its manifestSha256 field. */
+/** The manifest checksum (its seal, util/seal): sha256 of the canonical JSON of the manifest less its manifestSha256 field. */
 export function manifestChecksum(m: Record<string, unknown>): string {
-  const { manifestSha256: _, ...rest } = m;
-  return sha256Json(rest);
+  return sealOf(m, 'manifestSha256');
 }
 
 /** What the sealed copy holds: the manifest less `files` (it cannot hold its own file's checksum) and manifestSha256. */

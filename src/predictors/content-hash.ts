@@ -13,3 +13,16 @@ export function predictorsContentHash(dir: string): string {
   const files = ['predictors.json', ...fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort()];
   return sha256(files.map((f) => `${f} ${sha256File(path.join(dir, f))}\n`).join(''));
 }
+
+/**
+ * Hashes are of the inputs as loaded: a stage takes the content hash before it loads the predictors and checks it
+ * here before it writes, so a retrain into the same folder meanwhile is an error, not a result tied to the wrong
+ * weights.
+ */
+export function checkPredictorsUnchanged(dir: string, loaded: string, stage: string): void {
+  let now: string;
+  try { now = predictorsContentHash(dir); } catch { now = 'gone'; }
+  if (now !== loaded)
+    throw new UserError(`predictors in ${dir} changed while ${stage} ran (content sha256 ${loaded.slice(0, 12)}… when loaded, ${now === 'gone' ? 'no predictors.json' : `${now.slice(0, 12)}…`} now)`,
+      `wait until whatever rewrites ${dir} (train-predictors?) has finished, then re-run ${stage}`);
+}

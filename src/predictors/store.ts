@@ -1,5 +1,5 @@
 /**
- * Predictors folder: predictors.json + layer-LL.safetensors + train-log.jsonl.
+ * Predictors folder: predictors.json (sealed, util/seal) + layer-LL.safetensors + train-log.jsonl.
  * Tensor names (nn.Linear convention, weight [out, in]):
  *   mlp.fc1.weight [r, d], mlp.fc1.bias [r], mlp.fc2.weight [F, r], mlp.fc2.bias [F]
  *   heads.fc1.weight [rh, d], heads.fc1.bias [rh], heads.fc2.weight [H, rh], heads.fc2.bias [H]
@@ -11,10 +11,11 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { fingerprintSchema, type Fingerprint } from '../checkpoint/checkpoint.js';
 import { modelConfigSchema, type ModelConfig } from '../model/config.js';
-import { parseArtifact, readJson } from '../util/json-artifact.js';
+import { parseArtifact, readJson, writeArtifact } from '../util/json-artifact.js';
+import { checkSeal } from '../util/seal.js';
 import { openSafetensors, readTensorF32, writeSafetensors, type TensorToWrite } from '../checkpoint/safetensors.js';
 import { UserError } from '../util/errors.js';
-import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
+import { writeFileAtomic } from '../util/fsx.js';
 import type { Metrics, SelectionRule } from './metrics.js';
 import type { HostPredictor } from './predictor.js';
 import type { LabelRule, LayerResult } from './train-layer.js';
@@ -89,7 +90,7 @@ export function writePredictors(out: string, manifest: PredictorsManifest, resul
     manifest.layers.push({ layer: r.layer, file, seconds: r.seconds, ...(r.mlp ? { mlp: entry(r.mlp) } : {}), ...(r.heads ? { heads: entry(r.heads) } : {}) });
   }
   writeFileAtomic(path.join(out, 'train-log.jsonl'), results.flatMap((r) => r.log).map((e) => JSON.stringify(e)).join('\n') + '\n');
-  writeJsonAtomic(path.join(out, 'predictors.json'), manifest);
+  writeArtifact(predictorsManifestSchema, manifest, path.join(out, 'predictors.json'), 'predictors manifest', { seal: true });
 }
 
 const nat = z.number().int().nonnegative();
@@ -129,6 +130,8 @@ export const predictorsManifestSchema = z.looseObject({
     mlp: predictorEntrySchema.optional(),
     heads: predictorEntrySchema.optional(),
   })),
+  /** the file's seal (util/seal): sha256 of its canonical JSON less this field; an edited predictors.json is refused */
+  sealSha256: z.string().regex(/^[0-9a-f]{64}$/),
 });
 
 const RETRAIN = 're-run train-predictors';
@@ -139,6 +142,7 @@ export function readPredictorsManifest(dir: string): PredictorsManifest {
   const raw = readJson(f, RETRAIN) as Partial<PredictorsManifest> | null;
   if (raw?.kind !== 'dejavu-predictors' || raw.formatVersion !== PREDICTORS_FORMAT_VERSION)
     throw new UserError(`${f}: not a predictors manifest of format ${PREDICTORS_FORMAT_VERSION}`, RETRAIN);
+  checkSeal(raw, f, RETRAIN);
   return parseArtifact(predictorsManifestSchema, raw, f, 'predictors manifest', RETRAIN) as unknown as PredictorsManifest;
 }
 

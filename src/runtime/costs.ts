@@ -9,6 +9,10 @@
  *   select          [density, ms] of both projections over that share of rows (the predicted mode, less the predictor)
  *   heads           [heads kept, ms saved per layer] against every head (K and V are always computed)
  *   predictors      ms of one predictor call (scores + rule), by its shape
+ *
+ * It is only a cache: a file that is not valid, or a shape whose costs do not fit together (tables of fewer than 2
+ * points or with densities not increasing, values not finite and positive, parts not cheaper than the whole step),
+ * is measured over, with a one-line note.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -18,13 +22,14 @@ import { z } from 'zod';
 import { VERSION } from '../version.js';
 import { KERNELS_WASM_BASE64 } from '../model/kernels/wasm/kernels-binary.js';
 import type { Model } from '../model/model.js';
-import { writeJsonAtomic } from '../util/fsx.js';
+import { writeArtifact } from '../util/json-artifact.js';
 import { DecodeSession, denseModes, type DecodeModes } from './decoder.js';
 import { nonzeros } from '../model/kernels/rows.js';
 
 export const COSTS_FORMAT_VERSION = 1;
-const pairs = z.array(z.tuple([z.number(), z.number()]));
-const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs, select: pairs, heads: pairs,
+/** [x, ms] points; interp needs at least 2 */
+const pairs = z.array(z.tuple([z.number(), z.number().nonnegative()]));
+const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs.min(2), select: pairs.min(2), heads: pairs,
     context: z.number().int().positive(), measuredAt: z.string() });
 const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()) });
 export type ShapeCosts = z.infer<typeof shapeCostsSchema>;
@@ -35,14 +40,43 @@ export function costCacheFile(): string {
   return path.join(dir, 'kernel-costs.json');
 }
 
-/** the cache, or an empty one when absent or unreadable (it is only a cache: a bad file is measured over) */
-function readCache(file: string): CostsFile {
+/** the cache, or an empty one when absent or unreadable (it is only a cache: a bad file is measured over, `note` says so) */
+function readCache(file: string, note: (s: string) => void): CostsFile {
   const empty: CostsFile = { kind: 'dejavu-kernel-costs', formatVersion: COSTS_FORMAT_VERSION, shapes: {}, predictors: {} };
-  try { const r = costsFileSchema.safeParse(JSON.parse(fs.readFileSync(file, 'utf8'))); return r.success ? r.data : empty; } catch { return empty; }
+  let text: string;
+  try { text = fs.readFileSync(file, 'utf8'); } catch { return empty; }
+  let r;
+  try { r = costsFileSchema.safeParse(JSON.parse(text)); } catch { note(`the kernel-cost cache ${file} is not valid JSON; measuring the costs again`); return empty; }
+  if (r.success) return r.data;
+  const i = r.error.issues[0]!;
+  note(`the kernel-cost cache ${file} is not valid (${i.path.join('.') || '(top level)'}: ${i.message}); measuring the costs again`);
+  return empty;
 }
 
 function writeCache(file: string, c: CostsFile): void {
-  try { fs.mkdirSync(path.dirname(file), { recursive: true }); writeJsonAtomic(file, c); } catch { /* a cache that cannot be written is re-measured next time */ }
+  try { fs.mkdirSync(path.dirname(file), { recursive: true }); writeArtifact(costsFileSchema, c, file, 'kernel-cost cache'); } catch (e) {
+    if (!(e as { code?: string }).code) throw e; // a cache failing its own schema is a bug; one that cannot be written is re-measured next time
+  }
+}
+
+/**
+ * Why one shape's costs cannot be right (empty: they fit): every value finite; the densities of `skip` and `select`
+ * increasing in (0, 1] and the heads kept increasing in [1, heads); every part cheaper than the whole dense step
+ * (the MLPs of all layers together, each sparse table entry, the heads' saving over all layers).
+ */
+export function shapeProblems(s: ShapeCosts, layers: number, heads: number): string[] {
+  const p: string[] = [];
+  const all = [s.stepMs, s.upMs, s.downMs, ...[s.skip, s.select, s.heads].flatMap((t) => t.flat())];
+  if (!all.every(Number.isFinite)) return ['a cost is not a finite number'];
+  if (layers * (s.upMs + s.downMs) >= s.stepMs) p.push(`${layers} layers x (up ${s.upMs} + down ${s.downMs}) ms is not less than the whole step (${s.stepMs} ms)`);
+  for (const [name, t, lo, hi] of [['skip', s.skip, 0, 1], ['select', s.select, 0, 1], ['heads', s.heads, 1, heads - 1]] as const) {
+    t.forEach(([x, ms], i) => {
+      if (x < lo || x > hi || x <= 0 || (i > 0 && x <= t[i - 1]![0])) p.push(`${name}[${i}]: ${x} is not an increasing ${name === 'heads' ? `head count in [1, ${hi}]` : 'density in (0, 1]'}`);
+      if ((name === 'heads' ? layers * ms : ms) >= s.stepMs) p.push(`${name}[${i}]: ${ms} ms${name === 'heads' ? ` saved in each of ${layers} layers` : ''} is not less than the whole step (${s.stepMs} ms)`);
+      if (name !== 'heads' && ms <= 0) p.push(`${name}[${i}]: ${ms} ms is not positive`);
+    });
+  }
+  return p;
 }
 
 /** the CPU, and the code being timed (a new dejavu or new kernels are measured again) */
@@ -127,21 +161,37 @@ export interface CostModel {
   save(): void;
 }
 
-/** The cost model for this model's shapes, from the cache or measured now. */
-export function kernelCosts(model: Model, context: number, file = costCacheFile()): CostModel {
+/**
+ * The cost model for this model's shapes, from the cache or measured now. Cached costs that do not fit together
+ * (shapeProblems; a predictor call not cheaper than the whole step) are measured again, and `note` says why.
+ */
+export function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void } = {}): CostModel {
   if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
-  const c = model.config;
-  const cache = readCache(file);
+  const c = model.config, file = o.file ?? costCacheFile(), note = o.note ?? (() => undefined);
+  const cache = readCache(file, note);
   const key = [machine(), model.decode.kernel, `L${c.layers}`, `d${c.hidden}`, `F${c.ffn}`, `H${c.heads}`, `KV${c.kvHeads}`, `hd${c.headDim}`, c.activation, `V${c.vocabSize}`, c.norm, `ctx${context}`].join('|');
-  let shape = cache.shapes[key];
+  let shape: ShapeCosts | undefined = cache.shapes[key];
+  const bad = shape ? shapeProblems(shape, c.layers, c.heads) : [];
+  if (bad.length) { note(`the cached kernel costs of this model in ${file} do not fit together (${bad[0]}${bad.length > 1 ? `; ${bad.length - 1} more` : ''}); measuring them again`); shape = undefined; }
   const cached = Boolean(shape);
   let dirty = false;
-  if (!shape) { shape = measureShape(model, context); cache.shapes[key] = shape; dirty = true; }
+  if (!shape) {
+    shape = measureShape(model, context);
+    // measured just now: a machine too noisy for parts to be cheaper than the whole is measured once more, then a bug
+    for (let again = 0, p = shapeProblems(shape, c.layers, c.heads); p.length; p = shapeProblems(shape, c.layers, c.heads)) {
+      if (again++) throw new Error(`the kernel costs measured for the plan's cost model do not fit together: ${p.join('; ')}`);
+      shape = measureShape(model, context);
+    }
+    cache.shapes[key] = shape; dirty = true;
+  }
+  const stepMs = shape.stepMs;
   return {
     shape, cached, file,
     predictorMs(pkey, run) {
       const k = `${machine()}|${model.decode!.kernel}|${pkey}`;
-      if (cache.predictors[k] === undefined) { cache.predictors[k] = timePerCall(run); dirty = true; }
+      const was = cache.predictors[k];
+      if (was !== undefined && was >= stepMs) note(`the cached cost of a predictor call (${was} ms) is not less than the whole step (${stepMs} ms); measuring it again`);
+      if (was === undefined || was >= stepMs) { cache.predictors[k] = timePerCall(run); dirty = true; }
       return cache.predictors[k]!;
     },
     save() { if (dirty) writeCache(file, cache); dirty = false; },

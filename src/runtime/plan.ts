@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { UserError } from '../util/errors.js';
-import { parseArtifact, readJson } from '../util/json-artifact.js';
+import { readSealedArtifact } from '../util/json-artifact.js';
 import type { ModelConfig } from '../model/config.js';
 import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
 import type { HostPredictor } from '../predictors/predictor.js';
@@ -170,11 +170,16 @@ export const planFileSchema = z.looseObject({
   plan: runtimePlanSchema,
   /** the search's path: each accepted move with the plan's estimated speedup and perplexity increase */
   frontier: z.array(z.looseObject({ step: z.number().int().nonnegative(), move: z.string(), speedup: z.number().positive(), pplIncrease: z.number() })),
+  /** the file's seal (util/seal): sha256 of its canonical JSON less this field; an edited plan is refused */
+  sealSha256: z.string().regex(/^[0-9a-f]{64}$/),
 });
 export type PlanFile = z.infer<typeof planFileSchema>;
 
+const REPLAN = 're-run `dejavu plan` to write the plan again';
+
+/** Read DIR/plan.json: its seal checked (an edited plan is refused), then its schema. */
 export function readPlanFile(dir: string): PlanFile {
   const f = path.join(dir, 'plan.json');
   if (!fs.existsSync(f)) throw new UserError(`${dir} is not a plan folder (no plan.json)`, 'pass a folder written by `dejavu plan`');
-  return parseArtifact(planFileSchema, readJson(f, 're-run `dejavu plan`'), f, 'plan', 're-run `dejavu plan`');
+  return readSealedArtifact(planFileSchema, f, 'plan', REPLAN);
 }

@@ -13,7 +13,6 @@ import { VERSION } from '../version.js';
 import type { EvaluateConfig } from '../config/schemas.js';
 import { iterateLayer, readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
-import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { loadModel, type Model } from '../model/model.js';
 import { normalizeConfig, type ModelConfig } from '../model/config.js';
@@ -22,18 +21,21 @@ import { nllJob, type HookSpec, type NllResult } from '../eval/jobs.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
 import { getBackend } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
-import { loadTokenizer } from '../tokenizer.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { exactScores, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
 import { candidateTable, mlpCostShare, ruleText, type MlpCandidate } from '../predictors/fit-mlp.js';
-import { predictorsContentHash } from '../predictors/content-hash.js';
+import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
+import { checkHeldoutText, heldoutSequences } from '../eval/heldout.js';
+import { evalReportSchema } from '../eval/report.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { ppl, type NllTotals } from '../eval/perplexity.js';
 import { renderReportPlots } from '../eval/plots.js';
 import { UserError } from '../util/errors.js';
-import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
+import { writeFileAtomic } from '../util/fsx.js';
+import { writeArtifact } from '../util/json-artifact.js';
+import { sealed } from '../util/seal.js';
 import type { StageDeps } from '../util/progress.js';
 
 export interface SiteReport {
@@ -66,6 +68,8 @@ export interface EvalReport {
   perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }>;
     /** predicted-MLP perplexity at scaled per-layer k (top-k rules), and the same density for the oracle */
     densityCurve: { targetDensity: number; meanDensity: number; predicted: number; oracle: number; k: number[] }[] };
+  /** the file's seal (util/seal), added when it is written */
+  sealSha256?: string;
 }
 
 interface SiteCtx { mlpSite?: MlpSite | undefined; targetRecall: number }
@@ -150,7 +154,11 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise
   let report: EvalReport;
   let text: string;
   // reportTable checks every metric first: nothing is written when one is impossible
-  try { report = await evaluate(cfg, deps); text = reportTable(report, cfg.out); } catch (e) { w.abort(); throw e; }
+  try {
+    report = sealed(await evaluate(cfg, deps)) as EvalReport;
+    text = reportTable(report, cfg.out);
+    checkPredictorsUnchanged(cfg.predictors, report.predictorsSha256, 'evaluate-recall');
+  } catch (e) { w.abort(); throw e; }
   await writeOutput(w, cfg.out, (tmp) => writeReport(tmp, report, cfg.out));
   return { text, json: report };
 }
@@ -164,7 +172,8 @@ function reportConfig(cfg: EvaluateConfig): EvaluateConfig {
 async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalReport> {
   const m = readManifest(cfg.activations);
   verifyDataset(cfg.activations, m, m.layers);
-  const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the weights evaluated are these
+  if (cfg.model) checkHeldoutText(cfg.activations, m, cfg.data, 'evaluate-recall'); // before any work (checked again as it is read)
+  const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the weights evaluated are these (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
   try {
     if (!sameFingerprint(preds.manifest.model.fingerprint, m.model.fingerprint))
@@ -223,9 +232,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
     const pending = new Map<string, Promise<NllResult>[]>();
     if (cfg.model) {
       c = normalizeConfig(openCheckpoint(cfg.model).rawConfig, `${cfg.model}/config.json`);
-      const dataFile = cfg.data ?? m.data.file;
-      const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
-      for await (const sq of packSequences(readDocuments(dataFile), { seqLen: cfg.seqLen, cfg: c, tokenizer, maxTokens: cfg.maxTokens, source: dataFile })) seqs.push(sq);
+      seqs.push(...await heldoutSequences({ activations: cfg.activations, manifest: m, data: cfg.data, model: cfg.model, config: c, seqLen: cfg.seqLen, maxTokens: cfg.maxTokens, stage: 'evaluate-recall' }));
       for (const [name, spec] of early) pending.set(name, perplexityRun(name, spec));
     }
     for (const r of await Promise.all(siteResults.map((p) => p.catch((e: Error) => ({ error: e }))))) if ('error' in r) throw r.error;
@@ -344,7 +351,7 @@ export function reportTable(r: EvalReport, out: string): string {
 }
 
 async function writeReport(out: string, r: EvalReport, shownOut: string): Promise<void> {
-  writeJsonAtomic(path.join(out, 'report.json'), r);
+  writeArtifact(evalReportSchema, r, path.join(out, 'report.json'), 'evaluate-recall report'); // sealed by runEvaluate
   writeFileAtomic(path.join(out, 'report.md'), `# dejavu evaluate-recall\n\n${reportTable(r, shownOut)}\n\n![recall vs density](recall-vs-density.svg)\n\n![densities](densities.svg)\n${r.perplexity?.densityCurve?.length ? '\n![perplexity vs density](perplexity-vs-density.svg)\n' : ''}`);
   for (const [file, svg] of Object.entries(await renderReportPlots(r))) writeFileAtomic(path.join(out, file), svg);
 }

@@ -1,16 +1,20 @@
 /**
  * pipeline: collect (calibration) -> collect (held-out) -> train -> evaluate -> plan -> export, in one workdir.
- * Every stage skips itself when its output is complete and current (same inputs and config); a stale output is
- * replaced. Prints the final per-layer table and the perplexities.
+ * Every stage skips itself when its output is complete and current (same inputs and config, and, for evaluate, plan
+ * and export, the output file is the one the stage wrote: its seal is the one recorded); a stale or edited output is
+ * replaced, and the log says why. Prints the final per-layer table and the perplexities.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
 import type { StageResult } from './types.js';
 import { collectSchema, evaluateSchema, exportSchema, planSchema, trainSchema, type PipelineConfig } from '../config/schemas.js';
 import { verifyBundle } from '../bundle/bundle.js';
 import { sha256File } from '../util/fsx.js';
-import { isUserError, withFsErrors } from '../util/errors.js';
-import { checkOutput, outputIsCurrent, recordOutputInputs, writeMarker } from '../util/outdir.js';
+import { isUserError, UserError, withFsErrors } from '../util/errors.js';
+import { checkOutput, writeMarker } from '../util/outdir.js';
+import { readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
+import { canonicalJson } from '../util/canonical-json.js';
 import { readEvalReport } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import type { StageDeps } from '../util/progress.js';
@@ -20,6 +24,47 @@ import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
 import { runExport } from './export.js';
 import { runPlan } from './plan.js';
 import { readPlanFile, type PlanFile } from '../runtime/plan.js';
+
+/** a stage's record (report/.inputs.json, plan/.inputs.json, .bundle-inputs.json): what its output was made from, and that output's seal */
+const stageRecordSchema = z.looseObject({ kind: z.literal('dejavu-stage-record'), inputs: z.unknown(), output: z.string().regex(/^[0-9a-f]{64}$/), sealSha256: z.string() });
+interface StageRecord { name: string; file: string; record: string; inputs: unknown }
+type ReadOutput<T> = () => { value: T; seal: string };
+
+/**
+ * A stage's output is current when its record (sealed) reads back, holds the same inputs (hashes and resolved
+ * config), and the output reads back (its own seal checked) with the seal the record holds. Returns the output, or
+ * null after logging why not (nothing is said when there is no record: a first run).
+ */
+function currentOutput<T>(s: StageRecord, read: ReadOutput<T>, deps: StageDeps): T | null {
+  if (!fs.existsSync(s.record)) return null;
+  let why: string;
+  try {
+    const rec = readSealedArtifact(stageRecordSchema, s.record, 'stage record', `delete ${s.record}: the pipeline re-runs ${s.name}`);
+    if (canonicalJson(rec.inputs) !== canonicalJson(s.inputs)) why = 'its inputs or settings changed';
+    else {
+      const o = read();
+      if (o.seal === rec.output) return o.value;
+      why = `${s.file} is not the one ${s.name} wrote here (its seal differs from the one recorded in ${s.record})`;
+    }
+  } catch (e) {
+    if (!isUserError(e)) throw e;
+    why = e.message.split('\n')[0]!;
+  }
+  deps.log(`\n== ${s.name}: the existing output is not current (${why}); re-running`);
+  return null;
+}
+
+/** After a stage ran: read its output back (seal and schema) and record it with its inputs. */
+function recordStage<T>(s: StageRecord, read: ReadOutput<T>): T {
+  const o = read();
+  writeArtifact(stageRecordSchema, { kind: 'dejavu-stage-record', inputs: s.inputs, output: o.seal }, s.record, 'stage record', { seal: true });
+  return o.value;
+}
+
+/** inode, size and times of a file (null: absent): a stage that rewrote it did work */
+function stamp(file: string): string | null {
+  try { const s = fs.statSync(file); return `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`; } catch { return null; }
+}
 
 export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise<StageResult> {
   const t0 = Date.now();
@@ -31,52 +76,55 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   for (const [k, kind] of Object.entries(kinds)) checkOutput(dirs[k as keyof typeof kinds], kind);
   if (ws.state !== 'ours' || ws.legacy) withFsErrors('writing', w, () => { fs.mkdirSync(w, { recursive: true }); writeMarker(w, 'workdir'); });
   const timings: Record<string, number> = {};
-  const step = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
-    const s = Date.now();
+  /** run a stage; `output`: the file it rewrites when it does work (collect and train skip themselves when current) */
+  const step = async <T>(name: string, f: () => Promise<T>, output?: string): Promise<T> => {
+    const s = Date.now(), before = output ? stamp(output) : null;
     deps.log(`\n== ${name}`);
     const r = await f();
+    if (output && before !== null && stamp(output) === before) { deps.log(`== ${name}: current; nothing to do`); return r; }
     timings[name] = (Date.now() - s) / 1000;
     deps.log(`== ${name}: ${timings[name]!.toFixed(1)} s`);
     return r;
   };
-  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: cfg.data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), deps));
-  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: cfg.data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), deps));
-  await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps));
+  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: cfg.data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.cal, 'manifest.json'));
+  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: cfg.data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.held, 'manifest.json'));
+  await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.pred, 'predictors.json'));
   const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: cfg.data.heldout, backend: cfg.backend });
-  // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged
-  const evalId = JSON.stringify({ p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: { ...evalCfg, workers: undefined } }); // the worker count changes nothing
-  const idFile = path.join(dirs.report, '.inputs.json');
-  let report: EvalReport | null = null;
-  if (outputIsCurrent(idFile, evalId, () => fs.existsSync(path.join(dirs.report, 'report.json')))) {
-    // a report that does not read back (corrupt, or from an older dejavu) is re-made, never used
-    try { report = readEvalReport(dirs.report) as unknown as EvalReport; } catch (e) { if (!isUserError(e)) throw e; deps.log(`\n== evaluate-recall: the existing report is unusable (${e.message.split('\n')[0]}); re-running`); }
-    if (report) deps.log('\n== evaluate-recall: report is complete and current; skipped');
-  }
-  if (!report) {
-    report = (await step('evaluate-recall', () => runEvaluate(evalCfg, deps))).json as EvalReport;
-    recordOutputInputs(idFile, evalId);
+  // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged and report.json is the one it wrote
+  const evalIn = { p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: { ...evalCfg, workers: undefined } }; // the worker count changes nothing
+  const readReport = () => { const r = readEvalReport(dirs.report) as unknown as EvalReport; return { value: r, seal: r.sealSha256! }; };
+  const evalRec = { name: 'evaluate-recall', file: path.join(dirs.report, 'report.json'), record: path.join(dirs.report, '.inputs.json'), inputs: evalIn };
+  let report = currentOutput(evalRec, readReport, deps);
+  if (report) deps.log('\n== evaluate-recall: report is complete and current; skipped');
+  else {
+    await step('evaluate-recall', () => runEvaluate(evalCfg, deps));
+    report = recordStage(evalRec, readReport);
   }
   let plan: PlanFile | null = null;
   if (cfg.plan.enabled) {
     const { enabled: _, ...planRest } = cfg.plan;
     const planCfg = planSchema.parse({ ...planRest, model: cfg.model, predictors: dirs.pred, activations: dirs.held, data: cfg.data.heldout, out: dirs.plan, backend: cfg.backend, overwrite: true });
-    const planId = JSON.stringify({ p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: planCfg });
-    const planIdFile = path.join(dirs.plan, '.inputs.json');
-    if (outputIsCurrent(planIdFile, planId, () => fs.existsSync(path.join(dirs.plan, 'plan.json')))) {
-      try { plan = readPlanFile(dirs.plan); deps.log('\n== plan: plan is complete and current; skipped'); } catch (e) { if (!isUserError(e)) throw e; deps.log(`\n== plan: the existing plan is unusable (${e.message.split('\n')[0]}); re-running`); }
-    }
-    if (!plan) {
+    const readPlan = () => { const pf = readPlanFile(dirs.plan); return { value: pf, seal: pf.sealSha256 }; };
+    const planRec = { name: 'plan', file: path.join(dirs.plan, 'plan.json'), record: path.join(dirs.plan, '.inputs.json'),
+      inputs: { p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: planCfg } };
+    plan = currentOutput(planRec, readPlan, deps);
+    if (plan) deps.log('\n== plan: plan is complete and current; skipped');
+    else {
       const r = await step('plan', () => runPlan(planCfg, deps));
       deps.log(r.text.split('\n').slice(0, 4).join('\n'));
-      plan = r.json as PlanFile;
-      recordOutputInputs(planIdFile, planId);
+      plan = recordStage(planRec, readPlan);
     }
   }
   const expCfg = exportSchema.parse({ ...cfg.export, model: cfg.model, predictors: dirs.pred, report: dirs.report, ...(plan ? { plan: dirs.plan } : {}), out: dirs.bundle, overwrite: true });
-  const expId = JSON.stringify({ p: predictorsContentHash(dirs.pred), r: sha256File(path.join(dirs.report, 'report.json')), pl: plan ? sha256File(path.join(dirs.plan, 'plan.json')) : null, c: expCfg });
-  const expIdFile = path.join(w, '.bundle-inputs.json');
-  if (outputIsCurrent(expIdFile, expId, () => verifyBundle(dirs.bundle, cfg.model).problems.length === 0)) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
-  else { await step('export-bundle', () => runExport(expCfg, deps)); recordOutputInputs(expIdFile, expId); }
+  const readBundle = () => {
+    const v = verifyBundle(dirs.bundle, cfg.model);
+    if (v.problems.length || !v.manifest) throw new UserError(`the bundle in ${dirs.bundle} does not verify (${v.problems[0]})`);
+    return { value: v.manifest, seal: v.manifest.manifestSha256 };
+  };
+  const expRec = { name: 'export-bundle', file: path.join(dirs.bundle, 'manifest.json'), record: path.join(w, '.bundle-inputs.json'),
+    inputs: { p: predictorsContentHash(dirs.pred), r: report.sealSha256, pl: plan?.sealSha256 ?? null, c: expCfg } };
+  if (currentOutput(expRec, readBundle, deps)) deps.log('\n== export-bundle: bundle is complete, current and verifies; skipped');
+  else { await step('export-bundle', () => runExport(expCfg, deps)); recordStage(expRec, readBundle); }
   const v = verifyBundle(dirs.bundle, cfg.model);
   const total = (Date.now() - t0) / 1000;
   const pv = plan?.plan.verified;

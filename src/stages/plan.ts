@@ -20,28 +20,29 @@ import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
 import type { PlanConfig } from '../config/schemas.js';
 import { iterateLayer, readManifest } from '../activations/dataset.js';
-import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { loadModel, type Model } from '../model/model.js';
 import type { SparsityHooks } from '../model/forward.js';
-import { loadTokenizer } from '../tokenizer.js';
 import { thresholdForRecall, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/labels.js';
 import { loadPredictors, ruleMask, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { hasLowRankWeights } from '../predictors/store.js';
 import { ruleText } from '../predictors/fit-mlp.js';
 import { mlpInput, readMlpSite } from '../predictors/mlp-site.js';
-import { predictorsContentHash } from '../predictors/content-hash.js';
+import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
+import { heldoutSequences } from '../eval/heldout.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
 import { specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
-import { decodeModes, PLAN_FORMAT_VERSION, sitePicker, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
+import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, sitePicker, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
 import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, type CostModel } from '../runtime/costs.js';
 import { denseModes } from '../runtime/decoder.js';
 import { createArena } from '../model/kernels/wasm/kernels.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { UserError } from '../util/errors.js';
-import { writeFileAtomic, writeJsonAtomic } from '../util/fsx.js';
+import { writeFileAtomic } from '../util/fsx.js';
+import { writeArtifact } from '../util/json-artifact.js';
+import { sealed } from '../util/seal.js';
 import type { StageDeps } from '../util/progress.js';
 
 type MlpOption = { mode: 'dense' | 'lossless' } | { mode: 'predicted'; rule: SelectionRule; recall: number };
@@ -118,17 +119,14 @@ function frontierSpec(points: { step: number; speedup: number; pplIncrease: numb
 /** The plan stage's shared inputs. */
 interface Ctx { cfg: PlanConfig; deps: StageDeps; model: Model; preds: LoadedPredictors; m: ReturnType<typeof readManifest>; costs: CostModel }
 
-/** the held-out text as sequences: the search's part and, after it, the verification's part (disjoint) */
+/** the held-out text as sequences (checked against the activations manifest): the search's part and, after it, the verification's part (disjoint) */
 async function heldoutText(cfg: PlanConfig, model: Model, m: ReturnType<typeof readManifest>): Promise<{ search: number[][]; verify: number[][] }> {
-  const dataFile = cfg.data ?? m.data.file;
-  const tokenizer = (await isPretokenized(dataFile)) ? null : loadTokenizer(cfg.model);
-  const seqs: number[][] = [];
-  const pack = { seqLen: cfg.seqLen, cfg: model.config, tokenizer, maxTokens: cfg.searchTokens + cfg.verifyTokens, source: dataFile };
-  for await (const s of packSequences(readDocuments(dataFile), pack)) seqs.push(s);
+  const seqs = await heldoutSequences({ activations: cfg.activations, manifest: m, data: cfg.data, model: cfg.model, config: model.config, seqLen: cfg.seqLen,
+    maxTokens: cfg.searchTokens + cfg.verifyTokens, stage: 'plan' });
   const nSearch = Math.min(Math.ceil(cfg.searchTokens / cfg.seqLen), Math.floor(seqs.length / 2));
   const search = seqs.slice(0, nSearch), verify = seqs.slice(nSearch);
   if (!search.length || !verify.length)
-    throw new UserError(`${dataFile} holds ${seqs.length} sequences of ${cfg.seqLen} tokens: the plan needs at least 2 (one to search, one to verify)`,
+    throw new UserError(`${cfg.data ?? m.data.file} holds ${seqs.length} sequences of ${cfg.seqLen} tokens: the plan needs at least 2 (one to search, one to verify)`,
       'pass more held-out text (--data) or a smaller --set seqLen');
   return { search, verify };
 }
@@ -303,6 +301,7 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
 
 export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageResult> {
   const t0 = Date.now();
+  const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the plan is made for these weights (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
   const model = loadModel(cfg.model, { decode: true });
   // the output folder is claimed first: a folder that is not ours is refused before any work
@@ -315,7 +314,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
     if (!sameFingerprint(m.model.fingerprint, preds.manifest.model.fingerprint))
       throw new UserError(`activations in ${cfg.activations} come from another checkpoint than the predictors`, 'pass held-out activations of the same checkpoint');
     const { search, verify } = await heldoutText(cfg, model, m);
-    const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)));
+    const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)), { note: (s) => deps.log(`plan: ${s}`) });
     const sc = costs.shape;
     deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
     const x: Ctx = { cfg, deps, model, preds, m, costs };
@@ -327,13 +326,14 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
       formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
       estimate: { stepMs: choice.stepOf(), denseStepMs: sc.stepMs, speedup: choice.speedup(), pplIncrease: choice.spent() }, verified,
     };
-    const file: PlanFile = { kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256: predictorsContentHash(cfg.predictors), plan, frontier: choice.frontier };
+    const file = sealed({ kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256, plan, frontier: choice.frontier }) as PlanFile;
     const text = planReport(plan, options, choice.at, choice.frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (fallback ? `\n\nNote: ${fallback}.` : '');
     const svg = await specToSvg(frontierSpec(choice.frontier, cfg.maxPplIncrease, plan.verified));
+    checkPredictorsUnchanged(cfg.predictors, predictorsSha256, 'plan');
     const out = w;
     w = null;
     await writeOutput(out, cfg.out, (tmp) => {
-      writeJsonAtomic(path.join(tmp, 'plan.json'), file);
+      writeArtifact(planFileSchema, file, path.join(tmp, 'plan.json'), 'plan'); // a plan failing its own schema is a bug: never written
       writeFileAtomic(path.join(tmp, 'report.md'), text + '\n');
       writeFileAtomic(path.join(tmp, 'frontier.svg'), svg);
     });

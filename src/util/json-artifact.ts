@@ -1,11 +1,15 @@
 /**
- * JSON artifacts read back (activations manifest/summary/progress, predictors.json, report.json): one zod schema
- * each, and one error listing every problem with its dotted path and the value found (exit 2), like the config
+ * JSON artifacts read back (activations manifest/summary/progress, predictors.json, report.json, plan.json): one zod
+ * schema each, and one error listing every problem with its dotted path and the value found (exit 2), like the config
  * errors of src/config/load.ts. Readers use loose objects (unknown keys kept), so fields added by newer writers pass.
+ * Writers go through writeArtifact: what is written is first checked against the same schema (and sealed where a
+ * later stage trusts it, util/seal).
  */
 import * as fs from 'node:fs';
 import type { z } from 'zod';
 import { UserError } from './errors.js';
+import { writeJsonAtomic } from './fsx.js';
+import { checkSeal, sealed } from './seal.js';
 
 function at(root: unknown, p: readonly PropertyKey[]): unknown {
   let cur = root;
@@ -44,6 +48,28 @@ export function parseArtifact<S extends z.ZodType>(schema: S, raw: unknown, file
 /** Read a JSON file (a UserError when unreadable or not JSON). */
 export function readJson(file: string, hint: string): unknown {
   let text: string;
-  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { throw new UserError(`cannot read ${file}: ${(e as Error).message}`, hint); }
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
+    throw new UserError((e as { code?: string }).code === 'EISDIR' ? `${file} is a folder, not a file` : `cannot read ${file}: ${(e as Error).message}`, hint);
+  }
   try { return JSON.parse(text); } catch (e) { throw new UserError(`${file} is not valid JSON: ${(e as Error).message}`, hint); }
+}
+
+/** Read a sealed JSON artifact: readable JSON, its seal intact (util/seal), then its schema (each a UserError naming the file). */
+export function readSealedArtifact<S extends z.ZodType>(schema: S, file: string, what: string, hint: string): z.output<S> {
+  const raw = readJson(file, hint);
+  checkSeal(raw, file, hint);
+  return parseArtifact(schema, raw, file, what, hint);
+}
+
+/**
+ * Write a JSON artifact (atomically), sealed when `seal` (util/seal). It is checked first, as it will read back,
+ * against its reader's schema: an artifact its own reader would refuse is a bug (an internal error, exit 1), and
+ * nothing is written.
+ */
+export function writeArtifact<S extends z.ZodType>(schema: S, value: object, file: string, what: string, opts: { seal?: boolean } = {}): void {
+  const v = opts.seal ? sealed(value) : value;
+  const back: unknown = JSON.parse(JSON.stringify(v));
+  const r = schema.safeParse(back);
+  if (!r.success) throw new Error(`the ${what} about to be written to ${file} fails its own schema (${r.error.issues.length} problem${r.error.issues.length > 1 ? 's' : ''}; not written):\n  - ${issueLines(r.error, back).join('\n  - ')}`);
+  writeJsonAtomic(file, v);
 }
