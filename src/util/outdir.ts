@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { describeFsError, fsUserError, UserError } from './errors.js';
-import { writeFileAtomic, writeJsonAtomic } from './fsx.js';
+import { writeJsonAtomic } from './fsx.js';
 
 export type OutputKind = 'activations' | 'predictors' | 'report' | 'plan' | 'bundle' | 'workdir';
 export const MARKER = '.dejavu-output.json';
@@ -306,21 +306,4 @@ export async function writeOutput<T>(w: OutputWriter, dir: string, write: (tmp: 
   try { r = await write(w.tmp); } catch (e) { w.abort(); throw fsUserError(e, 'writing', dir); }
   w.commit();
   return r;
-}
-
-/**
- * The one "is this output current" test for outputs whose inputs are recorded beside them (pipeline: the report's
- * `.inputs.json`, the workdir's `.bundle-inputs.json`): the recorded identity equals `identity` (a string of the
- * inputs' hashes and the resolved config) and the output itself is complete (`complete`, checked only then).
- * Collect and train record their identity in their own manifest and compare it the same way.
- */
-export function outputIsCurrent(idFile: string, identity: string, complete: () => boolean): boolean {
-  let recorded: string;
-  try { recorded = fs.readFileSync(idFile, 'utf8'); } catch { return false; }
-  return recorded === identity && complete();
-}
-
-/** Record the identity `outputIsCurrent` compares against (after the output is complete). */
-export function recordOutputInputs(idFile: string, identity: string): void {
-  writeFileAtomic(idFile, identity);
 }
