@@ -13,6 +13,7 @@ import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
 import type { StageResult } from '../stages/types.js';
+import { defaultWorkers } from '../util/pool.js';
 
 export type { StageResult } from '../stages/types.js';
 
@@ -56,11 +57,23 @@ function configured<K extends keyof typeof SCHEMAS>(name: K, description: string
         if (opts[prop] !== undefined) mapped[f.key] = opts[prop];
       }
       const cfg = resolveConfig(SCHEMAS[name], name, { configFile: opts.config as string | undefined, flags: mapped, sets: opts.set as string[] | undefined });
+      noteWorkerCap(cfg, ctx);
       const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, ctx);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text.endsWith('\n') ? res.text : res.text + '\n');
       ctx.exit(res.code ?? 0);
     },
   };
+}
+
+/** A worker count above the cores (at any depth of the config: workers, train.workers...) is capped by the pool; say so. */
+function noteWorkerCap(cfg: unknown, ctx: CommandContext, at = ''): void {
+  if (!cfg || typeof cfg !== 'object') return;
+  for (const [k, v] of Object.entries(cfg)) {
+    const key = at ? `${at}.${k}` : k;
+    if (k === 'workers' && typeof v === 'number' && v > defaultWorkers())
+      ctx.io.stderr.write(`note: ${key === 'workers' ? '--workers' : key} ${v} is more than the ${defaultWorkers()} core(s) here: using ${defaultWorkers()}\n`);
+    else noteWorkerCap(v, ctx, key);
+  }
 }
 
 /** Stages that run a model print the backend they run on. */
