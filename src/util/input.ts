@@ -17,7 +17,7 @@ export interface InputFile {
   maxBytes?: number;
 }
 
-const MiB = (n: number) => `${(n / 2 ** 20).toFixed(n < 2 ** 20 ? 3 : 0)} MiB`;
+const MiB = (n: number) => `${+(n / 2 ** 20).toPrecision(3)} MiB`;
 
 function kindOf(st: fs.Stats): string {
   return st.isFIFO() ? 'a pipe' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isSocket() ? 'a socket' : 'not a file';
