@@ -86,6 +86,13 @@ describe('#20: data files', () => {
     const r = spawnSync(process.execPath, ['--max-old-space-size=192', BIN, ...collectArgs(out, big, ['--max-tokens', '64'])], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status, r.stderr).toBe(0);
     expect(manifest(out).tokens).toBe(64);
+    // a JSONL line longer than a string can be is refused by number (was: RangeError in readline, exit 1)
+    const bigLine = path.join(TMP, 'big-line.jsonl');
+    fs.writeFileSync(bigLine, '{"text": "a"}\n{"text": "');
+    fs.truncateSync(bigLine, 300 * 2 ** 20);
+    const l = await cli(...collectArgs(path.join(TMP, 'big-line-acts'), bigLine));
+    expect(l.code, l.err).toBe(2);
+    expect(l.err).toContain(`error: ${bigLine}:2: a line of over 256 Mi characters`);
     // the stream's pieces (1 MiB reads, multi-byte characters across the read boundaries) == textPieces of the whole text
     const unit = 'naïve café 東京 go 🐋 whale  ship\tsea\n', text = unit.repeat(Math.ceil(1.6 * 2 ** 20 / unit.length));
     const f = path.join(TMP, 'stream.txt');
@@ -141,7 +148,7 @@ describe('#20: data files', () => {
       fs.writeFileSync(f, body);
       const r = await cli(...collectArgs(path.join(TMP, `o-${name}`), f));
       expect(r.code, r.err).toBe(2);
-      expect(r.err).toContain(`error: ${f}:${line}: a "${k}" document in a file whose first document has "${first}"`);
+      expect(r.err).toContain(`error: ${f}:${line}: this document has "${k}", but the file's first document has "${first}"`);
       expect(r.err).toMatch(/hint: a data file holds either text .* or pre-tokenized ids .*, not both/);
     }
   });

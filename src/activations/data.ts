@@ -4,7 +4,6 @@
  * full sequences of seqLen tokens. The remainder shorter than one sequence is dropped (never padded).
  */
 import * as fs from 'node:fs';
-import * as readline from 'node:readline';
 import { isUtf8 } from 'node:buffer';
 import { StringDecoder } from 'node:string_decoder';
 import { UserError } from '../util/errors.js';
@@ -163,29 +162,56 @@ export async function* readDocuments(file: string): AsyncGenerator<Doc> {
     if (!blank) yield* streamText(file); // a whitespace-only text holds no document
     return;
   }
-  const input = fs.createReadStream('', { fd: openInput(file, DATA_FILE), encoding: 'utf8' });
-  const rl = readline.createInterface({ input, crlfDelay: Infinity });
   let line = 0, kind: 'text' | 'ids' | null = null;
   const one = (k: 'text' | 'ids') => {
     kind ??= k;
-    if (kind !== k) throw new UserError(`${file}:${line}: a "${k}" document in a file whose first document has "${kind}"`, 'a data file holds either text ({"text": ...} on every line) or pre-tokenized ids ({"ids": [...]} on every line), not both');
+    if (kind !== k) throw new UserError(`${file}:${line}: this document has "${k}", but the file's first document has "${kind}"`, 'a data file holds either text ({"text": ...} on every line) or pre-tokenized ids ({"ids": [...]} on every line), not both');
   };
+  for (const raw0 of readLines(file, () => line + 1)) {
+    const raw = line++ === 0 ? raw0.replace(/^\uFEFF/, '') : raw0;
+    if (!raw.trim()) continue;
+    let v: unknown;
+    try { v = JSON.parse(raw); } catch (e) { throw new UserError(`${file}:${line}: not valid JSON (${(e as Error).message})`, 'each line must be a JSON object like {"text": "..."} or {"ids": [1, 2, 3]}'); }
+    const o = v as { text?: unknown; ids?: unknown };
+    if (typeof o?.text === 'string') { one('text'); if (o.text.trim()) yield { text: o.text }; } // whitespace only: no document, as for a .txt
+    else if (Array.isArray(o?.ids) && o.ids.every((x) => Number.isInteger(x) && x >= 0)) { one('ids'); if (o.ids.length) yield { ids: o.ids as number[] }; }
+    else throw new UserError(`${file}:${line}: expected an object with "text" (string) or "ids" (non-negative integers)`, 'each line must be {"text": "..."} or {"ids": [...]}');
+  }
+}
+
+/** Longest JSONL line: a string cannot be much longer (V8's limit is 2^29 - 24 characters). */
+const MAX_LINE_CHARS = 2 ** 28;
+
+/**
+ * The lines of a text file (ended by \n, \r\n or \r, as readline splits them), read 1 MiB at a time; a line longer
+ * than MAX_LINE_CHARS is refused by number (`lineNo`) before it is held whole.
+ */
+function* readLines(file: string, lineNo: () => number): Generator<string> {
+  const fd = openInput(file, DATA_FILE);
   try {
-    for await (const raw0 of rl) {
-      const raw = line++ === 0 ? raw0.replace(/^\uFEFF/, '') : raw0;
-      if (!raw.trim()) continue;
-      let v: unknown;
-      try { v = JSON.parse(raw); } catch (e) { throw new UserError(`${file}:${line}: not valid JSON (${(e as Error).message})`, 'each line must be a JSON object like {"text": "..."} or {"ids": [1, 2, 3]}'); }
-      const o = v as { text?: unknown; ids?: unknown };
-      if (typeof o?.text === 'string') { one('text'); if (o.text.trim()) yield { text: o.text }; } // whitespace only: no document, as for a .txt
-      else if (Array.isArray(o?.ids) && o.ids.every((x) => Number.isInteger(x) && x >= 0)) { one('ids'); if (o.ids.length) yield { ids: o.ids as number[] }; }
-      else throw new UserError(`${file}:${line}: expected an object with "text" (string) or "ids" (non-negative integers)`, 'each line must be {"text": "..."} or {"ids": [...]}');
+    const dec = new StringDecoder('utf8'), buf = Buffer.allocUnsafe(1 << 20), brk = /[\r\n]/g;
+    let part = '', afterCR = false;
+    for (;;) {
+      let n: number;
+      try { n = fs.readSync(fd, buf, 0, buf.length, null); } catch (e) { throw inputError(e, file, DATA_FILE); }
+      const s = n ? dec.write(buf.subarray(0, n)) : dec.end();
+      let from = afterCR && s.startsWith('\n') ? 1 : 0;
+      afterCR = false;
+      brk.lastIndex = from;
+      for (let m = brk.exec(s); m; m = brk.exec(s)) {
+        const l = part + s.slice(from, m.index);
+        part = '';
+        from = m.index + 1;
+        if (s[m.index] === '\r') { if (from < s.length) { if (s[from] === '\n') from++; } else afterCR = true; }
+        brk.lastIndex = from;
+        yield l;
+      }
+      part += s.slice(from);
+      if (part.length > MAX_LINE_CHARS) throw new UserError(`${file}:${lineNo()}: a line of over ${MAX_LINE_CHARS / 2 ** 20} Mi characters`, 'split it into several documents (one {"text": ...} per line)');
+      if (n === 0) { if (part) yield part; return; }
     }
-  } catch (e) {
-    throw inputError(e, file, DATA_FILE);
   } finally {
-    rl.close();
-    input.destroy();
+    fs.closeSync(fd);
   }
 }
 
