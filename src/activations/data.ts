@@ -1,5 +1,7 @@
 /**
- * Calibration data: JSONL with {"text"} or pre-tokenized {"ids"}, or plain .txt (one document). Documents are
+ * Calibration data: JSONL (.jsonl, .ndjson, .json in any case) with {"text"} or pre-tokenized {"ids"} on every
+ * line, or plain text (one document, streamed). The file must be a regular file: it is read several times (UTF-8
+ * check, sha256, the pre-tokenized probe, the documents), which a pipe or /dev/zero cannot give. Documents are
  * tokenized with the checkpoint's tokenizer, prefixed with the family's BOS token, concatenated and packed into
  * full sequences of seqLen tokens. The remainder shorter than one sequence is dropped (never padded).
  */
