@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
-import type { TrainConfig } from '../config/schemas.js';
+import { trainSchema, type TrainConfig } from '../config/schemas.js';
 import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
@@ -180,14 +180,15 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
 }
 
 /**
- * What most likely made training diverge: a weight decay that scales the weights by 1 - lr x weightDecay <= 0 each
- * step (decoupled, AdamW) can only blow up or flip them; otherwise the learning rate.
+ * What most likely made training diverge, named by its key: a weight decay that scales the weights by
+ * 1 - lr x weightDecay <= 0 each step (decoupled, AdamW) can only blow up or flip them, when it is the factor further
+ * above its default (optim.weightDecay=1e8); otherwise the learning rate (optim.lr=1e6).
  */
 export function divergedHint(cfg: TrainConfig): string {
-  const { lr, weightDecay } = cfg.optim;
-  if (lr * weightDecay >= 1)
-    return `lower optim.weightDecay (now ${weightDecay}): each step scales the weights by 1 - optim.lr x optim.weightDecay = ${+(1 - lr * weightDecay).toPrecision(4)}; e.g. --set optim.weightDecay=0.01 (the default), then train again`;
-  return `lower optim.lr (now ${lr}), e.g. --set optim.lr=${Math.min(1e-3, lr / 10)}; then train again`;
+  const { lr, weightDecay } = cfg.optim, { lr: DEFAULT_LR, weightDecay: DEFAULT_WEIGHT_DECAY } = trainSchema.shape.optim.parse({});
+  if (lr * weightDecay >= 1 && weightDecay / DEFAULT_WEIGHT_DECAY > lr / DEFAULT_LR)
+    return `lower optim.weightDecay (now ${weightDecay}): each step scales the weights by 1 - optim.lr x optim.weightDecay = ${+(1 - lr * weightDecay).toPrecision(4)}; e.g. --set optim.weightDecay=${DEFAULT_WEIGHT_DECAY} (the default), then train again`;
+  return `lower optim.lr (now ${lr}), e.g. --set optim.lr=${Math.min(DEFAULT_LR, lr / 10)}; then train again`;
 }
 
 function pct(x: number) { return (100 * x).toFixed(1) + '%'; }
