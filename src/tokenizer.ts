@@ -7,6 +7,11 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { z } from 'zod';
 import { UserError } from './util/errors.js';
 import { sha256 } from './util/fsx.js';
+import { readInputText } from './util/input.js';
+
+/** Largest tokenizer.json / tokenizer_config.json read (large vocabularies are tens of MiB). */
+const MAX_TOKENIZER_BYTES = 2 ** 28;
+const RESTORE = 'restore tokenizer.json from the checkpoint (tokenizer.save_pretrained writes it)';
 
 export interface LoadedTokenizer {
   /** ids without special tokens */
@@ -49,8 +54,9 @@ const tokenizerConfigSchema = z.looseObject({
 function readTokenizerConfig(cfgFile: string): Record<string, unknown> {
   if (!fs.existsSync(cfgFile)) return {};
   const hint = 'fix or remove tokenizer_config.json (it is optional; save_pretrained writes a valid one)';
+  const text = readInputText(cfgFile, { what: 'tokenizer config', hint, maxBytes: MAX_TOKENIZER_BYTES });
   let raw: unknown;
-  try { raw = JSON.parse(fs.readFileSync(cfgFile, 'utf8')); } catch (e) { throw new UserError(`${cfgFile} is not valid JSON: ${(e as Error).message}`, hint); }
+  try { raw = JSON.parse(text); } catch (e) { throw new UserError(`${cfgFile} is not valid JSON: ${(e as Error).message}`, hint); }
   const r = tokenizerConfigSchema.safeParse(raw);
   if (!r.success) throw new UserError(`${cfgFile} is not a tokenizer config: ${r.error.issues.map((i) => `${i.path.map(String).join('.') || '(top level)'}: ${i.message}`).join('; ')}`, hint);
   return r.data;
@@ -59,10 +65,10 @@ function readTokenizerConfig(cfgFile: string): Record<string, unknown> {
 export function loadTokenizer(dir: string): LoadedTokenizer {
   const file = path.join(dir, 'tokenizer.json');
   if (!fs.existsSync(file)) throw new UserError(`no tokenizer.json in ${dir}`, 'the checkpoint folder needs a fast-tokenizer tokenizer.json (tokenizer.save_pretrained writes it); or pass pre-tokenized data (JSONL with "ids")');
-  const text = fs.readFileSync(file, 'utf8');
+  const text = readInputText(file, { what: 'tokenizer', hint: RESTORE, maxBytes: MAX_TOKENIZER_BYTES });
   let json: unknown;
-  try { json = JSON.parse(text); } catch (e) { throw new UserError(`${file} is not valid JSON: ${(e as Error).message}`, 'restore tokenizer.json from the checkpoint (tokenizer.save_pretrained writes it)'); }
-  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new UserError(`${file} is not a tokenizer: expected a JSON object`, 'restore tokenizer.json from the checkpoint (tokenizer.save_pretrained writes it)');
+  try { json = JSON.parse(text); } catch (e) { throw new UserError(`${file} is not valid JSON: ${(e as Error).message}`, RESTORE); }
+  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new UserError(`${file} is not a tokenizer: expected a JSON object`, RESTORE);
   const cfgFile = path.join(dir, 'tokenizer_config.json');
   const cfg = readTokenizerConfig(cfgFile);
   let tok: Tokenizer;

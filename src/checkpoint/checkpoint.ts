@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { UserError } from '../util/errors.js';
 import { sha256File } from '../util/fsx.js';
+import { inputError, readInputText } from '../util/input.js';
 import { openSafetensors, readTensorF32, type SafetensorsFile, type TensorInfo } from './safetensors.js';
 
 export interface Checkpoint {
@@ -18,13 +19,13 @@ export interface Checkpoint {
   read(key: string): Float32Array;
 }
 
+const CHECKPOINT_HINT = 'pass --model with a Hugging Face checkpoint folder (config.json + model.safetensors)';
+/** config.json and the shard index are small; a larger file is not one (the largest real indexes are a few MiB) */
+const MAX_JSON_BYTES = 64 * 2 ** 20;
+
 function readJson(file: string, what: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new UserError(`cannot read ${what} ${file}: ${(e as Error).message}`, 'pass a Hugging Face checkpoint folder (config.json + model.safetensors)');
-  }
+  if (!fs.existsSync(file)) throw new UserError(`cannot read ${what} ${file}: it does not exist`, CHECKPOINT_HINT);
+  const text = readInputText(file, { what, hint: CHECKPOINT_HINT, maxBytes: MAX_JSON_BYTES });
   try {
     const v = JSON.parse(text);
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
@@ -34,9 +35,37 @@ function readJson(file: string, what: string): Record<string, unknown> {
   }
 }
 
+/** Config keys that give the layer count, across Hugging Face families. */
+const LAYER_KEYS = ['num_hidden_layers', 'n_layer', 'num_layers', 'n_layers'];
+
+/**
+ * A layer count in config.json above what the weights hold is refused before anything is sized by it (a million
+ * layers would exhaust the heap). The layers are the distinct indices after the most common numbered prefix of the
+ * tensor names ("model.layers.3.mlp..." -> "model.layers", 3), whatever the family calls them.
+ */
+function checkLayerCount(file: string, rawConfig: Record<string, unknown>, names: Iterable<string>): void {
+  const byPrefix = new Map<string, Set<number>>();
+  for (const name of names) {
+    const m = /^(.*?)\.(\d+)\./.exec(name);
+    if (!m) continue;
+    const s = byPrefix.get(m[1]!) ?? new Set<number>();
+    byPrefix.set(m[1]!, s.add(Number(m[2])));
+  }
+  let prefix = '', indices = new Set<number>();
+  for (const [p, s] of byPrefix) if (s.size > indices.size) [prefix, indices] = [p, s];
+  for (const k of LAYER_KEYS) {
+    const v = rawConfig[k];
+    if (typeof v !== 'number' || v <= indices.size) continue;
+    const held = indices.size ? `${indices.size} layer${indices.size > 1 ? 's' : ''} (${prefix}.${Math.min(...indices)} to ${prefix}.${Math.max(...indices)})` : 'no layers (no numbered tensor names)';
+    throw new UserError(`${file}: ${k} is ${v}, but the checkpoint's tensors hold ${held}`, 'restore config.json from the checkpoint: its sizes must match the weights');
+  }
+}
+
 export function openCheckpoint(dir: string): Checkpoint {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
-    throw new UserError(`model folder ${dir} does not exist`, 'pass --model with a Hugging Face checkpoint folder (config.json + model.safetensors)');
+  let st: fs.Stats;
+  try { st = fs.statSync(dir); } catch (e) { throw inputError(e, dir, { what: 'model folder', hint: CHECKPOINT_HINT }); }
+  if (!st.isDirectory())
+    throw new UserError(`model folder ${dir} is ${st.isFile() ? 'a file' : 'not a folder'}`, `pass --model with the checkpoint folder${st.isFile() ? ` (the one holding ${path.basename(dir)}: ${path.dirname(dir)})` : ''}, not a file in it`);
   const rawConfig = readJson(path.join(dir, 'config.json'), 'config');
   const single = path.join(dir, 'model.safetensors');
   const index = path.join(dir, 'model.safetensors.index.json');
@@ -73,6 +102,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) for (const k of Object.keys(weightMap)) if (!tensors.has(k)) throw new UserError(`tensor "${k}" is listed in the index but missing from ${weightMap[k]}`);
+  checkLayerCount(path.join(dir, 'config.json'), rawConfig, tensors.keys());
   return {
     dir,
     rawConfig,

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import { UserError } from '../util/errors.js';
 import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from '../util/half.js';
 import { tempPathFor, writeAll } from '../util/fsx.js';
+import { openInput } from '../util/input.js';
 
 export const DTYPE_SIZE = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
@@ -45,12 +46,7 @@ export function numel(shape: readonly number[]): number {
 
 /** Parse and validate the header of a safetensors file. Reads only the header bytes. */
 export function openSafetensors(file: string): SafetensorsFile {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, 'r');
-  } catch (e) {
-    throw new UserError(`cannot open ${file}: ${(e as Error).message}`, 'check the path');
-  }
+  const fd = openInput(file, { what: 'weight file', hint: 'check the path; the checkpoint download may be incomplete' });
   try {
     const fileSize = fs.fstatSync(fd).size;
     if (fileSize < 8) fail(file, `file is ${fileSize} bytes, shorter than the 8-byte header length`);

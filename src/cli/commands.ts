@@ -13,6 +13,7 @@ import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
 import type { StageResult } from '../stages/types.js';
+import { defaultWorkers } from '../util/pool.js';
 
 export type { StageResult } from '../stages/types.js';
 
@@ -56,11 +57,23 @@ function configured<K extends keyof typeof SCHEMAS>(name: K, description: string
         if (opts[prop] !== undefined) mapped[f.key] = opts[prop];
       }
       const cfg = resolveConfig(SCHEMAS[name], name, { configFile: opts.config as string | undefined, flags: mapped, sets: opts.set as string[] | undefined });
+      noteWorkerCap(cfg, ctx);
       const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, ctx);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text.endsWith('\n') ? res.text : res.text + '\n');
       ctx.exit(res.code ?? 0);
     },
   };
+}
+
+/** A worker count above the cores (at any depth of the config: workers, train.workers...) is capped by the pool; say so. */
+function noteWorkerCap(cfg: unknown, ctx: CommandContext, at = ''): void {
+  if (!cfg || typeof cfg !== 'object') return;
+  for (const [k, v] of Object.entries(cfg)) {
+    const key = at ? `${at}.${k}` : k;
+    if (k === 'workers' && typeof v === 'number' && v > defaultWorkers())
+      ctx.io.stderr.write(`note: ${key === 'workers' ? '--workers' : key} ${v} is more than the ${defaultWorkers()} core(s) here: using ${defaultWorkers()}\n`);
+    else noteWorkerCap(v, ctx, key);
+  }
 }
 
 /** Stages that run a model print the backend they run on. */
@@ -73,14 +86,14 @@ async function withBackend(pref: BackendPreference, ctx: CommandContext): Promis
 export const COMMANDS: CommandDef[] = [
   configured('collect-activations', 'run the dense model on calibration text and record per-layer activations into Arrow IPC shards (streaming, resumable)', [
     { flags: '--model <dir>', description: 'Hugging Face checkpoint folder', key: 'model' },
-    { flags: '--data <file>', description: 'JSONL with "text" (or pre-tokenized "ids"), or plain .txt', key: 'data' },
+    { flags: '--data <file>', description: 'JSONL (.jsonl, .ndjson, .json; any case) with "text" (or pre-tokenized "ids"), or plain text (one document); a regular file', key: 'data' },
     { flags: '--out <dir>', description: 'output dataset folder', key: 'out' },
     { flags: '--seq-len <n>', description: 'tokens per packed sequence (default 256)', key: 'seqLen', parse: int },
     { flags: '--max-tokens <n>', description: 'stop after this many tokens', key: 'maxTokens', parse: int },
     { flags: '--batch-size <n>', description: 'sequences per forward pass (default 8)', key: 'batchSize', parse: int },
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
-    { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
+    { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
     OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
@@ -88,7 +101,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--model <dir>', description: 'checkpoint (default: the one the activations were collected from)', key: 'model' },
     { flags: '--out <dir>', description: 'output predictors folder', key: 'out' },
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
-    { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
+    { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
     OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runTrain(cfg, ctx.deps); }),
   configured('evaluate-recall', 'held-out recall/precision/density per layer at the runtime selection rule, and perplexity dense vs oracle vs predicted sparsity', [
@@ -98,7 +111,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--data <file>', description: 'held-out text for perplexity', key: 'data' },
     { flags: '--out <dir>', description: 'report folder', key: 'out' },
     { flags: '--max-tokens <n>', description: 'tokens for the perplexity part', key: 'maxTokens', parse: int },
-    { flags: '--workers <n>', description: 'worker threads (0 = one per core)', key: 'workers', parse: int },
+    { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
     BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runEvaluate(cfg, ctx.deps); }),
   configured('plan', 'choose per-layer runtime modes (dense / lossless / predicted, head budget) for the fastest decode within a perplexity budget, verified by the runtime on held-out text', [

@@ -2,16 +2,18 @@
  * Config resolution for every command: schema defaults <- YAML file (--config) <- explicit flags <- --set a.b=value.
  * One strict zod schema per command; all problems are reported in one error with dotted path, received value and hint.
  */
-import * as fs from 'node:fs';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { UserError } from '../util/errors.js';
+import { readInputText } from '../util/input.js';
 
 export type Obj = Record<string, unknown>;
 
+/** Largest --config file: a config is a few KiB; this refuses /dev/zero-like or mistaken inputs at once. */
+export const MAX_CONFIG_BYTES = 2 ** 20;
+
 export function readYamlFile(file: string): Obj {
-  let text: string;
-  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { throw new UserError(`cannot read config ${file}: ${(e as Error).message}`, 'check the --config path'); }
+  const text = readInputText(file, { what: 'config', hint: 'pass --config a YAML file (see configs/)', maxBytes: MAX_CONFIG_BYTES });
   let v: unknown;
   try { v = YAML.parse(text); } catch (e) { throw new UserError(`config ${file} is not valid YAML: ${(e as Error).message}`); }
   if (v === null || v === undefined) return {};
@@ -19,13 +21,20 @@ export function readYamlFile(file: string): Obj {
   return v as Obj;
 }
 
-/** set obj[a][b][c] = value for path "a.b.c", creating objects on the way */
+/** Keys that would walk into or replace an object's prototype: never config keys. */
+const UNSAFE_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+function refuseUnsafe(key: string, where: string): void {
+  if (UNSAFE_KEYS.has(key)) throw new UserError(`${where}: "${key}" is not a config key`, 'config keys are documented in README.md and configs/; __proto__, constructor and prototype are never keys');
+}
+
+/** set obj[a][b][c] = value for path "a.b.c", creating objects on the way (own properties only) */
 export function setPath(obj: Obj, dotted: string, value: unknown): void {
   const parts = dotted.split('.');
   if (parts.some((p) => p === '')) throw new UserError(`--set: invalid key "${dotted}"`, 'use --set a.b=value');
+  for (const p of parts) refuseUnsafe(p, `--set ${dotted}`);
   let cur: Obj = obj;
   for (const p of parts.slice(0, -1)) {
-    const next = cur[p];
+    const next = Object.hasOwn(cur, p) ? cur[p] : undefined;
     if (typeof next !== 'object' || next === null || Array.isArray(next)) cur[p] = {};
     cur = cur[p] as Obj;
   }
@@ -46,7 +55,8 @@ export function parseSet(s: string): [string, unknown] {
 function deepMerge(a: Obj, b: Obj): Obj {
   const out: Obj = { ...a };
   for (const [k, v] of Object.entries(b)) {
-    const av = out[k];
+    refuseUnsafe(k, 'config');
+    const av = Object.hasOwn(out, k) ? out[k] : undefined;
     out[k] = v && typeof v === 'object' && !Array.isArray(v) && av && typeof av === 'object' && !Array.isArray(av) ? deepMerge(av as Obj, v as Obj) : v;
   }
   return out;
@@ -55,7 +65,7 @@ function deepMerge(a: Obj, b: Obj): Obj {
 function describeReceived(root: unknown, path: PropertyKey[]): string {
   let cur: unknown = root;
   for (const p of path) {
-    if (cur && typeof cur === 'object') cur = (cur as Record<PropertyKey, unknown>)[p];
+    if (cur && typeof cur === 'object' && Object.hasOwn(cur, p)) cur = (cur as Record<PropertyKey, unknown>)[p];
     else { cur = undefined; break; }
   }
   const s = JSON.stringify(cur);

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
-import type { TrainConfig } from '../config/schemas.js';
+import { trainSchema, type TrainConfig } from '../config/schemas.js';
 import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
@@ -14,7 +14,7 @@ import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
 import { runMlpJob, type MlpExec, type MlpJob } from '../predictors/mlp-jobs.js';
 import { candidateTable, ruleText } from '../predictors/fit-mlp.js';
 import { isUserError, UserError } from '../util/errors.js';
-import { defaultWorkers, WorkerPool } from '../util/pool.js';
+import { workerCount, WorkerPool } from '../util/pool.js';
 import { stageWorkerScript } from './worker-script.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { sha256, sha256File } from '../util/fsx.js';
@@ -120,8 +120,8 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     return summarize(cfg.out, current);
   }
   // worker start-up (backend) overlaps the dataset checks; the MLP fit has pieces for every worker
-  const nWorkers = cfg.workers || defaultWorkers();
-  const poolSize = Math.min(nWorkers, cfg.mlp.enabled ? Infinity : cfg.heads.enabled ? layers.length : 0);
+  const nWorkers = workerCount(cfg.workers);
+  const poolSize = cfg.mlp.enabled ? nWorkers : cfg.heads.enabled ? workerCount(cfg.workers, layers.length) : 0;
   const pool = poolSize > 1 ? new WorkerPool(stageWorkerScript(), poolSize, { backend: getBackend() ?? 'wasm', model: null }, 'train worker') : null;
   try {
     verifyDataset(cfg.activations, m, layers);
@@ -163,8 +163,7 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
     const res = r[site];
     if (!res) continue;
     for (const [h, prefix] of [[res.host, site], [res.hostUp, 'mlp.up']] as const)
-      if (h) assertFinitePredictor(h, `training diverged: layer ${r.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, prefix,
-        `lower optim.lr (now ${cfg.optim.lr}), e.g. --set optim.lr=${Math.min(1e-3, cfg.optim.lr / 10)}; then train again`);
+      if (h) assertFinitePredictor(h, `training diverged: layer ${r.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, prefix, divergedHint(cfg));
     checkMetrics(res.validation, `layer ${r.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor (validation)`);
   }
   const seconds = (Date.now() - t0) / 1000;
@@ -178,6 +177,18 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   };
   await writeOutput(w, cfg.out, (tmp) => writePredictors(tmp, manifest, results));
   return summarize(cfg.out, readPredictorsManifest(cfg.out));
+}
+
+/**
+ * What most likely made training diverge, named by its key: a weight decay that scales the weights by
+ * 1 - lr x weightDecay <= 0 each step (decoupled, AdamW) can only blow up or flip them, when it is the factor further
+ * above its default (optim.weightDecay=1e8); otherwise the learning rate (optim.lr=1e6).
+ */
+export function divergedHint(cfg: TrainConfig): string {
+  const { lr, weightDecay } = cfg.optim, { lr: DEFAULT_LR, weightDecay: DEFAULT_WEIGHT_DECAY } = trainSchema.shape.optim.parse({});
+  if (lr * weightDecay >= 1 && weightDecay / DEFAULT_WEIGHT_DECAY > lr / DEFAULT_LR)
+    return `lower optim.weightDecay (now ${weightDecay}): each step scales the weights by 1 - optim.lr x optim.weightDecay = ${+(1 - lr * weightDecay).toPrecision(4)}; e.g. --set optim.weightDecay=${DEFAULT_WEIGHT_DECAY} (the default), then train again`;
+  return `lower optim.lr (now ${lr}), e.g. --set optim.lr=${Math.min(DEFAULT_LR, lr / 10)}; then train again`;
 }
 
 function pct(x: number) { return (100 * x).toFixed(1) + '%'; }

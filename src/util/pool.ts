@@ -10,8 +10,18 @@ import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { UserError } from './errors.js';
 
+/** The cores this process may use: the default worker count, and the most any pool starts. */
 export function defaultWorkers(): number {
   return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+}
+
+/**
+ * Worker threads for a request (0 = one per core) and a job count: never more than the cores (each worker is a
+ * thread with its own tfjs and heap: a thousand of them exhaust memory) nor more than the jobs. WorkerPool applies
+ * the core cap itself, whatever its caller asks.
+ */
+export function workerCount(requested: number, jobs = Infinity): number {
+  return Math.max(1, Math.min(requested || defaultWorkers(), defaultWorkers(), jobs));
 }
 
 interface Pending { id: number; label: string; job: unknown; transfer: ArrayBuffer[]; onProgress: ((v: unknown) => void) | undefined; resolve: (r: unknown) => void; reject: (e: Error) => void }
@@ -40,8 +50,12 @@ export class WorkerPool {
   private readyCount = 0;
   private readyWaiters: (() => void)[] = [];
 
-  constructor(script: string, readonly size: number, workerData: unknown, private readonly what = 'worker') {
-    for (let i = 0; i < size; i++) {
+  /** the workers started: the size asked for, capped at the cores (workerCount) */
+  readonly size: number;
+
+  constructor(script: string, size: number, workerData: unknown, private readonly what = 'worker') {
+    this.size = workerCount(size);
+    for (let i = 0; i < this.size; i++) {
       const worker = new Worker(script, { workerData: { ...(workerData as object), workerIndex: i }, execArgv: workerExecArgv() });
       const slot: Slot = { index: i, worker, threadId: worker.threadId, busy: null, dead: false, done: 0 };
       worker.on('message', (m: WorkerMessage) => this.onMessage(slot, m));
