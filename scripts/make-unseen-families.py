@@ -12,7 +12,7 @@ Output: <out>/<variant>/ with the save_pretrained files, reference.safetensors a
 biases N(0, 0.05^2), norm weights 1 + N(0, 0.1^2)); references are computed on CPU in float32 from the SAVED
 weights (the folder reloaded with dtype=float32, eager attention), so the rounding to float16 / bfloat16 is part of
 the reference. Keys: input_ids [2, S], logits, hidden_states.{0..L} (HF convention), mlp_act.{i} (input of the MLP
-down projection).
+down projection); the dynamic-rope variant also decode_logits (transformers' own one-token-at-a-time decode).
 
 Requires: torch, transformers (5.x), safetensors. Usage:
   python3 scripts/make-unseen-families.py [--out test/fixtures/families-unseen] [--only a,b]
@@ -145,6 +145,17 @@ def reference(model, input_ids):
     return t
 
 
+@torch.no_grad()
+def decode_logits(model, input_ids):
+    from transformers import DynamicCache
+    cache, steps = DynamicCache(config=model.config), []
+    for i in range(input_ids.shape[1]):
+        out = model(input_ids=input_ids[:, i : i + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        steps.append(out.logits.float())
+    return torch.cat(steps, dim=1)
+
+
 def make_variant(v, out_root):
     name, seed, dtype, seq, model_type, kw, features = v
     out = os.path.join(out_root, name)
@@ -171,7 +182,12 @@ def make_variant(v, out_root):
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
     g = torch.Generator().manual_seed(seed + 1000)
     input_ids = torch.randint(4, cfg.vocab_size, (2, seq), generator=g, dtype=torch.int64)
-    t = {k: x.contiguous() for k, x in reference(m, input_ids).items()}
+    t = reference(m, input_ids)
+    if kw.get("rope_parameters", {}).get("rope_type") == "dynamic":
+        # dynamic NTK rescales as the sequence grows, so transformers' own step-by-step decode differs from its full
+        # forward: record that decode (one token at a time through its KV cache) for the decode runtime to match
+        t["decode_logits"] = decode_logits(m, input_ids)
+    t = {k: x.contiguous() for k, x in t.items()}
     save_file(t, os.path.join(out, "reference.safetensors"))
     ref = {"model_type": model_type, "variant": name, "saved_dtype": want, "seq": seq, "seed": seed, "features": features,
            "keys": sorted(t.keys()), "init": "matrices N(0, 0.1^2), biases N(0, 0.05^2), norm weights 1 + N(0, 0.1^2)",
