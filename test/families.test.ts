@@ -7,7 +7,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { disposeOutput, ensureBackend, forward, loadModel } from '../src/index.js';
+import { DecodeSession, denseModes, disposeCache, disposeOutput, ensureBackend, forward, loadModel, newCache } from '../src/index.js';
+import { sessionFromPrefill } from '../src/runtime/decoder.js';
+import { ARCHS, expectedWeights, normalizeConfig } from '../src/arch/registry.js';
 import { FIXTURES, loadReference, relFrob } from './helpers.js';
 
 const ROOT = path.join(FIXTURES, 'families');
@@ -45,4 +47,71 @@ describe('families: forward parity with transformers', () => {
       expect(tf.memory().numTensors, 'no tensor leaked').toBe(before);
     });
   }
+});
+describe('families: the decode runtime computes the forward pass', () => {
+  for (const f of FAMILIES) {
+    it(`${f}: DecodeSession fed the ids one by one gives the forward's logits at every position`, () => {
+      const dir = path.join(ROOT, f);
+      const ref = loadReference(dir);
+      const model = loadModel(dir, { decode: true });
+      const V = model.config.vocabSize;
+      const ids = ref.ids.map((r) => r.slice(0, 20));
+      const out = forward(model, ids);
+      const want = out.logits!.dataSync() as Float32Array;
+      disposeOutput(out);
+      const s = new DecodeSession(model, denseModes(model.config.layers), ids.length);
+      try {
+        const T = ids[0]!.length;
+        const got = new Float32Array(want.length);
+        for (let t = 0; t < T; t++) {
+          const lg = s.step(ids.map((r) => r[t]!));
+          for (let b = 0; b < ids.length; b++) got.set(lg.subarray(b * V, (b + 1) * V), (b * T + t) * V);
+        }
+        const err = relFrob(got, want);
+        expect(err, `${f}: decode vs forward relative error ${err}`).toBeLessThan(TOL);
+        // as generate runs it: the first 12 tokens prefilled by the forward pass (its KV cache copied in), then steps
+        const cache = newCache(model);
+        disposeOutput(forward(model, ids.map((r) => r.slice(0, 12)), { cache }));
+        const s2 = sessionFromPrefill(model, denseModes(model.config.layers), cache);
+        disposeCache(cache);
+        try {
+          const got2: number[] = [], want2: number[] = [];
+          for (let t = 12; t < T; t++) {
+            const lg = s2.step(ids.map((r) => r[t]!));
+            for (let b = 0; b < ids.length; b++) { got2.push(...lg.subarray(b * V, (b + 1) * V)); want2.push(...want.subarray((b * T + t) * V, (b * T + t + 1) * V)); }
+          }
+          const e2 = relFrob(got2, want2);
+          expect(e2, `${f}: prefilled decode vs forward relative error ${e2}`).toBeLessThan(TOL);
+        } finally { s2.dispose(); }
+      } finally { s.dispose(); model.dispose(); }
+    });
+  }
+});
+
+describe('families: one registry', () => {
+  it('no file under src/ outside src/arch/ spells a family id, model_type, architecture class or HF tensor name in code', () => {
+    const SRC = path.join(import.meta.dirname, '..', 'src');
+    const words = new Set<string>();
+    for (const a of ARCHS) { words.add(a.id); for (const x of [...a.modelTypes, ...a.architectures]) words.add(x); }
+    // HF tensor-name fragments of every family (from their own tables): a reader elsewhere would spell them again
+    const hf = new Set<string>();
+    for (const f of FAMILIES) {
+      const c = normalizeConfig(JSON.parse(fs.readFileSync(path.join(ROOT, f, 'config.json'), 'utf8')) as Record<string, unknown>, f);
+      for (const w of expectedWeights(c)) for (const part of w.key.split('.')) if (/[a-z]_[a-z]|^(fc\d|wte|wpe|h)$/.test(part) && !/^\d+$/.test(part)) hf.add(part);
+    }
+    const bad: string[] = [];
+    // bench/ writes and times an OPT checkpoint (bench:collect's subject), by design
+    const files = (fs.readdirSync(SRC, { recursive: true }) as string[]).map((f) => f.split(path.sep).join('/')).filter((f) => f.endsWith('.ts') && !f.startsWith('arch/') && !f.startsWith('bench/'));
+    for (const f of files) {
+      const code = fs.readFileSync(path.join(SRC, f), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, ''); // comments may name families for context
+      for (const m of code.matchAll(/(['"`])((?:(?!\1)[^\\\n]|\\.)*)\1/g)) {
+        const lit = m[2]!;
+        for (const w of words) if (lit === w || new RegExp(`(^|[^A-Za-z0-9_])${w}([^A-Za-z0-9_]|$)`).test(lit)) bad.push(`src/${f}: ${m[0]} names the family ${w}`);
+        for (const h of hf) if (new RegExp(`(^|\\.)${h}(\\.|$)`).test(lit)) bad.push(`src/${f}: ${m[0]} spells the HF tensor name part ${h}`);
+      }
+    }
+    expect(bad).toEqual([]);
+    expect(words.size).toBeGreaterThanOrEqual(25);
+    expect(hf.size).toBeGreaterThan(20);
+  });
 });

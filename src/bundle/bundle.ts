@@ -8,7 +8,7 @@ import { openSafetensors, readTensorF32, type TensorToWrite, writeSafetensors } 
 import { normalizeConfig } from '../model/config.js';
 import { readLayerTensors } from '../model/model.js';
 import { transpose2d } from '../util/transpose.js';
-import { disposeSite, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
+import { disposeSite, gateActOf, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { fromHost } from '../predictors/predictor.js';
 import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js';
 import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
@@ -262,7 +262,7 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     (site === 'mlp' ? mlp : heads).set(l.layer, {
       entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
       ...(h ? { weights: fromHost(h), host: h } : {}),
-      ...(hu ? { up: fromHost(hu), hostUp: hu } : {}),
+      ...(hu ? { up: fromHost(hu), hostUp: hu, gateAct: gateActOf(manifest.model.architecture) } : {}),
     });
   }
   return {

@@ -18,8 +18,8 @@ export interface MlpSite {
   d: number;
   F: number;
   activation: ModelConfig['activation'];
-  /** the activation function (and fatrelu's threshold) */
-  act: Act; actThreshold: number;
+  /** the activation function (and fatrelu's threshold); gated: down(act(gate) * up) */
+  act: Act; actThreshold: number; gated: boolean;
   /** x_mlp -> h: null for post-LN models, whose x_mlp is already normalized */
   norm: { kind: ModelConfig['norm']; eps: number; g: Float32Array; b?: Float32Array } | null;
   /** [F, d] the projection whose sign decides the activation: the ungated MLP's first one, a gated ReLU's gate, a gated smooth MLP's up */
@@ -44,7 +44,7 @@ export function readMlpSite(ck: Checkpoint | string, c: ModelConfig, layer: numb
   const reluGated = c.gated && c.activation === 'relu';
   const n = c.sharedNorm ? 'ln1' : 'ln2';
   const site: MlpSite = {
-    layer, d, F, activation: c.activation, act: c.act, actThreshold: c.actThreshold,
+    layer, d, F, activation: c.activation, act: c.act, actThreshold: c.actThreshold, gated: c.gated,
     norm: c.preNorm ? { kind: c.norm, eps: c.normEps, g: t[`${n}.g`]!.data, ...(t[`${n}.b`] ? { b: t[`${n}.b`]!.data } : {}) } : null,
     up: rows(reluGated ? 'gate' : 'up')!, downColNorm,
   };
