@@ -10,7 +10,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { DecodeSession, denseModes, disposeCache, disposeOutput, ensureBackend, forward, loadModel, newCache } from '../src/index.js';
 import { sessionFromPrefill } from '../src/runtime/decoder.js';
 import { ARCHS, expectedWeights, normalizeConfig } from '../src/arch/registry.js';
-import { FIXTURES, loadReference, relFrob } from './helpers.js';
+import { UserError } from '../src/util/errors.js';
+import { cli, FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
 
 const ROOT = path.join(FIXTURES, 'families');
 const FAMILIES = fs.readdirSync(ROOT).filter((f) => fs.existsSync(path.join(ROOT, f, 'reference.json'))).sort();
@@ -113,5 +114,85 @@ describe('families: one registry', () => {
     expect(bad).toEqual([]);
     expect(words.size).toBeGreaterThanOrEqual(25);
     expect(hf.size).toBeGreaterThan(20);
+  });
+});
+
+describe('families: config keys that change the math are implemented or refused by name', () => {
+  const cfgOf = (f: string) => JSON.parse(fs.readFileSync(path.join(ROOT, `${f}-ref`, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const refusal = (raw: Record<string, unknown>): UserError => {
+    try { normalizeConfig(raw, 'config.json'); } catch (e) { if (e instanceof UserError) return e; throw e; }
+    throw new Error('accepted');
+  };
+
+  it('an unsupported rope scaling (longrope) names the key, the value and what is supported; the hint never says to delete it', () => {
+    const raw = cfgOf('phi3');
+    raw.rope_parameters = { rope_type: 'longrope', rope_theta: 10000, short_factor: [1], long_factor: [1] };
+    const e = refusal(raw);
+    expect(e.message).toMatch(/rope_parameters\.rope_type "longrope" is not supported \(supported: default, linear, dynamic, yarn, llama3\)/);
+    expect(e.hint).not.toMatch(/\b(remove|delete|drop)\b/i);
+  });
+
+  for (const mt of ['mixtral', 'qwen2_moe', 'deepseek_v3']) {
+    it(`mixture-of-experts model_type ${mt} is refused as such`, () => {
+      const e = refusal({ ...cfgOf('mistral'), model_type: mt });
+      expect(e.message).toMatch(new RegExp(`model_type "${mt}" .* mixture-of-experts`));
+      expect(e.hint).toMatch(/llama \(LlamaForCausalLM\)/);
+    });
+  }
+
+  it('MoE keys in a dense family are refused by name', () => {
+    expect(refusal({ ...cfgOf('qwen2'), num_experts: 8, num_experts_per_tok: 2 }).message).toMatch(/num_experts: mixture-of-experts MLPs are not supported/);
+  });
+
+  it('a sliding window, partial rotary, softcapping or parallel residual on a family that does not implement it: refused by name', () => {
+    const e = refusal({ ...cfgOf('relu-llama'), sliding_window: 4096, attn_logit_softcapping: 50, use_parallel_residual: true });
+    expect(e.message).toMatch(/sliding_window: 4096 changes what the model computes and is not implemented for llama/);
+    expect(e.message).toMatch(/attn_logit_softcapping: 50/);
+    expect(e.message).toMatch(/use_parallel_residual: true/);
+    const raw = cfgOf('qwen2');
+    raw.rope_parameters = { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: 0.5 };
+    expect(refusal(raw).message).toMatch(/partial_rotary_factor: 0\.5 is not supported for this family/);
+    expect(refusal({ ...cfgOf('falcon'), alibi: true }).message).toMatch(/alibi: true is not supported/);
+    expect(refusal({ ...cfgOf('gpt2'), scale_attn_by_inverse_layer_idx: true }).message).toMatch(/scale_attn_by_inverse_layer_idx/);
+  });
+
+  it('the keys a family implements change its normalized config (never silently ignored)', () => {
+    const c = normalizeConfig(cfgOf('mistral'), 'm');
+    expect(c.windows).toEqual([8, 8]);
+    expect(normalizeConfig({ ...cfgOf('mistral'), sliding_window: null }, 'm').windows).toEqual([null, null]);
+    expect(normalizeConfig(cfgOf('gemma2'), 'g').windows).toEqual([8, null]);
+    expect(normalizeConfig(cfgOf('gpt_neox'), 'n').ropeDim).toBe(4);
+    expect(normalizeConfig(cfgOf('qwen2'), 'q').windows).toEqual([null, null]);
+    expect(normalizeConfig({ ...cfgOf('qwen2'), use_sliding_window: true, sliding_window: 16, max_window_layers: 1, layer_types: undefined }, 'q').windows).toEqual([null, 16]);
+  });
+
+  it('hidden_act swish and pretraining_tp 2 are accepted: transformers computes the same function', () => {
+    const base = normalizeConfig(cfgOf('llama3-rope'), 'l');
+    const c = normalizeConfig({ ...cfgOf('llama3-rope'), hidden_act: 'swish', pretraining_tp: 2 }, 'l');
+    expect(c).toEqual(base);
+    const f = normalizeConfig({ ...cfgOf('relu-llama'), hidden_act: 'fatrelu', hidden_act_param: 0.01 }, 'l');
+    expect([f.act, f.actThreshold, f.activation]).toEqual(['fatrelu', 0.01, 'relu']);
+  });
+
+  it('an unknown model_type names what is supported; a config without model_type is found by its architectures', () => {
+    const e = refusal({ ...cfgOf('gpt2'), model_type: 'mamba' });
+    expect(e.message).toMatch(/unsupported model_type "mamba"/);
+    for (const a of ARCHS) expect(e.hint).toContain(a.architectures[0]!);
+    const raw = cfgOf('bloom');
+    delete raw.model_type;
+    expect(normalizeConfig(raw, 'b').family).toBe('bloom');
+  });
+
+  it('the CLI exits 2 naming the key (mixtral)', async () => {
+    const dir = tmpDir();
+    try {
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfgOf('mistral'), model_type: 'mixtral', num_local_experts: 8 }));
+      fs.copyFileSync(path.join(ROOT, 'mistral-ref', 'model.safetensors'), path.join(dir, 'model.safetensors'));
+      fs.writeFileSync(path.join(dir, 'ids.jsonl'), '{"ids": [1, 2, 3, 4]}\n');
+      const r = await cli('collect-activations', '--model', dir, '--data', path.join(dir, 'ids.jsonl'), '--out', path.join(dir, 'acts'));
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(/model_type "mixtral" .* mixture-of-experts/);
+      expect(fs.existsSync(path.join(dir, 'acts')), 'nothing written').toBe(false);
+    } finally { fs.rmSync(dir, { recursive: true, force: true }); }
   });
 });

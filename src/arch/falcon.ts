@@ -39,7 +39,7 @@ const layer = (c: ModelConfig, newArch: boolean, twoNorms: boolean): TableRow[] 
 };
 
 export const falcon: Arch = {
-  id: 'falcon', modelTypes: ['falcon', 'RefinedWeb', 'RefinedWebModel'], architectures: ['FalconForCausalLM', 'RWForCausalLM'], basePrefix: 'transformer.',
+  id: 'falcon', modelTypes: ['falcon', 'RefinedWeb', 'RefinedWebModel'], architectures: ['FalconForCausalLM', 'RWForCausalLM'], basePrefix: 'transformer.', handles: ['parallel_attn', 'alibi'],
   ignorable: [/\.rotary_emb\.inv_freq$/],
   normalize(raw, p) {
     const hidden = p.numOf(raw, ['hidden_size', 'n_embed'], { int: true, min: 1 });

@@ -9,7 +9,7 @@ import { llamaWeights } from './llama.js';
 import type { Arch } from './types.js';
 
 export const gemma2: Arch = {
-  id: 'gemma2', modelTypes: ['gemma2'], architectures: ['Gemma2ForCausalLM'], basePrefix: 'model.',
+  id: 'gemma2', modelTypes: ['gemma2'], architectures: ['Gemma2ForCausalLM'], basePrefix: 'model.', handles: ['sliding_window', 'attn_logit_softcapping', 'final_logit_softcapping', 'query_pre_attn_scalar'],
   normalize(raw, p) {
     const c = gemmaLike(raw, p, 'gemma2');
     const w = windowOf(raw, p);

@@ -23,7 +23,7 @@ const layer = (c: ModelConfig): TableRow[] => [
 ];
 
 export const gptNeox: Arch = {
-  id: 'gpt_neox', modelTypes: ['gpt_neox'], architectures: ['GPTNeoXForCausalLM'], basePrefix: 'gpt_neox.',
+  id: 'gpt_neox', modelTypes: ['gpt_neox'], architectures: ['GPTNeoXForCausalLM'], basePrefix: 'gpt_neox.', handles: ['use_parallel_residual', 'rotary_pct', 'partial_rotary_factor'],
   ignorable: [/\.attention\.(masked_)?bias$/, /\.attention\.rotary_emb\.inv_freq$/],
   normalize(raw, p) {
     const hidden = p.num(raw, 'hidden_size', { int: true, min: 1 });

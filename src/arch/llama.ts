@@ -96,7 +96,6 @@ export function llamaWeights(c: ModelConfig, o: LlamaWeightOptions = {}): Weight
 export const llama: Arch = {
   id: 'llama', modelTypes: ['llama'], architectures: ['LlamaForCausalLM'], basePrefix: 'model.',
   normalize(raw, p) {
-    p.only(raw, 'sliding_window', [], 'Llama attends to every position');
     return llamaLike(raw, p, 'llama');
   },
   weights: (c) => llamaWeights(c),

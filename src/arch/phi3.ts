@@ -7,7 +7,7 @@ import { llamaLike, llamaWeights } from './llama.js';
 import type { Arch } from './types.js';
 
 export const phi3: Arch = {
-  id: 'phi3', modelTypes: ['phi3'], architectures: ['Phi3ForCausalLM'], basePrefix: 'model.',
+  id: 'phi3', modelTypes: ['phi3'], architectures: ['Phi3ForCausalLM'], basePrefix: 'model.', handles: ['sliding_window', 'partial_rotary_factor'],
   normalize(raw, p) {
     const w = windowOf(raw, p);
     const c = llamaLike(raw, p, 'phi3', { partialRotary: true, windows: ({ layers }) => windowsOf(raw, p, layers, w, () => true) });

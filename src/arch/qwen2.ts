@@ -7,7 +7,7 @@ import { llamaLike, llamaWeights } from './llama.js';
 import type { Arch } from './types.js';
 
 export const qwen2: Arch = {
-  id: 'qwen2', modelTypes: ['qwen2'], architectures: ['Qwen2ForCausalLM'], basePrefix: 'model.',
+  id: 'qwen2', modelTypes: ['qwen2'], architectures: ['Qwen2ForCausalLM'], basePrefix: 'model.', handles: ['sliding_window', 'use_sliding_window'],
   normalize(raw, p) {
     const w = raw.use_sliding_window === true ? windowOf(raw, p) : null;
     const from = typeof raw.max_window_layers === 'number' ? raw.max_window_layers : 0;

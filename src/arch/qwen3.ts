@@ -4,7 +4,7 @@ import { llamaLike, llamaWeights } from './llama.js';
 import type { Arch } from './types.js';
 
 export const qwen3: Arch = {
-  id: 'qwen3', modelTypes: ['qwen3'], architectures: ['Qwen3ForCausalLM'], basePrefix: 'model.',
+  id: 'qwen3', modelTypes: ['qwen3'], architectures: ['Qwen3ForCausalLM'], basePrefix: 'model.', handles: ['sliding_window', 'use_sliding_window'],
   normalize(raw, p) {
     const w = raw.use_sliding_window === true ? windowOf(raw, p) : null;
     const from = typeof raw.max_window_layers === 'number' ? raw.max_window_layers : 0;

@@ -43,10 +43,25 @@ export function archById(id: string): Arch {
   return a;
 }
 
+/**
+ * config.json keys, of any family, that change what a model computes, with the values under which they change
+ * nothing. A family that does not implement one (Arch.handles) refuses it by name when it has another value, so no
+ * such key is ever ignored.
+ */
+const MATH_KEYS: Record<string, unknown[]> = {
+  sliding_window: [null], use_sliding_window: [false], partial_rotary_factor: [1], rotary_pct: [1], attn_logit_softcapping: [null], final_logit_softcapping: [null],
+  query_pre_attn_scalar: [], use_qk_norm: [false], qk_layernorm: [false], use_parallel_residual: [false], parallel_attn: [false], alibi: [false],
+  embedding_multiplier: [1], logits_scaling: [1], residual_multiplier: [1], attention_multiplier: [], scale_emb: [1], scale_depth: [], dim_model_base: [],
+  clip_qkv: [null], rope_interleave: [false], rotary_interleaved: [false], attention_window_size: [null], cross_attention_hidden_size: [null], is_encoder_decoder: [false],
+};
+
 export function normalizeConfig(raw: Raw, where: string): ModelConfig {
   const arch = archOf(raw, where);
   const p = new Problems();
   refuseMoe(raw, p);
+  for (const [k, neutral] of Object.entries(MATH_KEYS))
+    if (!(arch.handles ?? []).includes(k) && raw[k] !== undefined && raw[k] !== null && !neutral.includes(raw[k]))
+      p.push(`${k}: ${JSON.stringify(raw[k])} changes what the model computes and is not implemented for ${arch.id}`);
   const cfg = arch.normalize(raw, p);
   if (cfg.positions === 'rope' && !p.list.length && (cfg.ropeDim === 0 || cfg.ropeDim > cfg.headDim)) cfg.ropeDim = cfg.headDim;
   if (p.list.length)

@@ -117,6 +117,8 @@ export interface Arch {
   architectures: string[];
   /** keys of a bare-model save lack this prefix ('model.', 'transformer.', ...): prepended when that makes a key expected */
   basePrefix: string;
+  /** config keys of MATH_KEYS (src/arch/registry.ts) this family's normalizer implements; any other is refused by name */
+  handles?: string[];
   /** keys that may appear and carry nothing we need (buffers) */
   ignorable?: RegExp[];
   /** config.json -> ModelConfig; problems are pushed to `p` (all reported at once) */
