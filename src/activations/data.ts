@@ -150,7 +150,8 @@ export async function* packSequences(docs: AsyncIterable<Doc>, opts: { seqLen: n
       yield* drain();
     } else {
       if (!tokenizer) throw new UserError(`${opts.source}: text documents need the checkpoint's tokenizer.json`);
-      if (cfg.bosTokenId !== null) append([cfg.bosTokenId]);
+      const bos = tokenizer.bos !== undefined ? tokenizer.bos : cfg.bosTokenId; // what transformers' tokenizer prepends
+      if (bos !== null) append([bos]);
       const pieces = tokenizer.chunkSafe ? textPieces(d.text) : [d.text];
       for (const piece of pieces) {
         append(tokenizer.encode(piece));
