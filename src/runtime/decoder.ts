@@ -254,7 +254,8 @@ export class DecodeSession {
       return;
     }
     if (m.mode === 'lossless' && L.gate) {
-      // gated ReLU: the gate for every neuron, then up and down only where act(gate) != 0: the dense sum, bit for bit
+      // gated ReLU: the gate for every neuron, then up and down only where act(gate) != 0 (dense up to the gathered
+      // matvec's summation order)
       L.gate.matvec(s.h2, s.g, undefined, L.gateBias);
       mlpActHost(this.act, s.g, F, null);
       const k = nonzeros(s.g, F, s.ids, s.coef), ids = s.ids.subarray(0, k);
