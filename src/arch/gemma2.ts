@@ -13,9 +13,10 @@ export const gemma2: Arch = {
   normalize(raw, p) {
     const c = gemmaLike(raw, p, 'gemma2');
     const w = windowOf(raw, p);
-    const cap = (k: string) => (raw[k] === undefined || raw[k] === null ? null : p.num(raw, k, { min: 0 }));
-    const qs = p.num(raw, 'query_pre_attn_scalar', { min: 0, dflt: c.headDim });
-    return { ...c, sandwichNorm: true, attnSoftcap: cap('attn_logit_softcapping'), finalSoftcap: cap('final_logit_softcapping'), attnScale: 1 / Math.sqrt(qs),
+    // absent keys take Gemma2Config's defaults (softcaps 50 / 30, query_pre_attn_scalar 256); null = no softcapping
+    const cap = (k: string, dflt: number) => (raw[k] === null ? null : p.num(raw, k, { min: 0, dflt }));
+    const qs = p.num(raw, 'query_pre_attn_scalar', { min: 0, dflt: 256 });
+    return { ...c, sandwichNorm: true, attnSoftcap: cap('attn_logit_softcapping', 50), finalSoftcap: cap('final_logit_softcapping', 30), attnScale: 1 / Math.sqrt(qs),
       windows: windowsOf(raw, p, c.layers, w, (i) => i % 2 === 0) };
   },
   weights: (c) => llamaWeights(c, { plusOne: true }),
