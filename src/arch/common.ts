@@ -72,8 +72,10 @@ export function ropeOf(raw: Raw, p: Problems, headDim: number, maxPositions: num
   } else if (type === 'yarn') {
     const orig = (rp!.original_max_position_embeddings ?? raw.original_max_position_embeddings ?? maxPositions) as number;
     s.originalMax = orig;
-    // transformers: with an explicit original context, the factor for the default attention factor is the ratio
+    // transformers: with an explicit original context the factor becomes max_position_embeddings / that context
+    // (for the frequencies and the default attention factor alike)
     const f = rp!.original_max_position_embeddings !== undefined ? maxPositions / orig : factor;
+    s.factor = f;
     const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
     const af = rp!.attention_factor as number | undefined, ms = rp!.mscale as number | undefined, msa = rp!.mscale_all_dim as number | undefined;
     s.attentionFactor = typeof af === 'number' ? af : ms && msa ? mscale(f, ms) / mscale(f, msa) : mscale(f);
