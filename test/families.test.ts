@@ -7,7 +7,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { DecodeSession, denseModes, disposeCache, disposeOutput, ensureBackend, forward, loadModel, newCache } from '../src/index.js';
+import { DecodeSession, denseModes, disposeCache, disposeOutput, ensureBackend, forward, loadModel, newCache, openSafetensors, readTensorF32, writeSafetensors } from '../src/index.js';
+import { loadHostWeights } from '../src/model/model.js';
+import { f32ToBf16Array, f32ToF16Array } from '../src/util/half.js';
 import { sessionFromPrefill } from '../src/runtime/decoder.js';
 import { ARCHS, expectedWeights, normalizeConfig } from '../src/arch/registry.js';
 import { UserError } from '../src/util/errors.js';
@@ -194,5 +196,44 @@ describe('families: config keys that change the math are implemented or refused 
       expect(r.err).toMatch(/model_type "mixtral" .* mixture-of-experts/);
       expect(fs.existsSync(path.join(dir, 'acts')), 'nothing written').toBe(false);
     } finally { fs.rmSync(dir, { recursive: true, force: true }); }
+  });
+});
+
+describe('families: other layouts of the same checkpoints', () => {
+  /** a copy of a reference with every tensor rewritten: dtype and key renamed as given */
+  function rewrite(f: string, dtype: 'F16' | 'BF16' | 'F32', key: (k: string) => string): string {
+    const src = path.join(ROOT, f), dir = tmpDir();
+    fs.copyFileSync(path.join(src, 'config.json'), path.join(dir, 'config.json'));
+    const st = openSafetensors(path.join(src, 'model.safetensors'));
+    const out: Parameters<typeof writeSafetensors>[1] = {};
+    for (const [k, t] of st.tensors) {
+      const v = readTensorF32(st, k);
+      out[key(k)] = { dtype, shape: t.shape, data: dtype === 'F16' ? f32ToF16Array(v) : dtype === 'BF16' ? f32ToBf16Array(v) : v };
+    }
+    writeSafetensors(path.join(dir, 'model.safetensors'), out);
+    return dir;
+  }
+  const logits = (m: ReturnType<typeof loadModel>, ids: number[][]) => { const o = forward(m, ids); const l = o.logits!.dataSync() as Float32Array; disposeOutput(o); return l; };
+
+  for (const f of FAMILIES) {
+    it(`${f}: float16 on the host (collect's workers: kept half, split / transposed as bits) == widened at load; bfloat16 close to float32`, () => {
+      const ids = loadReference(path.join(ROOT, f)).ids.map((r) => r.slice(0, 16));
+      const h = rewrite(f, 'F16', (k) => k);
+      const a = loadModel(h), b = loadModel(h, { host: loadHostWeights(h, { shared: true }) });
+      try { expect(Array.from(logits(b, ids))).toEqual(Array.from(logits(a, ids))); } finally { a.dispose(); b.dispose(); fs.rmSync(h, { recursive: true, force: true }); }
+      const bf = rewrite(f, 'BF16', (k) => k), ref = loadModel(path.join(ROOT, f)), m = loadModel(bf);
+      try { expect(relFrob(logits(m, ids), logits(ref, ids))).toBeLessThan(0.05); } finally { m.dispose(); ref.dispose(); fs.rmSync(bf, { recursive: true, force: true }); }
+    });
+  }
+
+  it('a bare-model save (keys without the family\'s base prefix) loads to the same model', () => {
+    for (const f of ['gpt2-ref', 'gpt_neox-ref', 'bloom-ref', 'falcon-ref', 'phi3-ref']) {
+      const c = normalizeConfig(JSON.parse(fs.readFileSync(path.join(ROOT, f, 'config.json'), 'utf8')) as Record<string, unknown>, f);
+      const pre = ARCHS.find((a) => a.id === c.family)!.basePrefix;
+      const dir = rewrite(f, 'F32', (k) => (k.startsWith(pre) ? k.slice(pre.length) : k));
+      const ids = [[1, 2, 3, 4, 5]];
+      const a = loadModel(dir), b = loadModel(path.join(ROOT, f));
+      try { expect(Array.from(logits(a, ids))).toEqual(Array.from(logits(b, ids))); } finally { a.dispose(); b.dispose(); fs.rmSync(dir, { recursive: true, force: true }); }
+    }
   });
 });
