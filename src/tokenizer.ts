@@ -26,6 +26,12 @@ export interface LoadedTokenizer {
    * Long texts are then tokenized in pieces (src/activations/data.ts textPieces).
    */
   chunkSafe: boolean;
+  /**
+   * The id transformers prepends to a text (add_special_tokens: the tokenizer.json template, or tokenizer_config.json's
+   * add_bos_token with its bos_token), null when the tokenizer adds none (e.g. SmolLM2, GPT-2 style), undefined when
+   * neither file says (a bare tokenizer.json: callers use config.json's bos_token_id).
+   */
+  bos?: number | null | undefined;
 }
 
 const CHUNK_PROBES = ['Call me Ishmael. Some years ago', 'never mind\nhow long,\tprecisely', '12 345 6.7 ; x', 'naïve café 東京 go'];
@@ -62,6 +68,19 @@ function readTokenizerConfig(cfgFile: string): Record<string, unknown> {
   return r.data;
 }
 
+/** what transformers' add_special_tokens prepends (see LoadedTokenizer.bos) */
+function bosOf(tok: Tokenizer, json: { post_processor?: unknown }, cfg: Record<string, unknown>, hasCfg: boolean): number | null | undefined {
+  const probe = 'a b', plain = tok.encode(probe, { add_special_tokens: false }).ids, full = tok.encode(probe, { add_special_tokens: true }).ids;
+  const added = full.length > plain.length && full[0] !== plain[0] ? full[0]! : null;
+  if (cfg.add_bos_token === false) return null;
+  if (cfg.add_bos_token === true && added === null) {
+    const t = cfg.bos_token, s = typeof t === 'string' ? t : (t as { content?: string } | null | undefined)?.content;
+    const ids = s ? tok.encode(s, { add_special_tokens: false }).ids : [];
+    return ids.length === 1 ? ids[0]! : null;
+  }
+  return added !== null || json.post_processor || hasCfg ? added : undefined;
+}
+
 export function loadTokenizer(dir: string): LoadedTokenizer {
   const file = path.join(dir, 'tokenizer.json');
   if (!fs.existsSync(file)) throw new UserError(`no tokenizer.json in ${dir}`, 'the checkpoint folder needs a fast-tokenizer tokenizer.json (tokenizer.save_pretrained writes it); or pass pre-tokenized data (JSONL with "ids")');
@@ -79,6 +98,7 @@ export function loadTokenizer(dir: string): LoadedTokenizer {
   const encode = (s: string) => tok.encode(s, { add_special_tokens: false }).ids;
   return {
     encode,
+    bos: bosOf(tok, json as { post_processor?: unknown }, cfg, fs.existsSync(cfgFile)),
     chunkSafe: probeChunkSafe(encode),
     decode: (ids, o) => ids.length === 0 ? '' : tok.decode(ids, { skip_special_tokens: o?.skipSpecial ?? false }),
     vocabSize,

@@ -17,7 +17,7 @@ const SRC = path.join(ROOT, 'src');
 
 const LAYERS = ['util', 'core', 'stages', 'cli', 'entry'] as const;
 type Layer = (typeof LAYERS)[number];
-const CORE_DIRS = ['checkpoint', 'model', 'activations', 'predictors', 'bundle', 'eval', 'runtime', 'config'];
+const CORE_DIRS = ['arch', 'checkpoint', 'model', 'activations', 'predictors', 'bundle', 'eval', 'runtime', 'config'];
 const CORE_FILES = ['backend.ts', 'tokenizer.ts'];
 
 /** `rel` is a path under src/, '/'-separated. */

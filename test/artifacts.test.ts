@@ -49,7 +49,7 @@ describe('artifacts written by the stages read back through their schemas', () =
   });
 
   it('a damaged activations manifest: exit 2 listing every bad field by dotted path', async () => {
-    const d = damaged(ACTS, 'acts-bad', 'manifest.json', (o) => { o.dims.ffn = -1; o.model.config.activation = 'gelu'; o.layers = 'all'; delete o.seqLen; });
+    const d = damaged(ACTS, 'acts-bad', 'manifest.json', (o) => { o.dims.ffn = -1; o.model.config.activation = 'tanh'; o.layers = 'all'; delete o.seqLen; });
     const r = await cli('train-predictors', '--activations', d, '--out', path.join(TMP, 'p-bad'), '--backend', 'wasm', '--quiet');
     expect(r.code).toBe(2);
     expect(r.err).toContain(`${path.join(d, 'manifest.json')} is not a valid activations manifest (4 problems)`);

@@ -67,7 +67,8 @@ export function captureBatch(model: Model, seqs: number[][], firstSeq: number, s
       // one fast pass per array: non-finite values (and float16 overflow) are seen by the largest |v|'s bits, the
       // activations' bits and statistics in one loop; any problem reruns the per-value checks for their message
       const bits = new Uint8Array(Math.ceil((rows * c.ffn) / 8));
-      const { active, absSum, maxAbs: actMax } = activationBits(act, bits);
+      // active = nonzero: a gated ReLU's relu(gate) * up is negative where up is (its |act| marks the same zeros)
+      const { active, absSum, maxAbs: actMax } = activationBits(c.gated && c.activation === 'relu' ? act.map(Math.abs) : act, bits);
       const headNormSum = new Array(c.heads).fill(0), headNormSq = new Array(c.heads).fill(0);
       for (let r = 0; r < rows; r++) for (let h = 0; h < c.heads; h++) { const v = hn[r * c.heads + h]!; headNormSum[h] += v; headNormSq[h] += v * v; }
       const limit = f16 ? F16_MAX_BITS : INF_BITS - 1;

@@ -264,7 +264,8 @@ export async function* packSequences(docs: AsyncIterable<Doc>, opts: { seqLen: n
       yield* drain();
     } else {
       if (!tokenizer) throw new UserError(`${opts.source}: text documents need the checkpoint's tokenizer.json`, 'pass --model with the checkpoint folder that holds tokenizer.json, or pre-tokenized data (JSONL with "ids")');
-      if (!inDoc && cfg.bosTokenId !== null) append([cfg.bosTokenId]);
+      const bos = tokenizer.bos !== undefined ? tokenizer.bos : cfg.bosTokenId; // what transformers' tokenizer prepends
+      if (!inDoc && bos !== null) append([bos]);
       inDoc = d.more === true;
       if (!tokenizer.chunkSafe) {
         whole += d.text;

@@ -1,4 +1,5 @@
 import type { ModelConfig } from '../model/config.js';
+import { base } from '../arch/common.js';
 import * as tf from '@tensorflow/tfjs-core';
 
 /** Median wall time (ms) of fn over n runs after w warm-ups. */
@@ -27,5 +28,8 @@ export function table(header: string[], rows: (string | number)[][]): string {
 
 /** OPT-1.3B's widths (24 layers, d 2048, ffn 8192, 32 heads, vocab 50272), as a normalized config. */
 export function opt13bConfig(over: Partial<ModelConfig> = {}): ModelConfig {
-  return { family: 'opt', vocabSize: 50272, hidden: 2048, layers: 24, heads: 32, kvHeads: 32, headDim: 64, ffn: 8192, maxPositions: 2048, norm: 'layernorm', normEps: 1e-5, preNorm: true, finalNorm: true, activation: 'relu', positions: 'learned', positionOffset: 2, ropeTheta: 0, embedProjDim: null, tiedLmHead: true, attnBias: true, mlpBias: true, bosTokenId: 2, eosTokenId: 2, padTokenId: 1, ...over };
+  const layers = over.layers ?? 24;
+  return { ...base(), family: 'opt', vocabSize: 50272, hidden: 2048, layers, heads: 32, kvHeads: 32, headDim: 64, ffn: 8192, maxPositions: 2048, norm: 'layernorm', normEps: 1e-5,
+    activation: 'relu', act: 'relu', gated: false, positions: 'learned', positionOffset: 2, ropeTheta: 0, attnScale: 1 / Math.sqrt(over.headDim ?? 64), windows: new Array(layers).fill(null),
+    tiedLmHead: true, attnBias: true, mlpBias: true, bosTokenId: 2, eosTokenId: 2, padTokenId: 1, ...over };
 }

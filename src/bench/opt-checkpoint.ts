@@ -53,7 +53,7 @@ export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), see
     const buf = new Uint16Array(CHUNK);
     for (const s of specs) {
       const n = s.shape.reduce((a, b) => a * b, 1);
-      const name = s.name.replace(/^layers\.\d+\./, '');
+      const name = s.name!.replace(/^layers\.\d+\./, '');
       const std = name === 'up' ? 1 / Math.sqrt(c.hidden) : name === 'down' ? 1 / Math.sqrt(c.ffn) : 0.02;
       const constant = /^(ln\d\.g|finalNorm\.g)$/.test(name) ? 1 : /^(ln\d\.b|finalNorm\.b|b\w?|\w+Bias)$/.test(name) ? 0 : null;
       // 4096 values of a uniform distribution with this std, picked by a xorshift stream

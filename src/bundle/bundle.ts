@@ -6,8 +6,9 @@ import * as path from 'node:path';
 import { fingerprintCheckpoint, openCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { openSafetensors, readTensorF32, type TensorToWrite, writeSafetensors } from '../checkpoint/safetensors.js';
 import { normalizeConfig } from '../model/config.js';
-import { canonicalKey } from '../model/weight-map.js';
-import { disposeSite, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
+import { readLayerTensors } from '../model/model.js';
+import { transpose2d } from '../util/transpose.js';
+import { disposeSite, gateActOf, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { fromHost } from '../predictors/predictor.js';
 import type { PredictorEntry, PredictorsManifest } from '../predictors/store.js';
 import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest } from '../predictors/store.js';
@@ -88,8 +89,7 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
     const problems = planProblems(plan, c, (site, i) => Boolean(pm.layers.find((l) => l.layer === i)?.[site] && hasLowRankWeights(pm.layers.find((l) => l.layer === i)![site]!.family)));
     if (problems.length) throw new UserError(`the plan in ${o.plan} does not fit these predictors:\n  - ${problems.join('\n  - ')}`, 're-run `dejavu plan` on these predictors');
   }
-  const keyOf = new Map([...ck.tensors.keys()].map((k) => [canonicalKey(c.family, k), k]));
-  const read = (k: string) => ck.read(keyOf.get(k) ?? k);
+  const dt: 'F32' | 'F16' = [...ck.tensors.values()].every((t) => t.info.dtype === 'F32') ? 'F32' : 'F16';
   for (const l of pm.layers) {
     const ev = report?.layers.find((x) => x.layer === l.layer);
     const entry: BundleManifest['layers'][number] = { layer: l.layer, mlp: null, heads: null, neuronMajor: null };
@@ -109,25 +109,12 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
       entry[site] = j;
     }
     if (o.neuronMajor) {
-      const pre = c.family === 'opt' ? `model.decoder.layers.${l.layer}.` : `model.layers.${l.layer}.`;
-      const up = c.family === 'opt' ? 'fc1' : 'mlp.up_proj', down = c.family === 'opt' ? 'fc2' : 'mlp.down_proj';
-      const nm = `layers.${l.layer}.neuron_major`;
-      const dt = ck.tensors.get(keyOf.get(`${pre}${up}.weight`) ?? '')?.info.dtype === 'F32' ? 'F32' : 'F16';
-      ntensors[`${nm}.up`] = { dtype: dt, shape: [c.ffn, c.hidden], data: read(`${pre}${up}.weight`) }; // HF [F, d]: already neuron-major
-      const downW = read(`${pre}${down}.weight`); // HF [d, F] -> transpose to [F, d]
-      const dT = new Float32Array(downW.length);
-      for (let i = 0; i < c.hidden; i++) for (let j = 0; j < c.ffn; j++) dT[j * c.hidden + i] = downW[i * c.ffn + j]!;
-      ntensors[`${nm}.down`] = { dtype: dt, shape: [c.ffn, c.hidden], data: dT };
-      entry.neuronMajor = { up: { name: `${nm}.up`, shape: [c.ffn, c.hidden] }, down: { name: `${nm}.down`, shape: [c.ffn, c.hidden] }, gate: null, upBias: null, gateBias: null };
-      if (c.family === 'llama') {
-        ntensors[`${nm}.gate`] = { dtype: dt, shape: [c.ffn, c.hidden], data: read(`${pre}mlp.gate_proj.weight`) };
-        entry.neuronMajor.gate = { name: `${nm}.gate`, shape: [c.ffn, c.hidden] };
-      }
-      if (c.mlpBias) {
-        ntensors[`${nm}.up_bias`] = { dtype: 'F32', shape: [c.ffn], data: read(`${pre}${up}.bias`) };
-        entry.neuronMajor.upBias = { name: `${nm}.up_bias`, shape: [c.ffn] };
-        if (c.family === 'llama') { ntensors[`${nm}.gate_bias`] = { dtype: 'F32', shape: [c.ffn], data: read(`${pre}mlp.gate_proj.bias`) }; entry.neuronMajor.gateBias = { name: `${nm}.gate_bias`, shape: [c.ffn] }; }
-      }
+      // the MLP's rows, neuron-major [F, d] (our layout is [in, out]: up / gate transposed, down already is)
+      const t = readLayerTensors(ck, c, l.layer), d = c.hidden, F = c.ffn;
+      const nm = `layers.${l.layer}.neuron_major`, sh = [F, d];
+      const put = (n: string, data: Float32Array, shape = sh, dtype = dt) => { ntensors[`${nm}.${n}`] = { dtype, shape, data }; return { name: `${nm}.${n}`, shape }; };
+      entry.neuronMajor = { up: put('up', transpose2d(t.up!.data, d, F)), down: put('down', t.down!.data), gate: t.gate ? put('gate', transpose2d(t.gate.data, d, F)) : null,
+        upBias: t.upBias ? put('up_bias', t.upBias.data, [F], 'F32') : null, gateBias: t.gateBias ? put('gate_bias', t.gateBias.data, [F], 'F32') : null };
     }
     layers.push(entry);
   }
@@ -282,7 +269,7 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     (site === 'mlp' ? mlp : heads).set(l.layer, {
       entry, sourceLayerOffset: p.input === 'x_attn[layer-1]' ? -1 : 0,
       ...(h ? { weights: fromHost(h), host: h } : {}),
-      ...(hu ? { up: fromHost(hu), hostUp: hu } : {}),
+      ...(hu ? { up: fromHost(hu), hostUp: hu, gateAct: gateActOf(manifest.model.architecture) } : {}),
     });
   }
   return {

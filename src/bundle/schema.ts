@@ -53,7 +53,7 @@ export const bundleManifestSchema = z.strictObject({
   config: z.record(z.string(), z.unknown()),
   model: z.strictObject({
     fingerprint: z.strictObject({ config: sha, weights: z.record(z.string(), sha) }),
-    family: z.enum(['opt', 'llama']),
+    family: z.string().min(1),
     architecture: z.record(z.string(), z.unknown()),
     dims: z.strictObject({ layers: z.number().int().positive(), hidden: z.number().int().positive(), ffn: z.number().int().positive(), heads: z.number().int().positive(),
         kvHeads: z.number().int().positive(), headDim: z.number().int().positive() }),

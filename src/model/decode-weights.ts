@@ -16,7 +16,10 @@ import { transpose2d } from '../util/transpose.js';
 export interface HostNorm { g: Float32Array; b?: Float32Array | undefined }
 
 export interface DecodeLayer {
-  ln1: HostNorm; ln2: HostNorm;
+  /** ln2 absent where the MLP reads ln1's output (shared norm) */
+  ln1: HostNorm; ln2?: HostNorm | undefined;
+  /** Qwen 3 per-head q / k norms; Gemma 2 norms of the attention and MLP outputs */
+  qNorm?: HostNorm | undefined; kNorm?: HostNorm | undefined; lnAttnOut?: HostNorm | undefined; lnMlpOut?: HostNorm | undefined;
   q: RowMatrix; k: RowMatrix; v: RowMatrix; o: RowMatrix;
   qBias?: Float32Array | undefined; kBias?: Float32Array | undefined; vBias?: Float32Array | undefined; oBias?: Float32Array | undefined;
   up: RowMatrix; gate?: RowMatrix | undefined; down: RowMatrix;
@@ -32,6 +35,7 @@ export interface DecodeWeights {
   projIn?: RowMatrix | undefined; // [Dp, d] (axpy)
   projOut?: RowMatrix | undefined; // [d, Dp] (axpy)
   finalNorm?: HostNorm | undefined;
+  embedNorm?: HostNorm | undefined;
   lmHead: RowMatrix; // [V, Dp]
   dispose(): void;
 }
@@ -60,10 +64,12 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shap
   const inRows = (n: string) => { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.data, i, o); };
   const vec = (n: string) => get(n)?.data;
   const norm = (p: string): HostNorm => ({ g: need(`${p}.g`).data, b: vec(`${p}.b`) });
+  const maybeNorm = (p: string): HostNorm | undefined => (get(`${p}.g`) ? norm(p) : undefined);
   const layers: DecodeLayer[] = Array.from({ length: c.layers }, (_, i) => {
     const L = (n: string) => `layers.${i}.${n}`;
     return {
-      ln1: norm(L('ln1')), ln2: norm(L('ln2')),
+      ln1: norm(L('ln1')), ln2: maybeNorm(L('ln2')),
+      qNorm: maybeNorm(L('qNorm')), kNorm: maybeNorm(L('kNorm')), lnAttnOut: maybeNorm(L('lnAttnOut')), lnMlpOut: maybeNorm(L('lnMlpOut')),
       q: outRows(L('wq')), k: outRows(L('wk')), v: outRows(L('wv')), o: inRows(L('wo')),
       qBias: vec(L('bq')), kBias: vec(L('bk')), vBias: vec(L('bv')), oBias: vec(L('bo')),
       up: outRows(L('up')), gate: get(L('gate')) ? outRows(L('gate')) : undefined, down: inRows(L('down')),
@@ -78,7 +84,7 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shap
     kernel, layers, embed: embed.data, pos: vec('pos'),
     projIn: get('projIn') ? inRows('projIn') : undefined,
     projOut: get('projOut') ? inRows('projOut') : undefined,
-    finalNorm: get('finalNorm.g') ? norm('finalNorm') : undefined,
+    finalNorm: maybeNorm('finalNorm'), embedNorm: maybeNorm('embedNorm'),
     lmHead,
     dispose: () => { for (const a of arenas) a?.dispose(); },
   };

@@ -9,7 +9,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.js';
 import type { LayerWeights, Model } from './model.js';
-import { attendHostSimd, attendTfjs, linear, norm, prepare, repeatKV, rope, ropeTables, splitHeads, topkMask, type AttendKernel, type Prepared } from './ops.js';
+import { attend, attendHostSimd, attendTfjs, layerBias, linear, norm, prepare, repeatKV, rope, ropeTables, splitHeads, topkMask, type AttendKernel, type Prepared } from './ops.js';
+import { mlpActTf, softcapTf } from '../arch/traits.js';
 
 export { topkMask } from './ops.js';
 
@@ -38,7 +39,8 @@ export type HeadSelection = { mask: tf.Tensor } | { oracleTopK: number };
 export interface SparsityHooks {
   /**
    * xAttn: residual entering the layer; xMlp: residual entering the MLP block; hMlp: the MLP block's own
-   * (normalized) input (all [B, T, d]); up/upBias: the first projection [d, F] (OPT fc1, Llama up_proj)
+   * (normalized) input (all [B, T, d]); up/upBias: the projection whose sign decides the activation [d, F] (the
+   * ungated MLP's first projection; a gated MLP's gate)
    */
   mlp?: (layer: number, ctx: { xAttn: tf.Tensor; xMlp: tf.Tensor; hMlp: tf.Tensor; up: tf.Tensor2D; upBias?: tf.Tensor1D | undefined }) => MlpSelection | null | undefined;
   /** xAttn: this layer's input; xAttnPrev: previous layer's input (layer 0: its own) */
@@ -90,17 +92,20 @@ export function disposeOutput(o: ForwardOutput): void {
 const ATTEND: Record<Model['attention'], AttendKernel> = { 'host-simd': attendHostSimd, tfjs: attendTfjs };
 
 function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelection | null | undefined): { out: tf.Tensor; act: tf.Tensor } {
-  let act = c.activation === 'relu' ? tf.relu(linear(h, w.up, w.upBias)) : tf.mul(tf.mul(linear(h, w.gate!, w.gateBias), tf.sigmoid(linear(h, w.gate!, w.gateBias))), linear(h, w.up, w.upBias)); // [B, T, F]
+  let act = mlpActTf(c, linear(h, w.up, w.upBias), w.gate ? linear(h, w.gate, w.gateBias) : null); // [B, T, F]
   if (sel && 'mask' in sel) act = tf.mul(act, sel.mask);
   else if (sel && sel.oracleTopK < act.shape[2]!) act = tf.mul(act, topkMask(tf.abs(act), sel.oracleTopK));
   return { out: linear(act, w.down, w.downBias), act };
 }
 
+/** Qwen 3: RMSNorm of each head's vectors [B, N, T, hd] */
+const headNorm = (c: ModelConfig, x: tf.Tensor, n: LayerWeights['qNorm']) => (n ? norm(c, x, n) : x);
+
 function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Prepared, rot: [tf.Tensor, tf.Tensor] | null,
   cache: KVCache | undefined, i: number, sel: HeadSelection | null | undefined, attendK: AttendKernel): { out: tf.Tensor; ctx: tf.Tensor } {
   const { B, T } = prep;
   const H = c.heads, KV = c.kvHeads, hd = c.headDim;
-  let k = splitHeads(linear(h, w.wk, w.bk), KV, hd); // [B, KV, T, hd]
+  let k = headNorm(c, splitHeads(linear(h, w.wk, w.bk), KV, hd), w.kNorm); // [B, KV, T, hd]
   let v = splitHeads(linear(h, w.wv, w.bv), KV, hd);
   if (rot) k = rope(k, rot[0], rot[1]);
   if (cache) {
@@ -109,9 +114,13 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
     cache.k[i] = tf.keep(k); cache.v[i] = tf.keep(v);
     pk?.dispose(); pv?.dispose();
   }
-  let q = splitHeads(linear(h, w.wq, w.bq), H, hd); // [B, H, T, hd]
+  let q = headNorm(c, splitHeads(linear(h, w.wq, w.bq), H, hd), w.qNorm); // [B, H, T, hd]
   if (rot) q = rope(q, rot[0], rot[1]);
-  const o = attendK(q, repeatKV(k, H), repeatKV(v, H), prep, 1 / Math.sqrt(hd)); // [B, H, T, hd]
+  // windows that cut keys, ALiBi and softcapping: tfjs ops with the layer's bias; else the model's kernel
+  const win = c.windows[i];
+  const plain = (!win || win >= prep.P + prep.T) && c.positions !== 'alibi' && !c.attnSoftcap;
+  const kr = repeatKV(k, H), vr = repeatKV(v, H);
+  const o = plain ? attendK(q, kr, vr, prep, c.attnScale) : attend(q, kr, vr, layerBias(c, prep, i), c.attnScale, c.attnSoftcap); // [B, H, T, hd]
   let ctx4 = tf.transpose(o, [0, 2, 1, 3]); // [B, T, H, hd]
   if (sel && 'mask' in sel) ctx4 = tf.mul(ctx4, tf.expandDims(sel.mask, 3));
   else if (sel && sel.oracleTopK < H) ctx4 = tf.mul(ctx4, tf.expandDims(topkMask(tf.sqrt(tf.sum(tf.square(ctx4), -1)), sel.oracleTopK), 3));
@@ -138,11 +147,13 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
   try {
     let x: tf.Tensor = tf.tidy(() => {
       let e: tf.Tensor = tf.gather(model.embed, prep.idsT); // [B, T, Dp]
+      if (c.embedScale !== null) e = tf.mul(e, c.embedScale);
       if (model.projIn) e = linear(e, model.projIn); // [B, T, d]
       if (model.pos) e = tf.add(e, tf.gather(model.pos, tf.tensor2d(prep.positions.map((p) => p + c.positionOffset), [prep.B, prep.T], 'int32')));
+      if (model.embedNorm) e = norm(c, e, model.embedNorm);
       return e;
     });
-    const rot = c.positions === 'rope' ? ropeTables(c, prep.positions, prep.B, prep.T) : null;
+    const rot = c.positions === 'rope' && c.ropeDim > 0 ? ropeTables(c, prep.positions, prep.B, prep.T) : null;
     let xPrev: tf.Tensor | null = null;
     try {
       for (let i = 0; i < c.layers; i++) {
@@ -155,15 +166,19 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
             const att = attentionBlock(c, w, h1, prep, rot, opts.cache, i, hsel, attendK);
             keepCap('attnContext', i, att.ctx);
             if (cap.headNorm && wantLayer(i)) keepCap('headNorm', i, tf.sqrt(tf.sum(tf.square(tf.reshape(att.ctx, [prep.B, prep.T, c.heads, c.headDim])), -1)));
-            let xm = tf.add(x, att.out);
+            const attOut = w.lnAttnOut ? norm(c, att.out, w.lnAttnOut) : att.out;
+            // sequential: the MLP reads the residual after attention; parallel: the layer's input (ln2, or ln1's output)
+            let xm = c.block === 'parallel' ? x : tf.add(x, attOut);
             if (!c.preNorm) xm = norm(c, xm, w.ln1);
             keepCap('xMlp', i, xm);
-            const h2 = c.preNorm ? norm(c, xm, w.ln2) : xm;
-            const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm, hMlp: h2, up: w.up, upBias: w.upBias });
+            const h2 = c.sharedNorm ? h1 : c.preNorm ? norm(c, xm, w.ln2!) : xm;
+            const first = w.gate ? { up: w.gate, upBias: w.gateBias } : { up: w.up, upBias: w.upBias };
+            const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm, hMlp: h2, ...first });
             const mlp = mlpBlock(c, w, h2, msel);
             keepCap('mlpAct', i, mlp.act);
-            let out = tf.add(xm, mlp.out);
-            if (!c.preNorm) out = norm(c, out, w.ln2);
+            const mlpOut = w.lnMlpOut ? norm(c, mlp.out, w.lnMlpOut) : mlp.out;
+            let out = c.block === 'parallel' ? tf.add(tf.add(x, attOut), mlpOut) : tf.add(xm, mlpOut);
+            if (!c.preNorm) out = norm(c, out, w.ln2!);
             return out;
           });
           xPrev?.dispose();
@@ -178,7 +193,7 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
       const result = tf.tidy(() => {
         let h = model.finalNorm ? norm(c, x, model.finalNorm) : x;
         if (model.projOut) h = linear(h, model.projOut); // [B, T, Dp]
-        const logits = cap.logits === false ? undefined : linear(h, model.lmHead); // [B, T, V]
+        const logits = cap.logits === false ? undefined : softcapTf(linear(h, model.lmHead), c.finalSoftcap); // [B, T, V]
         return { logits, finalHidden: cap.finalHidden ? h : undefined };
       });
       x.dispose();
@@ -198,5 +213,6 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
   } finally {
     prep.idsT.dispose();
     prep.bias.dispose();
+    for (const t of prep.extra.values()) t.dispose();
   }
 }

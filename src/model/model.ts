@@ -19,17 +19,22 @@ export interface Norm { g: tf.Tensor1D; b?: tf.Tensor1D }
 /** One decoder layer. Shapes: d = hidden, H = heads, KV = kv heads, hd = head dim, F = ffn. */
 export interface LayerWeights {
   ln1: Norm;
+  /** Qwen 3: RMSNorm of each head's q / k [hd] */
+  qNorm?: Norm; kNorm?: Norm;
+  /** Gemma 2: norms of the attention output and of the MLP output (sandwich) */
+  lnAttnOut?: Norm; lnMlpOut?: Norm;
   wq: tf.Tensor2D; // [d, H*hd]
   wk: tf.Tensor2D; // [d, KV*hd]
   wv: tf.Tensor2D; // [d, KV*hd]
   wo: tf.Tensor2D; // [H*hd, d]
   bq?: tf.Tensor1D; bk?: tf.Tensor1D; bv?: tf.Tensor1D; bo?: tf.Tensor1D;
-  ln2: Norm;
-  up: tf.Tensor2D; // [d, F]  OPT fc1, Llama up_proj
+  /** the MLP's norm (absent where the MLP reads ln1's output: Falcon's shared norm) */
+  ln2?: Norm;
+  up: tf.Tensor2D; // [d, F]  the ungated MLP's first projection, or the gated one's up projection
   upBias?: tf.Tensor1D;
-  gate?: tf.Tensor2D; // [d, F] Llama gate_proj
+  gate?: tf.Tensor2D; // [d, F] the gated MLP's gate projection
   gateBias?: tf.Tensor1D;
-  down: tf.Tensor2D; // [F, d]  OPT fc2, Llama down_proj
+  down: tf.Tensor2D; // [F, d]
   downBias?: tf.Tensor1D;
 }
 
@@ -44,6 +49,8 @@ export interface Model {
   residency: 'resident' | 'streamed';
   embed: tf.Tensor2D; // [V, Dp]
   pos?: tf.Tensor2D; // [P + offset, d]
+  /** BLOOM: LayerNorm right after the embedding */
+  embedNorm?: Norm;
   projIn?: tf.Tensor2D; // [Dp, d]
   projOut?: tf.Tensor2D; // [d, Dp]
   finalNorm?: Norm;
@@ -78,9 +85,9 @@ function checkKeys(ck: Checkpoint, cfg: ModelConfig, specs: WeightSpec[]): Map<s
   const canon = new Map<string, string>(); // canonical key -> file key
   const problems: string[] = [];
   for (const k of ck.tensors.keys()) {
-    const c = canonicalKey(cfg.family, k);
+    const c = canonicalKey(cfg, k, expected);
     if (expected.has(c)) canon.set(c, k);
-    else if (!isIgnorable(c, expected)) problems.push(`unexpected weight "${k}" ${JSON.stringify(ck.tensors.get(k)!.info.shape)}`);
+    else if (!isIgnorable(cfg, c, expected)) problems.push(`unexpected weight "${k}" ${JSON.stringify(ck.tensors.get(k)!.info.shape)}`);
   }
   for (const s of specs) {
     const fk = canon.get(s.key);
@@ -95,15 +102,9 @@ function checkKeys(ck: Checkpoint, cfg: ModelConfig, specs: WeightSpec[]): Map<s
   return canon;
 }
 
-function readHost(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor {
-  const data = ck.read(fileKey);
-  if (!spec.transpose) return { shape: spec.shape, data };
-  const [rows, cols] = spec.shape as [number, number];
-  return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
-}
-
-/** A float16 tensor's bits, laid out like readHost (transposed to [in, out] where the spec says so). */
-function readHostF16(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTensor {
+/** The raw bits of a tensor: float32 (any dtype widened), or float16 kept as its bits. */
+function readRaw(ck: Checkpoint, fileKey: string, half: boolean): Float32Array | Uint16Array {
+  if (!half) return ck.read(fileKey);
   const { file, info } = ck.tensors.get(fileKey)!;
   const data = new Uint16Array((info.end - info.begin) / 2);
   const fd = fs.openSync(file.path, 'r');
@@ -111,25 +112,65 @@ function readHostF16(ck: Checkpoint, fileKey: string, spec: WeightSpec): HostTen
     const bytes = new Uint8Array(data.buffer);
     for (let o = 0; o < bytes.length;) { const n = fs.readSync(fd, bytes, o, Math.min(bytes.length - o, 1 << 30), info.begin + o); if (n <= 0) throw new Error(`short read of ${fileKey} in ${file.path}`); o += n; }
   } finally { fs.closeSync(fd); }
-  if (!spec.transpose) return { shape: spec.shape, data };
-  const [rows, cols] = spec.shape as [number, number];
-  return { shape: [cols, rows], data: transpose2d(data, rows, cols) };
+  return data;
 }
 
-/** Backend tensors of layer i (uploaded per call when streamed). */
-function toLayer(h: HostLayer, i: number): LayerWeights {
-  const t2 = (n: string) => tf.tensor2d(f32of(h[`layers.${i}.${n}`]!), h[`layers.${i}.${n}`]!.shape as [number, number]);
-  const t1 = (n: string) => (h[`layers.${i}.${n}`] ? tf.tensor1d(f32of(h[`layers.${i}.${n}`]!)) : undefined);
-  const w: LayerWeights = {
-    ln1: { g: t1('ln1.g')! }, ln2: { g: t1('ln2.g')! },
-    wq: t2('wq'), wk: t2('wk'), wv: t2('wv'), wo: t2('wo'), up: t2('up'), down: t2('down'),
+/** indices `rows` along the output axis of an HF tensor (Linear [out, in]: rows; Conv1D [in, out]: columns; 1-D) */
+function gatherOut<T extends Float32Array | Uint16Array>(src: T, shape: number[], transpose: boolean, rows: number[]): { data: T; shape: number[] } {
+  const out = new (src.constructor as new (n: number) => T)(rows.length * (shape.length === 2 ? (transpose ? shape[1]! : shape[0]!) : 1));
+  if (shape.length === 1) { rows.forEach((r, j) => { out[j] = src[r]!; }); return { data: out, shape: [rows.length] }; }
+  const [a, b] = shape as [number, number];
+  if (transpose) { rows.forEach((r, j) => out.set(src.subarray(r * b, (r + 1) * b), j * b)); return { data: out, shape: [rows.length, b] }; }
+  for (let i = 0; i < a; i++) for (let j = 0; j < rows.length; j++) out[i * rows.length + j] = src[i * b + rows[j]!]!;
+  return { data: out, shape: [a, rows.length] };
+}
+
+/**
+ * One HF tensor -> our host tensors, laid out as the model uses them: [in, out] (transposed where the spec says),
+ * fused tensors split into their parts, Gemma's 1 + w folded in (float32).
+ */
+function readSpec(ck: Checkpoint, fileKey: string, spec: WeightSpec, half: boolean): [string, HostTensor][] {
+  let data = readRaw(ck, fileKey, half);
+  if (spec.plusOne) { const f = f32of({ shape: spec.shape, data }); data = f.map((w) => 1 + w); }
+  const lay = (d: Float32Array | Uint16Array, shape: number[]): HostTensor => {
+    if (!spec.transpose || shape.length !== 2) return { shape, data: d };
+    const [rows, cols] = shape as [number, number];
+    return { shape: [cols, rows], data: transpose2d(d, rows, cols) };
   };
-  const opt: [keyof LayerWeights, string][] = [['bq', 'bq'], ['bk', 'bk'], ['bv', 'bv'], ['bo', 'bo'], ['upBias', 'upBias'], ['downBias', 'downBias'], ['gateBias', 'gateBias']];
-  for (const [k, n] of opt) { const t = t1(n); if (t) (w as unknown as Record<string, tf.Tensor>)[k] = t; }
-  const b1n = t1('ln1.b'); if (b1n) w.ln1.b = b1n;
-  const b2n = t1('ln2.b'); if (b2n) w.ln2.b = b2n;
-  if (h[`layers.${i}.gate`]) w.gate = t2('gate');
-  return w;
+  if (!spec.parts) return [[spec.name!, lay(data, spec.shape)]];
+  return spec.parts.map((pt) => { const g = gatherOut(data, spec.shape, spec.transpose, pt.rows); return [pt.name, lay(g.data, g.shape)]; });
+}
+
+/**
+ * Layer i's tensors (float32, our layout: [in, out], fused tensors split), by name without the `layers.i.` prefix:
+ * for the host-side readers (predictor sites, bundles) that need one layer, not the model.
+ */
+export function readLayerTensors(ck: Checkpoint, c: ModelConfig, i: number): Record<string, { shape: number[]; data: Float32Array }> {
+  const pre = `layers.${i}.`;
+  const specs = expectedWeights(c).filter((s) => (s.name ?? s.parts![0]!.name).startsWith(pre));
+  const expected = new Set(specs.map((s) => s.key));
+  const fileKey = new Map([...ck.tensors.keys()].map((k) => [canonicalKey(c, k, expected), k]));
+  const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const s of specs) {
+    const fk = fileKey.get(s.key);
+    if (!fk) throw new UserError(`checkpoint ${ck.dir} has no weight "${s.key}"`, 'the weights and config.json disagree: use the config.json saved with these weights');
+    for (const [n, t] of readSpec(ck, fk, s, false)) out[n.slice(pre.length)] = { shape: t.shape, data: t.data as Float32Array };
+  }
+  return out;
+}
+
+/** Backend tensors of layer i (uploaded per call when streamed): every host tensor named layers.i.* */
+function toLayer(h: HostLayer, i: number): LayerWeights {
+  const pre = `layers.${i}.`;
+  const w: Record<string, unknown> = {};
+  for (const [k, t] of Object.entries(h)) {
+    if (!k.startsWith(pre)) continue;
+    const n = k.slice(pre.length), f = f32of(t);
+    const m = /^(.+)\.([gb])$/.exec(n);
+    if (m) ((w[m[1]!] ??= {}) as Record<string, tf.Tensor>)[m[2]!] = tf.tensor1d(f);
+    else w[n] = t.shape.length === 2 ? tf.tensor2d(f, t.shape as [number, number]) : tf.tensor1d(f);
+  }
+  return w as unknown as LayerWeights;
 }
 
 export function disposeLayer(w: LayerWeights): void {
@@ -156,15 +197,15 @@ export function loadHostWeights(dir: string, opts: { shared?: boolean } = {}): H
   const tensors: HostLayer = {};
   // a float16 checkpoint stays float16 on the host (half the memory; widening to float32 is exact)
   const half = specs.every((s) => ck.tensors.get(canon.get(s.key)!)!.info.dtype === 'F16');
-  for (const s of specs) {
-    const t = half ? readHostF16(ck, canon.get(s.key)!, s) : readHost(ck, canon.get(s.key)!, s);
-    if (opts.shared) {
-      const a = t.data instanceof Uint16Array ? new Uint16Array(new SharedArrayBuffer(t.data.byteLength)) : new Float32Array(new SharedArrayBuffer(t.data.byteLength));
-      a.set(t.data);
-      t.data = a;
+  for (const s of specs)
+    for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, half)) {
+      if (opts.shared) {
+        const a = t.data instanceof Uint16Array ? new Uint16Array(new SharedArrayBuffer(t.data.byteLength)) : new Float32Array(new SharedArrayBuffer(t.data.byteLength));
+        a.set(t.data);
+        t.data = a;
+      }
+      tensors[name] = t;
     }
-    tensors[s.name] = t;
-  }
   return { dir, tensors };
 }
 
@@ -176,7 +217,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
 
   let host: HostLayer = {};
   if (opts.host) host = opts.host.tensors;
-  else for (const s of specs) host[s.name] = readHost(ck, canon.get(s.key)!, s);
+  else for (const s of specs) for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, false)) host[name] = t;
   const g = (n: string) => host[n];
   const embedH = g('embed')!;
   const embedF = f32of(embedH);
@@ -198,11 +239,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   if (g('pos')) model.pos = tf.tensor2d(f32of(g('pos')!), g('pos')!.shape as [number, number]);
   if (g('projIn')) model.projIn = tf.tensor2d(f32of(g('projIn')!), g('projIn')!.shape as [number, number]);
   if (g('projOut')) model.projOut = tf.tensor2d(f32of(g('projOut')!), g('projOut')!.shape as [number, number]);
-  if (g('finalNorm.g')) {
-    model.finalNorm = { g: tf.tensor1d(f32of(g('finalNorm.g')!)) };
-    if (g('finalNorm.b')) model.finalNorm.b = tf.tensor1d(f32of(g('finalNorm.b')!));
-  }
-  const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, model.finalNorm?.g, model.finalNorm?.b];
+  const norm = (n: string): Norm | undefined => g(`${n}.g`) && { g: tf.tensor1d(f32of(g(`${n}.g`)!)), ...(g(`${n}.b`) ? { b: tf.tensor1d(f32of(g(`${n}.b`)!)) } : {}) };
+  const fn = norm('finalNorm'), en = norm('embedNorm');
+  if (fn) model.finalNorm = fn;
+  if (en) model.embedNorm = en;
+  const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
   // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
   if (opts.decode) model.decode = buildDecodeWeights(cfg, (n) => { const t = host[n]; return t && { shape: t.shape, data: f32of(t) }; });
   const decode = model.decode;

@@ -7,6 +7,7 @@ import type { ModelConfig } from './config.js';
 import type { Model, Norm } from './model.js';
 import { UserError } from '../util/errors.js';
 import { attentionHost } from './kernels/wasm/kernels.js';
+import { alibiSlopes, firstVisible, ropeAngles, ropeInvFreq, softcapTf } from '../arch/traits.js';
 
 export function norm(c: ModelConfig, x: tf.Tensor, n: Norm): tf.Tensor {
   if (c.norm === 'rmsnorm') {
@@ -27,36 +28,34 @@ export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor
   return tf.reshape(yb, [...shape.slice(0, -1), w.shape[1]]);
 }
 
-/** RoPE (rotate_half convention) with per-row positions: x [B, N, T, hd], cos/sin [B, 1, T, hd]. */
+/**
+ * RoPE (rotate_half convention) with per-row positions: x [B, N, T, hd], cos/sin [B, 1, T, rd] over the first rd
+ * dims of each head (partial rotary: the other hd - rd pass through).
+ */
 export function rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
-  const hd = x.shape[3]!;
-  const [x1, x2] = tf.split(x, [hd / 2, hd / 2], 3);
+  const hd = x.shape[3]!, rd = cos.shape[3]!;
+  const [xr, xp] = rd === hd ? [x, null] : tf.split(x, [rd, hd - rd], 3);
+  const [x1, x2] = tf.split(xr!, [rd / 2, rd / 2], 3);
   const rot = tf.concat([tf.neg(x2!), x1!], 3);
-  return tf.add(tf.mul(x, cos), tf.mul(rot, sin));
+  const y = tf.add(tf.mul(xr!, cos), tf.mul(rot, sin));
+  return xp ? tf.concat([y, xp], 3) : y;
 }
 
-/** RoPE inverse frequencies 1 / theta^(2i/hd), i < hd/2 (float32, as HF computes them) */
-function ropeInvFreq(c: ModelConfig): Float32Array {
-  const half = c.headDim / 2;
-  return Float32Array.from({ length: half }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / c.headDim));
-}
-
+/** cos / sin tables [B, 1, T, rd] of the batch's positions (scaled RoPE, attention factor folded in) */
 export function ropeTables(c: ModelConfig, positions: Int32Array, B: number, T: number): [tf.Tensor, tf.Tensor] {
-  const hd = c.headDim;
-  const half = hd / 2;
-  const cos = new Float32Array(B * T * hd);
-  const sin = new Float32Array(B * T * hd);
-  const invFreq = ropeInvFreq(c);
+  const rd = c.ropeDim, half = rd / 2;
+  const cos = new Float32Array(B * T * rd);
+  const sin = new Float32Array(B * T * rd);
+  let mx = 0;
+  for (const p of positions) if (p > mx) mx = p;
+  const invFreq = ropeInvFreq(c, mx + 1);
+  const ch = new Float32Array(half), sh = new Float32Array(half);
   for (let bt = 0; bt < B * T; bt++) {
-    const p = positions[bt]!;
-    for (let i = 0; i < half; i++) {
-      const f = Math.fround(p * invFreq[i]!);
-      const cv = Math.cos(f), sv = Math.sin(f);
-      cos[bt * hd + i] = cv; cos[bt * hd + i + half] = cv;
-      sin[bt * hd + i] = sv; sin[bt * hd + i + half] = sv;
-    }
+    ropeAngles(c, invFreq, positions[bt]!, ch, sh);
+    cos.set(ch, bt * rd); cos.set(ch, bt * rd + half);
+    sin.set(sh, bt * rd); sin.set(sh, bt * rd + half);
   }
-  return [tf.tensor4d(cos, [B, 1, T, hd]), tf.tensor4d(sin, [B, 1, T, hd])];
+  return [tf.tensor4d(cos, [B, 1, T, rd]), tf.tensor4d(sin, [B, 1, T, rd])];
 }
 
 /** [B, T, N*hd] -> [B, N, T, hd] */
@@ -65,10 +64,12 @@ export function splitHeads(x: tf.Tensor, n: number, hd: number): tf.Tensor {
   return tf.transpose(tf.reshape(x, [B, T, n, hd]), [0, 2, 1, 3]);
 }
 
-/** softmax(q k^T * scale + bias) v; q [B, H, T, hd], k/v [B, H, S, hd], bias [B, 1, T, S] -> [B, H, T, hd] */
-export function attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, bias: tf.Tensor, scale: number): tf.Tensor {
+/**
+ * softmax(softcap(q k^T * scale) + bias) v; q [B, H, T, hd], k/v [B, H, S, hd], bias [B, 1 | H, T, S] -> [B, H, T, hd]
+ */
+export function attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, bias: tf.Tensor, scale: number, softcap: number | null = null): tf.Tensor {
   const kT = tf.transpose(k, [0, 1, 3, 2]); // explicit transpose: tfjs-wasm's transposed matmul is slow
-  const scores = tf.add(tf.mul(tf.matMul(q, kT), scale), bias);
+  const scores = tf.add(softcapTf(tf.mul(tf.matMul(q, kT), scale), softcap), bias);
   return tf.matMul(tf.softmax(scores, -1), v);
 }
 
@@ -87,6 +88,38 @@ export interface Prepared {
   positions: Int32Array; // [B*T]
   bias: tf.Tensor; // [B, 1, T, S]
   keyMask: number[][]; // [B][S]
+  /** per-layer biases other than `bias` (sliding windows, ALiBi), made on first use; disposed with the batch */
+  extra: Map<string, tf.Tensor>;
+}
+
+/**
+ * The attention bias of layer i: the causal / padding mask, restricted to the layer's sliding window, plus ALiBi
+ * (slope_h x the key's position among the row's real tokens, as BLOOM counts it). [B, 1 | H, T, S]
+ */
+export function layerBias(c: ModelConfig, prep: Prepared, i: number): tf.Tensor {
+  const w = c.windows[i] ?? null, alibi = c.positions === 'alibi';
+  if (!w && !alibi) return prep.bias;
+  const key = `${w ?? 0}`;
+  let t = prep.extra.get(key);
+  if (t) return t;
+  const { B, T, P } = prep, S = P + T, H = alibi ? c.heads : 1;
+  const slopes = alibi ? alibiSlopes(c.heads) : null;
+  const out = new Float32Array(B * H * T * S);
+  for (let b = 0; b < B; b++) {
+    const km = prep.keyMask[b]!;
+    const kp = new Float32Array(S);
+    for (let s = 0, n = 0; s < S; s++) if (km[s]) kp[s] = n++;
+    for (let t = 0; t < T; t++) {
+      const lo = firstVisible(c, i, P + t);
+      for (let s = 0; s < S; s++) {
+        const ok = s <= P + t && s >= lo && km[s];
+        for (let h = 0; h < H; h++) out[((b * H + h) * T + t) * S + s] = ok ? (slopes ? slopes[h]! * kp[s]! : 0) : -1e9;
+      }
+    }
+  }
+  t = tf.keep(tf.tensor4d(out, [B, H, T, S])); // outlives the layer's tidy: disposed with the batch
+  prep.extra.set(key, t);
+  return t;
 }
 
 export function prepare(model: Model, ids: number[][], opts: { attentionMask?: number[][] | undefined; cache?: { keyMask: number[][] } | undefined }): Prepared {
@@ -130,7 +163,7 @@ export function prepare(model: Model, ids: number[][], opts: { attentionMask?: n
   for (let b = 0; b < B; b++)
     for (let t = 0; t < T; t++)
       for (let s = 0; s < S; s++) bias[(b * T + t) * S + s] = s <= P + t && keyMask[b]![s] ? 0 : -1e9;
-  return { B, T, P, idsT: tf.tensor2d(flat, [B, T], 'int32'), mask, positions, bias: tf.tensor4d(bias, [B, 1, T, S]), keyMask };
+  return { B, T, P, idsT: tf.tensor2d(flat, [B, T], 'int32'), mask, positions, bias: tf.tensor4d(bias, [B, 1, T, S]), keyMask, extra: new Map() };
 }
 
 /**

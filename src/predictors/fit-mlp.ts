@@ -63,8 +63,8 @@ export function resolveRanks(ranks: number[], d: number): number[] {
   return [...new Set(ranks.map((r) => Math.max(1, Math.min(d, r <= 1 ? Math.round(r * d) : Math.round(r)))))].sort((a, b) => a - b);
 }
 
-export function mlpDenseFlops(site: { d: number; F: number; activation: string }): number {
-  return 2 * site.d * site.F * (site.activation === 'swiglu' ? 3 : 2);
+export function mlpDenseFlops(site: { d: number; F: number; gated: boolean }): number {
+  return 2 * site.d * site.F * (site.gated ? 3 : 2);
 }
 
 /**
@@ -78,10 +78,11 @@ export function predictorFlopsOf(family: MlpFamily, rank: number, score: 'linear
   return 2 * rank * (site.d + site.F) * (score === 'swiglu' ? 2 : 1);
 }
 
-export function mlpCostShare(family: MlpFamily, rank: number, score: 'linear' | 'swiglu', density: number, site: { d: number; F: number; activation: string }): number {
+export function mlpCostShare(family: MlpFamily, rank: number, score: 'linear' | 'swiglu', density: number, site: { d: number; F: number; gated: boolean }): number {
   const dense = mlpDenseFlops(site);
   if (family === 'dense') return 1;
-  if (family === 'exact') return (predictorFlopsOf(family, rank, score, site) * (1 + density)) / dense;
+  // exact: the first projection (a gated ReLU's gate) for every neuron, the others for the active ones
+  if (family === 'exact') { const pf = predictorFlopsOf(family, rank, score, site); return (pf + density * (dense - pf)) / dense; }
   return (predictorFlopsOf(family, rank, score, site) + density * dense) / dense;
 }
 
@@ -204,12 +205,12 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     const metrics = { recall: 1, precision: trueDensity, f1: (2 * trueDensity) / (1 + trueDensity), predictedDensity: 1, trueDensity };
     cands.push({ family: 'dense', rank: 0, rule: null, recall: 1, magnitudeRecall: 1, predictedDensity: 1, recallAtTrueDensity: NaN, flopShare: 0, costShare: 1, make: () => ({ input: 'none', score: 'linear' }), metrics });
   }
-  if (families.has('exact') && !swiglu) {
-    // lossless: z > 0 is exactly the active set; the first projection is the "predictor" (2 d F FLOPs)
-    const c = new ThresholdCounter(0);
+  if (families.has('exact') && site.activation === 'relu') {
+    // lossless: z > 0 (fatrelu: z > its threshold) is exactly the active set; the first projection is the "predictor" (2 d F FLOPs)
+    const c = new ThresholdCounter(site.actThreshold);
     c.add(zUp, yv, weights);
     const met = c.metrics();
-    cands.push({ family: 'exact', rank: d, rule: { kind: 'threshold', value: 0 }, recall: met.recall, magnitudeRecall: c.weightedRecall(), predictedDensity: met.predictedDensity, recallAtTrueDensity: NaN,
+    cands.push({ family: 'exact', rank: d, rule: { kind: 'threshold', value: site.actThreshold }, recall: met.recall, magnitudeRecall: c.weightedRecall(), predictedDensity: met.predictedDensity, recallAtTrueDensity: NaN,
       flopShare: predictorFlopsOf('exact', d, 'linear', site) / denseFlops, costShare: mlpCostShare('exact', d, 'linear', met.predictedDensity, site),
       make: () => ({ input: 'h_mlp', score: 'linear' }), metrics: met });
   }
@@ -219,7 +220,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     const host = sharedHost(s.host), hostUp = s.hostUp ? sharedHost(s.hostUp) : undefined;
     const scores = sharedF32(nVal * F);
     return { scores, jobs: settle(chunks.map(([start, end]) => exec.run<ScorePart>(`${what} (${s.family} r ${s.rank} scores of rows ${start}..${end - 1})`,
-      { kind: 'mlp-score', x: s.x, y: yv, w: weights, start, end, host, ...(hostUp ? { hostUp } : {}), scores }))) };
+      { kind: 'mlp-score', x: s.x, y: yv, w: weights, start, end, host, ...(hostUp ? { hostUp, gateAct: { act: site.act, actThreshold: site.actThreshold } } : {}), scores }))) };
   };
   const calibrateScored = async (s: Scored, { scores, jobs }: ReturnType<typeof launch>) => {
     const hist = new RankHistogram(F, true);

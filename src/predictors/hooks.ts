@@ -8,7 +8,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { topkMask, type SparsityHooks } from '../model/forward.js';
 import type { SelectionRule } from './metrics.js';
-import { disposePredictor, fromHost, predictLogits, swigluScore, type HostPredictor, type PredictorWeights } from './predictor.js';
+import { disposePredictor, fromHost, predictLogits, swigluScore, type GateAct, type HostPredictor, type PredictorWeights } from './predictor.js';
+
+/** the gate activation of a recorded model config */
+export const gateActOf = (c: { act?: unknown; actThreshold?: unknown }): GateAct => ({ act: (c.act ?? 'silu') as GateAct['act'], actThreshold: Number(c.actThreshold ?? 0) });
 import { assertFinitePredictor } from './finite.js';
 import { hasLowRankWeights, loadHostPredictor, readPredictorsManifest, type PredictorEntry, type PredictorsManifest } from './store.js';
 
@@ -17,6 +20,8 @@ export interface LoadedSite {
   entry: PredictorEntry; weights?: PredictorWeights; up?: PredictorWeights; sourceLayerOffset: number;
   /** the same weights on the host (nn.Linear layout), for the decode runtime */
   host?: HostPredictor; hostUp?: HostPredictor;
+  /** gated sites: the model's activation of the gate (scores |act(ĝ) · û|) */
+  gateAct?: GateAct;
 }
 
 /** The first projection [d, F] (+ bias), which the exact mode scores with. */
@@ -29,7 +34,7 @@ export function siteScores(site: LoadedSite, x: tf.Tensor2D, exact?: ExactProjec
     return tf.tidy(() => { const z = tf.matMul(x, exact.w); return (exact.b ? tf.add(z, exact.b) : z) as tf.Tensor2D; });
   }
   if (!site.weights) throw new Error(`no predictor weights for a ${site.entry.family} site`);
-  return site.up ? swigluScore(site.weights, site.up, x) : predictLogits(site.weights, x);
+  return site.up ? swigluScore(site.weights, site.up, x, site.gateAct) : predictLogits(site.weights, x);
 }
 
 export function disposeSite(s: LoadedSite): void { if (s.weights) disposePredictor(s.weights); if (s.up) disposePredictor(s.up); }
@@ -47,7 +52,8 @@ export function loadPredictors(dir: string): LoadedPredictors {
     if (l.mlp) {
       const lowRank = hasLowRankWeights(l.mlp.family);
       const h = lowRank ? host(l, 'mlp') : undefined, hu = lowRank && l.mlp.score === 'swiglu' ? host(l, 'mlp.up') : undefined;
-      mlp.set(l.layer, { entry: l.mlp, sourceLayerOffset: 0, ...(h ? { weights: fromHost(h), host: h } : {}), ...(hu ? { up: fromHost(hu), hostUp: hu } : {}) });
+      mlp.set(l.layer, { entry: l.mlp, sourceLayerOffset: 0, ...(h ? { weights: fromHost(h), host: h } : {}),
+        ...(hu ? { up: fromHost(hu), hostUp: hu, gateAct: gateActOf(manifest.model.config) } : {}) });
     }
     if (l.heads) { const h = host(l, 'heads'); heads.set(l.layer, { entry: l.heads, weights: fromHost(h), host: h, sourceLayerOffset: l.heads.input.includes('layer-1') ? -1 : 0 }); }
   }

@@ -12,7 +12,7 @@ import { closedFormFits, MomentAccumulator, normalizeByResidual, type LinearFit,
 import { labelsFor, type LabelRule } from './labels.js';
 import { RankHistogram } from './metrics.js';
 import { exactScores, mlpInput, readMlpSite, type MlpSite } from './mlp-site.js';
-import { disposePredictor, fromHost, predictLogits, swigluScore, type HostPredictor } from './predictor.js';
+import { disposePredictor, fromHost, predictLogits, swigluScore, type GateAct, type HostPredictor } from './predictor.js';
 
 /** validation rows per scoring job (fixed: the chunking, and so every sum, is the same for any worker count) */
 export const CHUNK_ROWS = 1024;
@@ -34,7 +34,7 @@ export type ExactPart = Record<string, never>;
  * Rows [start, end) scored by a candidate predictor (x, y, w shared): the scores, written into rows [start, end) of
  * the shared `scores` [n, F], and their rank histogram.
  */
-export interface ScoreJob { kind: 'mlp-score'; x: Float32Array; y: Uint8Array; w: Float32Array | null; start: number; end: number; host: HostPredictor; hostUp?: HostPredictor; scores: Float32Array }
+export interface ScoreJob { kind: 'mlp-score'; x: Float32Array; y: Uint8Array; w: Float32Array | null; start: number; end: number; host: HostPredictor; hostUp?: HostPredictor; gateAct?: GateAct; scores: Float32Array }
 /** `pos`, `posW`: the positives' scores and magnitude weights, in row order (the threshold rule's calibration) */
 export interface ScorePart { hist: Float64Array; whist: Float64Array | null; tokens: number; positives: number; weight: number; pos: Float32Array; posW: Float32Array }
 
@@ -148,7 +148,7 @@ function score(j: ScoreJob): ScorePart {
   const n = j.end - j.start;
   const pa = fromHost(j.host), pb = j.hostUp ? fromHost(j.hostUp) : undefined;
   try {
-    const scores = readSync(() => { const t = tf.tensor2d(j.x.subarray(j.start * d, j.end * d), [n, d]); return pb ? swigluScore(pa, pb, t) : predictLogits(pa, t); });
+    const scores = readSync(() => { const t = tf.tensor2d(j.x.subarray(j.start * d, j.end * d), [n, d]); return pb ? swigluScore(pa, pb, t, j.gateAct) : predictLogits(pa, t); });
     const y = j.y.subarray(j.start * F, j.end * F), w = j.w ? j.w.subarray(j.start * F, j.end * F) : undefined;
     const hist = new RankHistogram(F, j.w !== null);
     hist.add(scores, y, n, w);

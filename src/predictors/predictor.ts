@@ -5,6 +5,8 @@
  * matmul runs ~10x slower): transposes are explicit, then plain matMul.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { actTf } from '../arch/traits.js';
+import type { Act } from '../arch/types.js';
 import { readSync } from '../util/tfx.js';
 
 export interface PredictorWeights {
@@ -128,13 +130,17 @@ export function fromHost(h: HostPredictor): PredictorWeights {
   }));
 }
 
+/** The activation a gated MLP applies to its gate (the model's; silu when a caller has none to give). */
+export interface GateAct { act: Act; actThreshold: number }
+export const SILU: GateAct = { act: 'silu', actThreshold: 0 };
+
 /**
- * A SwiGLU MLP's neuron score from two low-rank predictors, of gate and up: |silu(ĝ) · û| (the magnitude the
+ * A gated MLP's neuron score from two low-rank predictors, of gate and up: |act(ĝ) · û| (the magnitude the
  * neuron would pass to the down projection).
  */
-export function swigluScore(gate: PredictorWeights, up: PredictorWeights, x: tf.Tensor2D): tf.Tensor2D {
+export function swigluScore(gate: PredictorWeights, up: PredictorWeights, x: tf.Tensor2D, act: GateAct = SILU): tf.Tensor2D {
   return tf.tidy(() => {
     const g = predictLogits(gate, x), u = predictLogits(up, x);
-    return tf.abs(tf.mul(tf.mul(g, tf.sigmoid(g)), u)) as tf.Tensor2D;
+    return tf.abs(tf.mul(actTf(act, g), u)) as tf.Tensor2D;
   });
 }

@@ -204,7 +204,7 @@ export async function trainLayer(dir: string, m: ActivationsManifest, cfg: Train
   const push = (e: Record<string, unknown>) => log.push({ layer, ...e, t: (Date.now() - t0) / 1000 });
   const mc = m.model.config;
   const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
-  const dense = 2 * (mc.hidden * mc.heads * mc.headDim * 2 + mc.hidden * mc.kvHeads * mc.headDim * 2) + 2 * mc.hidden * mc.ffn * (mc.activation === 'swiglu' ? 3 : 2);
+  const dense = 2 * (mc.hidden * mc.heads * mc.headDim * 2 + mc.hidden * mc.kvHeads * mc.headDim * 2) + 2 * mc.hidden * mc.ffn * (mc.gated ? 3 : 2);
   const res: LayerResult = { layer, log, samplesPerSecond: 0, seconds: 0 };
   let samples = 0;
   const tick = (n: number) => { samples += n; onProgress(n); };

@@ -10,8 +10,8 @@
  *
  * Modes per layer:
  *   MLP   dense     every neuron (the baseline: zero activations are multiplied too)
- *         lossless  the first projection for every neuron, then only the rows of the second whose activation is
- *                   nonzero (ReLU: exactly dense)
+ *         lossless  the first projection for every neuron (gated: the gate), then only the rows of the others
+ *                   whose activation is nonzero (ReLU / fatrelu: exactly dense)
  *         select    only the neurons `pick` returns (a predictor's rule): their rows of the first and second
  *   heads dense | select (K and V are computed for every head, so the cache stays exact for later tokens)
  */
@@ -23,6 +23,7 @@ import { kvStore, type KvStore } from '../model/kernels/kv.js';
 import { nonzeros } from '../model/kernels/rows.js';
 import { normRows } from '../model/host-norm.js';
 import { UserError } from '../util/errors.js';
+import { actScalar, alibiSlopes, firstVisible, mlpActHost, ropeAngles, ropeHost, ropeInvFreq, softcapHost } from '../arch/traits.js';
 
 export interface MlpContext {
   /** the MLP's own (normalized) input */
@@ -50,19 +51,6 @@ function normInto(c: ModelConfig, x: Float32Array, n: HostNorm, out: Float32Arra
   normRows(c.norm, c.normEps, n.g, n.b, x, 1, x.length, out);
 }
 
-/** RoPE (rotate_half) of `n` vectors of length hd in place, at one position (cos/sin [hd/2]) */
-function ropeInPlace(x: Float32Array, n: number, hd: number, cos: Float32Array, sin: Float32Array): void {
-  const half = hd / 2;
-  for (let h = 0; h < n; h++) {
-    const o = h * hd;
-    for (let j = 0; j < half; j++) {
-      const a = x[o + j]!, b = x[o + j + half]!;
-      x[o + j] = a * cos[j]! - b * sin[j]!;
-      x[o + j + half] = b * cos[j]! + a * sin[j]!;
-    }
-  }
-}
-
 /** One row's positions: which are attended (the prompt's padding is not), how many, how many real tokens. */
 class RowState {
   valid = new Uint8Array(32); // [cap] 1 = attend
@@ -76,7 +64,9 @@ interface Scratch {
   x: Float32Array; xPrev: Float32Array; h: Float32Array; xm: Float32Array; h2: Float32Array; y: Float32Array; kv: Float32Array; vv: Float32Array;
   q: Float32Array; ctx: Float32Array; a: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array;
   ids: Int32Array; coef: Float32Array; // the lossless mode's nonzero rows
-  g: Float32Array; // SwiGLU's gate activations (empty for ReLU)
+  ya: Float32Array; // the attention block's output
+  g: Float32Array; // a gated MLP's gate activations (empty when ungated)
+  u: Float32Array; // the gated lossless mode's up projection of the nonzero rows
 }
 
 export class DecodeSession {
@@ -87,7 +77,8 @@ export class DecodeSession {
   /** K and V of every row and layer, and attention over them (SIMD or JS, chosen here once) */
   readonly kv: KvStore;
   private readonly s: Scratch;
-  private readonly invFreq: Float32Array | null;
+  private invFreq: Float32Array | null;
+  private readonly act: (x: number) => number;
   private readonly headRows: Int32Array[]; // per head: its hd rows of q / o
   private readonly allHeads: Int32Array;
 
@@ -97,12 +88,14 @@ export class DecodeSession {
     const c = this.c, d = c.hidden, hd = c.headDim;
     if (modes.mlp.length !== c.layers || modes.heads.length !== c.layers) throw new Error(`decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${c.layers}`);
     this.rows = Array.from({ length: batch }, () => new RowState());
-    this.kv = kvStore({ rows: batch, layers: c.layers, heads: c.heads, kvHeads: c.kvHeads, headDim: hd }, this.w.kernel === 'js' ? 'js' : 'wasm-simd');
+    this.kv = kvStore({ rows: batch, layers: c.layers, heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: c.attnScale, softcap: c.attnSoftcap,
+      alibi: c.positions === 'alibi' ? alibiSlopes(c.heads) : null }, this.w.kernel === 'js' ? 'js' : 'wasm-simd');
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
-    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
-        e: f(Dp), cos: f(hd / 2), sin: f(hd / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.activation === 'swiglu' ? c.ffn : 0) };
-    this.invFreq = c.positions === 'rope' ? Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(c.ropeTheta, (2 * i) / hd)) : null;
+    this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), ya: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
+        e: f(Dp), cos: f(c.ropeDim / 2), sin: f(c.ropeDim / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.gated ? c.ffn : 0), u: f(c.gated ? c.ffn : 0) };
+    this.invFreq = c.positions === 'rope' && c.ropeDim > 0 ? ropeInvFreq(c) : null;
+    this.act = actScalar(c);
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
     this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);
   }
@@ -160,11 +153,16 @@ export class DecodeSession {
     const pos = r.tokens;
     if (c.positions === 'learned' && pos >= c.maxPositions) throw new UserError(`decode: position ${pos} exceeds the model's max_position_embeddings ${c.maxPositions}`);
     r.reserve(r.n + 1); this.kv.reserve(b, r.n + 1);
-    // embedding [Dp] (-> [d]) + learned position
+    // embedding [Dp] (x scale) (-> [d]) + learned position (-> norm)
     s.e.set(w.embed.subarray(id * Dp, (id + 1) * Dp));
+    if (c.embedScale !== null) for (let j = 0; j < Dp; j++) s.e[j] = s.e[j]! * c.embedScale;
     if (w.projIn) { s.x.fill(0); w.projIn.axpy(s.e, s.x); } else s.x.set(s.e);
     if (w.pos) { const o = (pos + c.positionOffset) * d; for (let j = 0; j < d; j++) s.x[j]! += w.pos[o + j]!; }
-    if (this.invFreq) for (let j = 0; j < this.invFreq.length; j++) { const f = Math.fround(pos * this.invFreq[j]!); s.cos[j] = Math.cos(f); s.sin[j] = Math.sin(f); }
+    if (w.embedNorm) normInto(c, s.x, w.embedNorm, s.x);
+    if (this.invFreq) {
+      if (c.ropeScaling?.type === 'dynamic') this.invFreq = ropeInvFreq(c, pos + 1); // NTK: the base grows with the sequence, as transformers does
+      ropeAngles(c, this.invFreq, pos, s.cos, s.sin);
+    }
     r.valid[r.n] = 1;
     s.xPrev.set(s.x);
     for (let i = 0; i < c.layers; i++) {
@@ -175,29 +173,41 @@ export class DecodeSession {
       const hm = this.modes.heads[i]!;
       const heads = hm.mode === 'dense' ? this.allHeads : hm.pick({ xAttn: s.x, xAttnPrev: s.xPrev });
       this.counts.headsSelected += heads.length; this.counts.headsTotal += c.heads;
-      this.attention(L, i, b, r, heads, s.y);
-      for (let j = 0; j < d; j++) s.xm[j] = s.x[j]! + s.y[j]!;
+      this.attention(L, i, b, r, heads, s.ya);
+      if (L.lnAttnOut) normInto(c, s.ya, L.lnAttnOut, s.ya);
+      const parallel = c.block === 'parallel';
+      // sequential: the MLP reads the residual after attention; parallel: the layer's input (its own norm or ln1's)
+      if (parallel) s.xm.set(s.x); else for (let j = 0; j < d; j++) s.xm[j] = s.x[j]! + s.ya[j]!;
       if (!c.preNorm) normInto(c, s.xm, L.ln1, s.xm);
       // MLP block
-      if (c.preNorm) normInto(c, s.xm, L.ln2, s.h2); else s.h2.set(s.xm);
+      if (c.sharedNorm) s.h2.set(s.h); else if (c.preNorm) normInto(c, s.xm, L.ln2!, s.h2); else s.h2.set(s.xm);
       this.mlp(L, this.modes.mlp[i]!, s.y);
+      if (L.lnMlpOut) normInto(c, s.y, L.lnMlpOut, s.y);
       s.xPrev.set(s.x);
-      for (let j = 0; j < d; j++) s.x[j] = s.xm[j]! + s.y[j]!;
-      if (!c.preNorm) normInto(c, s.x, L.ln2, s.x);
+      if (parallel) for (let j = 0; j < d; j++) s.x[j] = s.x[j]! + s.ya[j]! + s.y[j]!;
+      else for (let j = 0; j < d; j++) s.x[j] = s.xm[j]! + s.y[j]!;
+      if (!c.preNorm) normInto(c, s.x, L.ln2!, s.x);
     }
     r.n++; r.tokens++;
-    // final norm, projection, LM head
+    // final norm, projection, LM head (softcapped)
     let h = s.x;
     if (w.finalNorm) { normInto(c, s.x, w.finalNorm, s.h); h = s.h; }
     if (w.projOut) { s.e.fill(0); w.projOut.axpy(h, s.e); h = s.e; }
     w.lmHead.matvec(h, logits);
+    softcapHost(logits, c.finalSoftcap);
+  }
+
+  /** Qwen 3: RMSNorm of each of n vectors of hd in place */
+  private headNorm(x: Float32Array, n: number, nm: HostNorm | undefined): void {
+    if (nm) { const hd = this.c.headDim; normRows(this.c.norm, this.c.normEps, nm.g, nm.b, x, n, hd, x); }
   }
 
   /** K and V of every kv head for the new position (RoPE on K), written to the row's cache */
   private appendKV(L: DecodeLayer, i: number, b: number, r: RowState): void {
     const c = this.c, s = this.s;
     L.k.matvec(s.h, s.kv, undefined, L.kBias);
-    if (this.invFreq) ropeInPlace(s.kv, c.kvHeads, c.headDim, s.cos, s.sin);
+    this.headNorm(s.kv, c.kvHeads, L.kNorm);
+    if (this.invFreq) ropeHost(s.kv, c.kvHeads, c.headDim, c.ropeDim, s.cos, s.sin);
     L.v.matvec(s.h, s.vv, undefined, L.vBias);
     this.kv.write(b, i, r.n, s.kv, s.vv);
   }
@@ -207,8 +217,9 @@ export class DecodeSession {
     const c = this.c, s = this.s, n = heads.length;
     const qRows = n === c.heads ? undefined : this.rowsOf(heads); // the Q (and O) rows of the selected heads
     L.q.matvec(s.h, s.q, qRows, L.qBias);
-    if (this.invFreq) ropeInPlace(s.q, n, c.headDim, s.cos, s.sin);
-    this.kv.attend(b, i, r.n + 1, r.valid, heads, s.q, s.ctx);
+    this.headNorm(s.q, n, L.qNorm);
+    if (this.invFreq) ropeHost(s.q, n, c.headDim, c.ropeDim, s.cos, s.sin);
+    this.kv.attend(b, i, r.n + 1, r.valid, heads, s.q, s.ctx, firstVisible(c, i, r.n));
     if (L.oBias) y.set(L.oBias); else y.fill(0, 0, c.hidden);
     L.o.axpy(s.ctx, y, qRows);
   }
@@ -237,12 +248,27 @@ export class DecodeSession {
       this.counts.mlpSelected += k; this.counts.mlpTotal += F;
       if (k === 0) return;
       L.up.matvec(s.h2, a, idx, L.upBias);
-      this.activate(L, a, k, idx);
+      if (L.gate) L.gate.matvec(s.h2, s.g, idx, L.gateBias);
+      mlpActHost(this.act, a, k, L.gate ? s.g : null);
       L.down.axpy(a, y, idx);
       return;
     }
+    if (m.mode === 'lossless' && L.gate) {
+      // gated ReLU: the gate for every neuron, then up and down only where act(gate) != 0 (dense up to the gathered
+      // matvec's summation order)
+      L.gate.matvec(s.h2, s.g, undefined, L.gateBias);
+      mlpActHost(this.act, s.g, F, null);
+      const k = nonzeros(s.g, F, s.ids, s.coef), ids = s.ids.subarray(0, k);
+      this.counts.mlpSelected += k; this.counts.mlpTotal += F;
+      if (k === 0) return;
+      L.up.matvec(s.h2, s.u, ids, L.upBias);
+      for (let j = 0; j < k; j++) a[j] = s.coef[j]! * s.u[j]!;
+      L.down.axpy(a.subarray(0, k), y, ids);
+      return;
+    }
     L.up.matvec(s.h2, a, undefined, L.upBias);
-    this.activate(L, a, F, undefined);
+    if (L.gate) L.gate.matvec(s.h2, s.g, undefined, L.gateBias);
+    mlpActHost(this.act, a, F, L.gate ? s.g : null);
     if (m.mode === 'lossless') {
       // only the rows with a nonzero activation are read: the dense sum, bit for bit
       const k = nonzeros(a, F, s.ids, s.coef);
@@ -252,14 +278,6 @@ export class DecodeSession {
     }
     this.counts.mlpSelected += F; this.counts.mlpTotal += F;
     L.down.axpy(a, y);
-  }
-
-  /** a[0..k) = act(first projection) in place (SwiGLU: silu(gate) * up, gate rows `idx`) */
-  private activate(L: DecodeLayer, a: Float32Array, k: number, idx: Int32Array | undefined): void {
-    if (this.c.activation === 'relu') { for (let j = 0; j < k; j++) if (a[j]! < 0) a[j] = 0; return; }
-    const g = this.s.g;
-    L.gate!.matvec(this.s.h2, g, idx, L.gateBias);
-    for (let j = 0; j < k; j++) { const gj = g[j]!; a[j] = (gj / (1 + Math.exp(-gj))) * a[j]!; }
   }
 }
 

@@ -4,6 +4,8 @@
  * picked by the predictors (from a plan or the bundle's trained rules), computing only those rows. K and V are
  * computed for every head at every step, so the cache stays exact for heads that a later token selects.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readSync } from '../util/tfx.js';
 import { UserError } from '../util/errors.js';
@@ -29,6 +31,21 @@ export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeM
 
 /** Longest prompt + new tokens must fit the model's positions (max_position_embeddings). */
 export function positionsLeft(model: Model, promptLen: number): number { return model.config.maxPositions - promptLen; }
+
+/**
+ * The ids that end generation: config.json's eos_token_id and generation_config.json's (one id or a list, as
+ * transformers' generate reads it). A generation_config.json that cannot be read adds nothing.
+ */
+export function eosIds(model: Model): number[] {
+  const ids = new Set<number>();
+  if (model.config.eosTokenId !== null) ids.add(model.config.eosTokenId);
+  const f = path.join(model.dir, 'generation_config.json');
+  let g: unknown = null;
+  try { g = fs.existsSync(f) ? JSON.parse(fs.readFileSync(f, 'utf8')) : null; } catch { g = null; }
+  const e = (g as { eos_token_id?: unknown } | null)?.eos_token_id;
+  for (const x of Array.isArray(e) ? e : [e]) if (Number.isInteger(x) && (x as number) >= 0) ids.add(x as number);
+  return [...ids];
+}
 
 /** A row of logits with NaN or +-Infinity means broken weights (model or predictors): never pick a token from it. */
 function assertFinite(logits: Float32Array, V: number, where: string): void {
@@ -60,7 +77,7 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   const cache = newCache(model);
   const out: number[][] = prompts.map(() => []);
   const done = new Array(B).fill(false);
-  const eos = model.config.eosTokenId;
+  const eos = new Set(eosIds(model));
   const V = model.config.vocabSize;
   const room = positionsLeft(model, T);
   if (room < 1) throw new UserError(`generate: the prompt has ${T} tokens; the model has ${model.config.maxPositions} positions (max_position_embeddings)`, 'shorten the prompt');
@@ -84,7 +101,7 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   let steps = 0;
   try {
     for (let s = 0; s < maxNew; s++) {
-      next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && id === eos) done[b] = true; });
+      next.forEach((id, b) => { if (!done[b]) out[b]!.push(id); if (o.stopAtEos !== false && eos.has(id)) done[b] = true; });
       if (done.every(Boolean)) { stopReason = 'eos'; break; }
       if (s === maxNew - 1) break;
       const lg = session.step(next);

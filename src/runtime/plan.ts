@@ -9,6 +9,8 @@ import { z } from 'zod';
 import { UserError } from '../util/errors.js';
 import { readSealedArtifact } from '../util/json-artifact.js';
 import type { ModelConfig } from '../model/config.js';
+import { actScalar, gatedScoreHost } from '../arch/traits.js';
+import { SILU } from '../predictors/predictor.js';
 import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
 import type { HostPredictor } from '../predictors/predictor.js';
 import { topKRow, type SelectionRule } from '../predictors/metrics.js';
@@ -114,13 +116,10 @@ export function sitePicker(site: LoadedSite, rule: SelectionRule, W: number, are
   if (!site.host) throw new Error(`a ${site.entry.family} site has no predictor weights to pick with`);
   const main = new HostScorer(site.host, arena);
   const up = site.hostUp ? new HostScorer(site.hostUp, arena) : null;
-  const s = new Float32Array(W), su = new Float32Array(W), scratch = new Float32Array(W), ids = new Int32Array(W);
+  const s = new Float32Array(W), su = new Float32Array(W), scratch = new Float32Array(W), ids = new Int32Array(W), act = actScalar(site.gateAct ?? SILU);
   return (x) => {
     main.score(x, s);
-    if (up) { // SwiGLU: |silu(gate) * up|
-      up.score(x, su);
-      for (let j = 0; j < W; j++) { const g = s[j]!; s[j] = Math.abs((g / (1 + Math.exp(-g))) * su[j]!); }
-    }
+    if (up) { up.score(x, su); gatedScoreHost(act, s, su, s); } // gated: |act(gate) * up|
     return applyRule(s, rule, scratch, ids);
   };
 }

@@ -17,7 +17,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
   const plan = preds?.bundle.plan ?? null;
   const built = decodeModes(model.config, preds, plan);
   try {
-    const bos = model.config.bosTokenId;
+    const bos = tok.bos !== undefined ? tok.bos : model.config.bosTokenId; // what transformers' tokenizer prepends
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
     const P = model.config.maxPositions;
     prompts.forEach((p, i) => {

@@ -16,14 +16,20 @@ export interface KvStore {
   /** K and V ([KV*hd] each) of position `pos` of row r, layer i */
   write(r: number, i: number, pos: number, k: Float32Array, v: Float32Array): void;
   /**
-   * ctx[t*hd..] for each selected head t: softmax(scale · q_t K_g^T) V_g over positions s < S with valid[s], g the
-   * head's kv head. q [n*hd] (already rotated), ctx [n*hd].
+   * ctx[t*hd..] for each selected head t: softmax(softcap(scale · q_t K_g^T) + alibi) V_g over positions
+   * from <= s < S with valid[s], g the head's kv head. q [n*hd] (already rotated), ctx [n*hd].
    */
-  attend(r: number, i: number, S: number, valid: Uint8Array, heads: Int32Array, q: Float32Array, ctx: Float32Array): void;
+  attend(r: number, i: number, S: number, valid: Uint8Array, heads: Int32Array, q: Float32Array, ctx: Float32Array, from?: number): void;
   dispose(): void;
 }
 
-interface Dims { rows: number; layers: number; heads: number; kvHeads: number; headDim: number }
+interface Dims {
+  rows: number; layers: number; heads: number; kvHeads: number; headDim: number;
+  /** multiplier of q·k (default 1/sqrt(hd)) */
+  scale?: number;
+  /** tanh softcapping of the scores (Gemma 2) and ALiBi slopes per head (BLOOM): the JS store only */
+  softcap?: number | null; alibi?: Float32Array | null;
+}
 
 /** a row's new capacity: doubled from `have` (at least 32) until it holds `want` positions */
 function grownCap(have: number, want: number): number {
@@ -32,9 +38,14 @@ function grownCap(have: number, want: number): number {
   return c;
 }
 
-function softmaxInPlace(p: Float32Array, n: number, scale: number): void {
+function softmaxInPlace(p: Float32Array, n: number, scale: number, softcap: number | null = null, slope = 0, keyPos: Int32Array | null = null): void {
   let mx = -Infinity;
-  for (let i = 0; i < n; i++) { const x = p[i]! * scale; p[i] = x; if (x > mx) mx = x; }
+  for (let i = 0; i < n; i++) {
+    let x = p[i]! * scale;
+    if (softcap) x = softcap * Math.tanh(x / softcap);
+    if (keyPos) x += slope * keyPos[i]!;
+    p[i] = x; if (x > mx) mx = x;
+  }
   let sum = 0;
   for (let i = 0; i < n; i++) { const e = Math.exp(p[i]! - mx); p[i] = e; sum += e; }
   for (let i = 0; i < n; i++) p[i] = p[i]! / sum;
@@ -62,16 +73,18 @@ class JsKv implements KvStore {
   write(r: number, i: number, pos: number, k: Float32Array, v: Float32Array): void {
     this.k[r]![i]!.set(k, pos * this.W); this.v[r]![i]!.set(v, pos * this.W);
   }
-  attend(r: number, i: number, S: number, valid: Uint8Array, heads: Int32Array, q: Float32Array, ctx: Float32Array): void {
+  attend(r: number, i: number, S: number, valid: Uint8Array, heads: Int32Array, q: Float32Array, ctx: Float32Array, from = 0): void {
     const { headDim: hd, heads: H, kvHeads: KV } = this.dims, W = this.W, rep = H / KV, K = this.k[r]![i]!, V = this.v[r]![i]!;
     if (this.p.length < S) this.p = new Float32Array(2 * S);
-    const p = this.p, pos = new Int32Array(S);
-    let n = 0;
-    for (let s = 0; s < S; s++) if (valid[s]) pos[n++] = s;
+    const p = this.p, pos = new Int32Array(S), alibi = this.dims.alibi ?? null;
+    const keyPos = alibi ? new Int32Array(S) : null; // ALiBi: a key's position among the row's real tokens
+    let n = 0, before = 0;
+    for (let s = 0; s < from; s++) if (valid[s]) before++;
+    for (let s = from; s < S; s++) if (valid[s]) { if (keyPos) keyPos[n] = before + n; pos[n++] = s; }
     for (let t = 0; t < heads.length; t++) {
       const qo = t * hd, g = Math.floor(heads[t]! / rep) * hd;
       for (let j = 0; j < n; j++) { const ko = pos[j]! * W + g; let dot = 0; for (let e = 0; e < hd; e++) dot += q[qo + e]! * K[ko + e]!; p[j] = dot; }
-      softmaxInPlace(p, n, 1 / Math.sqrt(hd));
+      softmaxInPlace(p, n, this.dims.scale ?? 1 / Math.sqrt(hd), this.dims.softcap ?? null, alibi ? alibi[heads[t]!]! : 0, keyPos);
       ctx.fill(0, qo, qo + hd);
       for (let j = 0; j < n; j++) { const w = p[j]!, vo = pos[j]! * W + g; for (let e = 0; e < hd; e++) ctx[qo + e]! += w * V[vo + e]!; }
     }
@@ -115,8 +128,8 @@ class SimdKv implements KvStore {
     new Float32Array(buf, o + pos * this.W * 4, this.W).set(k);
     new Float32Array(buf, o + bytes + pos * this.W * 4, this.W).set(v);
   }
-  attend(r: number, i: number, S: number, valid: Uint8Array, heads: Int32Array, q: Float32Array, ctx: Float32Array): void {
-    const { headDim: hd, heads: H, kvHeads: KV } = this.dims, rep = H / KV;
+  attend(r: number, i: number, S: number, valid: Uint8Array, heads: Int32Array, q: Float32Array, ctx: Float32Array, from = 0): void {
+    const { headDim: hd, heads: H, kvHeads: KV } = this.dims, rep = H / KV, scale = this.dims.scale ?? 1 / Math.sqrt(hd);
     const ex = this.arena.exports(), buf = ex.memory.buffer;
     const kOff = this.off[r]![i]!, vOff = kOff + this.cap[r]! * this.W * 4;
     const rowsOff = this.scratch, pOff = rowsOff + 4 * this.scratchCap, qOff = align(pOff + 4 * this.scratchCap, 16), cOff = qOff + 4 * H * hd;
@@ -127,16 +140,16 @@ class SimdKv implements KvStore {
     let n = 0, g = -1;
     for (let t = 0; t < heads.length; t++) {
       const kvh = Math.floor(heads[t]! / rep);
-      if (kvh !== g) { n = 0; for (let s = 0; s < S; s++) if (valid[s]) rows[n++] = s * KV + kvh; g = kvh; }
-      ex.attend_one(qOff + 4 * t * hd, kOff, vOff, rowsOff, n, hd, 1 / Math.sqrt(hd), pOff, cOff + 4 * t * hd);
+      if (kvh !== g) { n = 0; for (let s = from; s < S; s++) if (valid[s]) rows[n++] = s * KV + kvh; g = kvh; }
+      ex.attend_one(qOff + 4 * t * hd, kOff, vOff, rowsOff, n, hd, scale, pOff, cOff + 4 * t * hd);
     }
     ctx.set(c);
   }
   dispose(): void { this.arena.dispose(); }
 }
 
-/** The KV store for a session: SIMD when an arena can be made and hd % 8 == 0, else JS. */
+/** The KV store for a session: SIMD when an arena can be made and hd % 8 == 0 (and no softcap / ALiBi), else JS. */
 export function kvStore(dims: Dims, prefer: RowKernel = 'wasm-simd'): KvStore {
-  const arena = prefer === 'wasm-simd' && dims.headDim % 8 === 0 ? createArena(false) : null;
+  const arena = prefer === 'wasm-simd' && dims.headDim % 8 === 0 && !dims.softcap && !dims.alibi ? createArena(false) : null;
   return arena ? new SimdKv(arena, dims) : new JsKv(dims);
 }
