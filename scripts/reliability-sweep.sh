@@ -49,14 +49,13 @@ run_ c3b $D pipeline --config $S/small.yaml --workdir $S/w3 --set evaluate.maxTo
 cp -r $W/plan $S/plan_edit
 node -e "const fs=require('fs');const f='$S/plan_edit/plan.json';const p=JSON.parse(fs.readFileSync(f));for(const l of p.plan.layers.slice(1))l.mlp={mode:'predicted',rule:{kind:'threshold',value:1e9},recall:0.99};fs.writeFileSync(f,JSON.stringify(p))"
 run_ c4 $D export-bundle --model $M --predictors $W/predictors --report $W/report --plan $S/plan_edit --out $S/b_edit --quiet
-cp -r $W $S/w4; cp $S/plan_edit/plan.json $S/w4/plan/plan.json
-run_ c4b $D pipeline --config $S/small.yaml --workdir $S/w4
-[ "$(rc c4)" = 2 ] && nostack c4 && ! grep -q 'plan is complete and current' $S/c4b.err && ! grep -q '1000000000\|1e+9' $S/w4/bundle/manifest.json && judge 4 ok || judge 4 bad "export rc=$(rc c4); pipeline: $(grep -c 'complete and current; skipped' $S/c4b.err) skipped lines"
+cp $S/plan_edit/plan.json $W/plan/plan.json   # the same edit inside the pipeline's own workdir (a copy elsewhere changes its inputs)
+run_ c4b $D pipeline --config $S/small.yaml --workdir $W
+[ "$(rc c4)" = 2 ] && nostack c4 && ! grep -q 'plan is complete and current' $S/c4b.err && ! grep -q '1000000000\|1e+9' $W/bundle/manifest.json && judge 4 ok || judge 4 bad "export rc=$(rc c4); pipeline: $(grep -c 'complete and current; skipped' $S/c4b.err) skipped lines"
 # 5 edited report + pipeline
-cp -r $W $S/w5
-node -e "const fs=require('fs');const f='$S/w5/report/report.json';const r=JSON.parse(fs.readFileSync(f));const runs=r.perplexity.runs;for(const k in runs)runs[k]=runs.dense;fs.writeFileSync(f,JSON.stringify(r))"
-run_ c5 $D pipeline --config $S/small.yaml --workdir $S/w5
-! grep -q 'report is complete and current' $S/c5.err && [ "$(rc c5)" = 0 ] && judge 5 ok || judge 5 bad "rc=$(rc c5)"
+node -e "const fs=require('fs');const f='$W/report/report.json';const r=JSON.parse(fs.readFileSync(f));const runs=r.perplexity.runs;for(const k in runs)runs[k]=runs.dense;fs.writeFileSync(f,JSON.stringify(r))"
+run_ c5 $D pipeline --config $S/small.yaml --workdir $W
+! grep -q 'report is complete and current' $S/c5.err && [ "$(rc c5)" = 0 ] && node -e "const r=JSON.parse(require('fs').readFileSync('$W/report/report.json')).perplexity.runs; process.exit(Object.values(r).every((v)=>JSON.stringify(v)===JSON.stringify(r.dense))?1:0)" && judge 5 ok || judge 5 bad "rc=$(rc c5)"
 # 6 predictors retrained during plan
 cp -r $W/predictors $S/pr
 $D plan --model $M --activations $W/activations-heldout --predictors $S/pr --out $S/plan_race --set seqLen=64 --set searchTokens=1024 --set verifyTokens=2048 --set calibrationRows=1024 --quiet > $S/c6p.out 2> $S/c6p.err & P=$!
