@@ -51,7 +51,7 @@ describe('every YAML file in configs/ is a valid pipeline config', () => {
 describe('schemas', () => {
   it('pipeline defaults are filled in for every nested stage', () => {
     const cfg = pipelineSchema.parse({ model: 'm', data: { calibration: 'c.jsonl', heldout: 'h.jsonl' } });
-    expect(cfg.workdir).toBe('runs/default');
+    expect(cfg.workdir).toBeUndefined(); // the pipeline uses runs/<model folder name> (test/own-checkpoint.test.ts)
     expect(cfg.backend).toBe('auto');
     expect(cfg.collect.seqLen).toBe(256);
     expect(cfg.train.mlp.rank).toBe(0.5); // Deja Vu's family: half the width, not the paper's 1000

@@ -169,9 +169,11 @@ export type PlanConfig = z.infer<typeof planSchema>;
 
 export const pipelineSchema = z.strictObject({
   model: z.string().min(1),
-  workdir: z.string().min(1).default('runs/default'),
+  /** where stage outputs go (default: runs/<the model folder's name>) */
+  workdir: z.string().min(1).optional(),
   backend,
-  data: z.strictObject({ calibration: z.string().min(1), heldout: z.string().min(1) }),
+  /** one file (its last 10% of documents held out, the rest calibrates) or the two parts */
+  data: z.union([z.string().min(1), z.strictObject({ calibration: z.string().min(1), heldout: z.string().min(1) })], { error: 'a data file is required (--data FILE, optionally --heldout FILE)' }),
   collect: collectSchema.omit({ model: true, data: true, out: true, backend: true }).prefault({}),
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
   train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}),
