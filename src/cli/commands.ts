@@ -209,7 +209,7 @@ export const COMMANDS: CommandDef[] = [
     OVERWRITE,
   ], [
     'dejavu export-bundle --config configs/default.yaml --plan runs/plan-2pct --out runs/bundle-2pct',
-    'dejavu export-bundle --model checkpoints/opt-fixture --predictors runs/default/predictors --out runs/bundle-train-only',
+    'dejavu export-bundle --model checkpoints/opt-fixture --predictors runs/default/predictors --out runs/bundle-row-major --set export.neuronMajor=false',
   ], async (cfg, ctx) => runExport(cfg, ctx.deps)),
   configured('pipeline', 'collect (calibration + held-out), train, evaluate and export in one go, skipping stages whose outputs are complete and current', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
