@@ -25,7 +25,7 @@ export function readYamlFile(file: string): Obj {
 /** Keys that would walk into or replace an object's prototype: never config keys. */
 const UNSAFE_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 function refuseUnsafe(key: string, where: string): void {
-  if (UNSAFE_KEYS.has(key)) throw new UserError(`${where}: "${key}" is not a config key`, 'config keys are documented in README.md and configs/; __proto__, constructor and prototype are never keys');
+  if (UNSAFE_KEYS.has(key)) throw new UserError(`${where}: "${key}" is not a config key`, 'config keys are documented in docs/configuration.md; __proto__, constructor and prototype are never keys');
 }
 
 /** set obj[a][b][c] = value for path "a.b.c", creating objects on the way (own properties only) */
@@ -92,7 +92,7 @@ export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what:
     return [`${p}: ${iss.message}; received ${received}`];
   });
   throw new UserError(`invalid ${style.title ?? `${what} config`} (${lines.length} problem${lines.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`,
-    style.hint ?? 'fix the YAML file or the --set/flag values; every key is documented in README.md and configs/');
+    style.hint ?? 'fix the YAML file or the --set/flag values; every key is documented in docs/configuration.md');
 }
 
 export interface ResolveInput {
