@@ -45,8 +45,9 @@ describe('dejavu pipeline --model DIR --data FILE', () => {
       expect(m.seqLen).toBe(128);
     }
     expect(fs.existsSync(path.join(W, 'bundle', 'manifest.json'))).toBe(true);
-    const again = await cli('pipeline', '--model', MODEL, '--data', DATA, '--workdir', W, '--backend', 'wasm', '--quiet', ...TINY);
+    const again = await cli('pipeline', '--model', MODEL, '--data', DATA, '--workdir', W, '--backend', 'wasm', ...TINY);
     expect(again.code, again.err).toBe(0);
+    expect(again.err).toMatch(/estimate: 2 layers, d 64, ffn 256.*\n.*tokens: .*\n.*disk \(activations\).*\n.*host memory.*\n.*time on wasm/); // the estimate, before the stages
     expect(again.out).toMatch(/everything was current/);
   }, 60_000);
 

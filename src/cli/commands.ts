@@ -15,6 +15,7 @@ import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
+import { runEstimate } from '../stages/estimate.js';
 import type { StageResult } from '../stages/types.js';
 import { defaultWorkers } from '../util/pool.js';
 import { defaultWorkdir } from '../stages/pipeline.js';
@@ -101,6 +102,13 @@ export function stageFromPipeline(raw: Obj, command: string, note: (m: string) =
   note(`a pipeline config: using its ${s.section}: section, ${['model', 'data', 'backend'].filter((k) => out[k] !== undefined).join(', ') || 'nothing else'} and, from its workdir ${w ?? '(none)'}, ${Object.keys(s.inputs).filter((k) => out[k] !== undefined).join(', ') || 'no inputs'}`);
   return out;
 }
+
+/** --data FILE --heldout FILE: the two parts (data.calibration, data.heldout); --data alone: one file to split */
+const pipelineDataFlags = (m: Obj): Obj => {
+  if (m['data.heldout'] === undefined || typeof m.data !== 'string') return m;
+  const { data, ...rest } = m;
+  return { ...rest, 'data.calibration': data };
+};
 
 function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[], examples: string[],
   stage: (cfg: z.infer<(typeof SCHEMAS)[K]>, ctx: CommandContext) => Promise<StageResult>,
@@ -224,8 +232,16 @@ export const COMMANDS: CommandDef[] = [
     'dejavu pipeline --model checkpoints/opt-fixture --data data/calibration.jsonl --heldout data/heldout.jsonl --max-ppl-increase 0.02 --workdir runs/opt-2pct',
     "dejavu pipeline --config configs/default.yaml --workdir runs/r4 --set 'train.mlp.ranks=[0.25]'",
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); },
-  // --data FILE --heldout FILE: the two parts (data.calibration, data.heldout); --data alone: one file to split
-  (m) => { if (m['data.heldout'] !== undefined && typeof m.data === 'string') { const { data, ...rest } = m; return { ...rest, 'data.calibration': data }; } return m; }),
+  pipelineDataFlags),
+  configured('estimate', 'what a pipeline on this model costs here, before it runs: activation disk, host and GPU memory, time per stage per backend available (at a matmul rate measured now)', [
+    { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
+    { flags: '--data <file>', description: 'the text the pipeline would take (its size and measured bytes per token; 1M calibration tokens without it)', key: 'data' },
+    { flags: '--heldout <file>', description: 'held-out text (with --data)', key: 'data.heldout' },
+    BACKEND,
+  ], [
+    'dejavu estimate --model checkpoints/opt-fixture --data data/calibration.jsonl',
+    'dejavu estimate --config configs/llama-fixture.yaml --set collect.maxTokens=100000',
+  ], async (cfg) => runEstimate(cfg, { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) }), pipelineDataFlags),
   {
     name: 'verify-bundle', description: 'check a bundle: schema, checksums, and (with --model) that it belongs to that checkpoint', configurable: false,
     flags: [{ flags: '--bundle <dir>', description: 'bundle folder' }, { flags: '--model <dir>', description: 'checkpoint the bundle must match' }, JSON_FLAG],

@@ -89,6 +89,7 @@ export function renderConfigDocs(): string {
   out.push('## pipeline', '', table(pipeRows), '', ...notes.flatMap((n) => [n, '']));
   for (const [name, schema] of Object.entries(SCHEMAS)) {
     if (name === 'pipeline') continue;
+    if (name === 'estimate') { out.push('## estimate', '', 'The keys of [pipeline](#pipeline) (the costs of that pipeline), `data` optional (1M calibration tokens assumed without it).', ''); continue; }
     out.push(`## ${name}`, '', table(keyRows(schema)), '');
   }
   out.push('## generate', '', 'Flags only (no config file):', '', table(keyRows(generateSchema)), '');

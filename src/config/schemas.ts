@@ -153,6 +153,10 @@ export const pipelineSchema = z.strictObject({
 });
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
 
+/** dejavu estimate: a pipeline config (the costs of that pipeline), the data optional (1M calibration tokens assumed without it) */
+export const estimateSchema = pipelineSchema.extend({ data: pipelineSchema.shape.data.optional() });
+export type EstimateConfig = z.infer<typeof estimateSchema>;
+
 /** dejavu generate's flags (no config file): validated together, problems named by flag. */
 export const generateSchema = z.strictObject({
   model: z.string({ error: 'a checkpoint folder is required' }).min(1, 'a checkpoint folder is required').describe('checkpoint folder'),
@@ -173,4 +177,5 @@ export const SCHEMAS = {
   plan: planSchema,
   'export-bundle': exportSchema,
   pipeline: pipelineSchema,
+  estimate: estimateSchema,
 } as const;

@@ -23,7 +23,7 @@ const HEAD_RANK = trainSchema.shape.heads.parse(undefined).rank;
 
 /** Model-fitted defaults for `command`'s config (a pipeline config nests them under its stages). */
 export function modelDefaults(command: string, raw: Obj): Obj {
-  const workdir = command === 'pipeline' && typeof raw.model === 'string' && raw.model ? { workdir: defaultWorkdir(raw.model) } : {};
+  const workdir = (command === 'pipeline' || command === 'estimate') && typeof raw.model === 'string' && raw.model ? { workdir: defaultWorkdir(raw.model) } : {};
   const mc = tryModelConfig(raw.model);
   if (!mc) return workdir;
   const seq = (n: number) => Math.min(n, mc.maxPositions);
@@ -33,7 +33,7 @@ export function modelDefaults(command: string, raw: Obj): Obj {
     case 'evaluate-recall': return { seqLen: seq(SEQ.evaluate) };
     case 'plan': return { seqLen: seq(SEQ.plan) };
     case 'train-predictors': return { heads: { rank } };
-    case 'pipeline': return { ...workdir, collect: { seqLen: seq(SEQ.collect) }, evaluate: { seqLen: seq(SEQ.evaluate) }, plan: { seqLen: seq(SEQ.plan) }, train: { heads: { rank } } };
+    case 'pipeline': case 'estimate': return { ...workdir, collect: { seqLen: seq(SEQ.collect) }, evaluate: { seqLen: seq(SEQ.evaluate) }, plan: { seqLen: seq(SEQ.plan) }, train: { heads: { rank } } };
     default: return {};
   }
 }

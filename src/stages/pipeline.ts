@@ -25,6 +25,8 @@ import { runExport } from './export.js';
 import { runPlan } from './plan.js';
 import { readPlanFile, type PlanFile } from '../runtime/plan.js';
 import { splitData } from '../activations/split.js';
+import { getBackend } from '../backend.js';
+import { estimatePipeline, estimateText } from './estimate.js';
 
 /** The pipeline's workdir when none is given: runs/<the model folder's name>. */
 export function defaultWorkdir(model: string): string {
@@ -93,6 +95,8 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   }
   deps.log(dataLine);
   const timings: Record<string, number> = {};
+  const est = await estimatePipeline(cfg, getBackend() ?? undefined);
+  deps.log(estimateText(est.estimate, est.rates, est.workers, true));
   /** run a stage; `output`: the file it rewrites when it does work (collect and train skip themselves when current) */
   const step = async <T>(name: string, f: () => Promise<T>, output?: string): Promise<T> => {
     const s = Date.now(), before = output ? stamp(output) : null;

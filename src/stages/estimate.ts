@@ -1,0 +1,166 @@
+/**
+ * dejavu estimate: what a pipeline on this model costs here, before it runs: disk for the activations, host (and GPU)
+ * memory, and time per stage at this machine's measured rate, per backend available.
+ *  - disk: the activation format's bytes per token and layer (activations/format.ts: x_attn and x_mlp at the stored
+ *    dtype, the 1-bit active mask, float16 activation magnitudes for non-ReLU models, float32 head norms, seq + pos),
+ *    for the calibration and the held-out tokens; exact up to Arrow's few bytes of framing per batch.
+ *  - tokens: from --data, its size over bytes per token measured by tokenizing its first 256 KiB (without a tokenizer:
+ *    4 bytes per token, said so); caps (collect.maxTokens...) apply; without --data, 1M calibration tokens.
+ *  - time: each stage's matmul FLOPs (from the model's sizes and the settings) over a rate measured here: one
+ *    [m, d] x [d, ffn] matmul on each available backend, one thread, times the workers and the 0.8 of that the
+ *    README measured end to end for collect (0.79-0.82). Rough (attention over the context, I/O and the plan's decode
+ *    timings are left out); the stages print their own ETA once they run.
+ *  - memory: the weights widened to float32 (workers share them), plus the largest stage working set.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { tf, BACKEND_NAMES, selectBackend, getBackend, type BackendName } from '../backend.js';
+import { openCheckpoint } from '../checkpoint/checkpoint.js';
+import { denseLayerFlopsPerToken, normalizeConfig, type ModelConfig } from '../model/config.js';
+import { isJsonlName } from '../activations/data.js';
+import { loadTokenizer } from '../tokenizer.js';
+import { HELDOUT_SHARE } from '../activations/split.js';
+import type { EstimateConfig } from '../config/schemas.js';
+import { defaultWorkers } from '../util/pool.js';
+import type { StageDeps } from '../util/progress.js';
+import type { StageResult } from './types.js';
+
+/** bytes of one token's row in one layer's activation shards */
+export function activationBytesPerTokenLayer(mc: ModelConfig, dtype: 'float16' | 'float32', mlpAct: boolean): number {
+  return 8 + 2 * mc.hidden * (dtype === 'float16' ? 2 : 4) + Math.ceil(mc.ffn / 8) + (mlpAct ? 2 * mc.ffn : 0) + 4 * mc.heads;
+}
+
+/** forward FLOPs per token: every layer's matmuls and the LM head */
+export function forwardFlopsPerToken(mc: ModelConfig): number {
+  const f = denseLayerFlopsPerToken(mc);
+  return mc.layers * (f.attn + f.mlp) + 2 * mc.hidden * mc.vocabSize;
+}
+
+export interface Tokens { calibration: number; heldout: number; how: string }
+export interface CostEstimate {
+  model: { layers: number; hidden: number; ffn: number; params: number; weightBytes: number };
+  tokens: Tokens;
+  disk: { calibration: number; heldout: number };
+  memory: { weightsFloat32: number; peak: number };
+  /** GFLOP per stage */
+  gflop: Record<string, number>;
+}
+
+/** The costs that follow from the model's sizes, the settings and the token counts (no rate yet). */
+export function estimateCosts(mc: ModelConfig, weights: { params: number; bytes: number }, cfg: EstimateConfig, tokens: Tokens): CostEstimate {
+  const mlpAct = cfg.collect.recordMlpAct === 'auto' ? mc.activation !== 'relu' : cfg.collect.recordMlpAct;
+  const nLayers = cfg.collect.layers === 'all' ? mc.layers : cfg.collect.layers.length;
+  const perTok = activationBytesPerTokenLayer(mc, cfg.collect.dtype, mlpAct) * nLayers;
+  const fwd = forwardFlopsPerToken(mc) / 1e9;
+  const { d, ffn } = { d: mc.hidden, ffn: mc.ffn };
+  const ranks = cfg.train.mlp.families.includes('closed-form') ? cfg.train.mlp.ranks.length : 0;
+  // train: per layer, the covariance of its input and the first projection on each row, an eigendecomposition per fit
+  const train = (tokens.calibration * nLayers * (2 * d * d + 2 * d * ffn) + nLayers * (ranks + 1) * 10 * d ** 3) / 1e9;
+  const evalTok = Math.min(cfg.evaluate.maxTokens, tokens.heldout);
+  const planOptions = cfg.plan.recalls.length + (cfg.train.heads.enabled ? cfg.plan.headFractions.length : 0);
+  const f32 = weights.params * 4;
+  const act = cfg.collect.batchSize * cfg.collect.seqLen * (4 * d + 4 * ffn) * 4;
+  const trainSet = cfg.train.mlp.maxCalibrationRows * (d + ffn) * 4 + 8 * d * d;
+  return {
+    model: { layers: mc.layers, hidden: d, ffn, params: weights.params, weightBytes: weights.bytes },
+    tokens,
+    disk: { calibration: perTok * tokens.calibration, heldout: perTok * tokens.heldout },
+    memory: { weightsFloat32: f32, peak: f32 + Math.max(act, trainSet) },
+    gflop: {
+      'collect (calibration)': fwd * tokens.calibration,
+      'collect (held-out)': fwd * tokens.heldout,
+      'train-predictors': train,
+      // dense, oracle and predicted perplexity, and one predicted run per point of the density sweep
+      'evaluate-recall': fwd * evalTok * (3 + cfg.evaluate.densitySweep.length),
+      // the search: dense plus one single-layer run per layer and option; the verification: dense and the plan
+      plan: cfg.plan.enabled ? fwd * (Math.min(cfg.plan.searchTokens, tokens.heldout) * (1 + mc.layers * planOptions) + 2 * Math.min(cfg.plan.verifyTokens, tokens.heldout)) : 0,
+    },
+  };
+}
+
+/** A backend's one-thread matmul rate (GFLOP/s) at the model's MLP shape: [m, d] x [d, ffn], median of 3 after 1. */
+export function measureMatmul(mc: ModelConfig): number {
+  const m = Math.max(16, Math.min(256, Math.round(2e8 / (2 * mc.hidden * mc.ffn))));
+  const a = tf.randomNormal([m, mc.hidden]), b = tf.randomNormal([mc.hidden, mc.ffn]);
+  try {
+    const ts: number[] = [];
+    for (let i = 0; i < 4; i++) { const t = performance.now(); const c = tf.matMul(a, b); c.dataSync(); c.dispose(); if (i) ts.push(performance.now() - t); }
+    const ms = ts.sort((x, y) => x - y)[1]!;
+    return (2 * m * mc.hidden * mc.ffn) / (Math.max(ms, 1e-3) * 1e6);
+  } finally { a.dispose(); b.dispose(); }
+}
+
+/** Calibration and held-out tokens the pipeline would collect from `data` (capped as the settings cap them). */
+export function estimateTokens(model: string, cfg: EstimateConfig): Tokens {
+  const capC = (n: number) => Math.min(n, cfg.collect.maxTokens ?? Infinity);
+  const capH = (n: number) => Math.min(n, cfg.heldoutCollect.maxTokens ?? cfg.collect.maxTokens ?? Infinity);
+  if (cfg.data === undefined) return { calibration: capC(1e6), heldout: capH(1e5), how: 'no --data: 1M calibration and 100k held-out tokens assumed' };
+  const files = typeof cfg.data === 'string' ? [cfg.data] : [cfg.data.calibration, cfg.data.heldout];
+  let perByte = 0.25, how = '4 bytes per token assumed (no tokenizer.json)';
+  try {
+    const tok = loadTokenizer(model);
+    const fd = fs.openSync(files[0]!, 'r');
+    const buf = Buffer.alloc(256 << 10);
+    const n = fs.readSync(fd, buf, 0, buf.length, 0);
+    fs.closeSync(fd);
+    let text = buf.subarray(0, n).toString('utf8');
+    if (isJsonlName(files[0]!)) text = text.split('\n').slice(0, -1).map((l) => { try { return String((JSON.parse(l) as { text?: unknown }).text ?? ''); } catch { return ''; } }).join('\n');
+    const ids = tok.encode(text).length;
+    if (ids > 0 && text.length) { perByte = ids / Buffer.byteLength(text); how = `${(1 / perByte).toFixed(2)} bytes per token, measured on the first ${Math.round(n / 1024)} KiB of ${path.basename(files[0]!)}`; }
+  } catch { /* no tokenizer: the assumption stands */ }
+  const size = (f: string) => { try { return fs.statSync(f).size; } catch { return 0; } };
+  const [c, h] = files.length === 1 ? [size(files[0]!) * (1 - HELDOUT_SHARE), size(files[0]!) * HELDOUT_SHARE] : [size(files[0]!), size(files[1]!)];
+  return { calibration: Math.round(capC(c * perByte)), heldout: Math.round(capH(h * perByte)), how };
+}
+
+const bytes = (n: number) => n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 2 ** 10).toFixed(1)} KiB`;
+const secs = (s: number) => s >= 86400 ? `${(s / 86400).toFixed(1)} days` : s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`;
+
+export interface Rate { backend: BackendName; matmulGflops: number; effectiveGflops: number }
+
+/** Rates of the backends that initialize here (the current one is restored). */
+export async function measureRates(mc: ModelConfig, workers: number, only?: BackendName): Promise<Rate[]> {
+  const before = getBackend(), out: Rate[] = [];
+  for (const b of only ? [only] : BACKEND_NAMES) {
+    if (getBackend() !== b) try { await selectBackend(b); } catch { continue; }
+    const r = measureMatmul(mc);
+    out.push({ backend: b, matmulGflops: r, effectiveGflops: 0.8 * workers * r });
+  }
+  if (before && getBackend() !== before) await selectBackend(before);
+  return out;
+}
+
+export function estimateText(e: CostEstimate, rates: Rate[], workers: number, brief = false): string {
+  const t = e.tokens;
+  const lines = [
+    `estimate: ${e.model.layers} layers, d ${e.model.hidden}, ffn ${e.model.ffn}, ${(e.model.params / 1e6).toFixed(1)}M parameters (${bytes(e.model.weightBytes)} on disk)`,
+    `  tokens: ${t.calibration.toLocaleString('en-US')} calibration, ${t.heldout.toLocaleString('en-US')} held-out (${t.how})`,
+    `  disk (activations): ${bytes(e.disk.calibration)} calibration + ${bytes(e.disk.heldout)} held-out`,
+    `  host memory: ${bytes(e.memory.weightsFloat32)} weights as float32 (shared by the workers), about ${bytes(e.memory.peak)} at the peak`,
+  ];
+  for (const r of rates) {
+    const per = Object.entries(e.gflop).map(([k, g]) => [k, g / r.effectiveGflops] as const);
+    const total = per.reduce((a, [, s]) => a + s, 0);
+    lines.push(`  time on ${r.backend} (one-thread matmul ${r.matmulGflops.toFixed(1)} GFLOP/s measured at this model's MLP shape, x ${workers} worker(s) x 0.8): ${secs(total)} in all`
+      + (brief ? '' : `\n    ${per.map(([k, s]) => `${k} ${secs(s)}`).join(', ')}`));
+    if (r.backend === 'tensorflow') lines.push(`  GPU memory (tensorflow backend on a GPU): about ${bytes(e.memory.weightsFloat32)} for the weights`);
+  }
+  if (!brief) lines.push('  (rough: matmul FLOPs at the measured rate; attention over the context, I/O and the plan\'s decode timings are left out)');
+  return lines.join('\n');
+}
+
+/** The estimate for a pipeline config; `only`: measure that backend alone (the pipeline's own). */
+export async function estimatePipeline(cfg: EstimateConfig, only?: BackendName): Promise<{ estimate: CostEstimate; rates: Rate[]; workers: number }> {
+  const ck = openCheckpoint(cfg.model);
+  const mc = normalizeConfig(ck.rawConfig, `${cfg.model}/config.json`);
+  let params = 0, wbytes = 0;
+  for (const { info } of ck.tensors.values()) { params += info.shape.reduce((a, b) => a * b, 1); wbytes += info.end - info.begin; }
+  const workers = cfg.collect.workers || defaultWorkers();
+  const estimate = estimateCosts(mc, { params, bytes: wbytes }, cfg, estimateTokens(cfg.model, cfg));
+  return { estimate, rates: await measureRates(mc, Math.min(workers, defaultWorkers()), only), workers: Math.min(workers, defaultWorkers()) };
+}
+
+export async function runEstimate(cfg: EstimateConfig, _deps: StageDeps): Promise<StageResult> {
+  const r = await estimatePipeline(cfg, cfg.backend === 'auto' ? undefined : cfg.backend);
+  return { text: estimateText(r.estimate, r.rates, r.workers), json: r };
+}
