@@ -41,7 +41,7 @@ describe('every YAML file in configs/ is a valid pipeline config', () => {
       // the assumption: every shipped config is a pipeline config (has model and data keys)
       expect(Object.keys(raw), `${f} should be a pipeline config (model + data)`).toEqual(expect.arrayContaining(['model', 'data']));
       const cfg = validateConfig(pipelineSchema, raw, `configs/${f}`);
-      expect(cfg.data.calibration.length).toBeGreaterThan(0);
+      expect(typeof cfg.data === 'object' && cfg.data.calibration.length).toBeGreaterThan(0);
       // and the same file resolves through the CLI path (defaults <- YAML)
       expect(resolveConfig(pipelineSchema, 'pipeline', { configFile: path.join(CONFIGS, f) })).toEqual(cfg);
     });
