@@ -71,4 +71,20 @@ describe('dejavu estimate', () => {
     expect(text.out).toMatch(/time on wasm \(one-thread matmul [\d.]+ GFLOP\/s measured at this model's MLP shape, x \d worker\(s\) x 0\.8\): /);
     expect(text.out).toMatch(/collect \(calibration\) [\d.]+ \w+, collect \(held-out\) [\d.]+ \w+, train-predictors [\d.]+ \w+, evaluate-recall [\d.]+ \w+, plan [\d.]+/);
   });
+
+  it('a folder with config.json alone: parameters from the sizes (within 3% of the real tensors), and twice the layers twice the disk', async () => {
+    const one = path.join(TMP, 'cfg-only'), two = path.join(TMP, 'cfg-only-x2');
+    fs.mkdirSync(one); fs.mkdirSync(two);
+    fs.copyFileSync(path.join(MODEL, 'config.json'), path.join(one, 'config.json'));
+    fs.writeFileSync(path.join(two, 'config.json'), JSON.stringify({ ...raw, num_hidden_layers: 2 * raw.num_hidden_layers }));
+    const real = JSON.parse((await cli('estimate', '--model', MODEL, '--backend', 'wasm', '--json')).out).estimate;
+    const r1 = await cli('estimate', '--model', one, '--backend', 'wasm', '--json'), r2 = await cli('estimate', '--model', two, '--backend', 'wasm', '--json');
+    expect(r1.code, r1.err).toBe(0);
+    const a = JSON.parse(r1.out).estimate, b = JSON.parse(r2.out).estimate;
+    expect(a.sizesFrom).toMatch(/^config\.json only/);
+    expect(Math.abs(a.model.params / real.model.params - 1)).toBeLessThan(0.03);
+    expect(a.model.weightBytes).toBe(a.model.params * 4); // the fixture's torch_dtype float32
+    expect(b.disk.calibration).toBe(2 * a.disk.calibration);
+    expect(a.disk.calibration).toBe(real.disk.calibration);
+  });
 });

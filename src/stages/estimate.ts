@@ -22,6 +22,7 @@ import { loadTokenizer } from '../tokenizer.js';
 import { HELDOUT_SHARE } from '../activations/split.js';
 import type { EstimateConfig } from '../config/schemas.js';
 import { defaultWorkers } from '../util/pool.js';
+import { readInputText } from '../util/input.js';
 import type { StageDeps } from '../util/progress.js';
 import type { StageResult } from './types.js';
 
@@ -38,6 +39,8 @@ export function forwardFlopsPerToken(mc: ModelConfig): number {
 
 export interface Tokens { calibration: number; heldout: number; how: string }
 export interface CostEstimate {
+  /** where the parameter count came from (the tensors, or config.json alone) */
+  sizesFrom?: string;
   model: { layers: number; hidden: number; ffn: number; params: number; weightBytes: number };
   tokens: Tokens;
   disk: { calibration: number; heldout: number };
@@ -57,7 +60,7 @@ export function estimateCosts(mc: ModelConfig, weights: { params: number; bytes:
   // train: per layer, the covariance of its input and the first projection on each row, an eigendecomposition per fit
   const train = (tokens.calibration * nLayers * (2 * d * d + 2 * d * ffn) + nLayers * (ranks + 1) * 10 * d ** 3) / 1e9;
   const evalTok = Math.min(cfg.evaluate.maxTokens, tokens.heldout);
-  const planOptions = cfg.plan.recalls.length + (cfg.train.heads.enabled ? cfg.plan.headFractions.length : 0);
+  const planOptions = cfg.plan.recalls.length + 1 + (cfg.train.heads.enabled ? cfg.plan.headFractions.length : 0); // + the trained rule
   const f32 = weights.params * 4;
   const act = cfg.collect.batchSize * cfg.collect.seqLen * (4 * d + 4 * ffn) * 4;
   const trainSet = cfg.train.mlp.maxCalibrationRows * (d + ffn) * 4 + 8 * d * d;
@@ -133,7 +136,7 @@ export async function measureRates(mc: ModelConfig, workers: number, only?: Back
 export function estimateText(e: CostEstimate, rates: Rate[], workers: number, brief = false): string {
   const t = e.tokens;
   const lines = [
-    `estimate: ${e.model.layers} layers, d ${e.model.hidden}, ffn ${e.model.ffn}, ${(e.model.params / 1e6).toFixed(1)}M parameters (${bytes(e.model.weightBytes)} on disk)`,
+    `estimate: ${e.model.layers} layers, d ${e.model.hidden}, ffn ${e.model.ffn}, ${(e.model.params / 1e6).toFixed(1)}M parameters (${bytes(e.model.weightBytes)} on disk${e.sizesFrom?.startsWith('config.json') ? `; ${e.sizesFrom}` : ''})`,
     `  tokens: ${t.calibration.toLocaleString('en-US')} calibration, ${t.heldout.toLocaleString('en-US')} held-out (${t.how})`,
     `  disk (activations): ${bytes(e.disk.calibration)} calibration + ${bytes(e.disk.heldout)} held-out`,
     `  host memory: ${bytes(e.memory.weightsFloat32)} weights as float32 (shared by the workers), about ${bytes(e.memory.peak)} at the peak`,
@@ -149,14 +152,39 @@ export function estimateText(e: CostEstimate, rates: Rate[], workers: number, br
   return lines.join('\n');
 }
 
+/** Parameters from the sizes alone (matmuls, embeddings, LM head; norms and biases are a rounding error). */
+export function paramsFromConfig(mc: ModelConfig): number {
+  const { hidden: d, heads: H, kvHeads: KV, headDim: hd, ffn, vocabSize: V } = mc;
+  const e = mc.embedProjDim ?? d;
+  const layer = 2 * d * H * hd + 2 * d * KV * hd + d * ffn * (mc.activation === 'swiglu' ? 3 : 2);
+  return mc.layers * layer + V * e + (mc.tiedLmHead ? 0 : V * d) + (mc.positions === 'learned' ? (mc.maxPositions + mc.positionOffset) * d : 0) + (e !== d ? 2 * d * e : 0);
+}
+
+/**
+ * The model's sizes and weights: from the checkpoint, or, for a folder holding only config.json (the estimate for a
+ * model not downloaded yet), from config.json (bytes at its torch_dtype).
+ */
+function modelSizes(dir: string): { mc: ModelConfig; params: number; bytes: number; from: string } {
+  const cfgFile = path.join(dir, 'config.json');
+  const weights = ['model.safetensors', 'model.safetensors.index.json'].some((f) => fs.existsSync(path.join(dir, f)));
+  if (!weights && fs.existsSync(cfgFile)) {
+    const raw = JSON.parse(readInputText(cfgFile, { what: 'config', hint: 'pass --model a checkpoint folder (config.json, model.safetensors)', maxBytes: 2 ** 26 })) as Record<string, unknown>;
+    const mc = normalizeConfig(raw, cfgFile);
+    const dt = String(raw.torch_dtype ?? raw.dtype ?? 'float16');
+    const params = paramsFromConfig(mc);
+    return { mc, params, bytes: params * (dt === 'float32' ? 4 : 2), from: `config.json only (no weights in ${dir}): parameters from the sizes, ${dt}` };
+  }
+  const ck = openCheckpoint(dir);
+  let params = 0, bytes = 0;
+  for (const { info } of ck.tensors.values()) { params += info.shape.reduce((a, b) => a * b, 1); bytes += info.end - info.begin; }
+  return { mc: normalizeConfig(ck.rawConfig, cfgFile), params, bytes, from: 'the checkpoint\'s tensors' };
+}
+
 /** The estimate for a pipeline config; `only`: measure that backend alone (the pipeline's own). */
 export async function estimatePipeline(cfg: EstimateConfig, only?: BackendName): Promise<{ estimate: CostEstimate; rates: Rate[]; workers: number }> {
-  const ck = openCheckpoint(cfg.model);
-  const mc = normalizeConfig(ck.rawConfig, `${cfg.model}/config.json`);
-  let params = 0, wbytes = 0;
-  for (const { info } of ck.tensors.values()) { params += info.shape.reduce((a, b) => a * b, 1); wbytes += info.end - info.begin; }
+  const { mc, params, bytes: wbytes, from } = modelSizes(cfg.model);
   const workers = cfg.collect.workers || defaultWorkers();
-  const estimate = estimateCosts(mc, { params, bytes: wbytes }, cfg, estimateTokens(cfg.model, cfg));
+  const estimate = { ...estimateCosts(mc, { params, bytes: wbytes }, cfg, estimateTokens(cfg.model, cfg)), sizesFrom: from };
   return { estimate, rates: await measureRates(mc, Math.min(workers, defaultWorkers()), only), workers: Math.min(workers, defaultWorkers()) };
 }
 
