@@ -71,6 +71,14 @@ describe('every help example runs for its command', () => {
     });
   }
 
+  it('the estimate examples really run', async () => {
+    for (const line of COMMANDS.find((c) => c.name === 'estimate')!.examples) {
+      const r = await cli(...argv(line).slice(1), '--backend', 'wasm');
+      expect(r.code, `${line}\n${r.err}`).toBe(0);
+      expect(r.out).toMatch(/^estimate: \d+ layers, d \d+, ffn \d+/);
+    }
+  });
+
   it('the dense generate example really runs', async () => {
     const line = COMMANDS.find((c) => c.name === 'generate')!.examples.find((e) => !e.includes('--bundle'))!;
     const r = await cli(...argv(line).slice(1), '--backend', 'wasm', '--quiet');
