@@ -1,9 +1,12 @@
 /** Command table: flags map onto config keys (dotted paths); the stage does the work. */
+import * as path from 'node:path';
 import { InvalidArgumentError } from 'commander';
+import YAML from 'yaml';
 import type { z } from 'zod';
 import { BACKEND_NAMES, BACKEND_PREFERENCES, ensureBackend, type BackendPreference } from '../backend.js';
-import { resolveConfig, validateConfig } from '../config/load.js';
-import { generateSchema, SCHEMAS } from '../config/schemas.js';
+import { resolveConfig, validateConfig, type Obj } from '../config/load.js';
+import { UserError } from '../util/errors.js';
+import { generateSchema, pipelineSchema, SCHEMAS } from '../config/schemas.js';
 import type { CommandContext } from './context.js';
 import { runCollect } from '../stages/collect.js';
 import { runTrain } from '../stages/train.js';
@@ -12,8 +15,11 @@ import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
+import { runEstimate } from '../stages/estimate.js';
 import type { StageResult } from '../stages/types.js';
 import { defaultWorkers } from '../util/pool.js';
+import { defaultWorkdir } from '../stages/pipeline.js';
+import { modelDefaults } from '../stages/model-defaults.js';
 
 export type { StageResult } from '../stages/types.js';
 
@@ -31,6 +37,8 @@ export interface CommandDef {
   description: string;
   configurable: boolean;
   flags: FlagDef[];
+  /** help examples (each one runs: test/help-examples.test.ts) */
+  examples: string[];
   run(opts: Record<string, unknown>, ctx: CommandContext): Promise<void>;
 }
 
@@ -45,18 +53,83 @@ const BACKEND: FlagDef = { flags: '--backend <name>', description: `tfjs backend
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
 const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 
-function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[],
-  stage: (cfg: z.infer<(typeof SCHEMAS)[K]>, ctx: CommandContext) => Promise<StageResult>): CommandDef {
+/** A stage command's section in a pipeline config, and the pipeline's workdir folders it reads (by config key). */
+export const STAGE_SECTIONS: Record<string, { section: string; data?: 'calibration' | 'heldout'; inputs: Record<string, string> }> = {
+  'collect-activations': { section: 'collect', data: 'calibration', inputs: {} },
+  'train-predictors': { section: 'train', inputs: { activations: 'activations-calibration' } },
+  'evaluate-recall': { section: 'evaluate', data: 'heldout', inputs: { activations: 'activations-heldout', predictors: 'predictors' } },
+  plan: { section: 'plan', data: 'heldout', inputs: { activations: 'activations-heldout', predictors: 'predictors' } },
+  'export-bundle': { section: 'export', inputs: { predictors: 'predictors', report: 'report', plan: 'plan' } },
+};
+/**
+ * Is this YAML mapping a pipeline config (and not `command`'s own stage config)? It is when it has a key only a
+ * pipeline config has (workdir, a stage section, data as calibration + held-out) and none only the stage has; a mix
+ * is left to the stage's schema, which names the keys it does not know.
+ */
+export function isPipelineConfig(raw: Obj, command: string): boolean {
+  if (command === 'pipeline') return false;
+  const own = Object.keys(SCHEMAS[command as keyof typeof SCHEMAS]?.shape ?? {}), pipe = Object.keys(pipelineSchema.shape);
+  const keys = Object.keys(raw);
+  const pipelineOnly = keys.some((k) => pipe.includes(k) && !own.includes(k)) || (typeof raw.data === 'object' && raw.data !== null && !Array.isArray(raw.data));
+  return pipelineOnly && !keys.some((k) => own.includes(k) && !pipe.includes(k));
+}
+
+/**
+ * A pipeline config given to a stage command: its section (e.g. `plan:`), the top-level model, backend and data (the
+ * calibration file for collect, the held-out one for evaluate and plan), and the pipeline's folders as the stage's
+ * inputs (predictors, activations... in the workdir); the output folder stays the user's to name.
+ */
+export function stageFromPipeline(raw: Obj, command: string, note: (m: string) => void): Obj {
+  const s = STAGE_SECTIONS[command];
+  if (!s) return raw;
+  validateConfig(pipelineSchema.partial(), raw, 'pipeline'); // every section, every key: nothing in the file is ignored unread
+  const sec = raw[s.section];
+  const { enabled: _, ...own } = sec && typeof sec === 'object' && !Array.isArray(sec) ? sec as Obj : {};
+  const out: Obj = { ...own };
+  const shape = SCHEMAS[command as keyof typeof SCHEMAS].shape;
+  for (const k of ['model', 'backend']) if (raw[k] !== undefined && Object.hasOwn(shape, k)) out[k] = raw[k];
+  const d = raw.data;
+  if (s.data && d !== undefined) {
+    if (typeof d === 'string') { if (s.data === 'calibration') out.data = d; }
+    else if (d && typeof d === 'object') out.data = (d as Obj)[s.data];
+  }
+  const model = typeof raw.model === 'string' ? raw.model : undefined;
+  const w = typeof raw.workdir === 'string' ? raw.workdir : model ? defaultWorkdir(model) : undefined;
+  if (w) for (const [k, dir] of Object.entries(s.inputs)) {
+    if (k === 'plan' && (raw.plan as Obj | undefined)?.enabled === false) continue; // the pipeline makes no plan then
+    out[k] = path.join(w, dir);
+  }
+  note(`a pipeline config: using its ${s.section}: section, ${['model', 'data', 'backend'].filter((k) => out[k] !== undefined).join(', ') || 'nothing else'} and, from its workdir ${w ?? '(none)'}, ${Object.keys(s.inputs).filter((k) => out[k] !== undefined).join(', ') || 'no inputs'}`);
+  return out;
+}
+
+/** --data FILE --heldout FILE: the two parts (data.calibration, data.heldout); --data alone: one file to split */
+const pipelineDataFlags = (m: Obj): Obj => {
+  if (m['data.heldout'] === undefined || typeof m.data !== 'string') return m;
+  const { data, ...rest } = m;
+  return { ...rest, 'data.calibration': data };
+};
+
+function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[], examples: string[],
+  stage: (cfg: z.infer<(typeof SCHEMAS)[K]>, ctx: CommandContext) => Promise<StageResult>,
+  mapFlags: (m: Obj) => Obj = (m) => m): CommandDef {
   return {
-    name, description, configurable: true, flags: [...flags, JSON_FLAG],
+    name, description, configurable: true, flags: [...flags, JSON_FLAG], examples,
     async run(opts, ctx) {
-      const mapped: Record<string, unknown> = {};
+      const mapped: Obj = {};
       for (const f of flags) {
         if (!f.key) continue;
         const prop = f.flags.split(/[ ,]/)[0]!.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
         if (opts[prop] !== undefined) mapped[f.key] = opts[prop];
       }
-      const cfg = resolveConfig(SCHEMAS[name], name, { configFile: opts.config as string | undefined, flags: mapped, sets: opts.set as string[] | undefined });
+      const section = STAGE_SECTIONS[name]?.section;
+      const cfg = resolveConfig(SCHEMAS[name], name, {
+        configFile: opts.config as string | undefined, flags: mapFlags(mapped), sets: opts.set as string[] | undefined,
+        adaptFile: (raw) => isPipelineConfig(raw, name) ? stageFromPipeline(raw, name, (m) => ctx.io.stderr.write(`note: ${opts.config as string} is ${m}\n`)) : raw,
+        ...(section ? { setPrefix: `${section}.` } : {}),
+        defaults: (obj) => modelDefaults(name, obj),
+      });
+      if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       noteWorkerCap(cfg, ctx);
       const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, ctx);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text.endsWith('\n') ? res.text : res.text + '\n');
@@ -95,6 +168,9 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
     OVERWRITE, BACKEND,
+  ], [
+    'dejavu collect-activations --model checkpoints/opt-fixture --data data/calibration.jsonl --out runs/acts --max-tokens 4096',
+    'dejavu collect-activations --config configs/default.yaml --out runs/acts-calibration --set collect.seqLen=128',
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
     { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },
@@ -103,6 +179,9 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
     OVERWRITE, BACKEND,
+  ], [
+    'dejavu train-predictors --activations runs/acts --out runs/predictors --set mlp.targetRecall=0.98',
+    "dejavu train-predictors --config configs/default.yaml --out runs/predictors-r4 --set 'train.mlp.ranks=[0.25]'",
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runTrain(cfg, ctx.deps); }),
   configured('evaluate-recall', 'held-out recall/precision/density per layer at the runtime selection rule, and perplexity dense vs oracle vs predicted sparsity', [
     { flags: '--activations <dir>', description: 'held-out dataset from collect-activations', key: 'activations' },
@@ -113,6 +192,9 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--max-tokens <n>', description: 'tokens for the perplexity part', key: 'maxTokens', parse: int },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
     BACKEND,
+  ], [
+    'dejavu evaluate-recall --activations runs/acts-heldout --predictors runs/predictors --model checkpoints/opt-fixture --out runs/report',
+    'dejavu evaluate-recall --config configs/default.yaml --out runs/report-2 --set evaluate.maxTokens=2048',
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runEvaluate(cfg, ctx.deps); }),
   configured('plan', 'choose per-layer runtime modes (dense / lossless / predicted, head budget) for the fastest decode within a perplexity budget, verified by the runtime on held-out text', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
@@ -122,6 +204,9 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--max-ppl-increase <x>', description: 'budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'maxPplIncrease', parse: int },
     { flags: '--out <dir>', description: 'plan folder', key: 'out' },
     OVERWRITE, BACKEND,
+  ], [
+    'dejavu plan --config configs/default.yaml --max-ppl-increase 0.02 --out runs/plan-2pct',
+    "dejavu plan --model checkpoints/opt-fixture --predictors runs/default/predictors --activations runs/default/activations-heldout --out runs/plan --set 'plan.recalls=[0.95,0.99]'",
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPlan(cfg, ctx.deps); }),
   configured('export-bundle', 'write a versioned, checksummed sparse-runtime bundle (manifest, predictors, neuron-major weights)', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
@@ -130,17 +215,42 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--plan <dir>', description: 'folder from plan (per-layer runtime modes, followed by generate)', key: 'plan' },
     { flags: '--out <dir>', description: 'bundle folder', key: 'out' },
     OVERWRITE,
+  ], [
+    'dejavu export-bundle --config configs/default.yaml --plan runs/plan-2pct --out runs/bundle-2pct',
+    'dejavu export-bundle --model checkpoints/opt-fixture --predictors runs/default/predictors --out runs/bundle-row-major --set export.neuronMajor=false',
   ], async (cfg, ctx) => runExport(cfg, ctx.deps)),
   configured('pipeline', 'collect (calibration + held-out), train, evaluate and export in one go, skipping stages whose outputs are complete and current', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
-    { flags: '--workdir <dir>', description: 'where stage outputs go', key: 'workdir' },
+    { flags: '--data <file>', description: 'text to calibrate on (JSONL or plain text); without --heldout its last 10% of documents are held out (recorded in WORKDIR/split.json)', key: 'data' },
+    { flags: '--heldout <file>', description: 'held-out text for evaluation and the plan (with --data)', key: 'data.heldout' },
+    { flags: '--workdir <dir>', description: 'where stage outputs go (default: runs/<the model folder\'s name>)', key: 'workdir' },
+    { flags: '--max-ppl-increase <x>', description: 'the plan\'s budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'plan.maxPplIncrease', parse: int },
     BACKEND,
-  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); }),
+  ], [
+    'dejavu pipeline --config configs/default.yaml',
+    'dejavu pipeline --model checkpoints/llama-fixture --data data/calibration.jsonl',
+    'dejavu pipeline --model checkpoints/opt-fixture --data data/calibration.jsonl --heldout data/heldout.jsonl --max-ppl-increase 0.02 --workdir runs/opt-2pct',
+    "dejavu pipeline --config configs/default.yaml --workdir runs/r4 --set 'train.mlp.ranks=[0.25]'",
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); },
+  pipelineDataFlags),
+  configured('estimate', 'what a pipeline on this model costs here, before it runs: activation disk, host and GPU memory, time per stage per backend available (at a matmul rate measured now)', [
+    { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
+    { flags: '--data <file>', description: 'the text the pipeline would take (its size and measured bytes per token; 1M calibration tokens without it)', key: 'data' },
+    { flags: '--heldout <file>', description: 'held-out text (with --data)', key: 'data.heldout' },
+    BACKEND,
+  ], [
+    'dejavu estimate --model checkpoints/opt-fixture --data data/calibration.jsonl',
+    'dejavu estimate --config configs/llama-fixture.yaml --set collect.maxTokens=100000',
+  ], async (cfg) => runEstimate(cfg, { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) }), pipelineDataFlags),
   {
     name: 'verify-bundle', description: 'check a bundle: schema, checksums, and (with --model) that it belongs to that checkpoint', configurable: false,
     flags: [{ flags: '--bundle <dir>', description: 'bundle folder' }, { flags: '--model <dir>', description: 'checkpoint the bundle must match' }, JSON_FLAG],
+    examples: ['dejavu verify-bundle --bundle runs/default/bundle --model checkpoints/opt-fixture'],
     async run(opts, ctx) {
-      const res = await runVerify({ bundle: opts.bundle as string, model: opts.model as string | undefined }, ctx.deps);
+      if (typeof opts.bundle !== 'string') throw new UserError('verify-bundle: --bundle is required', 'dejavu verify-bundle --bundle DIR [--model DIR]');
+      const input = { bundle: opts.bundle, model: opts.model as string | undefined };
+      if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(input)); ctx.exit(0); return; }
+      const res = await runVerify(input, ctx.deps);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
       ctx.exit(res.code ?? 0);
     },
@@ -157,6 +267,10 @@ export const COMMANDS: CommandDef[] = [
       { flags: '--seed <n>', description: 'sampling seed', parse: int },
       BACKEND, JSON_FLAG,
     ],
+    examples: [
+      "dejavu generate --model checkpoints/opt-fixture --prompt 'Call me Ishmael.' --max-tokens 20",
+      "dejavu generate --model checkpoints/opt-fixture --bundle runs/default/bundle --prompt 'The whale' --temperature 0.8 --top-k 40 --seed 1",
+    ],
     async run(opts, ctx) {
       const flagOf = (dotted: string) => `--${dotted.split('.')[0]!.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase())}`;
       const input: Record<string, unknown> = {};
@@ -165,6 +279,7 @@ export const COMMANDS: CommandDef[] = [
         title: 'generate flags', label: flagOf,
         hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT]',
       });
+      if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       await withBackend(cfg.backend, ctx);
       const res = await runGenerate(cfg, ctx.deps);
       for (const n of res.notes ?? []) ctx.io.stderr.write(`note: ${n}\n`);

@@ -5,7 +5,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { fsUserError, isUserError } from '../util/errors.js';
 import { makeProgressFactory, type StageDeps } from '../util/progress.js';
-import { COMMANDS } from './commands.js';
+import { COMMANDS, STAGE_SECTIONS } from './commands.js';
 import type { CliIO } from './context.js';
 import { VERSION } from '../version.js';
 
@@ -23,10 +23,15 @@ export function buildProgram(io: CliIO, onExit: (code: number) => void): Command
   for (const def of COMMANDS) {
     const cmd = program.command(def.name).description(def.description).exitOverride();
     if (def.configurable) {
-      cmd.option('--config <file>', 'YAML config file (see configs/)');
-      cmd.addOption(new Option('--set <key=value>', 'override a config key, e.g. --set mlp.rank=256 (repeatable)').argParser((v: string, prev: string[] = []) => [...prev, v]));
+      const section = STAGE_SECTIONS[def.name]?.section;
+      cmd.option('--config <file>', section ? `YAML config: this command's own keys, or a pipeline config (configs/*.yaml: its ${section}: section, model and data)` : 'YAML pipeline config (see configs/)');
+      const eg = def.examples.join(' ').match(/--set (\S+)/)?.[1];
+      cmd.addOption(new Option('--set <key=value>', `override a config key${eg ? `, e.g. --set ${eg}` : ''} (repeatable; keys: docs/configuration.md${section ? `; the pipeline's spelling ${section}.KEY works too` : ''})`)
+        .argParser((v: string, prev: string[] = []) => [...prev, v]));
     }
+    cmd.option('--print-config', 'print the resolved settings (defaults, config, flags, --set) as YAML and exit without running');
     cmd.option('--quiet', 'no progress output on stderr');
+    if (def.examples.length) cmd.addHelpText('after', `\nExamples:\n${def.examples.map((e) => `  ${e}`).join('\n')}\n`);
     for (const f of def.flags) {
       const o = new Option(f.flags, f.description);
       if (f.parse) o.argParser(f.parse);

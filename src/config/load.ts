@@ -1,5 +1,6 @@
 /**
- * Config resolution for every command: schema defaults <- YAML file (--config) <- explicit flags <- --set a.b=value.
+ * Config resolution for every command: schema defaults <- input-fitted defaults (the model's sizes) <- YAML file
+ * (--config) <- explicit flags <- --set a.b=value.
  * One strict zod schema per command; all problems are reported in one error with dotted path, received value and hint.
  */
 import YAML from 'yaml';
@@ -24,7 +25,7 @@ export function readYamlFile(file: string): Obj {
 /** Keys that would walk into or replace an object's prototype: never config keys. */
 const UNSAFE_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 function refuseUnsafe(key: string, where: string): void {
-  if (UNSAFE_KEYS.has(key)) throw new UserError(`${where}: "${key}" is not a config key`, 'config keys are documented in README.md and configs/; __proto__, constructor and prototype are never keys');
+  if (UNSAFE_KEYS.has(key)) throw new UserError(`${where}: "${key}" is not a config key`, 'config keys are documented in docs/configuration.md; __proto__, constructor and prototype are never keys');
 }
 
 /** set obj[a][b][c] = value for path "a.b.c", creating objects on the way (own properties only) */
@@ -91,7 +92,7 @@ export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what:
     return [`${p}: ${iss.message}; received ${received}`];
   });
   throw new UserError(`invalid ${style.title ?? `${what} config`} (${lines.length} problem${lines.length > 1 ? 's' : ''}):\n  - ${lines.join('\n  - ')}`,
-    style.hint ?? 'fix the YAML file or the --set/flag values; every key is documented in README.md and configs/');
+    style.hint ?? 'fix the YAML file or the --set/flag values; every key is documented in docs/configuration.md');
 }
 
 export interface ResolveInput {
@@ -99,13 +100,29 @@ export interface ResolveInput {
   /** flag values already mapped to dotted paths; undefined values are skipped */
   flags?: Record<string, unknown>;
   sets?: string[];
+  /** turns the file's mapping into this command's (a stage command given a pipeline config takes its section) */
+  adaptFile?: (raw: Obj) => Obj;
+  /** a --set key may start with this (the pipeline's spelling of a stage's key, e.g. "plan." for plan): it is dropped */
+  setPrefix?: string;
+  /** defaults that fit what was given (e.g. the model's sizes), merged under everything the user set */
+  defaults?: (obj: Obj) => Obj;
 }
 
-export function resolveConfig<S extends z.ZodType>(schema: S, what: string, input: ResolveInput): z.infer<S> {
+/** Merge the input layers (file <- flags <- --set) and any input-fitted defaults under them; not yet validated. */
+export function mergeConfig(input: ResolveInput): Obj {
   let obj: Obj = input.configFile ? readYamlFile(input.configFile) : {};
+  if (input.configFile && input.adaptFile) obj = input.adaptFile(obj);
   const over: Obj = {};
   for (const [k, v] of Object.entries(input.flags ?? {})) if (v !== undefined) setPath(over, k, v);
   obj = deepMerge(obj, over);
-  for (const s of input.sets ?? []) { const [k, v] = parseSet(s); setPath(obj, k, v); }
-  return validateConfig(schema, obj, what);
+  for (const s of input.sets ?? []) {
+    const [k0, v] = parseSet(s);
+    const k = input.setPrefix && k0.startsWith(input.setPrefix) ? k0.slice(input.setPrefix.length) : k0;
+    setPath(obj, k, v);
+  }
+  return input.defaults ? deepMerge(input.defaults(obj), obj) : obj;
+}
+
+export function resolveConfig<S extends z.ZodType>(schema: S, what: string, input: ResolveInput): z.infer<S> {
+  return validateConfig(schema, mergeConfig(input), what);
 }

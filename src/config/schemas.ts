@@ -1,195 +1,171 @@
 /**
- * One strict schema per command. Keys are documented in README.md; every YAML in configs/ is validated by a test.
+ * One strict schema per command. Every key carries its documentation (.describe()); docs/configuration.md is generated
+ * from these schemas (`npm run docs`, src/config/docs.ts) and a test fails when it is stale; every YAML in configs/ is
+ * validated by a test.
  * A core module (README "Architecture"): the CLI and the stages resolve configs with it, and the predictor training
  * takes its `TrainConfig`; it imports only the backend list and util.
  */
 import { z } from 'zod';
 import { BACKEND_PREFERENCES } from '../backend.js';
 
-const backend = z.enum(BACKEND_PREFERENCES).default('auto');
-const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all');
+const backend = z.enum(BACKEND_PREFERENCES).default('auto').describe('tfjs backend: auto picks the fastest available (tensorflow > wasm > cpu)');
+const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all').describe('layer indices to work on, or all');
 const posInt = z.number().int().positive();
 
 export const collectSchema = z.strictObject({
-  model: z.string().min(1, 'a checkpoint folder is required (--model)'),
-  data: z.string().min(1, 'a data file is required (--data)'),
-  out: z.string().min(1, 'an output folder is required (--out)'),
-  seqLen: posInt.default(256),
-  /** stop after this many tokens (all data when absent) */
-  maxTokens: posInt.optional(),
-  batchSize: posInt.default(8),
+  model: z.string().min(1, 'a checkpoint folder is required (--model)').describe('Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json)'),
+  data: z.string().min(1, 'a data file is required (--data)').describe('text: JSONL (.jsonl/.ndjson/.json) with "text" or pre-tokenized "ids" per line, or plain text (one document)'),
+  out: z.string().min(1, 'an output folder is required (--out)').describe('output dataset folder'),
+  seqLen: posInt.default(256).describe('tokens per packed sequence (default capped at the model\'s positions)'),
+  maxTokens: posInt.optional().describe('stop after this many tokens (all the data when absent)'),
+  batchSize: posInt.default(8).describe('sequences per forward pass'),
   layers,
-  dtype: z.enum(['float16', 'float32']).default('float16'),
-  /** rows (tokens) per Arrow shard */
-  rowsPerShard: posInt.default(8192),
-  /** record float16 MLP activation magnitudes; auto = on for non-ReLU models */
-  recordMlpAct: z.union([z.literal('auto'), z.boolean()]).default('auto'),
-  /** worker threads (one tfjs each; batches dealt out, written in order; the dataset is the same for any count); 0 = one per core */
-  workers: z.number().int().min(0).default(0),
-  overwrite: z.boolean().default(false),
+  dtype: z.enum(['float16', 'float32']).default('float16').describe('stored hidden-state dtype'),
+  rowsPerShard: posInt.default(8192).describe('rows (tokens) per Arrow shard'),
+  recordMlpAct: z.union([z.literal('auto'), z.boolean()]).default('auto').describe('record float16 MLP activation magnitudes; auto = on for non-ReLU models'),
+  workers: z.number().int().min(0).default(0).describe('worker threads (one tfjs each; batches dealt out, written in order: the same dataset for any count); 0 = one per core'),
+  overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
 });
 export type CollectConfig = z.infer<typeof collectSchema>;
 
 const labelRule = z.strictObject({
-  /** active: ReLU > 0 (ReLU models); topFraction: the top `value` fraction by |activation|; threshold: |activation| > value */
-  kind: z.enum(['auto', 'active', 'topFraction', 'threshold']).default('auto'),
-  value: z.number().positive().default(0.1),
+  kind: z.enum(['auto', 'active', 'topFraction', 'threshold']).default('auto').describe('which neurons count as active: active = ReLU > 0 (ReLU models); topFraction = the top `value` share by |activation|; threshold = |activation| > value; auto = active for ReLU, else topFraction'),
+  value: z.number().positive().default(0.1).describe('the share (topFraction) or the threshold'),
 });
 
 export const trainSchema = z.strictObject({
-  activations: z.string().min(1, 'an activations folder is required (--activations)'),
-  /** the checkpoint (default: the one recorded in the activations manifest; its fingerprint must match) */
-  model: z.string().min(1).optional(),
-  out: z.string().min(1, 'an output folder is required (--out)'),
+  activations: z.string().min(1, 'an activations folder is required (--activations)').describe('dataset folder from collect-activations (calibration text)'),
+  model: z.string().min(1).optional().describe('the checkpoint (default: the one recorded in the activations manifest; its fingerprint must match)'),
+  out: z.string().min(1, 'an output folder is required (--out)').describe('output predictors folder'),
   layers,
-  seed: z.number().int().default(0),
-  /** worker threads (one tfjs each); 0 = one per core */
-  workers: z.number().int().min(0).default(0),
-  validationFraction: z.number().gt(0).lt(0.5).default(0.1),
-  /** cap on training tokens read per layer (all when absent) */
-  maxSamples: posInt.optional(),
-  overwrite: z.boolean().default(false),
+  seed: z.number().int().default(0).describe('random seed (initialisation, shuffling, the validation split)'),
+  workers: z.number().int().min(0).default(0).describe('worker threads (one tfjs each; layers dealt out); 0 = one per core'),
+  validationFraction: z.number().gt(0).lt(0.5).default(0.1).describe('share of the calibration rows held back to calibrate and choose each layer\'s predictor'),
+  maxSamples: posInt.optional().describe('cap on training tokens read per layer (all when absent)'),
+  overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
   mlp: z.strictObject({
-    enabled: z.boolean().default(true),
-    /**
-     * candidate modes per layer; the one with the lowest estimated MLP cost at the target recall is chosen.
-     * dense: every neuron; exact: the first projection itself, then only the active rows of the second (ReLU,
-     * lossless); closed-form: whitened low-rank fit of the first projection(s) on the MLP's own input (no training);
-     * dejavu: Deja Vu's trained low-rank predictor (rank, input, hiddenActivation, optim.*)
-     */
-    families: z.array(z.enum(['dense', 'exact', 'closed-form', 'dejavu'])).min(1).default(['dense', 'exact', 'closed-form']),
-    /** closed-form ranks to try: values <= 1 are fractions of the model width d */
-    ranks: z.array(z.number().positive()).min(1).default([0.125, 0.25, 0.5]),
-    /** closed form: divide each neuron's score by its residual std (per-neuron thresholds, free at run time) */
-    normalize: z.boolean().default(true),
-    /** continue training the chosen closed form with Deja Vu's weighted BCE (0 = off); kept only when it costs less */
-    fineTune: z.strictObject({ epochs: z.number().int().min(0).default(0), lr: z.number().positive().default(1e-3) }).prefault({}),
-    /** dejavu family: rank (<= 1: fraction of d), hidden activation and input */
-    rank: z.number().positive().default(0.5),
-    hiddenActivation: z.enum(['none', 'relu']).default('none'),
-    input: z.enum(['x_attn', 'x_mlp', 'h_mlp']).default('x_attn'),
-    label: labelRule.default({ kind: 'auto', value: 0.1 }),
-    targetRecall: z.number().gt(0).lte(1).default(0.99),
-    /** count: fraction of active neurons kept; magnitude: fraction of sum |activation| x ||down column|| kept */
-    recallWeighting: z.enum(['count', 'magnitude']).default('count'),
-    /** selection rule: topk (per-layer k per token), threshold (per-layer threshold on the score), auto = the cheaper */
-    rule: z.enum(['auto', 'topk', 'threshold']).default('auto'),
-    /** validation rows kept in memory for calibration and the choice */
-    maxCalibrationRows: posInt.default(16384),
-  }).prefault({}),
+    enabled: z.boolean().default(true).describe('fit MLP-neuron predictors'),
+    families: z.array(z.enum(['dense', 'exact', 'closed-form', 'dejavu'])).min(1).default(['dense', 'exact', 'closed-form'])
+      .describe('candidate modes per layer; the one with the lowest estimated MLP cost at the target recall is chosen. dense: every neuron; exact: the first projection itself, then only the active rows of the second (ReLU, lossless); closed-form: whitened low-rank fit of the first projection(s) on the MLP\'s own input (no training); dejavu: Deja Vu\'s trained low-rank predictor (rank, input, hiddenActivation, optim.*)'),
+    ranks: z.array(z.number().positive()).min(1).default([0.125, 0.25, 0.5]).describe('closed-form ranks to try: values <= 1 are fractions of the model width d'),
+    normalize: z.boolean().default(true).describe('closed form: divide each neuron\'s score by its residual std (per-neuron thresholds, free at run time)'),
+    fineTune: z.strictObject({
+      epochs: z.number().int().min(0).default(0).describe('epochs of fine-tuning (0 = off)'),
+      lr: z.number().positive().default(1e-3).describe('fine-tuning learning rate'),
+    }).prefault({}).describe('continue training the chosen closed form with Deja Vu\'s weighted BCE; kept only when it costs less'),
+    rank: z.number().positive().default(0.5).describe('dejavu family: predictor rank (<= 1: fraction of d)'),
+    hiddenActivation: z.enum(['none', 'relu']).default('none').describe('dejavu family: activation between the predictor\'s two matrices'),
+    input: z.enum(['x_attn', 'x_mlp', 'h_mlp']).default('x_attn').describe('dejavu family: the predictor\'s input (x_attn: the block input, Deja Vu\'s lookahead; x_mlp: the MLP input; h_mlp: the normed MLP input)'),
+    label: labelRule.default({ kind: 'auto', value: 0.1 }).describe('which neurons are the positives to predict'),
+    targetRecall: z.number().gt(0).lte(1).default(0.99).describe('share of the active neurons the calibrated rule must keep (on the validation rows)'),
+    recallWeighting: z.enum(['count', 'magnitude']).default('count').describe('count: share of active neurons kept; magnitude: share of sum |activation| x ||down column|| kept'),
+    rule: z.enum(['auto', 'topk', 'threshold']).default('auto').describe('selection rule: topk (per-layer k per token), threshold (per-layer threshold on the score), auto = the cheaper'),
+    maxCalibrationRows: posInt.default(16384).describe('validation rows kept in memory for calibration and the choice'),
+  }).prefault({}).describe('MLP-neuron predictors'),
   heads: z.strictObject({
-    enabled: z.boolean().default(true),
-    rank: posInt.default(128),
-    input: z.enum(['prev', 'same']).default('prev'),
-    topFraction: z.number().gt(0).lte(1).default(0.3),
-    targetRecall: z.number().gt(0).lte(1).default(0.95),
-    rule: z.enum(['topk', 'threshold']).default('topk'),
-  }).prefault({}),
+    enabled: z.boolean().default(true).describe('fit attention-head predictors'),
+    rank: posInt.default(128).describe('head predictor rank (default capped at the model width)'),
+    input: z.enum(['prev', 'same']).default('prev').describe('prev: layer i\'s heads are predicted from layer i-1\'s input (Deja Vu\'s lookahead); same: from layer i\'s input'),
+    topFraction: z.number().gt(0).lte(1).default(0.3).describe('share of each token\'s heads labelled important (the positives to predict)'),
+    targetRecall: z.number().gt(0).lte(1).default(0.95).describe('share of the important heads the calibrated rule must keep'),
+    rule: z.enum(['topk', 'threshold']).default('topk').describe('selection rule for heads'),
+  }).prefault({}).describe('attention-head predictors'),
   optim: z.strictObject({
-    batchSize: posInt.default(256),
-    epochs: posInt.default(8),
-    lr: z.number().positive().default(1e-3),
-    weightDecay: z.number().min(0).default(0.01),
-    /** stop when validation recall has not improved for this many epochs */
-    patience: posInt.default(2),
-  }).prefault({}),
+    batchSize: posInt.default(256).describe('rows per optimiser step'),
+    epochs: posInt.default(8).describe('most epochs'),
+    lr: z.number().positive().default(1e-3).describe('Adam learning rate'),
+    weightDecay: z.number().min(0).default(0.01).describe('AdamW weight decay'),
+    patience: posInt.default(2).describe('stop when validation recall has not improved for this many epochs'),
+  }).prefault({}).describe('training of the trained predictors (dejavu family, heads, fine-tuning)'),
 });
 export type TrainConfig = z.infer<typeof trainSchema>;
 
 export const evaluateSchema = z.strictObject({
-  activations: z.string().min(1, 'a held-out activations folder is required (--activations)'),
-  predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
-  out: z.string().min(1, 'an output folder is required (--out)'),
-  /** checkpoint for the end-to-end perplexity part (skipped when absent) */
-  model: z.string().optional(),
-  /** held-out text for perplexity (default: the data file recorded in the activations manifest) */
-  data: z.string().optional(),
-  seqLen: posInt.default(256),
-  maxTokens: posInt.default(16384),
-  batchSize: posInt.default(4),
-  sweep: z.array(z.number().gt(0).lte(1)).min(2).default([0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1]),
-  /**
-   * perplexity-vs-density curve: for each target average MLP density, the predictors' per-layer k are scaled
-   * proportionally (k_l = F * min(1, D * calibrated_l / mean calibrated)) and predicted-MLP perplexity is measured
-   */
-  densitySweep: z.array(z.number().gt(0).lte(1)).default([0.1, 0.15, 0.2, 0.3]),
-  /** worker threads for the recall pass and the perplexity runs (the report is the same for any count); 0 = one per core */
-  workers: z.number().int().min(0).default(0),
+  activations: z.string().min(1, 'a held-out activations folder is required (--activations)').describe('held-out dataset folder from collect-activations'),
+  predictors: z.string().min(1, 'a predictors folder is required (--predictors)').describe('folder from train-predictors'),
+  out: z.string().min(1, 'an output folder is required (--out)').describe('report folder'),
+  model: z.string().optional().describe('checkpoint for the end-to-end perplexity part (skipped when absent)'),
+  data: z.string().optional().describe('held-out text for perplexity (default: the data file recorded in the activations manifest)'),
+  seqLen: posInt.default(256).describe('tokens per sequence for perplexity (default capped at the model\'s positions)'),
+  maxTokens: posInt.default(16384).describe('held-out tokens for perplexity'),
+  batchSize: posInt.default(4).describe('sequences per forward pass'),
+  sweep: z.array(z.number().gt(0).lte(1)).min(2).default([0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1]).describe('kept shares of neurons at which recall and precision are reported (recall-vs-density curve)'),
+  densitySweep: z.array(z.number().gt(0).lte(1)).default([0.1, 0.15, 0.2, 0.3])
+    .describe('perplexity-vs-density curve: for each target average MLP density D, the per-layer k are scaled proportionally (k_l = F * min(1, D * calibrated_l / mean calibrated)) and predicted-MLP perplexity is measured; [] = off'),
+  workers: z.number().int().min(0).default(0).describe('worker threads for the recall pass and the perplexity runs (the same report for any count); 0 = one per core'),
   backend,
 });
 export type EvaluateConfig = z.infer<typeof evaluateSchema>;
 
 export const exportSchema = z.strictObject({
-  model: z.string().min(1, 'a checkpoint folder is required (--model)'),
-  predictors: z.string().min(1, 'a predictors folder is required (--predictors)'),
-  report: z.string().optional(),
-  /** plan folder from `dejavu plan`: written into the bundle, followed by generate */
-  plan: z.string().optional(),
-  out: z.string().min(1, 'an output folder is required (--out)'),
-  neuronMajor: z.boolean().default(true),
-  overwrite: z.boolean().default(false),
+  model: z.string().min(1, 'a checkpoint folder is required (--model)').describe('checkpoint folder'),
+  predictors: z.string().min(1, 'a predictors folder is required (--predictors)').describe('folder from train-predictors'),
+  report: z.string().optional().describe('folder from evaluate-recall (expected recall and density, written into the bundle)'),
+  plan: z.string().optional().describe('folder from plan: its per-layer runtime modes are written into the bundle and followed by generate'),
+  out: z.string().min(1, 'an output folder is required (--out)').describe('bundle folder'),
+  neuronMajor: z.boolean().default(true).describe('also store the MLP weights neuron-major (one contiguous row per neuron: what the sparse decode reads)'),
+  overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
 });
 export type ExportConfig = z.infer<typeof exportSchema>;
 
 export const planSchema = z.strictObject({
-  model: z.string({ error: 'a checkpoint folder is required (--model)' }).min(1, 'a checkpoint folder is required (--model)'),
-  predictors: z.string({ error: 'a predictors folder is required (--predictors)' }).min(1, 'a predictors folder is required (--predictors)'),
-  activations: z.string({ error: 'a held-out activations folder is required (--activations)' }).min(1, 'a held-out activations folder is required (--activations)'),
-  /** held-out text for the search and the verification (default: the data file recorded in the activations manifest) */
-  data: z.string().optional(),
-  out: z.string({ error: 'an output folder is required (--out)' }).min(1, 'an output folder is required (--out)'),
-  /** the budget: largest perplexity increase over dense allowed, as a fraction (0.01 = +1%) */
-  maxPplIncrease: z.number().min(0).max(1).default(0.01),
-  /** predicted MLP options: thresholds calibrated to these recalls on the held-out activations */
-  recalls: z.array(z.number().gt(0).lte(1)).min(1).default([0.9, 0.95, 0.98, 0.99]),
-  /** head options (layers with a head predictor): keep these shares of the heads */
-  headFractions: z.array(z.number().gt(0).lt(1)).default([0.25, 0.5, 0.75]),
-  seqLen: posInt.default(128),
-  /** tokens of held-out text for the search (single-layer perplexities) and, disjoint, for the runtime's verification */
-  searchTokens: posInt.default(2048),
-  verifyTokens: posInt.default(4096),
-  batchSize: posInt.default(4),
-  /** held-out activation rows per layer for calibrating the thresholds */
-  calibrationRows: posInt.default(8192),
-  /** the search spends at most this share of the budget on its estimate (sum of single-layer increases) */
-  safety: z.number().gt(0).lte(1).default(0.8),
-  /**
-   * a lossy move (predicted MLP or fewer heads) must gain at least this many times the perplexity increase it costs,
-   * both as shares (1: at least 1% of decode time for each 1% of perplexity)
-   */
-  minSpeedPerPpl: z.number().min(0).default(1),
-  /** never slower than dense: when the verified plan does not decode faster than dense (measured twice), the plan is dense */
-  neverSlower: z.boolean().default(true),
-  overwrite: z.boolean().default(false),
+  model: z.string({ error: 'a checkpoint folder is required (--model)' }).min(1, 'a checkpoint folder is required (--model)').describe('checkpoint folder'),
+  predictors: z.string({ error: 'a predictors folder is required (--predictors)' }).min(1, 'a predictors folder is required (--predictors)').describe('folder from train-predictors'),
+  activations: z.string({ error: 'a held-out activations folder is required (--activations)' }).min(1, 'a held-out activations folder is required (--activations)').describe('held-out dataset folder from collect-activations'),
+  data: z.string().optional().describe('held-out text for the search and the verification (default: the data file recorded in the activations manifest)'),
+  out: z.string({ error: 'an output folder is required (--out)' }).min(1, 'an output folder is required (--out)').describe('plan folder'),
+  maxPplIncrease: z.number().min(0).max(1).default(0.01).describe('the budget: largest perplexity increase over dense allowed, as a fraction (0.01 = +1%); flag --max-ppl-increase'),
+  recalls: z.array(z.number().gt(0).lte(1)).min(1).default([0.9, 0.95, 0.98, 0.99]).describe('predicted-MLP options: thresholds calibrated to these recalls on the held-out activations'),
+  headFractions: z.array(z.number().gt(0).lt(1)).default([0.25, 0.5, 0.75]).describe('head options (layers with a head predictor): keep these shares of the heads'),
+  seqLen: posInt.default(128).describe('tokens per sequence for the perplexities (default capped at the model\'s positions)'),
+  searchTokens: posInt.default(2048).describe('held-out tokens for the search (single-layer perplexities)'),
+  verifyTokens: posInt.default(4096).describe('held-out tokens, disjoint from the search\'s, for the runtime\'s verification of the chosen plan'),
+  batchSize: posInt.default(4).describe('sequences per forward pass'),
+  calibrationRows: posInt.default(8192).describe('held-out activation rows per layer for calibrating the thresholds'),
+  safety: z.number().gt(0).lte(1).default(0.8).describe('the search spends at most this share of the budget on its estimate (sum of single-layer increases)'),
+  minSpeedPerPpl: z.number().min(0).default(1).describe('a lossy move (predicted MLP or fewer heads) must gain at least this many times the perplexity increase it costs, both as shares (1: at least 1% of decode time for each 1% of perplexity)'),
+  neverSlower: z.boolean().default(true).describe('when the verified plan does not decode faster than dense (measured twice), the plan is dense'),
+  overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
 });
 export type PlanConfig = z.infer<typeof planSchema>;
 
 export const pipelineSchema = z.strictObject({
-  model: z.string().min(1),
-  workdir: z.string().min(1).default('runs/default'),
+  model: z.string().min(1).describe('Hugging Face checkpoint folder'),
+  workdir: z.string().min(1).optional().describe('where stage outputs go (default: runs/<the model folder\'s name>)'),
   backend,
-  data: z.strictObject({ calibration: z.string().min(1), heldout: z.string().min(1) }),
-  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true }).prefault({}),
-  heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
-  train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}),
-  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),
-  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
-  export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}),
+  data: z.union([
+    z.string().min(1),
+    z.strictObject({
+      calibration: z.string().min(1).describe('text the predictors are trained and calibrated on'),
+      heldout: z.string().min(1).describe('text for evaluation and the plan only'),
+    }).describe('the two parts'),
+  ], { error: 'a data file is required (--data FILE, optionally --heldout FILE)' }).describe('the text: one file (its last 10% of documents are held out, the rest calibrates: JSONL lines; a plain-text file is cut at the first blank line after 90% of its characters; the parts are written to the workdir and recorded in its split.json), or the two parts { calibration, heldout }'),
+  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true }).prefault({}).describe('collect-activations, for both the calibration and the held-out text'),
+  heldoutCollect: z.strictObject({ maxTokens: posInt.optional().describe('stop after this many held-out tokens (default: collect.maxTokens)') }).prefault({}).describe('the held-out collect\'s own settings'),
+  train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}).describe('train-predictors'),
+  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}).describe('evaluate-recall'),
+  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true })
+    .extend({ enabled: z.boolean().default(true).describe('make a plan (off: the bundle carries the train-only rules)') }).prefault({}).describe('plan'),
+  export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}).describe('export-bundle'),
 });
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
 
+/** dejavu estimate: a pipeline config (the costs of that pipeline), the data optional (1M calibration tokens assumed without it) */
+export const estimateSchema = pipelineSchema.extend({ data: pipelineSchema.shape.data.optional() });
+export type EstimateConfig = z.infer<typeof estimateSchema>;
+
 /** dejavu generate's flags (no config file): validated together, problems named by flag. */
 export const generateSchema = z.strictObject({
-  model: z.string({ error: 'a checkpoint folder is required' }).min(1, 'a checkpoint folder is required'),
-  bundle: z.string().min(1).optional(),
-  prompt: z.array(z.string(), { error: 'at least one prompt is required' }).min(1, 'at least one prompt is required'),
-  maxTokens: z.number({ error: 'expected a positive integer' }).int('expected a positive integer').positive('expected a positive integer').default(40),
-  temperature: z.number({ error: 'expected a number >= 0' }).min(0, 'expected a number >= 0 (0 = greedy)').default(0),
-  topK: z.number({ error: 'expected an integer >= 0' }).int('expected an integer >= 0').min(0, 'expected an integer >= 0 (0 = no top-k cut)').default(0),
-  seed: z.number({ error: 'expected an integer' }).int('expected an integer').default(0),
+  model: z.string({ error: 'a checkpoint folder is required' }).min(1, 'a checkpoint folder is required').describe('checkpoint folder'),
+  bundle: z.string().min(1).optional().describe('sparse bundle from export-bundle (dense without it)'),
+  prompt: z.array(z.string(), { error: 'at least one prompt is required' }).min(1, 'at least one prompt is required').describe('prompt texts (one per sequence of the batch)'),
+  maxTokens: z.number({ error: 'expected a positive integer' }).int('expected a positive integer').positive('expected a positive integer').default(40).describe('tokens to generate'),
+  temperature: z.number({ error: 'expected a number >= 0' }).min(0, 'expected a number >= 0 (0 = greedy)').default(0).describe('0 = greedy; > 0 samples'),
+  topK: z.number({ error: 'expected an integer >= 0' }).int('expected an integer >= 0').min(0, 'expected an integer >= 0 (0 = no top-k cut)').default(0).describe('sample from the k most likely tokens (0 = no cut)'),
+  seed: z.number({ error: 'expected an integer' }).int('expected an integer').default(0).describe('sampling seed'),
   backend,
 });
 export type GenerateConfig = z.infer<typeof generateSchema>;
@@ -201,4 +177,5 @@ export const SCHEMAS = {
   plan: planSchema,
   'export-bundle': exportSchema,
   pipeline: pipelineSchema,
+  estimate: estimateSchema,
 } as const;

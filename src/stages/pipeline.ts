@@ -24,6 +24,14 @@ import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
 import { runExport } from './export.js';
 import { runPlan } from './plan.js';
 import { readPlanFile, type PlanFile } from '../runtime/plan.js';
+import { splitData } from '../activations/split.js';
+import { getBackend } from '../backend.js';
+import { estimatePipeline, estimateText } from './estimate.js';
+
+/** The pipeline's workdir when none is given: runs/<the model folder's name>. */
+export function defaultWorkdir(model: string): string {
+  return path.join('runs', path.basename(path.resolve(model)));
+}
 
 /** a stage's record (report/.inputs.json, plan/.inputs.json, .bundle-inputs.json): what its output was made from, and that output's seal */
 const stageRecordSchema = z.looseObject({ kind: z.literal('dejavu-stage-record'), inputs: z.unknown(), output: z.string().regex(/^[0-9a-f]{64}$/), sealSha256: z.string() });
@@ -68,14 +76,27 @@ function stamp(file: string): string | null {
 
 export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise<StageResult> {
   const t0 = Date.now();
-  const w = cfg.workdir;
+  const w = cfg.workdir ?? defaultWorkdir(cfg.model);
   const dirs = { cal: path.join(w, 'activations-calibration'), held: path.join(w, 'activations-heldout'), pred: path.join(w, 'predictors'), report: path.join(w, 'report'), plan: path.join(w, 'plan'), bundle: path.join(w, 'bundle') };
   // refuse a workdir holding anything dejavu did not write, before any work (stages replace only their own outputs)
   const ws = checkOutput(w, 'workdir');
   const kinds = { cal: 'activations', held: 'activations', pred: 'predictors', report: 'report', plan: 'plan', bundle: 'bundle' } as const;
   for (const [k, kind] of Object.entries(kinds)) checkOutput(dirs[k as keyof typeof kinds], kind);
   if (ws.state !== 'ours' || ws.legacy) withFsErrors('writing', w, () => { fs.mkdirSync(w, { recursive: true }); writeMarker(w, 'workdir'); });
+  // one data file: split (deterministic, recorded in the workdir) into calibration and held-out parts
+  let data: { calibration: string; heldout: string }, dataLine: string;
+  if (typeof cfg.data === 'string') {
+    const sp = await splitData(cfg.data, w);
+    data = { calibration: sp.calibration.file, heldout: sp.heldout.file };
+    dataLine = `data: ${cfg.data} split into ${sp.calibration.documents} calibration and ${sp.heldout.documents} held-out document(s): ${sp.rule} (recorded in ${path.join(w, 'split.json')})`;
+  } else {
+    data = cfg.data;
+    dataLine = `data: calibration ${data.calibration}, held-out ${data.heldout}`;
+  }
+  deps.log(dataLine);
   const timings: Record<string, number> = {};
+  const est = await estimatePipeline(cfg, getBackend() ?? undefined);
+  deps.log(estimateText(est.estimate, est.rates, est.workers, true));
   /** run a stage; `output`: the file it rewrites when it does work (collect and train skip themselves when current) */
   const step = async <T>(name: string, f: () => Promise<T>, output?: string): Promise<T> => {
     const s = Date.now(), before = output ? stamp(output) : null;
@@ -86,10 +107,10 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
     deps.log(`== ${name}: ${timings[name]!.toFixed(1)} s`);
     return r;
   };
-  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: cfg.data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.cal, 'manifest.json'));
-  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: cfg.data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.held, 'manifest.json'));
+  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.cal, 'manifest.json'));
+  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.held, 'manifest.json'));
   await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.pred, 'predictors.json'));
-  const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: cfg.data.heldout, backend: cfg.backend });
+  const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: data.heldout, backend: cfg.backend });
   // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged and report.json is the one it wrote
   const evalIn = { p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: { ...evalCfg, workers: undefined } }; // the worker count changes nothing
   const readReport = () => { const r = readEvalReport(dirs.report) as unknown as EvalReport; return { value: r, seal: r.sealSha256! }; };
@@ -103,7 +124,7 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   let plan: PlanFile | null = null;
   if (cfg.plan.enabled) {
     const { enabled: _, ...planRest } = cfg.plan;
-    const planCfg = planSchema.parse({ ...planRest, model: cfg.model, predictors: dirs.pred, activations: dirs.held, data: cfg.data.heldout, out: dirs.plan, backend: cfg.backend, overwrite: true });
+    const planCfg = planSchema.parse({ ...planRest, model: cfg.model, predictors: dirs.pred, activations: dirs.held, data: data.heldout, out: dirs.plan, backend: cfg.backend, overwrite: true });
     const readPlan = () => { const pf = readPlanFile(dirs.plan); return { value: pf, seal: pf.sealSha256 }; };
     const planRec = { name: 'plan', file: path.join(dirs.plan, 'plan.json'), record: path.join(dirs.plan, '.inputs.json'),
       inputs: { p: predictorsContentHash(dirs.pred), a: sha256File(path.join(dirs.held, 'manifest.json')), c: planCfg } };
@@ -129,7 +150,7 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   const total = (Date.now() - t0) / 1000;
   const pv = plan?.plan.verified;
   const planLine = pv ? `plan: ${dirs.plan}/report.md — verified ${pv.pplIncrease >= 0 ? '+' : ''}${(100 * pv.pplIncrease).toFixed(3)}% perplexity (budget +${(100 * plan!.plan.maxPplIncrease).toFixed(1)}%), decode ${pv.speedup.toFixed(2)}x dense (${plan!.plan.layers.map((l) => l.mlp.mode).join(', ')})` : 'plan: off (train-only rules in the bundle)';
-  const text = [reportTable(report, dirs.report), '', planLine, `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,
+  const text = [reportTable(report, dirs.report), '', dataLine, planLine, `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,
     `pipeline: ${total.toFixed(0)} s (${Object.entries(timings).map(([k, s]) => `${k} ${s.toFixed(0)} s`).join(', ') || 'everything was current'})`].join('\n');
-  return { text, json: { report, bundle: dirs.bundle, verified: v.problems.length === 0, seconds: total, timings }, code: v.problems.length ? 1 : 0 };
+  return { text, json: { report, workdir: w, data, bundle: dirs.bundle, verified: v.problems.length === 0, seconds: total, timings }, code: v.problems.length ? 1 : 0 };
 }

@@ -32,7 +32,7 @@ const OWN_FILES: Record<OutputKind, RegExp> = {
   report: new RegExp(String.raw`^(?:${MARKER_RE}|report\.json|report\.md|recall-vs-density\.svg|densities\.svg|perplexity-vs-density\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
   plan: new RegExp(String.raw`^(?:${MARKER_RE}|plan\.json|report\.md|frontier\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
   bundle: new RegExp(String.raw`^(?:${MARKER_RE}|manifest\.json|predictors\.safetensors|neuron-major\.safetensors|${ATOMIC_TMP})$`),
-  workdir: new RegExp(String.raw`^(?:${MARKER_RE}|\.bundle-inputs\.json|${SIBLING}|${ATOMIC_TMP})$`),
+  workdir: new RegExp(String.raw`^(?:${MARKER_RE}|\.bundle-inputs\.json|split\.json|split-(?:calibration|heldout)\.(?:jsonl|txt)|${SIBLING}|${ATOMIC_TMP})$`),
 };
 /** the sub-folders a kind writes: entered and checked file by file, or (the workdir's stage folders and their temp
  * siblings) taken whole, without entering them: the pipeline checks each stage folder as its own kind */
