@@ -252,6 +252,18 @@ describe('#20: workers and process limits', () => {
     expect(JSON.parse(fs.readFileSync(path.join(out, 'predictors.json'), 'utf8')).training.workers).toBe(cores);
   });
 
+  it('too few calibration sequences for a validation split: train exits 2 before any work, naming the count and the fix (was: TypeError in ruleText, exit 1)', async () => {
+    const acts = path.join(TMP, 'acts-few'), out = path.join(TMP, 'pred-few');
+    const c = await cli(...collectArgs(acts, DATA, ['--max-tokens', '64']));
+    expect(c.code, c.err).toBe(0);
+    const r = await cli('train-predictors', '--activations', acts, '--out', out, '--workers', '1', '--set', 'mlp.families=[closed-form]', '--set', 'heads.enabled=false', '--quiet');
+    expect(r.code, r.err).toBe(2);
+    expect(r.err).toMatch(/holds 4 sequence\(s\), but with validationFraction 0\.1 only every 10th sequence is held out for validation/);
+    expect(r.err).toMatch(/hint: collect at least 10 sequences \(--max-tokens 160 at --seq-len 16\)/);
+    noStack(r);
+    expect(fs.existsSync(out), 'no output folder').toBe(false);
+  });
+
   it('#20 item 21: a weight decay that diverges training names optim.weightDecay in the hint, not optim.lr', async () => {
     const r = await cli(...trainArgs(path.join(TMP, 'pred-wd'), ['--workers', '1', '--set', 'optim.epochs=3', '--set', 'optim.weightDecay=1e8']));
     expect(r.code, r.err).toBe(2);

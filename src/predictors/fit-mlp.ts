@@ -16,7 +16,7 @@ import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type
 import { mlpInput, type MlpSite } from './mlp-site.js';
 import { disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
 import type { LabelRule } from './labels.js';
-import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, type ExactPart, type FitPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
+import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, valEveryOf, type ExactPart, type FitPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
 export type { MlpInput };
 
 export type MlpFamily = 'dense' | 'exact' | 'closed-form' | 'dejavu';
@@ -137,7 +137,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   const { d, F, layer } = site;
   const mc = cfg.mlp;
   const modelDir = cfg.model ?? m.model.dir;
-  const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
+  const valEvery = valEveryOf(cfg.validationFraction);
   const swiglu = site.activation === 'swiglu';
   const families = new Set(mc.families);
   const rawInputs = [...new Set(trained.map((t) => t.input).filter((i) => i !== 'h_mlp'))] as MlpInput[];

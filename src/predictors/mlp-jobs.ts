@@ -88,6 +88,9 @@ export function shared<T extends Float32Array | Uint8Array>(a: T): T {
 }
 
 /** The training rows of a batch (sequence not in the validation split). */
+/** Every valEvery-th sequence (seq % valEvery === valEvery - 1) is a validation sequence. */
+export const valEveryOf = (validationFraction: number): number => Math.max(2, Math.round(1 / validationFraction));
+
 export function splitRows(seq: Int32Array, rows: number, valEvery: number): { tr: number[]; va: number[] } {
   const tr: number[] = [], va: number[] = [];
   for (let r = 0; r < rows; r++) (seq[r]! % valEvery === valEvery - 1 ? va : tr).push(r);

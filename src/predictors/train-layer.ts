@@ -15,7 +15,7 @@ import { disposeAdam, disposePredictor, fromHost, initPredictor, newAdam, predic
 import { labelsFor, type LabelRule } from './labels.js';
 import { fitMlpSite, resolveRanks, type MlpCandidate, type MlpChoice, type MlpFamily, type TrainedCandidate } from './fit-mlp.js';
 import { mlpInput, readMlpSite } from './mlp-site.js';
-import { inlineMlpExec, type MlpExec } from './mlp-jobs.js';
+import { inlineMlpExec, valEveryOf, type MlpExec } from './mlp-jobs.js';
 export { labelsFor, type LabelRule };
 
 export interface PredictorResult {
@@ -131,7 +131,7 @@ interface FineTune { init: HostPredictor; epochs: number; lr: number }
 function trainSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, spec: SiteSpec, labelLayer: number, rank: number, seed: number,
   log: (e: Record<string, unknown>) => void, tick: (n: number) => void, ft?: FineTune): { p: PredictorWeights; epochs: number; samples: number } {
   const d = m.dims.hidden;
-  const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
+  const valEvery = valEveryOf(cfg.validationFraction);
   let p = ft ? fromHost(ft.init) : initPredictor(d, rank, spec.width, spec.hidden, seed);
   const adam = newAdam(p);
   const rnd = mulberry32(seed);
@@ -203,7 +203,7 @@ export async function trainLayer(dir: string, m: ActivationsManifest, cfg: Train
   const log: Record<string, unknown>[] = [];
   const push = (e: Record<string, unknown>) => log.push({ layer, ...e, t: (Date.now() - t0) / 1000 });
   const mc = m.model.config;
-  const valEvery = Math.max(2, Math.round(1 / cfg.validationFraction));
+  const valEvery = valEveryOf(cfg.validationFraction);
   const dense = 2 * (mc.hidden * mc.heads * mc.headDim * 2 + mc.hidden * mc.kvHeads * mc.headDim * 2) + 2 * mc.hidden * mc.ffn * (mc.gated ? 3 : 2);
   const res: LayerResult = { layer, log, samplesPerSecond: 0, seconds: 0 };
   let samples = 0;

@@ -11,7 +11,7 @@ import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
-import { runMlpJob, type MlpExec, type MlpJob } from '../predictors/mlp-jobs.js';
+import { runMlpJob, valEveryOf, type MlpExec, type MlpJob } from '../predictors/mlp-jobs.js';
 import { candidateTable, ruleText } from '../predictors/fit-mlp.js';
 import { isUserError, UserError } from '../util/errors.js';
 import { workerCount, WorkerPool } from '../util/pool.js';
@@ -134,6 +134,10 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
       }
       if (!sameFingerprint(fp, m.model.fingerprint)) throw new UserError(`checkpoint ${modelDir} is not the one the activations in ${cfg.activations} were collected from`, 'pass --model with that checkpoint');
     }
+    const valEvery = valEveryOf(cfg.validationFraction);
+    if (m.sequences < valEvery)
+      throw new UserError(`${cfg.activations} holds ${m.sequences} sequence(s), but with validationFraction ${cfg.validationFraction} only every ${valEvery}th sequence is held out for validation: there is none to calibrate the predictors on`,
+        `collect at least ${valEvery} sequences (--max-tokens ${valEvery * m.seqLen} at --seq-len ${m.seqLen}), or raise train.validationFraction (at most 0.49)`);
     cfg = { ...cfg, model: modelDir };
   } catch (e) { w.abort(); await pool?.close(); throw e; }
   const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
