@@ -12,6 +12,7 @@ import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
+import { MERGE_KINDS, runMerge, type MergeConfig } from '../stages/merge.js';
 import type { StageResult } from '../stages/types.js';
 import { defaultWorkers } from '../util/pool.js';
 
@@ -43,6 +44,15 @@ const list = (v: string) => {
 };
 const BACKEND: FlagDef = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
+/** --shard i/n (issue 26): shard i (0-based) of n of a data-parallel stage */
+const SHARD: FlagDef = {
+  flags: '--shard <i/n>', description: 'do only shard i of n (0-based) of this stage, into its own --out; join the n outputs with dejavu merge', key: 'shard',
+  parse: (v: string) => {
+    const m = /^(\d+)\/(\d+)$/.exec(v.trim());
+    if (!m) throw new InvalidArgumentError('expected i/n, e.g. 0/3 (shard i of n, 0-based)');
+    return { index: Number(m[1]), count: Number(m[2]) };
+  },
+};
 const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 
 function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[],
@@ -94,7 +104,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
-    OVERWRITE, BACKEND,
+    SHARD, OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
     { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },
@@ -136,6 +146,20 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--workdir <dir>', description: 'where stage outputs go', key: 'workdir' },
     BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); }),
+  {
+    name: 'merge', description: 'join the output folders of a stage run as --shard 0/n .. n-1/n into what the unsharded stage writes', configurable: false,
+    flags: [
+      { flags: '--kind <kind>', description: 'which stage\'s shards', choices: [...MERGE_KINDS] },
+      { flags: '--out <dir>', description: 'merged output folder' },
+      { flags: '--inputs <dir...>', description: 'the shards\' output folders (every index once, any order)' },
+      OVERWRITE, JSON_FLAG,
+    ],
+    async run(opts, ctx) {
+      const res = await runMerge({ kind: opts.kind as MergeConfig['kind'], out: opts.out as string, inputs: opts.inputs as string[], overwrite: Boolean(opts.overwrite) }, ctx.deps);
+      ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
+      ctx.exit(res.code ?? 0);
+    },
+  },
   {
     name: 'verify-bundle', description: 'check a bundle: schema, checksums, and (with --model) that it belongs to that checkpoint', configurable: false,
     flags: [{ flags: '--bundle <dir>', description: 'bundle folder' }, { flags: '--model <dir>', description: 'checkpoint the bundle must match' }, JSON_FLAG],

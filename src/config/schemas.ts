@@ -9,6 +9,10 @@ import { BACKEND_PREFERENCES } from '../backend.js';
 const backend = z.enum(BACKEND_PREFERENCES).default('auto');
 const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all');
 const posInt = z.number().int().positive();
+/** --shard i/n (issue 26): this process does shard i of n of a data-parallel stage; `dejavu merge` joins the n outputs */
+export const shardSchema = z.strictObject({ index: z.number().int().min(0), count: posInt })
+  .refine((s) => s.index < s.count, { message: 'the shard index must be below the shard count (0-based: 0/3, 1/3, 2/3)', path: ['index'] });
+export type Shard = z.infer<typeof shardSchema>;
 
 export const collectSchema = z.strictObject({
   model: z.string().min(1, 'a checkpoint folder is required (--model)'),
@@ -28,6 +32,7 @@ export const collectSchema = z.strictObject({
   workers: z.number().int().min(0).default(0),
   overwrite: z.boolean().default(false),
   backend,
+  shard: shardSchema.optional(),
 });
 export type CollectConfig = z.infer<typeof collectSchema>;
 
@@ -172,7 +177,7 @@ export const pipelineSchema = z.strictObject({
   workdir: z.string().min(1).default('runs/default'),
   backend,
   data: z.strictObject({ calibration: z.string().min(1), heldout: z.string().min(1) }),
-  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true }).prefault({}),
+  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true, shard: true }).prefault({}),
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
   train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}),
   evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),

@@ -1,0 +1,117 @@
+/**
+ * dejavu merge (issue 26): join the outputs of `--shard i/n` runs of a data-parallel stage into what the unsharded stage
+ * writes. The shards must belong to one run (same identity), every index 0..n-1 must be there once, and every file is
+ * checked against the sha256 its shard recorded; anything else is refused (exit 2) naming the shard.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { StageResult } from './types.js';
+import type { StageDeps } from '../util/progress.js';
+import { UserError } from '../util/errors.js';
+import { beginOutput, inspectOutput, writeOutput } from '../util/outdir.js';
+import { sha256, sha256File } from '../util/fsx.js';
+import { activationsManifestSchema, activationsSummarySchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
+import { addBatch, layerSummaries, newStats, summarize, writeChecked, type ShardInfo } from './collect.js';
+
+export const MERGE_KINDS = ['activations'] as const;
+export interface MergeConfig { kind: (typeof MERGE_KINDS)[number]; out: string; inputs: string[]; overwrite: boolean }
+
+export async function runMerge(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
+  if (!cfg.kind) throw new UserError('merge needs the kind of shards (--kind)', `dejavu merge --kind ${MERGE_KINDS.join('|')} --out DIR --inputs SHARD_DIR...`);
+  if (!cfg.out) throw new UserError('merge needs an output folder (--out)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
+  if (!cfg.inputs?.length) throw new UserError('merge needs the shard folders (--inputs)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
+  return mergeActivations(cfg, deps);
+}
+
+type ShardManifest = ActivationsManifest & { shard: ShardInfo };
+const tag = (s: { index: number; count: number }) => `shard ${s.index}/${s.count}`;
+
+/** Read and check the shard folders: one run, every index once. Returns them by index. */
+function readShards(inputs: string[], out: string): { dir: string; m: ShardManifest }[] {
+  const shards = inputs.map((dir) => {
+    if (path.resolve(dir) === path.resolve(out)) throw new UserError(`--out ${out} is also one of the shards`, 'write the merged dataset to a new folder');
+    const st = inspectOutput(dir, 'activations');
+    if (st.state !== 'ours') throw new UserError(`${dir} is not an activations shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, 'pass the --out folders of the collect-activations --shard i/n runs');
+    const m = readManifest(dir, false) as ShardManifest;
+    if (!m.shard) throw new UserError(`${dir} is not a shard: it was collected without --shard`, 'pass the --out folders of the collect-activations --shard i/n runs');
+    if (m.status !== 'complete') throw new UserError(`${dir} (${tag(m.shard)}) is incomplete`, 're-run its collect-activations --shard command to finish it (it resumes)');
+    return { dir, m };
+  });
+  const ref = shards[0]!;
+  const byIndex = new Map<number, { dir: string; m: ShardManifest }>();
+  for (const s of shards) {
+    if (s.m.config.identity !== ref.m.config.identity || s.m.shard.runSequences !== ref.m.shard.runSequences)
+      throw new UserError(`foreign shard: ${s.dir} (${tag(s.m.shard)}) is from a different run than ${ref.dir} (model, data or config differ)`, 'merge only the shards of one collect-activations run (same flags and config, --shard 0/n .. n-1/n)');
+    if (s.m.shard.count !== ref.m.shard.count)
+      throw new UserError(`${s.dir} is ${tag(s.m.shard)} but ${ref.dir} is ${tag(ref.m.shard)}: the runs were cut into different shard counts`, 'merge the shards of one run, all collected with the same --shard …/n');
+    const dup = byIndex.get(s.m.shard.index);
+    if (dup) throw new UserError(`${tag(s.m.shard)} is given twice: ${dup.dir} and ${s.dir}`, 'pass each shard folder once');
+    byIndex.set(s.m.shard.index, s);
+  }
+  const n = ref.m.shard.count;
+  const missing = Array.from({ length: n }, (_, i) => i).filter((i) => !byIndex.has(i));
+  if (missing.length) throw new UserError(`${missing.map((i) => tag({ index: i, count: n })).join(', ')} ${missing.length > 1 ? 'are' : 'is'} missing (given: ${[...byIndex.keys()].sort((a, b) => a - b).map((i) => `${i}/${n}`).join(', ')})`,
+    `collect ${missing.length > 1 ? 'them' : 'it'} (collect-activations --shard ${missing[0]}/${n} --out DIR, same flags) and pass every shard folder`);
+  return [...byIndex.keys()].sort((a, b) => a - b).map((i) => byIndex.get(i)!);
+}
+
+async function mergeActivations(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
+  const t0 = Date.now();
+  const shards = readShards(cfg.inputs, cfg.out);
+  const m0 = shards[0]!.m, n = m0.shard.count, layers = m0.layers;
+  const runSequences = m0.shard.runSequences, total = Math.ceil(runSequences / m0.seqsPerShard);
+  // each shard must hold exactly its dataset shards (s % n == index) and its batches must tile the run's sequences
+  for (const { dir, m } of shards) {
+    const want = Array.from({ length: total }, (_, s) => s).filter((s) => s % n === m.shard.index).flatMap((s) => layers.map((l) => shardKey(l, s)));
+    const have = Object.keys(m.shardSha256 ?? {});
+    if (m.shards !== want.length / layers.length || have.length !== want.length || want.some((k) => !(k in m.shardSha256!)))
+      throw new UserError(`${dir} (${tag(m.shard)}) does not hold the dataset shards its index gets (${want.length / layers.length} of ${total}): its manifest lists ${have.length / layers.length}`, 're-run its collect-activations --shard command with --overwrite');
+  }
+  const batches = shards.flatMap((s) => s.m.shard.batches).sort((a, b) => a.firstSeq - b.firstSeq);
+  let next = 0;
+  for (const b of batches) {
+    if (b.firstSeq !== next || b.rows % m0.seqLen || b.layers.length !== layers.length) throw new UserError(`the shards' batch records do not tile the run's ${runSequences} sequences (at sequence ${next})`, 're-collect the shards');
+    next += b.rows / m0.seqLen;
+  }
+  if (next !== runSequences) throw new UserError(`the shards' batches cover ${next} of the run's ${runSequences} sequences`, 're-collect the shards');
+
+  const id = String(m0.config.identity);
+  const w = beginOutput(cfg.out, 'activations', {
+    identity: sha256(id),
+    mayReplace: (b) => { if (b.state === 'ours' && !cfg.overwrite) throw new UserError(`output folder ${cfg.out} already holds an activations dataset`, 'choose another --out, or pass --overwrite to replace it'); },
+  });
+  return writeOutput(w, cfg.out, (tmp) => {
+    const shardSha256: Record<string, string> = {};
+    for (const l of layers) fs.mkdirSync(layerDir(tmp, l));
+    for (let s = 0; s < total; s++) {
+      const { dir, m } = shards[s % n]!;
+      for (const l of layers) {
+        const key = shardKey(l, s), src = path.join(layerDir(dir, l), shardName(s)), dst = path.join(layerDir(tmp, l), shardName(s));
+        if (!fs.existsSync(src)) throw new UserError(`${dir} (${tag(m.shard)}) is missing ${key}`, 're-run its collect-activations --shard command (it resumes)');
+        fs.copyFileSync(src, dst);
+        if (sha256File(dst) !== m.shardSha256![key]) throw new UserError(`${src} (${tag(m.shard)}) fails its sha256 check: it was modified or truncated`, 're-run its collect-activations --shard command with --overwrite');
+        shardSha256[key] = m.shardSha256![key]!;
+      }
+    }
+    // the manifest the unsharded run writes: the shard's, less its shard record, with the run's totals
+    const { shard: _s, ...base } = m0;
+    const done: ActivationsManifest = {
+      ...base, config: { ...base.config, out: cfg.out, overwrite: cfg.overwrite },
+      tokens: runSequences * m0.seqLen, sequences: runSequences, shards: total, shardSha256,
+    };
+    const stats = new Map(layers.map((l) => [l, newStats(m0.dims.heads)]));
+    for (const b of batches) b.layers.forEach((bl, i) => addBatch(stats.get(layers[i]!)!, b.rows, bl));
+    const parts = shards.map((s) => readSummary(s.dir) as { workers?: number; timing?: Record<string, number> } | null);
+    const summary = {
+      tokens: done.tokens, sequences: done.sequences, shards: done.shards, seconds: (Date.now() - t0) / 1000, tokensPerSecond: null,
+      workers: parts.reduce((a, p) => a + (p?.workers ?? 1), 0),
+      /** summed over the shards */
+      timing: Object.fromEntries(['forwardMs', 'captureMs', 'writeMs'].map((k) => [k, parts.reduce((a, p) => a + (p?.timing?.[k] ?? 0), 0)])),
+      resumedFromShard: 0, layers: layerSummaries(layers, stats, m0.dims.ffn),
+    };
+    writeChecked(path.join(tmp, 'summary.json'), activationsSummarySchema, summary);
+    writeChecked(path.join(tmp, 'manifest.json'), activationsManifestSchema, done);
+    deps.log(`merge: ${n} activation shards -> ${cfg.out}`);
+    return done;
+  }).then((done) => summarize(cfg.out, done));
+}
