@@ -139,7 +139,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         model: { dir: cfg.model, fingerprint, config: c }, tokenizerHash: tokenizer?.hash ?? null,
         data: { file: cfg.data, sha256: dataHash }, seqLen: cfg.seqLen, seqsPerShard, layers,
         dims: { hidden: c.hidden, ffn: c.ffn, heads: c.heads, headDim: c.headDim }, dtype: cfg.dtype, fields,
-        tokens: 0, sequences: 0, shards: 0,
+        tokens: 0, sequences: 0, shards: 0, ...(cfg.shard ? { shard: { ...cfg.shard } } : {}),
       };
       writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, manifest);
 
