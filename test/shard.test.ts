@@ -115,3 +115,49 @@ describe('collect-activations --shard and merge --kind activations', () => {
     expect(fs.existsSync(path.join(TMP, 'x'))).toBe(false);
   });
 });
+
+describe('train-predictors --shard and merge --kind predictors', () => {
+  const acts = path.join(TMP, 'acts'); // the merged dataset of the describe above
+  const trainArgs = (o: string, extra: string[] = []) => ['train-predictors', '--activations', acts, '--out', o, '--set', 'heads.rank=8', '--set', 'optim.epochs=2',
+    '--set', 'optim.batchSize=128', '--workers', '1', '--backend', 'wasm', '--quiet', ...extra];
+  const pred = path.join(TMP, 'pred-merged'), ref = path.join(TMP, 'pred-ref');
+  it('2 shards (layer 0, layer 1) merged == 1 process: layer files byte for byte, predictors.json and the log equal but for timing', async () => {
+    expect((await cli(...trainArgs(pred))).code).toBe(0);
+    fs.renameSync(pred, ref);
+    for (const i of [0, 1]) expect((await cli(...trainArgs(path.join(TMP, `p${i}`), ['--shard', `${i}/2`]))).code).toBe(0);
+    expect(files(path.join(TMP, 'p1')).filter((f) => f.endsWith('.safetensors'))).toEqual(['layer-01.safetensors']);
+    const r = await cli('merge', '--kind', 'predictors', '--out', pred, '--inputs', path.join(TMP, 'p1'), path.join(TMP, 'p0'), '--quiet');
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(files(pred)).toEqual(files(ref));
+    for (const f of files(ref).filter((x) => x.endsWith('.safetensors') || x === '.dejavu-output.json')) expect(fs.readFileSync(path.join(pred, f)).equals(fs.readFileSync(path.join(ref, f))), f).toBe(true);
+    const timing = (m: any) => ({ ...m, sealSha256: null, training: null, layers: m.layers.map((l: any) => ({ ...l, seconds: null })) });
+    expect(timing(json(path.join(pred, 'predictors.json')))).toEqual(timing(json(path.join(ref, 'predictors.json'))));
+    const log = (d: string) => fs.readFileSync(path.join(d, 'train-log.jsonl'), 'utf8').trim().split('\n').map((l) => ({ ...JSON.parse(l), t: null }));
+    expect(log(pred)).toEqual(log(ref));
+    // the merged folder is current for the unsharded command: re-running it does nothing
+    const again = await cli(...trainArgs(pred).filter((a) => a !== '--quiet'));
+    expect(again.code).toBe(0);
+    expect(again.err).toContain('is complete and current; nothing to do');
+  });
+
+  it('a missing or foreign predictors shard, or an altered layer file, is refused with exit 2 naming it', async () => {
+    const o = path.join(TMP, 'pred-bad');
+    let r = await cli('merge', '--kind', 'predictors', '--out', o, '--inputs', path.join(TMP, 'p0'), '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error: shard 1/2 is missing (given: 0/2)');
+    const foreign = path.join(TMP, 'p1-seed');
+    expect((await cli(...trainArgs(foreign, ['--shard', '1/2', '--set', 'seed=7']))).code).toBe(0);
+    r = await cli('merge', '--kind', 'predictors', '--out', o, '--inputs', path.join(TMP, 'p0'), foreign, '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`error: foreign shard: ${foreign} (shard 1/2) is from a different run than ${path.join(TMP, 'p0')}`);
+    const altered = path.join(TMP, 'p1-altered');
+    fs.cpSync(path.join(TMP, 'p1'), altered, { recursive: true });
+    const f = path.join(altered, 'layer-01.safetensors');
+    const b = fs.readFileSync(f); b[b.length - 5] ^= 1; fs.writeFileSync(f, b);
+    r = await cli('merge', '--kind', 'predictors', '--out', o, '--inputs', path.join(TMP, 'p0'), altered, '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`error: ${path.join(altered, 'layer-01.safetensors')} (shard 1/2) fails its sha256 check`);
+    expect(fs.existsSync(o)).toBe(false);
+  });
+});

@@ -112,7 +112,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--out <dir>', description: 'output predictors folder', key: 'out' },
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
-    OVERWRITE, BACKEND,
+    SHARD, OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runTrain(cfg, ctx.deps); }),
   configured('evaluate-recall', 'held-out recall/precision/density per layer at the runtime selection rule, and perplexity dense vs oracle vs predicted sparsity', [
     { flags: '--activations <dir>', description: 'held-out dataset from collect-activations', key: 'activations' },

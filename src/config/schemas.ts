@@ -56,6 +56,8 @@ export const trainSchema = z.strictObject({
   maxSamples: posInt.optional(),
   overwrite: z.boolean().default(false),
   backend,
+  /** --shard i/n: only the layers at positions i, i+n, ... of the layer list (dejavu merge --kind predictors joins them) */
+  shard: shardSchema.optional(),
   mlp: z.strictObject({
     enabled: z.boolean().default(true),
     /**
@@ -179,7 +181,7 @@ export const pipelineSchema = z.strictObject({
   data: z.strictObject({ calibration: z.string().min(1), heldout: z.string().min(1) }),
   collect: collectSchema.omit({ model: true, data: true, out: true, backend: true, shard: true }).prefault({}),
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
-  train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}),
+  train: trainSchema.omit({ activations: true, out: true, backend: true, shard: true }).prefault({}),
   evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),
   plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
   export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}),

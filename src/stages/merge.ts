@@ -12,47 +12,60 @@ import { beginOutput, inspectOutput, writeOutput } from '../util/outdir.js';
 import { sha256, sha256File } from '../util/fsx.js';
 import { activationsManifestSchema, activationsSummarySchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
 import { addBatch, layerSummaries, newStats, summarize, writeChecked, type ShardInfo } from './collect.js';
+import { summarize as summarizePredictors } from './train.js';
+import { predictorsManifestSchema, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
+import { writeArtifact } from '../util/json-artifact.js';
 
-export const MERGE_KINDS = ['activations'] as const;
+export const MERGE_KINDS = ['activations', 'predictors'] as const;
 export interface MergeConfig { kind: (typeof MERGE_KINDS)[number]; out: string; inputs: string[]; overwrite: boolean }
 
 export async function runMerge(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
   if (!cfg.kind) throw new UserError('merge needs the kind of shards (--kind)', `dejavu merge --kind ${MERGE_KINDS.join('|')} --out DIR --inputs SHARD_DIR...`);
   if (!cfg.out) throw new UserError('merge needs an output folder (--out)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
   if (!cfg.inputs?.length) throw new UserError('merge needs the shard folders (--inputs)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
-  return mergeActivations(cfg, deps);
+  return cfg.kind === 'predictors' ? mergePredictors(cfg, deps) : mergeActivations(cfg, deps);
 }
 
 type ShardManifest = ActivationsManifest & { shard: ShardInfo };
 const tag = (s: { index: number; count: number }) => `shard ${s.index}/${s.count}`;
 
-/** Read and check the shard folders: one run, every index once. Returns them by index. */
+interface ShardOf<M> { dir: string; index: number; count: number; run: string; m: M }
+
+/** The shards of one run (same `run` identity), every index 0..n-1 once; returned by index. */
+function oneRun<M>(shards: ShardOf<M>[], stage: string): ShardOf<M>[] {
+  const ref = shards[0]!;
+  const byIndex = new Map<number, ShardOf<M>>();
+  for (const s of shards) {
+    if (s.run !== ref.run) throw new UserError(`foreign shard: ${s.dir} (${tag(s)}) is from a different run than ${ref.dir} (inputs or config differ)`, `merge only the shards of one ${stage} run (same flags and config, --shard 0/n .. n-1/n)`);
+    if (s.count !== ref.count) throw new UserError(`${s.dir} is ${tag(s)} but ${ref.dir} is ${tag(ref)}: the runs were cut into different shard counts`, `merge the shards of one run, all made with the same --shard …/n`);
+    const dup = byIndex.get(s.index);
+    if (dup) throw new UserError(`${tag(s)} is given twice: ${dup.dir} and ${s.dir}`, 'pass each shard folder once');
+    byIndex.set(s.index, s);
+  }
+  const n = ref.count;
+  const missing = Array.from({ length: n }, (_, i) => i).filter((i) => !byIndex.has(i));
+  if (missing.length) throw new UserError(`${missing.map((i) => tag({ index: i, count: n })).join(', ')} ${missing.length > 1 ? 'are' : 'is'} missing (given: ${[...byIndex.keys()].sort((a, b) => a - b).map((i) => `${i}/${n}`).join(', ')})`,
+    `make ${missing.length > 1 ? 'them' : 'it'} (${stage} --shard ${missing[0]}/${n} --out DIR, same flags) and pass every shard folder`);
+  return [...byIndex.keys()].sort((a, b) => a - b).map((i) => byIndex.get(i)!);
+}
+
+/** A shard folder of `kind` (made by dejavu, not the merge's own --out). */
+function shardFolder(dir: string, out: string, kind: 'activations' | 'predictors', stage: string): void {
+  if (path.resolve(dir) === path.resolve(out)) throw new UserError(`--out ${out} is also one of the shards`, 'write the merged output to a new folder');
+  const st = inspectOutput(dir, kind);
+  if (st.state !== 'ours') throw new UserError(`${dir} is not a ${kind} shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, `pass the --out folders of the ${stage} --shard i/n runs`);
+}
+
+/** Read and check the activation shard folders: one run, every index once. Returns them by index. */
 function readShards(inputs: string[], out: string): { dir: string; m: ShardManifest }[] {
   const shards = inputs.map((dir) => {
-    if (path.resolve(dir) === path.resolve(out)) throw new UserError(`--out ${out} is also one of the shards`, 'write the merged dataset to a new folder');
-    const st = inspectOutput(dir, 'activations');
-    if (st.state !== 'ours') throw new UserError(`${dir} is not an activations shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, 'pass the --out folders of the collect-activations --shard i/n runs');
+    shardFolder(dir, out, 'activations', 'collect-activations');
     const m = readManifest(dir, false) as ShardManifest;
     if (!m.shard) throw new UserError(`${dir} is not a shard: it was collected without --shard`, 'pass the --out folders of the collect-activations --shard i/n runs');
     if (m.status !== 'complete') throw new UserError(`${dir} (${tag(m.shard)}) is incomplete`, 're-run its collect-activations --shard command to finish it (it resumes)');
-    return { dir, m };
+    return { dir, index: m.shard.index, count: m.shard.count, run: `${String(m.config.identity)} ${m.shard.runSequences}`, m };
   });
-  const ref = shards[0]!;
-  const byIndex = new Map<number, { dir: string; m: ShardManifest }>();
-  for (const s of shards) {
-    if (s.m.config.identity !== ref.m.config.identity || s.m.shard.runSequences !== ref.m.shard.runSequences)
-      throw new UserError(`foreign shard: ${s.dir} (${tag(s.m.shard)}) is from a different run than ${ref.dir} (model, data or config differ)`, 'merge only the shards of one collect-activations run (same flags and config, --shard 0/n .. n-1/n)');
-    if (s.m.shard.count !== ref.m.shard.count)
-      throw new UserError(`${s.dir} is ${tag(s.m.shard)} but ${ref.dir} is ${tag(ref.m.shard)}: the runs were cut into different shard counts`, 'merge the shards of one run, all collected with the same --shard …/n');
-    const dup = byIndex.get(s.m.shard.index);
-    if (dup) throw new UserError(`${tag(s.m.shard)} is given twice: ${dup.dir} and ${s.dir}`, 'pass each shard folder once');
-    byIndex.set(s.m.shard.index, s);
-  }
-  const n = ref.m.shard.count;
-  const missing = Array.from({ length: n }, (_, i) => i).filter((i) => !byIndex.has(i));
-  if (missing.length) throw new UserError(`${missing.map((i) => tag({ index: i, count: n })).join(', ')} ${missing.length > 1 ? 'are' : 'is'} missing (given: ${[...byIndex.keys()].sort((a, b) => a - b).map((i) => `${i}/${n}`).join(', ')})`,
-    `collect ${missing.length > 1 ? 'them' : 'it'} (collect-activations --shard ${missing[0]}/${n} --out DIR, same flags) and pass every shard folder`);
-  return [...byIndex.keys()].sort((a, b) => a - b).map((i) => byIndex.get(i)!);
+  return oneRun(shards, 'collect-activations');
 }
 
 async function mergeActivations(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
@@ -114,4 +127,56 @@ async function mergeActivations(cfg: MergeConfig, deps: StageDeps): Promise<Stag
     deps.log(`merge: ${n} activation shards -> ${cfg.out}`);
     return done;
   }).then((done) => summarize(cfg.out, done));
+}
+
+type PredictorsShard = PredictorsManifest & { shard?: { index: number; count: number; layers: number[]; sha256: Record<string, string> } };
+
+/** train-predictors --shard i/n outputs (layers i, i+n, ... each) -> the predictors folder of the unsharded run. */
+async function mergePredictors(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
+  const t0 = Date.now();
+  const shards = oneRun(cfg.inputs.map((dir) => {
+    shardFolder(dir, cfg.out, 'predictors', 'train-predictors');
+    const m = readPredictorsManifest(dir) as PredictorsShard; // sealed: checked
+    if (!m.shard) throw new UserError(`${dir} is not a shard: it was trained without --shard`, 'pass the --out folders of the train-predictors --shard i/n runs');
+    // the run's identity is the shard's less its shard (the unsharded run's identity)
+    const id = JSON.parse(m.identity) as { cfg: Record<string, unknown> };
+    delete id.cfg.shard;
+    return { dir, index: m.shard.index, count: m.shard.count, run: JSON.stringify(id) + JSON.stringify(m.shard.layers), m };
+  }), 'train-predictors');
+  const m0 = shards[0]!.m, sh0 = m0.shard!, n = sh0.count;
+  for (const { dir, m } of shards) {
+    const want = sh0.layers.filter((_, k) => k % n === m.shard!.index);
+    if (m.layers.map((l) => l.layer).join() !== want.join()) throw new UserError(`${dir} (${tag(m.shard!)}) holds layers ${m.layers.map((l) => l.layer).join(', ')}, its index gets ${want.join(', ')}`, 're-run its train-predictors --shard command with --overwrite');
+  }
+  const run = shards[0]!.run, identity = run.slice(0, run.length - JSON.stringify(sh0.layers).length);
+  const w = beginOutput(cfg.out, 'predictors', {
+    identity: sha256(identity),
+    mayReplace: (b) => { if (b.state === 'ours' && !cfg.overwrite) throw new UserError(`output folder ${cfg.out} already holds predictors`, 'choose another --out, or pass --overwrite to replace it'); },
+  });
+  await writeOutput(w, cfg.out, (tmp) => {
+    const layers = shards.flatMap((s) => s.m.layers).sort((a, b) => a.layer - b.layer);
+    const logs = new Map<number, string[]>();
+    for (const { dir, m } of shards) {
+      for (const l of m.layers) {
+        const src = path.join(dir, l.file), dst = path.join(tmp, l.file);
+        fs.copyFileSync(src, dst);
+        if (sha256File(dst) !== m.shard!.sha256[l.file]) throw new UserError(`${src} (${tag(m.shard!)}) fails its sha256 check: it was modified or truncated`, 're-run its train-predictors --shard command with --overwrite');
+      }
+      for (const line of fs.readFileSync(path.join(dir, 'train-log.jsonl'), 'utf8').split('\n').filter(Boolean)) {
+        const layer = (JSON.parse(line) as { layer?: unknown }).layer;
+        if (typeof layer !== 'number' || !m.layers.some((l) => l.layer === layer)) throw new UserError(`${dir}/train-log.jsonl has a line of no layer of ${tag(m.shard!)}`, 're-run its train-predictors --shard command with --overwrite');
+        logs.set(layer, [...(logs.get(layer) ?? []), line]);
+      }
+    }
+    fs.writeFileSync(path.join(tmp, 'train-log.jsonl'), layers.flatMap((l) => logs.get(l.layer) ?? []).join('\n') + '\n');
+    const { shard: _s, sealSha256: _seal, ...base } = m0 as PredictorsShard & { sealSha256?: string };
+    const config: Record<string, unknown> = { ...(base.config as Record<string, unknown>), out: cfg.out, overwrite: cfg.overwrite };
+    delete config.shard;
+    const t = shards.map((s) => s.m.training);
+    const manifest: PredictorsManifest = { ...base, identity, config: config as PredictorsManifest['config'], layers,
+      training: { seconds: (Date.now() - t0) / 1000 + t.reduce((a, x) => a + x.seconds, 0), workers: t.reduce((a, x) => a + x.workers, 0), samplesPerSecond: t.reduce((a, x) => a + x.samplesPerSecond, 0) } };
+    writeArtifact(predictorsManifestSchema, manifest, path.join(tmp, 'predictors.json'), 'predictors manifest', { seal: true });
+  });
+  deps.log(`merge: ${n} predictor shards -> ${cfg.out}`);
+  return summarizePredictors(cfg.out, readPredictorsManifest(cfg.out));
 }
