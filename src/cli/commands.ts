@@ -53,6 +53,14 @@ const SHARD: FlagDef = {
     return { index: Number(m[1]), count: Number(m[2]) };
   },
 };
+/** pipeline past one machine (issue 26, src/stages/scale-out.ts) */
+const SCALE_OUT: FlagDef[] = [
+  { flags: '--scheduler <name>', description: 'write Slurm array jobs (slurm) or Kubernetes Indexed Jobs (k8s) for --shards N into WORKDIR/jobs', key: 'scaleOut.scheduler', choices: ['slurm', 'k8s'] },
+  { flags: '--shards <n>', description: 'shards per data-parallel stage (with --scheduler or --step)', key: 'scaleOut.shards', parse: int },
+  { flags: '--submit', description: 'with --scheduler slurm: submit the jobs and wait for them', key: 'scaleOut.submit' },
+  { flags: '--step <step>', description: 'run one step of the written jobs (what each job runs)', key: 'scaleOut.step' },
+  { ...SHARD, key: 'scaleOut.shard' },
+];
 const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 
 function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[],
@@ -144,6 +152,7 @@ export const COMMANDS: CommandDef[] = [
   configured('pipeline', 'collect (calibration + held-out), train, evaluate and export in one go, skipping stages whose outputs are complete and current', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
     { flags: '--workdir <dir>', description: 'where stage outputs go', key: 'workdir' },
+    ...SCALE_OUT,
     BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); }),
   {

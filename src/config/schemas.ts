@@ -185,6 +185,16 @@ export const pipelineSchema = z.strictObject({
   evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),
   plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
   export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}),
+  /** issue 26 (src/stages/scale-out.ts): write Slurm / Kubernetes jobs for `shards` shards, or run one step of them */
+  scaleOut: z.strictObject({
+    scheduler: z.enum(['slurm', 'k8s']).optional(),
+    shards: posInt.optional(),
+    step: z.enum(['collect-calibration', 'collect-heldout', 'merge-calibration', 'merge-heldout', 'train', 'merge-predictors']).optional(),
+    shard: shardSchema.optional(),
+    submit: z.boolean().default(false),
+    image: z.string().min(1).default('dejavu-ts:latest'),
+    pvc: z.string().min(1).default('dejavu-shared'),
+  }).optional(),
 });
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
 

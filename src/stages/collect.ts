@@ -251,7 +251,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         /** forward and capture: summed over workers (thread time); write: this thread */
         timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs) },
         resumedFromShard,
-        layers: layerSummaries(layers, stats, c.ffn),
+        layers: layerSummaries(layers, stats, c.ffn, !!cfg.shard),
       };
       writeChecked(path.join(out, 'summary.json'), activationsSummarySchema, summary);
       writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, done);
@@ -278,9 +278,11 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
 }
 
 /** summary.json's per-layer statistics */
-export function layerSummaries(layers: number[], stats: Map<number, LayerStats>, ffn: number) {
+export function layerSummaries(layers: number[], stats: Map<number, LayerStats>, ffn: number, emptyOk = false) {
   return layers.map((l) => {
     const st = stats.get(l)!;
+    // a shard may get no dataset shard (fewer of them than shards): its statistics are zeros, not NaN
+    if (emptyOk && !st.tokens) return { layer: l, mlpDensity: 0, mlpMeanAbsAct: 0, headNormMean: st.headNormSum.map(() => 0), headNormStd: st.headNormSq.map(() => 0) };
     return {
       layer: l,
       mlpDensity: st.active / (st.tokens * ffn),

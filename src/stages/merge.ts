@@ -53,7 +53,7 @@ function oneRun<M>(shards: ShardOf<M>[], stage: string): ShardOf<M>[] {
 function shardFolder(dir: string, out: string, kind: 'activations' | 'predictors', stage: string): void {
   if (path.resolve(dir) === path.resolve(out)) throw new UserError(`--out ${out} is also one of the shards`, 'write the merged output to a new folder');
   const st = inspectOutput(dir, kind);
-  if (st.state !== 'ours') throw new UserError(`${dir} is not a ${kind} shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, `pass the --out folders of the ${stage} --shard i/n runs`);
+  if (st.state !== 'ours') throw new UserError(`${dir} is not ${kind === 'activations' ? 'an' : 'a'} ${kind} shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, `pass the --out folders of the ${stage} --shard i/n runs`);
 }
 
 /** Read and check the activation shard folders: one run, every index once. Returns them by index. */

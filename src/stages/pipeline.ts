@@ -24,6 +24,7 @@ import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
 import { runExport } from './export.js';
 import { runPlan } from './plan.js';
 import { readPlanFile, type PlanFile } from '../runtime/plan.js';
+import { runScaleOut } from './scale-out.js';
 
 /** a stage's record (report/.inputs.json, plan/.inputs.json, .bundle-inputs.json): what its output was made from, and that output's seal */
 const stageRecordSchema = z.looseObject({ kind: z.literal('dejavu-stage-record'), inputs: z.unknown(), output: z.string().regex(/^[0-9a-f]{64}$/), sealSha256: z.string() });
@@ -67,6 +68,7 @@ function stamp(file: string): string | null {
 }
 
 export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise<StageResult> {
+  if (cfg.scaleOut) return runScaleOut(cfg, deps); // --scheduler / --step (issue 26): src/stages/scale-out.ts
   const t0 = Date.now();
   const w = cfg.workdir;
   const dirs = { cal: path.join(w, 'activations-calibration'), held: path.join(w, 'activations-heldout'), pred: path.join(w, 'predictors'), report: path.join(w, 'report'), plan: path.join(w, 'plan'), bundle: path.join(w, 'bundle') };
