@@ -189,7 +189,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         const seq = new Int32Array(rows), pos = new Int32Array(rows);
         for (let q = 0; q < nSeq; q++) for (let t = 0; t < cfg.seqLen; t++) { seq[q * cfg.seqLen + t] = b.firstSeq + q; pos[q * cfg.seqLen + t] = t; }
         writers ??= openShard();
-        if (cfg.shard) shardBatches.push({ firstSeq: b.firstSeq, rows, layers: b.layers.map((lc) => ({ active: lc.active, absSum: lc.absSum, headNormSum: [...lc.headNormSum], headNormSq: [...lc.headNormSq] })) });
+        if (cfg.shard) shardBatches.push({ firstSeq: b.firstSeq, rows,
+          layers: b.layers.map((lc) => ({ active: lc.active, absSum: lc.absSum, headNormSum: [...lc.headNormSum], headNormSq: [...lc.headNormSq] })) });
         for (const lc of b.layers) {
           addBatch(stats.get(lc.layer)!, rows, { active: lc.active, absSum: lc.absSum, headNormSum: lc.headNormSum, headNormSq: lc.headNormSq });
           const lr: LayerRows = { rows, seq, pos, xAttn: lc.xAttn, xMlp: lc.xMlp, mlpActiveBits: lc.bits, headNorm: lc.headNorm };

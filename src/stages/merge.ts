@@ -174,7 +174,8 @@ async function mergePredictors(cfg: MergeConfig, deps: StageDeps): Promise<Stage
     delete config.shard;
     const t = shards.map((s) => s.m.training);
     const manifest: PredictorsManifest = { ...base, identity, config: config as PredictorsManifest['config'], layers,
-      training: { seconds: (Date.now() - t0) / 1000 + t.reduce((a, x) => a + x.seconds, 0), workers: t.reduce((a, x) => a + x.workers, 0), samplesPerSecond: t.reduce((a, x) => a + x.samplesPerSecond, 0) } };
+      training: { seconds: (Date.now() - t0) / 1000 + t.reduce((a, x) => a + x.seconds, 0), workers: t.reduce((a, x) => a + x.workers, 0),
+        samplesPerSecond: t.reduce((a, x) => a + x.samplesPerSecond, 0) } };
     writeArtifact(predictorsManifestSchema, manifest, path.join(tmp, 'predictors.json'), 'predictors manifest', { seal: true });
   });
   deps.log(`merge: ${n} predictor shards -> ${cfg.out}`);
