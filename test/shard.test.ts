@@ -161,3 +161,37 @@ describe('train-predictors --shard and merge --kind predictors', () => {
     expect(fs.existsSync(o)).toBe(false);
   });
 });
+
+describe('evaluate-recall --shard and merge --kind report', () => {
+  const evalArgs = (o: string, extra: string[] = [], tokens = 128) => ['evaluate-recall', '--activations', path.join(TMP, 'acts'), '--predictors', path.join(TMP, 'pred-merged'),
+    '--model', MODEL, '--data', DATA, '--out', o, '--max-tokens', String(tokens), '--set', 'seqLen=32', '--set', 'batchSize=1', '--workers', '1', '--backend', 'wasm', '--quiet', ...extra];
+  const rep = path.join(TMP, 'rep'), ref = path.join(TMP, 'rep-ref');
+  it('3 shards (every recall pass, a third of the perplexity batches each) merged == 1 process: the report folder byte for byte', async () => {
+    expect((await cli(...evalArgs(rep))).code).toBe(0);
+    fs.renameSync(rep, ref);
+    for (const i of [0, 1, 2]) expect((await cli(...evalArgs(path.join(TMP, `e${i}`), ['--shard', `${i}/3`]))).code).toBe(0);
+    const results = Object.keys(json(path.join(TMP, 'e1', 'report.json')).results);
+    expect(results.filter((k) => k.includes('recall pass')).length).toBeGreaterThan(0);
+    expect(results.filter((k) => k.startsWith('perplexity run "dense"'))).toEqual(['perplexity run "dense", sequences 1..1']); // batches 1 of 0..3
+    const r = await cli('merge', '--kind', 'report', '--out', rep, '--inputs', path.join(TMP, 'e2'), path.join(TMP, 'e0'), path.join(TMP, 'e1'), '--quiet');
+    expect(r.code, r.err).toBe(0);
+    expect(files(rep)).toEqual(files(ref));
+    for (const f of files(ref)) expect(fs.readFileSync(path.join(rep, f)).equals(fs.readFileSync(path.join(ref, f))), `${f} differs`).toBe(true);
+  });
+
+  it('a missing or foreign report shard is refused with exit 2 naming it', async () => {
+    const o = path.join(TMP, 'rep-bad');
+    let r = await cli('merge', '--kind', 'report', '--out', o, '--inputs', path.join(TMP, 'e0'), path.join(TMP, 'e1'), '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error: shard 2/3 is missing (given: 0/3, 1/3)');
+    const foreign = path.join(TMP, 'e2-more');
+    expect((await cli(...evalArgs(foreign, ['--shard', '2/3'], 160))).code).toBe(0);
+    r = await cli('merge', '--kind', 'report', '--out', o, '--inputs', path.join(TMP, 'e0'), path.join(TMP, 'e1'), foreign, '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`error: foreign shard: ${foreign} (shard 2/3) is from a different run than ${path.join(TMP, 'e0')}`);
+    r = await cli('merge', '--kind', 'report', '--out', o, '--inputs', path.join(TMP, 'e0'), path.join(TMP, 'e1'), path.join(TMP, 'rep-ref'), '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`error: ${path.join(TMP, 'rep-ref')} is not a shard: it was evaluated without --shard`);
+    expect(fs.existsSync(o)).toBe(false);
+  });
+});

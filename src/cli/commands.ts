@@ -130,7 +130,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--out <dir>', description: 'report folder', key: 'out' },
     { flags: '--max-tokens <n>', description: 'tokens for the perplexity part', key: 'maxTokens', parse: int },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
-    BACKEND,
+    SHARD, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runEvaluate(cfg, ctx.deps); }),
   configured('plan', 'choose per-layer runtime modes (dense / lossless / predicted, head budget) for the fastest decode within a perplexity budget, verified by the runtime on held-out text', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
@@ -164,6 +164,7 @@ export const COMMANDS: CommandDef[] = [
       OVERWRITE, JSON_FLAG,
     ],
     async run(opts, ctx) {
+      if (opts.kind === 'report') await withBackend('auto', ctx); // the report is replayed through evaluate-recall
       const res = await runMerge({ kind: opts.kind as MergeConfig['kind'], out: opts.out as string, inputs: opts.inputs as string[], overwrite: Boolean(opts.overwrite) }, ctx.deps);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
       ctx.exit(res.code ?? 0);

@@ -125,6 +125,8 @@ export const evaluateSchema = z.strictObject({
   /** worker threads for the recall pass and the perplexity runs (the report is the same for any count); 0 = one per core */
   workers: z.number().int().min(0).default(0),
   backend,
+  /** --shard i/n: every recall pass, and the perplexity batches j with j mod n = i (dejavu merge --kind report joins them) */
+  shard: shardSchema.optional(),
 });
 export type EvaluateConfig = z.infer<typeof evaluateSchema>;
 
@@ -182,7 +184,7 @@ export const pipelineSchema = z.strictObject({
   collect: collectSchema.omit({ model: true, data: true, out: true, backend: true, shard: true }).prefault({}),
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
   train: trainSchema.omit({ activations: true, out: true, backend: true, shard: true }).prefault({}),
-  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}),
+  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true, shard: true }).prefault({}),
   plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
   export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}),
   /** issue 26 (src/stages/scale-out.ts): write Slurm / Kubernetes jobs for `shards` shards, or run one step of them */

@@ -14,16 +14,18 @@ import { activationsManifestSchema, activationsSummarySchema, layerDir, readMani
 import { addBatch, layerSummaries, newStats, summarize, writeChecked, type ShardInfo } from './collect.js';
 import { summarize as summarizePredictors } from './train.js';
 import { predictorsManifestSchema, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
-import { writeArtifact } from '../util/json-artifact.js';
+import { readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
+import { evalShardSchema, runEvaluate } from './evaluate.js';
+import type { EvaluateConfig } from '../config/schemas.js';
 
-export const MERGE_KINDS = ['activations', 'predictors'] as const;
+export const MERGE_KINDS = ['activations', 'predictors', 'report'] as const;
 export interface MergeConfig { kind: (typeof MERGE_KINDS)[number]; out: string; inputs: string[]; overwrite: boolean }
 
 export async function runMerge(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
   if (!cfg.kind) throw new UserError('merge needs the kind of shards (--kind)', `dejavu merge --kind ${MERGE_KINDS.join('|')} --out DIR --inputs SHARD_DIR...`);
   if (!cfg.out) throw new UserError('merge needs an output folder (--out)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
   if (!cfg.inputs?.length) throw new UserError('merge needs the shard folders (--inputs)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
-  return cfg.kind === 'predictors' ? mergePredictors(cfg, deps) : mergeActivations(cfg, deps);
+  return cfg.kind === 'predictors' ? mergePredictors(cfg, deps) : cfg.kind === 'report' ? mergeReport(cfg, deps) : mergeActivations(cfg, deps);
 }
 
 type ShardManifest = ActivationsManifest & { shard: ShardInfo };
@@ -50,7 +52,7 @@ function oneRun<M>(shards: ShardOf<M>[], stage: string): ShardOf<M>[] {
 }
 
 /** A shard folder of `kind` (made by dejavu, not the merge's own --out). */
-function shardFolder(dir: string, out: string, kind: 'activations' | 'predictors', stage: string): void {
+function shardFolder(dir: string, out: string, kind: 'activations' | 'predictors' | 'report', stage: string): void {
   if (path.resolve(dir) === path.resolve(out)) throw new UserError(`--out ${out} is also one of the shards`, 'write the merged output to a new folder');
   const st = inspectOutput(dir, kind);
   if (st.state !== 'ours') throw new UserError(`${dir} is not ${kind === 'activations' ? 'an' : 'a'} ${kind} shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, `pass the --out folders of the ${stage} --shard i/n runs`);
@@ -180,4 +182,23 @@ async function mergePredictors(cfg: MergeConfig, deps: StageDeps): Promise<Stage
   });
   deps.log(`merge: ${n} predictor shards -> ${cfg.out}`);
   return summarizePredictors(cfg.out, readPredictorsManifest(cfg.out));
+}
+
+/** evaluate-recall --shard i/n outputs (their jobs' results) -> the report of the unsharded run, replayed from them. */
+async function mergeReport(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
+  const shards = oneRun(cfg.inputs.map((dir) => {
+    shardFolder(dir, cfg.out, 'report', 'evaluate-recall');
+    const f = path.join(dir, 'report.json');
+    const raw = fs.existsSync(f) ? JSON.parse(fs.readFileSync(f, 'utf8')) as { kind?: unknown } : null;
+    if (raw?.kind !== 'dejavu-evaluation-shard') throw new UserError(`${dir} is not a shard: it was evaluated without --shard`, 'pass the --out folders of the evaluate-recall --shard i/n runs');
+    const m = readSealedArtifact(evalShardSchema, f, 'evaluate-recall shard', 're-run its evaluate-recall --shard command');
+    return { dir, index: m.shard.index, count: m.shard.count, run: m.run, m };
+  }), 'evaluate-recall');
+  const replay = new Map<string, unknown>();
+  for (const { m } of shards) for (const [k, v] of Object.entries(m.results)) replay.set(k, v);
+  const config: Record<string, unknown> = { ...shards[0]!.m.config, out: cfg.out };
+  delete config.shard;
+  if (fs.existsSync(path.join(cfg.out, 'report.json')) && !cfg.overwrite) throw new UserError(`output folder ${cfg.out} already holds a report`, 'choose another --out, or pass --overwrite to replace it');
+  deps.log(`merge: ${shards.length} evaluate-recall shards -> ${cfg.out} (the report replayed from their ${replay.size} job results)`);
+  return runEvaluate(config as EvaluateConfig, deps, replay);
 }
