@@ -195,3 +195,29 @@ describe('evaluate-recall --shard and merge --kind report', () => {
     expect(fs.existsSync(o)).toBe(false);
   });
 });
+
+describe('plan --shard and merge --kind plan', () => {
+  const planArgs = (o: string, extra: string[] = []) => ['plan', '--model', MODEL, '--predictors', path.join(TMP, 'pred-merged'), '--activations', path.join(TMP, 'acts'),
+    '--data', DATA, '--out', o, '--set', 'neverSlower=false', '--set', 'searchTokens=512', '--set', 'verifyTokens=512', '--backend', 'wasm', '--quiet', ...extra];
+  it('2 shards (the single-layer perplexities of layer 0, of layer 1) merged == 1 process: the same plan, frontier and options', async () => {
+    process.env.DEJAVU_CACHE_DIR = path.join(TMP, 'cache'); // one kernel-cost model for both
+    const one = path.join(TMP, 'plan-one'), merged = path.join(TMP, 'plan-merged');
+    try {
+      expect((await cli(...planArgs(one))).code).toBe(0);
+      for (const i of [0, 1]) expect((await cli(...planArgs(path.join(TMP, `pl${i}`), ['--shard', `${i}/2`]))).code).toBe(0);
+      const d1 = json(path.join(TMP, 'pl1', 'plan.json')).dppl;
+      expect(Object.keys(d1).length).toBeGreaterThan(0);
+      expect(Object.keys(d1).every((k) => k.startsWith('1|'))).toBe(true);
+      const r = await cli('merge', '--kind', 'plan', '--out', merged, '--inputs', path.join(TMP, 'pl1'), path.join(TMP, 'pl0'), '--quiet');
+      expect(r.code, r.err).toBe(0);
+      // equal but for the verification's measured decode times (and the seal covering them)
+      const strip = (p: any) => ({ ...p, sealSha256: null, plan: { ...p.plan, verified: { ...p.plan.verified, stepMs: null, denseStepMs: null, speedup: null } } });
+      expect(strip(json(path.join(merged, 'plan.json')))).toEqual(strip(json(path.join(one, 'plan.json'))));
+      const md = (d: string) => fs.readFileSync(path.join(d, 'report.md'), 'utf8').replace(/decode [\d.]+ vs [\d.]+ ms\/token \(\*\*[\d.]+x\*\*\)/, 'DECODE').replace(/\. \d+ s\./, '. S.');
+      expect(md(merged)).toBe(md(one));
+      const missing = await cli('merge', '--kind', 'plan', '--out', path.join(TMP, 'plan-bad'), '--inputs', path.join(TMP, 'pl0'), '--quiet');
+      expect(missing.code).toBe(2);
+      expect(missing.err).toContain('error: shard 1/2 is missing (given: 0/2)');
+    } finally { delete process.env.DEJAVU_CACHE_DIR; }
+  });
+});

@@ -139,7 +139,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--data <file>', description: 'held-out text (default: the activations\' data file)', key: 'data' },
     { flags: '--max-ppl-increase <x>', description: 'budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'maxPplIncrease', parse: int },
     { flags: '--out <dir>', description: 'plan folder', key: 'out' },
-    OVERWRITE, BACKEND,
+    SHARD, OVERWRITE, BACKEND,
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPlan(cfg, ctx.deps); }),
   configured('export-bundle', 'write a versioned, checksummed sparse-runtime bundle (manifest, predictors, neuron-major weights)', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
@@ -164,7 +164,7 @@ export const COMMANDS: CommandDef[] = [
       OVERWRITE, JSON_FLAG,
     ],
     async run(opts, ctx) {
-      if (opts.kind === 'report') await withBackend('auto', ctx); // the report is replayed through evaluate-recall
+      if (opts.kind === 'report' || opts.kind === 'plan') await withBackend('auto', ctx); // replayed through evaluate-recall / plan
       const res = await runMerge({ kind: opts.kind as MergeConfig['kind'], out: opts.out as string, inputs: opts.inputs as string[], overwrite: Boolean(opts.overwrite) }, ctx.deps);
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
       ctx.exit(res.code ?? 0);

@@ -173,6 +173,8 @@ export const planSchema = z.strictObject({
   neverSlower: z.boolean().default(true),
   overwrite: z.boolean().default(false),
   backend,
+  /** --shard i/n: only the single-layer perplexities of layers i, i+n, ... (dejavu merge --kind plan searches and verifies) */
+  shard: shardSchema.optional(),
 });
 export type PlanConfig = z.infer<typeof planSchema>;
 
@@ -185,7 +187,7 @@ export const pipelineSchema = z.strictObject({
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional() }).prefault({}),
   train: trainSchema.omit({ activations: true, out: true, backend: true, shard: true }).prefault({}),
   evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true, shard: true }).prefault({}),
-  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
+  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true, shard: true }).extend({ enabled: z.boolean().default(true) }).prefault({}),
   export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}),
   /** issue 26 (src/stages/scale-out.ts): write Slurm / Kubernetes jobs for `shards` shards, or run one step of them */
   scaleOut: z.strictObject({

@@ -16,16 +16,17 @@ import { summarize as summarizePredictors } from './train.js';
 import { predictorsManifestSchema, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
 import { evalShardSchema, runEvaluate } from './evaluate.js';
-import type { EvaluateConfig } from '../config/schemas.js';
+import type { EvaluateConfig, PlanConfig } from '../config/schemas.js';
+import { planShardSchema, runPlan } from './plan.js';
 
-export const MERGE_KINDS = ['activations', 'predictors', 'report'] as const;
+export const MERGE_KINDS = ['activations', 'predictors', 'report', 'plan'] as const;
 export interface MergeConfig { kind: (typeof MERGE_KINDS)[number]; out: string; inputs: string[]; overwrite: boolean }
 
 export async function runMerge(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
   if (!cfg.kind) throw new UserError('merge needs the kind of shards (--kind)', `dejavu merge --kind ${MERGE_KINDS.join('|')} --out DIR --inputs SHARD_DIR...`);
   if (!cfg.out) throw new UserError('merge needs an output folder (--out)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
   if (!cfg.inputs?.length) throw new UserError('merge needs the shard folders (--inputs)', 'dejavu merge --kind activations --out DIR --inputs SHARD_DIR...');
-  return cfg.kind === 'predictors' ? mergePredictors(cfg, deps) : cfg.kind === 'report' ? mergeReport(cfg, deps) : mergeActivations(cfg, deps);
+  return cfg.kind === 'predictors' ? mergePredictors(cfg, deps) : cfg.kind === 'report' ? mergeReport(cfg, deps) : cfg.kind === 'plan' ? mergePlan(cfg, deps) : mergeActivations(cfg, deps);
 }
 
 type ShardManifest = ActivationsManifest & { shard: ShardInfo };
@@ -52,7 +53,7 @@ function oneRun<M>(shards: ShardOf<M>[], stage: string): ShardOf<M>[] {
 }
 
 /** A shard folder of `kind` (made by dejavu, not the merge's own --out). */
-function shardFolder(dir: string, out: string, kind: 'activations' | 'predictors' | 'report', stage: string): void {
+function shardFolder(dir: string, out: string, kind: 'activations' | 'predictors' | 'report' | 'plan', stage: string): void {
   if (path.resolve(dir) === path.resolve(out)) throw new UserError(`--out ${out} is also one of the shards`, 'write the merged output to a new folder');
   const st = inspectOutput(dir, kind);
   if (st.state !== 'ours') throw new UserError(`${dir} is not ${kind === 'activations' ? 'an' : 'a'} ${kind} shard folder (${st.state === 'foreign' ? st.reason : 'it is empty or absent'})`, `pass the --out folders of the ${stage} --shard i/n runs`);
@@ -201,4 +202,22 @@ async function mergeReport(cfg: MergeConfig, deps: StageDeps): Promise<StageResu
   if (fs.existsSync(path.join(cfg.out, 'report.json')) && !cfg.overwrite) throw new UserError(`output folder ${cfg.out} already holds a report`, 'choose another --out, or pass --overwrite to replace it');
   deps.log(`merge: ${shards.length} evaluate-recall shards -> ${cfg.out} (the report replayed from their ${replay.size} job results)`);
   return runEvaluate(config as EvaluateConfig, deps, replay);
+}
+
+/** plan --shard i/n outputs (single-layer perplexities of their layers) -> the plan of the unsharded run: the search
+ * and the verification run here, with those perplexities replayed */
+async function mergePlan(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
+  const shards = oneRun(cfg.inputs.map((dir) => {
+    shardFolder(dir, cfg.out, 'plan', 'plan');
+    const f = path.join(dir, 'plan.json');
+    const raw = fs.existsSync(f) ? JSON.parse(fs.readFileSync(f, 'utf8')) as { kind?: unknown } : null;
+    if (raw?.kind !== 'dejavu-plan-shard') throw new UserError(`${dir} is not a shard: it was planned without --shard`, 'pass the --out folders of the plan --shard i/n runs');
+    const m = readSealedArtifact(planShardSchema, f, 'plan shard', 're-run its plan --shard command');
+    return { dir, index: m.shard.index, count: m.shard.count, run: m.run, m };
+  }), 'plan');
+  const replay: Record<string, number> = Object.assign({}, ...shards.map((s) => s.m.dppl));
+  const config: Record<string, unknown> = { ...shards[0]!.m.config, out: cfg.out, overwrite: cfg.overwrite };
+  delete config.shard;
+  deps.log(`merge: ${shards.length} plan shards -> ${cfg.out} (${Object.keys(replay).length} single-layer perplexities; search and verification here)`);
+  return runPlan(config as PlanConfig, deps, replay);
 }
