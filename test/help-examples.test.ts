@@ -50,6 +50,12 @@ async function checkExample(name: string, line: string): Promise<void> {
     }
     const f = def.flags.find((x) => x.flags.split(/[ ,]/)[0] === a);
     if (!f || !f.flags.includes('<')) continue;
+    if (f.flags.includes('...>')) { // variadic: every value up to the next flag
+      const vals: string[] = [];
+      while (i + 1 < args.length && !args[i + 1]!.startsWith('--')) vals.push(args[++i]!);
+      expect(getPath(cfg, f.key ?? a.slice(2)), `${line}: ${a}`).toEqual(vals);
+      continue;
+    }
     const raw = args[++i]!, want = f.parse ? f.parse(raw) : raw;
     const key = f.key ?? a.slice(2).replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
     const got = name === 'pipeline' && key === 'data.heldout' ? getPath(cfg, 'data.heldout') : name === 'pipeline' && key === 'data' && args.includes('--heldout') ? getPath(cfg, 'data.calibration') : getPath(cfg, key);

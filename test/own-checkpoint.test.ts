@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import YAML from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
 import { splitData } from '../src/activations/split.js';
-import { defaultWorkdir } from '../src/stages/pipeline.js';
+import { defaultWorkdir } from '../src/stages/workdir.js';
 import { isUserError } from '../src/util/errors.js';
 import { cli, FIXTURES, tmpDir } from './helpers.js';
 

@@ -123,6 +123,8 @@ export function readManifest(dir: string, wantComplete = true): ActivationsManif
   if (raw?.kind !== 'dejavu-activations') throw new UserError(`${f} is not an activations manifest (kind ${JSON.stringify(raw?.kind)})`, NOT_DATASET);
   if (raw.formatVersion !== ACTIVATIONS_FORMAT_VERSION) throw new UserError(`${f} has formatVersion ${raw.formatVersion}; this dejavu reads ${ACTIVATIONS_FORMAT_VERSION}`, 're-run collect-activations');
   const m: ActivationsManifest = parseArtifact(activationsManifestSchema, raw, f, 'activations manifest', REBUILD_HINT);
+  const shard = (raw as { shard?: { index: number; count: number } }).shard;
+  if (wantComplete && shard) throw new UserError(`${dir} is shard ${shard.index}/${shard.count} of a sharded collection, not a whole dataset`, `join the ${shard.count} shards first: dejavu merge --kind activations --out DIR SHARD_DIR...`);
   if (wantComplete && m.status !== 'complete') throw new UserError(`activations dataset ${dir} is incomplete (collection was interrupted)`, 're-run the same collect-activations command to resume it');
   return m;
 }

@@ -16,9 +16,10 @@ import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
 import { runEstimate } from '../stages/estimate.js';
+import { MERGE_KINDS, runMerge, type MergeConfig } from '../stages/merge.js';
 import type { StageResult } from '../stages/types.js';
 import { defaultWorkers } from '../util/pool.js';
-import { defaultWorkdir } from '../stages/pipeline.js';
+import { defaultWorkdir } from '../stages/workdir.js';
 import { modelDefaults } from '../stages/model-defaults.js';
 
 export type { StageResult } from '../stages/types.js';
@@ -51,6 +52,23 @@ const list = (v: string) => {
 };
 const BACKEND: FlagDef = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
+/** --shard i/n (issue 26): shard i (0-based) of n of a data-parallel stage */
+const SHARD: FlagDef = {
+  flags: '--shard <i/n>', description: 'do only shard i of n (0-based) of this stage, into its own --out; join the n outputs with dejavu merge', key: 'shard',
+  parse: (v: string) => {
+    const m = /^(\d+)\/(\d+)$/.exec(v.trim());
+    if (!m) throw new InvalidArgumentError('expected i/n, e.g. 0/3 (shard i of n, 0-based)');
+    return { index: Number(m[1]), count: Number(m[2]) };
+  },
+};
+/** pipeline past one machine (issue 26, src/stages/scale-out.ts) */
+const SCALE_OUT: FlagDef[] = [
+  { flags: '--scheduler <name>', description: 'write Slurm array jobs (slurm) or Kubernetes Indexed Jobs (k8s) for --shards N into WORKDIR/jobs', key: 'scaleOut.scheduler', choices: ['slurm', 'k8s'] },
+  { flags: '--shards <n>', description: 'shards per data-parallel stage (with --scheduler or --step)', key: 'scaleOut.shards', parse: int },
+  { flags: '--submit', description: 'with --scheduler slurm: submit the jobs and wait for them', key: 'scaleOut.submit' },
+  { flags: '--step <step>', description: 'run one step of the written jobs (what each job runs)', key: 'scaleOut.step' },
+  { ...SHARD, key: 'scaleOut.shard' },
+];
 const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 
 /** A stage command's section in a pipeline config, and the pipeline's workdir folders it reads (by config key). */
@@ -167,7 +185,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--dtype <dtype>', description: 'stored hidden-state dtype: float16 (default) or float32', key: 'dtype', choices: ['float16', 'float32'] },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
-    OVERWRITE, BACKEND,
+    SHARD, OVERWRITE, BACKEND,
   ], [
     'dejavu collect-activations --model checkpoints/opt-fixture --data data/calibration.jsonl --out runs/acts --max-tokens 4096',
     'dejavu collect-activations --config configs/default.yaml --out runs/acts-calibration --set collect.seqLen=128',
@@ -178,7 +196,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--out <dir>', description: 'output predictors folder', key: 'out' },
     { flags: '--layers <list>', description: 'comma-separated layer indices, or "all"', key: 'layers', parse: list },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
-    OVERWRITE, BACKEND,
+    SHARD, OVERWRITE, BACKEND,
   ], [
     'dejavu train-predictors --activations runs/acts --out runs/predictors --set mlp.targetRecall=0.98',
     "dejavu train-predictors --config configs/default.yaml --out runs/predictors-r4 --set 'train.mlp.ranks=[0.25]'",
@@ -191,7 +209,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--out <dir>', description: 'report folder', key: 'out' },
     { flags: '--max-tokens <n>', description: 'tokens for the perplexity part', key: 'maxTokens', parse: int },
     { flags: '--workers <n>', description: 'worker threads (0 = one per core; never more than the cores)', key: 'workers', parse: int },
-    BACKEND,
+    SHARD, BACKEND,
   ], [
     'dejavu evaluate-recall --activations runs/acts-heldout --predictors runs/predictors --model checkpoints/opt-fixture --out runs/report',
     'dejavu evaluate-recall --config configs/default.yaml --out runs/report-2 --set evaluate.maxTokens=2048',
@@ -203,7 +221,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--data <file>', description: 'held-out text (default: the activations\' data file)', key: 'data' },
     { flags: '--max-ppl-increase <x>', description: 'budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'maxPplIncrease', parse: int },
     { flags: '--out <dir>', description: 'plan folder', key: 'out' },
-    OVERWRITE, BACKEND,
+    SHARD, OVERWRITE, BACKEND,
   ], [
     'dejavu plan --config configs/default.yaml --max-ppl-increase 0.02 --out runs/plan-2pct',
     "dejavu plan --model checkpoints/opt-fixture --predictors runs/default/predictors --activations runs/default/activations-heldout --out runs/plan --set 'plan.recalls=[0.95,0.99]'",
@@ -225,6 +243,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--heldout <file>', description: 'held-out text for evaluation and the plan (with --data)', key: 'data.heldout' },
     { flags: '--workdir <dir>', description: 'where stage outputs go (default: runs/<the model folder\'s name>)', key: 'workdir' },
     { flags: '--max-ppl-increase <x>', description: 'the plan\'s budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'plan.maxPplIncrease', parse: int },
+    ...SCALE_OUT,
     BACKEND,
   ], [
     'dejavu pipeline --config configs/default.yaml',
@@ -242,6 +261,24 @@ export const COMMANDS: CommandDef[] = [
     'dejavu estimate --model checkpoints/opt-fixture --data data/calibration.jsonl',
     'dejavu estimate --config configs/llama-fixture.yaml --set collect.maxTokens=100000',
   ], async (cfg) => runEstimate(cfg, { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) }), pipelineDataFlags),
+  {
+    name: 'merge', description: 'join the output folders of a stage run as --shard 0/n .. n-1/n into what the unsharded stage writes', configurable: false,
+    flags: [
+      { flags: '--kind <kind>', description: 'which stage\'s shards', choices: [...MERGE_KINDS] },
+      { flags: '--out <dir>', description: 'merged output folder' },
+      { flags: '--inputs <dir...>', description: 'the shards\' output folders (every index once, any order)' },
+      OVERWRITE, JSON_FLAG,
+    ],
+    examples: ['dejavu merge --kind activations --out runs/acts --inputs runs/acts-0 runs/acts-1 runs/acts-2'],
+    async run(opts, ctx) {
+      const input = { kind: opts.kind as MergeConfig['kind'], out: opts.out as string, inputs: opts.inputs as string[], overwrite: Boolean(opts.overwrite) };
+      if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(input)); ctx.exit(0); return; }
+      if (opts.kind === 'report' || opts.kind === 'plan') await withBackend('auto', ctx); // replayed through evaluate-recall / plan
+      const res = await runMerge(input, ctx.deps);
+      ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text + '\n');
+      ctx.exit(res.code ?? 0);
+    },
+  },
   {
     name: 'verify-bundle', description: 'check a bundle: schema, checksums, and (with --model) that it belongs to that checkpoint', configurable: false,
     flags: [{ flags: '--bundle <dir>', description: 'bundle folder' }, { flags: '--model <dir>', description: 'checkpoint the bundle must match' }, JSON_FLAG],

@@ -11,6 +11,10 @@ import { BACKEND_PREFERENCES } from '../backend.js';
 const backend = z.enum(BACKEND_PREFERENCES).default('auto').describe('tfjs backend: auto picks the fastest available (tensorflow > wasm > cpu)');
 const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all').describe('layer indices to work on, or all');
 const posInt = z.number().int().positive();
+/** --shard i/n (issue 26): this process does shard i of n of a data-parallel stage; `dejavu merge` joins the n outputs */
+export const shardSchema = z.strictObject({ index: z.number().int().min(0), count: posInt })
+  .refine((s) => s.index < s.count, { message: 'the shard index must be below the shard count (0-based: 0/3, 1/3, 2/3)', path: ['index'] });
+export type Shard = z.infer<typeof shardSchema>;
 
 export const collectSchema = z.strictObject({
   model: z.string().min(1, 'a checkpoint folder is required (--model)').describe('Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json)'),
@@ -26,6 +30,7 @@ export const collectSchema = z.strictObject({
   workers: z.number().int().min(0).default(0).describe('worker threads (one tfjs each; batches dealt out, written in order: the same dataset for any count); 0 = one per core'),
   overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
+  shard: shardSchema.optional().describe('run only shard i of n of this stage (i/n, 0-based), into its own --out; `dejavu merge` joins the shards (docs/scale-out.md)'),
 });
 export type CollectConfig = z.infer<typeof collectSchema>;
 
@@ -45,6 +50,8 @@ export const trainSchema = z.strictObject({
   maxSamples: posInt.optional().describe('cap on training tokens read per layer (all when absent)'),
   overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
+  /** --shard i/n: only the layers at positions i, i+n, ... of the layer list (dejavu merge --kind predictors joins them) */
+  shard: shardSchema.optional().describe('run only shard i of n of this stage (i/n, 0-based), into its own --out; `dejavu merge` joins the shards (docs/scale-out.md)'),
   mlp: z.strictObject({
     enabled: z.boolean().default(true).describe('fit MLP-neuron predictors'),
     families: z.array(z.enum(['dense', 'exact', 'closed-form', 'dejavu'])).min(1).default(['dense', 'exact', 'closed-form'])
@@ -96,6 +103,8 @@ export const evaluateSchema = z.strictObject({
     .describe('perplexity-vs-density curve: for each target average MLP density D, the per-layer k are scaled proportionally (k_l = F * min(1, D * calibrated_l / mean calibrated)) and predicted-MLP perplexity is measured; [] = off'),
   workers: z.number().int().min(0).default(0).describe('worker threads for the recall pass and the perplexity runs (the same report for any count); 0 = one per core'),
   backend,
+  /** --shard i/n: every recall pass, and the perplexity batches j with j mod n = i (dejavu merge --kind report joins them) */
+  shard: shardSchema.optional().describe('run only shard i of n of this stage (i/n, 0-based), into its own --out; `dejavu merge` joins the shards (docs/scale-out.md)'),
 });
 export type EvaluateConfig = z.infer<typeof evaluateSchema>;
 
@@ -129,6 +138,8 @@ export const planSchema = z.strictObject({
   neverSlower: z.boolean().default(true).describe('when the verified plan does not decode faster than dense (measured twice), the plan is dense'),
   overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
+  /** --shard i/n: only the single-layer perplexities of layers i, i+n, ... (dejavu merge --kind plan searches and verifies) */
+  shard: shardSchema.optional().describe('run only shard i of n of this stage (i/n, 0-based), into its own --out; `dejavu merge` joins the shards (docs/scale-out.md)'),
 });
 export type PlanConfig = z.infer<typeof planSchema>;
 
@@ -143,13 +154,23 @@ export const pipelineSchema = z.strictObject({
       heldout: z.string().min(1).describe('text for evaluation and the plan only'),
     }).describe('the two parts'),
   ], { error: 'a data file is required (--data FILE, optionally --heldout FILE)' }).describe('the text: one file (its last 10% of documents are held out, the rest calibrates: JSONL lines; a plain-text file is cut at the first blank line after 90% of its characters; the parts are written to the workdir and recorded in its split.json), or the two parts { calibration, heldout }'),
-  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true }).prefault({}).describe('collect-activations, for both the calibration and the held-out text'),
+  collect: collectSchema.omit({ model: true, data: true, out: true, backend: true, shard: true }).prefault({}).describe('collect-activations, for both the calibration and the held-out text'),
   heldoutCollect: z.strictObject({ maxTokens: posInt.optional().describe('stop after this many held-out tokens (default: collect.maxTokens)') }).prefault({}).describe('the held-out collect\'s own settings'),
-  train: trainSchema.omit({ activations: true, out: true, backend: true }).prefault({}).describe('train-predictors'),
-  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true }).prefault({}).describe('evaluate-recall'),
-  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true })
+  train: trainSchema.omit({ activations: true, out: true, backend: true, shard: true }).prefault({}).describe('train-predictors'),
+  evaluate: evaluateSchema.omit({ activations: true, predictors: true, out: true, model: true, data: true, backend: true, shard: true }).prefault({}).describe('evaluate-recall'),
+  plan: planSchema.omit({ model: true, predictors: true, activations: true, data: true, out: true, backend: true, shard: true })
     .extend({ enabled: z.boolean().default(true).describe('make a plan (off: the bundle carries the train-only rules)') }).prefault({}).describe('plan'),
   export: exportSchema.omit({ model: true, predictors: true, report: true, plan: true, out: true }).prefault({}).describe('export-bundle'),
+  /** issue 26 (src/stages/scale-out.ts): write Slurm / Kubernetes jobs for `shards` shards, or run one step of them */
+  scaleOut: z.strictObject({
+    scheduler: z.enum(['slurm', 'k8s']).optional().describe('write the pipeline as Slurm array jobs or Kubernetes Indexed Jobs into WORKDIR/jobs (docs/scale-out.md)'),
+    shards: posInt.optional().describe('how many shards each data-parallel step is split into'),
+    step: z.enum(['collect-calibration', 'collect-heldout', 'merge-calibration', 'merge-heldout', 'train', 'merge-predictors']).optional().describe('run one step of the written jobs (set by the job scripts)'),
+    shard: shardSchema.optional().describe('which shard of the step this process runs, i/n (set by the job scripts)'),
+    submit: z.boolean().default(false).describe('Slurm: submit the written jobs and wait for them'),
+    image: z.string().min(1).default('dejavu-ts:latest').describe('Kubernetes: the container image the jobs run'),
+    pvc: z.string().min(1).default('dejavu-shared').describe('Kubernetes: the ReadWriteMany PersistentVolumeClaim holding the workdir'),
+  }).optional().describe('scale-out: sharded steps as cluster jobs'),
 });
 export type PipelineConfig = z.infer<typeof pipelineSchema>;
 

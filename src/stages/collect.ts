@@ -27,21 +27,38 @@ import { lockOutput, MARKER, removeOwned, sweepAtomicTemps, writeMarker } from '
 import { sha256, sha256File, writeJsonAtomic } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 
-interface LayerStats { tokens: number; active: number; headNormSum: number[]; headNormSq: number[]; actAbsSum: number }
-/** per complete shard: its files' sha256, and the token count and layer stats after it (so a resume can roll back) */
-interface ShardRecord { sha256: Record<string, string>; tokens: number; stats: Record<string, LayerStats> }
+export interface LayerStats { tokens: number; active: number; headNormSum: number[]; headNormSq: number[]; actAbsSum: number }
+/** one batch's contribution to a layer's statistics (a shard records them, so that a merge adds them in the same order) */
+export interface BatchStats { active: number; absSum: number; headNormSum: number[]; headNormSq: number[] }
+export interface BatchRecord { firstSeq: number; rows: number; layers: BatchStats[] }
+/** per complete shard: its files' sha256, and the token count and layer stats after it (so a resume can roll back);
+ * with --shard also its batches' statistics */
+interface ShardRecord { sha256: Record<string, string>; tokens: number; stats: Record<string, LayerStats>; batches?: BatchRecord[] }
 interface Progress { shardsDone: number; tokens: number; seconds: number; shards: ShardRecord[] }
+/** what a --shard collection adds to its manifest: which shard, the run's sequence count, its batches' statistics */
+export interface ShardInfo { index: number; count: number; runSequences: number; batches: BatchRecord[] }
 
-/** the config as recorded in the manifest: the worker count changes nothing in the dataset */
-function withoutWorkers(cfg: CollectConfig): Omit<CollectConfig, 'workers'> {
-  const { workers: _w, ...rest } = cfg;
+/** the config as recorded in the manifest: the worker count and the shard change nothing in the dataset */
+function withoutWorkers(cfg: CollectConfig): Omit<CollectConfig, 'workers' | 'shard'> {
+  const { workers: _w, shard: _s, ...rest } = cfg;
   return rest;
 }
 
-/** What makes two collections the same (resume) or different (refuse without --overwrite). */
+/** What makes two collections the same (resume) or different (refuse without --overwrite); the shards of one run share it. */
 function identity(cfg: CollectConfig, m: { fingerprint: unknown; tokenizerHash: string | null; dataHash: string }) {
-  const { overwrite: _o, backend: _b, out: _out, workers: _w, ...rest } = cfg;
+  const { overwrite: _o, backend: _b, out: _out, workers: _w, shard: _s, ...rest } = cfg;
   return JSON.stringify({ ...rest, ...m });
+}
+
+/** dataset shard s of a run cut into `count` process shards belongs to shard s % count (round robin: no count of the
+ * data needed up front); the k-th dataset shard of process shard `index` is index + k * count */
+const globalShard = (sh: { index: number; count: number } | undefined, k: number) => sh ? sh.index + k * sh.count : k;
+
+export const newStats = (heads: number): LayerStats => ({ tokens: 0, active: 0, headNormSum: new Array(heads).fill(0), headNormSq: new Array(heads).fill(0), actAbsSum: 0 });
+/** add one batch to a layer's running statistics (the one order of additions: collect and merge give the same doubles) */
+export function addBatch(st: LayerStats, rows: number, b: BatchStats): void {
+  st.tokens += rows; st.active += b.active; st.actAbsSum += b.absSum;
+  for (let h = 0; h < st.headNormSum.length; h++) { st.headNormSum[h]! += b.headNormSum[h]!; st.headNormSq[h]! += b.headNormSq[h]!; }
 }
 
 export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<StageResult> {
@@ -79,15 +96,18 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       if (before.state === 'ours' && fs.existsSync(path.join(out, 'manifest.json'))) {
         let old: ActivationsManifest | null = null;
         try { old = readManifest(out, false); } catch { old = null; }
-        const same = old && (old.config as { identity?: string }).identity === id && sameFingerprint(old.model.fingerprint, fingerprint);
+        const oldShard = (old as { shard?: ShardInfo } | null)?.shard;
+        const sameShard = (oldShard ? `${oldShard.index}/${oldShard.count}` : '') === (cfg.shard ? `${cfg.shard.index}/${cfg.shard.count}` : '');
+        const same = old && (old.config as { identity?: string }).identity === id && sameFingerprint(old.model.fingerprint, fingerprint) && sameShard;
         if (same && old!.status === 'complete') {
           deps.log(`collect-activations: ${out} is complete and current; nothing to do`);
           return summarize(out, old!);
         }
         if (same) {
-          progress = verifiedProgress(out, layers, deps.log);
+          progress = verifiedProgress(out, layers, deps.log, (k) => globalShard(cfg.shard, k));
           deps.log(`collect-activations: resuming ${out} after ${progress.shardsDone} complete shard(s) (${progress.tokens} tokens)`);
         } else if (!cfg.overwrite) {
+          if (old && !sameShard) throw new UserError(`output folder ${out} holds ${oldShard ? `shard ${oldShard.index}/${oldShard.count}` : 'an unsharded collection'}, not ${cfg.shard ? `shard ${cfg.shard.index}/${cfg.shard.count}` : 'an unsharded one'}`, 'give each shard its own --out, or pass --overwrite to replace it');
           throw new UserError(`output folder ${out} holds activations from a different model, data or config`, 'choose another --out, or pass --overwrite to replace it');
         } else {
           aside = path.join(path.dirname(path.resolve(out)), `.${path.basename(path.resolve(out))}.dejavu-old-${process.pid}`);
@@ -102,13 +122,14 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       fs.mkdirSync(out, { recursive: true });
       writeMarker(out, 'activations', sha256(id));
       sweepAtomicTemps(out);
+      const kept = new Set(Array.from({ length: progress.shardsDone }, (_, k) => globalShard(cfg.shard, k)));
       for (const l of layers) {
         const ld = layerDir(out, l);
         fs.mkdirSync(ld, { recursive: true });
         // drop shards past the last complete one, and temp files of a killed run: regular files of our names only
         for (const e of fs.readdirSync(ld, { withFileTypes: true })) {
           const m = /^(?:shard-(\d{5,})\.arrow|\.shard-\d{5,}\.arrow\.tmp)$/.exec(e.name);
-          if (e.isFile() && m && (m[1] === undefined || Number(m[1]) >= progress.shardsDone)) fs.rmSync(path.join(ld, e.name));
+          if (e.isFile() && m && (m[1] === undefined || !kept.has(Number(m[1])))) fs.rmSync(path.join(ld, e.name));
         }
       }
       const resumedFromShard = progress.shardsDone;
@@ -118,37 +139,44 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         model: { dir: cfg.model, fingerprint, config: c }, tokenizerHash: tokenizer?.hash ?? null,
         data: { file: cfg.data, sha256: dataHash }, seqLen: cfg.seqLen, seqsPerShard, layers,
         dims: { hidden: c.hidden, ffn: c.ffn, heads: c.heads, headDim: c.headDim }, dtype: cfg.dtype, fields,
-        tokens: 0, sequences: 0, shards: 0,
+        tokens: 0, sequences: 0, shards: 0, ...(cfg.shard ? { shard: { ...cfg.shard } } : {}),
       };
       writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, manifest);
 
       const schemas = new Map(layers.map((l) => [l, layerSchema({ layer: l, hidden: c.hidden, ffn: c.ffn, heads: c.heads, dtype: cfg.dtype, mlpAct })]));
-      const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? { tokens: 0, active: 0,
-          headNormSum: new Array(c.heads).fill(0), headNormSq: new Array(c.heads).fill(0), actAbsSum: 0 }]));
+      const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? newStats(c.heads)]));
       const total = cfg.maxTokens ?? NaN;
       const bar = deps.progress('collect', Number.isFinite(total) ? total : 0, 'tok');
       let seqIndex = 0;
       let shardIndex = 0;
       let writers: Map<number, ShardWriter> | null = null;
       let tokens = progress.tokens;
-      const skipSeqs = progress.shardsDone * seqsPerShard;
-      let batch: number[][] = [];
+      const startTokens = tokens;
+      // sequences of dataset shards this process does not write: complete ones (resume), other processes' (--shard)
+      const skip = (seq: number) => {
+        const ds = Math.floor(seq / seqsPerShard);
+        return cfg.shard ? ds % cfg.shard.count !== cfg.shard.index || Math.floor(ds / cfg.shard.count) < progress.shardsDone : ds < progress.shardsDone;
+      };
+      let shardBatches: BatchRecord[] = []; // --shard: the statistics of the batches of the shard being written
+      let batch: number[][] = [], batchFirst = 0;
       await pool?.ready(); // worker start-up (backend, model) is not collection time
       const tRun = Date.now();
       let forwardMs = 0, captureMs = 0, writeMs = 0;
 
-      const openShard = () => new Map(layers.map((l) => [l, new ShardWriter(path.join(layerDir(out, l), `.${shardName(shardIndex)}.tmp`))]));
+      const openShard = () => new Map(layers.map((l) => [l, new ShardWriter(path.join(layerDir(out, l), `.${shardName(globalShard(cfg.shard, shardIndex))}.tmp`))]));
       const finishShard = async () => {
         if (!writers) return;
-        const sums: Record<string, string> = {};
+        const sums: Record<string, string> = {}, g = globalShard(cfg.shard, shardIndex);
         for (const [l, w] of writers) {
           await w.close();
-          sums[shardKey(l, shardIndex)] = w.sha256;
-          fs.renameSync(w.file, path.join(layerDir(out, l), shardName(shardIndex)));
+          sums[shardKey(l, g)] = w.sha256;
+          fs.renameSync(w.file, path.join(layerDir(out, l), shardName(g)));
         }
         writers = null;
         shardIndex++;
-        progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, shards: [...progress.shards, { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)) }] };
+        const rec: ShardRecord = { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)), ...(cfg.shard ? { batches: shardBatches } : {}) };
+        shardBatches = [];
+        progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, shards: [...progress.shards, rec] };
         writeChecked(path.join(out, 'progress.json'), collectProgressSchema, progress);
       };
       // batches are fixed sets of sequences (sequence i -> batch floor(i / batchSize)); with a pool they run in
@@ -161,10 +189,10 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         const seq = new Int32Array(rows), pos = new Int32Array(rows);
         for (let q = 0; q < nSeq; q++) for (let t = 0; t < cfg.seqLen; t++) { seq[q * cfg.seqLen + t] = b.firstSeq + q; pos[q * cfg.seqLen + t] = t; }
         writers ??= openShard();
+        if (cfg.shard) shardBatches.push({ firstSeq: b.firstSeq, rows,
+          layers: b.layers.map((lc) => ({ active: lc.active, absSum: lc.absSum, headNormSum: [...lc.headNormSum], headNormSq: [...lc.headNormSq] })) });
         for (const lc of b.layers) {
-          const st = stats.get(lc.layer)!;
-          st.tokens += rows; st.active += lc.active; st.actAbsSum += lc.absSum;
-          for (let h = 0; h < c.heads; h++) { st.headNormSum[h]! += lc.headNormSum[h]!; st.headNormSq[h]! += lc.headNormSq[h]!; }
+          addBatch(stats.get(lc.layer)!, rows, { active: lc.active, absSum: lc.absSum, headNormSum: lc.headNormSum, headNormSq: lc.headNormSq });
           const lr: LayerRows = { rows, seq, pos, xAttn: lc.xAttn, xMlp: lc.xMlp, mlpActiveBits: lc.bits, headNorm: lc.headNorm };
           if (lc.mlpAct) lr.mlpAct = lc.mlpAct;
           writers.get(lc.layer)!.write(makeBatch(schemas.get(lc.layer)!, lr));
@@ -190,13 +218,15 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         shardIndex = progress.shardsDone;
         for await (const s of packSequences(readDocuments(cfg.data), { seqLen: cfg.seqLen, cfg: c, tokenizer, maxTokens: cfg.maxTokens, source: cfg.data })) {
           const idx = seqIndex++;
-          if (idx < skipSeqs) continue;
+          if (skip(idx)) continue;
+          if (!batch.length) batchFirst = idx;
           batch.push(s);
-          if (batch.length === cfg.batchSize) { await runBatch(batch, idx - batch.length + 1); batch = []; }
+          if (batch.length === cfg.batchSize) { await runBatch(batch, batchFirst); batch = []; }
         }
-        if (skipSeqs > 0 && seqIndex < skipSeqs)
-          throw new UserError(`the data now yields fewer sequences (${seqIndex}) than were already collected (${skipSeqs})`, 'use --overwrite');
-        if (batch.length) await runBatch(batch, seqIndex - batch.length);
+        const collected = progress.shardsDone && (globalShard(cfg.shard, progress.shardsDone - 1) + 1) * seqsPerShard;
+        if (collected > 0 && seqIndex < collected)
+          throw new UserError(`the data now yields fewer sequences (${seqIndex}) than were already collected (${collected})`, 'use --overwrite');
+        if (batch.length) await runBatch(batch, batchFirst);
         await drain();
         await finishShard();
       } catch (e) {
@@ -208,8 +238,12 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       }
       if (tf.memory().numTensors !== tfBefore) throw new Error(`tensor leak in collect: ${tf.memory().numTensors - tfBefore} tensors`);
       const runSeconds = (Date.now() - tRun) / 1000;
-      const done: ActivationsManifest = { ...manifest, status: 'complete', tokens: seqIndex * cfg.seqLen, sequences: seqIndex, shards: shardIndex, shardSha256: Object.assign({}, ...progress.shards.map((r) => r.sha256)) };
-      const newTokens = tokens - skipSeqs * cfg.seqLen;
+      const shardSha256 = Object.assign({}, ...progress.shards.map((r) => r.sha256)) as Record<string, string>;
+      const done: ActivationsManifest = cfg.shard // a shard: its own tokens and files, and what the merge needs
+        ? { ...manifest, status: 'complete', tokens, sequences: tokens / cfg.seqLen, shards: shardIndex, shardSha256,
+          shard: { ...cfg.shard, runSequences: seqIndex, batches: progress.shards.flatMap((r) => r.batches ?? []) } satisfies ShardInfo } as ActivationsManifest
+        : { ...manifest, status: 'complete', tokens: seqIndex * cfg.seqLen, sequences: seqIndex, shards: shardIndex, shardSha256 };
+      const newTokens = tokens - startTokens;
       const summary = {
         tokens: done.tokens, sequences: done.sequences, shards: done.shards,
         seconds: (Date.now() - t0) / 1000,
@@ -218,16 +252,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         /** forward and capture: summed over workers (thread time); write: this thread */
         timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs) },
         resumedFromShard,
-        layers: layers.map((l) => {
-          const st = stats.get(l)!;
-          return {
-            layer: l,
-            mlpDensity: st.active / (st.tokens * c.ffn),
-            mlpMeanAbsAct: st.actAbsSum / (st.tokens * c.ffn),
-            headNormMean: st.headNormSum.map((s) => s / st.tokens),
-            headNormStd: st.headNormSq.map((s, h) => Math.sqrt(Math.max(0, s / st.tokens - (st.headNormSum[h]! / st.tokens) ** 2))),
-          };
-        }),
+        layers: layerSummaries(layers, stats, c.ffn, !!cfg.shard),
       };
       writeChecked(path.join(out, 'summary.json'), activationsSummarySchema, summary);
       writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, done);
@@ -253,8 +278,24 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
   }
 }
 
+/** summary.json's per-layer statistics */
+export function layerSummaries(layers: number[], stats: Map<number, LayerStats>, ffn: number, emptyOk = false) {
+  return layers.map((l) => {
+    const st = stats.get(l)!;
+    // a shard may get no dataset shard (fewer of them than shards): its statistics are zeros, not NaN
+    if (emptyOk && !st.tokens) return { layer: l, mlpDensity: 0, mlpMeanAbsAct: 0, headNormMean: st.headNormSum.map(() => 0), headNormStd: st.headNormSq.map(() => 0) };
+    return {
+      layer: l,
+      mlpDensity: st.active / (st.tokens * ffn),
+      mlpMeanAbsAct: st.actAbsSum / (st.tokens * ffn),
+      headNormMean: st.headNormSum.map((s) => s / st.tokens),
+      headNormStd: st.headNormSq.map((s, h) => Math.sqrt(Math.max(0, s / st.tokens - (st.headNormSum[h]! / st.tokens) ** 2))),
+    };
+  });
+}
+
 /** Write one of the dataset's JSON files after checking it as its readers will (a file that fails is a bug: exit 1). */
-function writeChecked(file: string, schema: z.ZodType, value: unknown): void {
+export function writeChecked(file: string, schema: z.ZodType, value: unknown): void {
   const back: unknown = JSON.parse(JSON.stringify(value)); // what a reader gets (NaN and Infinity become null)
   const r = schema.safeParse(back);
   if (!r.success) throw new Error(`collect-activations produced an invalid ${path.basename(file)} (${file}): ${issueLines(r.error, back, 5).join('; ')}`);
@@ -262,7 +303,7 @@ function writeChecked(file: string, schema: z.ZodType, value: unknown): void {
 }
 
 /** progress.json of a resumable run, checked against the shards on disk: resume from the first missing or altered one. */
-function verifiedProgress(out: string, layers: number[], log: (m: string) => void): Progress {
+function verifiedProgress(out: string, layers: number[], log: (m: string) => void, g: (k: number) => number): Progress {
   const fresh: Progress = { shardsDone: 0, tokens: 0, seconds: 0, shards: [] };
   const pf = path.join(out, 'progress.json');
   if (!fs.existsSync(pf)) return fresh;
@@ -277,10 +318,10 @@ function verifiedProgress(out: string, layers: number[], log: (m: string) => voi
     return fresh;
   }
   for (let s = 0; s < p.shardsDone; s++) for (const l of layers) {
-    const file = path.join(layerDir(out, l), shardName(s));
-    const problem = !fs.existsSync(file) ? 'is missing' : sha256File(file) !== p.shards[s]!.sha256[shardKey(l, s)] ? 'fails its sha256 check' : null;
+    const file = path.join(layerDir(out, l), shardName(g(s)));
+    const problem = !fs.existsSync(file) ? 'is missing' : sha256File(file) !== p.shards[s]!.sha256[shardKey(l, g(s))] ? 'fails its sha256 check' : null;
     if (problem) {
-      log(`collect-activations: ${file} ${problem}; rebuilding from shard ${s}`);
+      log(`collect-activations: ${file} ${problem}; rebuilding from shard ${g(s)}`);
       const shards = p.shards.slice(0, s);
       return { shardsDone: s, tokens: shards.at(-1)?.tokens ?? 0, seconds: p.seconds, shards };
     }
@@ -288,7 +329,7 @@ function verifiedProgress(out: string, layers: number[], log: (m: string) => voi
   return p;
 }
 
-function summarize(out: string, m: ActivationsManifest): StageResult {
+export function summarize(out: string, m: ActivationsManifest): StageResult {
   const summary = readSummary(out);
   if (!summary) throw new UserError(`activations dataset ${out} has no summary.json`, REBUILD_HINT);
   const lines = [`activations: ${out}`, `tokens ${m.tokens} in ${m.sequences} sequences of ${m.seqLen}, ${m.shards} shard(s) per layer` +

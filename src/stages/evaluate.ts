@@ -36,6 +36,8 @@ import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fsx.js';
 import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
+import { sha256 } from '../util/fsx.js';
+import { z } from 'zod';
 import type { StageDeps } from '../util/progress.js';
 
 export interface SiteReport {
@@ -149,13 +151,37 @@ export function recallJob(j: RecallJob, m: ReturnType<typeof readManifest>, pred
 /** Evaluation work: a site's recall pass or a perplexity batch; dealt to worker threads, results kept by index. */
 export type EvalJob = ({ kind: 'recall' } & RecallJob) | { kind: 'nll'; predictors: string; seqs: number[][]; hooks: HookSpec };
 
-export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<StageResult> {
+/**
+ * Issue 26: a shard (--shard i/n) runs every recall pass (the late perplexity runs need them all) and the perplexity
+ * batches j with j mod n = i (in the fixed order the jobs are made), and records each job's result by its label; the
+ * merge replays every job from those results, so it writes the report the unsharded run writes.
+ */
+export type EvalMode = { shard: { index: number; count: number }; results: Map<string, unknown> } | { replay: Map<string, unknown> };
+/** report.json of an evaluate-recall shard: its jobs' results (sealed) */
+export const evalShardSchema = z.looseObject({
+  kind: z.literal('dejavu-evaluation-shard'), toolVersion: z.string(), run: z.string(), config: z.record(z.string(), z.unknown()),
+  shard: z.looseObject({ index: z.number().int().min(0), count: z.number().int().positive() }), results: z.record(z.string(), z.unknown()), sealSha256: z.string(),
+});
+
+export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps, replay?: Map<string, unknown>): Promise<StageResult> {
   const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
+  if (cfg.shard) {
+    const results = new Map<string, unknown>();
+    let shard: object;
+    try {
+      const r = await evaluate(cfg, deps, { shard: cfg.shard, results });
+      const { out: _o, shard: _s, ...run } = reportConfig(cfg);
+      shard = sealed({ kind: 'dejavu-evaluation-shard', toolVersion: VERSION, run: sha256(JSON.stringify({ run, p: r.predictorsSha256, t: r.heldoutTokens })),
+        config: reportConfig(cfg), shard: cfg.shard, results: Object.fromEntries(results) });
+    } catch (e) { w.abort(); throw e; }
+    await writeOutput(w, cfg.out, (tmp) => writeArtifact(evalShardSchema, shard, path.join(tmp, 'report.json'), 'evaluate-recall shard'));
+    return { text: `evaluate-recall shard ${cfg.shard.index}/${cfg.shard.count}: ${results.size} job result(s) in ${cfg.out}`, json: { out: cfg.out, shard: cfg.shard, jobs: results.size } };
+  }
   let report: EvalReport;
   let text: string;
   // reportTable checks every metric first: nothing is written when one is impossible
   try {
-    report = sealed(await evaluate(cfg, deps)) as EvalReport;
+    report = sealed(await evaluate(cfg, deps, replay ? { replay } : undefined)) as EvalReport;
     text = reportTable(report, cfg.out);
     checkPredictorsUnchanged(cfg.predictors, report.predictorsSha256, 'evaluate-recall');
   } catch (e) { w.abort(); throw e; }
@@ -169,7 +195,7 @@ function reportConfig(cfg: EvaluateConfig): EvaluateConfig {
   return rest as EvaluateConfig;
 }
 
-async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalReport> {
+async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): Promise<EvalReport> {
   const m = readManifest(cfg.activations);
   verifyDataset(cfg.activations, m, m.layers);
   if (cfg.model) checkHeldoutText(cfg.activations, m, cfg.data, 'evaluate-recall'); // before any work (checked again as it is read)
@@ -198,15 +224,25 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps): Promise<EvalRepor
     const siteJobs = preds.manifest.layers.flatMap((l) => [...(preds.mlp.has(l.layer) ? ['mlp' as const] : []), ...(preds.heads.has(l.layer) ? ['heads' as const] : [])].map((site) => ({ layer: l.layer, site })));
     const nBatches = cfg.model ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : 0;
     const nWorkers = Math.max(1, Math.min(cfg.workers || defaultWorkers(), siteJobs.length + 11 * nBatches));
-    const pool = nWorkers > 1 ? new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: cfg.model ? { dir: cfg.model } : null }, 'evaluate worker') : null;
+    const pool = nWorkers > 1 && !(mode && 'replay' in mode) ? new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: cfg.model ? { dir: cfg.model } : null }, 'evaluate worker') : null;
     let localModel: Model | null = null;
+    let nllNo = 0;
     const exec = <R>(label: string, job: EvalJob): Promise<R> => {
+      if (mode && 'replay' in mode) {
+        if (!mode.replay.has(label)) return Promise.reject(new UserError(`the evaluate-recall shards hold no result for ${label}`, 'merge the shards of one run, made by this dejavu version'));
+        return Promise.resolve(mode.replay.get(label) as R);
+      }
+      if (mode && job.kind === 'nll' && nllNo++ % mode.shard.count !== mode.shard.index) { // another shard's batch: empty here
+        const zeros = () => new Array<number>(m.model.config.layers).fill(0);
+        return Promise.resolve({ nll: 0, count: 0, sel: { mlp: zeros(), heads: zeros(), mlpT: zeros(), headsT: zeros() } } as R);
+      }
       const p = pool ? pool.run<R>(label, job) : Promise.resolve().then(() => {
         if (job.kind === 'recall') return recallJob(job, m, preds) as R;
         localModel ??= loadModel(cfg.model!);
         return nllJob(localModel, preds, job.seqs, job.hooks) as R;
       });
       p.catch(() => undefined); // awaited in a fixed order below; a failure surfaces there
+      if (mode) p.then((r) => mode.results.set(label, r), () => undefined);
       return p;
     };
     try {

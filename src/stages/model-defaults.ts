@@ -6,7 +6,7 @@
  */
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
 import { normalizeConfig, type ModelConfig } from '../model/config.js';
-import { defaultWorkdir } from './pipeline.js';
+import { defaultWorkdir } from './workdir.js';
 import { collectSchema, evaluateSchema, planSchema, trainSchema } from '../config/schemas.js';
 
 type Obj = Record<string, unknown>;

@@ -24,14 +24,11 @@ import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
 import { runExport } from './export.js';
 import { runPlan } from './plan.js';
 import { readPlanFile, type PlanFile } from '../runtime/plan.js';
-import { splitData } from '../activations/split.js';
+import { defaultWorkdir, resolveData } from './workdir.js';
 import { getBackend } from '../backend.js';
 import { estimatePipeline, estimateText } from './estimate.js';
 
-/** The pipeline's workdir when none is given: runs/<the model folder's name>. */
-export function defaultWorkdir(model: string): string {
-  return path.join('runs', path.basename(path.resolve(model)));
-}
+import { runScaleOut } from './scale-out.js';
 
 /** a stage's record (report/.inputs.json, plan/.inputs.json, .bundle-inputs.json): what its output was made from, and that output's seal */
 const stageRecordSchema = z.looseObject({ kind: z.literal('dejavu-stage-record'), inputs: z.unknown(), output: z.string().regex(/^[0-9a-f]{64}$/), sealSha256: z.string() });
@@ -75,6 +72,7 @@ function stamp(file: string): string | null {
 }
 
 export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise<StageResult> {
+  if (cfg.scaleOut) return runScaleOut(cfg, deps); // --scheduler / --step (issue 26): src/stages/scale-out.ts
   const t0 = Date.now();
   const w = cfg.workdir ?? defaultWorkdir(cfg.model);
   const dirs = { cal: path.join(w, 'activations-calibration'), held: path.join(w, 'activations-heldout'), pred: path.join(w, 'predictors'), report: path.join(w, 'report'), plan: path.join(w, 'plan'), bundle: path.join(w, 'bundle') };
@@ -84,15 +82,7 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   for (const [k, kind] of Object.entries(kinds)) checkOutput(dirs[k as keyof typeof kinds], kind);
   if (ws.state !== 'ours' || ws.legacy) withFsErrors('writing', w, () => { fs.mkdirSync(w, { recursive: true }); writeMarker(w, 'workdir'); });
   // one data file: split (deterministic, recorded in the workdir) into calibration and held-out parts
-  let data: { calibration: string; heldout: string }, dataLine: string;
-  if (typeof cfg.data === 'string') {
-    const sp = await splitData(cfg.data, w);
-    data = { calibration: sp.calibration.file, heldout: sp.heldout.file };
-    dataLine = `data: ${cfg.data} split into ${sp.calibration.documents} calibration and ${sp.heldout.documents} held-out document(s): ${sp.rule} (recorded in ${path.join(w, 'split.json')})`;
-  } else {
-    data = cfg.data;
-    dataLine = `data: calibration ${data.calibration}, held-out ${data.heldout}`;
-  }
+  const { data, line: dataLine } = await resolveData(cfg.data, w);
   deps.log(dataLine);
   const timings: Record<string, number> = {};
   const est = await estimatePipeline(cfg, getBackend() ?? undefined);

@@ -40,7 +40,8 @@ import { denseModes } from '../runtime/decoder.js';
 import { createArena } from '../model/kernels/wasm/kernels.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { UserError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/fsx.js';
+import { sha256, writeFileAtomic } from '../util/fsx.js';
+import { z } from 'zod';
 import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
 import type { StageDeps } from '../util/progress.js';
@@ -117,7 +118,15 @@ function frontierSpec(points: { step: number; speedup: number; pplIncrease: numb
 }
 
 /** The plan stage's shared inputs. */
-interface Ctx { cfg: PlanConfig; deps: StageDeps; model: Model; preds: LoadedPredictors; m: ReturnType<typeof readManifest>; costs: CostModel }
+interface Ctx { cfg: PlanConfig; deps: StageDeps; model: Model; preds: LoadedPredictors; m: ReturnType<typeof readManifest>; costs: CostModel; dppl?: PlanDppl }
+/** issue 26: a shard measures the single-layer perplexity increases of layers i, i+n, ... and records them by
+ * "layer|option"; the merge replays them (everything else, costs included, it computes itself) */
+type PlanDppl = { shard: { index: number; count: number }; record: Record<string, number> } | { replay: Record<string, number> };
+/** plan.json of a plan shard (sealed) */
+export const planShardSchema = z.looseObject({
+  kind: z.literal('dejavu-plan-shard'), toolVersion: z.string(), run: z.string(), config: z.record(z.string(), z.unknown()),
+  shard: z.looseObject({ index: z.number().int().min(0), count: z.number().int().positive() }), dppl: z.record(z.string(), z.number()), sealSha256: z.string(),
+});
 
 /** the held-out text as sequences (checked against the activations manifest): the search's part and, after it, the verification's part (disjoint) */
 async function heldoutText(cfg: PlanConfig, model: Model, m: ReturnType<typeof readManifest>): Promise<{ search: number[][]; verify: number[][] }> {
@@ -142,10 +151,24 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
   };
   const bar = x.deps.progress('plan: options', c.layers);
   const densePpl = nllOf(model, search, cfg.batchSize);
-  const increase = (hooks: SparsityHooks) => nllOf(model, search, cfg.batchSize, hooks) / densePpl - 1;
+  const dp = x.dppl;
+  const measure = (hooks: SparsityHooks) => nllOf(model, search, cfg.batchSize, hooks) / densePpl - 1;
+  let layer = 0;
+  const increase = (hooks: SparsityHooks, label: string) => {
+    const key = `${layer}|${label}`;
+    if (dp && 'replay' in dp) {
+      if (!(key in dp.replay)) throw new UserError(`the plan shards hold no single-layer perplexity for layer ${layer}, ${label}`, 'merge the shards of one plan run');
+      return dp.replay[key]!;
+    }
+    const v = measure(hooks);
+    if (dp) dp.record[key] = v;
+    return v;
+  };
   const options: LayerOptions[] = [];
   try {
     for (let i = 0; i < c.layers; i++) {
+      layer = i;
+      if (dp && 'shard' in dp && i % dp.shard.count !== dp.shard.index) { options.push({ mlp: [], heads: [] }); continue; } // another shard's layer
       const ms = preds.mlp.get(i), hs = preds.heads.get(i);
       const mlp: Option<MlpOption>[] = [{ what: { mode: 'dense' }, label: 'dense', density: 1, ms: mlpMs(sc, 'dense', 1), dppl: 0 }];
       let trueDensity = NaN;
@@ -154,18 +177,19 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
         trueDensity = cal.trueDensity;
         for (const o of cal.options.filter((q) => Number.isFinite(q.value))) {
           const rule: SelectionRule = { kind: 'threshold', value: o.value };
+          const label = `predicted r${ms.entry.rank} @ recall ${o.recall}`;
           mlp.push({
-            what: { mode: 'predicted', rule, recall: o.recall }, label: `predicted r${ms.entry.rank} @ recall ${o.recall}`, density: o.density,
-            ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: increase(oneLayerHooks(i, ms, 'mlp', rule)),
+            what: { mode: 'predicted', rule, recall: o.recall }, label, density: o.density,
+            ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: increase(oneLayerHooks(i, ms, 'mlp', rule), label),
           });
         }
         // the rule train-predictors calibrated (a per-token top-k or a threshold), at its validation recall and density
         const tr = ms.entry.rule;
         if (tr && (tr.kind === 'topk' ? tr.k > 0 && tr.k < c.ffn : Number.isFinite(tr.value))) {
-          const v = ms.entry.validation, label = ruleText(tr);
+          const v = ms.entry.validation, label = `predicted r${ms.entry.rank}, trained rule ${ruleText(tr)} (recall ${v.recall.toFixed(3)})`;
           mlp.push({
-            what: { mode: 'predicted', rule: tr, recall: v.recall }, label: `predicted r${ms.entry.rank}, trained rule ${label} (recall ${v.recall.toFixed(3)})`,
-            density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: increase(oneLayerHooks(i, ms, 'mlp', tr)),
+            what: { mode: 'predicted', rule: tr, recall: v.recall }, label,
+            density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: increase(oneLayerHooks(i, ms, 'mlp', tr), label),
           });
         }
       }
@@ -178,7 +202,7 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
         const rule: SelectionRule = { kind: 'topk', k };
         heads.push({
           what: { mode: 'predicted', rule }, label: `top ${k}/${c.heads} heads`, density: k / c.heads,
-          ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: increase(oneLayerHooks(i, hs!, 'heads', rule)),
+          ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: increase(oneLayerHooks(i, hs!, 'heads', rule), `top ${k}/${c.heads} heads`),
         });
       }
       options.push({ mlp, heads });
@@ -299,7 +323,7 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
   return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs }, fallback };
 }
 
-export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageResult> {
+export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<string, number>): Promise<StageResult> {
   const t0 = Date.now();
   const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the plan is made for these weights (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
@@ -317,8 +341,17 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps): Promise<StageRe
     const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)), { note: (s) => deps.log(`plan: ${s}`) });
     const sc = costs.shape;
     deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
-    const x: Ctx = { cfg, deps, model, preds, m, costs };
+    const x: Ctx = { cfg, deps, model, preds, m, costs, ...(cfg.shard ? { dppl: { shard: cfg.shard, record: {} } } : replay ? { dppl: { replay } } : {}) };
     const { options, densePpl } = measureOptions(x, search);
+    if (x.dppl && 'shard' in x.dppl) { // a shard: its layers' single-layer perplexities only
+      const { out: _o, shard: _s, overwrite: _w, backend: _b, ...run } = cfg;
+      const file = sealed({ kind: 'dejavu-plan-shard', toolVersion: VERSION, run: sha256(JSON.stringify({ run, predictorsSha256 })), config: { ...cfg }, shard: cfg.shard!, dppl: x.dppl.record });
+      checkPredictorsUnchanged(cfg.predictors, predictorsSha256, 'plan');
+      const out = w;
+      w = null;
+      await writeOutput(out, cfg.out, (tmp) => writeArtifact(planShardSchema, file, path.join(tmp, 'plan.json'), 'plan shard'));
+      return { text: `plan shard ${cfg.shard!.index}/${cfg.shard!.count}: ${Object.keys(x.dppl.record).length} single-layer perplexities in ${cfg.out}`, json: file };
+    }
     const choice = new Choice(options, sc.stepMs);
     choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl);
     const { verified, fallback } = verifyPlan(x, choice, verify);

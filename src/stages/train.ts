@@ -9,7 +9,8 @@ import { VERSION } from '../version.js';
 import { trainSchema, type TrainConfig } from '../config/schemas.js';
 import { readManifest, verifyDataset } from '../activations/dataset.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
-import { PREDICTORS_FORMAT_VERSION, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
+import { PREDICTORS_FORMAT_VERSION, predictorsManifestSchema, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
+import { writeArtifact } from '../util/json-artifact.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
 import { runMlpJob, valEveryOf, type MlpExec, type MlpJob } from '../predictors/mlp-jobs.js';
 import { candidateTable, ruleText } from '../predictors/fit-mlp.js';
@@ -100,8 +101,11 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   const t0 = Date.now();
   const m = readManifest(cfg.activations);
   const manifestHash = sha256File(path.join(cfg.activations, 'manifest.json'));
-  const layers = cfg.layers === 'all' ? m.layers : [...new Set(cfg.layers)].sort((a, b) => a - b);
-  for (const l of layers) if (!m.layers.includes(l)) throw new UserError(`layer ${l} is not in the activations dataset (collected layers: ${m.layers.join(', ')})`, 'fix --layers');
+  const allLayers = cfg.layers === 'all' ? m.layers : [...new Set(cfg.layers)].sort((a, b) => a - b);
+  // --shard i/n: the layers at positions i, i+n, ... (the identity keeps the shard: each shard folder is its own output)
+  const layers = cfg.shard ? allLayers.filter((_, k) => k % cfg.shard!.count === cfg.shard!.index) : allLayers;
+  if (!layers.length) throw new UserError(`shard ${cfg.shard!.index}/${cfg.shard!.count} gets no layer: there are only ${allLayers.length} layer(s) to train`, `use at most ${allLayers.length} shard(s) for train-predictors`);
+  for (const l of allLayers) if (!m.layers.includes(l)) throw new UserError(`layer ${l} is not in the activations dataset (collected layers: ${m.layers.join(', ')})`, 'fix --layers');
   const identity = JSON.stringify({ activations: manifestHash, cfg: { ...cfg, out: undefined, overwrite: undefined, backend: undefined, workers: undefined } });
   let current: PredictorsManifest | null = null;
   const w = beginOutput(cfg.out, 'predictors', {
@@ -179,7 +183,12 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
         ...(jobsPerWorker ? { jobsPerWorker, mainThreadJobs: mainJobs } : {}) },
     layers: [],
   };
-  await writeOutput(w, cfg.out, (tmp) => writePredictors(tmp, manifest, results));
+  await writeOutput(w, cfg.out, (tmp) => {
+    writePredictors(tmp, manifest, results);
+    // a shard records the whole layer list and its layer files' sha256, which dejavu merge checks
+    if (cfg.shard) writeArtifact(predictorsManifestSchema, { ...manifest, shard: { ...cfg.shard, layers: allLayers,
+      sha256: Object.fromEntries(manifest.layers.map((l) => [l.file, sha256File(path.join(tmp, l.file))])) } }, path.join(tmp, 'predictors.json'), 'predictors manifest', { seal: true });
+  });
   return summarize(cfg.out, readPredictorsManifest(cfg.out));
 }
 

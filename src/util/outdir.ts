@@ -32,13 +32,13 @@ const OWN_FILES: Record<OutputKind, RegExp> = {
   report: new RegExp(String.raw`^(?:${MARKER_RE}|report\.json|report\.md|recall-vs-density\.svg|densities\.svg|perplexity-vs-density\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
   plan: new RegExp(String.raw`^(?:${MARKER_RE}|plan\.json|report\.md|frontier\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
   bundle: new RegExp(String.raw`^(?:${MARKER_RE}|manifest\.json|predictors\.safetensors|neuron-major\.safetensors|${ATOMIC_TMP})$`),
-  workdir: new RegExp(String.raw`^(?:${MARKER_RE}|\.bundle-inputs\.json|split\.json|split-(?:calibration|heldout)\.(?:jsonl|txt)|${SIBLING}|${ATOMIC_TMP})$`),
+  workdir: new RegExp(String.raw`^(?:${MARKER_RE}|\.bundle-inputs\.json|split\.json|split-(?:calibration|heldout)\.(?:jsonl|txt)|${SIBLING}|${ATOMIC_TMP}|jobs/(?:[a-z0-9-]+\.(?:sbatch|sh|yaml|json)|[a-z0-9-]+-\d+(?:_\d+)?\.log|${ATOMIC_TMP}))$`),
 };
 /** the sub-folders a kind writes: entered and checked file by file, or (the workdir's stage folders and their temp
  * siblings) taken whole, without entering them: the pipeline checks each stage folder as its own kind */
 const OWN_DIRS: Record<OutputKind, { enter?: RegExp; whole?: RegExp }> = {
   activations: { enter: /^layer-\d{2,}$/ }, predictors: {}, report: {}, plan: {}, bundle: {},
-  workdir: { whole: new RegExp(String.raw`^(?:${STAGES}|${SIBLING})$`) },
+  workdir: { enter: /^jobs$/, whole: new RegExp(String.raw`^(?:${STAGES}|${SIBLING}|shards)$`) }, // jobs/, shards/: pipeline --scheduler (issue 26)
 };
 /** the file whose `kind` identifies a pre-marker output (workdir: its children are checked one by one) */
 const SIGNATURE: Record<OutputKind, [string, string] | null> = {
