@@ -12,7 +12,7 @@ const backend = z.enum(BACKEND_PREFERENCES).default('auto').describe('tfjs backe
 const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all').describe('layer indices to work on, or all');
 const posInt = z.number().int().positive();
 /** --shard i/n (issue 26): this process does shard i of n of a data-parallel stage; `dejavu merge` joins the n outputs */
-export const shardSchema = z.strictObject({ index: z.number().int().min(0), count: posInt })
+export const shardSchema = z.strictObject({ index: z.number().int().min(0).describe('this shard, 0-based'), count: posInt.describe('how many shards the run is split into') })
   .refine((s) => s.index < s.count, { message: 'the shard index must be below the shard count (0-based: 0/3, 1/3, 2/3)', path: ['index'] });
 export type Shard = z.infer<typeof shardSchema>;
 
