@@ -248,7 +248,7 @@ export const COMMANDS: CommandDef[] = [
   ], [
     'dejavu pipeline --config configs/default.yaml',
     'dejavu pipeline --model checkpoints/llama-fixture --data data/calibration.jsonl',
-    'dejavu pipeline --model checkpoints/opt-fixture --data data/calibration.jsonl --heldout data/heldout.jsonl --max-ppl-increase 0.02 --workdir runs/opt-2pct',
+    'dejavu pipeline --model checkpoints/opt-fixture --data data/calibration.jsonl --heldout data/heldout.jsonl --max-ppl-increase 0.02 --workdir runs/budget-2pct',
     "dejavu pipeline --config configs/default.yaml --workdir runs/r4 --set 'train.mlp.ranks=[0.25]'",
   ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); },
   pipelineDataFlags),
