@@ -156,6 +156,14 @@ const indexedJob = z.object({
 
 describe('pipeline --scheduler k8s --shards 3', () => {
   const w = path.join(TMP, 'k8s');
+  it('--submit with k8s is refused by name (exit 2), not ignored; nothing is written', async () => {
+    const cfg = path.join(TMP, 'k8s-submit.yaml'), w2 = path.join(TMP, 'k8s-submit');
+    fs.writeFileSync(cfg, fs.readFileSync(CFG, 'utf8').replace(`workdir: ${W}`, `workdir: ${w2}`));
+    const r = await cli('pipeline', '--config', cfg, '--scheduler', 'k8s', '--shards', '3', '--submit', '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/--submit works with --scheduler slurm only/);
+    expect(fs.existsSync(w2)).toBe(false);
+  });
   it('writes an Indexed Job manifest per step on a shared PersistentVolumeClaim, and apply.sh waiting for each in order', async () => {
     const cfg = path.join(TMP, 'k8s.yaml');
     fs.writeFileSync(cfg, fs.readFileSync(CFG, 'utf8').replace(`workdir: ${W}`, `workdir: ${w}`));

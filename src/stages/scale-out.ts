@@ -49,6 +49,7 @@ export async function runScaleOut(cfg0: PipelineConfig, deps: StageDeps): Promis
   if (!so.shards) throw new UserError('pipeline --scheduler / --step needs the shard count (--shards N)', HINT);
   if (so.step) return runStep(cfg, so.step, so.shards, so.shard, deps);
   if (!so.scheduler) throw new UserError('--shards and --shard need --scheduler slurm|k8s (to write the jobs) or --step (to run one)', HINT);
+  if (so.submit && so.scheduler !== 'slurm') throw new UserError(`--submit works with --scheduler slurm only (the ${so.scheduler} jobs are not submitted by dejavu)`, 'drop --submit and apply the manifests with WORKDIR/jobs/apply.sh (kubectl)');
   return writeJobs(cfg, so, deps);
 }
 
