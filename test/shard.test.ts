@@ -90,7 +90,7 @@ describe('collect-activations --shard and merge --kind activations', () => {
     expect(r.err).toContain(`error: output folder ${shardDir(1)} holds shard 1/3, not shard 2/3`);
     // a worker dies mid-shard: the complete dataset shards stay, and the re-run resumes from there to the same files
     const dir = path.join(TMP, 's0-resumed');
-    process.env.DEJAVU_TEST_KILL_WORKER = '1:2';
+    process.env.DEJAVU_TEST_KILL_WORKER = '*:4'; // the 4th batch, whichever worker runs it: the first dataset shard is complete by then
     try { r = await cli(...collectArgs(dir, ['--shard', '0/3', '--workers', '2'])); } finally { delete process.env.DEJAVU_TEST_KILL_WORKER; }
     expect(r.code).toBe(1);
     const progress = json(path.join(dir, 'progress.json'));

@@ -14,7 +14,8 @@ import { activationsManifestSchema, activationsSummarySchema, layerDir, readMani
 import { addBatch, layerSummaries, newStats, summarize, writeChecked, type ShardInfo } from './collect.js';
 import { summarize as summarizePredictors } from './train.js';
 import { predictorsManifestSchema, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
-import { readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
+import { readJson, readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
+import type { z } from 'zod';
 import { evalShardSchema, runEvaluate } from './evaluate.js';
 import type { EvaluateConfig, PlanConfig } from '../config/schemas.js';
 import { planShardSchema, runPlan } from './plan.js';
@@ -185,16 +186,23 @@ async function mergePredictors(cfg: MergeConfig, deps: StageDeps): Promise<Stage
   return summarizePredictors(cfg.out, readPredictorsManifest(cfg.out));
 }
 
+/** evaluate-recall / plan --shard i/n outputs: each folder's sealed JSON of the shard kind, read through its schema, of one run */
+function readShardFiles<S extends z.ZodType<{ shard: { index: number; count: number }; run: string }>>(cfg: MergeConfig, kind: 'report' | 'plan', file: string,
+  shardKind: string, schema: S, stage: string, made: string): ShardOf<z.output<S>>[] {
+  const hint = `pass the --out folders of the ${stage} --shard i/n runs`;
+  return oneRun(cfg.inputs.map((dir) => {
+    shardFolder(dir, cfg.out, kind, stage);
+    const f = path.join(dir, file);
+    const raw = fs.existsSync(f) ? readJson(f, hint) as { kind?: unknown } | null : null;
+    if (raw?.kind !== shardKind) throw new UserError(`${dir} is not a shard: it was ${made} without --shard`, hint);
+    const m = readSealedArtifact(schema, f, `${stage} shard`, `re-run its ${stage} --shard command`);
+    return { dir, index: m.shard.index, count: m.shard.count, run: m.run, m };
+  }), stage);
+}
+
 /** evaluate-recall --shard i/n outputs (their jobs' results) -> the report of the unsharded run, replayed from them. */
 async function mergeReport(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
-  const shards = oneRun(cfg.inputs.map((dir) => {
-    shardFolder(dir, cfg.out, 'report', 'evaluate-recall');
-    const f = path.join(dir, 'report.json');
-    const raw = fs.existsSync(f) ? JSON.parse(fs.readFileSync(f, 'utf8')) as { kind?: unknown } : null;
-    if (raw?.kind !== 'dejavu-evaluation-shard') throw new UserError(`${dir} is not a shard: it was evaluated without --shard`, 'pass the --out folders of the evaluate-recall --shard i/n runs');
-    const m = readSealedArtifact(evalShardSchema, f, 'evaluate-recall shard', 're-run its evaluate-recall --shard command');
-    return { dir, index: m.shard.index, count: m.shard.count, run: m.run, m };
-  }), 'evaluate-recall');
+  const shards = readShardFiles(cfg, 'report', 'report.json', 'dejavu-evaluation-shard', evalShardSchema, 'evaluate-recall', 'evaluated');
   const replay = new Map<string, unknown>();
   for (const { m } of shards) for (const [k, v] of Object.entries(m.results)) replay.set(k, v);
   const config: Record<string, unknown> = { ...shards[0]!.m.config, out: cfg.out };
@@ -207,14 +215,7 @@ async function mergeReport(cfg: MergeConfig, deps: StageDeps): Promise<StageResu
 /** plan --shard i/n outputs (single-layer perplexities of their layers) -> the plan of the unsharded run: the search
  * and the verification run here, with those perplexities replayed */
 async function mergePlan(cfg: MergeConfig, deps: StageDeps): Promise<StageResult> {
-  const shards = oneRun(cfg.inputs.map((dir) => {
-    shardFolder(dir, cfg.out, 'plan', 'plan');
-    const f = path.join(dir, 'plan.json');
-    const raw = fs.existsSync(f) ? JSON.parse(fs.readFileSync(f, 'utf8')) as { kind?: unknown } : null;
-    if (raw?.kind !== 'dejavu-plan-shard') throw new UserError(`${dir} is not a shard: it was planned without --shard`, 'pass the --out folders of the plan --shard i/n runs');
-    const m = readSealedArtifact(planShardSchema, f, 'plan shard', 're-run its plan --shard command');
-    return { dir, index: m.shard.index, count: m.shard.count, run: m.run, m };
-  }), 'plan');
+  const shards = readShardFiles(cfg, 'plan', 'plan.json', 'dejavu-plan-shard', planShardSchema, 'plan', 'planned');
   const replay: Record<string, number> = Object.assign({}, ...shards.map((s) => s.m.dppl));
   const config: Record<string, unknown> = { ...shards[0]!.m.config, out: cfg.out, overwrite: cfg.overwrite };
   delete config.shard;

@@ -133,12 +133,13 @@ export class WorkerPool {
 
 /**
  * Worker side: answer jobs with `handle` (sync or async), one at a time. `progress(v)` reports to the job's caller.
- * Test hook: DEJAVU_TEST_KILL_WORKER="I:N" exits worker I (0-based) just before its N-th job (1-based).
+ * Test hook: DEJAVU_TEST_KILL_WORKER="I:N" exits worker I (0-based) just before its N-th job (1-based); "*:N" exits the
+ * worker that receives the pool's N-th job, whichever it is (deterministic however the jobs are scheduled).
  */
 export function serveJobs(port: import('node:worker_threads').MessagePort, workerIndex: number,
   handle: (job: never, progress: (v: unknown) => void) => unknown | Promise<unknown>, isUser: (e: unknown) => boolean, init: () => Promise<void> = async () => undefined): void {
   let n = 0;
-  const kill = /^(\d+):(\d+)$/.exec(process.env.DEJAVU_TEST_KILL_WORKER ?? '');
+  const kill = /^(\d+|\*):(\d+)$/.exec(process.env.DEJAVU_TEST_KILL_WORKER ?? '');
   // start-up first (its failure is reported with the first job); then 'ready'
   const started = init().then(() => port.postMessage({ id: -1, type: 'ready' }));
   started.catch(() => port.postMessage({ id: -1, type: 'ready' }));
@@ -146,7 +147,7 @@ export function serveJobs(port: import('node:worker_threads').MessagePort, worke
   port.on('message', (msg: { id: number; job: unknown }) => {
     chain = chain.then(async () => {
       n++;
-      if (kill && Number(kill[1]) === workerIndex && Number(kill[2]) === n) process.exit(70);
+      if (kill && (kill[1] === '*' ? msg.id === Number(kill[2]) - 1 : Number(kill[1]) === workerIndex && Number(kill[2]) === n)) process.exit(70);
       try {
         await started;
         const result = await handle(msg.job as never, (value) => port.postMessage({ id: msg.id, type: 'progress', value }));
