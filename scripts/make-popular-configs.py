@@ -28,6 +28,9 @@ from safetensors.torch import save_file
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_fixture_common import init_weights  # noqa: E402
+
 SEQ = 24
 V = 128
 L2 = dict(num_hidden_layers=2, vocab_size=V)
@@ -119,19 +122,6 @@ CONFIGS = {
     "olmo2-1b": with_type("olmo2", "Olmo2ForCausalLM", hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4,
                           rope_theta=500000.0),
 }
-
-
-def init_weights(model, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                v = torch.randn(p.shape, generator=g) * 0.05
-            elif p.dim() == 1 and ("norm" in name or "ln" in name):
-                v = 1.0 + torch.randn(p.shape, generator=g) * 0.1
-            else:
-                v = torch.randn(p.shape, generator=g) * 0.1
-            p.copy_(v.to(p.dtype))
 
 
 def make(name, hub, out_root, seed):

@@ -33,6 +33,9 @@ from safetensors.torch import save_file
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_fixture_common import init_weights  # noqa: E402
+
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 COMMON = dict(vocab_size=384, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
@@ -93,19 +96,6 @@ VARIANTS = [
 ]
 
 DOWN = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "fc2")
-
-
-def init_weights(model, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                v = torch.randn(p.shape, generator=g) * 0.05
-            elif p.dim() == 1 and ("norm" in name or "ln" in name):
-                v = 1.0 + torch.randn(p.shape, generator=g) * 0.1
-            else:
-                v = torch.randn(p.shape, generator=g) * 0.1
-            p.copy_(v.to(p.dtype))
 
 
 def decoder_layers(model):

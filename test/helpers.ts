@@ -28,6 +28,12 @@ export function loadReference(dir: string): Reference {
   return { ids, tensors };
 }
 
+/** every file below dir (relative paths), sorted */
+export function files(dir: string): string[] {
+  return (fs.readdirSync(dir, { recursive: true, withFileTypes: true }) as fs.Dirent[]).filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name))).sort();
+}
+
 export function tmpDir(prefix = 'dejavu-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }

@@ -13,7 +13,7 @@ import { z } from 'zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
 import { openSafetensors, readTensorF32 } from '../src/checkpoint/safetensors.js';
-import { cli, FIXTURES, tmpDir } from './helpers.js';
+import { FIXTURES, cli, files, tmpDir } from './helpers.js';
 
 const REPO = path.join(import.meta.dirname, '..');
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
@@ -51,10 +51,6 @@ const config = (file: string) => {
 const CFG = config(path.join(TMP, 'pipeline.yaml'));
 const ONE = path.join(TMP, 'work-one');
 
-function files(dir: string): string[] {
-  return (fs.readdirSync(dir, { recursive: true, withFileTypes: true }) as fs.Dirent[]).filter((e) => e.isFile())
-    .map((e) => path.relative(dir, path.join(e.parentPath, e.name))).sort();
-}
 const json = (f: string) => JSON.parse(fs.readFileSync(f, 'utf8'));
 const same = (a: string, b: string) => fs.readFileSync(a).equals(fs.readFileSync(b));
 

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
-import { cli, FIXTURES, tmpDir } from './helpers.js';
+import { FIXTURES, cli, files, tmpDir } from './helpers.js';
 
 const REPO = path.join(import.meta.dirname, '..');
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
@@ -16,10 +16,6 @@ const TMP = tmpDir('dejavu-shard-');
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 beforeAll(async () => { await ensureBackend('wasm'); });
 
-function files(dir: string): string[] {
-  return (fs.readdirSync(dir, { recursive: true, withFileTypes: true }) as fs.Dirent[]).filter((e) => e.isFile())
-    .map((e) => path.relative(dir, path.join(e.parentPath, e.name))).sort();
-}
 const json = (f: string) => JSON.parse(fs.readFileSync(f, 'utf8'));
 const noTiming = (s: Record<string, unknown>) => { const { seconds: _s, tokensPerSecond: _t, timing: _x, workers: _w, resumedFromShard: _r, ...rest } = s; return rest; };
 
