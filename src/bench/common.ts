@@ -1,3 +1,6 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import type { ModelConfig } from '../model/config.js';
 import { base } from '../arch/common.js';
 import * as tf from '@tensorflow/tfjs-core';
@@ -32,4 +35,32 @@ export function opt13bConfig(over: Partial<ModelConfig> = {}): ModelConfig {
   return { ...base(), family: 'opt', vocabSize: 50272, hidden: 2048, layers, heads: 32, kvHeads: 32, headDim: 64, ffn: 8192, maxPositions: 2048, norm: 'layernorm', normEps: 1e-5,
     activation: 'relu', act: 'relu', gated: false, positions: 'learned', positionOffset: 2, ropeTheta: 0, attnScale: 1 / Math.sqrt(over.headDim ?? 64), windows: new Array(layers).fill(null),
     tiedLmHead: true, attnBias: true, mlpBias: true, bosTokenId: 2, eosTokenId: 2, padTokenId: 1, ...over };
+}
+
+/**
+ * One benchmark's result, as `npm run docs` reads it (scripts/gen-docs.mjs renders docs/results.md from every
+ * docs/results/*.json): a title, the command that reproduces it, one or more tables, notes, and the machine it ran on.
+ * Every bench writes its result through writeBenchResult; nothing else writes docs/results/.
+ */
+export interface BenchTable { caption: string; header: string[]; rows: (string | number)[][] }
+export interface BenchResult { name: string; title: string; command: string; tables: BenchTable[]; notes: string[] }
+
+/** the machine a figure comes from: cores, CPU model, load average before the run, node version */
+export function machine(): { cores: number; cpu: string; loadavg: number[]; node: string; platform: string } {
+  const cpus = os.cpus();
+  return { cores: cpus.length, cpu: cpus[0]?.model ?? 'unknown', loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100), node: process.version, platform: `${os.platform()} ${os.arch()}` };
+}
+
+/**
+ * Write docs/results/<name>.json (temp sibling + rename) — or to BENCH_RESULTS_DIR when set, e.g. on the GPU box —
+ * and return its path. `measuredAt` and `machine` are filled in here.
+ */
+export function writeBenchResult(r: BenchResult): string {
+  const dir = process.env.BENCH_RESULTS_DIR ?? path.join('docs', 'results');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${r.name}.json`);
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify({ ...r, measuredAt: new Date().toISOString(), machine: machine() }, null, 2) + '\n');
+  fs.renameSync(tmp, file);
+  return file;
 }
