@@ -7,6 +7,9 @@
  *   down     [F, d]              axpy with the activations (only the selected / nonzero rows)
  *   lmHead   [V, Dp]             matvec (tied: the embedding rows themselves)
  * Built once per model (loadModel's `decode` option); its arena is freed with the model.
+ * A matvec matrix (q, k, v, up, gate, lmHead) named in `inputMajor` is stored input-major instead ([in, out] rows:
+ * one row per input), so that an input-sparse step reads only the rows of its nonzero inputs (RowMatrix.axpy with
+ * those rows); `DecodeWeights.inputMajor` says which ones are.
  */
 import type { ModelConfig } from './config.js';
 import { rowMatrix, type RowKernel, type RowMatrix } from './kernels/rows.js';
@@ -26,7 +29,14 @@ export interface DecodeLayer {
   upBias?: Float32Array | undefined; gateBias?: Float32Array | undefined; downBias?: Float32Array | undefined;
 }
 
+export interface DecodeOptions {
+  /** weight names ('layers.3.wq', 'layers.3.up', ...) of matvec matrices to store input-major (for input-sparse modes) */
+  inputMajor?: ReadonlySet<string>;
+}
+
 export interface DecodeWeights {
+  /** the weight names stored input-major (DecodeOptions.inputMajor), whose RowMatrix is read with axpy */
+  inputMajor: ReadonlySet<string>;
   /** the kernel every matrix got (mixed when the arena filled up part way) */
   kernel: RowKernel | 'mixed';
   layers: DecodeLayer[];
@@ -44,7 +54,8 @@ export interface DecodeWeights {
  * get(name) returns the model's float32 host tensor by our weight name ('embed', 'layers.3.wq', ...) as loadModel
  * lays them out ([in, out]), or undefined when the model has none.
  */
-export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shape: number[]; data: Float32Array } | undefined): DecodeWeights {
+export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shape: number[]; data: Float32Array } | undefined, opts: DecodeOptions = {}): DecodeWeights {
+  const inputMajor = new Set(opts.inputMajor ?? []);
   // one WebAssembly memory holds at most ~3.5 GiB: a larger model gets another arena when one is full
   const arenas = [createArena()];
   const kinds = new Set<RowKernel>();
@@ -59,9 +70,9 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shap
     return m;
   };
   /** an [in, out] matrix as `out` rows of length `in` */
-  const outRows = (n: string) => { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(transpose2d(t.data, i, o), o, i); };
+  const outRows = (n: string) => { if (inputMajor.has(n)) return inRows(n); const t = need(n); const [i, o] = t.shape as [number, number]; return mat(transpose2d(t.data, i, o), o, i); };
   /** an [in, out] matrix as `in` rows of length `out` (for axpy) */
-  const inRows = (n: string) => { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.data, i, o); };
+  function inRows(n: string) { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.data, i, o); }
   const vec = (n: string) => get(n)?.data;
   const norm = (p: string): HostNorm => ({ g: need(`${p}.g`).data, b: vec(`${p}.b`) });
   const maybeNorm = (p: string): HostNorm | undefined => (get(`${p}.g`) ? norm(p) : undefined);
@@ -81,7 +92,7 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => { shap
   const lmHead = c.tiedLmHead ? mat(embed.data, V, Dp) : outRows('lmHead');
   const kernel = kinds.size === 1 ? [...kinds][0]! : 'mixed';
   return {
-    kernel, layers, embed: embed.data, pos: vec('pos'),
+    kernel, inputMajor, layers, embed: embed.data, pos: vec('pos'),
     projIn: get('projIn') ? inRows('projIn') : undefined,
     projOut: get('projOut') ? inRows('projOut') : undefined,
     finalNorm: maybeNorm('finalNorm'), embedNorm: maybeNorm('embedNorm'),

@@ -10,7 +10,7 @@ import { f16ToF32Array } from '../util/half.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
-import { buildDecodeWeights, type DecodeWeights } from './decode-weights.js';
+import { buildDecodeWeights, type DecodeOptions, type DecodeWeights } from './decode-weights.js';
 import { transpose2d } from '../util/transpose.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
@@ -71,7 +71,7 @@ export interface LoadOptions {
   residentBudgetBytes?: number;
   residency?: 'auto' | 'resident' | 'streamed';
   /** also build the decode runtime's row copies (src/model/decode-weights.ts): needed by src/runtime/decoder.ts */
-  decode?: boolean;
+  decode?: boolean | DecodeOptions;
   /** host weights already read (loadHostWeights), e.g. SharedArrayBuffer-backed ones shared by worker threads */
   host?: HostWeights;
 }
@@ -245,7 +245,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   if (en) model.embedNorm = en;
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
   // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
-  if (opts.decode) model.decode = buildDecodeWeights(cfg, (n) => { const t = host[n]; return t && { shape: t.shape, data: f32of(t) }; });
+  if (opts.decode) model.decode = buildDecodeWeights(cfg, (n) => { const t = host[n]; return t && { shape: t.shape, data: f32of(t) }; }, opts.decode === true ? {} : opts.decode);
   const decode = model.decode;
   if (residency === 'resident') {
     const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i));

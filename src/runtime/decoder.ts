@@ -86,6 +86,7 @@ export class DecodeSession {
     if (!model.decode) throw new Error('DecodeSession needs a model loaded with { decode: true }');
     this.c = model.config; this.w = model.decode;
     const c = this.c, d = c.hidden, hd = c.headDim;
+    if (this.w.inputMajor.size > 0) throw new Error(`DecodeSession: input-major weights (${[...this.w.inputMajor].slice(0, 3).join(', ')}, ...) need the input-sparse modes, which this session does not run`);
     if (modes.mlp.length !== c.layers || modes.heads.length !== c.layers) throw new Error(`decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${c.layers}`);
     this.rows = Array.from({ length: batch }, () => new RowState());
     this.kv = kvStore({ rows: batch, layers: c.layers, heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: c.attnScale, softcap: c.attnSoftcap,
