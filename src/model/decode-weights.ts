@@ -30,6 +30,13 @@ export interface DecodeLayer {
 }
 
 export interface DecodeOptions {
+  /**
+   * how the rows are stored (issue 27, being implemented): 'auto' = the checkpoint's own half precision for float16 /
+   * bfloat16 checkpoints, else float32; 'q8_0' = 8-bit blocks with per-block scales
+   */
+  dtype?: 'auto' | 'float32' | 'float16' | 'bfloat16' | 'q8_0';
+  /** worker threads sharing the kernels' memory (issue 27, being implemented); 'auto' = chosen by measurement */
+  threads?: number | 'auto';
   /** weight names ('layers.3.wq', 'layers.3.up', ...) of matvec matrices to store input-major (for input-sparse modes) */
   inputMajor?: ReadonlySet<string>;
 }
