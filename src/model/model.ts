@@ -10,7 +10,7 @@ import { f16ToF32Array } from '../util/half.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
-import { buildDecodeWeights, type DecodeOptions, type DecodeWeights } from './decode-weights.js';
+import { buildDecodeWeights, rowDtypeFor, type DecodeOptions, type DecodeWeights } from './decode-weights.js';
 import { transpose2d } from '../util/transpose.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
@@ -215,9 +215,15 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const budget = opts.residentBudgetBytes ?? 2.5 * 2 ** 30;
   const residency = opts.residency && opts.residency !== 'auto' ? opts.residency : bytes > budget ? 'streamed' : 'resident';
 
+  // the decode rows of a half-precision checkpoint: its own 16-bit format (dtype 'auto'); a float16 checkpoint is then
+  // read as its float16 bits (widening them for the forward pass is exact), not widened and narrowed again
+  const dtypes = new Set(specs.map((s) => ck.tensors.get(canon.get(s.key)!)!.info.dtype));
+  const ckHalf = dtypes.size === 1 && dtypes.has('F16') ? 'float16' : dtypes.size === 1 && dtypes.has('BF16') ? 'bfloat16' : null;
+  const decodeOpts = opts.decode ? (opts.decode === true ? {} : opts.decode) : null;
+  const readHalf = ckHalf === 'float16' && decodeOpts !== null && rowDtypeFor(decodeOpts.dtype, ckHalf) === 'float16';
   let host: HostLayer = {};
   if (opts.host) host = opts.host.tensors;
-  else for (const s of specs) for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, false)) host[name] = t;
+  else for (const s of specs) for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, readHalf)) host[name] = t;
   const g = (n: string) => host[n];
   const embedH = g('embed')!;
   const embedF = f32of(embedH);
@@ -245,7 +251,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   if (en) model.embedNorm = en;
   const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
   // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
-  if (opts.decode) model.decode = buildDecodeWeights(cfg, (n) => { const t = host[n]; return t && { shape: t.shape, data: f32of(t) }; }, opts.decode === true ? {} : opts.decode);
+  if (decodeOpts) model.decode = buildDecodeWeights(cfg, (n) => host[n], decodeOpts, ckHalf);
   const decode = model.decode;
   if (residency === 'resident') {
     const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i));

@@ -2,13 +2,18 @@
  * Row kernels of the decode runtime: a weight matrix stored as rows (one neuron / output channel each, contiguous),
  * read row by row so that a sparse step reads only the rows it selects. Two implementations behind one interface,
  * chosen once per matrix when a model's decode weights are built:
- * - wasm-simd: f32x4 kernels (src/model/kernels/wasm) over a copy of the rows in the model's WebAssembly arena;
- * - js: plain Float32Array loops (no SIMD, d % 8 != 0, or the arena is full).
+ * - wasm-simd: f32x4 kernels (src/model/kernels/wasm) over a copy of the rows in the model's WebAssembly arena, stored
+ *   as float32, float16, bfloat16 or q8_0 (`dtype`; widened to float32 inside the kernels, float32 sums), on the
+ *   arena's thread pool when it has one;
+ * - js: plain Float32Array loops (no SIMD, d % 8 != 0, or the arena is full; always float32).
  * Hand-written because tfjs-wasm's GatherV2 moves ~17M floats/s and each tfjs op costs ~40 µs of dispatch at
  * batch 1 (bench:decode's profile): gathering 10% of an OPT-1.3B MLP's rows through tfjs costs more than the whole
  * dense matvec, and a d 256 decode step spent 95% of its time in dispatch.
  */
-import { toWasmRows, wasmGatherAxpyAll, wasmGatherMatVec, type WasmArena, type WasmRows } from './wasm/kernels.js';
+import { toWasmRows, wasmGatherAxpyAll, wasmGatherMatVec, type RowDtype, type WasmArena, type WasmRows } from './wasm/kernels.js';
+import { f16ToF32Array } from '../../util/half.js';
+
+export type { RowDtype } from './wasm/kernels.js';
 
 export type RowKernel = 'wasm-simd' | 'js';
 
@@ -17,6 +22,8 @@ export interface RowMatrix {
   readonly n: number;
   readonly d: number;
   readonly kernel: RowKernel;
+  /** how the rows are stored */
+  readonly dtype: RowDtype;
   /** out[i] = W[rows[i]] · x (+ bias[rows[i]]); rows omitted = every row in order */
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void;
   /**
@@ -35,6 +42,7 @@ export function nonzeros(a: Float32Array, n: number, ids: Int32Array, coef: Floa
 
 class JsRows implements RowMatrix {
   readonly kernel = 'js' as const;
+  readonly dtype = 'float32' as const;
   constructor(private readonly W: Float32Array, readonly n: number, readonly d: number) {}
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
     const { W, d } = this;
@@ -62,7 +70,8 @@ class JsRows implements RowMatrix {
 
 class SimdRows implements RowMatrix {
   readonly kernel = 'wasm-simd' as const;
-  constructor(private readonly W: WasmRows, readonly n: number, readonly d: number) {}
+  readonly dtype: RowDtype;
+  constructor(readonly W: WasmRows, readonly n: number, readonly d: number) { this.dtype = W.dtype; }
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
     const k = rows ? rows.length : this.n;
     wasmGatherMatVec(this.W, rows ?? null, x.length === this.d ? x : x.subarray(0, this.d), out.length === k ? out : out.subarray(0, k));
@@ -77,9 +86,12 @@ class SimdRows implements RowMatrix {
   }
 }
 
-/** rows [n, d] (row-major) as a RowMatrix: SIMD in `arena` when it fits (and d % 8 == 0), else JS loops */
-export function rowMatrix(data: Float32Array, n: number, d: number, arena: WasmArena | null): RowMatrix {
+/**
+ * rows [n, d] (row-major; float32 values or float16 bits) as a RowMatrix: SIMD in `arena` as `dtype` when it fits
+ * (and d % 8 == 0; see toWasmRows for the rows a dtype cannot hold), else JS loops over float32
+ */
+export function rowMatrix(data: Float32Array | Uint16Array, n: number, d: number, arena: WasmArena | null, dtype: RowDtype = 'float32'): RowMatrix {
   if (data.length !== n * d) throw new Error(`rowMatrix: ${data.length} values for [${n}, ${d}]`);
-  const w = toWasmRows(data, n, d, arena);
-  return w ? new SimdRows(w, n, d) : new JsRows(data, n, d);
+  const w = toWasmRows(data, n, d, arena, dtype);
+  return w ? new SimdRows(w, n, d) : new JsRows(data instanceof Uint16Array ? f16ToF32Array(data) : data, n, d);
 }

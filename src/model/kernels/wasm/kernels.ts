@@ -5,26 +5,50 @@
  * same module, in a process-wide scratch arena, for attention (attentionHost) and a collection batch's activation
  * bits (activationBits).
  */
-import { KERNELS_WASM_BASE64 } from './kernels-binary.js';
+import { KERNELS_SHARED_WASM_BASE64, KERNELS_WASM_BASE64 } from './kernels-binary.js';
+import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from '../../../util/half.js';
 
 interface Memory { buffer: ArrayBuffer; grow(pages: number): number }
-const WA = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object; Instance: new (m: object, imports: object) => { exports: unknown } } }).WebAssembly;
+const WA = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object; Instance: new (m: object, imports: object) => { exports: unknown };
+  Memory: new (d: { initial: number; maximum: number; shared: boolean }) => Memory } }).WebAssembly;
 
 export interface WasmExports {
   memory: Memory;
   gather_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
-  gather_axpy_all(W: number, rows: number, k: number, a: number, d: number, out: number): void;
+  gather_axpy_all(W: number, rows: number, k: number, a: number, d: number, n: number, out: number): void;
   gather8_matvec(W: number, rows: number, k: number, x: number, d: number, out: number): void;
-  gather8_axpy(W: number, rows: number, k: number, a: number, d: number, out: number): void;
+  gather8_axpy(W: number, rows: number, k: number, a: number, d: number, n: number, out: number): void;
   attend_one(q: number, K: number, V: number, rows: number, n: number, hd: number, scale: number, p: number, out: number): void;
   attend_heads(q: number, K: number, V: number, rows: number, n: number, hd: number, scale: number, p: number, out: number, H: number, qs: number, ks: number, os: number): void;
   attend4_heads(q: number, K: number, V: number, rows: number, n0: number, n1: number, n2: number, n3: number, hd: number, scale: number, p: number, out: number,
     H: number, qs: number, ks: number, os: number): void;
   act_bits(act: number, n: number, bits: number, stats: number): number;
+  q8_quant(x: number, d: number, q: number, s: number): void;
 }
 
-/** rows x d float32 matrix living in an arena */
-export interface WasmRows { arena: WasmArena; off: number; rows: number; d: number }
+/** how a matrix's rows are stored: float32; float16 / bfloat16 bits; q8_0 (int8, a float32 scale per 32 values) */
+export type RowDtype = 'float32' | 'float16' | 'bfloat16' | 'q8_0';
+const PREFIX: Record<RowDtype, string> = { float32: 'f32', float16: 'f16', bfloat16: 'bf16', q8_0: 'q8' };
+/** bytes a value */
+const VALUE_BYTES: Record<RowDtype, number> = { float32: 4, float16: 2, bfloat16: 2, q8_0: 1 };
+const DTYPES = Object.keys(PREFIX) as RowDtype[];
+const KINDS = ['mv', 'mv8', 'ax', 'ax8'] as const;
+/**
+ * The row kernels' exports, by index (dtype * 4 + kind): the thread pool runs them by index. Every one takes
+ * (W, S, rows, k, x, xs, d, n, out) (kernels.wat); q8_0 has one kernel per kind.
+ */
+export const ROW_FNS: string[] = DTYPES.flatMap((t) => KINDS.map((k) => `${PREFIX[t]}_${t === 'q8_0' ? k.replace('8', '') : k}`));
+
+/** rows x d matrix living in an arena: values at `off`, rows `n` bytes apart; q8_0: scales at `soff` (n / 8 bytes a row) */
+export interface WasmRows { arena: WasmArena; off: number; soff: number; rows: number; d: number; n: number; dtype: RowDtype }
+
+/** A persistent pool of worker threads running the row kernels over an arena's shared memory (pool.ts). */
+export interface RowPool {
+  readonly threads: number;
+  /** export ROW_FNS[fn] over each chunk's arguments (null: nothing), chunk 0 on this thread; returns when all are done */
+  run(fn: number, chunks: (number[] | null)[]): void;
+  dispose(): void;
+}
 
 const PAGE = 65536;
 /** x rounded up to a multiple of a (plain arithmetic: byte offsets pass 2^31, where JS bit operations turn negative) */
@@ -44,8 +68,11 @@ export class WasmArena {
   private scratch = 0;
   private scratchBytes = 0;
   private counted = 0;
-  /** `tracked`: counted by liveArenaBytes (model arenas; not the process-wide scratch arena) */
-  constructor(ex: WasmExports, private readonly tracked = true) { this.ex = ex; this.count(); }
+  /** worker threads sharing this arena's memory (shared arenas only; set by startPool, disposed with the arena) */
+  pool: RowPool | null = null;
+  /** `tracked`: counted by liveArenaBytes (model arenas; not the process-wide scratch arena); `shared`: the module and
+   * shared memory that worker threads instantiate */
+  constructor(ex: WasmExports, private readonly tracked = true, readonly shared: { module: object; memory: Memory } | null = null) { this.ex = ex; this.count(); }
 
   private count(): void {
     if (!this.tracked || !this.ex) return;
@@ -112,20 +139,33 @@ export class WasmArena {
 
   dispose(): void {
     if (!this.ex) return;
+    this.pool?.dispose();
+    this.pool = null;
     live -= this.counted;
     this.counted = 0;
     this.ex = null;
   }
 }
 
-/** A fresh arena, or null when WebAssembly SIMD is unavailable (callers fall back to the JS kernels). */
-export function createArena(tracked = true): WasmArena | null {
+let compiledShared: object | null | undefined;
+/**
+ * A fresh arena, or null when WebAssembly SIMD is unavailable (callers fall back to the JS kernels). `shared`: its
+ * memory is a shared WebAssembly.Memory (SharedArrayBuffer) that a thread pool can run kernels over (startPool);
+ * null when shared memory is unavailable.
+ */
+export function createArena(tracked = true, shared = false): WasmArena | null {
   try {
-    if (compiled === undefined) compiled = new WA.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
-    if (!compiled) return null;
-    return new WasmArena(new WA.Instance(compiled, {}).exports as unknown as WasmExports, tracked);
+    if (!shared) {
+      if (compiled === undefined) compiled = new WA.Module(Buffer.from(KERNELS_WASM_BASE64, 'base64'));
+      if (!compiled) return null;
+      return new WasmArena(new WA.Instance(compiled, {}).exports as unknown as WasmExports, tracked);
+    }
+    if (compiledShared === undefined) compiledShared = new WA.Module(Buffer.from(KERNELS_SHARED_WASM_BASE64, 'base64'));
+    if (!compiledShared) return null;
+    const memory = new WA.Memory({ initial: 1, maximum: 65536, shared: true });
+    return new WasmArena(new WA.Instance(compiledShared, { env: { memory } }).exports as unknown as WasmExports, tracked, { module: compiledShared, memory });
   } catch {
-    compiled = null;
+    if (shared) compiledShared = null; else compiled = null;
     return null;
   }
 }
@@ -140,41 +180,138 @@ function sharedArena(): WasmArena | null {
   return shared;
 }
 
-/** Copy a [rows, d] matrix into `arena`; null when there is no arena (no SIMD), d % 8 != 0, or the arena is full. */
-export function toWasmRows(data: Float32Array, rows: number, d: number, arena: WasmArena | null): WasmRows | null {
-  if (d % 8 !== 0 || !arena) return null;
-  const off = arena.alloc(data.byteLength);
-  if (off === null) return null;
-  new Float32Array(arena.exports().memory.buffer, off, data.length).set(data);
-  return { arena, off, rows, d };
+/** float16 bits that are inf or NaN (the kernels' f16 widening is exact for finite values only) */
+function nonFiniteF16(h: Uint16Array): boolean { for (let i = 0; i < h.length; i++) if ((h[i]! & 0x7c00) === 0x7c00) return true; return false; }
+/** a float32 value that float16 cannot hold finitely (|v| rounds to inf, or inf / NaN) */
+function pastF16(a: Float32Array): boolean { for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]!) < 65520)) return true; return false; }
+function nonFinite(a: Float32Array): boolean { for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]!)) return true; return false; }
+
+/**
+ * q8_0 of rows [rows, d] (d % 32 == 0) into int8 values q and float32 scales s (one per 32 values): s = max|w| / 127,
+ * q = round(w / s).
+ */
+export function quantizeQ8(w: Float32Array, q: Int8Array, s: Float32Array): void {
+  for (let b = 0; b < s.length; b++) {
+    const o = b * 32;
+    let m = 0;
+    for (let j = 0; j < 32; j++) m = Math.max(m, Math.abs(w[o + j]!));
+    const sc = m / 127;
+    s[b] = sc;
+    const inv = sc > 0 ? 1 / Math.fround(sc) : 0;
+    for (let j = 0; j < 32; j++) q[o + j] = Math.max(-127, Math.min(127, Math.round(w[o + j]! * inv)));
+  }
 }
 
+/**
+ * Copy a [rows, d] matrix into `arena` as `dtype` (data: float32 values, or float16 bits); null when there is no arena
+ * (no SIMD), d % 8 != 0, or the arena is full. Rows that `dtype` cannot hold (inf / NaN, or past float16's range
+ * for float16) stay float32; q8_0 with d % 32 != 0 is float16.
+ */
+export function toWasmRows(data: Float32Array | Uint16Array, rows: number, d: number, arena: WasmArena | null, dtype: RowDtype = 'float32'): WasmRows | null {
+  if (d % 8 !== 0 || !arena) return null;
+  const f16in = data instanceof Uint16Array;
+  if (dtype === 'q8_0' && d % 32 !== 0) dtype = 'float16';
+  if (dtype === 'float16' && (f16in ? nonFiniteF16(data) : pastF16(data))) dtype = 'float32';
+  const f32 = () => (f16in ? f16ToF32Array(data) : data);
+  let wide: Float32Array | null = null;
+  if (dtype === 'q8_0' && nonFinite((wide = f32()))) dtype = 'float32';
+  const len = rows * d, n = d * VALUE_BYTES[dtype];
+  const off = arena.alloc(len * VALUE_BYTES[dtype] + (dtype === 'q8_0' ? len / 8 : 0));
+  if (off === null) return null;
+  const buf = arena.exports().memory.buffer;
+  let soff = 0;
+  if (dtype === 'float32') { const dst = new Float32Array(buf, off, len); if (f16in) f16ToF32Array(data, dst); else dst.set(data); }
+  else if (dtype === 'float16') { const dst = new Uint16Array(buf, off, len); if (f16in) dst.set(data); else f32ToF16Array(data, dst); }
+  else if (dtype === 'bfloat16') f32ToBf16Array(f32(), new Uint16Array(buf, off, len));
+  else { soff = off + len; quantizeQ8(wide ?? f32(), new Int8Array(buf, off, len), new Float32Array(buf, soff, len / 32)); }
+  return { arena, off, soff, rows, d, n, dtype };
+}
+
+/** The values of rows [r0, r1) of W as float32 (tests, and the JS fallback of the rare overflow case). */
+export function wasmRowsF32(W: WasmRows, r0 = 0, r1 = W.rows): Float32Array {
+  const buf = W.arena.exports().memory.buffer, len = (r1 - r0) * W.d, o = W.off + r0 * W.n;
+  if (W.dtype === 'float32') return new Float32Array(buf, o, len).slice();
+  if (W.dtype === 'float16') return f16ToF32Array(new Uint16Array(buf, o, len));
+  if (W.dtype === 'bfloat16') return bf16ToF32Array(new Uint16Array(buf, o, len));
+  const q = new Int8Array(buf, o, len), s = new Float32Array(buf, W.soff + r0 * (W.n / 8), len / 32);
+  return Float32Array.from(q, (v, i) => v * s[i >> 5]!);
+}
+
+/** matvec and axpy work (rows x values) below which a call stays on this thread */
+const PAR_MIN = 1 << 15;
+const F16_SCALE = 2 ** 112;
+
 /** idx null: every row of W, in order (the ids come from the arena's all-rows table, not copied) */
-function run(kind: 'matvec' | 'axpy', W: WasmRows, idx: Int32Array | null, v: Float32Array, out: Float32Array, outInit: boolean): void {
-  const k = idx ? idx.length : W.rows, d = W.d;
-  const vLen = kind === 'matvec' ? d : k;
-  const outLen = kind === 'matvec' ? k : d;
-  const all = idx ? 0 : W.arena.allRows(W.rows);
-  const base = W.arena.scratchFor(4 * (k + vLen + outLen) + 64);
-  const ex = W.arena.exports();
+function run(kind: 'mv' | 'ax', W: WasmRows, idx: Int32Array | null, v: Float32Array, out: Float32Array): void {
+  const k = idx ? idx.length : W.rows, d = W.d, ar = W.arena;
+  const vLen = kind === 'mv' ? d : k;
+  const outLen = kind === 'mv' ? k : d;
+  const q8mv = W.dtype === 'q8_0' && kind === 'mv';
+  const all = idx ? 0 : ar.allRows(W.rows);
+  const base = ar.scratchFor(4 * (k + vLen + outLen) + (q8mv ? 2 * d + d / 8 : 0) + 128);
+  const ex = ar.exports();
   const rowsOff = idx ? base : all, vOff = align(base + 4 * k, 16), outOff = align(vOff + 4 * vLen, 16);
-  const { f32, i32 } = W.arena.views();
+  const qOff = align(outOff + 4 * outLen, 16), qsOff = qOff + 2 * d;
+  const { f32, i32 } = ar.views();
   if (idx) i32.set(idx, rowsOff / 4);
-  f32.set(v, vOff / 4);
-  if (outInit) f32.set(out, outOff / 4); else f32.fill(0, outOff / 4, (outOff / 4) + outLen);
+  // float16 rows: the input times 2^112 (the kernels' widening is the weight times 2^-112); an input reaching 2^15 in
+  // magnitude takes 2^(112 - t) and the result 2^t, so nothing overflows
+  let post = 1;
+  if (W.dtype === 'float16') {
+    let mx = 0;
+    for (let i = 0; i < vLen; i++) { const a = Math.abs(v[i]!); if (a > mx && a !== Infinity) mx = a; }
+    if (mx >= 32768) post = 2 ** (Math.ceil(Math.log2(mx)) - 14);
+    const sc = F16_SCALE / post, o = vOff / 4;
+    for (let i = 0; i < vLen; i++) f32[o + i] = v[i]! * sc;
+  } else f32.set(v, vOff / 4);
+  if (kind === 'ax') { if (post === 1) f32.set(out, outOff / 4); else f32.fill(0, outOff / 4, outOff / 4 + outLen); }
+  if (q8mv) ex.q8_quant(vOff, d, qOff, qsOff);
   // every row, or runs of consecutive rows (a head's block): the streaming kernels (one row at a time; sequential rows
   // prefetch well, and four neighbouring rows at once measured 3x slower); scattered rows (MLP neurons): the eight-row
   // kernels (eight row starts miss the cache together: 1.5-2x faster on scattered rows, bench:decode)
   const scattered = idx !== null && k >= 4 && !(idx[1] === idx[0]! + 1 && idx[2] === idx[1]! + 1 && idx[3] === idx[2]! + 1);
-  if (kind === 'matvec') (scattered ? ex.gather8_matvec : ex.gather_matvec)(W.off, rowsOff, k, vOff, d, outOff);
-  else (scattered ? ex.gather8_axpy : ex.gather_axpy_all)(W.off, rowsOff, k, vOff, d, outOff);
-  out.set(W.arena.views().f32.subarray(outOff / 4, (outOff / 4) + outLen));
+  const fn = DTYPES.indexOf(W.dtype) * 4 + (kind === 'ax' ? 2 : 0) + (scattered ? 1 : 0);
+  const args = [W.off, W.soff, rowsOff, k, q8mv ? qOff : vOff, qsOff, d, W.n, outOff];
+  const pool = ar.pool;
+  if (!pool || k * d < PAR_MIN) (ex as unknown as Record<string, (...a: number[]) => void>)[ROW_FNS[fn]!]!(...args);
+  else pool.run(fn, kind === 'mv' ? rowChunks(args, k, pool.threads) : columnChunks(args, d, pool.threads, VALUE_BYTES[W.dtype]));
+  const res = ar.views().f32.subarray(outOff / 4, (outOff / 4) + outLen);
+  if (post === 1) out.set(res);
+  else if (kind === 'mv') for (let i = 0; i < outLen; i++) out[i] = res[i]! * post;
+  else for (let i = 0; i < outLen; i++) out[i]! += res[i]! * post;
+}
+
+/**
+ * A matvec split by rows: chunks of a multiple of 8 rows (each row then goes through the same kernel, in the same
+ * eight-row group, as on one thread: the same bits).
+ */
+function rowChunks(args: number[], k: number, T: number): (number[] | null)[] {
+  const step = align(Math.ceil(k / T), 8);
+  return Array.from({ length: T }, (_, t) => {
+    const r0 = t * step, r1 = Math.min(k, r0 + step);
+    if (r0 >= r1) return null;
+    const a = args.slice();
+    a[2] = args[2]! + 4 * r0; a[3] = r1 - r0; a[8] = args[8]! + 4 * r0;
+    return a;
+  });
+}
+
+/** An axpy split by output columns, 32 at a time (every column's sum runs over the rows in order, as on one thread). */
+function columnChunks(args: number[], d: number, T: number, bytes: number): (number[] | null)[] {
+  const step = align(Math.ceil(d / T), 32);
+  return Array.from({ length: T }, (_, t) => {
+    const c0 = t * step, c1 = Math.min(d, c0 + step);
+    if (c0 >= c1) return null;
+    const a = args.slice();
+    a[0] = args[0]! + c0 * bytes; a[1] = args[1]! + c0 / 8; a[6] = c1 - c0; a[8] = args[8]! + 4 * c0;
+    return a;
+  });
 }
 
 /** out[i] = dot(W[idx[i]], x) */
-export function wasmGatherMatVec(W: WasmRows, idx: Int32Array | null, x: Float32Array, out: Float32Array): void { run('matvec', W, idx, x, out, false); }
+export function wasmGatherMatVec(W: WasmRows, idx: Int32Array | null, x: Float32Array, out: Float32Array): void { run('mv', W, idx, x, out); }
 /** out += sum_i a[i] W[idx[i]], row after row */
-export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('axpy', W, idx, a, out, true); }
+export function wasmGatherAxpyAll(W: WasmRows, idx: Int32Array | null, a: Float32Array, out: Float32Array): void { run('ax', W, idx, a, out); }
 
 /**
  * Causal attention for all heads of a batch through the SIMD kernels: per row and four consecutive queries, one
