@@ -169,7 +169,7 @@ export function kernelCosts(model: Model, context: number, o: { file?: string; n
   if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
   const c = model.config, file = o.file ?? costCacheFile(), note = o.note ?? (() => undefined);
   const cache = readCache(file, note);
-  const key = [machine(), model.decode.kernel, `L${c.layers}`, `d${c.hidden}`, `F${c.ffn}`, `H${c.heads}`, `KV${c.kvHeads}`, `hd${c.headDim}`, c.activation, `V${c.vocabSize}`, c.norm, `ctx${context}`].join('|');
+  const key = [machine(), model.decode.kernel, model.decode.dtype, `threads${model.decode.threads}`, `L${c.layers}`, `d${c.hidden}`, `F${c.ffn}`, `H${c.heads}`, `KV${c.kvHeads}`, `hd${c.headDim}`, c.activation, `V${c.vocabSize}`, c.norm, `ctx${context}`].join('|');
   let shape: ShapeCosts | undefined = cache.shapes[key];
   const bad = shape ? shapeProblems(shape, c.layers, c.heads) : [];
   if (bad.length) { note(`the cached kernel costs of this model in ${file} do not fit together (${bad[0]}${bad.length > 1 ? `; ${bad.length - 1} more` : ''}); measuring them again`); shape = undefined; }

@@ -45,6 +45,8 @@ export interface WasmRows { arena: WasmArena; off: number; soff: number; rows: n
 /** A persistent pool of worker threads running the row kernels over an arena's shared memory (pool.ts). */
 export interface RowPool {
   readonly threads: number;
+  /** calls run on the pool so far */
+  readonly calls: number;
   /** export ROW_FNS[fn] over each chunk's arguments (null: nothing), chunk 0 on this thread; returns when all are done */
   run(fn: number, chunks: (number[] | null)[]): void;
   dispose(): void;

@@ -41,6 +41,7 @@ class Pool implements RowPool {
   private readonly workers: Worker[];
   private readonly fns: ((...a: number[]) => void)[];
   private closed = false;
+  calls = 0;
   constructor(private readonly arena: WasmArena, readonly threads: number) {
     const sh = arena.shared!, count = threads - 1;
     const ctl = arena.alloc(4 * (8 + 16 * count));
@@ -50,7 +51,8 @@ class Pool implements RowPool {
     const ex = arena.exports() as unknown as Record<string, (...a: number[]) => void>;
     this.fns = ROW_FNS.map((n) => ex[n]!);
     this.workers = Array.from({ length: count }, (_, index) => {
-      const w = new Worker(WORKER, { eval: true, workerData: { module: sh.module, memory: sh.memory, ctl, index, count, names: ROW_FNS, spin: SPIN } });
+      // execArgv []: the parent's flags (-e, --input-type=module) would make this script something else
+      const w = new Worker(WORKER, { eval: true, execArgv: [], workerData: { module: sh.module, memory: sh.memory, ctl, index, count, names: ROW_FNS, spin: SPIN } });
       w.unref(); // never keeps a process alive; dispose() ends them
       w.on('error', () => undefined); // a dead worker shows as a timeout in run()
       return w;
@@ -65,6 +67,7 @@ class Pool implements RowPool {
   run(fn: number, chunks: (number[] | null)[]): void {
     if (this.closed) throw new Error('decode thread pool used after its model was disposed');
     const c = this.c, count = this.threads - 1;
+    this.calls++;
     for (let w = 0; w < count; w++) {
       const a = chunks[w + 1], o = 8 + 16 * w;
       c[o] = a ? fn : -1;
