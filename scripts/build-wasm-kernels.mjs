@@ -9,12 +9,14 @@ const wabt = await wabtInit();
 const src = fs.readFileSync('src/model/kernels/wasm/kernels.wat', 'utf8');
 const m = /;; @half begin[^\n]*\n([\s\S]*?);; @half end[^\n]*\n/.exec(src);
 if (!m) throw new Error('kernels.wat: no @half block');
-const F16_MASK = '(v128.const i32x4 0x8fffffff 0x8fffffff 0x8fffffff 0x8fffffff)';
+// interleaving the low / high four 16-bit lanes of two vectors (a, b) into 32-bit lanes a | b << 16: one punpck*wd
+const LO = '0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23', HI = '8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31';
 const widen = {
-  // sign-extended, shifted to the f32 exponent: bits 30..28 hold sign copies, cleared by the mask
-  f16: (half, w) => `(v128.and (i32x4.shl (i32x4.extend_${half}_i16x8_s (local.get ${w})) (i32.const 13)) ${F16_MASK})`,
-  // the 16 bits into the top half of each lane (one shuffle with zeros)
-  bf16: (half, w) => `(i8x16.shuffle ${half === 'low' ? '16 17 0 1 16 17 2 3 16 17 4 5 16 17 6 7' : '16 17 8 9 16 17 10 11 16 17 12 13 16 17 14 15'} (local.get ${w}) (v128.const i32x4 0 0 0 0))`,
+  // f16 h -> f32 bits (h & 0x7fff) << 13 | sign << 31, built in 16-bit lanes: the low half (h << 13), the high half
+  // ((h >> 3) keeping the sign, bits 14..12 cleared), interleaved (the shared subexpressions are computed once)
+  f16: (half, w) => `(i8x16.shuffle ${half === 'low' ? LO : HI} (i16x8.shl (local.get ${w}) (i32.const 13)) (v128.and (i16x8.shr_s (local.get ${w}) (i32.const 3)) (v128.const i16x8 0x8fff 0x8fff 0x8fff 0x8fff 0x8fff 0x8fff 0x8fff 0x8fff)))`,
+  // bf16: the 16 bits into the top half of each lane (interleaved with zeros)
+  bf16: (half, w) => `(i8x16.shuffle ${half === 'low' ? LO : HI} (v128.const i32x4 0 0 0 0) (local.get ${w}))`,
 };
 const expanded = Object.entries(widen).map(([t, f]) => m[1].replaceAll('@T', t)
   .replace(/\(@LO (\$\w+)\)/g, (_, w) => f('low', w)).replace(/\(@HI (\$\w+)\)/g, (_, w) => f('high', w))).join('');

@@ -31,7 +31,7 @@ if (!fs.existsSync(path.join(dir, 'model.safetensors'))) {
 await ensureBackend('wasm');
 
 const runs = [
-  ['f32x1', 'float32', 1], ['f16x1', 'float16', 1], ['f16x2', 'float16', 2], ['q8x2', 'q8_0', 2], ['f16xauto', 'float16', 'auto'],
+  ['f32x1', 'float32', 1], ['f32x2', 'float32', 2], ['f16x1', 'float16', 1], ['f16x2', 'float16', 2], ['q8x1', 'q8_0', 1], ['q8x2', 'q8_0', 2], ['autoxauto', 'auto', 'auto'],
 ].filter(([n]) => !opt('only', '') || opt('only', '').split(',').includes(n));
 let s = 99;
 const rnd = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
