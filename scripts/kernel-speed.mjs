@@ -16,8 +16,11 @@ for (const dt of ['float32', 'float16', 'bfloat16', 'q8_0']) {
   const out = new Float32Array(n), y = new Float32Array(d);
   const med = (f) => { f(); const xs = []; for (let r = 0; r < 9; r++) { const t = performance.now(); for (let i = 0; i < 5; i++) f(); xs.push((performance.now() - t) / 5); } return xs.sort((p, q) => p - q)[4]; };
   const mv = med(() => m.matvec(x, out)), ax = med(() => m.axpy(a, y));
+  // every other row: the eight-row (scattered) kernels
+  const half = Int32Array.from({ length: n / 2 }, (_, i) => 2 * i);
+  const mv8 = med(() => m.matvec(x, out, half)), ax8 = med(() => m.axpy(a, y, half));
   const bytes = n * d * (dt === 'float32' ? 4 : dt === 'q8_0' ? 1.125 : 2);
-  console.log(dt, 'mv', mv.toFixed(2), 'ms', (bytes / mv / 1e6).toFixed(1), 'GB/s', (n * d / mv / 1e6).toFixed(2), 'Gval/s | ax', ax.toFixed(2), 'ms', (n * d / ax / 1e6).toFixed(2), 'Gval/s');
+  console.log(dt, 'mv', mv.toFixed(2), 'ms', (bytes / mv / 1e6).toFixed(1), 'GB/s', (n * d / mv / 1e6).toFixed(2), 'Gval/s | ax', ax.toFixed(2), 'ms', (n * d / ax / 1e6).toFixed(2), 'Gval/s | every other row: mv8', (n * d / 2 / mv8 / 1e6).toFixed(2), 'ax8', (n * d / 2 / ax8 / 1e6).toFixed(2), 'Gval/s');
   ar.dispose();
 }
 console.log('load', os.loadavg());

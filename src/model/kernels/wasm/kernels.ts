@@ -35,9 +35,9 @@ const DTYPES = Object.keys(PREFIX) as RowDtype[];
 const KINDS = ['mv', 'mv8', 'ax', 'ax8'] as const;
 /**
  * The row kernels' exports, by index (dtype * 4 + kind): the thread pool runs them by index. Every one takes
- * (W, S, rows, k, x, xs, d, n, out) (kernels.wat); q8_0 has one kernel per kind.
+ * (W, S, rows, k, x, xs, d, n, out) (kernels.wat); q8_0 has one matvec.
  */
-export const ROW_FNS: string[] = DTYPES.flatMap((t) => KINDS.map((k) => `${PREFIX[t]}_${t === 'q8_0' ? k.replace('8', '') : k}`));
+export const ROW_FNS: string[] = DTYPES.flatMap((t) => KINDS.map((k) => `${PREFIX[t]}_${t === 'q8_0' && k === 'mv8' ? 'mv' : k}`));
 
 /** rows x d matrix living in an arena: values at `off`, rows `n` bytes apart; q8_0: scales at `soff` (n / 8 bytes a row) */
 export interface WasmRows { arena: WasmArena; off: number; soff: number; rows: number; d: number; n: number; dtype: RowDtype }
