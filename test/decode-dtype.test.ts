@@ -166,7 +166,11 @@ describe('decode steps', () => {
     makeRandomCheckpoint(dir, { family: 'llama', layers: 2, hidden: 64, ffn: 128, heads: 4, kvHeads: 2, vocab: 96, dtype: 'F32', seed: 8 });
     const full = logits(dir, {});
     expect(full.dtype).toBe('float32');
-    const err = (o: Float32Array[]) => Math.max(...o.map((l, t) => { let e = 0, s = 0; l.forEach((v, i) => { e += (v - full.all[t]![i]!) ** 2; s += full.all[t]![i]! ** 2; }); return Math.sqrt(e / s); }));
+    const err = (o: Float32Array[]) => Math.max(...o.map((l, t) => {
+      let e = 0, s = 0;
+      l.forEach((v, i) => { e += (v - full.all[t]![i]!) ** 2; s += full.all[t]![i]! ** 2; });
+      return Math.sqrt(e / s);
+    }));
     const h = logits(dir, { dtype: 'float16' }), q = logits(dir, { dtype: 'q8_0' }), b = logits(dir, { dtype: 'bfloat16' });
     expect([h.dtype, q.dtype, b.dtype]).toEqual(['float16', 'q8_0', 'bfloat16']);
     // relative rounding of a weight: float16 <= 2^-11, bfloat16 <= 2^-8; logits move by about that, never by more than a
