@@ -6,7 +6,7 @@
  *   'node':  node-llama-cpp's own API (a context sequence's evaluate), what a Node user of llama.cpp gets.
  * Each measurement runs in a child process of its own (this file's CLI), so llama.cpp's threads and memory never
  * share the benchmark's process, and its load time (model + context) is measured from a cold start of the library.
- *   node dist/bench/llamacpp.js capi|node FILE.gguf --threads N --steps S [--prompt 1,2,3] [--greedy N]
+ *   node dist/bench/llamacpp.js capi|node FILE.gguf --threads N --steps S [--prompt 1,2,3] [--greedy N] [--poll P]
  * prints one JSON line: { loadMs, tokensPerSecond, steps, greedy? }. `--greedy N`: the N greedy tokens after the
  * prompt (argmax of the logits) instead of a timed run of fixed tokens.
  */
@@ -18,7 +18,8 @@ import { fileURLToPath } from 'node:url';
 
 export type Via = 'capi' | 'node';
 export interface LlamaRun { loadMs: number; tokensPerSecond: number; steps: number; greedy?: number[] }
-export interface LlamaOptions { threads: number; steps: number; prompt: number[]; greedy?: number }
+/** poll: the thread pool's busy-wait level (0-100; llama.cpp's default 50); C API only */
+export interface LlamaOptions { threads: number; steps: number; prompt: number[]; greedy?: number | undefined; poll?: number | undefined }
 
 /** the folder of node-llama-cpp's prebuilt binaries for this platform (libllama, the ggml CPU variants) */
 export function llamaBinDir(): string {
@@ -43,12 +44,15 @@ export function llamaUnavailable(): string | null {
 
 /** one measurement in a fresh child process (throws with the child's stderr when it fails) */
 export function runLlama(via: Via, file: string, o: LlamaOptions): LlamaRun {
-  const args = [fileURLToPath(import.meta.url), via, file, '--threads', String(o.threads), '--steps', String(o.steps), '--prompt', o.prompt.join(','), ...(o.greedy ? ['--greedy', String(o.greedy)] : [])];
+  // this file's CLI, as built (the tests import src/ and run dist/, built by their global setup)
+  const script = fileURLToPath(import.meta.url).replace(/([\\/])src([\\/]bench[\\/]llamacpp)\.ts$/, '$1dist$2.js');
+  const args = [script, via, file, '--threads', String(o.threads), '--steps', String(o.steps), '--prompt', o.prompt.join(','),
+    ...(o.greedy ? ['--greedy', String(o.greedy)] : []), ...(o.poll !== undefined ? ['--poll', String(o.poll)] : [])];
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 26 });
   const line = r.stdout?.trim().split('\n').pop() ?? '';
   if (r.status !== 0 || !line.startsWith('{')) throw new Error(`llama.cpp (${via}) failed on ${file} (exit ${r.status ?? r.signal}):\n${(r.stderr ?? '').split('\n').slice(-15).join('\n')}`);
   const out = JSON.parse(line) as LlamaRun;
-  if (!(out.tokensPerSecond > 0) || !(out.loadMs >= 0)) throw new Error(`llama.cpp (${via}) on ${file}: a rate that cannot be right: ${line}`);
+  if (!(out.loadMs >= 0) || (o.greedy ? out.greedy?.length !== o.greedy : !(out.tokensPerSecond > 0) || !Number.isFinite(out.tokensPerSecond))) throw new Error(`llama.cpp (${via}) on ${file}: a rate that cannot be right: ${line}`);
   return out;
 }
 
@@ -117,8 +121,12 @@ async function viaCapi(file: string, o: LlamaOptions): Promise<LlamaRun> {
   Object.assign(cp, { n_ctx: nCtx, n_batch: Math.max(o.prompt.length, 1), n_ubatch: Math.max(o.prompt.length, 1), n_threads: o.threads, n_threads_batch: o.threads, no_perf: true });
   const ctx = f.initCtx(model, cp);
   if (!ctx) throw new Error('llama.cpp could not create a context');
-  const tpp = koffi.alloc('uint8', 1024); // struct ggml_threadpool_params (528 bytes in this release)
+  // struct ggml_threadpool_params: bool cpumask[512], int n_threads, int prio, uint32 poll, bool strict_cpu, bool paused
+  const tpp = koffi.alloc('uint8', 1024);
   f.tppInit(tpp, o.threads);
+  const tv = new DataView(koffi.view(tpp, 528));
+  if (tv.getInt32(512, true) !== o.threads || tv.getUint32(520, true) !== 50) throw new Error('ggml_threadpool_params does not have the layout this file declares');
+  if (o.poll !== undefined) tv.setUint32(520, o.poll, true);
   const tp = tpNew(tpp);
   if (!tp) throw new Error(`llama.cpp: could not create a thread pool of ${o.threads}`);
   f.attach(ctx, tp, tp);
@@ -175,7 +183,8 @@ if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(fileURLToP
   const opt = (k: string) => { const i = a.indexOf(`--${k}`); return i < 0 ? undefined : a[i + 1]; };
   const [via, file] = a;
   if ((via !== 'capi' && via !== 'node') || !file) { console.error('usage: node dist/bench/llamacpp.js capi|node FILE.gguf --threads N --steps S [--prompt 1,2,3] [--greedy N]'); process.exit(2); }
-  const o: LlamaOptions = { threads: Number(opt('threads') ?? 1), steps: Number(opt('steps') ?? 128), prompt: (opt('prompt') ?? '1').split(',').map(Number), greedy: opt('greedy') ? Number(opt('greedy')) : undefined };
+  const o: LlamaOptions = { threads: Number(opt('threads') ?? 1), steps: Number(opt('steps') ?? 128), prompt: (opt('prompt') ?? '1').split(',').map(Number), greedy: opt('greedy') ? Number(opt('greedy')) : undefined,
+    poll: opt('poll') !== undefined ? Number(opt('poll')) : undefined };
   const r = await (via === 'capi' ? viaCapi(file, o) : viaNode(file, o));
   console.log(JSON.stringify(r));
   process.exit(0);
