@@ -77,7 +77,8 @@ describe('GGUF writer', () => {
     expect([k.dims, k.type]).toEqual([[192, 64], GGML.F16]);
     // row 2i + j of head h is HF's row j * 16 + i (head dim 32): row 1 of head 1 is HF row 32 + 16
     const buf = fs.readFileSync(f);
-    const row = (r: number) => f16ToF32Array(new Uint16Array(buf.buffer.slice(buf.byteOffset + h.dataOffset + Number(k.offset) + r * 384, buf.byteOffset + h.dataOffset + Number(k.offset) + (r + 1) * 384)));
+    const at = buf.byteOffset + h.dataOffset + Number(k.offset);
+    const row = (r: number) => f16ToF32Array(new Uint16Array(buf.buffer.slice(at + r * 384, at + (r + 1) * 384)));
     const hf = openCheckpoint(FIX).read('model.layers.1.self_attn.k_proj.weight');
     for (const [r, src] of [[0, 0], [1, 16], [2, 1], [33, 48], [63, 63]] as const) expect(row(r), `row ${r}`).toEqual(hf.subarray(src * 192, (src + 1) * 192));
   });

@@ -45,6 +45,10 @@ const VIAS = list('BENCH_LLAMA', 'capi,node').filter((v) => v !== 'none') as Via
 const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
 /** llama.cpp's thread-pool polling level (C API), default llama.cpp's own (50) */
 const POLL = process.env.BENCH_LLAMA_POLL !== undefined ? Number(process.env.BENCH_LLAMA_POLL) : undefined;
+const bad = (k: string, got: string[], ok: string[]) => { const x = got.filter((g) => !ok.includes(g)); if (x.length) { console.error(`error: ${k}: unknown ${x.join(', ')} (known: ${ok.join(', ')})`); process.exit(2); } };
+bad('BENCH_ROWS', [...ROWS], ['opt-fixture', 'opt-1.3b', 'llama-fixture', 'tinyllama']);
+bad('BENCH_DTYPES', DTYPES, ['float32', 'float16', 'bfloat16', 'auto', 'q8_0']);
+bad('BENCH_LLAMA', VIAS, ['capi', 'node']);
 for (const [k, v] of [['BENCH_STEPS', STEPS], ['BENCH_ROUNDS', ROUNDS], ...THREADS.filter((t) => t !== 'auto').map((t) => ['BENCH_THREADS', t])] as [string, number][])
   if (!Number.isInteger(v) || v <= 0) { console.error(`error: ${k} needs positive integers (got ${process.env[k]})`); process.exit(2); }
 
@@ -71,10 +75,11 @@ function forwardRate(model: Model, steps = STEPS): number {
 }
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-/** run the variants in turn ROUNDS times (alternating: drift hits all alike), median of each */
-function alternate<T extends number[]>(fns: (() => T)[]): T[] {
+/** run the variants in turn ROUNDS times (alternating: drift hits all alike), median of each; progress on stderr */
+function alternate<T extends number[]>(fns: (() => T)[], labels: string[] = []): T[] {
   const runs: T[][] = fns.map(() => []);
-  for (let r = 0; r < ROUNDS; r++) fns.forEach((f, i) => runs[i]!.push(f()));
+  for (let r = 0; r < ROUNDS; r++)
+    fns.forEach((f, i) => { const x = f(); runs[i]!.push(x); if (labels[i]) console.error(`  round ${r + 1}/${ROUNDS} ${labels[i]}: ${x.map((v) => v.toFixed(2)).join(' / ')}`); });
   return runs.map((rs) => rs[0]!.map((_, j) => median(rs.map((x) => x[j]!))) as T);
 }
 
@@ -102,14 +107,20 @@ function randomPicks(c: ModelConfig, mlpFrac: number, headFrac: number): DecodeM
 }
 
 const load = os.loadavg().map((x) => x.toFixed(1)).join(' ');
+const busy = os.loadavg()[0]! > os.cpus().length - 0.5
+  ? `MACHINE BUSY: 1-minute load average ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores before the run: other work shares the cores, so these figures (multi-threaded ones most: llama.cpp's pool busy-waits) are not comparable; rerun on a quiet machine`
+  : null;
+if (busy) console.error(busy);
 const tables: BenchTable[] = [];
 const notes: string[] = [];
 const optRows: (string | number)[][] = [];
 const noLlama = 'n/a (llama.cpp has no OPT architecture)';
+/** the OPT rows run the runtime's defaults: the checkpoint's own precision, threads chosen by the runtime */
+const OPT_DECODE: DecodeOptions = { dtype: 'auto', threads: 'auto' };
 const bundle = process.env.BENCH_BUNDLE ?? 'runs/default/bundle';
 const fixture = process.env.BENCH_MODEL ?? 'checkpoints/opt-fixture';
 if (ROWS.has('opt-fixture') && fs.existsSync(`${bundle}/manifest.json`)) {
-  const model = loadModel(fixture, { decode: true });
+  const model = loadModel(fixture, { decode: OPT_DECODE });
   const preds = loadBundlePredictors(bundle, fixture);
   const plan = preds.bundle.plan ?? null;
   const built = decodeModes(model.config, preds, plan);
@@ -132,7 +143,7 @@ if (ROWS.has('opt-1.3b')) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dejavu-bench-decode-'));
   try {
     writeRandomOpt(dir, big);
-    const model = loadModel(dir, { decode: true });
+    const model = loadModel(dir, { decode: OPT_DECODE });
     const dense = denseModes(big.layers), lossless: DecodeModes = { mlp: dense.mlp.map(() => ({ mode: 'lossless' as const })), heads: dense.heads };
     const picks = randomPicks(big, 0.1, 0.5);
     const counter = new DecodeSession(model, lossless, 1);
@@ -148,7 +159,7 @@ if (ROWS.has('opt-1.3b')) {
     model.dispose();
   } finally { fs.rmSync(dir, { recursive: true, force: true }); }
 }
-if (optRows.length) tables.push({ caption: `OPT: batch 1, ${STEPS} decode steps per run (OPT-1.3B widths: 16), median of ${ROUNDS} alternating runs`,
+if (optRows.length) tables.push({ caption: `OPT: batch 1, decode weights dtype auto / threads auto, ${STEPS} decode steps per run (OPT-1.3B widths: 16), median of ${ROUNDS} alternating runs`,
   header: ['model', 'density MLP / heads', 'dense tok/s', 'sparse tok/s', 'speedup', 'bound (weight bytes read)', 'previous runtime (tfjs forward, dense) tok/s', 'llama.cpp'], rows: optRows });
 
 /** the ggml type llama.cpp runs for a dejavu weight format ('auto' on a float16 checkpoint is float16) */
@@ -200,7 +211,8 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
       fns.push(() => { const r = runLlama(via, file, { threads: th, steps: STEPS, prompt: PROMPT, poll: POLL }); return [r.tokensPerSecond, r.loadMs / 1000]; });
     }
   }
-  const res = new Map(alternate(fns).map((r, j) => [slots[j]!, r]));
+  console.error(`${tag}: ${fns.length} variants, ${ROUNDS} rounds (dejavu: dense / sparse tok/s / load s; llama.cpp: tok/s / load s)`);
+  const res = new Map(alternate(fns, slots.map((k) => k.startsWith('dejavu:') ? `dejavu ${configs[Number(k.slice(7))]!.dtype}/${configs[Number(k.slice(7))]!.threads}` : k)).map((r, j) => [slots[j]!, r]));
   const rows = configs.map((o, i) => {
     const [d, sp, loadS] = res.get(`dejavu:${i}`)! as [number, number, number], g = ggmlOf(o.dtype, ckptHalf), th = llamaThreads(o.threads);
     const cap = res.get(key('capi', g, th)), nd = res.get(key('node', g, th));
@@ -239,9 +251,11 @@ try {
   }
 } finally { fs.rmSync(gdir, { recursive: true, force: true }); }
 
-const command = 'npm run build && npm run bench:decode';
-const file = writeBenchResult({ name: 'decode', title: 'Decode tokens/s: dejavu dense and sparse, llama.cpp beside it', command, tables, notes: [`backend ${b.name}; load average before the run ${load}, after ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`, ...notes] });
+const knobs = Object.entries(process.env).filter(([k]) => /^(BENCH_(?!RESULTS_DIR)\w+|DEJAVU_BACKEND)$/.test(k)).map(([k, v]) => `${k}=${v}`).sort();
+const command = `npm run build && ${knobs.length ? knobs.join(' ') + ' ' : ''}npm run bench:decode`;
+const file = writeBenchResult({ name: 'decode', title: 'Decode tokens/s: dejavu dense and sparse, llama.cpp beside it', command, tables, notes: [...(busy ? [busy] : []), `backend ${b.name}; load average before the run ${load}, after ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`, ...notes] });
 console.log(`bench:decode, backend ${b.name}, batch 1, median of ${ROUNDS} alternating runs, load average ${load} (before) / ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} (after)\n`);
 for (const t of tables) console.log(`${t.caption}\n\n${table(t.header, t.rows)}\n`);
 if (notes.length) console.log(notes.join('\n'));
+if (busy) console.log(`\n${busy}`);
 console.log(`\nwritten: ${file}`);

@@ -186,7 +186,10 @@ export function permuteRope(w: Float32Array, rows: number, cols: number, heads: 
   return out;
 }
 
-interface HfTokenizer { added_tokens?: { id: number; content: string; special?: boolean }[]; pre_tokenizer?: { type?: string } | null; model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[] } }
+interface HfTokenizer {
+  added_tokens?: { id: number; content: string; special?: boolean }[]; pre_tokenizer?: { type?: string } | null;
+  model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[] };
+}
 
 /** llama.cpp tokenizer keys: the folder's byte-level BPE tokenizer.json, or a synthetic SentencePiece-style vocabulary */
 function tokenizerKeys(dir: string, c: ModelConfig): [string, GgufValue][] {

@@ -87,7 +87,6 @@ async function viaCapi(file: string, o: LlamaOptions): Promise<LlamaRun> {
     procAddress: base.func('void *ggml_backend_reg_get_proc_address(void *reg, const char *name)'),
     tppInit: base.func('void ggml_threadpool_params_init(void *p, int n_threads)'),
     backendInit: lib.func('void llama_backend_init()'),
-    logSet: lib.func('void llama_log_set(void *cb, void *user)'),
     modelDefaults: lib.func('llama_model_default_params', ModelParams, []),
     ctxDefaults: lib.func('llama_context_default_params', CtxParams, []),
     loadModel: lib.func('llama_model_load_from_file', 'void *', ['const char *', ModelParams]),
@@ -101,9 +100,8 @@ async function viaCapi(file: string, o: LlamaOptions): Promise<LlamaRun> {
     freeCtx: lib.func('void llama_free(void *ctx)'),
     freeModel: lib.func('void llama_model_free(void *model)'),
   };
-  // llama.cpp's log off (its tools' default without --verbose); failures still throw below
-  const quiet = koffi.register(() => {}, koffi.pointer(koffi.proto('void ggml_log_cb(int level, const char *text, void *user)')));
-  f.logSet(quiet, null);
+  // llama.cpp logs to stderr (runLlama keeps it, and shows its end on a failure): a JS log callback could be called
+  // from ggml's worker threads, which koffi cannot serve while the main thread waits in llama_decode
   f.loadAll(dir);
   f.backendInit();
   const cpu = f.devByType(0); // GGML_BACKEND_DEVICE_TYPE_CPU
