@@ -217,10 +217,10 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     const [d, sp, loadS] = res.get(`dejavu:${i}`)! as [number, number, number], g = ggmlOf(o.dtype, ckptHalf), th = llamaThreads(o.threads);
     const cap = res.get(key('capi', g, th)), nd = res.get(key('node', g, th));
     const by = bytesPerToken(c, 0.1, 0.5, perWeight[g]);
-    const gbs = (x: number, bytes: number) => `${x.toFixed(1)} (${(x * bytes / 1e9).toFixed(0)} GB/s)`;
+    const gbs = (x: number, bytes: number) => { const r = x * bytes / 1e9; return `${x.toFixed(1)} (${r.toFixed(r < 10 ? 1 : 0)} GB/s)`; };
     const vs = (x: number) => cap ? `${(x / cap[0]!).toFixed(2)}x` : '';
     return [ranAs[i] ? `${o.dtype} (ran ${ranAs[i]})` : o.dtype, String(o.threads), gbs(d, by.dense), gbs(sp, by.sparse), `${(sp / d).toFixed(2)}x (bound ${(by.dense / by.sparse).toFixed(2)}x)`,
-      `${g}, ${th}`, cap ? gbs(cap[0]!, by.dense) : why ?? '', nd ? nd[0]!.toFixed(1) : why ?? '', vs(d), vs(sp), loadS.toFixed(2),
+      `${g}, ${th}`, cap ? gbs(cap[0]!, by.dense) : why ?? 'not run', nd ? nd[0]!.toFixed(1) : why ?? 'not run', vs(d) || '-', vs(sp) || '-', loadS.toFixed(2),
       [cap, nd].map((x) => x ? x[1]!.toFixed(2) : '-').join(' / ')];
   });
   if (ranAs.some((r) => r === null)) notes.push(`${tag}: this build's decode weights do not report their format and threads: the dejavu rows show the DecodeOptions asked for`);
@@ -233,7 +233,8 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     if ((o.threads !== 'auto' && o.threads !== all) || !(f16 || q8)) continue;
     const [d, sp] = res.get(`dejavu:${i}`)!;
     const vs = [f16 && `${(sp! / f16[0]!).toFixed(2)}x llama.cpp F16 (${f16[0]!.toFixed(1)})`, q8 && `${(sp! / q8[0]!).toFixed(2)}x llama.cpp Q8_0 (${q8[0]!.toFixed(1)})`].filter(Boolean);
-    notes.push(`${tag}: dejavu ${o.dtype}/${o.threads}: dense ${d!.toFixed(1)}, 10%/50% ${sp!.toFixed(1)} tok/s = ${vs.join(', ')} dense at ${all} threads (C API)`);
+    const dv = f16 ? ` (${(d! / f16[0]!).toFixed(2)}x llama.cpp F16)` : '';
+    notes.push(`${tag}: dejavu ${o.dtype}/${o.threads}: dense ${d!.toFixed(1)}${dv}, 10%/50% ${sp!.toFixed(1)} tok/s = ${vs.join(', ')} dense at ${all} threads (C API)`);
   }
 }
 
