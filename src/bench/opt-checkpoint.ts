@@ -31,10 +31,10 @@ export function writeRandomIds(file: string, seqs: number, seqLen: number, vocab
   fs.writeFileSync(file, Array.from({ length: seqs }, () => JSON.stringify({ ids: Array.from({ length: seqLen }, () => 4 + (rnd() % (vocab - 4))) })).join('\n') + '\n');
 }
 
-/** Write the checkpoint; returns the bytes of model.safetensors. */
-export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), seed = 1): number {
+/** Write the checkpoint (`hf`: its config.json; another family's, e.g. src/bench/llama-checkpoint.ts); returns the bytes of model.safetensors. */
+export function writeRandomOpt(dir: string, c: ModelConfig = opt13bConfig(), seed = 1, hf: Record<string, unknown> = hfConfig(c)): number {
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(hfConfig(c), null, 2) + '\n');
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(hf, null, 2) + '\n');
   const specs = expectedWeights(c);
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', note: 'random weights (dejavu-ts bench)' } };
   let off = 0;
