@@ -149,7 +149,7 @@ function configured<K extends keyof typeof SCHEMAS>(name: K, description: string
       });
       if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       noteWorkerCap(cfg, ctx);
-      const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, ctx);
+      const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, { ...ctx, opts });
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text.endsWith('\n') ? res.text : res.text + '\n');
       ctx.exit(res.code ?? 0);
     },
@@ -243,6 +243,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--heldout <file>', description: 'held-out text for evaluation and the plan (with --data)', key: 'data.heldout' },
     { flags: '--workdir <dir>', description: 'where stage outputs go (default: runs/<the model folder\'s name>)', key: 'workdir' },
     { flags: '--max-ppl-increase <x>', description: 'the plan\'s budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'plan.maxPplIncrease', parse: int },
+    { flags: '--verbose', description: 'also print the per-layer tables of report.md and plan/report.md (stdout is the verdict alone otherwise)' },
     ...SCALE_OUT,
     BACKEND,
   ], [
@@ -250,7 +251,7 @@ export const COMMANDS: CommandDef[] = [
     'dejavu pipeline --model checkpoints/llama-fixture --data data/calibration.jsonl',
     'dejavu pipeline --model checkpoints/opt-fixture --data data/calibration.jsonl --heldout data/heldout.jsonl --max-ppl-increase 0.02 --workdir runs/budget-2pct',
     "dejavu pipeline --config configs/default.yaml --workdir runs/r4 --set 'train.mlp.ranks=[0.25]'",
-  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); },
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps, { verbose: Boolean(ctx.opts?.verbose) }); },
   pipelineDataFlags),
   configured('estimate', 'what a pipeline on this model costs here, before it runs: activation disk, host and GPU memory, time per stage per backend available (at a matmul rate measured now)', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },
