@@ -63,6 +63,8 @@ describe('dejavu pipeline --model DIR --data FILE', () => {
     expect(verbose.code, verbose.err).toBe(0);
     expect(verbose.out.startsWith(again.out.split('\n').slice(0, 2).join('\n'))).toBe(true);
     expect(verbose.out).toContain('| layer | MLP mode | MLP recall |'); // report.md's table
+    expect(verbose.out).not.toContain('head recall'); // heads off: no head columns
+    expect(verbose.out).toMatch(/perplexity on the first 128 tokens of \S*heldout\S* \(oracle: /); // each perplexity with its text
     expect(verbose.out).toContain(fs.readFileSync(path.join(W, 'plan', 'report.md'), 'utf8').trimEnd()); // plan/report.md
   }, 90_000);
 
