@@ -24,13 +24,18 @@ import { modelDefaults } from '../stages/model-defaults.js';
 
 export type { StageResult } from '../stages/types.js';
 
-export interface FlagDef {
+/** every dotted key of a config object type: 'seqLen', 'plan.maxPplIncrease', 'data.heldout' (arrays are leaves) */
+export type ConfigKey<T> = T extends readonly unknown[] ? never : T extends object
+  ? { [K in keyof T & string]-?: K | `${K}.${ConfigKey<NonNullable<T[K]>>}` }[keyof T & string] : never;
+
+/** A flag; `key` is a dotted key of the command's schema, checked by the compiler (a typo or a key the command lacks does not build). */
+export interface FlagDef<Key extends string = string> {
   flags: string;
   description: string;
   /** dotted config key this flag sets */
-  key?: string;
+  key?: Key;
   parse?: (v: string) => unknown;
-  choices?: string[];
+  choices?: readonly string[];
 }
 
 export interface CommandDef {
@@ -50,10 +55,10 @@ const list = (v: string) => {
   if (parts.some((s) => s === '')) throw new InvalidArgumentError('empty entry: give comma-separated layer indices like 0,1,2, or "all"');
   return parts.map(int);
 };
-const BACKEND: FlagDef = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
+const BACKEND: FlagDef<'backend'> = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
 /** --shard i/n (issue 26): shard i (0-based) of n of a data-parallel stage */
-const SHARD: FlagDef = {
+const SHARD: FlagDef<'shard'> = {
   flags: '--shard <i/n>', description: 'do only shard i of n (0-based) of this stage, into its own --out; join the n outputs with dejavu merge', key: 'shard',
   parse: (v: string) => {
     const m = /^(\d+)\/(\d+)$/.exec(v.trim());
@@ -62,14 +67,14 @@ const SHARD: FlagDef = {
   },
 };
 /** pipeline past one machine (issue 26, src/stages/scale-out.ts) */
-const SCALE_OUT: FlagDef[] = [
+const SCALE_OUT: FlagDef<Extract<ConfigKey<z.input<typeof pipelineSchema>>, `scaleOut.${string}`>>[] = [
   { flags: '--scheduler <name>', description: 'write Slurm array jobs (slurm) or Kubernetes Indexed Jobs (k8s) for --shards N into WORKDIR/jobs', key: 'scaleOut.scheduler', choices: ['slurm', 'k8s'] },
   { flags: '--shards <n>', description: 'shards per data-parallel stage (with --scheduler or --step)', key: 'scaleOut.shards', parse: int },
   { flags: '--submit', description: 'with --scheduler slurm: submit the jobs and wait for them', key: 'scaleOut.submit' },
   { flags: '--step <step>', description: 'run one step of the written jobs (what each job runs)', key: 'scaleOut.step' },
   { ...SHARD, key: 'scaleOut.shard' },
 ];
-const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
+const OVERWRITE: FlagDef<'overwrite'> = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 
 /** A stage command's section in a pipeline config, and the pipeline's workdir folders it reads (by config key). */
 export const STAGE_SECTIONS: Record<string, { section: string; data?: 'calibration' | 'heldout'; inputs: Record<string, string> }> = {
@@ -128,7 +133,7 @@ const pipelineDataFlags = (m: Obj): Obj => {
   return { ...rest, 'data.calibration': data };
 };
 
-function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[], examples: string[],
+function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef<ConfigKey<z.input<(typeof SCHEMAS)[K]>>>[], examples: string[],
   stage: (cfg: z.infer<(typeof SCHEMAS)[K]>, ctx: CommandContext) => Promise<StageResult>,
   mapFlags: (m: Obj) => Obj = (m) => m): CommandDef {
   return {
