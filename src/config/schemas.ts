@@ -2,7 +2,7 @@
  * One strict schema per command. Every key carries its documentation (.describe()); docs/configuration.md is generated
  * from these schemas (`npm run docs`, src/config/docs.ts) and a test fails when it is stale; every YAML in configs/ is
  * validated by a test.
- * A core module (docs/architecture.md): the CLI and the stages resolve configs with it, and the predictor training
+ * A core module (README "Architecture"): the CLI and the stages resolve configs with it, and the predictor training
  * takes its `TrainConfig`; it imports only the backend list and util.
  */
 import { z } from 'zod';
