@@ -8,7 +8,10 @@ import { describe, expect, it } from 'vitest';
 import type { TopLevelSpec } from 'vega-lite';
 import { densitiesSpec, EXACT, frontierSpec, panelColumns, PREDICTOR, recallVsDensitySpec, renderReportPlots, sweepRange, type PlotReport } from '../src/eval/plots.js';
 
-interface Item { x?: number; y?: number; width?: number; height?: number; bounds?: { x1: number; y1: number; x2: number; y2: number }; items?: Mark[]; text?: string; fill?: string; stroke?: string; datum?: Record<string, unknown> }
+interface Item {
+  x?: number; y?: number; width?: number; height?: number; bounds?: { x1: number; y1: number; x2: number; y2: number };
+  items?: Mark[]; text?: string; fill?: string; stroke?: string; datum?: Record<string, unknown>;
+}
 interface Mark { marktype: string; role?: string; items: Item[] }
 interface Placed { mark: Mark; item: Item; x1: number; y1: number; x2: number; y2: number; group: { x1: number; y1: number; x2: number; y2: number } }
 

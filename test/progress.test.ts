@@ -3,7 +3,7 @@
  * 4000 seqs/s ETA 0s"), rates readable at any speed (no "0 sites/s"), and a final line with the phase's time.
  */
 import { describe, expect, it } from 'vitest';
-import { doneText, makeProgressFactory, progressText, rateText, WARM_MS } from '../src/util/progress.js';
+import { doneText, makeProgressFactory, progressText, rateText, WARM_MS, withApproximateTotal, type StageDeps } from '../src/util/progress.js';
 
 describe('progress text', () => {
   it('no rate or ETA before warm-up: under WARM_MS, or under 3% of the total', () => {
@@ -55,5 +55,18 @@ describe('the plain-line progress (stderr not a TTY)', () => {
     const bar = makeProgressFactory({ write: (s: string) => { out.push(s); return true; } } as unknown as NodeJS.WritableStream, { quiet: true })('x', 3);
     bar.update(3); bar.stop();
     expect(out).toEqual([]);
+  });
+});
+
+describe('withApproximateTotal (collect streams its text: the estimate stands in for the total)', () => {
+  it('a bar without a total gets the estimate, marked approximate; a bar with one keeps it', () => {
+    const calls: unknown[][] = [];
+    const deps: StageDeps = { log: () => undefined, progress: (...a) => { calls.push(a); return { update: () => undefined, stop: () => undefined }; } };
+    let asked = 0;
+    const d = withApproximateTotal(deps, () => { asked++; return 93_000; });
+    d.progress('collect', 0, 'tok');
+    d.progress('collect', 4096, 'tok');
+    expect(calls).toEqual([['collect', 93_000, 'tok', { approximate: true }], ['collect', 4096, 'tok', undefined]]);
+    expect(asked).toBe(1); // estimated only when needed
   });
 });

@@ -15,7 +15,8 @@ import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
-import { runEstimate } from '../stages/estimate.js';
+import { estimateTokens, runEstimate } from '../stages/estimate.js';
+import { withApproximateTotal } from '../util/progress.js';
 import { MERGE_KINDS, runMerge, type MergeConfig } from '../stages/merge.js';
 import type { StageResult } from '../stages/types.js';
 import { defaultWorkers } from '../util/pool.js';
@@ -194,7 +195,11 @@ export const COMMANDS: CommandDef[] = [
   ], [
     'dejavu collect-activations --model checkpoints/opt-fixture --data data/calibration.jsonl --out runs/acts --max-tokens 4096',
     'dejavu collect-activations --config configs/default.yaml --out runs/acts-calibration --set collect.seqLen=128',
-  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
+  ], async (cfg, ctx) => {
+    await withBackend(cfg.backend, ctx);
+    // collect streams its text and knows no total without --max-tokens: the estimate's token count (file size x bytes per token) stands in, shown as ~N
+    return runCollect(cfg, withApproximateTotal(ctx.deps, () => estimateTokens(cfg.model, { data: { calibration: cfg.data, heldout: cfg.data }, collect: { maxTokens: cfg.maxTokens }, heldoutCollect: {} }).calibration));
+  }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
     { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },
     { flags: '--model <dir>', description: 'checkpoint (default: the one the activations were collected from)', key: 'model' },

@@ -108,7 +108,7 @@ export function measureMatmul(mc: ModelConfig): number {
 }
 
 /** Calibration and held-out tokens the pipeline would collect from `data` (capped as the settings cap them). */
-export function estimateTokens(model: string, cfg: EstimateConfig): Tokens {
+export function estimateTokens(model: string, cfg: { data?: EstimateConfig['data']; collect: { maxTokens?: number | undefined }; heldoutCollect: { maxTokens?: number | undefined } }): Tokens {
   const capC = (n: number) => Math.min(n, cfg.collect.maxTokens ?? Infinity);
   const capH = (n: number) => Math.min(n, cfg.heldoutCollect.maxTokens ?? cfg.collect.maxTokens ?? Infinity);
   if (cfg.data === undefined) return { calibration: capC(1e6), heldout: capH(1e5), how: 'no --data: 1M calibration and 100k held-out tokens assumed' };

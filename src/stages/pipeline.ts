@@ -17,7 +17,7 @@ import { readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
 import { canonicalJson } from '../util/canonical-json.js';
 import { readEvalReport } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
-import type { StageDeps } from '../util/progress.js';
+import { withApproximateTotal, type StageDeps } from '../util/progress.js';
 import { runCollect } from './collect.js';
 import { runTrain } from './train.js';
 import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
@@ -100,9 +100,8 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps, opts: { 
     return r;
   };
   // collect streams its text and knows no total: the estimate's token count stands in for it (shown as ~N)
-  const withTotal = (n: number): StageDeps => ({ ...deps, progress: (l, total, unit, o) => (total > 0 ? deps.progress(l, total, unit, o) : deps.progress(l, n, unit, { approximate: true })) });
-  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), withTotal(est.estimate.tokens.calibration)), path.join(dirs.cal, 'manifest.json'));
-  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), withTotal(est.estimate.tokens.heldout)), path.join(dirs.held, 'manifest.json'));
+  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), withApproximateTotal(deps, () => est.estimate.tokens.calibration)), path.join(dirs.cal, 'manifest.json'));
+  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), withApproximateTotal(deps, () => est.estimate.tokens.heldout)), path.join(dirs.held, 'manifest.json'));
   await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.pred, 'predictors.json'));
   const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: data.heldout, backend: cfg.backend });
   // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged and report.json is the one it wrote

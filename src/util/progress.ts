@@ -18,6 +18,14 @@ export interface StageDeps {
   progress: ProgressFactory;
 }
 
+/**
+ * deps whose progress bars without a total (collect streams its text) get `total()` instead, shown as ~N: e.g. the
+ * estimate's token count from the file size and the measured bytes per token
+ */
+export function withApproximateTotal(deps: StageDeps, total: () => number): StageDeps {
+  return { ...deps, progress: (l, n, unit, o) => (n > 0 ? deps.progress(l, n, unit, o) : deps.progress(l, total(), unit, { approximate: true })) };
+}
+
 export const WARM_MS = 5000;
 export const WARM_SHARE = 0.03;
 
