@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { benchResultSchema, readResults, renderResults, renderResultsBox, withResultsBox, type StoredBenchResult } from '../src/bench/results-doc.js';
 import { tmpDir } from './helpers.js';
+import { writeBenchResult } from '../src/bench/common.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const RESULTS = path.join(ROOT, 'docs', 'results');
@@ -53,6 +54,19 @@ describe('docs/results.md', () => {
     fs.writeFileSync(path.join(d, 'bad.json'), JSON.stringify({ ...sample({ name: 'bad' }), tables: [{ caption: 'c', header: [], rows: [] }] }));
     expect(() => readResults(d)).toThrow(/bad\.json[\s\S]*tables\.0\.header/);
     expect(benchResultSchema.safeParse(sample()).success).toBe(true);
+  });
+
+  it('writeBenchResult writes what readResults reads (machine and time added), and refuses a NaN cell before writing', () => {
+    const d = tmpDir('results-');
+    process.env.BENCH_RESULTS_DIR = d;
+    try {
+      const { measuredAt: _m, machine: _c, ...r } = sample();
+      writeBenchResult(r);
+      const [back] = readResults(d);
+      expect(back).toMatchObject({ ...r, machine: { cores: expect.any(Number) } });
+      expect(() => writeBenchResult({ ...r, name: 'nan', tables: [{ caption: '', header: ['x'], rows: [[NaN]] }] })).toThrow();
+      expect(fs.readdirSync(d)).toEqual(['demo.json']);
+    } finally { delete process.env.BENCH_RESULTS_DIR; }
   });
 });
 
