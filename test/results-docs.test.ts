@@ -44,7 +44,7 @@ describe('docs/results.md', () => {
     const doc = renderResults([r]);
     expect(doc).toContain('| one | 1.25x |');
     expect(doc).toContain('- a note');
-    expect(doc).toContain('load average 1.5 / 2 / 2.25');
+    expect(doc).toContain('load average then 1.5 / 2 / 2.25');
     expect(untraced(doc.slice(doc.indexOf('<a id')), JSON.stringify(r))).toEqual([]);
     expect(untraced(doc.replace('1.25x', '1.26x'), JSON.stringify(r))).toContain('1.26');
   });
