@@ -54,7 +54,7 @@ describe('dejavu pipeline --model DIR --data FILE', () => {
     const out = again.out.trimEnd().split('\n');
     expect(out.length).toBeLessThanOrEqual(30);
     expect(out[0]).toBe(`dejavu pipeline: ${MODEL} (opt, 2 layers, d 64, ffn 256)`);
-    expect(out[1]).toMatch(new RegExp(`^verdict: decode \\d+\\.\\d\\dx dense at [+-]\\d+\\.\\d{3}% perplexity \\(budget \\+1\\.0%\\), bundle ${path.join(W, 'bundle').replace(/[/\\]/g, '.')} \\(verified\\)$`));
+    expect(out[1]).toMatch(new RegExp(`^verdict: decode \\d+\\.\\d\\dx dense at [+-]\\d+\\.\\d{3}% perplexity \\(budget \\+1\\.0%\\); bundle: ${path.join(W, 'bundle').replace(/[/\\]/g, '.')} \\(verified\\)$`));
     expect(again.out).toMatch(/verified by the decode runtime on \d+ held-out tokens the search did not see: perplexity [\d.]+ dense -> [\d.]+ planned/);
     expect(again.out).toMatch(/predictors alone \(evaluate-recall, first 128 tokens of .*heldout.*\): perplexity [\d.]+ dense/);
     expect(again.out).toContain('docs/glossary.md');

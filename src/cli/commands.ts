@@ -198,7 +198,8 @@ export const COMMANDS: CommandDef[] = [
   ], async (cfg, ctx) => {
     await withBackend(cfg.backend, ctx);
     // collect streams its text and knows no total without --max-tokens: the estimate's token count (file size x bytes per token) stands in, shown as ~N
-    return runCollect(cfg, withApproximateTotal(ctx.deps, () => estimateTokens(cfg.model, { data: { calibration: cfg.data, heldout: cfg.data }, collect: { maxTokens: cfg.maxTokens }, heldoutCollect: {} }).calibration));
+    const tokens = () => estimateTokens(cfg.model, { data: { calibration: cfg.data, heldout: cfg.data }, collect: { maxTokens: cfg.maxTokens }, heldoutCollect: {} }).calibration;
+    return runCollect(cfg, withApproximateTotal(ctx.deps, tokens));
   }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
     { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },

@@ -92,11 +92,8 @@ export function recallVsDensitySpec(r: PlotReport): TopLevelSpec {
     spec: {
       width: w, height: Math.round(w * 0.7),
       layer: [
-        {
-          transform: [{ filter: `datum.series !== '${RULE}'` }],
-          mark: { type: 'line', strokeWidth: 1.5 },
-          encoding: { x, y, color, strokeDash: { field: 'series', type: 'nominal', legend: null, scale: { domain: [PREDICTOR, EXACT], range: [[1, 0], [4, 3]] } } },
-        },
+        { transform: [{ filter: `datum.series === '${PREDICTOR}'` }], mark: { type: 'line', strokeWidth: 1.5 }, encoding: { x, y, color } },
+        { transform: [{ filter: `datum.series === '${EXACT}'` }], mark: { type: 'line', strokeWidth: 1.5, strokeDash: [4, 3] }, encoding: { x, y, color } },
         { transform: [{ filter: `datum.series === '${RULE}'` }], mark: { type: 'point', filled: true, size: 36 }, encoding: { x, y, color } },
       ],
     },

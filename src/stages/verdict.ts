@@ -66,13 +66,13 @@ export function verdictText(h: Headline, extra: { bundleVerified: string; dataLi
   const e = h.evaluation, p = h.plan;
   const lines = [`dejavu pipeline: ${h.model} (${h.shape})`];
   if (p) {
-    lines.push(`verdict: decode ${p.speedup.toFixed(2)}x dense at ${signedPct(p.pplIncrease, 3)} perplexity (budget +${pct(p.budget)}), bundle ${h.bundle} (${extra.bundleVerified})`);
+    lines.push(`verdict: decode ${p.speedup.toFixed(2)}x dense at ${signedPct(p.pplIncrease, 3)} perplexity (budget +${pct(p.budget)}); bundle: ${h.bundle} (${extra.bundleVerified})`);
     const short = (m: string) => m.replace(/^predicted \((>=|top)[^,]*, recall ([\d.]+)\)$/, (_, k: string, r: string) => `predicted (${k === '>=' ? 'threshold' : 'top-k'} at recall ${r})`);
     lines.push(`  plan (MLP): ${modeRanges(p.layers.map((l) => ({ layer: l.layer, mode: short(l.mlp) })))}` +
       (p.layers.every((l) => l.heads === 'dense') ? '; heads dense' : `; heads: ${modeRanges(p.layers.map((l) => ({ layer: l.layer, mode: l.heads })))}`));
     lines.push(`  verified by the decode runtime on ${count(p.tokens)} held-out tokens the search did not see: perplexity ${p.densePerplexity.toFixed(3)} dense -> ${p.perplexity.toFixed(3)} planned;`,
       `  ${p.denseStepMs.toFixed(3)} -> ${p.stepMs.toFixed(3)} ms per token (the cost model estimated ${p.estimatedSpeedup.toFixed(2)}x)`);
-  } else lines.push(`verdict: no plan (plan.enabled: false); bundle ${h.bundle} (${extra.bundleVerified}) follows each layer's trained rule`);
+  } else lines.push(`verdict: no plan (plan.enabled: false), each layer follows its trained rule; bundle: ${h.bundle} (${extra.bundleVerified})`);
   if (e.dense !== undefined) {
     const vs = (x: number | undefined) => (x === undefined ? '-' : `${x.toFixed(3)} (${signedPct(x / e.dense! - 1)})`);
     lines.push(`predictors alone (evaluate-recall, first ${count(e.tokens)} tokens of ${e.text}): perplexity ${e.dense.toFixed(3)} dense, ${vs(e.predicted)} predicted MLP,`,
