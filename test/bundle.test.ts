@@ -209,6 +209,19 @@ describe('export-bundle with an evaluate-recall report', () => {
   });
 });
 
+describe('generate with a bundle', () => {
+  it('prints the dense tokens/s beside the sparse one (same prompts and steps), in the text and in --json', async () => {
+    const g = await cli('generate', '--model', MODEL, '--bundle', BUNDLE, '--prompt', 'Call me', '--max-tokens', '6', '--backend', 'wasm', '--json');
+    expect(g.code, g.err).toBe(0);
+    const j = JSON.parse(g.out);
+    expect(j.decodeTokensPerSecond).toBeGreaterThan(0);
+    expect(j.denseTokensPerSecond).toBeGreaterThan(0);
+    expect(g.err).toMatch(/generate: sparse \(bundle rules\), 5 decode steps, [\d.]+ tokens\/s \(dense, the same prompts and steps, measured after it: [\d.]+ tokens\/s; [\d.]+x\)/);
+    const d = await cli('generate', '--model', MODEL, '--prompt', 'Call me', '--max-tokens', '6', '--backend', 'wasm', '--json');
+    expect(JSON.parse(d.out).denseTokensPerSecond).toBeNull(); // dense alone: nothing to compare
+  });
+});
+
 describe('the manifest is checksummed (issue #11 case 3)', () => {
   const cases: [string, (m: Record<string, any>) => void, RegExp][] = [
     ['MLP top-k lowered', (m) => { m.layers[0].mlp.rule.k -= 3; }, /layers\.0\.mlp\.rule\.k is \d+, was \d+ at export/],

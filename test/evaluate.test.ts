@@ -18,6 +18,7 @@ import type { PredictorsManifest } from '../src/predictors/store.js';
 import { isUserError } from '../src/util/errors.js';
 import { sealed } from '../src/util/seal.js';
 import { FIXTURES, tmpDir } from './helpers.js';
+import { sweepRange } from '../src/eval/plots.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
 const REPO = path.join(import.meta.dirname, '..');
@@ -253,22 +254,23 @@ describe('evaluate-recall end to end', () => {
     const svg = fs.readFileSync(path.join(dir, 'recall-vs-density.svg'), 'utf8');
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
-    for (const t of ['density (fraction of MLP neurons computed)', 'recall (fraction of active neurons kept)', 'layer', 'family', 'predictor', 'exact (bound)']) expect(svg).toContain(`>${t}</text>`);
-    const rs = series(svg);
-    expect(rs.length).toBe(2 * report.layers.length); // the predictor's sweep and the exact predictor's, per layer
-    for (const l of report.layers) {
+    for (const t of ['density', 'recall', 'predictor', 'exact (bound)', 'calibrated rule']) expect(svg).toContain(`>${t}</text>`);
+    // one panel per layer (issue #25: readable for 6 to 80 layers), each with the predictor's sweep and the exact
+    // predictor's, up to the density where every predictor recalls 99.9% (test/plots.test.ts checks the layout)
+    const rs = series(svg), xmax = sweepRange(report.layers);
+    expect(rs.length).toBe(2 * report.layers.length);
+    report.layers.forEach((l, i) => {
       expect(svg).toContain(`>layer ${l.layer}</text>`);
-      const pred = rs.filter((x) => x.label.includes(`layer: layer ${l.layer}; family: predictor`));
-      const exact = rs.filter((x) => x.label.includes(`layer: layer ${l.layer}; family: exact (bound)`));
-      expect(pred.map((x) => x.points)).toEqual([l.mlp!.sweep.length]);
-      expect(exact.map((x) => x.points)).toEqual([l.mlp!.exactSweep!.length]);
-    }
+      expect([rs[2 * i]!.label, rs[2 * i + 1]!.label].map((x) => x.split('; ').at(-1))).toEqual(['series: predictor', 'series: exact (bound)']);
+      expect(rs[2 * i]!.points).toBe(l.mlp!.sweep.filter((s) => s.predictedDensity <= xmax).length);
+      expect(rs[2 * i + 1]!.points).toBe(l.mlp!.exactSweep!.filter((s) => s.fraction <= xmax).length);
+    });
     const dens = fs.readFileSync(path.join(dir, 'densities.svg'), 'utf8');
     const ds = series(dens);
-    expect(ds.length).toBe(3); // true, predicted and the exact bound
-    for (const x of ds) expect(x.points).toBe(report.layers.length);
-    for (const t of ['layer', 'MLP density (fraction of neurons)', 'true', 'predicted', 'exact (bound)']) expect(dens).toContain(`>${t}</text>`);
-    expect(dens).toContain('stroke-dasharray="6,4"');
+    expect(ds.length).toBe(1); // predicted: a line; true density: bars; the exact bound: ticks over them
+    expect(ds[0]!.points).toBe(report.layers.length);
+    expect([...dens.matchAll(/<path aria-label="layer: \d+; MLP density \(share of neurons\): [\d.]+%; density: (true|exact \(bound\))"/g)].length).toBe(2 * report.layers.length);
+    for (const t of ['layer', 'MLP density (share of neurons)', 'true', 'predicted', 'exact (bound)']) expect(dens).toContain(`>${t}</text>`);
     const dc = report.perplexity!.densityCurve;
     expect(dc.length).toBeGreaterThan(0);
     expect(md).toContain('![perplexity vs density](perplexity-vs-density.svg)');

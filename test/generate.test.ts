@@ -15,6 +15,22 @@ const TMP = tmpDir('dejavu-generate-');
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 
 describe('dejavu generate', () => {
+  it('a hub id or a folder with PyTorch .bin weights only gives the message collect-activations gives (exit 2), not "no tokenizer.json"', async () => {
+    const bin = path.join(TMP, 'bin-only');
+    fs.mkdirSync(bin, { recursive: true });
+    for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(MODEL, f), path.join(bin, f));
+    fs.writeFileSync(path.join(bin, 'pytorch_model.bin'), 'x');
+    for (const dir of ['facebook/opt-125m', bin]) {
+      const g = await cli('generate', '--model', dir, '--prompt', 'x', '--backend', 'wasm');
+      const c = await cli('collect-activations', '--model', dir, '--data', path.join(import.meta.dirname, '..', 'data', 'heldout.jsonl'), '--out', path.join(TMP, 'never'), '--backend', 'wasm');
+      expect([g.code, c.code]).toEqual([2, 2]);
+      const msg = (s: string) => s.split('\n').filter((l) => /^(error|hint):/.test(l)).join('\n');
+      expect(msg(g.err)).toBe(msg(c.err));
+      expect(msg(g.err)).toMatch(dir === bin ? /no model\.safetensors[\s\S]*\.bin checkpoints are not supported/ : /model folder facebook\/opt-125m does not exist/);
+    }
+    expect(fs.existsSync(path.join(TMP, 'never'))).toBe(false);
+  });
+
   it('stops at the model\'s max positions with the text it has, says why on stderr, exits 0', async () => {
     const r = await cli('generate', '--model', MODEL, '--prompt', 'Call me Ishmael', '--max-tokens', '500', '--backend', 'wasm', '--json');
     expect(r.code, r.err).toBe(0);

@@ -49,7 +49,24 @@ describe('dejavu pipeline --model DIR --data FILE', () => {
     expect(again.code, again.err).toBe(0);
     expect(again.err).toMatch(/estimate: 2 layers, d 64, ffn 256.*\n.*tokens: .*\n.*disk \(activations\).*\n.*host memory.*\n.*time on wasm/); // the estimate, before the stages
     expect(again.out).toMatch(/everything was current/);
-  }, 60_000);
+    // stdout: the verdict first (model, plan: X× decode at +Y% perplexity, bundle), each perplexity with its text and
+    // tokens, a link to the glossary; no per-layer table unless --verbose (issue #25)
+    const out = again.out.trimEnd().split('\n');
+    expect(out.length).toBeLessThanOrEqual(30);
+    expect(out[0]).toBe(`dejavu pipeline: ${MODEL} (opt, 2 layers, d 64, ffn 256)`);
+    expect(out[1]).toMatch(new RegExp(`^verdict: decode \\d+\\.\\d\\dx dense at [+-]\\d+\\.\\d{3}% perplexity \\(budget \\+1\\.0%\\); bundle: ${path.join(W, 'bundle').replace(/[/\\]/g, '.')} \\(verified\\)$`));
+    expect(again.out).toMatch(/verified by the decode runtime on \d+ held-out tokens the search did not see: perplexity [\d.]+ dense -> [\d.]+ planned/);
+    expect(again.out).toMatch(/predictors alone \(evaluate-recall, first 128 tokens of .*heldout.*\): perplexity [\d.]+ dense/);
+    expect(again.out).toContain('docs/glossary.md');
+    expect(again.out).not.toContain('| layer |');
+    const verbose = await cli('pipeline', '--model', MODEL, '--data', DATA, '--workdir', W, '--backend', 'wasm', '--quiet', '--verbose', ...TINY);
+    expect(verbose.code, verbose.err).toBe(0);
+    expect(verbose.out.startsWith(again.out.split('\n').slice(0, 2).join('\n'))).toBe(true);
+    expect(verbose.out).toContain('| layer | MLP mode | MLP recall |'); // report.md's table
+    expect(verbose.out).not.toContain('head recall'); // heads off: no head columns
+    expect(verbose.out).toMatch(/perplexity on the first 128 tokens of \S*heldout\S* \(oracle: /); // each perplexity with its text
+    expect(verbose.out).toContain(fs.readFileSync(path.join(W, 'plan', 'report.md'), 'utf8').trimEnd()); // plan/report.md
+  }, 90_000);
 
   it('the workdir defaults to runs/<model folder name>, and the head rank to the model width when it is below 128', async () => {
     expect(defaultWorkdir(MODEL)).toBe(path.join('runs', 'opt-tiny-ref'));

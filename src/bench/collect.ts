@@ -17,7 +17,7 @@ import { ensureBackend } from '../backend.js';
 import { collectSchema } from '../config/schemas.js';
 import { runCollect } from '../stages/collect.js';
 import { denseLayerFlopsPerToken, normalizeConfig } from '../model/config.js';
-import { matmulRate, table, timeIt } from './common.js';
+import { matmulRate, table, timeIt, writeBenchResult, type BenchTable } from './common.js';
 import { writeRandomIds } from './opt-checkpoint.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadModel } from '../model/model.js';
@@ -87,12 +87,22 @@ if (args.includes('--child')) {
   fs.rmSync(tmp, { recursive: true, force: true });
   console.log(`bench:collect on ${modelDir} (${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}), backend ${b.name}, seq ${seqLen}, batch ${batchSize}, ${os.availableParallelism()} cores, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
   console.log(`forward FLOPs/token (matmuls): ${(flopsPerToken / 1e6).toFixed(1)} M; one thread's matmul rate [${batchSize * seqLen}, ${c.hidden}] x [${c.hidden}, ${c.ffn}]: ${mm.toFixed(2)} GFLOP/s\n`);
-  if (args.includes('--breakdown')) breakdown(c, flopsPerToken, mm);
-  console.log(table(['workers', 'tokens', 'tokens/s', 'vs 1 worker', 'forward GFLOP/s (end to end)', 'ceiling: workers x matmul GFLOP/s', 'ratio to ceiling', 'peak RSS GiB', 'start-up s (weights, workers)'], rows));
+  const tables: BenchTable[] = [];
+  if (args.includes('--breakdown')) tables.push(breakdown(c, flopsPerToken, mm));
+  const header = ['workers', 'tokens', 'tokens/s', 'vs 1 worker', 'forward GFLOP/s (end to end)', 'ceiling: workers x matmul GFLOP/s', 'ratio to ceiling', 'peak RSS GiB', 'start-up s (weights, workers)'];
+  console.log(table(header, rows));
+  tables.unshift({ caption: `collect-activations, each worker count in its own process (seq ${seqLen}, batch ${batchSize}, backend ${b.name})`, header, rows });
+  // the fixture's result is collect.json; another checkpoint's is collect-<its folder name>.json
+  const name = isFixture ? 'collect' : `collect-${path.basename(path.resolve(modelDir)).toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+  const file = writeBenchResult({ name, title: `Activation collection throughput: ${modelDir}`, command: `npm run bench:collect -- ${args.join(' ')}`.trim().replace(/ --$/, ''), tables, notes: [
+    `${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}; forward FLOPs per token (matmuls) ${(flopsPerToken / 1e6).toFixed(1)} M`,
+    `one thread's matmul rate at [${batchSize * seqLen}, ${c.hidden}] x [${c.hidden}, ${c.ffn}], measured in the same run: ${mm.toFixed(2)} GFLOP/s (the ceiling column is workers x this)`,
+  ] });
+  console.log(`\nwrote ${file}`);
 }
 
 /** One batch on one thread: forward alone, forward + captures, its dense matmuls alone, its attention kernel alone. */
-function breakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken: number, mm: number): void {
+function breakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken: number, mm: number): BenchTable {
   const model = loadModel(modelDir);
   const B = batchSize, T = seqLen, d = c.hidden;
   let s = 7;
@@ -117,13 +127,17 @@ function breakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken: number,
   model.dispose();
   const gf = (ms: number) => ((flopsPerToken * B * T) / (ms * 1e6)).toFixed(2);
   const ratio = (ms: number) => ((flopsPerToken * B * T) / (ms * 1e6) / mm).toFixed(2);
-  console.log(`one batch (${B} x ${T} tokens) on one thread, median of 5:\n`);
-  console.log(table(['part', 'ms per batch', 'GFLOP/s (all forward FLOPs / this time)', 'ratio to one thread\'s matmul rate'], [
+  const header = ['part', 'ms per batch', 'GFLOP/s (all forward FLOPs / this time)', 'ratio to one thread\'s matmul rate'];
+  const rows = [
     ['forward alone (captures kept, not read back)', fwd.toFixed(0), gf(fwd), ratio(fwd)],
     ['forward + captures (readback, float16, bits, checks, statistics)', cap.toFixed(0), gf(cap), ratio(cap)],
     ['the dense matmuls alone (tf.matMul at the same shapes)', mmMs.toFixed(0), '-', '-'],
     ['the attention kernel alone (attentionHost, every layer)', att.toFixed(0), '-', '-'],
     ['forward minus matmuls minus attention (norms, adds, ReLU, copies, head norms)', (fwd - mmMs - att).toFixed(0), '-', '-'],
-  ]));
+  ];
+  const caption = `one batch (${B} x ${T} tokens) on one thread, median of 5`;
+  console.log(`${caption}:\n`);
+  console.log(table(header, rows));
   console.log('');
+  return { caption, header, rows };
 }

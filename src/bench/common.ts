@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { ModelConfig } from '../model/config.js';
 import { base } from '../arch/common.js';
 import * as tf from '@tensorflow/tfjs-core';
+import { benchResultSchema, type StoredBenchResult } from './results-doc.js';
 
 /** Median wall time (ms) of fn over n runs after w warm-ups. */
 export function timeIt(fn: () => void, n = 5, w = 1): number {
@@ -42,8 +43,8 @@ export function opt13bConfig(over: Partial<ModelConfig> = {}): ModelConfig {
  * docs/results/*.json): a title, the command that reproduces it, one or more tables, notes, and the machine it ran on.
  * Every bench writes its result through writeBenchResult; nothing else writes docs/results/.
  */
-export interface BenchTable { caption: string; header: string[]; rows: (string | number)[][] }
-export interface BenchResult { name: string; title: string; command: string; tables: BenchTable[]; notes: string[] }
+export type BenchTable = StoredBenchResult['tables'][number];
+export type BenchResult = Omit<StoredBenchResult, 'measuredAt' | 'machine'>;
 
 /** the machine a figure comes from: cores, CPU model, load average before the run, node version */
 export function machine(): { cores: number; cpu: string; loadavg: number[]; node: string; platform: string } {
@@ -60,7 +61,9 @@ export function writeBenchResult(r: BenchResult): string {
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${r.name}.json`);
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify({ ...r, measuredAt: new Date().toISOString(), machine: machine() }, null, 2) + '\n');
+  // checked against the schema docs/results.md's generator reads it with (a NaN or Infinity cell, a bad name: refused here)
+  const stored = benchResultSchema.parse({ ...r, measuredAt: new Date().toISOString(), machine: machine() });
+  fs.writeFileSync(tmp, JSON.stringify(stored, null, 2) + '\n');
   fs.renameSync(tmp, file);
   return file;
 }

@@ -6,6 +6,7 @@
 import { ensureBackend } from '../backend.js';
 import { closedFormFits, MomentAccumulator, normalizeByResidual } from '../predictors/closed-form.js';
 import { mulberry32 } from '../util/random.js';
+import { writeBenchResult } from './common.js';
 
 const [d, F, rows] = [Number(process.argv[2] ?? 2048), Number(process.argv[3] ?? 8192), Number(process.argv[4] ?? 32768)];
 const backend = await ensureBackend('auto');
@@ -38,7 +39,15 @@ const ranks = [d / 8, d / 4, d / 2];
 const fits = closedFormFits(W, b, F, mom, ranks).map((f) => normalizeByResidual(f, F));
 sample();
 const t2 = Date.now();
+const rowsT = [
+  [`moments (${rows} rows generated and accumulated in ${chunk}-row chunks; includes generating the random rows)`, `${((tGen - t0) / 1000).toFixed(1)} s`],
+  [`decomposition + fits for ranks ${fits.map((f) => f.r).join(', ')}`, `${((t2 - t1) / 1000).toFixed(1)} s`],
+];
 console.log(`bench:fit on ${backend.name}: d ${d}, ffn ${F}, ${rows} rows`);
-console.log(`  moments (rows generated and accumulated in ${chunk}-row chunks): ${((tGen - t0) / 1000).toFixed(1)} s (includes generating the random rows)`);
-console.log(`  decomposition + fits for ranks ${fits.map((f) => f.r).join(', ')}: ${((t2 - t1) / 1000).toFixed(1)} s`);
+for (const [what, s] of rowsT) console.log(`  ${what}: ${s}`);
 console.log(`  peak RSS: ${(peak / 2 ** 30).toFixed(2)} GiB`);
+const name = d === 2048 && F === 8192 && rows === 32768 ? 'fit' : `fit-d${d}-ffn${F}-rows${rows}`;
+const file = writeBenchResult({ name, title: `The closed-form fit at d ${d}, ffn ${F} (random data)`, command: `npm run bench:fit${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+  tables: [{ caption: `closed-form fit on ${backend.name}, random weights and rows (the cost depends on the shapes only)`, header: ['part', 'time / size'], rows: [...rowsT, ['peak RSS', `${(peak / 2 ** 30).toFixed(2)} GiB`]] }],
+  notes: ['default widths are OPT-1.3B\'s (d 2048, ffn 8192)'] });
+console.log(`wrote ${file}`);

@@ -13,6 +13,7 @@ import { closedFormFits, MomentAccumulator, normalizeByResidual, type LinearFit 
 import { mlpInput, readMlpSite } from '../predictors/mlp-site.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall } from '../predictors/metrics.js';
 import { readSync } from '../util/tfx.js';
+import { table, writeBenchResult } from './common.js';
 
 const [cal = 'runs/default/activations-calibration', held = 'runs/default/activations-heldout', refFile = '../shared/reference/predictability-opt-fixture.json'] = process.argv.slice(2);
 await ensureBackend('auto');
@@ -22,7 +23,8 @@ const ranks = [32, 64, 128, 256].filter((r) => r <= d);
 const ref = fs.existsSync(refFile) ? (JSON.parse(fs.readFileSync(refFile, 'utf8')) as { opt_density_at_recall_0_99?: unknown; ['opt_density_at_recall_0.99']?: { layers: Record<string, Record<string, [number, number]> & { true_density: number }> } })['opt_density_at_recall_0.99'] : undefined;
 const scores = (f: LinearFit, h: Float32Array, n: number) => readSync(() => tf.add(tf.matMul(tf.matMul(tf.tensor2d(h, [n, d]), tf.transpose(tf.tensor2d(f.fc1, [f.r, d]))),
     tf.transpose(tf.tensor2d(f.fc2, [F, f.r]))), tf.tensor1d(f.fc2Bias)));
-const rows: string[] = ['| layer | true | rank | threshold: ours raw | ours normalized | reference | top-k: ours raw | ours normalized | reference |', '|---:|---:|---:|---:|---:|---:|---:|---:|---:|'];
+const header = ['layer', 'true', 'rank', 'threshold: ours raw', 'ours normalized', 'reference', 'top-k: ours raw', 'ours normalized', 'reference'];
+const rows: string[][] = [];
 const sums: Record<string, number[]> = {};
 for (const layer of mc.layers) {
   const site = readMlpSite(mc.model.dir, c, layer);
@@ -51,15 +53,22 @@ for (const layer of mc.layers) {
       trueD = tc.metrics().trueDensity;
     }
     const rf = ref?.layers[String(layer)]?.[`svd${f0.r}`];
-    rows.push(`| ${layer} | ${trueD.toFixed(4)} | ${f0.r} | ${res[0]!.toFixed(4)} | ${res[2]!.toFixed(4)} | ${rf ? rf[1].toFixed(4) : '-'} | ${res[1]!.toFixed(4)} | ${res[3]!.toFixed(4)} | ${rf ? rf[0].toFixed(4) : '-'} |`);
+    rows.push([String(layer), trueD.toFixed(4), String(f0.r), res[0]!.toFixed(4), res[2]!.toFixed(4), rf ? rf[1].toFixed(4) : '-', res[1]!.toFixed(4), res[3]!.toFixed(4), rf ? rf[0].toFixed(4) : '-']);
     (sums[`r${f0.r}`] ??= []).push(res[0]!, res[2]!, trueD, rf ? rf[1] : NaN);
   }
   console.error(`layer ${layer} done`);
 }
-console.log(`bench:predictors: closed form on ${cal} (moments) / ${held} (first 16,384 tokens), density at recall 0.99${ref ? `; reference ${refFile}` : ''}\n`);
-console.log(rows.join('\n'));
-console.log('\n| rank | mean threshold density: raw | normalized | reference | true | normalized / true |\n|---:|---:|---:|---:|---:|---:|');
-for (const [k, v] of Object.entries(sums)) {
+const title = `closed form on ${cal} (moments) / ${held} (first 16,384 tokens), density at recall 0.99${ref ? `; reference ${refFile}` : ''}`;
+const header2 = ['rank', 'mean threshold density: raw', 'normalized', 'reference', 'true', 'normalized / true'];
+const rows2 = Object.entries(sums).map(([k, v]) => {
   const m = (o: number) => { const xs = v.filter((_, i) => i % 4 === o); return xs.reduce((a, b) => a + b, 0) / xs.length; };
-  console.log(`| ${k} | ${m(0).toFixed(4)} | ${m(1).toFixed(4)} | ${Number.isFinite(m(3)) ? m(3).toFixed(4) : '-'} | ${m(2).toFixed(4)} | ${(m(1) / m(2)).toFixed(2)}x |`);
-}
+  return [k, m(0).toFixed(4), m(1).toFixed(4), Number.isFinite(m(3)) ? m(3).toFixed(4) : '-', m(2).toFixed(4), `${(m(1) / m(2)).toFixed(2)}x`];
+});
+console.log(`bench:predictors: ${title}\n`);
+console.log(table(header, rows));
+console.log('\n' + table(header2, rows2));
+const file = writeBenchResult({ name: 'predictors', title: 'The closed form without training, under the PyTorch reference\'s protocol', command: `npm run bench:predictors${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+  tables: [{ caption: `per layer and rank: ${title}`, header, rows }, { caption: 'means over layers', header: header2, rows: rows2 }],
+  notes: ['density = the smallest that recalls 0.99 of the active neurons on the held-out rows themselves; raw: the fit\'s logits (the reference\'s "svd"); normalized: divided by the residual std (the default)',
+    ref ? `reference: ${refFile}` : `no reference file at ${refFile}: its columns are "-"`] });
+console.log(`\nwrote ${file}`);

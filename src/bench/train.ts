@@ -15,7 +15,7 @@ import YAML from 'yaml';
 import { ensureBackend } from '../backend.js';
 import { trainSchema } from '../config/schemas.js';
 import { runTrain } from '../stages/train.js';
-import { table } from './common.js';
+import { table, writeBenchResult } from './common.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
@@ -79,4 +79,14 @@ const rows = counts.map((w) => {
   return [w, r.used, r.wall.toFixed(1), r.sps.toFixed(0), (r.sps / base).toFixed(2) + 'x', runs.get(w)!.map((x) => x.sps.toFixed(0)).join(' / '), r.mlp.toFixed(1), r.heads ? r.heads.toFixed(1) : '-'];
 });
 console.log(`bench:train on ${acts}, layers ${layers}${Object.keys(sets).length ? `, --set ${JSON.stringify(sets)}` : ''}, ${repeat} run(s) per count, ${os.availableParallelism()} cores, load average ${load0} before, ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} after\n`);
-console.log(table(['--workers', 'workers used', 'wall s', 'samples/s (rows read / wall), median', 'vs first count', 'every run', 'MLP fit s (last layer)', 'head predictor s (last layer)'], rows));
+const header = ['--workers', 'workers used', 'wall s', 'samples/s (rows read / wall), median', 'vs first count', 'every run', 'MLP fit s (last layer)', 'head predictor s (last layer)'];
+console.log(table(header, rows));
+// the default run's result is train.json; other activations, layers or --set keys get their own file
+const variant = [acts === 'runs/default/activations-calibration' ? '' : path.basename(path.resolve(acts)), layers === 'all' ? '' : `layers-${layers}`, Object.keys(sets).length ? 'set-' + JSON.stringify(sets) : '']
+  .filter(Boolean).join('-').toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+const file = writeBenchResult({ name: variant ? `train-${variant}` : 'train', title: `Predictor training throughput: ${acts}${layers === 'all' ? '' : `, layers ${layers}`}${Object.keys(sets).length ? `, --set ${JSON.stringify(sets)}` : ''}`,
+  command: `npm run bench:train -- ${args.join(' ')}`.trim().replace(/ --$/, ''),
+  tables: [{ caption: `train-predictors, each run in its own process, ${repeat} run(s) per worker count (the median shown)`, header, rows }],
+  notes: ['a sample is one activation row read by a job (the MLP fit reads each row once; the head predictor reads its training rows once per epoch); samples/s = rows read / the training phase\'s wall time, worker start-up included',
+    `load average before the runs ${load0}, after ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`] });
+console.log(`\nwrote ${file}`);

@@ -15,7 +15,8 @@ import { runExport, runVerify } from '../stages/export.js';
 import { runPipeline } from '../stages/pipeline.js';
 import { runPlan } from '../stages/plan.js';
 import { runGenerate } from '../stages/generate.js';
-import { runEstimate } from '../stages/estimate.js';
+import { estimateTokens, runEstimate } from '../stages/estimate.js';
+import { withApproximateTotal } from '../util/progress.js';
 import { MERGE_KINDS, runMerge, type MergeConfig } from '../stages/merge.js';
 import type { StageResult } from '../stages/types.js';
 import { defaultWorkers } from '../util/pool.js';
@@ -24,13 +25,18 @@ import { modelDefaults } from '../stages/model-defaults.js';
 
 export type { StageResult } from '../stages/types.js';
 
-export interface FlagDef {
+/** every dotted key of a config object type: 'seqLen', 'plan.maxPplIncrease', 'data.heldout' (arrays are leaves) */
+export type ConfigKey<T> = T extends readonly unknown[] ? never : T extends object
+  ? { [K in keyof T & string]-?: K | `${K}.${ConfigKey<NonNullable<T[K]>>}` }[keyof T & string] : never;
+
+/** A flag; `key` is a dotted key of the command's schema, checked by the compiler (a typo or a key the command lacks does not build). */
+export interface FlagDef<Key extends string = string> {
   flags: string;
   description: string;
   /** dotted config key this flag sets */
-  key?: string;
+  key?: Key;
   parse?: (v: string) => unknown;
-  choices?: string[];
+  choices?: readonly string[];
 }
 
 export interface CommandDef {
@@ -50,10 +56,10 @@ const list = (v: string) => {
   if (parts.some((s) => s === '')) throw new InvalidArgumentError('empty entry: give comma-separated layer indices like 0,1,2, or "all"');
   return parts.map(int);
 };
-const BACKEND: FlagDef = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
+const BACKEND: FlagDef<'backend'> = { flags: '--backend <name>', description: `tfjs backend: auto (${BACKEND_NAMES.join(' > ')}), ${BACKEND_NAMES.join(', ')}`, key: 'backend', choices: [...BACKEND_PREFERENCES] };
 const JSON_FLAG: FlagDef = { flags: '--json', description: 'print the result as JSON on stdout' };
 /** --shard i/n (issue 26): shard i (0-based) of n of a data-parallel stage */
-const SHARD: FlagDef = {
+const SHARD: FlagDef<'shard'> = {
   flags: '--shard <i/n>', description: 'do only shard i of n (0-based) of this stage, into its own --out; join the n outputs with dejavu merge', key: 'shard',
   parse: (v: string) => {
     const m = /^(\d+)\/(\d+)$/.exec(v.trim());
@@ -62,14 +68,14 @@ const SHARD: FlagDef = {
   },
 };
 /** pipeline past one machine (issue 26, src/stages/scale-out.ts) */
-const SCALE_OUT: FlagDef[] = [
+const SCALE_OUT: FlagDef<Extract<ConfigKey<z.input<typeof pipelineSchema>>, `scaleOut.${string}`>>[] = [
   { flags: '--scheduler <name>', description: 'write Slurm array jobs (slurm) or Kubernetes Indexed Jobs (k8s) for --shards N into WORKDIR/jobs', key: 'scaleOut.scheduler', choices: ['slurm', 'k8s'] },
   { flags: '--shards <n>', description: 'shards per data-parallel stage (with --scheduler or --step)', key: 'scaleOut.shards', parse: int },
   { flags: '--submit', description: 'with --scheduler slurm: submit the jobs and wait for them', key: 'scaleOut.submit' },
   { flags: '--step <step>', description: 'run one step of the written jobs (what each job runs)', key: 'scaleOut.step' },
   { ...SHARD, key: 'scaleOut.shard' },
 ];
-const OVERWRITE: FlagDef = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
+const OVERWRITE: FlagDef<'overwrite'> = { flags: '--overwrite', description: 'replace an existing output folder made from different inputs', key: 'overwrite' };
 
 /** A stage command's section in a pipeline config, and the pipeline's workdir folders it reads (by config key). */
 export const STAGE_SECTIONS: Record<string, { section: string; data?: 'calibration' | 'heldout'; inputs: Record<string, string> }> = {
@@ -128,7 +134,7 @@ const pipelineDataFlags = (m: Obj): Obj => {
   return { ...rest, 'data.calibration': data };
 };
 
-function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef[], examples: string[],
+function configured<K extends keyof typeof SCHEMAS>(name: K, description: string, flags: FlagDef<ConfigKey<z.input<(typeof SCHEMAS)[K]>>>[], examples: string[],
   stage: (cfg: z.infer<(typeof SCHEMAS)[K]>, ctx: CommandContext) => Promise<StageResult>,
   mapFlags: (m: Obj) => Obj = (m) => m): CommandDef {
   return {
@@ -149,7 +155,7 @@ function configured<K extends keyof typeof SCHEMAS>(name: K, description: string
       });
       if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       noteWorkerCap(cfg, ctx);
-      const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, ctx);
+      const res = await stage(cfg as z.infer<(typeof SCHEMAS)[K]>, { ...ctx, opts });
       ctx.io.stdout.write(opts.json ? JSON.stringify(res.json, null, 2) + '\n' : res.text.endsWith('\n') ? res.text : res.text + '\n');
       ctx.exit(res.code ?? 0);
     },
@@ -189,7 +195,12 @@ export const COMMANDS: CommandDef[] = [
   ], [
     'dejavu collect-activations --model checkpoints/opt-fixture --data data/calibration.jsonl --out runs/acts --max-tokens 4096',
     'dejavu collect-activations --config configs/default.yaml --out runs/acts-calibration --set collect.seqLen=128',
-  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runCollect(cfg, ctx.deps); }),
+  ], async (cfg, ctx) => {
+    await withBackend(cfg.backend, ctx);
+    // collect streams its text and knows no total without --max-tokens: the estimate's token count (file size x bytes per token) stands in, shown as ~N
+    const tokens = () => estimateTokens(cfg.model, { data: { calibration: cfg.data, heldout: cfg.data }, collect: { maxTokens: cfg.maxTokens }, heldoutCollect: {} }).calibration;
+    return runCollect(cfg, withApproximateTotal(ctx.deps, tokens));
+  }),
   configured('train-predictors', 'fit per-layer MLP-neuron and attention-head predictors, calibrate them to a target recall, and choose each layer\'s cheapest MLP mode', [
     { flags: '--activations <dir>', description: 'dataset from collect-activations', key: 'activations' },
     { flags: '--model <dir>', description: 'checkpoint (default: the one the activations were collected from)', key: 'model' },
@@ -243,6 +254,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--heldout <file>', description: 'held-out text for evaluation and the plan (with --data)', key: 'data.heldout' },
     { flags: '--workdir <dir>', description: 'where stage outputs go (default: runs/<the model folder\'s name>)', key: 'workdir' },
     { flags: '--max-ppl-increase <x>', description: 'the plan\'s budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'plan.maxPplIncrease', parse: int },
+    { flags: '--verbose', description: 'also print the per-layer tables of report.md and plan/report.md (stdout is the verdict alone otherwise)' },
     ...SCALE_OUT,
     BACKEND,
   ], [
@@ -250,7 +262,7 @@ export const COMMANDS: CommandDef[] = [
     'dejavu pipeline --model checkpoints/llama-fixture --data data/calibration.jsonl',
     'dejavu pipeline --model checkpoints/opt-fixture --data data/calibration.jsonl --heldout data/heldout.jsonl --max-ppl-increase 0.02 --workdir runs/budget-2pct',
     "dejavu pipeline --config configs/default.yaml --workdir runs/r4 --set 'train.mlp.ranks=[0.25]'",
-  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps); },
+  ], async (cfg, ctx) => { await withBackend(cfg.backend, ctx); return runPipeline(cfg, ctx.deps, { verbose: Boolean(ctx.opts?.verbose) }); },
   pipelineDataFlags),
   configured('estimate', 'what a pipeline on this model costs here, before it runs: activation disk, host and GPU memory, time per stage per backend available (at a matmul rate measured now)', [
     { flags: '--model <dir>', description: 'checkpoint folder', key: 'model' },

@@ -9,6 +9,8 @@ export interface CliIO {
 export interface CommandContext {
   io: CliIO;
   deps: StageDeps;
+  /** the command's parsed flags (a stage command's presentation flags, e.g. pipeline --verbose) */
+  opts?: Record<string, unknown>;
   /** set the process exit code the command wants (default 0) */
   exit(code: number): void;
 }

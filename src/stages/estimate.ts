@@ -8,8 +8,8 @@
  *    4 bytes per token, said so); caps (collect.maxTokens...) apply; without --data, 1M calibration tokens.
  *  - time: each stage's matmul FLOPs (from the model's sizes and the settings) over a rate measured here: one
  *    [m, d] x [d, ffn] matmul on each available backend, one thread, times the workers and the 0.8 of that the
- *    README measured end to end for collect (0.79-0.82); the other stages times their overhead over their FLOPs in
- *    the README's measured fixture run (MEASURED_OVERHEAD). Rough; the stages print their own ETA once they run.
+ *    measurement log (docs/measurement-log.md) measured end to end for collect (0.79-0.82); the other stages times their overhead over their FLOPs in
+ *    the measured fixture run (MEASURED_OVERHEAD). Rough; the stages print their own ETA once they run.
  *  - memory: the weights widened to float32 (workers share them), plus the largest stage working set.
  */
 import * as fs from 'node:fs';
@@ -39,7 +39,7 @@ export function forwardFlopsPerToken(mc: ModelConfig, logits = true): number {
 
 /**
  * Each stage's wall time over its FLOPs at the collect's effective rate, as measured on the fixture's default run
- * (README "Results": collect 17-18 s + 9-10 s, train 14-15 s, evaluate 58-59 s, plan 29 s on 2 workers; these FLOPs
+ * (docs/measurement-log.md, "Results": collect 17-18 s + 9-10 s, train 14-15 s, evaluate 58-59 s, plan 29 s on 2 workers; these FLOPs
  * give 0.88 + 0.42 TFLOP for collect, i.e. ~50 GFLOP/s, and 0.37 / 0.35 / 0.83 TFLOP for train / evaluate / plan):
  * the sparse passes, the recall pass and the plan's kernel timings cost more than their matmuls.
  */
@@ -108,7 +108,7 @@ export function measureMatmul(mc: ModelConfig): number {
 }
 
 /** Calibration and held-out tokens the pipeline would collect from `data` (capped as the settings cap them). */
-export function estimateTokens(model: string, cfg: EstimateConfig): Tokens {
+export function estimateTokens(model: string, cfg: { data?: EstimateConfig['data']; collect: { maxTokens?: number | undefined }; heldoutCollect: { maxTokens?: number | undefined } }): Tokens {
   const capC = (n: number) => Math.min(n, cfg.collect.maxTokens ?? Infinity);
   const capH = (n: number) => Math.min(n, cfg.heldoutCollect.maxTokens ?? cfg.collect.maxTokens ?? Infinity);
   if (cfg.data === undefined) return { calibration: capC(1e6), heldout: capH(1e5), how: 'no --data: 1M calibration and 100k held-out tokens assumed' };
@@ -162,7 +162,7 @@ export function estimateText(e: CostEstimate, rates: Rate[], workers: number, br
       + (brief ? '' : `\n    ${per.map(([k, s]) => `${k} ${secs(s)}`).join(', ')}`));
     if (r.backend === 'tensorflow') lines.push(`  GPU memory (tensorflow backend on a GPU): about ${bytes(e.memory.weightsFloat32)} for the weights`);
   }
-  if (!brief) lines.push(`  (rough: each stage's matmul FLOPs at the measured rate, train x${MEASURED_OVERHEAD['train-predictors']}, evaluate x${MEASURED_OVERHEAD['evaluate-recall']}, plan x${MEASURED_OVERHEAD.plan}: their overhead over the FLOPs in the fixture's default run, README "Results")`);
+  if (!brief) lines.push(`  (rough: each stage's matmul FLOPs at the measured rate, train x${MEASURED_OVERHEAD['train-predictors']}, evaluate x${MEASURED_OVERHEAD['evaluate-recall']}, plan x${MEASURED_OVERHEAD.plan}: their overhead over the FLOPs in the fixture's default run, docs/measurement-log.md)`);
   return lines.join('\n');
 }
 

@@ -355,26 +355,29 @@ const pct = (x: number) => (100 * x).toFixed(1) + '%';
 const num = (x: number | null | undefined, f: (v: number) => string) => (x !== null && x !== undefined && Number.isFinite(x) ? f(x) : '-');
 
 export function reportTable(r: EvalReport, out: string): string {
-  const lines = [`evaluation: ${out} (held-out tokens: ${r.heldoutTokens})`, '',
-    '| layer | MLP mode | MLP recall | magnitude recall | precision | predicted density | exact bound | true density | est. MLP cost | head recall | head density |',
-    '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|'];
+  const heads = r.layers.some((l) => l.heads); // head columns only where head predictors exist
+  const lines = [`evaluation: ${out} (held-out activations: ${r.heldoutTokens} tokens; terms: docs/glossary.md)`, '',
+    `| layer | MLP mode | MLP recall | magnitude recall | precision | predicted density | exact bound | true density | est. MLP cost |${heads ? ' head recall | head density |' : ''}`,
+    `|---:|---|---:|---:|---:|---:|---:|---:|---:|${heads ? '---:|---:|' : ''}`];
   for (const l of r.layers) {
     const m = l.mlp?.metrics, h = l.heads?.metrics;
     if (m) checkMetrics(m, `layer ${l.layer} MLP predictor (held-out)`);
     if (h) checkMetrics(h, `layer ${l.layer} head predictor (held-out)`);
-    const fam = l.mlp ? `${l.mlp.family ?? ''}${l.mlp.rank ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleText(l.mlp.rule as SelectionRule)}` : ''}` : '-';
-    lines.push(`| ${l.layer} | ${fam} | ${num(m?.recall, (v) => v.toFixed(4))} | ${num(l.mlp?.magnitudeRecall, (v) => v.toFixed(4))} | ${num(m?.precision, (v) => v.toFixed(3))} | ${num(m?.predictedDensity, pct)} | ${num(l.mlp?.exactBound?.predictedDensity, pct)} | ${num(m?.trueDensity, pct)} | ${num(l.mlp?.costShare, pct)} | ${num(h?.recall, (v) => v.toFixed(3))} | ${num(h?.predictedDensity, pct)} |`);
+    // the mode's one name (the plan's and the runtime's): the exact candidate is the lossless mode
+    const fam = l.mlp ? `${l.mlp.family === 'exact' ? 'lossless (exact)' : l.mlp.family ?? ''}${l.mlp.rank && l.mlp.family !== 'exact' ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleText(l.mlp.rule as SelectionRule)}` : ''}` : '-';
+    lines.push(`| ${l.layer} | ${fam} | ${num(m?.recall, (v) => v.toFixed(4))} | ${num(l.mlp?.magnitudeRecall, (v) => v.toFixed(4))} | ${num(m?.precision, (v) => v.toFixed(3))} | ${num(m?.predictedDensity, pct)} | ${num(l.mlp?.exactBound?.predictedDensity, pct)} | ${num(m?.trueDensity, pct)} | ${num(l.mlp?.costShare, pct)} |${heads ? ` ${num(h?.recall, (v) => v.toFixed(3))} | ${num(h?.predictedDensity, pct)} |` : ''}`);
   }
   const a = r.averages;
   const mean = (f: (l: LayerReport) => number | undefined) => {
     const v = r.layers.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x));
     return v.length ? v.reduce((s, x) => s + x, 0) / v.length : NaN;
   };
-  lines.push(`| mean | | ${num(a.mlpRecall, (v) => v.toFixed(4))} | ${num(mean((l) => l.mlp?.magnitudeRecall), (v) => v.toFixed(4))} | | ${num(a.mlpPredictedDensity, pct)} | ${num(mean((l) => l.mlp?.exactBound?.predictedDensity), pct)} | ${num(a.mlpTrueDensity, pct)} | ${num(mean((l) => l.mlp?.costShare), pct)} | ${num(a.headRecall, (v) => v.toFixed(3))} | ${num(a.headDensity, pct)} |`);
+  lines.push(`| mean | | ${num(a.mlpRecall, (v) => v.toFixed(4))} | ${num(mean((l) => l.mlp?.magnitudeRecall), (v) => v.toFixed(4))} | | ${num(a.mlpPredictedDensity, pct)} | ${num(mean((l) => l.mlp?.exactBound?.predictedDensity), pct)} | ${num(a.mlpTrueDensity, pct)} | ${num(mean((l) => l.mlp?.costShare), pct)} |${heads ? ` ${num(a.headRecall, (v) => v.toFixed(3))} | ${num(a.headDensity, pct)} |` : ''}`);
   for (const l of r.layers) if (l.mlpCandidates?.length) lines.push('', ...candidateTable(l.layer, l.mlpCandidates));
   lines.push('', 'exact bound: the density the first projection itself needs for the same recall under the same kind of rule; est. MLP cost: predictor + predicted density x dense MLP FLOPs (exact: first projection + density x second), as a share of the dense MLP');
   if (r.perplexity) {
-    lines.push('', `perplexity on ${r.perplexity.tokens} held-out tokens:`, '', '| run | perplexity | vs dense |', '|---|---:|---:|');
+    const text = r.config.data ?? `the held-out text of ${r.config.activations}`;
+    lines.push('', `perplexity on the first ${r.perplexity.tokens} tokens of ${text} (oracle: each token's true top-k neurons at the predictor's per-layer density):`, '', '| run | perplexity | vs dense |', '|---|---:|---:|');
     for (const [k, v] of Object.entries(r.perplexity.runs)) lines.push(`| ${k} | ${v.toFixed(3)} | ${k === 'dense' ? '' : (r.perplexity.deltas[k]! >= 0 ? '+' : '') + (100 * r.perplexity.deltas[k]!).toFixed(2) + '%'} |`);
     const dc = r.perplexity.densityCurve ?? [];
     if (dc.length) {

@@ -5,11 +5,13 @@ import { decodeModes } from '../runtime/plan.js';
 import { generate } from '../runtime/generate.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { UserError } from '../util/errors.js';
+import { fingerprintCheckpoint } from '../checkpoint/checkpoint.js';
 import type { GenerateConfig } from '../config/schemas.js';
 import type { StageDeps } from '../util/progress.js';
 
 /** Flags validated by generateSchema (src/config/schemas.ts). */
 export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<StageResult> {
+  fingerprintCheckpoint(o.model); // the checkpoint first, as collect checks it (a hub id, a .bin-only folder: the same message)
   const tok = loadTokenizer(o.model);
   const model = loadModel(o.model, { decode: true });
   const preds = o.bundle ? loadBundlePredictors(o.bundle, o.model) : null;
@@ -29,14 +31,22 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
       ? [`stopped after ${r.tokens[0]!.length} of ${o.maxTokens} tokens: the model has ${r.maxPositions} positions (max_position_embeddings) and the ${o.prompt.length > 1 ? 'longest prompt' : 'prompt'} uses ${Math.max(...prompts.map((p) => p.length))}; the text below is complete up to there`]
       : [];
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
-    const tps = (r.decodeSteps * prompts.length) / Math.max(1e-3, r.decodeMs / 1000);
+    const rate = (x: typeof r) => (x.decodeSteps * prompts.length) / Math.max(1e-3, x.decodeMs / 1000);
+    const tps = rate(r);
+    // with a bundle: the same prompts and steps dense (greedy), after the sparse run (so dense runs warm: no flattering of the sparse figure)
+    let denseTps: number | null = null;
+    if (preds && r.decodeSteps > 0) {
+      const dense = decodeModes(model.config, null, null);
+      try { denseTps = rate(generate(model, prompts, { maxNewTokens: r.decodeSteps + 1, temperature: 0, topK: 0, seed: 0, stopAtEos: false, modes: dense.modes })); } finally { dense.dispose(); }
+    }
     const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal);
     deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
+      (denseTps !== null ? ` (dense, the same prompts and steps, measured after it: ${denseTps.toFixed(1)} tokens/s; ${(tps / denseTps).toFixed(2)}x)` : '') +
       (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%` : ''));
     return {
       text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
       notes,
-      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1, plan: Boolean(plan) },
+      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, denseTokensPerSecond: denseTps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1, plan: Boolean(plan) },
     };
   } finally {
     built.dispose();

@@ -2,7 +2,7 @@
  * pipeline: collect (calibration) -> collect (held-out) -> train -> evaluate -> plan -> export, in one workdir.
  * Every stage skips itself when its output is complete and current (same inputs and config, and, for evaluate, plan
  * and export, the output file is the one the stage wrote: its seal is the one recorded); a stale or edited output is
- * replaced, and the log says why. Prints the final per-layer table and the perplexities.
+ * replaced, and the log says why. Prints the verdict (src/stages/verdict.ts); --verbose adds the per-layer tables.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -17,7 +17,7 @@ import { readSealedArtifact, writeArtifact } from '../util/json-artifact.js';
 import { canonicalJson } from '../util/canonical-json.js';
 import { readEvalReport } from '../eval/report.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
-import type { StageDeps } from '../util/progress.js';
+import { withApproximateTotal, type StageDeps } from '../util/progress.js';
 import { runCollect } from './collect.js';
 import { runTrain } from './train.js';
 import { runEvaluate, reportTable, type EvalReport } from './evaluate.js';
@@ -27,6 +27,8 @@ import { readPlanFile, type PlanFile } from '../runtime/plan.js';
 import { defaultWorkdir, resolveData } from './workdir.js';
 import { getBackend } from '../backend.js';
 import { estimatePipeline, estimateText } from './estimate.js';
+import { headline, verdictText } from './verdict.js';
+import { readManifest } from '../activations/dataset.js';
 
 import { runScaleOut } from './scale-out.js';
 
@@ -71,7 +73,7 @@ function stamp(file: string): string | null {
   try { const s = fs.statSync(file); return `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`; } catch { return null; }
 }
 
-export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise<StageResult> {
+export async function runPipeline(cfg: PipelineConfig, deps: StageDeps, opts: { verbose?: boolean } = {}): Promise<StageResult> {
   if (cfg.scaleOut) return runScaleOut(cfg, deps); // --scheduler / --step (issue 26): src/stages/scale-out.ts
   const t0 = Date.now();
   const w = cfg.workdir ?? defaultWorkdir(cfg.model);
@@ -97,8 +99,9 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
     deps.log(`== ${name}: ${timings[name]!.toFixed(1)} s`);
     return r;
   };
-  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.cal, 'manifest.json'));
-  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.held, 'manifest.json'));
+  // collect streams its text and knows no total: the estimate's token count stands in for it (shown as ~N)
+  await step('collect (calibration)', () => runCollect(collectSchema.parse({ ...cfg.collect, model: cfg.model, data: data.calibration, out: dirs.cal, backend: cfg.backend, overwrite: true }), withApproximateTotal(deps, () => est.estimate.tokens.calibration)), path.join(dirs.cal, 'manifest.json'));
+  await step('collect (held-out)', () => runCollect(collectSchema.parse({ ...cfg.collect, ...(cfg.heldoutCollect.maxTokens ? { maxTokens: cfg.heldoutCollect.maxTokens } : {}), model: cfg.model, data: data.heldout, out: dirs.held, backend: cfg.backend, overwrite: true }), withApproximateTotal(deps, () => est.estimate.tokens.heldout)), path.join(dirs.held, 'manifest.json'));
   await step('train-predictors', () => runTrain(trainSchema.parse({ ...cfg.train, activations: dirs.cal, out: dirs.pred, backend: cfg.backend, overwrite: true }), deps), path.join(dirs.pred, 'predictors.json'));
   const evalCfg = evaluateSchema.parse({ ...cfg.evaluate, activations: dirs.held, predictors: dirs.pred, out: dirs.report, model: cfg.model, data: data.heldout, backend: cfg.backend });
   // evaluation is current when its inputs (predictors, held-out activations, config) are unchanged and report.json is the one it wrote
@@ -138,9 +141,14 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps): Promise
   else { await step('export-bundle', () => runExport(expCfg, deps)); recordStage(expRec, readBundle); }
   const v = verifyBundle(dirs.bundle, cfg.model);
   const total = (Date.now() - t0) / 1000;
-  const pv = plan?.plan.verified;
-  const planLine = pv ? `plan: ${dirs.plan}/report.md — verified ${pv.pplIncrease >= 0 ? '+' : ''}${(100 * pv.pplIncrease).toFixed(3)}% perplexity (budget +${(100 * plan!.plan.maxPplIncrease).toFixed(1)}%), decode ${pv.speedup.toFixed(2)}x dense (${plan!.plan.layers.map((l) => l.mlp.mode).join(', ')})` : 'plan: off (train-only rules in the bundle)';
-  const text = [reportTable(report, dirs.report), '', dataLine, planLine, `bundle: ${dirs.bundle} (${v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified'})`,
-    `pipeline: ${total.toFixed(0)} s (${Object.entries(timings).map(([k, s]) => `${k} ${s.toFixed(0)} s`).join(', ') || 'everything was current'})`].join('\n');
-  return { text, json: { report, workdir: w, data, bundle: dirs.bundle, verified: v.problems.length === 0, seconds: total, timings }, code: v.problems.length ? 1 : 0 };
+  const mc = readManifest(dirs.held).model.config;
+  const h = headline({ model: cfg.model, config: mc, workdir: w, bundle: dirs.bundle, report, plan, heldoutText: data.heldout });
+  const lines = verdictText(h, {
+    bundleVerified: v.problems.length ? 'FAILED verification: ' + v.problems.join('; ') : 'verified', dataLine, reportDir: dirs.report, planDir: plan ? dirs.plan : null,
+    timing: `pipeline: ${total.toFixed(0)} s (${Object.entries(timings).map(([k, s]) => `${k} ${s.toFixed(0)} s`).join(', ') || 'everything was current'})`,
+  });
+  // --verbose: the per-layer tables too (report.md and plan/report.md hold them either way)
+  if (opts.verbose) lines.push('', reportTable(report, dirs.report), ...(plan ? ['', fs.readFileSync(path.join(dirs.plan, 'report.md'), 'utf8').trimEnd()] : []));
+  const text = lines.join('\n');
+  return { text, json: { headline: h, report, workdir: w, data, bundle: dirs.bundle, verified: v.problems.length === 0, seconds: total, timings }, code: v.problems.length ? 1 : 0 };
 }

@@ -14,7 +14,6 @@
  */
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { TopLevelSpec } from 'vega-lite';
 import { readSync } from '../util/tfx.js';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
@@ -32,7 +31,7 @@ import { mlpInput, readMlpSite } from '../predictors/mlp-site.js';
 import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
 import { heldoutSequences } from '../eval/heldout.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
-import { specToSvg } from '../eval/plots.js';
+import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
 import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, sitePicker, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
 import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, type CostModel } from '../runtime/costs.js';
@@ -95,26 +94,6 @@ function nllOf(model: Model, seqs: number[][], batch: number, hooks?: SparsityHo
   let nll = 0, count = 0;
   for (let i = 0; i < seqs.length; i += batch) { const r = batchNll(model, seqs.slice(i, i + batch), hooks); nll += r.nll; count += r.count; }
   return ppl({ nll, count });
-}
-
-function frontierSpec(points: { step: number; speedup: number; pplIncrease: number; move: string }[], budget: number, verified: { speedup: number; pplIncrease: number }): TopLevelSpec {
-  const SEARCH = 'search (cost model, summed estimates)', VERIFIED = 'plan verified by the runtime', BUDGET = 'budget';
-  const color = (datum: string) => ({ datum, type: 'nominal' as const, title: null, scale: { domain: [SEARCH, VERIFIED, BUDGET], range: ['#1f77b4', '#2ca02c', '#d62728'] } });
-  return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: 'Plan search: decode speedup vs perplexity increase',
-    width: 520, height: 320,
-    config: { font: 'sans-serif', axis: { labelFontSize: 11, titleFontSize: 12, grid: true, gridColor: '#e6e6e6' }, legend: { orient: 'bottom', direction: 'vertical', labelFontSize: 11, labelLimit: 400 }, view: { stroke: null } },
-    encoding: {
-      x: { field: 'pplIncrease', type: 'quantitative', title: 'perplexity increase over dense', axis: { format: '.2%' } },
-      y: { field: 'speedup', type: 'quantitative', title: 'decode speedup vs dense', scale: { zero: false }, axis: { format: '.2f' } },
-    },
-    layer: [
-      { data: { values: points }, mark: { type: 'line', point: true }, encoding: { color: color(SEARCH), tooltip: [{ field: 'move', type: 'nominal' }] } },
-      { data: { values: [{ pplIncrease: budget }] }, mark: { type: 'rule', strokeDash: [6, 4] }, encoding: { y: { value: 0 }, y2: { value: 320 }, color: color(BUDGET) } },
-      { data: { values: [verified] }, mark: { type: 'point', shape: 'diamond', size: 140, filled: true }, encoding: { color: color(VERIFIED) } },
-    ],
-  } as TopLevelSpec;
 }
 
 /** The plan stage's shared inputs. */
@@ -361,7 +340,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     };
     const file = sealed({ kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256, plan, frontier: choice.frontier }) as PlanFile;
     const text = planReport(plan, options, choice.at, choice.frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (fallback ? `\n\nNote: ${fallback}.` : '');
-    const svg = await specToSvg(frontierSpec(choice.frontier, cfg.maxPplIncrease, plan.verified));
+    const svg = await specToSvg(frontierSpec(choice.frontier, cfg.maxPplIncrease, plan.verified, plan.estimate));
     checkPredictorsUnchanged(cfg.predictors, predictorsSha256, 'plan');
     const out = w;
     w = null;
