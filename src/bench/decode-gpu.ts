@@ -14,8 +14,9 @@ import * as os from 'node:os';
 import { ensureBackend } from '../backend.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadModel } from '../model/model.js';
+import { DecodeSession, denseModes } from '../runtime/decoder.js';
 import { closeGpu, getGpu, type Gpu } from '../runtime/gpu/device.js';
-import { axpyWgsl, copyWgsl, matvecWgsl } from '../runtime/gpu/kernels.js';
+import { axpyWgsl, copyWgsl, matvecWgsl, normWgsl, reduceWgsl } from '../runtime/gpu/kernels.js';
 import { GpuDecodeSession, gpuDenseModes, gpuSession, type GpuModes } from '../runtime/gpu/session.js';
 import { gpuEmpty, randomGpuWeights } from '../runtime/gpu/weights.js';
 import { opt13bConfig, table, writeBenchResult, type BenchTable } from './common.js';
@@ -73,13 +74,17 @@ let copyGBs = 0;
   const base = { bias: false, gated: false, gateBias: false, act: null, actThreshold: 0, resid: false, zero: false };
   const mvMs = await kernelMs(gpu, matvecWgsl({ ...base, cols: d, rows: F }), [W, x, y], F / 8);
   const axMs = await kernelMs(gpu, axpyWgsl({ cols: d, rows: F, chunks: 128, gather: false }), [W, x, part], Math.ceil(d / 8 / 256), 128);
-  W.destroy(); x.destroy(); y.destroy(); part.destroy();
+  const g = gpuEmpty(gpu, 4 * d, 'g');
+  const nMs = await kernelMs(gpu, normWgsl(d, 'layernorm', 1e-5, false), [x, y, g], 1);
+  const rMs = await kernelMs(gpu, reduceWgsl(d, 128, false), [y, part], d / 128);
+  W.destroy(); x.destroy(); y.destroy(); part.destroy(); g.destroy();
   copyGBs = (2 * MB * 2 ** 20) / (copyMs * 1e6);
   const wBytes = F * d * 2;
   tables.push({ caption: 'Kernels alone (one submission of 20 dispatches each)', header: ['kernel', 'ms', 'GB/s'], rows: [
     [`copy ${MB} MiB (read + write)`, copyMs.toFixed(3), copyGBs.toFixed(0)],
     [`matvec [${F}, ${d}] float16 (weights read)`, mvMs.toFixed(3), (wBytes / (mvMs * 1e6)).toFixed(0)],
     [`axpy [${F}, ${d}] float16, 128 chunks (weights read)`, axMs.toFixed(3), (wBytes / (axMs * 1e6)).toFixed(0)],
+    [`LayerNorm of ${d} (one workgroup)`, nMs.toFixed(4), '-'], [`sum of 128 chunks of ${d} into the residual`, rMs.toFixed(4), '-'],
   ] });
   notes.push(`copy bandwidth ${copyGBs.toFixed(0)} GB/s (the ceiling)`);
   log(table(tables[0]!.header, tables[0]!.rows));
@@ -101,7 +106,7 @@ function randomSets(c: ModelConfig, mlpFrac: number, headFrac: number): GpuModes
   };
 }
 
-interface Variant { name: string; s: GpuDecodeSession; bytes: () => number; greedy: number[]; step: number[] }
+interface Variant { name: string; s: GpuDecodeSession; bytes: () => number; greedy: number[]; step: number[]; host: number[] }
 
 /** prime each session with the prompt, then ROUNDS alternating rounds of greedy and step() timing */
 async function measure(vs: Variant[], steps: number): Promise<void> {
@@ -111,6 +116,7 @@ async function measure(vs: Variant[], steps: number): Promise<void> {
       let t = performance.now();
       await v.s.greedy(7, steps);
       v.greedy.push(steps / ((performance.now() - t) / 1000));
+      v.host.push(v.s.lastHostMs / steps);
       v.s.rewind(steps);
       const k = Math.max(4, steps / 4);
       t = performance.now();
@@ -129,10 +135,10 @@ function rowsOf(vs: Variant[], denseName: string): (string | number)[][] {
       v.greedy.map((x) => x.toFixed(0)).join(', '), v.greedy.map((x) => ((x * v.bytes()) / 1e9).toFixed(0)).join(', '),
       v.greedy.map((x) => ((x * v.bytes()) / 1e9 / copyGBs * 100).toFixed(0) + '%').join(', '),
       v.greedy.map((x, i) => (x / dense.greedy[i]!).toFixed(2) + 'x').join(', '),
-      v.step.map((x) => x.toFixed(0)).join(', '), v.step.map((x, i) => (x / dense.step[i]!).toFixed(2) + 'x').join(', ')];
+      v.step.map((x) => x.toFixed(0)).join(', '), v.step.map((x, i) => (x / dense.step[i]!).toFixed(2) + 'x').join(', '), v.host.map((x) => x.toFixed(3)).join(', ')];
   });
 }
-const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 'greedy tok/s (per round)', 'weight GB/s', 'of copy bandwidth', 'speedup vs dense', 'step() tok/s (logits read back)', 'step() speedup'];
+const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 'greedy tok/s (per round)', 'weight GB/s', 'of copy bandwidth', 'speedup vs dense', 'step() tok/s (logits read back)', 'step() speedup', 'host encode + submit ms / token (greedy)'];
 
 // (b) OPT-6.7B widths
 {
@@ -143,7 +149,7 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
   const cap = PROMPT.length + STEPS + 8;
   const H = c.heads, hd = c.headDim, layerBytes = (qf: number, mf: number) => 2 * ((qf * H + 2 * H) * hd * d + qf * H * hd * d + 2 * mf * F * d);
   const head = 2 * c.vocabSize * d;
-  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number): Variant => { const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap }); return { name, s, bytes: () => bytes(s), greedy: [], step: [] }; };
+  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number): Variant => { const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap }); return { name, s, bytes: () => bytes(s), greedy: [], step: [], host: [] }; };
   const lossless: GpuModes = { mlp: gpuDenseModes(LAYERS).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(LAYERS).heads };
   const vs = [
     mk('dense', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head),
@@ -161,12 +167,25 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
 // (c) the OPT fixture
 const fixture = process.env.BENCH_MODEL ?? 'checkpoints/opt-fixture';
 if (fs.existsSync(`${fixture}/config.json`)) {
-  const model = loadModel(fixture);
+  const model = loadModel(fixture, { decode: true });
   const c = model.config;
+  { // the GPU computes what the CPU runtime computes, on this device too
+    const cpu = new DecodeSession(model, denseModes(c.layers), 1), g = await gpuSession(model, gpuDenseModes(c.layers), { capacity: 16 });
+    let worst = 0;
+    for (const id of PROMPT) {
+      const a = cpu.step([id]), z = await g.step([id]);
+      let m = 0, e = 0;
+      for (let j = 0; j < a.length; j++) { m = Math.max(m, Math.abs(a[j]!)); e = Math.max(e, Math.abs(a[j]! - z[j]!)); }
+      worst = Math.max(worst, e / m);
+    }
+    cpu.dispose(); g.dispose();
+    notes.push(`fixture check on this device: GPU dense logits vs the CPU runtime's over ${PROMPT.length} steps: max |diff| / max |logit| = ${worst.toExponential(2)}`);
+    log(notes[notes.length - 1]!);
+  }
   const lossless: GpuModes = { mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(c.layers).heads };
   const cap = PROMPT.length + STEPS + 8;
   const bytes = (s: GpuDecodeSession) => () => { const k = s.counts; return 2 * c.layers * (4 * c.hidden * c.hidden * (0.5 + 0.5 * k.headsSelected / k.headsTotal) + 2 * c.hidden * c.ffn * k.mlpSelected / k.mlpTotal) + 2 * c.vocabSize * c.hidden; };
-  const mk = async (name: string, modes: GpuModes): Promise<Variant> => { const s = await gpuSession(model, modes, { capacity: cap }); return { name, s, bytes: bytes(s), greedy: [], step: [] }; };
+  const mk = async (name: string, modes: GpuModes): Promise<Variant> => { const s = await gpuSession(model, modes, { capacity: cap }); return { name, s, bytes: bytes(s), greedy: [], step: [], host: [] }; };
   const vs = [await mk('dense', gpuDenseModes(c.layers)), await mk('lossless', lossless), await mk('fixed picks 10% MLP / 50% heads', randomSets(c, 0.1, 0.5))];
   try {
     await measure(vs, STEPS);

@@ -11,7 +11,7 @@ export interface Gpu {
   /** adapter vendor / architecture / description, for the benchmark's notes */
   info: { vendor: string; architecture: string; description: string };
   features: { f16: boolean; subgroups: boolean };
-  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number };
+  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number; maxComputeWorkgroupStorageSize: number };
   /** the first uncaptured device error (validation, out of memory), thrown by the next readback */
   error: string | null;
 }
@@ -46,7 +46,7 @@ async function open(): Promise<Gpu> {
     device, error: null,
     info: { vendor: info.vendor ?? '', architecture: info.architecture ?? '', description: info.description ?? '' },
     features: { f16: adapter.features.has('shader-f16'), subgroups: adapter.features.has('subgroups') },
-    limits: { maxStorageBufferBindingSize: L.maxStorageBufferBindingSize, maxBufferSize: L.maxBufferSize },
+    limits: { maxStorageBufferBindingSize: L.maxStorageBufferBindingSize, maxBufferSize: L.maxBufferSize, maxComputeWorkgroupStorageSize: L.maxComputeWorkgroupStorageSize },
   };
   device.addEventListener('uncapturederror', (ev) => { gpu.error ??= (ev as GPUUncapturedErrorEvent).error.message; });
   return gpu;

@@ -149,27 +149,42 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
-/** x[j] += (bias[j]) + Σ_c part[c, j] */
+/**
+ * x[j] += (bias[j]) + Σ_c part[c, j]: a workgroup per 32 vec4 columns, 8 threads per column each summing every
+ * 8th chunk, then a shared-memory sum of the 8
+ */
 export function reduceWgsl(d: number, chunks: number, bias: boolean): string {
-  return `@group(0) @binding(0) var<storage, read_write> xv: array<f32>;
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-${bias ? '@group(0) @binding(2) var<storage, read> bias: array<f32>;' : ''}
+  const D4 = d / 4;
+  return `@group(0) @binding(0) var<storage, read_write> xv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
+${bias ? '@group(0) @binding(2) var<storage, read> bias: array<vec4<f32>>;' : ''}
+var<workgroup> acc: array<vec4<f32>, 256>;
 @compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let j = gid.x;
-  if (j >= ${d}u) { return; }
-  var s = ${bias ? 'bias[j]' : '0.0'};
-  for (var c = 0u; c < ${chunks}u; c++) { s += part[c * ${d}u + j]; }
-  xv[j] = xv[j] + s;
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let cg = lid / 32u;
+  let c4 = wid.x * 32u + lid % 32u;
+  var s = vec4<f32>(0.0);
+  if (c4 < ${D4}u) { for (var c = cg; c < ${chunks}u; c += 8u) { s += part[c * ${D4}u + c4]; } }
+  acc[lid] = s;
+  workgroupBarrier();
+  if (cg == 0u && c4 < ${D4}u) {
+    var t = ${bias ? 'bias[c4]' : 'vec4<f32>(0.0)'};
+    for (var k = 0u; k < 8u; k++) { t += acc[lid + 32u * k]; }
+    xv[c4] = xv[c4] + t;
+  }
 }`;
 }
 
-/** dst = norm(src) · g (+ b): one workgroup (LayerNorm: mean and variance; RMSNorm: mean square) */
+/**
+ * dst = norm(src) · g (+ b): one workgroup, each thread holding its vec4s of src in registers (one read), two
+ * shared-memory sums (LayerNorm: mean, then variance; RMSNorm: mean square)
+ */
 export function normWgsl(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, hasB: boolean): string {
-  return `@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<storage, read> g: array<f32>;
-${hasB ? '@group(0) @binding(3) var<storage, read> b: array<f32>;' : ''}
+  const D4 = d / 4, NV = Math.ceil(D4 / 256);
+  return `@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> g: array<vec4<f32>>;
+${hasB ? '@group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;' : ''}
 var<workgroup> red: array<f32, 256>;
 fn total(v: f32, lid: u32) -> f32 {
   red[lid] = v;
@@ -181,12 +196,14 @@ fn total(v: f32, lid: u32) -> f32 {
 }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
-  var m = 0.0;
-  ${kind === 'layernorm' ? `var s = 0.0; for (var j = lid; j < ${d}u; j += 256u) { s += src[j]; } m = total(s, lid) / ${d}.0;` : ''}
+  var xs: array<vec4<f32>, ${NV}>;
+  var s = 0.0;
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { xs[k] = src[j]; s += dot(xs[k], vec4<f32>(1.0)); } }
+  ${kind === 'layernorm' ? `let m = total(s, lid) / ${d}.0;` : 'let m = 0.0;'}
   var q = 0.0;
-  for (var j = lid; j < ${d}u; j += 256u) { let t = src[j] - m; q += t * t; }
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let t = xs[k] - m; q += dot(t, t); } }
   let inv = inverseSqrt(total(q, lid) / ${d}.0 + ${f32(eps)});
-  for (var j = lid; j < ${d}u; j += 256u) { dst[j] = (src[j] - m) * inv * g[j]${hasB ? ' + b[j]' : ''}; }
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { dst[j] = (xs[k] - m) * inv * g[j]${hasB ? ' + b[j]' : ''}; } }
 }`;
 }
 
@@ -215,59 +232,45 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 export interface AttnSpec { heads: number; kvHeads: number; hd: number; cap: number; ropeDim: number; scale: number }
 
 /**
- * After the q / k / v matvec (compact: the selected heads' q, then every kv head's k, then v): RoPE on q and k
- * (rotate_half over the first ropeDim; cos / sin of this position from the host), K and V written to cache slot n.
+ * Attention of the selected heads, after the q / k / v matvec (compact: the selected heads' q, then every kv
+ * head's k, then v): a workgroup per selected head ropes its q and its kv head's new k (rotate_half over the first
+ * ropeDim; this position's cos / sin from the host), takes softmax(q K^T · scale) over the cached positions and
+ * the new one (scores in shared memory), and the V-weighted sum (8 threads per vec4 of hd, then a shared sum).
+ * Workgroup k < KV also writes kv head k's new K and V to cache slot n (nobody reads slot n from the cache in this
+ * dispatch: each workgroup uses its own copy), so the dispatch is max(selected, KV) workgroups.
  */
-export function ropeAppendWgsl(s: AttnSpec): string {
-  const hd = s.hd, h2 = s.ropeDim / 2, KV = s.kvHeads;
-  return `${PARAMS}
-@group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
-@group(0) @binding(1) var<storage, read> sel: array<u32>;
-@group(0) @binding(2) var<storage, read_write> K: array<f32>;
-@group(0) @binding(3) var<storage, read_write> V: array<f32>;
-@group(0) @binding(4) var<uniform> params: Params;
-${h2 > 0 ? '@group(0) @binding(5) var<storage, read> cs: array<f32>;' : ''}
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let nsel = sel[0] - ${2 * KV}u;
-  let slot = gid.x / ${hd}u;
-  let j = gid.x % ${hd}u;
-  if (slot >= nsel + ${2 * KV}u) { return; }
-  let o = slot * ${hd}u;
-  if (slot >= nsel + ${KV}u) { V[((slot - nsel - ${KV}u) * ${s.cap}u + params.n) * ${hd}u + j] = qkv[o + j]; return; }
-  var a = qkv[o + j];
-  var b = 0.0;
-  ${h2 > 0 ? `if (j >= ${h2}u && j < ${2 * h2}u) { return; }
-  if (j < ${h2}u) { let c = cs[j]; let sn = cs[${h2}u + j]; b = qkv[o + j + ${h2}u]; let a2 = a * c - b * sn; b = b * c + a * sn; a = a2; }` : ''}
-  if (slot < nsel) {
-    qkv[o + j] = a;
-    ${h2 > 0 ? `if (j < ${h2}u) { qkv[o + j + ${h2}u] = b; }` : ''}
-  } else {
-    let kb = ((slot - nsel) * ${s.cap}u + params.n) * ${hd}u;
-    K[kb + j] = a;
-    ${h2 > 0 ? `if (j < ${h2}u) { K[kb + j + ${h2}u] = b; }` : ''}
-  }
-}`;
-}
-
-/** softmax(q K^T · scale) V over positions 0..n of the head's kv head: a workgroup per selected head */
 export function attentionWgsl(s: AttnSpec): string {
-  const hd = s.hd, hd4 = hd / 4, KV = s.kvHeads, G = s.heads / KV;
+  const hd = s.hd, HD4 = hd / 4, KV = s.kvHeads, G = s.heads / KV, h2 = s.ropeDim / 2, TG = Math.max(1, Math.floor(256 / HD4));
+  const rot = h2 > 0
+    ? `fn rot(o: u32, j: u32) -> f32 {
+  if (j >= ${2 * h2}u) { return qkv[o + j]; }
+  if (j < ${h2}u) { return qkv[o + j] * cs[j] - qkv[o + j + ${h2}u] * cs[${h2}u + j]; }
+  let i = j - ${h2}u;
+  return qkv[o + j] * cs[i] + qkv[o + i] * cs[${h2}u + i];
+}`
+    : 'fn rot(o: u32, j: u32) -> f32 { return qkv[o + j]; }';
   return `${PARAMS}
-@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> sel: array<u32>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<f32>;
-@group(0) @binding(4) var<storage, read_write> ctx: array<f32>;
-@group(0) @binding(5) var<storage, read_write> sc: array<f32>;
-@group(0) @binding(6) var<uniform> params: Params;
-var<workgroup> qs: array<vec4<f32>, ${hd4}>;
-var<workgroup> red: array<f32, 128>;
+@group(0) @binding(2) var<storage, read_write> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> ctx: array<vec4<f32>>;
+@group(0) @binding(5) var<uniform> params: Params;
+${h2 > 0 ? '@group(0) @binding(6) var<storage, read> cs: array<f32>;' : ''}
+var<workgroup> qs: array<vec4<f32>, ${HD4}>;
+var<workgroup> kc: array<vec4<f32>, ${HD4}>;
+var<workgroup> vc: array<vec4<f32>, ${HD4}>;
+var<workgroup> ps: array<f32, ${s.cap}>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> acc: array<vec4<f32>, 256>;
 var<workgroup> wn: u32;
+${rot}
+fn rot4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(rot(o, 4u * j4), rot(o, 4u * j4 + 1u), rot(o, 4u * j4 + 2u), rot(o, 4u * j4 + 3u)); }
+fn raw4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(qkv[o + 4u * j4], qkv[o + 4u * j4 + 1u], qkv[o + 4u * j4 + 2u], qkv[o + 4u * j4 + 3u]); }
 fn wred(v: f32, lid: u32, isMax: bool) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = 64u; s > 0u; s >>= 1u) {
+  for (var s = 128u; s > 0u; s >>= 1u) {
     if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), isMax); }
     workgroupBarrier();
   }
@@ -275,36 +278,52 @@ fn wred(v: f32, lid: u32, isMax: bool) -> f32 {
   workgroupBarrier();
   return t;
 }
-@compute @workgroup_size(128)
+@compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) { wn = sel[0] - ${2 * KV}u; }
   let nsel = workgroupUniformLoad(&wn);
   let w = wid.x;
+  let n = params.n;
+  if (w < ${KV}u) {
+    for (var j = lid; j < ${HD4}u; j += 256u) {
+      K[(w * ${s.cap}u + n) * ${HD4}u + j] = rot4((nsel + w) * ${hd}u, j);
+      V[(w * ${s.cap}u + n) * ${HD4}u + j] = raw4((nsel + ${KV}u + w) * ${hd}u, j);
+    }
+  }
   if (w >= nsel) { return; }
   let kvh = sel[1u + w] / ${G}u;
-  for (var j = lid; j < ${hd4}u; j += 128u) { qs[j] = qkv[w * ${hd4}u + j]; }
+  for (var j = lid; j < ${HD4}u; j += 256u) {
+    qs[j] = rot4(w * ${hd}u, j);
+    kc[j] = rot4((nsel + kvh) * ${hd}u, j);
+    vc[j] = raw4((nsel + ${KV}u + kvh) * ${hd}u, j);
+  }
   workgroupBarrier();
-  let npos = params.n + 1u;
-  let so = w * ${s.cap}u;
+  let npos = n + 1u;
   var m = -3.0e38;
-  for (var t = lid; t < npos; t += 128u) {
-    let kb = (kvh * ${s.cap}u + t) * ${hd4}u;
+  for (var t = lid; t < npos; t += 256u) {
     var d = 0.0;
-    for (var j = 0u; j < ${hd4}u; j++) { d += dot(qs[j], K[kb + j]); }
+    if (t == n) { for (var j = 0u; j < ${HD4}u; j++) { d += dot(qs[j], kc[j]); } }
+    else { let kb = (kvh * ${s.cap}u + t) * ${HD4}u; for (var j = 0u; j < ${HD4}u; j++) { d += dot(qs[j], K[kb + j]); } }
     d *= ${f32(s.scale)};
-    sc[so + t] = d;
+    ps[t] = d;
     m = max(m, d);
   }
   m = wred(m, lid, true);
   var l = 0.0;
-  for (var t = lid; t < npos; t += 128u) { let p = exp(sc[so + t] - m); sc[so + t] = p; l += p; }
+  for (var t = lid; t < npos; t += 256u) { let p = exp(ps[t] - m); ps[t] = p; l += p; }
   l = wred(l, lid, false);
-  storageBarrier();
+  let tg = lid / ${HD4}u;
+  let j4 = lid % ${HD4}u;
+  var a = vec4<f32>(0.0);
+  if (tg < ${TG}u) {
+    for (var t = tg; t < npos; t += ${TG}u) { if (t == n) { a += ps[t] * vc[j4]; } else { a += ps[t] * V[(kvh * ${s.cap}u + t) * ${HD4}u + j4]; } }
+  }
+  acc[lid] = a;
   workgroupBarrier();
-  for (var j = lid; j < ${hd}u; j += 128u) {
-    var acc = 0.0;
-    for (var t = 0u; t < npos; t++) { acc += sc[so + t] * V[(kvh * ${s.cap}u + t) * ${hd}u + j]; }
-    ctx[w * ${hd}u + j] = acc / l;
+  if (lid < ${HD4}u) {
+    var o = vec4<f32>(0.0);
+    for (var k = 0u; k < ${TG}u; k++) { o += acc[k * ${HD4}u + lid]; }
+    ctx[w * ${HD4}u + lid] = o / l;
   }
 }`;
 }

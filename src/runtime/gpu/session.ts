@@ -5,9 +5,9 @@
  * readback (the logits: `step`), or none per token (`greedy`: the argmax on the GPU feeds the next token's
  * embedding; the tokens come back once at the end).
  *
- * Per layer (dense OPT: 9 dispatches):
- *   norm ln1 -> matvec q|k|v (the selected heads' q rows, every kv head's k, v) -> RoPE + K/V append -> attention
- *   (a workgroup per selected head) -> matvec o over the selected heads' columns (+ residual, in place)
+ * Per layer (dense OPT: 8 dispatches):
+ *   norm ln1 -> matvec q|k|v (the selected heads' q rows, every kv head's k, v) -> attention (a workgroup per
+ *   selected head: RoPE, the new K / V into the cache) -> matvec o over the selected heads' columns (+ residual)
  *   -> norm ln2 -> matvec up (| gate) + activation over the selected rows -> [lossless: compaction of the nonzero
  *   activations] -> split-K axpy of down's selected rows -> sum of the chunks (+ bias, + residual)
  * Modes per layer, fixed at construction (the selection of a step is a set uploaded once; `sets` cycle per step
@@ -24,7 +24,7 @@ import { UserError } from '../../util/errors.js';
 import { ropeAngles, ropeInvFreq } from '../../arch/traits.js';
 import type { DecodeCounts, DecodeModes } from '../decoder.js';
 import { checkGpu, getGpu, type Gpu } from './device.js';
-import { argmaxWgsl, attentionWgsl, axpyWgsl, compactWgsl, embedWgsl, matvecWgsl, normWgsl, reduceWgsl, ropeAppendWgsl, type GpuAct, type MatvecSpec } from './kernels.js';
+import { argmaxWgsl, attentionWgsl, axpyWgsl, compactWgsl, embedWgsl, matvecWgsl, normWgsl, reduceWgsl, type GpuAct, type MatvecSpec } from './kernels.js';
 import { gpuBuffer, gpuEmpty, gpuWeightsFromModel, type GpuWeights } from './weights.js';
 
 export type GpuMlpMode = { mode: 'dense' } | { mode: 'lossless' } | { mode: 'select'; sets: Int32Array[] };
@@ -47,6 +47,8 @@ export function gpuModesOf(modes: DecodeModes): GpuModes {
 }
 
 interface Op { p: GPUComputePipeline; g: GPUBindGroup; x: number; y: number }
+/** compiled pipelines by device and source: sessions of one shape share them (a compile is slow on software Vulkan) */
+const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 type Entry = [number, GPUBuffer];
 
 export interface GpuSessionOptions {
@@ -63,8 +65,7 @@ export class GpuDecodeSession {
   private t = 0; // steps taken (the index of the cycled selection sets)
   private hostMlp = 0; // mlpSelected of the non-lossless layers
   private readonly bufs: GPUBuffer[] = [];
-  private readonly pipes = new Map<string, GPUComputePipeline>();
-  private readonly b: Record<'x' | 'h' | 'qkv' | 'ctx' | 'a' | 'coef' | 'part' | 'logits' | 'tok' | 'hist' | 'cs' | 'sc' | 'stats' | 'params' | 'staging', GPUBuffer>;
+  private readonly b: Record<'x' | 'h' | 'qkv' | 'ctx' | 'a' | 'coef' | 'part' | 'logits' | 'tok' | 'hist' | 'cs' | 'stats' | 'params' | 'staging', GPUBuffer>;
   private readonly K: GPUBuffer[] = [];
   private readonly V: GPUBuffer[] = [];
   /** per layer: the attention block's ops for each head set, the MLP block's ops for each neuron set */
@@ -79,6 +80,8 @@ export class GpuDecodeSession {
   private readonly cs: Float32Array;
   private readonly lossless: number[];
   private busy = false;
+  /** ms the last greedy call spent encoding and submitting on the host (its GPU work overlaps this) */
+  lastHostMs = 0;
   private disposed = false;
 
   constructor(private readonly gpu: Gpu, private readonly w: GpuWeights, modes: GpuModes, o: GpuSessionOptions = {}, private readonly ownsWeights = false) {
@@ -86,6 +89,9 @@ export class GpuDecodeSession {
     const d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, F = c.ffn, V = c.vocabSize, L = c.layers;
     if (modes.mlp.length !== L || modes.heads.length !== L) throw new Error(`GPU decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${L}`);
     this.cap = o.capacity ?? Math.min(c.maxPositions, 2048);
+    // the attention kernel keeps a head's scores over the cache in workgroup memory
+    const shared = 4 * this.cap + 256 * 20 + 48 * hd / 4 + 16;
+    if (shared > gpu.limits.maxComputeWorkgroupStorageSize) throw new UserError(`GPU decode: a KV cache of ${this.cap} positions needs ${shared} bytes of workgroup memory; this adapter has ${gpu.limits.maxComputeWorkgroupStorageSize}`, 'make the session with a smaller capacity');
     this.lossless = modes.mlp.flatMap((m, i) => (m.mode === 'lossless' ? [i] : []));
     if (this.lossless.length && (c.gated || (c.act !== 'relu' && c.act !== 'fatrelu'))) throw new UserError(`the GPU decode runtime's lossless mode needs an ungated ReLU MLP (this model's is ${c.gated ? 'gated ' : ''}${c.act})`, 'use dense or select modes for this model');
     const chunks = Math.min(128, Math.max(1, Math.ceil(F / 64)));
@@ -93,7 +99,7 @@ export class GpuDecodeSession {
     this.b = {
       x: mk(4 * d, 'x'), h: mk(4 * d, 'h'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
       part: mk(4 * chunks * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'), cs: mk(4 * Math.max(4, c.ropeDim), 'cos/sin'),
-      sc: mk(4 * H * this.cap, 'scores'), stats: mk(256 * Math.max(1, L), 'stats'),
+      stats: mk(256 * Math.max(1, L), 'stats'),
       params: dev.createBuffer({ label: 'params', size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }),
       staging: dev.createBuffer({ label: 'staging', size: 4 * Math.max(V, this.cap) + 256 * Math.max(1, L), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
     };
@@ -124,8 +130,7 @@ export class GpuDecodeSession {
         return [
           norm(s.x, s.h, Lw.ln1g, Lw.ln1b),
           this.op(mv({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }), [[0, Lw.qkv], [1, s.h], [2, s.qkv], [3, sel], ...(Lw.qkvBias ? [[4, Lw.qkvBias] as Entry] : [])], Math.ceil(rows / 8)),
-          this.op(ropeAppendWgsl(attn), [[0, s.qkv], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.params], ...(attn.ropeDim ? [[5, s.cs] as Entry] : [])], Math.ceil(rows / 256)),
-          this.op(attentionWgsl(attn), [[0, s.qkv], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.sc], [6, s.params]], set.length),
+          this.op(attentionWgsl(attn), [[0, s.qkv], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...(attn.ropeDim ? [[6, s.cs] as Entry] : [])], Math.max(set.length, KV)),
           this.op(mv({ cols: H * hd, rows: d, colGather: { G: hd, sub: 2 * KV }, bias: Boolean(Lw.oBias), resid: true }), [[0, Lw.o], [1, s.ctx], [2, s.x], [3, sel], ...(Lw.oBias ? [[4, Lw.oBias] as Entry] : [])], Math.ceil(d / 8)),
         ];
       }));
@@ -135,7 +140,7 @@ export class GpuDecodeSession {
       const upEntries = (sel: GPUBuffer | null, out: GPUBuffer): Entry[] => [[0, Lw.up], [1, s.h], [2, out], ...(sel ? [[3, sel] as Entry] : []), ...(Lw.upBias ? [[4, Lw.upBias] as Entry] : []),
         ...(gated ? [[5, Lw.gate!] as Entry] : []), ...(gated && Lw.gateBias ? [[6, Lw.gateBias] as Entry] : [])];
       const upSpec = { cols: d, bias: Boolean(Lw.upBias), gated, gateBias: Boolean(Lw.gateBias), act };
-      const reduce = this.op(reduceWgsl(d, chunks, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...(Lw.downBias ? [[2, Lw.downBias] as Entry] : [])], Math.ceil(d / 256));
+      const reduce = this.op(reduceWgsl(d, chunks, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...(Lw.downBias ? [[2, Lw.downBias] as Entry] : [])], Math.ceil(d / 128));
       const axpyX = Math.ceil(d / 8 / 256);
       if (mm.mode === 'select') {
         if (!mm.sets.length) throw new Error(`GPU decode: layer ${i} MLP: no sets`);
@@ -169,10 +174,12 @@ export class GpuDecodeSession {
 
   /** a dispatch of `code` (pipelines cached by source) over `entries` (a buffer, or a {buffer, offset, size} range) */
   private op(code: string, entries: [number, GPUBuffer | GPUBufferBinding][], x: number, y = 1): Op {
-    let p = this.pipes.get(code);
+    let m = pipelines.get(this.dev);
+    if (!m) pipelines.set(this.dev, (m = new Map()));
+    let p = m.get(code);
     if (!p) {
       p = this.dev.createComputePipeline({ layout: 'auto', compute: { module: this.dev.createShaderModule({ code }), entryPoint: 'main' } });
-      this.pipes.set(code, p);
+      m.set(code, p);
     }
     const g = this.dev.createBindGroup({ layout: p.getBindGroupLayout(0), entries: entries.map(([binding, r]) => ({ binding, resource: 'buffer' in r ? r : { buffer: r } })) });
     return { p, g, x, y };
@@ -276,11 +283,13 @@ export class GpuDecodeSession {
     this.busy = true;
     try {
       let enc!: GPUCommandEncoder;
+      const t0 = performance.now();
       for (let k = 0; k < n; k++) {
         enc = this.dev.createCommandEncoder();
         this.encode(enc, k);
         if (k < n - 1) this.dev.queue.submit([enc.finish()]);
       }
+      this.lastHostMs = performance.now() - t0;
       return Array.from(new Uint32Array(await this.readback(enc, this.b.hist, 4 * n, 'greedy')));
     } finally { this.busy = false; }
   }
