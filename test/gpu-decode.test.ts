@@ -5,7 +5,6 @@
  * Skipped, with the reason, only when no adapter (or no `webgpu` package) is there.
  */
 import * as path from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
 import { loadModel, type Model } from '../src/model/model.js';
@@ -15,7 +14,6 @@ import { closeGpu, getGpu, type Gpu } from '../src/runtime/gpu/device.js';
 import * as K from '../src/runtime/gpu/kernels.js';
 import { GpuDecodeSession, gpuDenseModes, gpuModesOf, gpuSession, type GpuModes } from '../src/runtime/gpu/session.js';
 import { gpuBuffer, gpuEmpty, gpuUnsupported, packF16 } from '../src/runtime/gpu/weights.js';
-import { f16ToF32Array } from '../src/util/half.js';
 import { UserError } from '../src/util/errors.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -30,7 +28,6 @@ function vals(n: number, seed: number, q = 256): Float32Array {
   let s = seed >>> 0 || 1;
   return Float32Array.from({ length: n }, () => { s = (s * 1103515245 + 12345) >>> 0; return Math.floor(((s >>> 8) / 2 ** 24) * 2 * q - q) / q; });
 }
-const f16 = (x: Float32Array) => f16ToF32Array(new Uint16Array(packF16(x).buffer));
 
 type In = Float32Array | Uint32Array | number; // data, or the bytes of an output
 /** run one dispatch of `code`; returns every binding's contents afterwards (float32 view) */
@@ -46,7 +43,10 @@ async function run(code: string, bind: Record<number, In>, x: number, y = 1): Pr
   const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
   pass.setPipeline(p); pass.setBindGroup(0, dev.createBindGroup({ layout: p.getBindGroupLayout(0), entries })); pass.dispatchWorkgroups(x, y); pass.end();
   const st: Record<number, GPUBuffer> = {};
-  for (const [k, b] of Object.entries(bufs)) { st[Number(k)] = dev.createBuffer({ size: b.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }); enc.copyBufferToBuffer(b, 0, st[Number(k)]!, 0, b.size); }
+  for (const [k, b] of Object.entries(bufs)) {
+    st[Number(k)] = dev.createBuffer({ size: b.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    enc.copyBufferToBuffer(b, 0, st[Number(k)]!, 0, b.size);
+  }
   dev.queue.submit([enc.finish()]);
   const out: Record<number, Float32Array> = {};
   for (const [k, s] of Object.entries(st)) { await s.mapAsync(GPUMapMode.READ); out[Number(k)] = new Float32Array(s.getMappedRange().slice(0)); s.unmap(); s.destroy(); }
@@ -132,7 +132,11 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     params = Uint32Array.from([n, 0, 0, 0]);
     const o = await run(K.attentionWgsl(spec), { 0: qkv, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs }, Math.max(heads.length, KV));
     // partial rotary: dims 0..5 rotated in pairs (j, j + 3), dims 6, 7 passed through
-    const rope = (v: ArrayLike<number>) => { const r = Array.from(v); for (let j = 0; j < rd / 2; j++) { r[j] = v[j]! * cs[j]! - v[j + 3]! * cs[3 + j]!; r[j + 3] = v[j + 3]! * cs[j]! + v[j]! * cs[3 + j]!; } return r; };
+    const rope = (v: ArrayLike<number>) => {
+      const r = Array.from(v);
+      for (let j = 0; j < rd / 2; j++) { r[j] = v[j]! * cs[j]! - v[j + 3]! * cs[3 + j]!; r[j + 3] = v[j + 3]! * cs[j]! + v[j]! * cs[3 + j]!; }
+      return r;
+    };
     const q = heads.map((_, t) => rope(qkv.subarray(t * hd, t * hd + hd)));
     const K2 = Float32Array.from(Kc), V2 = Float32Array.from(Vc);
     for (let k = 0; k < KV; k++) {
@@ -195,7 +199,11 @@ async function compare(model: Model, gm: GpuModes, cm: DecodeModes, ids = IDS): 
   }
   return { worst, gpu: g, cpu, logits };
 }
-const maxRel = (xs: Float32Array[], ys: Float32Array[]) => Math.max(...xs.map((x, i) => { let m = 0, e = 0; for (let j = 0; j < x.length; j++) { m = Math.max(m, Math.abs(ys[i]![j]!)); e = Math.max(e, Math.abs(x[j]! - ys[i]![j]!)); } return e / m; }));
+const maxRel = (xs: Float32Array[], ys: Float32Array[]) => Math.max(...xs.map((x, i) => {
+  let m = 0, e = 0;
+  for (let j = 0; j < x.length; j++) { m = Math.max(m, Math.abs(ys[i]![j]!)); e = Math.max(e, Math.abs(x[j]! - ys[i]![j]!)); }
+  return e / m;
+}));
 
 describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pass (float16 fixtures)', () => {
   let opt: Model, llama: Model;

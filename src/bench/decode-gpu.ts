@@ -142,14 +142,18 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
 
 // (b) OPT-6.7B widths
 {
-  const c: ModelConfig = opt13bConfig({ hidden: d, ffn: F, heads: d / 128, kvHeads: d / 128, headDim: 128, layers: LAYERS, vocabSize: 2048, attnScale: 1 / Math.sqrt(128), attnBias: false, mlpBias: false });
+  const c: ModelConfig = opt13bConfig({ hidden: d, ffn: F, heads: d / 128, kvHeads: d / 128, headDim: 128, layers: LAYERS, vocabSize: 2048, attnScale: 1 / Math.sqrt(128),
+    attnBias: false, mlpBias: false });
   const t0 = performance.now();
   const w = await randomGpuWeights(gpu, c, 7);
   log(`random weights: ${(w.bytes / 2 ** 30).toFixed(2)} GiB in ${(performance.now() - t0).toFixed(0)} ms`);
   const cap = PROMPT.length + STEPS + 8;
   const H = c.heads, hd = c.headDim, layerBytes = (qf: number, mf: number) => 2 * ((qf * H + 2 * H) * hd * d + qf * H * hd * d + 2 * mf * F * d);
   const head = 2 * c.vocabSize * d;
-  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number): Variant => { const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap }); return { name, s, bytes: () => bytes(s), greedy: [], step: [], host: [] }; };
+  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number): Variant => {
+    const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap });
+    return { name, s, bytes: () => bytes(s), greedy: [], step: [], host: [] };
+  };
   const lossless: GpuModes = { mlp: gpuDenseModes(LAYERS).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(LAYERS).heads };
   const vs = [
     mk('dense', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head),
@@ -184,8 +188,14 @@ if (fs.existsSync(`${fixture}/config.json`)) {
   }
   const lossless: GpuModes = { mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(c.layers).heads };
   const cap = PROMPT.length + STEPS + 8;
-  const bytes = (s: GpuDecodeSession) => () => { const k = s.counts; return 2 * c.layers * (4 * c.hidden * c.hidden * (0.5 + 0.5 * k.headsSelected / k.headsTotal) + 2 * c.hidden * c.ffn * k.mlpSelected / k.mlpTotal) + 2 * c.vocabSize * c.hidden; };
-  const mk = async (name: string, modes: GpuModes): Promise<Variant> => { const s = await gpuSession(model, modes, { capacity: cap }); return { name, s, bytes: bytes(s), greedy: [], step: [], host: [] }; };
+  const bytes = (s: GpuDecodeSession) => () => {
+    const k = s.counts;
+    return 2 * c.layers * (4 * c.hidden * c.hidden * (0.5 + 0.5 * k.headsSelected / k.headsTotal) + 2 * c.hidden * c.ffn * k.mlpSelected / k.mlpTotal) + 2 * c.vocabSize * c.hidden;
+  };
+  const mk = async (name: string, modes: GpuModes): Promise<Variant> => {
+    const s = await gpuSession(model, modes, { capacity: cap });
+    return { name, s, bytes: bytes(s), greedy: [], step: [], host: [] };
+  };
   const vs = [await mk('dense', gpuDenseModes(c.layers)), await mk('lossless', lossless), await mk('fixed picks 10% MLP / 50% heads', randomSets(c, 0.1, 0.5))];
   try {
     await measure(vs, STEPS);

@@ -109,13 +109,14 @@ export class GpuDecodeSession {
     this.cs = new Float32Array(Math.max(4, c.ropeDim));
     const s = this.b;
     const act: GpuAct = c.act;
+    const opt = (k: number, b: GPUBuffer | undefined): Entry[] => (b ? [[k, b]] : []);
     const mv = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>) => matvecWgsl({ bias: false, gated: false, gateBias: false, act: null, actThreshold: c.actThreshold, resid: false, zero: false, ...spec });
-    const norm = (src: GPUBuffer, dst: GPUBuffer, g: GPUBuffer, bb: GPUBuffer | undefined): Op => this.op(normWgsl(d, c.norm, c.normEps, Boolean(bb)), [[0, src], [1, dst], [2, g], ...(bb ? [[3, bb] as Entry] : [])], 1);
+    const norm = (src: GPUBuffer, dst: GPUBuffer, g: GPUBuffer, bb: GPUBuffer | undefined): Op => this.op(normWgsl(d, c.norm, c.normEps, Boolean(bb)), [[0, src], [1, dst], [2, g], ...opt(3, bb)], 1);
     const attn = { heads: H, kvHeads: KV, hd, cap: this.cap, ropeDim: this.invFreq ? c.ropeDim : 0, scale: c.attnScale };
     const seq = (n: number) => Array.from({ length: n }, (_, i) => i);
     const check = (set: Int32Array, n: number, what: string) => { for (let j = 0; j < set.length; j++) if (!(set[j]! >= 0 && set[j]! < n) || (j && set[j]! === set[j - 1])) throw new Error(`GPU decode: ${what} set holds ${set[j]} (ids must be distinct, in 0..${n - 1})`); };
 
-    this.pre = [this.op(embedWgsl(d, c.embedScale, Boolean(w.pos)), [[0, w.embed], [1, s.tok], [2, s.x], ...(w.pos ? [[3, s.params] as Entry, [4, w.pos] as Entry] : [])], Math.ceil(d / 256))];
+    this.pre = [this.op(embedWgsl(d, c.embedScale, Boolean(w.pos)), [[0, w.embed], [1, s.tok], [2, s.x], ...opt(3, w.pos && s.params), ...opt(4, w.pos)], Math.ceil(d / 256))];
     for (let i = 0; i < L; i++) {
       const Lw = w.layers[i]!, hm = modes.heads[i]!, mm = modes.mlp[i]!;
       // attention block: one op list per head set
@@ -129,18 +130,19 @@ export class GpuDecodeSession {
         const rows = (set.length + 2 * KV) * hd;
         return [
           norm(s.x, s.h, Lw.ln1g, Lw.ln1b),
-          this.op(mv({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }), [[0, Lw.qkv], [1, s.h], [2, s.qkv], [3, sel], ...(Lw.qkvBias ? [[4, Lw.qkvBias] as Entry] : [])], Math.ceil(rows / 8)),
-          this.op(attentionWgsl(attn), [[0, s.qkv], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...(attn.ropeDim ? [[6, s.cs] as Entry] : [])], Math.max(set.length, KV)),
-          this.op(mv({ cols: H * hd, rows: d, colGather: { G: hd, sub: 2 * KV }, bias: Boolean(Lw.oBias), resid: true }), [[0, Lw.o], [1, s.ctx], [2, s.x], [3, sel], ...(Lw.oBias ? [[4, Lw.oBias] as Entry] : [])], Math.ceil(d / 8)),
+          this.op(mv({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }), [[0, Lw.qkv], [1, s.h], [2, s.qkv], [3, sel], ...opt(4, Lw.qkvBias)], Math.ceil(rows / 8)),
+          this.op(attentionWgsl(attn), [[0, s.qkv], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...opt(6, attn.ropeDim ? s.cs : undefined)], Math.max(set.length, KV)),
+          this.op(mv({ cols: H * hd, rows: d, colGather: { G: hd, sub: 2 * KV }, bias: Boolean(Lw.oBias), resid: true }),
+            [[0, Lw.o], [1, s.ctx], [2, s.x], [3, sel], ...opt(4, Lw.oBias)], Math.ceil(d / 8)),
         ];
       }));
       // MLP block: one op list per neuron set
       const n2 = norm(s.x, s.h, Lw.ln2g, Lw.ln2b);
       const gated = Boolean(Lw.gate);
-      const upEntries = (sel: GPUBuffer | null, out: GPUBuffer): Entry[] => [[0, Lw.up], [1, s.h], [2, out], ...(sel ? [[3, sel] as Entry] : []), ...(Lw.upBias ? [[4, Lw.upBias] as Entry] : []),
-        ...(gated ? [[5, Lw.gate!] as Entry] : []), ...(gated && Lw.gateBias ? [[6, Lw.gateBias] as Entry] : [])];
+      const upEntries = (sel: GPUBuffer | null, out: GPUBuffer): Entry[] => [[0, Lw.up], [1, s.h], [2, out], ...opt(3, sel ?? undefined), ...opt(4, Lw.upBias),
+        ...opt(5, Lw.gate), ...opt(6, Lw.gateBias)];
       const upSpec = { cols: d, bias: Boolean(Lw.upBias), gated, gateBias: Boolean(Lw.gateBias), act };
-      const reduce = this.op(reduceWgsl(d, chunks, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...(Lw.downBias ? [[2, Lw.downBias] as Entry] : [])], Math.ceil(d / 128));
+      const reduce = this.op(reduceWgsl(d, chunks, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...opt(2, Lw.downBias)], Math.ceil(d / 128));
       const axpyX = Math.ceil(d / 8 / 256);
       if (mm.mode === 'select') {
         if (!mm.sets.length) throw new Error(`GPU decode: layer ${i} MLP: no sets`);
