@@ -10,6 +10,8 @@ import { ensureBackend } from '../src/backend.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../src/model/forward.js';
 import { DecodeSession, denseModes, sessionFromPrefill, type DecodeModes } from '../src/runtime/decoder.js';
+import { generate } from '../src/runtime/generate.js';
+import { generateGpu } from '../src/runtime/gpu/generate.js';
 import { closeGpu, getGpu, type Gpu } from '../src/runtime/gpu/device.js';
 import * as K from '../src/runtime/gpu/kernels.js';
 import { GpuDecodeSession, gpuDenseModes, gpuModesOf, gpuSession, type GpuModes } from '../src/runtime/gpu/session.js';
@@ -164,9 +166,14 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     expect(got).toEqual(nz.map((i) => [i, act[i]!]));
     const lg = vals(1000, 21); lg[700] = 5; lg[333] = 5;
     params = Uint32Array.from([0, 0, 2, 0]);
-    const r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16 }, 1);
+    let r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16, 4: 16 }, 1);
     expect(u32(r[1]!)[0]).toBe(333);
     expect(u32(r[2]!)[2]).toBe(333);
+    expect(u32(r[4]!)[0]).toBe(0);
+    lg[900] = NaN;
+    r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16, 4: 16 }, 1);
+    expect(u32(r[1]!)[0]).toBe(333);
+    expect(u32(r[4]!)[0]).toBe(1); // flagged: the session refuses the tokens
   });
 });
 
@@ -261,6 +268,16 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
         expect(maxRel(s.logits, d.logits)).toBeGreaterThan(1e-3); // the selection changed something
         d.gpu.dispose(); d.cpu.dispose();
       }
+    }
+  });
+
+  it('generateGpu (prefill on tfjs, greedy on the GPU) == generate on the CPU runtime at temperature 0', async () => {
+    for (const [model, prompt] of [[opt, [2, 100, 200, 300]], [llama, [1, 40, 41, 42, 43]]] as const) {
+      const cpu = generate(model, [[...prompt]], { maxNewTokens: 10, stopAtEos: false });
+      const g = await generateGpu(model, [...prompt], { maxNewTokens: 10, stopAtEos: false });
+      expect(g.tokens, model.config.family).toEqual(cpu.tokens);
+      expect(g.counts).toEqual(cpu.counts);
+      expect(g.stopReason).toBe('max-tokens');
     }
   });
 

@@ -356,20 +356,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
 }`;
 }
 
-/** greedy: tok[0] = hist[params.step] = argmax of the logits (the lowest index among equal maxima, NaN skipped) */
+/**
+ * greedy: tok[0] = hist[params.step] = argmax of the logits (the lowest index among equal maxima); bad[0] = 1
+ * when a logit is not finite (the session refuses the tokens: broken weights)
+ */
 export function argmaxWgsl(n: number): string {
   return `${PARAMS}
 @group(0) @binding(0) var<storage, read> lg: array<f32>;
 @group(0) @binding(1) var<storage, read_write> tok: array<u32>;
 @group(0) @binding(2) var<storage, read_write> hist: array<u32>;
 @group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read_write> bad: array<atomic<u32>>;
 var<workgroup> bv: array<f32, 256>;
 var<workgroup> bi: array<u32, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
   var v = -3.4e38;
   var k = 0xffffffffu;
-  for (var j = lid; j < ${n}u; j += 256u) { let x = lg[j]; if (x > v || (k == 0xffffffffu && x == v)) { v = x; k = j; } }
+  var nf = false;
+  for (var j = lid; j < ${n}u; j += 256u) {
+    let x = lg[j];
+    if ((bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u) { nf = true; } else if (x > v || (k == 0xffffffffu && x == v)) { v = x; k = j; }
+  }
+  if (nf) { atomicMax(&bad[0], 1u); }
   bv[lid] = v; bi[lid] = k;
   workgroupBarrier();
   for (var s = 128u; s > 0u; s >>= 1u) {

@@ -99,9 +99,9 @@ export class GpuDecodeSession {
     this.b = {
       x: mk(4 * d, 'x'), h: mk(4 * d, 'h'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
       part: mk(4 * chunks * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'), cs: mk(4 * Math.max(4, c.ropeDim), 'cos/sin'),
-      stats: mk(256 * Math.max(1, L), 'stats'),
+      stats: mk(256 * (L + 1), 'stats'), // per layer: the lossless count; then the greedy non-finite flag
       params: dev.createBuffer({ label: 'params', size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }),
-      staging: dev.createBuffer({ label: 'staging', size: 4 * Math.max(V, this.cap) + 256 * Math.max(1, L), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
+      staging: dev.createBuffer({ label: 'staging', size: 4 * Math.max(V, this.cap) + 256 * (L + 1), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
     };
     this.bufs.push(this.b.params, this.b.staging);
     for (let i = 0; i < L; i++) { this.K.push(mk(4 * KV * this.cap * hd, `K${i}`)); this.V.push(mk(4 * KV * this.cap * hd, `V${i}`)); }
@@ -169,7 +169,7 @@ export class GpuDecodeSession {
     }
     const fin = w.finalG ? [norm(s.x, s.h, w.finalG, w.finalB)] : [];
     this.post = [...fin, this.op(mv({ cols: d, rows: V }), [[0, w.lmHead], [1, w.finalG ? s.h : s.x], [2, s.logits]], Math.ceil(V / 8))];
-    this.argmax = this.op(argmaxWgsl(V), [[0, s.logits], [1, s.tok], [2, s.hist], [3, s.params]], 1);
+    this.argmax = this.op(argmaxWgsl(V), [[0, s.logits], [1, s.tok], [2, s.hist], [3, s.params], [4, { buffer: s.stats, offset: 256 * L, size: 16 }]], 1);
   }
 
   private buf(data: Uint32Array, label: string): GPUBuffer { const b = gpuBuffer(this.gpu, data, label); this.bufs.push(b); return b; }
@@ -243,14 +243,15 @@ export class GpuDecodeSession {
   private async readback(enc: GPUCommandEncoder, src: GPUBuffer, bytes: number, what: string): Promise<ArrayBuffer> {
     const L = this.c.layers, s = this.b.staging, off = 4 * Math.max(this.c.vocabSize, this.cap);
     enc.copyBufferToBuffer(src, 0, s, 0, bytes);
-    enc.copyBufferToBuffer(this.b.stats, 0, s, off, 256 * L);
+    enc.copyBufferToBuffer(this.b.stats, 0, s, off, 256 * (L + 1));
     this.dev.queue.submit([enc.finish()]);
     await s.mapAsync(GPUMapMode.READ);
     try {
       const out = s.getMappedRange(0, bytes).slice(0);
-      const st = new Uint32Array(s.getMappedRange(off, 256 * L));
+      const st = new Uint32Array(s.getMappedRange(off, 256 * (L + 1)));
       this.counts.mlpSelected = this.hostMlp + this.lossless.reduce((a, i) => a + st[64 * i]!, 0);
       checkGpu(this.gpu, what);
+      if (st[64 * L]) throw new UserError(`${what} (GPU): the model produced non-finite logits`, 'the weights hold NaN/Inf: check the checkpoint');
       return out;
     } finally { s.unmap(); }
   }
