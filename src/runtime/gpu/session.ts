@@ -65,7 +65,7 @@ export class GpuDecodeSession {
   private t = 0; // steps taken (the index of the cycled selection sets)
   private hostMlp = 0; // mlpSelected of the non-lossless layers
   private readonly bufs: GPUBuffer[] = [];
-  private readonly b: Record<'x' | 'h' | 'qkv' | 'ctx' | 'a' | 'coef' | 'part' | 'logits' | 'tok' | 'hist' | 'cs' | 'stats' | 'params' | 'staging', GPUBuffer>;
+  private readonly b: Record<'x' | 'hn' | 'qkv' | 'ctx' | 'a' | 'coef' | 'part' | 'logits' | 'tok' | 'hist' | 'cs' | 'stats' | 'params' | 'staging', GPUBuffer>;
   private readonly K: GPUBuffer[] = [];
   private readonly V: GPUBuffer[] = [];
   /** per layer: the attention block's ops for each head set, the MLP block's ops for each neuron set */
@@ -97,7 +97,7 @@ export class GpuDecodeSession {
     const chunks = Math.min(128, Math.max(1, Math.ceil(F / 64)));
     const mk = (bytes: number, label: string, usage = 0) => { const b = gpuEmpty(gpu, bytes, label, usage); this.bufs.push(b); return b; };
     this.b = {
-      x: mk(4 * d, 'x'), h: mk(4 * d, 'h'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
+      x: mk(4 * d, 'x'), hn: mk(4 * d, 'normed'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
       part: mk(4 * chunks * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'), cs: mk(4 * Math.max(4, c.ropeDim), 'cos/sin'),
       stats: mk(256 * (L + 1), 'stats'), // per layer: the lossless count; then the greedy non-finite flag
       params: dev.createBuffer({ label: 'params', size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }),
@@ -129,17 +129,17 @@ export class GpuDecodeSession {
         const sel = this.buf(Uint32Array.from([set.length + 2 * KV, ...set, ...seq(2 * KV).map((k) => H + k)]), `sel.heads.${i}`);
         const rows = (set.length + 2 * KV) * hd;
         return [
-          norm(s.x, s.h, Lw.ln1g, Lw.ln1b),
-          this.op(mv({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }), [[0, Lw.qkv], [1, s.h], [2, s.qkv], [3, sel], ...opt(4, Lw.qkvBias)], Math.ceil(rows / 8)),
+          norm(s.x, s.hn, Lw.ln1g, Lw.ln1b),
+          this.op(mv({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }), [[0, Lw.qkv], [1, s.hn], [2, s.qkv], [3, sel], ...opt(4, Lw.qkvBias)], Math.ceil(rows / 8)),
           this.op(attentionWgsl(attn), [[0, s.qkv], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...opt(6, attn.ropeDim ? s.cs : undefined)], Math.max(set.length, KV)),
           this.op(mv({ cols: H * hd, rows: d, colGather: { G: hd, sub: 2 * KV }, bias: Boolean(Lw.oBias), resid: true }),
             [[0, Lw.o], [1, s.ctx], [2, s.x], [3, sel], ...opt(4, Lw.oBias)], Math.ceil(d / 8)),
         ];
       }));
       // MLP block: one op list per neuron set
-      const n2 = norm(s.x, s.h, Lw.ln2g, Lw.ln2b);
+      const n2 = norm(s.x, s.hn, Lw.ln2g, Lw.ln2b);
       const gated = Boolean(Lw.gate);
-      const upEntries = (sel: GPUBuffer | null, out: GPUBuffer): Entry[] => [[0, Lw.up], [1, s.h], [2, out], ...opt(3, sel ?? undefined), ...opt(4, Lw.upBias),
+      const upEntries = (sel: GPUBuffer | null, out: GPUBuffer): Entry[] => [[0, Lw.up], [1, s.hn], [2, out], ...opt(3, sel ?? undefined), ...opt(4, Lw.upBias),
         ...opt(5, Lw.gate), ...opt(6, Lw.gateBias)];
       const upSpec = { cols: d, bias: Boolean(Lw.upBias), gated, gateBias: Boolean(Lw.gateBias), act };
       const reduce = this.op(reduceWgsl(d, chunks, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...opt(2, Lw.downBias)], Math.ceil(d / 128));
@@ -167,8 +167,8 @@ export class GpuDecodeSession {
           this.op(axpyWgsl({ cols: d, rows: F, chunks, gather: false }), [[0, Lw.down], [1, s.a], [2, s.part]], axpyX, chunks), reduce]]);
       }
     }
-    const fin = w.finalG ? [norm(s.x, s.h, w.finalG, w.finalB)] : [];
-    this.post = [...fin, this.op(mv({ cols: d, rows: V }), [[0, w.lmHead], [1, w.finalG ? s.h : s.x], [2, s.logits]], Math.ceil(V / 8))];
+    const fin = w.finalG ? [norm(s.x, s.hn, w.finalG, w.finalB)] : [];
+    this.post = [...fin, this.op(mv({ cols: d, rows: V }), [[0, w.lmHead], [1, w.finalG ? s.hn : s.x], [2, s.logits]], Math.ceil(V / 8))];
     this.argmax = this.op(argmaxWgsl(V), [[0, s.logits], [1, s.tok], [2, s.hist], [3, s.params], [4, { buffer: s.stats, offset: 256 * L, size: 16 }]], 1);
   }
 
