@@ -1,0 +1,212 @@
+/**
+ * node dist/bench/decode-gpu.js — batch-1 decode on the GPU runtime (src/runtime/gpu), in one run:
+ * (a) the ceiling: a copy kernel's bandwidth (read + write) and the matvec / axpy kernels alone at the stack's widths;
+ * (b) OPT-6.7B widths with random float16 weights filled on the GPU (d 4096, ffn 16384, 32 heads of 128,
+ *     BENCH_LAYERS layers, default 8, vocab 2048): dense, lossless (ReLU: only the nonzero rows of fc2), and fixed
+ *     random selections (10% MLP / 50% heads, 8 sets per layer cycled, as bench:decode), each timed greedy on the GPU
+ *     (argmax on the GPU, the tokens read back once) and through step() (the logits read back every token);
+ * (c) the OPT fixture (checkpoints/opt-fixture): dense, lossless, fixed picks.
+ * The variants alternate (BENCH_ROUNDS rounds, default 2; every round's figure is reported). Results go to
+ * docs/results/decode-gpu.json (BENCH_RESULTS_DIR elsewhere) through writeBenchResult.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { ensureBackend } from '../backend.js';
+import type { ModelConfig } from '../model/config.js';
+import { loadModel } from '../model/model.js';
+import { DecodeSession, denseModes } from '../runtime/decoder.js';
+import { closeGpu, getGpu, type Gpu } from '../runtime/gpu/device.js';
+import { axpyWgsl, copyWgsl, matvecWgsl, normWgsl, reduceWgsl } from '../runtime/gpu/kernels.js';
+import { GpuDecodeSession, gpuDenseModes, gpuSession, type GpuModes } from '../runtime/gpu/session.js';
+import { gpuEmpty, randomGpuWeights } from '../runtime/gpu/weights.js';
+import { opt13bConfig, table, writeBenchResult, type BenchTable } from './common.js';
+
+const LAYERS = Number(process.env.BENCH_LAYERS ?? 8);
+const STEPS = Number(process.env.BENCH_STEPS ?? 64);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
+const log = (s: string) => console.error(s);
+
+/** ms per call of `n` dispatches of one kernel in one submission (after a warm-up submission) */
+async function kernelMs(gpu: Gpu, code: string, buffers: GPUBuffer[], x: number, y = 1, n = 20): Promise<number> {
+  const dev = gpu.device;
+  const p = dev.createComputePipeline({ layout: 'auto', compute: { module: dev.createShaderModule({ code }), entryPoint: 'main' } });
+  const g = dev.createBindGroup({ layout: p.getBindGroupLayout(0), entries: buffers.map((buffer, i) => ({ binding: i, resource: { buffer } })).filter((e) => e.binding in bindingsOf(code)) });
+  const go = async (k: number) => {
+    const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
+    pass.setPipeline(p); pass.setBindGroup(0, g);
+    for (let i = 0; i < k; i++) pass.dispatchWorkgroups(x, y);
+    pass.end(); dev.queue.submit([enc.finish()]);
+    await dev.queue.onSubmittedWorkDone();
+  };
+  await go(2);
+  const xs: number[] = [];
+  for (let r = 0; r < 3; r++) {
+    const t0 = performance.now(); await go(1); const one = performance.now() - t0;
+    const t = performance.now(); await go(n + 1);
+    xs.push((performance.now() - t - one) / n); // less one submission's fixed cost
+  }
+  return xs.sort((a, b) => a - b)[1]!;
+}
+/** the binding numbers a shader declares */
+function bindingsOf(code: string): Record<number, true> {
+  const o: Record<number, true> = {};
+  for (const m of code.matchAll(/@binding\((\d+)\)/g)) o[Number(m[1])] = true;
+  return o;
+}
+
+const tables: BenchTable[] = [];
+const notes: string[] = [];
+const b = await ensureBackend('wasm');
+const gpu = await getGpu();
+notes.push(`adapter: ${gpu.info.vendor} ${gpu.info.architecture} ${gpu.info.description}`.trim() + `; shader-f16 ${gpu.features.f16 ? 'exposed' : 'not exposed'} (not used: float16 is packed in u32); tfjs backend (fixture load) ${b.name}`);
+log(notes[0]!);
+
+// (a) the ceiling and the kernels alone
+const d = Number(process.env.BENCH_HIDDEN ?? 4096), F = Number(process.env.BENCH_FFN ?? 16384);
+let copyGBs = 0;
+{
+  const MB = Number(process.env.BENCH_COPY_MIB ?? 512); // MiB copied
+  const src = gpuEmpty(gpu, MB * 2 ** 20, 'copy.src'), dst = gpuEmpty(gpu, MB * 2 ** 20, 'copy.dst');
+  const copyMs = await kernelMs(gpu, copyWgsl(), [src, dst], 8192);
+  src.destroy(); dst.destroy();
+  const W = gpuEmpty(gpu, F * d * 2, 'W'), x = gpuEmpty(gpu, 4 * F, 'x'), y = gpuEmpty(gpu, 4 * F, 'y'), part = gpuEmpty(gpu, 4 * 128 * d, 'part');
+  const base = { bias: false, gated: false, gateBias: false, act: null, actThreshold: 0, resid: false, zero: false };
+  const mvMs = await kernelMs(gpu, matvecWgsl({ ...base, cols: d, rows: F }), [W, x, y], F / 8);
+  const axMs = await kernelMs(gpu, axpyWgsl({ cols: d, rows: F, chunks: 128, gather: false }), [W, x, part], Math.ceil(d / 8 / 256), 128);
+  const g = gpuEmpty(gpu, 4 * d, 'g');
+  const nMs = await kernelMs(gpu, normWgsl(d, 'layernorm', 1e-5, false), [x, y, g], 1);
+  const rMs = await kernelMs(gpu, reduceWgsl(d, 128, false), [y, part], d / 128);
+  W.destroy(); x.destroy(); y.destroy(); part.destroy(); g.destroy();
+  copyGBs = (2 * MB * 2 ** 20) / (copyMs * 1e6);
+  const wBytes = F * d * 2;
+  tables.push({ caption: 'Kernels alone (one submission of 20 dispatches each)', header: ['kernel', 'ms', 'GB/s'], rows: [
+    [`copy ${MB} MiB (read + write)`, copyMs.toFixed(3), copyGBs.toFixed(0)],
+    [`matvec [${F}, ${d}] float16 (weights read)`, mvMs.toFixed(3), (wBytes / (mvMs * 1e6)).toFixed(0)],
+    [`axpy [${F}, ${d}] float16, 128 chunks (weights read)`, axMs.toFixed(3), (wBytes / (axMs * 1e6)).toFixed(0)],
+    [`LayerNorm of ${d} (one workgroup)`, nMs.toFixed(4), '-'], [`sum of 128 chunks of ${d} into the residual`, rMs.toFixed(4), '-'],
+  ] });
+  notes.push(`copy bandwidth ${copyGBs.toFixed(0)} GB/s (the ceiling)`);
+  log(table(tables[0]!.header, tables[0]!.rows));
+}
+
+/** fixed random sets per layer (8, cycled), as bench:decode's randomPicks */
+function randomSets(c: ModelConfig, mlpFrac: number, headFrac: number): GpuModes {
+  let s = 12345;
+  const rand = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
+  const choose = (n: number, k: number) => {
+    const a = Int32Array.from({ length: n }, (_, i) => i);
+    for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; }
+    return a.slice(0, k).sort();
+  };
+  const sets = (n: number, k: number) => Array.from({ length: 8 }, () => choose(n, k));
+  return {
+    mlp: Array.from({ length: c.layers }, () => (mlpFrac < 1 ? { mode: 'select' as const, sets: sets(c.ffn, Math.round(mlpFrac * c.ffn)) } : { mode: 'dense' as const })),
+    heads: Array.from({ length: c.layers }, () => (headFrac < 1 ? { mode: 'select' as const, sets: sets(c.heads, Math.round(headFrac * c.heads)) } : { mode: 'dense' as const })),
+  };
+}
+
+interface Variant { name: string; s: GpuDecodeSession; bytes: () => number; greedy: number[]; step: number[]; host: number[] }
+
+/** prime each session with the prompt, then ROUNDS alternating rounds of greedy and step() timing */
+async function measure(vs: Variant[], steps: number): Promise<void> {
+  for (const v of vs) for (const id of PROMPT) await v.s.step([id]);
+  for (let r = 0; r < ROUNDS; r++)
+    for (const v of vs) {
+      let t = performance.now();
+      await v.s.greedy(7, steps);
+      v.greedy.push(steps / ((performance.now() - t) / 1000));
+      v.host.push(v.s.lastHostMs / steps);
+      v.s.rewind(steps);
+      const k = Math.max(4, steps / 4);
+      t = performance.now();
+      for (let i = 0; i < k; i++) await v.s.step([7 + i]);
+      v.step.push(k / ((performance.now() - t) / 1000));
+      v.s.rewind(k);
+      log(`${v.name}: round ${r + 1}: greedy ${v.greedy[r]!.toFixed(0)} tok/s, step() ${v.step[r]!.toFixed(0)} tok/s`);
+    }
+}
+
+function rowsOf(vs: Variant[], denseName: string): (string | number)[][] {
+  const dense = vs.find((v) => v.name === denseName)!;
+  return vs.map((v) => {
+    const c = v.s.counts;
+    return [v.name, `${(100 * c.mlpSelected / c.mlpTotal).toFixed(1)}% / ${(100 * c.headsSelected / c.headsTotal).toFixed(0)}%`, (v.bytes() / 2 ** 20).toFixed(1),
+      v.greedy.map((x) => x.toFixed(0)).join(', '), v.greedy.map((x) => ((x * v.bytes()) / 1e9).toFixed(0)).join(', '),
+      v.greedy.map((x) => ((x * v.bytes()) / 1e9 / copyGBs * 100).toFixed(0) + '%').join(', '),
+      v.greedy.map((x, i) => (x / dense.greedy[i]!).toFixed(2) + 'x').join(', '),
+      v.step.map((x) => x.toFixed(0)).join(', '), v.step.map((x, i) => (x / dense.step[i]!).toFixed(2) + 'x').join(', '), v.host.map((x) => x.toFixed(3)).join(', ')];
+  });
+}
+const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 'greedy tok/s (per round)', 'weight GB/s', 'of copy bandwidth', 'speedup vs dense', 'step() tok/s (logits read back)', 'step() speedup', 'host encode + submit ms / token (greedy)'];
+
+// (b) OPT-6.7B widths
+{
+  const c: ModelConfig = opt13bConfig({ hidden: d, ffn: F, heads: d / 128, kvHeads: d / 128, headDim: 128, layers: LAYERS, vocabSize: 2048, attnScale: 1 / Math.sqrt(128),
+    attnBias: false, mlpBias: false });
+  const t0 = performance.now();
+  const w = await randomGpuWeights(gpu, c, 7);
+  log(`random weights: ${(w.bytes / 2 ** 30).toFixed(2)} GiB in ${(performance.now() - t0).toFixed(0)} ms`);
+  const cap = PROMPT.length + STEPS + 8;
+  const H = c.heads, hd = c.headDim, layerBytes = (qf: number, mf: number) => 2 * ((qf * H + 2 * H) * hd * d + qf * H * hd * d + 2 * mf * F * d);
+  const head = 2 * c.vocabSize * d;
+  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number): Variant => {
+    const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap });
+    return { name, s, bytes: () => bytes(s), greedy: [], step: [], host: [] };
+  };
+  const lossless: GpuModes = { mlp: gpuDenseModes(LAYERS).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(LAYERS).heads };
+  const vs = [
+    mk('dense', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head),
+    mk('lossless (ReLU, nonzero rows of fc2)', lossless, (s) => { const a = s.counts.mlpSelected / s.counts.mlpTotal; return LAYERS * (layerBytes(1, 0.5) + 2 * a * F * d) + head; }),
+    mk('predicted 10% MLP / 50% heads (fixed random sets)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head),
+    mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
+  ];
+  try {
+    await measure(vs, STEPS);
+    tables.push({ caption: `OPT-6.7B widths, random float16 weights (${LAYERS} layers, d ${d}, ffn ${F}, ${d / 128} heads of 128, vocab 2048), batch 1, ${STEPS} greedy tokens after an ${PROMPT.length}-token prompt`, header: HEADER, rows: rowsOf(vs, 'dense') });
+    log(table(HEADER, tables[tables.length - 1]!.rows));
+  } finally { for (const v of vs) v.s.dispose(); w.dispose(); }
+}
+
+// (c) the OPT fixture
+const fixture = process.env.BENCH_MODEL ?? 'checkpoints/opt-fixture';
+if (fs.existsSync(`${fixture}/config.json`)) {
+  const model = loadModel(fixture, { decode: true });
+  const c = model.config;
+  { // the GPU computes what the CPU runtime computes, on this device too
+    const cpu = new DecodeSession(model, denseModes(c.layers), 1), g = await gpuSession(model, gpuDenseModes(c.layers), { capacity: 16 });
+    let worst = 0;
+    for (const id of PROMPT) {
+      const a = cpu.step([id]), z = await g.step([id]);
+      let m = 0, e = 0;
+      for (let j = 0; j < a.length; j++) { m = Math.max(m, Math.abs(a[j]!)); e = Math.max(e, Math.abs(a[j]! - z[j]!)); }
+      worst = Math.max(worst, e / m);
+    }
+    cpu.dispose(); g.dispose();
+    notes.push(`fixture check on this device: GPU dense logits vs the CPU runtime's over ${PROMPT.length} steps: max |diff| / max |logit| = ${worst.toExponential(2)}`);
+    log(notes[notes.length - 1]!);
+  }
+  const lossless: GpuModes = { mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(c.layers).heads };
+  const cap = PROMPT.length + STEPS + 8;
+  const bytes = (s: GpuDecodeSession) => () => {
+    const k = s.counts;
+    return 2 * c.layers * (4 * c.hidden * c.hidden * (0.5 + 0.5 * k.headsSelected / k.headsTotal) + 2 * c.hidden * c.ffn * k.mlpSelected / k.mlpTotal) + 2 * c.vocabSize * c.hidden;
+  };
+  const mk = async (name: string, modes: GpuModes): Promise<Variant> => {
+    const s = await gpuSession(model, modes, { capacity: cap });
+    return { name, s, bytes: bytes(s), greedy: [], step: [], host: [] };
+  };
+  const vs = [await mk('dense', gpuDenseModes(c.layers)), await mk('lossless', lossless), await mk('fixed picks 10% MLP / 50% heads', randomSets(c, 0.1, 0.5))];
+  try {
+    await measure(vs, STEPS);
+    tables.push({ caption: `OPT fixture (${fixture}: ${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, ${c.heads} heads, vocab ${c.vocabSize}), batch 1`, header: HEADER, rows: rowsOf(vs, 'dense') });
+    log(table(HEADER, tables[tables.length - 1]!.rows));
+  } finally { for (const v of vs) v.s.dispose(); model.dispose(); }
+  if (fs.existsSync('runs/default/bundle/manifest.json')) notes.push('runs/default/bundle exists, but its plan\'s predicted layers need the predictors on the GPU, which this runtime does not have yet: the fixture ran with fixed picks instead');
+}
+
+notes.push(`greedy: every token one submission (the argmax on the GPU feeds the next embedding), the tokens read back once at the end; step(): one submission and one readback of the logits per token`);
+notes.push(`every figure is one round; rounds alternate the variants; load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+const file = writeBenchResult({ name: 'decode-gpu', title: 'Decode on the GPU runtime (WebGPU / WGSL), batch 1', command: 'node dist/bench/decode-gpu.js', tables, notes });
+console.log(tables.map((t) => `${t.caption}\n\n${table(t.header, t.rows)}`).join('\n\n') + '\n\n' + notes.join('\n') + `\n\nwritten: ${file}`);
+await closeGpu();

@@ -1,0 +1,316 @@
+/**
+ * The GPU decode runtime (src/runtime/gpu) on whatever WebGPU adapter this machine has (CI: Mesa lavapipe, a CPU
+ * Vulkan device): every kernel against a float64 reference on the host, then whole sessions against the CPU runtime
+ * (DecodeSession) and the forward pass on the float16 fixtures (float16 weights: the GPU copy is exact).
+ * Skipped, with the reason, only when no adapter (or no `webgpu` package) is there.
+ */
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureBackend } from '../src/backend.js';
+import { loadModel, type Model } from '../src/model/model.js';
+import { forward, newCache, disposeCache, disposeOutput } from '../src/model/forward.js';
+import { DecodeSession, denseModes, sessionFromPrefill, type DecodeModes } from '../src/runtime/decoder.js';
+import { generate } from '../src/runtime/generate.js';
+import { generateGpu } from '../src/runtime/gpu/generate.js';
+import { closeGpu, getGpu, type Gpu } from '../src/runtime/gpu/device.js';
+import * as K from '../src/runtime/gpu/kernels.js';
+import { GpuDecodeSession, gpuDenseModes, gpuModesOf, gpuSession, type GpuModes } from '../src/runtime/gpu/session.js';
+import { gpuBuffer, gpuEmpty, gpuUnsupported, packF16 } from '../src/runtime/gpu/weights.js';
+import { UserError } from '../src/util/errors.js';
+
+const ROOT = path.join(import.meta.dirname, '..');
+let gpu: Gpu | null = null;
+let why = '';
+try { gpu = await getGpu(); } catch (e) { why = (e as Error).message; }
+if (!gpu) console.warn(`test/gpu-decode: skipped: ${why}`);
+afterAll(() => closeGpu());
+
+/** deterministic values in [-1, 1) that float16 holds exactly (so W on the GPU is W on the host) */
+function vals(n: number, seed: number, q = 256): Float32Array {
+  let s = seed >>> 0 || 1;
+  return Float32Array.from({ length: n }, () => { s = (s * 1103515245 + 12345) >>> 0; return Math.floor(((s >>> 8) / 2 ** 24) * 2 * q - q) / q; });
+}
+
+type In = Float32Array | Uint32Array | number; // data, or the bytes of an output
+/** run one dispatch of `code`; returns every binding's contents afterwards (float32 view) */
+async function run(code: string, bind: Record<number, In>, x: number, y = 1): Promise<Record<number, Float32Array>> {
+  const dev = gpu!.device;
+  const bufs: Record<number, GPUBuffer> = {};
+  for (const [k, v] of Object.entries(bind)) bufs[Number(k)] = typeof v === 'number' ? gpuEmpty(gpu!, v, `b${k}`) : gpuBuffer(gpu!, v, `b${k}`);
+  const uni = code.includes('var<uniform> params') ? dev.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }) : null;
+  const p = dev.createComputePipeline({ layout: 'auto', compute: { module: dev.createShaderModule({ code }), entryPoint: 'main' } });
+  const entries = Object.entries(bufs).map(([k, b]) => ({ binding: Number(k), resource: { buffer: b } }));
+  const ub = /@binding\((\d+)\) var<uniform> params/.exec(code);
+  if (uni && ub) { entries.push({ binding: Number(ub[1]), resource: { buffer: uni } }); dev.queue.writeBuffer(uni, 0, params); }
+  const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
+  pass.setPipeline(p); pass.setBindGroup(0, dev.createBindGroup({ layout: p.getBindGroupLayout(0), entries })); pass.dispatchWorkgroups(x, y); pass.end();
+  const st: Record<number, GPUBuffer> = {};
+  for (const [k, b] of Object.entries(bufs)) {
+    st[Number(k)] = dev.createBuffer({ size: b.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    enc.copyBufferToBuffer(b, 0, st[Number(k)]!, 0, b.size);
+  }
+  dev.queue.submit([enc.finish()]);
+  const out: Record<number, Float32Array> = {};
+  for (const [k, s] of Object.entries(st)) { await s.mapAsync(GPUMapMode.READ); out[Number(k)] = new Float32Array(s.getMappedRange().slice(0)); s.unmap(); s.destroy(); }
+  for (const b of Object.values(bufs)) b.destroy();
+  uni?.destroy();
+  expect(gpu!.error).toBeNull();
+  return out;
+}
+let params = new Uint32Array(4);
+const u32 = (x: Float32Array) => new Uint32Array(x.buffer, x.byteOffset, x.length);
+function close(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string): void {
+  expect(a.length, what).toBeGreaterThanOrEqual(b.length);
+  let worst = 0;
+  for (let i = 0; i < b.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / (1 + Math.abs(b[i]!)));
+  expect(worst, what).toBeLessThan(tol);
+}
+const MV = { bias: false, gated: false, gateBias: false, act: null, actThreshold: 0, resid: false, zero: false } as const;
+
+describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
+  const n = 40, d = 48;
+  const W = vals(n * d, 1), W2 = vals(n * d, 2), x = vals(d, 3), bias = vals(n, 4), bias2 = vals(n, 5);
+  const dotRow = (M: Float32Array, r: number, v: ArrayLike<number>, cols = d) => { let s = 0; for (let j = 0; j < cols; j++) s += M[r * cols + j]! * v[j]!; return s; };
+
+  it('matvec: every row; gathered rows in groups (count less `sub` groups), bias + ReLU; gated SiLU; zeroes the counter', async () => {
+    let o = await run(K.matvecWgsl({ ...MV, cols: d, rows: n }), { 0: packF16(W), 1: x, 2: 4 * n }, Math.ceil(n / 8));
+    close(o[2]!, Array.from({ length: n }, (_, r) => dotRow(W, r, x)), 1e-5, 'dense');
+    // groups of 4 rows: groups 7, 2, 9 selected, the last (9) one of `sub` groups not counted
+    const sel = Uint32Array.from([3, 7, 2, 9]);
+    o = await run(K.matvecWgsl({ ...MV, cols: d, rows: n, rowGather: { G: 4, sub: 1 }, bias: true, act: 'relu' }), { 0: packF16(W), 1: x, 2: new Float32Array(12).fill(-7), 3: sel, 4: bias }, 2);
+    const rows = [28, 29, 30, 31, 8, 9, 10, 11];
+    close(o[2]!, rows.map((r) => Math.max(0, dotRow(W, r, x) + bias[r]!)), 1e-5, 'gathered');
+    expect(Array.from(o[2]!.slice(8, 12))).toEqual([-7, -7, -7, -7]); // the `sub` group is not written
+    const silu = (v: number) => v / (1 + Math.exp(-v));
+    o = await run(K.matvecWgsl({ ...MV, cols: d, rows: n, gated: true, bias: true, gateBias: true, act: 'silu', zero: true }),
+      { 0: packF16(W), 1: x, 2: 4 * n, 4: bias, 5: packF16(W2), 6: bias2, 7: Uint32Array.from([99, 5]) }, Math.ceil(n / 8));
+    close(o[2]!, Array.from({ length: n }, (_, r) => silu(dotRow(W2, r, x) + bias2[r]!) * (dotRow(W, r, x) + bias[r]!)), 1e-5, 'gated');
+    expect(Array.from(u32(o[7]!).slice(0, 2))).toEqual([0, 5]);
+  });
+
+  it('matvec over gathered column groups (the selected heads of o) adds into the residual in place', async () => {
+    const hd = 8, H = 6, cols = H * hd, rows = 16;
+    const Wo = vals(rows * cols, 6), heads = [4, 1], ctx = vals(heads.length * hd, 7), resid = vals(rows, 8);
+    const o = await run(K.matvecWgsl({ ...MV, cols, rows, colGather: { G: hd, sub: 2 }, resid: true, bias: true }),
+      { 0: packF16(Wo), 1: ctx, 2: resid, 3: Uint32Array.from([heads.length + 2, ...heads, 6, 7]), 4: bias }, rows / 8);
+    const ref = Array.from({ length: rows }, (_, r) => resid[r]! + bias[r]! + heads.reduce((a, h, t) => a + dotRow(Wo.subarray(r * cols + h * hd), 0, ctx.subarray(t * hd), hd), 0));
+    close(o[2]!, ref, 1e-5, 'o');
+  });
+
+  it('split-K axpy (every row; gathered rows with coefficients) and the chunk sum into the residual', async () => {
+    const chunks = 3;
+    const a = vals(n, 9), ref = (ids: number[], coef: ArrayLike<number>) => Array.from({ length: d }, (_, j) => ids.reduce((s, r, i) => s + coef[i]! * W[r * d + j]!, 0));
+    let o = await run(K.axpyWgsl({ cols: d, rows: n, chunks, gather: false }), { 0: packF16(W), 1: a, 2: 4 * chunks * d }, 1, chunks);
+    const sum = (p: Float32Array) => Array.from({ length: d }, (_, j) => p[j]! + p[d + j]! + p[2 * d + j]!);
+    close(sum(o[2]!), ref(Array.from({ length: n }, (_, i) => i), a), 1e-5, 'dense');
+    const ids = [33, 4, 17, 0, 39];
+    o = await run(K.axpyWgsl({ cols: d, rows: n, chunks, gather: true }), { 0: packF16(W), 1: a, 2: 4 * chunks * d, 3: Uint32Array.from([ids.length, ...ids]) }, 1, chunks);
+    const part = o[2]!;
+    close(sum(part), ref(ids, a), 1e-5, 'gathered');
+    const xr = vals(d, 10), b = vals(d, 11);
+    o = await run(K.reduceWgsl(d, chunks, true), { 0: xr, 1: part, 2: b }, 1);
+    close(o[0]!, sum(part).map((s, j) => xr[j]! + b[j]! + s), 1e-6, 'reduce');
+  });
+
+  it('LayerNorm and RMSNorm; the embedding row (scaled) plus its learned position', async () => {
+    const v = vals(300, 12), g = vals(300, 13), b = vals(300, 14);
+    const mean = v.reduce((s, t) => s + t, 0) / 300, va = v.reduce((s, t) => s + (t - mean) ** 2, 0) / 300, ms = v.reduce((s, t) => s + t * t, 0) / 300;
+    let o = await run(K.normWgsl(300, 'layernorm', 1e-5, true), { 0: v, 1: 1200, 2: g, 3: b }, 1);
+    close(o[1]!, Array.from(v, (t, j) => ((t - mean) / Math.sqrt(va + 1e-5)) * g[j]! + b[j]!), 1e-5, 'layernorm');
+    o = await run(K.normWgsl(300, 'rmsnorm', 1e-6, false), { 0: v, 1: 1200, 2: g }, 1);
+    close(o[1]!, Array.from(v, (t, j) => (t / Math.sqrt(ms + 1e-6)) * g[j]!), 1e-5, 'rmsnorm');
+    const E = vals(5 * d, 15), P = vals(9 * d, 16);
+    params = Uint32Array.from([0, 6, 0, 0]);
+    o = await run(K.embedWgsl(d, 0.5, true), { 0: packF16(E), 1: Uint32Array.from([3, 0, 0, 0]), 2: 4 * d, 4: packF16(P) }, 1);
+    close(o[2]!, Array.from({ length: d }, (_, j) => E[3 * d + j]! * 0.5 + P[6 * d + j]!), 1e-6, 'embed');
+  });
+
+  it('attention (GQA) of the selected heads: RoPE on q and the new k, the new K / V into the cache, softmax over it', async () => {
+    const H = 4, KV = 2, hd = 8, cap = 6, rd = 6, n = 3, scale = 0.35, heads = [3, 0];
+    const spec = { heads: H, kvHeads: KV, hd, cap, ropeDim: rd, scale };
+    const sel = Uint32Array.from([heads.length + 2 * KV, ...heads, 4, 5, 6, 7]);
+    const qkv = vals((heads.length + 2 * KV) * hd, 17), Kc = vals(KV * cap * hd, 18), Vc = vals(KV * cap * hd, 19);
+    const cs = Float32Array.from([0.8, 0.6, -0.2, 0.6, 0.8, 0.9]); // cos [rd / 2], sin [rd / 2]
+    params = Uint32Array.from([n, 0, 0, 0]);
+    const o = await run(K.attentionWgsl(spec), { 0: qkv, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs }, Math.max(heads.length, KV));
+    // partial rotary: dims 0..5 rotated in pairs (j, j + 3), dims 6, 7 passed through
+    const rope = (v: ArrayLike<number>) => {
+      const r = Array.from(v);
+      for (let j = 0; j < rd / 2; j++) { r[j] = v[j]! * cs[j]! - v[j + 3]! * cs[3 + j]!; r[j + 3] = v[j + 3]! * cs[j]! + v[j]! * cs[3 + j]!; }
+      return r;
+    };
+    const q = heads.map((_, t) => rope(qkv.subarray(t * hd, t * hd + hd)));
+    const K2 = Float32Array.from(Kc), V2 = Float32Array.from(Vc);
+    for (let k = 0; k < KV; k++) {
+      K2.set(rope(qkv.subarray((2 + k) * hd, (3 + k) * hd)), (k * cap + n) * hd);
+      V2.set(qkv.subarray((2 + KV + k) * hd, (3 + KV + k) * hd), (k * cap + n) * hd);
+    }
+    close(o[2]!, K2, 1e-6, 'K cache'); close(o[3]!, V2, 1e-6, 'V cache');
+    const ref = heads.flatMap((h, t) => {
+      const kv = Math.floor(h / (H / KV));
+      const s = Array.from({ length: n + 1 }, (_, p) => scale * q[t]!.reduce((acc, qj, j) => acc + qj * K2[(kv * cap + p) * hd + j]!, 0));
+      const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), l = e.reduce((x, y) => x + y, 0);
+      return Array.from({ length: hd }, (_, j) => e.reduce((acc, p, pi) => acc + p * V2[(kv * cap + pi) * hd + j]!, 0) / l);
+    });
+    close(o[4]!, ref, 1e-5, 'attention');
+  });
+
+  it('lossless compaction: the nonzero activations (ids, values, count, stats); argmax takes the first of equal maxima', async () => {
+    const N = 600, act = vals(N, 20).map((v) => (v > 0.3 ? v : 0));
+    const nz = Array.from(act.keys()).filter((i) => act[i] !== 0);
+    const o = await run(K.compactWgsl(N), { 0: act, 1: new Uint32Array(N + 4), 2: 4 * N, 3: Uint32Array.from([5, 0, 0, 0]) }, Math.ceil(N / 256));
+    const sel = u32(o[1]!), k = sel[0]!;
+    expect(k).toBe(nz.length);
+    expect(u32(o[3]!)[0]).toBe(5 + nz.length);
+    const got = Array.from(sel.subarray(1, 1 + k)).map((id, i) => [id, o[2]![i]!] as const).sort((p, q) => p[0] - q[0]);
+    expect(got).toEqual(nz.map((i) => [i, act[i]!]));
+    const lg = vals(1000, 21); lg[700] = 5; lg[333] = 5;
+    params = Uint32Array.from([0, 0, 2, 0]);
+    let r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16, 4: 16 }, 1);
+    expect(u32(r[1]!)[0]).toBe(333);
+    expect(u32(r[2]!)[2]).toBe(333);
+    expect(u32(r[4]!)[0]).toBe(0);
+    lg[900] = NaN;
+    r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16, 4: 16 }, 1);
+    expect(u32(r[1]!)[0]).toBe(333);
+    expect(u32(r[4]!)[0]).toBe(1); // flagged: the session refuses the tokens
+  });
+});
+
+/** a CPU session picking the same fixed sets, cycled per step like the GPU session's */
+function cpuModes(m: GpuModes): DecodeModes {
+  const cyc = (sets: Int32Array[]) => { let i = 0; return () => sets[i++ % sets.length]!; };
+  return {
+    mlp: m.mlp.map((x) => (x.mode === 'select' ? { mode: 'select' as const, pick: cyc(x.sets) } : x)),
+    heads: m.heads.map((x) => (x.mode === 'select' ? { mode: 'select' as const, pick: cyc(x.sets) } : x)),
+  };
+}
+function fixedSets(layers: number, n: number, k: number, sets: number, seed: number): Int32Array[][] {
+  return Array.from({ length: layers }, (_, l) => Array.from({ length: sets }, (_, s) => {
+    const v = vals(n, seed + 31 * l + s);
+    return Int32Array.from(Array.from(v.keys()).sort((a, b) => v[a]! - v[b]!).slice(0, k)).sort();
+  }));
+}
+const IDS = [2, 50, 7, 300, 11, 9, 1000, 42];
+/** the largest |a - b| over max |b| of each step's logits */
+async function compare(model: Model, gm: GpuModes, cm: DecodeModes, ids = IDS): Promise<{ worst: number; gpu: GpuDecodeSession; cpu: DecodeSession; logits: Float32Array[] }> {
+  const cpu = new DecodeSession(model, cm, 1), g = await gpuSession(model, gm, { capacity: 32 });
+  let worst = 0;
+  const logits: Float32Array[] = [];
+  for (const id of ids) {
+    const a = cpu.step([id]), b = await g.step([id]);
+    logits.push(b);
+    let m = 0, e = 0;
+    for (let j = 0; j < a.length; j++) { m = Math.max(m, Math.abs(a[j]!)); e = Math.max(e, Math.abs(a[j]! - b[j]!)); }
+    worst = Math.max(worst, e / m);
+  }
+  return { worst, gpu: g, cpu, logits };
+}
+const maxRel = (xs: Float32Array[], ys: Float32Array[]) => Math.max(...xs.map((x, i) => {
+  let m = 0, e = 0;
+  for (let j = 0; j < x.length; j++) { m = Math.max(m, Math.abs(ys[i]![j]!)); e = Math.max(e, Math.abs(x[j]! - ys[i]![j]!)); }
+  return e / m;
+}));
+
+describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pass (float16 fixtures)', () => {
+  let opt: Model, llama: Model;
+  beforeAll(async () => {
+    await ensureBackend('wasm');
+    opt = loadModel(path.join(ROOT, 'checkpoints', 'opt-fixture'), { decode: true });
+    llama = loadModel(path.join(ROOT, 'checkpoints', 'llama-fixture'), { decode: true });
+  });
+  afterAll(() => { opt?.dispose(); llama?.dispose(); });
+
+  it('OPT: dense == the CPU runtime == the forward pass; greedy on the GPU == argmax of the logits; lossless == dense', async () => {
+    const c = opt.config;
+    const d = await compare(opt, gpuDenseModes(c.layers), denseModes(c.layers));
+    expect(d.worst).toBeLessThan(1e-4);
+    expect(d.gpu.counts).toEqual(d.cpu.counts);
+    // the forward pass over the same tokens (batched, tfjs)
+    const out = forward(opt, [IDS]);
+    const full = out.logits!.dataSync() as Float32Array;
+    disposeOutput(out);
+    const V = c.vocabSize;
+    expect(maxRel(d.logits, IDS.map((_, t) => full.subarray(t * V, (t + 1) * V)))).toBeLessThan(1e-4);
+    // greedy: the GPU's argmax feeds the next step; the same tokens as stepping the CPU runtime on its argmax
+    const toks = await d.gpu.greedy(5, 6);
+    const ref: number[] = [];
+    let next = 5;
+    for (let k = 0; k < 6; k++) { const lg = d.cpu.step([next]); next = lg.indexOf(Math.max(...lg)); ref.push(next); }
+    expect(toks).toEqual(ref);
+    expect(d.gpu.position()).toBe(IDS.length + 6);
+    d.gpu.dispose(); d.cpu.dispose();
+    // lossless: only the nonzero rows of fc2, compacted on the GPU: the dense logits, fewer rows read
+    const lossless: GpuModes = { mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(c.layers).heads };
+    const l = await compare(opt, lossless, { mlp: lossless.mlp.map(() => ({ mode: 'lossless' as const })), heads: denseModes(c.layers).heads });
+    expect(maxRel(l.logits, d.logits)).toBeLessThan(1e-4);
+    expect(l.worst).toBeLessThan(1e-4);
+    const gc = l.gpu.counts, cc = l.cpu.counts;
+    expect(gc.mlpTotal).toBe(cc.mlpTotal);
+    expect(gc.mlpSelected).toBeLessThan(0.8 * gc.mlpTotal); // really skipped rows
+    expect(Math.abs(gc.mlpSelected - cc.mlpSelected)).toBeLessThanOrEqual(0.002 * cc.mlpSelected); // the same nonzeros, up to rounding at 0
+    l.gpu.dispose(); l.cpu.dispose();
+  });
+
+  it('OPT and Llama (GQA, RoPE, SwiGLU, RMSNorm): the same fixed neuron / head sets on the GPU == on the CPU runtime, != dense', async () => {
+    for (const model of [opt, llama]) {
+      const c = model.config;
+      const gm: GpuModes = { mlp: fixedSets(c.layers, c.ffn, Math.round(c.ffn / 5), 3, 1).map((sets) => ({ mode: 'select' as const, sets })),
+        heads: fixedSets(c.layers, c.heads, Math.ceil(c.heads / 2), 2, 7).map((sets) => ({ mode: 'select' as const, sets })) };
+      const s = await compare(model, gm, cpuModes(gm));
+      expect(s.worst, c.family).toBeLessThan(1e-4);
+      expect(s.gpu.counts, c.family).toEqual(s.cpu.counts);
+      expect(s.gpu.counts.mlpSelected / s.gpu.counts.mlpTotal).toBeCloseTo(Math.round(c.ffn / 5) / c.ffn, 9);
+      s.gpu.dispose(); s.cpu.dispose();
+      if (model === llama) {
+        const d = await compare(model, gpuDenseModes(c.layers), denseModes(c.layers));
+        expect(d.worst, 'llama dense').toBeLessThan(1e-4);
+        expect(maxRel(s.logits, d.logits)).toBeGreaterThan(1e-3); // the selection changed something
+        d.gpu.dispose(); d.cpu.dispose();
+      }
+    }
+  });
+
+  it('generateGpu (prefill on tfjs, greedy on the GPU) == generate on the CPU runtime at temperature 0', async () => {
+    for (const [model, prompt] of [[opt, [2, 100, 200, 300]], [llama, [1, 40, 41, 42, 43]]] as const) {
+      const cpu = generate(model, [[...prompt]], { maxNewTokens: 10, stopAtEos: false });
+      const g = await generateGpu(model, [...prompt], { maxNewTokens: 10, stopAtEos: false });
+      expect(g.tokens, model.config.family).toEqual(cpu.tokens);
+      expect(g.counts).toEqual(cpu.counts);
+      expect(g.stopReason).toBe('max-tokens');
+    }
+  });
+
+  it("continues a prefill's cache (loadCache) as the CPU runtime does", async () => {
+    const model = llama, prompt = [1, 30, 31, 32, 33];
+    const cache = newCache(model);
+    const pre = forward(model, [prompt], { cache });
+    disposeOutput(pre);
+    const cpu = sessionFromPrefill(model, denseModes(model.config.layers), cache);
+    const g = await gpuSession(model, gpuDenseModes(model.config.layers), { capacity: 16 });
+    g.loadCache(cache);
+    disposeCache(cache);
+    expect(g.position()).toBe(prompt.length);
+    const a = [cpu.step([40]), cpu.step([41])], b = [await g.step([40]), await g.step([41])];
+    expect(maxRel(b, a)).toBeLessThan(1e-4);
+    cpu.dispose(); g.dispose();
+  });
+
+  it('refuses what it does not run, by name', async () => {
+    const c = llama.config;
+    expect(gpuUnsupported(c)).toEqual([]);
+    expect(gpuUnsupported({ ...c, qkNorm: true, positions: 'alibi', hidden: 100 })).toEqual(['per-head q / k norms (Qwen 3)', 'ALiBi positions', 'hidden_size 100 not a multiple of 8']);
+    const lossless: GpuModes = { mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(c.layers).heads };
+    await expect(gpuSession(llama, lossless)).rejects.toThrow(/lossless mode needs an ungated ReLU MLP \(this model's is gated silu\)/);
+    const picked: DecodeModes = { mlp: denseModes(c.layers).mlp.map((m, i) => (i === 2 ? { mode: 'select' as const, pick: () => new Int32Array([1]) } : m)), heads: denseModes(c.layers).heads };
+    expect(() => gpuModesOf(picked)).toThrow(UserError);
+    expect(() => gpuModesOf(picked)).toThrow(/predicted modes yet \(layer 2 MLP\)/);
+    const g = await gpuSession(opt, gpuDenseModes(opt.config.layers), { capacity: 2 });
+    await expect(g.step([opt.config.vocabSize])).rejects.toThrow(/token id 4096 is outside the vocabulary/);
+    await g.step([2]); await g.step([3]);
+    await expect(g.step([4])).rejects.toThrow(/position 2 is past the session's KV cache \(2 positions\)/);
+    g.dispose();
+  });
+});
+
+it('the reason when skipped', () => { if (!gpu) expect(why).not.toBe(''); else expect(gpu.device).toBeDefined(); });
