@@ -19,7 +19,7 @@ import { normalizeConfig, type ModelConfig } from '../model/config.js';
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
 import { nllJob, type HookSpec, type NllResult } from '../eval/jobs.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
-import { getBackend } from '../backend.js';
+import { defaultModelWorkers, getBackend } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
@@ -223,7 +223,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): 
     // each; results are combined here in a fixed order, so the report does not depend on the worker count
     const siteJobs = preds.manifest.layers.flatMap((l) => [...(preds.mlp.has(l.layer) ? ['mlp' as const] : []), ...(preds.heads.has(l.layer) ? ['heads' as const] : [])].map((site) => ({ layer: l.layer, site })));
     const nBatches = cfg.model ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : 0;
-    const nWorkers = Math.max(1, Math.min(cfg.workers || defaultWorkers(), siteJobs.length + 11 * nBatches));
+    const nWorkers = Math.max(1, Math.min(cfg.workers || defaultModelWorkers(defaultWorkers()), siteJobs.length + 11 * nBatches));
     const pool = nWorkers > 1 && !(mode && 'replay' in mode) ? new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: cfg.model ? { dir: cfg.model } : null }, 'evaluate worker') : null;
     let localModel: Model | null = null;
     let nllNo = 0;
