@@ -46,6 +46,26 @@ export interface BackendChoice {
   reason: string;
 }
 
+/** Dawn's GPU instance and the adapter, found once per process (a second instance beside a live device aborts Dawn) */
+let webgpuProbe: Promise<GpuAdapter | string> | null = null;
+async function probeWebgpu(): Promise<GpuAdapter | string> {
+  let dawn: typeof import('webgpu');
+  try { dawn = await import('webgpu'); } catch { return 'the optional package "webgpu" (Dawn for Node) is not installed'; }
+  Object.assign(globalThis, dawn.globals);
+  const gpu = dawn.create([]);
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) return 'no WebGPU adapter (no Vulkan, Metal or D3D12 driver found)';
+  // tfjs-backend-webgpu registers itself on import when navigator.gpu exists (Node 21+ has a navigator)
+  const nav = (globalThis as { navigator?: object }).navigator;
+  if (nav) Object.defineProperty(nav, 'gpu', { value: gpu, configurable: true });
+  else Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+  try { await import('@tensorflow/tfjs-backend-webgpu'); } catch { return 'the optional package "@tensorflow/tfjs-backend-webgpu" is not installed'; }
+  const i = adapter.info;
+  const software = (i as { isFallbackAdapter?: boolean }).isFallbackAdapter === true || i.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(`${i.device} ${i.description}`);
+  return { description: [i.vendor, i.device || i.architecture, i.description && `(${i.description})`].filter(Boolean).join(' '), software,
+    maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize, shaderF16: adapter.features.has('shader-f16') };
+}
+
 const defaultProbe: BackendProbe = {
   async tensorflow() {
     for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
@@ -58,23 +78,7 @@ const defaultProbe: BackendProbe = {
     }
     return null;
   },
-  async webgpu() {
-    let dawn: typeof import('webgpu');
-    try { dawn = await import('webgpu'); } catch { return 'the optional package "webgpu" (Dawn for Node) is not installed'; }
-    Object.assign(globalThis, dawn.globals);
-    const gpu = dawn.create([]);
-    const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter) return 'no WebGPU adapter (no Vulkan, Metal or D3D12 driver found)';
-    // tfjs-backend-webgpu registers itself on import when navigator.gpu exists (Node 21+ has a navigator)
-    const nav = (globalThis as { navigator?: object }).navigator;
-    if (nav) Object.defineProperty(nav, 'gpu', { value: gpu, configurable: true });
-    else Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
-    try { await import('@tensorflow/tfjs-backend-webgpu'); } catch { return 'the optional package "@tensorflow/tfjs-backend-webgpu" is not installed'; }
-    const i = adapter.info;
-    const software = (i as { isFallbackAdapter?: boolean }).isFallbackAdapter === true || i.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(`${i.device} ${i.description}`);
-    return { description: [i.vendor, i.device || i.architecture, i.description && `(${i.description})`].filter(Boolean).join(' '), software,
-      maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize, shaderF16: adapter.features.has('shader-f16') };
-  },
+  webgpu() { return (webgpuProbe ??= probeWebgpu()); },
   async init(name) {
     try {
       return (await tf.setBackend(name)) && tf.getBackend() === name;

@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
 import { collectSchema } from '../src/config/schemas.js';
 import { runCollect } from '../src/stages/collect.js';
@@ -27,6 +27,9 @@ const probe = spawnSync('node', ['--input-type=module', '-e', `import { selectBa
 const line = probe.stdout.trim().split('\n').at(-1) ?? `SKIP the probe failed: ${probe.stderr}`;
 const skip = line.startsWith('SKIP') ? line.slice(5) : null;
 if (skip) console.warn(`webgpu tier skipped: ${skip}`); else console.log(`webgpu tier on ${line}`);
+
+// the device is destroyed before the process exits (Dawn aborts when the process exits under a live device's threads)
+afterAll(() => { if (tf.findBackend('webgpu')) tf.removeBackend('webgpu'); });
 
 const read = async (t: tf.Tensor | undefined) => (await t!.data()) as Float32Array;
 
