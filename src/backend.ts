@@ -135,6 +135,23 @@ export function hostWorkersBeside(cores: number): number {
   return current?.name === 'webgpu' ? Math.max(1, cores - 1) : 0;
 }
 
+/**
+ * The backend for work on host data that reads its results synchronously (the train stage's closed-form fits and
+ * moments, evaluate's recall passes): the current one, or wasm beside a GPU (tfjs-webgpu reads only asynchronously).
+ */
+export function hostBackend(): BackendName {
+  return !current || current.name === 'webgpu' ? 'wasm' : current.name;
+}
+
+/** Run a stage's work on hostBackend(), then give the process its backend back. */
+export async function onHostBackend<R>(log: (m: string) => void, stage: string, fn: () => Promise<R>): Promise<R> {
+  const before = current;
+  if (!before || before.name === hostBackend()) return fn();
+  log(`${stage}: on ${hostBackend()} (its host-data matmuls read synchronously; the ${before.name} backend reads asynchronously only)`);
+  await ensureBackend(hostBackend());
+  try { return await fn(); } finally { await selectBackend(before.name); current = before; }
+}
+
 let gpuAdapter: GpuAdapter | null = null;
 /** The adapter of the webgpu backend, when this process selected it. */
 export function getGpuAdapter(): GpuAdapter | null {
