@@ -126,7 +126,7 @@ describe('selectBackend: explicit preference', () => {
   });
 
   it('a probe that throws is not swallowed into a wrong choice', async () => {
-    const p: BackendProbe = { tensorflow: async () => null, init: async () => { throw new Error('boom'); } };
+    const p: BackendProbe = { tensorflow: async () => null, webgpu: async () => 'none', init: async () => { throw new Error('boom'); } };
     await expect(selectBackend('wasm', p)).rejects.toThrow('boom');
   });
 });

@@ -31,7 +31,11 @@ export function matmulRate(m: number, k: number, n: number): number {
  */
 export async function matmulRateAsync(m: number, k: number, n: number, runs = 8): Promise<number> {
   const a = tf.randomNormal([m, k]), b = tf.randomNormal([k, n]);
-  const once = async () => { let last: tf.Tensor | null = null; for (let r = 0; r < runs; r++) { last?.dispose(); last = tf.matMul(a, b); } const s = tf.sum(last!); last!.dispose(); await s.data(); s.dispose(); };
+  const once = async () => {
+    let last: tf.Tensor | null = null;
+    for (let r = 0; r < runs; r++) { last?.dispose(); last = tf.matMul(a, b); }
+    const s = tf.sum(last!); last!.dispose(); await s.data(); s.dispose();
+  };
   try {
     await once();
     const ts: number[] = [];

@@ -288,7 +288,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const fn = norm('finalNorm'), en = norm('embedNorm');
   if (fn) model.finalNorm = fn;
   if (en) model.embedNorm = en;
-  if (split) model.vocabSplit = { rows: split, embedHost: { shape: [V, Dp], data: embedF }, lmHead: split.slice(0, -1).map((r0, j) => tf.tensor2d(columns(headF, Dp, V, r0, split[j + 1]!), [Dp, split[j + 1]! - r0])) };
+  if (split) model.vocabSplit = { rows: split, embedHost: { shape: [V, Dp], data: embedF },
+    lmHead: split.slice(0, -1).map((r0, j) => tf.tensor2d(columns(headF, Dp, V, r0, split[j + 1]!), [Dp, split[j + 1]! - r0])) };
   const globals = [embed, lmHead, ...(model.vocabSplit?.lmHead ?? []), model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
   // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
   if (opts.decode) model.decode = buildDecodeWeights(cfg, (n) => { const t = host[n]; return t && { shape: t.shape, data: f32of(t) }; }, opts.decode === true ? {} : opts.decode);
