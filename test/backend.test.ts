@@ -1,15 +1,20 @@
 /** Backend selection with fake probes: order, fallbacks, reasons, and errors for explicit preferences. */
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
-import { ensureBackend, getBackend, selectBackend, type BackendProbe } from '../src/backend.js';
+import { defaultModelWorkers, ensureBackend, getBackend, hostWorkersBeside, residentBudgetBytes, selectBackend, type BackendProbe, type GpuAdapter } from '../src/backend.js';
 import { UserError } from '../src/util/errors.js';
 
-/** a probe where `tfPkg` is the importable tensorflow package (or null) and `ok` lists backends that initialize */
-function fakeProbe(tfPkg: string | null, ok: ('tensorflow' | 'wasm' | 'cpu')[]): BackendProbe & { calls: string[] } {
+const H200: GpuAdapter = { description: 'nvidia nvidia-h200 (NVIDIA: 580.159.04)', software: false, maxStorageBufferBindingSize: 2147483644, maxBufferSize: 2 ** 40, shaderF16: false };
+const LAVAPIPE: GpuAdapter = { ...H200, description: 'mesa llvmpipe (llvmpipe: Mesa 25.0.7)', software: true };
+
+/** a probe where `tfPkg` is the importable tensorflow package (or null), `gpu` the WebGPU adapter (or why there is
+ * none), and `ok` lists backends that initialize */
+function fakeProbe(tfPkg: string | null, ok: ('tensorflow' | 'webgpu' | 'wasm' | 'cpu')[], gpu: GpuAdapter | string = 'no WebGPU adapter'): BackendProbe & { calls: string[] } {
   const calls: string[] = [];
   return {
     calls,
     async tensorflow() { calls.push('import tensorflow'); return tfPkg; },
+    async webgpu() { calls.push('probe webgpu'); return gpu; },
     async init(name) { calls.push(`init ${name}`); return ok.includes(name); },
   };
 }
@@ -30,30 +35,47 @@ describe('selectBackend: auto', () => {
 
   it('falls back to wasm when tensorflow is not importable', async () => {
     const p = fakeProbe(null, ['wasm', 'cpu']);
-    expect(await selectBackend('auto', p)).toEqual({ name: 'wasm', reason: 'auto: tensorflow unavailable' });
-    expect(p.calls).toEqual(['import tensorflow', 'init wasm']);
+    expect(await selectBackend('auto', p)).toEqual({ name: 'wasm', reason: 'auto: tensorflow, webgpu unavailable' });
+    expect(p.calls).toEqual(['import tensorflow', 'probe webgpu', 'init wasm']);
   });
 
   it('falls back to wasm when tensorflow imports but does not initialize', async () => {
     const p = fakeProbe('@tensorflow/tfjs-node', ['wasm']);
     const c = await selectBackend('auto', p);
     expect(c.name).toBe('wasm');
-    expect(c.reason).toBe('auto: tensorflow unavailable');
-    expect(p.calls).toEqual(['import tensorflow', 'init tensorflow', 'init wasm']);
+    expect(c.reason).toBe('auto: tensorflow, webgpu unavailable');
+    expect(p.calls).toEqual(['import tensorflow', 'init tensorflow', 'probe webgpu', 'init wasm']);
   });
 
   it('falls back to cpu when neither tensorflow nor wasm works', async () => {
     const p = fakeProbe(null, ['cpu']);
-    expect(await selectBackend('auto', p)).toEqual({ name: 'cpu', reason: 'auto: tensorflow, wasm unavailable' });
-    expect(p.calls).toEqual(['import tensorflow', 'init wasm', 'init cpu']);
+    expect(await selectBackend('auto', p)).toEqual({ name: 'cpu', reason: 'auto: tensorflow, webgpu, wasm unavailable' });
+    expect(p.calls).toEqual(['import tensorflow', 'probe webgpu', 'init wasm', 'init cpu']);
   });
 
   it('nothing works: a UserError listing every attempt', async () => {
     const e = await rejection(selectBackend('auto', fakeProbe(null, [])));
     expect(e.message).toMatch(/^backend "auto" is not available/);
     expect(e.message).toContain('tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is importable');
+    expect(e.message).toContain('webgpu: no WebGPU adapter');
     expect(e.message).toContain('wasm: failed to initialize');
     expect(e.message).toContain('cpu: failed to initialize');
+  });
+
+  it('picks webgpu on a hardware adapter, after tensorflow, and names the adapter', async () => {
+    const p = fakeProbe(null, ['webgpu', 'wasm'], H200);
+    expect(await selectBackend('auto', p)).toEqual({ name: 'webgpu', reason: 'auto: adapter nvidia nvidia-h200 (NVIDIA: 580.159.04)' });
+    expect(p.calls).toEqual(['import tensorflow', 'probe webgpu', 'init webgpu']);
+    const t = fakeProbe('@tensorflow/tfjs-node-gpu', ['tensorflow', 'webgpu'], H200);
+    expect((await selectBackend('auto', t)).name).toBe('tensorflow');
+  });
+
+  it('never picks a software adapter (lavapipe): wasm, saying why', async () => {
+    const p = fakeProbe(null, ['webgpu', 'wasm'], LAVAPIPE);
+    expect(await selectBackend('auto', p)).toEqual({ name: 'wasm', reason: 'auto: tensorflow, webgpu unavailable' });
+    expect(p.calls).toEqual(['import tensorflow', 'probe webgpu', 'init wasm']);
+    const e = await rejection(selectBackend('auto', fakeProbe(null, [], LAVAPIPE)));
+    expect(e.message).toContain('webgpu: only a software adapter, mesa llvmpipe (llvmpipe: Mesa 25.0.7), slower than wasm (--backend webgpu uses it)');
   });
 
   it('the default preference is auto', async () => {
@@ -104,8 +126,26 @@ describe('selectBackend: explicit preference', () => {
   });
 
   it('a probe that throws is not swallowed into a wrong choice', async () => {
-    const p: BackendProbe = { tensorflow: async () => null, init: async () => { throw new Error('boom'); } };
+    const p: BackendProbe = { tensorflow: async () => null, webgpu: async () => 'none', init: async () => { throw new Error('boom'); } };
     await expect(selectBackend('wasm', p)).rejects.toThrow('boom');
+  });
+});
+
+describe('selectBackend: webgpu requested', () => {
+  it('uses a software adapter when asked, saying so', async () => {
+    const p = fakeProbe('@tensorflow/tfjs-node', ['tensorflow', 'webgpu', 'wasm'], LAVAPIPE);
+    expect(await selectBackend('webgpu', p)).toEqual({ name: 'webgpu', reason: 'requested: adapter mesa llvmpipe (llvmpipe: Mesa 25.0.7) (software)' });
+    expect(p.calls).toEqual(['probe webgpu', 'init webgpu']);
+  });
+
+  it('no adapter, or a missing package: a UserError naming it, the hint says what to install', async () => {
+    const e = await rejection(selectBackend('webgpu', fakeProbe(null, ['wasm'])));
+    expect(e.message).toBe('backend "webgpu" is not available (webgpu: no WebGPU adapter)');
+    expect(e.hint).toMatch(/npm install webgpu @tensorflow\/tfjs-backend-webgpu.*Vulkan driver.*--backend wasm/);
+    const e2 = await rejection(selectBackend('webgpu', fakeProbe(null, ['wasm'], 'the optional package "webgpu" (Dawn for Node) is not installed')));
+    expect(e2.message).toContain('webgpu: the optional package "webgpu" (Dawn for Node) is not installed');
+    const e3 = await rejection(selectBackend('webgpu', fakeProbe(null, [], H200)));
+    expect(e3.message).toBe('backend "webgpu" is not available (webgpu: adapter nvidia nvidia-h200 (NVIDIA: 580.159.04) failed to initialize)');
   });
 });
 
@@ -117,6 +157,10 @@ describe('the real probe', () => {
     expect(w).toEqual({ name: 'wasm', reason: 'requested' });
     expect(tf.getBackend()).toBe('wasm');
     expect(getBackend()).toBe('wasm');
+    // the CPU backends: a worker per core, no host workers beside them, wasm's resident budget
+    expect(defaultModelWorkers(4)).toBe(4);
+    expect(hostWorkersBeside(4)).toBe(0);
+    expect(residentBudgetBytes()).toBe(2.5 * 2 ** 30);
     // auto after an explicit choice keeps it (same object, no re-probing)
     expect(await ensureBackend('auto')).toBe(w);
     expect(await ensureBackend('wasm')).toBe(w);

@@ -28,7 +28,7 @@ beforeAll(async () => { await ensureBackend('wasm'); });
  * from one forward pass that also captures mlpAct (fraction > 0 per layer), and batchNll is cross-checked on the
  * first batch; without it, batchNll (src/eval/perplexity.ts) does the work.
  */
-function evaluate(dir: string, windows: number[][], density: boolean): { nll: number; density: number[] } {
+async function evaluate(dir: string, windows: number[][], density: boolean): Promise<{ nll: number; density: number[] }> {
   const before = tf.memory().numTensors;
   const model = loadModel(dir);
   const L = model.config.layers, V = model.config.vocabSize;
@@ -37,7 +37,7 @@ function evaluate(dir: string, windows: number[][], density: boolean): { nll: nu
   try {
     for (let i = 0; i < windows.length; i += 2) {
       const batch = windows.slice(i, i + 2);
-      if (!density) { const r = batchNll(model, batch); tot.nll += r.nll; tot.count += r.count; continue; }
+      if (!density) { const r = await batchNll(model, batch); tot.nll += r.nll; tot.count += r.count; continue; }
       const out = forward(model, batch, { capture: { logits: true, mlpAct: true } });
       let nll = 0, count = 0;
       try {
@@ -53,7 +53,7 @@ function evaluate(dir: string, windows: number[][], density: boolean): { nll: nu
         }
       } finally { disposeOutput(out); }
       if (i === 0) {
-        const r = batchNll(model, batch);
+        const r = await batchNll(model, batch);
         expect(r.count).toBe(count);
         expect(Math.abs(r.nll / nll - 1), `batchNll ${r.nll} vs ${nll}`).toBeLessThan(1e-5);
       }
@@ -69,11 +69,11 @@ function evaluate(dir: string, windows: number[][], density: boolean): { nll: nu
 describe('fixture models reproduce their PyTorch held-out numbers', () => {
   for (const name of ['opt-fixture', 'llama-fixture']) {
     const isOpt = name.startsWith('opt');
-    it(`${name}: perplexity on the 8 x 256 windows of ppl-slice.json within 1%${isOpt ? '; per-layer MLP density within 0.005' : ''}`, () => {
+    it(`${name}: perplexity on the 8 x 256 windows of ppl-slice.json within 1%${isOpt ? '; per-layer MLP density within 0.005' : ''}`, async () => {
       const s = slice(name);
       expect(s.ids.length).toBe(8);
       for (const w of s.ids) expect(w.length).toBe(256);
-      const r = evaluate(path.join(REPO, 'checkpoints', name), s.ids, isOpt);
+      const r = await evaluate(path.join(REPO, 'checkpoints', name), s.ids, isOpt);
       const ppl = Math.exp(r.nll);
       expect(Math.abs(ppl / s.ppl - 1), `ppl ${ppl} vs PyTorch ${s.ppl}`).toBeLessThan(0.01);
       expect(Math.abs(r.nll - s.nll_mean), `nll ${r.nll} vs ${s.nll_mean}`).toBeLessThan(0.01);

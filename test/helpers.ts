@@ -49,3 +49,9 @@ export async function cli(...argv: string[]): Promise<{ code: number; out: strin
   const code = await runCli(argv, { stdout, stderr });
   return { code, out: stdout.text, err: stderr.text };
 }
+
+/** a predictorHooks onSelect count: a number, or a scalar tensor the receiver owns (read here, synchronously: wasm) */
+export function selectedCount(a: number | { dataSync(): ArrayLike<number>; dispose(): void }): number {
+  if (typeof a === 'number') return a;
+  try { return a.dataSync()[0]!; } finally { a.dispose(); }
+}

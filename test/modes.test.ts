@@ -19,7 +19,7 @@ import { exportBundle, loadBundlePredictors } from '../src/bundle/bundle.js';
 import { decodeNll } from '../src/runtime/generate.js';
 import { DecodeSession, denseModes } from '../src/runtime/decoder.js';
 import { decodeModes } from '../src/runtime/plan.js';
-import { FIXTURES, tmpDir } from './helpers.js';
+import { FIXTURES, selectedCount, tmpDir } from './helpers.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
@@ -53,7 +53,7 @@ describe('MLP modes through the forward pass', () => {
       const p = loadPredictors(path.join(TMP, name));
       let sel = 0, tot = 0;
       try {
-        const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += a; tot += b; } }));
+        const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += selectedCount(a); tot += b; } }));
         expect(got).toEqual(dense);
         expect(tot).toBeGreaterThan(0);
         if (name === 'exact') expect(sel / tot).toBeLessThan(0.9); else expect(sel).toBe(tot); // dense: every neuron, counted
@@ -119,7 +119,7 @@ describe('MLP modes through the forward pass', () => {
     try {
       expect(p.manifest.layers.every((l) => l.mlp?.family === 'closed-form' && l.mlp.input === 'h_mlp')).toBe(true);
       const dense = logits();
-      const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += a; tot += b; } }));
+      const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += selectedCount(a); tot += b; } }));
       expect(sel / tot).toBeLessThan(0.95);
       let num = 0, den = 0;
       for (let i = 0; i < dense.length; i++) { num += (got[i]! - dense[i]!) ** 2; den += dense[i]! ** 2; }

@@ -15,7 +15,7 @@ import { decodeNll, generate } from '../src/runtime/generate.js';
 import type { DecodeModes } from '../src/runtime/decoder.js';
 import { decodeModes } from '../src/runtime/plan.js';
 import { runCli } from '../src/cli/program.js';
-import { FIXTURES, tmpDir } from './helpers.js';
+import { FIXTURES, selectedCount, tmpDir } from './helpers.js';
 import { makeRandomCheckpoint } from './reference/random-checkpoint.js';
 
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
@@ -51,7 +51,7 @@ function fixedHooks(n: { ffn: number; heads: number }, mlp: (l: number) => Int32
 const rel = (a: number, b: number) => Math.abs(a / b - 1);
 
 describe('sparse runtime', () => {
-  it('a DecodeSession selecting every neuron and head == dense modes == batchNll of the forward pass; generate leaks no tensors', () => {
+  it('a DecodeSession selecting every neuron and head == dense modes == batchNll of the forward pass; generate leaks no tensors', async () => {
     const model = loadModel(MODEL, { decode: true });
     const c = model.config;
     const all = fixedModes(c.layers, () => range(c.ffn), () => range(c.heads));
@@ -71,21 +71,21 @@ describe('sparse runtime', () => {
     expect(s2.counts).toEqual(d.counts);
     expect(d.counts).toEqual({ mlpSelected: 6 * c.layers * c.ffn, mlpTotal: 6 * c.layers * c.ffn, headsSelected: 6 * c.layers * c.heads, headsTotal: 6 * c.layers * c.heads });
     // and the decode path equals the full forward pass
-    const full = batchNll(model, seq);
+    const full = await batchNll(model, seq);
     expect(full.count).toBe(d.count);
     expect(rel(d.nll, full.nll)).toBeLessThan(1e-5);
     expect(tf.memory().numTensors).toBe(before);
     model.dispose();
   });
 
-  it('a fixed neuron / head set computed by selecting rows == the forward pass with the other activations masked', () => {
+  it('a fixed neuron / head set computed by selecting rows == the forward pass with the other activations masked', async () => {
     const model = loadModel(MODEL, { decode: true });
     const c = model.config;
     const keep = range(c.ffn).filter((i) => i % 3 === 0);
     const heads = Int32Array.from([0, 2]);
     const seqs = [[2, 5, 9, 40, 41], [2, 300, 7, 11, 12]];
     const a = decodeNll(model, seqs, fixedModes(c.layers, () => keep, () => heads));
-    const b = batchNll(model, seqs, fixedHooks(c, () => keep, () => heads));
+    const b = await batchNll(model, seqs, fixedHooks(c, () => keep, () => heads));
     expect(a.count).toBe(b.count);
     expect(rel(a.nll, b.nll)).toBeLessThan(1e-5);
     expect(a.counts.mlpSelected / a.counts.mlpTotal).toBeCloseTo(keep.length / c.ffn, 12);
@@ -95,7 +95,7 @@ describe('sparse runtime', () => {
     model.dispose();
   });
 
-  it('host decode kernels (RoPE, GQA, SwiGLU, biases): select-all == dense == forward; fixed picks == forward masks', () => {
+  it('host decode kernels (RoPE, GQA, SwiGLU, biases): select-all == dense == forward; fixed picks == forward masks', async () => {
     const dir = tmpDir();
     makeRandomCheckpoint(dir, { family: 'llama', layers: 2, hidden: 32, heads: 4, kvHeads: 2, headDim: 12, ffn: 48, attentionBias: true, mlpBias: true, seed: 3 });
     for (const d of [dir, path.join(FIXTURES, 'llama-tiny-ref')]) {
@@ -104,30 +104,30 @@ describe('sparse runtime', () => {
       const seq = [[1, 5, 9, 30, 41, 17, 3, 22]];
       const dense = decodeNll(model, seq);
       expect(rel(decodeNll(model, seq, fixedModes(c.layers, () => range(c.ffn), () => range(c.heads))).nll, dense.nll), d).toBeLessThan(1e-5);
-      expect(rel(dense.nll, batchNll(model, seq).nll), d).toBeLessThan(1e-5);
+      expect(rel(dense.nll, (await batchNll(model, seq)).nll), d).toBeLessThan(1e-5);
       const keep = range(c.ffn).filter((i) => i % 2 === 1), hs = Int32Array.from([1, 2]);
       const a = decodeNll(model, seq, fixedModes(c.layers, () => keep, () => hs));
-      const b = batchNll(model, seq, fixedHooks(c, () => keep, () => hs));
+      const b = await batchNll(model, seq, fixedHooks(c, () => keep, () => hs));
       expect(rel(a.nll, b.nll), d).toBeLessThan(1e-5);
       expect(rel(a.nll, dense.nll), d).toBeGreaterThan(1e-4);
       model.dispose();
     }
   });
 
-  it("the runtime's own sparse perplexity (bundle decode modes, token by token) matches evaluate's predicted-sparsity perplexity (mask) within 0.5%", () => {
+  it("the runtime's own sparse perplexity (bundle decode modes, token by token) matches evaluate's predicted-sparsity perplexity (mask) within 0.5%", async () => {
     const model = loadModel(MODEL, { decode: true });
     const preds = loadPredictors(path.join(work, 'pred'));
     const bundle = loadBundlePredictors(path.join(work, 'bundle'), MODEL);
     const seqs = [[2, 11, 23, 35, 47, 59, 71, 83, 95, 107, 119, 131, 143, 155, 167, 179], [2, 300, 301, 302, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]];
     let selected = 0, total = 0;
-    const evalPpl = ppl(batchNll(model, seqs, predictorHooks(preds, { mlp: true, heads: true, onSelect: (_s, _l, a, b) => { selected += a; total += b; } })));
+    const evalPpl = ppl(await batchNll(model, seqs, predictorHooks(preds, { mlp: true, heads: true, onSelect: (_s, _l, a, b) => { selected += selectedCount(a); total += b; } })));
     expect(selected / total).toBeLessThan(0.999); // predictors really skip work
     const built = decodeModes(model.config, bundle, null);
     try {
       expect(built.modes.mlp.some((m) => m.mode !== 'dense') || built.modes.heads.some((m) => m.mode !== 'dense')).toBe(true);
       const r = decodeNll(model, seqs, built.modes);
       const runtimePpl = ppl(r);
-      const densePpl = ppl(batchNll(model, seqs));
+      const densePpl = ppl(await batchNll(model, seqs));
       expect(Math.abs(runtimePpl / evalPpl - 1)).toBeLessThan(0.005);
       expect(Math.abs(evalPpl / densePpl - 1)).toBeGreaterThan(1e-6);
       // the runtime skips work too: fewer neurons / heads computed than the dense model's

@@ -3,6 +3,7 @@
  * layer (float16 conversion, active-neuron bits, finiteness checks, the batch's partial statistics). The same
  * function runs in-process or in a worker thread, so a batch's bytes do not depend on where (or beside what) it ran.
  */
+import type * as tf from '@tensorflow/tfjs-core';
 import { forward, disposeOutput } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 import { UserError } from '../util/errors.js';
@@ -49,41 +50,60 @@ function maxAbsBits(a: Float32Array): number {
   return mx;
 }
 
-export function captureBatch(model: Model, seqs: number[][], firstSeq: number, spec: CaptureSpec): BatchCapture {
+/** One layer's captures as read back from the backend (float32), and what its host work needs. */
+export interface LayerReads { layer: number; xa: Float32Array; xm: Float32Array; act: Float32Array; hn: Float32Array }
+export interface LayerHostSpec { dtype: CaptureSpec['dtype']; mlpAct: boolean; ffn: number; heads: number; reluGated: boolean; rows: number; firstSeq: number; nSeq: number }
+/** where a layer's host work runs: a worker thread beside a GPU (collect's host pool); default this thread */
+export type LayerHost = (r: LayerReads, h: LayerHostSpec) => Promise<LayerCapture>;
+
+/** A layer's host work: float16 conversion, active-neuron bits, finiteness checks, the batch's partial statistics. */
+export function captureLayer(r: LayerReads, h: LayerHostSpec): LayerCapture {
+  const { layer: l, xa, xm, act, hn } = r, { rows, heads } = h;
+  const f16 = h.dtype === 'float16';
+  // one fast pass per array: non-finite values (and float16 overflow) are seen by the largest |v|'s bits, the
+  // activations' bits and statistics in one loop; any problem reruns the per-value checks for their message
+  const bits = new Uint8Array(Math.ceil((rows * h.ffn) / 8));
+  // active = nonzero: a gated ReLU's relu(gate) * up is negative where up is (its |act| marks the same zeros)
+  const { active, absSum, maxAbs: actMax } = activationBits(h.reluGated ? act.map(Math.abs) : act, bits);
+  const headNormSum = new Array(heads).fill(0), headNormSq = new Array(heads).fill(0);
+  for (let q = 0; q < rows; q++) for (let k = 0; k < heads; k++) { const v = hn[q * heads + k]!; headNormSum[k] += v; headNormSq[k] += v * v; }
+  const limit = f16 ? F16_MAX_BITS : INF_BITS - 1;
+  // NaN anywhere in act makes absSum NaN; +-Inf makes it Inf
+  if (maxAbsBits(xa) > limit || maxAbsBits(xm) > limit || !Number.isFinite(absSum) || (f16 && actMax > 65504) || maxAbsBits(hn) >= INF_BITS)
+    checkValues([['x_attn', xa], ['x_mlp', xm], ['mlp_act', act], ['head_norm', hn]], l, h.firstSeq, h.nSeq, h.dtype);
+  return {
+    layer: l,
+    // the reads are this call's own copies (data()): no slice needed
+    xAttn: f16 ? f32ToF16Array(xa) : xa,
+    xMlp: f16 ? f32ToF16Array(xm) : xm,
+    bits, headNorm: hn, active, absSum, headNormSum, headNormSq,
+    ...(h.mlpAct ? { mlpAct: f32ToF16Array(act) } : {}),
+  };
+}
+
+/**
+ * The batch's forward pass is queued on the backend when this is called (before its first await); its captures are
+ * read back asynchronously (tfjs-webgpu cannot read synchronously under Node), each layer's host work starting when
+ * its reads arrive (on `host`, e.g. worker threads beside a GPU). A caller that starts the next batch before awaiting
+ * this one has the device run that batch's forward meanwhile. forwardMs: until the last capture is on the host (on a
+ * GPU the forward runs behind the reads); captureMs: the host work after that.
+ */
+export async function captureBatch(model: Model, seqs: number[][], firstSeq: number, spec: CaptureSpec, host?: LayerHost): Promise<BatchCapture> {
   const c = model.config;
-  let s = performance.now();
+  const s = performance.now();
   const o = forward(model, seqs, { capture: { xAttn: true, xMlp: true, mlpAct: true, headNorm: true, logits: false, layers: spec.layers } });
   try {
-    const forwardMs = performance.now() - s;
-    s = performance.now();
     const rows = seqs.length * spec.seqLen;
-    const layers: LayerCapture[] = [];
-    const f16 = spec.dtype === 'float16';
-    for (const l of spec.layers) {
-      const xa = o.captured.xAttn![l]!.dataSync() as Float32Array;
-      const xm = o.captured.xMlp![l]!.dataSync() as Float32Array;
-      const act = o.captured.mlpAct![l]!.dataSync() as Float32Array;
-      const hn = o.captured.headNorm![l]!.dataSync() as Float32Array;
-      // one fast pass per array: non-finite values (and float16 overflow) are seen by the largest |v|'s bits, the
-      // activations' bits and statistics in one loop; any problem reruns the per-value checks for their message
-      const bits = new Uint8Array(Math.ceil((rows * c.ffn) / 8));
-      // active = nonzero: a gated ReLU's relu(gate) * up is negative where up is (its |act| marks the same zeros)
-      const { active, absSum, maxAbs: actMax } = activationBits(c.gated && c.activation === 'relu' ? act.map(Math.abs) : act, bits);
-      const headNormSum = new Array(c.heads).fill(0), headNormSq = new Array(c.heads).fill(0);
-      for (let r = 0; r < rows; r++) for (let h = 0; h < c.heads; h++) { const v = hn[r * c.heads + h]!; headNormSum[h] += v; headNormSq[h] += v * v; }
-      const limit = f16 ? F16_MAX_BITS : INF_BITS - 1;
-      // NaN anywhere in act makes absSum NaN; +-Inf makes it Inf
-      if (maxAbsBits(xa) > limit || maxAbsBits(xm) > limit || !Number.isFinite(absSum) || (f16 && actMax > 65504) || maxAbsBits(hn) >= INF_BITS)
-        checkValues([['x_attn', xa], ['x_mlp', xm], ['mlp_act', act], ['head_norm', hn]], l, firstSeq, seqs.length, spec.dtype);
-      layers.push({
-        layer: l,
-        xAttn: f16 ? f32ToF16Array(xa) : xa.slice(),
-        xMlp: f16 ? f32ToF16Array(xm) : xm.slice(),
-        bits, headNorm: hn.slice(), active, absSum, headNormSum, headNormSq,
-        ...(spec.mlpAct ? { mlpAct: f32ToF16Array(act) } : {}),
-      });
-    }
-    return { firstSeq, rows, layers, forwardMs, captureMs: performance.now() - s };
+    const h: LayerHostSpec = { dtype: spec.dtype, mlpAct: spec.mlpAct, ffn: c.ffn, heads: c.heads, reluGated: c.gated && c.activation === 'relu', rows, firstSeq, nSeq: seqs.length };
+    let readMs = 0;
+    const read = (t: tf.Tensor | undefined) => t!.data() as Promise<Float32Array>;
+    const layers = await Promise.all(spec.layers.map(async (l) => {
+      const [xa, xm, act, hn] = await Promise.all([read(o.captured.xAttn![l]), read(o.captured.xMlp![l]), read(o.captured.mlpAct![l]), read(o.captured.headNorm![l])]);
+      readMs = Math.max(readMs, performance.now() - s);
+      const r: LayerReads = { layer: l, xa: xa!, xm: xm!, act: act!, hn: hn! };
+      return host ? host(r, h) : captureLayer(r, h);
+    }));
+    return { firstSeq, rows, layers, forwardMs: readMs, captureMs: performance.now() - s - readMs };
   } finally {
     disposeOutput(o);
   }

@@ -1,5 +1,5 @@
 /**
- * npm run bench:collect [-- --model DIR] [--tokens N|all] [--workers 1,2] [--batch-size B] [--seq-len T]
+ * npm run bench:collect [-- --model DIR] [--tokens N|all] [--workers 1,2] [--batch-size B] [--seq-len T] [--backend NAME]
  * collect-activations throughput with 1 and N worker threads, each run in its own process (peak RSS is per run),
  * against the machine measured in the same run: forward GFLOP/s over (workers x one thread's matmul GFLOP/s at the
  * collection's shapes). Default: the OPT fixture on the calibration text. A checkpoint without a tokenizer (e.g.
@@ -13,11 +13,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureBackend } from '../backend.js';
+import { ensureBackend, type BackendPreference } from '../backend.js';
 import { collectSchema } from '../config/schemas.js';
 import { runCollect } from '../stages/collect.js';
 import { denseLayerFlopsPerToken, normalizeConfig } from '../model/config.js';
-import { matmulRate, table, timeIt, writeBenchResult, type BenchTable } from './common.js';
+import { matmulRateAsync, table, timeIt, writeBenchResult, type BenchTable } from './common.js';
 import { writeRandomIds } from './opt-checkpoint.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadModel } from '../model/model.js';
@@ -34,7 +34,8 @@ const tokensArg = opt('tokens', isFixture ? 'all' : '4096');
 const tokens = tokensArg === 'all' ? undefined : Number(tokensArg);
 const seqLen = Number(opt('seq-len', '256'));
 const batchSize = Number(opt('batch-size', isFixture ? '8' : '2'));
-const workerCounts = opt('workers', '1,2').split(',').map(Number);
+const backend = opt('backend', process.env.DEJAVU_BACKEND ?? 'auto') as BackendPreference;
+const workerCounts = opt('workers', backend === 'webgpu' ? '1' : '1,2').split(',').map(Number);
 
 interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seconds: number; workers: number; timing: { forwardMs: number; captureMs: number; writeMs: number } };
     maxRssBytes: number; loadSeconds: number }
@@ -42,7 +43,7 @@ interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seco
 if (args.includes('--child')) {
   // one collection in this process; prints its summary and peak RSS as JSON
   const t0 = Date.now();
-  await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
+  await ensureBackend(backend);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-collect-'));
   try {
     const cfg = collectSchema.parse({ model: modelDir, data: opt('data', ''), out, maxTokens: tokens, seqLen, batchSize, workers: Number(opt('child-workers', '1')) });
@@ -55,7 +56,7 @@ if (args.includes('--child')) {
     fs.rmSync(out, { recursive: true, force: true });
   }
 } else {
-  const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
+  const b = await ensureBackend(backend);
   const c = normalizeConfig(JSON.parse(fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8')), modelDir);
   let data = 'data/calibration.jsonl';
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-collect-data-'));
@@ -69,18 +70,19 @@ if (args.includes('--child')) {
   const attnCtxFlops = 2 * 2 * avgCtx * c.heads * c.headDim; // QK^T and PV per token per layer
   const flopsPerToken = c.layers * (f.attn + f.mlp + attnCtxFlops);
   // one thread's matmul rate at the collection's MLP shape, measured now, on this machine
-  const mm = matmulRate(batchSize * seqLen, c.hidden, c.ffn);
+  const mm = await matmulRateAsync(batchSize * seqLen, c.hidden, c.ffn);
   const self = fileURLToPath(import.meta.url);
   const rows: (string | number)[][] = [];
   let base = 0;
   for (const w of workerCounts) {
-    const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', tokensArg, '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w)],
+    const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', tokensArg, '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w), '--backend', b.name],
       { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
     if (r.status !== 0) { console.error(`run with ${w} worker(s) failed (exit ${r.status})`); process.exit(1); }
     const res = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildResult;
     const s = res.summary;
     base ||= s.tokensPerSecond;
     const gflops = (flopsPerToken * s.tokensPerSecond) / 1e9;
+    if (b.name === 'webgpu') console.log(`${w} worker(s): ${JSON.stringify(s.timing)} (forward: until the captures are read back; capture: the host work after)`);
     rows.push([w, s.tokens, s.tokensPerSecond.toFixed(1), (s.tokensPerSecond / base).toFixed(2) + 'x', gflops.toFixed(2), (w * mm).toFixed(2), (gflops / (w * mm)).toFixed(2),
       (res.maxRssBytes / 2 ** 30).toFixed(2), res.loadSeconds.toFixed(0)]);
   }
@@ -91,9 +93,9 @@ if (args.includes('--child')) {
   if (args.includes('--breakdown')) tables.push(breakdown(c, flopsPerToken, mm));
   const header = ['workers', 'tokens', 'tokens/s', 'vs 1 worker', 'forward GFLOP/s (end to end)', 'ceiling: workers x matmul GFLOP/s', 'ratio to ceiling', 'peak RSS GiB', 'start-up s (weights, workers)'];
   console.log(table(header, rows));
-  tables.unshift({ caption: `collect-activations, each worker count in its own process (seq ${seqLen}, batch ${batchSize}, backend ${b.name})`, header, rows });
+  tables.unshift({ caption: `collect-activations, each worker count in its own process (seq ${seqLen}, batch ${batchSize}, backend ${b.name}${b.name === 'webgpu' ? `: ${b.reason}` : ''})`, header, rows });
   // the fixture's result is collect.json; another checkpoint's is collect-<its folder name>.json
-  const name = isFixture ? 'collect' : `collect-${path.basename(path.resolve(modelDir)).toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+  const name = b.name === 'webgpu' ? `collect-webgpu-d${c.hidden}-l${c.layers}` : isFixture ? 'collect' : `collect-${path.basename(path.resolve(modelDir)).toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
   const file = writeBenchResult({ name, title: `Activation collection throughput: ${modelDir}`, command: `npm run bench:collect -- ${args.join(' ')}`.trim().replace(/ --$/, ''), tables, notes: [
     `${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}; forward FLOPs per token (matmuls) ${(flopsPerToken / 1e6).toFixed(1)} M`,
     `one thread's matmul rate at [${batchSize * seqLen}, ${c.hidden}] x [${c.hidden}, ${c.ffn}], measured in the same run: ${mm.toFixed(2)} GFLOP/s (the ceiling column is workers x this)`,

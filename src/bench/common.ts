@@ -26,6 +26,25 @@ export function matmulRate(m: number, k: number, n: number): number {
   } finally { a.dispose(); b.dispose(); }
 }
 
+/**
+ * matmulRate for every backend (a GPU reads asynchronously): `runs` products queued back to back, then one scalar of
+ * the last read back (the device's queue runs them in order), median of 5; the products are disposed as made.
+ */
+export async function matmulRateAsync(m: number, k: number, n: number, runs = 8): Promise<number> {
+  const a = tf.randomNormal([m, k]), b = tf.randomNormal([k, n]);
+  const once = async () => {
+    let last: tf.Tensor | null = null;
+    for (let r = 0; r < runs; r++) { last?.dispose(); last = tf.matMul(a, b); }
+    const s = tf.sum(last!); last!.dispose(); await s.data(); s.dispose();
+  };
+  try {
+    await once();
+    const ts: number[] = [];
+    for (let i = 0; i < 5; i++) { const t = performance.now(); await once(); ts.push(performance.now() - t); }
+    return (2 * m * k * n * runs) / (ts.sort((x, y) => x - y)[2]! * 1e6);
+  } finally { a.dispose(); b.dispose(); }
+}
+
 export function table(header: string[], rows: (string | number)[][]): string {
   return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 }

@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { BACKEND_PREFERENCES } from '../backend.js';
 
-const backend = z.enum(BACKEND_PREFERENCES).default('auto').describe('tfjs backend: auto picks the fastest available (tensorflow > wasm > cpu)');
+const backend = z.enum(BACKEND_PREFERENCES).default('auto').describe('tfjs backend: auto picks the fastest available (tensorflow > webgpu on a hardware adapter > wasm > cpu)');
 const layers = z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all').describe('layer indices to work on, or all');
 const posInt = z.number().int().positive();
 /** --shard i/n (issue 26): this process does shard i of n of a data-parallel stage; `dejavu merge` joins the n outputs */

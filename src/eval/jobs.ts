@@ -2,6 +2,7 @@
  * Perplexity work items of evaluate-recall as plain data, so they run the same in-process or in a worker thread:
  * a batch of sequences and a serializable description of the sparsity hooks to run it with.
  */
+import type * as tf from '@tensorflow/tfjs-core';
 import type { SparsityHooks } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 import { predictorHooks, type LoadedPredictors } from '../predictors/hooks.js';
@@ -19,7 +20,8 @@ export type HookSpec =
 export interface Selection { mlp: number[]; heads: number[]; mlpT: number[]; headsT: number[] }
 export interface NllResult { nll: number; count: number; sel?: Selection }
 
-export function hooksFor(spec: HookSpec, preds: LoadedPredictors, layers: number): { h?: SparsityHooks; sel?: Selection } {
+/** sel: the selection counts, complete once `pending` (scalar tensors of selected counts, added into sel by read()) is read */
+export function hooksFor(spec: HookSpec, preds: LoadedPredictors, layers: number): { h?: SparsityHooks; sel?: Selection; read?: () => Promise<void> } {
   if (spec.kind === 'dense') return {};
   if (spec.kind === 'oracle') {
     const { mlpK, headK } = spec;
@@ -27,8 +29,14 @@ export function hooksFor(spec: HookSpec, preds: LoadedPredictors, layers: number
   }
   if (spec.kind === 'predicted') {
     const sel: Selection = { mlp: new Array(layers).fill(0), heads: new Array(layers).fill(0), mlpT: new Array(layers).fill(0), headsT: new Array(layers).fill(0) };
-    const h = predictorHooks(preds, { mlp: spec.mlp, heads: spec.heads, onSelect: (site, layer, s, t) => { sel[site][layer]! += s; sel[site === 'mlp' ? 'mlpT' : 'headsT'][layer]! += t; } });
-    return { h, sel };
+    const pending: [number[], number, tf.Tensor][] = [];
+    const h = predictorHooks(preds, { mlp: spec.mlp, heads: spec.heads, onSelect: (site, layer, s, t) => {
+      if (typeof s === 'number') sel[site][layer]! += s; else pending.push([sel[site], layer, s]);
+      sel[site === 'mlp' ? 'mlpT' : 'headsT'][layer]! += t;
+    } });
+    // in the order selected (the same additions as a synchronous read made)
+    const read = async () => { try { for (const [to, l, s] of pending) to[l]! += (await s.data())[0]!; } finally { for (const [, , s] of pending) s.dispose(); pending.length = 0; } };
+    return { h, sel, read };
   }
   const ks = spec.ks;
   const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, s.entry.family === 'dense' ? s : { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
@@ -36,8 +44,9 @@ export function hooksFor(spec: HookSpec, preds: LoadedPredictors, layers: number
 }
 
 /** Summed next-token NLL of one batch under one hook spec (and what the predictors selected, for 'predicted'). */
-export function nllJob(model: Model, preds: LoadedPredictors, seqs: number[][], spec: HookSpec): NllResult {
-  const { h, sel } = hooksFor(spec, preds, model.config.layers);
-  const r = batchNll(model, seqs, h);
+export async function nllJob(model: Model, preds: LoadedPredictors, seqs: number[][], spec: HookSpec): Promise<NllResult> {
+  const { h, sel, read } = hooksFor(spec, preds, model.config.layers);
+  let r: Awaited<ReturnType<typeof batchNll>>;
+  try { r = await batchNll(model, seqs, h); } finally { await read?.(); }
   return { nll: r.nll, count: r.count, ...(sel ? { sel } : {}) };
 }

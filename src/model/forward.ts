@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.js';
-import type { LayerWeights, Model } from './model.js';
+import { embedRows, headLogits, type LayerWeights, type Model } from './model.js';
 import { attend, attendHostSimd, attendTfjs, layerBias, linear, norm, prepare, repeatKV, rope, ropeTables, splitHeads, topkMask, type AttendKernel, type Prepared } from './ops.js';
 import { mlpActTf, softcapTf } from '../arch/traits.js';
 
@@ -88,7 +88,7 @@ export function disposeOutput(o: ForwardOutput): void {
   for (const list of Object.values(o.captured)) for (const t of list ?? []) t?.dispose();
 }
 
-/** the attention kernel of a model: chosen once, when it was loaded (Model.attention) */
+/** the attention kernel of a model: chosen once per backend, when it was loaded (Model.attention; webgpu: tfjs ops) */
 const ATTEND: Record<Model['attention'], AttendKernel> = { 'host-simd': attendHostSimd, tfjs: attendTfjs };
 
 function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelection | null | undefined): { out: tf.Tensor; act: tf.Tensor } {
@@ -146,7 +146,7 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
   const prep = prepare(model, ids, opts);
   try {
     let x: tf.Tensor = tf.tidy(() => {
-      let e: tf.Tensor = tf.gather(model.embed, prep.idsT); // [B, T, Dp]
+      let e: tf.Tensor = embedRows(model, prep.idsT); // [B, T, Dp]
       if (c.embedScale !== null) e = tf.mul(e, c.embedScale);
       if (model.projIn) e = linear(e, model.projIn); // [B, T, d]
       if (model.pos) e = tf.add(e, tf.gather(model.pos, tf.tensor2d(prep.positions.map((p) => p + c.positionOffset), [prep.B, prep.T], 'int32')));
@@ -193,7 +193,7 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
       const result = tf.tidy(() => {
         let h = model.finalNorm ? norm(c, x, model.finalNorm) : x;
         if (model.projOut) h = linear(h, model.projOut); // [B, T, Dp]
-        const logits = cap.logits === false ? undefined : softcapTf(linear(h, model.lmHead), c.finalSoftcap); // [B, T, V]
+        const logits = cap.logits === false ? undefined : softcapTf(headLogits(model, h, linear), c.finalSoftcap); // [B, T, V]
         return { logits, finalHidden: cap.finalHidden ? h : undefined };
       });
       x.dispose();

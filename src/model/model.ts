@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { f16ToF32Array } from '../util/half.js';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
+import { getGpuAdapter, residentBudgetBytes, type BackendName } from '../backend.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
 import { buildDecodeWeights, rowDtypeFor, type DecodeOptions, type DecodeWeights } from './decode-weights.js';
 import { transpose2d } from '../util/transpose.js';
@@ -47,14 +48,18 @@ export interface Model {
   config: ModelConfig;
   dir: string;
   residency: 'resident' | 'streamed';
-  embed: tf.Tensor2D; // [V, Dp]
+  /** [V, Dp] (vocabulary-split models: see embedRows; reading this throws) */
+  embed: tf.Tensor2D;
   pos?: tf.Tensor2D; // [P + offset, d]
   /** BLOOM: LayerNorm right after the embedding */
   embedNorm?: Norm;
   projIn?: tf.Tensor2D; // [Dp, d]
   projOut?: tf.Tensor2D; // [d, Dp]
   finalNorm?: Norm;
-  lmHead: tf.Tensor2D; // [Dp, V]
+  /** [Dp, V] (vocabulary-split models: see headLogits; reading this throws) */
+  lmHead: tf.Tensor2D;
+  /** the embedding and LM head cut along the vocabulary, where one would not fit a device buffer binding */
+  vocabSplit?: { rows: number[]; embedHost: HostTensor; lmHead: tf.Tensor2D[] };
   /** borrow layer i's weights; call release() when done (no-op when resident) */
   layer(i: number): { w: LayerWeights; release(): void };
   /** total bytes of float32 weights */
@@ -67,13 +72,16 @@ export interface Model {
 }
 
 export interface LoadOptions {
-  /** bytes of weights that may live on the backend at once; default 2.5 GiB (tfjs-wasm's heap is <= 4 GiB) */
+  /** bytes of weights that may live on the backend at once; default from the backend (residentBudgetBytes: wasm
+   * 2.5 GiB, its heap is <= 4 GiB; a GPU 60% of its memory) */
   residentBudgetBytes?: number;
   residency?: 'auto' | 'resident' | 'streamed';
   /** also build the decode runtime's row copies (src/model/decode-weights.ts): needed by src/runtime/decoder.ts */
   decode?: boolean | DecodeOptions;
   /** host weights already read (loadHostWeights), e.g. SharedArrayBuffer-backed ones shared by worker threads */
   host?: HostWeights;
+  /** the largest tensor the backend binds (default: the WebGPU adapter's maxStorageBufferBindingSize; none elsewhere) */
+  maxBindingBytes?: number;
 }
 
 /** Every weight of a checkpoint on the host, laid out as the model uses them (float32, [in, out]). */
@@ -209,10 +217,43 @@ export function loadHostWeights(dir: string, opts: { shared?: boolean } = {}): H
   return { dir, tensors };
 }
 
+/** the forward pass's attention kernel per backend, chosen at load: the SIMD kernels on tfjs-wasm, tfjs ops elsewhere */
+const ATTENTION_KERNEL: Record<BackendName, Model['attention']> = { wasm: 'host-simd', webgpu: 'tfjs', tensorflow: 'tfjs', cpu: 'tfjs' };
+
+/** vocabulary block boundaries [0, .., V] such that a block's [Dp, rows] float32 fits `maxBytes` */
+function vocabBlocks(V: number, Dp: number, maxBytes: number): number[] {
+  const per = Math.max(1, Math.floor(maxBytes / (Dp * 4)));
+  const out: number[] = [];
+  for (let r = 0; r < V; r += per) out.push(r);
+  return [...out, V];
+}
+/** columns c0..c1 of a row-major [rows, cols] matrix */
+function columns(a: Float32Array, rows: number, cols: number, c0: number, c1: number): Float32Array {
+  const w = c1 - c0, out = new Float32Array(rows * w);
+  for (let r = 0; r < rows; r++) out.set(a.subarray(r * cols + c0, r * cols + c1), r * w);
+  return out;
+}
+
+/** The token embeddings of ids [B, T] (int32): [B, T, Dp]; a vocabulary-split model's are gathered on the host. */
+export function embedRows(model: Model, ids: tf.Tensor): tf.Tensor {
+  const s = model.vocabSplit;
+  if (!s) return tf.gather(model.embed, ids);
+  const Dp = s.embedHost.shape[1]!, idv = ids.dataSync(), e = s.embedHost.data as Float32Array; // ids were made on the host: no device read
+  const out = new Float32Array(idv.length * Dp);
+  for (let i = 0; i < idv.length; i++) out.set(e.subarray(idv[i]! * Dp, (idv[i]! + 1) * Dp), i * Dp);
+  return tf.tensor(out, [...ids.shape, Dp]);
+}
+
+/** The LM head on h [.., Dp]: logits [.., V]; a vocabulary-split model's blocks are concatenated. */
+export function headLogits(model: Model, h: tf.Tensor, linear: (x: tf.Tensor, w: tf.Tensor2D) => tf.Tensor): tf.Tensor {
+  const s = model.vocabSplit;
+  return s ? tf.concat(s.lmHead.map((w) => linear(h, w)), -1) : linear(h, model.lmHead);
+}
+
 export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const { ck, cfg, specs, canon } = openChecked(dir);
   const bytes = specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1) * 4, 0);
-  const budget = opts.residentBudgetBytes ?? 2.5 * 2 ** 30;
+  const budget = opts.residentBudgetBytes ?? residentBudgetBytes();
   const residency = opts.residency && opts.residency !== 'auto' ? opts.residency : bytes > budget ? 'streamed' : 'resident';
 
   // the decode rows of a half-precision checkpoint: its own 16-bit format (dtype 'auto'); a float16 checkpoint is then
@@ -227,18 +268,22 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const g = (n: string) => host[n];
   const embedH = g('embed')!;
   const embedF = f32of(embedH);
-  const embed = tf.tensor2d(embedF, embedH.shape as [number, number]);
-  const lmHead = cfg.tiedLmHead
-    ? tf.tensor2d(transpose2d(embedF, embedH.shape[0]!, embedH.shape[1]!), [embedH.shape[1]!, embedH.shape[0]!])
-    : tf.tensor2d(f32of(g('lmHead')!), g('lmHead')!.shape as [number, number]);
+  const [V, Dp] = embedH.shape as [number, number];
+  // one float32 tensor per device buffer binding at most (WebGPU: maxStorageBufferBindingSize, 2 GiB on an H200):
+  // a larger vocabulary's embedding stays on the host (rows gathered there) and its LM head is cut into column blocks
+  const maxBinding = opts.maxBindingBytes ?? getGpuAdapter()?.maxStorageBufferBindingSize ?? Infinity;
+  const split = V * Dp * 4 > maxBinding ? vocabBlocks(V, Dp, maxBinding) : null;
+  const headF = cfg.tiedLmHead ? transpose2d(embedF, V, Dp) : f32of(g('lmHead')!);
+  const embed = split ? null : tf.tensor2d(embedF, [V, Dp]);
+  const lmHead = split ? null : tf.tensor2d(headF, [Dp, V]);
   const model: Model = {
     config: cfg,
     dir,
     residency,
-    embed,
-    lmHead,
+    get embed(): tf.Tensor2D { if (!embed) throw new Error('vocabulary-split model: use embedRows'); return embed; },
+    get lmHead(): tf.Tensor2D { if (!lmHead) throw new Error('vocabulary-split model: use headLogits'); return lmHead; },
     bytes,
-    attention: tf.getBackend() === 'wasm' ? 'host-simd' : 'tfjs',
+    attention: ATTENTION_KERNEL[(tf.getBackend() as BackendName | undefined) ?? 'cpu'] ?? 'tfjs',
     layer: () => { throw new Error('unreachable'); },
     dispose: () => undefined,
   };
@@ -249,7 +294,9 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const fn = norm('finalNorm'), en = norm('embedNorm');
   if (fn) model.finalNorm = fn;
   if (en) model.embedNorm = en;
-  const globals = [model.embed, model.lmHead, model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
+  if (split) model.vocabSplit = { rows: split, embedHost: { shape: [V, Dp], data: embedF },
+    lmHead: split.slice(0, -1).map((r0, j) => tf.tensor2d(columns(headF, Dp, V, r0, split[j + 1]!), [Dp, split[j + 1]! - r0])) };
+  const globals = [embed, lmHead, ...(model.vocabSplit?.lmHead ?? []), model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
   // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
   if (decodeOpts) model.decode = buildDecodeWeights(cfg, (n) => host[n], decodeOpts, ckHalf);
   const decode = model.decode;

@@ -73,8 +73,9 @@ export function ruleMask(logits: tf.Tensor2D, rule: SelectionRule): tf.Tensor2D 
 export interface HookOptions {
   mlp: boolean;
   heads: boolean;
-  /** record what was selected per layer (density), for reports */
-  onSelect?: (site: 'mlp' | 'heads', layer: number, selected: number, total: number) => void;
+  /** record what was selected per layer (density), for reports; `selected` may be a scalar tensor the receiver
+   * owns (read asynchronously after the forward pass: no synchronous read inside it, which a GPU cannot do) */
+  onSelect?: (site: 'mlp' | 'heads', layer: number, selected: number | tf.Tensor, total: number) => void;
 }
 
 export function predictorHooks(p: LoadedPredictors, opts: HookOptions): SparsityHooks {
@@ -85,7 +86,7 @@ export function predictorHooks(p: LoadedPredictors, opts: HookOptions): Sparsity
     const logits = siteScores(site, flat(x), exact); // [B*T, W]
     const W = logits.shape[1];
     const mask = tf.reshape(ruleMask(logits, rule), [B, T, W]);
-    if (opts.onSelect) opts.onSelect(kind, layer, tf.sum(mask).dataSync()[0]!, B * T * W);
+    if (opts.onSelect) opts.onSelect(kind, layer, tf.keep(tf.sum(mask)), B * T * W);
     return { mask };
   };
   const hooks: SparsityHooks = {};

@@ -17,9 +17,9 @@ import { issueLines } from '../util/json-artifact.js';
 import { loadHostWeights, loadModel, type Model } from '../model/model.js';
 import { normalizeConfig } from '../model/config.js';
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
-import { captureBatch, type BatchCapture, type CaptureSpec } from '../activations/capture.js';
+import { captureBatch, type BatchCapture, type CaptureSpec, type LayerCapture, type LayerHost } from '../activations/capture.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
-import { getBackend } from '../backend.js';
+import { defaultModelWorkers, getBackend, hostWorkersBeside } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { fsUserError, UserError } from '../util/errors.js';
@@ -69,13 +69,23 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
   const dataHash = sha256File(cfg.data);
   // one worker per core (each with its own tfjs, host weights shared), or in-process when there is one batch at most
   const expectBatches = cfg.maxTokens ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : Infinity;
-  const nWorkers = Math.min(cfg.workers || defaultWorkers(), expectBatches);
-  let pool: WorkerPool | null = null;
+  const nWorkers = Math.min(cfg.workers || defaultModelWorkers(defaultWorkers()), expectBatches);
+  let pool: WorkerPool | null = null, hostPool: WorkerPool | null = null;
   let model: Model | null = null;
+  let layerHost: LayerHost | undefined;
   if (nWorkers > 1) {
     const host = loadHostWeights(cfg.model, { shared: true });
     pool = new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: { dir: cfg.model, host } }, 'collect worker');
-  } else model = loadModel(cfg.model);
+  } else {
+    model = loadModel(cfg.model);
+    // beside a GPU: each layer's host work (float16, bits, statistics) on the other cores, its reads moved there
+    const nHost = Math.min(hostWorkersBeside(defaultWorkers()), cfg.layers === 'all' ? model.config.layers : cfg.layers.length);
+    if (nHost > 0) {
+      const hp = hostPool = new WorkerPool(stageWorkerScript(), nHost, { backend: 'cpu', model: null, hostOnly: true }, 'collect host worker');
+      layerHost = (r, h) => hp.run<LayerCapture>(`layer ${r.layer} of the batch of sequences ${h.firstSeq}..${h.firstSeq + h.nSeq - 1}`, { kind: 'capture-layer', r, h },
+        { transfer: [...new Set([r.xa.buffer, r.xm.buffer, r.act.buffer, r.hn.buffer])] as ArrayBuffer[] });
+    }
+  }
   try {
     const c = normalizeConfig(openCheckpoint(cfg.model).rawConfig, `${cfg.model}/config.json`);
     const layers = cfg.layers === 'all' ? Array.from({ length: c.layers }, (_, i) => i) : [...new Set(cfg.layers)].sort((a, b) => a - b);
@@ -160,6 +170,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       let shardBatches: BatchRecord[] = []; // --shard: the statistics of the batches of the shard being written
       let batch: number[][] = [], batchFirst = 0;
       await pool?.ready(); // worker start-up (backend, model) is not collection time
+      await hostPool?.ready();
       const tRun = Date.now();
       let forwardMs = 0, captureMs = 0, writeMs = 0;
 
@@ -203,10 +214,12 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         if ((b.firstSeq + nSeq) % seqsPerShard === 0) await finishShard();
       };
       const inflight: Promise<BatchCapture>[] = [];
-      const maxInflight = pool ? pool.size + 1 : 0;
+      // in-process: two batches in flight, so the backend runs the next batch's forward (queued when it starts) while
+      // this thread reads back and converts the previous one's captures (a GPU's queue; on wasm the same, serially)
+      const maxInflight = pool ? pool.size + 1 : 2;
       const runBatch = async (seqs: number[][], firstSeq: number) => {
-        if (!pool) { await writeBatch(captureBatch(model!, seqs, firstSeq, spec)); return; }
-        const p = pool.run<BatchCapture>(`the batch of sequences ${firstSeq}..${firstSeq + seqs.length - 1}`, { kind: 'collect', seqs, firstSeq, spec });
+        const p = pool ? pool.run<BatchCapture>(`the batch of sequences ${firstSeq}..${firstSeq + seqs.length - 1}`, { kind: 'collect', seqs, firstSeq, spec })
+          : captureBatch(model!, seqs, firstSeq, spec, layerHost);
         p.catch(() => undefined); // awaited in order below; a failure surfaces there
         inflight.push(p);
         while (inflight.length >= maxInflight) await writeBatch(await inflight.shift()!);
@@ -275,6 +288,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
   } finally {
     model?.dispose();
     await pool?.close();
+    await hostPool?.close();
   }
 }
 

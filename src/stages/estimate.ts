@@ -90,17 +90,17 @@ export function estimateCosts(mc: ModelConfig, weights: { params: number; bytes:
 }
 
 /** A backend's matmul rate (GFLOP/s) at the model's MLP shape: [m, d] x [d, ffn]; median of 5 samples of >= 20 ms, after a warm-up. */
-export function measureMatmul(mc: ModelConfig): number {
+export async function measureMatmul(mc: ModelConfig): Promise<number> {
   const m = Math.max(16, Math.min(256, Math.round(2e8 / (2 * mc.hidden * mc.ffn))));
   const a = tf.randomNormal([m, mc.hidden]), b = tf.randomNormal([mc.hidden, mc.ffn]);
-  const once = () => { const c = tf.matMul(a, b); c.dataSync(); c.dispose(); };
+  const once = async () => { const c = tf.matMul(a, b); await c.data(); c.dispose(); }; // read asynchronously: every backend, GPUs too
   try {
-    once();
+    await once();
     const rates: number[] = [];
     for (let i = 0; i < 5; i++) {
       const t = performance.now();
       let n = 0;
-      do { once(); n++; } while (performance.now() - t < 20);
+      do { await once(); n++; } while (performance.now() - t < 20);
       rates.push((2 * m * mc.hidden * mc.ffn * n) / ((performance.now() - t) * 1e6));
     }
     return rates.sort((x, y) => x - y)[2]!;
@@ -140,7 +140,7 @@ export async function measureRates(mc: ModelConfig, workers: number, only?: Back
   const before = getBackend(), out: Rate[] = [];
   for (const b of only ? [only] : BACKEND_NAMES) {
     if (getBackend() !== b) try { await selectBackend(b); } catch { continue; }
-    const r = measureMatmul(mc);
+    const r = await measureMatmul(mc);
     out.push({ backend: b, matmulGflops: r, effectiveGflops: 0.8 * workers * r });
   }
   if (before && getBackend() !== before) await selectBackend(before);

@@ -19,7 +19,7 @@ import { normalizeConfig, type ModelConfig } from '../model/config.js';
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
 import { nllJob, type HookSpec, type NllResult } from '../eval/jobs.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
-import { getBackend } from '../backend.js';
+import { defaultModelWorkers, getBackend, hostBackend, hostWorkersBeside } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
 import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
@@ -223,8 +223,11 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): 
     // each; results are combined here in a fixed order, so the report does not depend on the worker count
     const siteJobs = preds.manifest.layers.flatMap((l) => [...(preds.mlp.has(l.layer) ? ['mlp' as const] : []), ...(preds.heads.has(l.layer) ? ['heads' as const] : [])].map((site) => ({ layer: l.layer, site })));
     const nBatches = cfg.model ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : 0;
-    const nWorkers = Math.max(1, Math.min(cfg.workers || defaultWorkers(), siteJobs.length + 11 * nBatches));
+    const nWorkers = Math.max(1, Math.min(cfg.workers || defaultModelWorkers(defaultWorkers()), siteJobs.length + 11 * nBatches));
     const pool = nWorkers > 1 && !(mode && 'replay' in mode) ? new WorkerPool(stageWorkerScript(), nWorkers, { backend: getBackend() ?? 'wasm', model: cfg.model ? { dir: cfg.model } : null }, 'evaluate worker') : null;
+    // beside a GPU (perplexity in this process, on its queue) the recall passes run on host workers (hostBackend)
+    const nHost = pool || (mode && 'replay' in mode) ? 0 : Math.min(hostWorkersBeside(defaultWorkers()), siteJobs.length);
+    const hostPool = nHost > 0 ? new WorkerPool(stageWorkerScript(), nHost, { backend: hostBackend(), model: null }, 'evaluate host worker') : null;
     let localModel: Model | null = null;
     let nllNo = 0;
     const exec = <R>(label: string, job: EvalJob): Promise<R> => {
@@ -236,7 +239,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): 
         const zeros = () => new Array<number>(m.model.config.layers).fill(0);
         return Promise.resolve({ nll: 0, count: 0, sel: { mlp: zeros(), heads: zeros(), mlpT: zeros(), headsT: zeros() } } as R);
       }
-      const p = pool ? pool.run<R>(label, job) : Promise.resolve().then(() => {
+      const p = pool ? pool.run<R>(label, job) : hostPool && job.kind === 'recall' ? hostPool.run<R>(label, job) : Promise.resolve().then(() => {
         if (job.kind === 'recall') return recallJob(job, m, preds) as R;
         localModel ??= loadModel(cfg.model!);
         return nllJob(localModel, preds, job.seqs, job.hooks) as R;
@@ -344,6 +347,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): 
     } finally {
       (localModel as Model | null)?.dispose();
       await pool?.close();
+      await hostPool?.close();
     }
   } finally {
     preds.dispose();

@@ -14,7 +14,7 @@
  */
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { readSync } from '../util/tfx.js';
+import { readAsync } from '../util/tfx.js';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
 import type { PlanConfig } from '../config/schemas.js';
@@ -55,8 +55,8 @@ const pct = (x: number, d = 2) => `${(100 * x).toFixed(d)}%`;
 const NOISE_FLOOR = 1e-4;
 
 /** Per-recall thresholds and their densities for one MLP site, from held-out activations (at most `rows` rows). */
-function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, model: string, recalls: number[],
-    rows: number): { trueDensity: number; options: { recall: number; value: number; density: number }[] } {
+async function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: number, site: LoadedSite, model: string, recalls: number[],
+    rows: number): Promise<{ trueDensity: number; options: { recall: number; value: number; density: number }[] }> {
   const F = m.dims.ffn, d = m.dims.hidden;
   const ms = readMlpSite(model, m.model.config, layer);
   const pos: number[] = [], sample: number[] = [];
@@ -66,7 +66,7 @@ function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, layer: nu
     if (n <= 0) break;
     const h = mlpInput(ms, b.xMlp, b.rows);
     const x = site.entry.input === 'h_mlp' ? h : site.entry.input === 'x_mlp' ? b.xMlp : b.xAttn;
-    const s = readSync(() => siteScores(site, tf.tensor2d(x.subarray(0, n * d), [n, d])));
+    const s = await readAsync(() => siteScores(site, tf.tensor2d(x.subarray(0, n * d), [n, d])));
     const y = labelsFor('mlp', site.entry.label, F, b);
     for (let i = 0; i < n * F; i++) { if (y[i]) { pos.push(s[i]!); positives++; } if (i % 4 === 0) sample.push(s[i]!); }
     seen += n;
@@ -90,9 +90,9 @@ function oneLayerHooks(layer: number, site: LoadedSite, kind: 'mlp' | 'heads', r
   return { heads: (i, c) => (i !== layer ? null : mask(site.sourceLayerOffset === -1 ? c.xAttnPrev : c.xAttn)) };
 }
 
-function nllOf(model: Model, seqs: number[][], batch: number, hooks?: SparsityHooks): number {
+async function nllOf(model: Model, seqs: number[][], batch: number, hooks?: SparsityHooks): Promise<number> {
   let nll = 0, count = 0;
-  for (let i = 0; i < seqs.length; i += batch) { const r = batchNll(model, seqs.slice(i, i + batch), hooks); nll += r.nll; count += r.count; }
+  for (let i = 0; i < seqs.length; i += batch) { const r = await batchNll(model, seqs.slice(i, i + batch), hooks); nll += r.nll; count += r.count; }
   return ppl({ nll, count });
 }
 
@@ -120,7 +120,7 @@ async function heldoutText(cfg: PlanConfig, model: Model, m: ReturnType<typeof r
 }
 
 /** Every layer's options with their cost (cost model) and single-layer perplexity increase (search text). */
-function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; densePpl: number } {
+async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: LayerOptions[]; densePpl: number }> {
   const { cfg, model, preds, m, costs } = x, c = model.config, sc = costs.shape;
   const arena = createArena();
   const probe = Float32Array.from({ length: c.hidden }, (_, i) => Math.sin(i * 0.37));
@@ -129,17 +129,17 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
     return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hidden}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, () => pick(probe));
   };
   const bar = x.deps.progress('plan: options', c.layers);
-  const densePpl = nllOf(model, search, cfg.batchSize);
+  const densePpl = await nllOf(model, search, cfg.batchSize);
   const dp = x.dppl;
-  const measure = (hooks: SparsityHooks) => nllOf(model, search, cfg.batchSize, hooks) / densePpl - 1;
+  const measure = async (hooks: SparsityHooks) => (await nllOf(model, search, cfg.batchSize, hooks)) / densePpl - 1;
   let layer = 0;
-  const increase = (hooks: SparsityHooks, label: string) => {
+  const increase = async (hooks: SparsityHooks, label: string) => {
     const key = `${layer}|${label}`;
     if (dp && 'replay' in dp) {
       if (!(key in dp.replay)) throw new UserError(`the plan shards hold no single-layer perplexity for layer ${layer}, ${label}`, 'merge the shards of one plan run');
       return dp.replay[key]!;
     }
-    const v = measure(hooks);
+    const v = await measure(hooks);
     if (dp) dp.record[key] = v;
     return v;
   };
@@ -152,14 +152,14 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
       const mlp: Option<MlpOption>[] = [{ what: { mode: 'dense' }, label: 'dense', density: 1, ms: mlpMs(sc, 'dense', 1), dppl: 0 }];
       let trueDensity = NaN;
       if (ms && hasLowRankWeights(ms.entry.family)) {
-        const cal = calibrateMlp(cfg.activations, m, i, ms, cfg.model, cfg.recalls, cfg.calibrationRows);
+        const cal = await calibrateMlp(cfg.activations, m, i, ms, cfg.model, cfg.recalls, cfg.calibrationRows);
         trueDensity = cal.trueDensity;
         for (const o of cal.options.filter((q) => Number.isFinite(q.value))) {
           const rule: SelectionRule = { kind: 'threshold', value: o.value };
           const label = `predicted r${ms.entry.rank} @ recall ${o.recall}`;
           mlp.push({
             what: { mode: 'predicted', rule, recall: o.recall }, label, density: o.density,
-            ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: increase(oneLayerHooks(i, ms, 'mlp', rule), label),
+            ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: await increase(oneLayerHooks(i, ms, 'mlp', rule), label),
           });
         }
         // the rule train-predictors calibrated (a per-token top-k or a threshold), at its validation recall and density
@@ -168,7 +168,7 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
           const v = ms.entry.validation, label = `predicted r${ms.entry.rank}, trained rule ${ruleText(tr)} (recall ${v.recall.toFixed(3)})`;
           mlp.push({
             what: { mode: 'predicted', rule: tr, recall: v.recall }, label,
-            density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: increase(oneLayerHooks(i, ms, 'mlp', tr), label),
+            density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: await increase(oneLayerHooks(i, ms, 'mlp', tr), label),
           });
         }
       }
@@ -181,7 +181,7 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
         const rule: SelectionRule = { kind: 'topk', k };
         heads.push({
           what: { mode: 'predicted', rule }, label: `top ${k}/${c.heads} heads`, density: k / c.heads,
-          ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: increase(oneLayerHooks(i, hs!, 'heads', rule), `top ${k}/${c.heads} heads`),
+          ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: await increase(oneLayerHooks(i, hs!, 'heads', rule), `top ${k}/${c.heads} heads`),
         });
       }
       options.push({ mlp, heads });
@@ -321,7 +321,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     const sc = costs.shape;
     deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
     const x: Ctx = { cfg, deps, model, preds, m, costs, ...(cfg.shard ? { dppl: { shard: cfg.shard, record: {} } } : replay ? { dppl: { replay } } : {}) };
-    const { options, densePpl } = measureOptions(x, search);
+    const { options, densePpl } = await measureOptions(x, search);
     if (x.dppl && 'shard' in x.dppl) { // a shard: its layers' single-layer perplexities only
       const { out: _o, shard: _s, overwrite: _w, backend: _b, ...run } = cfg;
       const file = sealed({ kind: 'dejavu-plan-shard', toolVersion: VERSION, run: sha256(JSON.stringify({ run, predictorsSha256 })), config: { ...cfg }, shard: cfg.shard!, dppl: x.dppl.record });

@@ -20,7 +20,7 @@ import { stageWorkerScript } from './worker-script.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { sha256, sha256File } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
-import { getBackend } from '../backend.js';
+import { getBackend, onHostBackend } from '../backend.js';
 import { assertFinitePredictor, checkMetrics } from '../predictors/finite.js';
 
 /**
@@ -98,6 +98,10 @@ function helpedExec(pool: WorkerPool): MlpExec & { done: number[] } {
 }
 
 export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
+  return onHostBackend(deps.log, 'train-predictors', () => train(cfg, deps));
+}
+
+async function train(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
   const t0 = Date.now();
   const m = readManifest(cfg.activations);
   const manifestHash = sha256File(path.join(cfg.activations, 'manifest.json'));

@@ -1,5 +1,5 @@
 /**
- * The stages' worker thread: one tfjs (wasm: single-threaded under Node) per worker, serving jobs from a
+ * The stages' worker thread: one tfjs (the parent's backend; wasm: single-threaded under Node) per worker, serving jobs from a
  * WorkerPool (src/util/pool.ts): a collection batch, a layer's head predictor, a piece of a layer's MLP fit, an evaluation
  * recall pass or perplexity batch. The model (host weights shared with the parent when it sends them), manifests
  * and predictors are loaded once per worker.
@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { ensureBackend, type BackendPreference } from '../backend.js';
 import type { ActivationsManifest } from '../activations/dataset.js';
-import type { CaptureSpec } from '../activations/capture.js';
+import type { CaptureSpec, LayerHostSpec, LayerReads } from '../activations/capture.js';
 import type { TrainConfig } from '../config/schemas.js';
 import type { HostWeights, Model } from '../model/model.js';
 import type { LoadedPredictors } from '../predictors/hooks.js';
@@ -29,9 +29,11 @@ const mods = {
   evaluate: () => import('./evaluate.js'),
 };
 
-interface Init { backend: BackendPreference; workerIndex: number; model?: { dir: string; host?: HostWeights } | null }
+/** hostOnly: a worker beside a GPU that does the captures' host work (no model, no tfjs work) */
+interface Init { backend: BackendPreference; workerIndex: number; model?: { dir: string; host?: HostWeights } | null; hostOnly?: boolean }
 type Job =
   | { kind: 'collect'; seqs: number[][]; firstSeq: number; spec: CaptureSpec }
+  | { kind: 'capture-layer'; r: LayerReads; h: LayerHostSpec }
   | { kind: 'train'; dir: string; cfg: TrainConfig; layer: number; site: 'mlp' | 'heads' }
   | MlpJob
   | EvalJob;
@@ -53,6 +55,7 @@ const preds = async (dir: string) => { if (!predictors.has(dir)) predictors.set(
 serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
   switch (job.kind) {
     case 'collect': return (await mods.capture()).captureBatch(await theModel(), job.seqs, job.firstSeq, job.spec);
+    case 'capture-layer': return (await mods.capture()).captureLayer(job.r, job.h);
     case 'train': {
       let pending = 0;
       return (await mods.trainLayer()).trainLayer(job.dir, await manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } },
@@ -63,7 +66,8 @@ serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
     case 'nll': return (await mods.evalJobs()).nllJob(await theModel(), await preds(job.predictors), job.seqs, job.hooks);
   }
 }, isUserError, async () => {
-  await ensureBackend(init.backend === 'tensorflow' ? 'tensorflow' : init.backend === 'cpu' ? 'cpu' : 'wasm');
+  if (init.hostOnly) { await mods.capture(); return; }
+  await ensureBackend(init.backend); // the parent's backend (a GPU: each worker its own device on the one GPU queue)
   // the first job's modules now: a collection's batches are timed from the first; a train pool (no model) fits MLPs
   if (init.model) { await theModel(); await mods.capture(); } else await mods.mlpJobs();
 });
