@@ -12,7 +12,7 @@ import { UserError } from '../util/errors.js';
 import { mulberry32 } from '../util/random.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../model/forward.js';
 import type { Model } from '../model/model.js';
-import { DecodeSession, denseModes, sessionFromPrefill, type DecodeCounts, type DecodeModes } from './decoder.js';
+import { DecodeSession, denseModes, sessionFromPrefill, zeroCounts, type DecodeCounts, type DecodeModes } from './decoder.js';
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -121,7 +121,7 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
 export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): { nll: number; count: number; counts: DecodeCounts } {
   let nll = 0, count = 0;
   const V = model.config.vocabSize;
-  const counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
+  const counts: DecodeCounts = zeroCounts();
   for (const seq of seqs) {
     const s = new DecodeSession(model, modes ?? denseModes(model.config.layers), 1);
     try {
