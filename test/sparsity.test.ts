@@ -26,10 +26,18 @@ function refDecode(cfg: HFConfig, w: NaiveWeights, ids: number[], sites: RefSite
   const d = cfg.hidden_size as number, H = cfg.num_attention_heads as number, KV = cfg.num_key_value_heads as number, hd = cfg.head_dim as number, F = cfg.intermediate_size as number;
   const V = cfg.vocab_size as number, eps = cfg.rms_norm_eps as number, theta = cfg.rope_parameters.rope_theta as number, L = cfg.num_hidden_layers as number;
   const W = (n: string) => w.get(n)!.data;
-  const lin = (M: Float64Array, x: Float64Array, out: number) => { const n = x.length, y = new Float64Array(out); for (let o = 0; o < out; o++) { let s = 0; for (let i = 0; i < n; i++) s += M[o * n + i]! * x[i]!; y[o] = s; } return y; };
+  const lin = (M: Float64Array, x: Float64Array, out: number) => {
+    const n = x.length, y = new Float64Array(out);
+    for (let o = 0; o < out; o++) { let s = 0; for (let i = 0; i < n; i++) s += M[o * n + i]! * x[i]!; y[o] = s; }
+    return y;
+  };
   const rms = (x: Float64Array, g: Float64Array) => { let q = 0; for (const v of x) q += v * v; const r = 1 / Math.sqrt(q / x.length + eps); return x.map((v, i) => v * r * g[i]!); };
   /** column norms of [out, in] matrices over all of them */
-  const colNorms = (ms: Float64Array[], n: number) => { const out = new Float64Array(n); for (const M of ms) { const o = M.length / n; for (let r = 0; r < o; r++) for (let i = 0; i < n; i++) out[i]! += M[r * n + i]! ** 2; } return out.map(Math.sqrt); };
+  const colNorms = (ms: Float64Array[], n: number) => {
+    const out = new Float64Array(n);
+    for (const M of ms) for (let r = 0; r < M.length / n; r++) for (let i = 0; i < n; i++) out[i]! += M[r * n + i]! ** 2;
+    return out.map(Math.sqrt);
+  };
   const mask = (x: Float64Array, t: number | undefined, norms: Float64Array | null) => (t === undefined ? x : x.map((v, i) => (Math.abs(v) * (norms ? norms[i]! : 1) >= t ? v : 0)));
   const rope = (x: Float64Array, heads: number, p: number) => {
     const half = hd / 2;
