@@ -51,8 +51,15 @@ export interface InputThreshold { t: number; wina?: boolean | undefined }
 export interface LayerInputs { attn?: InputThreshold | undefined; o?: InputThreshold | undefined; mlp?: InputThreshold | undefined; down?: InputThreshold | undefined }
 export const INPUT_SITES = ['attn', 'o', 'mlp', 'down'] as const;
 export type InputSite = (typeof INPUT_SITES)[number];
+/** where thresholds apply: the four input sites and the gate (CATS: the raw gate, before its activation) */
+export type SiteName = InputSite | 'gate';
+/**
+ * sees each site's input vector as computed (calibration); called in the MLP's full path (every neuron computed: dense,
+ * lossless ungated, the input-major modes) and at every attention; `x` is reused after the call
+ */
+export type SiteObserver = (layer: number, site: SiteName, x: Float32Array, n: number) => void;
 /** per layer */
-export interface DecodeModes { mlp: MlpStep[]; heads: HeadStep[]; inputs?: (LayerInputs | undefined)[] | undefined }
+export interface DecodeModes { mlp: MlpStep[]; heads: HeadStep[]; inputs?: (LayerInputs | undefined)[] | undefined; observe?: SiteObserver | undefined }
 
 /** the weight names (DecodeOptions.inputMajor) a layer's input sites need stored input-major (o and down always are) */
 export function inputMajorNames(modes: Pick<DecodeModes, 'inputs'>, gated: boolean): Set<string> {
@@ -255,6 +262,7 @@ export class DecodeSession {
       const L = w.layers[i]!;
       // attention block
       if (c.preNorm) normInto(c, s.x, L.ln1, s.h); else s.h.set(s.x);
+      this.modes.observe?.(i, 'attn', s.h, d);
       const ia = this.inputs[i]?.attn;
       const kin = ia ? keepInputs(s.h, d, ia.t, this.norms[i]!.attn, s.xi, s.xc) : -1; // q/k/v's kept inputs (-1: all)
       this.appendKV(L, i, b, r, kin);
@@ -328,6 +336,7 @@ export class DecodeSession {
     this.headNorm(s.q, n, L.qNorm);
     if (this.invFreq) ropeHost(s.q, n, c.headDim, c.ropeDim, s.cos, s.sin);
     this.kv.attend(b, i, r.n + 1, r.valid, heads, s.q, s.ctx, firstVisible(c, i, r.n));
+    this.modes.observe?.(i, 'o', s.ctx, n * hd);
     if (L.oBias) y.set(L.oBias); else y.fill(0, 0, c.hidden);
     const io = this.inputs[i]?.o, W = L.o.n * L.o.d;
     this.counts.weightsTotal += W;
@@ -392,11 +401,12 @@ export class DecodeSession {
       rowCount(L.gate, F); rowCount(L.up, k);
     } else {
       // every neuron's first projections (input-major: from the MLP input's kept entries only)
-      const mi = sites?.mlp;
+      const mi = sites?.mlp, obs = this.modes.observe;
+      obs?.(i, 'mlp', s.h2, d);
       const kin = mi ? keepInputs(s.h2, d, mi.t, this.norms[i]!.mlp, s.xi, s.xc) : -1;
       this.proj(L.up, im, s.h2, kin, a, L.upBias);
-      if (L.gate) this.proj(L.gate, im, s.h2, kin, s.g, L.gateBias);
-      if (m.mode === 'dense') mlpActHost(act, a, F, L.gate ? s.g : null);
+      if (L.gate) { this.proj(L.gate, im, s.h2, kin, s.g, L.gateBias); obs?.(i, 'gate', s.g, F); }
+      if (m.mode === 'dense') { mlpActHost(act, a, F, L.gate ? s.g : null); obs?.(i, 'down', a, F); }
       else if (m.mode === 'lossless') { mlpActHost(act, a, F, L.gate ? s.g : null); k = nonzeros(a, F, s.ids, s.coef); vals = s.coef; ids = s.ids; }
       else if (m.mode === 'gate-threshold') {
         k = this.keepGate(m.t); vals = s.coef; ids = s.ids;
