@@ -31,7 +31,11 @@ export const COSTS_FORMAT_VERSION = 1;
 const pairs = z.array(z.tuple([z.number(), z.number().nonnegative()]));
 const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs.min(2), select: pairs.min(2), heads: pairs,
     context: z.number().int().positive(), measuredAt: z.string() });
-const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()) });
+const siteCostSchema = z.strictObject({ denseMs: z.number().positive(), sparse: pairs.min(2) });
+const siteCostsSchema = z.strictObject({ attn: siteCostSchema, o: siteCostSchema, mlp: siteCostSchema, down: siteCostSchema });
+const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()),
+  /** the input sites' kernels (issue 22), by the same key as `shapes` */
+  sites: z.record(z.string(), siteCostsSchema).optional() });
 export type ShapeCosts = z.infer<typeof shapeCostsSchema>;
 type CostsFile = z.infer<typeof costsFileSchema>;
 
@@ -153,6 +157,8 @@ function measureShape(model: Model, context: number): ShapeCosts {
 
 export interface CostModel {
   shape: ShapeCosts;
+  /** the input sites' kernel costs (when kernelCosts was given the input-major copy) */
+  sites?: SiteCosts;
   /** true when read from the cache */
   cached: boolean;
   file: string;
@@ -165,7 +171,7 @@ export interface CostModel {
  * The cost model for this model's shapes, from the cache or measured now. Cached costs that do not fit together
  * (shapeProblems; a predictor call not cheaper than the whole step) are measured again, and `note` says why.
  */
-export function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void } = {}): CostModel {
+export function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void; sparse?: Model } = {}): CostModel {
   if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
   const c = model.config, file = o.file ?? costCacheFile(), note = o.note ?? (() => undefined);
   const cache = readCache(file, note);
@@ -185,8 +191,15 @@ export function kernelCosts(model: Model, context: number, o: { file?: string; n
     cache.shapes[key] = shape; dirty = true;
   }
   const stepMs = shape.stepMs;
+  let sites: SiteCosts | undefined;
+  if (o.sparse) {
+    sites = cache.sites?.[key];
+    const siteBad = sites ? Object.values(sites).some((t) => t.denseMs >= stepMs || t.sparse.some(([, ms]) => ms >= stepMs)) : false;
+    if (siteBad) note(`the cached input-site kernel costs in ${file} are not less than the whole step (${stepMs} ms); measuring them again`);
+    if (!sites || siteBad) { sites = siteCosts(model, o.sparse); (cache.sites ??= {})[key] = sites; dirty = true; }
+  }
   return {
-    shape, cached, file,
+    shape, cached, file, ...(sites ? { sites } : {}),
     predictorMs(pkey, run) {
       const k = `${machine()}|${model.decode!.kernel}|${pkey}`;
       const was = cache.predictors[k];
@@ -239,14 +252,14 @@ export function alternatingStepMs(model: Model | Model[], sets: DecodeModes[], t
 }
 
 /** [density, ms] of one site's matrices in layer 0: every input read (the dense layout) and only a share of them (input-major rows) */
-export interface SiteCost { denseMs: number; sparse: [number, number][] }
+export type SiteCost = z.infer<typeof siteCostSchema>;
 /** the input sites' kernel costs (issue 22): q/k/v together, o, the MLP's first projections together, down */
-export type SiteCosts = Record<'attn' | 'o' | 'mlp' | 'down', SiteCost>;
+export type SiteCosts = z.infer<typeof siteCostsSchema>;
 
 /**
  * The input-threshold sites' kernels timed at this model's shapes: the dense model's own products (matvec / axpy over
  * every input) and, on a model whose site matrices are stored input-major, the threshold scan plus axpy over a share
- * of the inputs, at densities 0.1 .. 0.9. Not cached (a few seconds).
+ * of the inputs, at densities 0.1 .. 0.9 (kernelCosts caches them with the model's other costs).
  */
 export function siteCosts(dense: Model, sparse: Model): SiteCosts {
   const D = dense.decode!.layers[0]!, S = sparse.decode!.layers[0]!, c = dense.config;

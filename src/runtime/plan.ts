@@ -18,6 +18,7 @@ import { topKRow, type SelectionRule } from '../predictors/metrics.js';
 import { rowMatrix, type RowMatrix } from '../model/kernels/rows.js';
 import { createArena, type WasmArena } from '../model/kernels/wasm/kernels.js';
 import { transpose2d } from '../util/transpose.js';
+import { sitePointSchema } from './sites-report.js';
 import { inputMajorNames, type DecodeModes, type HeadStep, type LayerInputs, type MlpStep } from './decoder.js';
 
 export const PLAN_FORMAT_VERSION = 1;
@@ -203,6 +204,8 @@ export const planFileSchema = z.looseObject({
   plan: runtimePlanSchema,
   /** the search's path: each accepted move with the plan's estimated speedup and perplexity increase */
   frontier: z.array(z.looseObject({ step: z.number().int().nonnegative(), move: z.string(), speedup: z.number().positive(), pplIncrease: z.number() })),
+  /** the threshold sites' sparsity-vs-perplexity frontier per layer and site, and what the plan chose (absent: no sites searched) */
+  sites: z.array(sitePointSchema).optional(),
   /** the file's seal (util/seal): sha256 of its canonical JSON less this field; an edited plan is refused */
   sealSha256: z.string().regex(/^[0-9a-f]{64}$/),
 });

@@ -1,7 +1,7 @@
 import type { StageResult } from './types.js';
 import { loadBundlePredictors } from '../bundle/bundle.js';
-import { loadModel } from '../model/model.js';
-import { decodeModes } from '../runtime/plan.js';
+import { loadModel, type Model } from '../model/model.js';
+import { decodeModes, planInputMajor, type BuiltModes } from '../runtime/plan.js';
 import { generate } from '../runtime/generate.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { UserError } from '../util/errors.js';
@@ -11,12 +11,14 @@ import type { StageDeps } from '../util/progress.js';
 /** Flags validated by generateSchema (src/config/schemas.ts). */
 export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<StageResult> {
   const tok = loadTokenizer(o.model);
-  const model = loadModel(o.model, { decode: true });
   const preds = o.bundle ? loadBundlePredictors(o.bundle, o.model) : null;
   // the bundle's plan when it has one, else each layer's trained rule; no bundle: every layer dense
   const plan = preds?.bundle.plan ?? null;
-  const built = decodeModes(model.config, preds, plan);
+  let model: Model | null = null, built: BuiltModes | null = null;
   try {
+    // the plan's input-threshold sites read their matrices input-major (one row per input)
+    model = loadModel(o.model, { decode: { inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
+    built = decodeModes(model.config, preds, plan);
     const bos = tok.bos !== undefined ? tok.bos : model.config.bosTokenId; // what transformers' tokenizer prepends
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
     const P = model.config.maxPositions;
@@ -30,17 +32,18 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
       : [];
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
     const tps = (r.decodeSteps * prompts.length) / Math.max(1e-3, r.decodeMs / 1000);
-    const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal);
+    const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal), weightShare = sel.weightsRead / Math.max(1, sel.weightsTotal);
     deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
-      (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%` : ''));
+      (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%, decoder-layer weights read ${(weightShare * 100).toFixed(1)}%` : ''));
     return {
       text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
       notes,
-      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1, plan: Boolean(plan) },
+      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1,
+        weightShare: preds ? weightShare : 1, plan: Boolean(plan) },
     };
   } finally {
-    built.dispose();
+    built?.dispose();
     preds?.dispose();
-    model.dispose();
+    model?.dispose();
   }
 }
