@@ -247,7 +247,9 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
               dppl: increase(siteIncrease(i, null, { down: { t: down.threshold, wina } }), lDown) });
             for (const [key, s2, label] of [['attn', 'attn', 'q/k/v input'], ['o', 'o', 'o input'], ['mlpIn', 'mlp', 'MLP input']] as const) {
               const what = site(s2), l2 = `${label} ${tag}`;
-              if (what.threshold > 0) sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl: increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2) });
+              if (what.threshold > 0) {
+                sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl: increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2) });
+              }
             }
           }
         }
@@ -411,7 +413,8 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
       choice.dense();
       planMs = denseMs; p = densePpl; read = shares(dv.counts);
     }
-    return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs, ...read }, fallback };
+    const verified = { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs, ...read };
+    return { verified, fallback };
   } finally { for (const m of copies.values()) m.dispose(); }
 }
 
@@ -431,7 +434,8 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     if (!sameFingerprint(m.model.fingerprint, preds.manifest.model.fingerprint))
       throw new UserError(`activations in ${cfg.activations} come from another checkpoint than the predictors`, 'pass held-out activations of the same checkpoint');
     const { search, verify } = await heldoutText(cfg, model, m);
-    if (cfg.sites) sparse = loadModel(cfg.model, { decode: { inputMajor: inputMajorNames({ inputs: Array.from({ length: model.config.layers }, () => ({ attn: { t: 0 }, mlp: { t: 0 } })) }, model.config.gated) } });
+    const everySite = { inputs: Array.from({ length: model.config.layers }, () => ({ attn: { t: 0 }, mlp: { t: 0 } })) };
+    if (cfg.sites) sparse = loadModel(cfg.model, { decode: { inputMajor: inputMajorNames(everySite, model.config.gated) } });
     const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)), { note: (s) => deps.log(`plan: ${s}`), ...(sparse ? { sparse } : {}) });
     const sc = costs.shape;
     deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
