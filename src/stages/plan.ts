@@ -248,7 +248,8 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
             for (const [key, s2, label] of [['attn', 'attn', 'q/k/v input'], ['o', 'o', 'o input'], ['mlpIn', 'mlp', 'MLP input']] as const) {
               const what = site(s2), l2 = `${label} ${tag}`;
               if (what.threshold > 0) {
-                sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl: increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2) });
+                const dppl = increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2);
+                sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl });
               }
             }
           }
