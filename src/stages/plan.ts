@@ -535,7 +535,8 @@ function planReport(plan: RuntimePlan, options: LayerOptions[], choice: { mlp: n
   const v = plan.verified;
   const lines = [
     `# Runtime plan (budget +${pct(cfg.maxPplIncrease)} perplexity)`, '',
-    `Verified by the runtime on ${v.tokens} held-out tokens the search did not see: perplexity ${v.perplexity.toFixed(4)} vs dense ${v.densePerplexity.toFixed(4)} (**${v.pplIncrease >= 0 ? '+' : ''}${pct(v.pplIncrease, 3)}**), decode ${v.stepMs.toFixed(3)} vs ${v.denseStepMs.toFixed(3)} ms/token (**${v.speedup.toFixed(2)}x**).`,
+    `Verified by the runtime on ${v.tokens} held-out tokens the search did not see: perplexity ${v.perplexity.toFixed(4)} vs dense ${v.densePerplexity.toFixed(4)} (**${v.pplIncrease >= 0 ? '+' : ''}${pct(v.pplIncrease, 3)}**), decode ${v.stepMs.toFixed(3)} vs ${v.denseStepMs.toFixed(3)} ms/token (**${v.speedup.toFixed(2)}x**)` +
+      (v.weightBytesShare !== undefined ? `; decoder-layer weights read per token ${pct(v.weightBytesShare, 1)} of dense (whole step ${pct(v.stepWeightBytesShare!, 1)}).` : '.'),
     `Cost model: ${plan.estimate.stepMs.toFixed(3)} vs ${plan.estimate.denseStepMs.toFixed(3)} ms/token (${plan.estimate.speedup.toFixed(2)}x); summed single-layer perplexity increases +${pct(plan.estimate.pplIncrease, 3)} (search text, dense ${searchDensePpl.toFixed(4)}). ${seconds.toFixed(0)} s.`, '',
     '| layer | MLP mode | rule | MLP density | heads | est. MLP ms | est. head ms change | perplexity alone | share of budget |', '|---:|---|---|---:|---|---:|---:|---:|---:|',
   ];
