@@ -66,11 +66,13 @@ describe('plan with threshold sites (Llama fixture)', () => {
     } finally { model.dispose(); dense.dispose(); preds.dispose(); }
     // the frontier: every layer's sites at both sparsities, the chosen ones marked, in plan.json and report.md
     const sites = f.sites!;
-    for (const site of ['attn', 'o', 'mlp', 'down', 'gate'] as const) expect(sites.filter((s) => s.site === site).length, site).toBe(4 * 2);
+    // (an option the cost model finds no faster than dense is not measured)
+    for (const site of ['attn', 'o', 'mlp', 'down', 'gate'] as const) expect(sites.filter((s) => s.site === site).length, site).toBeLessThanOrEqual(4 * 2);
+    expect(sites.filter((s) => s.site === 'down').length).toBeGreaterThan(0);
     for (const l of withInputs) for (const [k, v] of Object.entries(l.inputs!)) expect(sites.find((s) => s.layer === l.layer && s.site === k && s.chosen)?.threshold).toBe(v.threshold);
     const md = fs.readFileSync(path.join(D.plan, 'report.md'), 'utf8');
     expect(md).toMatch(/## Threshold sites: sparsity vs perplexity/);
-    expect(md).toMatch(/\| 0 \| down input \| \\\|x\\\| \| [+-][\d.]+%/);
+    expect(md).toMatch(/\| \d \| down input \| \\\|x\\\| \| (\*\*)?[+-][\d.]+%/);
   });
 
   it('export-bundle seals the thresholds: the bundle verifies, an edited threshold fails verify-bundle (exit 2); generate runs the plan', async () => {

@@ -234,7 +234,9 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
         const sc2 = st.costs, scores = cfg.siteScore === 'both' ? (['abs', 'wina'] as const) : [cfg.siteScore];
         for (const sp of cfg.siteSparsities) {
           const name = `${Math.round(100 * sp)}%`;
-          if (c.gated) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
+          // an option the cost model says is not faster than dense is never chosen: its perplexity is not measured
+          const denseMlpMs = mlp[0]!.ms;
+          if (c.gated && mlpMs(sc, 'predicted', 1 - sp) < denseMlpMs) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
             const t = thresholdAt(st.cal, i, 'gate', sp), label = `gate threshold ${name}`;
             mlp.push({ what: { mode: 'gate-threshold', threshold: t, sparsity: sp }, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: increase(siteIncrease(i, { mode: 'gate-threshold', t }, {}), label) });
           }
@@ -243,11 +245,12 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
             const site = (s2: 'attn' | 'o' | 'mlp' | 'down'): InputSitePlan => ({ mode: 'input-threshold', score, threshold: thresholdAt(st.cal, i, s2, sp, wina), sparsity: sp });
             const down = site('down'), lDown = `down input ${tag}`;
             // the MLP's first projections in full, then the down rows of the inputs kept (a threshold of 0 is the lossless mode)
-            if (down.threshold > 0) mlp.push({ what: { mode: 'down-threshold', site: down }, label: lDown, density: 1 - sp, ms: mlpMs(sc, 'dense', 1) - siteMs(sc2.down, 1) + siteMs(sc2.down, 1 - sp),
+            const downMs = mlpMs(sc, 'dense', 1) - siteMs(sc2.down, 1) + siteMs(sc2.down, 1 - sp);
+            if (down.threshold > 0 && downMs < denseMlpMs) mlp.push({ what: { mode: 'down-threshold', site: down }, label: lDown, density: 1 - sp, ms: downMs,
               dppl: increase(siteIncrease(i, null, { down: { t: down.threshold, wina } }), lDown) });
             for (const [key, s2, label] of [['attn', 'attn', 'q/k/v input'], ['o', 'o', 'o input'], ['mlpIn', 'mlp', 'MLP input']] as const) {
               const what = site(s2), l2 = `${label} ${tag}`;
-              if (what.threshold > 0) {
+              if (what.threshold > 0 && siteMs(sc2[s2], 1 - sp) < siteMs(sc2[s2], 1)) {
                 const dppl = increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2);
                 sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl });
               }
