@@ -234,9 +234,10 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
         const sc2 = st.costs, scores = cfg.siteScore === 'both' ? (['abs', 'wina'] as const) : [cfg.siteScore];
         for (const sp of cfg.siteSparsities) {
           const name = `${Math.round(100 * sp)}%`;
-          // an option the cost model says is not faster than dense is never chosen: its perplexity is not measured
+          // an option the cost model says is not faster than dense is never chosen (objective time): its perplexity is not measured
           const denseMlpMs = mlp[0]!.ms;
-          if (c.gated && mlpMs(sc, 'predicted', 1 - sp) < denseMlpMs) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
+          const faster = (ms: number, than: number) => cfg.objective === 'bytes' || ms < than;
+          if (c.gated && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
             const t = thresholdAt(st.cal, i, 'gate', sp), label = `gate threshold ${name}`;
             mlp.push({ what: { mode: 'gate-threshold', threshold: t, sparsity: sp }, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: increase(siteIncrease(i, { mode: 'gate-threshold', t }, {}), label) });
           }
@@ -246,11 +247,11 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
             const down = site('down'), lDown = `down input ${tag}`;
             // the MLP's first projections in full, then the down rows of the inputs kept (a threshold of 0 is the lossless mode)
             const downMs = mlpMs(sc, 'dense', 1) - siteMs(sc2.down, 1) + siteMs(sc2.down, 1 - sp);
-            if (down.threshold > 0 && downMs < denseMlpMs) mlp.push({ what: { mode: 'down-threshold', site: down }, label: lDown, density: 1 - sp, ms: downMs,
+            if (down.threshold > 0 && faster(downMs, denseMlpMs)) mlp.push({ what: { mode: 'down-threshold', site: down }, label: lDown, density: 1 - sp, ms: downMs,
               dppl: increase(siteIncrease(i, null, { down: { t: down.threshold, wina } }), lDown) });
             for (const [key, s2, label] of [['attn', 'attn', 'q/k/v input'], ['o', 'o', 'o input'], ['mlpIn', 'mlp', 'MLP input']] as const) {
               const what = site(s2), l2 = `${label} ${tag}`;
-              if (what.threshold > 0 && siteMs(sc2[s2], 1 - sp) < siteMs(sc2[s2], 1)) {
+              if (what.threshold > 0 && faster(siteMs(sc2[s2], 1 - sp), siteMs(sc2[s2], 1))) {
                 const dppl = increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2);
                 sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl });
               }
@@ -272,7 +273,9 @@ class Choice {
   readonly frontier: PlanFile['frontier'] = [];
   private readonly history: { layer: number; site: Site; from: number }[] = [];
   private readonly fixedMs: number;
-  constructor(private readonly options: LayerOptions[], readonly stepMs: number, private readonly gated: boolean) {
+  /** `gain`: the share of the dense step a move saves (time: the cost model's ms; bytes: the weights read per token) */
+  constructor(private readonly options: LayerOptions[], readonly stepMs: number, private readonly gated: boolean,
+      private readonly gain: (site: Site, from: Option<MlpOption | HeadOption | InputOption>, to: Option<MlpOption | HeadOption | InputOption>) => number = (_s, a, b) => (a.ms - b.ms) / stepMs) {
     // everything but the MLPs (attention at every head, norms, LM head) from the dense step
     this.fixedMs = stepMs - options.reduce((s, o) => s + o.mlp[0]!.ms, 0);
     // start: each layer's cheapest lossless option (dense or lossless)
@@ -309,8 +312,8 @@ class Choice {
       for (let i = 0; i < this.options.length; i++) for (const site of SITES) {
         const cur = this.option(i, site);
         this.options[i]![site].forEach((o, j) => {
-          const saved = cur.ms - o.ms, extra = charge(o) - charge(cur);
-          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved / this.stepMs < minRate * extra) || !this.fits(i, site, j)) return;
+          const saved = this.gain(site, cur, o), extra = charge(o) - charge(cur);
+          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved < minRate * extra) || !this.fits(i, site, j)) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
@@ -349,6 +352,23 @@ class Choice {
         expected: { mlpDensity: mo.density, headDensity: ho.density, mlpMs: Math.max(0, mo.ms), headDeltaMs: ho.ms, pplIncrease },
       } satisfies LayerPlan;
     });
+  }
+}
+
+/**
+ * Weights an option reads per token (cfg.objective bytes): mlp = the whole MLP's; heads and input sites = the change
+ * from dense (negative: saved). Predictors' own weights are left out.
+ */
+function weightsOf(c: Model['config'], site: Site, o: Option<MlpOption | HeadOption | InputOption>): number {
+  const d = c.hidden, F = c.ffn, hd = c.headDim, first = (c.gated ? 2 : 1) * d * F, down = F * d, w = o.what, p = o.density;
+  if (w.mode === 'dense') return site === 'mlp' ? first + down : 0;
+  switch (site) {
+    case 'mlp': return w.mode === 'lossless' ? (c.gated ? d * F * (1 + p) : first) + p * down : w.mode === 'predicted' ? p * (first + down)
+      : w.mode === 'gate-threshold' ? d * F + p * (d * F + down) : first + p * down;
+    case 'heads': return -(1 - p) * 2 * d * c.heads * hd;
+    case 'attn': return -(1 - p) * d * (c.heads + 2 * c.kvHeads) * hd;
+    case 'o': return -(1 - p) * c.heads * hd * d;
+    case 'mlpIn': return -(1 - p) * first;
   }
 }
 
@@ -460,7 +480,9 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
       await writeOutput(out, cfg.out, (tmp) => writeArtifact(planShardSchema, file, path.join(tmp, 'plan.json'), 'plan shard'));
       return { text: `plan shard ${cfg.shard!.index}/${cfg.shard!.count}: ${Object.keys(x.dppl.record).length} single-layer perplexities in ${cfg.out}`, json: file };
     }
-    const choice = new Choice(options, sc.stepMs, model.config.gated);
+    const wc = model.config, w0 = model.decode!, stepWeights = wc.layers * weightsOf(wc, 'mlp', options.find((o) => o.mlp.length)?.mlp[0] ?? { what: { mode: 'dense' }, label: '', density: 1, ms: 0, dppl: 0 })
+      + wc.layers * wc.hidden * (2 * wc.heads + 2 * wc.kvHeads) * wc.headDim + w0.lmHead.n * w0.lmHead.d;
+    const choice = new Choice(options, sc.stepMs, wc.gated, cfg.objective === 'bytes' ? (site, a, b) => (weightsOf(wc, site, a) - weightsOf(wc, site, b)) / stepWeights : undefined);
     choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl);
     const { verified, fallback } = verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
