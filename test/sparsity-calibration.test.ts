@@ -54,7 +54,7 @@ describe('site calibration', () => {
       const cal = calibrateSites(model, await seqs('data/calibration.jsonl', 32));
       expect(cal.tokens).toBe(32 * 256);
       const held = await seqs('data/heldout.jsonl', 64);
-      const ppl = (m: DecodeModes, on = model) => { const r = decodeNll(on, held, m); return { ppl: Math.exp(r.nll / r.count), read: r.counts.weightsRead / r.counts.weightsTotal }; };
+      const ppl = (m: DecodeModes, on = model) => { const r = decodeNll(on, held, m); return { ppl: Math.exp(r.nll / r.count), read: r.weights.weightsRead / r.weights.weightsTotal }; };
       const dense = ppl(denseModes(c.layers)).ppl;
       expect(Math.abs(dense / REF.dense - 1)).toBeLessThan(1e-4);
       const SITES: Record<string, InputSite[]> = { 'teal-all': ['attn', 'o', 'mlp', 'down'], 'teal-attn': ['attn', 'o'], 'down-in': ['down'] };

@@ -60,7 +60,7 @@ describe('plan with threshold sites (Llama fixture)', () => {
         const r = decodeNll(model, verify, built.modes), d = decodeNll(dense, verify);
         expect(r.count).toBe(p.verified.tokens);
         expect(Math.exp(r.nll / r.count) / Math.exp(d.nll / d.count) - 1).toBeCloseTo(p.verified.pplIncrease, 6);
-        expect(r.counts.weightsRead / r.counts.weightsTotal).toBeCloseTo(p.verified.weightBytesShare!, 9);
+        expect(r.weights.weightsRead / r.weights.weightsTotal).toBeCloseTo(p.verified.weightBytesShare!, 9);
       } finally { built.dispose(); }
       expect(planProblems(p, model.config, () => false)).toEqual([]);
     } finally { model.dispose(); dense.dispose(); preds.dispose(); }

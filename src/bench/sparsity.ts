@@ -32,7 +32,7 @@ function decodeRate(model: Model, modes: DecodeModes, steps: number): { rate: nu
     for (const id of PROMPT) s.step([id]);
     const t = performance.now();
     for (let i = 0; i < steps; i++) s.step([7 + (i % 50)]);
-    return { rate: steps / ((performance.now() - t) / 1000), read: s.counts.weightsRead / s.counts.weightsTotal };
+    return { rate: steps / ((performance.now() - t) / 1000), read: s.weights.weightsRead / s.weights.weightsTotal };
   } finally { s.dispose(); }
 }
 /** the variants in turn ROUNDS times (alternating: drift hits all alike), the median rate of each */

@@ -20,7 +20,8 @@
  * with |x_i| (· ‖W[:, i]‖) < t are not read — of q/k/v (one shared input), o, the MLP's first projections (gate/up
  * or fc1) and down. A site's matrices are stored input-major (DecodeOptions.inputMajor) so that a skipped input is a
  * skipped contiguous row: RowMatrix.axpy over the kept inputs. A matrix stored input-major without a site is read by
- * axpy over every input (dense).
+ * axpy over every input (dense); a site on a matrix stored output-major computes the same (the masked input, every
+ * row read: no gain; load with planInputMajor for it).
  */
 import type { ModelConfig } from '../model/config.js';
 import type { DecodeLayer, DecodeWeights, HostNorm } from '../model/decode-weights.js';
@@ -75,12 +76,11 @@ export function denseModes(layers: number): DecodeModes {
   return { mlp: Array.from({ length: layers }, () => ({ mode: 'dense' })), heads: Array.from({ length: layers }, () => ({ mode: 'dense' })) };
 }
 
-/**
- * What a session computed: neurons / heads selected over neurons / heads of the layers; weights of the decoder
- * layers' matrices read over all of them (embeddings and LM head excluded); summed over steps and rows.
- */
-export interface DecodeCounts { mlpSelected: number; mlpTotal: number; headsSelected: number; headsTotal: number; weightsRead: number; weightsTotal: number }
-export const zeroCounts = (): DecodeCounts => ({ mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0, weightsRead: 0, weightsTotal: 0 });
+/** What a session computed: neurons / heads selected over neurons / heads of the layers, summed over steps and rows. */
+export interface DecodeCounts { mlpSelected: number; mlpTotal: number; headsSelected: number; headsTotal: number }
+export const zeroCounts = (): DecodeCounts => ({ mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 });
+/** weights of the decoder layers' matrices read, over all of them (embeddings and LM head excluded), summed over steps and rows */
+export interface WeightCounts { weightsRead: number; weightsTotal: number }
 
 /** the inputs kept by a threshold: x_i != 0 and |x_i| (· norms[id]) >= t; ids (through `map` when given) and values; returns how many */
 export function keepInputs(x: Float32Array, n: number, t: number, norms: Float32Array | null, ids: Int32Array, coef: Float32Array, map?: Int32Array | null): number {
@@ -129,6 +129,7 @@ interface Scratch {
   u: Float32Array; // the gated lossless mode's up projection of the nonzero rows
   qf: Float32Array; // every head's q (input-major q with heads selected)
   xi: Int32Array; xc: Float32Array; // an input site's kept inputs (ids, values)
+  xm2: Float32Array; // the kept inputs as a masked vector (an input site on an output-major matrix)
   di: Int32Array; dc: Float32Array; // the down site's kept rows
 }
 /** per layer: which matrices are stored input-major */
@@ -136,6 +137,7 @@ interface LayerLayout { q: boolean; k: boolean; v: boolean; up: boolean; gate: b
 
 export class DecodeSession {
   readonly counts: DecodeCounts = zeroCounts();
+  readonly weights: WeightCounts = { weightsRead: 0, weightsTotal: 0 };
   private readonly c: ModelConfig;
   private readonly w: DecodeWeights;
   private readonly rows: RowState[];
@@ -160,9 +162,6 @@ export class DecodeSession {
     this.inputs = modes.inputs ?? [];
     const im = (i: number, n: string) => this.w.inputMajor.has(`layers.${i}.${n}`);
     this.im = Array.from({ length: c.layers }, (_, i) => ({ q: im(i, 'wq'), k: im(i, 'wk'), v: im(i, 'wv'), up: im(i, 'up'), gate: im(i, 'gate') }));
-    const need = inputMajorNames(modes, c.gated);
-    const missing = [...need].filter((n) => !this.w.inputMajor.has(n));
-    if (missing.length) throw new Error(`DecodeSession: the input-threshold sites need ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''} stored input-major (loadModel's decode.inputMajor)`);
     this.im.forEach((l, i) => { if (c.gated && l.up !== l.gate) throw new Error(`DecodeSession: layer ${i}: up and gate must both be input-major or neither`); });
     modes.mlp.forEach((m, i) => { if (m.mode === 'gate-threshold' && !c.gated) throw new Error(`DecodeSession: layer ${i}: the gate-threshold mode needs a gated MLP`); });
     let cache = normCache.get(this.w);
@@ -186,7 +185,7 @@ export class DecodeSession {
     const f = (n: number) => new Float32Array(n);
     this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), ya: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
         e: f(Dp), cos: f(c.ropeDim / 2), sin: f(c.ropeDim / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.gated ? c.ffn : 0), u: f(c.gated ? c.ffn : 0),
-        qf: f(c.heads * hd), xi: new Int32Array(Math.max(d, c.heads * hd)), xc: f(Math.max(d, c.heads * hd)), di: new Int32Array(c.ffn), dc: f(c.ffn) };
+        qf: f(c.heads * hd), xi: new Int32Array(Math.max(d, c.heads * hd)), xc: f(Math.max(d, c.heads * hd)), xm2: f(d), di: new Int32Array(c.ffn), dc: f(c.ffn) };
     this.invFreq = c.positions === 'rope' && c.ropeDim > 0 ? ropeInvFreq(c) : null;
     this.act = actScalar(c);
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
@@ -305,14 +304,15 @@ export class DecodeSession {
   private proj(M: RowMatrix, inputMajor: boolean, x: Float32Array, kin: number, out: Float32Array, bias: Float32Array | undefined, rows?: Int32Array): void {
     const s = this.s;
     if (!inputMajor) {
-      if (kin >= 0) throw new Error('DecodeSession: an input site on a matrix stored output-major'); // the constructor checks this
+      // an input site on a matrix stored output-major (loaded without planInputMajor): the kept inputs, every row read
+      if (kin >= 0) { s.xm2.fill(0, 0, M.d); for (let j = 0; j < kin; j++) s.xm2[s.xi[j]!] = s.xc[j]!; x = s.xm2; }
       M.matvec(x, out, rows, bias);
-      this.counts.weightsRead += (rows ? rows.length : M.n) * M.d; this.counts.weightsTotal += M.n * M.d;
+      this.weights.weightsRead += (rows ? rows.length : M.n) * M.d; this.weights.weightsTotal += M.n * M.d;
       return;
     }
     if (bias) out.set(bias.subarray(0, M.d)); else out.fill(0, 0, M.d);
     if (kin < 0) M.axpy(x, out); else M.axpy(s.xc.subarray(0, kin), out, s.xi.subarray(0, kin));
-    this.counts.weightsRead += (kin < 0 ? M.n : kin) * M.d; this.counts.weightsTotal += M.n * M.d;
+    this.weights.weightsRead += (kin < 0 ? M.n : kin) * M.d; this.weights.weightsTotal += M.n * M.d;
   }
 
   /** K and V of every kv head for the new position (RoPE on K), written to the row's cache */
@@ -339,14 +339,14 @@ export class DecodeSession {
     this.modes.observe?.(i, 'o', s.ctx, n * hd);
     if (L.oBias) y.set(L.oBias); else y.fill(0, 0, c.hidden);
     const io = this.inputs[i]?.o, W = L.o.n * L.o.d;
-    this.counts.weightsTotal += W;
+    this.weights.weightsTotal += W;
     if (io) { // the o input's kept entries (their o rows)
       const k = keepInputs(s.ctx, n * hd, io.t, this.norms[i]!.o, s.xi, s.xc, qRows ?? null);
       L.o.axpy(s.xc.subarray(0, k), y, s.xi.subarray(0, k));
-      this.counts.weightsRead += k * L.o.d;
+      this.weights.weightsRead += k * L.o.d;
     } else {
       L.o.axpy(s.ctx, y, qRows);
-      this.counts.weightsRead += (qRows ? qRows.length : L.o.n) * L.o.d;
+      this.weights.weightsRead += (qRows ? qRows.length : L.o.n) * L.o.d;
     }
   }
 
@@ -377,7 +377,7 @@ export class DecodeSession {
     const c = this.c, s = this.s, F = c.ffn, a = s.a, d = c.hidden, im = this.im[i]!.up, act = this.act;
     const sites = this.inputs[i], dn = sites?.down;
     if (L.downBias) y.set(L.downBias); else y.fill(0, 0, c.hidden);
-    const rowCount = (M: RowMatrix, rows: number) => { this.counts.weightsRead += rows * M.d; this.counts.weightsTotal += M.n * M.d; };
+    const rowCount = (M: RowMatrix, rows: number) => { this.weights.weightsRead += rows * M.d; this.weights.weightsTotal += M.n * M.d; };
     // 1. the down input: k values `vals` of the rows `ids` (null: every row in order)
     let vals = a, ids: Int32Array | null = null, k = F;
     if (m.mode === 'select' && !im) {

@@ -32,7 +32,8 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
       : [];
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
     const tps = (r.decodeSteps * prompts.length) / Math.max(1e-3, r.decodeMs / 1000);
-    const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal), weightShare = sel.weightsRead / Math.max(1, sel.weightsTotal);
+    const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal);
+    const weightShare = r.weights.weightsRead / Math.max(1, r.weights.weightsTotal);
     deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
       (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%, decoder-layer weights read ${(weightShare * 100).toFixed(1)}%` : ''));
     return {

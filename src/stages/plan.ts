@@ -36,7 +36,7 @@ import { specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
 import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
 import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
-import { denseModes, inputMajorNames, type DecodeCounts, type LayerInputs, type MlpStep } from '../runtime/decoder.js';
+import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs, type MlpStep } from '../runtime/decoder.js';
 import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
 import { sitesTable, type SitePoint } from '../runtime/sites-report.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
@@ -237,8 +237,9 @@ function measureOptions(x: Ctx, search: number[][]): { options: LayerOptions[]; 
           // an option the cost model says is not faster than dense is never chosen (objective time): its perplexity is not measured
           const denseMlpMs = mlp[0]!.ms;
           const faster = (ms: number, than: number) => cfg.objective === 'bytes' || ms < than;
-          if (c.gated && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
-            const t = thresholdAt(st.cal, i, 'gate', sp), label = `gate threshold ${name}`;
+          const gt = c.gated ? thresholdAt(st.cal, i, 'gate', sp) : 0; // 0: the gate's own zeros (ReLU): the lossless mode
+          if (gt > 0 && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
+            const t = gt, label = `gate threshold ${name}`;
             mlp.push({ what: { mode: 'gate-threshold', threshold: t, sparsity: sp }, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: increase(siteIncrease(i, { mode: 'gate-threshold', t }, {}), label) });
           }
           for (const score of scores) {
@@ -412,14 +413,14 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
     }
     if (p / densePpl - 1 > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(p / densePpl - 1, 3)} (lossless modes must equal dense)`);
     // weights read per token: the decoder layers' (counted), and the whole step's (the LM head and projections around it read densely)
-    const shares = (k: DecodeCounts) => {
+    const shares = (k: WeightCounts) => {
       const w = model.decode!, per = (n: number) => n / Math.max(1, dv.count);
       const rest = w.lmHead.n * w.lmHead.d + (w.projIn ? w.projIn.n * w.projIn.d : 0) + (w.projOut ? w.projOut.n * w.projOut.d : 0);
       return { weightBytesShare: Math.min(1, k.weightsRead / k.weightsTotal), stepWeightBytesShare: Math.min(1, (per(k.weightsRead) + rest) / (per(k.weightsTotal) + rest)) };
     };
     const layers = choice.layers();
     if (layers.every((l) => l.mlp.mode === 'dense' && l.heads.mode === 'dense' && !l.inputs)) { // dense itself: nothing to time
-      return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1, ...shares(dv.counts) }, fallback: '' };
+      return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1, ...shares(dv.weights) }, fallback: '' };
     }
     const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
     const built = decodeModes(c, preds, { layers });
@@ -429,13 +430,13 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
       [denseMs, planMs] = alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps) as [number, number];
       if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, 7) as [number, number]; // once more, longer
     } finally { built.dispose(); }
-    let fallback = '', read = shares(r.counts);
+    let fallback = '', read = shares(r.weights);
     if (cfg.neverSlower && planMs >= denseMs) {
       // never slower than dense: the plan that computes everything is dense itself
       fallback = `the verified plan (${layers.map((l) => l.mlp.mode + (l.inputs ? '+inputs' : '')).join(', ')}; +${pct(p / densePpl - 1, 3)}) decoded at ${(denseMs / planMs).toFixed(3)}x dense, not faster: the plan is dense`;
       deps.log(`plan: ${fallback}`);
       choice.dense();
-      planMs = denseMs; p = densePpl; read = shares(dv.counts);
+      planMs = denseMs; p = densePpl; read = shares(dv.weights);
     }
     const verified = { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs, ...read };
     return { verified, fallback };
