@@ -47,7 +47,7 @@ const CF = path.join(TMP, 'cf'); // closed-form predictors, threshold rule, head
 const EXACT = path.join(TMP, 'exact'); // exact (lossless) entries only: no predictor weights
 const SEQS = [[2, 11, 40, 7, 90, 13, 250, 3, 66, 12, 5, 9], [2, 5, 9, 40, 41, 300, 17, 8, 1, 99, 100, 101]];
 /** small plan runs: 2 search + 4 verification sequences of 32 tokens, 1024 calibration rows */
-const SMALL = { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows: 1024, batchSize: 4 } as const;
+const SMALL = { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows: 1024, batchSize: 4, sites: false } as const; // the predictors' plans (the threshold sites: test/sparsity-plan.test.ts)
 
 beforeAll(async () => {
   await ensureBackend('wasm');

@@ -199,7 +199,7 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
     const dims = m.model.dims;
     if (m.plan) {
       const site = (s: 'mlp' | 'heads', i: number) => Boolean(m.layers.find((l) => l.layer === i)?.[s]?.tensors);
-      problems.push(...planProblems(m.plan, { ...dims, activation: String(m.model.architecture.activation) as 'relu' | 'swiglu' }, site));
+      problems.push(...planProblems(m.plan, { ...dims, activation: String(m.model.architecture.activation) as 'relu' | 'swiglu', gated: m.model.architecture.gated === true }, site));
     }
     const seen = new Set<number>();
     for (const l of m.layers) {

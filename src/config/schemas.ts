@@ -135,7 +135,13 @@ export const planSchema = z.strictObject({
   calibrationRows: posInt.default(8192).describe('held-out activation rows per layer for calibrating the thresholds'),
   safety: z.number().gt(0).lte(1).default(0.8).describe('the search spends at most this share of the budget on its estimate (sum of single-layer increases)'),
   minSpeedPerPpl: z.number().min(0).default(1).describe('a lossy move (predicted MLP or fewer heads) must gain at least this many times the perplexity increase it costs, both as shares (1: at least 1% of decode time for each 1% of perplexity)'),
+  objective: z.enum(['time', 'bytes']).default('time').describe('what the search saves: time = the cost model\'s decode ms (kernels timed on this machine), bytes = decoder-layer weights read per token (machine-independent; predictors\' own weights left out); minSpeedPerPpl applies to that share'),
   neverSlower: z.boolean().default(true).describe('when the verified plan does not decode faster than dense (measured twice), the plan is dense'),
+  sites: z.boolean().default(true).describe('training-free options of the search (docs/sparsity.md): input thresholds at q/k/v, o, the MLP input and down (TEAL / WINA), the gate threshold of gated MLPs (CATS)'),
+  siteSparsities: z.array(z.number().gt(0).lt(1)).min(1).default([0.35, 0.5, 0.65]).describe('input- and gate-threshold options: thresholds at these shares of each site\'s calibration scores'),
+  siteScore: z.enum(['abs', 'wina', 'both']).default('abs').describe('input-threshold score: abs = |x_i| (TEAL), wina = |x_i| times the column norm of the site\'s weights (WINA), both = options of each'),
+  calibrationData: z.string().min(1).optional().describe('text the thresholds are calibrated on (default: the text the predictors\' calibration activations were collected from)'),
+  calibrationTokens: posInt.default(8192).describe('calibration tokens for the thresholds (streaming histograms per layer and site)'),
   overwrite: z.boolean().default(false).describe('replace an existing output folder made from different inputs'),
   backend,
   /** --shard i/n: only the single-layer perplexities of layers i, i+n, ... (dejavu merge --kind plan searches and verifies) */

@@ -23,15 +23,19 @@ import { VERSION } from '../version.js';
 import { KERNELS_WASM_BASE64 } from '../model/kernels/wasm/kernels-binary.js';
 import type { Model } from '../model/model.js';
 import { writeArtifact } from '../util/json-artifact.js';
-import { DecodeSession, denseModes, type DecodeModes } from './decoder.js';
-import { nonzeros } from '../model/kernels/rows.js';
+import { DecodeSession, denseModes, keepInputs, type DecodeModes } from './decoder.js';
+import { nonzeros, type RowMatrix } from '../model/kernels/rows.js';
 
 export const COSTS_FORMAT_VERSION = 1;
 /** [x, ms] points; interp needs at least 2 */
 const pairs = z.array(z.tuple([z.number(), z.number().nonnegative()]));
 const shapeCostsSchema = z.strictObject({ stepMs: z.number().positive(), upMs: z.number().positive(), downMs: z.number().positive(), skip: pairs.min(2), select: pairs.min(2), heads: pairs,
     context: z.number().int().positive(), measuredAt: z.string() });
-const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()) });
+const siteCostSchema = z.strictObject({ denseMs: z.number().positive(), sparse: pairs.min(2) });
+const siteCostsSchema = z.strictObject({ attn: siteCostSchema, o: siteCostSchema, mlp: siteCostSchema, down: siteCostSchema });
+const costsFileSchema = z.strictObject({ kind: z.literal('dejavu-kernel-costs'), formatVersion: z.literal(COSTS_FORMAT_VERSION), shapes: z.record(z.string(), shapeCostsSchema), predictors: z.record(z.string(), z.number().positive()),
+  /** the input sites' kernels (issue 22), by the same key as `shapes` */
+  sites: z.record(z.string(), siteCostsSchema).optional() });
 export type ShapeCosts = z.infer<typeof shapeCostsSchema>;
 type CostsFile = z.infer<typeof costsFileSchema>;
 
@@ -153,6 +157,8 @@ function measureShape(model: Model, context: number): ShapeCosts {
 
 export interface CostModel {
   shape: ShapeCosts;
+  /** the input sites' kernel costs (when kernelCosts was given the input-major copy) */
+  sites?: SiteCosts;
   /** true when read from the cache */
   cached: boolean;
   file: string;
@@ -165,7 +171,7 @@ export interface CostModel {
  * The cost model for this model's shapes, from the cache or measured now. Cached costs that do not fit together
  * (shapeProblems; a predictor call not cheaper than the whole step) are measured again, and `note` says why.
  */
-export function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void } = {}): CostModel {
+export function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void; sparse?: Model } = {}): CostModel {
   if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
   const c = model.config, file = o.file ?? costCacheFile(), note = o.note ?? (() => undefined);
   const cache = readCache(file, note);
@@ -185,8 +191,15 @@ export function kernelCosts(model: Model, context: number, o: { file?: string; n
     cache.shapes[key] = shape; dirty = true;
   }
   const stepMs = shape.stepMs;
+  let sites: SiteCosts | undefined;
+  if (o.sparse) {
+    sites = cache.sites?.[key];
+    const siteBad = sites ? Object.values(sites).some((t) => t.denseMs >= stepMs || t.sparse.some(([, ms]) => ms >= stepMs)) : false;
+    if (siteBad) note(`the cached input-site kernel costs in ${file} are not less than the whole step (${stepMs} ms); measuring them again`);
+    if (!sites || siteBad) { sites = siteCosts(model, o.sparse); (cache.sites ??= {})[key] = sites; dirty = true; }
+  }
   return {
-    shape, cached, file,
+    shape, cached, file, ...(sites ? { sites } : {}),
     predictorMs(pkey, run) {
       const k = `${machine()}|${model.decode!.kernel}|${pkey}`;
       const was = cache.predictors[k];
@@ -219,11 +232,12 @@ export function headSavingMs(s: ShapeCosts, n: number, H: number): number {
 /**
  * Decode ms per token of each set of modes, measured by the runtime itself: one session per set primed with
  * `context` tokens of `text`, then `rounds` rounds in which every set decodes the next `steps` tokens in turn and
- * rewinds (alternating, so machine drift hits all alike); the median round of each.
+ * rewinds (alternating, so machine drift hits all alike); the median round of each. `model`: one for all, or one per set
+ * (a plan with input sites runs on its input-major copy, dense on the model's own layout).
  */
-export function alternatingStepMs(model: Model, sets: DecodeModes[], text: number[], context: number, steps = 32, rounds = 5): number[] {
+export function alternatingStepMs(model: Model | Model[], sets: DecodeModes[], text: number[], context: number, steps = 32, rounds = 5): number[] {
   if (text.length < context + steps) throw new Error(`alternatingStepMs: ${text.length} tokens < context ${context} + ${steps} steps`);
-  const sessions = sets.map((m) => { const s = new DecodeSession(model, m, 1); for (let t = 0; t < context; t++) s.step([text[t]!]); return s; });
+  const sessions = sets.map((m, i) => { const s = new DecodeSession(Array.isArray(model) ? model[i]! : model, m, 1); for (let t = 0; t < context; t++) s.step([text[t]!]); return s; });
   try {
     const runs: number[][] = sets.map(() => []);
     for (let r = 0; r < rounds; r++)
@@ -236,3 +250,45 @@ export function alternatingStepMs(model: Model, sets: DecodeModes[], text: numbe
     return runs.map((xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!);
   } finally { for (const s of sessions) s.dispose(); }
 }
+
+/** [density, ms] of one site's matrices in layer 0: every input read (the dense layout) and only a share of them (input-major rows) */
+export type SiteCost = z.infer<typeof siteCostSchema>;
+/** the input sites' kernel costs (issue 22): q/k/v together, o, the MLP's first projections together, down */
+export type SiteCosts = z.infer<typeof siteCostsSchema>;
+
+/**
+ * The input-threshold sites' kernels timed at this model's shapes: the dense model's own products (matvec / axpy over
+ * every input) and, on a model whose site matrices are stored input-major, the threshold scan plus axpy over a share
+ * of the inputs, at densities 0.1 .. 0.9 (kernelCosts caches them with the model's other costs).
+ */
+export function siteCosts(dense: Model, sparse: Model): SiteCosts {
+  const D = dense.decode!.layers[0]!, S = sparse.decode!.layers[0]!, c = dense.config;
+  const im = sparse.decode!.inputMajor;
+  if (!im.has('layers.0.wq') || !im.has('layers.0.up')) throw new Error('siteCosts: the sparse model must store layer 0\'s q/k/v and up/gate input-major');
+  const densities = [0.1, 0.3, 0.5, 0.7, 0.9];
+  const vec = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i + 1));
+  const site = (n: number, outs: RowMatrix[], denseCall: (x: Float32Array) => void): SiteCost => {
+    const x = vec(n), ids = new Int32Array(n), coef = new Float32Array(n);
+    const bufs = outs.map((M) => new Float32Array(M.d));
+    const denseMs = timePerCall(() => denseCall(x));
+    const sparseTab = densities.map((p): [number, number] => {
+      const keep = new Set(spread(n, Math.max(1, Math.round(p * n)), 13)), xs = Float32Array.from(x, (v, i) => (keep.has(i) ? 1 + Math.abs(v) : 1e-3 * v));
+      return [p, timePerCall(() => {
+        const k = keepInputs(xs, n, 0.5, null, ids, coef);
+        outs.forEach((M, j) => { bufs[j]!.fill(0); M.axpy(coef.subarray(0, k), bufs[j]!, ids.subarray(0, k)); });
+      })];
+    });
+    return { denseMs, sparse: sparseTab };
+  };
+  const d = c.hidden, F = c.ffn, Hd = c.heads * c.headDim;
+  const q = new Float32Array(Hd), kv = new Float32Array(c.kvHeads * c.headDim), y = new Float32Array(d), a = new Float32Array(F);
+  return {
+    attn: site(d, [S.q, S.k, S.v], (x) => { D.q.matvec(x, q); D.k.matvec(x, kv); D.v.matvec(x, kv); }),
+    o: site(Hd, [S.o], (x) => { y.fill(0); D.o.axpy(x, y); }),
+    mlp: site(d, S.gate ? [S.up, S.gate] : [S.up], (x) => { D.up.matvec(x, a); D.gate?.matvec(x, a); }),
+    down: site(F, [S.down], (x) => { y.fill(0); D.down.axpy(x, y); }),
+  };
+}
+
+/** ms of a site at input density p (interpolated; dense at p >= 1) */
+export function siteMs(s: SiteCost, p: number): number { return p >= 1 ? s.denseMs : Math.min(s.denseMs, interp(s.sparse, p)); }

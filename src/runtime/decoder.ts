@@ -13,10 +13,19 @@
  *         lossless  the first projection for every neuron (gated: the gate), then only the rows of the others
  *                   whose activation is nonzero (ReLU / fatrelu: exactly dense)
  *         select    only the neurons `pick` returns (a predictor's rule): their rows of the first and second
+ *         gate-threshold  (CATS, gated MLPs) the gate for every neuron, then up and down rows only of the neurons with
+ *                   |act(gate)| >= t
  *   heads dense | select (K and V are computed for every head, so the cache stays exact for later tokens)
+ * Input thresholds per layer and site (TEAL; WINA scores |x_i| by its weights' column norm ‖W[:, i]‖): the inputs
+ * with |x_i| (· ‖W[:, i]‖) < t are not read — of q/k/v (one shared input), o, the MLP's first projections (gate/up
+ * or fc1) and down. A site's matrices are stored input-major (DecodeOptions.inputMajor) so that a skipped input is a
+ * skipped contiguous row: RowMatrix.axpy over the kept inputs. A matrix stored input-major without a site is read by
+ * axpy over every input (dense); a site on a matrix stored output-major computes the same (the masked input, every
+ * row read: no gain; load with planInputMajor for it).
  */
 import type { ModelConfig } from '../model/config.js';
 import type { DecodeLayer, DecodeWeights, HostNorm } from '../model/decode-weights.js';
+import type { RowMatrix } from '../model/kernels/rows.js';
 import type { KVCache } from '../model/forward.js';
 import type { Model } from '../model/model.js';
 import { kvStore, type KvStore } from '../model/kernels/kv.js';
@@ -35,10 +44,33 @@ export interface MlpContext {
 }
 export interface HeadContext { xAttn: Float32Array; /** previous layer's input (layer 0: its own) */ xAttnPrev: Float32Array }
 
-export type MlpStep = { mode: 'dense' } | { mode: 'lossless' } | { mode: 'select'; pick: (ctx: MlpContext) => Int32Array };
+export type MlpStep = { mode: 'dense' } | { mode: 'lossless' } | { mode: 'select'; pick: (ctx: MlpContext) => Int32Array } | { mode: 'gate-threshold'; t: number };
 export type HeadStep = { mode: 'dense' } | { mode: 'select'; pick: (ctx: HeadContext) => Int32Array };
+/** an input-threshold site: inputs whose score |x_i| (wina: |x_i| · ‖W[:, i]‖) is below t are not read */
+export interface InputThreshold { t: number; wina?: boolean | undefined }
+/** the input-threshold sites of one layer: q/k/v's shared input, o's, the MLP's first projections', down's */
+export interface LayerInputs { attn?: InputThreshold | undefined; o?: InputThreshold | undefined; mlp?: InputThreshold | undefined; down?: InputThreshold | undefined }
+export const INPUT_SITES = ['attn', 'o', 'mlp', 'down'] as const;
+export type InputSite = (typeof INPUT_SITES)[number];
+/** where thresholds apply: the four input sites and the gate (CATS: the raw gate, before its activation) */
+export type SiteName = InputSite | 'gate';
+/**
+ * sees each site's input vector as computed (calibration); called in the MLP's full path (every neuron computed: dense,
+ * lossless ungated, the input-major modes) and at every attention; `x` is reused after the call
+ */
+export type SiteObserver = (layer: number, site: SiteName, x: Float32Array, n: number) => void;
 /** per layer */
-export interface DecodeModes { mlp: MlpStep[]; heads: HeadStep[] }
+export interface DecodeModes { mlp: MlpStep[]; heads: HeadStep[]; inputs?: (LayerInputs | undefined)[] | undefined; observe?: SiteObserver | undefined }
+
+/** the weight names (DecodeOptions.inputMajor) a layer's input sites need stored input-major (o and down always are) */
+export function inputMajorNames(modes: Pick<DecodeModes, 'inputs'>, gated: boolean): Set<string> {
+  const names = new Set<string>();
+  (modes.inputs ?? []).forEach((s, i) => {
+    if (s?.attn) for (const n of ['wq', 'wk', 'wv']) names.add(`layers.${i}.${n}`);
+    if (s?.mlp) for (const n of gated ? ['up', 'gate'] : ['up']) names.add(`layers.${i}.${n}`);
+  });
+  return names;
+}
 
 export function denseModes(layers: number): DecodeModes {
   return { mlp: Array.from({ length: layers }, () => ({ mode: 'dense' })), heads: Array.from({ length: layers }, () => ({ mode: 'dense' })) };
@@ -46,6 +78,34 @@ export function denseModes(layers: number): DecodeModes {
 
 /** What a session computed: neurons / heads selected over neurons / heads of the layers, summed over steps and rows. */
 export interface DecodeCounts { mlpSelected: number; mlpTotal: number; headsSelected: number; headsTotal: number }
+export const zeroCounts = (): DecodeCounts => ({ mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 });
+/** weights of the decoder layers' matrices read, over all of them (embeddings and LM head excluded), summed over steps and rows */
+export interface WeightCounts { weightsRead: number; weightsTotal: number }
+
+/** the inputs kept by a threshold: x_i != 0 and |x_i| (· norms[id]) >= t; ids (through `map` when given) and values; returns how many */
+export function keepInputs(x: Float32Array, n: number, t: number, norms: Float32Array | null, ids: Int32Array, coef: Float32Array, map?: Int32Array | null): number {
+  let m = 0;
+  for (let i = 0; i < n; i++) {
+    const v = x[i]!;
+    if (v === 0) continue;
+    const id = map ? map[i]! : i;
+    if ((v < 0 ? -v : v) * (norms ? norms[id]! : 1) >= t) { ids[m] = id; coef[m++] = v; }
+  }
+  return m;
+}
+
+/** per input row of input-major matrices: the norm of that row over all of them (WINA's ‖W[:, i]‖), read through the interface */
+export function rowNorms(ms: RowMatrix[]): Float32Array {
+  const n = ms[0]!.n, out = new Float64Array(n), one = new Float32Array([1]), id = new Int32Array(1);
+  for (const M of ms) {
+    if (M.n !== n) throw new Error(`rowNorms: ${M.n} rows, expected ${n}`);
+    const row = new Float32Array(M.d);
+    for (let i = 0; i < n; i++) { row.fill(0); id[0] = i; M.axpy(one, row, id); let q = 0; for (let j = 0; j < row.length; j++) q += row[j]! * row[j]!; out[i]! += q; }
+  }
+  return Float32Array.from(out, Math.sqrt);
+}
+/** column norms per decode weights and site ("3.attn"), computed once */
+const normCache = new WeakMap<DecodeWeights, Map<string, Float32Array>>();
 
 function normInto(c: ModelConfig, x: Float32Array, n: HostNorm, out: Float32Array): void {
   normRows(c.norm, c.normEps, n.g, n.b, x, 1, x.length, out);
@@ -67,10 +127,17 @@ interface Scratch {
   ya: Float32Array; // the attention block's output
   g: Float32Array; // a gated MLP's gate activations (empty when ungated)
   u: Float32Array; // the gated lossless mode's up projection of the nonzero rows
+  qf: Float32Array; // every head's q (input-major q with heads selected)
+  xi: Int32Array; xc: Float32Array; // an input site's kept inputs (ids, values)
+  xm2: Float32Array; // the kept inputs as a masked vector (an input site on an output-major matrix)
+  di: Int32Array; dc: Float32Array; // the down site's kept rows
 }
+/** per layer: which matrices are stored input-major */
+interface LayerLayout { q: boolean; k: boolean; v: boolean; up: boolean; gate: boolean }
 
 export class DecodeSession {
-  readonly counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
+  readonly counts: DecodeCounts = zeroCounts();
+  readonly weights: WeightCounts = { weightsRead: 0, weightsTotal: 0 };
   private readonly c: ModelConfig;
   private readonly w: DecodeWeights;
   private readonly rows: RowState[];
@@ -81,20 +148,44 @@ export class DecodeSession {
   private readonly act: (x: number) => number;
   private readonly headRows: Int32Array[]; // per head: its hd rows of q / o
   private readonly allHeads: Int32Array;
+  private readonly im: LayerLayout[];
+  private readonly inputs: (LayerInputs | undefined)[];
+  /** per layer and site: WINA's column norms (null: the site scores |x_i|) */
+  private readonly norms: Record<InputSite, Float32Array | null>[];
 
   constructor(model: Model, private readonly modes: DecodeModes, batch: number) {
     if (!model.decode) throw new Error('DecodeSession needs a model loaded with { decode: true }');
     this.c = model.config; this.w = model.decode;
     const c = this.c, d = c.hidden, hd = c.headDim;
-    if (this.w.inputMajor.size > 0) throw new Error(`DecodeSession: input-major weights (${[...this.w.inputMajor].slice(0, 3).join(', ')}, ...) need the input-sparse modes, which this session does not run`);
     if (modes.mlp.length !== c.layers || modes.heads.length !== c.layers) throw new Error(`decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${c.layers}`);
+    if (modes.inputs && modes.inputs.length !== c.layers) throw new Error(`input sites for ${modes.inputs.length} layers, model has ${c.layers}`);
+    this.inputs = modes.inputs ?? [];
+    const im = (i: number, n: string) => this.w.inputMajor.has(`layers.${i}.${n}`);
+    this.im = Array.from({ length: c.layers }, (_, i) => ({ q: im(i, 'wq'), k: im(i, 'wk'), v: im(i, 'wv'), up: im(i, 'up'), gate: im(i, 'gate') }));
+    this.im.forEach((l, i) => { if (c.gated && l.up !== l.gate) throw new Error(`DecodeSession: layer ${i}: up and gate must both be input-major or neither`); });
+    modes.mlp.forEach((m, i) => { if (m.mode === 'gate-threshold' && !c.gated) throw new Error(`DecodeSession: layer ${i}: the gate-threshold mode needs a gated MLP`); });
+    let cache = normCache.get(this.w);
+    if (!cache) normCache.set(this.w, (cache = new Map()));
+    const norms = cache;
+    this.norms = Array.from({ length: c.layers }, (_, i) => {
+      const L = this.w.layers[i]!, s = this.inputs[i];
+      const get = (site: InputSite, ms: () => RowMatrix[]) => {
+        if (!s?.[site]?.wina) return null;
+        const key = `${i}.${site}`;
+        let v = norms.get(key);
+        if (!v) norms.set(key, (v = rowNorms(ms())));
+        return v;
+      };
+      return { attn: get('attn', () => [L.q, L.k, L.v]), o: get('o', () => [L.o]), mlp: get('mlp', () => (L.gate ? [L.up, L.gate] : [L.up])), down: get('down', () => [L.down]) };
+    });
     this.rows = Array.from({ length: batch }, () => new RowState());
     this.kv = kvStore({ rows: batch, layers: c.layers, heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: c.attnScale, softcap: c.attnSoftcap,
       alibi: c.positions === 'alibi' ? alibiSlopes(c.heads) : null }, this.w.kernel === 'js' ? 'js' : 'wasm-simd');
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
     this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), ya: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
-        e: f(Dp), cos: f(c.ropeDim / 2), sin: f(c.ropeDim / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.gated ? c.ffn : 0), u: f(c.gated ? c.ffn : 0) };
+        e: f(Dp), cos: f(c.ropeDim / 2), sin: f(c.ropeDim / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.gated ? c.ffn : 0), u: f(c.gated ? c.ffn : 0),
+        qf: f(c.heads * hd), xi: new Int32Array(Math.max(d, c.heads * hd)), xc: f(Math.max(d, c.heads * hd)), xm2: f(d), di: new Int32Array(c.ffn), dc: f(c.ffn) };
     this.invFreq = c.positions === 'rope' && c.ropeDim > 0 ? ropeInvFreq(c) : null;
     this.act = actScalar(c);
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
@@ -170,11 +261,14 @@ export class DecodeSession {
       const L = w.layers[i]!;
       // attention block
       if (c.preNorm) normInto(c, s.x, L.ln1, s.h); else s.h.set(s.x);
-      this.appendKV(L, i, b, r);
+      this.modes.observe?.(i, 'attn', s.h, d);
+      const ia = this.inputs[i]?.attn;
+      const kin = ia ? keepInputs(s.h, d, ia.t, this.norms[i]!.attn, s.xi, s.xc) : -1; // q/k/v's kept inputs (-1: all)
+      this.appendKV(L, i, b, r, kin);
       const hm = this.modes.heads[i]!;
       const heads = hm.mode === 'dense' ? this.allHeads : hm.pick({ xAttn: s.x, xAttnPrev: s.xPrev });
       this.counts.headsSelected += heads.length; this.counts.headsTotal += c.heads;
-      this.attention(L, i, b, r, heads, s.ya);
+      this.attention(L, i, b, r, heads, s.ya, kin);
       if (L.lnAttnOut) normInto(c, s.ya, L.lnAttnOut, s.ya);
       const parallel = c.block === 'parallel';
       // sequential: the MLP reads the residual after attention; parallel: the layer's input (its own norm or ln1's)
@@ -182,7 +276,7 @@ export class DecodeSession {
       if (!c.preNorm) normInto(c, s.xm, L.ln1, s.xm);
       // MLP block
       if (c.sharedNorm) s.h2.set(s.h); else if (c.preNorm) normInto(c, s.xm, L.ln2!, s.h2); else s.h2.set(s.xm);
-      this.mlp(L, this.modes.mlp[i]!, s.y);
+      this.mlp(L, i, this.modes.mlp[i]!, s.y);
       if (L.lnMlpOut) normInto(c, s.y, L.lnMlpOut, s.y);
       s.xPrev.set(s.x);
       if (parallel) for (let j = 0; j < d; j++) s.x[j] = s.x[j]! + s.ya[j]! + s.y[j]!;
@@ -203,26 +297,57 @@ export class DecodeSession {
     if (nm) { const hd = this.c.headDim; normRows(this.c.norm, this.c.normEps, nm.g, nm.b, x, n, hd, x); }
   }
 
+  /**
+   * out = W·x (+ bias) of a matvec matrix over every output: an input-major one by axpy over the `kin` kept inputs
+   * in s.xi / s.xc (kin < 0: every input), else by matvec (of `rows` only, when given)
+   */
+  private proj(M: RowMatrix, inputMajor: boolean, x: Float32Array, kin: number, out: Float32Array, bias: Float32Array | undefined, rows?: Int32Array): void {
+    const s = this.s;
+    if (!inputMajor) {
+      // an input site on a matrix stored output-major (loaded without planInputMajor): the kept inputs, every row read
+      if (kin >= 0) { s.xm2.fill(0, 0, M.d); for (let j = 0; j < kin; j++) s.xm2[s.xi[j]!] = s.xc[j]!; x = s.xm2; }
+      M.matvec(x, out, rows, bias);
+      this.weights.weightsRead += (rows ? rows.length : M.n) * M.d; this.weights.weightsTotal += M.n * M.d;
+      return;
+    }
+    if (bias) out.set(bias.subarray(0, M.d)); else out.fill(0, 0, M.d);
+    if (kin < 0) M.axpy(x, out); else M.axpy(s.xc.subarray(0, kin), out, s.xi.subarray(0, kin));
+    this.weights.weightsRead += (kin < 0 ? M.n : kin) * M.d; this.weights.weightsTotal += M.n * M.d;
+  }
+
   /** K and V of every kv head for the new position (RoPE on K), written to the row's cache */
-  private appendKV(L: DecodeLayer, i: number, b: number, r: RowState): void {
-    const c = this.c, s = this.s;
-    L.k.matvec(s.h, s.kv, undefined, L.kBias);
+  private appendKV(L: DecodeLayer, i: number, b: number, r: RowState, kin: number): void {
+    const c = this.c, s = this.s, im = this.im[i]!;
+    this.proj(L.k, im.k, s.h, kin, s.kv, L.kBias);
     this.headNorm(s.kv, c.kvHeads, L.kNorm);
     if (this.invFreq) ropeHost(s.kv, c.kvHeads, c.headDim, c.ropeDim, s.cos, s.sin);
-    L.v.matvec(s.h, s.vv, undefined, L.vBias);
+    this.proj(L.v, im.v, s.h, kin, s.vv, L.vBias);
     this.kv.write(b, i, r.n, s.kv, s.vv);
   }
 
   /** y [d] = the output projection of the selected heads' context (+ bias) */
-  private attention(L: DecodeLayer, i: number, b: number, r: RowState, heads: Int32Array, y: Float32Array): void {
-    const c = this.c, s = this.s, n = heads.length;
+  private attention(L: DecodeLayer, i: number, b: number, r: RowState, heads: Int32Array, y: Float32Array, kin: number): void {
+    const c = this.c, s = this.s, n = heads.length, hd = c.headDim;
     const qRows = n === c.heads ? undefined : this.rowsOf(heads); // the Q (and O) rows of the selected heads
-    L.q.matvec(s.h, s.q, qRows, L.qBias);
+    if (this.im[i]!.q && qRows) { // input-major q: every head's q, then the selected heads'
+      this.proj(L.q, true, s.h, kin, s.qf, L.qBias);
+      heads.forEach((h, t) => s.q.set(s.qf.subarray(h * hd, (h + 1) * hd), t * hd));
+    } else this.proj(L.q, this.im[i]!.q, s.h, kin, s.q, L.qBias, qRows);
     this.headNorm(s.q, n, L.qNorm);
     if (this.invFreq) ropeHost(s.q, n, c.headDim, c.ropeDim, s.cos, s.sin);
     this.kv.attend(b, i, r.n + 1, r.valid, heads, s.q, s.ctx, firstVisible(c, i, r.n));
+    this.modes.observe?.(i, 'o', s.ctx, n * hd);
     if (L.oBias) y.set(L.oBias); else y.fill(0, 0, c.hidden);
-    L.o.axpy(s.ctx, y, qRows);
+    const io = this.inputs[i]?.o, W = L.o.n * L.o.d;
+    this.weights.weightsTotal += W;
+    if (io) { // the o input's kept entries (their o rows)
+      const k = keepInputs(s.ctx, n * hd, io.t, this.norms[i]!.o, s.xi, s.xc, qRows ?? null);
+      L.o.axpy(s.xc.subarray(0, k), y, s.xi.subarray(0, k));
+      this.weights.weightsRead += k * L.o.d;
+    } else {
+      L.o.axpy(s.ctx, y, qRows);
+      this.weights.weightsRead += (qRows ? qRows.length : L.o.n) * L.o.d;
+    }
   }
 
   private rowsCache = new Map<string, Int32Array>();
@@ -239,46 +364,68 @@ export class DecodeSession {
     return rows;
   }
 
-  /** y [d] = the MLP of s.h2 under the layer's mode */
-  private mlp(L: DecodeLayer, m: MlpStep, y: Float32Array): void {
-    const c = this.c, s = this.s, F = c.ffn, a = s.a;
+  /** the neurons with act(gate) != 0 and |act(gate)| >= t: ids into s.ids, their raw gate values into s.coef (act is applied where used: dense bit for bit) */
+  private keepGate(t: number): number {
+    const s = this.s, g = s.g, F = this.c.ffn, act = this.act;
+    let m = 0;
+    for (let j = 0; j < F; j++) { const v = act(g[j]!); if (v !== 0 && (v < 0 ? -v : v) >= t) { s.ids[m] = j; s.coef[m++] = g[j]!; } }
+    return m;
+  }
+
+  /** y [d] = the MLP of s.h2 under the layer's mode and its input sites */
+  private mlp(L: DecodeLayer, i: number, m: MlpStep, y: Float32Array): void {
+    const c = this.c, s = this.s, F = c.ffn, a = s.a, d = c.hidden, im = this.im[i]!.up, act = this.act;
+    const sites = this.inputs[i], dn = sites?.down;
     if (L.downBias) y.set(L.downBias); else y.fill(0, 0, c.hidden);
-    if (m.mode === 'select') {
+    const rowCount = (M: RowMatrix, rows: number) => { this.weights.weightsRead += rows * M.d; this.weights.weightsTotal += M.n * M.d; };
+    // 1. the down input: k values `vals` of the rows `ids` (null: every row in order)
+    let vals = a, ids: Int32Array | null = null, k = F;
+    if (m.mode === 'select' && !im) {
       const idx = m.pick({ h: s.h2, xMlp: s.xm, xAttn: s.x });
-      const k = idx.length;
-      this.counts.mlpSelected += k; this.counts.mlpTotal += F;
-      if (k === 0) return;
-      L.up.matvec(s.h2, a, idx, L.upBias);
-      if (L.gate) L.gate.matvec(s.h2, s.g, idx, L.gateBias);
-      mlpActHost(this.act, a, k, L.gate ? s.g : null);
-      L.down.axpy(a, y, idx);
-      return;
-    }
-    if (m.mode === 'lossless' && L.gate) {
-      // gated ReLU: the gate for every neuron, then up and down only where act(gate) != 0 (dense up to the gathered
-      // matvec's summation order)
+      k = idx.length; ids = idx;
+      if (k) {
+        L.up.matvec(s.h2, a, idx, L.upBias);
+        if (L.gate) L.gate.matvec(s.h2, s.g, idx, L.gateBias);
+        mlpActHost(act, a, k, L.gate ? s.g : null);
+      }
+      rowCount(L.up, k); if (L.gate) rowCount(L.gate, k);
+    } else if ((m.mode === 'lossless' || m.mode === 'gate-threshold') && L.gate && !im) {
+      // gated: the gate for every neuron, then up only where act(gate) != 0 (lossless: dense bit for bit) or
+      // |act(gate)| >= t (CATS)
       L.gate.matvec(s.h2, s.g, undefined, L.gateBias);
-      mlpActHost(this.act, s.g, F, null);
-      const k = nonzeros(s.g, F, s.ids, s.coef), ids = s.ids.subarray(0, k);
-      this.counts.mlpSelected += k; this.counts.mlpTotal += F;
-      if (k === 0) return;
-      L.up.matvec(s.h2, s.u, ids, L.upBias);
-      for (let j = 0; j < k; j++) a[j] = s.coef[j]! * s.u[j]!;
-      L.down.axpy(a.subarray(0, k), y, ids);
-      return;
+      k = this.keepGate(m.mode === 'lossless' ? 0 : m.t); ids = s.ids;
+      if (k) {
+        L.up.matvec(s.h2, s.u, ids.subarray(0, k), L.upBias);
+        for (let j = 0; j < k; j++) a[j] = act(s.coef[j]!) * s.u[j]!;
+      }
+      rowCount(L.gate, F); rowCount(L.up, k);
+    } else {
+      // every neuron's first projections (input-major: from the MLP input's kept entries only)
+      const mi = sites?.mlp, obs = this.modes.observe;
+      obs?.(i, 'mlp', s.h2, d);
+      const kin = mi ? keepInputs(s.h2, d, mi.t, this.norms[i]!.mlp, s.xi, s.xc) : -1;
+      this.proj(L.up, im, s.h2, kin, a, L.upBias);
+      if (L.gate) { this.proj(L.gate, im, s.h2, kin, s.g, L.gateBias); obs?.(i, 'gate', s.g, F); }
+      if (m.mode === 'dense') { mlpActHost(act, a, F, L.gate ? s.g : null); obs?.(i, 'down', a, F); }
+      else if (m.mode === 'lossless') { mlpActHost(act, a, F, L.gate ? s.g : null); k = nonzeros(a, F, s.ids, s.coef); vals = s.coef; ids = s.ids; }
+      else if (m.mode === 'gate-threshold') {
+        k = this.keepGate(m.t); vals = s.coef; ids = s.ids;
+        for (let j = 0; j < k; j++) vals[j] = act(vals[j]!) * a[ids[j]!]!;
+      } else {
+        const idx = m.pick({ h: s.h2, xMlp: s.xm, xAttn: s.x });
+        k = idx.length; ids = idx; vals = s.coef;
+        for (let j = 0; j < k; j++) { const n = idx[j]!; vals[j] = L.gate ? act(s.g[n]!) * a[n]! : act(a[n]!); }
+      }
     }
-    L.up.matvec(s.h2, a, undefined, L.upBias);
-    if (L.gate) L.gate.matvec(s.h2, s.g, undefined, L.gateBias);
-    mlpActHost(this.act, a, F, L.gate ? s.g : null);
-    if (m.mode === 'lossless') {
-      // only the rows with a nonzero activation are read: the dense sum, bit for bit
-      const k = nonzeros(a, F, s.ids, s.coef);
-      this.counts.mlpSelected += k; this.counts.mlpTotal += F;
-      L.down.axpy(s.coef.subarray(0, k), y, s.ids.subarray(0, k));
-      return;
+    // 2. the down site: only the kept rows of that input
+    if (dn) {
+      const kk = ids ? keepInputs(vals, k, dn.t, this.norms[i]!.down, s.di, s.dc, ids) : keepInputs(vals, F, dn.t, this.norms[i]!.down, s.di, s.dc);
+      vals = s.dc; ids = s.di; k = kk;
     }
-    this.counts.mlpSelected += F; this.counts.mlpTotal += F;
-    L.down.axpy(a, y);
+    this.counts.mlpSelected += k; this.counts.mlpTotal += F;
+    rowCount(L.down, k);
+    if (!ids) L.down.axpy(vals, y);
+    else if (k) L.down.axpy(vals.subarray(0, k), y, ids.subarray(0, k));
   }
 }
 

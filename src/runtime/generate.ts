@@ -12,7 +12,7 @@ import { UserError } from '../util/errors.js';
 import { mulberry32 } from '../util/random.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../model/forward.js';
 import type { Model } from '../model/model.js';
-import { DecodeSession, denseModes, sessionFromPrefill, type DecodeCounts, type DecodeModes } from './decoder.js';
+import { DecodeSession, denseModes, sessionFromPrefill, zeroCounts, type DecodeCounts, type DecodeModes, type WeightCounts } from './decoder.js';
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -27,7 +27,9 @@ export interface GenerateOptions {
 
 /** Why generation ended: every row hit EOS, maxNewTokens were generated, or the model ran out of positions. */
 export type StopReason = 'eos' | 'max-tokens' | 'max-positions';
-export interface GenerateResult { tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number; stopReason: StopReason; maxPositions: number; counts: DecodeCounts }
+export interface GenerateResult {
+  tokens: number[][]; prefillMs: number; decodeMs: number; decodeSteps: number; stopReason: StopReason; maxPositions: number; counts: DecodeCounts; weights: WeightCounts;
+}
 
 /** Longest prompt + new tokens must fit the model's positions (max_position_embeddings). */
 export function positionsLeft(model: Model, promptLen: number): number { return model.config.maxPositions - promptLen; }
@@ -110,7 +112,7 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
       steps++;
     }
   } finally { session.dispose(); }
-  return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions, counts: session.counts };
+  return { tokens: out, prefillMs, decodeMs: performance.now() - t, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions, counts: session.counts, weights: session.weights };
 }
 
 /**
@@ -118,10 +120,10 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
  * (default dense), scoring the next token. Same selection rules as evaluate-recall's predicted-sparsity run,
  * computed by skipping rows instead of masking.
  */
-export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): { nll: number; count: number; counts: DecodeCounts } {
+export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): { nll: number; count: number; counts: DecodeCounts; weights: WeightCounts } {
   let nll = 0, count = 0;
   const V = model.config.vocabSize;
-  const counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
+  const counts: DecodeCounts = zeroCounts(), weights: WeightCounts = { weightsRead: 0, weightsTotal: 0 };
   for (const seq of seqs) {
     const s = new DecodeSession(model, modes ?? denseModes(model.config.layers), 1);
     try {
@@ -137,6 +139,7 @@ export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): 
       }
     } finally { s.dispose(); }
     for (const k of Object.keys(counts) as (keyof DecodeCounts)[]) counts[k] += s.counts[k];
+    weights.weightsRead += s.weights.weightsRead; weights.weightsTotal += s.weights.weightsTotal;
   }
-  return { nll, count, counts };
+  return { nll, count, counts, weights };
 }

@@ -1,6 +1,7 @@
 /**
- * A runtime plan: per layer, the MLP mode (dense | lossless | predicted with a rule) and the head mode (dense |
- * predicted with a rule), as `dejavu plan` chose them under a perplexity budget, with what it expected and measured.
+ * A runtime plan: per layer, the MLP mode (dense | lossless | predicted with a rule | gate-threshold), the head mode
+ * (dense | predicted with a rule) and the input-threshold sites (attn, o, mlp, down; docs/sparsity.md), as `dejavu
+ * plan` chose them under a perplexity budget, with what it expected and measured.
  * Stored in plan.json and in the bundle manifest (checksummed); the decode runtime follows it (decodeModes).
  */
 import * as fs from 'node:fs';
@@ -17,7 +18,8 @@ import { topKRow, type SelectionRule } from '../predictors/metrics.js';
 import { rowMatrix, type RowMatrix } from '../model/kernels/rows.js';
 import { createArena, type WasmArena } from '../model/kernels/wasm/kernels.js';
 import { transpose2d } from '../util/transpose.js';
-import type { DecodeModes, HeadStep, MlpStep } from './decoder.js';
+import { sitePointSchema } from './sites-report.js';
+import { inputMajorNames, type DecodeModes, type HeadStep, type LayerInputs, type MlpStep } from './decoder.js';
 
 export const PLAN_FORMAT_VERSION = 1;
 
@@ -28,6 +30,12 @@ const rule = z.discriminatedUnion('kind', [
 const share = z.number().min(0).max(1);
 const ms = z.number().nonnegative();
 
+/** a threshold calibrated on the calibration text: `sparsity` = the share of the site's calibration scores below it */
+const threshold = z.number().nonnegative().refine(Number.isFinite, 'expected a finite threshold');
+/** an input-threshold site (TEAL; score wina: |x_i| · ‖W[:, i]‖, WINA): inputs scoring below `threshold` are not read */
+export const inputSiteSchema = z.strictObject({ mode: z.literal('input-threshold'), score: z.enum(['abs', 'wina']), threshold, sparsity: share });
+export type InputSitePlan = z.infer<typeof inputSiteSchema>;
+
 export const layerPlanSchema = z.strictObject({
   layer: z.number().int().nonnegative(),
   mlp: z.discriminatedUnion('mode', [
@@ -36,7 +44,14 @@ export const layerPlanSchema = z.strictObject({
     z.strictObject({ mode: z.literal('lossless') }),
     /** the layer's predictor picks the neurons by `rule`, calibrated to `recall` on held-out activations */
     z.strictObject({ mode: z.literal('predicted'), rule, recall: share }),
+    /** CATS (gated MLPs): the gate for every neuron, up and down rows only where |act(gate)| >= threshold */
+    z.strictObject({ mode: z.literal('gate-threshold'), threshold, sparsity: share }),
   ]),
+  /**
+   * input-threshold sites (absent or {}: every input read): attn = q/k/v's shared input, o = the output projection's,
+   * mlp = the MLP's first projections' (gate/up or fc1), down = the down projection's
+   */
+  inputs: z.strictObject({ attn: inputSiteSchema.optional(), o: inputSiteSchema.optional(), mlp: inputSiteSchema.optional(), down: inputSiteSchema.optional() }).optional(),
   heads: z.discriminatedUnion('mode', [
     z.strictObject({ mode: z.literal('dense') }),
     z.strictObject({ mode: z.literal('predicted'), rule }),
@@ -58,18 +73,25 @@ export const runtimePlanSchema = z.strictObject({
   estimate: z.strictObject({ stepMs: ms, denseStepMs: ms, speedup: z.number().positive(), pplIncrease: z.number() }),
   /** measured by the runtime itself on held-out text the search did not see */
   verified: z.strictObject({ tokens: z.number().int().positive(), densePerplexity: z.number().positive(), perplexity: z.number().positive(), pplIncrease: z.number(), stepMs: ms,
-      denseStepMs: ms, speedup: z.number().positive() }),
+      denseStepMs: ms, speedup: z.number().positive(),
+      /** decoder-layer weights read per decoded token over the dense count (embeddings and LM head excluded), counted by the runtime */
+      weightBytesShare: share.optional(),
+      /** the same for the whole step: the LM head (and projections around it) included */
+      stepWeightBytesShare: share.optional() }),
 });
 export type RuntimePlan = z.infer<typeof runtimePlanSchema>;
 
 /** Problems of a plan against a model (and its predictors' sites), each with its dotted path. */
-export function planProblems(plan: RuntimePlan, c: Pick<ModelConfig, 'layers' | 'ffn' | 'heads' | 'activation'>, hasPredictor: (site: 'mlp' | 'heads', layer: number) => boolean): string[] {
+export function planProblems(plan: RuntimePlan, c: Pick<ModelConfig, 'layers' | 'ffn' | 'heads' | 'activation' | 'gated'>, hasPredictor: (site: 'mlp' | 'heads', layer: number) => boolean): string[] {
   const p: string[] = [];
   if (plan.layers.length !== c.layers) p.push(`plan.layers: ${plan.layers.length} entries for a model of ${c.layers} layers`);
   plan.layers.forEach((l, i) => {
     const at = `plan.layers.${i}`;
     if (l.layer !== i) p.push(`${at}.layer: ${l.layer}, expected ${i}`);
     if (l.mlp.mode === 'lossless' && c.activation !== 'relu') p.push(`${at}.mlp: the lossless mode needs a ReLU MLP (this model's is ${c.activation})`);
+    const gated = c.gated;
+    if (l.mlp.mode === 'gate-threshold' && !gated) p.push(`${at}.mlp: the gate-threshold mode needs a gated MLP (this model's is ${c.activation})`);
+    if (l.inputs?.mlp && gated && l.mlp.mode !== 'dense') p.push(`${at}.inputs.mlp: an input threshold on a gated MLP's first projections computes every neuron; it runs with the dense MLP mode only (this layer's is ${l.mlp.mode})`);
     if (l.mlp.mode === 'predicted') {
       if (!hasPredictor('mlp', i)) p.push(`${at}.mlp: predicted, but layer ${i} has no MLP predictor weights`);
       if (l.mlp.rule.kind === 'topk' && l.mlp.rule.k > c.ffn) p.push(`${at}.mlp.rule.k: ${l.mlp.rule.k} > ${c.ffn} neurons`);
@@ -126,6 +148,17 @@ export function sitePicker(site: LoadedSite, rule: SelectionRule, W: number, are
 
 export interface BuiltModes { modes: DecodeModes; dispose(): void }
 
+/** a plan's input sites as the runtime's (thresholds; WINA scores) */
+export function planInputs(plan: Pick<RuntimePlan, 'layers'>): (LayerInputs | undefined)[] {
+  const site = (x: InputSitePlan | undefined) => (x ? { t: x.threshold, wina: x.score === 'wina' } : undefined);
+  return plan.layers.map((l) => (l.inputs ? { attn: site(l.inputs.attn), o: site(l.inputs.o), mlp: site(l.inputs.mlp), down: site(l.inputs.down) } : undefined));
+}
+
+/** the weight names a plan needs stored input-major: loadModel(dir, { decode: { inputMajor: planInputMajor(plan, config) } }) runs it */
+export function planInputMajor(plan: Pick<RuntimePlan, 'layers'> | null | undefined, c: Pick<ModelConfig, 'gated'>): Set<string> {
+  return plan ? inputMajorNames({ inputs: planInputs(plan) }, c.gated) : new Set();
+}
+
 /**
  * Per-layer decode modes from predictors and, when given, a plan. Without a plan each layer follows its trained
  * entry: dense -> dense, exact -> lossless, low-rank -> its rule; heads with a predictor -> its rule.
@@ -145,7 +178,8 @@ export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan
     else if (lp?.mlp.mode === 'predicted') {
       if (!ms) throw new Error(`plan: layer ${i} MLP is predicted but there is no predictor`);
       mlp.push(select(ms, lp.mlp.rule));
-    } else if (lp) mlp.push({ mode: lp.mlp.mode });
+    } else if (lp?.mlp.mode === 'gate-threshold') mlp.push({ mode: 'gate-threshold', t: lp.mlp.threshold });
+    else if (lp) mlp.push({ mode: lp.mlp.mode });
     else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
     else if (ms!.entry.family === 'exact') mlp.push({ mode: 'lossless' });
     else mlp.push(select(ms!, ms!.entry.rule!));
@@ -156,7 +190,8 @@ export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan
       heads.push({ mode: 'select', pick: (x) => pick(prev ? x.xAttnPrev : x.xAttn) });
     }
   }
-  return { modes: { mlp, heads }, dispose: () => { arena?.dispose(); } };
+  const inputs = plan ? planInputs(plan) : undefined;
+  return { modes: { mlp, heads, ...(inputs?.some(Boolean) ? { inputs } : {}) }, dispose: () => { arena?.dispose(); } };
 }
 
 /** plan.json (the plan stage's output): the plan, the predictors it was made for, and what the search explored. */
@@ -169,6 +204,8 @@ export const planFileSchema = z.looseObject({
   plan: runtimePlanSchema,
   /** the search's path: each accepted move with the plan's estimated speedup and perplexity increase */
   frontier: z.array(z.looseObject({ step: z.number().int().nonnegative(), move: z.string(), speedup: z.number().positive(), pplIncrease: z.number() })),
+  /** the threshold sites' sparsity-vs-perplexity frontier per layer and site, and what the plan chose (absent: no sites searched) */
+  sites: z.array(sitePointSchema).optional(),
   /** the file's seal (util/seal): sha256 of its canonical JSON less this field; an edited plan is refused */
   sealSha256: z.string().regex(/^[0-9a-f]{64}$/),
 });

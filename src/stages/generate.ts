@@ -1,7 +1,7 @@
 import type { StageResult } from './types.js';
 import { loadBundlePredictors } from '../bundle/bundle.js';
-import { loadModel } from '../model/model.js';
-import { decodeModes } from '../runtime/plan.js';
+import { loadModel, type Model } from '../model/model.js';
+import { decodeModes, planInputMajor, type BuiltModes } from '../runtime/plan.js';
 import { generate } from '../runtime/generate.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { UserError } from '../util/errors.js';
@@ -13,12 +13,14 @@ import type { StageDeps } from '../util/progress.js';
 export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<StageResult> {
   fingerprintCheckpoint(o.model); // the checkpoint first, as collect checks it (a hub id, a .bin-only folder: the same message)
   const tok = loadTokenizer(o.model);
-  const model = loadModel(o.model, { decode: true });
   const preds = o.bundle ? loadBundlePredictors(o.bundle, o.model) : null;
   // the bundle's plan when it has one, else each layer's trained rule; no bundle: every layer dense
   const plan = preds?.bundle.plan ?? null;
-  const built = decodeModes(model.config, preds, plan);
+  let model: Model | null = null, built: BuiltModes | null = null;
   try {
+    // the plan's input-threshold sites read their matrices input-major (one row per input)
+    model = loadModel(o.model, { decode: { inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
+    built = decodeModes(model.config, preds, plan);
     const bos = tok.bos !== undefined ? tok.bos : model.config.bosTokenId; // what transformers' tokenizer prepends
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
     const P = model.config.maxPositions;
@@ -40,17 +42,19 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
       try { denseTps = rate(generate(model, prompts, { maxNewTokens: r.decodeSteps + 1, temperature: 0, topK: 0, seed: 0, stopAtEos: false, modes: dense.modes })); } finally { dense.dispose(); }
     }
     const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal);
+    const weightShare = r.weights.weightsRead / Math.max(1, r.weights.weightsTotal);
     deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
       (denseTps !== null ? ` (dense, the same prompts and steps, measured after it: ${denseTps.toFixed(1)} tokens/s; ${(tps / denseTps).toFixed(2)}x)` : '') +
-      (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%` : ''));
+      (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%, decoder-layer weights read ${(weightShare * 100).toFixed(1)}%` : ''));
     return {
       text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
       notes,
-      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, denseTokensPerSecond: denseTps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1, plan: Boolean(plan) },
+      json: { mode: preds ? 'sparse' : 'dense', prompts: o.prompt, completions: texts, tokens: r.tokens, promptTokens: prompts.map((p) => p.length), stopReason: r.stopReason, decodeTokensPerSecond: tps, denseTokensPerSecond: denseTps, mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1,
+        weightShare: preds ? weightShare : 1, plan: Boolean(plan) },
     };
   } finally {
-    built.dispose();
+    built?.dispose();
     preds?.dispose();
-    model.dispose();
+    model?.dispose();
   }
 }

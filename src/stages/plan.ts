@@ -33,9 +33,13 @@ import { heldoutSequences } from '../eval/heldout.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
 import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
-import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, sitePicker, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
-import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, type CostModel } from '../runtime/costs.js';
-import { denseModes } from '../runtime/decoder.js';
+import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
+import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
+import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs, type MlpStep } from '../runtime/decoder.js';
+import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
+import { sitesTable, type SitePoint } from '../runtime/sites-report.js';
+import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
+import { loadTokenizer } from '../tokenizer.js';
 import { createArena } from '../model/kernels/wasm/kernels.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { UserError } from '../util/errors.js';
@@ -45,10 +49,20 @@ import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
 import type { StageDeps } from '../util/progress.js';
 
-type MlpOption = { mode: 'dense' | 'lossless' } | { mode: 'predicted'; rule: SelectionRule; recall: number };
+type MlpOption = { mode: 'dense' | 'lossless' } | { mode: 'predicted'; rule: SelectionRule; recall: number } | { mode: 'gate-threshold'; threshold: number; sparsity: number }
+  | { mode: 'down-threshold'; site: InputSitePlan };
 type HeadOption = { mode: 'dense' } | { mode: 'predicted'; rule: SelectionRule };
+type InputOption = { mode: 'dense' } | InputSitePlan;
 interface Option<T> { what: T; label: string; density: number; ms: number; dppl: number }
-interface LayerOptions { mlp: Option<MlpOption>[]; heads: Option<HeadOption>[] }
+/**
+ * per layer, each site's options: mlp (ms of the whole MLP), heads and the input sites attn / o / mlpIn (ms: the
+ * change from dense, negative = saved); the down input's threshold is an MLP option (it changes what the MLP reads)
+ */
+interface LayerOptions { mlp: Option<MlpOption>[]; heads: Option<HeadOption>[]; attn: Option<InputOption>[]; o: Option<InputOption>[]; mlpIn: Option<InputOption>[] }
+type Site = 'mlp' | 'heads' | 'attn' | 'o' | 'mlpIn';
+const SITES: readonly Site[] = ['mlp', 'heads', 'attn', 'o', 'mlpIn'];
+const noSites = (): Pick<LayerOptions, 'attn' | 'o' | 'mlpIn'> => ({ attn: [denseInput()], o: [denseInput()], mlpIn: [denseInput()] });
+const denseInput = (): Option<InputOption> => ({ what: { mode: 'dense' }, label: 'every input', density: 1, ms: 0, dppl: 0 });
 
 const pct = (x: number, d = 2) => `${(100 * x).toFixed(d)}%`;
 /** the least perplexity increase a lossy option is charged (0.01%): below what the search text can resolve */
@@ -97,7 +111,9 @@ async function nllOf(model: Model, seqs: number[][], batch: number, hooks?: Spar
 }
 
 /** The plan stage's shared inputs. */
-interface Ctx { cfg: PlanConfig; deps: StageDeps; model: Model; preds: LoadedPredictors; m: ReturnType<typeof readManifest>; costs: CostModel; dppl?: PlanDppl }
+interface Ctx { cfg: PlanConfig; deps: StageDeps; model: Model; preds: LoadedPredictors; m: ReturnType<typeof readManifest>; costs: CostModel; dppl?: PlanDppl;
+  /** the input sites (cfg.sites): the model with every site's matrices input-major, the calibrated histograms, the sites' kernel costs */
+  sites?: { model: Model; cal: SiteCalibration; costs: SiteCosts } }
 /** issue 26: a shard measures the single-layer perplexity increases of layers i, i+n, ... and records them by
  * "layer|option"; the merge replays them (everything else, costs included, it computes itself) */
 type PlanDppl = { shard: { index: number; count: number }; record: Record<string, number> } | { replay: Record<string, number> };
@@ -133,21 +149,29 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
   const dp = x.dppl;
   const measure = async (hooks: SparsityHooks) => (await nllOf(model, search, cfg.batchSize, hooks)) / densePpl - 1;
   let layer = 0;
-  const increase = async (hooks: SparsityHooks, label: string) => {
+  const increase = async (hooks: SparsityHooks | (() => number), label: string) => {
     const key = `${layer}|${label}`;
     if (dp && 'replay' in dp) {
       if (!(key in dp.replay)) throw new UserError(`the plan shards hold no single-layer perplexity for layer ${layer}, ${label}`, 'merge the shards of one plan run');
       return dp.replay[key]!;
     }
-    const v = await measure(hooks);
+    const v = typeof hooks === 'function' ? hooks() : await measure(hooks);
     if (dp) dp.record[key] = v;
     return v;
+  };
+  // the input sites' options: single-layer, single-site perplexities by the runtime itself (its input-major copy)
+  const st = x.sites;
+  const siteDense = st && !(dp && 'replay' in dp) ? ppl(decodeNll(st.model, search)) : NaN;
+  const siteIncrease = (i: number, mlpStep: MlpStep | null, inputs: LayerInputs) => () => {
+    const m = denseModes(c.layers);
+    if (mlpStep) m.mlp[i] = mlpStep;
+    return ppl(decodeNll(st!.model, search, { ...m, inputs: m.mlp.map((_, j) => (j === i ? inputs : undefined)) })) / siteDense - 1;
   };
   const options: LayerOptions[] = [];
   try {
     for (let i = 0; i < c.layers; i++) {
       layer = i;
-      if (dp && 'shard' in dp && i % dp.shard.count !== dp.shard.index) { options.push({ mlp: [], heads: [] }); continue; } // another shard's layer
+      if (dp && 'shard' in dp && i % dp.shard.count !== dp.shard.index) { options.push({ mlp: [], heads: [], attn: [], o: [], mlpIn: [] }); continue; } // another shard's layer
       const ms = preds.mlp.get(i), hs = preds.heads.get(i);
       const mlp: Option<MlpOption>[] = [{ what: { mode: 'dense' }, label: 'dense', density: 1, ms: mlpMs(sc, 'dense', 1), dppl: 0 }];
       let trueDensity = NaN;
@@ -184,7 +208,38 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
           ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: await increase(oneLayerHooks(i, hs!, 'heads', rule), `top ${k}/${c.heads} heads`),
         });
       }
-      options.push({ mlp, heads });
+      const sites = noSites();
+      if (st) {
+        const sc2 = st.costs, scores = cfg.siteScore === 'both' ? (['abs', 'wina'] as const) : [cfg.siteScore];
+        for (const sp of cfg.siteSparsities) {
+          const name = `${Math.round(100 * sp)}%`;
+          // an option the cost model says is not faster than dense is never chosen (objective time): its perplexity is not measured
+          const denseMlpMs = mlp[0]!.ms;
+          const faster = (ms: number, than: number) => cfg.objective === 'bytes' || ms < than;
+          const gt = c.gated ? thresholdAt(st.cal, i, 'gate', sp) : 0; // 0: the gate's own zeros (ReLU): the lossless mode
+          if (gt > 0 && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
+            const t = gt, label = `gate threshold ${name}`;
+            mlp.push({ what: { mode: 'gate-threshold', threshold: t, sparsity: sp }, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: await increase(siteIncrease(i, { mode: 'gate-threshold', t }, {}), label) });
+          }
+          for (const score of scores) {
+            const wina = score === 'wina', tag = `${name}${wina ? ' (WINA)' : ''}`;
+            const site = (s2: 'attn' | 'o' | 'mlp' | 'down'): InputSitePlan => ({ mode: 'input-threshold', score, threshold: thresholdAt(st.cal, i, s2, sp, wina), sparsity: sp });
+            const down = site('down'), lDown = `down input ${tag}`;
+            // the MLP's first projections in full, then the down rows of the inputs kept (a threshold of 0 is the lossless mode)
+            const downMs = mlpMs(sc, 'dense', 1) - siteMs(sc2.down, 1) + siteMs(sc2.down, 1 - sp);
+            if (down.threshold > 0 && faster(downMs, denseMlpMs)) mlp.push({ what: { mode: 'down-threshold', site: down }, label: lDown, density: 1 - sp, ms: downMs,
+              dppl: await increase(siteIncrease(i, null, { down: { t: down.threshold, wina } }), lDown) });
+            for (const [key, s2, label] of [['attn', 'attn', 'q/k/v input'], ['o', 'o', 'o input'], ['mlpIn', 'mlp', 'MLP input']] as const) {
+              const what = site(s2), l2 = `${label} ${tag}`;
+              if (what.threshold > 0 && faster(siteMs(sc2[s2], 1 - sp), siteMs(sc2[s2], 1))) {
+                const dppl = await increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2);
+                sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl });
+              }
+            }
+          }
+        }
+      }
+      options.push({ mlp, heads, ...sites });
       bar.update(i + 1);
     }
   } finally { bar.stop(); arena?.dispose(); }
@@ -192,24 +247,39 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
   return { options, densePpl };
 }
 
-/** A plan under construction: each layer's chosen MLP and head option, with the cost model's view of it. */
+/** A plan under construction: each layer's chosen option per site, with the cost model's view of it. */
 class Choice {
-  readonly at: { mlp: number; heads: number }[];
+  readonly at: Record<Site, number>[];
   readonly frontier: PlanFile['frontier'] = [];
-  private readonly history: { layer: number; site: 'mlp' | 'heads'; from: number }[] = [];
+  private readonly history: { layer: number; site: Site; from: number }[] = [];
   private readonly fixedMs: number;
-  constructor(private readonly options: LayerOptions[], readonly stepMs: number) {
+  /** `gain`: the share of the dense step a move saves (time: the cost model's ms; bytes: the weights read per token) */
+  constructor(private readonly options: LayerOptions[], readonly stepMs: number, private readonly gated: boolean,
+      private readonly gain: (site: Site, from: Option<MlpOption | HeadOption | InputOption>, to: Option<MlpOption | HeadOption | InputOption>) => number = (_s, a, b) => (a.ms - b.ms) / stepMs) {
     // everything but the MLPs (attention at every head, norms, LM head) from the dense step
     this.fixedMs = stepMs - options.reduce((s, o) => s + o.mlp[0]!.ms, 0);
     // start: each layer's cheapest lossless option (dense or lossless)
-    this.at = options.map((o) => ({ mlp: o.mlp.reduce((b, q, j) => (q.what.mode !== 'predicted' && q.ms < o.mlp[b]!.ms ? j : b), 0), heads: 0 }));
+    this.at = options.map((o) => ({ mlp: o.mlp.reduce((b, q, j) => (!lossy(q) && q.ms < o.mlp[b]!.ms ? j : b), 0), heads: 0, attn: 0, o: 0, mlpIn: 0 }));
     this.frontier.push({ step: 0, move: 'lossless start', speedup: this.speedup(), pplIncrease: 0 });
   }
   get moves(): number { return this.history.length; }
-  option(i: number, site: 'mlp' | 'heads'): Option<MlpOption | HeadOption> { return this.options[i]![site][this.at[i]![site]]!; }
-  stepOf(): number { return this.fixedMs + this.at.reduce((s, _, i) => s + this.option(i, 'mlp').ms + this.option(i, 'heads').ms, 0); }
+  option(i: number, site: Site): Option<MlpOption | HeadOption | InputOption> { return this.options[i]![site][this.at[i]![site]]!; }
+  stepOf(): number { return this.fixedMs + this.at.reduce((s, _, i) => s + SITES.reduce((t, site) => t + this.option(i, site).ms, 0), 0); }
   speedup(): number { return this.stepMs / this.stepOf(); }
-  spent(): number { return this.at.reduce((s, _, i) => s + charge(this.option(i, 'mlp')) + charge(this.option(i, 'heads')), 0); }
+  spent(): number { return this.at.reduce((s, _, i) => s + SITES.reduce((t, site) => t + charge(this.option(i, site)), 0), 0); }
+
+  /**
+   * Whether layer i may hold option j at `site` with its other sites' choices: q/k/v or o thresholds only with every
+   * head (q would be computed for every head; o's rows would be saved twice); an input threshold on the MLP's first
+   * projections computes every neuron (input-major rows), so only with the MLP modes that do (dense, down threshold;
+   * ungated: lossless too).
+   */
+  private fits(i: number, site: Site, j: number): boolean {
+    const mode = (s: Site) => (s === site ? this.options[i]![s][j]! : this.option(i, s)).what.mode;
+    if ((mode('attn') !== 'dense' || mode('o') !== 'dense') && mode('heads') !== 'dense') return false;
+    const m = mode('mlp');
+    return mode('mlpIn') === 'dense' || m === 'dense' || m === 'down-threshold' || (m === 'lossless' && !this.gated);
+  }
 
   /**
    * greedy: the move with the most ms saved per unit of perplexity charged, while the charges fit `allowance`; a lossy
@@ -218,18 +288,18 @@ class Choice {
    */
   search(allowance: number, minRate: number): void {
     for (;;) {
-      let best: { layer: number; site: 'mlp' | 'heads'; to: number; score: number } | null = null;
-      for (let i = 0; i < this.options.length; i++) for (const site of ['mlp', 'heads'] as const) {
+      let best: { layer: number; site: Site; to: number; score: number } | null = null;
+      for (let i = 0; i < this.options.length; i++) for (const site of SITES) {
         const cur = this.option(i, site);
         this.options[i]![site].forEach((o, j) => {
-          const saved = cur.ms - o.ms, extra = charge(o) - charge(cur);
-          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved / this.stepMs < minRate * extra)) return;
+          const saved = this.gain(site, cur, o), extra = charge(o) - charge(cur);
+          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved < minRate * extra) || !this.fits(i, site, j)) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
       }
       if (!best) return;
-      const b = best as { layer: number; site: 'mlp' | 'heads'; to: number };
+      const b = best as { layer: number; site: Site; to: number };
       this.history.push({ layer: b.layer, site: b.site, from: this.at[b.layer]![b.site] });
       this.at[b.layer]![b.site] = b.to;
       this.note(`layer ${b.layer} ${b.site}: ${this.option(b.layer, b.site).label}`);
@@ -241,7 +311,7 @@ class Choice {
     this.note(`undo layer ${u.layer} ${u.site} (verified over budget)`);
   }
   dense(): void {
-    for (const a of this.at) { a.mlp = 0; a.heads = 0; }
+    for (const a of this.at) for (const s of SITES) a[s] = 0;
     this.history.length = 0;
     this.note('fall back to dense (the verified plan was not faster)');
   }
@@ -250,56 +320,106 @@ class Choice {
   layers(): RuntimePlan['layers'] {
     return this.at.map((_, i) => {
       const mo = this.option(i, 'mlp') as Option<MlpOption>, ho = this.option(i, 'heads') as Option<HeadOption>;
+      const w = mo.what, input = (s: 'attn' | 'o' | 'mlpIn') => { const x = this.option(i, s).what; return x.mode === 'dense' ? undefined : x; };
+      const inputs = { attn: input('attn'), o: input('o'), mlp: input('mlpIn'), down: w.mode === 'down-threshold' ? w.site : undefined };
+      const pplIncrease = SITES.reduce((t, s) => t + Math.max(0, this.option(i, s).dppl), 0);
       return {
-        layer: i, mlp: mo.what.mode === 'predicted' ? { mode: 'predicted', rule: mo.what.rule, recall: mo.what.recall } : { mode: mo.what.mode },
+        layer: i,
+        mlp: w.mode === 'predicted' ? { mode: 'predicted', rule: w.rule, recall: w.recall } : w.mode === 'gate-threshold' ? { mode: 'gate-threshold', threshold: w.threshold, sparsity: w.sparsity }
+          : { mode: w.mode === 'down-threshold' ? 'dense' : w.mode },
         heads: ho.what.mode === 'predicted' ? { mode: 'predicted', rule: ho.what.rule } : { mode: 'dense' },
-        expected: { mlpDensity: mo.density, headDensity: ho.density, mlpMs: Math.max(0, mo.ms), headDeltaMs: ho.ms, pplIncrease: Math.max(0, mo.dppl) + Math.max(0, ho.dppl) },
+        ...(Object.values(inputs).some(Boolean) ? { inputs: Object.fromEntries(Object.entries(inputs).filter(([, v]) => v)) } : {}),
+        expected: { mlpDensity: mo.density, headDensity: ho.density, mlpMs: Math.max(0, mo.ms), headDeltaMs: ho.ms, pplIncrease },
       } satisfies LayerPlan;
     });
   }
 }
 
+/**
+ * Weights an option reads per token (cfg.objective bytes): mlp = the whole MLP's; heads and input sites = the change
+ * from dense (negative: saved). Predictors' own weights are left out.
+ */
+function weightsOf(c: Model['config'], site: Site, o: Option<MlpOption | HeadOption | InputOption>): number {
+  const d = c.hidden, F = c.ffn, hd = c.headDim, first = (c.gated ? 2 : 1) * d * F, down = F * d, w = o.what, p = o.density;
+  if (w.mode === 'dense') return site === 'mlp' ? first + down : 0;
+  switch (site) {
+    case 'mlp': return w.mode === 'lossless' ? (c.gated ? d * F * (1 + p) : first) + p * down : w.mode === 'predicted' ? p * (first + down)
+      : w.mode === 'gate-threshold' ? d * F + p * (d * F + down) : first + p * down;
+    case 'heads': return -(1 - p) * 2 * d * c.heads * hd;
+    case 'attn': return -(1 - p) * d * (c.heads + 2 * c.kvHeads) * hd;
+    case 'o': return -(1 - p) * c.heads * hd * d;
+    case 'mlpIn': return -(1 - p) * first;
+  }
+}
+
+/** an option that changes the model's function (predicted, fewer heads, any threshold): charged against the budget */
+const lossy = (o: Option<MlpOption | HeadOption | InputOption>) => o.what.mode !== 'dense' && o.what.mode !== 'lossless';
 /** what an option is charged against the budget: its single-layer increase, a lossy one at least NOISE_FLOOR */
-function charge(o: Option<MlpOption | HeadOption>): number { return o.what.mode === 'predicted' ? Math.max(NOISE_FLOOR, o.dppl) : 0; }
+function charge(o: Option<MlpOption | HeadOption | InputOption>): number { return lossy(o) ? Math.max(NOISE_FLOOR, o.dppl) : 0; }
 
 /**
- * The runtime decodes the verification text with the plan; while over budget the last move is undone. Then dense and
- * the plan decode the same text in alternating rounds; a plan not faster (twice) becomes dense (cfg.neverSlower).
+ * The runtime decodes the verification text with the plan (on a copy of the model that stores the plan's input sites
+ * input-major); while over budget the last move is undone. Then dense (the model's own layout) and the plan decode the
+ * same text in alternating rounds; a plan not faster (twice) becomes dense (cfg.neverSlower). The weights read per
+ * token are counted by the runtime.
  */
 function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: RuntimePlan['verified']; fallback: string } {
   const { cfg, model, preds, deps } = x, c = model.config;
   const dv = decodeNll(model, verify);
   const densePpl = ppl(dv);
-  const runtimePpl = () => { const b = decodeModes(c, preds, { layers: choice.layers() }); try { return ppl(decodeNll(model, verify, b.modes)); } finally { b.dispose(); } };
-  let p = runtimePpl();
-  for (;;) {
-    const inc = p / densePpl - 1;
-    deps.log(`plan: verified ${choice.moves} move(s) on ${dv.count} held-out tokens: perplexity ${p.toFixed(4)} vs dense ${densePpl.toFixed(4)} (${inc >= 0 ? '+' : ''}${pct(inc, 3)})`);
-    if (inc <= cfg.maxPplIncrease || !choice.moves) break;
-    choice.undo();
-    p = runtimePpl();
-  }
-  if (p / densePpl - 1 > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(p / densePpl - 1, 3)} (lossless modes must equal dense)`);
-  const layers = choice.layers();
-  if (layers.every((l) => l.mlp.mode === 'dense' && l.heads.mode === 'dense')) { // dense itself: nothing to time
-    return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1 }, fallback: '' };
-  }
-  const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
-  const built = decodeModes(c, preds, { layers: choice.layers() });
-  let denseMs: number, planMs: number;
+  // the plan's own layout: a model whose input sites' matrices are input-major (loaded once per distinct set)
+  const copies = new Map<string, Model>();
+  const modelFor = (layers: RuntimePlan['layers']) => {
+    const names = planInputMajor({ layers }, c);
+    if (!names.size) return model;
+    const key = [...names].sort().join(',');
+    let m = copies.get(key);
+    if (!m) copies.set(key, (m = loadModel(cfg.model, { decode: { inputMajor: names } })));
+    return m;
+  };
   try {
-    [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], text, ctx, steps) as [number, number];
-    if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(model, [denseModes(c.layers), built.modes], text, ctx, steps, 7) as [number, number]; // once more, longer
-  } finally { built.dispose(); }
-  let fallback = '';
-  if (cfg.neverSlower && planMs >= denseMs) {
-    // never slower than dense: the plan that computes everything is dense itself
-    fallback = `the verified plan (${choice.layers().map((l) => l.mlp.mode).join(', ')}; +${pct(p / densePpl - 1, 3)}) decoded at ${(denseMs / planMs).toFixed(3)}x dense, not faster: the plan is dense`;
-    deps.log(`plan: ${fallback}`);
-    choice.dense();
-    planMs = denseMs; p = densePpl;
-  }
-  return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs }, fallback };
+    const runtime = () => {
+      const layers = choice.layers(), b = decodeModes(c, preds, { layers });
+      try { return decodeNll(modelFor(layers), verify, b.modes); } finally { b.dispose(); }
+    };
+    let r = runtime(), p = ppl(r);
+    for (;;) {
+      const inc = p / densePpl - 1;
+      deps.log(`plan: verified ${choice.moves} move(s) on ${dv.count} held-out tokens: perplexity ${p.toFixed(4)} vs dense ${densePpl.toFixed(4)} (${inc >= 0 ? '+' : ''}${pct(inc, 3)})`);
+      if (inc <= cfg.maxPplIncrease || !choice.moves) break;
+      choice.undo();
+      r = runtime(); p = ppl(r);
+    }
+    if (p / densePpl - 1 > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(p / densePpl - 1, 3)} (lossless modes must equal dense)`);
+    // weights read per token: the decoder layers' (counted), and the whole step's (the LM head and projections around it read densely)
+    const shares = (k: WeightCounts) => {
+      const w = model.decode!, per = (n: number) => n / Math.max(1, dv.count);
+      const rest = w.lmHead.n * w.lmHead.d + (w.projIn ? w.projIn.n * w.projIn.d : 0) + (w.projOut ? w.projOut.n * w.projOut.d : 0);
+      return { weightBytesShare: Math.min(1, k.weightsRead / k.weightsTotal), stepWeightBytesShare: Math.min(1, (per(k.weightsRead) + rest) / (per(k.weightsTotal) + rest)) };
+    };
+    const layers = choice.layers();
+    if (layers.every((l) => l.mlp.mode === 'dense' && l.heads.mode === 'dense' && !l.inputs)) { // dense itself: nothing to time
+      return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1, ...shares(dv.weights) }, fallback: '' };
+    }
+    const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
+    const built = decodeModes(c, preds, { layers });
+    const both = [model, modelFor(layers)];
+    let denseMs: number, planMs: number;
+    try {
+      [denseMs, planMs] = alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps) as [number, number];
+      if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, 7) as [number, number]; // once more, longer
+    } finally { built.dispose(); }
+    let fallback = '', read = shares(r.weights);
+    if (cfg.neverSlower && planMs >= denseMs) {
+      // never slower than dense: the plan that computes everything is dense itself
+      fallback = `the verified plan (${layers.map((l) => l.mlp.mode + (l.inputs ? '+inputs' : '')).join(', ')}; +${pct(p / densePpl - 1, 3)}) decoded at ${(denseMs / planMs).toFixed(3)}x dense, not faster: the plan is dense`;
+      deps.log(`plan: ${fallback}`);
+      choice.dense();
+      planMs = denseMs; p = densePpl; read = shares(dv.weights);
+    }
+    const verified = { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs, ...read };
+    return { verified, fallback };
+  } finally { for (const m of copies.values()) m.dispose(); }
 }
 
 export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<string, number>): Promise<StageResult> {
@@ -307,6 +427,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
   const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the plan is made for these weights (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
   const model = loadModel(cfg.model, { decode: true });
+  let sparse: Model | null = null; // the input sites' layout (cfg.sites), for the options' perplexities and kernel costs
   // the output folder is claimed first: a folder that is not ours is refused before any work
   let w: ReturnType<typeof beginOutput> | null = null;
   try {
@@ -317,11 +438,19 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     if (!sameFingerprint(m.model.fingerprint, preds.manifest.model.fingerprint))
       throw new UserError(`activations in ${cfg.activations} come from another checkpoint than the predictors`, 'pass held-out activations of the same checkpoint');
     const { search, verify } = await heldoutText(cfg, model, m);
-    const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)), { note: (s) => deps.log(`plan: ${s}`) });
+    const everySite = { inputs: Array.from({ length: model.config.layers }, () => ({ attn: { t: 0 }, mlp: { t: 0 } })) };
+    if (cfg.sites) sparse = loadModel(cfg.model, { decode: { inputMajor: inputMajorNames(everySite, model.config.gated) } });
+    const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)), { note: (s) => deps.log(`plan: ${s}`), ...(sparse ? { sparse } : {}) });
     const sc = costs.shape;
     deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
     const x: Ctx = { cfg, deps, model, preds, m, costs, ...(cfg.shard ? { dppl: { shard: cfg.shard, record: {} } } : replay ? { dppl: { replay } } : {}) };
+    if (sparse) {
+      const cal = calibrateSites(sparse, await calibrationText(cfg, model, preds), { wina: cfg.siteScore !== 'abs' });
+      deps.log(`plan: site thresholds calibrated on ${cal.tokens} tokens of ${cfg.calibrationData ?? 'the calibration text'}`);
+      x.sites = { model: sparse, cal, costs: costs.sites! };
+    }
     const { options, densePpl } = await measureOptions(x, search);
+    sparse?.dispose(); sparse = null;
     if (x.dppl && 'shard' in x.dppl) { // a shard: its layers' single-layer perplexities only
       const { out: _o, shard: _s, overwrite: _w, backend: _b, ...run } = cfg;
       const file = sealed({ kind: 'dejavu-plan-shard', toolVersion: VERSION, run: sha256(JSON.stringify({ run, predictorsSha256 })), config: { ...cfg }, shard: cfg.shard!, dppl: x.dppl.record });
@@ -331,15 +460,18 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
       await writeOutput(out, cfg.out, (tmp) => writeArtifact(planShardSchema, file, path.join(tmp, 'plan.json'), 'plan shard'));
       return { text: `plan shard ${cfg.shard!.index}/${cfg.shard!.count}: ${Object.keys(x.dppl.record).length} single-layer perplexities in ${cfg.out}`, json: file };
     }
-    const choice = new Choice(options, sc.stepMs);
+    const wc = model.config, w0 = model.decode!, stepWeights = wc.layers * weightsOf(wc, 'mlp', options.find((o) => o.mlp.length)?.mlp[0] ?? { what: { mode: 'dense' }, label: '', density: 1, ms: 0, dppl: 0 })
+      + wc.layers * wc.hidden * (2 * wc.heads + 2 * wc.kvHeads) * wc.headDim + w0.lmHead.n * w0.lmHead.d;
+    const choice = new Choice(options, sc.stepMs, wc.gated, cfg.objective === 'bytes' ? (site, a, b) => (weightsOf(wc, site, a) - weightsOf(wc, site, b)) / stepWeights : undefined);
     choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl);
     const { verified, fallback } = verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
       formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
       estimate: { stepMs: choice.stepOf(), denseStepMs: sc.stepMs, speedup: choice.speedup(), pplIncrease: choice.spent() }, verified,
     };
-    const file = sealed({ kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256, plan, frontier: choice.frontier }) as PlanFile;
-    const text = planReport(plan, options, choice.at, choice.frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (fallback ? `\n\nNote: ${fallback}.` : '');
+    const sites = sitePoints(options, choice.at);
+    const file = sealed({ kind: 'dejavu-plan', formatVersion: PLAN_FORMAT_VERSION, toolVersion: VERSION, predictorsSha256, plan, frontier: choice.frontier, sites }) as PlanFile;
+    const text = planReport(plan, options, choice.at, choice.frontier, cfg, densePpl, (Date.now() - t0) / 1000) + (sites.length ? `\n\n${sitesTable(sites).join('\n')}` : '') + (fallback ? `\n\nNote: ${fallback}.` : '');
     const svg = await specToSvg(frontierSpec(choice.frontier, cfg.maxPplIncrease, plan.verified, plan.estimate));
     checkPredictorsUnchanged(cfg.predictors, predictorsSha256, 'plan');
     const out = w;
@@ -352,9 +484,44 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     return { text, json: file };
   } finally {
     w?.abort();
+    sparse?.dispose();
     preds.dispose();
     model.dispose();
   }
+}
+
+/** the calibration text for the site thresholds: cfg.calibrationData, else the text the predictors' calibration activations were collected from */
+async function calibrationText(cfg: PlanConfig, model: Model, preds: LoadedPredictors): Promise<number[][]> {
+  let file = cfg.calibrationData;
+  if (!file) {
+    const dir = preds.manifest.activations.dir;
+    try { file = readManifest(dir).data.file; } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      throw new UserError(`plan: the site thresholds are calibrated on the predictors' calibration text, but its activations folder ${dir} cannot be read (${e.message})`,
+        'pass the calibration text with --set calibrationData=FILE, or --set sites=false');
+    }
+  }
+  const tokenizer = (await isPretokenized(file)) ? null : loadTokenizer(cfg.model);
+  const seqs: number[][] = [];
+  for await (const q of packSequences(readDocuments(file), { seqLen: cfg.seqLen, cfg: model.config, tokenizer, maxTokens: cfg.calibrationTokens, source: file })) seqs.push(q);
+  return seqs;
+}
+
+/** the threshold sites' options as the report's frontier points (what the plan chose marked) */
+function sitePoints(options: LayerOptions[], at: Record<Site, number>[]): SitePoint[] {
+  const pts: SitePoint[] = [];
+  options.forEach((o, layer) => {
+    const mlpDense = o.mlp[0]?.ms ?? 0;
+    o.mlp.forEach((q, j) => {
+      const w = q.what, chosen = at[layer]!.mlp === j, deltaMs = q.ms - mlpDense;
+      if (w.mode === 'gate-threshold') pts.push({ layer, site: 'gate', score: 'gate', sparsity: w.sparsity, threshold: w.threshold, pplIncrease: q.dppl, deltaMs, chosen });
+      if (w.mode === 'down-threshold') pts.push({ layer, site: 'down', score: w.site.score, sparsity: w.site.sparsity, threshold: w.site.threshold, pplIncrease: q.dppl, deltaMs, chosen });
+    });
+    for (const [key, site] of [['attn', 'attn'], ['o', 'o'], ['mlpIn', 'mlp']] as const) {
+      o[key].forEach((q, j) => { if (q.what.mode !== 'dense') pts.push({ layer, site, score: q.what.score, sparsity: q.what.sparsity, threshold: q.what.threshold, pplIncrease: q.dppl, deltaMs: q.ms, chosen: at[layer]![key] === j }); });
+    }
+  });
+  return pts;
 }
 
 /** share of active neurons (ReLU) in a layer's held-out activations */
@@ -373,7 +540,8 @@ function planReport(plan: RuntimePlan, options: LayerOptions[], choice: { mlp: n
   const v = plan.verified;
   const lines = [
     `# Runtime plan (budget +${pct(cfg.maxPplIncrease)} perplexity)`, '',
-    `Verified by the runtime on ${v.tokens} held-out tokens the search did not see: perplexity ${v.perplexity.toFixed(4)} vs dense ${v.densePerplexity.toFixed(4)} (**${v.pplIncrease >= 0 ? '+' : ''}${pct(v.pplIncrease, 3)}**), decode ${v.stepMs.toFixed(3)} vs ${v.denseStepMs.toFixed(3)} ms/token (**${v.speedup.toFixed(2)}x**).`,
+    `Verified by the runtime on ${v.tokens} held-out tokens the search did not see: perplexity ${v.perplexity.toFixed(4)} vs dense ${v.densePerplexity.toFixed(4)} (**${v.pplIncrease >= 0 ? '+' : ''}${pct(v.pplIncrease, 3)}**), decode ${v.stepMs.toFixed(3)} vs ${v.denseStepMs.toFixed(3)} ms/token (**${v.speedup.toFixed(2)}x**)` +
+      (v.weightBytesShare !== undefined ? `; decoder-layer weights read per token ${pct(v.weightBytesShare, 1)} of dense (whole step ${pct(v.stepWeightBytesShare!, 1)}).` : '.'),
     `Cost model: ${plan.estimate.stepMs.toFixed(3)} vs ${plan.estimate.denseStepMs.toFixed(3)} ms/token (${plan.estimate.speedup.toFixed(2)}x); summed single-layer perplexity increases +${pct(plan.estimate.pplIncrease, 3)} (search text, dense ${searchDensePpl.toFixed(4)}). ${seconds.toFixed(0)} s.`, '',
     '| layer | MLP mode | rule | MLP density | heads | est. MLP ms | est. head ms change | perplexity alone | share of budget |', '|---:|---|---|---:|---|---:|---:|---:|---:|',
   ];

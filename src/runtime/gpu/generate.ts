@@ -14,7 +14,8 @@ import { gpuDenseModes, gpuSession, type GpuModes, type GpuSessionOptions } from
 
 export interface GpuGenerateOptions { maxNewTokens: number; modes?: GpuModes | undefined; stopAtEos?: boolean; session?: GpuSessionOptions }
 
-export async function generateGpu(model: Model, prompt: number[], o: GpuGenerateOptions): Promise<GenerateResult> {
+// (no 'weights': the GPU session does not count the weights it reads)
+export async function generateGpu(model: Model, prompt: number[], o: GpuGenerateOptions): Promise<Omit<GenerateResult, 'weights'>> {
   const T = prompt.length, V = model.config.vocabSize;
   const room = positionsLeft(model, T);
   if (room < 1) throw new UserError(`generate: the prompt has ${T} tokens; the model has ${model.config.maxPositions} positions (max_position_embeddings)`, 'shorten the prompt');
