@@ -30,7 +30,7 @@ const HELD = path.join(ROOT, 'data', 'heldout.jsonl'), CAL = path.join(ROOT, 'da
 const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
 const D = { acts: path.join(TMP, 'acts'), pred: path.join(TMP, 'pred'), plan: path.join(TMP, 'plan'), bundle: path.join(TMP, 'bundle') };
 const PLAN = { seqLen: 64, searchTokens: 512, verifyTokens: 1024, calibrationTokens: 2048, calibrationData: CAL, siteSparsities: [0.3, 0.5], maxPplIncrease: 0.03, minSpeedPerPpl: 0,
-  neverSlower: false }; // the search's own choice (a loaded machine's timing would make it dense)
+  neverSlower: false, objective: 'bytes' as const }; // the search's own choice, saving weight bytes read: machine-independent (a loaded machine's timing made options 'no faster than dense', so none were measured)
 
 beforeAll(async () => {
   await ensureBackend('wasm');
