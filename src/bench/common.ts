@@ -86,3 +86,18 @@ export function writeBenchResult(r: BenchResult): string {
   fs.renameSync(tmp, file);
   return file;
 }
+
+/**
+ * Fixed random index sets for benchmarks (the cost of reading rows, not of a predictor): each call of the returned
+ * function gives 8 sorted sets of k of 0..n-1, from one seeded generator shared by all calls (same sets every run).
+ */
+export function seededSets(seed = 12345): (n: number, k: number) => Int32Array[] {
+  let s = seed;
+  const rand = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
+  const choose = (n: number, k: number) => {
+    const a = Int32Array.from({ length: n }, (_, i) => i);
+    for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; }
+    return a.slice(0, k).sort();
+  };
+  return (n, k) => Array.from({ length: 8 }, () => choose(n, k));
+}

@@ -19,7 +19,7 @@ import { closeGpu, getGpu, type Gpu } from '../runtime/gpu/device.js';
 import { axpyWgsl, copyWgsl, matvecWgsl, normWgsl, reduceWgsl } from '../runtime/gpu/kernels.js';
 import { GpuDecodeSession, gpuDenseModes, gpuSession, type GpuModes } from '../runtime/gpu/session.js';
 import { gpuEmpty, randomGpuWeights } from '../runtime/gpu/weights.js';
-import { opt13bConfig, table, writeBenchResult, type BenchTable } from './common.js';
+import { opt13bConfig, seededSets, table, writeBenchResult, type BenchTable } from './common.js';
 
 const LAYERS = Number(process.env.BENCH_LAYERS ?? 8);
 const STEPS = Number(process.env.BENCH_STEPS ?? 64);
@@ -92,14 +92,7 @@ let copyGBs = 0;
 
 /** fixed random sets per layer (8, cycled), as bench:decode's randomPicks */
 function randomSets(c: ModelConfig, mlpFrac: number, headFrac: number): GpuModes {
-  let s = 12345;
-  const rand = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
-  const choose = (n: number, k: number) => {
-    const a = Int32Array.from({ length: n }, (_, i) => i);
-    for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; }
-    return a.slice(0, k).sort();
-  };
-  const sets = (n: number, k: number) => Array.from({ length: 8 }, () => choose(n, k));
+  const sets = seededSets(); // a few fixed sets per layer, cycled: the cost of reading rows, not of a predictor
   return {
     mlp: Array.from({ length: c.layers }, () => (mlpFrac < 1 ? { mode: 'select' as const, sets: sets(c.ffn, Math.round(mlpFrac * c.ffn)) } : { mode: 'dense' as const })),
     heads: Array.from({ length: c.layers }, () => (headFrac < 1 ? { mode: 'select' as const, sets: sets(c.heads, Math.round(headFrac * c.heads)) } : { mode: 'dense' as const })),

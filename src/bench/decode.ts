@@ -28,7 +28,7 @@ import { forward, newCache, disposeCache, disposeOutput } from '../model/forward
 import { loadModel, type Model } from '../model/model.js';
 import { DecodeSession, denseModes, type DecodeModes } from '../runtime/decoder.js';
 import { decodeModes } from '../runtime/plan.js';
-import { opt13bConfig, table, writeBenchResult, type BenchTable } from './common.js';
+import { opt13bConfig, seededSets, table, writeBenchResult, type BenchTable } from './common.js';
 import { writeLlamaGguf, type GgmlType } from './gguf.js';
 import { tinyLlamaConfig, writeRandomLlama } from './llama-checkpoint.js';
 import { llamaUnavailable, runLlama, type Via } from './llamacpp.js';
@@ -91,15 +91,7 @@ function bytesPerToken(c: ModelConfig, mlpFrac: number, headFrac: number, per = 
 }
 
 function randomPicks(c: ModelConfig, mlpFrac: number, headFrac: number): DecodeModes {
-  let s = 12345;
-  const rand = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
-  const choose = (n: number, k: number) => {
-    const a = Int32Array.from({ length: n }, (_, i) => i);
-    for (let i = 0; i < k; i++) { const j = i + Math.floor(rand() * (n - i)); [a[i], a[j]] = [a[j]!, a[i]!]; }
-    return a.slice(0, k).sort();
-  };
-  // a few fixed sets per layer, cycled: the cost of reading rows, not of a predictor
-  const sets = (n: number, k: number) => Array.from({ length: 8 }, () => choose(n, k));
+  const sets = seededSets(); // a few fixed sets per layer, cycled: the cost of reading rows, not of a predictor
   return {
     mlp: Array.from({ length: c.layers }, () => { const ss = sets(c.ffn, Math.round(mlpFrac * c.ffn)); let i = 0; return { mode: 'select' as const, pick: () => ss[i++ % ss.length]! }; }),
     heads: Array.from({ length: c.layers }, () => { const ss = sets(c.heads, Math.round(headFrac * c.heads)); let i = 0; return { mode: 'select' as const, pick: () => ss[i++ % ss.length]! }; }),
