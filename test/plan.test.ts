@@ -217,6 +217,17 @@ describe('plan stage', () => {
           expect(ppl(r)).toBe(p.verified.perplexity);
           expect(ppl(r) / ppl(dense) - 1).toBeLessThanOrEqual(budget);
           if (p.layers.some((l) => l.mlp.mode !== 'dense')) expect(r.counts.mlpSelected).toBeLessThan(r.counts.mlpTotal);
+          // the 8-bit figure is the runtime's own on q8_0 rows of the same weights, with the same plan: lossy (not the
+          // float perplexity) but close
+          const q8 = loadModel(MODEL, { decode: { dtype: 'q8_0' } });
+          try {
+            const p8 = ppl(decodeNll(q8, verify, built.modes));
+            expect(p.verified.eightBit?.perplexity).toBe(p8);
+            expect(p.verified.eightBit!.pplIncrease).toBeCloseTo(p8 / ppl(dense) - 1, 12);
+            expect(p8).not.toBe(ppl(r));
+            expect(Math.abs(p8 / ppl(r) - 1)).toBeLessThan(0.02);
+            expect(text).toContain(`With 8-bit (q8_0) weights`);
+          } finally { q8.dispose(); }
           if (budget === 0) {
             expect(p.layers.map((l) => l.mlp.mode), `a lossy MLP mode under a zero budget:\n${text}`).toEqual(p.layers.map(() => expect.stringMatching(/^(dense|lossless)$/)));
             expect(p.layers.every((l) => l.heads.mode === 'dense')).toBe(true);

@@ -136,6 +136,7 @@ export const planSchema = z.strictObject({
   safety: z.number().gt(0).lte(1).default(0.8).describe('the search spends at most this share of the budget on its estimate (sum of single-layer increases)'),
   minSpeedPerPpl: z.number().min(0).default(1).describe('a lossy move (predicted MLP or fewer heads) must gain at least this many times the perplexity increase it costs, both as shares (1: at least 1% of decode time for each 1% of perplexity)'),
   objective: z.enum(['time', 'bytes']).default('time').describe('what the search saves: time = the cost model\'s decode ms (kernels timed on this machine), bytes = decoder-layer weights read per token (machine-independent; predictors\' own weights left out); minSpeedPerPpl applies to that share'),
+  eightBit: z.boolean().default(true).describe('also decode the verification text with the chosen plan on 8-bit (q8_0) weights and report its perplexity increase and speed beside the plan\'s (plan.verified.eightBit; `generate --dtype q8_0` runs it)'),
   neverSlower: z.boolean().default(true).describe('when the verified plan does not decode faster than dense (measured twice), the plan is dense'),
   sites: z.boolean().default(true).describe('training-free options of the search (docs/sparsity.md): input thresholds at q/k/v, o, the MLP input and down (TEAL / WINA), the gate threshold of gated MLPs (CATS)'),
   siteSparsities: z.array(z.number().gt(0).lt(1)).min(1).default([0.35, 0.5, 0.65]).describe('input- and gate-threshold options: thresholds at these shares of each site\'s calibration scores'),

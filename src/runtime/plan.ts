@@ -77,7 +77,13 @@ export const runtimePlanSchema = z.strictObject({
       /** decoder-layer weights read per decoded token over the dense count (embeddings and LM head excluded), counted by the runtime */
       weightBytesShare: share.optional(),
       /** the same for the whole step: the LM head (and projections around it) included */
-      stepWeightBytesShare: share.optional() }),
+      stepWeightBytesShare: share.optional(),
+      /**
+       * the same plan decoded with 8-bit weights (q8_0 rows: int8 with a scale per 32; plan's eightBit option): its
+       * perplexity on the same text (increase over the dense model in the plan's own weight format) and its step time
+       * against that dense model, timed in alternating rounds
+       */
+      eightBit: z.strictObject({ perplexity: z.number().positive(), pplIncrease: z.number(), stepMs: ms, denseStepMs: ms, speedup: z.number().positive() }).optional() }),
 });
 export type RuntimePlan = z.infer<typeof runtimePlanSchema>;
 

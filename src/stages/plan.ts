@@ -398,10 +398,11 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
       return { weightBytesShare: Math.min(1, k.weightsRead / k.weightsTotal), stepWeightBytesShare: Math.min(1, (per(k.weightsRead) + rest) / (per(k.weightsTotal) + rest)) };
     };
     const layers = choice.layers();
-    if (layers.every((l) => l.mlp.mode === 'dense' && l.heads.mode === 'dense' && !l.inputs)) { // dense itself: nothing to time
-      return { verified: { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1, ...shares(dv.weights) }, fallback: '' };
-    }
     const text = verify[0]!, ctx = Math.min(Math.round(cfg.seqLen / 2), Math.max(1, text.length - 33)), steps = Math.min(32, text.length - ctx);
+    if (layers.every((l) => l.mlp.mode === 'dense' && l.heads.mode === 'dense' && !l.inputs)) { // dense itself: nothing to time
+      const v = { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: choice.stepMs, denseStepMs: choice.stepMs, speedup: 1, ...shares(dv.weights) };
+      return { verified: { ...v, ...eightBit(x, layers, verify, densePpl, text, ctx, steps) }, fallback: '' };
+    }
     const built = decodeModes(c, preds, { layers });
     const both = [model, modelFor(layers)];
     let denseMs: number, planMs: number;
@@ -417,9 +418,28 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
       choice.dense();
       planMs = denseMs; p = densePpl; read = shares(dv.weights);
     }
-    const verified = { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs, ...read };
+    const verified = { tokens: dv.count, densePerplexity: densePpl, perplexity: p, pplIncrease: p / densePpl - 1, stepMs: planMs, denseStepMs: denseMs, speedup: denseMs / planMs, ...read,
+      ...eightBit(x, choice.layers(), verify, densePpl, text, ctx, steps) };
     return { verified, fallback };
   } finally { for (const m of copies.values()) m.dispose(); }
+}
+
+/**
+ * cfg.eightBit: the verified plan decoded again on 8-bit (q8_0) rows of the same weights: its perplexity on the
+ * verification text against the dense model in the plan's own format (densePpl), and its step time against that dense
+ * model in alternating rounds. Nothing when the model's rows are q8_0 already.
+ */
+function eightBit(x: Ctx, layers: RuntimePlan['layers'], verify: number[][], densePpl: number, text: number[], ctx: number, steps: number): { eightBit?: NonNullable<RuntimePlan['verified']['eightBit']> } {
+  const { cfg, model, preds, deps } = x, c = model.config;
+  if (!cfg.eightBit || model.decode!.dtype === 'q8_0') return {};
+  const q8 = loadModel(cfg.model, { decode: { dtype: 'q8_0', inputMajor: planInputMajor({ layers }, c) } });
+  const b = decodeModes(c, preds, { layers });
+  try {
+    const p8 = ppl(decodeNll(q8, verify, b.modes));
+    const [denseMs, q8Ms] = alternatingStepMs([model, q8], [denseModes(c.layers), b.modes], text, ctx, steps) as [number, number];
+    deps.log(`plan: the plan on 8-bit (q8_0) weights: perplexity ${p8.toFixed(4)} vs dense ${densePpl.toFixed(4)} (${p8 >= densePpl ? '+' : ''}${pct(p8 / densePpl - 1, 3)}), ${(denseMs / q8Ms).toFixed(2)}x dense`);
+    return { eightBit: { perplexity: p8, pplIncrease: p8 / densePpl - 1, stepMs: q8Ms, denseStepMs: denseMs, speedup: denseMs / q8Ms } };
+  } finally { b.dispose(); q8.dispose(); }
 }
 
 export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<string, number>): Promise<StageResult> {
@@ -541,7 +561,8 @@ function planReport(plan: RuntimePlan, options: LayerOptions[], choice: { mlp: n
   const lines = [
     `# Runtime plan (budget +${pct(cfg.maxPplIncrease)} perplexity)`, '',
     `Verified by the runtime on ${v.tokens} held-out tokens the search did not see: perplexity ${v.perplexity.toFixed(4)} vs dense ${v.densePerplexity.toFixed(4)} (**${v.pplIncrease >= 0 ? '+' : ''}${pct(v.pplIncrease, 3)}**), decode ${v.stepMs.toFixed(3)} vs ${v.denseStepMs.toFixed(3)} ms/token (**${v.speedup.toFixed(2)}x**)` +
-      (v.weightBytesShare !== undefined ? `; decoder-layer weights read per token ${pct(v.weightBytesShare, 1)} of dense (whole step ${pct(v.stepWeightBytesShare!, 1)}).` : '.'),
+      (v.weightBytesShare !== undefined ? `; decoder-layer weights read per token ${pct(v.weightBytesShare, 1)} of dense (whole step ${pct(v.stepWeightBytesShare!, 1)}).` : '.') +
+      (v.eightBit ? ` With 8-bit (q8_0) weights (\`generate --dtype q8_0\`) the same plan measures perplexity ${v.eightBit.perplexity.toFixed(4)} (**${v.eightBit.pplIncrease >= 0 ? '+' : ''}${pct(v.eightBit.pplIncrease, 3)}** over dense) at **${v.eightBit.speedup.toFixed(2)}x** dense decode (${v.eightBit.stepMs.toFixed(3)} vs ${v.eightBit.denseStepMs.toFixed(3)} ms/token).` : ''),
     `Cost model: ${plan.estimate.stepMs.toFixed(3)} vs ${plan.estimate.denseStepMs.toFixed(3)} ms/token (${plan.estimate.speedup.toFixed(2)}x); summed single-layer perplexity increases +${pct(plan.estimate.pplIncrease, 3)} (search text, dense ${searchDensePpl.toFixed(4)}). ${seconds.toFixed(0)} s.`, '',
     '| layer | MLP mode | rule | MLP density | heads | est. MLP ms | est. head ms change | perplexity alone | share of budget |', '|---:|---|---|---:|---|---:|---:|---:|---:|',
   ];
