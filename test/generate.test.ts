@@ -48,6 +48,25 @@ describe('dejavu generate', () => {
     expect(t.out.trim()).toBe(`Call me Ishmael${j.completions[0]}`);
   });
 
+  it('--dtype / --threads: float32 rows of a float16 checkpoint give the same greedy tokens as its float16 rows (exact widening), q8_0 runs on 2 threads and says so; bad values are flag errors', async () => {
+    const LLAMA = path.join(import.meta.dirname, '..', 'checkpoints', 'llama-fixture'); // float16 safetensors
+    const run = async (...extra: string[]) => {
+      const r = await cli('generate', '--model', LLAMA, '--prompt', 'Call me Ishmael', '--max-tokens', '12', '--backend', 'wasm', '--json', ...extra);
+      expect(r.code, r.err).toBe(0);
+      return { j: JSON.parse(r.out) as { tokens: number[][] }, err: r.err };
+    };
+    const f32 = await run('--dtype', 'float32'), f16 = await run('--dtype', 'auto', '--threads', '1'), q8 = await run('--dtype', 'q8_0', '--threads', '2');
+    expect(f32.err).toContain('float32 weights on 1 thread(s)'); // the fixture is small: auto picks one thread
+    expect(f16.err).toContain('float16 weights on 1 thread(s)');
+    expect(q8.err).toContain('q8_0 weights on 2 thread(s)');
+    expect(f16.j.tokens).toEqual(f32.j.tokens);
+    expect(q8.j.tokens[0]!.length).toBe(12);
+    const bad = await cli('generate', '--model', LLAMA, '--prompt', 'x', '--dtype', 'int4', '--threads', '0');
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/^  - --dtype: /m);
+    expect(bad.err).toMatch(/^  - --threads: /m);
+  });
+
   it('a prompt longer than the positions is a user error before any work', async () => {
     const r = await cli('generate', '--model', MODEL, '--prompt', 'the whale '.repeat(100), '--backend', 'wasm');
     expect(r.code).toBe(2);

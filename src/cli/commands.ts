@@ -314,19 +314,22 @@ export const COMMANDS: CommandDef[] = [
       { flags: '--temperature <t>', description: '0 = greedy (default); > 0 samples', parse: int },
       { flags: '--top-k <k>', description: 'sample from the k most likely tokens (with temperature > 0)', parse: int },
       { flags: '--seed <n>', description: 'sampling seed', parse: int },
+      { flags: '--dtype <format>', description: 'decode weights: auto (the checkpoint\'s half precision, else float32), float32, float16, bfloat16, q8_0 (8-bit; its cost is in the plan\'s report)' },
+      { flags: '--threads <n>', description: 'threads for the decode kernels: a count or auto (default: measured at load)', parse: int },
       BACKEND, JSON_FLAG,
     ],
     examples: [
       "dejavu generate --model checkpoints/opt-fixture --prompt 'Call me Ishmael.' --max-tokens 20",
+      "dejavu generate --model checkpoints/llama-fixture --prompt 'Call me Ishmael.' --dtype q8_0 --threads 2",
       "dejavu generate --model checkpoints/opt-fixture --bundle runs/default/bundle --prompt 'The whale' --temperature 0.8 --top-k 40 --seed 1",
     ],
     async run(opts, ctx) {
       const flagOf = (dotted: string) => `--${dotted.split('.')[0]!.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase())}`;
       const input: Record<string, unknown> = {};
-      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
+      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'dtype', 'threads', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
       const cfg = validateConfig(generateSchema, input, 'generate', {
         title: 'generate flags', label: flagOf,
-        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT]',
+        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT] [--dtype auto|float32|float16|bfloat16|q8_0] [--threads N|auto]',
       });
       if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       await withBackend(cfg.backend, ctx);

@@ -194,6 +194,8 @@ export const generateSchema = z.strictObject({
   temperature: z.number({ error: 'expected a number >= 0' }).min(0, 'expected a number >= 0 (0 = greedy)').default(0).describe('0 = greedy; > 0 samples'),
   topK: z.number({ error: 'expected an integer >= 0' }).int('expected an integer >= 0').min(0, 'expected an integer >= 0 (0 = no top-k cut)').default(0).describe('sample from the k most likely tokens (0 = no cut)'),
   seed: z.number({ error: 'expected an integer' }).int('expected an integer').default(0).describe('sampling seed'),
+  dtype: z.enum(['auto', 'float32', 'float16', 'bfloat16', 'q8_0']).default('auto').describe('decode weights: auto = the checkpoint\'s own half precision (float16 / bfloat16: exact), else float32; q8_0 = 8-bit blocks (lossy: plan reports its perplexity cost)'),
+  threads: z.union([z.number().int().positive(), z.literal('auto')], { error: 'expected a thread count >= 1 or auto' }).default('auto').describe('threads for the decode kernels (auto: measured at load)'),
   backend,
 });
 export type GenerateConfig = z.infer<typeof generateSchema>;
