@@ -109,7 +109,7 @@ function autoThreads(arenas: WasmArena[], m: RowMatrix, max: number): number {
 }
 
 /** a host tensor: float32 values, or float16 bits (a float16 checkpoint read at half size) */
-export interface DecodeSource { shape: number[]; data: Float32Array | Uint16Array }
+export interface DecodeSource { shape: number[]; data: Float32Array | Uint16Array; /** the same matrix as [out, in] rows (the checkpoint's layout), when the loader kept them */ rows?: Float32Array | Uint16Array | undefined }
 
 /**
  * get(name) returns the model's host tensor by our weight name ('embed', 'layers.3.wq', ...) as loadModel lays them
@@ -139,7 +139,7 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => Decode
     return m;
   };
   /** an [in, out] matrix as `out` rows of length `in` */
-  const outRows = (n: string) => { if (inputMajor.has(n)) return inRows(n); const t = need(n); const [i, o] = t.shape as [number, number]; return mat(transpose2d(t.data, i, o), o, i); };
+  const outRows = (n: string) => { if (inputMajor.has(n)) return inRows(n); const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.rows ?? transpose2d(t.data, i, o), o, i); };
   /** an [in, out] matrix as `in` rows of length `out` (for axpy) */
   function inRows(n: string) { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.data, i, o); }
   const vec = (n: string) => { const t = get(n); return t && f32(t); };

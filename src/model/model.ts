@@ -137,13 +137,15 @@ function gatherOut<T extends Float32Array | Uint16Array>(src: T, shape: number[]
  * One HF tensor -> our host tensors, laid out as the model uses them: [in, out] (transposed where the spec says),
  * fused tensors split into their parts, Gemma's 1 + w folded in (float32).
  */
-function readSpec(ck: Checkpoint, fileKey: string, spec: WeightSpec, half: boolean): [string, HostTensor][] {
+function readSpec(ck: Checkpoint, fileKey: string, spec: WeightSpec, half: boolean, keepRows = false): [string, HostTensor & { rows?: Float32Array | Uint16Array }][] {
   let data = readRaw(ck, fileKey, half);
   if (spec.plusOne) { const f = f32of({ shape: spec.shape, data }); data = f.map((w) => 1 + w); }
-  const lay = (d: Float32Array | Uint16Array, shape: number[]): HostTensor => {
+  // keepRows: a transposed matrix also keeps the checkpoint's own [out, in] rows, which the decode runtime reads as they
+  // are (loadModel drops them once its rows are built): transposing them back was half of a TinyLlama-width load
+  const lay = (d: Float32Array | Uint16Array, shape: number[]): HostTensor & { rows?: Float32Array | Uint16Array } => {
     if (!spec.transpose || shape.length !== 2) return { shape, data: d };
     const [rows, cols] = shape as [number, number];
-    return { shape: [cols, rows], data: transpose2d(d, rows, cols) };
+    return { shape: [cols, rows], data: transpose2d(d, rows, cols), ...(keepRows ? { rows: d } : {}) };
   };
   if (!spec.parts) return [[spec.name!, lay(data, spec.shape)]];
   return spec.parts.map((pt) => { const g = gatherOut(data, spec.shape, spec.transpose, pt.rows); return [pt.name, lay(g.data, g.shape)]; });
@@ -264,7 +266,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const readHalf = ckHalf === 'float16' && decodeOpts !== null && rowDtypeFor(decodeOpts.dtype, ckHalf) === 'float16';
   let host: HostLayer = {};
   if (opts.host) host = opts.host.tensors;
-  else for (const s of specs) for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, readHalf)) host[name] = t;
+  else for (const s of specs) for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, readHalf, decodeOpts !== null)) host[name] = t;
   const g = (n: string) => host[n];
   const embedH = g('embed')!;
   const embedF = f32of(embedH);
@@ -298,7 +300,9 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
     lmHead: split.slice(0, -1).map((r0, j) => tf.tensor2d(columns(headF, Dp, V, r0, split[j + 1]!), [Dp, split[j + 1]! - r0])) };
   const globals = [embed, lmHead, ...(model.vocabSplit?.lmHead ?? []), model.pos, model.projIn, model.projOut, fn?.g, fn?.b, en?.g, en?.b];
   // the decode runtime's rows: made once per model (also when streamed), in one arena that dispose frees
-  if (decodeOpts) model.decode = buildDecodeWeights(cfg, (n) => host[n], decodeOpts, ckHalf);
+  if (decodeOpts) {
+    try { model.decode = buildDecodeWeights(cfg, (n) => host[n], decodeOpts, ckHalf); } finally { for (const t of Object.values(host) as (HostTensor & { rows?: unknown })[]) delete t.rows; }
+  }
   const decode = model.decode;
   if (residency === 'resident') {
     const layers = Array.from({ length: cfg.layers }, (_, i) => toLayer(host, i));
