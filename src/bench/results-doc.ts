@@ -74,7 +74,25 @@ export function renderResultsBox(rs: StoredBenchResult[]): string {
   const body = p
     ? `> **On the embedded OPT fixture** (${figure(p, HEADLINE, 'model')}; \`${figure(p, HEADLINE, 'workdir')}\`, budget ${figure(p, HEADLINE, 'budget')}): decode **${figure(p, HEADLINE, 'decode speedup (verified)')}** dense at **${figure(p, HEADLINE, 'perplexity increase (verified)')}** perplexity (verified by the runtime on ${figure(p, HEADLINE, 'verification tokens')} held-out tokens the search did not see; load average ${p.machine.loadavg[0]} on ${p.machine.cores} cores when recorded; the cost model estimated ${figure(p, HEADLINE, 'decode speedup (cost model estimate)')}); the predictors alone: **${figure(p, HEADLINE, 'predicted MLP perplexity increase')}** perplexity at a mean MLP density of ${figure(p, HEADLINE, 'mean MLP density (predicted)')}. All figures, with the machine and load they were measured at: [docs/results.md](docs/results.md).`
     : '> No results yet: run the main job, then `npm run bench:pipeline` and `npm run docs`. [docs/results.md](docs/results.md)';
-  return `${BOX_BEGIN}\n${body}\n${BOX_END}`;
+  return `${BOX_BEGIN}\n${body}\n${decodeBox(rs.find((r) => r.name === 'decode'))}${BOX_END}`;
+}
+
+/**
+ * The README's decode table: bench:decode's TinyLlama-width rows at 2 threads, each with llama.cpp (C API, persistent
+ * pool) on the same weights in the same run beside it; nothing without docs/results/decode.json.
+ */
+function decodeBox(r: StoredBenchResult | undefined): string {
+  const t = r?.tables.find((x) => x.header.includes('llama.cpp C API (persistent pool) tok/s'));
+  if (!r || !t) return '';
+  const col = (h: string) => { const i = t.header.indexOf(h); if (i < 0) throw new Error(`decode.json: no "${h}" column`); return i; };
+  const [w, th, dn, sp, lw, lc, dr, sr] = ['dejavu weights', 'threads', 'dejavu dense tok/s', 'dejavu 10% MLP / 50% heads tok/s', 'llama.cpp weights, threads',
+    'llama.cpp C API (persistent pool) tok/s', 'dense / llama.cpp C API', 'sparse / llama.cpp C API'].map(col) as number[];
+  const rows = t.rows.filter((x) => String(x[th!]) === '2');
+  if (!rows.length) return '';
+  const ran = (v: string | number) => /\(ran ([^,]+),/.exec(String(v))?.[1] ?? String(v);
+  return ['', `> **Decode on ${r.machine.cores} cores** (tokens/s, batch 1, load average ${r.machine.loadavg[0]}; a random Llama at TinyLlama-1.1B widths, 8 layers; llama.cpp on the same weights, alternating: [docs/llama-cpp.md](docs/llama-cpp.md)):`, '',
+    '| weights, 2 threads | dejavu dense | dejavu 10% MLP / 50% heads | llama.cpp dense | vs llama.cpp: dense / sparse |', '|---|---:|---:|---:|---:|',
+    ...rows.map((x) => `| ${esc(ran(x[w!]!))} | ${esc(x[dn!]!)} | ${esc(x[sp!]!)} | ${esc(x[lc!]!)} (${esc(String(x[lw!]!).split(',')[0]!)}) | ${esc(x[dr!]!)} / ${esc(x[sr!]!)} |`), ''].join('\n') + '\n';
 }
 
 /** README text with its results box replaced by the rendered one (the markers must be there, once each) */
