@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ensureBackend } from '../src/backend.js';
+import { ensureBackend, withoutDawnNotes } from '../src/backend.js';
 import { collectSchema } from '../src/config/schemas.js';
 import { runCollect } from '../src/stages/collect.js';
 import { iterateLayer, readManifest } from '../src/activations/dataset.js';
@@ -36,6 +36,21 @@ if (skip) console.warn(`webgpu tier skipped: ${skip}`); else console.log(`webgpu
 afterAll(() => { if (tf.findBackend('webgpu')) tf.removeBackend('webgpu'); });
 
 const read = async (t: tf.Tensor | undefined) => (await t!.data()) as Float32Array;
+
+describe('Dawn\'s limit notes on stderr', () => {
+  const note = (k: string) => `Warning: max${k}BuffersPerPipelineLayout artificially reduced from 1000000 to 16 to fit dynamic offset allocation limit.`;
+  it('are dropped, every other line kept in order', () => {
+    expect(withoutDawnNotes([note('DynamicUniform'), 'Error: device lost', note('DynamicStorage'), 'Warning: something else'].join('\n'))).toBe('Error: device lost\nWarning: something else');
+    expect(withoutDawnNotes('Warning: maxDynamicUniformBuffersPerPipelineLayout artificially reduced from 8 to 4 because of something')).toMatch(/because of something/);
+  });
+  it.skipIf(skip !== null || !line.includes('(software)'))('auto beside a software adapter: picks wasm without loading Dawn in the process, and prints no note', () => {
+    const r = spawnSync('node', ['--input-type=module', '-e', `import { selectBackend } from ${JSON.stringify(path.join(REPO, 'dist', 'backend.js'))};
+      console.log((await selectBackend('auto')).name, typeof GPUBufferUsage)`], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim(), 'wasm, and no Dawn globals in the process').toBe('wasm undefined');
+    expect(r.stderr).not.toMatch(/artificially reduced/);
+  });
+});
 
 describe.skipIf(skip !== null)('webgpu: forward parity with transformers (<= 1e-4 relative)', () => {
   const refs = ['opt-tiny-ref', 'llama-tiny-ref', ...fs.readdirSync(path.join(FIXTURES, 'families')).filter((f) => fs.existsSync(path.join(FIXTURES, 'families', f, 'reference.json'))).sort().map((f) => `families/${f}`)];
