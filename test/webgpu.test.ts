@@ -111,10 +111,13 @@ describe.skipIf(skip !== null)('webgpu: captures packed on the GPU (float16 halv
     6.1e-5, 5.9e-8, 1e-40, -1e-40, 0.1, -3.14159, 2048.5, 65504, -65504, 65519.99, 65520, 1e5, Infinity, -Infinity];
   let seed = 11;
   const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x80000000);
-  const values = (n: number, edge: boolean) => Float32Array.from({ length: n }, (_, i) => edge && i < EDGE.length ? EDGE[i]! : (rnd() - 0.5) * 2 ** Math.floor(rnd() * 40 - 28) * (rnd() < 0.2 ? 0 : 1));
+  const values = (n: number, edge: boolean) => Float32Array.from({ length: n },
+    (_, i) => edge && i < EDGE.length ? EDGE[i]! : (rnd() - 0.5) * 2 ** Math.floor(rnd() * 40 - 28) * (rnd() < 0.2 ? 0 : 1));
   const halves = (p: Int32Array, word: number, n: number) => new Uint16Array(p.buffer, p.byteOffset + 4 * word, n);
 
-  for (const s of [{ rows: 3, hidden: 15, ffn: 37, heads: 2, f16: true, mlpAct: true, reluGated: false }, { rows: 4, hidden: 8, ffn: 64, heads: 3, f16: false, mlpAct: false, reluGated: true }] satisfies PackSpec[]) {
+  const specs: PackSpec[] = [{ rows: 3, hidden: 15, ffn: 37, heads: 2, f16: true, mlpAct: true, reluGated: false },
+    { rows: 4, hidden: 8, ffn: 64, heads: 3, f16: false, mlpAct: false, reluGated: true }];
+  for (const s of specs) {
     it(`every section equals the host's conversion of the same float32 (rows ${s.rows}, d ${s.hidden}, ffn ${s.ffn}, ${s.f16 ? 'float16' : 'float32'}${s.reluGated ? ', gated ReLU' : ''})`, async () => {
       await ensureBackend('webgpu');
       const L = packLayout(s);
@@ -182,7 +185,8 @@ describe.skipIf(skip !== null)('webgpu: captures packed on the GPU (float16 halv
         for (const [i, x] of a.layers.entries()) {
           const y: LayerCapture = b.layers[i]!;
           expect(x.packed, 'the packed path ran').toBeDefined();
-          for (const k of ['xAttn', 'xMlp', 'bits', 'headNorm', ...(mlpAct ? ['mlpAct'] : [])] as const)
+          const keys: ('xAttn' | 'xMlp' | 'bits' | 'headNorm' | 'mlpAct')[] = ['xAttn', 'xMlp', 'bits', 'headNorm', ...(mlpAct ? ['mlpAct' as const] : [])];
+          for (const k of keys)
             expect(Buffer.from(x[k]!.buffer, x[k]!.byteOffset, x[k]!.byteLength).equals(Buffer.from(y[k]!.buffer, y[k]!.byteOffset, y[k]!.byteLength)), `${dtype} layer ${x.layer} ${k}`).toBe(true);
           expect(x.active).toBe(y.active);
           expect(x.headNormSum).toEqual(y.headNormSum);
