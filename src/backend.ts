@@ -38,6 +38,11 @@ export interface BackendProbe {
   webgpu(): Promise<GpuAdapter | string>;
   /** whether a backend of that name initializes */
   init(name: BackendName): Promise<boolean>;
+  /**
+   * `auto` only, before webgpu(): why this machine's WebGPU adapter is not worth Dawn in this process (none, or
+   * software only), or null to go on (a hardware adapter, or no answer)
+   */
+  prescreen?(): string | null;
 }
 
 export interface BackendChoice {
@@ -60,10 +65,44 @@ async function probeWebgpu(): Promise<GpuAdapter | string> {
   if (nav) Object.defineProperty(nav, 'gpu', { value: gpu, configurable: true });
   else Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
   try { await import('@tensorflow/tfjs-backend-webgpu'); } catch { return 'the optional package "@tensorflow/tfjs-backend-webgpu" is not installed'; }
-  const i = adapter.info;
-  const software = (i as { isFallbackAdapter?: boolean }).isFallbackAdapter === true || i.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(`${i.device} ${i.description}`);
-  return { description: [i.vendor, i.device || i.architecture, i.description && `(${i.description})`].filter(Boolean).join(' '), software,
-    maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize, shaderF16: adapter.features.has('shader-f16') };
+  return { ...describeAdapter(adapter.info), maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize,
+    shaderF16: adapter.features.has('shader-f16') };
+}
+
+interface AdapterInfo { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter?: boolean }
+function describeAdapter(i: AdapterInfo): Pick<GpuAdapter, 'description' | 'software'> {
+  const software = i.isFallbackAdapter === true || i.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(`${i.device} ${i.description}`);
+  return { description: [i.vendor, i.device || i.architecture, i.description && `(${i.description})`].filter(Boolean).join(' '), software };
+}
+
+/** Dawn's two notes on stderr while it sets up an adapter whose driver reports more dynamic buffers than it allows
+ * (lavapipe, RADV): printed by its C++ (no toggle or callback turns them off), harmless */
+const DAWN_LIMIT_NOTE = /^Warning: maxDynamic(?:Uniform|Storage)BuffersPerPipelineLayout artificially reduced from \d+ to \d+ to fit dynamic offset allocation limit\.$/;
+/** stderr without Dawn's limit notes (every other line kept, in order) */
+export function withoutDawnNotes(stderr: string): string {
+  return stderr.split('\n').filter((l) => !DAWN_LIMIT_NOTE.test(l.trim())).join('\n');
+}
+
+/**
+ * `auto`'s look at the adapter, in a child process: a machine with no adapter or only a software one (most CPU
+ * machines with Mesa) then never loads Dawn here, and Dawn's limit notes from that look are dropped (any other
+ * stderr line of the child is passed on). null: a hardware adapter, or the child gave no answer (webgpu() decides).
+ */
+function prescreenWebgpu(): string | null {
+  const script = `let dawn; try { dawn = await import('webgpu'); } catch { console.log(JSON.stringify({ none: 'the optional package "webgpu" (Dawn for Node) is not installed' })); process.exit(0); }
+    const a = await dawn.create([]).requestAdapter({ powerPreference: 'high-performance' });
+    const i = a?.info;
+    console.log(JSON.stringify(a ? { info: { vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description, isFallbackAdapter: i.isFallbackAdapter } } : { none: 'no WebGPU adapter (no Vulkan, Metal or D3D12 driver found)' }));
+    process.exit(0);`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000, cwd: import.meta.dirname });
+  const rest = withoutDawnNotes(r.stderr ?? '').trim();
+  if (rest) process.stderr.write(rest + '\n');
+  let got: { none?: string; info?: AdapterInfo };
+  try { got = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? ''); } catch { return null; }
+  if (got.none) return got.none;
+  if (!got.info) return null;
+  const a = describeAdapter(got.info);
+  return a.software ? `only a software adapter, ${a.description}, slower than wasm (--backend webgpu uses it)` : null;
 }
 
 const defaultProbe: BackendProbe = {
@@ -79,6 +118,7 @@ const defaultProbe: BackendProbe = {
     return null;
   },
   webgpu() { return (webgpuProbe ??= probeWebgpu()); },
+  prescreen() { return webgpuProbe ? null : prescreenWebgpu(); },
   async init(name) {
     try {
       return (await tf.setBackend(name)) && tf.getBackend() === name;
@@ -103,6 +143,8 @@ export async function selectBackend(pref: BackendPreference = 'auto', probe: Bac
       continue;
     }
     if (name === 'webgpu') {
+      const why = pref === 'auto' ? probe.prescreen?.() : null;
+      if (why) { tried.push(`webgpu: ${why}`); continue; }
       const a = await probe.webgpu();
       if (typeof a === 'string') { tried.push(`webgpu: ${a}`); continue; }
       if (pref === 'auto' && a.software) { tried.push(`webgpu: only a software adapter, ${a.description}, slower than wasm (--backend webgpu uses it)`); continue; }

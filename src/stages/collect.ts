@@ -17,7 +17,7 @@ import { issueLines } from '../util/json-artifact.js';
 import { loadHostWeights, loadModel, type Model } from '../model/model.js';
 import { normalizeConfig } from '../model/config.js';
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
-import { captureBatch, type BatchCapture, type CaptureSpec, type LayerCapture, type LayerHost } from '../activations/capture.js';
+import { captureBatch, readBuffers, type BatchCapture, type CaptureSpec, type LayerCapture, type LayerHost } from '../activations/capture.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
 import { defaultModelWorkers, getBackend, hostWorkersBeside } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
@@ -82,8 +82,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     const nHost = Math.min(hostWorkersBeside(defaultWorkers()), cfg.layers === 'all' ? model.config.layers : cfg.layers.length);
     if (nHost > 0) {
       const hp = hostPool = new WorkerPool(stageWorkerScript(), nHost, { backend: 'cpu', model: null, hostOnly: true }, 'collect host worker');
-      layerHost = (r, h) => hp.run<LayerCapture>(`layer ${r.layer} of the batch of sequences ${h.firstSeq}..${h.firstSeq + h.nSeq - 1}`, { kind: 'capture-layer', r, h },
-        { transfer: [...new Set([r.xa.buffer, r.xm.buffer, r.act.buffer, r.hn.buffer])] as ArrayBuffer[] });
+      layerHost = (r, h) => hp.run<LayerCapture | null>(`layer ${r.layer} of the batch of sequences ${h.firstSeq}..${h.firstSeq + h.nSeq - 1}`, { kind: 'capture-layer', r, h },
+        { transfer: readBuffers(r) });
     }
   }
   try {

@@ -1,0 +1,101 @@
+/**
+ * collect's captures packed on the GPU before they are read back (under Node, tfjs-webgpu's reads are what bounds
+ * collection: 2.3 GB of float32 per batch at OPT-1.3B widths). One int32 tensor per layer holds, in this order:
+ * x_attn and x_mlp as float16 bits (two per int32, the lower index in the low half; float32 bits with --dtype
+ * float32), mlp_act as float16 bits (when recorded), the MLP active bits (32 per int32, LSB first: the Arrow bitmap's
+ * order), the head norms as float32 bits, and each row's sum of |mlp_act| (float32 bits). The float16 rounding is
+ * the host's (util/half.ts f16OfBits, in integer arithmetic) and "active" is decided on the value's bits as the
+ * host's `act > 0` (gated ReLU: `|act| > 0`), so the dataset's bytes are those the host would write from the same
+ * float32 captures; about a fifth of the bytes cross to the host (OPT-1.3B widths: 9.3 of 49 KB per token and layer).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+export interface PackSpec { rows: number; hidden: number; ffn: number; heads: number; f16: boolean; mlpAct: boolean; reluGated: boolean }
+
+/** where each part starts in the packed int32 array (word offsets), and its element count */
+export function packLayout(s: PackSpec) {
+  const n = s.rows * s.hidden, nf = s.rows * s.ffn;
+  const xw = s.f16 ? Math.ceil(n / 2) : n;
+  const xa = 0, xm = xw, act = 2 * xw, bits = act + (s.mlpAct ? Math.ceil(nf / 2) : 0), hn = bits + Math.ceil(nf / 32), rowAbs = hn + s.rows * s.heads;
+  return { n, nf, xa, xm, act, bits, hn, rowAbs, total: rowAbs + s.rows };
+}
+
+/** WGSL of util/half.ts f16OfBits (round to nearest even, overflow to inf, subnormals, NaN as sign|0x7e00) */
+const HALF_WGSL = `
+fn dvHalf(x: u32) -> u32 {
+  let sign = (x >> 16u) & 0x8000u;
+  let ex = (x >> 23u) & 0xffu;
+  var mant = x & 0x7fffffu;
+  if (ex == 0xffu) { return sign | 0x7c00u | select(0u, 0x200u, mant != 0u); }
+  let e = i32(ex) - 112;
+  if (e >= 31) { return sign | 0x7c00u; }
+  if (e <= 0) {
+    if (e < -10) { return sign; }
+    mant = mant | 0x800000u;
+    let shift = u32(14 - e);
+    var h = mant >> shift;
+    let rem = mant & ((1u << shift) - 1u);
+    let mid = 1u << (shift - 1u);
+    if (rem > mid || (rem == mid && (h & 1u) == 1u)) { h = h + 1u; }
+    return sign | h;
+  }
+  var h = (u32(e) << 10u) | (mant >> 13u);
+  let rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u) == 1u)) { h = h + 1u; }
+  return sign | h;
+}`;
+
+/** one section's word j: two float16 halves of V (n values), or V's float32 bits */
+function section(v: string, n: number, f16: boolean): string {
+  return f16 ? `let i = 2u * j; v = dvHalf(bitcast<u32>(${v}[i])); if (i + 1u < ${n}u) { v = v | (dvHalf(bitcast<u32>(${v}[i + 1u])) << 16u); }`
+    : `v = bitcast<u32>(${v}[j]);`;
+}
+
+function packProgram(s: PackSpec) {
+  const L = packLayout(s);
+  // active: positive and not NaN (gated ReLU: nonzero and not NaN), on the bits (no float compare, no flush of subnormals)
+  const active = s.reluGated ? '(a & 0x7fffffffu) != 0u && (a & 0x7fffffffu) <= 0x7f800000u' : '(a & 0x80000000u) == 0u && a != 0u && a <= 0x7f800000u';
+  return {
+    variableNames: ['X', 'Y', 'M', 'N', 'S'],
+    outputShape: [L.total],
+    workgroupSize: [64, 1, 1] as [number, number, number],
+    dispatchLayout: { x: [0] },
+    dispatch: [Math.ceil(L.total / 64), 1, 1] as [number, number, number],
+    size: true,
+    shaderKey: `dejavu_pack_${[s.rows, s.hidden, s.ffn, s.heads, +s.f16, +s.mlpAct, +s.reluGated].join('_')}`,
+    getUserCode: () => `${HALF_WGSL}
+fn main(index: i32) {
+  if (index >= uniforms.size) { return; }
+  let w = u32(index);
+  var v = 0u;
+  if (w < ${L.xm}u) { let j = w; ${section('X', L.n, s.f16)} }
+  else if (w < ${L.act}u) { let j = w - ${L.xm}u; ${section('Y', L.n, s.f16)} }
+  else if (w < ${L.bits}u) { let j = w - ${L.act}u; ${section('M', L.nf, true)} }
+  else if (w < ${L.hn}u) {
+    let base = (w - ${L.bits}u) * 32u;
+    for (var k = 0u; k < 32u; k = k + 1u) {
+      if (base + k < ${L.nf}u) { let a = bitcast<u32>(M[base + k]); if (${active}) { v = v | (1u << k); } }
+    }
+  }
+  else if (w < ${L.rowAbs}u) { v = bitcast<u32>(N[w - ${L.hn}u]); }
+  else { v = bitcast<u32>(S[w - ${L.rowAbs}u]); }
+  result[index] = bitcast<i32>(v);
+}`,
+  };
+}
+
+interface WebGpuBackendLike { runWebGPUProgram(program: object, inputs: tf.TensorInfo[], dtype: 'int32'): tf.TensorInfo }
+
+/** Whether the current backend packs captures on the device (webgpu: its reads are the bottleneck). */
+export function packsOnDevice(): boolean {
+  return tf.getBackend() === 'webgpu';
+}
+
+/** One layer's captures packed into one int32 tensor (packLayout); queued on the device, not read. */
+export function packLayer(t: { xa: tf.Tensor; xm: tf.Tensor; act: tf.Tensor; hn: tf.Tensor }, s: PackSpec): tf.Tensor {
+  return tf.tidy(() => {
+    const rowAbs = tf.sum(tf.abs(tf.reshape(t.act, [s.rows, s.ffn])), 1);
+    const info = (tf.backend() as unknown as WebGpuBackendLike).runWebGPUProgram(packProgram(s), [t.xa, t.xm, t.act, t.hn, rowAbs], 'int32');
+    return tf.engine().makeTensorFromTensorInfo(info);
+  });
+}
