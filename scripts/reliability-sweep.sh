@@ -11,7 +11,7 @@ D="node $REPO/bin/dejavu.js"
 pass=0; fail=0; results=()
 judge() { if [ "$2" = ok ]; then pass=$((pass+1)); results+=("PASS $1"); else fail=$((fail+1)); results+=("FAIL $1: $3"); fi; echo "[$2] $1 ${3:-}" >&2; }
 # rc and stderr of a command: run_ NAME cmd...
-run_() { local n=$1; shift; timeout 120 "$@" > $S/$n.out 2> $S/$n.err; echo $? > $S/$n.rc; }
+run_() { local n=$1; shift; timeout ${T:-300} "$@" > $S/$n.out 2> $S/$n.err; echo $? > $S/$n.rc; }
 rc() { cat $S/$1.rc; }
 nostack() { ! grep -q '    at \|internal error' $S/$1.err; }
 cat > $S/small.yaml <<'YAML'
@@ -23,7 +23,7 @@ train: {workers: 1, heads: {enabled: false}}
 evaluate: {seqLen: 64, maxTokens: 512, workers: 1, densitySweep: [0.2]}
 plan: {seqLen: 64, searchTokens: 256, verifyTokens: 256, calibrationRows: 1024}
 YAML
-run_ pipe0 $D pipeline --config $S/small.yaml --workdir $S/w --quiet
+T=900 run_ pipe0 $D pipeline --config $S/small.yaml --workdir $S/w --quiet
 [ "$(rc pipe0)" = 0 ] || { echo "base pipeline failed"; cat $S/pipe0.err; exit 1; }
 W=$S/w
 MCOL="$D collect-activations --model $M --data data/calibration.jsonl --max-tokens 1024 --seq-len 64 --batch-size 2 --set rowsPerShard=128 --workers 1 --quiet"
