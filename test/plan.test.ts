@@ -52,8 +52,8 @@ const SMALL = { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows
 beforeAll(async () => {
   await ensureBackend('wasm');
   await runCollect(collectSchema.parse({ model: MODEL, data: HELDOUT, out: ACTS, seqLen: 64, maxTokens: 2048, dtype: 'float32', rowsPerShard: 1024 }), quiet);
-  await runTrain(trainSchema.parse({ activations: ACTS, out: CF, workers: 1, heads: { enabled: false }, mlp: { families: ['closed-form'], ranks: [0.5], rule: 'threshold' } }), quiet);
-  await runTrain(trainSchema.parse({ activations: ACTS, out: EXACT, workers: 1, heads: { enabled: false }, mlp: { families: ['exact'] } }), quiet);
+  await runTrain(trainSchema.parse({ activations: ACTS, out: CF, workers: 1, heads: { enabled: false }, mlp: { predictors: ['closed-form'], ranks: [0.5], rule: 'threshold' } }), quiet);
+  await runTrain(trainSchema.parse({ activations: ACTS, out: EXACT, workers: 1, heads: { enabled: false }, mlp: { predictors: ['exact'] } }), quiet);
 }, 300_000);
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 

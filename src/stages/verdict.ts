@@ -34,7 +34,7 @@ export function headline(a: { model: string; config: Pick<ModelConfig, 'family' 
   return {
     model: a.model, shape: `${c.family}, ${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}`, workdir: a.workdir, bundle: a.bundle,
     evaluation: { text: a.heldoutText, tokens: r.perplexity?.tokens ?? 0, heldoutTokens: r.heldoutTokens, dense: runs.dense, predicted: runs['predicted (MLP)'], oracle: runs['oracle (MLP)'],
-      meanRecall: r.averages.mlpRecall, meanDensity: r.averages.mlpPredictedDensity, trueDensity: r.averages.mlpTrueDensity },
+      meanRecall: r.averages.mlpRecall ?? NaN, meanDensity: r.averages.mlpPredictedDensity ?? NaN, trueDensity: r.averages.mlpTrueDensity ?? NaN },
     plan: p ? {
       budget: p.maxPplIncrease, speedup: p.verified.speedup, estimatedSpeedup: p.estimate.speedup, pplIncrease: p.verified.pplIncrease, tokens: p.verified.tokens,
       densePerplexity: p.verified.densePerplexity, perplexity: p.verified.perplexity, denseStepMs: p.verified.denseStepMs, stepMs: p.verified.stepMs,
