@@ -77,7 +77,7 @@ async function expectRejected(dir: string, re: RegExp, model?: string): Promise<
 
 describe('export-bundle + verify-bundle', () => {
   it('the exported bundle verifies, also against its checkpoint', async () => {
-    expect(fs.readdirSync(BUNDLE).sort()).toEqual(['.dejavu-output.json', 'manifest.json', 'neuron-major.safetensors', 'predictors.safetensors']);
+    expect(fs.readdirSync(BUNDLE).sort()).toEqual(['.dejavu-output.json', '.inputs.json', 'manifest.json', 'neuron-major.safetensors', 'predictors.safetensors']); // .inputs.json: what it was made from (src/stages/current.ts)
     expect(bundleManifestSchema.safeParse(readM(BUNDLE)).success).toBe(true);
     expect(verifyBundle(BUNDLE).problems).toEqual([]);
     expect(verifyBundle(BUNDLE, MODEL).problems).toEqual([]);
@@ -132,8 +132,11 @@ describe('export-bundle + verify-bundle', () => {
     }
   });
 
-  it('export refuses a non-empty output folder without --overwrite, and another checkpoint', async () => {
-    const e1 = await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE }), quiet).then(() => null, (e: unknown) => e);
+  it('export refuses a non-empty output folder without --overwrite (made from other inputs; the same ones: nothing to do), and another checkpoint', async () => {
+    const logs: string[] = [];
+    await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE }), { ...quiet, log: (m: string) => logs.push(m) });
+    expect(logs).toEqual([`export-bundle: ${BUNDLE} is complete, current and verifies; nothing to do`]);
+    const e1 = await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE, neuronMajor: false }), quiet).then(() => null, (e: unknown) => e);
     expect(isUserError(e1)).toBe(true);
     expect((e1 as Error).message).toMatch(/exists and is not empty/);
     const e2 = await runExport(exportSchema.parse({ model: path.join(FIXTURES, 'llama-tiny-ref'), predictors: PRED, out: path.join(TMP, 'b-other') }), quiet).then(() => null, (e: unknown) => e);

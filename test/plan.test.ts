@@ -377,8 +377,11 @@ describe('dejavu plan (CLI) and the cost cache', () => {
       expect(r2.code, r2.err).toBe(0);
       expect(r2.err).toMatch(/cost model from the cache/);
       expect(fs.readFileSync(file, 'utf8')).toBe(cached);
-      // an existing plan folder is not replaced without --overwrite
-      const r3 = await cli('plan', ...flags(out));
+      // an existing plan folder is not replaced without --overwrite (made with other settings; the same ones: nothing to do)
+      const same = await cli('plan', ...flags(out));
+      expect(same.code, same.err).toBe(0);
+      expect(same.err).toContain(`plan: ${out} is complete and current; nothing to do`);
+      const r3 = await cli('plan', ...flags(out), '--max-ppl-increase', '0.05');
       expect(r3.code).toBe(2);
       expect(r3.err).toMatch(/exists and is not empty/);
 

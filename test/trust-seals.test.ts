@@ -111,7 +111,7 @@ describe('issue #20: artifacts a later stage trusts are sealed and checked', () 
     editPlan(path.join(dirs.plan, 'plan.json'));
     const r = await pipeline();
     expect(r.code, r.err).toBe(0);
-    expect(r.err).toContain(`plan: the existing output in ${dirs.plan} is not current (${path.join(dirs.plan, 'plan.json')} was changed after dejavu wrote it (its seal does not match)); re-running`);
+    expect(r.err).toContain(`== plan: the existing output is not current (${path.join(dirs.plan, 'plan.json')} was changed after dejavu wrote it (its seal does not match)); re-running`);
     expect(r.err).toMatch(/== plan: [\d.]+ s/);
     const m = json(path.join(dirs.bundle, 'manifest.json'));
     expect(JSON.stringify(m.plan)).not.toContain('1000000000');
@@ -132,7 +132,7 @@ describe('issue #20: artifacts a later stage trusts are sealed and checked', () 
     edit(path.join(dirs.report, 'report.json'));
     const r = await pipeline();
     expect(r.code, r.err).toBe(0);
-    expect(r.err).toContain(`evaluate-recall: the existing output in ${dirs.report} is not current (${path.join(dirs.report, 'report.json')} was changed after dejavu wrote it (its seal does not match)); re-running`);
+    expect(r.err).toContain(`== evaluate-recall: the existing output is not current (${path.join(dirs.report, 'report.json')} was changed after dejavu wrote it (its seal does not match)); re-running`);
     expect(r.err).toMatch(/== evaluate-recall: [\d.]+ s/);
     expect(json(path.join(dirs.bundle, 'manifest.json')).perplexity).toEqual(measured);
   });
@@ -144,7 +144,7 @@ describe('issue #20: artifacts a later stage trusts are sealed and checked', () 
     write(rec, o);
     const r = await pipeline();
     expect(r.code, r.err).toBe(0);
-    expect(r.err).toContain(`export-bundle: the existing output in ${dirs.bundle} is not current (${rec} was changed after dejavu wrote it (its seal does not match)); re-running`);
+    expect(r.err).toContain(`== export-bundle: the existing output is not current (${rec} was changed after dejavu wrote it (its seal does not match)); re-running`);
     expect(r.err).toMatch(/== export-bundle: [\d.]+ s/);
     expect(json(rec).sealSha256).toMatch(/^[0-9a-f]{64}$/);
   });
@@ -311,13 +311,13 @@ describe('issue #25: one "is this output current" rule per stage (src/stages/cur
     expect(await changed(path.join(dirs.pred, 'predictors.json'), () => [evaluateCurrent(c.evaluate), planCurrent(c.plan!), exportCurrent(c.export)], reseal))
       .toEqual([{ current: false, why: SETTINGS }, { current: false, why: SETTINGS }, { current: false, why: SETTINGS }]);
     expect(await all()).toEqual([true, true, true, true, true, true]); // restored: current again
-    // the stages themselves: current, so nothing is done (their outputs are not rewritten)
+    // the stages themselves, without --overwrite (with it they make their output again): current, so nothing is done (their outputs are not rewritten)
     const logs: string[] = [];
     const deps = { log: (m: string) => logs.push(m), progress: quiet.progress };
     const before = ['report/report.json', 'plan/plan.json', 'bundle/manifest.json'].map((f) => fs.statSync(path.join(W, f)).mtimeMs);
     await runEvaluate(c.evaluate, deps);
-    await runPlan(c.plan!, deps);
-    await runExport(c.export, deps);
+    await runPlan({ ...c.plan!, overwrite: false }, deps);
+    await runExport({ ...c.export, overwrite: false }, deps);
     expect(logs).toEqual([`evaluate-recall: ${dirs.report} is complete and current; nothing to do`, `plan: ${dirs.plan} is complete and current; nothing to do`,
       `export-bundle: ${dirs.bundle} is complete, current and verifies; nothing to do`]);
     expect(['report/report.json', 'plan/plan.json', 'bundle/manifest.json'].map((f) => fs.statSync(path.join(W, f)).mtimeMs)).toEqual(before);

@@ -46,8 +46,3 @@ export function recordedCurrent<T>(s: StageRecord, read: ReadOutput<T>): Currenc
 export function writeRecord(s: StageRecord, seal: string): void {
   writeArtifact(stageRecordSchema, { kind: 'dejavu-stage-record', inputs: s.inputs(), output: seal }, path.join(s.dir, RECORD), 'stage record', { seal: true });
 }
-
-/** The stage's log line for an output that is not current (nothing for a first run). */
-export function notCurrentLine(name: string, out: string, why: string | null): string | null {
-  return why === null ? null : `${name}: the existing output in ${out} is not current (${why}); re-running`;
-}

@@ -29,7 +29,7 @@ import { candidateTable, mlpCostShare, ruleText } from '../predictors/fit-mlp.js
 import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
 import { checkHeldoutText, heldoutSequences } from '../eval/heldout.js';
 import { evalReportSchema, readEvalReport, type EvalReport, type LayerReport, type SiteReport } from '../eval/report.js';
-import { notCurrentLine, recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
+import { recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { ppl, type NllTotals } from '../eval/perplexity.js';
 import { renderReportPlots } from '../eval/plots.js';
@@ -151,8 +151,6 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps, replay?:
   if (rec) {
     const cur = recordedCurrent(rec, readReport(cfg.out));
     if (cur.current) { deps.log(`evaluate-recall: ${cfg.out} is complete and current; nothing to do`); return { text: reportTable(cur.value, cfg.out), json: cur.value }; }
-    const why = notCurrentLine('evaluate-recall', cfg.out, cur.why);
-    if (why) deps.log(why);
   }
   const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
   if (cfg.shard) {

@@ -8,7 +8,7 @@ import { readPlanFile } from '../runtime/plan.js';
 import { predictorsContentHash } from '../predictors/content-hash.js';
 import { UserError } from '../util/errors.js';
 import type { StageDeps } from '../util/progress.js';
-import { notCurrentLine, recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
+import { recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
 
 /** what a bundle is made from: the predictors' content, the report's and the plan's seals, the config (less overwrite) */
 function exportRecord(cfg: ExportConfig): StageRecord {
@@ -30,10 +30,8 @@ export function exportCurrent(cfg: ExportConfig): Currency<BundleManifest> {
 
 export async function runExport(cfg: ExportConfig, deps: StageDeps): Promise<StageResult> {
   const rec = exportRecord(cfg);
-  const cur = fs.existsSync(cfg.out) ? recordedCurrent(rec, readBundle(cfg)) : null;
+  const cur = fs.existsSync(cfg.out) && !cfg.overwrite ? recordedCurrent(rec, readBundle(cfg)) : null; // --overwrite: made again even when current
   if (cur?.current) { deps.log(`export-bundle: ${cfg.out} is complete, current and verifies; nothing to do`); return { text: bundleTable(cfg.out, cur.value), json: cur.value }; }
-  const why = cur && notCurrentLine('export-bundle', cfg.out, cur.why);
-  if (why) deps.log(why);
   const m = exportBundle({ ...cfg, config: cfg as unknown as Record<string, unknown> });
   writeRecord(rec, m.manifestSha256);
   deps.log(`export-bundle: wrote ${cfg.out}`);

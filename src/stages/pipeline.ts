@@ -19,6 +19,7 @@ import { evaluateCurrent, runEvaluate, reportTable } from './evaluate.js';
 import { exportCurrent, runExport } from './export.js';
 import { planCurrent, runPlan } from './plan.js';
 import { readPlanFile, type PlanFile } from '../runtime/plan.js';
+import type { Currency } from './current.js';
 import { defaultWorkdir, resolveData } from './workdir.js';
 import { getBackend } from '../backend.js';
 import { estimatePipeline, estimateText } from './estimate.js';
@@ -63,9 +64,11 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps, opts: { 
   const timings: Record<string, number> = {};
   const est = await estimatePipeline(cfg, getBackend() ?? undefined);
   deps.log(estimateText(est.estimate, est.rates, est.workers, true));
-  /** a stage: skipped when its own rule (src/stages/current.ts) says its output is current, else run (it says why) */
-  const step = async (name: string, current: () => boolean | Promise<boolean>, f: () => Promise<unknown>): Promise<void> => {
-    if (await current()) { deps.log(`\n== ${name}: current; nothing to do`); return; }
+  /** a stage: skipped when its own rule (src/stages/current.ts) says its output is current, else run (saying why, where there was an output) */
+  const step = async (name: string, current: () => boolean | Currency<unknown> | Promise<boolean>, f: () => Promise<unknown>): Promise<void> => {
+    const c = await current(), why = typeof c === 'boolean' ? null : c.current ? null : c.why;
+    if (c === true || (typeof c !== 'boolean' && c.current)) { deps.log(`\n== ${name}: current; nothing to do`); return; }
+    if (why) deps.log(`\n== ${name}: the existing output is not current (${why}); re-running`);
     const s = Date.now();
     deps.log(`\n== ${name}`);
     await f();
@@ -77,15 +80,15 @@ export async function runPipeline(cfg: PipelineConfig, deps: StageDeps, opts: { 
   await step('collect (calibration)', () => collectCurrent(sc.calibration), () => runCollect(sc.calibration, withApproximateTotal(deps, () => est.estimate.tokens.calibration)));
   await step('collect (held-out)', () => collectCurrent(sc.heldout), () => runCollect(sc.heldout, withApproximateTotal(deps, () => est.estimate.tokens.heldout)));
   await step('train-predictors', () => trainCurrent(sc.train), () => runTrain(sc.train, deps));
-  await step('evaluate-recall', () => evaluateCurrent(sc.evaluate).current, () => runEvaluate(sc.evaluate, deps));
+  await step('evaluate-recall', () => evaluateCurrent(sc.evaluate), () => runEvaluate(sc.evaluate, deps));
   const report = readEvalReport(dirs.report);
   let plan: PlanFile | null = null;
   if (sc.plan) {
     const planCfg = sc.plan;
-    await step('plan', () => planCurrent(planCfg).current, async () => { const r = await runPlan(planCfg, deps); deps.log(r.text.split('\n').slice(0, 4).join('\n')); });
+    await step('plan', () => planCurrent(planCfg), async () => { const r = await runPlan(planCfg, deps); deps.log(r.text.split('\n').slice(0, 4).join('\n')); });
     plan = readPlanFile(dirs.plan);
   }
-  await step('export-bundle', () => exportCurrent(sc.export).current, () => runExport(sc.export, deps));
+  await step('export-bundle', () => exportCurrent(sc.export), () => runExport(sc.export, deps));
   const v = verifyBundle(dirs.bundle, cfg.model);
   const total = (Date.now() - t0) / 1000;
   const mc = readManifest(dirs.held).model.config;

@@ -45,7 +45,7 @@ import { createArena } from '../model/kernels/wasm/kernels.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { UserError } from '../util/errors.js';
 import { sha256, sha256File, writeFileAtomic } from '../util/fsx.js';
-import { notCurrentLine, recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
+import { recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
 import { z } from 'zod';
 import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
@@ -448,11 +448,9 @@ export function planCurrent(cfg: PlanConfig): Currency<PlanFile> {
 export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<string, number>): Promise<StageResult> {
   const t0 = Date.now();
   const rec = cfg.shard ? null : planRecord(cfg);
-  if (rec) {
+  if (rec && !cfg.overwrite) { // --overwrite: made again even when current
     const cur = recordedCurrent(rec, readPlan(cfg.out));
     if (cur.current) { deps.log(`plan: ${cfg.out} is complete and current; nothing to do`); return { text: fs.readFileSync(path.join(cfg.out, 'report.md'), 'utf8').trimEnd(), json: cur.value }; }
-    const why = notCurrentLine('plan', cfg.out, cur.why);
-    if (why) deps.log(why);
   }
   const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the plan is made for these weights (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
