@@ -56,34 +56,15 @@ from tokenizers import Tokenizer
 import transformers
 from transformers import AutoModelForCausalLM, OPTConfig
 
-T0 = time.time()
-SEQ_LEN = 256
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_fixture_common import SEQ_LEN, add_training_args, cosine_lr, train_step, log, opt_config, pack, read_jsonl, windows_of, write_json  # noqa: E402
+
 BOS = 2
-
-
-def log(msg: str) -> None:
-    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
-
-
-def read_jsonl(path: str) -> list[str]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                t = json.loads(line)["text"]
-                if t:
-                    out.append(t)
-    return out
 
 
 def pack_rows(tok: Tokenizer, texts: list[str]) -> torch.Tensor:
     """BOS + ids of each document, concatenated, cut into rows of SEQ_LEN (remainder dropped): [n, SEQ_LEN] int64."""
-    ids: list[int] = []
-    for e in tok.encode_batch(texts, add_special_tokens=False):
-        ids.append(BOS)
-        ids.extend(e.ids)
-    n = len(ids) // SEQ_LEN
-    return torch.tensor(ids[: n * SEQ_LEN], dtype=torch.int64).view(n, SEQ_LEN)
+    return windows_of(pack(tok, texts, BOS))
 
 
 def ids_sha256(rows: torch.Tensor) -> str:
@@ -98,12 +79,7 @@ def dev() -> torch.device:
 
 
 def make_config(a) -> OPTConfig:
-    return OPTConfig(
-        vocab_size=4096, hidden_size=a.d, num_hidden_layers=a.layers, ffn_dim=a.ffn, num_attention_heads=a.heads,
-        max_position_embeddings=512, do_layer_norm_before=True, word_embed_proj_dim=a.d, activation_function="relu",
-        enable_bias=True, dropout=0.0, attention_dropout=0.0, layerdrop=0.0, init_std=0.02,
-        pad_token_id=1, bos_token_id=2, eos_token_id=2, tie_word_embeddings=True,
-    )
+    return opt_config(4096, a.d, a.layers, a.ffn, a.heads)
 
 
 @torch.no_grad()
@@ -158,10 +134,7 @@ def train(a) -> None:
     min_lr = a.lr * a.min_lr_ratio
 
     def lr_at(step):
-        if step < a.warmup:
-            return a.lr * (step + 1) / a.warmup
-        frac = min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))
-        return min_lr + 0.5 * (a.lr - min_lr) * (1 + math.cos(math.pi * frac))
+        return cosine_lr(step, a.lr, a.warmup, a.steps, min_lr)
 
     g = torch.Generator().manual_seed(a.seed)
     nwin = tr_rows.shape[0]
@@ -179,15 +152,7 @@ def train(a) -> None:
         x = tr_rows[perm[cursor : cursor + a.batch]]
         cursor += a.batch
         lr = lr_at(step - 1)
-        for gr in opt.param_groups:
-            gr["lr"] = lr
-        with torch.autocast(d.type, dtype=torch.bfloat16):
-            logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = train_step(model, opt, x, lr, V, d.type)
         acc += loss.detach()
         acc_n += 1
         if step % 50 == 0 or step % a.eval_every == 0 or step == a.steps:
@@ -212,9 +177,7 @@ def train(a) -> None:
         c = json.load(f)
     if c.get("dtype") != "float16":
         c["dtype"] = "float16"
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(c, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(os.path.join(out, "config.json"), c, indent=2, sort_keys=True)
     shutil.copyfile(a.tokenizer, os.path.join(out, "tokenizer.json"))
     del model
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").to(d).eval()
@@ -226,9 +189,7 @@ def train(a) -> None:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "device": torch.cuda.get_device_name(0) if d.type == "cuda" else "cpu",
             "heldout_eval_fp32_from_fp16": ev, "loss_log": loss_log, "eval_log": eval_log}
-    with open(os.path.join(out, "training-log.json"), "w") as f:
-        json.dump(tlog, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(out, "training-log.json"), tlog, indent=1)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(model_card(a, tlog, ev, int(held_rows.numel())))
 
@@ -453,9 +414,7 @@ def check(a) -> dict:
                                                  f"rec {x['heldout']['recall']:.4f}" for x in per_layer) + f"; ppl {dense_ppl:.3f} -> {pp:.3f} ({100 * (pp / dense_ppl - 1):+.3f}%)")
         res["variants"][variant] = out
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(res, f, indent=1)
-        f.write("\n")
+    write_json(a.json, res, indent=1)
     log(f"wrote {a.json}")
     return res
 
@@ -472,11 +431,7 @@ def main():
     ap.add_argument("--ffn", type=int, default=1280)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-lr-ratio", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
+    add_training_args(ap)
     ap.add_argument("--seed", type=int, default=20261129)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--target-recall", type=float, default=0.99)

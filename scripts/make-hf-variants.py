@@ -30,18 +30,19 @@ Requires: torch, transformers (5.x), safetensors.  Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
-import traceback
 
 import torch
 from safetensors.torch import save_file
 
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_fixture_common import hf_reference, make_variants, variant_args, write_json  # noqa: E402
 
 SEQ = 16
 NOTE = (
@@ -196,14 +197,7 @@ def reference(model, input_ids):
     for i, (o, d) in enumerate(layers_of(model)):
         hooks.append(o.register_forward_pre_hook(lambda _m, a, i=i: ctx.__setitem__(i, a[0].detach().clone())))
         hooks.append(d.register_forward_pre_hook(lambda _m, a, i=i: act.__setitem__(i, a[0].detach().clone())))
-    try:
-        out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    t = {"input_ids": input_ids.clone(), "logits": out.logits.float()}
-    for i, h in enumerate(out.hidden_states):
-        t[f"hidden_states.{i}"] = h.float()
+    t = hf_reference(model, input_ids, hooks)
     for i in sorted(ctx):
         t[f"attn_context.{i}"] = ctx[i].float().reshape(input_ids.shape[0], input_ids.shape[1], -1)
         t[f"mlp_act.{i}"] = act[i].float().reshape(input_ids.shape[0], input_ids.shape[1], -1)
@@ -241,9 +235,7 @@ def make_variant(v, out_root: str):
     if cj.get("dtype") != want:
         print(f"  {name}: config dtype {cj.get('dtype')!r} -> {want!r}")
         cj["dtype"] = want
-        with open(cfg_path, "w") as f:
-            json.dump(cj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(cfg_path, cj, indent=2, sort_keys=True)
     del model
 
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
@@ -288,9 +280,7 @@ def make_variant(v, out_root: str):
             "num_pad": 5,
             "note": "attention_mask is 0 on the pad tokens; logits_padded computed with that mask; only real-token positions are meaningful",
         }
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump(ref, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(out, "reference.json"), ref, indent=1)
     files = sorted(os.listdir(out))
     total = sum(os.path.getsize(os.path.join(out, f)) for f in files)
     print(f"{name}: {total} bytes: " + ", ".join(f"{f} ({os.path.getsize(os.path.join(out, f))})" for f in files))
@@ -298,24 +288,8 @@ def make_variant(v, out_root: str):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="test/fixtures/hf-variants")
-    ap.add_argument("--only", default=None, help="comma list of variant names")
-    args = ap.parse_args()
-    torch.set_num_threads(min(8, os.cpu_count() or 1))
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    os.makedirs(args.out, exist_ok=True)
-    only = set(args.only.split(",")) if args.only else None
-    total = 0
-    failed = []
-    for v in VARIANTS:
-        if only and v["name"] not in only:
-            continue
-        try:
-            total += make_variant(v, args.out)
-        except Exception:  # noqa: BLE001 - keep going, report at the end
-            traceback.print_exc()
-            failed.append(v["name"])
+    args, only = variant_args(__doc__, "test/fixtures/hf-variants")
+    total, failed = make_variants(VARIANTS, lambda v: v["name"], make_variant, args.out, only)
     print(f"total {total} bytes")
     if failed:
         print(f"FAILED: {failed}")

@@ -16,7 +16,6 @@ Requires: torch, transformers (5.x), safetensors. Usage: python3 scripts/make-po
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -29,7 +28,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_fixture_common import init_weights  # noqa: E402
+from hf_fixture_common import init_weights, write_json  # noqa: E402
 
 SEQ = 24
 V = 128
@@ -134,9 +133,7 @@ def make(name, hub, out_root, seed):
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     init_weights(model, seed)
     model.to(torch.float16).eval().save_pretrained(out)  # stored half size; the reference is computed in float32 from it
-    with open(os.path.join(out, "config.json"), "w") as f:  # the hub-style config as the checkpoint has it
-        json.dump({**hub, "torch_dtype": "float16"}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_json(os.path.join(out, "config.json"), {**hub, "torch_dtype": "float16"}, indent=2, sort_keys=True)  # the hub-style config as the checkpoint has it
     for extra in ("generation_config.json",):
         if os.path.exists(os.path.join(out, extra)):
             os.remove(os.path.join(out, extra))
@@ -146,11 +143,9 @@ def make(name, hub, out_root, seed):
     with torch.no_grad():
         logits = m(input_ids=ids, use_cache=False).logits.float()
     save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(out, "reference.safetensors"))
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump({"checkpoint": name, "model_type": hub["model_type"], "seq": SEQ, "seed": seed, "keys": ["input_ids", "logits"],
+    write_json(os.path.join(out, "reference.json"), {"checkpoint": name, "model_type": hub["model_type"], "seq": SEQ, "seed": seed, "keys": ["input_ids", "logits"],
                    "note": "logits of transformers after from_pretrained of this folder's hub-style config.json (float32, eager)",
-                   "transformers_version": transformers.__version__}, f, indent=1)
-        f.write("\n")
+                   "transformers_version": transformers.__version__}, indent=1)
     print(f"{name}: {sum(os.path.getsize(os.path.join(out, x)) for x in os.listdir(out))} bytes")
 
 

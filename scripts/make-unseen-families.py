@@ -20,12 +20,10 @@ Requires: torch, transformers (5.x), safetensors. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
-import traceback
 
 import torch
 from safetensors.torch import save_file
@@ -34,7 +32,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_fixture_common import init_weights  # noqa: E402
+from hf_fixture_common import hf_reference, init_weights, make_variants, variant_args, write_json  # noqa: E402
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 COMMON = dict(vocab_size=384, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -122,14 +120,7 @@ def reference(model, input_ids):
     act, hooks = {}, []
     for i, layer in enumerate(decoder_layers(model)):
         hooks.append(down_of(layer).register_forward_pre_hook(lambda _m, a, i=i: act.__setitem__(i, a[0].detach().clone())))
-    try:
-        out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    t = {"input_ids": input_ids.clone(), "logits": out.logits.float()}
-    for i, h in enumerate(out.hidden_states):
-        t[f"hidden_states.{i}"] = h.float()
+    t = hf_reference(model, input_ids, hooks)
     for i in sorted(act):
         t[f"mlp_act.{i}"] = act[i].float().reshape(input_ids.shape[0], input_ids.shape[1], -1)
     return t
@@ -165,9 +156,7 @@ def make_variant(v, out_root):
     want = str(dtype).replace("torch.", "")
     if cj.get("dtype") != want:
         cj["dtype"] = want
-        with open(cfg_path, "w") as f:
-            json.dump(cj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(cfg_path, cj, indent=2, sort_keys=True)
     del model
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
     g = torch.Generator().manual_seed(seed + 1000)
@@ -184,32 +173,15 @@ def make_variant(v, out_root):
            "note": "hidden_states.0 = embeddings output, hidden_states.L = after the final norm (HF); mlp_act.i = input of "
                    "the MLP down projection; computed on CPU in float32 from the saved weights, eager attention",
            "transformers_version": transformers.__version__, "torch_version": torch.__version__.split("+")[0]}
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump(ref, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(out, "reference.json"), ref, indent=1)
     total = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     print(f"{name}: {total} bytes, logits {tuple(t['logits'].shape)}")
     return total
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="test/fixtures/families-unseen")
-    ap.add_argument("--only", default=None, help="comma list of variant names")
-    a = ap.parse_args()
-    torch.set_num_threads(min(8, os.cpu_count() or 1))
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    os.makedirs(a.out, exist_ok=True)
-    only = set(a.only.split(",")) if a.only else None
-    failed, total = [], 0
-    for v in VARIANTS:
-        if only and v[0] not in only:
-            continue
-        try:
-            total += make_variant(v, a.out)
-        except Exception:  # noqa: BLE001 - keep going, report at the end
-            traceback.print_exc()
-            failed.append(v[0])
+    a, only = variant_args(__doc__, "test/fixtures/families-unseen")
+    total, failed = make_variants(VARIANTS, lambda v: v[0], make_variant, a.out, only)
     print(f"total {total} bytes; failed: {failed or 'none'}")
     sys.exit(1 if failed else 0)
 

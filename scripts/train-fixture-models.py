@@ -35,34 +35,18 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
+from transformers import AutoModelForCausalLM, LlamaConfig
 
-T0 = time.time()
-SEQ_LEN = 256
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_fixture_common import SEQ_LEN, T0, add_training_args, cosine_lr, train_step, log, opt_config, pack, read_jsonl, windows_of, write_json  # noqa: E402
+
 VOCAB = 4096
 
 
-def log(msg: str) -> None:
-    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
-
-
 # --------------------------------------------------------------------------- data
-
-
-def read_jsonl(path: str) -> list[str]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                t = json.loads(line)["text"]
-                if t:
-                    out.append(t)
-    return out
 
 
 def train_tokenizer(texts: list[str], specials: list[str]) -> Tokenizer:
@@ -86,46 +70,12 @@ def train_tokenizer(texts: list[str], specials: list[str]) -> Tokenizer:
     return tok
 
 
-def pack(tok: Tokenizer, texts: list[str], bos_id: int) -> torch.Tensor:
-    """BOS-prefixed documents, concatenated (int64, 1-D)."""
-    encs = tok.encode_batch(texts, add_special_tokens=False)
-    ids: list[int] = []
-    for e in encs:
-        ids.append(bos_id)
-        ids.extend(e.ids)
-    return torch.tensor(ids, dtype=torch.int64)
-
-
-def windows_of(stream: torch.Tensor) -> torch.Tensor:
-    n = stream.numel() // SEQ_LEN
-    return stream[: n * SEQ_LEN].view(n, SEQ_LEN)
-
-
 # ------------------------------------------------------------------------- models
 
 
 def make_config(kind: str):
     if kind == "opt":
-        return OPTConfig(
-            vocab_size=VOCAB,
-            hidden_size=256,
-            num_hidden_layers=6,
-            ffn_dim=1024,
-            num_attention_heads=8,
-            max_position_embeddings=512,
-            do_layer_norm_before=True,
-            word_embed_proj_dim=256,
-            activation_function="relu",
-            enable_bias=True,
-            dropout=0.0,
-            attention_dropout=0.0,
-            layerdrop=0.0,
-            init_std=0.02,
-            pad_token_id=1,
-            bos_token_id=2,
-            eos_token_id=2,
-            tie_word_embeddings=True,
-        )
+        return opt_config(VOCAB, 256, 6, 1024, 8)
     return LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=192,
@@ -268,10 +218,7 @@ def train(kind, model, train_wins, held_wins, args, steps_arg, budget_s, max_ste
     min_lr = args.lr * args.min_lr_ratio
 
     def lr_at(step):
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        frac = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_lr + 0.5 * (args.lr - min_lr) * (1 + math.cos(math.pi * frac))
+        return cosine_lr(step, args.lr, warmup, total, min_lr)
 
     nwin = train_wins.shape[0]
     perm = torch.randperm(nwin, generator=g).to(dev)
@@ -305,15 +252,7 @@ def train(kind, model, train_wins, held_wins, args, steps_arg, budget_s, max_ste
         cursor += bs
         x = train_wins[idx]
         lr = lr_at(step)
-        for gr in opt.param_groups:
-            gr["lr"] = lr
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = train_step(model, opt, x, lr, V, "cuda")
         loss_acc += loss.detach()
         acc_n += 1
         step += 1
@@ -374,9 +313,7 @@ def save_fp16(model, tok: Tokenizer, out_dir: str):
         cfg = json.load(f)
     if cfg.get("dtype") != "float16":
         cfg["dtype"] = "float16"
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(cfg_path, cfg, indent=2, sort_keys=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     files = sorted(os.listdir(out_dir))
     log(f"saved {out_dir}: " + ", ".join(f"{f} ({os.path.getsize(os.path.join(out_dir, f))} B)" for f in files))
@@ -526,9 +463,7 @@ def run_model(kind, args, train_texts, held_texts, deadline):
         "ppl": sl["ppl"],
         "mlp_density_per_layer": sl["density_per_layer"] if kind == "opt" else None,
     }
-    with open(os.path.join(out_dir, "ppl-slice.json"), "w") as f:
-        json.dump(slice_obj, f)
-        f.write("\n")
+    write_json(os.path.join(out_dir, "ppl-slice.json"), slice_obj)
     tlog = {
         "model": name,
         "command": shlex.join(["python3"] + sys.argv),
@@ -547,9 +482,7 @@ def run_model(kind, args, train_texts, held_texts, deadline):
         "loss_log": tr["loss_log"],
         "eval_log": tr["eval_log"],
     }
-    with open(os.path.join(out_dir, "training-log.json"), "w") as f:
-        json.dump(tlog, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(out_dir, "training-log.json"), tlog, indent=1)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(model_card(kind, name, cfg, tr, ev, sl, args, int(train_stream.numel()), int(held_stream.numel()), n_params, tok_secs))
     del m
@@ -569,11 +502,7 @@ def main():
     ap.add_argument("--budget-llama", type=float, default=120.0, help="seconds of training for Llama when --steps-llama is not given")
     ap.add_argument("--max-steps", type=int, default=3000, help="cap of the time-based step choice (6000 over-fitted: see the model cards)")
     ap.add_argument("--deadline", type=float, default=470.0, help="seconds after start at which any training loop stops (safety net)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-lr-ratio", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
+    add_training_args(ap)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=500)

@@ -62,7 +62,7 @@ describe('artifacts written by the stages read back through their schemas', () =
   it('a damaged summary.json: exit 2 naming the bad field', async () => {
     const d = damaged(ACTS, 'acts-bad-summary', 'summary.json', (o) => { o.layers[1].mlpDensity = 'high'; });
     expect(() => readSummary(d)).toThrow(/summary\.json is not a valid activations summary \(1 problem\):\n {2}- layers\.1\.mlpDensity: .*found "high"/);
-    const r = await cli('train-predictors', '--activations', d, '--out', path.join(TMP, 'p-bad-summary'), '--workers', '1', '--layers', '1', '--set', 'mlp.families=[dejavu]', '--set', 'mlp.rank=8', '--set', 'heads.enabled=false', '--set', 'optim.epochs=1', '--backend', 'wasm', '--quiet');
+    const r = await cli('train-predictors', '--activations', d, '--out', path.join(TMP, 'p-bad-summary'), '--workers', '1', '--layers', '1', '--set', 'mlp.predictors=[dejavu]', '--set', 'mlp.rank=8', '--set', 'heads.enabled=false', '--set', 'optim.epochs=1', '--backend', 'wasm', '--quiet');
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/layers\.1\.mlpDensity/);
   });
@@ -80,8 +80,41 @@ describe('artifacts written by the stages read back through their schemas', () =
 
   it('predictors.json keeps fields it does not know (newer writers) and accepts an infinite threshold written as null', () => {
     const d = damaged(PRED, 'pred-extra', 'predictors.json', (o) => { o.layers[0].mlp.futureField = { a: 1 }; o.layers[0].mlp.candidates[0].extra = 3; o.layers[1].heads.rule = { kind: 'threshold', value: null }; });
-    const pm = readPredictorsManifest(d) as unknown as { layers: { mlp: Record<string, unknown> }[] };
-    expect(pm.layers[0]!.mlp.futureField).toEqual({ a: 1 });
+    const pm = readPredictorsManifest(d);
+    expect((pm.layers[0]!.mlp as Record<string, unknown>).futureField).toEqual({ a: 1 });
+    expect(pm.layers[1]!.heads!.rule).toEqual({ kind: 'threshold', value: Infinity }); // as the schema's type says: null is +Infinity, never 0 in a comparison
+  });
+
+  it('#25: predictors.json of format 2 (a fixture written by the previous dejavu, keys `family` / `hidden`) reads with the keys mapped; evaluate-recall uses it; a file with neither name is refused (exit 2)', async () => {
+    const OLD = path.join(FIXTURES, 'predictors-format2');
+    const raw = JSON.parse(fs.readFileSync(path.join(OLD, 'predictors.json'), 'utf8'));
+    expect(raw.formatVersion).toBe(2);
+    const pm = readPredictorsManifest(OLD);
+    for (const [i, l] of pm.layers.entries()) for (const site of ['mlp', 'heads'] as const) {
+      const was = raw.layers[i][site];
+      expect(l[site]!.predictor).toBe(was.family);
+      expect(l[site]!.hiddenActivation).toBe(was.hidden);
+      expect(Object.keys(l[site]!)).not.toContain('family');
+      expect(l[site]!.candidates?.map((c) => c.predictor)).toEqual(was.candidates?.map((c: { family: string }) => c.family));
+    }
+    expect(pm.layers.map((l) => [l.mlp!.predictor, l.heads!.predictor])).toEqual([['exact', 'dejavu'], ['exact', 'dejavu']]);
+    // evaluate-recall on it (the same model as ACTS): the report names each layer's predictor
+    const pred = path.join(TMP, 'pred-format2');
+    fs.cpSync(OLD, pred, { recursive: true });
+    const rep = path.join(TMP, 'r-format2');
+    const e = await cli('evaluate-recall', '--activations', ACTS, '--predictors', pred, '--out', rep, '--backend', 'wasm', '--quiet');
+    expect(e.code, e.err).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(rep, 'report.json'), 'utf8')).layers.map((l: { mlp: { predictor: string } }) => l.mlp.predictor)).toEqual(['exact', 'exact']);
+    // never misread: an entry with neither name is refused by name, with the hint to retrain
+    const d = damaged(OLD, 'pred-format2-bad', 'predictors.json', (o) => { delete o.layers[0].mlp.family; });
+    const x = await cli('evaluate-recall', '--activations', ACTS, '--predictors', d, '--out', path.join(TMP, 'r-format2-bad'), '--backend', 'wasm', '--quiet');
+    expect(x.code).toBe(2);
+    expect(x.err).toContain(`${path.join(d, 'predictors.json')} is not a valid predictors manifest (1 problem)`);
+    expect(x.err).toContain('  - layers.0.mlp.predictor: missing');
+    expect(x.err).toMatch(/hint: re-run train-predictors/);
+    // and format 3 files must use the new names: the old one there is not read as the new one
+    const y = damaged(PRED, 'pred-3-oldkeys', 'predictors.json', (o) => { o.layers[0].mlp.family = o.layers[0].mlp.predictor; delete o.layers[0].mlp.predictor; });
+    expect(() => readPredictorsManifest(y)).toThrow(/layers\.0\.mlp\.predictor: missing/);
   });
 
   it('progress.json: the schema names what is wrong (collect logs it and restarts from shard 0)', () => {

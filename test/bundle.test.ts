@@ -40,7 +40,7 @@ let manifest: BundleManifest;
 beforeAll(async () => {
   await ensureBackend('wasm');
   await runCollect(collectSchema.parse({ model: MODEL, data: path.join(REPO, 'data', 'calibration.jsonl'), out: ACTS, seqLen: 64, maxTokens: 1536, dtype: 'float32' }), quiet);
-  await runTrain(trainSchema.parse({ activations: ACTS, out: PRED, workers: 1, seed: 3, mlp: { families: ['dejavu'], rule: 'topk', rank: 16, targetRecall: 0.9 }, heads: { rank: 8, targetRecall: 0.6 }, optim: { epochs: 1, batchSize: 128 } }), quiet);
+  await runTrain(trainSchema.parse({ activations: ACTS, out: PRED, workers: 1, seed: 3, mlp: { predictors: ['dejavu'], rule: 'topk', rank: 16, targetRecall: 0.9 }, heads: { rank: 8, targetRecall: 0.6 }, optim: { epochs: 1, batchSize: 128 } }), quiet);
   manifest = (await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE }), quiet)).json as BundleManifest;
 });
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -77,7 +77,7 @@ async function expectRejected(dir: string, re: RegExp, model?: string): Promise<
 
 describe('export-bundle + verify-bundle', () => {
   it('the exported bundle verifies, also against its checkpoint', async () => {
-    expect(fs.readdirSync(BUNDLE).sort()).toEqual(['.dejavu-output.json', 'manifest.json', 'neuron-major.safetensors', 'predictors.safetensors']);
+    expect(fs.readdirSync(BUNDLE).sort()).toEqual(['.dejavu-output.json', '.inputs.json', 'manifest.json', 'neuron-major.safetensors', 'predictors.safetensors']); // .inputs.json: what it was made from (src/stages/current.ts)
     expect(bundleManifestSchema.safeParse(readM(BUNDLE)).success).toBe(true);
     expect(verifyBundle(BUNDLE).problems).toEqual([]);
     expect(verifyBundle(BUNDLE, MODEL).problems).toEqual([]);
@@ -132,8 +132,11 @@ describe('export-bundle + verify-bundle', () => {
     }
   });
 
-  it('export refuses a non-empty output folder without --overwrite, and another checkpoint', async () => {
-    const e1 = await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE }), quiet).then(() => null, (e: unknown) => e);
+  it('export refuses a non-empty output folder without --overwrite (made from other inputs; the same ones: nothing to do), and another checkpoint', async () => {
+    const logs: string[] = [];
+    await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE }), { ...quiet, log: (m: string) => logs.push(m) });
+    expect(logs).toEqual([`export-bundle: ${BUNDLE} is complete, current and verifies; nothing to do`]);
+    const e1 = await runExport(exportSchema.parse({ model: MODEL, predictors: PRED, out: BUNDLE, neuronMajor: false }), quiet).then(() => null, (e: unknown) => e);
     expect(isUserError(e1)).toBe(true);
     expect((e1 as Error).message).toMatch(/exists and is not empty/);
     const e2 = await runExport(exportSchema.parse({ model: path.join(FIXTURES, 'llama-tiny-ref'), predictors: PRED, out: path.join(TMP, 'b-other') }), quiet).then(() => null, (e: unknown) => e);
@@ -173,7 +176,7 @@ describe('export-bundle with an evaluate-recall report', () => {
 
   it('issue #11 case 4: a report made before retraining into the same folder is refused (exit 2), not copied into the bundle', async () => {
     const pred = path.join(TMP, 'pred-retrain'), rep = path.join(TMP, 'report-retrain');
-    const train = (seed: number) => cli('train-predictors', '--activations', ACTS, '--out', pred, '--workers', '1', '--set', `seed=${seed}`, '--set', 'mlp.rank=8', '--set', 'mlp.families=[dejavu]', '--set', 'mlp.rule=topk', '--set', 'heads.rank=4', '--set', 'optim.epochs=1', '--overwrite', '--backend', 'wasm', '--quiet');
+    const train = (seed: number) => cli('train-predictors', '--activations', ACTS, '--out', pred, '--workers', '1', '--set', `seed=${seed}`, '--set', 'mlp.rank=8', '--set', 'mlp.predictors=[dejavu]', '--set', 'mlp.rule=topk', '--set', 'heads.rank=4', '--set', 'optim.epochs=1', '--overwrite', '--backend', 'wasm', '--quiet');
     expect((await train(1)).code).toBe(0);
     expect((await cli('evaluate-recall', '--activations', ACTS, '--predictors', pred, '--out', rep, '--backend', 'wasm', '--quiet')).code).toBe(0);
     expect((await cli('export-bundle', '--model', MODEL, '--predictors', pred, '--report', rep, '--out', path.join(TMP, 'b-retrain-1'), '--quiet')).code).toBe(0);
@@ -266,7 +269,7 @@ describe('pipeline rerun after a manifest edit (issue #11 case 3)', () => {
     const w = path.join(TMP, 'pipe');
     const cfg = path.join(TMP, 'pipe.yaml');
     fs.writeFileSync(cfg, [`model: ${MODEL}`, `workdir: ${w}`, 'backend: wasm', `data: { calibration: ${path.join(REPO, 'data', 'calibration.jsonl')}, heldout: ${path.join(REPO, 'data', 'heldout.jsonl')} }`,
-      'collect: { seqLen: 32, maxTokens: 512, dtype: float32 }', 'train: { workers: 1, mlp: { rank: 8, families: [dejavu], rule: topk }, heads: { rank: 4 }, optim: { epochs: 1 } }',
+      'collect: { seqLen: 32, maxTokens: 512, dtype: float32 }', 'train: { workers: 1, mlp: { rank: 8, predictors: [dejavu], rule: topk }, heads: { rank: 4 }, optim: { epochs: 1 } }',
       'evaluate: { seqLen: 32, maxTokens: 64, densitySweep: [] }'].join('\n'));
     const first = await cli('pipeline', '--config', cfg, '--quiet');
     expect(first.code, first.err).toBe(0);

@@ -246,9 +246,9 @@ describe('cost-aware choice per layer (train-predictors end to end)', () => {
     const pm = await train(path.join(TMP, 'p1'), { ranks: [1] });
     for (const l of pm.layers) {
       const m = l.mlp!;
-      expect(m.family).toBe('exact');
+      expect(m.predictor).toBe('exact');
       expect(m.validation.recall).toBeGreaterThan(0.999);
-      const cf = m.candidates!.filter((c) => c.family === 'closed-form');
+      const cf = m.candidates!.filter((c) => c.predictor === 'closed-form');
       expect(cf.length).toBeGreaterThan(0);
       for (const c of m.candidates!) expect(m.costShare!).toBeLessThanOrEqual(c.costShare + 1e-12);
       for (const c of cf) expect(c.costShare).toBeGreaterThan(m.costShare!);
@@ -257,14 +257,14 @@ describe('cost-aware choice per layer (train-predictors end to end)', () => {
 
   it('the chosen candidate is the cheapest in its table, meets the target recall on validation, and writes its tensors', async () => {
     const out = path.join(TMP, 'p2');
-    const pm = await train(out, { families: ['closed-form', 'dense'], ranks: [0.125, 0.25, 0.5], targetRecall: 0.95 });
+    const pm = await train(out, { predictors: ['closed-form', 'dense'], ranks: [0.125, 0.25, 0.5], targetRecall: 0.95 });
     for (const l of pm.layers) {
       const m = l.mlp!;
       const chosen = m.candidates!.filter((c) => c.chosen);
       expect(chosen.length).toBe(1);
       expect(chosen[0]!.costShare).toBe(Math.min(...m.candidates!.map((c) => c.costShare)));
-      expect(m.family).toBe(chosen[0]!.family);
-      if (m.family === 'closed-form') {
+      expect(m.predictor).toBe(chosen[0]!.predictor);
+      if (m.predictor === 'closed-form') {
         expect(m.validation.recall).toBeGreaterThanOrEqual(0.95);
         expect(m.input).toBe('h_mlp');
         expect(m.costShare).toBeCloseTo(m.flopShare + m.validation.predictedDensity, 12);
@@ -273,7 +273,7 @@ describe('cost-aware choice per layer (train-predictors end to end)', () => {
   });
 
   it('fine-tuning the chosen closed form adds a candidate under the same rule, kept only when it costs less', async () => {
-    const pm = await train(path.join(TMP, 'p3'), { families: ['closed-form'], ranks: [0.25], rule: 'threshold', fineTune: { epochs: 1 } });
+    const pm = await train(path.join(TMP, 'p3'), { predictors: ['closed-form'], ranks: [0.25], rule: 'threshold', fineTune: { epochs: 1 } });
     for (const l of pm.layers) {
       const cs = l.mlp!.candidates!;
       const tuned = cs.filter((c) => c.fineTuned), plain = cs.filter((c) => !c.fineTuned);
@@ -287,8 +287,8 @@ describe('cost-aware choice per layer (train-predictors end to end)', () => {
   });
 
   it('recallWeighting magnitude calibrates the kept share of sum |a_i| x ||down column||, not the count', async () => {
-    const pm = await train(path.join(TMP, 'p4'), { families: ['closed-form'], ranks: [0.25], rule: 'threshold', recallWeighting: 'magnitude', targetRecall: 0.95 });
-    const counted = await train(path.join(TMP, 'p5'), { families: ['closed-form'], ranks: [0.25], rule: 'threshold', targetRecall: 0.95 });
+    const pm = await train(path.join(TMP, 'p4'), { predictors: ['closed-form'], ranks: [0.25], rule: 'threshold', recallWeighting: 'magnitude', targetRecall: 0.95 });
+    const counted = await train(path.join(TMP, 'p5'), { predictors: ['closed-form'], ranks: [0.25], rule: 'threshold', targetRecall: 0.95 });
     for (const [i, l] of pm.layers.entries()) {
       const m = l.mlp!, c = counted.layers[i]!.mlp!;
       expect(m.validation.magnitudeRecall!).toBeGreaterThanOrEqual(0.95 - 1e-9);

@@ -54,8 +54,8 @@ describe('schemas', () => {
     expect(cfg.workdir).toBeUndefined(); // the pipeline uses runs/<model folder name> (test/own-checkpoint.test.ts)
     expect(cfg.backend).toBe('auto');
     expect(cfg.collect.seqLen).toBe(256);
-    expect(cfg.train.mlp.rank).toBe(0.5); // Deja Vu's family: half the width, not the paper's 1000
-    expect(cfg.train.mlp.families).toEqual(['dense', 'exact', 'closed-form']);
+    expect(cfg.train.mlp.rank).toBe(0.5); // the dejavu predictor: half the width, not the paper's 1000
+    expect(cfg.train.mlp.predictors).toEqual(['dense', 'exact', 'closed-form']);
     expect(cfg.train.mlp.ranks).toEqual([0.125, 0.25, 0.5]);
     expect(cfg.train.heads.topFraction).toBe(0.3);
     expect(cfg.train.optim.epochs).toBe(8);
@@ -206,12 +206,14 @@ describe('precedence: schema defaults < YAML < flags < --set', () => {
     const cfg = resolveConfig(trainSchema, 'train-predictors', {
       configFile: f,
       flags: { 'mlp.rank': 128, layers: [0, 1] },
-      sets: ['mlp.families=[closed-form, exact]', 'heads.enabled=false', 'optim.epochs=2'],
+      sets: ['mlp.predictors=[closed-form, exact]', 'heads.enabled=false', 'optim.epochs=2'],
     });
     expect(cfg.mlp.rank).toBe(128);
     expect(cfg.mlp.targetRecall).toBe(0.9);
     expect(cfg.mlp.ranks).toEqual([0.25]);
-    expect(cfg.mlp.families).toEqual(['closed-form', 'exact']);
+    expect(cfg.mlp.predictors).toEqual(['closed-form', 'exact']);
+    // the key's earlier name is refused by name, saying what it is now
+    expect(() => resolveConfig(trainSchema, 'train-predictors', { configFile: f, sets: ['mlp.families=[dense]'] })).toThrow(/mlp\.families: unknown key; received \["dense"\] \(renamed to predictors: one name per concept/);
     expect(cfg.heads).toMatchObject({ enabled: false, rank: 16, topFraction: 0.3 });
     expect(cfg.optim).toMatchObject({ epochs: 2, batchSize: 256 });
     expect(cfg.layers).toEqual([0, 1]);

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { estimateSchema } from '../src/config/schemas.js';
 import { normalizeConfig } from '../src/model/config.js';
-import { activationBytesPerTokenLayer, estimateCosts, forwardFlopsPerToken } from '../src/stages/estimate.js';
+import { PROBE_MAX_ELEMENTS, probeShape, activationBytesPerTokenLayer, estimateCosts, forwardFlopsPerToken } from '../src/stages/estimate.js';
 import { cli, FIXTURES, tmpDir } from './helpers.js';
 
 const TMP = tmpDir('dejavu-estimate-');
@@ -89,4 +89,26 @@ describe('dejavu estimate', () => {
     expect(b.disk.calibration).toBe(2 * a.disk.calibration);
     expect(a.disk.calibration).toBe(real.disk.calibration);
   });
+
+  it('the rate probe is a block of a large model\'s MLP (#25: a 7B estimate without --backend took minutes): ~0.2 GFLOP a product; a 7B config.json alone is estimated on every backend in seconds', async () => {
+    const big = probeShape({ hidden: 4096, ffn: 11008 });
+    expect(big.d).toBe(4096);
+    expect(big.d * big.cols).toBeLessThanOrEqual(PROBE_MAX_ELEMENTS);
+    expect(2 * big.m * big.d * big.cols).toBeGreaterThan(1e8);
+    expect(2 * big.m * big.d * big.cols).toBeLessThan(3e8);
+    expect(probeShape({ hidden: 256, ffn: 1024 })).toEqual({ m: 256, d: 256, cols: 1024 }); // the fixture's whole MLP, as before
+    const dir = path.join(TMP, 'llama-7b-config');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 4096, intermediate_size: 11008,
+      num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 32, max_position_embeddings: 4096, rms_norm_eps: 1e-5, vocab_size: 32000,
+      hidden_act: 'silu', tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2, torch_dtype: 'float16' }));
+    const t0 = Date.now();
+    const r = await cli('estimate', '--model', dir, '--json');
+    expect(r.code, r.err).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(60_000);
+    const j = JSON.parse(r.out);
+    expect(j.estimate.model.params).toBeGreaterThan(6.5e9);
+    expect(j.rates.length).toBeGreaterThanOrEqual(1);
+    for (const rate of j.rates) expect(rate.matmulGflops).toBeGreaterThan(0.01);
+  }, 120_000);
 });

@@ -143,7 +143,7 @@ describe('evaluate-recall end to end', () => {
     await ensureBackend('wasm');
     await runCollect(collectSchema.parse({ model: MODEL, data: path.join(REPO, 'data', 'calibration.jsonl'), out: TRAIN_ACTS, seqLen: 64, maxTokens: 2048, dtype: 'float32' }), quiet);
     await runCollect(collectSchema.parse({ model: MODEL, data: path.join(REPO, 'data', 'heldout.jsonl'), out: HELD, seqLen: 64, maxTokens: 1024, dtype: 'float32' }), quiet);
-    await runTrain(trainSchema.parse({ activations: TRAIN_ACTS, out: PRED, workers: 1, seed: 1, mlp: { families: ['dejavu'], rule: 'topk', rank: 16, targetRecall: 0.9 }, heads: { rank: 8, targetRecall: 0.6 }, optim: { epochs: 2, batchSize: 128 } }), quiet);
+    await runTrain(trainSchema.parse({ activations: TRAIN_ACTS, out: PRED, workers: 1, seed: 1, mlp: { predictors: ['dejavu'], rule: 'topk', rank: 16, targetRecall: 0.9 }, heads: { rank: 8, targetRecall: 0.6 }, optim: { epochs: 2, batchSize: 128 } }), quiet);
     report = (await runEvaluate(evalCfg(PRED, 'rep'), quiet)).json as EvalReport;
   });
 

@@ -56,15 +56,15 @@ describe('pipeline on the families', () => {
       const model = relu ? sparseReluLlama(path.join(TMP, 'relu-llama-sparse')) : path.join(FIXTURES, 'families', `${f}-ref`), w = path.join(TMP, f), cfg = path.join(TMP, `${f}.yaml`);
       fs.writeFileSync(cfg, [`model: ${model}`, `workdir: ${w}`, 'backend: wasm', `data: { calibration: ${cal}, heldout: ${held} }`,
         // relu-llama: its exact modes only (dense or lossless), so the plan's choice is the cost model's
-        'collect: { seqLen: 32, dtype: float32, workers: 1 }', `train: { workers: 1, mlp: { ranks: [0.25]${relu ? ', families: [dense, exact]' : ''} } }`,
+        'collect: { seqLen: 32, dtype: float32, workers: 1 }', `train: { workers: 1, mlp: { ranks: [0.25]${relu ? ', predictors: [dense, exact]' : ''} } }`,
         'evaluate: { seqLen: 32, maxTokens: 256, densitySweep: [], workers: 1 }',
         'plan: { seqLen: 32, searchTokens: 256, verifyTokens: 256, calibrationRows: 1024, neverSlower: false }'].join('\n'));
       const r = await cli('pipeline', '--config', cfg, '--quiet');
       expect(r.code, r.err).toBe(0);
-      const preds = JSON.parse(fs.readFileSync(path.join(w, 'predictors', 'predictors.json'), 'utf8')) as { layers: { mlp: { family: string; label: { kind: string } } }[] };
+      const preds = JSON.parse(fs.readFileSync(path.join(w, 'predictors', 'predictors.json'), 'utf8')) as { layers: { mlp: { predictor: string; label: { kind: string } } }[] };
       for (const l of preds.layers) {
         expect(l.mlp.label.kind).toBe(relu ? 'active' : 'topFraction');
-        if (!relu) expect(l.mlp.family).not.toBe('exact');
+        if (!relu) expect(l.mlp.predictor).not.toBe('exact');
       }
       const plan = JSON.parse(fs.readFileSync(path.join(w, 'plan', 'plan.json'), 'utf8')) as { plan: { layers: { mlp: { mode: string } }[] } };
       const modes = plan.plan.layers.map((l) => l.mlp.mode);

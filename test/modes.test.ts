@@ -32,7 +32,7 @@ beforeAll(async () => {
   await ensureBackend('wasm');
   await runCollect(collectSchema.parse({ model: MODEL, data: DATA, out: ACTS, seqLen: 64, maxTokens: 3072, dtype: 'float32', rowsPerShard: 1024 }), quiet);
   for (const [name, families] of [['exact', ['exact']], ['dense', ['dense']], ['cf', ['closed-form']]] as const)
-    await runTrain(trainSchema.parse({ activations: ACTS, out: path.join(TMP, name), workers: 1, heads: { enabled: false }, mlp: { families, ranks: [0.5], rule: 'threshold' } }), quiet);
+    await runTrain(trainSchema.parse({ activations: ACTS, out: path.join(TMP, name), workers: 1, heads: { enabled: false }, mlp: { predictors: families, ranks: [0.5], rule: 'threshold' } }), quiet);
 }, 300_000);
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 
@@ -117,7 +117,7 @@ describe('MLP modes through the forward pass', () => {
     const p = loadPredictors(path.join(TMP, 'cf'));
     let sel = 0, tot = 0;
     try {
-      expect(p.manifest.layers.every((l) => l.mlp?.family === 'closed-form' && l.mlp.input === 'h_mlp')).toBe(true);
+      expect(p.manifest.layers.every((l) => l.mlp?.predictor === 'closed-form' && l.mlp.input === 'h_mlp')).toBe(true);
       const dense = logits();
       const got = logits(predictorHooks(p, { mlp: true, heads: false, onSelect: (_s, _l, a, b) => { sel += selectedCount(a); tot += b; } }));
       expect(sel / tot).toBeLessThan(0.95);

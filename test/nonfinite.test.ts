@@ -25,7 +25,7 @@ const REPO = path.join(import.meta.dirname, '..');
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
 const TMP = tmpDir('dejavu-nonfinite-');
 const ACTS = path.join(TMP, 'acts'), PRED = path.join(TMP, 'pred');
-const small = ['--workers', '1', '--set', 'mlp.families=[dejavu]', '--set', 'mlp.rule=topk', '--set', 'mlp.rank=8', '--set', 'heads.rank=4', '--set', 'optim.epochs=1', '--backend', 'wasm', '--quiet'];
+const small = ['--workers', '1', '--set', 'mlp.predictors=[dejavu]', '--set', 'mlp.rule=topk', '--set', 'mlp.rank=8', '--set', 'heads.rank=4', '--set', 'optim.epochs=1', '--backend', 'wasm', '--quiet'];
 
 beforeAll(async () => {
   await ensureBackend('wasm');

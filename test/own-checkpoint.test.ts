@@ -23,7 +23,7 @@ const lines = (f: string) => fs.readFileSync(f, 'utf8').split('\n').filter((l) =
 const DATA = path.join(TMP, 'mine.jsonl');
 fs.writeFileSync(DATA, lines(path.join(REPO, 'data', 'calibration.jsonl')).slice(0, 20).join('\n') + '\n');
 const TINY = ['--set', 'collect.maxTokens=2048', '--set', 'collect.workers=1', '--set', 'heldoutCollect.maxTokens=256',
-  '--set', 'train.workers=1', '--set', 'train.heads.enabled=false', '--set', 'train.mlp.families=[closed-form]', '--set', 'train.mlp.ranks=[0.5]', '--set', 'train.mlp.rule=threshold',
+  '--set', 'train.workers=1', '--set', 'train.heads.enabled=false', '--set', 'train.mlp.predictors=[closed-form]', '--set', 'train.mlp.ranks=[0.5]', '--set', 'train.mlp.rule=threshold',
   '--set', 'evaluate.maxTokens=128', '--set', 'evaluate.densitySweep=[]', '--set', 'evaluate.workers=1',
   '--set', 'plan.searchTokens=128', '--set', 'plan.verifyTokens=128', '--set', 'plan.calibrationRows=256', '--set', 'plan.recalls=[0.9]'];
 

@@ -52,8 +52,8 @@ const SMALL = { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows
 beforeAll(async () => {
   await ensureBackend('wasm');
   await runCollect(collectSchema.parse({ model: MODEL, data: HELDOUT, out: ACTS, seqLen: 64, maxTokens: 2048, dtype: 'float32', rowsPerShard: 1024 }), quiet);
-  await runTrain(trainSchema.parse({ activations: ACTS, out: CF, workers: 1, heads: { enabled: false }, mlp: { families: ['closed-form'], ranks: [0.5], rule: 'threshold' } }), quiet);
-  await runTrain(trainSchema.parse({ activations: ACTS, out: EXACT, workers: 1, heads: { enabled: false }, mlp: { families: ['exact'] } }), quiet);
+  await runTrain(trainSchema.parse({ activations: ACTS, out: CF, workers: 1, heads: { enabled: false }, mlp: { predictors: ['closed-form'], ranks: [0.5], rule: 'threshold' } }), quiet);
+  await runTrain(trainSchema.parse({ activations: ACTS, out: EXACT, workers: 1, heads: { enabled: false }, mlp: { predictors: ['exact'] } }), quiet);
 }, 300_000);
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 
@@ -388,8 +388,11 @@ describe('dejavu plan (CLI) and the cost cache', () => {
       expect(r2.code, r2.err).toBe(0);
       expect(r2.err).toMatch(/cost model from the cache/);
       expect(fs.readFileSync(file, 'utf8')).toBe(cached);
-      // an existing plan folder is not replaced without --overwrite
-      const r3 = await cli('plan', ...flags(out));
+      // an existing plan folder is not replaced without --overwrite (made with other settings; the same ones: nothing to do)
+      const same = await cli('plan', ...flags(out));
+      expect(same.code, same.err).toBe(0);
+      expect(same.err).toContain(`plan: ${out} is complete and current; nothing to do`);
+      const r3 = await cli('plan', ...flags(out), '--max-ppl-increase', '0.05');
       expect(r3.code).toBe(2);
       expect(r3.err).toMatch(/exists and is not empty/);
 

@@ -35,7 +35,7 @@ const PLAN = { seqLen: 64, searchTokens: 512, verifyTokens: 1024, calibrationTok
 beforeAll(async () => {
   await ensureBackend('wasm');
   await runCollect(collectSchema.parse({ model: MODEL, data: HELD, out: D.acts, seqLen: 64, maxTokens: 1024, dtype: 'float32', workers: 1 }), quiet);
-  await runTrain(trainSchema.parse({ activations: D.acts, out: D.pred, workers: 1, heads: { enabled: false }, mlp: { families: ['dense'] } }), quiet);
+  await runTrain(trainSchema.parse({ activations: D.acts, out: D.pred, workers: 1, heads: { enabled: false }, mlp: { predictors: ['dense'] } }), quiet);
   await runPlan(planSchema.parse({ model: MODEL, predictors: D.pred, activations: D.acts, data: HELD, out: D.plan, ...PLAN }), quiet);
 }, 900_000);
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));

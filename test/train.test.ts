@@ -43,7 +43,7 @@ function trainCfg(out: string, over: Record<string, unknown> = {}): TrainConfig 
   const { mlp, heads, optim, ...rest } = over as { mlp?: object; heads?: object; optim?: object };
   return trainSchema.parse({
     activations: ACTS, out, workers: 1, seed: 7,
-    mlp: { rank: 16, families: ['dejavu'], rule: 'topk', ...mlp }, heads: { rank: 8, ...heads }, optim: { epochs: 2, batchSize: 128, ...optim }, ...rest,
+    mlp: { rank: 16, predictors: ['dejavu'], rule: 'topk', ...mlp }, heads: { rank: 8, ...heads }, optim: { epochs: 2, batchSize: 128, ...optim }, ...rest,
   });
 }
 
@@ -365,7 +365,7 @@ describe('the MLP fit, cut into jobs (issue 15)', () => {
     const m = readManifest(ACTS);
     expect(m.shards).toBeGreaterThan(2); // several moment jobs
     const layer = 1;
-    const cfg = trainCfg(path.join(TMP, 'unused'), { mlp: { families: ['closed-form'], ranks: [4, 16], rule: 'auto' }, heads: { enabled: false } });
+    const cfg = trainCfg(path.join(TMP, 'unused'), { mlp: { predictors: ['closed-form'], ranks: [4, 16], rule: 'auto' }, heads: { enabled: false } });
     const site = readMlpSite(MODEL, m.model.config, layer);
     const fit = (exec: MlpExec) => fitMlpSite(ACTS, m, cfg, site, { kind: 'active' }, [], () => undefined, exec, undefined, 48); // 256 validation rows: 6 chunks
     const bytes = (c: MlpChoice) => JSON.stringify(c, (_k, v: unknown) => (v instanceof Float32Array ? Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('hex') : v));
@@ -413,7 +413,7 @@ describe('train-predictors end to end', () => {
     const dense = 2 * c.hidden * c.heads * c.headDim * 2 + 2 * c.hidden * c.kvHeads * c.headDim * 2 + 2 * c.hidden * c.ffn * 2; // q,o + k,v + fc1,fc2
     for (const l of pm.layers) {
       const mlp = l.mlp!, hd = l.heads!;
-      expect(mlp.family).toBe('dejavu');
+      expect(mlp.predictor).toBe('dejavu');
       expect(mlp.rule!.kind).toBe('topk');
       const k = (mlp.rule as { k: number }).k;
       expect(k).toBeGreaterThanOrEqual(1);

@@ -256,7 +256,7 @@ describe('#20: workers and process limits', () => {
     const acts = path.join(TMP, 'acts-few'), out = path.join(TMP, 'pred-few');
     const c = await cli(...collectArgs(acts, DATA, ['--max-tokens', '64']));
     expect(c.code, c.err).toBe(0);
-    const r = await cli('train-predictors', '--activations', acts, '--out', out, '--workers', '1', '--set', 'mlp.families=[closed-form]', '--set', 'heads.enabled=false', '--quiet');
+    const r = await cli('train-predictors', '--activations', acts, '--out', out, '--workers', '1', '--set', 'mlp.predictors=[closed-form]', '--set', 'heads.enabled=false', '--quiet');
     expect(r.code, r.err).toBe(2);
     expect(r.err).toMatch(/holds 4 sequence\(s\), but with validationFraction 0\.1 only every 10th sequence is held out for validation/);
     expect(r.err).toMatch(/hint: collect at least 10 sequences \(--max-tokens 160 at --seq-len 16\)/);

@@ -23,6 +23,16 @@ import { sealed } from '../src/util/seal.js';
 import { writeArtifact } from '../src/util/json-artifact.js';
 import { isUserError } from '../src/util/errors.js';
 import { cli, FIXTURES, tmpDir } from './helpers.js';
+import { pipelineSchema } from '../src/config/schemas.js';
+import { resolveConfig } from '../src/config/load.js';
+import { modelDefaults } from '../src/stages/model-defaults.js';
+import { resolveData } from '../src/stages/workdir.js';
+import { stageConfigs } from '../src/stages/pipeline.js';
+import { collectCurrent } from '../src/stages/collect.js';
+import { trainCurrent } from '../src/stages/train.js';
+import { evaluateCurrent } from '../src/stages/evaluate.js';
+import { planCurrent } from '../src/stages/plan.js';
+import { exportCurrent, runExport } from '../src/stages/export.js';
 
 const TMP = tmpDir('dejavu-trust-');
 process.env.DEJAVU_CACHE_DIR = path.join(TMP, 'cache'); // read at each call (src/runtime/costs.ts)
@@ -58,7 +68,7 @@ beforeAll(async () => {
   fs.copyFileSync(path.join(REPO, 'data', 'heldout.jsonl'), HELD);
   fs.writeFileSync(CFG, [`model: ${MODEL}`, `workdir: ${W}`, 'backend: wasm', `data: { calibration: ${path.join(REPO, 'data', 'calibration.jsonl')}, heldout: ${HELD} }`,
     'collect: { seqLen: 32, maxTokens: 512, dtype: float32, workers: 1 }',
-    'train: { workers: 1, heads: { enabled: false }, mlp: { families: [closed-form], ranks: [0.5], rule: threshold } }',
+    'train: { workers: 1, heads: { enabled: false }, mlp: { predictors: [closed-form], ranks: [0.5], rule: threshold } }',
     'evaluate: { seqLen: 32, maxTokens: 64, densitySweep: [], workers: 1 }',
     'plan: { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows: 512, recalls: [0.9] }'].join('\n'));
   const r = await pipeline();
@@ -127,8 +137,8 @@ describe('issue #20: artifacts a later stage trusts are sealed and checked', () 
     expect(json(path.join(dirs.bundle, 'manifest.json')).perplexity).toEqual(measured);
   });
 
-  it('#20 items 4-5: the stage records the pipeline keeps are sealed: an edited record re-runs its stage, saying why', async () => {
-    const rec = path.join(W, '.bundle-inputs.json');
+  it('#20 items 4-5: the stage records are sealed: an edited record re-runs its stage, saying why', async () => {
+    const rec = path.join(dirs.bundle, '.inputs.json');
     const o = json(rec);
     o.inputs.c.neuronMajor = !o.inputs.c.neuronMajor;
     write(rec, o);
@@ -261,5 +271,97 @@ describe('issue #20: artifacts a later stage trusts are sealed and checked', () 
     const g = await cli('generate', '--model', MODEL, '--bundle', b, '--prompt', 'The', '--max-tokens', '1');
     expect(g.code).toBe(2);
     expect(g.err).toContain(`${mf} is a folder, not a file`);
+  });
+});
+
+describe('issue #25: one "is this output current" rule per stage (src/stages/current.ts), used by the stage and by the pipeline', () => {
+  /** each stage's config as the pipeline makes it from CFG */
+  const stageCfgs = async (cfg = CFG) => {
+    const pc = resolveConfig(pipelineSchema, 'pipeline', { configFile: cfg, defaults: (o) => modelDefaults('pipeline', o) });
+    return stageConfigs(pc, W, (await resolveData(pc.data, W)).data);
+  };
+  /** run f with `file` changed (bytes appended, or `edit`), then restore its bytes */
+  const changed = async <T>(file: string, f: () => T | Promise<T>, edit = (b: Buffer) => Buffer.concat([b, Buffer.from('\n')])): Promise<T> => {
+    const orig = fs.readFileSync(file);
+    fs.writeFileSync(file, edit(orig));
+    try { return await f(); } finally { fs.writeFileSync(file, orig); }
+  };
+  const SETTINGS = 'its inputs or settings changed';
+
+  it('each rule: the pipeline\'s outputs are current; another setting or other content of an input makes that stage not current; a current stage run by itself does nothing', async () => {
+    const c = await stageCfgs();
+    const all = async () => [await collectCurrent(c.calibration), await collectCurrent(c.heldout), trainCurrent(c.train),
+      evaluateCurrent(c.evaluate).current, planCurrent(c.plan!).current, exportCurrent(c.export).current];
+    expect(await all()).toEqual([true, true, true, true, true, true]);
+    // another setting: that stage only
+    expect(await collectCurrent({ ...c.calibration, maxTokens: 256 })).toBe(false);
+    expect(await collectCurrent({ ...c.heldout, seqLen: 16 })).toBe(false);
+    expect(trainCurrent({ ...c.train, seed: c.train.seed + 1 })).toBe(false);
+    expect(evaluateCurrent({ ...c.evaluate, maxTokens: 32 })).toEqual({ current: false, why: SETTINGS });
+    expect(planCurrent({ ...c.plan!, maxPplIncrease: 0.05 })).toEqual({ current: false, why: SETTINGS });
+    expect(exportCurrent({ ...c.export, neuronMajor: !c.export.neuronMajor })).toEqual({ current: false, why: SETTINGS });
+    // what changes nothing in the output is not an input: the worker count, --overwrite
+    expect(evaluateCurrent({ ...c.evaluate, workers: 2 }).current).toBe(true);
+    expect(planCurrent({ ...c.plan!, overwrite: false }).current).toBe(true);
+    expect(exportCurrent({ ...c.export, overwrite: false }).current).toBe(true);
+    // other content at the same path: the held-out text (collect), the calibration activations (train), the predictors (evaluate, plan, export)
+    expect(await changed(c.heldout.data, () => collectCurrent(c.heldout))).toBe(false);
+    expect(await changed(path.join(W, 'activations-calibration', 'manifest.json'), () => trainCurrent(c.train))).toBe(false);
+    const reseal = (b: Buffer) => Buffer.from(JSON.stringify(sealed({ ...JSON.parse(b.toString('utf8')), toolVersion: 'another run' })));
+    expect(await changed(path.join(dirs.pred, 'predictors.json'), () => [evaluateCurrent(c.evaluate), planCurrent(c.plan!), exportCurrent(c.export)], reseal))
+      .toEqual([{ current: false, why: SETTINGS }, { current: false, why: SETTINGS }, { current: false, why: SETTINGS }]);
+    expect(await all()).toEqual([true, true, true, true, true, true]); // restored: current again
+    // the stages themselves, without --overwrite (with it they make their output again): current, so nothing is done (their outputs are not rewritten)
+    const logs: string[] = [];
+    const deps = { log: (m: string) => logs.push(m), progress: quiet.progress };
+    const before = ['report/report.json', 'plan/plan.json', 'bundle/manifest.json'].map((f) => fs.statSync(path.join(W, f)).mtimeMs);
+    await runEvaluate(c.evaluate, deps);
+    await runPlan({ ...c.plan!, overwrite: false }, deps);
+    await runExport({ ...c.export, overwrite: false }, deps);
+    expect(logs).toEqual([`evaluate-recall: ${dirs.report} is complete and current; nothing to do`, `plan: ${dirs.plan} is complete and current; nothing to do`,
+      `export-bundle: ${dirs.bundle} is complete, current and verifies; nothing to do`]);
+    expect(['report/report.json', 'plan/plan.json', 'bundle/manifest.json'].map((f) => fs.statSync(path.join(W, f)).mtimeMs)).toEqual(before);
+  });
+
+  it('the plan\'s verification shows its progress: each decode pass and the timing with its total (reached), and a final line', async () => {
+    const c = await stageCfgs();
+    const bars: { label: string; total: number; value: number; stopped: boolean }[] = [];
+    const deps = { log: () => undefined, progress: (label: string, total: number) => {
+      const b = { label, total, value: 0, stopped: false };
+      bars.push(b);
+      return { update: (v: number) => { b.value = v; }, stop: () => { b.stopped = true; } };
+    } };
+    const out = path.join(TMP, 'p-progress');
+    await runPlan({ ...c.plan!, out }, deps);
+    const v = readPlanFile(out).plan.verified;
+    const verification = bars.filter((b) => b.label.startsWith('plan: verification'));
+    expect(verification[0]).toEqual({ label: 'plan: verification, dense', total: v.tokens, value: v.tokens, stopped: true });
+    expect(verification.length).toBeGreaterThanOrEqual(2);
+    for (const b of verification.slice(1)) expect(b).toEqual({ label: expect.stringMatching(/^plan: verification, the plan \(\d+ move\(s\)\)$/), total: v.tokens, value: v.tokens, stopped: true });
+    const timing = bars.filter((b) => b.label.startsWith('plan: timing'));
+    if (v.speedup !== 1 || timing.length) { // a dense plan is not timed
+      expect(timing.length).toBeGreaterThanOrEqual(1);
+      for (const b of timing) { expect(b.total).toBeGreaterThan(0); expect(b.value).toBe(b.total); expect(b.stopped).toBe(true); }
+    }
+  });
+
+  it('the pipeline runs exactly the stages that are not current: a changed evaluate setting re-runs evaluate-recall and export-bundle; other held-out text re-runs everything after the calibration stages', async () => {
+    const ran = (err: string, s: string) => new RegExp(`== ${s.replace(/[()]/g, '\\$&')}: [\\d.]+ s`).test(err);
+    const skipped = (err: string, s: string) => err.includes(`== ${s}: current; nothing to do`);
+    const STAGES = ['collect (calibration)', 'collect (held-out)', 'train-predictors', 'evaluate-recall', 'plan', 'export-bundle'];
+    const cfg2 = path.join(TMP, 'pipe-eval96.yaml');
+    fs.writeFileSync(cfg2, fs.readFileSync(CFG, 'utf8').replace('evaluate: { seqLen: 32, maxTokens: 64,', 'evaluate: { seqLen: 32, maxTokens: 96,'));
+    expect(fs.readFileSync(cfg2, 'utf8')).toContain('maxTokens: 96');
+    const a = await cli('pipeline', '--config', cfg2);
+    expect(a.code, a.err).toBe(0);
+    expect(STAGES.map((s) => ran(a.err, s) ? 'ran' : skipped(a.err, s) ? 'skipped' : '?')).toEqual(['skipped', 'skipped', 'skipped', 'ran', 'skipped', 'ran']);
+    expect(readEvalReport(dirs.report).config).toMatchObject({ maxTokens: 96 });
+    // other held-out text (a document added): its collection and every stage that reads it
+    fs.appendFileSync(HELD, fs.readFileSync(HELD, 'utf8').split('\n')[0] + '\n');
+    const b = await cli('pipeline', '--config', cfg2);
+    expect(b.code, b.err).toBe(0);
+    expect(STAGES.map((s) => ran(b.err, s) ? 'ran' : skipped(b.err, s) ? 'skipped' : '?')).toEqual(['skipped', 'ran', 'skipped', 'ran', 'ran', 'ran']);
+    const c = await cli('pipeline', '--config', cfg2);
+    expect(c.out).toMatch(/everything was current/);
   });
 });

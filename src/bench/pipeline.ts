@@ -10,7 +10,6 @@ import * as path from 'node:path';
 import { readManifest } from '../activations/dataset.js';
 import { readEvalReport } from '../eval/report.js';
 import { readPlanFile } from '../runtime/plan.js';
-import type { EvalReport } from '../stages/evaluate.js';
 import { headline, pct, signedPct } from '../stages/verdict.js';
 import { HEADLINE } from './results-doc.js';
 import { writeBenchResult, type BenchTable } from './common.js';
@@ -18,7 +17,7 @@ import { writeBenchResult, type BenchTable } from './common.js';
 const args = process.argv.slice(2);
 const w = args[0] && !args[0].startsWith('--') ? args[0] : 'runs/default';
 if (!fs.existsSync(path.join(w, 'plan', 'plan.json'))) { console.error(`no plan in ${w}: run \`npx dejavu pipeline --config configs/default.yaml\` first (or pass its workdir)`); process.exit(2); }
-const report = readEvalReport(path.join(w, 'report')) as unknown as EvalReport;
+const report = readEvalReport(path.join(w, 'report'));
 const plan = readPlanFile(path.join(w, 'plan'));
 const m = readManifest(path.join(w, 'activations-heldout'));
 const model = m.model.dir;

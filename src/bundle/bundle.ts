@@ -20,7 +20,7 @@ import { sealed } from '../util/seal.js';
 import { BUNDLE_FORMAT_VERSION, READABLE_BUNDLE_FORMATS, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
 import { assertFinitePredictor } from '../predictors/finite.js';
-import { readEvalReport, type ReportFile } from '../eval/report.js';
+import { readEvalReport, type EvalReport } from '../eval/report.js';
 import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
 import { VERSION } from '../version.js';
 import { planProblems, readPlanFile, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
@@ -30,10 +30,10 @@ type PredJson = NonNullable<BundleManifest['layers'][number]['mlp']>;
 function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, d: number, W: number, evalMetrics?: { recall: number; precision: number; predictedDensity: number; trueDensity: number }): PredJson {
   const p = `layers.${layer}.${site}`;
   const ex = evalMetrics ?? e.validation;
-  const lowRank = hasLowRankWeights(e.family);
+  const lowRank = hasLowRankWeights(e.predictor);
   const refs = (q: string) => ({ fc1Weight: { name: `${q}.fc1.weight`, shape: [e.rank, d] }, fc1Bias: { name: `${q}.fc1.bias`, shape: [e.rank] }, fc2Weight: { name: `${q}.fc2.weight`, shape: [W, e.rank] }, fc2Bias: { name: `${q}.fc2.bias`, shape: [W] } });
   return {
-    family: e.family, score: e.score, rank: e.rank, hiddenActivation: e.hidden, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
+    family: e.predictor, score: e.score, rank: e.rank, hiddenActivation: e.hiddenActivation, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
     tensors: lowRank ? refs(p) : null, upTensors: lowRank && e.score === 'swiglu' ? refs(`${p}.up`) : null,
     expected: { recall: ex.recall, precision: ex.precision, predictedDensity: ex.predictedDensity, trueDensity: ex.trueDensity, source: evalMetrics ? 'evaluate-recall' : 'validation' },
     flopShare: e.flopShare,
@@ -51,7 +51,7 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   const pm: PredictorsManifest = readPredictorsManifest(o.predictors);
   const fp = fingerprintCheckpoint(o.model);
   if (!sameFingerprint(fp, pm.model.fingerprint)) throw new UserError(`predictors in ${o.predictors} were trained for another checkpoint than ${o.model}`, 'pass the checkpoint the activations were collected from');
-  let report: ReportFile | null = null;
+  let report: EvalReport | null = null;
   if (o.report) {
     report = readEvalReport(o.report); // sealed: an edited report is refused
     // the report must describe these exact weights (a retrain into the same folder keeps the path, not the content)
@@ -80,13 +80,13 @@ export function exportBundle(o: ExportOptions): BundleManifest {
   return m;
 }
 
-function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: ReportFile | null, plan: RuntimePlan | null,
+function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<typeof fingerprintCheckpoint>, report: EvalReport | null, plan: RuntimePlan | null,
   ck: ReturnType<typeof openCheckpoint>, c: ReturnType<typeof normalizeConfig>, tmp: string): BundleManifest {
   const ptensors: Record<string, TensorToWrite> = {};
   const ntensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
   if (plan) {
-    const problems = planProblems(plan, c, (site, i) => Boolean(pm.layers.find((l) => l.layer === i)?.[site] && hasLowRankWeights(pm.layers.find((l) => l.layer === i)![site]!.family)));
+    const problems = planProblems(plan, c, (site, i) => Boolean(pm.layers.find((l) => l.layer === i)?.[site] && hasLowRankWeights(pm.layers.find((l) => l.layer === i)![site]!.predictor)));
     if (problems.length) throw new UserError(`the plan in ${o.plan} does not fit these predictors:\n  - ${problems.join('\n  - ')}`, 're-run `dejavu plan` on these predictors');
   }
   const dt: 'F32' | 'F16' = [...ck.tensors.values()].every((t) => t.info.dtype === 'F32') ? 'F32' : 'F16';
@@ -99,7 +99,7 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
       const j = predictorJson(l.layer, site, e, c.hidden, site === 'mlp' ? c.ffn : c.heads, ev?.[site]?.metrics);
       for (const [refs, prefix] of [[j.tensors, site], [j.upTensors, 'mlp.up']] as const) {
         if (!refs) continue;
-        const h = loadHostPredictor(o.predictors, l.file, prefix, e.hidden);
+        const h = loadHostPredictor(o.predictors, l.file, prefix, e.hiddenActivation);
         assertFinitePredictor(h, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in ${o.predictors}`, prefix);
         ptensors[refs.fc1Weight.name] = { dtype: 'F16', shape: refs.fc1Weight.shape, data: h.fc1Weight };
         ptensors[refs.fc1Bias.name] = { dtype: 'F16', shape: refs.fc1Bias.shape, data: h.fc1Bias };
@@ -252,7 +252,7 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const [r, d] = t.fc1Weight.shape as [number, number];
     const hp = {
       fc1Weight: readTensorF32(st, t.fc1Weight.name), fc1Bias: readTensorF32(st, t.fc1Bias.name),
-      fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hidden,
+      fc2Weight: readTensorF32(st, t.fc2Weight.name), fc2Bias: readTensorF32(st, t.fc2Bias.name), d, r, out: t.fc2Weight.shape[0]!, hiddenActivation: hidden,
     };
     assertFinitePredictor(hp, `${what} in bundle ${dir}`, prefix, 'the bundle was exported from (or altered into) diverged predictors: retrain with a lower optim.lr and export again');
     return hp;
@@ -263,7 +263,7 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const h = p.tensors && lowRank(p.tensors, p.hiddenActivation, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, `layers.${l.layer}.${site}`);
     const hu = p.upTensors && lowRank(p.upTensors, p.hiddenActivation, `layer ${l.layer} MLP predictor`, `layers.${l.layer}.mlp.up`);
     const entry: PredictorEntry = {
-      family: p.family, score: p.score, rank: p.rank, hidden: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule,
+      predictor: p.family, score: p.score, rank: p.rank, hiddenActivation: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule,
       validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0,
     };
     (site === 'mlp' ? mlp : heads).set(l.layer, {

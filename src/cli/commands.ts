@@ -272,6 +272,7 @@ export const COMMANDS: CommandDef[] = [
   ], [
     'dejavu estimate --model checkpoints/opt-fixture --data data/calibration.jsonl',
     'dejavu estimate --config configs/llama-fixture.yaml --set collect.maxTokens=100000',
+    'dejavu estimate --model checkpoints/llama-2-7b-config',
   ], async (cfg) => runEstimate(cfg, { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) }), pipelineDataFlags),
   {
     name: 'merge', description: 'join the output folders of a stage run as --shard 0/n .. n-1/n into what the unsharded stage writes', configurable: false,

@@ -73,6 +73,9 @@ function describeReceived(root: unknown, path: PropertyKey[]): string {
   return s === undefined ? 'nothing' : s.length > 80 ? s.slice(0, 77) + '...' : s;
 }
 
+/** keys of earlier versions, by their new name (one name per concept: docs/glossary.md) */
+const RENAMED: Record<string, string> = { families: 'predictors' };
+
 /** How validateConfig names things: `label` maps a dotted key to what the user typed (e.g. a flag); `hint` replaces the config hint. */
 export interface ValidateStyle { label?: (dotted: string) => string; title?: string; hint?: string }
 
@@ -85,7 +88,7 @@ export function validateConfig<S extends z.ZodType>(schema: S, input: Obj, what:
     const p = dotted ? (style.label ? style.label(dotted) : dotted) : '(top level)';
     if (iss.code === 'unrecognized_keys') {
       const at = iss.path.length ? `${p}.` : '';
-      return iss.keys.map((k) => `${at}${k}: unknown key; received ${describeReceived(input, [...iss.path, k])} (check the spelling against the documented keys)`);
+      return iss.keys.map((k) => `${at}${k}: unknown key; received ${describeReceived(input, [...iss.path, k])} (${RENAMED[k] ? `renamed to ${RENAMED[k]}: one name per concept, docs/glossary.md` : 'check the spelling against the documented keys'})`);
     }
     const received = describeReceived(input, iss.path);
     if (received === 'nothing' && iss.code === 'invalid_type') return [`${p}: required but missing (${iss.message})`];

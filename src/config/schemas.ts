@@ -54,17 +54,17 @@ export const trainSchema = z.strictObject({
   shard: shardSchema.optional().describe('run only shard i of n of this stage (i/n, 0-based), into its own --out; `dejavu merge` joins the shards (docs/scale-out.md)'),
   mlp: z.strictObject({
     enabled: z.boolean().default(true).describe('fit MLP-neuron predictors'),
-    families: z.array(z.enum(['dense', 'exact', 'closed-form', 'dejavu'])).min(1).default(['dense', 'exact', 'closed-form'])
-      .describe('candidate modes per layer; the one with the lowest estimated MLP cost at the target recall is chosen. dense: every neuron; exact: the first projection itself, then only the active rows of the second (ReLU, lossless); closed-form: whitened low-rank fit of the first projection(s) on the MLP\'s own input (no training); dejavu: Deja Vu\'s trained low-rank predictor (rank, input, hiddenActivation, optim.*)'),
+    predictors: z.array(z.enum(['dense', 'exact', 'closed-form', 'dejavu'])).min(1).default(['dense', 'exact', 'closed-form'])
+      .describe('the predictors to try per layer (formerly `families`); the one with the lowest estimated MLP cost at the target recall is chosen. dense: every neuron; exact: the first projection itself, then only the active rows of the second (ReLU, lossless); closed-form: whitened low-rank fit of the first projection(s) on the MLP\'s own input (no training); dejavu: Deja Vu\'s trained low-rank predictor (rank, input, hiddenActivation, optim.*)'),
     ranks: z.array(z.number().positive()).min(1).default([0.125, 0.25, 0.5]).describe('closed-form ranks to try: values <= 1 are fractions of the model width d'),
     normalize: z.boolean().default(true).describe('closed form: divide each neuron\'s score by its residual std (per-neuron thresholds, free at run time)'),
     fineTune: z.strictObject({
       epochs: z.number().int().min(0).default(0).describe('epochs of fine-tuning (0 = off)'),
       lr: z.number().positive().default(1e-3).describe('fine-tuning learning rate'),
     }).prefault({}).describe('continue training the chosen closed form with Deja Vu\'s weighted BCE; kept only when it costs less'),
-    rank: z.number().positive().default(0.5).describe('dejavu family: predictor rank (<= 1: fraction of d)'),
-    hiddenActivation: z.enum(['none', 'relu']).default('none').describe('dejavu family: activation between the predictor\'s two matrices'),
-    input: z.enum(['x_attn', 'x_mlp', 'h_mlp']).default('x_attn').describe('dejavu family: the predictor\'s input (x_attn: the block input, Deja Vu\'s lookahead; x_mlp: the MLP input; h_mlp: the normed MLP input)'),
+    rank: z.number().positive().default(0.5).describe('dejavu predictor: predictor rank (<= 1: fraction of d)'),
+    hiddenActivation: z.enum(['none', 'relu']).default('none').describe('dejavu predictor: activation between the predictor\'s two matrices'),
+    input: z.enum(['x_attn', 'x_mlp', 'h_mlp']).default('x_attn').describe('dejavu predictor: the predictor\'s input (x_attn: the block input, Deja Vu\'s lookahead; x_mlp: the MLP input; h_mlp: the normed MLP input)'),
     label: labelRule.default({ kind: 'auto', value: 0.1 }).describe('which neurons are the positives to predict'),
     targetRecall: z.number().gt(0).lte(1).default(0.99).describe('share of the active neurons the calibrated rule must keep (on the validation rows)'),
     recallWeighting: z.enum(['count', 'magnitude']).default('count').describe('count: share of active neurons kept; magnitude: share of sum |activation| x ||down column|| kept'),

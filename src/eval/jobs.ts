@@ -39,7 +39,7 @@ export function hooksFor(spec: HookSpec, preds: LoadedPredictors, layers: number
     return { h, sel, read };
   }
   const ks = spec.ks;
-  const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, s.entry.family === 'dense' ? s : { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
+  const scaled = { ...preds, mlp: new Map([...preds.mlp].map(([i, s]) => [i, s.entry.predictor === 'dense' ? s : { ...s, entry: { ...s.entry, rule: { kind: 'topk' as const, k: ks[i]! } } }])) };
   return { h: predictorHooks(scaled, { mlp: true, heads: false }) };
 }
 

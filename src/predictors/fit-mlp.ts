@@ -5,7 +5,7 @@
  *   - dense: compute every neuron (cost 1);
  *   - exact (ReLU only): the first projection itself, then only the rows of the second for neurons > 0 (lossless);
  *   - closed-form at each rank: the whitened low-rank fit of the first projection(s) on h, the MLP's own input;
- *   - trained predictors handed in by the caller (Deja Vu's family), scored the same way.
+ *   - trained predictors handed in by the caller (Deja Vu's predictor), scored the same way.
  * Each predicted candidate is tried under both rules (per-layer threshold, per-token top-k) unless one is fixed.
  */
 import type { TrainConfig } from '../config/schemas.js';
@@ -16,31 +16,17 @@ import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type
 import { mlpInput, type MlpSite } from './mlp-site.js';
 import { disposePredictor, toHost, type HostPredictor, type PredictorWeights } from './predictor.js';
 import type { LabelRule } from './labels.js';
+import type { Candidate, PredictorKind } from './store.js';
 import { CHUNK_ROWS, concat, inlineMlpExec, pickRows, shared, sharedF32, splitRows, valEveryOf, type ExactPart, type FitPart, type MlpExec, type MlpInput, type MomentsPart, type ScorePart } from './mlp-jobs.js';
 export type { MlpInput };
 
-export type MlpFamily = 'dense' | 'exact' | 'closed-form' | 'dejavu';
+export type { PredictorKind };
 
-export interface MlpCandidate {
-  family: MlpFamily;
-  rank: number;
-  rule: SelectionRule | null;
-  recall: number;
-  /** recall weighted by each active neuron's |activation| × ‖its down-projection column‖ */
-  magnitudeRecall: number;
-  predictedDensity: number;
-  /** recall of the score's top-k at k = the true (label) density: comparable across families */
-  recallAtTrueDensity: number;
-  /** predictor FLOPs / dense MLP FLOPs, per token */
-  flopShare: number;
-  /** estimated MLP cost / dense MLP cost: flopShare + predicted density (exact: first projection + density × second) */
-  costShare: number;
-  /** closed form fine-tuned from its start (mlp.fineTune) */
-  fineTuned?: boolean;
-}
+/** one candidate as train-layer weighs it: its predictors.json record (src/predictors/store.ts) before it is chosen, NaN where not measured */
+export type MlpCandidate = Omit<Candidate, 'chosen' | 'recallAtTrueDensity'> & { recallAtTrueDensity: number };
 
 export interface MlpChoice {
-  family: MlpFamily;
+  predictor: PredictorKind;
   rank: number;
   input: MlpInput | 'none';
   score: 'linear' | 'swiglu';
@@ -55,8 +41,8 @@ export interface MlpChoice {
   fineTuned?: boolean;
 }
 
-/** A trained predictor offered as a candidate (Deja Vu's family). */
-export interface TrainedCandidate { family: 'dejavu'; rank: number; input: MlpInput; weights: PredictorWeights }
+/** A trained predictor offered as a candidate (Deja Vu's predictor). */
+export interface TrainedCandidate { predictor: 'dejavu'; rank: number; input: MlpInput; weights: PredictorWeights }
 
 /** Ranks: values ≤ 1 are fractions of the width d, larger ones absolute; clamped to [1, d], unique, ascending. */
 export function resolveRanks(ranks: number[], d: number): number[] {
@@ -72,22 +58,22 @@ export function mlpDenseFlops(site: { d: number; F: number; gated: boolean }): n
  * predictor(s) (SwiGLU closed form: gate and up). Its estimated MLP cost, as a share of the dense MLP, is this plus
  * the predicted density times the dense MLP (exact: the density times the second projection only).
  */
-export function predictorFlopsOf(family: MlpFamily, rank: number, score: 'linear' | 'swiglu', site: { d: number; F: number }): number {
-  if (family === 'dense') return 0;
-  if (family === 'exact') return 2 * site.d * site.F;
+export function predictorFlopsOf(predictor: PredictorKind, rank: number, score: 'linear' | 'swiglu', site: { d: number; F: number }): number {
+  if (predictor === 'dense') return 0;
+  if (predictor === 'exact') return 2 * site.d * site.F;
   return 2 * rank * (site.d + site.F) * (score === 'swiglu' ? 2 : 1);
 }
 
-export function mlpCostShare(family: MlpFamily, rank: number, score: 'linear' | 'swiglu', density: number, site: { d: number; F: number; gated: boolean }): number {
+export function mlpCostShare(predictor: PredictorKind, rank: number, score: 'linear' | 'swiglu', density: number, site: { d: number; F: number; gated: boolean }): number {
   const dense = mlpDenseFlops(site);
-  if (family === 'dense') return 1;
+  if (predictor === 'dense') return 1;
   // exact: the first projection (a gated ReLU's gate) for every neuron, the others for the active ones
-  if (family === 'exact') { const pf = predictorFlopsOf(family, rank, score, site); return (pf + density * (dense - pf)) / dense; }
-  return (predictorFlopsOf(family, rank, score, site) + density * dense) / dense;
+  if (predictor === 'exact') { const pf = predictorFlopsOf(predictor, rank, score, site); return (pf + density * (dense - pf)) / dense; }
+  return (predictorFlopsOf(predictor, rank, score, site) + density * dense) / dense;
 }
 
 function fitHost(f: LinearFit, d: number, F: number): HostPredictor {
-  return { fc1Weight: f.fc1, fc1Bias: new Float32Array(f.r), fc2Weight: f.fc2, fc2Bias: f.fc2Bias, d, r: f.r, out: F, hidden: 'none' };
+  return { fc1Weight: f.fc1, fc1Bias: new Float32Array(f.r), fc2Weight: f.fc2, fc2Bias: f.fc2Bias, d, r: f.r, out: F, hiddenActivation: 'none' };
 }
 
 const sharedHost = (h: HostPredictor): HostPredictor => ({ ...h, fc1Weight: shared(h.fc1Weight), fc1Bias: shared(h.fc1Bias), fc2Weight: shared(h.fc2Weight), fc2Bias: shared(h.fc2Bias) });
@@ -139,7 +125,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   const modelDir = cfg.model ?? m.model.dir;
   const valEvery = valEveryOf(cfg.validationFraction);
   const swiglu = site.activation === 'swiglu';
-  const families = new Set(mc.families);
+  const predictors = new Set(mc.predictors);
   const rawInputs = [...new Set(trained.map((t) => t.input).filter((i) => i !== 'h_mlp'))] as MlpInput[];
   const labelFields = label.kind === 'active' ? ['mlp_active'] : ['mlp_act'];
   const fields = [...new Set(['x_mlp', ...rawInputs, ...labelFields])];
@@ -170,7 +156,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   // the closed-form fits (the decompositions: the longest piece) as the first job, then the exact pre-activations of
   // the validation rows (the exact candidate, and each active neuron's magnitude weight) beside it
   const ranks = resolveRanks(mc.ranks, d);
-  const [fitJob] = families.has('closed-form') ? settle([exec.run<FitPart>(`${what} (closed-form fits)`, { kind: 'mlp-fit', dir, modelDir, layer, mom: acc.finish(), ranks, normalize: mc.normalize })]) : [];
+  const [fitJob] = predictors.has('closed-form') ? settle([exec.run<FitPart>(`${what} (closed-form fits)`, { kind: 'mlp-fit', dir, modelDir, layer, mom: acc.finish(), ranks, normalize: mc.normalize })]) : [];
   const zUp = sharedF32(nVal * F), weights = sharedF32(nVal * F);
   const exactJobs = settle(chunks.map(([start, end]) => exec.run<ExactPart>(`${what} (exact scores of rows ${start}..${end - 1})`, { kind: 'mlp-exact', dir, modelDir, layer, h: hv, start, end, z: zUp, weights })));
 
@@ -183,34 +169,34 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   trueDensity /= Math.max(1, yv.length);
 
   // every predicted candidate: its host weights, the rows it reads, how to score (then calibrated under each rule)
-  interface Scored { family: MlpFamily; rank: number; score: 'linear' | 'swiglu'; host: HostPredictor; hostUp?: HostPredictor; x: Float32Array; make: () => Made; only?: ('topk' | 'threshold')[]; fineTuned?: boolean }
+  interface Scored { predictor: PredictorKind; rank: number; score: 'linear' | 'swiglu'; host: HostPredictor; hostUp?: HostPredictor; x: Float32Array; make: () => Made; only?: ('topk' | 'threshold')[]; fineTuned?: boolean }
   const scored: Scored[] = [];
   if (fitJob) {
     const { ups, gates } = await fitJob;
     ups.forEach((uf, i) => {
       const gf = gates?.[i];
       const hostA = fitHost(gf ?? uf, d, F), hostB = gf ? fitHost(uf, d, F) : undefined;
-      scored.push({ family: 'closed-form', rank: uf.r, score: swiglu ? 'swiglu' : 'linear', host: hostA, ...(hostB ? { hostUp: hostB } : {}), x: hv,
+      scored.push({ predictor: 'closed-form', rank: uf.r, score: swiglu ? 'swiglu' : 'linear', host: hostA, ...(hostB ? { hostUp: hostB } : {}), x: hv,
         make: () => ({ host: hostA, ...(hostB ? { hostUp: hostB } : {}), input: 'h_mlp', score: swiglu ? 'swiglu' : 'linear' }) });
     });
   }
   for (const t of trained) {
     const host = toHost(t.weights);
-    scored.push({ family: 'dejavu', rank: t.rank, score: 'linear', host, x: t.input === 'h_mlp' ? hv : shared(concat(raws.get(t.input)!, (n) => new Float32Array(n))), make: () => ({ host, input: t.input, score: 'linear' }) });
+    scored.push({ predictor: 'dejavu', rank: t.rank, score: 'linear', host, x: t.input === 'h_mlp' ? hv : shared(concat(raws.get(t.input)!, (n) => new Float32Array(n))), make: () => ({ host, input: t.input, score: 'linear' }) });
   }
 
   for (const p of exactJobs) await p;
 
-  if (families.has('dense')) {
+  if (predictors.has('dense')) {
     const metrics = { recall: 1, precision: trueDensity, f1: (2 * trueDensity) / (1 + trueDensity), predictedDensity: 1, trueDensity };
-    cands.push({ family: 'dense', rank: 0, rule: null, recall: 1, magnitudeRecall: 1, predictedDensity: 1, recallAtTrueDensity: NaN, flopShare: 0, costShare: 1, make: () => ({ input: 'none', score: 'linear' }), metrics });
+    cands.push({ predictor: 'dense', rank: 0, rule: null, recall: 1, magnitudeRecall: 1, predictedDensity: 1, recallAtTrueDensity: NaN, flopShare: 0, costShare: 1, make: () => ({ input: 'none', score: 'linear' }), metrics });
   }
-  if (families.has('exact') && site.activation === 'relu') {
+  if (predictors.has('exact') && site.activation === 'relu') {
     // lossless: z > 0 (fatrelu: z > its threshold) is exactly the active set; the first projection is the "predictor" (2 d F FLOPs)
     const c = new ThresholdCounter(site.actThreshold);
     c.add(zUp, yv, weights);
     const met = c.metrics();
-    cands.push({ family: 'exact', rank: d, rule: { kind: 'threshold', value: site.actThreshold }, recall: met.recall, magnitudeRecall: c.weightedRecall(), predictedDensity: met.predictedDensity, recallAtTrueDensity: NaN,
+    cands.push({ predictor: 'exact', rank: d, rule: { kind: 'threshold', value: site.actThreshold }, recall: met.recall, magnitudeRecall: c.weightedRecall(), predictedDensity: met.predictedDensity, recallAtTrueDensity: NaN,
       flopShare: predictorFlopsOf('exact', d, 'linear', site) / denseFlops, costShare: mlpCostShare('exact', d, 'linear', met.predictedDensity, site),
       make: () => ({ input: 'h_mlp', score: 'linear' }), metrics: met });
   }
@@ -219,7 +205,7 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
   const launch = (s: Scored) => {
     const host = sharedHost(s.host), hostUp = s.hostUp ? sharedHost(s.hostUp) : undefined;
     const scores = sharedF32(nVal * F);
-    return { scores, jobs: settle(chunks.map(([start, end]) => exec.run<ScorePart>(`${what} (${s.family} r ${s.rank} scores of rows ${start}..${end - 1})`,
+    return { scores, jobs: settle(chunks.map(([start, end]) => exec.run<ScorePart>(`${what} (${s.predictor} r ${s.rank} scores of rows ${start}..${end - 1})`,
       { kind: 'mlp-score', x: s.x, y: yv, w: weights, start, end, host, ...(hostUp ? { hostUp, gateAct: { act: site.act, actThreshold: site.actThreshold } } : {}), scores }))) };
   };
   const calibrateScored = async (s: Scored, { scores, jobs }: ReturnType<typeof launch>) => {
@@ -230,9 +216,9 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     const n0 = cands.length;
     for (const rule of s.only ?? rules) {
       const c = calibrate(scores, hist, pos, posW, yv, weights, F, rule, mc.targetRecall, mc.recallWeighting);
-      cands.push({ family: s.family, rank: s.rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity,
+      cands.push({ predictor: s.predictor, rank: s.rank, rule: c.rule, recall: c.m.recall, magnitudeRecall: c.magnitudeRecall, predictedDensity: c.m.predictedDensity,
           recallAtTrueDensity: c.recallAtTrueDensity,
-        flopShare: predictorFlopsOf(s.family, s.rank, s.score, site) / denseFlops, costShare: mlpCostShare(s.family, s.rank, s.score, c.m.predictedDensity, site), make: s.make, metrics: c.m });
+        flopShare: predictorFlopsOf(s.predictor, s.rank, s.score, site) / denseFlops, costShare: mlpCostShare(s.predictor, s.rank, s.score, c.m.predictedDensity, site), make: s.make, metrics: c.m });
     }
     if (s.fineTuned) for (const c of cands.slice(n0)) c.fineTuned = true;
   };
@@ -242,21 +228,21 @@ export async function fitMlpSite(dir: string, m: ActivationsManifest, cfg: Train
     if (i + 1 < scored.length) next = launch(scored[i + 1]!);
     await calibrateScored(scored[i]!, cur);
   }
-  if (!cands.length) throw new Error(`layer ${layer}: no MLP candidate (families ${[...families].join(', ')})`);
+  if (!cands.length) throw new Error(`layer ${layer}: no MLP candidate (predictors ${[...predictors].join(', ')})`);
   const cheapest = () => cands.reduce((b, c) => (c.costShare < b.costShare - 1e-12 ? c : b), cands[0]!);
   let best = cheapest();
-  if (fineTune && best.family === 'closed-form' && !swiglu) {
+  if (fineTune && best.predictor === 'closed-form' && !swiglu) {
     // start from the normalized scores times 1.7 (a z-score as a logistic logit), a monotone change the rule absorbs
     const h0 = best.make().host!;
     const tuned = fineTune({ ...h0, fc2Weight: h0.fc2Weight.map((v) => v * 1.7), fc2Bias: h0.fc2Bias.map((v) => v * 1.7) });
     let host: HostPredictor;
     try { host = toHost(tuned); } finally { disposePredictor(tuned); }
-    const s: Scored = { family: 'closed-form', rank: best.rank, score: 'linear', host, x: hv, make: () => ({ host, input: 'h_mlp', score: 'linear' }), only: [best.rule!.kind as 'topk' | 'threshold'], fineTuned: true };
+    const s: Scored = { predictor: 'closed-form', rank: best.rank, score: 'linear', host, x: hv, make: () => ({ host, input: 'h_mlp', score: 'linear' }), only: [best.rule!.kind as 'topk' | 'threshold'], fineTuned: true };
     await calibrateScored(s, launch(s));
     best = cheapest();
   }
   return {
-    family: best.family, rank: best.rank, rule: best.rule, ...best.make(), ...(best.fineTuned ? { fineTuned: true } : {}),
+    predictor: best.predictor, rank: best.rank, rule: best.rule, ...best.make(), ...(best.fineTuned ? { fineTuned: true } : {}),
     validation: { ...best.metrics, magnitudeRecall: best.magnitudeRecall },
     flopShare: best.flopShare, costShare: best.costShare,
     candidates: cands.map((c) => { const { make: _m, metrics: _x, ...rest } = c; return { ...rest, chosen: c === best }; }),
@@ -270,9 +256,9 @@ export function ruleText(r?: { kind: string; k?: number; value?: number } | null
 }
 
 /** Markdown lines: one layer's candidate table (train-predictors' summary and evaluate-recall's report.md). */
-export function candidateTable(layer: number, cs: (MlpCandidate & { chosen: boolean })[]): string[] {
+export function candidateTable(layer: number, cs: Candidate[]): string[] {
   const lines = [`layer ${layer}: MLP candidates (validation rows; cost = predictor + predicted density x dense MLP, as a share of the dense MLP)`, '',
     '| mode | rank | rule | recall | predicted density | recall at true density | cost | chosen |', '|---|---:|---|---:|---:|---:|---:|---|'];
-  for (const c of cs) lines.push(`| ${c.family}${c.fineTuned ? ' + fine-tune' : ''} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
+  for (const c of cs) lines.push(`| ${c.predictor}${c.fineTuned ? ' + fine-tune' : ''} | ${c.rank} | ${ruleText(c.rule)} | ${c.recall.toFixed(4)} | ${pct(c.predictedDensity)} | ${c.recallAtTrueDensity !== null && Number.isFinite(c.recallAtTrueDensity) ? c.recallAtTrueDensity.toFixed(3) : '-'} | ${pct(c.costShare)} | ${c.chosen ? '**yes**' : ''} |`);
   return lines;
 }

@@ -1,6 +1,6 @@
 /**
  * Predictors as forward-pass hooks: per layer, the MLP predictor reads h_mlp (the MLP block's own normalized input;
- * or x_attn / x_mlp for Deja Vu's family) and picks neurons (the exact mode scores with the first projection itself,
+ * or x_attn / x_mlp for Deja Vu's predictor) and picks neurons (the exact mode scores with the first projection itself,
  * the dense mode picks nothing and computes every neuron); the
  * head predictor reads the previous layer's x_attn (lookahead) or its own and picks heads. The same hooks serve
  * evaluation as [B, T, *] 0/1 masks; the decode runtime picks with the same rules on the host (src/runtime/plan.ts).
@@ -29,11 +29,11 @@ export interface ExactProjection { w: tf.Tensor2D; b?: tf.Tensor1D | undefined }
 
 /** Scores [N, W] of a site for inputs x [N, d] (the input its entry names). */
 export function siteScores(site: LoadedSite, x: tf.Tensor2D, exact?: ExactProjection): tf.Tensor2D {
-  if (site.entry.family === 'exact') {
+  if (site.entry.predictor === 'exact') {
     if (!exact) throw new Error('the exact MLP mode needs the layer\'s first projection');
     return tf.tidy(() => { const z = tf.matMul(x, exact.w); return (exact.b ? tf.add(z, exact.b) : z) as tf.Tensor2D; });
   }
-  if (!site.weights) throw new Error(`no predictor weights for a ${site.entry.family} site`);
+  if (!site.weights) throw new Error(`no predictor weights for a ${site.entry.predictor} site`);
   return site.up ? swigluScore(site.weights, site.up, x, site.gateAct) : predictLogits(site.weights, x);
 }
 
@@ -44,13 +44,13 @@ export function loadPredictors(dir: string): LoadedPredictors {
   const manifest = readPredictorsManifest(dir);
   const mlp = new Map<number, LoadedSite>(), heads = new Map<number, LoadedSite>();
   const host = (l: PredictorsManifest['layers'][number], site: 'mlp' | 'mlp.up' | 'heads') => {
-    const h = loadHostPredictor(dir, l.file, site, l[site === 'heads' ? 'heads' : 'mlp']!.hidden);
+    const h = loadHostPredictor(dir, l.file, site, l[site === 'heads' ? 'heads' : 'mlp']!.hiddenActivation);
     assertFinitePredictor(h, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor in ${dir}`, site);
     return h;
   };
   for (const l of manifest.layers) {
     if (l.mlp) {
-      const lowRank = hasLowRankWeights(l.mlp.family);
+      const lowRank = hasLowRankWeights(l.mlp.predictor);
       const h = lowRank ? host(l, 'mlp') : undefined, hu = lowRank && l.mlp.score === 'swiglu' ? host(l, 'mlp.up') : undefined;
       mlp.set(l.layer, { entry: l.mlp, sourceLayerOffset: 0, ...(h ? { weights: fromHost(h), host: h } : {}),
         ...(hu ? { up: fromHost(hu), hostUp: hu, gateAct: gateActOf(manifest.model.config) } : {}) });
@@ -93,7 +93,7 @@ export function predictorHooks(p: LoadedPredictors, opts: HookOptions): Sparsity
   if (opts.mlp) hooks.mlp = (layer, ctx) => {
     const s = p.mlp.get(layer);
     if (!s) return null;
-    if (s.entry.family === 'dense') {
+    if (s.entry.predictor === 'dense') {
       // every neuron is computed: count it so that reported densities cover the dense layers too
       const n = ctx.hMlp.size / ctx.hMlp.shape[ctx.hMlp.rank - 1]!, F = ctx.up.shape[1];
       opts.onSelect?.('mlp', layer, n * F, n * F);

@@ -14,11 +14,11 @@ export interface PredictorWeights {
   b1: tf.Tensor1D; // [r]
   w2: tf.Tensor2D; // [r, out]
   b2: tf.Tensor1D; // [out]
-  hidden: 'none' | 'relu';
+  hiddenActivation: 'none' | 'relu';
 }
 
 /** Deterministic init (uniform Kaiming-like, as nn.Linear), from a seeded PRNG. */
-export function initPredictor(d: number, r: number, out: number, hidden: 'none' | 'relu', seed: number): PredictorWeights {
+export function initPredictor(d: number, r: number, out: number, hiddenActivation: 'none' | 'relu', seed: number): PredictorWeights {
   let s = (seed * 2654435761) >>> 0 || 1;
   const rnd = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s / 4294967296; };
   const u = (n: number, bound: number) => Float32Array.from({ length: n }, () => (rnd() * 2 - 1) * bound);
@@ -27,14 +27,14 @@ export function initPredictor(d: number, r: number, out: number, hidden: 'none' 
     b1: tf.tensor1d(u(r, 1 / Math.sqrt(d))),
     w2: tf.tensor2d(u(r * out, 1 / Math.sqrt(r)), [r, out]),
     b2: tf.tensor1d(u(out, 1 / Math.sqrt(r))),
-    hidden,
+    hiddenActivation,
   };
 }
 
 export function predictLogits(p: PredictorWeights, x: tf.Tensor2D): tf.Tensor2D {
   return tf.tidy(() => {
     let h = tf.add(tf.matMul(x, p.w1), p.b1) as tf.Tensor2D;
-    if (p.hidden === 'relu') h = tf.relu(h);
+    if (p.hiddenActivation === 'relu') h = tf.relu(h);
     return tf.add(tf.matMul(h, p.w2), p.b2) as tf.Tensor2D;
   });
 }
@@ -64,7 +64,7 @@ export function trainStep(p: PredictorWeights, st: AdamState, x: tf.Tensor2D, y:
   opt: { lr: number; weightDecay: number; negWeight: number; wantLoss?: boolean; positives?: number }): number {
   const [nw1, nb1, nw2, nb2, m, v, loss] = tf.tidy(() => {
     const pre = tf.add(tf.matMul(x, p.w1), p.b1); // [N, r]
-    const h = p.hidden === 'relu' ? tf.relu(pre) : pre;
+    const h = p.hiddenActivation === 'relu' ? tf.relu(pre) : pre;
     const z = tf.add(tf.matMul(h, p.w2), p.b2); // [N, out]
     const w = tf.add(tf.mul(y, 1 - opt.negWeight), opt.negWeight); // [N, out]
     // sum of weights: from the host-side positive count when given (saves a reduction)
@@ -80,7 +80,7 @@ export function trainStep(p: PredictorWeights, st: AdamState, x: tf.Tensor2D, y:
     const dW2 = tf.matMul(tf.transpose(h), dz); // [r, out]
     const db2 = tf.sum(dz, 0);
     let dh = tf.matMul(dz, tf.transpose(p.w2)); // [N, r]
-    if (p.hidden === 'relu') dh = tf.mul(dh, tf.step(pre));
+    if (p.hiddenActivation === 'relu') dh = tf.mul(dh, tf.step(pre));
     const dW1 = tf.matMul(tf.transpose(x), dh); // [d, r]
     const db1 = tf.sum(dh, 0);
     const grads = [dW1, db1, dW2, db2];
@@ -106,7 +106,7 @@ export function trainStep(p: PredictorWeights, st: AdamState, x: tf.Tensor2D, y:
 }
 
 /** Host copy of a predictor, as nn.Linear tensors ([out, in]). */
-export interface HostPredictor { fc1Weight: Float32Array; fc1Bias: Float32Array; fc2Weight: Float32Array; fc2Bias: Float32Array; d: number; r: number; out: number; hidden: 'none' | 'relu' }
+export interface HostPredictor { fc1Weight: Float32Array; fc1Bias: Float32Array; fc2Weight: Float32Array; fc2Bias: Float32Array; d: number; r: number; out: number; hiddenActivation: 'none' | 'relu' }
 
 export function toHost(p: PredictorWeights): HostPredictor {
   const [d, r] = p.w1.shape;
@@ -116,7 +116,7 @@ export function toHost(p: PredictorWeights): HostPredictor {
     fc1Bias: Float32Array.from(p.b1.dataSync()),
     fc2Weight: readSync(() => tf.transpose(p.w2)),
     fc2Bias: Float32Array.from(p.b2.dataSync()),
-    d, r, out, hidden: p.hidden,
+    d, r, out, hiddenActivation: p.hiddenActivation,
   };
 }
 
@@ -126,7 +126,7 @@ export function fromHost(h: HostPredictor): PredictorWeights {
     b1: tf.tensor1d(h.fc1Bias),
     w2: tf.transpose(tf.tensor2d(h.fc2Weight, [h.out, h.r])) as tf.Tensor2D,
     b2: tf.tensor1d(h.fc2Bias),
-    hidden: h.hidden,
+    hiddenActivation: h.hiddenActivation,
   }));
 }
 

@@ -13,34 +13,14 @@ import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type
 import { disposeAdam, disposePredictor, fromHost, initPredictor, newAdam, predictLogits, predictorFlops, toHost, trainStep, type HostPredictor, type PredictorWeights } from './predictor.js';
 
 import { labelsFor, type LabelRule } from './labels.js';
-import { fitMlpSite, resolveRanks, type MlpCandidate, type MlpChoice, type MlpFamily, type TrainedCandidate } from './fit-mlp.js';
+import { fitMlpSite, resolveRanks, type MlpChoice, type TrainedCandidate } from './fit-mlp.js';
 import { mlpInput, readMlpSite } from './mlp-site.js';
 import { inlineMlpExec, valEveryOf, type MlpExec } from './mlp-jobs.js';
+import type { PredictorResult, TrainedLayer } from './store.js';
 export { labelsFor, type LabelRule };
 
-export interface PredictorResult {
-  /** low-rank weights (none for the dense and exact modes; SwiGLU closed form: the gate's) */
-  host?: HostPredictor;
-  /** SwiGLU closed form: the up projection's low-rank predictor */
-  hostUp?: HostPredictor;
-  family: MlpFamily | 'dejavu';
-  score: 'linear' | 'swiglu';
-  input: string;
-  label: LabelRule;
-  /** null: dense (every neuron) */
-  rule: SelectionRule | null;
-  validation: Metrics & { magnitudeRecall?: number };
-  /** predictor FLOPs / dense layer FLOPs (heads) or / dense MLP FLOPs (MLP), per token */
-  flopShare: number;
-  /** MLP: estimated MLP cost / dense MLP cost (predictor + predicted density x MLP) */
-  costShare?: number;
-  rank: number;
-  epochs: number;
-  /** MLP: every candidate mode tried for this layer, with its calibrated rule and estimated cost */
-  candidates?: (MlpCandidate & { chosen: boolean })[];
-}
-
-export interface LayerResult { layer: number; mlp?: PredictorResult; heads?: PredictorResult; log: Record<string, unknown>[]; samplesPerSecond: number; seconds: number; samples?: number }
+export type { PredictorResult };
+export interface LayerResult extends TrainedLayer { samplesPerSecond: number; samples?: number }
 
 type Site = 'mlp' | 'heads';
 
@@ -53,7 +33,7 @@ interface SiteSpec {
   toInput?: (x: Float32Array, n: number) => Float32Array;
   label: LabelRule;
   rank: number;
-  hidden: 'none' | 'relu';
+  hiddenActivation: 'none' | 'relu';
   targetRecall: number;
   rule: 'topk' | 'threshold';
   /** reference k for early stopping: recall at this k is the validation score */
@@ -132,7 +112,7 @@ function trainSite(dir: string, m: ActivationsManifest, cfg: TrainConfig, spec: 
   log: (e: Record<string, unknown>) => void, tick: (n: number) => void, ft?: FineTune): { p: PredictorWeights; epochs: number; samples: number } {
   const d = m.dims.hidden;
   const valEvery = valEveryOf(cfg.validationFraction);
-  let p = ft ? fromHost(ft.init) : initPredictor(d, rank, spec.width, spec.hidden, seed);
+  let p = ft ? fromHost(ft.init) : initPredictor(d, rank, spec.width, spec.hiddenActivation, seed);
   const adam = newAdam(p);
   const rnd = mulberry32(seed);
   const negWeight = spec.positiveRate / Math.max(1e-6, 1 - spec.positiveRate);
@@ -215,20 +195,20 @@ export async function trainLayer(dir: string, m: ActivationsManifest, cfg: Train
     const site = readMlpSite(cfg.model ?? m.model.dir, mc, layer);
     const trained: TrainedCandidate[] = [];
     let epochs = 0;
-    // a trained MLP predictor (Deja Vu's family, or the closed form's fine-tune): early stopping on recall at 1.3x the
+    // a trained MLP predictor (Deja Vu's predictor, or the closed form's fine-tune): early stopping on recall at 1.3x the
     // label density, negatives weighted by that density
     const rate = label.kind === 'active' ? summary?.layers.find((x) => x.layer === layer)?.mlpDensity ?? 0.1 : label.kind === 'topFraction' ? label.value : 0.1;
-    const mlpSpec = (inputField: SiteSpec['inputField'], rank: number, hidden: SiteSpec['hidden']): SiteSpec => ({
-      site: 'mlp', width: mc.ffn, inputLayer: layer, inputField, label, rank, hidden, targetRecall: cfg.mlp.targetRecall, rule: 'topk',
+    const mlpSpec = (inputField: SiteSpec['inputField'], rank: number, hiddenActivation: SiteSpec['hiddenActivation']): SiteSpec => ({
+      site: 'mlp', width: mc.ffn, inputLayer: layer, inputField, label, rank, hiddenActivation, targetRecall: cfg.mlp.targetRecall, rule: 'topk',
       kRef: Math.max(1, Math.ceil(1.3 * rate * mc.ffn)), positiveRate: rate,
       ...(inputField === 'h_mlp' ? { toInput: (x: Float32Array, n: number) => mlpInput(site, x, n) } : {}),
     });
-    if (cfg.mlp.families.includes('dejavu')) {
-      // Deja Vu's family: a trained low-rank predictor, offered as one more candidate
+    if (cfg.mlp.predictors.includes('dejavu')) {
+      // Deja Vu's predictor: a trained low-rank predictor, offered as one more candidate
       const rank = resolveRanks([cfg.mlp.rank], mc.hidden)[0]!;
       const tr = trainSite(dir, m, cfg, mlpSpec(cfg.mlp.input, rank, cfg.mlp.hiddenActivation), layer, rank, cfg.seed * 1000 + layer * 2, push, tick);
       epochs = tr.epochs;
-      trained.push({ family: 'dejavu', rank, input: cfg.mlp.input, weights: tr.p });
+      trained.push({ predictor: 'dejavu', rank, input: cfg.mlp.input, weights: tr.p });
     }
     let choice: MlpChoice;
     try {
@@ -241,11 +221,11 @@ export async function trainLayer(dir: string, m: ActivationsManifest, cfg: Train
     }
     res.mlp = {
       ...(choice.host ? { host: choice.host } : {}), ...(choice.hostUp ? { hostUp: choice.hostUp } : {}),
-      family: choice.family, score: choice.score, input: choice.input, label, rule: choice.rule, validation: choice.validation,
-      flopShare: choice.flopShare, costShare: choice.costShare, rank: choice.rank, epochs: choice.family === 'dejavu' || choice.fineTuned ? epochs : 0, candidates: choice.candidates,
+      predictor: choice.predictor, score: choice.score, input: choice.input, label, rule: choice.rule, validation: choice.validation,
+      flopShare: choice.flopShare, costShare: choice.costShare, rank: choice.rank, epochs: choice.predictor === 'dejavu' || choice.fineTuned ? epochs : 0, candidates: choice.candidates,
     };
     for (const c of choice.candidates) push({ site: 'mlp', candidate: c });
-    push({ site: 'mlp', chosen: { family: choice.family, rank: choice.rank, rule: choice.rule }, validation: res.mlp.validation });
+    push({ site: 'mlp', chosen: { predictor: choice.predictor, rank: choice.rank, rule: choice.rule }, validation: res.mlp.validation });
   }
   if (cfg.heads.enabled && sites.heads) {
     const H = mc.heads;
@@ -254,12 +234,12 @@ export async function trainLayer(dir: string, m: ActivationsManifest, cfg: Train
     const kTrue = Math.ceil(cfg.heads.topFraction * H - 1e-9);
     const spec: SiteSpec = {
       site: 'heads', width: H, inputLayer, inputField: 'x_attn', label: { kind: 'topFraction', value: cfg.heads.topFraction }, rank: cfg.heads.rank,
-      hidden: 'none', targetRecall: cfg.heads.targetRecall, rule: cfg.heads.rule, kRef: kTrue, positiveRate: kTrue / H,
+      hiddenActivation: 'none', targetRecall: cfg.heads.targetRecall, rule: cfg.heads.rule, kRef: kTrue, positiveRate: kTrue / H,
     };
     const tr = trainSite(dir, m, cfg, spec, layer, cfg.heads.rank, cfg.seed * 1000 + layer * 2 + 1, push, tick);
     const cal = calibrate(tr.p, dir, m, spec, layer, valEvery);
     res.heads = {
-      host: toHost(tr.p), family: 'dejavu', score: 'linear', input: inputLayer === layer ? 'x_attn' : `x_attn[layer-1]`, label: spec.label, rule: cal.rule, validation: cal.validation,
+      host: toHost(tr.p), predictor: 'dejavu', score: 'linear', input: inputLayer === layer ? 'x_attn' : `x_attn[layer-1]`, label: spec.label, rule: cal.rule, validation: cal.validation,
       flopShare: predictorFlops(mc.hidden, cfg.heads.rank, H) / dense, rank: cfg.heads.rank, epochs: tr.epochs,
     };
     disposePredictor(tr.p);

@@ -233,11 +233,17 @@ export function headSavingMs(s: ShapeCosts, n: number, H: number): number {
  * Decode ms per token of each set of modes, measured by the runtime itself: one session per set primed with
  * `context` tokens of `text`, then `rounds` rounds in which every set decodes the next `steps` tokens in turn and
  * rewinds (alternating, so machine drift hits all alike); the median round of each. `model`: one for all, or one per set
- * (a plan with input sites runs on its input-major copy, dense on the model's own layout).
+ * (a plan with input sites runs on its input-major copy, dense on the model's own layout). `onSteps(n)`: n decode
+ * steps done (progress: sets x (context + rounds x steps) in all), called outside the timed loops.
  */
-export function alternatingStepMs(model: Model | Model[], sets: DecodeModes[], text: number[], context: number, steps = 32, rounds = 5): number[] {
+export function alternatingStepMs(model: Model | Model[], sets: DecodeModes[], text: number[], context: number, steps = 32, rounds = 5, onSteps?: (n: number) => void): number[] {
   if (text.length < context + steps) throw new Error(`alternatingStepMs: ${text.length} tokens < context ${context} + ${steps} steps`);
-  const sessions = sets.map((m, i) => { const s = new DecodeSession(Array.isArray(model) ? model[i]! : model, m, 1); for (let t = 0; t < context; t++) s.step([text[t]!]); return s; });
+  const sessions = sets.map((m, i) => {
+    const s = new DecodeSession(Array.isArray(model) ? model[i]! : model, m, 1);
+    for (let t = 0; t < context; t++) s.step([text[t]!]);
+    onSteps?.(context);
+    return s;
+  });
   try {
     const runs: number[][] = sets.map(() => []);
     for (let r = 0; r < rounds; r++)
@@ -245,6 +251,7 @@ export function alternatingStepMs(model: Model | Model[], sets: DecodeModes[], t
         const t = performance.now();
         for (let k = 0; k < steps; k++) s.step([text[context + k]!]);
         runs[i]!.push((performance.now() - t) / steps);
+        onSteps?.(steps);
         s.rewind(steps);
       });
     return runs.map((xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!);

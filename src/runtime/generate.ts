@@ -118,9 +118,9 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
 /**
  * The runtime's own perplexity: each sequence fed token by token through a decode session with the given modes
  * (default dense), scoring the next token. Same selection rules as evaluate-recall's predicted-sparsity run,
- * computed by skipping rows instead of masking.
+ * computed by skipping rows instead of masking. `onToken`: called after each scored token (progress).
  */
-export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): { nll: number; count: number; counts: DecodeCounts; weights: WeightCounts } {
+export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes, onToken?: () => void): { nll: number; count: number; counts: DecodeCounts; weights: WeightCounts } {
   let nll = 0, count = 0;
   const V = model.config.vocabSize;
   const counts: DecodeCounts = zeroCounts(), weights: WeightCounts = { weightsRead: 0, weightsTotal: 0 };
@@ -136,6 +136,7 @@ export function decodeNll(model: Model, seqs: number[][], modes?: DecodeModes): 
         for (let j = 0; j < V; j++) sum += Math.exp(lg[j]! - mx);
         nll -= lg[seq[t + 1]!]! - mx - Math.log(sum);
         count++;
+        onToken?.();
       }
     } finally { s.dispose(); }
     for (const k of Object.keys(counts) as (keyof DecodeCounts)[]) counts[k] += s.counts[k];

@@ -125,7 +125,7 @@ class HostScorer {
   }
   score(x: Float32Array, out: Float32Array): void {
     this.fc1.matvec(x, this.u, undefined, this.p.fc1Bias);
-    if (this.p.hidden === 'relu') for (let i = 0; i < this.u.length; i++) if (this.u[i]! < 0) this.u[i] = 0;
+    if (this.p.hiddenActivation === 'relu') for (let i = 0; i < this.u.length; i++) if (this.u[i]! < 0) this.u[i] = 0;
     out.set(this.p.fc2Bias);
     this.fc2t.axpy(this.u, out);
   }
@@ -141,7 +141,7 @@ function applyRule(s: Float32Array, rule: SelectionRule, scratch: Float32Array, 
 
 /** a site's pick function: its input vector -> the ids its rule keeps */
 export function sitePicker(site: LoadedSite, rule: SelectionRule, W: number, arena: WasmArena | null): (x: Float32Array) => Int32Array {
-  if (!site.host) throw new Error(`a ${site.entry.family} site has no predictor weights to pick with`);
+  if (!site.host) throw new Error(`a ${site.entry.predictor} site has no predictor weights to pick with`);
   const main = new HostScorer(site.host, arena);
   const up = site.hostUp ? new HostScorer(site.hostUp, arena) : null;
   const s = new Float32Array(W), su = new Float32Array(W), scratch = new Float32Array(W), ids = new Int32Array(W), act = actScalar(site.gateAct ?? SILU);
@@ -186,8 +186,8 @@ export function decodeModes(c: ModelConfig, preds: LoadedPredictors | null, plan
       mlp.push(select(ms, lp.mlp.rule));
     } else if (lp?.mlp.mode === 'gate-threshold') mlp.push({ mode: 'gate-threshold', t: lp.mlp.threshold });
     else if (lp) mlp.push({ mode: lp.mlp.mode });
-    else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
-    else if (ms!.entry.family === 'exact') mlp.push({ mode: 'lossless' });
+    else if (ms!.entry.predictor === 'dense') mlp.push({ mode: 'dense' });
+    else if (ms!.entry.predictor === 'exact') mlp.push({ mode: 'lossless' });
     else mlp.push(select(ms!, ms!.entry.rule!));
     const headRule = lp ? (lp.heads.mode === 'predicted' ? lp.heads.rule : null) : hs?.entry.rule ?? null;
     if (!use.heads || !hs || !headRule) heads.push({ mode: 'dense' });

@@ -9,7 +9,7 @@ import type { z } from 'zod';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
 import type { CollectConfig } from '../config/schemas.js';
-import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
+import { fingerprintCheckpoint, sameFingerprint, type Fingerprint } from '../checkpoint/checkpoint.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
 import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, REBUILD_HINT, ShardWriter, type LayerRows } from '../activations/format.js';
 import { activationsManifestSchema, activationsSummarySchema, collectProgressSchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
@@ -23,7 +23,7 @@ import { defaultModelWorkers, getBackend, hostWorkersBeside } from '../backend.j
 import { stageWorkerScript } from './worker-script.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { fsUserError, UserError } from '../util/errors.js';
-import { lockOutput, MARKER, removeOwned, sweepAtomicTemps, writeMarker } from '../util/outdir.js';
+import { checkOutput, lockOutput, MARKER, removeOwned, sweepAtomicTemps, writeMarker } from '../util/outdir.js';
 import { sha256, sha256File, writeJsonAtomic } from '../util/fsx.js';
 import type { StageDeps } from '../util/progress.js';
 
@@ -61,12 +61,34 @@ export function addBatch(st: LayerStats, rows: number, b: BatchStats): void {
   for (let h = 0; h < st.headNormSum.length; h++) { st.headNormSum[h]! += b.headNormSum[h]!; st.headNormSq[h]! += b.headNormSq[h]!; }
 }
 
+/** what a collection is made from: the checkpoint, its tokenizer (none for pre-tokenized data), the data file and the config */
+async function collectInputs(cfg: CollectConfig) {
+  const fingerprint = fingerprintCheckpoint(cfg.model);
+  const tokenizer = (await isPretokenized(cfg.data)) ? null : loadTokenizer(cfg.model);
+  const dataHash = sha256File(cfg.data);
+  return { fingerprint, tokenizer, dataHash, id: identity(cfg, { fingerprint, tokenizerHash: tokenizer?.hash ?? null, dataHash }) };
+}
+
+/** the dataset in `out` against this collection: the same identity and the same --shard (`same`: a resume), complete or not */
+function compareExisting(out: string, cfg: CollectConfig, id: string, fingerprint: Fingerprint) {
+  let old: ActivationsManifest | null = null;
+  try { old = readManifest(out, false); } catch { old = null; }
+  const oldShard = (old as { shard?: ShardInfo } | null)?.shard;
+  const sameShard = (oldShard ? `${oldShard.index}/${oldShard.count}` : '') === (cfg.shard ? `${cfg.shard.index}/${cfg.shard.count}` : '');
+  const same = Boolean(old && (old.config as { identity?: string }).identity === id && sameFingerprint(old.model.fingerprint, fingerprint) && sameShard);
+  return { old, oldShard, sameShard, same, current: same && old!.status === 'complete' };
+}
+
+/** collect-activations' rule: its output is current when `out` holds a complete dataset of ours with the same identity (collectInputs) and --shard */
+export async function collectCurrent(cfg: CollectConfig): Promise<boolean> {
+  if (checkOutput(cfg.out, 'activations').state !== 'ours' || !fs.existsSync(path.join(cfg.out, 'manifest.json'))) return false;
+  const { id, fingerprint } = await collectInputs(cfg);
+  return compareExisting(cfg.out, cfg, id, fingerprint).current;
+}
+
 export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<StageResult> {
   const t0 = Date.now();
-  const fingerprint = fingerprintCheckpoint(cfg.model);
-  const pretok = await isPretokenized(cfg.data);
-  const tokenizer = pretok ? null : loadTokenizer(cfg.model);
-  const dataHash = sha256File(cfg.data);
+  const { fingerprint, tokenizer, dataHash, id } = await collectInputs(cfg);
   // one worker per core (each with its own tfjs, host weights shared), or in-process when there is one batch at most
   const expectBatches = cfg.maxTokens ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : Infinity;
   const nWorkers = Math.min(cfg.workers || defaultModelWorkers(defaultWorkers()), expectBatches);
@@ -93,7 +115,6 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     const mlpAct = cfg.recordMlpAct === 'auto' ? c.activation !== 'relu' : cfg.recordMlpAct;
     const seqsPerShard = Math.max(cfg.batchSize, Math.floor(cfg.rowsPerShard / cfg.seqLen / cfg.batchSize) * cfg.batchSize);
     const fields = ['seq', 'pos', 'x_attn', 'x_mlp', 'mlp_active', ...(mlpAct ? ['mlp_act'] : []), 'head_norm'];
-    const id = identity(cfg, { fingerprint, tokenizerHash: tokenizer?.hash ?? null, dataHash });
 
     // --- output folder: new, resume, or refuse (src/util/outdir.ts: marker, lock, only our own folders)
     const out = cfg.out;
@@ -104,12 +125,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       const before = lock.before;
       let progress: Progress = { shardsDone: 0, tokens: 0, seconds: 0, shards: [] };
       if (before.state === 'ours' && fs.existsSync(path.join(out, 'manifest.json'))) {
-        let old: ActivationsManifest | null = null;
-        try { old = readManifest(out, false); } catch { old = null; }
-        const oldShard = (old as { shard?: ShardInfo } | null)?.shard;
-        const sameShard = (oldShard ? `${oldShard.index}/${oldShard.count}` : '') === (cfg.shard ? `${cfg.shard.index}/${cfg.shard.count}` : '');
-        const same = old && (old.config as { identity?: string }).identity === id && sameFingerprint(old.model.fingerprint, fingerprint) && sameShard;
-        if (same && old!.status === 'complete') {
+        const { old, oldShard, sameShard, same, current } = compareExisting(out, cfg, id, fingerprint);
+        if (current) {
           deps.log(`collect-activations: ${out} is complete and current; nothing to do`);
           return summarize(out, old!);
         }

@@ -64,7 +64,7 @@ export function estimateCosts(mc: ModelConfig, weights: { params: number; bytes:
   const perTok = activationBytesPerTokenLayer(mc, cfg.collect.dtype, mlpAct) * nLayers;
   const fwd = forwardFlopsPerToken(mc) / 1e9, fwdCollect = forwardFlopsPerToken(mc, false) / 1e9;
   const { d, ffn } = { d: mc.hidden, ffn: mc.ffn };
-  const ranks = cfg.train.mlp.families.includes('closed-form') ? cfg.train.mlp.ranks.length : 0;
+  const ranks = cfg.train.mlp.predictors.includes('closed-form') ? cfg.train.mlp.ranks.length : 0;
   // train: per layer, the covariance of its input and the first projection on each row, an eigendecomposition per fit
   const train = (tokens.calibration * nLayers * (2 * d * d + 2 * d * ffn) + nLayers * (ranks + 1) * 10 * d ** 3) / 1e9;
   const evalTok = Math.min(cfg.evaluate.maxTokens, tokens.heldout);
@@ -89,10 +89,23 @@ export function estimateCosts(mc: ModelConfig, weights: { params: number; bytes:
   };
 }
 
-/** A backend's matmul rate (GFLOP/s) at the model's MLP shape: [m, d] x [d, ffn]; median of 5 samples of >= 20 ms, after a warm-up. */
+/** the most elements of the probe's second matrix: a block of the MLP's columns stands for all of them (the rate per FLOP is the same) */
+export const PROBE_MAX_ELEMENTS = 2 ** 21;
+
+/**
+ * The probe matmul [m, d] x [d, cols] at the model's MLP shape: d the width, cols the MLP's columns up to
+ * PROBE_MAX_ELEMENTS / d (a 7B model's 11008 columns would make one product of the slow backends take seconds and the
+ * estimate minutes), m rows for ~0.2 GFLOP per product (16 to 256).
+ */
+export function probeShape(mc: Pick<ModelConfig, 'hidden' | 'ffn'>): { m: number; d: number; cols: number } {
+  const cols = Math.max(1, Math.min(mc.ffn, Math.floor(PROBE_MAX_ELEMENTS / mc.hidden)));
+  return { m: Math.max(16, Math.min(256, Math.round(2e8 / (2 * mc.hidden * cols)))), d: mc.hidden, cols };
+}
+
+/** A backend's matmul rate (GFLOP/s) at the model's MLP shape (probeShape); median of 5 samples of >= 20 ms, after a warm-up. */
 export async function measureMatmul(mc: ModelConfig): Promise<number> {
-  const m = Math.max(16, Math.min(256, Math.round(2e8 / (2 * mc.hidden * mc.ffn))));
-  const a = tf.randomNormal([m, mc.hidden]), b = tf.randomNormal([mc.hidden, mc.ffn]);
+  const { m, d, cols } = probeShape(mc);
+  const a = tf.randomNormal([m, d]), b = tf.randomNormal([d, cols]);
   const once = async () => { const c = tf.matMul(a, b); await c.data(); c.dispose(); }; // read asynchronously: every backend, GPUs too
   try {
     await once();
@@ -101,7 +114,7 @@ export async function measureMatmul(mc: ModelConfig): Promise<number> {
       const t = performance.now();
       let n = 0;
       do { await once(); n++; } while (performance.now() - t < 20);
-      rates.push((2 * m * mc.hidden * mc.ffn * n) / ((performance.now() - t) * 1e6));
+      rates.push((2 * m * d * cols * n) / ((performance.now() - t) * 1e6));
     }
     return rates.sort((x, y) => x - y)[2]!;
   } finally { a.dispose(); b.dispose(); }

@@ -21,58 +21,30 @@ import { nllJob, type HookSpec, type NllResult } from '../eval/jobs.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
 import { defaultModelWorkers, getBackend, hostBackend, hostWorkersBeside } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
-import { RankHistogram, ThresholdCounter, thresholdForRecall, type Metrics, type SelectionRule } from '../predictors/metrics.js';
+import { RankHistogram, ThresholdCounter, thresholdForRecall, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/train-layer.js';
 import { loadPredictors, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
 import { exactScores, mlpInput, readMlpSite, type MlpSite } from '../predictors/mlp-site.js';
-import { candidateTable, mlpCostShare, ruleText, type MlpCandidate } from '../predictors/fit-mlp.js';
+import { candidateTable, mlpCostShare, ruleText } from '../predictors/fit-mlp.js';
 import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
 import { checkHeldoutText, heldoutSequences } from '../eval/heldout.js';
-import { evalReportSchema } from '../eval/report.js';
+import { evalReportSchema, readEvalReport, type EvalReport, type LayerReport, type SiteReport } from '../eval/report.js';
+import { recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
 import { assertFiniteLogits, checkMetrics } from '../predictors/finite.js';
 import { ppl, type NllTotals } from '../eval/perplexity.js';
 import { renderReportPlots } from '../eval/plots.js';
 import { UserError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/fsx.js';
+import { sha256File, writeFileAtomic } from '../util/fsx.js';
 import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
 import { sha256 } from '../util/fsx.js';
 import { z } from 'zod';
 import type { StageDeps } from '../util/progress.js';
 
-export interface SiteReport {
-  rule: unknown; metrics: Metrics; sweep: { fraction: number; k: number; recall: number; precision: number; predictedDensity: number }[];
-  /** MLP: recall weighted by |activation| x ||down column|| */
-  magnitudeRecall?: number;
-  /** MLP: the density the exact predictor (the first projection itself) needs for the same recall under the same kind of rule */
-  exactBound?: { rule: string; predictedDensity: number };
-  /** MLP: the exact predictor's top-k sweep (recall vs density) */
-  exactSweep?: { fraction: number; k: number; recall: number }[];
-  /** MLP: estimated MLP cost / dense MLP cost at the held-out density */
-  costShare?: number;
-  /** MLP: the mode evaluated (dense / exact / closed-form / dejavu) and its rank */
-  family?: string;
-  rank?: number;
-}
+export type { EvalReport, LayerReport, SiteReport };
 
-export interface LayerReport {
-  layer: number; mlp?: SiteReport; heads?: SiteReport;
-  /** the MLP candidates train-predictors weighed for this layer (validation rows), copied from predictors.json */
-  mlpCandidates?: (MlpCandidate & { chosen: boolean })[];
-}
-export interface EvalReport {
-  kind: 'dejavu-evaluation'; toolVersion: string; config: EvaluateConfig;
-  /** content hash of the predictors folder evaluated (predictors.json + safetensors); export-bundle compares it */
-  predictorsSha256: string;
-  heldoutTokens: number;
-  layers: LayerReport[];
-  averages: { mlpRecall: number; mlpPredictedDensity: number; mlpTrueDensity: number; mlpSparsity: number; headRecall: number; headDensity: number };
-  perplexity?: { tokens: number; runs: Record<string, number>; deltas: Record<string, number>; density: Record<string, { mlp: number[]; heads: number[] }>;
-    /** predicted-MLP perplexity at scaled per-layer k (top-k rules), and the same density for the oracle */
-    densityCurve: { targetDensity: number; meanDensity: number; predicted: number; oracle: number; k: number[] }[] };
-  /** the file's seal (util/seal), added when it is written */
-  sealSha256?: string;
-}
+/** the report as evaluated, before runEvaluate seals it */
+type Unsealed = Omit<EvalReport, 'sealSha256'>;
 
 interface SiteCtx { mlpSite?: MlpSite | undefined; targetRecall: number }
 
@@ -104,7 +76,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
       const { z, exact, weights: w } = exactScores(ms, h, lb.rows);
       weights = w;
       const x = e.input === 'h_mlp' ? h : raw;
-      scores = e.family === 'exact' ? z : e.family === 'dense' ? new Float32Array(lb.rows * W).fill(1) : readSync(() => siteScores(site, tf.tensor2d(x, [lb.rows, d])));
+      scores = e.predictor === 'exact' ? z : e.predictor === 'dense' ? new Float32Array(lb.rows * W).fill(1) : readSync(() => siteScores(site, tf.tensor2d(x, [lb.rows, d])));
       assertFiniteLogits(scores, `layer ${layer} MLP predictor`);
       exactHist!.add(exact, y, lb.rows);
       for (let i = 0; i < exact.length; i++) if (y[i]) exactPos.push(exact[i]!);
@@ -119,7 +91,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
   const metrics = rule === null ? { ...hist.metricsAtK(W), precision: hist.trueDensity() } : rule.kind === 'topk' ? hist.metricsAtK(rule.k) : thr!.metrics();
   const magnitudeRecall = rule === null ? 1 : rule.kind === 'topk' ? hist.weightedRecallAtK(rule.k) : thr!.weightedRecall();
   const ks = [...new Set(sweep.map((f) => Math.max(1, Math.min(W, Math.round(f * W)))))].sort((a, b) => a - b);
-  const out: SiteReport = { ...(kind === 'mlp' ? { family: e.family, rank: e.rank } : {}), rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
+  const out: SiteReport = { ...(kind === 'mlp' ? { predictor: e.predictor, rank: e.rank } : {}), rule, metrics, sweep: ks.map((k) => { const mm = hist.metricsAtK(k); return { fraction: k / W, k, recall: mm.recall, precision: mm.precision, predictedDensity: mm.predictedDensity }; }) };
   if (ms && exactHist) {
     out.magnitudeRecall = magnitudeRecall;
     // the bound: the exact scores under the same kind of rule, calibrated to the same recall on these rows
@@ -134,7 +106,7 @@ function siteEval(dir: string, m: ReturnType<typeof readManifest>, layer: number
     }
     out.exactBound = { rule: rule?.kind ?? 'threshold', predictedDensity: boundDensity };
     out.exactSweep = ks.map((k) => ({ fraction: k / W, k, recall: exactHist.metricsAtK(k).recall }));
-    out.costShare = mlpCostShare(e.family, e.rank, e.score, metrics.predictedDensity, ms);
+    out.costShare = mlpCostShare(e.predictor, e.rank, e.score, metrics.predictedDensity, ms);
   }
   return out;
 }
@@ -163,7 +135,23 @@ export const evalShardSchema = z.looseObject({
   shard: z.looseObject({ index: z.number().int().min(0), count: z.number().int().positive() }), results: z.record(z.string(), z.unknown()), sealSha256: z.string(),
 });
 
+/** what a report is made from: the predictors' content, the held-out activations' manifest, the config (less the worker count) */
+function evaluateRecord(cfg: EvaluateConfig): StageRecord {
+  return { name: 'evaluate-recall', dir: cfg.out, file: 'report.json', inputs: () => ({ p: predictorsContentHash(cfg.predictors), a: sha256File(path.join(cfg.activations, 'manifest.json')), c: reportConfig(cfg) }) };
+}
+const readReport = (out: string) => () => { const r = readEvalReport(out); return { value: r, seal: r.sealSha256 }; };
+
+/** evaluate-recall's rule: its report is current when made from the same inputs (evaluateRecord) and it is the report.json it wrote */
+export function evaluateCurrent(cfg: EvaluateConfig): Currency<EvalReport> {
+  return recordedCurrent(evaluateRecord(cfg), readReport(cfg.out));
+}
+
 export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps, replay?: Map<string, unknown>): Promise<StageResult> {
+  const rec = cfg.shard ? null : evaluateRecord(cfg);
+  if (rec) {
+    const cur = recordedCurrent(rec, readReport(cfg.out));
+    if (cur.current) { deps.log(`evaluate-recall: ${cfg.out} is complete and current; nothing to do`); return { text: reportTable(cur.value, cfg.out), json: cur.value }; }
+  }
   const w = beginOutput(cfg.out, 'report'); // a report folder of ours is replaced; anything else is refused
   if (cfg.shard) {
     const results = new Map<string, unknown>();
@@ -181,11 +169,12 @@ export async function runEvaluate(cfg: EvaluateConfig, deps: StageDeps, replay?:
   let text: string;
   // reportTable checks every metric first: nothing is written when one is impossible
   try {
-    report = sealed(await evaluate(cfg, deps, replay ? { replay } : undefined)) as EvalReport;
+    report = sealed(await evaluate(cfg, deps, replay ? { replay } : undefined));
     text = reportTable(report, cfg.out);
     checkPredictorsUnchanged(cfg.predictors, report.predictorsSha256, 'evaluate-recall');
   } catch (e) { w.abort(); throw e; }
   await writeOutput(w, cfg.out, (tmp) => writeReport(tmp, report, cfg.out));
+  writeRecord(rec!, report.sealSha256);
   return { text, json: report };
 }
 
@@ -195,7 +184,7 @@ function reportConfig(cfg: EvaluateConfig): EvaluateConfig {
   return rest as EvaluateConfig;
 }
 
-async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): Promise<EvalReport> {
+async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): Promise<Unsealed> {
   const m = readManifest(cfg.activations);
   verifyDataset(cfg.activations, m, m.layers);
   if (cfg.model) checkHeldoutText(cfg.activations, m, cfg.data, 'evaluate-recall'); // before any work (checked again as it is read)
@@ -284,7 +273,7 @@ async function evaluate(cfg: EvaluateConfig, deps: StageDeps, mode?: EvalMode): 
       layers.push(r);
     }
     const mlpL = layers.filter((l) => l.mlp), hL = layers.filter((l) => l.heads);
-    const report: EvalReport = {
+    const report: Unsealed = {
       kind: 'dejavu-evaluation', toolVersion: VERSION, config: reportConfig(cfg), predictorsSha256, heldoutTokens: m.tokens, layers,
       averages: {
         mlpRecall: mean(mlpL.map((l) => l.mlp!.metrics.recall)), mlpPredictedDensity: mean(mlpL.map((l) => l.mlp!.metrics.predictedDensity)),
@@ -368,12 +357,12 @@ export function reportTable(r: EvalReport, out: string): string {
     if (m) checkMetrics(m, `layer ${l.layer} MLP predictor (held-out)`);
     if (h) checkMetrics(h, `layer ${l.layer} head predictor (held-out)`);
     // the mode's one name (the plan's and the runtime's): the exact candidate is the lossless mode
-    const fam = l.mlp ? `${l.mlp.family === 'exact' ? 'lossless (exact)' : l.mlp.family ?? ''}${l.mlp.rank && l.mlp.family !== 'exact' ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleText(l.mlp.rule as SelectionRule)}` : ''}` : '-';
+    const fam = l.mlp ? `${l.mlp.predictor === 'exact' ? 'lossless (exact)' : l.mlp.predictor ?? ''}${l.mlp.rank && l.mlp.predictor !== 'exact' ? ` r${l.mlp.rank}` : ''}${l.mlp.rule ? `, ${ruleText(l.mlp.rule as SelectionRule)}` : ''}` : '-';
     lines.push(`| ${l.layer} | ${fam} | ${num(m?.recall, (v) => v.toFixed(4))} | ${num(l.mlp?.magnitudeRecall, (v) => v.toFixed(4))} | ${num(m?.precision, (v) => v.toFixed(3))} | ${num(m?.predictedDensity, pct)} | ${num(l.mlp?.exactBound?.predictedDensity, pct)} | ${num(m?.trueDensity, pct)} | ${num(l.mlp?.costShare, pct)} |${heads ? ` ${num(h?.recall, (v) => v.toFixed(3))} | ${num(h?.predictedDensity, pct)} |` : ''}`);
   }
   const a = r.averages;
-  const mean = (f: (l: LayerReport) => number | undefined) => {
-    const v = r.layers.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x));
+  const mean = (f: (l: LayerReport) => number | null | undefined) => {
+    const v = r.layers.map(f).filter((x): x is number => typeof x === 'number' && Number.isFinite(x));
     return v.length ? v.reduce((s, x) => s + x, 0) / v.length : NaN;
   };
   lines.push(`| mean | | ${num(a.mlpRecall, (v) => v.toFixed(4))} | ${num(mean((l) => l.mlp?.magnitudeRecall), (v) => v.toFixed(4))} | | ${num(a.mlpPredictedDensity, pct)} | ${num(mean((l) => l.mlp?.exactBound?.predictedDensity), pct)} | ${num(a.mlpTrueDensity, pct)} | ${num(mean((l) => l.mlp?.costShare), pct)} |${heads ? ` ${num(a.headRecall, (v) => v.toFixed(3))} | ${num(a.headDensity, pct)} |` : ''}`);

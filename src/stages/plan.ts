@@ -12,6 +12,7 @@
  * 5. Verification: the runtime itself decodes held-out text the search did not see, token by token, dense and with
  *    the plan; while the measured increase exceeds the budget, the last move is undone and the plan re-verified.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readAsync } from '../util/tfx.js';
@@ -33,7 +34,7 @@ import { heldoutSequences } from '../eval/heldout.js';
 import { batchNll, ppl } from '../eval/perplexity.js';
 import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
-import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
+import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, readPlanFile, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
 import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
 import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs, type MlpStep } from '../runtime/decoder.js';
 import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
@@ -43,7 +44,8 @@ import { loadTokenizer } from '../tokenizer.js';
 import { createArena } from '../model/kernels/wasm/kernels.js';
 import { beginOutput, writeOutput } from '../util/outdir.js';
 import { UserError } from '../util/errors.js';
-import { sha256, writeFileAtomic } from '../util/fsx.js';
+import { sha256, sha256File, writeFileAtomic } from '../util/fsx.js';
+import { recordedCurrent, writeRecord, type Currency, type StageRecord } from './current.js';
 import { z } from 'zod';
 import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
@@ -142,7 +144,7 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
   const probe = Float32Array.from({ length: c.hidden }, (_, i) => Math.sin(i * 0.37));
   const predMs = (site: LoadedSite, W: number, rule: SelectionRule) => {
     const pick = sitePicker(site, rule, W, arena);
-    return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hidden}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, () => pick(probe));
+    return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hiddenActivation}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, () => pick(probe));
   };
   const bar = x.deps.progress('plan: options', c.layers);
   const densePpl = await nllOf(model, search, cfg.batchSize);
@@ -175,7 +177,7 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
       const ms = preds.mlp.get(i), hs = preds.heads.get(i);
       const mlp: Option<MlpOption>[] = [{ what: { mode: 'dense' }, label: 'dense', density: 1, ms: mlpMs(sc, 'dense', 1), dppl: 0 }];
       let trueDensity = NaN;
-      if (ms && hasLowRankWeights(ms.entry.family)) {
+      if (ms && hasLowRankWeights(ms.entry.predictor)) {
         const cal = await calibrateMlp(cfg.activations, m, i, ms, cfg.model, cfg.recalls, cfg.calibrationRows);
         trueDensity = cal.trueDensity;
         for (const o of cal.options.filter((q) => Number.isFinite(q.value))) {
@@ -365,7 +367,14 @@ function charge(o: Option<MlpOption | HeadOption | InputOption>): number { retur
  */
 function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: RuntimePlan['verified']; fallback: string } {
   const { cfg, model, preds, deps } = x, c = model.config;
-  const dv = decodeNll(model, verify);
+  // every decode pass and the timing show their total, an ETA after warm-up and a final line (minutes on a large model)
+  const verifyTok = verify.reduce((a, s) => a + Math.max(0, s.length - 1), 0);
+  const withBar = <R>(label: string, total: number, unit: string, f: (add: (n: number) => void) => R): R => {
+    const bar = deps.progress(`plan: ${label}`, total, unit);
+    let n = 0;
+    try { return f((k) => bar.update(n += k)); } finally { bar.stop(); }
+  };
+  const dv = withBar('verification, dense', verifyTok, 'tok', (add) => decodeNll(model, verify, undefined, () => add(1)));
   const densePpl = ppl(dv);
   // the plan's own layout: a model whose input sites' matrices are input-major (loaded once per distinct set)
   const copies = new Map<string, Model>();
@@ -380,7 +389,7 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
   try {
     const runtime = () => {
       const layers = choice.layers(), b = decodeModes(c, preds, { layers });
-      try { return decodeNll(modelFor(layers), verify, b.modes); } finally { b.dispose(); }
+      try { return withBar(`verification, the plan (${choice.moves} move(s))`, verifyTok, 'tok', (add) => decodeNll(modelFor(layers), verify, b.modes, () => add(1))); } finally { b.dispose(); }
     };
     let r = runtime(), p = ppl(r);
     for (;;) {
@@ -407,8 +416,10 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
     const both = [model, modelFor(layers)];
     let denseMs: number, planMs: number;
     try {
-      [denseMs, planMs] = alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps) as [number, number];
-      if (planMs >= denseMs) [denseMs, planMs] = alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, 7) as [number, number]; // once more, longer
+      const timed = (rounds: number) => withBar(`timing dense and the plan (${rounds} rounds)`, 2 * (ctx + rounds * steps), 'steps',
+        (add) => alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, rounds, add) as [number, number]);
+      [denseMs, planMs] = timed(5);
+      if (planMs >= denseMs) [denseMs, planMs] = timed(7); // once more, longer
     } finally { built.dispose(); }
     let fallback = '', read = shares(r.weights);
     if (cfg.neverSlower && planMs >= denseMs) {
@@ -442,8 +453,25 @@ function eightBit(x: Ctx, layers: RuntimePlan['layers'], verify: number[][], den
   } finally { b.dispose(); q8.dispose(); }
 }
 
+/** what a plan is made from: the predictors' content, the held-out activations' manifest, the config (less overwrite) */
+function planRecord(cfg: PlanConfig): StageRecord {
+  const { overwrite: _o, ...c } = cfg;
+  return { name: 'plan', dir: cfg.out, file: 'plan.json', inputs: () => ({ p: predictorsContentHash(cfg.predictors), a: sha256File(path.join(cfg.activations, 'manifest.json')), c }) };
+}
+const readPlan = (out: string) => () => { const pf = readPlanFile(out); return { value: pf, seal: pf.sealSha256 }; };
+
+/** plan's rule: its plan is current when made from the same inputs (planRecord) and it is the plan.json it wrote */
+export function planCurrent(cfg: PlanConfig): Currency<PlanFile> {
+  return recordedCurrent(planRecord(cfg), readPlan(cfg.out));
+}
+
 export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<string, number>): Promise<StageResult> {
   const t0 = Date.now();
+  const rec = cfg.shard ? null : planRecord(cfg);
+  if (rec && !cfg.overwrite) { // --overwrite: made again even when current
+    const cur = recordedCurrent(rec, readPlan(cfg.out));
+    if (cur.current) { deps.log(`plan: ${cfg.out} is complete and current; nothing to do`); return { text: fs.readFileSync(path.join(cfg.out, 'report.md'), 'utf8').trimEnd(), json: cur.value }; }
+  }
   const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the plan is made for these weights (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
   const model = loadModel(cfg.model, { decode: true });
@@ -501,6 +529,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
       writeFileAtomic(path.join(tmp, 'report.md'), text + '\n');
       writeFileAtomic(path.join(tmp, 'frontier.svg'), svg);
     });
+    writeRecord(rec!, file.sealSha256);
     return { text, json: file };
   } finally {
     w?.abort();

@@ -3,12 +3,13 @@
  * recall on a validation split carved (by sequence) from the training activations. Layers are spread over
  * worker_threads (one tfjs each; tfjs-wasm runs single-threaded under Node).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { StageResult } from './types.js';
 import { VERSION } from '../version.js';
 import { trainSchema, type TrainConfig } from '../config/schemas.js';
 import { readManifest, verifyDataset } from '../activations/dataset.js';
-import { beginOutput, writeOutput } from '../util/outdir.js';
+import { beginOutput, checkOutput, writeOutput } from '../util/outdir.js';
 import { PREDICTORS_FORMAT_VERSION, predictorsManifestSchema, writePredictors, readPredictorsManifest, type PredictorsManifest } from '../predictors/store.js';
 import { writeArtifact } from '../util/json-artifact.js';
 import { trainLayer, type LayerResult } from '../predictors/train-layer.js';
@@ -101,24 +102,40 @@ export async function runTrain(cfg: TrainConfig, deps: StageDeps): Promise<Stage
   return onHostBackend(deps.log, 'train-predictors', () => train(cfg, deps));
 }
 
+/** what predictors are made from: the activations' manifest and the config (less where they go, the backend and the worker count; the shard kept: each shard folder is its own output) */
+function trainIdentity(cfg: TrainConfig, manifestHash: string): string {
+  return JSON.stringify({ activations: manifestHash, cfg: { ...cfg, out: undefined, overwrite: undefined, backend: undefined, workers: undefined } });
+}
+/** the predictors in `out` when they read back with this identity, else null (none, unfinished or other) and what is there */
+function existing(out: string, identity: string): { current: PredictorsManifest | null; old: PredictorsManifest | null } {
+  let old: PredictorsManifest | null = null;
+  try { old = readPredictorsManifest(out); } catch { old = null; }
+  return { current: old?.identity === identity ? old : null, old };
+}
+
+/** train-predictors' rule: its output is current when `out` holds predictors of ours that read back with the same identity (trainIdentity) */
+export function trainCurrent(cfg: TrainConfig): boolean {
+  if (checkOutput(cfg.out, 'predictors').state !== 'ours' || !fs.existsSync(path.join(cfg.activations, 'manifest.json'))) return false;
+  return existing(cfg.out, trainIdentity(cfg, sha256File(path.join(cfg.activations, 'manifest.json')))).current !== null;
+}
+
 async function train(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
   const t0 = Date.now();
   const m = readManifest(cfg.activations);
   const manifestHash = sha256File(path.join(cfg.activations, 'manifest.json'));
   const allLayers = cfg.layers === 'all' ? m.layers : [...new Set(cfg.layers)].sort((a, b) => a - b);
-  // --shard i/n: the layers at positions i, i+n, ... (the identity keeps the shard: each shard folder is its own output)
+  // --shard i/n: the layers at positions i, i+n, ...
   const layers = cfg.shard ? allLayers.filter((_, k) => k % cfg.shard!.count === cfg.shard!.index) : allLayers;
   if (!layers.length) throw new UserError(`shard ${cfg.shard!.index}/${cfg.shard!.count} gets no layer: there are only ${allLayers.length} layer(s) to train`, `use at most ${allLayers.length} shard(s) for train-predictors`);
   for (const l of allLayers) if (!m.layers.includes(l)) throw new UserError(`layer ${l} is not in the activations dataset (collected layers: ${m.layers.join(', ')})`, 'fix --layers');
-  const identity = JSON.stringify({ activations: manifestHash, cfg: { ...cfg, out: undefined, overwrite: undefined, backend: undefined, workers: undefined } });
+  const identity = trainIdentity(cfg, manifestHash);
   let current: PredictorsManifest | null = null;
   const w = beginOutput(cfg.out, 'predictors', {
     identity: sha256(identity),
     mayReplace: (before) => {
       if (before.state !== 'ours') return;
-      let old: PredictorsManifest | null = null;
-      try { old = readPredictorsManifest(cfg.out); } catch { old = null; }
-      if (old?.identity === identity) { current = old; return; }
+      const { old, current: cur } = existing(cfg.out, identity);
+      if (cur) { current = cur; return; }
       if (!cfg.overwrite) throw new UserError(old ? `output folder ${cfg.out} holds predictors trained on other activations or with another config` : `output folder ${cfg.out} holds unfinished predictors`, 'choose another --out, or pass --overwrite');
     },
   });
@@ -151,7 +168,7 @@ async function train(cfg: TrainConfig, deps: StageDeps): Promise<StageResult> {
   const trainRows = Math.round(m.tokens * (1 - cfg.validationFraction));
   // progress in rows read: the MLP fit reads each row once (plus the epochs of a Deja Vu candidate), heads train for epochs
   const trainRowsCapped = Math.min(trainRows, cfg.maxSamples ?? Infinity);
-  const perLayer = (cfg.mlp.enabled ? m.tokens + (cfg.mlp.families.includes('dejavu') ? trainRowsCapped * cfg.optim.epochs : 0) : 0) + (cfg.heads.enabled ? trainRowsCapped * cfg.optim.epochs : 0);
+  const perLayer = (cfg.mlp.enabled ? m.tokens + (cfg.mlp.predictors.includes('dejavu') ? trainRowsCapped * cfg.optim.epochs : 0) : 0) + (cfg.heads.enabled ? trainRowsCapped * cfg.optim.epochs : 0);
   const bar = deps.progress('train', perLayer * layers.length, 'samples');
   let done = 0;
   deps.log(`train-predictors: ${layers.length} layer(s) on up to ${nWorkers} worker(s), ${m.tokens} tokens (${Math.round(cfg.validationFraction * 100)}% of sequences held for validation)`);
@@ -218,7 +235,7 @@ export function summarize(out: string, p: PredictorsManifest): StageResult {
     const mm = l.mlp, h = l.heads;
     if (mm) checkMetrics(mm.validation, `layer ${l.layer} MLP predictor (validation)`);
     if (h) checkMetrics(h.validation, `layer ${l.layer} head predictor (validation)`);
-    lines.push(`| ${l.layer} | ${mm ? mm.family : '-'} | ${mm ? mm.rank : '-'} | ${ruleText(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm?.costShare !== undefined ? pct(mm.costShare) : '-'} | ${ruleText(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
+    lines.push(`| ${l.layer} | ${mm ? mm.predictor : '-'} | ${mm ? mm.rank : '-'} | ${ruleText(mm?.rule)} | ${mm ? mm.validation.recall.toFixed(4) : '-'} | ${mm ? mm.validation.precision.toFixed(3) : '-'} | ${mm ? pct(mm.validation.predictedDensity) : '-'} | ${mm ? pct(mm.validation.trueDensity) : '-'} | ${mm ? (mm.validation.predictedDensity / Math.max(1e-9, mm.validation.trueDensity)).toFixed(2) + 'x' : '-'} | ${mm?.costShare !== undefined ? pct(mm.costShare) : '-'} | ${ruleText(h?.rule)} | ${h ? h.validation.recall.toFixed(3) : '-'} |`);
   }
   for (const l of p.layers) if (l.mlp?.candidates?.length) lines.push('', ...candidateTable(l.layer, l.mlp.candidates));
   return { text: lines.join('\n'), json: p };

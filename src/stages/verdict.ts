@@ -21,8 +21,8 @@ export interface Headline {
   evaluation: { text: string; tokens: number; heldoutTokens: number; dense?: number; predicted?: number; oracle?: number; meanRecall: number; meanDensity: number; trueDensity: number };
   plan: null | {
     budget: number; speedup: number; estimatedSpeedup: number; pplIncrease: number; tokens: number; densePerplexity: number; perplexity: number; denseStepMs: number; stepMs: number;
-    /** per layer: its MLP mode in words (dense, lossless, predicted at threshold/top-k, recall r) and its head mode */
-    layers: { layer: number; mlp: string; heads: string; mlpDensity: number }[];
+    /** per layer: its MLP mode in words (dense, lossless, predicted at threshold/top-k, recall r), its head mode and its input-threshold sites ('' for none) */
+    layers: { layer: number; mlp: string; heads: string; inputs: string; mlpDensity: number }[];
   };
 }
 
@@ -34,7 +34,7 @@ export function headline(a: { model: string; config: Pick<ModelConfig, 'family' 
   return {
     model: a.model, shape: `${c.family}, ${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}`, workdir: a.workdir, bundle: a.bundle,
     evaluation: { text: a.heldoutText, tokens: r.perplexity?.tokens ?? 0, heldoutTokens: r.heldoutTokens, dense: runs.dense, predicted: runs['predicted (MLP)'], oracle: runs['oracle (MLP)'],
-      meanRecall: r.averages.mlpRecall, meanDensity: r.averages.mlpPredictedDensity, trueDensity: r.averages.mlpTrueDensity },
+      meanRecall: r.averages.mlpRecall ?? NaN, meanDensity: r.averages.mlpPredictedDensity ?? NaN, trueDensity: r.averages.mlpTrueDensity ?? NaN },
     plan: p ? {
       budget: p.maxPplIncrease, speedup: p.verified.speedup, estimatedSpeedup: p.estimate.speedup, pplIncrease: p.verified.pplIncrease, tokens: p.verified.tokens,
       densePerplexity: p.verified.densePerplexity, perplexity: p.verified.perplexity, denseStepMs: p.verified.denseStepMs, stepMs: p.verified.stepMs,
@@ -42,6 +42,7 @@ export function headline(a: { model: string; config: Pick<ModelConfig, 'family' 
         layer: l.layer, mlpDensity: l.expected.mlpDensity,
         mlp: l.mlp.mode === 'predicted' ? `predicted (${ruleText(l.mlp.rule)}, recall ${l.mlp.recall})` : l.mlp.mode,
         heads: l.heads.mode === 'predicted' ? `predicted (${ruleText(l.heads.rule)})` : 'dense',
+        inputs: (['attn', 'o', 'mlp', 'down'] as const).filter((s) => l.inputs?.[s]).join(', '),
       })),
     } : null,
   };
@@ -69,7 +70,8 @@ export function verdictText(h: Headline, extra: { bundleVerified: string; dataLi
     lines.push(`verdict: decode ${p.speedup.toFixed(2)}x dense at ${signedPct(p.pplIncrease, 3)} perplexity (budget +${pct(p.budget)}); bundle: ${h.bundle} (${extra.bundleVerified})`);
     const short = (m: string) => m.replace(/^predicted \((>=|top)[^,]*, recall ([\d.]+)\)$/, (_, k: string, r: string) => `predicted (${k === '>=' ? 'threshold' : 'top-k'} at recall ${r})`);
     lines.push(`  plan (MLP): ${modeRanges(p.layers.map((l) => ({ layer: l.layer, mode: short(l.mlp) })))}` +
-      (p.layers.every((l) => l.heads === 'dense') ? '; heads dense' : `; heads: ${modeRanges(p.layers.map((l) => ({ layer: l.layer, mode: l.heads })))}`));
+      (p.layers.every((l) => l.heads === 'dense') ? '; heads dense' : `; heads: ${modeRanges(p.layers.map((l) => ({ layer: l.layer, mode: l.heads })))}`) +
+      (p.layers.some((l) => l.inputs) ? `; input thresholds: ${modeRanges(p.layers.filter((l) => l.inputs).map((l) => ({ layer: l.layer, mode: l.inputs })))}` : ''));
     lines.push(`  verified by the decode runtime on ${count(p.tokens)} held-out tokens the search did not see: perplexity ${p.densePerplexity.toFixed(3)} dense -> ${p.perplexity.toFixed(3)} planned;`,
       `  ${p.denseStepMs.toFixed(3)} -> ${p.stepMs.toFixed(3)} ms per token (the cost model estimated ${p.estimatedSpeedup.toFixed(2)}x)`);
   } else lines.push(`verdict: no plan (plan.enabled: false), each layer follows its trained rule; bundle: ${h.bundle} (${extra.bundleVerified})`);

@@ -22,6 +22,14 @@ function shown(v: unknown): string {
   return s === undefined ? 'nothing' : s.length > 80 ? s.slice(0, 77) + '...' : s;
 }
 
+/**
+ * An artifact's type from its reader's schema (`Known<z.output<typeof schema>>`): the loose objects' index signatures
+ * (the unknown keys a newer writer may add, kept on read but never relied on) are left out, so that a value the writer
+ * builds, and a misspelt field, are checked against the fields the schema names.
+ */
+export type Known<T> = T extends readonly (infer U)[] ? Known<U>[] : T extends object
+  ? { [K in keyof T as string extends K ? (unknown extends T[K] ? never : K) : K]: Known<T[K]> } : T;
+
 /** One line per problem: `a.b.0.c: message; found VALUE` (at most `max`, then a count of the rest). */
 export function issueLines(error: z.ZodError, input: unknown, max = 20): string[] {
   const lines = error.issues.slice(0, max).map((i) => {

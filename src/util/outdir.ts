@@ -31,7 +31,7 @@ const OWN_FILES: Record<OutputKind, RegExp> = {
   predictors: new RegExp(String.raw`^(?:${MARKER_RE}|predictors\.json|train-log\.jsonl|layer-\d{2,}\.safetensors|${ATOMIC_TMP})$`),
   report: new RegExp(String.raw`^(?:${MARKER_RE}|report\.json|report\.md|recall-vs-density\.svg|densities\.svg|perplexity-vs-density\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
   plan: new RegExp(String.raw`^(?:${MARKER_RE}|plan\.json|report\.md|frontier\.svg|\.inputs\.json|${ATOMIC_TMP})$`),
-  bundle: new RegExp(String.raw`^(?:${MARKER_RE}|manifest\.json|predictors\.safetensors|neuron-major\.safetensors|${ATOMIC_TMP})$`),
+  bundle: new RegExp(String.raw`^(?:${MARKER_RE}|manifest\.json|\.inputs\.json|predictors\.safetensors|neuron-major\.safetensors|${ATOMIC_TMP})$`),
   workdir: new RegExp(String.raw`^(?:${MARKER_RE}|\.bundle-inputs\.json|split\.json|split-(?:calibration|heldout)\.(?:jsonl|txt)|${SIBLING}|${ATOMIC_TMP}|jobs/(?:[a-z0-9-]+\.(?:sbatch|sh|yaml|json)|[a-z0-9-]+-\d+(?:_\d+)?\.log|${ATOMIC_TMP}))$`),
 };
 /** the sub-folders a kind writes: entered and checked file by file, or (the workdir's stage folders and their temp
