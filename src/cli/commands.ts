@@ -314,6 +314,7 @@ export const COMMANDS: CommandDef[] = [
       { flags: '--temperature <t>', description: '0 = greedy (default); > 0 samples', parse: int },
       { flags: '--top-k <k>', description: 'sample from the k most likely tokens (with temperature > 0)', parse: int },
       { flags: '--seed <n>', description: 'sampling seed', parse: int },
+      { flags: '--runtime <name>', description: 'decode runtime: cpu (default) or gpu (WebGPU; greedy)' },
       BACKEND, JSON_FLAG,
     ],
     examples: [
@@ -323,10 +324,10 @@ export const COMMANDS: CommandDef[] = [
     async run(opts, ctx) {
       const flagOf = (dotted: string) => `--${dotted.split('.')[0]!.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase())}`;
       const input: Record<string, unknown> = {};
-      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
+      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'runtime', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
       const cfg = validateConfig(generateSchema, input, 'generate', {
         title: 'generate flags', label: flagOf,
-        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT]',
+        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT] [--runtime cpu|gpu]',
       });
       if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       await withBackend(cfg.backend, ctx);

@@ -193,6 +193,7 @@ export const generateSchema = z.strictObject({
   temperature: z.number({ error: 'expected a number >= 0' }).min(0, 'expected a number >= 0 (0 = greedy)').default(0).describe('0 = greedy; > 0 samples'),
   topK: z.number({ error: 'expected an integer >= 0' }).int('expected an integer >= 0').min(0, 'expected an integer >= 0 (0 = no top-k cut)').default(0).describe('sample from the k most likely tokens (0 = no cut)'),
   seed: z.number({ error: 'expected an integer' }).int('expected an integer').default(0).describe('sampling seed'),
+  runtime: z.enum(['cpu', 'gpu']).default('cpu').describe('decode runtime: cpu (the wasm row kernels) or gpu (WebGPU / WGSL kernels; greedy, one prompt at a time)'),
   backend,
 });
 export type GenerateConfig = z.infer<typeof generateSchema>;
