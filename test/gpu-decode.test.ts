@@ -11,6 +11,8 @@ import { loadModel, type Model } from '../src/model/model.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../src/model/forward.js';
 import { DecodeSession, denseModes, sessionFromPrefill, type DecodeModes, type HeadStep, type LayerInputs, type MlpStep } from '../src/runtime/decoder.js';
 import { generate } from '../src/runtime/generate.js';
+import { runGenerate } from '../src/stages/generate.js';
+import { generateSchema } from '../src/config/schemas.js';
 import { decodeModes, type RuntimePlan } from '../src/runtime/plan.js';
 import { topKRow } from '../src/predictors/metrics.js';
 import type { HostPredictor } from '../src/predictors/predictor.js';
@@ -454,6 +456,17 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
       expect(g.counts).toEqual(cpu.counts);
       expect(g.stopReason).toBe('max-tokens');
     }
+  });
+
+  it('generate --runtime gpu: the CPU runtime\'s text at temperature 0; sampling refused with the reason', async () => {
+    const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
+    const o = generateSchema.parse({ model: path.join(ROOT, 'checkpoints', 'opt-fixture'), prompt: ['The ship'], maxTokens: 4, runtime: 'gpu' });
+    const g = await runGenerate(o, quiet), cpu = await runGenerate({ ...o, runtime: 'cpu' }, quiet);
+    const J = (r: { json: unknown }) => r.json as { tokens: number[][]; runtime?: string };
+    expect(J(g).tokens).toEqual(J(cpu).tokens);
+    expect(g.text).toBe(cpu.text);
+    expect(J(g).runtime).toBe('gpu');
+    await expect(runGenerate({ ...o, temperature: 0.7 }, quiet)).rejects.toThrow(/temperature 0.7: the GPU runtime decodes greedily/);
   });
 
   it("continues a prefill's cache (loadCache) as the CPU runtime does", async () => {

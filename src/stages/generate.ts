@@ -76,7 +76,8 @@ function pricedNote(plan: RuntimePlan | null, runtime: 'cpu' | 'gpu'): string[] 
  * the tokens chosen on the GPU), the bundle's plan run there (predictors included); with a bundle, the same prompts
  * and steps dense on the GPU after it.
  */
-async function generateOnGpu(o: GenerateConfig, deps: StageDeps, model: Model, prompts: number[][], preds: LoadedPredictors | null, plan: RuntimePlan | null, decode: (t: number[], o: { skipSpecial: boolean }) => string): Promise<StageResult> {
+async function generateOnGpu(o: GenerateConfig, deps: StageDeps, model: Model, prompts: number[][], preds: LoadedPredictors | null, plan: RuntimePlan | null,
+  decode: (t: number[], o: { skipSpecial: boolean }) => string): Promise<StageResult> {
   if (o.temperature > 0) throw new UserError(`generate --runtime gpu: temperature ${o.temperature}: the GPU runtime decodes greedily`, 'use --temperature 0, or --runtime cpu to sample');
   const modes = gpuPlanModes(model.config, preds, plan);
   const tokens: number[][] = [], counts = zeroCounts();

@@ -72,20 +72,9 @@ export interface MatvecSpec {
 /** workgroup bytes a matvec with its norm fused in needs (the session fuses it only where the adapter has them) */
 export function matvecNormBytes(cols: number, gated: boolean): number { return 4 * cols + 1024 * (gated ? 2 : 1) + 2048 + 256 + 64; }
 
-/** the normalization of `src` (D4 vec4s) by 256 threads, each holding its vec4s in registers: m and inv as normWgsl computes them */
-function normBody(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: string): string {
-  const D4 = d / 4, NV = Math.ceil(D4 / 256);
-  return `var xs: array<vec4<f32>, ${NV}>;
-  var s = 0.0;
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { xs[k] = ${src}[j]; s += dot(xs[k], vec4<f32>(1.0)); } }
-  ${kind === 'layernorm' ? `let m = total(s, lid) / ${d}.0;` : 'let m = 0.0;'}
-  var q = 0.0;
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let t = xs[k] - m; q += dot(t, t); } }
-  let inv = inverseSqrt(total(q, lid) / ${d}.0 + ${f32(eps)});`;
-}
 /**
- * m and inv of `src` in one pass (sum and sum of squares together: 2 barriers, where normBody's two tree sums take
- * 18; every workgroup of a matvec with its norm fused in pays this before reading its rows): each thread's vec4s
+ * m and inv of `src` in one pass (sum and sum of squares together: 2 barriers where two tree sums take 18; every
+ * workgroup of a matvec with its norm fused in pays this before reading its rows; normWgsl computes the same): each thread's vec4s
  * held in xs, 32 partial sums, then every thread sums those (variance E[x²] - m², in float32)
  */
 function normFast(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: string): string {
@@ -104,14 +93,6 @@ function normFast(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: st
 }
 const FAST_SHARED = 'var<workgroup> red2v: array<vec2<f32>, 256>;\nvar<workgroup> red32: array<vec2<f32>, 32>;';
 
-const TOTAL = `fn total(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) { if (lid < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
-  let t = red[0];
-  workgroupBarrier();
-  return t;
-}`;
 
 /**
  * y = W x over selected rows / columns: a workgroup of 256 threads handles 8 rows, 32 lanes per row, each lane
@@ -416,11 +397,10 @@ export function normWgsl(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, 
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> g: array<vec4<f32>>;
 ${hasB ? '@group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;' : ''}
-var<workgroup> red: array<f32, 256>;
-${TOTAL}
+${FAST_SHARED}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
-  ${normBody(d, kind, eps, 'src')}
+  ${normFast(d, kind, eps, 'src')}
   for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { dst[j] = (xs[k] - m) * inv * g[j]${hasB ? ' + b[j]' : ''}; } }
 }`;
 }
@@ -500,6 +480,7 @@ var<workgroup> kc: array<vec4<f32>, ${HD4}>;
 var<workgroup> vc: array<vec4<f32>, ${HD4}>;
 var<workgroup> ps: array<f32, ${s.cap}>;
 var<workgroup> red: array<f32, 256>;
+var<workgroup> red32: array<f32, 32>;
 var<workgroup> acc: array<vec4<f32>, 256>;
 var<workgroup> wn: u32;
 ${rot}
@@ -508,11 +489,10 @@ fn raw4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(hv[o + 4u * j4], hv[o +
 fn wred(v: f32, lid: u32, isMax: bool) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), isMax); }
-    workgroupBarrier();
-  }
-  let t = red[0];
+  if (lid < 32u) { var t = red[8u * lid]; for (var k = 1u; k < 8u; k++) { let o = red[8u * lid + k]; t = select(t + o, max(t, o), isMax); } red32[lid] = t; }
+  workgroupBarrier();
+  var t = red32[0];
+  for (var k = 1u; k < 32u; k++) { let o = red32[k]; t = select(t + o, max(t, o), isMax); }
   workgroupBarrier();
   return t;
 }

@@ -97,6 +97,13 @@ export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, pla
   return { mlp, heads, ...(inputs?.some(Boolean) ? { inputs } : {}) };
 }
 
+/**
+ * The norm is fused into matvecs of at most this many rows (every workgroup pays the norm before its rows: in a
+ * matvec of 2048 workgroups that costs more than the norm's own dispatch). On the H200 at d 4096: dense 795-805
+ * tok/s with it, 727-797 never fused, 586-769 always fused; 10% MLP / 50% heads 1567-1574, 1438-1444, 982-1545.
+ */
+export const FUSE_ROWS = 8192;
+
 interface Op { p: GPUComputePipeline; g: GPUBindGroup; x: number; y: number }
 /** compiled pipelines by device and source: sessions of one shape share them (a compile is slow on software Vulkan) */
 const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
@@ -107,7 +114,7 @@ export interface GpuSessionOptions {
   capacity?: number;
   /** a norm dispatch before each matvec that reads a norm, instead of the norm fused into the matvec (benchmarks, tests) */
   unfused?: boolean;
-  /** fuse the norm only into matvecs of at most this many rows (default: every one) */
+  /** fuse the norm only into matvecs of at most this many rows (default FUSE_ROWS) */
   fuseRows?: number;
 }
 
@@ -197,7 +204,7 @@ export class GpuDecodeSession {
     const norm = (src: GPUBuffer, dst: GPUBuffer, g: GPUBuffer, bb: GPUBuffer | undefined): Op => this.op(normWgsl(d, c.norm, c.normEps, Boolean(bb)), [[0, src], [1, dst], [2, g], ...opt(3, bb)], 1);
     // a matvec of norm(x): the norm fused in (every workgroup normalizes x into workgroup memory: one dispatch less)
     // where the adapter has the workgroup memory, else a norm dispatch into s.hn first
-    const fits = matvecNormBytes(d, c.gated) <= gpu.limits.maxComputeWorkgroupStorageSize, fuseRows = o.unfused ? 0 : o.fuseRows ?? Infinity;
+    const fits = matvecNormBytes(d, c.gated) <= gpu.limits.maxComputeWorkgroupStorageSize, fuseRows = o.unfused ? 0 : o.fuseRows ?? FUSE_ROWS;
     const normed = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>, entries: Entry[], x: number, g: GPUBuffer, bb: GPUBuffer | undefined): Op[] => fits && spec.rows <= fuseRows
       ? [this.op(mv({ ...spec, norm: { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false } }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)]
       : [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
@@ -266,7 +273,8 @@ export class GpuDecodeSession {
       this.headOps.push(hsets.map(({ sel, n }) => {
         const rows = (n + 2 * KV) * hd;
         const attnOp = (src: GPUBuffer, parts: { chunks: number; bias: boolean } | undefined) => this.op(attentionWgsl({ ...attn, parts }),
-          [[0, src], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...opt(6, attn.ropeDim ? s.cs : undefined), ...opt(8, parts?.bias ? Lw.qkvBias : undefined)], Math.max(n, KV));
+          [[0, src], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...opt(6, attn.ropeDim ? s.cs : undefined),
+            ...opt(8, parts?.bias ? Lw.qkvBias : undefined)], Math.max(n, KV));
         return [...start,
           // q|k|v: the rows of the selected heads' q and every k, v (matvec); or, at a q/k/v input site, every row of the kept inputs (axpy)
           ...(qs ? [qs.op, attnOp(this.pq!, { chunks: qs.chunks, bias: Boolean(Lw.qkvBias) })]
@@ -298,7 +306,8 @@ export class GpuDecodeSession {
         const ops = scorer(i, mm.p, mm.rule, mm.input === 'h_mlp' ? [Lw.ln2g, Lw.ln2b] : null, msel!, statsOf(i), 0, mm.input !== 'x_attn');
         if (mm.input === 'x_attn') for (const hl of this.headOps[i]!) hl.unshift(...ops); else pre.push(...ops);
       }
-      const upOf = (set: { sel: GPUBuffer; n: number } | null) => (set ? up({ rows: set.n, rowGather: { G: 1, sub: 0 } }, upEntries(set.sel, s.a), Math.ceil(set.n / 8)) : up({ rows: F }, upEntries(null, s.a), Math.ceil(F / 8)));
+      const upOf = (set: { sel: GPUBuffer; n: number } | null) => (set ? up({ rows: set.n, rowGather: { G: 1, sub: 0 } }, upEntries(set.sel, s.a), Math.ceil(set.n / 8))
+        : up({ rows: F }, upEntries(null, s.a), Math.ceil(F / 8)));
       this.mlpCount.push(mm.mode === 'select' && !dn ? mm.sets.map((x) => x.length) : mm.mode === 'dense' && !dn ? [F] : [0]);
       if (si?.mlp) {
         // the MLP input site: up over the kept inputs' rows (axpy, every neuron), then down summing its chunks (+ bias, act) over the rows its own site keeps
