@@ -68,7 +68,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
 /** a note when the plan was priced for another runtime than the one running it (plans made before plans said so: cpu) */
 function pricedNote(plan: RuntimePlan | null, runtime: 'cpu' | 'gpu'): string[] {
   const priced = plan?.runtime ?? 'cpu';
-  return plan && priced !== runtime ? [`the bundle's plan was priced for the ${priced} runtime, and runs here on the ${runtime} runtime: its choices may not pay off here (plan again with --set runtime=${runtime})`] : [];
+  return plan && priced !== runtime ? [`the bundle's plan was priced for the ${priced} runtime's kernels and runs here on the ${runtime} runtime: what it skips may not pay off here`] : [];
 }
 
 /**
