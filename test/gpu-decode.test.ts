@@ -9,12 +9,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../src/model/forward.js';
-import { DecodeSession, denseModes, sessionFromPrefill, type DecodeModes } from '../src/runtime/decoder.js';
+import { DecodeSession, denseModes, sessionFromPrefill, type DecodeModes, type HeadStep, type LayerInputs, type MlpStep } from '../src/runtime/decoder.js';
 import { generate } from '../src/runtime/generate.js';
+import { runGenerate } from '../src/stages/generate.js';
+import { generateSchema } from '../src/config/schemas.js';
+import { decodeModes, type RuntimePlan } from '../src/runtime/plan.js';
+import { topKRow } from '../src/predictors/metrics.js';
+import type { HostPredictor } from '../src/predictors/predictor.js';
+import type { LoadedPredictors, LoadedSite } from '../src/predictors/hooks.js';
+import type { PredictorEntry } from '../src/predictors/store.js';
 import { generateGpu } from '../src/runtime/gpu/generate.js';
 import { closeGpu, getGpu, type Gpu } from '../src/runtime/gpu/device.js';
 import * as K from '../src/runtime/gpu/kernels.js';
-import { GpuDecodeSession, gpuDenseModes, gpuModesOf, gpuSession, type GpuModes } from '../src/runtime/gpu/session.js';
+import { GpuDecodeSession, gpuDenseModes, gpuModesOf, gpuPlanModes, gpuSession, type GpuModes } from '../src/runtime/gpu/session.js';
 import { gpuBuffer, gpuEmpty, gpuUnsupported, packF16 } from '../src/runtime/gpu/weights.js';
 import { UserError } from '../src/util/errors.js';
 
@@ -108,8 +115,84 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     const part = o[2]!;
     close(sum(part), ref(ids, a), 1e-5, 'gathered');
     const xr = vals(d, 10), b = vals(d, 11);
-    o = await run(K.reduceWgsl(d, chunks, true), { 0: xr, 1: part, 2: b }, 1);
+    o = await run(K.reduceWgsl(d, chunks, true), { 0: xr, 1: part, 2: b }, Math.ceil(d / 32));
     close(o[0]!, sum(part).map((s, j) => xr[j]! + b[j]! + s), 1e-6, 'reduce');
+  });
+
+  it('matvec with the norm fused in (LayerNorm + b, RMSNorm; workgroup 0 writes the normed x); lossless compaction in the matvec', async () => {
+    const xs = vals(d, 30).map((v) => 3 * v + 0.7), g = vals(d, 31), nb = vals(d, 32);
+    const mean = xs.reduce((a, t) => a + t, 0) / d, va = xs.reduce((a, t) => a + (t - mean) ** 2, 0) / d, ms = xs.reduce((a, t) => a + t * t, 0) / d;
+    const ln = Array.from(xs, (t, j) => ((t - mean) / Math.sqrt(va + 1e-5)) * g[j]! + nb[j]!), rms = Array.from(xs, (t, j) => (t / Math.sqrt(ms + 1e-6)) * g[j]!);
+    let o = await run(K.matvecWgsl({ ...MV, cols: d, rows: n, norm: { kind: 'layernorm', eps: 1e-5, hasB: true, out: true } }), { 0: packF16(W), 1: xs, 2: 4 * n, 8: g, 9: nb, 10: 4 * d }, Math.ceil(n / 8));
+    close(o[2]!, Array.from({ length: n }, (_, r) => dotRow(W, r, ln)), 1e-5, 'layernorm fused');
+    close(o[10]!, ln, 1e-5, 'normed x written');
+    o = await run(K.matvecWgsl({ ...MV, cols: d, rows: n, bias: true, act: 'relu', norm: { kind: 'rmsnorm', eps: 1e-6, hasB: false, out: false } }), { 0: packF16(W), 1: xs, 2: 4 * n, 4: bias, 8: g }, Math.ceil(n / 8));
+    const ref = Array.from({ length: n }, (_, r) => Math.max(0, dotRow(W, r, rms) + bias[r]!));
+    close(o[2]!, ref, 1e-5, 'rmsnorm fused + relu');
+    // the same with the nonzero activations compacted (ids after the count in zc, values in coef, the count added to stats)
+    o = await run(K.matvecWgsl({ ...MV, cols: d, rows: n, bias: true, act: 'relu', compact: true, norm: { kind: 'rmsnorm', eps: 1e-6, hasB: false, out: false } }),
+      { 0: packF16(W), 1: xs, 2: 4 * n, 4: bias, 7: new Uint32Array(n + 4), 8: g, 11: 4 * n, 12: Uint32Array.from([3, 0, 0, 0]) }, Math.ceil(n / 8));
+    const nz = ref.flatMap((v, i) => (v !== 0 ? [i] : []));
+    expect(nz.length).toBeGreaterThan(5); expect(nz.length).toBeLessThan(n - 5);
+    const zc = u32(o[7]!), k = zc[0]!;
+    expect(k).toBe(nz.length);
+    expect(u32(o[12]!)[0]).toBe(3 + nz.length);
+    const got = Array.from(zc.subarray(1, 1 + k)).map((id, i) => [id, o[11]![i]!] as const).sort((p, q) => p[0] - q[0]);
+    expect(got.map((t) => t[0])).toEqual(nz);
+    close(got.map((t) => t[1]), nz.map((i) => ref[i]!), 1e-5, 'compacted values');
+  });
+
+  it('input-sparse axpy: kept rows only (abs / WINA scores, gathered rows, the norm fused in, the chunks of an earlier axpy + act), counted', async () => {
+    const rows = 40, cols = 16, chunks = 3, M = vals(rows * cols, 40), nrm = vals(rows, 41).map((v) => 1 + Math.abs(v));
+    const sum = (p: Float32Array, ch = chunks) => Array.from({ length: cols }, (_, j) => { let t = 0; for (let c = 0; c < ch; c++) t += p[c * cols + j]!; return t; });
+    const ref = (v: ArrayLike<number>, ids: ArrayLike<number>, keep: (v: number, id: number) => boolean) => {
+      const out = new Float64Array(cols);
+      let kept = 0;
+      for (let i = 0; i < v.length; i++) { if (v[i] === 0 || !keep(v[i]!, ids[i]!)) continue; kept++; for (let j = 0; j < cols; j++) out[j]! += v[i]! * M[ids[i]! * cols + j]!; }
+      return { out: Array.from(out), kept };
+    };
+    const iota = Array.from({ length: rows }, (_, i) => i);
+    const a = vals(rows, 42); a[5] = 0;
+    const thr = Float32Array.from([0, 0.3, 0.45, 0]);
+    const spec = { cols, rows, chunks, skip: { slot: 1, wina: false }, count: 2 } as const;
+    // abs scores: |a_i| >= 0.3
+    let o = await run(K.axpySiteWgsl({ ...spec, input: { kind: 'x' } }), { 0: packF16(M), 1: a, 2: 4 * chunks * cols, 7: Uint32Array.from([0, 0, 7, 0]), 9: thr }, 1, chunks);
+    let r = ref(a, iota, (v) => Math.abs(v) >= 0.3);
+    expect(r.kept).toBeGreaterThan(5); expect(r.kept).toBeLessThan(rows - 5);
+    close(sum(o[2]!), r.out, 1e-5, 'abs');
+    expect(u32(o[7]!)[2]).toBe(7 + r.kept);
+    // gathered rows, WINA scores |a_i| * nrm[row] >= 0.45
+    const ids = [33, 4, 17, 0, 39, 21, 8, 12], ag = vals(ids.length, 43);
+    o = await run(K.axpySiteWgsl({ ...spec, rows: ids.length, input: { kind: 'gather' }, skip: { slot: 2, wina: true } }),
+      { 0: packF16(M), 1: ag, 2: 4 * chunks * cols, 3: Uint32Array.from([ids.length, ...ids]), 4: nrm, 7: 16, 9: thr }, 1, chunks);
+    r = ref(ag, ids, (v, id) => Math.abs(v) * nrm[id]! >= 0.45);
+    expect(r.kept).toBeGreaterThan(1); expect(r.kept).toBeLessThan(ids.length);
+    close(sum(o[2]!), r.out, 1e-5, 'gather wina');
+    expect(u32(o[7]!)[2]).toBe(r.kept);
+    // the LayerNorm of x fused in, then |xn_i| >= 0.3
+    const xs = vals(rows, 44).map((v) => 2 * v + 0.4), g = vals(rows, 45), b = vals(rows, 46);
+    const mean = xs.reduce((p, t) => p + t, 0) / rows, va = xs.reduce((p, t) => p + (t - mean) ** 2, 0) / rows;
+    const xn = Array.from(xs, (t, j) => ((t - mean) / Math.sqrt(va + 1e-5)) * g[j]! + b[j]!);
+    o = await run(K.axpySiteWgsl({ ...spec, input: { kind: 'norm', norm: 'layernorm', eps: 1e-5, hasB: true }, count: null }), { 0: packF16(M), 1: xs, 2: 4 * chunks * cols, 5: g, 6: b, 9: thr }, 1, chunks);
+    r = ref(xn, iota, (v) => Math.abs(v) >= 0.3);
+    close(sum(o[2]!), r.out, 1e-5, 'norm');
+    // the input from 2 chunks of partial sums + bias, ReLU, every nonzero kept (no skip)
+    const pin = vals(2 * rows, 47), pb = vals(rows, 48);
+    const av = Array.from({ length: rows }, (_, i) => Math.max(0, pb[i]! + pin[i]! + pin[rows + i]!));
+    o = await run(K.axpySiteWgsl({ ...spec, skip: null, count: 0, input: { kind: 'parts', chunks: 2, bias: true, act: 'relu', actThreshold: 0 } }),
+      { 0: packF16(M), 2: 4 * chunks * cols, 5: pb, 7: 16, 8: pin }, 1, chunks);
+    r = ref(av, iota, () => true);
+    close(sum(o[2]!), r.out, 1e-5, 'parts');
+    expect(u32(o[7]!)[0]).toBe(rows); // no skip: every row read
+  });
+
+  it('transpose of float16 rows; row norms', async () => {
+    const rows = 6, cols = 10, M = vals(rows * cols, 50);
+    const o = await run(K.transposeWgsl(rows, cols), { 0: packF16(M), 1: rows * cols * 2 }, 1);
+    const T = new Uint16Array(u32(o[1]!).buffer, 0, rows * cols), src = new Uint16Array(packF16(M).buffer);
+    expect(Array.from({ length: rows * cols }, (_, t) => T[t])).toEqual(Array.from({ length: rows * cols }, (_, t) => src[(t % rows) * cols + Math.floor(t / rows)]));
+    const nr = await run(K.rowNormWgsl(rows, cols), { 0: packF16(M), 1: 4 * rows }, rows);
+    close(nr[1]!, Array.from({ length: rows }, (_, r) => Math.hypot(...M.subarray(r * cols, (r + 1) * cols))), 1e-6, 'row norms');
   });
 
   it('LayerNorm and RMSNorm; the embedding row (scaled) plus its learned position', async () => {
@@ -153,6 +236,15 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
       return Array.from({ length: hd }, (_, j) => e.reduce((acc, p, pi) => acc + p * V2[(kv * cap + pi) * hd + j]!, 0) / l);
     });
     close(o[4]!, ref, 1e-5, 'attention');
+    // the same from 2 chunks of partial sums over every head's q|k|v (+ bias): the uncompacted layout [H q | KV k | KV v]
+    const full = new Float32Array((H + 2 * KV) * hd), qb = vals(full.length, 22);
+    heads.forEach((h, t) => full.set(qkv.subarray(t * hd, (t + 1) * hd), h * hd));
+    full.set(qkv.subarray(heads.length * hd), H * hd);
+    const p1 = vals(full.length, 23), parts = new Float32Array(2 * full.length);
+    for (let j = 0; j < full.length; j++) { parts[j] = p1[j]!; parts[full.length + j] = full[j]! - p1[j]! - qb[j]!; }
+    const o2 = await run(K.attentionWgsl({ ...spec, parts: { chunks: 2, bias: true } }), { 0: parts, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs, 8: qb }, Math.max(heads.length, KV));
+    close(o2[4]!, ref, 1e-5, 'attention from parts');
+    close(o2[2]!, K2, 1e-5, 'K cache from parts');
   });
 
   it('lossless compaction: the nonzero activations (ids, values, count, stats); argmax takes the first of equal maxima', async () => {
@@ -181,8 +273,8 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
 function cpuModes(m: GpuModes): DecodeModes {
   const cyc = (sets: Int32Array[]) => { let i = 0; return () => sets[i++ % sets.length]!; };
   return {
-    mlp: m.mlp.map((x) => (x.mode === 'select' ? { mode: 'select' as const, pick: cyc(x.sets) } : x)),
-    heads: m.heads.map((x) => (x.mode === 'select' ? { mode: 'select' as const, pick: cyc(x.sets) } : x)),
+    mlp: m.mlp.map((x) => (x.mode === 'select' ? { mode: 'select' as const, pick: cyc(x.sets) } : x as MlpStep)),
+    heads: m.heads.map((x) => (x.mode === 'select' ? { mode: 'select' as const, pick: cyc(x.sets) } : x as HeadStep)),
   };
 }
 function fixedSets(layers: number, n: number, k: number, sets: number, seed: number): Int32Array[][] {
@@ -269,6 +361,92 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
         d.gpu.dispose(); d.cpu.dispose();
       }
     }
+  }, 400_000); // lavapipe under a full parallel suite: minutes
+
+  it('input-threshold sites (abs and WINA scores) on the GPU == the CPU runtime with the same thresholds; norms unfused == fused', async () => {
+    // thresholds: each layer's and site's median |x| over a dense CPU run (about half the inputs skipped)
+    const medians = (model: Model) => {
+      const seen = new Map<string, number[]>();
+      const cpu = new DecodeSession(model, { ...denseModes(model.config.layers), observe: (i, site, x, n) => {
+        const k = `${i}.${site}`; if (!seen.has(k)) seen.set(k, []); for (let j = 0; j < n; j++) seen.get(k)!.push(Math.abs(x[j]!));
+      } }, 1);
+      for (const id of IDS) cpu.step([id]);
+      cpu.dispose();
+      return (i: number, site: string) => { const v = seen.get(`${i}.${site}`)!.filter((x) => x > 0).sort((a, b) => a - b); const k = Math.floor(v.length / 2); return (v[k]! + v[k + 1]!) / 2; }; // between two values: none sits on the threshold
+    };
+    for (const model of [opt, llama]) {
+      const c = model.config, med = medians(model);
+      // OPT: every site (layer 1's down input by WINA, its threshold the median |x| times ~ a row norm); Llama (gated): no MLP input site
+      const inputs: (LayerInputs | undefined)[] = Array.from({ length: c.layers }, (_, i) => (i === 0 ? undefined : {
+        attn: { t: med(i, 'attn') }, o: { t: med(i, 'o') }, ...(c.gated ? {} : { mlp: { t: med(i, 'mlp') } }),
+        down: i === 1 ? { t: med(i, 'down') * 0.8, wina: true } : { t: med(i, 'down') } }));
+      const gm: GpuModes = { ...gpuDenseModes(c.layers), inputs };
+      const cm: DecodeModes = { ...denseModes(c.layers), inputs };
+      const ids = IDS.slice(0, 5);
+      const r = await compare(model, gm, cm, ids);
+      expect(r.worst, c.family).toBeLessThan(1e-4);
+      expect(r.gpu.counts, c.family).toEqual(r.cpu.counts);
+      const share = r.gpu.counts.mlpSelected / r.gpu.counts.mlpTotal;
+      expect(share, c.family).toBeLessThan(0.85); // the down rows really skipped
+      for (let i = 1; i < c.layers; i++) for (const [k, wd] of [[0, c.hidden], [1, c.heads * c.headDim]] as const) {
+        const f = r.gpu.siteRows[i]![k]! / (ids.length * wd);
+        expect(f, `${c.family} layer ${i} site ${k}`).toBeGreaterThan(0.2); expect(f).toBeLessThan(0.8);
+      }
+      r.gpu.dispose(); r.cpu.dispose();
+      const d = await compare(model, gpuDenseModes(c.layers), denseModes(c.layers), ids);
+      expect(maxRel(r.logits, d.logits), c.family).toBeGreaterThan(1e-3); // the thresholds changed something
+      d.gpu.dispose(); d.cpu.dispose();
+    }
+    // the norms as their own dispatches compute the same as fused
+    const c = opt.config, gm = { ...gpuDenseModes(c.layers), mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })) };
+    const a = await gpuSession(opt, gm, { capacity: 16 }), b = await gpuSession(opt, gm, { capacity: 16, unfused: true });
+    const la = [await a.step([3]), await a.step([4])], lb = [await b.step([3]), await b.step([4])];
+    expect(maxRel(la, lb)).toBeLessThan(1e-5);
+    expect(a.counts).toEqual(b.counts);
+    a.dispose(); b.dispose();
+  }, 400_000); // lavapipe under a full parallel suite: minutes
+
+  it('predictors on the GPU (threshold / top-k rules; h_mlp, x_mlp, x_attn and lookahead inputs): the picks and logits of the CPU runtime', async () => {
+    const c = opt.config, d = c.hidden, F = c.ffn, H = c.heads;
+    const host = (out: number, r: number, seed: number, hidden: 'none' | 'relu' = 'none'): HostPredictor => ({
+      fc1Weight: vals(r * d, seed), fc1Bias: vals(r, seed + 1), fc2Weight: vals(out * r, seed + 2).map((v) => v / 4), fc2Bias: vals(out, seed + 3), d, r, out, hidden });
+    const site = (h: HostPredictor, input: string, prev = false): LoadedSite => ({ entry: { family: 'closed-form', input } as PredictorEntry, host: h, sourceLayerOffset: prev ? -1 : 0 });
+    const preds = { manifest: null as never, dispose: () => {}, mlp: new Map<number, LoadedSite>([[1, site(host(F, 16, 60), 'h_mlp')], [2, site(host(F, 8, 61, 'relu'), 'x_mlp')], [4, site(host(F, 16, 62), 'x_attn')]]),
+      heads: new Map<number, LoadedSite>([[0, site(host(H, 8, 63), 'x_attn[layer-1]', true)], [3, site(host(H, 8, 64), 'x_attn[layer-1]', true)], [5, site(host(H, 8, 65), 'x_attn')]]) };
+    const dense = { mode: 'dense' as const };
+    const layer = (i: number, mlp: object, heads: object) => ({ layer: i, mlp, heads, expected: { mlpDensity: 1, headDensity: 1, mlpMs: 0, headDeltaMs: 0, pplIncrease: 0 } });
+    const plan = { layers: [layer(0, { mode: 'lossless' }, { mode: 'predicted', rule: { kind: 'topk', k: 5 } }), layer(1, { mode: 'predicted', rule: { kind: 'threshold', value: 0.1 }, recall: 0.9 }, dense),
+      layer(2, { mode: 'predicted', rule: { kind: 'topk', k: 300 }, recall: 0.9 }, dense), layer(3, dense, { mode: 'predicted', rule: { kind: 'threshold', value: 0 } }),
+      layer(4, { mode: 'predicted', rule: { kind: 'threshold', value: -0.2 }, recall: 0.9 }, dense), layer(5, dense, { mode: 'predicted', rule: { kind: 'topk', k: 3 } })] } as unknown as RuntimePlan;
+    const cpu = decodeModes(c, preds as unknown as LoadedPredictors, plan);
+    const gm = gpuPlanModes(c, preds as unknown as LoadedPredictors, plan);
+    expect(gm.mlp.map((m) => m.mode)).toEqual(['lossless', 'predicted', 'predicted', 'dense', 'predicted', 'dense']);
+    expect(gm.heads.map((m) => (m.mode === 'predicted' ? m.prev : m.mode))).toEqual([true, 'dense', 'dense', true, 'dense', false]);
+    const r = await compare(opt, gm, cpu.modes);
+    expect(r.worst).toBeLessThan(1e-4);
+    expect(r.gpu.counts).toEqual(r.cpu.counts); // the same number of neurons and heads picked, step by step summed
+    const k = r.cpu.counts;
+    expect(k.mlpSelected / k.mlpTotal).toBeLessThan(0.75); expect(k.headsSelected / k.headsTotal).toBeLessThan(0.9);
+    r.gpu.dispose(); r.cpu.dispose(); cpu.dispose();
+    const dn = await compare(opt, gpuDenseModes(c.layers), denseModes(c.layers));
+    expect(maxRel(r.logits, dn.logits)).toBeGreaterThan(1e-3);
+    dn.gpu.dispose(); dn.cpu.dispose();
+  });
+
+  it('the pick kernel: top-k (ties to the lower index) and threshold, ascending, with the kv groups after', async () => {
+    const W = 700, sc = vals(W, 70); sc[10] = sc[20] = sc[30] = 0.5; sc[40] = -0; sc[41] = 0;
+    const ref = topKRow(sc, 37);
+    for (const [rule, want] of [[{ kind: 'topk', k: 37 }, Array.from(ref)], [{ kind: 'topk', k: W }, Array.from(sc.keys())], [{ kind: 'threshold', value: 0.5 }, Array.from(sc.keys()).filter((i) => sc[i]! >= 0.5)]] as const) {
+      const o = await run(K.pickWgsl(W, rule, 2), { 0: sc, 1: 4 * (W + 8), 2: Uint32Array.from([4, 0, 0, 0]) }, 1);
+      const sel = u32(o[1]!);
+      expect(sel[0]).toBe(want.length + 2);
+      expect(Array.from(sel.subarray(1, 1 + want.length + 2))).toEqual([...want, W, W + 1]);
+      expect(u32(o[2]!)[0]).toBe(4 + want.length);
+    }
+    // ties at the k-th value: the lower indices
+    const t = new Float32Array(W).fill(1); t[5] = 2;
+    const o = await run(K.pickWgsl(W, { kind: 'topk', k: 3 }, 0), { 0: t, 1: 4 * (W + 8), 2: 16 }, 1);
+    expect(Array.from(u32(o[1]!).subarray(0, 4))).toEqual([3, 0, 1, 5]);
   });
 
   it('generateGpu (prefill on tfjs, greedy on the GPU) == generate on the CPU runtime at temperature 0', async () => {
@@ -279,6 +457,17 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
       expect(g.counts).toEqual(cpu.counts);
       expect(g.stopReason).toBe('max-tokens');
     }
+  }, 400_000); // lavapipe under a full parallel suite: minutes
+
+  it('generate --runtime gpu: the CPU runtime\'s text at temperature 0; sampling refused with the reason', async () => {
+    const quiet = { log: () => undefined, progress: () => ({ update: () => undefined, stop: () => undefined }) };
+    const o = generateSchema.parse({ model: path.join(ROOT, 'checkpoints', 'opt-fixture'), prompt: ['The ship'], maxTokens: 4, runtime: 'gpu' });
+    const g = await runGenerate(o, quiet), cpu = await runGenerate({ ...o, runtime: 'cpu' }, quiet);
+    const J = (r: { json: unknown }) => r.json as { tokens: number[][]; runtime?: string };
+    expect(J(g).tokens).toEqual(J(cpu).tokens);
+    expect(g.text).toBe(cpu.text);
+    expect(J(g).runtime).toBe('gpu');
+    await expect(runGenerate({ ...o, temperature: 0.7 }, quiet)).rejects.toThrow(/temperature 0.7: the GPU runtime decodes greedily/);
   });
 
   it("continues a prefill's cache (loadCache) as the CPU runtime does", async () => {
@@ -304,7 +493,13 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
     await expect(gpuSession(llama, lossless)).rejects.toThrow(/lossless mode needs an ungated ReLU MLP \(this model's is gated silu\)/);
     const picked: DecodeModes = { mlp: denseModes(c.layers).mlp.map((m, i) => (i === 2 ? { mode: 'select' as const, pick: () => new Int32Array([1]) } : m)), heads: denseModes(c.layers).heads };
     expect(() => gpuModesOf(picked)).toThrow(UserError);
-    expect(() => gpuModesOf(picked)).toThrow(/predicted modes yet \(layer 2 MLP\)/);
+    expect(() => gpuModesOf(picked)).toThrow(/predicted or gate-threshold modes yet \(layer 2 MLP\)/);
+    expect(() => gpuModesOf({ ...denseModes(c.layers), mlp: denseModes(c.layers).mlp.map((m, i) => (i === 1 ? { mode: 'gate-threshold' as const, t: 0.1 } : m)) })).toThrow(/layer 1 MLP gate-threshold/);
+    const gated: GpuModes = { ...gpuDenseModes(c.layers), inputs: [{ mlp: { t: 0.1 } }, ...Array.from({ length: c.layers - 1 }, () => undefined)] };
+    await expect(gpuSession(llama, gated)).rejects.toThrow(/does not run layer 0's MLP input threshold on a gated MLP/);
+    const oSel: GpuModes = { ...gpuDenseModes(opt.config.layers), heads: gpuDenseModes(opt.config.layers).heads.map((h, i) => (i === 0 ? { mode: 'select' as const, sets: [Int32Array.from([1, 2])] } : h)),
+      inputs: [{ o: { t: 0.1 } }, ...Array.from({ length: opt.config.layers - 1 }, () => undefined)] };
+    await expect(gpuSession(opt, oSel)).rejects.toThrow(/layer 0's o input threshold with selected heads/);
     const g = await gpuSession(opt, gpuDenseModes(opt.config.layers), { capacity: 2 });
     await expect(g.step([opt.config.vocabSize])).rejects.toThrow(/token id 4096 is outside the vocabulary/);
     await g.step([2]); await g.step([3]);

@@ -14,18 +14,22 @@ import * as os from 'node:os';
 import { ensureBackend } from '../backend.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadModel } from '../model/model.js';
-import { DecodeSession, denseModes } from '../runtime/decoder.js';
+import { DecodeSession, denseModes, INPUT_SITES, type LayerInputs } from '../runtime/decoder.js';
 import { closeGpu, getGpu, type Gpu } from '../runtime/gpu/device.js';
-import { axpyWgsl, copyWgsl, matvecWgsl, normWgsl, reduceWgsl } from '../runtime/gpu/kernels.js';
-import { GpuDecodeSession, gpuDenseModes, gpuSession, type GpuModes } from '../runtime/gpu/session.js';
+import { attentionWgsl, axpySiteWgsl, axpyWgsl, copyWgsl, matvecWgsl, normWgsl, reduceWgsl } from '../runtime/gpu/kernels.js';
+import { GpuDecodeSession, gpuDenseModes, gpuPlanModes, gpuSession, type GpuModes } from '../runtime/gpu/session.js';
+import { loadBundlePredictors } from '../bundle/bundle.js';
 import { gpuEmpty, randomGpuWeights } from '../runtime/gpu/weights.js';
 import { opt13bConfig, seededSets, table, writeBenchResult, type BenchTable } from './common.js';
 
 const LAYERS = Number(process.env.BENCH_LAYERS ?? 8);
 const STEPS = Number(process.env.BENCH_STEPS ?? 64);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const FIX_ROUNDS = Number(process.env.BENCH_FIXTURE_ROUNDS ?? 5);
 const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
 const log = (s: string) => console.error(s);
+const median = (xs: number[]) => { const v = [...xs].sort((a, b) => a - b); return v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2; };
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 /** ms per call of `n` dispatches of one kernel in one submission (after a warm-up submission) */
 async function kernelMs(gpu: Gpu, code: string, buffers: GPUBuffer[], x: number, y = 1, n = 20): Promise<number> {
@@ -75,16 +79,32 @@ let copyGBs = 0;
   const mvMs = await kernelMs(gpu, matvecWgsl({ ...base, cols: d, rows: F }), [W, x, y], F / 8);
   const axMs = await kernelMs(gpu, axpyWgsl({ cols: d, rows: F, chunks: 128, gather: false }), [W, x, part], Math.ceil(d / 8 / 256), 128);
   const g = gpuEmpty(gpu, 4 * d, 'g');
+  const mvnMs = await kernelMs(gpu, matvecWgsl({ ...base, cols: d, rows: F, norm: { kind: 'layernorm', eps: 1e-5, hasB: false, out: false } }), [W, x, y, x, x, x, x, x, g], F / 8);
   const nMs = await kernelMs(gpu, normWgsl(d, 'layernorm', 1e-5, false), [x, y, g], 1);
-  const rMs = await kernelMs(gpu, reduceWgsl(d, 128, false), [y, part], d / 128);
-  W.destroy(); x.destroy(); y.destroy(); part.destroy(); g.destroy();
+  const rMs = await kernelMs(gpu, reduceWgsl(d, 128, false), [y, part], d / 32);
+  // the input-sparse axpy of up (input-major [d, F]) at threshold 0 over a zero input: every row skipped, what is left is its fixed cost
+  const thr = gpuEmpty(gpu, 16, 'thr');
+  const sMs = await kernelMs(gpu, axpySiteWgsl({ cols: F, rows: d, chunks: 24, input: { kind: 'norm', norm: 'layernorm', eps: 1e-5, hasB: false }, skip: { slot: 0, wina: false }, count: null }),
+    [W, x, part, x, x, g, x, x, x, thr], F / 8 / 256, 24);
+  const hd = 128, cap = 80, qkv = gpuEmpty(gpu, 4 * 3 * d, 'qkv'), sel = gpuEmpty(gpu, 4 * (1 + 3 * (d / hd)), 'sel'), Kc = gpuEmpty(gpu, 4 * d * cap, 'K'), Vc = gpuEmpty(gpu, 4 * d * cap, 'V');
+  gpu.device.queue.writeBuffer(sel, 0, Uint32Array.from({ length: 1 + 3 * (d / hd) }, (_, i) => (i === 0 ? 3 * (d / hd) : i - 1)));
+  const params = gpu.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  gpu.device.queue.writeBuffer(params, 0, Uint32Array.from([cap - 8, 0, 0, 0]));
+  const aMs = await kernelMs(gpu, attentionWgsl({ heads: d / hd, kvHeads: d / hd, hd, cap, ropeDim: 0, scale: 0.1 }), [qkv, sel, Kc, Vc, y, params], d / hd);
+  const one = gpuEmpty(gpu, 16, 'one');
+  const eMs = await kernelMs(gpu, '@group(0) @binding(0) var<storage, read_write> o: array<u32>;\n@compute @workgroup_size(64) fn main() { o[0] = o[0] + 1u; }', [one], 1);
+  for (const buf of [W, x, y, part, g, thr, qkv, sel, Kc, Vc, params, one]) buf.destroy();
   copyGBs = (2 * MB * 2 ** 20) / (copyMs * 1e6);
   const wBytes = F * d * 2;
   tables.push({ caption: 'Kernels alone (one submission of 20 dispatches each)', header: ['kernel', 'ms', 'GB/s'], rows: [
     [`copy ${MB} MiB (read + write)`, copyMs.toFixed(3), copyGBs.toFixed(0)],
     [`matvec [${F}, ${d}] float16 (weights read)`, mvMs.toFixed(3), (wBytes / (mvMs * 1e6)).toFixed(0)],
     [`axpy [${F}, ${d}] float16, 128 chunks (weights read)`, axMs.toFixed(3), (wBytes / (axMs * 1e6)).toFixed(0)],
+    [`matvec [${F}, ${d}] with the LayerNorm fused in (each workgroup normalizes x)`, mvnMs.toFixed(3), (wBytes / (mvnMs * 1e6)).toFixed(0)],
     [`LayerNorm of ${d} (one workgroup)`, nMs.toFixed(4), '-'], [`sum of 128 chunks of ${d} into the residual`, rMs.toFixed(4), '-'],
+    [`input-sparse axpy [${d}, ${F}], LayerNorm fused, every input skipped (its fixed cost)`, sMs.toFixed(4), '-'],
+    [`attention, ${d / 128} heads of 128 over ${cap - 7} positions`, aMs.toFixed(4), '-'],
+    ['a dispatch writing one word (the per-dispatch cost with a barrier)', eMs.toFixed(4), '-'],
   ] });
   notes.push(`copy bandwidth ${copyGBs.toFixed(0)} GB/s (the ceiling)`);
   log(table(tables[0]!.header, tables[0]!.rows));
@@ -101,16 +121,48 @@ function randomSets(c: ModelConfig, mlpFrac: number, headFrac: number): GpuModes
 
 interface Variant { name: string; s: GpuDecodeSession; bytes: () => number; greedy: number[]; step: number[]; host: number[] }
 
+/** every input site of every layer at threshold `t0` (abs scores), for calibrate() */
+function allSites(layers: number, t0: number): (LayerInputs | undefined)[] {
+  return Array.from({ length: layers }, () => ({ attn: { t: t0 }, o: { t: t0 }, mlp: { t: t0 }, down: { t: t0 } }));
+}
+
+/**
+ * Each site's threshold bisected (geometrically, per layer and site) until it keeps `density` of its inputs over a
+ * few greedy tokens: TEAL's calibration, done on the GPU's own counts (random weights have no calibration text).
+ * Returns the kept share per site (attn, o, mlp, down) over all layers at the end.
+ */
+async function calibrate(s: GpuDecodeSession, c: ModelConfig, density: number, iters = 24, k = 4): Promise<number[]> {
+  const L = c.layers, widths = [c.hidden, c.heads * c.headDim, c.hidden, c.ffn];
+  const lo = Array.from({ length: 4 * L }, () => 1e-6), hi = Array.from({ length: 4 * L }, () => 64);
+  let kept = new Array<number>(4 * L).fill(0);
+  for (let it = 0; it <= iters; it++) {
+    const t = lo.map((l, j) => Math.sqrt(l * hi[j]!));
+    t.forEach((v, j) => s.setThreshold(Math.floor(j / 4), INPUT_SITES[j % 4]!, v));
+    const before = s.siteRows.map((r) => [...r]);
+    await s.greedy(7, k);
+    s.rewind(k);
+    kept = s.siteRows.flatMap((r, i) => r.map((x, j) => (x - before[i]![j]!) / (k * widths[j]!)));
+    if (it < iters) kept.forEach((f, j) => { if (f > density) lo[j] = t[j]!; else hi[j] = t[j]!; });
+  }
+  return [0, 1, 2, 3].map((j) => kept.filter((_, q) => q % 4 === j).reduce((a, b) => a + b, 0) / L);
+}
+
 /** prime each session with the prompt, then ROUNDS alternating rounds of greedy and step() timing */
-async function measure(vs: Variant[], steps: number): Promise<void> {
+async function measure(vs: Variant[], steps: number, rounds = ROUNDS): Promise<void> {
   for (const v of vs) for (const id of PROMPT) await v.s.step([id]);
-  for (let r = 0; r < ROUNDS; r++)
+  for (let r = 0; r < rounds; r++)
     for (const v of vs) {
-      let t = performance.now();
-      await v.s.greedy(7, steps);
-      v.greedy.push(steps / ((performance.now() - t) / 1000));
+      // the median of 3 greedy runs (one run is ~0.1 s: a pause of the host would halve it)
+      const runs: number[] = [];
+      let t = 0;
+      for (let k = 0; k < 3; k++) {
+        t = performance.now();
+        await v.s.greedy(7, steps);
+        runs.push(steps / ((performance.now() - t) / 1000));
+        v.s.rewind(steps);
+      }
+      v.greedy.push(median(runs));
       v.host.push(v.s.lastHostMs / steps);
-      v.s.rewind(steps);
       const k = Math.max(4, steps / 4);
       t = performance.now();
       for (let i = 0; i < k; i++) await v.s.step([7 + i]);
@@ -127,11 +179,11 @@ function rowsOf(vs: Variant[], denseName: string): (string | number)[][] {
     return [v.name, `${(100 * c.mlpSelected / c.mlpTotal).toFixed(1)}% / ${(100 * c.headsSelected / c.headsTotal).toFixed(0)}%`, (v.bytes() / 2 ** 20).toFixed(1),
       v.greedy.map((x) => x.toFixed(0)).join(', '), v.greedy.map((x) => ((x * v.bytes()) / 1e9).toFixed(0)).join(', '),
       v.greedy.map((x) => ((x * v.bytes()) / 1e9 / copyGBs * 100).toFixed(0) + '%').join(', '),
-      v.greedy.map((x, i) => (x / dense.greedy[i]!).toFixed(2) + 'x').join(', '),
+      v.greedy.map((x, i) => (x / dense.greedy[i]!).toFixed(2) + 'x').join(', '), median(v.greedy.map((x, i) => x / dense.greedy[i]!)).toFixed(2) + 'x',
       v.step.map((x) => x.toFixed(0)).join(', '), v.step.map((x, i) => (x / dense.step[i]!).toFixed(2) + 'x').join(', '), v.host.map((x) => x.toFixed(3)).join(', ')];
   });
 }
-const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 'greedy tok/s (per round)', 'weight GB/s', 'of copy bandwidth', 'speedup vs dense', 'step() tok/s (logits read back)', 'step() speedup', 'host encode + submit ms / token (greedy)'];
+const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 'greedy tok/s (per round)', 'weight GB/s', 'of copy bandwidth', 'speedup vs dense (per round)', 'median speedup', 'step() tok/s (logits read back)', 'step() speedup', 'host encode + submit ms / token (greedy)'];
 
 // (b) OPT-6.7B widths
 {
@@ -143,16 +195,26 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
   const cap = PROMPT.length + STEPS + 8;
   const H = c.heads, hd = c.headDim, layerBytes = (qf: number, mf: number) => 2 * ((qf * H + 2 * H) * hd * d + qf * H * hd * d + 2 * mf * F * d);
   const head = 2 * c.vocabSize * d;
-  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number): Variant => {
-    const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap });
+  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number, o: { unfused?: boolean; fuseRows?: number } = {}): Variant => {
+    const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap, ...o });
     return { name, s, bytes: () => bytes(s), greedy: [], step: [], host: [] };
   };
   const lossless: GpuModes = { mlp: gpuDenseModes(LAYERS).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(LAYERS).heads };
+  const sparseIn = mk('input-sparse 50% (q/k/v, o, fc1, fc2 inputs)', { ...gpuDenseModes(LAYERS), inputs: allSites(LAYERS, 0.1) }, () => LAYERS * layerBytes(1, 1) + head);
+  const inDensity = await calibrate(sparseIn.s, c, 0.5);
+  sparseIn.bytes = () => LAYERS * 2 * d * (inDensity[0]! * (3 * H * hd) + inDensity[1]! * d + (inDensity[2]! + inDensity[3]!) * F) + head;
+  notes.push(`input-sparse at the 6.7B widths: thresholds bisected on the GPU's counts per layer and site to 50%; kept q/k/v ${pct(inDensity[0]!)}, o ${pct(inDensity[1]!)}, fc1 ${pct(inDensity[2]!)}, fc2 ${pct(inDensity[3]!)} of the inputs`);
+  log(notes[notes.length - 1]!);
   const vs = [
     mk('dense', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head),
+    mk('dense, norms not fused (a norm dispatch before qkv, fc1, the head)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { unfused: true }),
+    mk('dense, norms fused into matvecs of <= 8192 rows', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fuseRows: 8192 }),
     mk('lossless (ReLU, nonzero rows of fc2)', lossless, (s) => { const a = s.counts.mlpSelected / s.counts.mlpTotal; return LAYERS * (layerBytes(1, 0.5) + 2 * a * F * d) + head; }),
     mk('predicted 10% MLP / 50% heads (fixed random sets)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head),
+    mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
+    mk('predicted 10% MLP / 50% heads, norms fused into matvecs of <= 8192 rows', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: 8192 }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
+    sparseIn,
   ];
   try {
     await measure(vs, STEPS);
@@ -190,12 +252,20 @@ if (fs.existsSync(`${fixture}/config.json`)) {
     return { name, s, bytes: bytes(s), greedy: [], step: [], host: [] };
   };
   const vs = [await mk('dense', gpuDenseModes(c.layers)), await mk('lossless', lossless), await mk('fixed picks 10% MLP / 50% heads', randomSets(c, 0.1, 0.5))];
+  // the fixture's bundle (BENCH_BUNDLE, default runs/default/bundle): its plan on the GPU, predictors included
+  const bundleDir = process.env.BENCH_BUNDLE ?? 'runs/default/bundle';
+  if (fs.existsSync(`${bundleDir}/manifest.json`)) {
+    const preds = loadBundlePredictors(bundleDir, fixture);
+    try {
+      const plan = preds.bundle.plan ?? null;
+      vs.push(await mk(`bundle ${plan ? 'plan' : 'rules'} (${bundleDir}${plan ? `, priced for ${plan.runtime ?? 'cpu'}` : ''})`, gpuPlanModes(c, preds, plan)));
+    } finally { preds.dispose(); }
+  }
   try {
-    await measure(vs, STEPS);
+    await measure(vs, STEPS, FIX_ROUNDS);
     tables.push({ caption: `OPT fixture (${fixture}: ${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, ${c.heads} heads, vocab ${c.vocabSize}), batch 1`, header: HEADER, rows: rowsOf(vs, 'dense') });
     log(table(HEADER, tables[tables.length - 1]!.rows));
   } finally { for (const v of vs) v.s.dispose(); model.dispose(); }
-  if (fs.existsSync('runs/default/bundle/manifest.json')) notes.push('runs/default/bundle exists, but its plan\'s predicted layers need the predictors on the GPU, which this runtime does not have yet: the fixture ran with fixed picks instead');
 }
 
 notes.push(`greedy: every token one submission (the argmax on the GPU feeds the next embedding), the tokens read back once at the end; step(): one submission and one readback of the logits per token`);

@@ -67,6 +67,8 @@ export type LayerPlan = z.infer<typeof layerPlanSchema>;
 
 export const runtimePlanSchema = z.strictObject({
   formatVersion: z.literal(PLAN_FORMAT_VERSION),
+  /** the decode runtime whose kernel costs priced the plan (absent: cpu, plans made before plans said so) */
+  runtime: z.enum(['cpu', 'gpu']).optional(),
   maxPplIncrease: z.number().nonnegative(),
   layers: z.array(layerPlanSchema),
   /** the cost model's step time (ms per token, batch 1) of this plan and of the dense model */

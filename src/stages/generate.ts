@@ -2,7 +2,12 @@ import type { StageResult } from './types.js';
 import { loadBundlePredictors } from '../bundle/bundle.js';
 import { loadModel, type Model } from '../model/model.js';
 import { decodeModes, planInputMajor, type BuiltModes } from '../runtime/plan.js';
-import { generate } from '../runtime/generate.js';
+import { generate, type StopReason } from '../runtime/generate.js';
+import { zeroCounts, type DecodeCounts } from '../runtime/decoder.js';
+import { generateGpu } from '../runtime/gpu/generate.js';
+import { gpuPlanModes } from '../runtime/gpu/session.js';
+import type { RuntimePlan } from '../runtime/plan.js';
+import type { LoadedPredictors } from '../predictors/hooks.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { UserError } from '../util/errors.js';
 import { fingerprintCheckpoint } from '../checkpoint/checkpoint.js';
@@ -27,11 +32,12 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
     prompts.forEach((p, i) => {
       if (p.length >= P) throw new UserError(`prompt ${i + 1} has ${p.length} tokens; the model has ${P} positions (max_position_embeddings), so nothing can be generated after it`, 'shorten the prompt');
     });
+    if (o.runtime === 'gpu') return await generateOnGpu(o, deps, model, prompts, preds, plan, tok.decode.bind(tok));
     const r = generate(model, prompts, { maxNewTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, seed: o.seed, modes: built.modes });
     const sel = r.counts;
-    const notes = r.stopReason === 'max-positions'
+    const notes = [...pricedNote(plan, 'cpu'), ...(r.stopReason === 'max-positions'
       ? [`stopped after ${r.tokens[0]!.length} of ${o.maxTokens} tokens: the model has ${r.maxPositions} positions (max_position_embeddings) and the ${o.prompt.length > 1 ? 'longest prompt' : 'prompt'} uses ${Math.max(...prompts.map((p) => p.length))}; the text below is complete up to there`]
-      : [];
+      : [])];
     const texts = r.tokens.map((t) => tok.decode(t, { skipSpecial: true }));
     const rate = (x: typeof r) => (x.decodeSteps * prompts.length) / Math.max(1e-3, x.decodeMs / 1000);
     const tps = rate(r);
@@ -57,4 +63,43 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
     preds?.dispose();
     model?.dispose();
   }
+}
+
+/** a note when the plan was priced for another runtime than the one running it (plans made before plans said so: cpu) */
+function pricedNote(plan: RuntimePlan | null, runtime: 'cpu' | 'gpu'): string[] {
+  const priced = plan?.runtime ?? 'cpu';
+  return plan && priced !== runtime ? [`the bundle's plan was priced for the ${priced} runtime's kernels and runs here on the ${runtime} runtime: what it skips may not pay off here`] : [];
+}
+
+/**
+ * --runtime gpu: each prompt greedily on the GPU decode runtime (src/runtime/gpu: prefill by the forward pass, then
+ * the tokens chosen on the GPU), the bundle's plan run there (predictors included); with a bundle, the same prompts
+ * and steps dense on the GPU after it.
+ */
+async function generateOnGpu(o: GenerateConfig, deps: StageDeps, model: Model, prompts: number[][], preds: LoadedPredictors | null, plan: RuntimePlan | null,
+  decode: (t: number[], o: { skipSpecial: boolean }) => string): Promise<StageResult> {
+  if (o.temperature > 0) throw new UserError(`generate --runtime gpu: temperature ${o.temperature}: the GPU runtime decodes greedily`, 'use --temperature 0, or --runtime cpu to sample');
+  const modes = gpuPlanModes(model.config, preds, plan);
+  const tokens: number[][] = [], counts = zeroCounts();
+  let ms = 0, steps = 0, denseMs = 0, stop: StopReason = 'max-tokens';
+  for (const p of prompts) {
+    const r = await generateGpu(model, p, { maxNewTokens: o.maxTokens, modes });
+    tokens.push(r.tokens[0]!); ms += r.decodeMs; steps += r.decodeSteps;
+    if (r.stopReason !== 'max-tokens') stop = r.stopReason;
+    for (const k of Object.keys(counts) as (keyof DecodeCounts)[]) counts[k] += r.counts[k];
+    if (preds && r.decodeSteps > 0) denseMs += (await generateGpu(model, p, { maxNewTokens: r.decodeSteps + 1, stopAtEos: false })).decodeMs;
+  }
+  const tps = steps / Math.max(1e-3, ms / 1000), denseTps = preds && steps > 0 ? steps / Math.max(1e-3, denseMs / 1000) : null;
+  const mlpDensity = counts.mlpSelected / Math.max(1, counts.mlpTotal), headDensity = counts.headsSelected / Math.max(1, counts.headsTotal);
+  deps.log(`generate (GPU runtime): ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${steps} decode steps, ${tps.toFixed(1)} tokens/s` +
+    (denseTps !== null ? ` (dense on the GPU, the same prompts and steps, measured after it: ${denseTps.toFixed(1)} tokens/s; ${(tps / denseTps).toFixed(2)}x)` : '') +
+    (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%` : ''));
+  const texts = tokens.map((t) => decode(t, { skipSpecial: true }));
+  const notes = [...pricedNote(plan, 'gpu'), ...(stop === 'max-positions' ? [`stopped early: the model has ${model.config.maxPositions} positions (max_position_embeddings); the text below is complete up to there`] : [])];
+  return {
+    text: o.prompt.map((p, i) => `${p}${texts[i]}`).join('\n---\n'),
+    notes,
+    json: { mode: preds ? 'sparse' : 'dense', runtime: 'gpu', prompts: o.prompt, completions: texts, tokens, promptTokens: prompts.map((p) => p.length), stopReason: stop, decodeTokensPerSecond: tps, denseTokensPerSecond: denseTps,
+      mlpDensity: preds ? mlpDensity : 1, headDensity: preds ? headDensity : 1, plan: Boolean(plan), planRuntime: plan ? plan.runtime ?? 'cpu' : null },
+  };
 }

@@ -54,35 +54,115 @@ export interface MatvecSpec {
   resid: boolean;
   /** workgroup 0 zeroes zc[0] (the next compaction's counter) */
   zero: boolean;
+  /**
+   * the norm fused in: every workgroup normalizes x (one pass: normFast) into workgroup memory, then reads it
+   * from there (g at binding 8, b at 9); `out`: workgroup 0 also writes it to binding 10
+   */
+  norm?: { kind: 'layernorm' | 'rmsnorm'; eps: number; hasB: boolean; out: boolean } | undefined;
+  /**
+   * the kept results' ids appended to zc (count zc[0], zeroed by an earlier dispatch), values to coef (11), their
+   * count added to stats[0] (12): `true` keeps the nonzero ones (lossless), `{ ge }` those >= ge (a predictor's
+   * threshold rule on its scores)
+   */
+  compact?: boolean | { ge: number } | undefined;
+  /** float32 weights (vec4<f32> units of 4: the predictors) instead of float16 pairs */
+  f32?: boolean | undefined;
 }
+
+/** workgroup bytes a matvec with its norm fused in needs (the session fuses it only where the adapter has them) */
+export function matvecNormBytes(cols: number, gated: boolean): number { return 4 * cols + 1024 * (gated ? 2 : 1) + 2048 + 256 + 64; }
+
+/**
+ * m and inv of `src` in one pass (sum and sum of squares together: 2 barriers where two tree sums take 18; every
+ * workgroup of a matvec with its norm fused in pays this before reading its rows; normWgsl computes the same): each thread's vec4s
+ * held in xs, 32 partial sums, then every thread sums those (variance E[x²] - m², in float32)
+ */
+function normFast(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: string): string {
+  const D4 = d / 4, NV = Math.ceil(D4 / 256);
+  return `var xs: array<vec4<f32>, ${NV}>;
+  var sq = vec2<f32>(0.0);
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { xs[k] = ${src}[j]; sq += vec2<f32>(dot(xs[k], vec4<f32>(1.0)), dot(xs[k], xs[k])); } }
+  red2v[lid] = sq;
+  workgroupBarrier();
+  if (lid < 32u) { var t = vec2<f32>(0.0); for (var k = 0u; k < 8u; k++) { t += red2v[lid * 8u + k]; } red32[lid] = t; }
+  workgroupBarrier();
+  var tot = vec2<f32>(0.0);
+  for (var k = 0u; k < 32u; k++) { tot += red32[k]; }
+  ${kind === 'layernorm' ? `let m = tot.x / ${d}.0;` : 'let m = 0.0;'}
+  let inv = inverseSqrt(max(tot.y / ${d}.0 - m * m, 0.0) + ${f32(eps)});`;
+}
+const FAST_SHARED = 'var<workgroup> red2v: array<vec2<f32>, 256>;\nvar<workgroup> red32: array<vec2<f32>, 32>;';
+
 
 /**
  * y = W x over selected rows / columns: a workgroup of 256 threads handles 8 rows, 32 lanes per row, each lane
  * reading vec4<u32> (8 float16) units strided by 32 (4 in flight), then a shared-memory sum per row.
  */
 export function matvecWgsl(s: MatvecSpec): string {
-  const U = s.cols / 8;
-  const b: string[] = ['@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;', '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
+  const E = s.f32 ? 4 : 8, U = s.cols / E, nm = s.norm;
+  if (s.f32 && (s.gated || s.colGather)) throw new Error('matvecWgsl: float32 weights with a gate or gathered columns');
+  const b: string[] = [`@group(0) @binding(0) var<storage, read> W: array<vec4<${s.f32 ? 'f32' : 'u32'}>>;`, '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
     '@group(0) @binding(2) var<storage, read_write> outv: array<f32>;'];
   if (s.rowGather || s.colGather) b.push('@group(0) @binding(3) var<storage, read> sel: array<u32>;');
   if (s.bias) b.push('@group(0) @binding(4) var<storage, read> bias: array<f32>;');
   if (s.gated) b.push('@group(0) @binding(5) var<storage, read> W2: array<vec4<u32>>;');
   if (s.gated && s.gateBias) b.push('@group(0) @binding(6) var<storage, read> bias2: array<f32>;');
+  if (s.zero && s.compact) throw new Error('matvecWgsl: zero and compact');
   if (s.zero) b.push('@group(0) @binding(7) var<storage, read_write> zc: array<u32>;');
+  if (s.compact) b.push('@group(0) @binding(7) var<storage, read_write> zc: array<atomic<u32>>;', '@group(0) @binding(11) var<storage, read_write> coef: array<f32>;',
+    '@group(0) @binding(12) var<storage, read_write> stats: array<atomic<u32>>;');
+  if (nm) {
+    if (s.colGather) throw new Error('matvecWgsl: a fused norm with gathered columns');
+    b.push('@group(0) @binding(8) var<storage, read> ng: array<vec4<f32>>;');
+    if (nm.hasB) b.push('@group(0) @binding(9) var<storage, read> nb: array<vec4<f32>>;');
+    if (nm.out) b.push('@group(0) @binding(10) var<storage, read_write> nout: array<vec4<f32>>;');
+  }
   const rg = s.rowGather, cg = s.colGather;
   const count = rg ? `(sel[0] - ${rg.sub}u) * ${rg.G}u` : `${s.rows}u`;
   const row = rg ? `sel[1u + i / ${rg.G}u] * ${rg.G}u + i % ${rg.G}u` : 'i';
   const GU = cg ? cg.G / 8 : 0;
   const units = cg ? `(sel[0] - ${cg.sub}u) * ${GU}u` : `${U}u`;
   const col = (u: string) => (cg ? `(sel[1u + (${u}) / ${GU}u] * ${GU}u + (${u}) % ${GU}u)` : u);
-  const load = (k: number) => `{ let u = u0 + ${k * 32}u; let c = ${col('u')}; let xa = x[2u * u]; let xb = x[2u * u + 1u]; acc += dot8(W[base + c], xa, xb);${s.gated ? ' acc2 += dot8(W2[base + c], xa, xb);' : ''} }`;
+  const X = nm ? 'xw' : 'x';
+  const load = (k: number) => s.f32 ? `{ let u = u0 + ${k * 32}u; acc += dot(W[base + u], ${X}[u]); }`
+    : `{ let u = u0 + ${k * 32}u; let c = ${col('u')}; let xa = ${X}[2u * u]; let xb = ${X}[2u * u + 1u]; acc += dot8(W[base + c], xa, xb);${s.gated ? ' acc2 += dot8(W2[base + c], xa, xb);' : ''} }`;
   const v1 = `s1${s.bias ? ' + bias[row]' : ''}`;
   const res = s.gated ? `act(s2${s.gateBias ? ' + bias2[row]' : ''}) * (${v1})` : s.act ? `act(${v1})` : v1;
+  const D4 = s.cols / 4, NV = Math.ceil(D4 / 256);
+  const normIn = nm ? `${normFast(s.cols, nm.kind, nm.eps, 'x')}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * ng[j]${nm.hasB ? ' + nb[j]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
+  workgroupBarrier();` : '';
+  const write = s.resid ? `outv[row] = outv[row] + ${res};` : `outv[i] = ${res};`;
+  const kept = typeof s.compact === 'object' ? `v >= ${f32(s.compact.ge)}` : 'v != 0.0';
+  const tail = s.compact ? `var v = 0.0;
+  if (lane == 0u && i < count) {
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var k = 0u; k < 32u; k++) { s1 += red[lid + k];${s.gated ? ' s2 += red2[lid + k];' : ''} }
+    v = ${res};
+    outv[i] = v;
+    nzf[r] = select(0u, 1u, ${kept});
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var t = 0u;
+    for (var k = 0u; k < 8u; k++) { let f = nzf[k]; nzf[k] = t; t += f; }
+    if (t > 0u) { nzb = atomicAdd(&zc[0], t); atomicAdd(&stats[0], t); }
+  }
+  workgroupBarrier();
+  if (lane == 0u && i < count && ${kept}) { let slot = nzb + nzf[r]; atomicStore(&zc[1u + slot], row); coef[slot] = v; }` : `if (lane == 0u && i < count) {
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var k = 0u; k < 32u; k++) { s1 += red[lid + k];${s.gated ? ' s2 += red2[lid + k];' : ''} }
+    ${write}
+  }`;
   return `${b.join('\n')}
 ${DOT8}
 ${actFn(s.act, s.actThreshold)}
 var<workgroup> red: array<f32, 256>;
 ${s.gated ? 'var<workgroup> red2: array<f32, 256>;' : ''}
+${nm ? `var<workgroup> xw: array<vec4<f32>, ${D4}>;\n${FAST_SHARED}` : ''}
+${s.compact ? 'var<workgroup> nzf: array<u32, 8>;\nvar<workgroup> nzb: u32;' : ''}
 var<workgroup> wcount: u32;
 var<workgroup> wunits: u32;
 @compute @workgroup_size(256)
@@ -91,6 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let count = workgroupUniformLoad(&wcount);
   let units = wunits;
   if (wid.x * 8u >= count) { return; }
+  ${normIn}
   let r = lid / 32u;
   let lane = lid % 32u;
   let i = wid.x * 8u + r;
@@ -107,12 +188,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   red[lid] = acc;
   ${s.gated ? 'red2[lid] = acc2;' : ''}
   workgroupBarrier();
-  if (lane == 0u && i < count) {
-    var s1 = 0.0;
-    var s2 = 0.0;
-    for (var k = 0u; k < 32u; k++) { s1 += red[lid + k];${s.gated ? ' s2 += red2[lid + k];' : ''} }
-    ${s.resid ? `outv[row] = outv[row] + ${res};` : `outv[i] = ${res};`}
-  }
+  ${tail}
 }`;
 }
 
@@ -149,27 +225,163 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
+export interface AxpySiteSpec {
+  /** outputs (values per weight row, % 8 == 0) */
+  cols: number;
+  /** input rows (the site's width; gathered: the most the selection holds) */
+  rows: number;
+  chunks: number;
+  /**
+   * where input i's value comes from: `x` a[i]; `gather` a[i] of the selected row sel[1 + i] (sel[0] of them);
+   * `norm` the norm of a (g at 5, b at 6), every workgroup computing it; `parts` act(bias[i] + Σ_c pin[c, i]) over
+   * the `chunks` partial sums an earlier axpy left (pin at 8, bias at 5)
+   */
+  input: { kind: 'x' | 'gather' } | { kind: 'norm'; norm: 'layernorm' | 'rmsnorm'; eps: number; hasB: boolean } | { kind: 'parts'; chunks: number; bias: boolean; act: GpuAct; actThreshold: number };
+  /** TEAL / WINA: the rows whose value is 0 or whose |value| (· nrm[row], binding 4) is below thr[slot] (binding 9) are not read */
+  skip: { slot: number; wina: boolean } | null;
+  /** stats[count] (binding 7) += the rows read */
+  count: number | null;
+}
+
+/** the most input rows one chunk of axpySiteWgsl holds (a thread per row) */
+export const SITE_PER = 256;
+
 /**
- * x[j] += (bias[j]) + Σ_c part[c, j]: a workgroup per 32 vec4 columns, 8 threads per column each summing every
- * 8th chunk, then a shared-memory sum of the 8
+ * The input-sparse axpy (the input-threshold sites of src/runtime/decoder.ts, on input-major matrices):
+ * part[c] = Σ_{kept i in chunk c} v_i W[row(i)]. Each workgroup (256 threads of 8 output columns each, the chunk
+ * wid.y) first computes its chunk's input values (a thread per input row), keeps those at or above the threshold
+ * and lists them in order (a prefix sum in workgroup memory), so the weight rows it skips are never read and the
+ * sum runs in the CPU runtime's order; reduceWgsl or the attention kernel (AttnSpec.parts) sums the chunks.
  */
-export function reduceWgsl(d: number, chunks: number, bias: boolean): string {
+export function axpySiteWgsl(s: AxpySiteSpec): string {
+  const U = s.cols / 8, inp = s.input, n = s.rows;
+  if (Math.ceil(n / s.chunks) > SITE_PER) throw new Error(`axpySiteWgsl: ${n} rows in ${s.chunks} chunks: more than ${SITE_PER} per chunk`);
+  const b = ['@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;', '@group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;'];
+  if (inp.kind !== 'parts') b.push('@group(0) @binding(1) var<storage, read> a: array<f32>;');
+  if (inp.kind === 'gather') b.push('@group(0) @binding(3) var<storage, read> sel: array<u32>;');
+  if (s.skip?.wina) b.push('@group(0) @binding(4) var<storage, read> nrm: array<f32>;');
+  if (inp.kind === 'norm') { b.push('@group(0) @binding(5) var<storage, read> ng: array<f32>;'); if (inp.hasB) b.push('@group(0) @binding(6) var<storage, read> nb: array<f32>;'); }
+  if (inp.kind === 'parts') { b.push('@group(0) @binding(8) var<storage, read> pin: array<f32>;'); if (inp.bias) b.push('@group(0) @binding(5) var<storage, read> pb: array<f32>;'); }
+  if (s.count !== null) b.push('@group(0) @binding(7) var<storage, read_write> stats: array<atomic<u32>>;');
+  if (s.skip) b.push('@group(0) @binding(9) var<storage, read> thr: array<f32>;');
+  const NV = Math.ceil(n / 256);
+  // the norm's m and inv in one pass, as normFast
+  const norm = inp.kind === 'norm' ? `var sq = vec2<f32>(0.0);
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${n}u) { let t = a[j]; sq += vec2<f32>(t, t * t); } }
+  red2v[lid] = sq;
+  workgroupBarrier();
+  if (lid < 32u) { var t = vec2<f32>(0.0); for (var k = 0u; k < 8u; k++) { t += red2v[lid * 8u + k]; } red32[lid] = t; }
+  workgroupBarrier();
+  var tot = vec2<f32>(0.0);
+  for (var k = 0u; k < 32u; k++) { tot += red32[k]; }
+  ${inp.norm === 'layernorm' ? `let m = tot.x / ${n}.0;` : 'let m = 0.0;'}
+  let inv = inverseSqrt(max(tot.y / ${n}.0 - m * m, 0.0) + ${f32(inp.eps)});` : '';
+  const value = inp.kind === 'norm' ? `v = (a[i] - m) * inv * ng[i]${inp.hasB ? ' + nb[i]' : ''};`
+    : inp.kind === 'parts' ? `v = ${inp.bias ? 'pb[i]' : '0.0'}; for (var c2 = 0u; c2 < ${inp.chunks}u; c2++) { v += pin[c2 * ${n}u + i]; } v = act(v);`
+      : 'v = a[i];';
+  const row = inp.kind === 'gather' ? 'sel[1u + i]' : 'i';
+  const keep = s.skip ? `v != 0.0 && abs(v)${s.skip.wina ? ' * nrm[id]' : ''} >= thr[${s.skip.slot}u]` : 'true';
+  const acc = (k: number) => `{ let w = W[kid[k + ${k}u] * ${U}u + u]; let ai = av[k + ${k}u];
+      s0 += ai * vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); s1 += ai * vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)); }`;
+  return `${b.join('\n')}
+${inp.kind === 'parts' ? actFn(inp.act, inp.actThreshold) : ''}
+var<workgroup> scan: array<u32, 256>;
+var<workgroup> kid: array<u32, ${SITE_PER}>;
+var<workgroup> av: array<f32, ${SITE_PER}>;
+var<workgroup> wcount: u32;
+${inp.kind === 'norm' ? FAST_SHARED : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  if (lid == 0u) { wcount = ${inp.kind === 'gather' ? 'sel[0]' : `${n}u`}; }
+  let count = workgroupUniformLoad(&wcount);
+  let u = wid.x * 256u + lid;
+  let c = wid.y;
+  let per = (count + ${s.chunks - 1}u) / ${s.chunks}u;
+  let lo = min(count, c * per);
+  let hi = min(count, lo + per);
+  ${norm}
+  var v = 0.0;
+  var id = 0u;
+  var kp = false;
+  if (lo + lid < hi) { let i = lo + lid; ${value} id = ${row}; kp = ${keep}; }
+  scan[lid] = select(0u, 1u, kp);
+  workgroupBarrier();
+  for (var o = 1u; o < 256u; o <<= 1u) {
+    let t = select(0u, scan[select(0u, lid - o, lid >= o)], lid >= o);
+    workgroupBarrier();
+    scan[lid] += t;
+    workgroupBarrier();
+  }
+  if (kp) { kid[scan[lid] - 1u] = id; av[scan[lid] - 1u] = v; }
+  let nk = scan[255];
+  workgroupBarrier();
+  ${s.count !== null ? `if (wid.x == 0u && lid == 0u && nk > 0u) { atomicAdd(&stats[${s.count}u], nk); }` : ''}
+  if (u >= ${U}u) { return; }
+  var s0 = vec4<f32>(0.0);
+  var s1 = vec4<f32>(0.0);
+  var k = 0u;
+  for (; k + 3u < nk; k += 4u) { ${[0, 1, 2, 3].map(acc).join(' ')} }
+  for (; k < nk; k += 1u) { ${acc(0)} }
+  part[(c * ${U}u + u) * 2u] = s0;
+  part[(c * ${U}u + u) * 2u + 1u] = s1;
+}`;
+}
+
+/** in [rows, cols] float16 (packed pairs) -> out [cols, rows] (rows % 2 == 0): a thread per output pair, grid-stride */
+export function transposeWgsl(rows: number, cols: number): string {
+  return `@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+fn at(r: u32, c: u32) -> f32 { return unpack2x16float(src[(r * ${cols}u + c) / 2u])[c % 2u]; }
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  for (var t = gid.x; t < ${(rows * cols) / 2}u; t += nw.x * 256u) {
+    let c = t / ${rows / 2}u;
+    let r = 2u * (t % ${rows / 2}u);
+    dst[t] = pack2x16float(vec2<f32>(at(r, c), at(r + 1u, c)));
+  }
+}`;
+}
+
+/** out[i] = ‖W[i]‖ (float16 rows of `cols`): a workgroup per row (WINA's column norms, of the input-major copy) */
+export function rowNormWgsl(rows: number, cols: number): string {
+  return `@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read_write> outv: array<f32>;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let r = wid.x + wid.y * 65535u;
+  if (r >= ${rows}u) { return; }
+  var q = 0.0;
+  for (var j = lid; j < ${cols / 2}u; j += 256u) { let p = unpack2x16float(W[r * ${cols / 2}u + j]); q += dot(p, p); }
+  red[lid] = q;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
+  if (lid == 0u) { outv[r] = sqrt(red[0]); }
+}`;
+}
+
+/**
+ * x[j] += (bias[j]) + Σ_c part[c, j]: a workgroup per 8 vec4 columns, 32 threads per column each summing every
+ * 32nd chunk (adjacent threads: adjacent columns), then a shared-memory sum of the 32
+ */
+export function reduceWgsl(d: number, chunks: number, bias: boolean, zero = false): string {
   const D4 = d / 4;
   return `@group(0) @binding(0) var<storage, read_write> xv: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
 ${bias ? '@group(0) @binding(2) var<storage, read> bias: array<vec4<f32>>;' : ''}
+${zero ? '@group(0) @binding(3) var<storage, read_write> zc: array<u32>;' : ''}
 var<workgroup> acc: array<vec4<f32>, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let cg = lid / 32u;
-  let c4 = wid.x * 32u + lid % 32u;
+  let cg = lid / 8u;
+  let c4 = wid.x * 8u + lid % 8u;${zero ? '\n  if (wid.x == 0u && lid == 0u) { zc[0] = 0u; }' : ''}
   var s = vec4<f32>(0.0);
-  if (c4 < ${D4}u) { for (var c = cg; c < ${chunks}u; c += 8u) { s += part[c * ${D4}u + c4]; } }
+  if (c4 < ${D4}u) { for (var c = cg; c < ${chunks}u; c += 32u) { s += part[c * ${D4}u + c4]; } }
   acc[lid] = s;
   workgroupBarrier();
   if (cg == 0u && c4 < ${D4}u) {
     var t = ${bias ? 'bias[c4]' : 'vec4<f32>(0.0)'};
-    for (var k = 0u; k < 8u; k++) { t += acc[lid + 32u * k]; }
+    for (var k = 0u; k < 32u; k++) { t += acc[lid + 8u * k]; }
     xv[c4] = xv[c4] + t;
   }
 }`;
@@ -185,24 +397,10 @@ export function normWgsl(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, 
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> g: array<vec4<f32>>;
 ${hasB ? '@group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;' : ''}
-var<workgroup> red: array<f32, 256>;
-fn total(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) { if (lid < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
-  let t = red[0];
-  workgroupBarrier();
-  return t;
-}
+${FAST_SHARED}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
-  var xs: array<vec4<f32>, ${NV}>;
-  var s = 0.0;
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { xs[k] = src[j]; s += dot(xs[k], vec4<f32>(1.0)); } }
-  ${kind === 'layernorm' ? `let m = total(s, lid) / ${d}.0;` : 'let m = 0.0;'}
-  var q = 0.0;
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let t = xs[k] - m; q += dot(t, t); } }
-  let inv = inverseSqrt(total(q, lid) / ${d}.0 + ${f32(eps)});
+  ${normFast(d, kind, eps, 'src')}
   for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { dst[j] = (xs[k] - m) * inv * g[j]${hasB ? ' + b[j]' : ''}; } }
 }`;
 }
@@ -229,27 +427,45 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
-export interface AttnSpec { heads: number; kvHeads: number; hd: number; cap: number; ropeDim: number; scale: number }
+export interface AttnSpec {
+  heads: number; kvHeads: number; hd: number; cap: number; ropeDim: number; scale: number;
+  /**
+   * q / k / v as the input-sparse q|k|v axpy left them: `chunks` partial sums of every head's q, k, v (the
+   * uncompacted layout [H q | KV k | KV v] hd), summed here (+ the bias at binding 8); else (undefined) the
+   * matvec's compact vector
+   */
+  parts?: { chunks: number; bias: boolean } | undefined;
+}
 
 /**
  * Attention of the selected heads, after the q / k / v matvec (compact: the selected heads' q, then every kv
- * head's k, then v): a workgroup per selected head ropes its q and its kv head's new k (rotate_half over the first
+ * head's k, then v) or axpy (`parts`): a workgroup per selected head stages its q, its kv head's new k and v (and,
+ * for workgroup k < KV, kv head k's) in workgroup memory, ropes q and the new k (rotate_half over the first
  * ropeDim; this position's cos / sin from the host), takes softmax(q K^T · scale) over the cached positions and
  * the new one (scores in shared memory), and the V-weighted sum (8 threads per vec4 of hd, then a shared sum).
  * Workgroup k < KV also writes kv head k's new K and V to cache slot n (nobody reads slot n from the cache in this
  * dispatch: each workgroup uses its own copy), so the dispatch is max(selected, KV) workgroups.
  */
 export function attentionWgsl(s: AttnSpec): string {
-  const hd = s.hd, HD4 = hd / 4, KV = s.kvHeads, G = s.heads / KV, h2 = s.ropeDim / 2, TG = Math.max(1, Math.floor(256 / HD4));
+  const hd = s.hd, HD4 = hd / 4, KV = s.kvHeads, H = s.heads, G = H / KV, h2 = s.ropeDim / 2, TG = Math.max(1, Math.floor(256 / HD4));
+  const P = s.parts, NQ = (H + 2 * KV) * hd;
+  // stage o: 0 q, 1 k (kvh), 2 v (kvh), 3 k (w), 4 v (w) -> the offset of that vector in the input
+  const off = P
+    ? 'select(select(select(select((H0 + KV0 + w) * HD, (H0 + w) * HD, o == 3u), (H0 + KV0 + kvh) * HD, o == 2u), (H0 + kvh) * HD, o == 1u), sel[1u + w] * HD, o == 0u)'
+    : 'select(select(select(select((nsel + KV0 + w) * HD, (nsel + w) * HD, o == 3u), (nsel + KV0 + kvh) * HD, o == 2u), (nsel + kvh) * HD, o == 1u), w * HD, o == 0u)';
+  const val = P ? `var v = ${P.bias ? 'qb[g]' : '0.0'}; for (var c = 0u; c < ${P.chunks}u; c++) { v += qkv[c * ${NQ}u + g]; }` : 'let v = qkv[g];';
   const rot = h2 > 0
     ? `fn rot(o: u32, j: u32) -> f32 {
-  if (j >= ${2 * h2}u) { return qkv[o + j]; }
-  if (j < ${h2}u) { return qkv[o + j] * cs[j] - qkv[o + j + ${h2}u] * cs[${h2}u + j]; }
+  if (j >= ${2 * h2}u) { return hv[o + j]; }
+  if (j < ${h2}u) { return hv[o + j] * cs[j] - hv[o + j + ${h2}u] * cs[${h2}u + j]; }
   let i = j - ${h2}u;
-  return qkv[o + j] * cs[i] + qkv[o + i] * cs[${h2}u + i];
+  return hv[o + j] * cs[i] + hv[o + i] * cs[${h2}u + i];
 }`
-    : 'fn rot(o: u32, j: u32) -> f32 { return qkv[o + j]; }';
+    : 'fn rot(o: u32, j: u32) -> f32 { return hv[o + j]; }';
   return `${PARAMS}
+const HD = ${hd}u;
+const H0 = ${H}u;
+const KV0 = ${KV}u;
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> sel: array<u32>;
 @group(0) @binding(2) var<storage, read_write> K: array<vec4<f32>>;
@@ -257,24 +473,26 @@ export function attentionWgsl(s: AttnSpec): string {
 @group(0) @binding(4) var<storage, read_write> ctx: array<vec4<f32>>;
 @group(0) @binding(5) var<uniform> params: Params;
 ${h2 > 0 ? '@group(0) @binding(6) var<storage, read> cs: array<f32>;' : ''}
+${P?.bias ? '@group(0) @binding(8) var<storage, read> qb: array<f32>;' : ''}
+var<workgroup> hv: array<f32, ${5 * hd}>;
 var<workgroup> qs: array<vec4<f32>, ${HD4}>;
 var<workgroup> kc: array<vec4<f32>, ${HD4}>;
 var<workgroup> vc: array<vec4<f32>, ${HD4}>;
 var<workgroup> ps: array<f32, ${s.cap}>;
 var<workgroup> red: array<f32, 256>;
+var<workgroup> red32: array<f32, 32>;
 var<workgroup> acc: array<vec4<f32>, 256>;
 var<workgroup> wn: u32;
 ${rot}
 fn rot4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(rot(o, 4u * j4), rot(o, 4u * j4 + 1u), rot(o, 4u * j4 + 2u), rot(o, 4u * j4 + 3u)); }
-fn raw4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(qkv[o + 4u * j4], qkv[o + 4u * j4 + 1u], qkv[o + 4u * j4 + 2u], qkv[o + 4u * j4 + 3u]); }
+fn raw4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(hv[o + 4u * j4], hv[o + 4u * j4 + 1u], hv[o + 4u * j4 + 2u], hv[o + 4u * j4 + 3u]); }
 fn wred(v: f32, lid: u32, isMax: bool) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), isMax); }
-    workgroupBarrier();
-  }
-  let t = red[0];
+  if (lid < 32u) { var t = red[8u * lid]; for (var k = 1u; k < 8u; k++) { let o = red[8u * lid + k]; t = select(t + o, max(t, o), isMax); } red32[lid] = t; }
+  workgroupBarrier();
+  var t = red32[0];
+  for (var k = 1u; k < 32u; k++) { let o = red32[k]; t = select(t + o, max(t, o), isMax); }
   workgroupBarrier();
   return t;
 }
@@ -284,18 +502,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nsel = workgroupUniformLoad(&wn);
   let w = wid.x;
   let n = params.n;
-  if (w < ${KV}u) {
+  let mine = w < nsel;
+  let kvh = select(0u, sel[1u + w] / ${G}u, mine);
+  for (var t = lid; t < ${5 * hd}u; t += 256u) {
+    let o = t / HD;
+    if ((o < 3u && mine) || (o >= 3u && w < KV0)) { let g = ${off} + t % HD; ${val} hv[t] = v; }
+  }
+  workgroupBarrier();
+  if (w < KV0) {
     for (var j = lid; j < ${HD4}u; j += 256u) {
-      K[(w * ${s.cap}u + n) * ${HD4}u + j] = rot4((nsel + w) * ${hd}u, j);
-      V[(w * ${s.cap}u + n) * ${HD4}u + j] = raw4((nsel + ${KV}u + w) * ${hd}u, j);
+      K[(w * ${s.cap}u + n) * ${HD4}u + j] = rot4(3u * HD, j);
+      V[(w * ${s.cap}u + n) * ${HD4}u + j] = raw4(4u * HD, j);
     }
   }
-  if (w >= nsel) { return; }
-  let kvh = sel[1u + w] / ${G}u;
+  if (!mine) { return; }
   for (var j = lid; j < ${HD4}u; j += 256u) {
-    qs[j] = rot4(w * ${hd}u, j);
-    kc[j] = rot4((nsel + kvh) * ${hd}u, j);
-    vc[j] = raw4((nsel + ${KV}u + kvh) * ${hd}u, j);
+    qs[j] = rot4(0u, j);
+    kc[j] = rot4(HD, j);
+    vc[j] = raw4(2u * HD, j);
   }
   workgroupBarrier();
   let npos = n + 1u;
@@ -353,6 +577,84 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
   if (lid == 0u) { let k = atomicLoad(&lc); base = atomicAdd(&sel[0], k); atomicAdd(&stats[0], k); }
   let b = workgroupUniformLoad(&base);
   if (nz) { atomicStore(&sel[1u + b + slot], i); coef[b + slot] = v; }
+}`;
+}
+
+/**
+ * A predictor's rule on its W scores, as src/runtime/plan.ts applies it (topKRow: the k largest, ties to the lower
+ * index; threshold: scores >= value), in one workgroup: sel = [n + tail, the ids ascending, then W .. W + tail - 1
+ * (the kv heads' k / v groups after a head selection)], stats[0] += n. Top-k finds the k-th largest score by a
+ * radix select over order-preserving keys (4 rounds of 8 bits), then every thread scans a block of scores.
+ */
+export function pickWgsl(W: number, rule: { kind: 'topk'; k: number } | { kind: 'threshold'; value: number }, tail: number): string {
+  const PER = Math.ceil(W / 256), K = rule.kind === 'topk' ? Math.min(rule.k, W) : 0;
+  return `@group(0) @binding(0) var<storage, read> sc: array<f32>;
+@group(0) @binding(1) var<storage, read_write> sel: array<u32>;
+@group(0) @binding(2) var<storage, read_write> stats: array<atomic<u32>>;
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> scan: array<u32, 256>;
+var<workgroup> pick: vec2<u32>;
+fn key(v: f32) -> u32 { let b = bitcast<u32>(v); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
+/** exclusive prefix sum of v over the workgroup (and the total) */
+fn excl(v: u32, lid: u32) -> vec2<u32> {
+  scan[lid] = v;
+  workgroupBarrier();
+  for (var o = 1u; o < 256u; o <<= 1u) {
+    let t = select(0u, scan[select(0u, lid - o, lid >= o)], lid >= o);
+    workgroupBarrier();
+    scan[lid] += t;
+    workgroupBarrier();
+  }
+  let r = vec2<u32>(scan[lid] - v, scan[255]);
+  workgroupBarrier();
+  return r;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {
+  let lo = lid * ${PER}u;
+  let hi = min(${W}u, lo + ${PER}u);
+  ${rule.kind === 'topk' ? `// the k-th largest key, 8 bits a round from the top; kk: how many of the keys equal to it to take
+  var prefix = 0u;
+  var mask = 0u;
+  var kk = ${K}u;
+  for (var round = 0u; round < 4u; round++) {
+    let sh = 24u - 8u * round;
+    atomicStore(&hist[lid], 0u);
+    workgroupBarrier();
+    for (var j = lo; j < hi; j++) { let k = key(sc[j]); if ((k & mask) == prefix) { atomicAdd(&hist[(k >> sh) & 255u], 1u); } }
+    workgroupBarrier();
+    if (lid == 0u) {
+      var cum = 0u;
+      for (var b = 255i; b >= 0i; b--) { let h = atomicLoad(&hist[u32(b)]); if (cum + h >= kk) { pick = vec2<u32>(u32(b), kk - cum); break; } cum += h; }
+    }
+    workgroupBarrier();
+    let pk = pick;
+    workgroupBarrier();
+    prefix |= pk.x << sh;
+    mask |= 255u << sh;
+    kk = pk.y;
+  }
+  var gt = 0u;
+  var eq = 0u;
+  for (var j = lo; j < hi; j++) { let k = key(sc[j]); gt += select(0u, 1u, k > prefix); eq += select(0u, 1u, k == prefix); }
+  let eb = excl(eq, lid).x;
+  let take = min(eq, select(0u, kk - eb, kk > eb));
+  let pos = excl(gt + take, lid);
+  var o = pos.x;
+  var e = eb;
+  for (var j = lo; j < hi; j++) {
+    let k = key(sc[j]);
+    var keep = k > prefix;
+    if (k == prefix) { keep = e < kk; e++; }
+    if (keep) { sel[1u + o] = j; o++; }
+  }` : `var cnt = 0u;
+  for (var j = lo; j < hi; j++) { cnt += select(0u, 1u, sc[j] >= ${f32(rule.value)}); }
+  let pos = excl(cnt, lid);
+  var o = pos.x;
+  for (var j = lo; j < hi; j++) { if (sc[j] >= ${f32(rule.value)}) { sel[1u + o] = j; o++; } }`}
+  let n = pos.y;
+  for (var t = lid; t < ${tail}u; t += 256u) { sel[1u + n + t] = ${W}u + t; }
+  if (lid == 0u) { sel[0] = n + ${tail}u; atomicAdd(&stats[0], n); }
 }`;
 }
 

@@ -17,7 +17,7 @@ import { f32ToF16Array } from '../../util/half.js';
 import { transpose2d } from '../../util/transpose.js';
 import { UserError } from '../../util/errors.js';
 import type { Gpu } from './device.js';
-import { fillWgsl } from './kernels.js';
+import { fillWgsl, rowNormWgsl, transposeWgsl } from './kernels.js';
 
 export interface GpuLayerWeights {
   ln1g: GPUBuffer; ln1b?: GPUBuffer | undefined; ln2g: GPUBuffer; ln2b?: GPUBuffer | undefined;
@@ -35,7 +35,45 @@ export interface GpuWeights {
   finalG?: GPUBuffer | undefined; finalB?: GPUBuffer | undefined;
   /** bytes of float16 matrices */
   bytes: number;
+  /** what sessions derived from the weights (input-major copies, WINA norms: gpuDerived), freed with them */
+  derived: Map<string, GPUBuffer>;
   dispose(): void;
+}
+
+/**
+ * A buffer derived from the weights once and kept with them (`key` names it): the input-major copy of layer i's
+ * qkv / o / up (`${i}.qkvT` ...: [cols, rows] of the stored [rows, cols], transposed on the GPU), or the row norms
+ * of such an input-major matrix (`${i}.qkvT.norm`, `${i}.down.norm`: WINA's ‖W[:, i]‖).
+ */
+export function gpuDerived(gpu: Gpu, w: GpuWeights, i: number, what: 'qkvT' | 'oT' | 'upT' | 'qkvT.norm' | 'oT.norm' | 'upT.norm' | 'down.norm'): GPUBuffer {
+  const key = `${i}.${what}`;
+  const got = w.derived.get(key);
+  if (got) return got;
+  const c = w.config, L = w.layers[i]!, dev = gpu.device;
+  const shapes = { qkvT: [L.qkv, (c.heads + 2 * c.kvHeads) * c.headDim, c.hidden], oT: [L.o, c.hidden, c.heads * c.headDim], upT: [L.up, c.ffn, c.hidden] } as const;
+  let out: GPUBuffer;
+  const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
+  const go = (code: string, src: GPUBuffer, dst: GPUBuffer, x: number, y = 1) => {
+    const p = dev.createComputePipeline({ layout: 'auto', compute: { module: dev.createShaderModule({ code }), entryPoint: 'main' } });
+    pass.setPipeline(p);
+    pass.setBindGroup(0, dev.createBindGroup({ layout: p.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: src } }, { binding: 1, resource: { buffer: dst } }] }));
+    pass.dispatchWorkgroups(x, y);
+  };
+  if (what === 'qkvT' || what === 'oT' || what === 'upT') {
+    const [src, rows, cols] = shapes[what];
+    out = gpuEmpty(gpu, rows * cols * 2, key);
+    go(transposeWgsl(rows, cols), src, out, Math.min(4096, Math.ceil((rows * cols) / 2 / 256)));
+  } else {
+    const m = what === 'down.norm' ? 'down' : (what.slice(0, -5) as 'qkvT' | 'oT' | 'upT');
+    const src = m === 'down' ? L.down : gpuDerived(gpu, w, i, m);
+    const [rows, cols] = m === 'down' ? [c.ffn, c.hidden] : [shapes[m][2], shapes[m][1]];
+    out = gpuEmpty(gpu, 4 * rows, key);
+    go(rowNormWgsl(rows, cols), src, out, Math.min(rows, 65535), Math.ceil(rows / 65535));
+  }
+  pass.end();
+  dev.queue.submit([enc.finish()]);
+  w.derived.set(key, out);
+  return out;
 }
 
 /** What the GPU runtime does not run of this model (empty: it runs it). */
@@ -119,11 +157,12 @@ export function gpuWeightsFromModel(gpu: Gpu, model: Model): GpuWeights {
   const V = c.vocabSize;
   const embed = mat(read(model.embed), 'embed');
   const lmHead = c.tiedLmHead ? embed : mat(transpose2d(read(model.lmHead), d, V), 'lmHead');
+  const derived = new Map<string, GPUBuffer>();
   return {
-    config: c, layers, embed, lmHead, bytes,
+    config: c, layers, embed, lmHead, bytes, derived,
     pos: model.pos ? mat(read(model.pos), 'pos') : undefined,
     finalG: vec(model.finalNorm?.g, 'finalNorm.g'), finalB: vec(model.finalNorm?.b, 'finalNorm.b'),
-    dispose: () => { for (const b of all) b.destroy(); },
+    dispose: () => { for (const b of [...all, ...derived.values()]) b.destroy(); derived.clear(); },
   };
 }
 
@@ -171,9 +210,10 @@ export async function randomGpuWeights(gpu: Gpu, c: ModelConfig, seed = 1): Prom
   dev.queue.submit([enc.finish()]);
   await dev.queue.onSubmittedWorkDone();
   for (const u of uniforms) u.destroy();
+  const derived = new Map<string, GPUBuffer>();
   return {
-    config: c, layers, embed, pos, lmHead, bytes,
+    config: c, layers, embed, pos, lmHead, bytes, derived,
     finalG: vec(ones, 'final.g'), finalB: c.norm === 'layernorm' ? vec(new Float32Array(d), 'final.b') : undefined,
-    dispose: () => { for (const b of all) b.destroy(); },
+    dispose: () => { for (const b of [...all, ...derived.values()]) b.destroy(); derived.clear(); },
   };
 }
