@@ -409,8 +409,8 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
   it('predictors on the GPU (threshold / top-k rules; h_mlp, x_mlp, x_attn and lookahead inputs): the picks and logits of the CPU runtime', async () => {
     const c = opt.config, d = c.hidden, F = c.ffn, H = c.heads;
     const host = (out: number, r: number, seed: number, hidden: 'none' | 'relu' = 'none'): HostPredictor => ({
-      fc1Weight: vals(r * d, seed), fc1Bias: vals(r, seed + 1), fc2Weight: vals(out * r, seed + 2).map((v) => v / 4), fc2Bias: vals(out, seed + 3), d, r, out, hidden });
-    const site = (h: HostPredictor, input: string, prev = false): LoadedSite => ({ entry: { family: 'closed-form', input } as PredictorEntry, host: h, sourceLayerOffset: prev ? -1 : 0 });
+      fc1Weight: vals(r * d, seed), fc1Bias: vals(r, seed + 1), fc2Weight: vals(out * r, seed + 2).map((v) => v / 4), fc2Bias: vals(out, seed + 3), d, r, out, hiddenActivation: hidden });
+    const site = (h: HostPredictor, input: string, prev = false): LoadedSite => ({ entry: { predictor: 'closed-form', input } as PredictorEntry, host: h, sourceLayerOffset: prev ? -1 : 0 });
     const preds = { manifest: null as never, dispose: () => {}, mlp: new Map<number, LoadedSite>([[1, site(host(F, 16, 60), 'h_mlp')], [2, site(host(F, 8, 61, 'relu'), 'x_mlp')], [4, site(host(F, 16, 62), 'x_attn')]]),
       heads: new Map<number, LoadedSite>([[0, site(host(H, 8, 63), 'x_attn[layer-1]', true)], [3, site(host(H, 8, 64), 'x_attn[layer-1]', true)], [5, site(host(H, 8, 65), 'x_attn')]]) };
     const dense = { mode: 'dense' as const };

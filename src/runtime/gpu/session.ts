@@ -73,7 +73,7 @@ export function gpuModesOf(modes: DecodeModes): GpuModes {
 export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, plan: Pick<RuntimePlan, 'layers'> | null): GpuModes {
   const predicted = (site: LoadedSite, rule: SelectionRule, i: number): GpuPredicted => {
     if (site.hostUp) throw new UserError(`the GPU decode runtime does not run layer ${i}'s gated predictor (scores |act(gate) · up|)`, 'decode this bundle with the CPU runtime');
-    if (!site.host) throw new Error(`a ${site.entry.family} site has no predictor weights to pick with`);
+    if (!site.host) throw new Error(`a ${site.entry.predictor} site has no predictor weights to pick with`);
     return { p: site.host, rule };
   };
   const mlp: GpuMlpMode[] = [], heads: GpuHeadMode[] = [];
@@ -87,8 +87,8 @@ export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, pla
       if (!ms) throw new Error(`plan: layer ${i} MLP is predicted but there is no predictor`);
       mlp.push(sel(ms, lp.mlp.rule));
     } else if (lp) mlp.push({ mode: lp.mlp.mode as 'dense' | 'lossless' });
-    else if (ms!.entry.family === 'dense') mlp.push({ mode: 'dense' });
-    else if (ms!.entry.family === 'exact') mlp.push({ mode: 'lossless' });
+    else if (ms!.entry.predictor === 'dense') mlp.push({ mode: 'dense' });
+    else if (ms!.entry.predictor === 'exact') mlp.push({ mode: 'lossless' });
     else mlp.push(sel(ms!, ms!.entry.rule!));
     const headRule = lp ? (lp.heads.mode === 'predicted' ? lp.heads.rule : null) : hs?.entry.rule ?? null;
     heads.push(!hs || !headRule ? { mode: 'dense' } : { mode: 'predicted', prev: hs.sourceLayerOffset === -1, ...predicted(hs, headRule, i) });
@@ -220,7 +220,7 @@ export class GpuDecodeSession {
       if (p.d !== d || p.r % 4) throw new UserError(`the GPU decode runtime: layer ${i}'s predictor has rank ${p.r} over ${p.d} inputs (it needs a rank divisible by 4 over the model's ${d})`, 'decode this bundle with the CPU runtime');
       const up = (x: Float32Array) => { const buf = gpuBuffer(gpu, x, `pred.${i}`); this.bufs.push(buf); return buf; };
       const [w1, b1, w2, b2] = [up(p.fc1Weight), up(p.fc1Bias), up(p.fc2Weight), up(p.fc2Bias)];
-      const spec1 = { cols: d, rows: p.r, f32: true, bias: true, act: p.hidden === 'relu' ? ('relu' as const) : null };
+      const spec1 = { cols: d, rows: p.r, f32: true, bias: true, act: p.hiddenActivation === 'relu' ? ('relu' as const) : null };
       const fc1 = ln ? normed(spec1, [[0, w1], [2, s.pu1], [4, b1]], Math.ceil(p.r / 8), ln[0], ln[1]) : [this.op(mv(spec1), [[0, w1], [1, s.x], [2, s.pu1], [4, b1]], Math.ceil(p.r / 8))];
       const spec2 = { cols: p.r, rows: p.out, f32: true, bias: true };
       if (zeroed && rule.kind === 'threshold') return [...fc1, this.op(mv({ ...spec2, compact: { ge: rule.value } }), [[0, w2], [1, s.pu1], [2, s.sc], [4, b2], [7, sel], [11, s.coef], [12, stats]], Math.ceil(p.out / 8))];
