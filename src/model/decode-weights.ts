@@ -109,7 +109,11 @@ function autoThreads(arenas: WasmArena[], m: RowMatrix, max: number): number {
 }
 
 /** a host tensor: float32 values, or float16 bits (a float16 checkpoint read at half size) */
-export interface DecodeSource { shape: number[]; data: Float32Array | Uint16Array; /** the same matrix as [out, in] rows (the checkpoint's layout), when the loader kept them */ rows?: Float32Array | Uint16Array | undefined }
+export interface DecodeSource {
+  shape: number[]; data: Float32Array | Uint16Array;
+  /** the same matrix as [out, in] rows (the checkpoint's layout), when the loader kept them */
+  rows?: Float32Array | Uint16Array | undefined;
+}
 
 /**
  * get(name) returns the model's host tensor by our weight name ('embed', 'layers.3.wq', ...) as loadModel lays them
