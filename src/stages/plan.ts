@@ -111,7 +111,10 @@ type LayerPick = Partial<{ mlp: MlpOption; heads: HeadOption; attn: InputOption;
 /** hooks running per-layer options in the batched forward pass: predicted MLPs / heads masked by their rules, thresholds by siteMasks */
 function optionHooks(x: Ctx, picks: LayerPick[]): SparsityHooks {
   const flat = (v: tf.Tensor) => tf.reshape(v, [-1, v.shape[v.shape.length - 1]!]) as tf.Tensor2D;
-  const mask = (site: LoadedSite, rule: SelectionRule, v: tf.Tensor) => { const [B, T] = v.shape as [number, number]; const z = siteScores(site, flat(v)); return { mask: tf.reshape(ruleMask(z, rule), [B, T, z.shape[1]]) }; };
+  const mask = (site: LoadedSite, rule: SelectionRule, v: tf.Tensor) => {
+    const [B, T] = v.shape as [number, number], z = siteScores(site, flat(v));
+    return { mask: tf.reshape(ruleMask(z, rule), [B, T, z.shape[1]]) };
+  };
   const input = (o: InputOption | undefined) => (o && o.mode !== 'dense' ? { t: o.threshold, wina: o.score === 'wina' } : undefined);
   const sites = picks.map((p) => {
     const m = p?.mlp;
