@@ -9,6 +9,9 @@ import { loadModel, type Model } from '../src/model/model.js';
 import { rowMatrix } from '../src/model/kernels/rows.js';
 import { createArena } from '../src/model/kernels/wasm/kernels.js';
 import { DecodeSession, denseModes, inputMajorNames, keepInputs, type DecodeModes, type LayerInputs } from '../src/runtime/decoder.js';
+import { forward, disposeOutput } from '../src/model/forward.js';
+import { siteMasks } from '../src/runtime/plan.js';
+import { siteNorms } from '../src/runtime/calibrate.js';
 import type { HFConfig, NaiveWeights } from './reference/naive-forward.js';
 import { makeRandomCheckpoint } from './reference/random-checkpoint.js';
 import { tmpDir } from './helpers.js';
@@ -185,5 +188,31 @@ describe('input-sparse decode', () => {
       const s = new DecodeSession(rm, modes, 1);
       try { s.step([3]); expect(s.weights.weightsRead).toBe(s.weights.weightsTotal); } finally { s.dispose(); }
     } finally { rm.dispose(); im.dispose(); }
+  });
+
+  it('the forward pass with siteMasks (the plan\'s batched measurements) computes what the runtime decodes, every site, |x| and WINA, CATS', () => {
+    const model = loadModel(dir, { decode: { inputMajor: inputMajorNames(siteModes(2, { attn: { t: 1 }, mlp: { t: 1 } }), true) } });
+    try {
+      const norms = siteNorms(model), c = model.config;
+      const cases: { inputs: LayerInputs; gate?: number }[] = [
+        { inputs: { attn: { t: 0.6 }, o: { t: 0.15 }, mlp: { t: 0.5 }, down: { t: 0.05 } } },
+        { inputs: { attn: { t: 2, wina: true }, o: { t: 0.3, wina: true }, mlp: { t: 2, wina: true }, down: { t: 0.1, wina: true } } },
+        { inputs: { down: { t: 0.04 } }, gate: 0.1 },
+      ];
+      const logitsOf = (sites?: ReturnType<typeof siteMasks>) => {
+        const o = forward(model, [IDS], { capture: { logits: true }, ...(sites ? { sparsity: { sites } } : {}) });
+        try { return o.logits!.dataSync() as Float32Array; } finally { disposeOutput(o); }
+      };
+      const dense = logitsOf(), V = c.vocabSize;
+      // no site chosen: the hook changes nothing (bit for bit)
+      expect(Buffer.from(logitsOf(siteMasks(c, [undefined, {}], norms)).buffer).equals(Buffer.from(dense.buffer))).toBe(true);
+      for (const k of cases) {
+        const got = logitsOf(siteMasks(c, [0, 1].map(() => ({ inputs: k.inputs, gate: k.gate })), norms));
+        const want = decodeAll(model, siteModes(2, k.inputs, k.gate));
+        want.forEach((l, p) => expect(relErr(got.subarray(p * V, (p + 1) * V), l), `${JSON.stringify(k)} position ${p}`).toBeLessThan(1e-4));
+        expect(relErr(got.subarray((IDS.length - 1) * V), dense.subarray((IDS.length - 1) * V))).toBeGreaterThan(1e-3); // the masks matter
+      }
+      expect(() => logitsOf(siteMasks(c, [{ inputs: { o: { t: 0.3, wina: true } } }], []))).toThrow(/no column norms/);
+    } finally { model.dispose(); }
   });
 });

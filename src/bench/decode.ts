@@ -3,7 +3,9 @@
  * llama.cpp beside every row it can run (docs/llama-cpp.md), on the same machine in one run, alternating the variants
  * (BENCH_ROUNDS, default 3) and reporting each one's median:
  * (a) the OPT fixture with its bundle (the bundle's plan, or its trained rules), next to the dense decode and the
- *     previous runtime (the tfjs forward pass, one token at a time);
+ *     previous runtime (the tfjs forward pass, one token at a time); BENCH_BUNDLE and BENCH_MODEL name another
+ *     bundle and its checkpoint (a plan with input-threshold sites runs on its input-major layout, dense on the
+ *     checkpoint's own);
  * (b) OPT-1.3B widths with random weights (BENCH_LAYERS layers): dense, lossless (ReLU: only nonzero rows of fc2),
  *     and a fixed random selection of 10% MLP / 50% heads, next to the bound implied by the bytes of weights read;
  *     llama.cpp has no OPT architecture, so these rows have no llama.cpp figure;
@@ -27,7 +29,7 @@ import type { DecodeOptions } from '../model/decode-weights.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../model/forward.js';
 import { loadModel, type Model } from '../model/model.js';
 import { DecodeSession, denseModes, type DecodeModes } from '../runtime/decoder.js';
-import { decodeModes } from '../runtime/plan.js';
+import { decodeModes, planInputMajor } from '../runtime/plan.js';
 import { opt13bConfig, seededSets, table, writeBenchResult, type BenchTable } from './common.js';
 import { writeLlamaGguf, type GgmlType } from './gguf.js';
 import { tinyLlamaConfig, writeRandomLlama } from './llama-checkpoint.js';
@@ -115,18 +117,23 @@ if (ROWS.has('opt-fixture') && fs.existsSync(`${bundle}/manifest.json`)) {
   const model = loadModel(fixture, { decode: OPT_DECODE });
   const preds = loadBundlePredictors(bundle, fixture);
   const plan = preds.bundle.plan ?? null;
+  // a plan's input-threshold sites read their matrices input-major (docs/sparsity.md): the plan runs on that layout, dense on the checkpoint's own
+  const im = planInputMajor(plan, model.config), planModel = im.size ? loadModel(fixture, { decode: { ...OPT_DECODE, inputMajor: im } }) : model;
   const built = decodeModes(model.config, preds, plan);
   const dense = denseModes(model.config.layers);
-  const counter = new DecodeSession(model, built.modes, 1);
+  const counter = new DecodeSession(planModel, built.modes, 1);
   for (let i = 0; i < 64; i++) counter.step([7 + (i % 50)]);
   counter.dispose();
   const mf = counter.counts.mlpSelected / counter.counts.mlpTotal, hf = counter.counts.headsSelected / counter.counts.headsTotal;
-  const [[tfjs], [d], [sp]] = alternate([() => [forwardRate(model)], () => [decodeRate(model, dense)], () => [decodeRate(model, built.modes)]]);
-  const by = bytesPerToken(model.config, mf, hf);
-  const label = `OPT fixture (${model.config.layers} layers, d ${model.config.hidden}, ffn ${model.config.ffn}) + bundle ${plan ? 'plan' : 'rules'}`;
+  const [[tfjs], [d], [sp]] = alternate([() => [forwardRate(model)], () => [decodeRate(model, dense)], () => [decodeRate(planModel, built.modes)]]);
+  // input sites: the bound from the runtime's own count of the decoder layers' weights read (the LM head read densely)
+  const full = bytesPerToken(model.config, 1, 1), lmHead = 4 * model.config.hidden * model.config.vocabSize, read = counter.weights.weightsRead / counter.weights.weightsTotal;
+  const by = im.size ? { dense: full.dense, sparse: lmHead + read * (full.dense - lmHead) } : bytesPerToken(model.config, mf, hf);
+  const label = `${fixture === 'checkpoints/opt-fixture' ? 'OPT fixture' : path.basename(fixture)} (${model.config.layers} layers, d ${model.config.hidden}, ffn ${model.config.ffn}) + bundle ${plan ? 'plan' : 'rules'}`;
   optRows.push([label, `${(100 * mf).toFixed(1)}% / ${(100 * hf).toFixed(0)}%`, d!.toFixed(0), sp!.toFixed(0), (sp! / d!).toFixed(2) + 'x', (by.dense / by.sparse).toFixed(2) + 'x', tfjs!.toFixed(0), noLlama]);
-  if (plan) notes.push(`plan: ${plan.layers.map((l) => `L${l.layer} ${l.mlp.mode}${l.heads.mode === 'predicted' ? '+heads' : ''}`).join(', ')}; verified by the plan stage at ${plan.verified.pplIncrease >= 0 ? '+' : ''}${(100 * plan.verified.pplIncrease).toFixed(2)}% perplexity, ${plan.verified.speedup.toFixed(2)}x`);
-  built.dispose(); preds.dispose(); model.dispose();
+  if (plan) notes.push(`plan: ${plan.layers.map((l) => `L${l.layer} ${l.mlp.mode}${l.heads.mode === 'predicted' ? '+heads' : ''}${l.inputs && Object.keys(l.inputs).length ? `+inputs ${Object.keys(l.inputs).join('/')}` : ''}`).join(', ')}; verified by the plan stage at ${plan.verified.pplIncrease >= 0 ? '+' : ''}${(100 * plan.verified.pplIncrease).toFixed(2)}% perplexity, ${plan.verified.speedup.toFixed(2)}x` +
+    (im.size ? `; decoder-layer weights read ${(100 * read).toFixed(1)}% of dense (counted by the runtime here)` : ''));
+  built.dispose(); preds.dispose(); if (planModel !== model) planModel.dispose(); model.dispose();
 } else if (ROWS.has('opt-fixture')) console.error(`(a) skipped: no bundle at ${bundle}; run \`npx dejavu pipeline --config configs/default.yaml\` first`);
 
 const layers = Number(process.env.BENCH_LAYERS ?? 4);

@@ -45,7 +45,19 @@ export interface SparsityHooks {
   mlp?: (layer: number, ctx: { xAttn: tf.Tensor; xMlp: tf.Tensor; hMlp: tf.Tensor; up: tf.Tensor2D; upBias?: tf.Tensor1D | undefined }) => MlpSelection | null | undefined;
   /** xAttn: this layer's input; xAttnPrev: previous layer's input (layer 0: its own) */
   heads?: (layer: number, ctx: { xAttn: tf.Tensor; xAttnPrev: tf.Tensor }) => HeadSelection | null | undefined;
+  /**
+   * issue 22, threshold sites: the 0/1 mask (x's shape) of the entries a site keeps, as the decode runtime's input
+   * thresholds and gate threshold skip them. attn: q/k/v's shared input; o: the output projection's input; mlp: the MLP's
+   * first projections' input; down: the down projection's input (after the MLP's own selection); gate: the raw gate
+   * [B, T, F] (the mask multiplies the activation: CATS). null: every entry.
+   */
+  sites?: (layer: number, site: ThresholdSite, x: tf.Tensor) => tf.Tensor | null | undefined;
 }
+export type ThresholdSite = 'attn' | 'o' | 'mlp' | 'down' | 'gate';
+/** one layer's site masks (SparsityHooks.sites) */
+type SiteMask = (site: ThresholdSite, x: tf.Tensor) => tf.Tensor | null | undefined;
+/** x with the entries outside the site's mask zeroed (x itself without a hook or mask) */
+const masked = (site: SiteMask | null, s: ThresholdSite, x: tf.Tensor) => { const m = site?.(s, x); return m ? tf.mul(x, m) : x; };
 
 export interface KVCache {
   /** per layer [B, KV, P, hd] */
@@ -91,18 +103,21 @@ export function disposeOutput(o: ForwardOutput): void {
 /** the attention kernel of a model: chosen once per backend, when it was loaded (Model.attention; webgpu: tfjs ops) */
 const ATTEND: Record<Model['attention'], AttendKernel> = { 'host-simd': attendHostSimd, tfjs: attendTfjs };
 
-function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelection | null | undefined): { out: tf.Tensor; act: tf.Tensor } {
-  let act = mlpActTf(c, linear(h, w.up, w.upBias), w.gate ? linear(h, w.gate, w.gateBias) : null); // [B, T, F]
+function mlpBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, sel: MlpSelection | null | undefined, site: SiteMask | null): { out: tf.Tensor; act: tf.Tensor } {
+  const g = w.gate ? linear(h, w.gate, w.gateBias) : null;
+  let act = mlpActTf(c, linear(h, w.up, w.upBias), g); // [B, T, F]
+  const gm = g && site?.('gate', g); // CATS: the neurons the gate keeps
+  if (gm) act = tf.mul(act, gm);
   if (sel && 'mask' in sel) act = tf.mul(act, sel.mask);
   else if (sel && sel.oracleTopK < act.shape[2]!) act = tf.mul(act, topkMask(tf.abs(act), sel.oracleTopK));
-  return { out: linear(act, w.down, w.downBias), act };
+  return { out: linear(masked(site, 'down', act), w.down, w.downBias), act };
 }
 
 /** Qwen 3: RMSNorm of each head's vectors [B, N, T, hd] */
 const headNorm = (c: ModelConfig, x: tf.Tensor, n: LayerWeights['qNorm']) => (n ? norm(c, x, n) : x);
 
 function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Prepared, rot: [tf.Tensor, tf.Tensor] | null,
-  cache: KVCache | undefined, i: number, sel: HeadSelection | null | undefined, attendK: AttendKernel): { out: tf.Tensor; ctx: tf.Tensor } {
+  cache: KVCache | undefined, i: number, sel: HeadSelection | null | undefined, attendK: AttendKernel, site: SiteMask | null): { out: tf.Tensor; ctx: tf.Tensor } {
   const { B, T } = prep;
   const H = c.heads, KV = c.kvHeads, hd = c.headDim;
   let k = headNorm(c, splitHeads(linear(h, w.wk, w.bk), KV, hd), w.kNorm); // [B, KV, T, hd]
@@ -125,7 +140,7 @@ function attentionBlock(c: ModelConfig, w: LayerWeights, h: tf.Tensor, prep: Pre
   if (sel && 'mask' in sel) ctx4 = tf.mul(ctx4, tf.expandDims(sel.mask, 3));
   else if (sel && sel.oracleTopK < H) ctx4 = tf.mul(ctx4, tf.expandDims(topkMask(tf.sqrt(tf.sum(tf.square(ctx4), -1)), sel.oracleTopK), 3));
   const ctx = tf.reshape(ctx4, [B, T, H * hd]);
-  return { out: linear(ctx, w.wo, w.bo), ctx };
+  return { out: linear(masked(site, 'o', ctx), w.wo, w.bo), ctx };
 }
 
 /**
@@ -163,7 +178,8 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
             keepCap('xAttn', i, x);
             const hsel = opts.sparsity?.heads?.(i, { xAttn: x, xAttnPrev: xPrev ?? x });
             const h1 = c.preNorm ? norm(c, x, w.ln1) : x;
-            const att = attentionBlock(c, w, h1, prep, rot, opts.cache, i, hsel, attendK);
+            const sh = opts.sparsity?.sites, site: SiteMask | null = sh ? (s, v) => sh(i, s, v) : null;
+            const att = attentionBlock(c, w, masked(site, 'attn', h1), prep, rot, opts.cache, i, hsel, attendK, site);
             keepCap('attnContext', i, att.ctx);
             if (cap.headNorm && wantLayer(i)) keepCap('headNorm', i, tf.sqrt(tf.sum(tf.square(tf.reshape(att.ctx, [prep.B, prep.T, c.heads, c.headDim])), -1)));
             const attOut = w.lnAttnOut ? norm(c, att.out, w.lnAttnOut) : att.out;
@@ -174,7 +190,7 @@ export function forward(model: Model, ids: number[][], opts: ForwardOptions = {}
             const h2 = c.sharedNorm ? h1 : c.preNorm ? norm(c, xm, w.ln2!) : xm;
             const first = w.gate ? { up: w.gate, upBias: w.gateBias } : { up: w.up, upBias: w.upBias };
             const msel = opts.sparsity?.mlp?.(i, { xAttn: x, xMlp: xm, hMlp: h2, ...first });
-            const mlp = mlpBlock(c, w, h2, msel);
+            const mlp = mlpBlock(c, w, masked(site, 'mlp', h2), msel, site);
             keepCap('mlpAct', i, mlp.act);
             const mlpOut = w.lnMlpOut ? norm(c, mlp.out, w.lnMlpOut) : mlp.out;
             let out = c.block === 'parallel' ? tf.add(tf.add(x, attOut), mlpOut) : tf.add(xm, mlpOut);

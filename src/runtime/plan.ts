@@ -7,10 +7,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
+import * as tf from '@tensorflow/tfjs-core';
 import { UserError } from '../util/errors.js';
 import { readSealedArtifact } from '../util/json-artifact.js';
 import type { ModelConfig } from '../model/config.js';
-import { actScalar, gatedScoreHost } from '../arch/traits.js';
+import { actScalar, actTf, gatedScoreHost } from '../arch/traits.js';
+import type { SparsityHooks } from '../model/forward.js';
 import { SILU } from '../predictors/predictor.js';
 import type { LoadedPredictors, LoadedSite } from '../predictors/hooks.js';
 import type { HostPredictor } from '../predictors/predictor.js';
@@ -19,7 +21,7 @@ import { rowMatrix, type RowMatrix } from '../model/kernels/rows.js';
 import { createArena, type WasmArena } from '../model/kernels/wasm/kernels.js';
 import { transpose2d } from '../util/transpose.js';
 import { sitePointSchema } from './sites-report.js';
-import { inputMajorNames, type DecodeModes, type HeadStep, type LayerInputs, type MlpStep } from './decoder.js';
+import { inputMajorNames, type DecodeModes, type HeadStep, type InputSite, type LayerInputs, type MlpStep } from './decoder.js';
 
 export const PLAN_FORMAT_VERSION = 1;
 
@@ -160,6 +162,25 @@ export interface BuiltModes { modes: DecodeModes; dispose(): void }
 export function planInputs(plan: Pick<RuntimePlan, 'layers'>): (LayerInputs | undefined)[] {
   const site = (x: InputSitePlan | undefined) => (x ? { t: x.threshold, wina: x.score === 'wina' } : undefined);
   return plan.layers.map((l) => (l.inputs ? { attn: site(l.inputs.attn), o: site(l.inputs.o), mlp: site(l.inputs.mlp), down: site(l.inputs.down) } : undefined));
+}
+
+/**
+ * The forward pass's masks (SparsityHooks.sites) of per-layer input thresholds and gate thresholds (CATS: on
+ * |act(gate)|), keeping what the decode runtime keeps: |x_i| (wina: |x_i| · norms[layer][site][i]) >= t. The plan
+ * measures its options' perplexities with them, batched.
+ */
+export function siteMasks(c: Pick<ModelConfig, 'act' | 'actThreshold'>, layers: ({ inputs?: LayerInputs | undefined; gate?: number | undefined } | undefined)[],
+    norms: Partial<Record<InputSite, Float32Array>>[]): NonNullable<SparsityHooks['sites']> {
+  const keep = (score: tf.Tensor, t: number) => tf.cast(tf.greaterEqual(score, t), 'float32');
+  return (i, site, x) => {
+    const l = layers[i];
+    if (site === 'gate') return l?.gate === undefined ? null : keep(tf.abs(actTf(c, x)), l.gate);
+    const s = l?.inputs?.[site];
+    if (!s) return null;
+    const nm = s.wina ? norms[i]?.[site] : undefined;
+    if (s.wina && !nm) throw new Error(`siteMasks: layer ${i} ${site} is scored by WINA but has no column norms`);
+    return keep(nm ? tf.mul(tf.abs(x), tf.tensor1d(nm)) : tf.abs(x), s.t);
+  };
 }
 
 /** the weight names a plan needs stored input-major: loadModel(dir, { decode: { inputMajor: planInputMajor(plan, config) } }) runs it */

@@ -1,6 +1,6 @@
 /**
  * The plan report's part on the threshold sites (issue 22): per layer and site, the sparsity-vs-perplexity frontier
- * the search measured (single-layer, single-site increases on the search text) and what the plan chose, as JSON
+ * the search measured (single-layer, single-site increases on the search text: exp(KL) - 1) and what the plan chose, as JSON
  * (plan.json `sites`) and as a Markdown table (report.md).
  */
 import { z } from 'zod';
@@ -13,7 +13,7 @@ export const sitePointSchema = z.strictObject({
   score: z.enum(['abs', 'wina', 'gate']),
   sparsity: z.number().min(0).max(1),
   threshold: z.number().nonnegative(),
-  /** perplexity increase with only this site of this layer thresholded (search text) */
+  /** the increase with only this site of this layer thresholded: exp(KL) - 1 from dense on the search text (plan.ts) */
   pplIncrease: z.number(),
   /** the cost model's ms change of the step against dense (negative: saved) */
   deltaMs: z.number(),

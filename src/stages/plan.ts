@@ -6,9 +6,15 @@
  *    `recalls`. Heads (where a head predictor exists): every head, or the top share by the predictor's score.
  * 2. Cost of each option: the decode runtime's own kernels timed at this model's shapes (src/runtime/costs.ts,
  *    cached per shape) at the option's density, the predictor's own call included.
- * 3. Quality of each option: perplexity with only that layer changed (masked forward pass) on the search text.
+ * 3. Quality of each option: with only that layer (and site) changed, the batched forward pass's mean KL divergence
+ *    from the dense model's next-token distributions on the search text, as exp(KL) - 1 (the perplexity increase it
+ *    implies when the model's distribution is the text's). A difference of perplexities on a few thousand tokens is
+ *    too noisy for the small changes one site makes (it is often negative); the KL divergence is positive and its
+ *    noise shrinks with the change.
  * 4. Search: start from the cheapest lossless plan; repeatedly take the move with the most milliseconds saved per
- *    unit of perplexity (TEAL-like greedy), while the summed single-layer increases stay within `safety` x budget.
+ *    unit of estimated increase (TEAL-like greedy); after each move the whole plan's perplexity on the search text is
+ *    measured (batched forward pass; single-layer increases do not add up), and a move that takes it over `safety` x
+ *    budget is undone and not tried again.
  * 5. Verification: the runtime itself decodes held-out text the search did not see, token by token, dense and with
  *    the plan; while the measured increase exceeds the budget, the last move is undone and the plan re-verified.
  */
@@ -22,7 +28,7 @@ import type { PlanConfig } from '../config/schemas.js';
 import { iterateLayer, readManifest } from '../activations/dataset.js';
 import { fingerprintCheckpoint, sameFingerprint } from '../checkpoint/checkpoint.js';
 import { loadModel, type Model } from '../model/model.js';
-import type { SparsityHooks } from '../model/forward.js';
+import { disposeOutput, forward, type SparsityHooks } from '../model/forward.js';
 import { thresholdForRecall, type SelectionRule } from '../predictors/metrics.js';
 import { labelsFor } from '../predictors/labels.js';
 import { loadPredictors, ruleMask, siteScores, type LoadedPredictors, type LoadedSite } from '../predictors/hooks.js';
@@ -31,12 +37,12 @@ import { ruleText } from '../predictors/fit-mlp.js';
 import { mlpInput, readMlpSite } from '../predictors/mlp-site.js';
 import { checkPredictorsUnchanged, predictorsContentHash } from '../predictors/content-hash.js';
 import { heldoutSequences } from '../eval/heldout.js';
-import { batchNll, ppl } from '../eval/perplexity.js';
+import { ppl } from '../eval/perplexity.js';
 import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
-import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, readPlanFile, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
+import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, readPlanFile, siteMasks, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
 import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
-import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs, type MlpStep } from '../runtime/decoder.js';
+import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs } from '../runtime/decoder.js';
 import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
 import { sitesTable, type SitePoint } from '../runtime/sites-report.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
@@ -67,6 +73,9 @@ const noSites = (): Pick<LayerOptions, 'attn' | 'o' | 'mlpIn'> => ({ attn: [dens
 const denseInput = (): Option<InputOption> => ({ what: { mode: 'dense' }, label: 'every input', density: 1, ms: 0, dppl: 0 });
 
 const pct = (x: number, d = 2) => `${(100 * x).toFixed(d)}%`;
+/** the single options' KL divergences are measured on the first this many predicted tokens of the search text (their noise is
+ * small; the whole plan's perplexity, after each move, on all of it) */
+const SINGLE_TOKENS = 2048;
 /** the least perplexity increase a lossy option is charged (0.01%): below what the search text can resolve */
 const NOISE_FLOOR = 1e-4;
 
@@ -98,18 +107,81 @@ async function calibrateMlp(dir: string, m: ReturnType<typeof readManifest>, lay
   return { trueDensity: positives / (seen * F), options: recalls.map((r) => { const value = thresholdForRecall(P, r); return { recall: r, value, density: densityAt(value) }; }) };
 }
 
-/** hooks changing one layer only: its MLP (or heads) masked by a site's rule */
-function oneLayerHooks(layer: number, site: LoadedSite, kind: 'mlp' | 'heads', rule: SelectionRule): SparsityHooks {
-  const flat = (x: tf.Tensor) => tf.reshape(x, [-1, x.shape[x.shape.length - 1]!]) as tf.Tensor2D;
-  const mask = (x: tf.Tensor) => { const [B, T] = x.shape as [number, number]; const z = siteScores(site, flat(x)); return { mask: tf.reshape(ruleMask(z, rule), [B, T, z.shape[1]]) }; };
-  if (kind === 'mlp') return { mlp: (i, c) => (i !== layer ? null : mask(site.entry.input === 'h_mlp' ? c.hMlp : site.entry.input === 'x_mlp' ? c.xMlp : c.xAttn)) };
-  return { heads: (i, c) => (i !== layer ? null : mask(site.sourceLayerOffset === -1 ? c.xAttnPrev : c.xAttn)) };
+/** one layer's options as the forward pass runs them (absent: dense; lossless is dense in the forward pass: exact) */
+type LayerPick = Partial<{ mlp: MlpOption; heads: HeadOption; attn: InputOption; o: InputOption; mlpIn: InputOption }> | undefined;
+
+/** hooks running per-layer options in the batched forward pass: predicted MLPs / heads masked by their rules, thresholds by siteMasks */
+function optionHooks(x: Ctx, picks: LayerPick[]): SparsityHooks {
+  const flat = (v: tf.Tensor) => tf.reshape(v, [-1, v.shape[v.shape.length - 1]!]) as tf.Tensor2D;
+  const mask = (site: LoadedSite, rule: SelectionRule, v: tf.Tensor) => {
+    const [B, T] = v.shape as [number, number], z = siteScores(site, flat(v));
+    return { mask: tf.reshape(ruleMask(z, rule), [B, T, z.shape[1]]) };
+  };
+  const input = (o: InputOption | undefined) => (o && o.mode !== 'dense' ? { t: o.threshold, wina: o.score === 'wina' } : undefined);
+  const sites = picks.map((p) => {
+    const m = p?.mlp;
+    const inputs: LayerInputs = { attn: input(p?.attn), o: input(p?.o), mlp: input(p?.mlpIn), down: m?.mode === 'down-threshold' ? input(m.site) : undefined };
+    return { inputs, gate: m?.mode === 'gate-threshold' ? m.threshold : undefined };
+  });
+  return {
+    mlp: (i, c) => {
+      const m = picks[i]?.mlp, site = x.preds.mlp.get(i);
+      if (m?.mode !== 'predicted') return null;
+      if (!site) throw new Error(`plan: layer ${i} has a predicted MLP option but no predictor`);
+      return mask(site, m.rule, site.entry.input === 'h_mlp' ? c.hMlp : site.entry.input === 'x_mlp' ? c.xMlp : c.xAttn);
+    },
+    heads: (i, c) => {
+      const h = picks[i]?.heads, site = x.preds.heads.get(i);
+      if (h?.mode !== 'predicted') return null;
+      if (!site) throw new Error(`plan: layer ${i} has a head option but no predictor`);
+      return mask(site, h.rule, site.sourceLayerOffset === -1 ? c.xAttnPrev : c.xAttn);
+    },
+    ...(sites.some((l) => l.gate !== undefined || Object.values(l.inputs).some(Boolean)) ? { sites: siteMasks(x.model.config, sites, x.sites?.cal.norms ?? []) } : {}),
+  };
 }
 
-async function nllOf(model: Model, seqs: number[][], batch: number, hooks?: SparsityHooks): Promise<number> {
+/** the search text and the dense model's next-token log-probabilities on it (per batch of sequences, kept until disposed) */
+interface SearchText { seqs: number[][]; batch: number; logp: tf.Tensor[]; /** dense NLL per batch */ nll: number[]; densePpl: number; dispose(): void }
+
+async function searchText(model: Model, seqs: number[][], batch: number): Promise<SearchText> {
+  const logp: tf.Tensor[] = [], nlls: number[] = [];
   let nll = 0, count = 0;
-  for (let i = 0; i < seqs.length; i += batch) { const r = await batchNll(model, seqs.slice(i, i + batch), hooks); nll += r.nll; count += r.count; }
-  return ppl({ nll, count });
+  try {
+    for (let i = 0; i < seqs.length; i += batch) {
+      const b = seqs.slice(i, i + batch), out = forward(model, b, { capture: { logits: true } });
+      try { logp.push(tf.keep(tf.tidy(() => tf.logSoftmax(out.logits!, -1)))); } finally { disposeOutput(out); }
+      const r = await tokenNll(logp[logp.length - 1]!, b); nll += r.nll; count += r.count; nlls.push(r.nll);
+    }
+  } catch (e) { for (const t of logp) t.dispose(); throw e; }
+  return { seqs, batch, logp, nll: nlls, densePpl: ppl({ nll, count }), dispose: () => { for (const t of logp) t.dispose(); } };
+}
+
+/** next-token NLL summed over a batch's predictions, from its log-probabilities [B, T, V] */
+async function tokenNll(lp: tf.Tensor, seqs: number[][]): Promise<{ nll: number; count: number }> {
+  const [B, T, V] = lp.shape as [number, number, number], idx: number[] = [];
+  for (let b = 0; b < B; b++) for (let t = 0; t < T - 1; t++) idx.push((b * T + t) * V + seqs[b]![t + 1]!);
+  return { nll: -(await readAsync(() => tf.sum(tf.gather(tf.reshape(lp, [-1]), tf.tensor1d(idx, 'int32')))))[0]!, count: idx.length };
+}
+
+/**
+ * The search text under `hooks`: kl = exp(mean KL(dense || hooked)) - 1 over its next-token predictions (the estimate of
+ * a single option: positive, low noise) and pplIncrease = its perplexity over dense - 1 (what the budget counts).
+ */
+async function measureOn(model: Model, text: SearchText, hooks: SparsityHooks, maxTokens = Infinity): Promise<{ kl: number; pplIncrease: number }> {
+  let kl = 0, nll = 0, count = 0, dense = 0;
+  for (let i = 0, k = 0; i < text.seqs.length && count < maxTokens; i += text.batch, k++) {
+    const b = text.seqs.slice(i, i + text.batch), ref = text.logp[k]!, T = b[0]!.length;
+    const out = forward(model, b, { capture: { logits: true }, sparsity: hooks });
+    try {
+      const lp = tf.keep(tf.tidy(() => tf.logSoftmax(out.logits!, -1)));
+      try {
+        // KL over the predicted positions (the last position predicts no token of the text)
+        kl += (await readAsync(() => { const p = tf.slice(ref, [0, 0, 0], [-1, T - 1, -1]); return tf.sum(tf.mul(tf.exp(p), tf.sub(p, tf.slice(lp, [0, 0, 0], [-1, T - 1, -1])))); }))[0]!;
+        const r = await tokenNll(lp, b); nll += r.nll; count += r.count; dense += text.nll[k]!;
+      } finally { lp.dispose(); }
+    } finally { disposeOutput(out); }
+  }
+  return { kl: Math.expm1(Math.max(0, kl / count)), pplIncrease: ppl({ nll, count }) / ppl({ nll: dense, count }) - 1 };
 }
 
 /** The plan stage's shared inputs. */
@@ -138,7 +210,7 @@ async function heldoutText(cfg: PlanConfig, model: Model, m: ReturnType<typeof r
 }
 
 /** Every layer's options with their cost (cost model) and single-layer perplexity increase (search text). */
-async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: LayerOptions[]; densePpl: number }> {
+async function measureOptions(x: Ctx, text: SearchText): Promise<{ options: LayerOptions[]; densePpl: number }> {
   const { cfg, model, preds, m, costs } = x, c = model.config, sc = costs.shape;
   const arena = createArena();
   const probe = Float32Array.from({ length: c.hidden }, (_, i) => Math.sin(i * 0.37));
@@ -147,28 +219,21 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
     return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hiddenActivation}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, () => pick(probe));
   };
   const bar = x.deps.progress('plan: options', c.layers);
-  const densePpl = await nllOf(model, search, cfg.batchSize);
+  const densePpl = text.densePpl;
   const dp = x.dppl;
-  const measure = async (hooks: SparsityHooks) => (await nllOf(model, search, cfg.batchSize, hooks)) / densePpl - 1;
   let layer = 0;
-  const increase = async (hooks: SparsityHooks | (() => number), label: string) => {
+  /** the single-layer estimate of an option (layer `layer`): exp(KL) - 1 on the search text */
+  const increase = async (pick: NonNullable<LayerPick>, label: string) => {
     const key = `${layer}|${label}`;
     if (dp && 'replay' in dp) {
       if (!(key in dp.replay)) throw new UserError(`the plan shards hold no single-layer perplexity for layer ${layer}, ${label}`, 'merge the shards of one plan run');
       return dp.replay[key]!;
     }
-    const v = typeof hooks === 'function' ? hooks() : await measure(hooks);
+    const v = (await measureOn(model, text, optionHooks(x, Array.from({ length: c.layers }, (_, j) => (j === layer ? pick : undefined))), SINGLE_TOKENS)).kl;
     if (dp) dp.record[key] = v;
     return v;
   };
-  // the input sites' options: single-layer, single-site perplexities by the runtime itself (its input-major copy)
   const st = x.sites;
-  const siteDense = st && !(dp && 'replay' in dp) ? ppl(decodeNll(st.model, search)) : NaN;
-  const siteIncrease = (i: number, mlpStep: MlpStep | null, inputs: LayerInputs) => () => {
-    const m = denseModes(c.layers);
-    if (mlpStep) m.mlp[i] = mlpStep;
-    return ppl(decodeNll(st!.model, search, { ...m, inputs: m.mlp.map((_, j) => (j === i ? inputs : undefined)) })) / siteDense - 1;
-  };
   const options: LayerOptions[] = [];
   try {
     for (let i = 0; i < c.layers; i++) {
@@ -181,21 +246,15 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
         const cal = await calibrateMlp(cfg.activations, m, i, ms, cfg.model, cfg.recalls, cfg.calibrationRows);
         trueDensity = cal.trueDensity;
         for (const o of cal.options.filter((q) => Number.isFinite(q.value))) {
-          const rule: SelectionRule = { kind: 'threshold', value: o.value };
+          const rule: SelectionRule = { kind: 'threshold', value: o.value }, what: MlpOption = { mode: 'predicted', rule, recall: o.recall };
           const label = `predicted r${ms.entry.rank} @ recall ${o.recall}`;
-          mlp.push({
-            what: { mode: 'predicted', rule, recall: o.recall }, label, density: o.density,
-            ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: await increase(oneLayerHooks(i, ms, 'mlp', rule), label),
-          });
+          mlp.push({ what, label, density: o.density, ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: await increase({ mlp: what }, label) });
         }
         // the rule train-predictors calibrated (a per-token top-k or a threshold), at its validation recall and density
         const tr = ms.entry.rule;
         if (tr && (tr.kind === 'topk' ? tr.k > 0 && tr.k < c.ffn : Number.isFinite(tr.value))) {
-          const v = ms.entry.validation, label = `predicted r${ms.entry.rank}, trained rule ${ruleText(tr)} (recall ${v.recall.toFixed(3)})`;
-          mlp.push({
-            what: { mode: 'predicted', rule: tr, recall: v.recall }, label,
-            density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: await increase(oneLayerHooks(i, ms, 'mlp', tr), label),
-          });
+          const v = ms.entry.validation, label = `predicted r${ms.entry.rank}, trained rule ${ruleText(tr)} (recall ${v.recall.toFixed(3)})`, what: MlpOption = { mode: 'predicted', rule: tr, recall: v.recall };
+          mlp.push({ what, label, density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: await increase({ mlp: what }, label) });
         }
       }
       if (c.activation === 'relu') {
@@ -204,11 +263,8 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
       }
       const heads: Option<HeadOption>[] = [{ what: { mode: 'dense' }, label: 'all heads', density: 1, ms: 0, dppl: 0 }];
       for (const k of hs?.host ? [...new Set(cfg.headFractions.map((f) => Math.max(1, Math.round(f * c.heads))))].filter((k) => k < c.heads) : []) {
-        const rule: SelectionRule = { kind: 'topk', k };
-        heads.push({
-          what: { mode: 'predicted', rule }, label: `top ${k}/${c.heads} heads`, density: k / c.heads,
-          ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: await increase(oneLayerHooks(i, hs!, 'heads', rule), `top ${k}/${c.heads} heads`),
-        });
+        const rule: SelectionRule = { kind: 'topk', k }, what: HeadOption = { mode: 'predicted', rule };
+        heads.push({ what, label: `top ${k}/${c.heads} heads`, density: k / c.heads, ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: await increase({ heads: what }, `top ${k}/${c.heads} heads`) });
       }
       const sites = noSites();
       if (st) {
@@ -220,8 +276,8 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
           const faster = (ms: number, than: number) => cfg.objective === 'bytes' || ms < than;
           const gt = c.gated ? thresholdAt(st.cal, i, 'gate', sp) : 0; // 0: the gate's own zeros (ReLU): the lossless mode
           if (gt > 0 && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
-            const t = gt, label = `gate threshold ${name}`;
-            mlp.push({ what: { mode: 'gate-threshold', threshold: t, sparsity: sp }, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: await increase(siteIncrease(i, { mode: 'gate-threshold', t }, {}), label) });
+            const label = `gate threshold ${name}`, what: MlpOption = { mode: 'gate-threshold', threshold: gt, sparsity: sp };
+            mlp.push({ what, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: await increase({ mlp: what }, label) });
           }
           for (const score of scores) {
             const wina = score === 'wina', tag = `${name}${wina ? ' (WINA)' : ''}`;
@@ -229,12 +285,12 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
             const down = site('down'), lDown = `down input ${tag}`;
             // the MLP's first projections in full, then the down rows of the inputs kept (a threshold of 0 is the lossless mode)
             const downMs = mlpMs(sc, 'dense', 1) - siteMs(sc2.down, 1) + siteMs(sc2.down, 1 - sp);
-            if (down.threshold > 0 && faster(downMs, denseMlpMs)) mlp.push({ what: { mode: 'down-threshold', site: down }, label: lDown, density: 1 - sp, ms: downMs,
-              dppl: await increase(siteIncrease(i, null, { down: { t: down.threshold, wina } }), lDown) });
+            const dw: MlpOption = { mode: 'down-threshold', site: down };
+            if (down.threshold > 0 && faster(downMs, denseMlpMs)) mlp.push({ what: dw, label: lDown, density: 1 - sp, ms: downMs, dppl: await increase({ mlp: dw }, lDown) });
             for (const [key, s2, label] of [['attn', 'attn', 'q/k/v input'], ['o', 'o', 'o input'], ['mlpIn', 'mlp', 'MLP input']] as const) {
               const what = site(s2), l2 = `${label} ${tag}`;
               if (what.threshold > 0 && faster(siteMs(sc2[s2], 1 - sp), siteMs(sc2[s2], 1))) {
-                const dppl = await increase(siteIncrease(i, null, { [s2]: { t: what.threshold, wina } }), l2);
+                const dppl = await increase({ [key]: what } as NonNullable<LayerPick>, l2);
                 sites[key].push({ what, label: l2, density: 1 - sp, ms: siteMs(sc2[s2], 1 - sp) - siteMs(sc2[s2], 1), dppl });
               }
             }
@@ -253,7 +309,10 @@ async function measureOptions(x: Ctx, search: number[][]): Promise<{ options: La
 class Choice {
   readonly at: Record<Site, number>[];
   readonly frontier: PlanFile['frontier'] = [];
-  private readonly history: { layer: number; site: Site; from: number }[] = [];
+  /** each accepted move, with the measured increase before it */
+  private readonly history: { layer: number; site: Site; from: number; measured: number | null }[] = [];
+  /** the whole plan's increase on the search text as measured after the last move (null: not measured; the summed charges stand for it) */
+  private measured: number | null = null;
   private readonly fixedMs: number;
   /** `gain`: the share of the dense step a move saves (time: the cost model's ms; bytes: the weights read per token) */
   constructor(private readonly options: LayerOptions[], readonly stepMs: number, private readonly gated: boolean,
@@ -268,7 +327,15 @@ class Choice {
   option(i: number, site: Site): Option<MlpOption | HeadOption | InputOption> { return this.options[i]![site][this.at[i]![site]]!; }
   stepOf(): number { return this.fixedMs + this.at.reduce((s, _, i) => s + SITES.reduce((t, site) => t + this.option(i, site).ms, 0), 0); }
   speedup(): number { return this.stepMs / this.stepOf(); }
-  spent(): number { return this.at.reduce((s, _, i) => s + SITES.reduce((t, site) => t + charge(this.option(i, site)), 0), 0); }
+  /** the plan's estimated increase: measured on the search text, else the sum of its options' single-layer estimates */
+  spent(): number { return this.measured ?? this.at.reduce((s, _, i) => s + SITES.reduce((t, site) => t + charge(this.option(i, site)), 0), 0); }
+  /** every layer's chosen options (for the forward pass) */
+  picks(): LayerPick[] {
+    return this.at.map((_, i) => {
+      const w = (s: Site) => this.option(i, s).what;
+      return { mlp: w('mlp') as MlpOption, heads: w('heads') as HeadOption, attn: w('attn') as InputOption, o: w('o') as InputOption, mlpIn: w('mlpIn') as InputOption };
+    });
+  }
 
   /**
    * Whether layer i may hold option j at `site` with its other sites' choices: q/k/v or o thresholds only with every
@@ -284,37 +351,48 @@ class Choice {
   }
 
   /**
-   * greedy: the move with the most ms saved per unit of perplexity charged, while the charges fit `allowance`; a lossy
-   * move must gain at least `minRate` times the perplexity it is charged, as shares of the dense step (no +0.5%
-   * perplexity for 0.2% of speed)
+   * greedy: the move with the most ms saved per unit of estimated increase; a lossy move must gain at least `minRate`
+   * times the increase it is charged, as shares of the dense step (no +0.5% perplexity for 0.2% of speed). Without
+   * `measure` the charges must fit `allowance`; with it, each move is measured as part of the whole plan (`measure`:
+   * its perplexity increase on the search text) and undone when that exceeds `allowance`; then that site is not
+   * moved to an option charged as much or more again.
    */
-  search(allowance: number, minRate: number): void {
+  async search(allowance: number, minRate: number, measure?: (picks: LayerPick[]) => Promise<number>): Promise<void> {
+    const cap = new Map<string, number>(); // "layer|site" -> the least charge a measured move there went over budget with
     for (;;) {
       let best: { layer: number; site: Site; to: number; score: number } | null = null;
       for (let i = 0; i < this.options.length; i++) for (const site of SITES) {
-        const cur = this.option(i, site);
+        const cur = this.option(i, site), over = cap.get(`${i}|${site}`) ?? Infinity;
         this.options[i]![site].forEach((o, j) => {
           const saved = this.gain(site, cur, o), extra = charge(o) - charge(cur);
-          if (saved <= 0 || this.spent() + extra > allowance || (extra > 0 && saved < minRate * extra) || !this.fits(i, site, j)) return;
+          if (saved <= 0 || charge(o) >= over || (!measure && this.spent() + extra > allowance) || (extra > 0 && saved < minRate * extra) || !this.fits(i, site, j)) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
       }
       if (!best) return;
       const b = best as { layer: number; site: Site; to: number };
-      this.history.push({ layer: b.layer, site: b.site, from: this.at[b.layer]![b.site] });
+      const from = this.at[b.layer]![b.site];
       this.at[b.layer]![b.site] = b.to;
+      if (measure) {
+        const m = await measure(this.picks());
+        if (!(m <= allowance)) { this.at[b.layer]![b.site] = from; cap.set(`${b.layer}|${b.site}`, charge(this.options[b.layer]![b.site][b.to]!)); continue; }
+        this.history.push({ layer: b.layer, site: b.site, from, measured: this.measured });
+        this.measured = m;
+      } else this.history.push({ layer: b.layer, site: b.site, from, measured: null });
       this.note(`layer ${b.layer} ${b.site}: ${this.option(b.layer, b.site).label}`);
     }
   }
   undo(): void {
     const u = this.history.pop()!;
     this.at[u.layer]![u.site] = u.from;
+    this.measured = u.measured;
     this.note(`undo layer ${u.layer} ${u.site} (verified over budget)`);
   }
   dense(): void {
     for (const a of this.at) for (const s of SITES) a[s] = 0;
     this.history.length = 0;
+    this.measured = null;
     this.note('fall back to dense (the verified plan was not faster)');
   }
   private note(move: string): void { this.frontier.push({ step: this.frontier.length, move, speedup: this.speedup(), pplIncrease: this.spent() }); }
@@ -475,7 +553,8 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
   const predictorsSha256 = predictorsContentHash(cfg.predictors); // before loading: the plan is made for these weights (checked again before writing)
   const preds = loadPredictors(cfg.predictors);
   const model = loadModel(cfg.model, { decode: true });
-  let sparse: Model | null = null; // the input sites' layout (cfg.sites), for the options' perplexities and kernel costs
+  let sparse: Model | null = null; // the input sites' layout (cfg.sites), for the thresholds' calibration and kernel costs
+  let onSearch: SearchText | null = null; // the search text and dense's log-probabilities on it
   // the output folder is claimed first: a folder that is not ours is refused before any work
   let w: ReturnType<typeof beginOutput> | null = null;
   try {
@@ -497,7 +576,8 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
       deps.log(`plan: site thresholds calibrated on ${cal.tokens} tokens of ${cfg.calibrationData ?? 'the calibration text'}`);
       x.sites = { model: sparse, cal, costs: costs.sites! };
     }
-    const { options, densePpl } = await measureOptions(x, search);
+    const st = onSearch = await searchText(model, search, cfg.batchSize);
+    const { options, densePpl } = await measureOptions(x, st);
     sparse?.dispose(); sparse = null;
     if (x.dppl && 'shard' in x.dppl) { // a shard: its layers' single-layer perplexities only
       const { out: _o, shard: _s, overwrite: _w, backend: _b, ...run } = cfg;
@@ -511,7 +591,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     const wc = model.config, w0 = model.decode!, stepWeights = wc.layers * weightsOf(wc, 'mlp', options.find((o) => o.mlp.length)?.mlp[0] ?? { what: { mode: 'dense' }, label: '', density: 1, ms: 0, dppl: 0 })
       + wc.layers * wc.hidden * (2 * wc.heads + 2 * wc.kvHeads) * wc.headDim + w0.lmHead.n * w0.lmHead.d;
     const choice = new Choice(options, sc.stepMs, wc.gated, cfg.objective === 'bytes' ? (site, a, b) => (weightsOf(wc, site, a) - weightsOf(wc, site, b)) / stepWeights : undefined);
-    choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl);
+    await choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl, async (picks) => (await measureOn(model, st, optionHooks(x, picks))).pplIncrease);
     const { verified, fallback } = verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
       formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
@@ -533,6 +613,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     return { text, json: file };
   } finally {
     w?.abort();
+    onSearch?.dispose();
     sparse?.dispose();
     preds.dispose();
     model.dispose();
@@ -592,15 +673,15 @@ function planReport(plan: RuntimePlan, options: LayerOptions[], choice: { mlp: n
     `Verified by the runtime on ${v.tokens} held-out tokens the search did not see: perplexity ${v.perplexity.toFixed(4)} vs dense ${v.densePerplexity.toFixed(4)} (**${v.pplIncrease >= 0 ? '+' : ''}${pct(v.pplIncrease, 3)}**), decode ${v.stepMs.toFixed(3)} vs ${v.denseStepMs.toFixed(3)} ms/token (**${v.speedup.toFixed(2)}x**)` +
       (v.weightBytesShare !== undefined ? `; decoder-layer weights read per token ${pct(v.weightBytesShare, 1)} of dense (whole step ${pct(v.stepWeightBytesShare!, 1)}).` : '.') +
       (v.eightBit ? ` With 8-bit (q8_0) weights (\`generate --dtype q8_0\`) the same plan measures perplexity ${v.eightBit.perplexity.toFixed(4)} (**${v.eightBit.pplIncrease >= 0 ? '+' : ''}${pct(v.eightBit.pplIncrease, 3)}** over dense) at **${v.eightBit.speedup.toFixed(2)}x** dense decode (${v.eightBit.stepMs.toFixed(3)} vs ${v.eightBit.denseStepMs.toFixed(3)} ms/token).` : ''),
-    `Cost model: ${plan.estimate.stepMs.toFixed(3)} vs ${plan.estimate.denseStepMs.toFixed(3)} ms/token (${plan.estimate.speedup.toFixed(2)}x); summed single-layer perplexity increases +${pct(plan.estimate.pplIncrease, 3)} (search text, dense ${searchDensePpl.toFixed(4)}). ${seconds.toFixed(0)} s.`, '',
-    '| layer | MLP mode | rule | MLP density | heads | est. MLP ms | est. head ms change | perplexity alone | share of budget |', '|---:|---|---|---:|---|---:|---:|---:|---:|',
+    `Cost model: ${plan.estimate.stepMs.toFixed(3)} vs ${plan.estimate.denseStepMs.toFixed(3)} ms/token (${plan.estimate.speedup.toFixed(2)}x); the whole plan's perplexity increase on the search text +${pct(plan.estimate.pplIncrease, 3)} (dense ${searchDensePpl.toFixed(4)}; batched forward pass). ${seconds.toFixed(0)} s.`, '',
+    '| layer | MLP mode | rule | MLP density | heads | est. MLP ms | est. head ms change | increase alone (KL) | share of budget |', '|---:|---|---|---:|---|---:|---:|---:|---:|',
   ];
   plan.layers.forEach((l, i) => {
     const mo = options[i]!.mlp[choice[i]!.mlp]!, ho = options[i]!.heads[choice[i]!.heads]!;
     const rule = l.mlp.mode === 'predicted' ? `${l.mlp.rule.kind === 'threshold' ? `threshold ${l.mlp.rule.value.toFixed(3)}` : `top-${l.mlp.rule.k}`} (recall ${Number(l.mlp.recall.toFixed(3))})` : '-';
     lines.push(`| ${l.layer} | ${l.mlp.mode} | ${rule} | ${pct(mo.density, 1)} | ${ho.label} | ${mo.ms.toFixed(4)} | ${ho.ms.toFixed(4)} | +${pct(l.expected.pplIncrease, 3)} | ${pct(l.expected.pplIncrease / Math.max(1e-12, cfg.maxPplIncrease), 0)} |`);
   });
-  lines.push('', '## Options measured (cost model ms per layer, perplexity with only that layer changed)', '', '| layer | option | density | ms | perplexity alone |', '|---:|---|---:|---:|---:|');
+  lines.push('', '## Options measured (cost model ms per layer; increase with only that layer changed: exp(KL) - 1 from dense on the search text)', '', '| layer | option | density | ms | increase alone |', '|---:|---|---:|---:|---:|');
   options.forEach((o, i) => { for (const x of [...o.mlp, ...o.heads.slice(1)]) lines.push(`| ${i} | ${x.label} | ${pct(x.density, 1)} | ${x.ms.toFixed(4)} | ${x.dppl >= 0 ? '+' : ''}${pct(x.dppl, 3)} |`); });
   lines.push('', '## Search path (frontier.svg)', '', '| step | move | est. speedup | est. perplexity increase |', '|---:|---|---:|---:|');
   for (const f of frontier) lines.push(`| ${f.step} | ${f.move} | ${f.speedup.toFixed(3)}x | +${pct(f.pplIncrease, 3)} |`);
