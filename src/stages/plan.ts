@@ -365,7 +365,8 @@ class Choice {
         const cur = this.option(i, site), over = cap.get(`${i}|${site}`) ?? Infinity;
         this.options[i]![site].forEach((o, j) => {
           const saved = this.gain(site, cur, o), extra = charge(o) - charge(cur);
-          if (saved <= 0 || charge(o) >= over || (!measure && this.spent() + extra > allowance) || (extra > 0 && saved < minRate * extra) || !this.fits(i, site, j)) return;
+          // measured or not, a move whose own single-layer charge exceeds the allowance is never made (a zero budget makes no lossy move)
+          if (saved <= 0 || charge(o) >= over || charge(o) > allowance || (!measure && this.spent() + extra > allowance) || (extra > 0 && saved < minRate * extra) || !this.fits(i, site, j)) return;
           const score = saved / Math.max(extra, 1e-6);
           if (!best || score > best.score) best = { layer: i, site, to: j, score };
         });
@@ -375,7 +376,8 @@ class Choice {
       const from = this.at[b.layer]![b.site];
       this.at[b.layer]![b.site] = b.to;
       if (measure) {
-        const m = await measure(this.picks());
+        // the whole plan's increase, at least its largest single charge (a negative measurement on the search text is noise)
+        const m = Math.max(await measure(this.picks()), ...this.at.flatMap((_, i) => SITES.map((site) => charge(this.option(i, site)))));
         if (!(m <= allowance)) { this.at[b.layer]![b.site] = from; cap.set(`${b.layer}|${b.site}`, charge(this.options[b.layer]![b.site][b.to]!)); continue; }
         this.history.push({ layer: b.layer, site: b.site, from, measured: this.measured });
         this.measured = m;
