@@ -207,9 +207,10 @@ describe('plan --shard and merge --kind plan', () => {
       const r = await cli('merge', '--kind', 'plan', '--out', merged, '--inputs', path.join(TMP, 'pl1'), path.join(TMP, 'pl0'), '--quiet');
       expect(r.code, r.err).toBe(0);
       // equal but for the verification's measured decode times (and the seal covering them)
-      const strip = (p: any) => ({ ...p, sealSha256: null, plan: { ...p.plan, verified: { ...p.plan.verified, stepMs: null, denseStepMs: null, speedup: null } } });
+      const strip = (p: any) => ({ ...p, sealSha256: null, plan: { ...p.plan, verified: { ...p.plan.verified, stepMs: null, denseStepMs: null, speedup: null,
+        ...(p.plan.verified.eightBit ? { eightBit: { ...p.plan.verified.eightBit, stepMs: null, denseStepMs: null, speedup: null } } : {}) } } });
       expect(strip(json(path.join(merged, 'plan.json')))).toEqual(strip(json(path.join(one, 'plan.json'))));
-      const md = (d: string) => fs.readFileSync(path.join(d, 'report.md'), 'utf8').replace(/decode [\d.]+ vs [\d.]+ ms\/token \(\*\*[\d.]+x\*\*\)/, 'DECODE').replace(/\. \d+ s\./, '. S.');
+      const md = (d: string) => fs.readFileSync(path.join(d, 'report.md'), 'utf8').replace(/decode [\d.]+ vs [\d.]+ ms\/token \(\*\*[\d.]+x\*\*\)/, 'DECODE').replace(/at \*\*[\d.]+x\*\* dense decode \([\d.]+ vs [\d.]+ ms\/token\)/, 'AT DECODE').replace(/\. \d+ s\./, '. S.');
       expect(md(merged)).toBe(md(one));
       const missing = await cli('merge', '--kind', 'plan', '--out', path.join(TMP, 'plan-bad'), '--inputs', path.join(TMP, 'pl0'), '--quiet');
       expect(missing.code).toBe(2);
