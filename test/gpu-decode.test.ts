@@ -402,7 +402,11 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
     const a = await gpuSession(opt, gm, { capacity: 16 }), b = await gpuSession(opt, gm, { capacity: 16, unfused: true });
     const la = [await a.step([3]), await a.step([4])], lb = [await b.step([3]), await b.step([4])];
     expect(maxRel(la, lb)).toBeLessThan(1e-5);
-    expect(a.counts).toEqual(b.counts);
+    // lossless keeps the neurons whose pre-activation is > 0: fused and unfused norms round differently, so a neuron
+    // within an ulp of 0 can flip (CI saw 2753 vs 2752 of 12288); more than a few flips is a real difference
+    expect(a.counts.mlpTotal).toBe(b.counts.mlpTotal);
+    expect(a.counts.headsSelected).toBe(b.counts.headsSelected);
+    expect(Math.abs(a.counts.mlpSelected - b.counts.mlpSelected)).toBeLessThanOrEqual(0.002 * b.counts.mlpSelected);
     a.dispose(); b.dispose();
   }, 400_000); // lavapipe under a full parallel suite: minutes
 
