@@ -250,7 +250,7 @@ describe('the manifest is checksummed (issue #11 case 3)', () => {
   it('the manifest records its format and checksum; a re-sealed manifest that contradicts the files is still caught', async () => {
     const m = readM(BUNDLE);
     expect(m.formatVersion).toBe(BUNDLE_FORMAT_VERSION);
-    expect(BUNDLE_FORMAT_VERSION).toBe(3);
+    expect(BUNDLE_FORMAT_VERSION).toBe(4);
     expect(m.manifestSha256).toMatch(/^[0-9a-f]{64}$/);
     const { manifestSha256, ...rest } = m;
     expect(manifestChecksum(rest)).toBe(manifestSha256);
@@ -261,6 +261,47 @@ describe('the manifest is checksummed (issue #11 case 3)', () => {
     m.layers[0].mlp.rule.k -= 3;
     writeM(dir, m);
     await expectRejected(dir, /layers\.0\.mlp\.rule\.k is \d+, was \d+ at export \(the copy sealed in predictors\.safetensors\)/);
+  });
+});
+
+describe('#25: a format-3 bundle (test/fixtures/bundle-format3: entries keyed `family`, written by the previous dejavu)', () => {
+  const OLD = path.join(FIXTURES, 'bundle-format3');
+  it('verifies against its checkpoint and loads with each entry renamed `predictor`; an edit is still caught by its seal; a mix of the two spellings is refused', async () => {
+    const raw = readM(OLD);
+    expect(raw.formatVersion).toBe(3);
+    const v = verifyBundle(OLD, MODEL);
+    expect(v.problems).toEqual([]);
+    for (const [i, l] of v.manifest!.layers.entries()) for (const site of ['mlp', 'heads'] as const) {
+      expect(l[site]!.predictor).toBe(raw.layers[i][site].family);
+      expect(Object.keys(l[site]!)).not.toContain('family');
+    }
+    expect(v.manifest!.layers.map((l) => [l.mlp!.predictor, l.heads!.predictor])).toEqual([['exact', 'dejavu'], ['exact', 'dejavu']]);
+    const r = await cli('verify-bundle', '--bundle', OLD, '--model', MODEL);
+    expect(r.code, r.err).toBe(0);
+    const loaded = loadBundlePredictors(OLD, MODEL);
+    try {
+      expect([...loaded.mlp.values()].map((s) => s.entry.predictor)).toEqual(['exact', 'exact']);
+      expect([...loaded.heads.values()].map((s) => s.entry.predictor)).toEqual(['dejavu', 'dejavu']);
+    } finally { loaded.dispose(); }
+    // a hand edit of an old bundle: caught by its own checksum; re-sealed: caught by the copy sealed at export
+    const dir = path.join(TMP, 'format3-edited');
+    fs.cpSync(OLD, dir, { recursive: true });
+    const m = readM(dir);
+    m.layers[1].heads.rule.k -= 1;
+    writeM(dir, m);
+    await expectRejected(dir, /layers\.1\.heads\.rule\.k is \d+, was \d+ at export/);
+    // format 3 spelled the new way, or format 4 spelled the old way: refused by name, never guessed
+    const mixed: [string, (m: Record<string, any>) => void, RegExp][] = [
+      ['format 3 keyed predictor', (m) => { for (const l of m.layers) { l.mlp.predictor = l.mlp.family; delete l.mlp.family; } }, /layers\.0\.mlp.*(family|predictor)/],
+      ['format 4 keyed family', (m) => { m.formatVersion = 4; }, /layers\.0\.mlp.*(family|predictor)/],
+    ];
+    for (const [what, edit, re] of mixed) {
+      const d = path.join(TMP, `format3-${what.replaceAll(' ', '-')}`);
+      fs.cpSync(OLD, d, { recursive: true });
+      const mm = readM(d); edit(mm); writeM(d, mm);
+      const problems = await expectRejected(d, re);
+      expect(problems.every((p) => p.startsWith('manifest.json')), what).toBe(true);
+    }
   });
 });
 

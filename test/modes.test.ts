@@ -68,7 +68,7 @@ describe('MLP modes through the forward pass', () => {
     const bundle = loadBundlePredictors(b, MODEL);
     const built = decodeModes(model.config, bundle, null);
     try {
-      expect(bundle.bundle.layers.every((l) => l.mlp?.family === 'exact' && l.mlp.tensors === null)).toBe(true);
+      expect(bundle.bundle.layers.every((l) => l.mlp?.predictor === 'exact' && l.mlp.tensors === null)).toBe(true);
       expect(built.modes.mlp.map((m) => m.mode)).toEqual(Array(model.config.layers).fill('lossless'));
       expect(built.modes.heads.map((m) => m.mode)).toEqual(Array(model.config.layers).fill('dense'));
       // logits of every step, dense vs lossless sessions over the same two rows

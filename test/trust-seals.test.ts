@@ -244,6 +244,7 @@ describe('issue #20: artifacts a later stage trusts are sealed and checked', () 
     const m = json(path.join(b, 'manifest.json'));
     expect(m.plan).toBeTruthy();
     m.formatVersion = 2;
+    for (const l of m.layers) for (const site of ['mlp', 'heads']) if (l[site]) { l[site].family = l[site].predictor; delete l[site].predictor; } // format 2's spelling
     // re-seal everything as a tool would: the sealed copy in predictors.safetensors, the files table, manifestSha256
     const pf = path.join(b, m.predictorsFile), st = openSafetensors(pf), buf = fs.readFileSync(pf);
     const tensors: Record<string, TensorToWrite> = {};

@@ -17,7 +17,7 @@ import { beginOutput } from '../util/outdir.js';
 import { sha256File } from '../util/fsx.js';
 import { writeArtifact } from '../util/json-artifact.js';
 import { sealed } from '../util/seal.js';
-import { BUNDLE_FORMAT_VERSION, READABLE_BUNDLE_FORMATS, bundleManifestSchema, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
+import { BUNDLE_FORMAT_VERSION, READABLE_BUNDLE_FORMATS, bundleManifestSchema, legacyBundleManifestSchema, legacyToCurrent, manifestChecksum, SEALED_MANIFEST_KEY, sealedPart, type BundleManifest } from './schema.js';
 import { canonicalJson, jsonDiff } from '../util/canonical-json.js';
 import { assertFinitePredictor } from '../predictors/finite.js';
 import { readEvalReport, type EvalReport } from '../eval/report.js';
@@ -33,7 +33,7 @@ function predictorJson(layer: number, site: 'mlp' | 'heads', e: PredictorEntry, 
   const lowRank = hasLowRankWeights(e.predictor);
   const refs = (q: string) => ({ fc1Weight: { name: `${q}.fc1.weight`, shape: [e.rank, d] }, fc1Bias: { name: `${q}.fc1.bias`, shape: [e.rank] }, fc2Weight: { name: `${q}.fc2.weight`, shape: [W, e.rank] }, fc2Bias: { name: `${q}.fc2.bias`, shape: [W] } });
   return {
-    family: e.predictor, score: e.score, rank: e.rank, hiddenActivation: e.hiddenActivation, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
+    predictor: e.predictor, score: e.score, rank: e.rank, hiddenActivation: e.hiddenActivation, input: e.input as PredJson['input'], label: e.label as PredJson['label'], rule: e.rule,
     tensors: lowRank ? refs(p) : null, upTensors: lowRank && e.score === 'swiglu' ? refs(`${p}.up`) : null,
     expected: { recall: ex.recall, precision: ex.precision, predictedDensity: ex.predictedDensity, trueDensity: ex.trueDensity, source: evalMetrics ? 'evaluate-recall' : 'validation' },
     flopShare: e.flopShare,
@@ -137,18 +137,18 @@ function writeBundle(o: ExportOptions, pm: PredictorsManifest, fp: ReturnType<ty
 }
 
 /** Compare the manifest with the copy sealed in predictors.safetensors at export: every changed field, by path. */
-function sealedCopyProblems(dir: string, m: BundleManifest): string[] {
-  const file = path.join(dir, m.predictorsFile);
-  if (m.predictorsFile.includes('/') || m.predictorsFile.includes('..') || !fs.existsSync(file)) return []; // reported by the file checks
+function sealedCopyProblems(dir: string, predictorsFile: string, raw: Record<string, unknown>): string[] {
+  const file = path.join(dir, predictorsFile);
+  if (predictorsFile.includes('/') || predictorsFile.includes('..') || !fs.existsSync(file)) return []; // reported by the file checks
   let meta: Record<string, string>;
   try { meta = openSafetensors(file).metadata; } catch { return []; } // reported by the tensor checks
   const sealedText = meta[SEALED_MANIFEST_KEY];
-  if (sealedText === undefined) return [`${m.predictorsFile} carries no sealed manifest copy (${SEALED_MANIFEST_KEY} metadata): the file was not written by this export`];
+  if (sealedText === undefined) return [`${predictorsFile} carries no sealed manifest copy (${SEALED_MANIFEST_KEY} metadata): the file was not written by this export`];
   let sealed: unknown;
-  try { sealed = JSON.parse(sealedText); } catch { return [`${m.predictorsFile}: the sealed manifest copy (${SEALED_MANIFEST_KEY} metadata) is not valid JSON`]; }
-  const diff = jsonDiff(sealedPart(m as unknown as Record<string, unknown>), sealed);
-  const shown = diff.slice(0, 20).map((d) => `manifest.json ${d.path} is ${d.now}, was ${d.was} at export (the copy sealed in ${m.predictorsFile})`);
-  if (diff.length > 20) shown.push(`manifest.json: ${diff.length - 20} more fields differ from the copy sealed in ${m.predictorsFile}`);
+  try { sealed = JSON.parse(sealedText); } catch { return [`${predictorsFile}: the sealed manifest copy (${SEALED_MANIFEST_KEY} metadata) is not valid JSON`]; }
+  const diff = jsonDiff(sealedPart(raw), sealed);
+  const shown = diff.slice(0, 20).map((d) => `manifest.json ${d.path} is ${d.now}, was ${d.was} at export (the copy sealed in ${predictorsFile})`);
+  if (diff.length > 20) shown.push(`manifest.json: ${diff.length - 20} more fields differ from the copy sealed in ${predictorsFile}`);
   return shown;
 }
 
@@ -163,16 +163,18 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
   const fv = (raw as { formatVersion?: unknown } | null)?.formatVersion;
   if (typeof fv === 'number' && !READABLE_BUNDLE_FORMATS.includes(fv))
     return { problems: [`manifest.json formatVersion: bundle format ${fv} is not supported by this dejavu (it reads formats ${READABLE_BUNDLE_FORMATS.join(', ')}, whose manifest is checksummed); re-export the bundle with \`dejavu export-bundle\``], manifest: null };
-  const parsed = bundleManifestSchema.safeParse(raw);
+  // formats 2 and 3 are checked as written (their entries keyed `family`), then renamed; the seals cover the raw text
+  const legacy = fv === 2 || fv === 3;
+  const parsed = legacy ? legacyBundleManifestSchema.safeParse(raw) : bundleManifestSchema.safeParse(raw);
   if (!parsed.success) return { problems: parsed.error.issues.map((i) => `manifest.json ${i.path.join('.') || '(top level)'}: ${i.message}`), manifest: null };
-  const m = parsed.data;
+  const m: BundleManifest = legacy ? legacyToCurrent(parsed.data as Parameters<typeof legacyToCurrent>[0]) : parsed.data as BundleManifest;
   // manifest-level problems come first; the file and tensor checks below still run
   const edited: string[] = [];
   if (m.formatVersion === 2 && m.plan !== undefined)
-    edited.push(`manifest.json formatVersion: 2, but the manifest carries a plan (format 2 has no plan; plans came with format ${BUNDLE_FORMAT_VERSION}): the manifest was altered after export; re-export the bundle with \`dejavu export-bundle\``);
+    edited.push(`manifest.json formatVersion: 2, but the manifest carries a plan (format 2 has no plan; plans came with format 3): the manifest was altered after export; re-export the bundle with \`dejavu export-bundle\``);
   if (manifestChecksum(raw as Record<string, unknown>) !== m.manifestSha256)
     edited.push('manifest.json was modified after export (its content no longer matches manifestSha256): re-export the bundle, or restore the manifest');
-  edited.push(...sealedCopyProblems(dir, m));
+  edited.push(...sealedCopyProblems(dir, m.predictorsFile, raw as Record<string, unknown>));
   for (const [f, want] of Object.entries(m.files)) {
     const p = path.join(dir, f);
     if (f.includes('/') || f.includes('..')) { problems.push(`file name ${f} must be a plain name`); continue; }
@@ -215,9 +217,9 @@ export function verifyBundle(dir: string, model?: string): { problems: string[];
       for (const [site, W] of [['mlp', dims.ffn], ['heads', dims.heads]] as const) {
         const p = l[site];
         if (!p) continue;
-        const lowRank = hasLowRankWeights(p.family);
-        if (lowRank !== Boolean(p.tensors) || (p.score === 'swiglu') !== Boolean(p.upTensors)) problems.push(`layer ${l.layer} ${site}: a ${p.family} predictor with ${p.score} score must ${lowRank ? '' : 'not '}have tensors${p.score === 'swiglu' ? ' and upTensors' : ''}`);
-        if (site === 'mlp' && p.family !== 'dense' && !p.rule) problems.push(`layer ${l.layer} mlp: a ${p.family} predictor needs a rule`);
+        const lowRank = hasLowRankWeights(p.predictor);
+        if (lowRank !== Boolean(p.tensors) || (p.score === 'swiglu') !== Boolean(p.upTensors)) problems.push(`layer ${l.layer} ${site}: a ${p.predictor} predictor with ${p.score} score must ${lowRank ? '' : 'not '}have tensors${p.score === 'swiglu' ? ' and upTensors' : ''}`);
+        if (site === 'mlp' && p.predictor !== 'dense' && !p.rule) problems.push(`layer ${l.layer} mlp: a ${p.predictor} predictor needs a rule`);
         for (const [name, t] of [['tensors', p.tensors], ['upTensors', p.upTensors]] as const) {
           if (!t) continue;
           fit(`${site}.${name}.fc1Weight`, t.fc1Weight, [p.rank, dims.hidden]);
@@ -263,7 +265,7 @@ export function loadBundlePredictors(dir: string, model?: string): LoadedPredict
     const h = p.tensors && lowRank(p.tensors, p.hiddenActivation, `layer ${l.layer} ${site === 'mlp' ? 'MLP' : 'head'} predictor`, `layers.${l.layer}.${site}`);
     const hu = p.upTensors && lowRank(p.upTensors, p.hiddenActivation, `layer ${l.layer} MLP predictor`, `layers.${l.layer}.mlp.up`);
     const entry: PredictorEntry = {
-      predictor: p.family, score: p.score, rank: p.rank, hiddenActivation: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule,
+      predictor: p.predictor, score: p.score, rank: p.rank, hiddenActivation: p.hiddenActivation, input: p.input, label: p.label, rule: p.rule,
       validation: { ...p.expected, f1: 0 }, flopShare: p.flopShare, epochs: 0,
     };
     (site === 'mlp' ? mlp : heads).set(l.layer, {

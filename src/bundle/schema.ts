@@ -12,9 +12,12 @@ import { runtimePlanSchema } from '../runtime/plan.js';
  * metadata. Format 1 bundles are refused with a hint to re-export.
  * 3: an optional runtime plan (`dejavu plan`: per-layer modes under a perplexity budget). Format 2 bundles (no plan)
  * are still read; a format 2 manifest carrying a plan is refused (verify-bundle).
+ * 4: a predictor entry names its kind `predictor` (was `family`, the word predictors.json and the reports use since
+ * its format 3). Formats 2 and 3 are still read: checked against their own schema and seal as written, then renamed
+ * in memory (legacyToCurrent).
  */
-export const BUNDLE_FORMAT_VERSION = 3;
-export const READABLE_BUNDLE_FORMATS: readonly number[] = [2, 3];
+export const BUNDLE_FORMAT_VERSION = 4;
+export const READABLE_BUNDLE_FORMATS: readonly number[] = [2, 3, 4];
 /** predictors.safetensors metadata key holding the sealed manifest copy (canonical JSON, without files/manifestSha256) */
 export const SEALED_MANIFEST_KEY = 'dejavu.manifest';
 
@@ -26,9 +29,8 @@ const sha = z.string().regex(/^[0-9a-f]{64}$/);
 const tensorRef = z.strictObject({ name: z.string().min(1), shape: z.array(z.number().int().nonnegative()) });
 
 const lowRankTensors = z.strictObject({ fc1Weight: tensorRef, fc1Bias: tensorRef, fc2Weight: tensorRef, fc2Bias: tensorRef });
-const predictor = z.strictObject({
-  /** dense: every neuron (no predictor); exact: the first projection itself scores (ReLU, lossless); closed-form / dejavu: low-rank */
-  family: z.enum(['dense', 'exact', 'closed-form', 'dejavu']),
+const PREDICTOR_KINDS = ['dense', 'exact', 'closed-form', 'dejavu'] as const;
+const predictorFields = {
   /** linear: logits = fc2(act(fc1(x))); swiglu: |silu(gate) * up| from `tensors` (gate) and `upTensors` */
   score: z.enum(['linear', 'swiglu']),
   rank: z.number().int().nonnegative(),
@@ -43,10 +45,14 @@ const predictor = z.strictObject({
   upTensors: lowRankTensors.nullable(),
   expected: z.strictObject({ recall: z.number().min(0).max(1), precision: z.number().min(0).max(1), predictedDensity: z.number().min(0).max(1), trueDensity: z.number().min(0).max(1), source: z.enum(['validation', 'evaluate-recall']) }),
   flopShare: z.number().nonnegative(),
-});
+};
+/** dense: every neuron (no predictor); exact: the first projection itself scores (ReLU, lossless); closed-form / dejavu: low-rank */
+const predictor = z.strictObject({ predictor: z.enum(PREDICTOR_KINDS), ...predictorFields });
+/** formats 2 and 3: the same entry keyed `family` */
+const legacyPredictor = z.strictObject({ family: z.enum(PREDICTOR_KINDS), ...predictorFields });
 
-export const bundleManifestSchema = z.strictObject({
-  formatVersion: z.union([z.literal(2), z.literal(BUNDLE_FORMAT_VERSION)]),
+const manifestOf = <F extends z.ZodType, P extends z.ZodType>(formatVersion: F, entry: P) => z.strictObject({
+  formatVersion,
   kind: z.literal('dejavu-bundle'),
   toolVersion: z.string(),
   createdAt: z.string(),
@@ -62,8 +68,8 @@ export const bundleManifestSchema = z.strictObject({
   neuronMajorFile: z.string().nullable(),
   layers: z.array(z.strictObject({
     layer: z.number().int().nonnegative(),
-    mlp: predictor.nullable(),
-    heads: predictor.nullable(),
+    mlp: entry.nullable(),
+    heads: entry.nullable(),
     /** neuron-major MLP weights: row j holds neuron j's weights (fc1/up/gate rows; fc2/down transposed) */
     neuronMajor: z.strictObject({ up: tensorRef, gate: tensorRef.nullable(), down: tensorRef, upBias: tensorRef.nullable(), gateBias: tensorRef.nullable() }).nullable(),
   })),
@@ -74,7 +80,17 @@ export const bundleManifestSchema = z.strictObject({
   /** sha256 of the canonical JSON (keys sorted, no whitespace) of this manifest without manifestSha256 */
   manifestSha256: sha,
 });
-export type BundleManifest = z.infer<typeof bundleManifestSchema>;
+export const bundleManifestSchema = manifestOf(z.literal(BUNDLE_FORMAT_VERSION), predictor);
+export const legacyBundleManifestSchema = manifestOf(z.union([z.literal(2), z.literal(3)]), legacyPredictor);
+
+/** A manifest in memory: the current entries; formatVersion says what was on disk (2 and 3 are renamed when read). */
+export type BundleManifest = Omit<z.infer<typeof bundleManifestSchema>, 'formatVersion'> & { formatVersion: 2 | 3 | typeof BUNDLE_FORMAT_VERSION };
+
+/** A format 2 / 3 manifest with its entries renamed `family` → `predictor` (nothing else differs). */
+export function legacyToCurrent(m: z.infer<typeof legacyBundleManifestSchema>): BundleManifest {
+  const rename = (p: z.infer<typeof legacyPredictor> | null) => { if (!p) return null; const { family, ...rest } = p; return { predictor: family, ...rest }; };
+  return { ...m, layers: m.layers.map((l) => ({ ...l, mlp: rename(l.mlp), heads: rename(l.heads) })) };
+}
 
 /** The manifest checksum (its seal, util/seal): sha256 of the canonical JSON of the manifest less its manifestSha256 field. */
 export function manifestChecksum(m: Record<string, unknown>): string {
