@@ -3,7 +3,8 @@
  * rendered into docs/results.md and the README's results box by `npm run docs`): run
  * `npx dejavu pipeline --config configs/default.yaml` first; this reads what it wrote (report/report.json and
  * plan/plan.json, both sealed and checked) as the pipeline's verdict figures (src/stages/verdict.ts). The run's wall
- * time is not kept in the workdir: `--seconds S` records the time you saw.
+ * time is not kept in the workdir: `--seconds S` records the time you saw, `--load L` the 1-minute load average
+ * during the run (the one recorded otherwise is this reader's).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -57,5 +58,8 @@ const notes = [
 ];
 const secI = args.indexOf('--seconds');
 if (secI >= 0) notes.unshift(`the pipeline took ${Number(args[secI + 1])} s of wall time (given with --seconds)`);
-const file = writeBenchResult({ name: 'pipeline', title: 'The main job: `dejavu pipeline` on the embedded OPT fixture', command: 'npx dejavu pipeline --config configs/default.yaml && npm run bench:pipeline', tables, notes });
+const loadI = args.indexOf('--load'), runLoadavg = loadI >= 0 ? Number(args[loadI + 1]) : undefined;
+if (runLoadavg !== undefined && !(runLoadavg >= 0)) { console.error(`--load ${args[loadI + 1]}: give the 1-minute load average seen during the run, a number >= 0`); process.exit(2); }
+const file = writeBenchResult({ name: 'pipeline', title: 'The main job: `dejavu pipeline` on the embedded OPT fixture', command: 'npx dejavu pipeline --config configs/default.yaml && npm run bench:pipeline', tables, notes,
+  ...(runLoadavg !== undefined ? { runLoadavg } : {}) });
 console.log(`wrote ${file}`);
