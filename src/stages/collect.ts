@@ -217,7 +217,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       await hostPool?.ready();
       await Promise.all(writerPools.map((p) => p.ready()));
       const tRun = Date.now();
-      let forwardMs = 0, captureMs = 0, writeMs = 0, writeWaitMs = 0;
+      let forwardMs = 0, captureMs = 0, writeMs = 0, writeWaitMs = 0, captureWaitMs = 0;
 
       // a layer's shard bytes are made on its writer thread (or here, serially) and appended here, in order
       const slot = new Map(layers.map((l, i) => [l, i]));
@@ -286,9 +286,10 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
           : captureBatch(model!, seqs, firstSeq, spec, layerHost);
         p.catch(() => undefined); // awaited in order below; a failure surfaces there
         inflight.push(p);
-        while (inflight.length >= maxInflight) await writeBatch(await inflight.shift()!);
+        while (inflight.length >= maxInflight) await writeBatch(await oldest());
       };
-      const drain = async () => { while (inflight.length) await writeBatch(await inflight.shift()!); await writing; };
+      const oldest = async () => { const w = performance.now(), b = await inflight.shift()!; captureWaitMs += performance.now() - w; return b; };
+      const drain = async () => { while (inflight.length) await writeBatch(await oldest()); await writing; };
 
       const tfBefore = tf.memory().numTensors;
       try {
@@ -328,8 +329,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         tokensPerSecond: newTokens > 0 ? newTokens / runSeconds : null,
         workers: pool ? pool.size : 1,
         /** forward and capture: summed over workers (thread time) */
-        /** writeMs: this thread's part of the writing; writeWaitMs: its waits for the previous batch's writing */
-        timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs), writeWaitMs: Math.round(writeWaitMs) },
+        /** this thread: writeMs its part of the writing, its waits for the oldest batch's capture and for the previous batch's writing */
+        timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs), captureWaitMs: Math.round(captureWaitMs), writeWaitMs: Math.round(writeWaitMs) },
         resumedFromShard,
         layers: layerSummaries(layers, stats, c.ffn, !!cfg.shard),
       };
