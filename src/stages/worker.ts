@@ -55,6 +55,8 @@ async function theModel(): Promise<Model> {
 const manifest = async (dir: string) => { if (!manifests.has(dir)) manifests.set(dir, (await mods.dataset()).readManifest(dir)); return manifests.get(dir)!; };
 const preds = async (dir: string) => { if (!predictors.has(dir)) predictors.set(dir, (await mods.hooks()).loadPredictors(dir)); return predictors.get(dir)!; };
 
+// DEJAVU_TEST_KILL_WORKER (src/util/pool.ts) kills a model worker: a host-only pool's jobs are not the ones it counts
+if (init.hostOnly) delete process.env.DEJAVU_TEST_KILL_WORKER;
 serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
   switch (job.kind) {
     case 'collect': return (await mods.capture()).captureBatch(await theModel(), job.seqs, job.firstSeq, job.spec);
