@@ -5,6 +5,7 @@
  * byte-identical shards and manifest; a disk-full error injected mid-run (DEJAVU_FAULT_ENOSPC_AFTER) exits 2 as on the
  * serial path, leaves no temp file and the same complete shards and progress.json, and the resume completes them.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -74,6 +75,13 @@ describe('collect: pipelined shard writing', () => {
     const again = await collect(path.join(TMP, 'full-4'), '4', '--workers', '1');
     expect(again.code, again.err).toBe(0);
     expect(snapshot(path.join(TMP, 'full-4'))).toEqual(serial);
+  }, 120_000);
+
+  it('runs under `node --max-old-space-size=N` (a Worker refuses that flag: the pools start without it), to the same bytes', () => {
+    const out = path.join(TMP, 'heap-flag');
+    const r = spawnSync(process.execPath, ['--max-old-space-size=512', path.join(REPO, 'bin', 'dejavu.js'), ...args(out, '--workers', '2')], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(snapshot(out)).toEqual(serial);
   }, 120_000);
 
   it('refuses a DEJAVU_COLLECT_WRITERS that is not a thread count, before writing anything', async () => {

@@ -141,7 +141,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     const mlpAct = cfg.recordMlpAct === 'auto' ? c.activation !== 'relu' : cfg.recordMlpAct;
     const seqsPerShard = Math.max(cfg.batchSize, Math.floor(cfg.rowsPerShard / cfg.seqLen / cfg.batchSize) * cfg.batchSize);
     const fields = ['seq', 'pos', 'x_attn', 'x_mlp', 'mlp_active', ...(mlpAct ? ['mlp_act'] : []), 'head_norm'];
-    const nWriters = shardWriters(layers.length);
+    const nWriters = expectBatches > 1 ? shardWriters(layers.length) : 0; // one batch: nothing to overlap
     // one pool of one thread each: a layer's jobs run in order on its own thread (its encoder's state lives there)
     writerPools = Array.from({ length: nWriters }, (_, i) => new WorkerPool(stageWorkerScript(), 1, { backend: 'cpu', model: null, hostOnly: true }, `collect shard writer ${i + 1} of ${nWriters}`));
 
