@@ -8,9 +8,8 @@ import * as fs from 'node:fs';
 import * as A from 'apache-arrow';
 import { f16ToF32Array } from '../util/half.js';
 import { createHash } from 'node:crypto';
-import { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
-import { writeAll } from '../util/fsx.js';
+import { writeAllAsync } from '../util/fsx.js';
 
 export const ACTIVATIONS_FORMAT_VERSION = 1;
 
@@ -60,49 +59,87 @@ export function makeBatch(schema: A.Schema, r: LayerRows): A.RecordBatch {
 }
 
 /**
- * Streams record batches to `file` (the caller renames it when complete). Bytes go through `writeAll` with a
- * synchronous fd; a write error (ENOSPC...) is kept and rethrown by the next write() or by close(), never left as an
- * unhandled stream error (which the wasm backend's process handlers turned into a Node crash with exit code 7).
+ * One shard's Arrow IPC file bytes, produced batch by batch on the calling thread, and their sha256: the CPU part of
+ * writing a shard (serializing and hashing), so that it can run on a writer thread while the file writes stay with
+ * the collection (ShardFile). The sink takes the writer's chunks as it emits them, synchronously.
  */
-export class ShardWriter {
-  private writer = new A.RecordBatchFileWriter();
-  private fd: number;
-  private done: Promise<void>;
-  private error: unknown = null;
+export class ShardEncoder {
+  private chunks: Uint8Array[] = [];
   private hash = createHash('sha256');
-  rows = 0;
-  /** sha256 of the file, set by close() */
-  sha256 = '';
-  constructor(readonly file: string) {
-    this.fd = fs.openSync(file, 'w');
-    const fd = this.fd;
-    const sink = new Writable({
-      write: (chunk: Buffer, _enc, cb) => {
-        try { writeAll(fd, chunk); this.hash.update(chunk); cb(); } catch (e) { this.error ??= e; cb(e as Error); }
-      },
-    });
-    this.done = new Promise<void>((res, rej) => { sink.on('finish', () => res()); sink.on('error', (e) => { this.error ??= e; rej(e); }); });
-    this.done.catch(() => undefined); // observed through `error` / close()
-    this.writer.toNodeStream().pipe(sink);
+  private writer = new A.RecordBatchFileWriter();
+  constructor() {
+    const take = (c: Uint8Array) => { this.hash.update(c); this.chunks.push(c); };
+    this.writer.reset(new (class extends A.AsyncByteQueue { override write(v: Uint8Array) { take(v); } })());
   }
-  write(b: A.RecordBatch): void {
-    if (this.error) throw this.error;
-    this.writer.write(b); this.rows += b.numRows;
+  /** the bytes this batch adds to the file (the first batch's begin with the file's magic and schema) */
+  encode(b: A.RecordBatch): Uint8Array { this.writer.write(b); return this.take(); }
+  /** the file's last bytes (its footer) and the whole file's sha256 */
+  end(): { bytes: Uint8Array; sha256: string } { this.writer.close(); return { bytes: this.take(), sha256: this.hash.digest('hex') }; }
+  private take(): Uint8Array {
+    // one buffer of its own (it moves to the collection's thread whole): the chunks are views of the batch's arrays
+    const out = new Uint8Array(this.chunks.reduce((a, c) => a + c.byteLength, 0));
+    let o = 0;
+    for (const c of this.chunks) { out.set(c, o); o += c.byteLength; }
+    this.chunks = [];
+    return out;
+  }
+}
+
+/** A layer's columns of one collection batch (seq and pos follow from firstSeq and seqLen). */
+export type LayerCols = Omit<LayerRows, 'seq' | 'pos'>;
+/** A writer thread's job: one batch of a shard file (`first`: the shard's first, which starts it), or its end. */
+export type ShardJob =
+  | { kind: 'shard-batch'; file: string; first: boolean; schema: LayerSchemaSpec; firstSeq: number; seqLen: number; cols: LayerCols }
+  | { kind: 'shard-end'; file: string };
+export interface ShardBytes { bytes: Uint8Array; sha256?: string }
+
+/** the shards being encoded on this thread, by their temp file's path */
+const encoders = new Map<string, ShardEncoder>();
+
+/** Run one ShardJob on this thread (a writer thread, or the collection's own when it writes serially). */
+export function runShardJob(job: ShardJob): ShardBytes {
+  if (job.kind === 'shard-end') {
+    const e = encoders.get(job.file);
+    if (!e) throw new Error(`no shard being encoded for ${job.file}`);
+    encoders.delete(job.file);
+    return e.end();
+  }
+  if (job.first) encoders.set(job.file, new ShardEncoder());
+  const e = encoders.get(job.file);
+  if (!e) throw new Error(`no shard being encoded for ${job.file}`);
+  const { rows } = job.cols, seq = new Int32Array(rows), pos = new Int32Array(rows);
+  for (let i = 0; i < rows; i++) { seq[i] = job.firstSeq + Math.floor(i / job.seqLen); pos[i] = i % job.seqLen; }
+  return { bytes: e.encode(makeBatch(layerSchema(job.schema), { ...job.cols, seq, pos })) };
+}
+/** forget a shard this thread was encoding (its file was aborted) */
+export const dropShard = (file: string) => encoders.delete(file);
+
+/**
+ * A shard file being written: its temp sibling (the caller renames it when complete), the bytes appended in order
+ * through libuv's threads (writeAllAsync: the calling thread stays free). A write error (ENOSPC...) rejects that
+ * append and every later one and close(); abort() waits for the writes in flight before it closes and removes the file.
+ */
+export class ShardFile {
+  private fd: number;
+  private pending: Promise<void> = Promise.resolve();
+  constructor(readonly file: string) { this.fd = fs.openSync(file, 'w'); }
+  append(bytes: Uint8Array): Promise<void> {
+    const p = this.pending.then(() => writeAllAsync(this.fd, bytes));
+    this.pending = p;
+    p.catch(() => undefined); // observed by the caller, a later append or close()
+    return p;
   }
   async close(): Promise<void> {
-    if (this.error) throw this.error;
-    this.writer.close();
-    await this.done;
-    if (this.error) throw this.error;
-    fs.fsyncSync(this.fd);
+    await this.pending;
+    await new Promise<void>((res, rej) => fs.fsync(this.fd, (e) => e ? rej(e) : res()));
     fs.closeSync(this.fd);
     this.fd = -1;
-    this.sha256 = this.hash.digest('hex');
   }
   async abort(): Promise<void> {
-    try { this.writer.close(); await Promise.race([this.done, new Promise((r) => setTimeout(r, 100))]); } catch { /* ignore */ }
+    await this.pending.catch(() => undefined); // never close an fd a write in flight still uses
     if (this.fd >= 0) { try { fs.closeSync(this.fd); } catch { /* ignore */ } this.fd = -1; }
     fs.rmSync(this.file, { force: true });
+    dropShard(this.file);
   }
 }
 

@@ -37,7 +37,7 @@ const batchSize = Number(opt('batch-size', isFixture ? '8' : '2'));
 const backend = opt('backend', process.env.DEJAVU_BACKEND ?? 'auto') as BackendPreference;
 const workerCounts = opt('workers', backend === 'webgpu' ? '1' : '1,2').split(',').map(Number);
 
-interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seconds: number; workers: number; timing: { forwardMs: number; captureMs: number; writeMs: number } };
+interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seconds: number; workers: number; timing: Record<string, number> };
     maxRssBytes: number; loadSeconds: number }
 
 if (args.includes('--child')) {
@@ -74,6 +74,7 @@ if (args.includes('--child')) {
   const self = fileURLToPath(import.meta.url);
   const rows: (string | number)[][] = [];
   let base = 0;
+  const timings: string[] = [];
   for (const w of workerCounts) {
     const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', tokensArg, '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w), '--backend', b.name],
       { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
@@ -82,7 +83,9 @@ if (args.includes('--child')) {
     const s = res.summary;
     base ||= s.tokensPerSecond;
     const gflops = (flopsPerToken * s.tokensPerSecond) / 1e9;
-    if (b.name === 'webgpu') console.log(`${w} worker(s): ${JSON.stringify(s.timing)} (forward: until the captures are read back; capture: the host work after)`);
+    timings.push(`${w} worker(s), ${s.tokens} tokens in ${(s.tokens / s.tokensPerSecond).toFixed(1)} s, timing in ms: ${JSON.stringify(s.timing)} (forward: until a batch's captures are read back, capture: ` +
+      `the host work after, both summed over batches; write: the collecting thread's part of the writing; captureWait, writeWait: its waits for the oldest batch's capture and the previous batch's writing)`);
+    console.log(timings.at(-1));
     rows.push([w, s.tokens, s.tokensPerSecond.toFixed(1), (s.tokensPerSecond / base).toFixed(2) + 'x', gflops.toFixed(2), (w * mm).toFixed(2), (gflops / (w * mm)).toFixed(2),
       (res.maxRssBytes / 2 ** 30).toFixed(2), res.loadSeconds.toFixed(0)]);
   }
@@ -99,6 +102,7 @@ if (args.includes('--child')) {
   const file = writeBenchResult({ name, title: `Activation collection throughput: ${modelDir}`, command: `npm run bench:collect -- ${args.join(' ')}`.trim().replace(/ --$/, ''), tables, notes: [
     `${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}; forward FLOPs per token (matmuls) ${(flopsPerToken / 1e6).toFixed(1)} M`,
     `one thread's matmul rate at [${batchSize * seqLen}, ${c.hidden}] x [${c.hidden}, ${c.ffn}], measured in the same run: ${mm.toFixed(2)} GFLOP/s (the ceiling column is workers x this)`,
+    `shard writer threads: ${process.env.DEJAVU_COLLECT_WRITERS ?? 'default (one per layer, up to the cores but one)'}`, ...timings,
   ] });
   console.log(`\nwrote ${file}`);
 }

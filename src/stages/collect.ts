@@ -1,6 +1,17 @@
 /**
  * collect-activations: dense forward passes over packed calibration text; per layer, one Arrow row per token.
  * Streaming (one shard per layer in flight), resumable (progress.json names the complete shards), atomic renames.
+ *
+ * Writing is pipelined: a batch's shard bytes are serialized and hashed (sha256) on writer threads (one thread per
+ * layer group: a file's hash is sequential) and appended to the temp files through libuv's threads, while this
+ * thread goes on to the next batches; a batch waits only for the previous batch's writing (so at most one batch is
+ * being written: bounded memory), and everything a batch's writing changes (statistics, the shard's end, progress.json)
+ * happens in the serial order. Why: on the GPU box at OPT-1.3B widths, 24 layers x 19 MB of shard bytes a batch,
+ * serializing, hashing and writing them cost this one thread 0.75 s a batch (sha256 0.46 s of it) against a 0.28 s
+ * forward, and the GPU waited (1,063 tokens/s, 0.19 of the matmul rate); with writer threads this thread hands such
+ * a batch over in 1-3 ms (measured on the 2-core machine, where the serial path keeps it busy 1.1-1.2 s).
+ * DEJAVU_COLLECT_WRITERS=N sets the writer threads; 0 does it all on this thread, each batch written before the next
+ * is taken (the serial path; the output is byte-identical: test/collect-writers.test.ts).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,7 +22,7 @@ import { VERSION } from '../version.js';
 import type { CollectConfig } from '../config/schemas.js';
 import { fingerprintCheckpoint, sameFingerprint, type Fingerprint } from '../checkpoint/checkpoint.js';
 import { isPretokenized, packSequences, readDocuments } from '../activations/data.js';
-import { ACTIVATIONS_FORMAT_VERSION, layerSchema, makeBatch, REBUILD_HINT, ShardWriter, type LayerRows } from '../activations/format.js';
+import { ACTIVATIONS_FORMAT_VERSION, REBUILD_HINT, runShardJob, ShardFile, type LayerCols, type LayerSchemaSpec, type ShardBytes, type ShardJob } from '../activations/format.js';
 import { activationsManifestSchema, activationsSummarySchema, collectProgressSchema, layerDir, readManifest, readSummary, shardKey, shardName, type ActivationsManifest } from '../activations/dataset.js';
 import { issueLines } from '../util/json-artifact.js';
 import { loadHostWeights, loadModel, type Model } from '../model/model.js';
@@ -54,6 +65,21 @@ function identity(cfg: CollectConfig, m: { fingerprint: unknown; tokenizerHash: 
  * data needed up front); the k-th dataset shard of process shard `index` is index + k * count */
 const globalShard = (sh: { index: number; count: number } | undefined, k: number) => sh ? sh.index + k * sh.count : k;
 
+/** collect's shard writer threads: DEJAVU_COLLECT_WRITERS (0: on the collecting thread, serially), else one per layer
+ * up to the cores but one (at least one) */
+function shardWriters(layers: number): number {
+  const v = process.env.DEJAVU_COLLECT_WRITERS ?? '';
+  if (v !== '' && !/^\d+$/.test(v)) throw new UserError(`DEJAVU_COLLECT_WRITERS=${v} is not a thread count`, 'set it to a whole number (0: write on the collecting thread), or unset it');
+  return Math.min(layers, v !== '' ? Number(v) : Math.max(1, defaultWorkers() - 1));
+}
+
+/** the buffers a layer's capture lives in that can move to a writer thread whole (a view of a larger buffer is copied) */
+function movable(lc: LayerCapture): ArrayBuffer[] {
+  if (lc.packed) return [lc.packed.buffer as ArrayBuffer];
+  const views = [lc.xAttn, lc.xMlp, lc.bits, lc.headNorm, ...(lc.mlpAct ? [lc.mlpAct] : [])];
+  return [...new Set(views.filter((v) => v.buffer instanceof ArrayBuffer && v.byteOffset === 0 && v.byteLength === v.buffer.byteLength).map((v) => v.buffer as ArrayBuffer))];
+}
+
 export const newStats = (heads: number): LayerStats => ({ tokens: 0, active: 0, headNormSum: new Array(heads).fill(0), headNormSq: new Array(heads).fill(0), actAbsSum: 0 });
 /** add one batch to a layer's running statistics (the one order of additions: collect and merge give the same doubles) */
 export function addBatch(st: LayerStats, rows: number, b: BatchStats): void {
@@ -92,7 +118,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
   // one worker per core (each with its own tfjs, host weights shared), or in-process when there is one batch at most
   const expectBatches = cfg.maxTokens ? Math.ceil(Math.ceil(cfg.maxTokens / cfg.seqLen) / cfg.batchSize) : Infinity;
   const nWorkers = Math.min(cfg.workers || defaultModelWorkers(defaultWorkers()), expectBatches);
-  let pool: WorkerPool | null = null, hostPool: WorkerPool | null = null;
+  let pool: WorkerPool | null = null, hostPool: WorkerPool | null = null, writerPools: WorkerPool[] = [];
   let model: Model | null = null;
   let layerHost: LayerHost | undefined;
   if (nWorkers > 1) {
@@ -115,6 +141,9 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     const mlpAct = cfg.recordMlpAct === 'auto' ? c.activation !== 'relu' : cfg.recordMlpAct;
     const seqsPerShard = Math.max(cfg.batchSize, Math.floor(cfg.rowsPerShard / cfg.seqLen / cfg.batchSize) * cfg.batchSize);
     const fields = ['seq', 'pos', 'x_attn', 'x_mlp', 'mlp_active', ...(mlpAct ? ['mlp_act'] : []), 'head_norm'];
+    const nWriters = expectBatches > 1 ? shardWriters(layers.length) : 0; // one batch: nothing to overlap
+    // one pool of one thread each: a layer's jobs run in order on its own thread (its encoder's state lives there)
+    writerPools = Array.from({ length: nWriters }, (_, i) => new WorkerPool(stageWorkerScript(), 1, { backend: 'cpu', model: null, hostOnly: true }, `collect shard writer ${i + 1} of ${nWriters}`));
 
     // --- output folder: new, resume, or refuse (src/util/outdir.ts: marker, lock, only our own folders)
     const out = cfg.out;
@@ -170,13 +199,13 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       };
       writeChecked(path.join(out, 'manifest.json'), activationsManifestSchema, manifest);
 
-      const schemas = new Map(layers.map((l) => [l, layerSchema({ layer: l, hidden: c.hidden, ffn: c.ffn, heads: c.heads, dtype: cfg.dtype, mlpAct })]));
+      const schemas = new Map(layers.map((l): [number, LayerSchemaSpec] => [l, { layer: l, hidden: c.hidden, ffn: c.ffn, heads: c.heads, dtype: cfg.dtype, mlpAct }]));
       const stats = new Map(layers.map((l) => [l, (progress.shards.at(-1)?.stats[l] && structuredClone(progress.shards.at(-1)!.stats[l]!)) ?? newStats(c.heads)]));
       const total = cfg.maxTokens ?? NaN;
       const bar = deps.progress('collect', Number.isFinite(total) ? total : 0, 'tok');
       let seqIndex = 0;
       let shardIndex = 0;
-      let writers: Map<number, ShardWriter> | null = null;
+      let files: Map<number, ShardFile> | null = null;
       let tokens = progress.tokens;
       const startTokens = tokens;
       // sequences of dataset shards this process does not write: complete ones (resume), other processes' (--shard)
@@ -188,19 +217,31 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       let batch: number[][] = [], batchFirst = 0;
       await pool?.ready(); // worker start-up (backend, model) is not collection time
       await hostPool?.ready();
+      await Promise.all(writerPools.map((p) => p.ready()));
       const tRun = Date.now();
-      let forwardMs = 0, captureMs = 0, writeMs = 0;
+      let forwardMs = 0, captureMs = 0, writeMs = 0, writeWaitMs = 0, captureWaitMs = 0;
 
-      const openShard = () => new Map(layers.map((l) => [l, new ShardWriter(path.join(layerDir(out, l), `.${shardName(globalShard(cfg.shard, shardIndex))}.tmp`))]));
+      // a layer's shard bytes are made on its writer thread (or here, serially) and appended here, in order
+      const slot = new Map(layers.map((l, i) => [l, i]));
+      const encode = (l: number, job: ShardJob, transfer: ArrayBuffer[] = []): Promise<ShardBytes> => nWriters
+        ? writerPools[slot.get(l)! % nWriters]!.run<ShardBytes>(`layer ${l}'s ${job.kind === 'shard-end' ? 'shard end' : `batch of sequences from ${job.firstSeq}`}`, job, { transfer })
+        : Promise.resolve().then(() => runShardJob(job));
+      const openShard = () => new Map(layers.map((l) => [l, new ShardFile(path.join(layerDir(out, l), `.${shardName(globalShard(cfg.shard, shardIndex))}.tmp`))]));
       const finishShard = async () => {
-        if (!writers) return;
+        if (!files) return;
         const sums: Record<string, string> = {}, g = globalShard(cfg.shard, shardIndex);
-        for (const [l, w] of writers) {
-          await w.close();
-          sums[shardKey(l, g)] = w.sha256;
-          fs.renameSync(w.file, path.join(layerDir(out, l), shardName(g)));
+        const ends = await Promise.all([...files].map(async ([l, f]) => {
+          const e = await encode(l, { kind: 'shard-end', file: f.file });
+          await f.append(e.bytes);
+          await f.close();
+          return e.sha256!;
+        }));
+        // in the layers' order (the manifest's keys), as the serial writer did
+        for (const [i, [l, f]] of [...files].entries()) {
+          sums[shardKey(l, g)] = ends[i]!;
+          fs.renameSync(f.file, path.join(layerDir(out, l), shardName(g)));
         }
-        writers = null;
+        files = null;
         shardIndex++;
         const rec: ShardRecord = { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)), ...(cfg.shard ? { batches: shardBatches } : {}) };
         shardBatches = [];
@@ -210,25 +251,33 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       // batches are fixed sets of sequences (sequence i -> batch floor(i / batchSize)); with a pool they run in
       // parallel, one tfjs per worker, and are written here strictly in order
       const spec: CaptureSpec = { layers, seqLen: cfg.seqLen, dtype: cfg.dtype, mlpAct };
+      // the previous batch's writing (its shard bytes, and the shard's end when it ended one); awaited before the next
+      // batch changes anything, so the order of every change is the serial one
+      let writing: Promise<void> = Promise.resolve();
       const writeBatch = async (b: BatchCapture) => {
-        forwardMs += b.forwardMs; captureMs += b.captureMs;
+        const w = performance.now();
+        await writing;
         const s = performance.now();
-        const rows = b.rows, nSeq = rows / cfg.seqLen;
-        const seq = new Int32Array(rows), pos = new Int32Array(rows);
-        for (let q = 0; q < nSeq; q++) for (let t = 0; t < cfg.seqLen; t++) { seq[q * cfg.seqLen + t] = b.firstSeq + q; pos[q * cfg.seqLen + t] = t; }
-        writers ??= openShard();
+        writeWaitMs += s - w;
+        forwardMs += b.forwardMs; captureMs += b.captureMs;
+        const rows = b.rows, nSeq = rows / cfg.seqLen, first = !files;
+        const shard = files ??= openShard();
         if (cfg.shard) shardBatches.push({ firstSeq: b.firstSeq, rows,
           layers: b.layers.map((lc) => ({ active: lc.active, absSum: lc.absSum, headNormSum: [...lc.headNormSum], headNormSq: [...lc.headNormSq] })) });
-        for (const lc of b.layers) {
+        const appended = b.layers.map((lc) => {
           addBatch(stats.get(lc.layer)!, rows, { active: lc.active, absSum: lc.absSum, headNormSum: lc.headNormSum, headNormSq: lc.headNormSq });
-          const lr: LayerRows = { rows, seq, pos, xAttn: lc.xAttn, xMlp: lc.xMlp, mlpActiveBits: lc.bits, headNorm: lc.headNorm };
-          if (lc.mlpAct) lr.mlpAct = lc.mlpAct;
-          writers.get(lc.layer)!.write(makeBatch(schemas.get(lc.layer)!, lr));
-        }
-        writeMs += performance.now() - s;
+          const f = shard.get(lc.layer)!;
+          const cols: LayerCols = { rows, xAttn: lc.xAttn, xMlp: lc.xMlp, mlpActiveBits: lc.bits, headNorm: lc.headNorm, ...(lc.mlpAct ? { mlpAct: lc.mlpAct } : {}) };
+          return encode(lc.layer, { kind: 'shard-batch', file: f.file, first, schema: schemas.get(lc.layer)!, firstSeq: b.firstSeq, seqLen: cfg.seqLen, cols }, movable(lc))
+            .then((e) => f.append(e.bytes));
+        });
         tokens += rows;
         bar.update(tokens, { shard: shardIndex });
-        if ((b.firstSeq + nSeq) % seqsPerShard === 0) await finishShard();
+        const ends = (b.firstSeq + nSeq) % seqsPerShard === 0;
+        writing = Promise.all(appended).then(() => ends ? finishShard() : undefined);
+        writing.catch(() => undefined); // observed by the next batch, the drain or the abort below
+        if (!nWriters) await writing; // the serial path: this batch is on disk before the next is taken
+        writeMs += performance.now() - s;
       };
       const inflight: Promise<BatchCapture>[] = [];
       // in-process: two batches in flight, so the backend runs the next batch's forward (queued when it starts) while
@@ -239,9 +288,10 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
           : captureBatch(model!, seqs, firstSeq, spec, layerHost);
         p.catch(() => undefined); // awaited in order below; a failure surfaces there
         inflight.push(p);
-        while (inflight.length >= maxInflight) await writeBatch(await inflight.shift()!);
+        while (inflight.length >= maxInflight) await writeBatch(await oldest());
       };
-      const drain = async () => { while (inflight.length) await writeBatch(await inflight.shift()!); };
+      const oldest = async () => { const w = performance.now(), b = await inflight.shift()!; captureWaitMs += performance.now() - w; return b; };
+      const drain = async () => { while (inflight.length) await writeBatch(await oldest()); await writing; };
 
       const tfBefore = tf.memory().numTensors;
       try {
@@ -260,7 +310,8 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         await drain();
         await finishShard();
       } catch (e) {
-        if (writers) for (const w of (writers as Map<number, ShardWriter>).values()) await w.abort();
+        await writing.catch(() => undefined); // the writes in flight end (or fail) before their files are removed
+        if (files) for (const f of (files as Map<number, ShardFile>).values()) await f.abort();
         startedEmpty = shardIndex === 0; // with complete shards the run stays resumable
         throw e;
       } finally {
@@ -279,8 +330,9 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         seconds: (Date.now() - t0) / 1000,
         tokensPerSecond: newTokens > 0 ? newTokens / runSeconds : null,
         workers: pool ? pool.size : 1,
-        /** forward and capture: summed over workers (thread time); write: this thread */
-        timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs) },
+        /** forward and capture: summed over workers (thread time) */
+        /** this thread: writeMs its part of the writing, its waits for the oldest batch's capture and for the previous batch's writing */
+        timing: { forwardMs: Math.round(forwardMs), captureMs: Math.round(captureMs), writeMs: Math.round(writeMs), captureWaitMs: Math.round(captureWaitMs), writeWaitMs: Math.round(writeWaitMs) },
         resumedFromShard,
         layers: layerSummaries(layers, stats, c.ffn, !!cfg.shard),
       };
@@ -306,6 +358,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     model?.dispose();
     await pool?.close();
     await hostPool?.close();
+    await Promise.all(writerPools.map((p) => p.close()));
   }
 }
 

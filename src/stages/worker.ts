@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { ensureBackend, type BackendPreference } from '../backend.js';
 import type { ActivationsManifest } from '../activations/dataset.js';
 import type { CaptureSpec, LayerHostSpec, LayerReads } from '../activations/capture.js';
+import type { ShardJob } from '../activations/format.js';
 import type { TrainConfig } from '../config/schemas.js';
 import type { HostWeights, Model } from '../model/model.js';
 import type { LoadedPredictors } from '../predictors/hooks.js';
@@ -21,6 +22,7 @@ import type { EvalJob } from './evaluate.js';
 const mods = {
   dataset: () => import('../activations/dataset.js'),
   capture: () => import('../activations/capture.js'),
+  format: () => import('../activations/format.js'),
   model: () => import('../model/model.js'),
   hooks: () => import('../predictors/hooks.js'),
   trainLayer: () => import('../predictors/train-layer.js'),
@@ -29,11 +31,12 @@ const mods = {
   evaluate: () => import('./evaluate.js'),
 };
 
-/** hostOnly: a worker beside a GPU that does the captures' host work (no model, no tfjs work) */
+/** hostOnly: a worker that does host work only (no model, no tfjs work): the captures' beside a GPU, collect's shard writing */
 interface Init { backend: BackendPreference; workerIndex: number; model?: { dir: string; host?: HostWeights } | null; hostOnly?: boolean }
 type Job =
   | { kind: 'collect'; seqs: number[][]; firstSeq: number; spec: CaptureSpec }
   | { kind: 'capture-layer'; r: LayerReads; h: LayerHostSpec }
+  | ShardJob
   | { kind: 'train'; dir: string; cfg: TrainConfig; layer: number; site: 'mlp' | 'heads' }
   | MlpJob
   | EvalJob;
@@ -52,10 +55,13 @@ async function theModel(): Promise<Model> {
 const manifest = async (dir: string) => { if (!manifests.has(dir)) manifests.set(dir, (await mods.dataset()).readManifest(dir)); return manifests.get(dir)!; };
 const preds = async (dir: string) => { if (!predictors.has(dir)) predictors.set(dir, (await mods.hooks()).loadPredictors(dir)); return predictors.get(dir)!; };
 
+// DEJAVU_TEST_KILL_WORKER (src/util/pool.ts) kills a model worker: a host-only pool's jobs are not the ones it counts
+if (init.hostOnly) delete process.env.DEJAVU_TEST_KILL_WORKER;
 serveJobs(parentPort!, init.workerIndex, async (job: Job, progress) => {
   switch (job.kind) {
     case 'collect': return (await mods.capture()).captureBatch(await theModel(), job.seqs, job.firstSeq, job.spec);
     case 'capture-layer': return (await mods.capture()).captureLayer(job.r, job.h);
+    case 'shard-batch': case 'shard-end': return (await mods.format()).runShardJob(job);
     case 'train': {
       let pending = 0;
       return (await mods.trainLayer()).trainLayer(job.dir, await manifest(job.dir), job.cfg, job.layer, (n) => { pending += n; if (pending >= 2048) { progress(pending); pending = 0; } },

@@ -45,6 +45,12 @@ export function writeAll(fd: number, data: Uint8Array): void {
   for (let off = 0; off < data.byteLength;) off += fs.writeSync(fd, data, off, data.byteLength - off);
 }
 
+/** writeAll through libuv's thread pool (the calling thread stays free meanwhile); the same fault hook */
+export async function writeAllAsync(fd: number, data: Uint8Array): Promise<void> {
+  faultCheck(data.byteLength);
+  for (let off = 0; off < data.byteLength;) off += await new Promise<number>((res, rej) => fs.write(fd, data, off, data.byteLength - off, null, (e, n) => e ? rej(e) : res(n)));
+}
+
 export function writeJsonAtomic(target: string, value: unknown): void {
   writeFileAtomic(target, JSON.stringify(value, null, 2) + '\n');
 }

@@ -29,13 +29,15 @@ interface Slot { index: number; worker: Worker; threadId: number; busy: Pending 
 
 export interface WorkerMessage { id: number; type: 'ready' | 'progress' | 'done' | 'error'; value?: unknown; result?: unknown; user?: boolean; message?: string; hint?: string; stack?: string }
 
-/** the parent's Node flags minus those that only make sense for a main script (-e/--eval/-p/--print, --input-type) */
+/** the parent's Node flags minus those that only make sense for a main script (-e/--eval/-p/--print, --input-type)
+ * and the per-isolate V8 limits a Worker refuses (ERR_WORKER_INVALID_EXEC_ARGV: `node --max-old-space-size=N` would
+ * fail every pool; a worker's heap is its own) */
 function workerExecArgv(): string[] {
   const out: string[] = [];
   const a = process.execArgv;
   for (let i = 0; i < a.length; i++) {
     if (['-e', '--eval', '-p', '--print'].includes(a[i]!)) { i++; continue; }
-    if (/^(--input-type|--eval=|--print=)/.test(a[i]!)) continue;
+    if (/^(--input-type|--eval=|--print=|--(max-old-space-size|max-semi-space-size|stack-size)(=|$))/.test(a[i]!)) continue;
     out.push(a[i]!);
   }
   return out;
