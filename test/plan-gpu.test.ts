@@ -20,6 +20,9 @@ import { exportBundle } from '../src/bundle/bundle.js';
 import { shapeProblems, type ShapeCosts } from '../src/runtime/costs.js';
 import type { PlanFile } from '../src/runtime/plan.js';
 import { closeGpu, getGpu } from '../src/runtime/gpu/device.js';
+import { gpuDenseModes, gpuPlanModes, gpuSession, type GpuModes } from '../src/runtime/gpu/session.js';
+import { loadModel } from '../src/model/model.js';
+import { loadPredictors } from '../src/predictors/hooks.js';
 import { cli, FIXTURES, tmpDir } from './helpers.js';
 
 let why = '';
@@ -64,6 +67,29 @@ async function planWith(name: string, extra: Record<string, unknown>, cache?: st
 }
 
 describe.skipIf(!gpu)('a plan priced for the GPU decode runtime', () => {
+  it('every op a GPU step runs says what it computes (what the cost model times by name), in every mode', async () => {
+    const model = loadModel(MODEL, { decode: true }), preds = loadPredictors(CF);
+    try {
+      const L = model.config.layers, F = model.config.ffn, dense = gpuDenseModes(L);
+      const names = async (modes: GpuModes, o: { unfused?: boolean } = {}) => {
+        const s = await gpuSession(model, modes, { capacity: 16, ...o });
+        try { return s.opNames(0); } finally { s.dispose(); }
+      };
+      const plain = ['qkv', 'attn', 'o', 'up', 'down', 'reduce'];
+      expect(await names(dense)).toEqual(plain);
+      expect(await names(dense, { unfused: true })).toEqual(['qkv', 'qkv', 'attn', 'o', 'up', 'up', 'down', 'reduce']); // a norm dispatch counts with its matvec
+      expect(await names({ ...dense, mlp: dense.mlp.map(() => ({ mode: 'lossless' })) })).toEqual(plain);
+      expect(await names({ mlp: dense.mlp.map(() => ({ mode: 'select', sets: [Int32Array.from([1, 5, 9])] })), heads: dense.heads.map(() => ({ mode: 'select', sets: [Int32Array.from([0, 2])] })) })).toEqual(plain);
+      const pred = await names(gpuPlanModes(model.config, preds, null)); // the trained rules: predicted MLPs and heads
+      expect(pred.filter((n) => n === 'pred').length).toBeGreaterThanOrEqual(2);
+      expect(pred.filter((n) => n !== 'pred')).toEqual(plain);
+      const at = { t: 0.5 };
+      expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ attn: at, o: at, mlp: at })) })).toEqual(['site.attn', 'attn', 'site.o', 'site.o', 'site.mlp', 'site.down', 'reduce']);
+      expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ down: at })) })).toEqual(['qkv', 'attn', 'o', 'up', 'site.down', 'reduce']);
+      expect(F).toBeGreaterThan(9);
+    } finally { preds.dispose(); model.dispose(); }
+  }, 120_000);
+
   it('records runtime gpu (a CPU plan: cpu); its costs are the GPU\'s, keyed by the adapter, parts less than the whole step; a second run reads them from the cache', async () => {
     const g = await planWith('gpu', { runtime: 'gpu', maxPplIncrease: 0.01 });
     expect(g.file.plan.runtime).toBe('gpu');

@@ -586,7 +586,11 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     const everySite = { inputs: Array.from({ length: model.config.layers }, () => ({ attn: { t: 0 }, mlp: { t: 0 } })) };
     if (cfg.sites) sparse = loadModel(cfg.model, { decode: { inputMajor: inputMajorNames(everySite, model.config.gated) } });
     const cctx = Math.max(1, Math.round(cfg.seqLen / 2)), note = (s: string) => deps.log(`plan: ${s}`);
-    costs = cfg.runtime === 'gpu' ? await gpuKernelCosts(model, cctx, { note, sites: Boolean(sparse) }) : await kernelCosts(model, cctx, { note, ...(sparse ? { sparse } : {}) });
+    costs = cfg.runtime === 'gpu' ? await gpuKernelCosts(model, cctx, { note, sites: Boolean(sparse) }).catch((e: unknown) => {
+      // no adapter, no `webgpu` package, a model the GPU runtime does not run: said as the plan's
+      if (!(e instanceof UserError)) throw e;
+      throw new UserError(`plan (runtime gpu): ${e.message}`, `price the plan for the CPU runtime (runtime cpu, the default)${e.hint ? `; or ${e.hint}` : ''}`);
+    }) : await kernelCosts(model, cctx, { note, ...(sparse ? { sparse } : {}) });
     const sc = costs.shape;
     deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}; priced for the ${cfg.runtime === 'gpu' ? 'GPU decode runtime\'s WGSL kernels' : 'CPU runtime\'s kernels'}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
     const x: Ctx = { cfg, deps, model, preds, m, costs, ...(cfg.shard ? { dppl: { shard: cfg.shard, record: {} } } : replay ? { dppl: { replay } } : {}) };

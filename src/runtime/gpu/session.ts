@@ -376,6 +376,11 @@ export class GpuDecodeSession {
     this.dev.queue.writeBuffer(this.b.thr, 256 * i + 4 * k, this.thr, 64 * i + k, 1);
   }
 
+  /** what layer i's ops compute, in order (its head set `set.heads`, its neuron set `set.mlp`): what timeOps can time */
+  opNames(i: number, set: { heads?: number; mlp?: number } = {}): (OpName | undefined)[] {
+    return [...this.headOps[i]![set.heads ?? 0]!, ...this.mlpOps[i]![set.mlp ?? 0]!].map((o) => o.name);
+  }
+
   /**
    * ms per run of layer i's ops named `names` (all: null) of its attention block for head set `set.heads` and its MLP
    * block for neuron set `set.mlp`, at the session's position (`set.a`: the MLP activations written first, for ops
