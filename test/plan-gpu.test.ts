@@ -130,6 +130,22 @@ describe.skipIf(!gpu)('a plan priced for the GPU decode runtime', () => {
     expect(b.file.plan.runtime).toBe('gpu');
   }, 600_000);
 
+  it('input-threshold sites priced on the GPU: each site\'s dense and input-sparse dispatches in the cache; the plan within its budget', async () => {
+    const r = await planWith('gpu-sites', { runtime: 'gpu', maxPplIncrease: 0.05, sites: true, siteSparsities: [0.5], calibrationTokens: 1024, neverSlower: false });
+    expect(r.file.plan.runtime).toBe('gpu');
+    const j = JSON.parse(fs.readFileSync(path.join(process.env.DEJAVU_CACHE_DIR!, 'kernel-costs.json'), 'utf8')) as { sites?: Record<string, Record<string, { denseMs: number; sparse: [number, number][] }>> };
+    const gk = Object.keys(j.sites ?? {}).filter((k) => k.startsWith('gpu|'));
+    expect(gk).toHaveLength(1);
+    const sites = j.sites![gk[0]!]!;
+    expect(Object.keys(sites).sort()).toEqual(['attn', 'down', 'mlp', 'o']);
+    for (const [name, t] of Object.entries(sites)) {
+      expect(t.denseMs, name).toBeGreaterThan(0);
+      expect(t.sparse.map(([p]) => p), name).toEqual([0, 1]);
+      for (const [, ms] of t.sparse) expect(Number.isFinite(ms) && ms > 0, name).toBe(true);
+    }
+    expect(r.file.plan.verified.pplIncrease).toBeLessThanOrEqual(0.05);
+  }, 600_000);
+
   it('generate notes on stderr a plan priced for another runtime than it runs on, and nothing for a match', async () => {
     const bundle = (plan: string) => {
       const out = path.join(TMP, `bundle-${plan}`);

@@ -601,6 +601,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     }
     const st = onSearch = await searchText(model, search, cfg.batchSize);
     const { options, densePpl } = await measureOptions(x, st);
+    costs.dispose(); // every option is priced (the GPU's copy of the weights is freed before the verification makes its own)
     sparse?.dispose(); sparse = null;
     if (x.dppl && 'shard' in x.dppl) { // a shard: its layers' single-layer perplexities only
       const { out: _o, shard: _s, overwrite: _w, backend: _b, ...run } = cfg;
