@@ -385,7 +385,8 @@ export class GpuDecodeSession {
    * ms per run of layer i's ops named `names` (all: null) of its attention block for head set `set.heads` and its MLP
    * block for neuron set `set.mlp`, at the session's position (`set.a`: the MLP activations written first, for ops
    * that read them): `reps` runs in one compute pass per submission (as a step runs them: each dispatch's fixed cost
-   * and barrier included), enough to last ~`ms`, the median of `batches` submissions. The values they leave are
+   * and barrier included; the host's encoding where it takes longer), enough to last ~`ms`, the median of `batches`
+   * submissions. The values they leave are
    * meaningless (the plan's cost model times with it; a session that decodes afterwards must be made again).
    */
   async timeOps(i: number, names: readonly OpName[] | null, set: { heads?: number; mlp?: number; a?: Float32Array } = {}, ms = 4, batches = 5): Promise<number> {
@@ -399,14 +400,16 @@ export class GpuDecodeSession {
       const c = this.c;
       this.dev.queue.writeBuffer(this.b.params, 0, Uint32Array.from([this.n, this.n + c.positionOffset, 0, 0]));
       if (set.a) this.dev.queue.writeBuffer(this.b.a, 0, set.a);
+      // the device's time, or the host's to encode them where that is longer (a step whose encoding outlasts its GPU
+      // work, as small models' do, pays each dispatch's encoding: greedy overlaps the two)
       const batch = async (reps: number) => {
-        const enc = this.dev.createCommandEncoder(), pass = enc.beginComputePass();
+        const t0 = performance.now(), enc = this.dev.createCommandEncoder(), pass = enc.beginComputePass();
         for (let r = 0; r < reps; r++) for (const o of ops) { pass.setPipeline(o.p); pass.setBindGroup(0, o.g); pass.dispatchWorkgroups(o.x, o.y); }
         pass.end();
-        const t = performance.now();
-        this.dev.queue.submit([enc.finish()]);
+        const cmd = enc.finish(), t1 = performance.now();
+        this.dev.queue.submit([cmd]);
         await this.dev.queue.onSubmittedWorkDone();
-        return performance.now() - t;
+        return Math.max(t1 - t0, performance.now() - t1);
       };
       let reps = 1;
       for (let t = await batch(1); t < ms && reps < 1 << 16; t = await batch(reps)) reps *= Math.min(16, Math.max(2, Math.ceil(ms / Math.max(t, 1e-3))));
