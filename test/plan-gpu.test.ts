@@ -79,7 +79,8 @@ describe.skipIf(!gpu)('a plan priced for the GPU decode runtime', () => {
       expect(await names(dense)).toEqual(plain);
       expect(await names(dense, { unfused: true })).toEqual(['qkv', 'qkv', 'attn', 'o', 'up', 'up', 'down', 'reduce']); // a norm dispatch counts with its matvec
       expect(await names({ ...dense, mlp: dense.mlp.map(() => ({ mode: 'lossless' })) })).toEqual(plain);
-      expect(await names({ mlp: dense.mlp.map(() => ({ mode: 'select', sets: [Int32Array.from([1, 5, 9])] })), heads: dense.heads.map(() => ({ mode: 'select', sets: [Int32Array.from([0, 2])] })) })).toEqual(plain);
+      const sel = { mlp: dense.mlp.map(() => ({ mode: 'select' as const, sets: [Int32Array.from([1, 5, 9])] })), heads: dense.heads.map(() => ({ mode: 'select' as const, sets: [Int32Array.from([0, 2])] })) };
+      expect(await names(sel)).toEqual(plain);
       const pred = await names(gpuPlanModes(model.config, preds, null)); // the trained rules: predicted MLPs and heads
       expect(pred.filter((n) => n === 'pred').length).toBeGreaterThanOrEqual(2);
       expect(pred.filter((n) => n !== 'pred')).toEqual(plain);
@@ -117,7 +118,10 @@ describe.skipIf(!gpu)('a plan priced for the GPU decode runtime', () => {
     await planWith('gpu-measure', { runtime: 'gpu', maxPplIncrease: 0.5 }); // (the measured GPU costs in the cache)
     const slow = path.join(TMP, 'cache-slow'), cheap = path.join(TMP, 'cache-cheap');
     // slower than dense: selected rows at 1.5x the dense MLP, the lossless second projection at 1.5x down, no head saving
-    seed(slow, (s) => { const m = s.upMs + s.downMs; s.select = s.select.map(([p]) => [p, 1.5 * m]); s.skip = s.skip.map(([p]) => [p, 1.5 * s.downMs]); s.heads = s.heads.map(([n]) => [n, 0]); }, (ms) => ms);
+    seed(slow, (s) => {
+      const m = s.upMs + s.downMs;
+      s.select = s.select.map(([p]) => [p, 1.5 * m]); s.skip = s.skip.map(([p]) => [p, 1.5 * s.downMs]); s.heads = s.heads.map(([n]) => [n, 0]);
+    }, (ms) => ms);
     seed(cheap, (s) => { s.select = s.select.map(([p, ms]) => [p, ms / 5]); s.heads = s.heads.map(([n, ms]) => [n, Math.max(ms, s.stepMs / 20)]); }, (ms) => ms / 5);
     // neverSlower off: the search's choice itself, not the verification's fallback
     const a = await planWith('gpu-slow', { runtime: 'gpu', maxPplIncrease: 0.5, neverSlower: false }, slow);
