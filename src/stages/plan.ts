@@ -459,8 +459,11 @@ async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{
   const verifyTok = verify.reduce((a, s) => a + Math.max(0, s.length - 1), 0);
   const withBar = <R>(label: string, total: number, unit: string, f: (add: (n: number) => void) => R): R => {
     const bar = deps.progress(`plan: ${label}`, total, unit);
-    let n = 0;
-    try { return f((k) => bar.update(n += k)); } finally { bar.stop(); }
+    let n = 0, r: R;
+    try { r = f((k) => bar.update(n += k)); } catch (e) { bar.stop(); throw e; }
+    if (r instanceof Promise) return r.finally(() => bar.stop()) as R; // (the GPU's timing: stopped when it ends)
+    bar.stop();
+    return r;
   };
   const dv = withBar('verification, dense', verifyTok, 'tok', (add) => decodeNll(model, verify, undefined, () => add(1)));
   const densePpl = ppl(dv);
@@ -504,15 +507,9 @@ async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{
     const both = [model, modelFor(layers)];
     let denseMs: number, planMs: number;
     try {
-      const timed = async (rounds: number) => {
-        const bar = deps.progress(`plan: timing dense and the plan${cfg.runtime === 'gpu' ? ' on the GPU' : ''} (${rounds} rounds)`, 2 * (ctx + rounds * steps), 'steps');
-        let n = 0;
-        const add = (k: number) => bar.update(n += k);
-        try {
-          return (cfg.runtime === 'gpu' ? await gpuAlternatingStepMs(model, [gpuDenseModes(c.layers), gpuPlanModes(c, preds, { layers })], text, ctx, steps, rounds, add)
-            : alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, rounds, add)) as [number, number];
-        } finally { bar.stop(); }
-      };
+      const timed = (rounds: number) => withBar(`timing dense and the plan${cfg.runtime === 'gpu' ? ' on the GPU' : ''} (${rounds} rounds)`, 2 * (ctx + rounds * steps), 'steps',
+        async (add) => (cfg.runtime === 'gpu' ? await gpuAlternatingStepMs(model, [gpuDenseModes(c.layers), gpuPlanModes(c, preds, { layers })], text, ctx, steps, rounds, add)
+          : alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, rounds, add)) as [number, number]);
       [denseMs, planMs] = await timed(5);
       if (planMs >= denseMs) [denseMs, planMs] = await timed(7); // once more, longer
     } finally { built.dispose(); }
