@@ -232,6 +232,7 @@ export const COMMANDS: CommandDef[] = [
     { flags: '--data <file>', description: 'held-out text (default: the activations\' data file)', key: 'data' },
     { flags: '--max-ppl-increase <x>', description: 'budget: largest perplexity increase over dense, as a fraction (default 0.01 = +1%)', key: 'maxPplIncrease', parse: int },
     { flags: '--out <dir>', description: 'plan folder', key: 'out' },
+    { flags: '--runtime <name>', description: 'price the plan for the cpu (default) or gpu decode runtime\'s kernels', key: 'runtime', choices: ['cpu', 'gpu'] },
     SHARD, OVERWRITE, BACKEND,
   ], [
     'dejavu plan --config configs/default.yaml --max-ppl-increase 0.02 --out runs/plan-2pct',

@@ -10,6 +10,11 @@
  *   heads           [heads kept, ms saved per layer] against every head (K and V are always computed)
  *   predictors      ms of one predictor call (scores + rule), by its shape
  *
+ * Priced for a runtime (plan.runtime): cpu times the wasm row kernels above (`kernelCosts`); gpu times the GPU decode
+ * runtime's WGSL kernels (src/runtime/gpu, `gpuKernelCosts`) on the process's WebGPU adapter: each table the same
+ * quantity, as the dispatches a step runs for it (timed in layer 0, many runs in one pass: each dispatch's fixed
+ * cost included), keyed by the adapter and the GPU kernels' code instead of the CPU.
+ *
  * It is only a cache: a file that is not valid, or a shape whose costs do not fit together (tables of fewer than 2
  * points or with densities not increasing, values not finite and positive, parts not cheaper than the whole step),
  * is measured over, with a one-line note.
@@ -23,8 +28,14 @@ import { VERSION } from '../version.js';
 import { KERNELS_WASM_BASE64 } from '../model/kernels/wasm/kernels-binary.js';
 import type { Model } from '../model/model.js';
 import { writeArtifact } from '../util/json-artifact.js';
-import { DecodeSession, denseModes, keepInputs, type DecodeModes } from './decoder.js';
+import { DecodeSession, denseModes, keepInputs, type DecodeModes, type InputSite, type LayerInputs } from './decoder.js';
 import { nonzeros, type RowMatrix } from '../model/kernels/rows.js';
+import type { LoadedSite } from '../predictors/hooks.js';
+import type { SelectionRule } from '../predictors/metrics.js';
+import { getGpu } from './gpu/device.js';
+import * as gpuKernels from './gpu/kernels.js';
+import { GpuDecodeSession, gpuDenseModes, type GpuHeadMode, type GpuMlpMode, type GpuModes, type OpName } from './gpu/session.js';
+import { gpuWeightsFromModel, type GpuWeights } from './gpu/weights.js';
 
 export const COSTS_FORMAT_VERSION = 1;
 /** [x, ms] points; interp needs at least 2 */
@@ -155,59 +166,79 @@ function measureShape(model: Model, context: number): ShapeCosts {
   return { stepMs, upMs, downMs, skip, select, heads, context, measuredAt: new Date().toISOString() };
 }
 
+/** a predictor to price: `run` scores the probe on the host (cpu); the GPU runtime runs `site`'s predictor with `rule` (gpu) */
+export interface PredictorProbe { run: () => void; site: LoadedSite; rule: SelectionRule; kind: 'mlp' | 'heads' }
+
 export interface CostModel {
+  /** the decode runtime whose kernels were timed */
+  runtime: 'cpu' | 'gpu';
   shape: ShapeCosts;
   /** the input sites' kernel costs (when kernelCosts was given the input-major copy) */
   sites?: SiteCosts;
   /** true when read from the cache */
   cached: boolean;
   file: string;
-  /** ms of one predictor call of this shape (measured with `run` when not cached) */
-  predictorMs(key: string, run: () => void): number;
+  /** ms of one predictor call of this shape (measured with the probe when not cached) */
+  predictorMs(key: string, probe: PredictorProbe): Promise<number>;
   save(): void;
+  /** free what measuring holds (the GPU weights) */
+  dispose(): void;
 }
 
 /**
  * The cost model for this model's shapes, from the cache or measured now. Cached costs that do not fit together
  * (shapeProblems; a predictor call not cheaper than the whole step) are measured again, and `note` says why.
  */
-export function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void; sparse?: Model } = {}): CostModel {
+export async function kernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void; sparse?: Model } = {}): Promise<CostModel> {
   if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
-  const c = model.config, file = o.file ?? costCacheFile(), note = o.note ?? (() => undefined);
+  const c = model.config, sparse = o.sparse;
+  const key = [machine(), model.decode.kernel, model.decode.dtype, `threads${model.decode.threads}`, ...shapeKey(c, context)].join('|');
+  return cachedCosts('cpu', key, `${machine()}|${model.decode.kernel}`, c, o, async () => measureShape(model, context), sparse ? async () => siteCosts(model, sparse) : null,
+    async (p) => timePerCall(p.run), () => undefined);
+}
+
+const shapeKey = (c: Model['config'], context: number) => [`L${c.layers}`, `d${c.hidden}`, `F${c.ffn}`, `H${c.heads}`, `KV${c.kvHeads}`, `hd${c.headDim}`, c.activation, `V${c.vocabSize}`, c.norm, `ctx${context}`];
+
+/**
+ * The cost model behind the cache file: the shape's costs (and the sites', when `sites` measures them) from the cache
+ * when they fit together (shapeProblems; each cost less than the whole step), else measured (a machine too noisy for
+ * the parts to be cheaper than the whole is measured once more, then it is a bug); predictor calls under `pkey`.
+ */
+async function cachedCosts(runtime: 'cpu' | 'gpu', key: string, pkey: string, c: Model['config'], o: { file?: string; note?: (s: string) => void }, measure: () => Promise<ShapeCosts>,
+    sites: (() => Promise<SiteCosts>) | null, predictor: (p: PredictorProbe) => Promise<number>, dispose: () => void): Promise<CostModel> {
+  const file = o.file ?? costCacheFile(), note = o.note ?? (() => undefined);
   const cache = readCache(file, note);
-  const key = [machine(), model.decode.kernel, model.decode.dtype, `threads${model.decode.threads}`, `L${c.layers}`, `d${c.hidden}`, `F${c.ffn}`, `H${c.heads}`, `KV${c.kvHeads}`, `hd${c.headDim}`, c.activation, `V${c.vocabSize}`, c.norm, `ctx${context}`].join('|');
   let shape: ShapeCosts | undefined = cache.shapes[key];
   const bad = shape ? shapeProblems(shape, c.layers, c.heads) : [];
-  if (bad.length) { note(`the cached kernel costs of this model in ${file} do not fit together (${bad[0]}${bad.length > 1 ? `; ${bad.length - 1} more` : ''}); measuring them again`); shape = undefined; }
+  if (bad.length) { note(`the cached ${runtime === 'gpu' ? 'GPU ' : ''}kernel costs of this model in ${file} do not fit together (${bad[0]}${bad.length > 1 ? `; ${bad.length - 1} more` : ''}); measuring them again`); shape = undefined; }
   const cached = Boolean(shape);
   let dirty = false;
   if (!shape) {
-    shape = measureShape(model, context);
-    // measured just now: a machine too noisy for parts to be cheaper than the whole is measured once more, then a bug
+    shape = await measure();
     for (let again = 0, p = shapeProblems(shape, c.layers, c.heads); p.length; p = shapeProblems(shape, c.layers, c.heads)) {
-      if (again++) throw new Error(`the kernel costs measured for the plan's cost model do not fit together: ${p.join('; ')}`);
-      shape = measureShape(model, context);
+      if (again++) throw new Error(`the ${runtime === 'gpu' ? 'GPU ' : ''}kernel costs measured for the plan's cost model do not fit together: ${p.join('; ')}`);
+      shape = await measure();
     }
     cache.shapes[key] = shape; dirty = true;
   }
   const stepMs = shape.stepMs;
-  let sites: SiteCosts | undefined;
-  if (o.sparse) {
-    sites = cache.sites?.[key];
-    const siteBad = sites ? Object.values(sites).some((t) => t.denseMs >= stepMs || t.sparse.some(([, ms]) => ms >= stepMs)) : false;
+  let st: SiteCosts | undefined;
+  if (sites) {
+    st = cache.sites?.[key];
+    const siteBad = st ? Object.values(st).some((t) => t.denseMs >= stepMs || t.sparse.some(([, ms]) => ms >= stepMs)) : false;
     if (siteBad) note(`the cached input-site kernel costs in ${file} are not less than the whole step (${stepMs} ms); measuring them again`);
-    if (!sites || siteBad) { sites = siteCosts(model, o.sparse); (cache.sites ??= {})[key] = sites; dirty = true; }
+    if (!st || siteBad) { st = await sites(); (cache.sites ??= {})[key] = st; dirty = true; }
   }
   return {
-    shape, cached, file, ...(sites ? { sites } : {}),
-    predictorMs(pkey, run) {
-      const k = `${machine()}|${model.decode!.kernel}|${pkey}`;
-      const was = cache.predictors[k];
+    runtime, shape, cached, file, ...(st ? { sites: st } : {}),
+    async predictorMs(k0, probe) {
+      const k = `${pkey}|${k0}`, was = cache.predictors[k];
       if (was !== undefined && was >= stepMs) note(`the cached cost of a predictor call (${was} ms) is not less than the whole step (${stepMs} ms); measuring it again`);
-      if (was === undefined || was >= stepMs) { cache.predictors[k] = timePerCall(run); dirty = true; }
+      if (was === undefined || was >= stepMs) { cache.predictors[k] = await predictor(probe); dirty = true; }
       return cache.predictors[k]!;
     },
     save() { if (dirty) writeCache(file, cache); dirty = false; },
+    dispose,
   };
 }
 
@@ -299,3 +330,115 @@ export function siteCosts(dense: Model, sparse: Model): SiteCosts {
 
 /** ms of a site at input density p (interpolated; dense at p >= 1) */
 export function siteMs(s: SiteCost, p: number): number { return p >= 1 ? s.denseMs : Math.min(s.denseMs, interp(s.sparse, p)); }
+
+/** the GPU kernels' code (every WGSL generator and the session that assembles a step): new kernels are measured again */
+let gpuCodeKey: string | undefined;
+const gpuCode = () => (gpuCodeKey ??= createHash('sha256').update([...Object.values(gpuKernels).filter((f) => typeof f === 'function').map(String), GpuDecodeSession.toString()].join('\n')).digest('hex').slice(0, 12));
+
+/** a threshold no input reaches: the site reads no rows (its fixed cost) */
+const NONE_KEPT = 3e38;
+
+/**
+ * The cost model priced on the GPU decode runtime (plan.runtime gpu): the same tables as kernelCosts, each timed as
+ * the dispatches the GPU runtime runs for it (GpuDecodeSession.timeOps, layer 0 of the model's own weights on the
+ * GPU, at `context` positions): up = the first projection (its norm fused), down = the split-K axpy and its chunk
+ * sum; select / skip: the selected (lossless: the nonzero) rows of both / of down (lossless: + what compacting the
+ * nonzero activations adds to up); heads: q|k|v, attention and o at every head less at n heads; the whole step: greedy
+ * decoding; a predictor: its dispatches (fc1, fc2, the rule). Input sites (`sites`): each site's dense dispatches
+ * against its input-sparse ones reading every input and none (linear between: the kernel reads only the kept inputs' rows).
+ */
+export async function gpuKernelCosts(model: Model, context: number, o: { file?: string; note?: (s: string) => void; sites?: boolean } = {}): Promise<CostModel> {
+  const gpu = await getGpu(), c = model.config;
+  const key = ['gpu', gpu.info.vendor, gpu.info.architecture, gpu.info.description, `dejavu ${VERSION}`, `kernels ${gpuCode()}`, ...shapeKey(c, context)].join('|');
+  const held: { w: GpuWeights | null } = { w: null }; // uploaded on first use, kept for the predictors' calls until dispose
+  const weights = () => (held.w ??= gpuWeightsFromModel(gpu, model));
+  const free = () => { held.w?.dispose(); held.w = null; };
+  const cap = context + 40;
+  /** a session over the shared weights, its position at `context` (greedy steps: the vectors hold a real step's values) */
+  const session = async <R>(modes: Partial<GpuModes>, f: (s: GpuDecodeSession) => Promise<R>): Promise<R> => {
+    const s = new GpuDecodeSession(gpu, weights(), { ...gpuDenseModes(c.layers), ...modes }, { capacity: cap });
+    try { await s.greedy(1 % c.vocabSize, context); return await f(s); } finally { s.dispose(); }
+  };
+  const layer0 = <T>(dense: T, x: T): T[] => Array.from({ length: c.layers }, (_, i) => (i ? dense : x));
+  try {
+    return await cachedCosts('gpu', key, `gpu|${gpu.info.description}|${gpuCode()}`, c, o, () => measureGpuShape(c, context, session, layer0), o.sites ? () => gpuSiteCosts(c, session, layer0) : null,
+      (p) => {
+        if (p.site.hostUp || !p.site.host) throw new Error('gpuKernelCosts: the GPU decode runtime runs only ungated predictors with host weights');
+        return session(p.kind === 'mlp'
+        ? { mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'predicted', input: p.site.entry.input === 'h_mlp' || p.site.entry.input === 'x_mlp' ? p.site.entry.input : 'x_attn', p: p.site.host, rule: p.rule }) }
+        : { heads: layer0<GpuHeadMode>({ mode: 'dense' }, { mode: 'predicted', prev: false, p: p.site.host, rule: p.rule }) }, (s) => s.timeOps(0, ['pred']));
+      }, free);
+  } catch (e) { free(); throw e; }
+}
+
+type GpuSessionRun = <R>(modes: Partial<GpuModes>, f: (s: GpuDecodeSession) => Promise<R>) => Promise<R>;
+type Layer0 = <T>(dense: T, x: T) => T[];
+
+async function measureGpuShape(c: Model['config'], context: number, session: GpuSessionRun, layer0: Layer0): Promise<ShapeCosts> {
+  const F = c.ffn, H = c.heads, attn: OpName[] = ['qkv', 'attn', 'o'], down: OpName[] = ['down', 'reduce'];
+  const { stepMs, upMs, downMs, headsMs } = await session({}, async (s) => {
+    const xs: number[] = [];
+    for (let r = 0; r < 5; r++) { const t = performance.now(); await s.greedy(2 % c.vocabSize, 16); xs.push((performance.now() - t) / 16); s.rewind(16); }
+    return { stepMs: xs.sort((a, b) => a - b)[2]!, upMs: await s.timeOps(0, ['up']), downMs: await s.timeOps(0, down), headsMs: await s.timeOps(0, attn) };
+  });
+  // lossless: compacting the nonzero activations in up's dispatch (ReLU models)
+  const compactMs = c.activation === 'relu' && !c.gated ? await session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'lossless' }) }, async (s) => Math.max(0, (await s.timeOps(0, ['up'])) - upMs)) : 0;
+  const densities = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75];
+  const ns = [...new Set([Math.ceil(H / 4), Math.ceil(H / 2), Math.ceil((3 * H) / 4)])].filter((n) => n < H);
+  const sets = densities.map((p) => spread(F, Math.max(1, Math.round(p * F)), 11)), hsets = ns.map((n) => spread(H, n, 5));
+  return session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'select', sets }), ...(hsets.length ? { heads: layer0<GpuHeadMode>({ mode: 'dense' }, { mode: 'select', sets: hsets }) } : {}) }, async (s) => {
+    const select: [number, number][] = [], skip: [number, number][] = [], heads: [number, number][] = [];
+    for (const [k, p] of densities.entries()) {
+      select.push([p, await s.timeOps(0, ['up', ...down], { mlp: k })]);
+      skip.push([p, compactMs + await s.timeOps(0, down, { mlp: k })]);
+    }
+    for (const [k, n] of ns.entries()) heads.push([n, Math.max(0, headsMs - await s.timeOps(0, attn, { heads: k }))]);
+    return { stepMs, upMs, downMs, skip, select, heads, context, measuredAt: new Date().toISOString() };
+  });
+}
+
+/** the input sites on the GPU: [0, every input skipped] and [1, every input read] of each site's dispatches, against its dense ones */
+async function gpuSiteCosts(c: Model['config'], session: GpuSessionRun, layer0: Layer0): Promise<SiteCosts> {
+  const dense = await session({}, async (s) => ({ attn: await s.timeOps(0, ['qkv', 'attn']), o: await s.timeOps(0, ['o']), up: await s.timeOps(0, ['up']), down: await s.timeOps(0, ['down', 'reduce']) }));
+  const at = (t: number) => ({ t });
+  const ends = async (s: GpuDecodeSession, site: InputSite, names: OpName[], a?: Float32Array): Promise<[number, number][]> => {
+    const pts: [number, number][] = [];
+    for (const [p, t] of [[0, NONE_KEPT], [1, 0]] as const) { s.setThreshold(0, site, t); pts.push([p, await s.timeOps(0, names, a ? { a } : {})]); }
+    return pts;
+  };
+  // q/k/v, o and the MLP input in one layer (the MLP input site's down sums up's chunks: charged to that site); down alone, over activations none of which is 0
+  const [attn, o, mlp] = await session({ inputs: layer0<LayerInputs | undefined>(undefined, { attn: at(0), o: at(0), mlp: at(0) }) }, async (s) => [await ends(s, 'attn', ['site.attn', 'attn']), await ends(s, 'o', ['site.o']),
+    (await ends(s, 'mlp', ['site.mlp', 'site.down', 'reduce'])).map(([p, ms]): [number, number] => [p, Math.max(1e-6, ms - dense.down)])]);
+  const ones = new Float32Array(c.ffn).fill(1);
+  const dn = await session({ inputs: layer0<LayerInputs | undefined>(undefined, { down: at(0) }) }, (s) => ends(s, 'down', ['site.down', 'reduce'], ones));
+  return { attn: { denseMs: dense.attn, sparse: attn! }, o: { denseMs: dense.o, sparse: o! }, mlp: { denseMs: dense.up, sparse: mlp! }, down: { denseMs: dense.down, sparse: dn } };
+}
+
+/**
+ * alternatingStepMs on the GPU decode runtime: one session per set of modes (over one copy of the weights), primed
+ * with `context` tokens of `text` (read back one by one: a predictor picks from the real context), then `rounds`
+ * rounds in which every set decodes `steps` tokens greedily (one submission a token, one readback) in turn and
+ * rewinds; the median round of each, ms per token.
+ */
+export async function gpuAlternatingStepMs(model: Model, sets: GpuModes[], text: number[], context: number, steps = 32, rounds = 5, onSteps?: (n: number) => void): Promise<number[]> {
+  if (text.length < context + 1) throw new Error(`gpuAlternatingStepMs: ${text.length} tokens < context ${context} + 1`);
+  const gpu = await getGpu(), w = gpuWeightsFromModel(gpu, model), sessions: GpuDecodeSession[] = [];
+  try {
+    for (const m of sets) {
+      const s = new GpuDecodeSession(gpu, w, m, { capacity: context + steps + 1 });
+      sessions.push(s);
+      for (let t = 0; t < context; t++) await s.step([text[t]!]);
+      onSteps?.(context);
+    }
+    const runs: number[][] = sets.map(() => []);
+    for (let r = 0; r < rounds; r++)
+      for (const [i, s] of sessions.entries()) {
+        const t = performance.now();
+        await s.greedy(text[context]!, steps);
+        runs[i]!.push((performance.now() - t) / steps);
+        onSteps?.(steps);
+        s.rewind(steps);
+      }
+    return runs.map((xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!);
+  } finally { for (const s of sessions) s.dispose(); w.dispose(); }
+}

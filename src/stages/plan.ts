@@ -5,7 +5,9 @@
  *    read); predicted with the layer's predictor under a threshold calibrated on held-out activations to each of
  *    `recalls`. Heads (where a head predictor exists): every head, or the top share by the predictor's score.
  * 2. Cost of each option: the decode runtime's own kernels timed at this model's shapes (src/runtime/costs.ts,
- *    cached per shape) at the option's density, the predictor's own call included.
+ *    cached per shape) at the option's density, the predictor's own call included; `runtime` says whose kernels:
+ *    the CPU's (wasm rows) or the GPU decode runtime's (WGSL, on this machine's WebGPU adapter; then only what that
+ *    runtime runs is offered, and the verification's timing runs there too).
  * 3. Quality of each option: with only that layer (and site) changed, the batched forward pass's mean KL divergence
  *    from the dense model's next-token distributions on the search text, as exp(KL) - 1 (the perplexity increase it
  *    implies when the model's distribution is the text's). A difference of perplexities on a few thousand tokens is
@@ -41,7 +43,8 @@ import { ppl } from '../eval/perplexity.js';
 import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
 import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, readPlanFile, siteMasks, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
-import { alternatingStepMs, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
+import { alternatingStepMs, gpuAlternatingStepMs, gpuKernelCosts, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
+import { gpuDenseModes, gpuPlanModes } from '../runtime/gpu/session.js';
 import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs } from '../runtime/decoder.js';
 import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
 import { sitesTable, type SitePoint } from '../runtime/sites-report.js';
@@ -216,8 +219,10 @@ async function measureOptions(x: Ctx, text: SearchText): Promise<{ options: Laye
   const probe = Float32Array.from({ length: c.hidden }, (_, i) => Math.sin(i * 0.37));
   const predMs = (site: LoadedSite, W: number, rule: SelectionRule) => {
     const pick = sitePicker(site, rule, W, arena);
-    return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hiddenActivation}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, () => pick(probe));
+    return costs.predictorMs(`d${c.hidden}|r${site.host!.r}|out${W}|${site.host!.hiddenActivation}|${site.hostUp ? 'swiglu' : 'linear'}|${rule.kind}`, { run: () => pick(probe), site, rule, kind: W === c.ffn ? 'mlp' : 'heads' });
   };
+  // the GPU runtime runs no gated predictors (|act(gate) · up| scores) or gate-threshold mode: not offered when priced for it
+  const gpu = cfg.runtime === 'gpu';
   const bar = x.deps.progress('plan: options', c.layers);
   const densePpl = text.densePpl;
   const dp = x.dppl;
@@ -242,19 +247,19 @@ async function measureOptions(x: Ctx, text: SearchText): Promise<{ options: Laye
       const ms = preds.mlp.get(i), hs = preds.heads.get(i);
       const mlp: Option<MlpOption>[] = [{ what: { mode: 'dense' }, label: 'dense', density: 1, ms: mlpMs(sc, 'dense', 1), dppl: 0 }];
       let trueDensity = NaN;
-      if (ms && hasLowRankWeights(ms.entry.predictor)) {
+      if (ms && hasLowRankWeights(ms.entry.predictor) && !(gpu && (ms.hostUp || c.gated))) {
         const cal = await calibrateMlp(cfg.activations, m, i, ms, cfg.model, cfg.recalls, cfg.calibrationRows);
         trueDensity = cal.trueDensity;
         for (const o of cal.options.filter((q) => Number.isFinite(q.value))) {
           const rule: SelectionRule = { kind: 'threshold', value: o.value }, what: MlpOption = { mode: 'predicted', rule, recall: o.recall };
           const label = `predicted r${ms.entry.rank} @ recall ${o.recall}`;
-          mlp.push({ what, label, density: o.density, ms: mlpMs(sc, 'predicted', o.density, predMs(ms, c.ffn, rule)), dppl: await increase({ mlp: what }, label) });
+          mlp.push({ what, label, density: o.density, ms: mlpMs(sc, 'predicted', o.density, await predMs(ms, c.ffn, rule)), dppl: await increase({ mlp: what }, label) });
         }
         // the rule train-predictors calibrated (a per-token top-k or a threshold), at its validation recall and density
         const tr = ms.entry.rule;
         if (tr && (tr.kind === 'topk' ? tr.k > 0 && tr.k < c.ffn : Number.isFinite(tr.value))) {
           const v = ms.entry.validation, label = `predicted r${ms.entry.rank}, trained rule ${ruleText(tr)} (recall ${v.recall.toFixed(3)})`, what: MlpOption = { mode: 'predicted', rule: tr, recall: v.recall };
-          mlp.push({ what, label, density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, predMs(ms, c.ffn, tr)), dppl: await increase({ mlp: what }, label) });
+          mlp.push({ what, label, density: v.predictedDensity, ms: mlpMs(sc, 'predicted', v.predictedDensity, await predMs(ms, c.ffn, tr)), dppl: await increase({ mlp: what }, label) });
         }
       }
       if (c.activation === 'relu') {
@@ -264,7 +269,7 @@ async function measureOptions(x: Ctx, text: SearchText): Promise<{ options: Laye
       const heads: Option<HeadOption>[] = [{ what: { mode: 'dense' }, label: 'all heads', density: 1, ms: 0, dppl: 0 }];
       for (const k of hs?.host ? [...new Set(cfg.headFractions.map((f) => Math.max(1, Math.round(f * c.heads))))].filter((k) => k < c.heads) : []) {
         const rule: SelectionRule = { kind: 'topk', k }, what: HeadOption = { mode: 'predicted', rule };
-        heads.push({ what, label: `top ${k}/${c.heads} heads`, density: k / c.heads, ms: predMs(hs!, c.heads, rule) - headSavingMs(sc, k, c.heads), dppl: await increase({ heads: what }, `top ${k}/${c.heads} heads`) });
+        heads.push({ what, label: `top ${k}/${c.heads} heads`, density: k / c.heads, ms: (await predMs(hs!, c.heads, rule)) - headSavingMs(sc, k, c.heads), dppl: await increase({ heads: what }, `top ${k}/${c.heads} heads`) });
       }
       const sites = noSites();
       if (st) {
@@ -275,7 +280,7 @@ async function measureOptions(x: Ctx, text: SearchText): Promise<{ options: Laye
           const denseMlpMs = mlp[0]!.ms;
           const faster = (ms: number, than: number) => cfg.objective === 'bytes' || ms < than;
           const gt = c.gated ? thresholdAt(st.cal, i, 'gate', sp) : 0; // 0: the gate's own zeros (ReLU): the lossless mode
-          if (gt > 0 && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
+          if (gt > 0 && !gpu && faster(mlpMs(sc, 'predicted', 1 - sp), denseMlpMs)) { // CATS: up and down rows of the neurons kept (the select table: both projections at that density)
             const label = `gate threshold ${name}`, what: MlpOption = { mode: 'gate-threshold', threshold: gt, sparsity: sp };
             mlp.push({ what, label, density: 1 - sp, ms: mlpMs(sc, 'predicted', 1 - sp), dppl: await increase({ mlp: what }, label) });
           }
@@ -314,8 +319,11 @@ class Choice {
   /** the whole plan's increase on the search text as measured after the last move (null: not measured; the summed charges stand for it) */
   private measured: number | null = null;
   private readonly fixedMs: number;
-  /** `gain`: the share of the dense step a move saves (time: the cost model's ms; bytes: the weights read per token) */
-  constructor(private readonly options: LayerOptions[], readonly stepMs: number, private readonly gated: boolean,
+  /**
+   * `gain`: the share of the dense step a move saves (time: the cost model's ms; bytes: the weights read per token);
+   * `inputNeedsDense`: an MLP input threshold runs with the dense MLP mode only (gated MLPs; the GPU runtime), not lossless
+   */
+  constructor(private readonly options: LayerOptions[], readonly stepMs: number, private readonly inputNeedsDense: boolean,
       private readonly gain: (site: Site, from: Option<MlpOption | HeadOption | InputOption>, to: Option<MlpOption | HeadOption | InputOption>) => number = (_s, a, b) => (a.ms - b.ms) / stepMs) {
     // everything but the MLPs (attention at every head, norms, LM head) from the dense step
     this.fixedMs = stepMs - options.reduce((s, o) => s + o.mlp[0]!.ms, 0);
@@ -341,13 +349,13 @@ class Choice {
    * Whether layer i may hold option j at `site` with its other sites' choices: q/k/v or o thresholds only with every
    * head (q would be computed for every head; o's rows would be saved twice); an input threshold on the MLP's first
    * projections computes every neuron (input-major rows), so only with the MLP modes that do (dense, down threshold;
-   * ungated: lossless too).
+   * ungated on the CPU runtime: lossless too).
    */
   private fits(i: number, site: Site, j: number): boolean {
     const mode = (s: Site) => (s === site ? this.options[i]![s][j]! : this.option(i, s)).what.mode;
     if ((mode('attn') !== 'dense' || mode('o') !== 'dense') && mode('heads') !== 'dense') return false;
     const m = mode('mlp');
-    return mode('mlpIn') === 'dense' || m === 'dense' || m === 'down-threshold' || (m === 'lossless' && !this.gated);
+    return mode('mlpIn') === 'dense' || m === 'dense' || m === 'down-threshold' || (m === 'lossless' && !this.inputNeedsDense);
   }
 
   /**
@@ -442,17 +450,20 @@ function charge(o: Option<MlpOption | HeadOption | InputOption>): number { retur
 /**
  * The runtime decodes the verification text with the plan (on a copy of the model that stores the plan's input sites
  * input-major); while over budget the last move is undone. Then dense (the model's own layout) and the plan decode the
- * same text in alternating rounds; a plan not faster (twice) becomes dense (cfg.neverSlower). The weights read per
- * token are counted by the runtime.
+ * same text in alternating rounds (cfg.runtime gpu: on the GPU decode runtime, greedily after the same context); a plan
+ * not faster (twice) becomes dense (cfg.neverSlower). The weights read per token are counted by the (CPU) runtime.
  */
-function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: RuntimePlan['verified']; fallback: string } {
+async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{ verified: RuntimePlan['verified']; fallback: string }> {
   const { cfg, model, preds, deps } = x, c = model.config;
   // every decode pass and the timing show their total, an ETA after warm-up and a final line (minutes on a large model)
   const verifyTok = verify.reduce((a, s) => a + Math.max(0, s.length - 1), 0);
   const withBar = <R>(label: string, total: number, unit: string, f: (add: (n: number) => void) => R): R => {
     const bar = deps.progress(`plan: ${label}`, total, unit);
-    let n = 0;
-    try { return f((k) => bar.update(n += k)); } finally { bar.stop(); }
+    let n = 0, r: R;
+    try { r = f((k) => bar.update(n += k)); } catch (e) { bar.stop(); throw e; }
+    if (r instanceof Promise) return r.finally(() => bar.stop()) as R; // (the GPU's timing: stopped when it ends)
+    bar.stop();
+    return r;
   };
   const dv = withBar('verification, dense', verifyTok, 'tok', (add) => decodeNll(model, verify, undefined, () => add(1)));
   const densePpl = ppl(dv);
@@ -496,10 +507,11 @@ function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): { verified: Run
     const both = [model, modelFor(layers)];
     let denseMs: number, planMs: number;
     try {
-      const timed = (rounds: number) => withBar(`timing dense and the plan (${rounds} rounds)`, 2 * (ctx + rounds * steps), 'steps',
-        (add) => alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, rounds, add) as [number, number]);
-      [denseMs, planMs] = timed(5);
-      if (planMs >= denseMs) [denseMs, planMs] = timed(7); // once more, longer
+      const timed = (rounds: number) => withBar(`timing dense and the plan${cfg.runtime === 'gpu' ? ' on the GPU' : ''} (${rounds} rounds)`, 2 * (ctx + rounds * steps), 'steps',
+        async (add) => (cfg.runtime === 'gpu' ? await gpuAlternatingStepMs(model, [gpuDenseModes(c.layers), gpuPlanModes(c, preds, { layers })], text, ctx, steps, rounds, add)
+          : alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, rounds, add)) as [number, number]);
+      [denseMs, planMs] = await timed(5);
+      if (planMs >= denseMs) [denseMs, planMs] = await timed(7); // once more, longer
     } finally { built.dispose(); }
     let fallback = '', read = shares(r.weights);
     if (cfg.neverSlower && planMs >= denseMs) {
@@ -557,6 +569,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
   const model = loadModel(cfg.model, { decode: true });
   let sparse: Model | null = null; // the input sites' layout (cfg.sites), for the thresholds' calibration and kernel costs
   let onSearch: SearchText | null = null; // the search text and dense's log-probabilities on it
+  let costs: CostModel | null = null;
   // the output folder is claimed first: a folder that is not ours is refused before any work
   let w: ReturnType<typeof beginOutput> | null = null;
   try {
@@ -569,9 +582,14 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     const { search, verify } = await heldoutText(cfg, model, m);
     const everySite = { inputs: Array.from({ length: model.config.layers }, () => ({ attn: { t: 0 }, mlp: { t: 0 } })) };
     if (cfg.sites) sparse = loadModel(cfg.model, { decode: { inputMajor: inputMajorNames(everySite, model.config.gated) } });
-    const costs = kernelCosts(model, Math.max(1, Math.round(cfg.seqLen / 2)), { note: (s) => deps.log(`plan: ${s}`), ...(sparse ? { sparse } : {}) });
+    const cctx = Math.max(1, Math.round(cfg.seqLen / 2)), note = (s: string) => deps.log(`plan: ${s}`);
+    costs = cfg.runtime === 'gpu' ? await gpuKernelCosts(model, cctx, { note, sites: Boolean(sparse) }).catch((e: unknown) => {
+      // no adapter, no `webgpu` package, a model the GPU runtime does not run: said as the plan's
+      if (!(e instanceof UserError)) throw e;
+      throw new UserError(`plan (runtime gpu): ${e.message}`, `price the plan for the CPU runtime (runtime cpu, the default)${e.hint ? `; or ${e.hint}` : ''}`);
+    }) : await kernelCosts(model, cctx, { note, ...(sparse ? { sparse } : {}) });
     const sc = costs.shape;
-    deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
+    deps.log(`plan: cost model ${costs.cached ? 'from the cache' : 'measured'} (${costs.file}; priced for the ${cfg.runtime === 'gpu' ? 'GPU decode runtime\'s WGSL kernels' : 'CPU runtime\'s kernels'}): dense step ${sc.stepMs.toFixed(3)} ms, MLP up ${sc.upMs.toFixed(3)} + down ${sc.downMs.toFixed(3)} ms per layer`);
     const x: Ctx = { cfg, deps, model, preds, m, costs, ...(cfg.shard ? { dppl: { shard: cfg.shard, record: {} } } : replay ? { dppl: { replay } } : {}) };
     if (sparse) {
       const cal = calibrateSites(sparse, await calibrationText(cfg, model, preds), { wina: cfg.siteScore !== 'abs' });
@@ -580,6 +598,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     }
     const st = onSearch = await searchText(model, search, cfg.batchSize);
     const { options, densePpl } = await measureOptions(x, st);
+    costs.dispose(); // every option is priced (the GPU's copy of the weights is freed before the verification makes its own)
     sparse?.dispose(); sparse = null;
     if (x.dppl && 'shard' in x.dppl) { // a shard: its layers' single-layer perplexities only
       const { out: _o, shard: _s, overwrite: _w, backend: _b, ...run } = cfg;
@@ -592,11 +611,11 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     }
     const wc = model.config, w0 = model.decode!, stepWeights = wc.layers * weightsOf(wc, 'mlp', options.find((o) => o.mlp.length)?.mlp[0] ?? { what: { mode: 'dense' }, label: '', density: 1, ms: 0, dppl: 0 })
       + wc.layers * wc.hidden * (2 * wc.heads + 2 * wc.kvHeads) * wc.headDim + w0.lmHead.n * w0.lmHead.d;
-    const choice = new Choice(options, sc.stepMs, wc.gated, cfg.objective === 'bytes' ? (site, a, b) => (weightsOf(wc, site, a) - weightsOf(wc, site, b)) / stepWeights : undefined);
+    const choice = new Choice(options, sc.stepMs, wc.gated || cfg.runtime === 'gpu', cfg.objective === 'bytes' ? (site, a, b) => (weightsOf(wc, site, a) - weightsOf(wc, site, b)) / stepWeights : undefined);
     await choice.search(cfg.safety * cfg.maxPplIncrease, cfg.minSpeedPerPpl, async (picks) => (await measureOn(model, st, optionHooks(x, picks))).pplIncrease);
-    const { verified, fallback } = verifyPlan(x, choice, verify);
+    const { verified, fallback } = await verifyPlan(x, choice, verify);
     const plan: RuntimePlan = {
-      formatVersion: PLAN_FORMAT_VERSION, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
+      formatVersion: PLAN_FORMAT_VERSION, runtime: cfg.runtime, maxPplIncrease: cfg.maxPplIncrease, layers: choice.layers(),
       estimate: { stepMs: choice.stepOf(), denseStepMs: sc.stepMs, speedup: choice.speedup(), pplIncrease: choice.spent() }, verified,
     };
     const sites = sitePoints(options, choice.at);
@@ -615,6 +634,7 @@ export async function runPlan(cfg: PlanConfig, deps: StageDeps, replay?: Record<
     return { text, json: file };
   } finally {
     w?.abort();
+    costs?.dispose();
     onSearch?.dispose();
     sparse?.dispose();
     preds.dispose();

@@ -82,7 +82,15 @@ function normFast(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: st
   return `var xs: array<vec4<f32>, ${NV}>;
   var sq = vec2<f32>(0.0);
   for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { xs[k] = ${src}[j]; sq += vec2<f32>(dot(xs[k], vec4<f32>(1.0)), dot(xs[k], xs[k])); } }
-  red2v[lid] = sq;
+  ${meanInv(d, kind, eps)}`;
+}
+
+/**
+ * The two-level workgroup sum of each thread's (sum, sum of squares) `sq` over d values (256 -> 32 partial sums in
+ * red2v / red32 (FAST_SHARED), then every thread sums the 32: 2 barriers), and the norm's m and inv from it
+ */
+function meanInv(d: number, kind: 'layernorm' | 'rmsnorm', eps: number): string {
+  return `red2v[lid] = sq;
   workgroupBarrier();
   if (lid < 32u) { var t = vec2<f32>(0.0); for (var k = 0u; k < 8u; k++) { t += red2v[lid * 8u + k]; } red32[lid] = t; }
   workgroupBarrier();
@@ -265,17 +273,10 @@ export function axpySiteWgsl(s: AxpySiteSpec): string {
   if (s.count !== null) b.push('@group(0) @binding(7) var<storage, read_write> stats: array<atomic<u32>>;');
   if (s.skip) b.push('@group(0) @binding(9) var<storage, read> thr: array<f32>;');
   const NV = Math.ceil(n / 256);
-  // the norm's m and inv in one pass, as normFast
+  // the norm's m and inv in one pass, as normFast (scalar loads)
   const norm = inp.kind === 'norm' ? `var sq = vec2<f32>(0.0);
   for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${n}u) { let t = a[j]; sq += vec2<f32>(t, t * t); } }
-  red2v[lid] = sq;
-  workgroupBarrier();
-  if (lid < 32u) { var t = vec2<f32>(0.0); for (var k = 0u; k < 8u; k++) { t += red2v[lid * 8u + k]; } red32[lid] = t; }
-  workgroupBarrier();
-  var tot = vec2<f32>(0.0);
-  for (var k = 0u; k < 32u; k++) { tot += red32[k]; }
-  ${inp.norm === 'layernorm' ? `let m = tot.x / ${n}.0;` : 'let m = 0.0;'}
-  let inv = inverseSqrt(max(tot.y / ${n}.0 - m * m, 0.0) + ${f32(inp.eps)});` : '';
+  ${meanInv(n, inp.norm, inp.eps)}` : '';
   const value = inp.kind === 'norm' ? `v = (a[i] - m) * inv * ng[i]${inp.hasB ? ' + nb[i]' : ''};`
     : inp.kind === 'parts' ? `v = ${inp.bias ? 'pb[i]' : '0.0'}; for (var c2 = 0u; c2 < ${inp.chunks}u; c2++) { v += pin[c2 * ${n}u + i]; } v = act(v);`
       : 'v = a[i];';

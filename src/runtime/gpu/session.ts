@@ -104,7 +104,14 @@ export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, pla
  */
 export const FUSE_ROWS = 8192;
 
-interface Op { p: GPUComputePipeline; g: GPUBindGroup; x: number; y: number }
+/**
+ * what an op computes, for timing parts of a block (timeOps: the plan's cost model): pred = a predictor's dispatches;
+ * site.* = an input-threshold site's axpy (o's with its chunk sum); reduce = the MLP's chunk sum (+ bias, residual)
+ */
+export type OpName = 'pred' | 'qkv' | 'attn' | 'o' | 'up' | 'down' | 'reduce' | 'site.attn' | 'site.o' | 'site.mlp' | 'site.down';
+interface Op { p: GPUComputePipeline; g: GPUBindGroup; x: number; y: number; name?: OpName }
+/** the ops, each tagged `name` */
+const tag = (name: OpName, ops: Op[]): Op[] => { for (const o of ops) o.name = name; return ops; };
 /** compiled pipelines by device and source: sessions of one shape share them (a compile is slow on software Vulkan) */
 const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 type Entry = [number, GPUBuffer | GPUBufferBinding];
@@ -223,8 +230,8 @@ export class GpuDecodeSession {
       const spec1 = { cols: d, rows: p.r, f32: true, bias: true, act: p.hiddenActivation === 'relu' ? ('relu' as const) : null };
       const fc1 = ln ? normed(spec1, [[0, w1], [2, s.pu1], [4, b1]], Math.ceil(p.r / 8), ln[0], ln[1]) : [this.op(mv(spec1), [[0, w1], [1, s.x], [2, s.pu1], [4, b1]], Math.ceil(p.r / 8))];
       const spec2 = { cols: p.r, rows: p.out, f32: true, bias: true };
-      if (zeroed && rule.kind === 'threshold') return [...fc1, this.op(mv({ ...spec2, compact: { ge: rule.value } }), [[0, w2], [1, s.pu1], [2, s.sc], [4, b2], [7, sel], [11, s.coef], [12, stats]], Math.ceil(p.out / 8))];
-      return [...fc1, this.op(mv(spec2), [[0, w2], [1, s.pu1], [2, s.sc], [4, b2]], Math.ceil(p.out / 8)), this.op(pickWgsl(p.out, rule, tail), [[0, s.sc], [1, sel], [2, stats]], 1)];
+      if (zeroed && rule.kind === 'threshold') return tag('pred', [...fc1, this.op(mv({ ...spec2, compact: { ge: rule.value } }), [[0, w2], [1, s.pu1], [2, s.sc], [4, b2], [7, sel], [11, s.coef], [12, stats]], Math.ceil(p.out / 8))]);
+      return tag('pred', [...fc1, this.op(mv(spec2), [[0, w2], [1, s.pu1], [2, s.sc], [4, b2]], Math.ceil(p.out / 8)), this.op(pickWgsl(p.out, rule, tail), [[0, s.sc], [1, sel], [2, stats]], 1)]);
     };
     const statsOf = (k: number): GPUBufferBinding => ({ buffer: s.stats, offset: 256 * k, size: 16 });
     // heads predicted from the previous layer's input: their selection is made at that layer's start (layer 0: its own)
@@ -272,18 +279,18 @@ export class GpuDecodeSession {
       if (hm.mode === 'predicted') this.countedHeads.push(i);
       this.headOps.push(hsets.map(({ sel, n }) => {
         const rows = (n + 2 * KV) * hd;
-        const attnOp = (src: GPUBuffer, parts: { chunks: number; bias: boolean } | undefined) => this.op(attentionWgsl({ ...attn, parts }),
+        const attnOp = (src: GPUBuffer, parts: { chunks: number; bias: boolean } | undefined) => tag('attn', [this.op(attentionWgsl({ ...attn, parts }),
           [[0, src], [1, sel], [2, this.K[i]!], [3, this.V[i]!], [4, s.ctx], [5, s.params], ...opt(6, attn.ropeDim ? s.cs : undefined),
-            ...opt(8, parts?.bias ? Lw.qkvBias : undefined)], Math.max(n, KV));
+            ...opt(8, parts?.bias ? Lw.qkvBias : undefined)], Math.max(n, KV))]);
         return [...start,
           // q|k|v: the rows of the selected heads' q and every k, v (matvec); or, at a q/k/v input site, every row of the kept inputs (axpy)
-          ...(qs ? [qs.op, attnOp(this.pq!, { chunks: qs.chunks, bias: Boolean(Lw.qkvBias) })]
-            : [...normed({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }, [[0, Lw.qkv], [2, s.qkv], [3, sel], ...opt(4, Lw.qkvBias)], Math.ceil(rows / 8), Lw.ln1g, Lw.ln1b),
-              attnOp(s.qkv, undefined)]),
+          ...(qs ? [...tag('site.attn', [qs.op]), ...attnOp(this.pq!, { chunks: qs.chunks, bias: Boolean(Lw.qkvBias) })]
+            : [...tag('qkv', normed({ cols: d, rows, rowGather: { G: hd, sub: 0 }, bias: Boolean(Lw.qkvBias) }, [[0, Lw.qkv], [2, s.qkv], [3, sel], ...opt(4, Lw.qkvBias)], Math.ceil(rows / 8), Lw.ln1g, Lw.ln1b)),
+              ...attnOp(s.qkv, undefined)]),
           // o (+ the residual): the selected heads' columns, or the kept inputs' rows (+ the chunks' sum); workgroup 0 zeroes the MLP selection's count
-          ...(os ? [os.op, this.op(reduceWgsl(d, os.chunks, Boolean(Lw.oBias), Boolean(zsel)), [[0, s.x], [1, s.part], ...opt(2, Lw.oBias), ...opt(3, zsel)], Math.ceil(d / 32))]
-            : [this.op(mv({ cols: H * hd, rows: d, colGather: { G: hd, sub: 2 * KV }, bias: Boolean(Lw.oBias), resid: true, zero: Boolean(zsel) }),
-              [[0, Lw.o], [1, s.ctx], [2, s.x], [3, sel], ...opt(4, Lw.oBias), ...opt(7, zsel)], Math.ceil(d / 8))]),
+          ...(os ? tag('site.o', [os.op, this.op(reduceWgsl(d, os.chunks, Boolean(Lw.oBias), Boolean(zsel)), [[0, s.x], [1, s.part], ...opt(2, Lw.oBias), ...opt(3, zsel)], Math.ceil(d / 32))])
+            : tag('o', [this.op(mv({ cols: H * hd, rows: d, colGather: { G: hd, sub: 2 * KV }, bias: Boolean(Lw.oBias), resid: true, zero: Boolean(zsel) }),
+              [[0, Lw.o], [1, s.ctx], [2, s.x], [3, sel], ...opt(4, Lw.oBias), ...opt(7, zsel)], Math.ceil(d / 8))])),
         ];
       }));
       // MLP block: one op list per neuron set
@@ -291,9 +298,10 @@ export class GpuDecodeSession {
       const upEntries = (sel: GPUBuffer | null, out: GPUBuffer): Entry[] => [[0, Lw.up], [2, out], ...opt(3, sel ?? undefined), ...opt(4, Lw.upBias),
         ...opt(5, Lw.gate), ...opt(6, Lw.gateBias)];
       const upSpec = { cols: d, bias: Boolean(Lw.upBias), gated, gateBias: Boolean(Lw.gateBias), act };
-      const up = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'rows'>, entries: Entry[], x: number) => normed({ ...upSpec, ...spec }, entries, x, Lw.ln2g, Lw.ln2b);
-      const reduce = (ch: number) => this.op(reduceWgsl(d, ch, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...opt(2, Lw.downBias)], Math.ceil(d / 32));
+      const up = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'rows'>, entries: Entry[], x: number) => tag('up', normed({ ...upSpec, ...spec }, entries, x, Lw.ln2g, Lw.ln2b));
+      const reduce = (ch: number) => tag('reduce', [this.op(reduceWgsl(d, ch, Boolean(Lw.downBias)), [[0, s.x], [1, s.part], ...opt(2, Lw.downBias)], Math.ceil(d / 32))])[0]!;
       const axpyX = Math.ceil(d / 8 / 256);
+      const down = (spec: Parameters<typeof axpyWgsl>[0], entries: Entry[]) => tag('down', [this.op(axpyWgsl(spec), entries, axpyX, spec.chunks)])[0]!;
       const dn = si?.down ?? (viaSkip ? { t: 0 } : null);
       // the selected neurons: fixed sets, or the predictor's picks (scored now, or at the layer's start from x_attn)
       let nsets: { sel: GPUBuffer; n: number }[] | null = null;
@@ -315,22 +323,21 @@ export class GpuDecodeSession {
           [[0, gpuDerived(gpu, w, i, 'upT')], [1, s.x], [2, (this.pu ??= mk(4 * 128 * F, 'parts.up'))], [5, Lw.ln2g], ...opt(6, Lw.ln2b)]);
         const ds = site({ cols: d, rows: F, input: { kind: 'parts', chunks: us.chunks, bias: Boolean(Lw.upBias), act, actThreshold: c.actThreshold } }, 3, si.down ?? null, Boolean(si.down),
           [[0, Lw.down], [2, s.part], [8, this.pu!], ...opt(5, Lw.upBias)]);
-        this.mlpOps.push([[us.op, ds.op, reduce(ds.chunks)]]);
+        this.mlpOps.push([[...tag('site.mlp', [us.op]), ...tag('site.down', [ds.op]), reduce(ds.chunks)]]);
       } else if (dn) {
         // the down input site: up as its mode says, then down over the rows of the activations it keeps (counted on the GPU)
         this.mlpOps.push((nsets ?? [null]).map((set) => {
           const ds = site({ cols: d, rows: set ? set.n : F, input: { kind: set ? 'gather' : 'x' } }, 3, dn, true, [[0, Lw.down], [1, s.a], [2, s.part], ...opt(3, set?.sel)]);
-          return [...pre, ...upOf(set), ds.op, reduce(ds.chunks)];
+          return [...pre, ...upOf(set), ...tag('site.down', [ds.op]), reduce(ds.chunks)];
         }));
       } else if (nsets) {
-        this.mlpOps.push(nsets.map((set) => [...pre, ...upOf(set),
-          this.op(axpyWgsl({ cols: d, rows: F, chunks, gather: true }), [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]], axpyX, chunks), reduce(chunks)]));
+        this.mlpOps.push(nsets.map((set) => [...pre, ...upOf(set), down({ cols: d, rows: F, chunks, gather: true }, [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]]), reduce(chunks)]));
       } else if (mm.mode === 'lossless') {
         // up for every neuron, its nonzero activations compacted in the same dispatch (ids into msel, values into coef)
         this.mlpOps.push([[...up({ rows: F, compact: true }, [...upEntries(null, s.a), [7, msel!], [11, s.coef], [12, statsOf(i)]], Math.ceil(F / 8)),
-          this.op(axpyWgsl({ cols: d, rows: F, chunks, gather: true }), [[0, Lw.down], [1, s.coef], [2, s.part], [3, msel!]], axpyX, chunks), reduce(chunks)]]);
+          down({ cols: d, rows: F, chunks, gather: true }, [[0, Lw.down], [1, s.coef], [2, s.part], [3, msel!]]), reduce(chunks)]]);
       } else {
-        this.mlpOps.push([[...upOf(null), this.op(axpyWgsl({ cols: d, rows: F, chunks, gather: false }), [[0, Lw.down], [1, s.a], [2, s.part]], axpyX, chunks), reduce(chunks)]]);
+        this.mlpOps.push([[...upOf(null), down({ cols: d, rows: F, chunks, gather: false }, [[0, Lw.down], [1, s.a], [2, s.part]]), reduce(chunks)]]);
       }
     }
     this.post = w.finalG ? normed({ cols: d, rows: V }, [[0, w.lmHead], [2, s.logits]], Math.ceil(V / 8), w.finalG, w.finalB)
@@ -367,6 +374,50 @@ export class GpuDecodeSession {
     if (!this.sites[i]?.[site] && !(site === 'down' && this.lossless.includes(i))) throw new Error(`GPU decode: layer ${i} has no ${site} input site`);
     this.thr[64 * i + k] = t;
     this.dev.queue.writeBuffer(this.b.thr, 256 * i + 4 * k, this.thr, 64 * i + k, 1);
+  }
+
+  /** what layer i's ops compute, in order (its head set `set.heads`, its neuron set `set.mlp`): what timeOps can time */
+  opNames(i: number, set: { heads?: number; mlp?: number } = {}): (OpName | undefined)[] {
+    return [...this.headOps[i]![set.heads ?? 0]!, ...this.mlpOps[i]![set.mlp ?? 0]!].map((o) => o.name);
+  }
+
+  /**
+   * ms per run of layer i's ops named `names` (all: null) of its attention block for head set `set.heads` and its MLP
+   * block for neuron set `set.mlp`, at the session's position (`set.a`: the MLP activations written first, for ops
+   * that read them): `reps` runs in one compute pass per submission (as a step runs them: each dispatch's fixed cost
+   * and barrier included; the host's encoding where it takes longer), enough to last ~`ms`, the median of `batches`
+   * submissions. The values they leave are
+   * meaningless (the plan's cost model times with it; a session that decodes afterwards must be made again).
+   */
+  async timeOps(i: number, names: readonly OpName[] | null, set: { heads?: number; mlp?: number; a?: Float32Array } = {}, ms = 4, batches = 5): Promise<number> {
+    const hs = this.headOps[i]?.[set.heads ?? 0], mset = this.mlpOps[i]?.[set.mlp ?? 0];
+    if (!hs || !mset) throw new Error(`GPU decode: timeOps: layer ${i} has no head set ${set.heads ?? 0} / neuron set ${set.mlp ?? 0}`);
+    const ops = [...hs, ...mset].filter((o) => !names || names.includes(o.name!));
+    if (!ops.length) throw new Error(`GPU decode: timeOps: layer ${i} has no ${names!.join(' / ')} ops`);
+    if (this.busy || this.disposed) throw new Error('GPU decode: timeOps while a step is in flight, or after dispose');
+    this.busy = true;
+    try {
+      const c = this.c;
+      this.dev.queue.writeBuffer(this.b.params, 0, Uint32Array.from([this.n, this.n + c.positionOffset, 0, 0]));
+      if (set.a) this.dev.queue.writeBuffer(this.b.a, 0, set.a);
+      // the device's time, or the host's to encode them where that is longer (a step whose encoding outlasts its GPU
+      // work, as small models' do, pays each dispatch's encoding: greedy overlaps the two)
+      const batch = async (reps: number) => {
+        const t0 = performance.now(), enc = this.dev.createCommandEncoder(), pass = enc.beginComputePass();
+        for (let r = 0; r < reps; r++) for (const o of ops) { pass.setPipeline(o.p); pass.setBindGroup(0, o.g); pass.dispatchWorkgroups(o.x, o.y); }
+        pass.end();
+        const cmd = enc.finish(), t1 = performance.now();
+        this.dev.queue.submit([cmd]);
+        await this.dev.queue.onSubmittedWorkDone();
+        return Math.max(t1 - t0, performance.now() - t1);
+      };
+      let reps = 1;
+      for (let t = await batch(1); t < ms && reps < 1 << 16; t = await batch(reps)) reps *= Math.min(16, Math.max(2, Math.ceil(ms / Math.max(t, 1e-3))));
+      const xs: number[] = [];
+      for (let k = 0; k < batches; k++) xs.push((await batch(reps)) / reps);
+      checkGpu(this.gpu, 'timeOps');
+      return xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    } finally { this.busy = false; }
   }
 
   /** Positions the next token takes. */
