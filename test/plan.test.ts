@@ -9,6 +9,7 @@
  *    on a second run and a corrupt cache file is measured over.
  * The kernel-cost cache goes to a temp folder ($DEJAVU_CACHE_DIR), never to ~/.cache.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -364,6 +365,19 @@ describe('dejavu plan (CLI) and the cost cache', () => {
     expect(r2.code).toBe(2);
     expect(r2.err).toMatch(/invalid plan config[\s\S]*predictors: required but missing/);
   });
+
+  it('--runtime gpu with no GPU adapter (Vulkan pointed at no driver): exit 2, said as the plan\'s, with the CPU runtime as the hint; nothing written', () => {
+    const out = path.join(TMP, 'cli-no-gpu');
+    const none = path.join(TMP, 'no-such-icd.json');
+    const r = spawnSync(process.execPath, [path.join(import.meta.dirname, '..', 'bin', 'dejavu.js'), 'plan', ...flags(out), '--runtime', 'gpu', '--quiet'],
+      { encoding: 'utf8', timeout: 120_000, env: { ...process.env, VK_ICD_FILENAMES: none, VK_DRIVER_FILES: none, DEJAVU_CACHE_DIR: path.join(TMP, 'cache-no-gpu') } });
+    expect(r.status, r.stderr).toBe(2);
+    // the webgpu package loads but finds no adapter (or, where the package itself is missing, says so): either way the plan's error
+    expect(r.stderr).toMatch(/error: plan \(runtime gpu\): the GPU decode runtime (found no WebGPU adapter|needs the `webgpu` package)/);
+    expect(r.stderr).toMatch(/hint: price the plan for the CPU runtime \(runtime cpu, the default\)/);
+    expect(r.stderr).not.toMatch(/internal error/); // (Dawn's own Vulkan messages may come before it)
+    expect(fs.existsSync(out)).toBe(false);
+  }, 150_000);
 
   it('writes the plan folder with its marker; a second run reuses the cost cache; a corrupt cache is measured over', async () => {
     const cache = path.join(TMP, 'cache-cli');
