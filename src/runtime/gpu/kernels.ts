@@ -85,6 +85,23 @@ function normFast(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: st
   ${meanInv(d, kind, eps)}`;
 }
 
+/** WGSL: the workgroup's exclusive prefix sum (a 256-slot `scan` array and `excl`), shared by the input-sparse axpy's compaction and pickWgsl */
+const EXCL = `var<workgroup> scan: array<u32, 256>;
+/** exclusive prefix sum of v over the workgroup (and the total) */
+fn excl(v: u32, lid: u32) -> vec2<u32> {
+  scan[lid] = v;
+  workgroupBarrier();
+  for (var o = 1u; o < 256u; o <<= 1u) {
+    let t = select(0u, scan[select(0u, lid - o, lid >= o)], lid >= o);
+    workgroupBarrier();
+    scan[lid] += t;
+    workgroupBarrier();
+  }
+  let r = vec2<u32>(scan[lid] - v, scan[255]);
+  workgroupBarrier();
+  return r;
+}`;
+
 /**
  * The two-level workgroup sum of each thread's (sum, sum of squares) `sq` over d values (256 -> 32 partial sums in
  * red2v / red32 (FAST_SHARED), then every thread sums the 32: 2 barriers), and the norm's m and inv from it
@@ -286,7 +303,7 @@ export function axpySiteWgsl(s: AxpySiteSpec): string {
       s0 += ai * vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); s1 += ai * vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)); }`;
   return `${b.join('\n')}
 ${inp.kind === 'parts' ? actFn(inp.act, inp.actThreshold) : ''}
-var<workgroup> scan: array<u32, 256>;
+${EXCL}
 var<workgroup> kid: array<u32, ${SITE_PER}>;
 var<workgroup> av: array<f32, ${SITE_PER}>;
 var<workgroup> wcount: u32;
@@ -305,16 +322,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var id = 0u;
   var kp = false;
   if (lo + lid < hi) { let i = lo + lid; ${value} id = ${row}; kp = ${keep}; }
-  scan[lid] = select(0u, 1u, kp);
-  workgroupBarrier();
-  for (var o = 1u; o < 256u; o <<= 1u) {
-    let t = select(0u, scan[select(0u, lid - o, lid >= o)], lid >= o);
-    workgroupBarrier();
-    scan[lid] += t;
-    workgroupBarrier();
-  }
-  if (kp) { kid[scan[lid] - 1u] = id; av[scan[lid] - 1u] = v; }
-  let nk = scan[255];
+  let pos = excl(select(0u, 1u, kp), lid);
+  if (kp) { kid[pos.x] = id; av[pos.x] = v; }
+  let nk = pos.y;
   workgroupBarrier();
   ${s.count !== null ? `if (wid.x == 0u && lid == 0u && nk > 0u) { atomicAdd(&stats[${s.count}u], nk); }` : ''}
   if (u >= ${U}u) { return; }
@@ -593,23 +603,9 @@ export function pickWgsl(W: number, rule: { kind: 'topk'; k: number } | { kind: 
 @group(0) @binding(1) var<storage, read_write> sel: array<u32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<atomic<u32>>;
 var<workgroup> hist: array<atomic<u32>, 256>;
-var<workgroup> scan: array<u32, 256>;
 var<workgroup> pick: vec2<u32>;
 fn key(v: f32) -> u32 { let b = bitcast<u32>(v); return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u); }
-/** exclusive prefix sum of v over the workgroup (and the total) */
-fn excl(v: u32, lid: u32) -> vec2<u32> {
-  scan[lid] = v;
-  workgroupBarrier();
-  for (var o = 1u; o < 256u; o <<= 1u) {
-    let t = select(0u, scan[select(0u, lid - o, lid >= o)], lid >= o);
-    workgroupBarrier();
-    scan[lid] += t;
-    workgroupBarrier();
-  }
-  let r = vec2<u32>(scan[lid] - v, scan[255]);
-  workgroupBarrier();
-  return r;
-}
+${EXCL}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
   let lo = lid * ${PER}u;
