@@ -52,14 +52,14 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-T0 = time.time()
-SEQ_LEN = 256
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_fixture_common import SEQ_LEN, add_training_args, cosine_lr, log, pack, read_jsonl, train_step, windows_of  # noqa: E402
+
 BOS = 1
 SITES = ("attn", "o", "mlp", "down", "gate")
 METHODS = {"teal-all": ("attn", "o", "mlp", "down"), "teal-attn": ("attn", "o"), "teal-mlp": ("mlp", "down"), "down-in": ("down",), "cats": ("gate",)}
@@ -67,29 +67,9 @@ RUNS = [("down-in", 0.3), ("down-in", 0.4), ("down-in", 0.5), ("teal-all", 0.15)
         ("teal-mlp", 0.4), ("cats", 0.4), ("cats", 0.5)]
 
 
-def log(msg: str) -> None:
-    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
-
-
-def read_jsonl(path: str) -> list[str]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                t = json.loads(line)["text"]
-                if t:
-                    out.append(t)
-    return out
-
-
 def pack_rows(tok: Tokenizer, texts: list[str]) -> torch.Tensor:
     """BOS + ids of each document, concatenated, cut into rows of SEQ_LEN (remainder dropped): [n, SEQ_LEN] int64."""
-    ids: list[int] = []
-    for e in tok.encode_batch(texts, add_special_tokens=False):
-        ids.append(BOS)
-        ids.extend(e.ids)
-    n = len(ids) // SEQ_LEN
-    return torch.tensor(ids[: n * SEQ_LEN], dtype=torch.int64).view(n, SEQ_LEN)
+    return windows_of(pack(tok, texts, BOS))
 
 
 def ids_sha256(rows: torch.Tensor) -> str:
@@ -151,10 +131,7 @@ def train(a) -> None:
     min_lr = a.lr * a.min_lr_ratio
 
     def lr_at(step):
-        if step < a.warmup:
-            return a.lr * (step + 1) / a.warmup
-        frac = min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))
-        return min_lr + 0.5 * (a.lr - min_lr) * (1 + math.cos(math.pi * frac))
+        return cosine_lr(step, a.lr, a.warmup, a.steps, min_lr)
 
     g = torch.Generator().manual_seed(a.seed)
     nwin = tr_rows.shape[0]
@@ -172,15 +149,7 @@ def train(a) -> None:
         x = tr_rows[perm[cursor : cursor + a.batch]]
         cursor += a.batch
         lr = lr_at(step - 1)
-        for gr in opt.param_groups:
-            gr["lr"] = lr
-        with torch.autocast(d.type, dtype=torch.bfloat16):
-            logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = train_step(model, opt, x, lr, V, d.type)
         acc += loss.detach()
         acc_n += 1
         if step % 50 == 0 or step % a.eval_every == 0 or step == a.steps:
@@ -401,11 +370,7 @@ def main():
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-lr-ratio", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
+    add_training_args(ap)
     ap.add_argument("--seed", type=int, default=20261202)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--calibration-rows", type=int, default=32)

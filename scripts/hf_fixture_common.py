@@ -1,6 +1,6 @@
 """Shared by the scripts that make or train Hugging Face checkpoints (scripts/*.py): tiny random checkpoints
 (make-unseen-families.py, make-popular-configs.py, make-hf-variants.py) and the trained fixtures
-(train-fixture-models.py, check-unseen.py)."""
+(train-fixture-models.py, check-unseen.py, check-unseen-swiglu.py)."""
 
 from __future__ import annotations
 
