@@ -5,13 +5,14 @@ import type { ModelConfig } from '../model/config.js';
 import { base } from '../arch/common.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { benchResultSchema, type StoredBenchResult } from './results-doc.js';
+import { median } from '../util/stats.js';
 
 /** Median wall time (ms) of fn over n runs after w warm-ups. */
 export function timeIt(fn: () => void, n = 5, w = 1): number {
   for (let i = 0; i < w; i++) fn();
   const ts: number[] = [];
   for (let i = 0; i < n; i++) { const t = performance.now(); fn(); ts.push(performance.now() - t); }
-  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)]!;
+  return median(ts);
 }
 
 /**

@@ -35,6 +35,7 @@ import { writeLlamaGguf, type GgmlType } from './gguf.js';
 import { tinyLlamaConfig, writeRandomLlama } from './llama-checkpoint.js';
 import { llamaUnavailable, runLlama, type Via } from './llamacpp.js';
 import { writeRandomOpt } from './opt-checkpoint.js';
+import { median } from '../util/stats.js';
 
 const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
 const STEPS = Number(process.env.BENCH_STEPS ?? 128);
@@ -76,7 +77,6 @@ function forwardRate(model: Model, steps = STEPS): number {
   } finally { disposeCache(cache); }
 }
 
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 /** run the variants in turn ROUNDS times (alternating: drift hits all alike), median of each; progress on stderr */
 function alternate<T extends number[]>(fns: (() => T)[], labels: string[] = []): T[] {
   const runs: T[][] = fns.map(() => []);

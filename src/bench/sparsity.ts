@@ -19,11 +19,11 @@ import { calibrateSites, thresholdAt } from '../runtime/calibrate.js';
 import { decodeModes, planInputMajor } from '../runtime/plan.js';
 import { base } from '../arch/common.js';
 import { table, writeBenchResult, type BenchTable } from './common.js';
+import { median } from '../util/stats.js';
 
 const b = await ensureBackend((process.env.DEJAVU_BACKEND as 'wasm' | undefined) ?? 'auto');
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 
 /** decode tokens/s at batch 1 after a short prompt; the session's share of decoder-layer weights read */
 function decodeRate(model: Model, modes: DecodeModes, steps: number): { rate: number; read: number } {

@@ -21,6 +21,7 @@ import { startPool } from './kernels/wasm/pool.js';
 import { transpose2d } from '../util/transpose.js';
 import { f16ToF32Array } from '../util/half.js';
 import { UserError } from '../util/errors.js';
+import { median } from '../util/stats.js';
 
 export interface HostNorm { g: Float32Array; b?: Float32Array | undefined }
 
@@ -99,7 +100,7 @@ function autoThreads(arenas: WasmArena[], m: RowMatrix, max: number): number {
     m.matvec(x, out);
     const xs: number[] = [];
     for (let r = 0; r < 5; r++) { const t = performance.now(); for (let i = 0; i < 3; i++) m.matvec(x, out); xs.push(performance.now() - t); }
-    return xs.sort((a, b) => a - b)[2]!;
+    return median(xs);
   };
   const one = time();
   for (const a of arenas) startPool(a, max);

@@ -36,6 +36,7 @@ import { getGpu } from './gpu/device.js';
 import * as gpuKernels from './gpu/kernels.js';
 import { GpuDecodeSession, gpuDenseModes, type GpuHeadMode, type GpuMlpMode, type GpuModes, type OpName } from './gpu/session.js';
 import { gpuWeightsFromModel, type GpuWeights } from './gpu/weights.js';
+import { median } from '../util/stats.js';
 
 export const COSTS_FORMAT_VERSION = 1;
 /** [x, ms] points; interp needs at least 2 */
@@ -106,7 +107,7 @@ export function timePerCall(fn: () => void, ms = 15, batches = 7): number {
   const per = Math.max(1, Math.round(n * 4));
   const xs: number[] = [];
   for (let b = 0; b < batches; b++) { const t = performance.now(); for (let i = 0; i < per; i++) fn(); xs.push((performance.now() - t) / per); }
-  return xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  return median(xs);
 }
 
 /** linear interpolation in sorted [x, y] pairs (clamped to the ends, extrapolated linearly past the last) */
@@ -285,7 +286,7 @@ export function alternatingStepMs(model: Model | Model[], sets: DecodeModes[], t
         onSteps?.(steps);
         s.rewind(steps);
       });
-    return runs.map((xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!);
+    return runs.map(median);
   } finally { for (const s of sessions) s.dispose(); }
 }
 
@@ -379,7 +380,7 @@ async function measureGpuShape(c: Model['config'], context: number, session: Gpu
   const { stepMs, upMs, downMs, headsMs } = await session({}, async (s) => {
     const xs: number[] = [];
     for (let r = 0; r < 5; r++) { const t = performance.now(); await s.greedy(2 % c.vocabSize, 16); xs.push((performance.now() - t) / 16); s.rewind(16); }
-    return { stepMs: xs.sort((a, b) => a - b)[2]!, upMs: await s.timeOps(0, ['up']), downMs: await s.timeOps(0, down), headsMs: await s.timeOps(0, attn) };
+    return { stepMs: median(xs), upMs: await s.timeOps(0, ['up']), downMs: await s.timeOps(0, down), headsMs: await s.timeOps(0, attn) };
   });
   // lossless: compacting the nonzero activations in up's dispatch (ReLU models)
   const compactMs = c.activation === 'relu' && !c.gated ? await session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'lossless' }) }, async (s) => Math.max(0, (await s.timeOps(0, ['up'])) - upMs)) : 0;
@@ -439,6 +440,6 @@ export async function gpuAlternatingStepMs(model: Model, sets: GpuModes[], text:
         onSteps?.(steps);
         s.rewind(steps);
       }
-    return runs.map((xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!);
+    return runs.map(median);
   } finally { for (const s of sessions) s.dispose(); w.dispose(); }
 }

@@ -36,6 +36,7 @@ import { planInputs, type RuntimePlan } from '../plan.js';
 import type { SelectionRule } from '../../predictors/metrics.js';
 import { argmaxWgsl, attentionWgsl, axpySiteWgsl, pickWgsl, axpyWgsl, embedWgsl, matvecNormBytes, matvecWgsl, normWgsl, reduceWgsl, SITE_PER, type AxpySiteSpec, type GpuAct, type MatvecSpec } from './kernels.js';
 import { gpuBuffer, gpuDerived, gpuEmpty, gpuWeightsFromModel, type GpuWeights } from './weights.js';
+import { median } from '../../util/stats.js';
 
 /** a predictor run on the GPU: its weights (float32, as the CPU runtime's), its rule, and its input */
 export interface GpuPredicted { p: HostPredictor; rule: SelectionRule }
@@ -416,7 +417,7 @@ export class GpuDecodeSession {
       const xs: number[] = [];
       for (let k = 0; k < batches; k++) xs.push((await batch(reps)) / reps);
       checkGpu(this.gpu, 'timeOps');
-      return xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      return median(xs);
     } finally { this.busy = false; }
   }
 
