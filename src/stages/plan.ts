@@ -457,15 +457,12 @@ async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{
   const { cfg, model, preds, deps } = x, c = model.config;
   // every decode pass and the timing show their total, an ETA after warm-up and a final line (minutes on a large model)
   const verifyTok = verify.reduce((a, s) => a + Math.max(0, s.length - 1), 0);
-  const withBar = <R>(label: string, total: number, unit: string, f: (add: (n: number) => void) => R): R => {
+  const withBar = async <R>(label: string, total: number, unit: string, f: (add: (n: number) => void) => R | Promise<R>): Promise<R> => {
     const bar = deps.progress(`plan: ${label}`, total, unit);
-    let n = 0, r: R;
-    try { r = f((k) => bar.update(n += k)); } catch (e) { bar.stop(); throw e; }
-    if (r instanceof Promise) return r.finally(() => bar.stop()) as R; // (the GPU's timing: stopped when it ends)
-    bar.stop();
-    return r;
+    let n = 0;
+    try { return await f((k) => bar.update(n += k)); } finally { bar.stop(); }
   };
-  const dv = withBar('verification, dense', verifyTok, 'tok', (add) => decodeNll(model, verify, undefined, () => add(1)));
+  const dv = await withBar('verification, dense', verifyTok, 'tok', (add) => decodeNll(model, verify, undefined, () => add(1)));
   const densePpl = ppl(dv);
   // the plan's own layout: a model whose input sites' matrices are input-major (loaded once per distinct set)
   const copies = new Map<string, Model>();
@@ -478,17 +475,17 @@ async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{
     return m;
   };
   try {
-    const runtime = () => {
+    const runtime = async () => {
       const layers = choice.layers(), b = decodeModes(c, preds, { layers });
-      try { return withBar(`verification, the plan (${choice.moves} move(s))`, verifyTok, 'tok', (add) => decodeNll(modelFor(layers), verify, b.modes, () => add(1))); } finally { b.dispose(); }
+      try { return await withBar(`verification, the plan (${choice.moves} move(s))`, verifyTok, 'tok', (add) => decodeNll(modelFor(layers), verify, b.modes, () => add(1))); } finally { b.dispose(); }
     };
-    let r = runtime(), p = ppl(r);
+    let r = await runtime(), p = ppl(r);
     for (;;) {
       const inc = p / densePpl - 1;
       deps.log(`plan: verified ${choice.moves} move(s) on ${dv.count} held-out tokens: perplexity ${p.toFixed(4)} vs dense ${densePpl.toFixed(4)} (${inc >= 0 ? '+' : ''}${pct(inc, 3)})`);
       if (inc <= cfg.maxPplIncrease || !choice.moves) break;
       choice.undo();
-      r = runtime(); p = ppl(r);
+      r = await runtime(); p = ppl(r);
     }
     if (p / densePpl - 1 > cfg.maxPplIncrease) throw new Error(`plan: even the lossless plan measures +${pct(p / densePpl - 1, 3)} (lossless modes must equal dense)`);
     // weights read per token: the decoder layers' (counted), and the whole step's (the LM head and projections around it read densely)
