@@ -1,5 +1,5 @@
 /**
- * vitest globalSetup: build dist/ once from the current src/ before any test runs. Some tests run dist/ (spawned
+ * vitest globalSetup: build dist/ (and the native decode kernels) once from the current src/ before any test runs. Some tests run dist/ (spawned
  * CLI, kill -9, memory, unhandled rejections); building it here means they never run stale code. dist/ is removed
  * first so a file deleted or moved in src/ cannot survive in dist/.
  *
@@ -19,5 +19,9 @@ export default function setup(): () => void {
   const tsc = path.join(repo, 'node_modules', 'typescript', 'bin', 'tsc');
   const r = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: repo, encoding: 'utf8', timeout: 300_000 });
   if (r.status !== 0) throw new Error(`building dist/ failed (tsc exit ${r.status}):\n${r.stdout}${r.stderr}`);
+  // the native decode kernels, rebuilt when src/model/kernels/native/rows.c is newer (never fatal: without a compiler
+  // test/decode-native skips and says why)
+  const nat = spawnSync(process.execPath, [path.join(repo, 'scripts', 'build-native.mjs')], { cwd: repo, encoding: 'utf8', timeout: 120_000 });
+  if (nat.stderr) process.stderr.write(nat.stderr);
   return () => fs.rmSync(cache, { recursive: true, force: true });
 }

@@ -44,6 +44,7 @@ const list = (k: string, dflt: string) => (process.env[k] ?? dflt).split(',').ma
 const ROWS = new Set(list('BENCH_ROWS', 'opt-fixture,opt-1.3b,llama-fixture,tinyllama'));
 const DTYPES = list('BENCH_DTYPES', 'float32,auto,q8_0') as NonNullable<DecodeOptions['dtype']>[];
 const THREADS = list('BENCH_THREADS', '1,2,auto').map((t) => t === 'auto' ? 'auto' as const : Number(t));
+const KERNELS = list('BENCH_KERNELS', 'auto') as NonNullable<DecodeOptions['kernels']>[];
 const VIAS = list('BENCH_LLAMA', 'capi,node').filter((v) => v !== 'none') as Via[];
 const PROMPT = [2, 5, 9, 13, 17, 21, 25, 29];
 /** llama.cpp's thread-pool polling level (C API), default llama.cpp's own (50) */
@@ -52,6 +53,7 @@ const bad = (k: string, got: string[], ok: string[]) => { const x = got.filter((
 bad('BENCH_ROWS', [...ROWS], ['opt-fixture', 'opt-1.3b', 'llama-fixture', 'tinyllama']);
 bad('BENCH_DTYPES', DTYPES, ['float32', 'float16', 'bfloat16', 'auto', 'q8_0']);
 bad('BENCH_LLAMA', VIAS, ['capi', 'node']);
+bad('BENCH_KERNELS', KERNELS, ['auto', 'native', 'wasm']);
 for (const [k, v] of [['BENCH_STEPS', STEPS], ['BENCH_ROUNDS', ROUNDS], ...THREADS.filter((t) => t !== 'auto').map((t) => ['BENCH_THREADS', t])] as [string, number][])
   if (!Number.isInteger(v) || v <= 0) { console.error(`error: ${k} needs positive integers (got ${process.env[k]})`); process.exit(2); }
 
@@ -166,8 +168,8 @@ const ggmlOf = (dtype: string, ckptHalf: boolean): GgmlType => dtype === 'q8_0' 
 const perWeight: Record<GgmlType, number> = { F32: 4, F16: 2, Q8_0: 34 / 32 };
 /** the format and threads a loaded model's decode weights report (the runtime of issue 27), or null where it reports none */
 function ran(model: Model): string | null {
-  const w = model.decode as unknown as { dtype?: string; threads?: number };
-  return w.dtype === undefined ? null : `${w.dtype}, ${w.threads ?? 1} thread${w.threads === 1 ? '' : 's'}`;
+  const w = model.decode as unknown as { dtype?: string; threads?: number; kernel?: string };
+  return w.dtype === undefined ? null : `${w.dtype}, ${w.kernel ? `${w.kernel} kernels, ` : ''}${w.threads ?? 1} thread${w.threads === 1 ? '' : 's'}`;
 }
 
 /**
@@ -188,7 +190,7 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     }
     return ggufs.get(t)!;
   };
-  const configs = DTYPES.flatMap((dtype) => THREADS.map((threads) => ({ dtype, threads })));
+  const configs = DTYPES.flatMap((dtype) => THREADS.flatMap((threads) => KERNELS.map((kernels) => ({ dtype, threads, kernels }))));
   const picks = randomPicks(c, 0.1, 0.5), dense = denseModes(c.layers);
   const llamaThreads = (t: number | 'auto') => t === 'auto' ? os.cpus().length : t;
   const key = (via: Via, g: GgmlType, th: number) => `${via}:${g}:${th}`;
@@ -211,7 +213,7 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     }
   }
   console.error(`${tag}: ${fns.length} variants, ${ROUNDS} rounds (dejavu: dense / sparse tok/s / load s; llama.cpp: tok/s / load s)`);
-  const res = new Map(alternate(fns, slots.map((k) => k.startsWith('dejavu:') ? `dejavu ${configs[Number(k.slice(7))]!.dtype}/${configs[Number(k.slice(7))]!.threads}` : k)).map((r, j) => [slots[j]!, r]));
+  const res = new Map(alternate(fns, slots.map((k) => k.startsWith('dejavu:') ? `dejavu ${configs[Number(k.slice(7))]!.dtype}/${configs[Number(k.slice(7))]!.threads}/${configs[Number(k.slice(7))]!.kernels}` : k)).map((r, j) => [slots[j]!, r]));
   const rows = configs.map((o, i) => {
     const [d, sp, loadS] = res.get(`dejavu:${i}`)! as [number, number, number], g = ggmlOf(o.dtype, ckptHalf), th = llamaThreads(o.threads);
     const cap = res.get(key('capi', g, th)), nd = res.get(key('node', g, th));
@@ -233,7 +235,7 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     const [d, sp] = res.get(`dejavu:${i}`)!;
     const vs = [f16 && `${(sp! / f16[0]!).toFixed(2)}x llama.cpp F16 (${f16[0]!.toFixed(1)})`, q8 && `${(sp! / q8[0]!).toFixed(2)}x llama.cpp Q8_0 (${q8[0]!.toFixed(1)})`].filter(Boolean);
     const dv = f16 ? ` (${(d! / f16[0]!).toFixed(2)}x llama.cpp F16)` : '';
-    notes.push(`${tag}: dejavu ${o.dtype}/${o.threads}: dense ${d!.toFixed(1)}${dv}, 10%/50% ${sp!.toFixed(1)} tok/s = ${vs.join(', ')} dense at ${all} threads (C API)`);
+    notes.push(`${tag}: dejavu ${o.dtype}/${o.threads}/${o.kernels} kernels: dense ${d!.toFixed(1)}${dv}, 10%/50% ${sp!.toFixed(1)} tok/s = ${vs.join(', ')} dense at ${all} threads (C API)`);
   }
 }
 

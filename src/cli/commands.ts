@@ -318,6 +318,7 @@ export const COMMANDS: CommandDef[] = [
       { flags: '--seed <n>', description: 'sampling seed', parse: int },
       { flags: '--dtype <format>', description: 'decode weights: auto (the checkpoint\'s half precision, else float32), float32, float16, bfloat16, q8_0 (8-bit; its cost is in the plan\'s report)' },
       { flags: '--threads <n>', description: 'threads for the decode kernels: a count or auto (default: measured at load)', parse: int },
+      { flags: '--kernels <name>', description: 'decode row kernels: auto (default: native where built), native (AVX2 / FMA / F16C), wasm (WebAssembly SIMD)' },
       { flags: '--runtime <name>', description: 'decode runtime: cpu (default) or gpu (WebGPU; greedy)' },
       BACKEND, JSON_FLAG,
     ],
@@ -329,10 +330,10 @@ export const COMMANDS: CommandDef[] = [
     async run(opts, ctx) {
       const flagOf = (dotted: string) => `--${dotted.split('.')[0]!.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase())}`;
       const input: Record<string, unknown> = {};
-      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'dtype', 'threads', 'runtime', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
+      for (const k of ['model', 'bundle', 'prompt', 'maxTokens', 'temperature', 'topK', 'seed', 'dtype', 'threads', 'kernels', 'runtime', 'backend']) if (opts[k] !== undefined) input[k] = opts[k];
       const cfg = validateConfig(generateSchema, input, 'generate', {
         title: 'generate flags', label: flagOf,
-        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT] [--dtype auto|float32|float16|bfloat16|q8_0] [--threads N|auto] [--runtime cpu|gpu]',
+        hint: 'dejavu generate --model DIR --prompt TEXT [--bundle DIR] [--max-tokens N>=1] [--temperature T>=0 --top-k K>=0 --seed INT] [--dtype auto|float32|float16|bfloat16|q8_0] [--threads N|auto] [--kernels auto|native|wasm] [--runtime cpu|gpu]',
       });
       if (opts.printConfig) { ctx.io.stdout.write(YAML.stringify(cfg)); ctx.exit(0); return; }
       await withBackend(cfg.backend, ctx);

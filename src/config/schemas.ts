@@ -197,7 +197,8 @@ export const generateSchema = z.strictObject({
   seed: z.number({ error: 'expected an integer' }).int('expected an integer').default(0).describe('sampling seed'),
   dtype: z.enum(['auto', 'float32', 'float16', 'bfloat16', 'q8_0']).default('auto').describe('decode weights: auto = the checkpoint\'s own half precision (float16 / bfloat16: exact), else float32; q8_0 = 8-bit blocks (lossy: plan reports its perplexity cost)'),
   threads: z.union([z.number().int().positive(), z.literal('auto')], { error: 'expected a thread count >= 1 or auto' }).default('auto').describe('threads for the decode kernels (auto: measured at load)'),
-  runtime: z.enum(['cpu', 'gpu']).default('cpu').describe('decode runtime: cpu (the wasm row kernels) or gpu (WebGPU / WGSL kernels; greedy, one prompt at a time)'),
+  kernels: z.enum(['auto', 'native', 'wasm']).default('auto').describe('decode row kernels: native (AVX2 / FMA / F16C, built at install with a C compiler), wasm (WebAssembly SIMD), auto = native where built and supported'),
+  runtime: z.enum(['cpu', 'gpu']).default('cpu').describe('decode runtime: cpu (the native or wasm row kernels) or gpu (WebGPU / WGSL kernels; greedy, one prompt at a time)'),
   backend,
 });
 export type GenerateConfig = z.infer<typeof generateSchema>;

@@ -18,6 +18,7 @@ import type { ModelConfig } from './config.js';
 import { rowMatrix, type RowDtype, type RowKernel, type RowMatrix } from './kernels/rows.js';
 import { createArena, type WasmArena } from './kernels/wasm/kernels.js';
 import { startPool } from './kernels/wasm/pool.js';
+import { nativeRows, type NativeRowsModule } from './kernels/native/native.js';
 import { transpose2d } from '../util/transpose.js';
 import { f16ToF32Array } from '../util/half.js';
 import { UserError } from '../util/errors.js';
@@ -50,6 +51,12 @@ export interface DecodeOptions {
   threads?: number | 'auto';
   /** weight names ('layers.3.wq', 'layers.3.up', ...) of matvec matrices to store input-major (for input-sparse modes) */
   inputMajor?: ReadonlySet<string>;
+  /**
+   * which row kernels run the rows (default 'auto'): 'native' (src/model/kernels/native: AVX2 / FMA / F16C and their
+   * own threads; refused with the reason where they were not built or the CPU lacks them), 'wasm' (WebAssembly SIMD),
+   * 'auto' = native where available, else wasm
+   */
+  kernels?: 'auto' | 'native' | 'wasm';
 }
 
 export interface DecodeWeights {
@@ -81,6 +88,17 @@ export function rowDtypeFor(dtype: DecodeOptions['dtype'], half: 'float16' | 'bf
   return dtype;
 }
 
+export const ROW_KERNELS = ['auto', 'native', 'wasm'] as const;
+
+/** DecodeOptions.kernels -> the native kernels to use, or null for WebAssembly */
+function nativeOf(k: DecodeOptions['kernels']): NativeRowsModule | null {
+  if (k !== undefined && !ROW_KERNELS.includes(k)) throw new UserError(`decode kernels ${JSON.stringify(k)} is not understood`, `use one of ${ROW_KERNELS.join(', ')}`);
+  if (k === 'wasm') return null;
+  const { mod, why } = nativeRows();
+  if (!mod && k === 'native') throw new UserError(`the native decode kernels are not available: ${why}`, 'use kernels auto or wasm (WebAssembly SIMD), or build them: npm run build:native (needs a C compiler)');
+  return mod;
+}
+
 function threadsOf(t: DecodeOptions['threads']): number | 'auto' {
   if (t === undefined || t === 'auto') return 'auto';
   if (!Number.isInteger(t) || t < 1 || t > 256) throw new UserError(`decode threads ${JSON.stringify(t)} is not a whole number from 1 to 256 or "auto"`, 'use threads: "auto" to pick by measurement');
@@ -95,6 +113,7 @@ const AUTO_MIN_BYTES = 16 * 2 ** 20;
  * kept when it is at least 10% faster.
  */
 function autoThreads(arenas: WasmArena[], m: RowMatrix, max: number): number {
+  const set = (t: number) => { for (const a of arenas) { if (a.native) a.native.threads = t; else if (t > 1) startPool(a, t); else a.pool?.dispose(); } };
   const x = Float32Array.from({ length: m.d }, (_, i) => Math.sin(i)), out = new Float32Array(m.n);
   const time = () => {
     m.matvec(x, out);
@@ -103,9 +122,9 @@ function autoThreads(arenas: WasmArena[], m: RowMatrix, max: number): number {
     return median(xs);
   };
   const one = time();
-  for (const a of arenas) startPool(a, max);
+  set(max);
   if (time() < 0.9 * one) return max;
-  for (const a of arenas) a.pool?.dispose();
+  set(1);
   return 1;
 }
 
@@ -122,11 +141,14 @@ export interface DecodeSource {
  */
 export function buildDecodeWeights(c: ModelConfig, get: (name: string) => DecodeSource | undefined, opts: DecodeOptions = {}, half: 'float16' | 'bfloat16' | null = null): DecodeWeights {
   const inputMajor = new Set(opts.inputMajor ?? []);
-  const dtype = rowDtypeFor(opts.dtype, half), threads = threadsOf(opts.threads);
+  const dtype = rowDtypeFor(opts.dtype, half), threads = threadsOf(opts.threads), native = nativeOf(opts.kernels);
   const maxThreads = threads === 'auto' ? Math.min(8, os.availableParallelism()) : threads;
   // one WebAssembly memory holds at most ~3.5 GiB: a larger model gets another arena when one is full; shared memory
-  // when the kernels may run on more than one thread
-  const arena = () => (maxThreads > 1 ? createArena(true, true) ?? createArena() : createArena());
+  // when the WebAssembly kernels may run on more than one thread (the native kernels bring their own threads)
+  const arena = () => {
+    if (native) { const a = createArena(); if (a) a.native = { mod: native, threads: 1 }; return a; }
+    return maxThreads > 1 ? createArena(true, true) ?? createArena() : createArena();
+  };
   const arenas = [arena()];
   const kinds = new Set<RowKernel>();
   const need = (n: string) => { const t = get(n); if (!t) throw new Error(`decode weights: no ${n}`); return t; };
@@ -140,7 +162,7 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => Decode
     }
     kinds.add(m.kernel);
     rowBytes += n * d * (dtype === 'float32' ? 4 : dtype === 'q8_0' ? 1.125 : 2);
-    if (m.kernel === 'wasm-simd' && (!largest || n * d > largest.n * largest.d)) largest = m;
+    if (m.kernel !== 'js' && (!largest || n * d > largest.n * largest.d)) largest = m;
     return m;
   };
   /** an [in, out] matrix as `out` rows of length `in` */
@@ -168,8 +190,8 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => Decode
   const live = arenas.filter((a): a is WasmArena => a !== null);
   let used = 1;
   const big: RowMatrix | null = largest;
-  if (big && maxThreads > 1 && live.every((a) => a.shared)) {
-    if (threads !== 'auto') { for (const a of live) startPool(a, maxThreads); used = maxThreads; }
+  if (big && maxThreads > 1 && live.every((a) => a.shared || a.native)) {
+    if (threads !== 'auto') { for (const a of live) if (a.native) a.native.threads = maxThreads; else startPool(a, maxThreads); used = maxThreads; }
     else if (rowBytes >= AUTO_MIN_BYTES) used = autoThreads(live, big, maxThreads);
   }
   return {

@@ -24,7 +24,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
   let model: Model | null = null, built: BuiltModes | null = null;
   try {
     // the plan's input-threshold sites read their matrices input-major (one row per input)
-    model = loadModel(o.model, { decode: { dtype: o.dtype, threads: o.threads, inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
+    model = loadModel(o.model, { decode: { dtype: o.dtype, threads: o.threads, kernels: o.kernels, inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
     built = decodeModes(model.config, preds, plan);
     const bos = tok.bos !== undefined ? tok.bos : model.config.bosTokenId; // what transformers' tokenizer prepends
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
@@ -49,7 +49,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
     }
     const mlpDensity = sel.mlpSelected / Math.max(1, sel.mlpTotal), headDensity = sel.headsSelected / Math.max(1, sel.headsTotal);
     const weightShare = r.weights.weightsRead / Math.max(1, r.weights.weightsTotal);
-    deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${model.decode!.dtype} weights on ${model.decode!.threads} thread(s), ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
+    deps.log(`generate: ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${model.decode!.dtype} weights, ${model.decode!.kernel} kernels on ${model.decode!.threads} thread(s), ${r.decodeSteps} decode steps, ${tps.toFixed(1)} tokens/s` +
       (denseTps !== null ? ` (dense, the same prompts and steps, measured after it: ${denseTps.toFixed(1)} tokens/s; ${(tps / denseTps).toFixed(2)}x)` : '') +
       (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%, decoder-layer weights read ${(weightShare * 100).toFixed(1)}%` : ''));
     return {

@@ -1,7 +1,9 @@
 /**
  * Row kernels of the decode runtime: a weight matrix stored as rows (one neuron / output channel each, contiguous),
- * read row by row so that a sparse step reads only the rows it selects. Two implementations behind one interface,
+ * read row by row so that a sparse step reads only the rows it selects. Three implementations behind one interface,
  * chosen once per matrix when a model's decode weights are built:
+ * - native: the same calls over the same arena run by the native kernels (src/model/kernels/native: AVX2, FMA, F16C,
+ *   their own thread pool) where they were built and the CPU has them;
  * - wasm-simd: f32x4 kernels (src/model/kernels/wasm) over a copy of the rows in the model's WebAssembly arena, stored
  *   as float32, float16, bfloat16 or q8_0 (`dtype`; widened to float32 inside the kernels, float32 sums), on the
  *   arena's thread pool when it has one;
@@ -15,7 +17,7 @@ import { f16ToF32Array } from '../../util/half.js';
 
 export type { RowDtype } from './wasm/kernels.js';
 
-export type RowKernel = 'wasm-simd' | 'js';
+export type RowKernel = 'native' | 'wasm-simd' | 'js';
 
 export interface RowMatrix {
   /** rows, row length */
@@ -69,9 +71,9 @@ class JsRows implements RowMatrix {
 }
 
 class SimdRows implements RowMatrix {
-  readonly kernel = 'wasm-simd' as const;
+  readonly kernel: 'native' | 'wasm-simd';
   readonly dtype: RowDtype;
-  constructor(readonly W: WasmRows, readonly n: number, readonly d: number) { this.dtype = W.dtype; }
+  constructor(readonly W: WasmRows, readonly n: number, readonly d: number) { this.dtype = W.dtype; this.kernel = W.arena.native ? 'native' : 'wasm-simd'; }
   matvec(x: Float32Array, out: Float32Array, rows?: Int32Array, bias?: Float32Array): void {
     const k = rows ? rows.length : this.n;
     wasmGatherMatVec(this.W, rows ?? null, x.length === this.d ? x : x.subarray(0, this.d), out.length === k ? out : out.subarray(0, k));

@@ -7,6 +7,7 @@
  */
 import { KERNELS_SHARED_WASM_BASE64, KERNELS_WASM_BASE64 } from './kernels-binary.js';
 import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from '../../../util/half.js';
+import type { NativeRowsModule } from '../native/native.js';
 
 interface Memory { buffer: ArrayBuffer; grow(pages: number): number }
 const WA = (globalThis as unknown as { WebAssembly: { Module: new (bytes: Uint8Array) => object; Instance: new (m: object, imports: object) => { exports: unknown };
@@ -72,6 +73,8 @@ export class WasmArena {
   private counted = 0;
   /** worker threads sharing this arena's memory (shared arenas only; set by startPool, disposed with the arena) */
   pool: RowPool | null = null;
+  /** the native kernels (src/model/kernels/native) run this arena's row calls instead, on `threads` threads */
+  native: { mod: NativeRowsModule; threads: number } | null = null;
   /** `tracked`: counted by liveArenaBytes (model arenas; not the process-wide scratch arena); `shared`: the module and
    * shared memory that worker threads instantiate */
   constructor(ex: WasmExports, private readonly tracked = true, readonly shared: { module: object; memory: Memory } | null = null) { this.ex = ex; this.count(); }
@@ -262,10 +265,12 @@ function run(kind: 'mv' | 'ax', W: WasmRows, idx: Int32Array | null, v: Float32A
   const qOff = align(outOff + 4 * outLen, 16), qsOff = qOff + 2 * d;
   const { f32, i32 } = ar.views();
   if (idx) i32.set(idx, rowsOff / 4);
-  // float16 rows: the input times 2^112 (the kernels' widening is the weight times 2^-112); an input reaching 2^15 in
-  // magnitude takes 2^(112 - t) and the result 2^t, so nothing overflows
+  // float16 rows (WebAssembly): the input times 2^112 (the kernels' widening is the weight times 2^-112); an input
+  // reaching 2^15 in magnitude takes 2^(112 - t) and the result 2^t, so nothing overflows. The native kernels widen
+  // exactly (F16C) and take the input as it is.
+  const nat = ar.native;
   let post = 1;
-  if (W.dtype === 'float16') {
+  if (W.dtype === 'float16' && !nat) {
     let mx = 0;
     for (let i = 0; i < vLen; i++) { const a = Math.abs(v[i]!); if (a > mx && a !== Infinity) mx = a; }
     if (mx >= 32768) post = 2 ** (Math.ceil(Math.log2(mx)) - 14);
@@ -281,7 +286,8 @@ function run(kind: 'mv' | 'ax', W: WasmRows, idx: Int32Array | null, v: Float32A
   const fn = DTYPES.indexOf(W.dtype) * 4 + (kind === 'ax' ? 2 : 0) + (scattered ? 1 : 0);
   const args = [W.off, W.soff, rowsOff, k, q8mv ? qOff : vOff, qsOff, d, W.n, outOff];
   const pool = ar.pool;
-  if (!pool || k * d < PAR_MIN) (ex as unknown as Record<string, (...a: number[]) => void>)[ROW_FNS[fn]!]!(...args);
+  if (nat) nat.mod.run(ex.memory.buffer, fn, W.off, W.soff, rowsOff, k, q8mv ? qOff : vOff, qsOff, d, W.n, outOff, nat.threads);
+  else if (!pool || k * d < PAR_MIN) (ex as unknown as Record<string, (...a: number[]) => void>)[ROW_FNS[fn]!]!(...args);
   else pool.run(fn, kind === 'mv' ? rowChunks(args, k, pool.threads) : columnChunks(args, d, pool.threads, VALUE_BYTES[W.dtype]));
   const res = ar.views().f32.subarray(outOff / 4, (outOff / 4) + outLen);
   if (post === 1) out.set(res);

@@ -1,0 +1,38 @@
+/**
+ * The native row kernels (rows.c, a Node-API addon built at install into build/native/rows.node by
+ * scripts/build-native.mjs): loaded once per process, or the reason they are not there. They run the WebAssembly
+ * kernels' calls (the same function indices and byte-offset arguments) over a model arena's memory.
+ */
+import { createRequire } from 'node:module';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeRowsModule {
+  /** ROW_FNS[fn] over the arena's memory (byte offsets), split over `threads` threads */
+  run(memory: ArrayBuffer, fn: number, W: number, S: number, rows: number, k: number, x: number, xs: number, d: number, n: number, out: number, threads: number): void;
+  info(): { simd: 'avx2' | 'none'; maxThreads: number };
+}
+
+/** build/native/rows.node of this package (from src/ under vitest or from dist/: both four folders below the root) */
+export const NATIVE_ADDON = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'build', 'native', 'rows.node');
+
+let loaded: { mod: NativeRowsModule | null; why: string } | undefined;
+
+/**
+ * The addon, or null and why (not built: no C compiler at install; a CPU without AVX2 / FMA / F16C, where its portable
+ * loops would be slower than the WebAssembly kernels; DEJAVU_NATIVE=0).
+ */
+export function nativeRows(): { mod: NativeRowsModule | null; why: string } {
+  if (loaded) return loaded;
+  if (process.env.DEJAVU_NATIVE === '0') return (loaded = { mod: null, why: 'DEJAVU_NATIVE=0 turns them off' });
+  if (!fs.existsSync(NATIVE_ADDON)) return (loaded = { mod: null, why: `${NATIVE_ADDON} was not built (no C compiler when the package was installed; \`npm run build:native\` builds it)` });
+  try {
+    const mod = createRequire(import.meta.url)(NATIVE_ADDON) as NativeRowsModule;
+    const info = mod.info();
+    if (info.simd !== 'avx2') return (loaded = { mod: null, why: 'this CPU has no AVX2 / FMA / F16C (the native kernels\' portable loops would be slower than WebAssembly SIMD)' });
+    return (loaded = { mod, why: '' });
+  } catch (e) {
+    return (loaded = { mod: null, why: `${NATIVE_ADDON} did not load: ${(e as Error).message}` });
+  }
+}

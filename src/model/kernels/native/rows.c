@@ -1,0 +1,396 @@
+/*
+ * Native row kernels of the decode runtime (a Node-API addon, built at install by scripts/build-native.mjs; the
+ * WebAssembly kernels stay the fallback). The same kernels as src/model/kernels/wasm/kernels.wat, with the same
+ * arguments (W, S, rows, k, x, xs, d, n, out: byte offsets into the model's arena), run over the arena's memory with
+ * x86-64 AVX2 + FMA + F16C where the CPU has them, on a persistent pool of POSIX threads.
+ *
+ * Hand-written because WebAssembly SIMD in Node 20 is 128 bits wide with no half-precision conversion and no fused
+ * multiply-add: its float16 rows cost 1.5 instructions per value (2.3-2.5 G values/s a core) and its q8_0 rows twice
+ * llama.cpp's instructions per value, so the wasm runtime's dense decode stayed at 0.33-0.45x llama.cpp at the same
+ * row format on this machine (docs/decode-runtime.md). F16C widens 8 halves in one instruction and FMA multiplies and
+ * adds 8 floats in one, as llama.cpp's own CPU kernels do.
+ *
+ * Bits: every output row (matvec) and every output column (axpy) is computed on its own, in an order that does not
+ * depend on the thread split or the grouping of rows, so any thread count gives the same bits; the float32, float16
+ * and bfloat16 kernels share one summation order (a load that widens to 8 floats is all that differs), so half rows
+ * give the float32 rows' bits for the same values; an axpy adds its rows one after another per column (a zero
+ * coefficient adds exactly 0: leaving zero rows out gives the same sum, the lossless mode).
+ */
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define SIMD __attribute__((target("avx2,fma,f16c")))
+#endif
+
+enum { F32 = 0, F16 = 1, BF16 = 2, Q8 = 3 };
+enum { MV = 0, MV8 = 1, AX = 2, AX8 = 3 };
+static const int VALUE_BYTES[4] = { 4, 2, 2, 1 };
+
+typedef struct { uint8_t *base; int fn; int64_t W, S, rows, k, x, xs, d, n, out; } Call;
+
+/* ---------------------------------------------------------------- portable kernels (no AVX2) */
+static float widen(const uint8_t *p, int t, int64_t j) {
+  if (t == F32) { float v; memcpy(&v, p + 4 * j, 4); return v; }
+  uint16_t h; memcpy(&h, p + 2 * j, 2);
+  uint32_t u;
+  if (t == BF16) u = (uint32_t)h << 16;
+  else {
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0) { float v = (float)m * (1.0f / 16777216.0f); memcpy(&u, &v, 4); u |= s; }
+    else if (e == 31) u = s | 0x7f800000 | (m << 13);
+    else u = s | ((e + 112) << 23) | (m << 13);
+  }
+  float v; memcpy(&v, &u, 4); return v;
+}
+
+static void scalar_run(const Call *c, int t, int ax, int64_t i0, int64_t i1) {
+  const int32_t *rows = (const int32_t *)(c->base + c->rows);
+  if (!ax) {
+    const float *x = (const float *)(c->base + c->x); float *out = (float *)(c->base + c->out);
+    for (int64_t i = i0; i < i1; i++) {
+      const uint8_t *w = c->base + c->W + (int64_t)rows[i] * c->n;
+      float s = 0;
+      if (t == Q8) {
+        const int8_t *q = (const int8_t *)w; const int16_t *xq = (const int16_t *)x;
+        const float *ws = (const float *)(c->base + c->S + (int64_t)rows[i] * (c->n / 8)), *xsc = (const float *)(c->base + c->xs);
+        for (int64_t b = 0; b < c->d / 32; b++) { int32_t a = 0; for (int j = 0; j < 32; j++) a += q[32 * b + j] * xq[32 * b + j]; s += (float)a * (ws[b] * xsc[b]); }
+      } else for (int64_t j = 0; j < c->d; j++) s += widen(w, t, j) * x[j];
+      out[i] = s;
+    }
+  } else {
+    const float *a = (const float *)(c->base + c->x); float *out = (float *)(c->base + c->out);
+    for (int64_t r = 0; r < c->k; r++) {
+      const uint8_t *w = c->base + c->W + (int64_t)rows[r] * c->n;
+      if (t == Q8) {
+        const float *ws = (const float *)(c->base + c->S + (int64_t)rows[r] * (c->n / 8));
+        for (int64_t j = i0; j < i1; j++) out[j] += (a[r] * ws[j / 32]) * (float)((const int8_t *)w)[j];
+      } else for (int64_t j = i0; j < i1; j++) out[j] += a[r] * widen(w, t, j);
+    }
+  }
+}
+
+#if defined(__x86_64__)
+/* ---------------------------------------------------------------- AVX2 kernels */
+/* 8 values at p (index j) widened to float32 */
+SIMD static inline __m256 load8(const uint8_t *p, int t, int64_t j) {
+  if (t == F32) return _mm256_loadu_ps((const float *)p + j);
+  __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + j));
+  if (t == F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+SIMD static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/*
+ * out[i] = W[rows[i]] . x for i in [i0, i1): four rows at a time (four independent streams; x loaded once for the
+ * four), two accumulators a row (even and odd 8-value steps), the same order for a row taken alone.
+ */
+#define MV_BODY(T)                                                                                                  \
+  SIMD static void mv_##T(const Call *c, int64_t i0, int64_t i1) {                                                 \
+    const int32_t *rows = (const int32_t *)(c->base + c->rows);                                                  \
+    const float *x = (const float *)(c->base + c->x);                                                            \
+    float *out = (float *)(c->base + c->out);                                                                    \
+    const uint8_t *W = c->base + c->W;                                                                           \
+    const int64_t d = c->d, n = c->n, d16 = d & ~(int64_t)15;                                                    \
+    int64_t i = i0;                                                                                              \
+    for (; i + 4 <= i1; i += 4) {                                                                                \
+      const uint8_t *p0 = W + rows[i] * n, *p1 = W + rows[i + 1] * n, *p2 = W + rows[i + 2] * n, *p3 = W + rows[i + 3] * n; \
+      if (i + 8 <= i1) for (int r = 4; r < 8; r++) _mm_prefetch((const char *)(W + rows[i + r] * n), _MM_HINT_T0);  \
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;            \
+      int64_t j = 0;                                                                                             \
+      for (; j < d16; j += 16) {                                                                                 \
+        __m256 xa = _mm256_loadu_ps(x + j), xb = _mm256_loadu_ps(x + j + 8);                                      \
+        a0 = _mm256_fmadd_ps(load8(p0, T, j), xa, a0); b0 = _mm256_fmadd_ps(load8(p0, T, j + 8), xb, b0);          \
+        a1 = _mm256_fmadd_ps(load8(p1, T, j), xa, a1); b1 = _mm256_fmadd_ps(load8(p1, T, j + 8), xb, b1);          \
+        a2 = _mm256_fmadd_ps(load8(p2, T, j), xa, a2); b2 = _mm256_fmadd_ps(load8(p2, T, j + 8), xb, b2);          \
+        a3 = _mm256_fmadd_ps(load8(p3, T, j), xa, a3); b3 = _mm256_fmadd_ps(load8(p3, T, j + 8), xb, b3);          \
+      }                                                                                                          \
+      if (j < d) {                                                                                               \
+        __m256 xa = _mm256_loadu_ps(x + j);                                                                      \
+        a0 = _mm256_fmadd_ps(load8(p0, T, j), xa, a0); a1 = _mm256_fmadd_ps(load8(p1, T, j), xa, a1);              \
+        a2 = _mm256_fmadd_ps(load8(p2, T, j), xa, a2); a3 = _mm256_fmadd_ps(load8(p3, T, j), xa, a3);              \
+      }                                                                                                          \
+      out[i] = hsum8(_mm256_add_ps(a0, b0)); out[i + 1] = hsum8(_mm256_add_ps(a1, b1));                           \
+      out[i + 2] = hsum8(_mm256_add_ps(a2, b2)); out[i + 3] = hsum8(_mm256_add_ps(a3, b3));                       \
+    }                                                                                                            \
+    for (; i < i1; i++) {                                                                                        \
+      const uint8_t *p0 = W + rows[i] * n;                                                                       \
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0;                                                                  \
+      int64_t j = 0;                                                                                             \
+      for (; j < d16; j += 16) {                                                                                 \
+        a0 = _mm256_fmadd_ps(load8(p0, T, j), _mm256_loadu_ps(x + j), a0);                                       \
+        b0 = _mm256_fmadd_ps(load8(p0, T, j + 8), _mm256_loadu_ps(x + j + 8), b0);                               \
+      }                                                                                                          \
+      if (j < d) a0 = _mm256_fmadd_ps(load8(p0, T, j), _mm256_loadu_ps(x + j), a0);                             \
+      out[i] = hsum8(_mm256_add_ps(a0, b0));                                                                     \
+    }                                                                                                            \
+  }
+MV_BODY(F32)
+MV_BODY(F16)
+MV_BODY(BF16)
+
+/*
+ * out[j0, j1) += sum_r a[r] W[rows[r]][j]: 64 columns in registers while eight rows are added one after another
+ * (the output loaded and stored once per eight rows; eight sequential streams).
+ */
+#define AX_BODY(T)                                                                                                  \
+  SIMD static void ax_##T(const Call *c, int64_t j0, int64_t j1) {                                                 \
+    const int32_t *rows = (const int32_t *)(c->base + c->rows);                                                  \
+    const float *a = (const float *)(c->base + c->x);                                                            \
+    float *out = (float *)(c->base + c->out);                                                                    \
+    const uint8_t *W = c->base + c->W;                                                                           \
+    const int64_t k = c->k, n = c->n;                                                                            \
+    for (int64_t r0 = 0; r0 < k; r0 += 8) {                                                                      \
+      const int64_t r1 = r0 + 8 < k ? r0 + 8 : k;                                                                \
+      const uint8_t *p[8]; __m256 cf[8];                                                                         \
+      for (int64_t r = r0; r < r1; r++) { p[r - r0] = W + rows[r] * n; cf[r - r0] = _mm256_set1_ps(a[r]); }       \
+      int64_t j = j0;                                                                                            \
+      for (; j + 64 <= j1; j += 64) {                                                                            \
+        __m256 o[8];                                                                                             \
+        for (int u = 0; u < 8; u++) o[u] = _mm256_loadu_ps(out + j + 8 * u);                                     \
+        for (int64_t r = 0; r < r1 - r0; r++)                                                                    \
+          for (int u = 0; u < 8; u++) o[u] = _mm256_fmadd_ps(cf[r], load8(p[r], T, j + 8 * u), o[u]);            \
+        for (int u = 0; u < 8; u++) _mm256_storeu_ps(out + j + 8 * u, o[u]);                                     \
+      }                                                                                                          \
+      for (; j < j1; j += 8) {                                                                                   \
+        __m256 o = _mm256_loadu_ps(out + j);                                                                     \
+        for (int64_t r = 0; r < r1 - r0; r++) o = _mm256_fmadd_ps(cf[r], load8(p[r], T, j), o);                  \
+        _mm256_storeu_ps(out + j, o);                                                                            \
+      }                                                                                                          \
+    }                                                                                                            \
+  }
+AX_BODY(F32)
+AX_BODY(F16)
+AX_BODY(BF16)
+
+/* 32 int8 weights times 32 int16 inputs: 8 int32 partial sums (exact) */
+SIMD static inline __m256i q8dot(const int8_t *w, const int16_t *x) {
+  __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
+  __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+  return _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)x)),
+                          _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 16))));
+}
+
+/* q8_0 matvec: per 32-value block the exact int32 dot with the int16 input, scaled by the row's and the input's scale */
+SIMD static void mv_Q8(const Call *c, int64_t i0, int64_t i1) {
+  const int32_t *rows = (const int32_t *)(c->base + c->rows);
+  const int16_t *x = (const int16_t *)(c->base + c->x);
+  const float *xs = (const float *)(c->base + c->xs);
+  float *out = (float *)(c->base + c->out);
+  const uint8_t *W = c->base + c->W, *S = c->base + c->S;
+  const int64_t d = c->d, n = c->n, nb = d / 32;
+  int64_t i = i0;
+  for (; i + 4 <= i1; i += 4) {
+    const int8_t *p[4]; const float *s[4];
+    for (int r = 0; r < 4; r++) { p[r] = (const int8_t *)(W + rows[i + r] * n); s[r] = (const float *)(S + rows[i + r] * (n / 8)); }
+    if (i + 8 <= i1) for (int r = 4; r < 8; r++) _mm_prefetch((const char *)(W + rows[i + r] * n), _MM_HINT_T0);
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    for (int64_t b = 0; b < nb; b++) {
+      const int16_t *xb = x + 32 * b;
+      for (int r = 0; r < 4; r++)
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8dot(p[r] + 32 * b, xb)), _mm256_set1_ps(s[r][b] * xs[b]), acc[r]);
+    }
+    for (int r = 0; r < 4; r++) out[i + r] = hsum8(acc[r]);
+  }
+  for (; i < i1; i++) {
+    const int8_t *p = (const int8_t *)(W + rows[i] * n); const float *s = (const float *)(S + rows[i] * (n / 8));
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8dot(p + 32 * b, x + 32 * b)), _mm256_set1_ps(s[b] * xs[b]), acc);
+    out[i] = hsum8(acc);
+  }
+}
+
+/* q8_0 axpy over columns [j0, j1) (multiples of 32): per block the coefficient times the block's scale */
+SIMD static void ax_Q8(const Call *c, int64_t j0, int64_t j1) {
+  const int32_t *rows = (const int32_t *)(c->base + c->rows);
+  const float *a = (const float *)(c->base + c->x);
+  float *out = (float *)(c->base + c->out);
+  const uint8_t *W = c->base + c->W, *S = c->base + c->S;
+  const int64_t k = c->k, n = c->n;
+  for (int64_t r0 = 0; r0 < k; r0 += 8) {
+    const int64_t m = (r0 + 8 < k ? r0 + 8 : k) - r0;
+    const int8_t *p[8]; const float *s[8];
+    for (int64_t r = 0; r < m; r++) { p[r] = (const int8_t *)(W + rows[r0 + r] * n); s[r] = (const float *)(S + rows[r0 + r] * (n / 8)); }
+    for (int64_t j = j0; j < j1; j += 32) {
+      __m256 o[4];
+      for (int u = 0; u < 4; u++) o[u] = _mm256_loadu_ps(out + j + 8 * u);
+      for (int64_t r = 0; r < m; r++) {
+        const __m256 cf = _mm256_set1_ps(a[r0 + r] * s[r][j / 32]);
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(p[r] + j));
+        const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+        o[0] = _mm256_fmadd_ps(cf, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), o[0]);
+        o[1] = _mm256_fmadd_ps(cf, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), o[1]);
+        o[2] = _mm256_fmadd_ps(cf, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), o[2]);
+        o[3] = _mm256_fmadd_ps(cf, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), o[3]);
+      }
+      for (int u = 0; u < 4; u++) _mm256_storeu_ps(out + j + 8 * u, o[u]);
+    }
+  }
+}
+
+typedef void (*Kernel)(const Call *, int64_t, int64_t);
+static const Kernel MVK[4] = { mv_F32, mv_F16, mv_BF16, mv_Q8 };
+static const Kernel AXK[4] = { ax_F32, ax_F16, ax_BF16, ax_Q8 };
+#endif
+
+static int simd = 0; /* the CPU has AVX2, FMA and F16C */
+
+static void run_part(const Call *c, int64_t i0, int64_t i1) {
+  const int t = c->fn >> 2, ax = (c->fn & 3) >= AX;
+#if defined(__x86_64__)
+  if (simd) { (ax ? AXK : MVK)[t](c, i0, i1); return; }
+#endif
+  scalar_run(c, t, ax, i0, i1);
+}
+
+/* ---------------------------------------------------------------- the thread pool */
+/*
+ * Workers spin on a generation counter (SPIN rounds of pause, ~50-100 us), then sleep on a condition variable: the
+ * calls of a decode step follow each other within microseconds. One caller at a time (a second JS thread that finds
+ * the pool busy runs its call alone).
+ */
+#define MAX_THREADS 64
+#define SPIN 20000
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER, busy = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static atomic_int gen, done, sleepers;
+static int started = 0;
+static Call job;
+static int64_t parts[MAX_THREADS + 1];
+static int nparts;
+
+static void *worker(void *arg) {
+  const int id = (int)(intptr_t)arg;
+  int seen = 0;
+  for (;;) {
+    int g;
+    for (int s = 0; (g = atomic_load_explicit(&gen, memory_order_acquire)) == seen && s < SPIN; s++) {
+#if defined(__x86_64__)
+      _mm_pause();
+#endif
+    }
+    if (g == seen) {
+      pthread_mutex_lock(&mu);
+      atomic_fetch_add(&sleepers, 1);
+      while ((g = atomic_load(&gen)) == seen) pthread_cond_wait(&wake, &mu);
+      atomic_fetch_sub(&sleepers, 1);
+      pthread_mutex_unlock(&mu);
+    }
+    seen = g;
+    if (id < nparts && parts[id] < parts[id + 1]) run_part(&job, parts[id], parts[id + 1]);
+    atomic_fetch_add_explicit(&done, 1, memory_order_release);
+  }
+  return NULL;
+}
+
+static int ensure_threads(int want) {
+  while (started < want - 1 && started < MAX_THREADS) {
+    pthread_t th;
+    if (pthread_create(&th, NULL, worker, (void *)(intptr_t)(started + 1)) != 0) break;
+    pthread_detach(th);
+    started++;
+  }
+  return started + 1;
+}
+
+/* split [0, len) into T parts of a multiple of `unit` */
+static int split(int64_t len, int T, int64_t unit) {
+  int64_t step = (len + T - 1) / T;
+  step = (step + unit - 1) / unit * unit;
+  int m = 0;
+  for (int t = 0; t <= T; t++) parts[t] = t * step < len ? t * step : len;
+  for (int t = 0; t < T; t++) if (parts[t] < parts[t + 1]) m = t + 1;
+  return m;
+}
+
+#define PAR_MIN (1 << 15)
+
+static void run_call(const Call *c, int T) {
+  const int ax = (c->fn & 3) >= AX;
+  const int64_t len = ax ? c->d : c->k;
+  if (T > 1 && c->k * c->d >= PAR_MIN && pthread_mutex_trylock(&busy) == 0) {
+    T = ensure_threads(T);
+    job = *c;
+    nparts = split(len, T, ax ? 64 : 8);
+    const int waiters = started;
+    atomic_store(&done, 0);
+    pthread_mutex_lock(&mu);
+    atomic_fetch_add_explicit(&gen, 1, memory_order_release);
+    if (atomic_load(&sleepers)) pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&mu);
+    if (parts[0] < parts[1]) run_part(&job, parts[0], parts[1]);
+    while (atomic_load_explicit(&done, memory_order_acquire) < waiters) {
+#if defined(__x86_64__)
+      _mm_pause();
+#endif
+    }
+    pthread_mutex_unlock(&busy);
+    return;
+  }
+  run_part(c, 0, len);
+}
+
+/* ---------------------------------------------------------------- Node-API */
+static napi_value throw_error(napi_env env, const char *msg) { napi_throw_error(env, NULL, msg); return NULL; }
+
+/* run(memory: ArrayBuffer, fn, W, S, rows, k, x, xs, d, n, out, threads) */
+static napi_value js_run(napi_env env, napi_callback_info info) {
+  size_t argc = 12; napi_value argv[12];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 12) return throw_error(env, "native rows: run takes 12 arguments");
+  void *data; size_t len;
+  if (napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok) return throw_error(env, "native rows: the first argument is not an ArrayBuffer");
+  int64_t v[11];
+  for (int i = 0; i < 11; i++) if (napi_get_value_int64(env, argv[i + 1], &v[i]) != napi_ok) return throw_error(env, "native rows: an argument is not a number");
+  Call c = { (uint8_t *)data, (int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9] };
+  const int T = (int)v[10], t = c.fn >> 2, ax = (c.fn & 3) >= AX;
+  /* bounds: an out-of-range offset is a bug in the caller, never a wild read */
+  const int64_t L = (int64_t)len, vb = t == Q8 ? 1 : VALUE_BYTES[t];
+  int ok = c.fn >= 0 && c.fn < 16 && c.k >= 0 && c.d >= 0 && c.d % 8 == 0 && (t != Q8 || c.d % 32 == 0) && T >= 1
+    && c.rows >= 0 && c.rows + 4 * c.k <= L && c.out >= 0 && c.out + 4 * (ax ? c.d : c.k) <= L
+    && c.x >= 0 && c.x + (ax ? 4 * c.k : (t == Q8 ? 2 * c.d : 4 * c.d)) <= L && c.n >= c.d * vb;
+  if (ok && t == Q8 && !ax) ok = c.xs >= 0 && c.xs + c.d / 8 <= L;
+  if (ok) {
+    const int32_t *rows = (const int32_t *)((uint8_t *)data + c.rows);
+    int32_t mx = -1;
+    for (int64_t i = 0; i < c.k; i++) { if (rows[i] < 0) { ok = 0; break; } if (rows[i] > mx) mx = rows[i]; }
+    if (ok && mx >= 0) ok = c.W >= 0 && c.W + (int64_t)mx * c.n + c.d * vb <= L && (t != Q8 || (c.S >= 0 && c.S + (int64_t)mx * (c.n / 8) + c.d / 8 <= L));
+  }
+  if (!ok) return throw_error(env, "native rows: arguments out of the arena's bounds");
+  run_call(&c, T);
+  return NULL;
+}
+
+/* info(): { simd: 'avx2' | 'none', maxThreads } */
+static napi_value js_info(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value o, s, m;
+  napi_create_object(env, &o);
+  napi_create_string_utf8(env, simd ? "avx2" : "none", NAPI_AUTO_LENGTH, &s);
+  napi_create_int32(env, MAX_THREADS + 1, &m);
+  napi_set_named_property(env, o, "simd", s);
+  napi_set_named_property(env, o, "maxThreads", m);
+  return o;
+}
+
+NAPI_MODULE_INIT() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+  napi_value f;
+  napi_create_function(env, "run", NAPI_AUTO_LENGTH, js_run, NULL, &f);
+  napi_set_named_property(env, exports, "run", f);
+  napi_create_function(env, "info", NAPI_AUTO_LENGTH, js_info, NULL, &f);
+  napi_set_named_property(env, exports, "info", f);
+  return exports;
+}

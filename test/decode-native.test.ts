@@ -1,0 +1,164 @@
+/**
+ * The native row kernels (src/model/kernels/native: AVX2 / FMA / F16C, their own threads) against a float64
+ * reference over the same stored values and against the WebAssembly kernels, for every row dtype, every row / runs /
+ * scattered rows; any thread count gives the same bits; float16 and bfloat16 rows give the float32 rows' bits for the
+ * same values; an axpy without its zero rows gives the same bits (the lossless mode); a call out of the arena's bounds
+ * is an Error, not a crash; whole decode steps equal the WebAssembly runtime's within float32 rounding; `kernels:
+ * 'native'` where they are unavailable is a UserError naming why. Skipped, with the reason, where they were not built.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { ensureBackend } from '../src/backend.js';
+import { nativeRows } from '../src/model/kernels/native/native.js';
+import { rowMatrix, type RowDtype } from '../src/model/kernels/rows.js';
+import { createArena, wasmRowsF32, type WasmArena, type WasmRows } from '../src/model/kernels/wasm/kernels.js';
+import { loadModel } from '../src/model/model.js';
+import { DecodeSession, denseModes, type DecodeModes } from '../src/runtime/decoder.js';
+import { f32ToF16Array, f16ToF32Array } from '../src/util/half.js';
+import { tmpDir } from './helpers.js';
+import { makeRandomCheckpoint } from './reference/random-checkpoint.js';
+
+const { mod, why } = nativeRows();
+if (!mod) console.warn(`test/decode-native: skipped: ${why}`);
+const run = mod ? describe : describe.skip;
+
+let seed = 7;
+const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed / 4294967296; };
+const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+const nativeArena = (threads = 1): WasmArena => { const a = createArena()!; a.native = { mod: mod!, threads }; return a; };
+
+const n = 300, d = 1056; // uneven thread chunks (rows 104 / 104 / 92; columns not a multiple of 64)
+const ROWS: (Int32Array | undefined)[] = [undefined, Int32Array.from({ length: 150 }, (_, i) => 20 + i), Int32Array.from({ length: 203 }, (_, i) => (i * 37 + 5) % n).sort()];
+
+run.each(['float32', 'float16', 'bfloat16', 'q8_0'] as RowDtype[])('native %s rows', (dtype) => {
+  const w = Float32Array.from({ length: n * d }, () => rnd() * 2 - 1);
+  const x = Float32Array.from({ length: d }, () => rnd() * 4 - 2);
+
+  it('matvec and axpy equal a float64 reference over the stored values, and the WebAssembly kernels within float32 rounding', () => {
+    const na = nativeArena(), wa = createArena()!;
+    try {
+      const a = rowMatrix(w, n, d, na, dtype), b = rowMatrix(w, n, d, wa, dtype);
+      expect(a.kernel).toBe('native');
+      expect(b.kernel).toBe('wasm-simd');
+      const stored = wasmRowsF32((a as unknown as { W: WasmRows }).W);
+      // q8_0's matvec quantizes its input per 32 values (int16): the reference is the exact dot with the input
+      const tol = dtype === 'q8_0' ? 2e-4 : 2e-5;
+      for (const rows of ROWS) {
+        const k = rows ? rows.length : n;
+        const o1 = new Float32Array(k), o2 = new Float32Array(k);
+        a.matvec(x, o1, rows); b.matvec(x, o2, rows);
+        for (let i = 0; i < k; i++) {
+          const r = rows ? rows[i]! : i;
+          let ref = 0, mag = 0;
+          for (let j = 0; j < d; j++) { ref += stored[r * d + j]! * x[j]!; mag += Math.abs(stored[r * d + j]! * x[j]!); }
+          expect(Math.abs(o1[i]! - ref)).toBeLessThanOrEqual(tol * mag);
+          expect(Math.abs(o1[i]! - o2[i]!)).toBeLessThanOrEqual(tol * mag);
+        }
+        const c = Float32Array.from({ length: k }, () => rnd() - 0.5);
+        const y1 = Float32Array.from({ length: d }, (_, j) => j / d), y2 = y1.slice();
+        a.axpy(c, y1, rows); b.axpy(c, y2, rows);
+        for (let j = 0; j < d; j++) {
+          let ref = j / d, mag = j / d;
+          for (let i = 0; i < k; i++) { const r = rows ? rows[i]! : i; ref += c[i]! * stored[r * d + j]!; mag += Math.abs(c[i]! * stored[r * d + j]!); }
+          expect(Math.abs(y1[j]! - ref)).toBeLessThanOrEqual(2e-6 * mag);
+          expect(Math.abs(y1[j]! - y2[j]!)).toBeLessThanOrEqual(2e-6 * mag);
+        }
+      }
+    } finally { na.dispose(); wa.dispose(); }
+  });
+
+  it('threads 2 and 3 give one thread\'s bits; an axpy without its zero rows gives the same bits', () => {
+    const arenas = [1, 2, 3].map((t) => nativeArena(t));
+    try {
+      const ms = arenas.map((ar) => rowMatrix(w, n, d, ar, dtype));
+      for (const rows of ROWS) {
+        const k = rows ? rows.length : n;
+        const outs = ms.map((m) => { const o = new Float32Array(k); m.matvec(x, o, rows); return o; });
+        expect(same(outs[0]!, outs[1]!) && same(outs[0]!, outs[2]!)).toBe(true);
+        const c = Float32Array.from({ length: k }, (_, i) => (i % 3 === 0 ? 0 : rnd() - 0.5));
+        const ys = ms.map((m) => { const y = Float32Array.from({ length: d }, (_, j) => j / d); m.axpy(c, y, rows); return y; });
+        expect(same(ys[0]!, ys[1]!) && same(ys[0]!, ys[2]!)).toBe(true);
+        // lossless: the nonzero rows alone
+        const keep = Array.from({ length: k }, (_, i) => i).filter((i) => c[i] !== 0);
+        const ids = Int32Array.from(keep, (i) => (rows ? rows[i]! : i)), cs = Float32Array.from(keep, (i) => c[i]!);
+        const z = Float32Array.from({ length: d }, (_, j) => j / d);
+        ms[1]!.axpy(cs, z, ids);
+        expect(same(z, ys[0]!)).toBe(true);
+      }
+    } finally { for (const a of arenas) a.dispose(); }
+  });
+});
+
+run('native rows: formats and bounds', () => {
+  it('float16 and bfloat16 rows give the float32 rows\' bits for the same values', () => {
+    const h = f32ToF16Array(Float32Array.from({ length: n * d }, () => rnd() * 2 - 1));
+    const w = f16ToF32Array(h); // float16 values, exactly representable in bfloat16 too? no: compare float16 only
+    const x = Float32Array.from({ length: d }, () => rnd() * 4 - 2);
+    const ar = nativeArena(2);
+    try {
+      const a = rowMatrix(w, n, d, ar, 'float32'), b = rowMatrix(h, n, d, ar, 'float16');
+      const o1 = new Float32Array(n), o2 = new Float32Array(n);
+      a.matvec(x, o1); b.matvec(x, o2);
+      expect(same(o1, o2)).toBe(true);
+      const c = Float32Array.from({ length: n }, () => rnd() - 0.5), y1 = new Float32Array(d), y2 = new Float32Array(d);
+      a.axpy(c, y1); b.axpy(c, y2);
+      expect(same(y1, y2)).toBe(true);
+      // bfloat16 values (the top 16 bits of float32)
+      const bw = Float32Array.from(w, (v) => { const u = new Uint32Array(Float32Array.of(v).buffer)[0]! & 0xffff0000; return new Float32Array(Uint32Array.of(u).buffer)[0]!; });
+      const e = rowMatrix(bw, n, d, ar, 'float32'), f = rowMatrix(bw, n, d, ar, 'bfloat16');
+      e.matvec(x, o1); f.matvec(x, o2);
+      expect(same(o1, o2)).toBe(true);
+    } finally { ar.dispose(); }
+  });
+
+  it('a call out of the arena\'s bounds throws instead of reading past it', () => {
+    const ar = nativeArena();
+    try {
+      const m = rowMatrix(new Float32Array(64 * 32).fill(1), 64, 32, ar, 'float32');
+      expect(() => m.matvec(new Float32Array(32), new Float32Array(1), Int32Array.of(1 << 24))).toThrow(/out of the arena's bounds/);
+      expect(() => m.matvec(new Float32Array(32), new Float32Array(1), Int32Array.of(-1))).toThrow(/out of the arena's bounds/);
+    } finally { ar.dispose(); }
+  });
+});
+
+run('native decode steps', () => {
+  let dir = '';
+  beforeAll(async () => {
+    await ensureBackend('wasm');
+    dir = path.join(tmpDir(), 'llama');
+    makeRandomCheckpoint(dir, { family: 'llama', layers: 2, hidden: 128, ffn: 512, heads: 4, kvHeads: 2, vocab: 512, dtype: 'F16', seed: 5 });
+  });
+  const sparse = (layers: number): DecodeModes => ({
+    mlp: Array.from({ length: layers }, (_, l) => { const ids = Int32Array.from({ length: 96 }, (_, i) => (i * 5 + l) % 512).sort(); return { mode: 'select' as const, pick: () => ids }; }),
+    heads: Array.from({ length: layers }, () => ({ mode: 'select' as const, pick: () => Int32Array.of(0, 3) })),
+  });
+  const steps = (kernels: 'native' | 'wasm', threads: number, dtype: RowDtype, modes: (l: number) => DecodeModes) => {
+    const model = loadModel(dir, { decode: { kernels, threads, dtype } });
+    try {
+      expect(model.decode!.kernel).toBe(kernels === 'native' ? 'native' : 'wasm-simd');
+      const s = new DecodeSession(model, modes(model.config.layers), 1);
+      try { return [3, 70, 11, 400, 9, 28, 301].map((id) => s.step([id])); } finally { s.dispose(); }
+    } finally { model.dispose(); }
+  };
+  it.each(['float16', 'q8_0'] as RowDtype[])('%s: the logits equal the WebAssembly runtime\'s within float32 rounding; threads 2 == 1 bit for bit', (dtype) => {
+    for (const modes of [denseModes, sparse]) {
+      const a = steps('native', 1, dtype, modes), b = steps('native', 2, dtype, modes), c = steps('wasm', 1, dtype, modes);
+      a.forEach((l, t) => {
+        expect(same(l, b[t]!)).toBe(true);
+        // q8_0 quantizes each matvec's input to int16 per 32 values: a last-bit difference upstream can move one
+        // input by a step (max|x| / 32767), so its bound is that step's size, not float32 rounding
+        const top = Math.max(...Array.from(c[t]!, Math.abs)), tol = dtype === 'q8_0' ? 2e-4 : 1e-5;
+        for (let i = 0; i < l.length; i++) expect(Math.abs(l[i]! - c[t]![i]!)).toBeLessThanOrEqual(tol * top);
+      });
+    }
+  });
+
+  it('kernels native where they are turned off: exit 2 naming why; an unknown kernels value: a UserError', () => {
+    const cli = path.join(import.meta.dirname, '..', 'bin', 'dejavu.js');
+    const r = spawnSync(process.execPath, [cli, 'generate', '--model', path.join(import.meta.dirname, '..', 'checkpoints', 'llama-fixture'), '--prompt', 'Call me', '--max-tokens', '2', '--kernels', 'native'], { encoding: 'utf8', env: { ...process.env, DEJAVU_NATIVE: '0' } });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/native decode kernels are not available: DEJAVU_NATIVE=0/);
+    expect(() => loadModel(dir, { decode: { kernels: 'avx' as never } })).toThrow(/decode kernels "avx" is not understood/);
+  });
+});
