@@ -154,6 +154,22 @@ run('native decode steps', () => {
     }
   });
 
+  it('threads auto keeps one thread for a model this small; a process on two native threads exits by itself, disposed or not', () => {
+    const m = loadModel(dir, { decode: { threads: 'auto', kernels: 'native' } });
+    expect(m.decode!.threads).toBe(1);
+    m.dispose();
+    const dist = path.join(import.meta.dirname, '..', 'dist');
+    for (const dispose of [true, false]) {
+      const code = `import { ensureBackend } from '${dist}/backend.js'; import { loadModel } from '${dist}/model/model.js'; import { DecodeSession, denseModes } from '${dist}/runtime/decoder.js';
+        await ensureBackend('wasm'); const m = loadModel(${JSON.stringify(dir)}, { decode: { threads: 2, kernels: 'native' } });
+        const s = new DecodeSession(m, denseModes(m.config.layers), 1); s.step([5]); s.dispose();
+        console.log('ran', m.decode.kernel, m.decode.threads); ${dispose ? 'm.dispose();' : ''}`;
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 60_000 });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toContain('ran native 2');
+    }
+  });
+
   it('kernels native where they are turned off: exit 2 naming why; an unknown kernels value: a UserError', () => {
     const cli = path.join(import.meta.dirname, '..', 'bin', 'dejavu.js');
     const r = spawnSync(process.execPath, [cli, 'generate', '--model', path.join(import.meta.dirname, '..', 'checkpoints', 'llama-fixture'), '--prompt', 'Call me', '--max-tokens', '2', '--kernels', 'native'], { encoding: 'utf8', env: { ...process.env, DEJAVU_NATIVE: '0' } });

@@ -79,14 +79,14 @@ describe('decode steps on a thread pool', () => {
   });
 
   it('threads auto keeps one thread for a model this small; threads 2 ends its workers on dispose, and a process exits without it', () => {
-    const m = loadModel(dir, { decode: { threads: 'auto' } });
+    const m = loadModel(dir, { decode: { threads: 'auto', kernels: 'wasm' } });
     expect(m.decode!.threads).toBe(1);
     m.dispose();
     const dist = path.join(import.meta.dirname, '..', 'dist');
     // one process disposes its model, the other never does: both must exit by themselves, after their step ran on the pool
     for (const dispose of [true, false]) {
       const code = `import { ensureBackend } from '${dist}/backend.js'; import { loadModel } from '${dist}/model/model.js'; import { DecodeSession, denseModes } from '${dist}/runtime/decoder.js';
-        await ensureBackend('wasm'); const m = loadModel(${JSON.stringify(dir)}, { decode: { threads: 2 } });
+        await ensureBackend('wasm'); const m = loadModel(${JSON.stringify(dir)}, { decode: { threads: 2, kernels: 'wasm' } });
         const s = new DecodeSession(m, denseModes(m.config.layers), 1); s.step([5]); s.dispose();
         const arena = m.decode.lmHead.W.arena; console.log('pool', m.decode.threads, arena.pool.calls > 0);
         ${dispose ? "m.dispose(); console.log('after', arena.pool === null);" : ''}`;

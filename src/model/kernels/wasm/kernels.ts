@@ -104,6 +104,7 @@ export class WasmArena {
     if (end > have) {
       try { e.memory.grow(Math.ceil((end - have) / PAGE)); } catch { return null; }
       this.count();
+      this.native?.mod.advise(e.memory.buffer); // the new pages are not written yet: huge pages where the OS has them
     }
     this.top = end;
     return off;
