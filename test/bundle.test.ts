@@ -219,7 +219,7 @@ describe('generate with a bundle', () => {
     const j = JSON.parse(g.out);
     expect(j.decodeTokensPerSecond).toBeGreaterThan(0);
     expect(j.denseTokensPerSecond).toBeGreaterThan(0);
-    expect(g.err).toMatch(/generate: sparse \(bundle rules\), float32 weights on 1 thread\(s\), 5 decode steps, [\d.]+ tokens\/s \(dense, the same prompts and steps, measured after it: [\d.]+ tokens\/s; [\d.]+x\)/);
+    expect(g.err).toMatch(/generate: sparse \(bundle rules\), float32 weights, (native|wasm-simd) kernels on 1 thread\(s\), 5 decode steps, [\d.]+ tokens\/s \(dense, the same prompts and steps, measured after it: [\d.]+ tokens\/s; [\d.]+x\)/);
     const d = await cli('generate', '--model', MODEL, '--prompt', 'Call me', '--max-tokens', '6', '--backend', 'wasm', '--json');
     expect(JSON.parse(d.out).denseTokensPerSecond).toBeNull(); // dense alone: nothing to compare
   });

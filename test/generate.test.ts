@@ -56,9 +56,9 @@ describe('dejavu generate', () => {
       return { j: JSON.parse(r.out) as { tokens: number[][] }, err: r.err };
     };
     const f32 = await run('--dtype', 'float32'), f16 = await run('--dtype', 'auto', '--threads', '1'), q8 = await run('--dtype', 'q8_0', '--threads', '2');
-    expect(f32.err).toContain('float32 weights on 1 thread(s)'); // the fixture is small: auto picks one thread
-    expect(f16.err).toContain('float16 weights on 1 thread(s)');
-    expect(q8.err).toContain('q8_0 weights on 2 thread(s)');
+    expect(f32.err).toMatch(/float32 weights, (native|wasm-simd) kernels on 1 thread\(s\)/); // the fixture is small: auto picks one thread
+    expect(f16.err).toMatch(/float16 weights, (native|wasm-simd) kernels on 1 thread\(s\)/);
+    expect(q8.err).toMatch(/q8_0 weights, (native|wasm-simd) kernels on 2 thread\(s\)/);
     expect(f16.j.tokens).toEqual(f32.j.tokens);
     expect(q8.j.tokens[0]!.length).toBe(12);
     const bad = await cli('generate', '--model', LLAMA, '--prompt', 'x', '--dtype', 'int4', '--threads', '0');
