@@ -1,5 +1,6 @@
 // Row-kernel throughput by dtype (matvec and axpy over a 5632 x 2048 matrix: a TinyLlama-width MLP projection), on N
-// threads, on the WebAssembly or the native kernels: npx tsc -p tsconfig.json && node scripts/kernel-speed.mjs [THREADS] [wasm|native]
+// threads, on the WebAssembly or the native kernels: npx tsc -p tsconfig.json && node scripts/kernel-speed.mjs [THREADS] [wasm|native] [--dram]
+// (--dram: float16 only, ten such matrices in turn, so that every read comes from DRAM instead of the cache)
 import { rowMatrix } from '../dist/model/kernels/rows.js';
 import { createArena } from '../dist/model/kernels/wasm/kernels.js';
 import { startPool } from '../dist/model/kernels/wasm/pool.js';
@@ -11,6 +12,17 @@ const x = Float32Array.from({ length: d }, (_, i) => Math.cos(i));
 const a = Float32Array.from({ length: n }, (_, i) => Math.cos(i * 1.3));
 const threads = Number(process.argv[2] ?? 1), native = process.argv[3] === 'native';
 if (native && !nativeRows().mod) throw new Error(nativeRows().why);
+if (process.argv.includes('--dram')) {
+  const ar = createArena(true, threads > 1 && !native);
+  if (native) ar.native = { mod: nativeRows().mod, threads };
+  const ms = Array.from({ length: 10 }, () => rowMatrix(w, n, d, ar, 'float16'));
+  if (threads > 1 && !native) startPool(ar, threads);
+  const out = new Float32Array(n), y = new Float32Array(d);
+  const med = (f) => { for (const m of ms) f(m); const xs = []; for (let r = 0; r < 7; r++) { const t = performance.now(); for (const m of ms) f(m); xs.push(performance.now() - t); } return xs.sort((p, q) => p - q)[3]; };
+  const bytes = 10 * n * d * 2;
+  console.log(`float16 from DRAM, ${native ? 'native' : 'wasm'} kernels, ${threads} threads: matvec ${(bytes / med((m) => m.matvec(x, out)) / 1e6).toFixed(1)} GB/s, axpy ${(bytes / med((m) => m.axpy(a, y)) / 1e6).toFixed(1)} GB/s; load ${os.loadavg()}`);
+  process.exit(0);
+}
 for (const dt of ['float32', 'float16', 'bfloat16', 'q8_0']) {
   const ar = createArena(true, threads > 1 && !native);
   if (native) ar.native = { mod: nativeRows().mod, threads };

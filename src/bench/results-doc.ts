@@ -84,14 +84,15 @@ export function renderResultsBox(rs: StoredBenchResult[]): string {
  * pool) on the same weights in the same run beside it; nothing without docs/results/decode.json.
  */
 function decodeBox(r: StoredBenchResult | undefined): string {
-  const t = r?.tables.find((x) => x.header.includes('llama.cpp C API (persistent pool) tok/s'));
+  const t = r?.tables.find((x) => x.header.includes('llama.cpp C API (persistent pool) tok/s') && x.caption.includes('TinyLlama'));
   if (!r || !t) return '';
   const col = (h: string) => { const i = t.header.indexOf(h); if (i < 0) throw new Error(`decode.json: no "${h}" column`); return i; };
   const [w, th, dn, sp, lw, lc, dr, sr] = ['dejavu weights', 'threads', 'dejavu dense tok/s', 'dejavu 10% MLP / 50% heads tok/s', 'llama.cpp weights, threads',
     'llama.cpp C API (persistent pool) tok/s', 'dense / llama.cpp C API', 'sparse / llama.cpp C API'].map(col) as number[];
   const rows = t.rows.filter((x) => String(x[th!]) === '2');
   if (!rows.length) return '';
-  const ran = (v: string | number) => /\(ran ([^,]+),/.exec(String(v))?.[1] ?? String(v);
+  // "float16 (ran float16, native kernels, 2 threads)" -> "float16, native kernels" (older results: the dtype alone)
+  const ran = (v: string | number) => { const m = /\(ran ([^,]+), (?:([\w-]+) kernels, )?/.exec(String(v)); return m ? (m[2] ? `${m[1]}, ${m[2]} kernels` : m[1]!) : String(v); };
   return ['', `> **Decode on ${r.machine.cores} cores** (tokens/s, batch 1, load average ${r.machine.loadavg[0]}; a random Llama at TinyLlama-1.1B widths, 8 layers; llama.cpp on the same weights, alternating: [docs/llama-cpp.md](docs/llama-cpp.md)):`, '',
     '| weights, 2 threads | dejavu dense | dejavu 10% MLP / 50% heads | llama.cpp dense | vs llama.cpp: dense / sparse |', '|---|---:|---:|---:|---:|',
     ...rows.map((x) => `| ${esc(ran(x[w!]!))} | ${esc(x[dn!]!)} | ${esc(x[sp!]!)} | ${esc(x[lc!]!)} (${esc(String(x[lw!]!).split(',')[0]!)}) | ${esc(x[dr!]!)} / ${esc(x[sr!]!)} |`), ''].join('\n') + '\n';

@@ -90,6 +90,9 @@ static void scalar_run(const Call *c, int t, int ax, int64_t i0, int64_t i1) {
 #ifndef PFA
 #define PFA 512
 #endif
+#ifndef AXR
+#define AXR 8
+#endif
 enum { VB_F32 = 4, VB_F16 = 2, VB_BF16 = 2 };
 /* 8 values at p (index j) widened to float32 */
 SIMD static inline __m256 load8(const uint8_t *p, int t, int64_t j) {
@@ -167,9 +170,9 @@ MV_BODY(BF16)
     float *out = (float *)(c->base + c->out);                                                                    \
     const uint8_t *W = c->base + c->W;                                                                           \
     const int64_t k = c->k, n = c->n;                                                                            \
-    for (int64_t r0 = 0; r0 < k; r0 += 8) {                                                                      \
-      const int64_t r1 = r0 + 8 < k ? r0 + 8 : k;                                                                \
-      const uint8_t *p[8]; __m256 cf[8];                                                                         \
+    for (int64_t r0 = 0; r0 < k; r0 += AXR) {                                                                    \
+      const int64_t r1 = r0 + AXR < k ? r0 + AXR : k;                                                            \
+      const uint8_t *p[AXR]; __m256 cf[AXR];                                                                     \
       for (int64_t r = r0; r < r1; r++) { p[r - r0] = W + rows[r] * n; cf[r - r0] = _mm256_set1_ps(a[r]); }       \
       int64_t j = j0;                                                                                            \
       for (; j + 64 <= j1; j += 64) {                                                                            \
