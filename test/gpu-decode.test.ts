@@ -480,6 +480,19 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
       expect(g.counts).toEqual(cpu.counts);
       expect(g.stopReason).toBe('max-tokens');
     }
+    // versus (generate's dense comparison): a second session over the same weights and cache, timed in rounds
+    // alternating with the modes' (after a warm-up of each): the modes' tokens and counts are the CPU runtime's in
+    // those modes (one set a layer: nothing cycles), versus's tokens dense's
+    const c = opt.config, prompt = [2, 100, 200, 300];
+    const gm: GpuModes = { mlp: fixedSets(c.layers, c.ffn, Math.round(c.ffn / 5), 1, 1).map((sets) => ({ mode: 'select' as const, sets })),
+      heads: fixedSets(c.layers, c.heads, Math.ceil(c.heads / 2), 1, 7).map((sets) => ({ mode: 'select' as const, sets })) };
+    const sparse = generate(opt, [prompt], { maxNewTokens: 12, stopAtEos: false, modes: cpuModes(gm) }), dense = generate(opt, [prompt], { maxNewTokens: 12, stopAtEos: false });
+    expect(sparse.tokens).not.toEqual(dense.tokens);
+    const v = await generateGpu(opt, prompt, { maxNewTokens: 12, stopAtEos: false, modes: gm, versus: gpuDenseModes(c.layers) });
+    expect(v.tokens).toEqual(sparse.tokens);
+    expect(v.counts).toEqual(sparse.counts);
+    expect([v.versusTokens]).toEqual(dense.tokens);
+    expect(v.versusDecodeMs).toBeGreaterThan(0);
   }, 400_000); // lavapipe under a full parallel suite: minutes
 
   it('generate --runtime gpu: the CPU runtime\'s text at temperature 0; sampling refused with the reason', async () => {
