@@ -55,7 +55,8 @@ export async function generateGpu(model: Model, prompt: number[], o: GpuGenerate
       ms[k] += performance.now() - t;
       if (runs[k]!.length === 1) {
         runs[k]!.push(...got);
-        if (k === 0) counts = { mlpSelected: session.counts.mlpSelected - c0.mlpSelected, mlpTotal: session.counts.mlpTotal - c0.mlpTotal, headsSelected: session.counts.headsSelected - c0.headsSelected, headsTotal: session.counts.headsTotal - c0.headsTotal };
+        const now = session.counts;
+        if (k === 0) counts = { mlpSelected: now.mlpSelected - c0.mlpSelected, mlpTotal: now.mlpTotal - c0.mlpTotal, headsSelected: now.headsSelected - c0.headsSelected, headsTotal: now.headsTotal - c0.headsTotal };
       }
       sessions[k]!.rewind(steps);
     }
