@@ -55,8 +55,9 @@ export async function generateGpu(model: Model, prompt: number[], o: GpuGenerate
       ms[k] += performance.now() - t;
       if (runs[k]!.length === 1) {
         runs[k]!.push(...got);
-        const now = session.counts;
-        if (k === 0) counts = { mlpSelected: now.mlpSelected - c0.mlpSelected, mlpTotal: now.mlpTotal - c0.mlpTotal, headsSelected: now.headsSelected - c0.headsSelected, headsTotal: now.headsTotal - c0.headsTotal };
+        const z = session.counts;
+        if (k === 0) counts = { mlpSelected: z.mlpSelected - c0.mlpSelected, mlpTotal: z.mlpTotal - c0.mlpTotal,
+          headsSelected: z.headsSelected - c0.headsSelected, headsTotal: z.headsTotal - c0.headsTotal };
       }
       sessions[k]!.rewind(steps);
     }
