@@ -142,6 +142,21 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     close(got.map((t) => t[1]), nz.map((i) => ref[i]!), 1e-5, 'compacted values');
   });
 
+  it('matvec with the norm fused in over rows of more than 128 units (each lane\'s first 4 loaded before the norm): float16 gated, float32', async () => {
+    const cols = 1056, rows = 20, xs = vals(cols, 33).map((v) => 2 * v - 0.4), g = vals(cols, 34), nb = vals(cols, 35);
+    const A = vals(rows * cols, 36), B = vals(rows * cols, 37), ba = vals(rows, 38), bb = vals(rows, 39);
+    const mean = xs.reduce((a, t) => a + t, 0) / cols, va = xs.reduce((a, t) => a + (t - mean) ** 2, 0) / cols;
+    const ln = Array.from(xs, (t, j) => ((t - mean) / Math.sqrt(va + 1e-5)) * g[j]! + nb[j]!);
+    const silu = (v: number) => v / (1 + Math.exp(-v));
+    const nm = { kind: 'layernorm', eps: 1e-5, hasB: true, out: false } as const;
+    let o = await run(K.matvecWgsl({ ...MV, cols, rows, gated: true, bias: true, gateBias: true, act: 'silu', norm: nm }),
+      { 0: packF16(A), 1: xs, 2: 4 * rows, 4: ba, 5: packF16(B), 6: bb, 8: g, 9: nb }, Math.ceil(rows / 8));
+    close(o[2]!, Array.from({ length: rows }, (_, r) => silu(dotRow(B, r, ln, cols) + bb[r]!) * (dotRow(A, r, ln, cols) + ba[r]!)), 1e-5, 'gated, 132 units a row');
+    // float32 weights (a predictor's fc1 of h_mlp): 264 units of 4 a row
+    o = await run(K.matvecWgsl({ ...MV, cols, rows, f32: true, bias: true, act: 'relu', norm: nm }), { 0: A, 1: xs, 2: 4 * rows, 4: ba, 8: g, 9: nb }, Math.ceil(rows / 8));
+    close(o[2]!, Array.from({ length: rows }, (_, r) => Math.max(0, dotRow(A, r, ln, cols) + ba[r]!)), 1e-5, 'float32, 264 units a row');
+  });
+
   it('input-sparse axpy: kept rows only (abs / WINA scores, gathered rows, the norm fused in, the chunks of an earlier axpy + act), counted', async () => {
     const rows = 40, cols = 16, chunks = 3, M = vals(rows * cols, 40), nrm = vals(rows, 41).map((v) => 1 + Math.abs(v));
     const sum = (p: Float32Array, ch = chunks) => Array.from({ length: cols }, (_, j) => { let t = 0; for (let c = 0; c < ch; c++) t += p[c * cols + j]!; return t; });
@@ -209,42 +224,46 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
   });
 
   it('attention (GQA) of the selected heads: RoPE on q and the new k, the new K / V into the cache, softmax over it', async () => {
-    const H = 4, KV = 2, hd = 8, cap = 6, rd = 6, n = 3, scale = 0.35, heads = [3, 0];
-    const spec = { heads: H, kvHeads: KV, hd, cap, ropeDim: rd, scale };
-    const sel = Uint32Array.from([heads.length + 2 * KV, ...heads, 4, 5, 6, 7]);
-    const qkv = vals((heads.length + 2 * KV) * hd, 17), Kc = vals(KV * cap * hd, 18), Vc = vals(KV * cap * hd, 19);
-    const cs = Float32Array.from([0.8, 0.6, -0.2, 0.6, 0.8, 0.9]); // cos [rd / 2], sin [rd / 2]
-    params = Uint32Array.from([n, 0, 0, 0]);
-    const o = await run(K.attentionWgsl(spec), { 0: qkv, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs }, Math.max(heads.length, KV));
-    // partial rotary: dims 0..5 rotated in pairs (j, j + 3), dims 6, 7 passed through
-    const rope = (v: ArrayLike<number>) => {
-      const r = Array.from(v);
-      for (let j = 0; j < rd / 2; j++) { r[j] = v[j]! * cs[j]! - v[j + 3]! * cs[3 + j]!; r[j + 3] = v[j + 3]! * cs[j]! + v[j]! * cs[3 + j]!; }
-      return r;
-    };
-    const q = heads.map((_, t) => rope(qkv.subarray(t * hd, t * hd + hd)));
-    const K2 = Float32Array.from(Kc), V2 = Float32Array.from(Vc);
-    for (let k = 0; k < KV; k++) {
-      K2.set(rope(qkv.subarray((2 + k) * hd, (3 + k) * hd)), (k * cap + n) * hd);
-      V2.set(qkv.subarray((2 + KV + k) * hd, (3 + KV + k) * hd), (k * cap + n) * hd);
+    // hd 8: 2 lanes a position, one pass; hd 128 over 71 positions: 8 lanes a position, 3 passes of 32, the V sum 4 positions at a time and a rest
+    for (const sh of [{ H: 4, KV: 2, hd: 8, cap: 6, rd: 6, n: 3, heads: [3, 0] }, { H: 6, KV: 3, hd: 128, cap: 80, rd: 64, n: 70, heads: [5, 1, 2] }]) {
+      const { H, KV, hd, cap, rd, n, heads } = sh, scale = 0.35, h2 = rd / 2, tag = `hd ${hd}, ${n + 1} positions`;
+      const spec = { heads: H, kvHeads: KV, hd, cap, ropeDim: rd, scale };
+      const sel = Uint32Array.from([heads.length + 2 * KV, ...heads, ...Array.from({ length: 2 * KV }, (_, k) => H + k)]);
+      const qkv = vals((heads.length + 2 * KV) * hd, 17), Kc = vals(KV * cap * hd, 18), Vc = vals(KV * cap * hd, 19);
+      const cs = Float32Array.from({ length: rd }, (_, j) => Math.cos(0.7 * j + 0.3 * (j >= h2 ? 1 : 0))); // cos [rd / 2], sin [rd / 2]
+      params = Uint32Array.from([n, 0, 0, 0]);
+      const o = await run(K.attentionWgsl(spec), { 0: qkv, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs }, Math.max(heads.length, KV));
+      // partial rotary: dims 0..rd-1 rotated in pairs (j, j + rd / 2), the rest passed through
+      const rope = (v: ArrayLike<number>) => {
+        const r = Array.from(v);
+        for (let j = 0; j < h2; j++) { r[j] = v[j]! * cs[j]! - v[j + h2]! * cs[h2 + j]!; r[j + h2] = v[j + h2]! * cs[j]! + v[j]! * cs[h2 + j]!; }
+        return r;
+      };
+      const nh = heads.length;
+      const q = heads.map((_, t) => rope(qkv.subarray(t * hd, t * hd + hd)));
+      const K2 = Float32Array.from(Kc), V2 = Float32Array.from(Vc);
+      for (let k = 0; k < KV; k++) {
+        K2.set(rope(qkv.subarray((nh + k) * hd, (nh + 1 + k) * hd)), (k * cap + n) * hd);
+        V2.set(qkv.subarray((nh + KV + k) * hd, (nh + 1 + KV + k) * hd), (k * cap + n) * hd);
+      }
+      close(o[2]!, K2, 1e-6, `K cache, ${tag}`); close(o[3]!, V2, 1e-6, `V cache, ${tag}`);
+      const ref = heads.flatMap((h, t) => {
+        const kv = Math.floor(h / (H / KV));
+        const s = Array.from({ length: n + 1 }, (_, p) => scale * q[t]!.reduce((acc, qj, j) => acc + qj * K2[(kv * cap + p) * hd + j]!, 0));
+        const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), l = e.reduce((x, y) => x + y, 0);
+        return Array.from({ length: hd }, (_, j) => e.reduce((acc, p, pi) => acc + p * V2[(kv * cap + pi) * hd + j]!, 0) / l);
+      });
+      close(o[4]!, ref, 1e-5, `attention, ${tag}`);
+      // the same from 2 chunks of partial sums over every head's q|k|v (+ bias): the uncompacted layout [H q | KV k | KV v]
+      const full = new Float32Array((H + 2 * KV) * hd), qb = vals(full.length, 22);
+      heads.forEach((h, t) => full.set(qkv.subarray(t * hd, (t + 1) * hd), h * hd));
+      full.set(qkv.subarray(nh * hd), H * hd);
+      const p1 = vals(full.length, 23), parts = new Float32Array(2 * full.length);
+      for (let j = 0; j < full.length; j++) { parts[j] = p1[j]!; parts[full.length + j] = full[j]! - p1[j]! - qb[j]!; }
+      const o2 = await run(K.attentionWgsl({ ...spec, parts: { chunks: 2, bias: true } }), { 0: parts, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs, 8: qb }, Math.max(heads.length, KV));
+      close(o2[4]!, ref, 1e-5, `attention from parts, ${tag}`);
+      close(o2[2]!, K2, 1e-5, `K cache from parts, ${tag}`);
     }
-    close(o[2]!, K2, 1e-6, 'K cache'); close(o[3]!, V2, 1e-6, 'V cache');
-    const ref = heads.flatMap((h, t) => {
-      const kv = Math.floor(h / (H / KV));
-      const s = Array.from({ length: n + 1 }, (_, p) => scale * q[t]!.reduce((acc, qj, j) => acc + qj * K2[(kv * cap + p) * hd + j]!, 0));
-      const m = Math.max(...s), e = s.map((z) => Math.exp(z - m)), l = e.reduce((x, y) => x + y, 0);
-      return Array.from({ length: hd }, (_, j) => e.reduce((acc, p, pi) => acc + p * V2[(kv * cap + pi) * hd + j]!, 0) / l);
-    });
-    close(o[4]!, ref, 1e-5, 'attention');
-    // the same from 2 chunks of partial sums over every head's q|k|v (+ bias): the uncompacted layout [H q | KV k | KV v]
-    const full = new Float32Array((H + 2 * KV) * hd), qb = vals(full.length, 22);
-    heads.forEach((h, t) => full.set(qkv.subarray(t * hd, (t + 1) * hd), h * hd));
-    full.set(qkv.subarray(heads.length * hd), H * hd);
-    const p1 = vals(full.length, 23), parts = new Float32Array(2 * full.length);
-    for (let j = 0; j < full.length; j++) { parts[j] = p1[j]!; parts[full.length + j] = full[j]! - p1[j]! - qb[j]!; }
-    const o2 = await run(K.attentionWgsl({ ...spec, parts: { chunks: 2, bias: true } }), { 0: parts, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs, 8: qb }, Math.max(heads.length, KV));
-    close(o2[4]!, ref, 1e-5, 'attention from parts');
-    close(o2[2]!, K2, 1e-5, 'K cache from parts');
   });
 
   it('lossless compaction: the nonzero activations (ids, values, count, stats); argmax takes the first of equal maxima', async () => {
@@ -461,6 +480,19 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
       expect(g.counts).toEqual(cpu.counts);
       expect(g.stopReason).toBe('max-tokens');
     }
+    // versus (generate's dense comparison): a second session over the same weights and cache, timed in rounds
+    // alternating with the modes' (after a warm-up of each): the modes' tokens and counts are the CPU runtime's in
+    // those modes (one set a layer: nothing cycles), versus's tokens dense's
+    const c = opt.config, prompt = [2, 100, 200, 300];
+    const gm: GpuModes = { mlp: fixedSets(c.layers, c.ffn, Math.round(c.ffn / 5), 1, 1).map((sets) => ({ mode: 'select' as const, sets })),
+      heads: fixedSets(c.layers, c.heads, Math.ceil(c.heads / 2), 1, 7).map((sets) => ({ mode: 'select' as const, sets })) };
+    const sparse = generate(opt, [prompt], { maxNewTokens: 12, stopAtEos: false, modes: cpuModes(gm) }), dense = generate(opt, [prompt], { maxNewTokens: 12, stopAtEos: false });
+    expect(sparse.tokens).not.toEqual(dense.tokens);
+    const v = await generateGpu(opt, prompt, { maxNewTokens: 12, stopAtEos: false, modes: gm, versus: gpuDenseModes(c.layers) });
+    expect(v.tokens).toEqual(sparse.tokens);
+    expect(v.counts).toEqual(sparse.counts);
+    expect([v.versusTokens]).toEqual(dense.tokens);
+    expect(v.versusDecodeMs).toBeGreaterThan(0);
   }, 400_000); // lavapipe under a full parallel suite: minutes
 
   it('generate --runtime gpu: the CPU runtime\'s text at temperature 0; sampling refused with the reason', async () => {

@@ -5,7 +5,7 @@ import { decodeModes, planInputMajor, type BuiltModes } from '../runtime/plan.js
 import { generate, type StopReason } from '../runtime/generate.js';
 import { zeroCounts, type DecodeCounts } from '../runtime/decoder.js';
 import { generateGpu } from '../runtime/gpu/generate.js';
-import { gpuPlanModes } from '../runtime/gpu/session.js';
+import { gpuDenseModes, gpuPlanModes } from '../runtime/gpu/session.js';
 import type { RuntimePlan } from '../runtime/plan.js';
 import type { LoadedPredictors } from '../predictors/hooks.js';
 import { loadTokenizer } from '../tokenizer.js';
@@ -74,7 +74,7 @@ function pricedNote(plan: RuntimePlan | null, runtime: 'cpu' | 'gpu'): string[] 
 /**
  * --runtime gpu: each prompt greedily on the GPU decode runtime (src/runtime/gpu: prefill by the forward pass, then
  * the tokens chosen on the GPU), the bundle's plan run there (predictors included); with a bundle, the same prompts
- * and steps dense on the GPU after it.
+ * and steps dense on the GPU, timed in alternating rounds with the plan's (generateGpu's `versus`).
  */
 async function generateOnGpu(o: GenerateConfig, deps: StageDeps, model: Model, prompts: number[][], preds: LoadedPredictors | null, plan: RuntimePlan | null,
   decode: (t: number[], o: { skipSpecial: boolean }) => string): Promise<StageResult> {
@@ -83,16 +83,16 @@ async function generateOnGpu(o: GenerateConfig, deps: StageDeps, model: Model, p
   const tokens: number[][] = [], counts = zeroCounts();
   let ms = 0, steps = 0, denseMs = 0, stop: StopReason = 'max-tokens';
   for (const p of prompts) {
-    const r = await generateGpu(model, p, { maxNewTokens: o.maxTokens, modes });
-    tokens.push(r.tokens[0]!); ms += r.decodeMs; steps += r.decodeSteps;
+    // with a bundle, dense over the same weights and cache, timed in rounds alternating with the plan's
+    const r = await generateGpu(model, p, { maxNewTokens: o.maxTokens, modes, versus: preds ? gpuDenseModes(model.config.layers) : undefined });
+    tokens.push(r.tokens[0]!); ms += r.decodeMs; steps += r.decodeSteps; denseMs += r.versusDecodeMs ?? 0;
     if (r.stopReason !== 'max-tokens') stop = r.stopReason;
     for (const k of Object.keys(counts) as (keyof DecodeCounts)[]) counts[k] += r.counts[k];
-    if (preds && r.decodeSteps > 0) denseMs += (await generateGpu(model, p, { maxNewTokens: r.decodeSteps + 1, stopAtEos: false })).decodeMs;
   }
   const tps = steps / Math.max(1e-3, ms / 1000), denseTps = preds && steps > 0 ? steps / Math.max(1e-3, denseMs / 1000) : null;
   const mlpDensity = counts.mlpSelected / Math.max(1, counts.mlpTotal), headDensity = counts.headsSelected / Math.max(1, counts.headsTotal);
   deps.log(`generate (GPU runtime): ${preds ? (plan ? 'sparse (bundle plan)' : 'sparse (bundle rules)') : 'dense'}, ${steps} decode steps, ${tps.toFixed(1)} tokens/s` +
-    (denseTps !== null ? ` (dense on the GPU, the same prompts and steps, measured after it: ${denseTps.toFixed(1)} tokens/s; ${(tps / denseTps).toFixed(2)}x)` : '') +
+    (denseTps !== null ? ` (dense on the GPU, the same prompts and steps, timed in rounds alternating with it: ${denseTps.toFixed(1)} tokens/s; ${(tps / denseTps).toFixed(2)}x)` : '') +
     (preds ? `, MLP density ${(mlpDensity * 100).toFixed(1)}%, heads ${(headDensity * 100).toFixed(1)}%` : ''));
   const texts = tokens.map((t) => decode(t, { skipSpecial: true }));
   const notes = [...pricedNote(plan, 'gpu'), ...(stop === 'max-positions' ? [`stopped early: the model has ${model.config.maxPositions} positions (max_position_embeddings); the text below is complete up to there`] : [])];

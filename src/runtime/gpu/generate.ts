@@ -3,6 +3,9 @@
  * src/runtime/generate.ts does), its cache copied to the GPU, then every new token chosen on the GPU (argmax) and
  * fed to the next step without a readback; the tokens come back once. The same tokens as generate() at
  * temperature 0 (test/gpu-decode.test.ts); sampling (temperature > 0) stays on the CPU runtime.
+ * With `versus` (generate's dense comparison) a second session of those modes over the same weights and cache
+ * decodes the same steps, timed in alternating rounds (after one short warm-up of each: the modes' run, versus,
+ * versus, the modes' run), so neither is favoured by running first or warm; each time is the mean of its two rounds.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { forward, newCache, disposeCache, disposeOutput } from '../../model/forward.js';
@@ -10,19 +13,25 @@ import type { Model } from '../../model/model.js';
 import { UserError } from '../../util/errors.js';
 import { readSync } from '../../util/tfx.js';
 import { eosIds, positionsLeft, type GenerateResult, type StopReason } from '../generate.js';
-import { gpuDenseModes, gpuSession, type GpuModes, type GpuSessionOptions } from './session.js';
+import { getGpu } from './device.js';
+import { GpuDecodeSession, gpuDenseModes, type GpuModes, type GpuSessionOptions } from './session.js';
+import { gpuWeightsFromModel } from './weights.js';
 
-export interface GpuGenerateOptions { maxNewTokens: number; modes?: GpuModes | undefined; stopAtEos?: boolean; session?: GpuSessionOptions }
+export interface GpuGenerateOptions { maxNewTokens: number; modes?: GpuModes | undefined; stopAtEos?: boolean; session?: GpuSessionOptions; versus?: GpuModes | undefined }
+/** versusDecodeMs, versusTokens: the `versus` session's (its tokens are not cut at an end-of-sequence token) */
+export type GpuGenerateResult = Omit<GenerateResult, 'weights'> & { versusDecodeMs?: number; versusTokens?: number[] };
 
 // (no 'weights': the GPU session does not count the weights it reads)
-export async function generateGpu(model: Model, prompt: number[], o: GpuGenerateOptions): Promise<Omit<GenerateResult, 'weights'>> {
+export async function generateGpu(model: Model, prompt: number[], o: GpuGenerateOptions): Promise<GpuGenerateResult> {
   const T = prompt.length, V = model.config.vocabSize;
   const room = positionsLeft(model, T);
   if (room < 1) throw new UserError(`generate: the prompt has ${T} tokens; the model has ${model.config.maxPositions} positions (max_position_embeddings)`, 'shorten the prompt');
   const maxNew = Math.min(o.maxNewTokens, room);
   let stopReason: StopReason = o.maxNewTokens > room ? 'max-positions' : 'max-tokens';
-  const session = await gpuSession(model, o.modes ?? gpuDenseModes(model.config.layers), { capacity: T + maxNew + 1, ...o.session });
+  const gpu = await getGpu(), w = gpuWeightsFromModel(gpu, model), sessions: GpuDecodeSession[] = [];
   try {
+    for (const m of [o.modes ?? gpuDenseModes(model.config.layers), ...(o.versus ? [o.versus] : [])]) sessions.push(new GpuDecodeSession(gpu, w, m, { capacity: T + maxNew + 1, ...o.session }));
+    const session = sessions[0]!;
     let t = performance.now();
     const cache = newCache(model);
     let first: number;
@@ -33,15 +42,30 @@ export async function generateGpu(model: Model, prompt: number[], o: GpuGenerate
       if (!last.every(Number.isFinite)) throw new UserError('generate (prompt): the model produced non-finite logits', 'the weights hold NaN/Inf: check the checkpoint');
       first = 0;
       for (let i = 1; i < V; i++) if (last[i]! > last[first]!) first = i;
-      session.loadCache(cache);
+      for (const s of sessions) s.loadCache(cache);
     } finally { disposeCache(cache); }
-    const prefillMs = performance.now() - t;
-    t = performance.now();
-    const tokens = [first, ...(maxNew > 1 ? await session.greedy(first, maxNew - 1) : [])];
-    const decodeMs = performance.now() - t;
+    const prefillMs = performance.now() - t, steps = maxNew - 1;
+    const runs: number[][] = [[first], [first]], ms = [0, 0];
+    // the counts of the modes' first timed run (the session's also hold the warm-up and the second round)
+    let counts = { ...session.counts };
+    if (steps > 0 && o.versus) for (const s of sessions) { const k = Math.min(8, steps); await s.greedy(first, k); s.rewind(k); }
+    for (const k of steps < 1 ? [] : o.versus ? [0, 1, 1, 0] : [0]) {
+      t = performance.now();
+      const c0 = { ...session.counts }, got = await sessions[k]!.greedy(first, steps);
+      ms[k] += performance.now() - t;
+      if (runs[k]!.length === 1) {
+        runs[k]!.push(...got);
+        const z = session.counts;
+        if (k === 0) counts = { mlpSelected: z.mlpSelected - c0.mlpSelected, mlpTotal: z.mlpTotal - c0.mlpTotal,
+          headsSelected: z.headsSelected - c0.headsSelected, headsTotal: z.headsTotal - c0.headsTotal };
+      }
+      sessions[k]!.rewind(steps);
+    }
+    const tokens = runs[0]!, decodeMs = ms[0]! / (o.versus ? 2 : 1);
     const eos = new Set(eosIds(model));
     const end = o.stopAtEos === false ? -1 : tokens.findIndex((id) => eos.has(id));
     if (end >= 0) { tokens.length = end + 1; stopReason = 'eos'; }
-    return { tokens: [tokens], prefillMs, decodeMs, decodeSteps: maxNew - 1, stopReason, maxPositions: model.config.maxPositions, counts: session.counts };
-  } finally { session.dispose(); }
+    return { tokens: [tokens], prefillMs, decodeMs, decodeSteps: steps, stopReason, maxPositions: model.config.maxPositions, counts,
+      ...(o.versus ? { versusDecodeMs: ms[1]! / 2, versusTokens: runs[1]! } : {}) };
+  } finally { for (const s of sessions) s.dispose(); w.dispose(); }
 }

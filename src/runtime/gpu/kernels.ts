@@ -154,9 +154,20 @@ export function matvecWgsl(s: MatvecSpec): string {
   const v1 = `s1${s.bias ? ' + bias[row]' : ''}`;
   const res = s.gated ? `act(s2${s.gateBias ? ' + bias2[row]' : ''}) * (${v1})` : s.act ? `act(${v1})` : v1;
   const D4 = s.cols / 4, NV = Math.ceil(D4 / 256);
-  const normIn = nm ? `${normFast(s.cols, nm.kind, nm.eps, 'x')}
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * ng[j]${nm.hasB ? ' + nb[j]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
+  // (g and b loaded with x: one round trip less before the rows)
+  const normIn = nm ? `var gs: array<vec4<f32>, ${NV}>;
+  ${nm.hasB ? `var bs: array<vec4<f32>, ${NV}>;` : ''}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { gs[k] = ng[j];${nm.hasB ? ' bs[k] = nb[j];' : ''} } }
+  ${normFast(s.cols, nm.kind, nm.eps, 'x')}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * gs[k]${nm.hasB ? ' + bs[k]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
   workgroupBarrier();` : '';
+  // with the norm fused in, each lane's first 4 weight units are loaded before the norm (their latency hidden behind
+  // it) and summed first, in the order the loop sums them
+  const T = s.f32 ? 'f32' : 'u32';
+  const pre = nm ? [0, 1, 2, 3].map((k) => `var pw${k} = vec4<${T}>();${s.gated ? ` var pg${k} = vec4<${T}>();` : ''}`).join(' ') : '';
+  const preLoad = nm ? [0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < units) { pw${k} = W[base + lane + ${32 * k}u];${s.gated ? ` pg${k} = W2[base + lane + ${32 * k}u];` : ''} }`).join('\n      ') : '';
+  const preUse = (k: number) => s.f32 ? `if (lane + ${32 * k}u < units) { acc += dot(pw${k}, xw[lane + ${32 * k}u]); }`
+    : `if (lane + ${32 * k}u < units) { let u = lane + ${32 * k}u; let xa = xw[2u * u]; let xb = xw[2u * u + 1u]; acc += dot8(pw${k}, xa, xb);${s.gated ? ` acc2 += dot8(pg${k}, xa, xb);` : ''} }`;
   const write = s.resid ? `outv[row] = outv[row] + ${res};` : `outv[i] = ${res};`;
   const kept = typeof s.compact === 'object' ? `v >= ${f32(s.compact.ge)}` : 'v != 0.0';
   const tail = s.compact ? `var v = 0.0;
@@ -196,17 +207,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let count = workgroupUniformLoad(&wcount);
   let units = wunits;
   if (wid.x * 8u >= count) { return; }
-  ${normIn}
   let r = lid / 32u;
   let lane = lid % 32u;
   let i = wid.x * 8u + r;
   var acc = 0.0;
   var acc2 = 0.0;
   var row = 0u;
+  var base = 0u;
+  ${pre}
   if (i < count) {
     row = ${row};
-    let base = row * ${U}u;
+    base = row * ${U}u;
+    ${preLoad}
+  }
+  ${normIn}
+  if (i < count) {
     var u0 = lane;
+    ${nm ? `${[0, 1, 2, 3].map(preUse).join(' ')} u0 += 128u;` : ''}
     for (; u0 + 96u < units; u0 += 128u) { ${[0, 1, 2, 3].map(load).join(' ')} }
     for (; u0 < units; u0 += 32u) { ${load(0)} }
   }
@@ -459,6 +476,8 @@ export interface AttnSpec {
  */
 export function attentionWgsl(s: AttnSpec): string {
   const hd = s.hd, HD4 = hd / 4, KV = s.kvHeads, H = s.heads, G = H / KV, h2 = s.ropeDim / 2, TG = Math.max(1, Math.floor(256 / HD4));
+  // the scores: LP lanes per position (the largest of 8, 4, 2, 1 dividing HD4), JL vec4s each
+  const LP = [8, 4, 2, 1].find((l) => HD4 % l === 0)!, JL = HD4 / LP;
   const P = s.parts, NQ = (H + 2 * KV) * hd;
   // stage o: 0 q, 1 k (kvh), 2 v (kvh), 3 k (w), 4 v (w) -> the offset of that vector in the input
   const off = P
@@ -496,6 +515,8 @@ var<workgroup> acc: array<vec4<f32>, 256>;
 var<workgroup> wn: u32;
 ${rot}
 fn rot4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(rot(o, 4u * j4), rot(o, 4u * j4 + 1u), rot(o, 4u * j4 + 2u), rot(o, 4u * j4 + 3u)); }
+/** position t's V (slot n, written in this dispatch by another workgroup: this workgroup's own copy) */
+fn vat(kvh: u32, n: u32, t: u32, j4: u32) -> vec4<f32> { if (t == n) { return vc[j4]; } return V[(kvh * ${s.cap}u + t) * ${HD4}u + j4]; }
 fn raw4(o: u32, j4: u32) -> vec4<f32> { return vec4<f32>(hv[o + 4u * j4], hv[o + 4u * j4 + 1u], hv[o + 4u * j4 + 2u], hv[o + 4u * j4 + 3u]); }
 fn wred(v: f32, lid: u32, isMax: bool) -> f32 {
   red[lid] = v;
@@ -535,13 +556,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();
   let npos = n + 1u;
   var m = -3.0e38;
-  for (var t = lid; t < npos; t += 256u) {
+  // ${LP} lanes per position (each ${JL} vec4 of it, adjacent lanes adjacent vec4s), ${256 / LP} positions a pass
+  let pl = lid / ${LP}u;
+  let ln = lid % ${LP}u;
+  for (var t0 = 0u; t0 < npos; t0 += ${256 / LP}u) {
+    let t = t0 + pl;
     var d = 0.0;
-    if (t == n) { for (var j = 0u; j < ${HD4}u; j++) { d += dot(qs[j], kc[j]); } }
-    else { let kb = (kvh * ${s.cap}u + t) * ${HD4}u; for (var j = 0u; j < ${HD4}u; j++) { d += dot(qs[j], K[kb + j]); } }
-    d *= ${f32(s.scale)};
-    ps[t] = d;
-    m = max(m, d);
+    if (t == n) { for (var k = 0u; k < ${JL}u; k++) { let j = ln + ${LP}u * k; d += dot(qs[j], kc[j]); } }
+    else if (t < npos) { let kb = (kvh * ${s.cap}u + t) * ${HD4}u; for (var k = 0u; k < ${JL}u; k++) { let j = ln + ${LP}u * k; d += dot(qs[j], K[kb + j]); } }
+    red[lid] = d;
+    workgroupBarrier();
+    if (lid < ${256 / LP}u && t0 + lid < npos) {
+      var e = 0.0;
+      for (var k = 0u; k < ${LP}u; k++) { e += red[lid * ${LP}u + k]; }
+      e *= ${f32(s.scale)};
+      ps[t0 + lid] = e;
+      m = max(m, e);
+    }
+    workgroupBarrier();
   }
   m = wred(m, lid, true);
   var l = 0.0;
@@ -551,7 +583,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let j4 = lid % ${HD4}u;
   var a = vec4<f32>(0.0);
   if (tg < ${TG}u) {
-    for (var t = tg; t < npos; t += ${TG}u) { if (t == n) { a += ps[t] * vc[j4]; } else { a += ps[t] * V[(kvh * ${s.cap}u + t) * ${HD4}u + j4]; } }
+    // 4 positions' V in flight
+    var t = tg;
+    for (; t + ${3 * TG}u < npos; t += ${4 * TG}u) {
+      let v0 = vat(kvh, n, t, j4); let v1 = vat(kvh, n, t + ${TG}u, j4); let v2 = vat(kvh, n, t + ${2 * TG}u, j4); let v3 = vat(kvh, n, t + ${3 * TG}u, j4);
+      a += ps[t] * v0; a += ps[t + ${TG}u] * v1; a += ps[t + ${2 * TG}u] * v2; a += ps[t + ${3 * TG}u] * v3;
+    }
+    for (; t < npos; t += ${TG}u) { a += ps[t] * vat(kvh, n, t, j4); }
   }
   acc[lid] = a;
   workgroupBarrier();
