@@ -42,6 +42,8 @@ const seqLen = Number(opt('seq-len', '256'));
 const batchSize = Number(opt('batch-size', isFixture ? '8' : '2'));
 const backend = opt('backend', process.env.DEJAVU_BACKEND ?? 'auto') as BackendPreference;
 const workerCounts = opt('workers', backend === 'webgpu' ? '1' : '1,2').split(',').map(Number);
+/** BENCH_NODE_ARGS: Node flags for the collecting child (e.g. `--cpu-prof --cpu-prof-dir=DIR`: NODE_OPTIONS refuses them) */
+const childNodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 
 interface ChildResult { summary: { tokens: number; tokensPerSecond: number; seconds: number; workers: number; timing: Record<string, number> };
     maxRssBytes: number; loadSeconds: number }
@@ -82,7 +84,7 @@ if (args.includes('--child')) {
   let base = 0;
   const timings: string[] = [];
   for (const w of workerCounts) {
-    const r = spawnSync(process.execPath, [self, '--child', '--model', modelDir, '--data', data, '--tokens', tokensArg, '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w), '--backend', b.name],
+    const r = spawnSync(process.execPath, [...childNodeArgs, self, '--child', '--model', modelDir, '--data', data, '--tokens', tokensArg, '--seq-len', String(seqLen), '--batch-size', String(batchSize), '--child-workers', String(w), '--backend', b.name],
       { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
     if (r.status !== 0) { console.error(`run with ${w} worker(s) failed (exit ${r.status})`); process.exit(1); }
     const res = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildResult;
@@ -163,7 +165,7 @@ async function gpuBreakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken
   const capture = { xAttn: true, xMlp: true, mlpAct: true, headNorm: true, logits: false, layers } as const;
   /** the queue done: one value read of a tensor computed on the GPU after everything queued before */
   const fence = async (t: tf.Tensor) => { const v = tf.tidy(() => tf.sum(t)); await v.data(); v.dispose(); };
-  const timeAsync = async (fn: () => Promise<void>, n = 5) => {
+  const timeAsync = async (fn: () => Promise<void>, n = 3) => {
     await fn();
     const ts: number[] = [];
     for (let i = 0; i < n; i++) { const t = performance.now(); await fn(); ts.push(performance.now() - t); }
@@ -221,7 +223,7 @@ async function gpuBreakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken
     ...mmRows,
     [`one layer's shard bytes (Arrow + sha256, ${(rows * (2 * d * 2 + c.ffn / 8 + 4 * c.heads) / 1e6).toFixed(0)} MB), this thread; x ${c.layers} layers`, `${encMs.toFixed(1)}; ${(encMs * c.layers).toFixed(0)}`, '-', '-'],
   ];
-  const caption = `one batch (${B} x ${T} tokens) on the GPU, median of 5`;
+  const caption = `one batch (${B} x ${T} tokens) on the GPU, median of 3 after one warm-up`;
   console.log(`${caption}:\n`);
   console.log(table(header, out));
   console.log('');
