@@ -105,8 +105,9 @@ if (args.includes('--child')) {
   const header = ['workers', 'tokens', 'tokens/s', 'vs 1 worker', 'forward GFLOP/s (end to end)', 'ceiling: workers x matmul GFLOP/s', 'ratio to ceiling', 'peak RSS GiB', 'start-up s (weights, workers)'];
   console.log(table(header, rows));
   tables.unshift({ caption: `collect-activations, each worker count in its own process (seq ${seqLen}, batch ${batchSize}, backend ${b.name}${b.name === 'webgpu' ? `: ${b.reason}` : ''})`, header, rows });
-  // the fixture's result is collect.json; another checkpoint's is collect-<its folder name>.json
-  const name = b.name === 'webgpu' ? `collect-webgpu-d${c.hidden}-l${c.layers}` : isFixture ? 'collect' : `collect-${path.basename(path.resolve(modelDir)).toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+  // the fixture's result is collect.json; another checkpoint's is collect-<its folder name>.json; on webgpu
+  // collect-webgpu-d<width>-l<layers>, with -b<batch> for batches of 16 sequences or more (a GPU's own shapes)
+  const name = b.name === 'webgpu' ? `collect-webgpu-d${c.hidden}-l${c.layers}${batchSize >= 16 ? `-b${batchSize}` : ''}` : isFixture ? 'collect' : `collect-${path.basename(path.resolve(modelDir)).toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
   const file = writeBenchResult({ name, title: `Activation collection throughput: ${modelDir}`, command: `npm run bench:collect -- ${args.join(' ')}`.trim().replace(/ --$/, ''), tables, notes: [
     `${c.layers} layers, d ${c.hidden}, ffn ${c.ffn}, vocab ${c.vocabSize}; forward FLOPs per token (matmuls) ${(flopsPerToken / 1e6).toFixed(1)} M`,
     `one thread's matmul rate at [${batchSize * seqLen}, ${c.hidden}] x [${c.hidden}, ${c.ffn}], measured in the same run: ${mm.toFixed(2)} GFLOP/s (the ceiling column is workers x this)`,
