@@ -177,7 +177,8 @@ async function gpuBreakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken
     const o = forward(model, seqs, { capture });
     try { await then(o); } finally { disposeOutput(o); }
   };
-  const packAll = (o: ReturnType<typeof forward>) => layers.map((l) => packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, spec));
+  const packAll = (o: ReturnType<typeof forward>) => layers.map((l) =>
+    packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, spec));
   const fwd = await timeAsync(() => withForward((o) => fence(o.captured.headNorm![c.layers - 1]!)));
   const packed = await timeAsync(() => withForward(async (o) => { const p = packAll(o); try { await fence(p.at(-1)!); } finally { for (const t of p) t.dispose(); } }));
   let bytes = 0;
@@ -195,7 +196,11 @@ async function gpuBreakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken
   for (const [i, o] of shapes) {
     const a = tf.randomNormal([rows, i]), w = tf.randomNormal([i, o]), wt = tf.randomNormal([o, i]);
     const reps = 8;
-    const run = (tb: boolean) => timeAsync(async () => { let last: tf.Tensor | null = null; for (let r = 0; r < reps; r++) { last?.dispose(); last = tf.matMul(a, tb ? wt : w, false, tb); } await fence(last!); last!.dispose(); });
+    const run = (tb: boolean) => timeAsync(async () => {
+      let last: tf.Tensor | null = null;
+      for (let r = 0; r < reps; r++) { last?.dispose(); last = tf.matMul(a, tb ? wt : w, false, tb); }
+      await fence(last!); last!.dispose();
+    });
     const t0 = (await run(false)) / reps, t1 = (await run(true)) / reps;
     mmMs += t0; mmTMs += t1;
     mmRows.push([`matmul [${rows}, ${i}] x [${i}, ${o}]`, t0.toFixed(2), ((2 * rows * i * o) / (t0 * 1e6)).toFixed(0), `transposed B: ${t1.toFixed(2)} ms, ${((2 * rows * i * o) / (t1 * 1e6)).toFixed(0)} GFLOP/s`]);
