@@ -11,7 +11,9 @@
  * forward, and the GPU waited (1,063 tokens/s, 0.19 of the matmul rate); with writer threads this thread hands such
  * a batch over in 1-3 ms (measured on the 2-core machine, where the serial path keeps it busy 1.1-1.2 s).
  * DEJAVU_COLLECT_WRITERS=N sets the writer threads; 0 does it all on this thread, each batch written before the next
- * is taken (the serial path; the output is byte-identical: test/collect-writers.test.ts).
+ * is taken (the serial path; the output is byte-identical: test/collect-writers.test.ts). A shard's end (the fsync
+ * of its files, their renames, progress.json) runs while the next batch is captured and encoded; that batch's
+ * appends wait for it, so the bytes reach the disk in the serial order.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -226,27 +228,40 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
       const encode = (l: number, job: ShardJob, transfer: ArrayBuffer[] = []): Promise<ShardBytes> => nWriters
         ? writerPools[slot.get(l)! % nWriters]!.run<ShardBytes>(`layer ${l}'s ${job.kind === 'shard-end' ? 'shard end' : `batch of sequences from ${job.firstSeq}`}`, job, { transfer })
         : Promise.resolve().then(() => runShardJob(job));
-      const openShard = () => new Map(layers.map((l) => [l, new ShardFile(path.join(layerDir(out, l), `.${shardName(globalShard(cfg.shard, shardIndex))}.tmp`))]));
-      const finishShard = async () => {
+      // shards whose temp files exist (not yet renamed): removed if the run fails
+      const open = new Set<Map<number, ShardFile>>();
+      const openShard = () => {
+        const m = new Map(layers.map((l) => [l, new ShardFile(path.join(layerDir(out, l), `.${shardName(globalShard(cfg.shard, shardIndex))}.tmp`))]));
+        open.add(m);
+        return m;
+      };
+      // a shard's end: its footers are appended as part of its last batch's writing; its fsync, rename and
+      // progress.json follow on `finishing` while the next batch is captured and encoded, whose appends wait for it (so
+      // every byte reaches the disk in the serial order: a disk-full error leaves the same complete shards)
+      let finishing: Promise<void> = Promise.resolve();
+      const endShard = async () => {
         if (!files) return;
-        const sums: Record<string, string> = {}, g = globalShard(cfg.shard, shardIndex);
-        const ends = await Promise.all([...files].map(async ([l, f]) => {
-          const e = await encode(l, { kind: 'shard-end', file: f.file });
-          await f.append(e.bytes);
-          await f.close();
-          return e.sha256!;
-        }));
-        // in the layers' order (the manifest's keys), as the serial writer did
-        for (const [i, [l, f]] of [...files].entries()) {
-          sums[shardKey(l, g)] = ends[i]!;
-          fs.renameSync(f.file, path.join(layerDir(out, l), shardName(g)));
-        }
+        const fin = files, g = globalShard(cfg.shard, shardIndex);
+        // the statistics after this shard, taken now (the next shard's batches change them meanwhile)
+        const after = { tokens, stats: structuredClone(Object.fromEntries(stats)), ...(cfg.shard ? { batches: shardBatches } : {}) };
         files = null;
         shardIndex++;
-        const rec: ShardRecord = { sha256: sums, tokens, stats: structuredClone(Object.fromEntries(stats)), ...(cfg.shard ? { batches: shardBatches } : {}) };
         shardBatches = [];
-        progress = { shardsDone: shardIndex, tokens, seconds: progress.seconds, shards: [...progress.shards, rec] };
-        writeChecked(path.join(out, 'progress.json'), collectProgressSchema, progress);
+        // in the layers' order (the manifest's keys), as the serial writer did
+        const sums = await Promise.all([...fin].map(async ([l, f]) => {
+          const e = await encode(l, { kind: 'shard-end', file: f.file });
+          await f.append(e.bytes);
+          return [shardKey(l, g), e.sha256!] as const;
+        }));
+        finishing = finishing.then(async () => {
+          await Promise.all([...fin.values()].map((f) => f.close()));
+          for (const [l, f] of fin) fs.renameSync(f.file, path.join(layerDir(out, l), shardName(g)));
+          open.delete(fin);
+          const rec: ShardRecord = { sha256: Object.fromEntries(sums), ...after };
+          progress = { shardsDone: progress.shardsDone + 1, tokens: after.tokens, seconds: progress.seconds, shards: [...progress.shards, rec] };
+          writeChecked(path.join(out, 'progress.json'), collectProgressSchema, progress);
+        });
+        finishing.catch(() => undefined); // observed by the next batch's appends, the drain or the abort below
       };
       // batches are fixed sets of sequences (sequence i -> batch floor(i / batchSize)); with a pool they run in
       // parallel, one tfjs per worker, and are written here strictly in order
@@ -264,19 +279,20 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
         const shard = files ??= openShard();
         if (cfg.shard) shardBatches.push({ firstSeq: b.firstSeq, rows,
           layers: b.layers.map((lc) => ({ active: lc.active, absSum: lc.absSum, headNormSum: [...lc.headNormSum], headNormSq: [...lc.headNormSq] })) });
+        const ended = finishing;
         const appended = b.layers.map((lc) => {
           addBatch(stats.get(lc.layer)!, rows, { active: lc.active, absSum: lc.absSum, headNormSum: lc.headNormSum, headNormSq: lc.headNormSq });
           const f = shard.get(lc.layer)!;
           const cols: LayerCols = { rows, xAttn: lc.xAttn, xMlp: lc.xMlp, mlpActiveBits: lc.bits, headNorm: lc.headNorm, ...(lc.mlpAct ? { mlpAct: lc.mlpAct } : {}) };
           return encode(lc.layer, { kind: 'shard-batch', file: f.file, first, schema: schemas.get(lc.layer)!, firstSeq: b.firstSeq, seqLen: cfg.seqLen, cols }, movable(lc))
-            .then((e) => f.append(e.bytes));
+            .then(async (e) => { await ended; await f.append(e.bytes); });
         });
         tokens += rows;
         bar.update(tokens, { shard: shardIndex });
         const ends = (b.firstSeq + nSeq) % seqsPerShard === 0;
-        writing = Promise.all(appended).then(() => ends ? finishShard() : undefined);
+        writing = Promise.all(appended).then(() => ends ? endShard() : undefined);
         writing.catch(() => undefined); // observed by the next batch, the drain or the abort below
-        if (!nWriters) await writing; // the serial path: this batch is on disk before the next is taken
+        if (!nWriters) { await writing; await finishing; } // the serial path: this batch is on disk before the next is taken
         writeMs += performance.now() - s;
       };
       const inflight: Promise<BatchCapture>[] = [];
@@ -308,11 +324,13 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
           throw new UserError(`the data now yields fewer sequences (${seqIndex}) than were already collected (${collected})`, 'use --overwrite');
         if (batch.length) await runBatch(batch, batchFirst);
         await drain();
-        await finishShard();
+        await endShard();
+        await finishing;
       } catch (e) {
         await writing.catch(() => undefined); // the writes in flight end (or fail) before their files are removed
-        if (files) for (const f of (files as Map<number, ShardFile>).values()) await f.abort();
-        startedEmpty = shardIndex === 0; // with complete shards the run stays resumable
+        await finishing.catch(() => undefined);
+        for (const m of open) for (const f of m.values()) await f.abort();
+        startedEmpty = progress.shardsDone === 0; // with complete shards the run stays resumable
         throw e;
       } finally {
         bar.stop();
