@@ -93,7 +93,7 @@ run.each(['float32', 'float16', 'bfloat16', 'q8_0'] as RowDtype[])('native %s ro
 run('native rows: formats and bounds', () => {
   it('float16 and bfloat16 rows give the float32 rows\' bits for the same values', () => {
     const h = f32ToF16Array(Float32Array.from({ length: n * d }, () => rnd() * 2 - 1));
-    const w = f16ToF32Array(h); // float16 values, exactly representable in bfloat16 too? no: compare float16 only
+    const w = f16ToF32Array(h); // the float16 values as float32
     const x = Float32Array.from({ length: d }, () => rnd() * 4 - 2);
     const ar = nativeArena(2);
     try {

@@ -382,7 +382,7 @@ static napi_value js_run(napi_env env, napi_callback_info info) {
   Call c = { (uint8_t *)data, (int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9] };
   const int T = (int)v[10], t = c.fn >> 2, ax = (c.fn & 3) >= AX;
   /* bounds: an out-of-range offset is a bug in the caller, never a wild read */
-  const int64_t L = (int64_t)len, vb = t == Q8 ? 1 : VALUE_BYTES[t];
+  const int64_t L = (int64_t)len, vb = VALUE_BYTES[t];
   int ok = c.fn >= 0 && c.fn < 16 && c.k >= 0 && c.d >= 0 && c.d % 8 == 0 && (t != Q8 || c.d % 32 == 0) && T >= 1
     && c.rows >= 0 && c.rows + 4 * c.k <= L && c.out >= 0 && c.out + 4 * (ax ? c.d : c.k) <= L
     && c.x >= 0 && c.x + (ax ? 4 * c.k : (t == Q8 ? 2 * c.d : 4 * c.d)) <= L && c.n >= c.d * vb;
