@@ -29,7 +29,10 @@ const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteO
 const nativeArena = (threads = 1): WasmArena => { const a = createArena()!; a.native = { mod: mod!, threads }; return a; };
 
 const n = 300, d = 1056; // uneven thread chunks (rows 104 / 104 / 92; columns not a multiple of 64)
-const ROWS: (Int32Array | undefined)[] = [undefined, Int32Array.from({ length: 150 }, (_, i) => 20 + i), Int32Array.from({ length: 203 }, (_, i) => (i * 37 + 5) % n).sort()];
+// every row (an axpy split by rows, in chunks by row id), a run, sorted scattered rows, and unsorted ones (an axpy split
+// by columns)
+const ROWS: (Int32Array | undefined)[] = [undefined, Int32Array.from({ length: 150 }, (_, i) => 20 + i), Int32Array.from({ length: 203 }, (_, i) => (i * 37 + 5) % n).sort(),
+  Int32Array.from({ length: 120 }, (_, i) => (i * 53 + 11) % n)];
 
 run.each(['float32', 'float16', 'bfloat16', 'q8_0'] as RowDtype[])('native %s rows', (dtype) => {
   const w = Float32Array.from({ length: n * d }, () => rnd() * 2 - 1);
@@ -178,3 +181,31 @@ run('native decode steps', () => {
     expect(() => loadModel(dir, { decode: { kernels: 'avx' as never } })).toThrow(/decode kernels "avx" is not understood/);
   });
 });
+
+run('native SiLU', () => {
+  it('equals x / (1 + e^-x) in float64 within 4 float32 ulps; a value gets the same bits alone, in a tail or in a vector; times a: the same product', () => {
+    const N = 40_003, g = new Float32Array(N), a = new Float32Array(N);
+    for (let i = 0; i < N; i++) { g[i] = i % 7 === 0 ? (rnd() - 0.5) * 1e-3 : (rnd() - 0.5) * 60; a[i] = rnd() * 4 - 2; }
+    g[0] = 0; g[1] = -0; g[2] = 87; g[3] = -87; g[4] = 120; g[5] = -120;
+    const out = new Float32Array(N), prod = new Float32Array(N);
+    mod!.silu(g, null, out, N);
+    mod!.silu(g, a, prod, N);
+    let worst = 0;
+    for (let i = 0; i < N; i++) {
+      const x = g[i]!, ref = x / (1 + Math.exp(-x));
+      if (Math.abs(ref) > 1e-30) worst = Math.max(worst, Math.abs(out[i]! - ref) / Math.abs(ref));
+      expect(Object.is(prod[i], Math.fround(out[i]! * a[i]!)), `silu(g) * a at ${i}`).toBe(true);
+    }
+    expect(worst, 'relative error (an ulp is 2^-24 to 2^-23 of the value)').toBeLessThan(4 * 2 ** -23);
+    expect([out[0], out[2], out[4]]).toEqual([0, Math.fround(87 / (1 + Math.exp(-87))), 120]);
+    expect(Math.abs(out[5]!)).toBeLessThan(1e-35);
+    // tails: the values at 37..39 computed as a 3-value call equal the long call's
+    for (const [o, k] of [[37, 3], [8, 8], [13, 1], [N - 5, 5]] as const) {
+      const part = new Float32Array(k);
+      mod!.silu(g.subarray(o, o + k), null, part, k);
+      expect(same(part, out.subarray(o, o + k)), `values ${o}..${o + k}`).toBe(true);
+    }
+    expect(() => mod!.silu(g, null, new Float32Array(4), 8)).toThrow(/past an array/);
+  });
+});
+

@@ -91,6 +91,39 @@ describe('families: the decode runtime computes the forward pass', () => {
   }
 });
 
+describe('families: a model loaded for decoding only (forward: false) against transformers', () => {
+  for (const f of FAMILIES) {
+    it(`${f}: prefill by decode steps, then steps: HF's logits at every position; the full load's decode bits`, () => {
+      const dir = path.join(ROOT, f);
+      const ref = loadReference(dir);
+      const hf = ref.tensors.get('logits')!;
+      const only = loadModel(dir, { forward: false, decode: true }), full = loadModel(dir, { decode: true });
+      const V = only.config.vocabSize, L = only.config.layers, T = ref.ids[0]!.length, P = Math.min(8, T - 1);
+      expect(only.decodeOnly).toBe(true);
+      expect(() => only.layer(0)).toThrow(/decode runtime only/);
+      expect(() => forward(only, ref.ids)).toThrow(/decode runtime only/);
+      const a = new DecodeSession(only, denseModes(L), ref.ids.length), b = new DecodeSession(full, denseModes(L), ref.ids.length);
+      try {
+        const got: number[] = [], want: number[] = [];
+        ref.ids.forEach((row, r) => {
+          const lg = new Float32Array(V);
+          a.prefill(r, row.slice(0, P), lg);
+          got.push(...lg); want.push(...hf.data.subarray((r * T + P - 1) * V, (r * T + P) * V));
+        });
+        expect(a.counts.mlpTotal, 'a prefill is not counted').toBe(0);
+        for (let t = 0; t < P; t++) b.step(ref.ids.map((row) => row[t]!));
+        for (let t = P; t < T; t++) {
+          const ids = ref.ids.map((row) => row[t]!), la = a.step(ids), lb = b.step(ids);
+          expect(la.every((v, i) => Object.is(v, lb[i])), `${f} step ${t}: decode-only bits = the full load's`).toBe(true);
+          ref.ids.forEach((_, r) => { got.push(...la.subarray(r * V, (r + 1) * V)); want.push(...hf.data.subarray((r * T + t) * V, (r * T + t + 1) * V)); });
+        }
+        const err = relFrob(got, want);
+        expect(err, `${f}: decode-only vs transformers relative error ${err}`).toBeLessThan(TOL);
+      } finally { a.dispose(); b.dispose(); only.dispose(); full.dispose(); }
+    });
+  }
+});
+
 describe('families: one registry', () => {
   it('no file under src/ outside src/arch/ spells a family id, model_type, architecture class or HF tensor name in code', () => {
     const SRC = path.join(import.meta.dirname, '..', 'src');

@@ -67,6 +67,23 @@ describe('dejavu generate', () => {
     expect(bad.err).toMatch(/^  - --threads: /m);
   });
 
+  it('a model loaded for decoding only (the CPU runtime\'s load) prefills by decode steps: the same greedy tokens as the forward-pass prefill, prompts of different lengths batched', async () => {
+    const { ensureBackend } = await import('../src/backend.js');
+    const { loadModel } = await import('../src/model/model.js');
+    const { generate } = await import('../src/runtime/generate.js');
+    await ensureBackend('wasm');
+    const dir = path.join(import.meta.dirname, '..', 'checkpoints', 'llama-fixture');
+    const tok = loadTokenizer(dir);
+    const prompts = ['Call me Ishmael.', 'It was the best of times, it was the worst of times, it was the age of'].map((p) => [1, ...tok.encode(p)]);
+    const only = loadModel(dir, { forward: false, decode: true }), full = loadModel(dir, { decode: true });
+    try {
+      const a = generate(only, prompts, { maxNewTokens: 16, stopAtEos: false }), b = generate(full, prompts, { maxNewTokens: 16, stopAtEos: false });
+      expect(a.tokens).toEqual(b.tokens);
+      expect(a.tokens.map((t) => t.length)).toEqual([16, 16]);
+      expect(a.counts, 'the prefill is not counted: 15 steps of 2 rows').toEqual(b.counts);
+    } finally { only.dispose(); full.dispose(); }
+  });
+
   it('a prompt longer than the positions is a user error before any work', async () => {
     const r = await cli('generate', '--model', MODEL, '--prompt', 'the whale '.repeat(100), '--backend', 'wasm');
     expect(r.code).toBe(2);

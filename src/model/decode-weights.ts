@@ -19,6 +19,7 @@ import { rowMatrix, type RowDtype, type RowKernel, type RowMatrix } from './kern
 import { createArena, type WasmArena } from './kernels/wasm/kernels.js';
 import { startPool } from './kernels/wasm/pool.js';
 import { nativeRows, type NativeRowsModule } from './kernels/native/native.js';
+import { actKernel, type ActKernel } from './kernels/act.js';
 import { transpose2d } from '../util/transpose.js';
 import { f16ToF32Array } from '../util/half.js';
 import { UserError } from '../util/errors.js';
@@ -69,13 +70,15 @@ export interface DecodeWeights {
   /** the kernel every matrix got (mixed when the arena filled up part way) */
   kernel: RowKernel | 'mixed';
   layers: DecodeLayer[];
-  embed: Float32Array; // [V, Dp]
+  embed: Float32Array | Uint16Array; // [V, Dp] (float16 bits as the checkpoint stores them: a row is widened when looked up)
   pos?: Float32Array | undefined; // [P + offset, d]
   projIn?: RowMatrix | undefined; // [Dp, d] (axpy)
   projOut?: RowMatrix | undefined; // [d, Dp] (axpy)
   finalNorm?: HostNorm | undefined;
   embedNorm?: HostNorm | undefined;
   lmHead: RowMatrix; // [V, Dp]
+  /** the MLP activation over vectors (native SiLU with the native kernels, else the scalar activation) */
+  act: ActKernel;
   dispose(): void;
 }
 
@@ -138,8 +141,10 @@ export interface DecodeSource {
 /**
  * get(name) returns the model's host tensor by our weight name ('embed', 'layers.3.wq', ...) as loadModel lays them
  * out ([in, out]), or undefined when the model has none. `half`: the checkpoint's 16-bit format ('auto' keeps it).
+ * release(name), when given, is told once a matrix's rows are built (a decode-only load drops the tensor).
  */
-export function buildDecodeWeights(c: ModelConfig, get: (name: string) => DecodeSource | undefined, opts: DecodeOptions = {}, half: 'float16' | 'bfloat16' | null = null): DecodeWeights {
+export function buildDecodeWeights(c: ModelConfig, get: (name: string) => DecodeSource | undefined, opts: DecodeOptions = {}, half: 'float16' | 'bfloat16' | null = null,
+  release?: (name: string) => void): DecodeWeights {
   const inputMajor = new Set(opts.inputMajor ?? []);
   const dtype = rowDtypeFor(opts.dtype, half), threads = threadsOf(opts.threads), native = nativeOf(opts.kernels);
   const maxThreads = threads === 'auto' ? Math.min(8, os.availableParallelism()) : threads;
@@ -166,9 +171,15 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => Decode
     return m;
   };
   /** an [in, out] matrix as `out` rows of length `in` */
-  const outRows = (n: string) => { if (inputMajor.has(n)) return inRows(n); const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.rows ?? transpose2d(t.data, i, o), o, i); };
+  const outRows = (n: string) => {
+    if (inputMajor.has(n)) return inRows(n);
+    const t = need(n); const [i, o] = t.shape as [number, number];
+    const m = mat(t.rows ?? transpose2d(t.data, i, o), o, i);
+    release?.(n);
+    return m;
+  };
   /** an [in, out] matrix as `in` rows of length `out` (for axpy) */
-  function inRows(n: string) { const t = need(n); const [i, o] = t.shape as [number, number]; return mat(t.data, i, o); }
+  function inRows(n: string) { const t = need(n); const [i, o] = t.shape as [number, number]; const m = mat(t.data, i, o); release?.(n); return m; }
   const vec = (n: string) => { const t = get(n); return t && f32(t); };
   const norm = (p: string): HostNorm => ({ g: f32(need(`${p}.g`)), b: vec(`${p}.b`) });
   const maybeNorm = (p: string): HostNorm | undefined => (get(`${p}.g`) ? norm(p) : undefined);
@@ -196,11 +207,11 @@ export function buildDecodeWeights(c: ModelConfig, get: (name: string) => Decode
   }
   return {
     dtype, threads: used,
-    kernel, inputMajor, layers, embed: f32(embed), pos: vec('pos'),
+    kernel, inputMajor, layers, embed: embed.data, pos: vec('pos'),
     projIn: get('projIn') ? inRows('projIn') : undefined,
     projOut: get('projOut') ? inRows('projOut') : undefined,
     finalNorm: maybeNorm('finalNorm'), embedNorm: maybeNorm('embedNorm'),
-    lmHead,
+    lmHead, act: actKernel(c, kernel === 'native' ? native : null),
     dispose: () => { for (const a of arenas) a?.dispose(); },
   };
 }

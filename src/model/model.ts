@@ -68,6 +68,8 @@ export interface Model {
   decode?: DecodeWeights;
   /** the forward pass's attention kernel, chosen at load: the SIMD kernels on tfjs-wasm, tfjs ops elsewhere */
   attention: 'host-simd' | 'tfjs';
+  /** loaded for the decode runtime only (LoadOptions.forward false): no backend tensors, forward() cannot run */
+  decodeOnly?: boolean;
   dispose(): void;
 }
 
@@ -82,6 +84,13 @@ export interface LoadOptions {
   host?: HostWeights;
   /** the largest tensor the backend binds (default: the WebGPU adapter's maxStorageBufferBindingSize; none elsewhere) */
   maxBindingBytes?: number;
+  /**
+   * false: load for the decode runtime only (needs `decode`): no backend tensors; the checkpoint's matrices are read one
+   * at a time straight into the decode rows (the [out, in] rows as stored, only the input-major ones transposed), so the
+   * process holds about the rows' own size. forward() cannot run on such a model (Model.decodeOnly): a prompt is
+   * prefilled by decode steps (DecodeSession.prefill). Default true.
+   */
+  forward?: boolean;
 }
 
 /** Every weight of a checkpoint on the host, laid out as the model uses them (float32, [in, out]). */
@@ -137,14 +146,16 @@ function gatherOut<T extends Float32Array | Uint16Array>(src: T, shape: number[]
  * One HF tensor -> our host tensors, laid out as the model uses them: [in, out] (transposed where the spec says),
  * fused tensors split into their parts, Gemma's 1 + w folded in (float32).
  */
-function readSpec(ck: Checkpoint, fileKey: string, spec: WeightSpec, half: boolean, keepRows = false): [string, HostTensor & { rows?: Float32Array | Uint16Array }][] {
+function readSpec(ck: Checkpoint, fileKey: string, spec: WeightSpec, half: boolean, keepRows = false, lazy = false): [string, HostTensor & { rows?: Float32Array | Uint16Array }][] {
   let data = readRaw(ck, fileKey, half);
   if (spec.plusOne) { const f = f32of({ shape: spec.shape, data }); data = f.map((w) => 1 + w); }
   // keepRows: a transposed matrix also keeps the checkpoint's own [out, in] rows, which the decode runtime reads as they
-  // are (loadModel drops them once its rows are built): transposing them back was half of a TinyLlama-width load
+  // are (loadModel drops them once its rows are built): transposing them back was half of a TinyLlama-width load.
+  // lazy (a decode-only load): the [in, out] layout is made only if something reads `data` (the input-major rows)
   const lay = (d: Float32Array | Uint16Array, shape: number[]): HostTensor & { rows?: Float32Array | Uint16Array } => {
     if (!spec.transpose || shape.length !== 2) return { shape, data: d };
     const [rows, cols] = shape as [number, number];
+    if (lazy) { let t: Float32Array | Uint16Array | undefined; return { shape: [cols, rows], get data() { return (t ??= transpose2d(d, rows, cols)); }, rows: d }; }
     return { shape: [cols, rows], data: transpose2d(d, rows, cols), ...(keepRows ? { rows: d } : {}) };
   };
   if (!spec.parts) return [[spec.name!, lay(data, spec.shape)]];
@@ -264,6 +275,10 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const ckHalf = dtypes.size === 1 && dtypes.has('F16') ? 'float16' : dtypes.size === 1 && dtypes.has('BF16') ? 'bfloat16' : null;
   const decodeOpts = opts.decode ? (opts.decode === true ? {} : opts.decode) : null;
   const readHalf = ckHalf === 'float16' && decodeOpts !== null && rowDtypeFor(decodeOpts.dtype, ckHalf) === 'float16';
+  if (opts.forward === false) {
+    if (!decodeOpts) throw new Error('loadModel: forward: false loads for the decode runtime only and needs the decode option');
+    return loadDecodeOnly(ck, cfg, specs, canon, decodeOpts, ckHalf, readHalf, dir, bytes);
+  }
   let host: HostLayer = {};
   if (opts.host) host = opts.host.tensors;
   else for (const s of specs) for (const [name, t] of readSpec(ck, canon.get(s.key)!, s, readHalf, decodeOpts !== null)) host[name] = t;
@@ -313,4 +328,34 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
     model.dispose = () => { for (const t of globals) t?.dispose(); decode?.dispose(); };
   }
   return model;
+}
+
+/**
+ * LoadOptions.forward false: the decode rows only. Each checkpoint tensor is read when the rows ask for it (a fused one
+ * once for its parts) and dropped once its rows are built, so the peak is the rows plus one tensor, and no backend
+ * tensor or [in, out] copy of an output-major matrix is made.
+ */
+function loadDecodeOnly(ck: Checkpoint, cfg: ModelConfig, specs: WeightSpec[], canon: Map<string, string>, decodeOpts: DecodeOptions, ckHalf: 'float16' | 'bfloat16' | null,
+  readHalf: boolean, dir: string, bytes: number): Model {
+  const bySpec = new Map<string, WeightSpec>();
+  for (const s of specs) for (const n of s.parts ? s.parts.map((p) => p.name) : [s.name!]) bySpec.set(n, s);
+  const held = new Map<string, HostTensor & { rows?: Float32Array | Uint16Array }>();
+  const get = (n: string) => {
+    const t = held.get(n);
+    if (t) return t;
+    const s = bySpec.get(n);
+    if (!s) return undefined;
+    for (const [name, x] of readSpec(ck, canon.get(s.key)!, s, readHalf, true, true)) held.set(name, x);
+    return held.get(n);
+  };
+  const decode = buildDecodeWeights(cfg, get, decodeOpts, ckHalf, (n) => held.delete(n));
+  held.clear();
+  const none = (what: string): never => { throw new Error(`${dir}: loaded for the decode runtime only (loadModel forward: false): it has no ${what}`); };
+  return {
+    config: cfg, dir, residency: 'resident', bytes, decode, decodeOnly: true, attention: 'host-simd',
+    get embed(): tf.Tensor2D { return none('embedding tensor'); },
+    get lmHead(): tf.Tensor2D { return none('LM head tensor'); },
+    layer: () => none('layer tensors (forward() needs a model loaded with forward: true)'),
+    dispose: () => decode.dispose(),
+  };
 }

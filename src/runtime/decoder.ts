@@ -32,7 +32,8 @@ import { kvStore, type KvStore } from '../model/kernels/kv.js';
 import { nonzeros } from '../model/kernels/rows.js';
 import { normRows } from '../model/host-norm.js';
 import { UserError } from '../util/errors.js';
-import { actScalar, alibiSlopes, firstVisible, mlpActHost, ropeAngles, ropeHost, ropeInvFreq, softcapHost } from '../arch/traits.js';
+import { f16ToF32Array } from '../util/half.js';
+import { alibiSlopes, firstVisible, ropeAngles, ropeHost, ropeInvFreq, softcapHost } from '../arch/traits.js';
 
 export interface MlpContext {
   /** the MLP's own (normalized) input */
@@ -125,7 +126,8 @@ interface Scratch {
   q: Float32Array; ctx: Float32Array; a: Float32Array; e: Float32Array; cos: Float32Array; sin: Float32Array;
   ids: Int32Array; coef: Float32Array; // the lossless mode's nonzero rows
   ya: Float32Array; // the attention block's output
-  g: Float32Array; // a gated MLP's gate activations (empty when ungated)
+  g: Float32Array; // a gated MLP's gate projections (empty when ungated)
+  ag: Float32Array; // act of the gate projections (keepGate)
   u: Float32Array; // the gated lossless mode's up projection of the nonzero rows
   qf: Float32Array; // every head's q (input-major q with heads selected)
   xi: Int32Array; xc: Float32Array; // an input site's kept inputs (ids, values)
@@ -145,15 +147,14 @@ export class DecodeSession {
   readonly kv: KvStore;
   private readonly s: Scratch;
   private invFreq: Float32Array | null;
-  private readonly act: (x: number) => number;
   private readonly headRows: Int32Array[]; // per head: its hd rows of q / o
   private readonly allHeads: Int32Array;
   private readonly im: LayerLayout[];
-  private readonly inputs: (LayerInputs | undefined)[];
+  private inputs: (LayerInputs | undefined)[];
   /** per layer and site: WINA's column norms (null: the site scores |x_i|) */
   private readonly norms: Record<InputSite, Float32Array | null>[];
 
-  constructor(model: Model, private readonly modes: DecodeModes, batch: number) {
+  constructor(model: Model, private modes: DecodeModes, batch: number) {
     if (!model.decode) throw new Error('DecodeSession needs a model loaded with { decode: true }');
     this.c = model.config; this.w = model.decode;
     const c = this.c, d = c.hidden, hd = c.headDim;
@@ -184,10 +185,9 @@ export class DecodeSession {
     const Dp = this.w.embed.length / c.vocabSize;
     const f = (n: number) => new Float32Array(n);
     this.s = { x: f(d), xPrev: f(d), h: f(d), xm: f(d), ya: f(d), h2: f(d), y: f(Math.max(d, Dp)), kv: f(c.kvHeads * hd), vv: f(c.kvHeads * hd), q: f(c.heads * hd), ctx: f(c.heads * hd), a: f(c.ffn),
-        e: f(Dp), cos: f(c.ropeDim / 2), sin: f(c.ropeDim / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.gated ? c.ffn : 0), u: f(c.gated ? c.ffn : 0),
+        e: f(Dp), cos: f(c.ropeDim / 2), sin: f(c.ropeDim / 2), ids: new Int32Array(c.ffn), coef: f(c.ffn), g: f(c.gated ? c.ffn : 0), ag: f(c.gated ? c.ffn : 0), u: f(c.gated ? c.ffn : 0),
         qf: f(c.heads * hd), xi: new Int32Array(Math.max(d, c.heads * hd)), xc: f(Math.max(d, c.heads * hd)), xm2: f(d), di: new Int32Array(c.ffn), dc: f(c.ffn) };
     this.invFreq = c.positions === 'rope' && c.ropeDim > 0 ? ropeInvFreq(c) : null;
-    this.act = actScalar(c);
     this.headRows = Array.from({ length: c.heads }, (_, h) => Int32Array.from({ length: hd }, (_, j) => h * hd + j));
     this.allHeads = Int32Array.from({ length: c.heads }, (_, h) => h);
   }
@@ -229,6 +229,21 @@ export class DecodeSession {
   /** Positions the next token of row b would take (the model's limit applies to learned positions). */
   position(b: number): number { return this.rows[b]!.tokens; }
 
+  /**
+   * Prefill row b with a prompt token by token, every layer dense and no input site (what the forward pass's prefill
+   * computes), not counted in `counts` / `weights`: the last token's logits into `logits` [V]. A model loaded for
+   * decoding only (loadModel forward: false) prefills this way; rows are independent, so each prefills alone.
+   */
+  prefill(b: number, ids: readonly number[], logits: Float32Array): void {
+    if (b < 0 || b >= this.rows.length || !Number.isInteger(b)) throw new Error(`prefill: row ${b} of ${this.rows.length}`);
+    if (ids.length === 0) throw new Error('prefill: an empty prompt');
+    const modes = this.modes, inputs = this.inputs, counts = { ...this.counts }, weights = { ...this.weights };
+    this.modes = denseModes(this.c.layers); this.inputs = [];
+    try { for (const id of ids) this.stepRow(b, id, logits); } finally {
+      this.modes = modes; this.inputs = inputs; Object.assign(this.counts, counts); Object.assign(this.weights, weights);
+    }
+  }
+
   /** One token per row -> logits [rows * V]. */
   step(ids: number[]): Float32Array {
     const c = this.c, V = c.vocabSize;
@@ -246,7 +261,8 @@ export class DecodeSession {
     if (c.positions === 'learned' && pos >= c.maxPositions) throw new UserError(`decode: position ${pos} exceeds the model's max_position_embeddings ${c.maxPositions}`);
     r.reserve(r.n + 1); this.kv.reserve(b, r.n + 1);
     // embedding [Dp] (x scale) (-> [d]) + learned position (-> norm)
-    s.e.set(w.embed.subarray(id * Dp, (id + 1) * Dp));
+    const er = w.embed.subarray(id * Dp, (id + 1) * Dp);
+    if (er instanceof Uint16Array) f16ToF32Array(er, s.e); else s.e.set(er);
     if (c.embedScale !== null) for (let j = 0; j < Dp; j++) s.e[j] = s.e[j]! * c.embedScale;
     if (w.projIn) { s.x.fill(0); w.projIn.axpy(s.e, s.x); } else s.x.set(s.e);
     if (w.pos) { const o = (pos + c.positionOffset) * d; for (let j = 0; j < d; j++) s.x[j]! += w.pos[o + j]!; }
@@ -364,17 +380,26 @@ export class DecodeSession {
     return rows;
   }
 
-  /** the neurons with act(gate) != 0 and |act(gate)| >= t: ids into s.ids, their raw gate values into s.coef (act is applied where used: dense bit for bit) */
+  /** the MLP's activations of n neurons in place: act(a) or, gated (g given), act(g) * a */
+  private mlpAct(a: Float32Array, n: number, g: Float32Array | null): void {
+    if (g) this.w.act.actMul(g, a, n, a); else this.w.act.act(a, n, a);
+  }
+
+  /**
+   * the neurons with act(gate) != 0 and |act(gate)| >= t: ids into s.ids, their act(gate) into s.coef (the same
+   * activation kernel as the dense mode's, value by value: dense bit for bit)
+   */
   private keepGate(t: number): number {
-    const s = this.s, g = s.g, F = this.c.ffn, act = this.act;
+    const s = this.s, F = this.c.ffn, ag = s.ag;
+    this.w.act.act(s.g, F, ag);
     let m = 0;
-    for (let j = 0; j < F; j++) { const v = act(g[j]!); if (v !== 0 && (v < 0 ? -v : v) >= t) { s.ids[m] = j; s.coef[m++] = g[j]!; } }
+    for (let j = 0; j < F; j++) { const v = ag[j]!; if (v !== 0 && (v < 0 ? -v : v) >= t) { s.ids[m] = j; s.coef[m++] = v; } }
     return m;
   }
 
   /** y [d] = the MLP of s.h2 under the layer's mode and its input sites */
   private mlp(L: DecodeLayer, i: number, m: MlpStep, y: Float32Array): void {
-    const c = this.c, s = this.s, F = c.ffn, a = s.a, d = c.hidden, im = this.im[i]!.up, act = this.act;
+    const c = this.c, s = this.s, F = c.ffn, a = s.a, d = c.hidden, im = this.im[i]!.up;
     const sites = this.inputs[i], dn = sites?.down;
     if (L.downBias) y.set(L.downBias); else y.fill(0, 0, c.hidden);
     const rowCount = (M: RowMatrix, rows: number) => { this.weights.weightsRead += rows * M.d; this.weights.weightsTotal += M.n * M.d; };
@@ -386,7 +411,7 @@ export class DecodeSession {
       if (k) {
         L.up.matvec(s.h2, a, idx, L.upBias);
         if (L.gate) L.gate.matvec(s.h2, s.g, idx, L.gateBias);
-        mlpActHost(act, a, k, L.gate ? s.g : null);
+        this.mlpAct(a, k, L.gate ? s.g : null);
       }
       rowCount(L.up, k); if (L.gate) rowCount(L.gate, k);
     } else if ((m.mode === 'lossless' || m.mode === 'gate-threshold') && L.gate && !im) {
@@ -396,7 +421,7 @@ export class DecodeSession {
       k = this.keepGate(m.mode === 'lossless' ? 0 : m.t); ids = s.ids;
       if (k) {
         L.up.matvec(s.h2, s.u, ids.subarray(0, k), L.upBias);
-        for (let j = 0; j < k; j++) a[j] = act(s.coef[j]!) * s.u[j]!;
+        for (let j = 0; j < k; j++) a[j] = s.coef[j]! * s.u[j]!;
       }
       rowCount(L.gate, F); rowCount(L.up, k);
     } else {
@@ -406,15 +431,16 @@ export class DecodeSession {
       const kin = mi ? keepInputs(s.h2, d, mi.t, this.norms[i]!.mlp, s.xi, s.xc) : -1;
       this.proj(L.up, im, s.h2, kin, a, L.upBias);
       if (L.gate) { this.proj(L.gate, im, s.h2, kin, s.g, L.gateBias); obs?.(i, 'gate', s.g, F); }
-      if (m.mode === 'dense') { mlpActHost(act, a, F, L.gate ? s.g : null); obs?.(i, 'down', a, F); }
-      else if (m.mode === 'lossless') { mlpActHost(act, a, F, L.gate ? s.g : null); k = nonzeros(a, F, s.ids, s.coef); vals = s.coef; ids = s.ids; }
+      if (m.mode === 'dense') { this.mlpAct(a, F, L.gate ? s.g : null); obs?.(i, 'down', a, F); }
+      else if (m.mode === 'lossless') { this.mlpAct(a, F, L.gate ? s.g : null); k = nonzeros(a, F, s.ids, s.coef); vals = s.coef; ids = s.ids; }
       else if (m.mode === 'gate-threshold') {
         k = this.keepGate(m.t); vals = s.coef; ids = s.ids;
-        for (let j = 0; j < k; j++) vals[j] = act(vals[j]!) * a[ids[j]!]!;
+        for (let j = 0; j < k; j++) vals[j] = vals[j]! * a[ids[j]!]!;
       } else {
         const idx = m.pick({ h: s.h2, xMlp: s.xm, xAttn: s.x });
         k = idx.length; ids = idx; vals = s.coef;
-        for (let j = 0; j < k; j++) { const n = idx[j]!; vals[j] = L.gate ? act(s.g[n]!) * a[n]! : act(a[n]!); }
+        for (let j = 0; j < k; j++) { const n = idx[j]!; vals[j] = L.gate ? s.g[n]! : a[n]!; }
+        if (L.gate) { for (let j = 0; j < k; j++) s.u[j] = a[idx[j]!]!; this.w.act.actMul(vals, s.u, k, vals); } else this.w.act.act(vals, k, vals);
       }
     }
     // 2. the down site: only the kept rows of that input

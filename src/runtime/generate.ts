@@ -1,5 +1,6 @@
 /**
- * The runtime: the prompt is prefilled densely by the one forward pass (batched), then every new token goes
+ * The runtime: the prompt is prefilled densely by the one forward pass (batched; a model loaded for decoding only:
+ * by dense decode steps, DecodeSession.prefill), then every new token goes
  * through the decode session (src/runtime/decoder.ts) with per-layer modes: dense, lossless, or neurons / heads
  * picked by the predictors (from a plan or the bundle's trained rules), computing only those rows. K and V are
  * computed for every head at every step, so the cache stays exact for heads that a later token selects.
@@ -88,7 +89,14 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   let session: DecodeSession;
   let t = performance.now();
   let next: number[];
-  try {
+  if (model.decodeOnly) { // prefilled by dense decode steps, each prompt without its padding
+    disposeCache(cache);
+    session = new DecodeSession(model, o.modes ?? denseModes(model.config.layers), B);
+    const last = new Float32Array(B * V);
+    try { prompts.forEach((p, b) => session.prefill(b, p, last.subarray(b * V, (b + 1) * V))); } catch (e) { session.dispose(); throw e; }
+    assertFinite(last, V, 'generate (prompt)');
+    next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
+  } else try {
     const pre = forward(model, padded, { attentionMask: mask, cache });
     const last = readSync(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]));
     disposeOutput(pre);

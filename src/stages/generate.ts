@@ -23,8 +23,10 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
   const plan = preds?.bundle.plan ?? null;
   let model: Model | null = null, built: BuiltModes | null = null;
   try {
-    // the plan's input-threshold sites read their matrices input-major (one row per input)
-    model = loadModel(o.model, { decode: { dtype: o.dtype, threads: o.threads, kernels: o.kernels, inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
+    // the plan's input-threshold sites read their matrices input-major (one row per input); the CPU runtime loads the
+    // decode rows only (the prompt prefilled by dense decode steps: seconds and about the rows' memory, where the
+    // forward pass's tensors took a TinyLlama-width model 16-17 s and 5 GiB); the GPU runtime prefills by the forward pass
+    model = loadModel(o.model, { forward: o.runtime === 'gpu', decode: { dtype: o.dtype, threads: o.threads, kernels: o.kernels, inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
     built = decodeModes(model.config, preds, plan);
     const bos = tok.bos !== undefined ? tok.bos : model.config.bosTokenId; // what transformers' tokenizer prepends
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);

@@ -19,7 +19,7 @@ function table(): Float32Array {
   return t;
 }
 
-export function f16ToF32Array(src: Uint16Array, dst = new Float32Array(src.length)): Float32Array {
+export function f16ToF32Array<T extends Float32Array = Float32Array>(src: Uint16Array, dst: T = new Float32Array(src.length) as T): T {
   const t = table();
   for (let i = 0; i < src.length; i++) dst[i] = t[src[i]!]!;
   return dst;

@@ -12,6 +12,8 @@ export interface NativeRowsModule {
   /** ROW_FNS[fn] over the arena's memory (byte offsets), split over `threads` threads */
   run(memory: ArrayBuffer, fn: number, W: number, S: number, rows: number, k: number, x: number, xs: number, d: number, n: number, out: number, threads: number): void;
   info(): { simd: 'avx2' | 'none'; maxThreads: number };
+  /** out[0, n) = silu(g) (* a): float32 e^x within 2 ulps (rows.c); out may be g or a */
+  silu(g: Float32Array, a: Float32Array | null, out: Float32Array, n: number): void;
   /** transparent huge pages for the memory's untouched 2 MiB pages (Linux); whether the OS took the advice */
   advise(memory: ArrayBuffer): boolean;
 }
