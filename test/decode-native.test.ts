@@ -12,7 +12,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureBackend } from '../src/backend.js';
 import { nativeRows } from '../src/model/kernels/native/native.js';
 import { rowMatrix, type RowDtype } from '../src/model/kernels/rows.js';
-import { createArena, wasmRowsF32, type WasmArena, type WasmRows } from '../src/model/kernels/wasm/kernels.js';
+import { createArena, quantizeQ8, toWasmRows, wasmRowsF32, type WasmArena, type WasmRows } from '../src/model/kernels/wasm/kernels.js';
 import { loadModel } from '../src/model/model.js';
 import { DecodeSession, denseModes, type DecodeModes } from '../src/runtime/decoder.js';
 import { f32ToF16Array, f16ToF32Array } from '../src/util/half.js';
@@ -208,4 +208,37 @@ run('native SiLU', () => {
     expect(() => mod!.silu(g, null, new Float32Array(4), 8)).toThrow(/past an array/);
   });
 });
+
+run('native q8_0 quantization (load)', () => {
+  it('gives quantizeQ8\'s bits from float32 values and from float16 bits (ties, zeros, tiny blocks); a non-finite value: false, and toWasmRows keeps such rows float32', () => {
+    const N = 32 * 3000, w = new Float32Array(N);
+    for (let i = 0; i < N; i++) w[i] = i % 101 === 0 ? 0 : (rnd() * 2 - 1) * (i % 320 < 32 ? 1e-6 : 3);
+    for (let b = 0; b < 40; b++) { w[b * 32] = 1.27; w[b * 32 + 3] = (b % 2 ? 1 : -1) * 0.005; } // exact halves of a step: ties
+    w.fill(0, 32 * 7, 32 * 8); // an all-zero block: scale 0
+    for (const src of [w, f32ToF16Array(w)]) {
+      const q1 = new Int8Array(N), s1 = new Float32Array(N / 32), q2 = new Int8Array(N), s2 = new Float32Array(N / 32);
+      quantizeQ8(src instanceof Uint16Array ? f16ToF32Array(src) : src, q1, s1);
+      expect(mod!.q8(src, q2, s2)).toBe(true);
+      expect(Buffer.from(q1.buffer).equals(Buffer.from(q2.buffer)), `${src.constructor.name}: q`).toBe(true);
+      expect(same(s1, s2), `${src.constructor.name}: scales`).toBe(true);
+    }
+    expect(q8Ties(w), 'the tie blocks reach .5 steps').toBeGreaterThan(0);
+    const bad = w.slice(0, 32 * 64); bad[32 * 10 + 4] = Infinity;
+    expect(mod!.q8(bad, new Int8Array(bad.length), new Float32Array(bad.length / 32))).toBe(false);
+    expect(toWasmRows(bad, 64, 32, nativeArena(), 'q8_0')!.dtype).toBe('float32');
+    const good = toWasmRows(w.subarray(0, 32 * 64), 64, 32, nativeArena(), 'q8_0')!;
+    expect(good.dtype).toBe('q8_0');
+  });
+});
+
+/** how many values of w sit exactly on half a quantization step of their block (the rounding's ties) */
+function q8Ties(w: Float32Array): number {
+  let n = 0;
+  for (let b = 0; b < w.length / 32; b++) {
+    let m = 0; for (let j = 0; j < 32; j++) m = Math.max(m, Math.abs(w[b * 32 + j]!));
+    const inv = m > 0 ? 1 / Math.fround(m / 127) : 0;
+    for (let j = 0; j < 32; j++) { const x = w[b * 32 + j]! * inv; if (Math.abs(x - Math.floor(x) - 0.5) < 1e-9) n++; }
+  }
+  return n;
+}
 

@@ -199,7 +199,7 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     slots.push(`dejavu:${i}`);
     fns.push(() => {
       const t0 = performance.now();
-      const model = loadModel(dir, { decode: o });
+      const model = loadModel(dir, { forward: false, decode: o }); // the decode rows only, as generate loads them
       const loadS = (performance.now() - t0) / 1000;
       try { ranAs[i] = ran(model); return [decodeRate(model, dense), decodeRate(model, picks), loadS]; } finally { model.dispose(); }
     });

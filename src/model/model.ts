@@ -11,7 +11,7 @@ import { openCheckpoint, type Checkpoint } from '../checkpoint/checkpoint.js';
 import { UserError } from '../util/errors.js';
 import { getGpuAdapter, residentBudgetBytes, type BackendName } from '../backend.js';
 import { normalizeConfig, type ModelConfig } from './config.js';
-import { buildDecodeWeights, rowDtypeFor, type DecodeOptions, type DecodeWeights } from './decode-weights.js';
+import { buildDecodeWeights, type DecodeOptions, type DecodeWeights } from './decode-weights.js';
 import { transpose2d } from '../util/transpose.js';
 import { canonicalKey, expectedWeights, isIgnorable, type WeightSpec } from './weight-map.js';
 
@@ -274,7 +274,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): Model {
   const dtypes = new Set(specs.map((s) => ck.tensors.get(canon.get(s.key)!)!.info.dtype));
   const ckHalf = dtypes.size === 1 && dtypes.has('F16') ? 'float16' : dtypes.size === 1 && dtypes.has('BF16') ? 'bfloat16' : null;
   const decodeOpts = opts.decode ? (opts.decode === true ? {} : opts.decode) : null;
-  const readHalf = ckHalf === 'float16' && decodeOpts !== null && rowDtypeFor(decodeOpts.dtype, ckHalf) === 'float16';
+  // (any row dtype: float32, bfloat16 and q8_0 rows are made from the same exact widening, in the arena or natively)
+  const readHalf = ckHalf === 'float16' && decodeOpts !== null;
   if (opts.forward === false) {
     if (!decodeOpts) throw new Error('loadModel: forward: false loads for the decode runtime only and needs the decode option');
     return loadDecodeOnly(ck, cfg, specs, canon, decodeOpts, ckHalf, readHalf, dir, bytes);

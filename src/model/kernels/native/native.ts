@@ -6,12 +6,15 @@
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 
 export interface NativeRowsModule {
   /** ROW_FNS[fn] over the arena's memory (byte offsets), split over `threads` threads */
   run(memory: ArrayBuffer, fn: number, W: number, S: number, rows: number, k: number, x: number, xs: number, d: number, n: number, out: number, threads: number): void;
   info(): { simd: 'avx2' | 'none'; maxThreads: number };
+  /** q8_0 blocks of src (float32 values or float16 bits) into q and s, the bits of quantizeQ8; false where a value is not finite */
+  q8(src: Float32Array | Uint16Array, q: Int8Array, s: Float32Array): boolean;
   /** out[0, n) = silu(g) (* a): float32 e^x within 2 ulps (rows.c); out may be g or a */
   silu(g: Float32Array, a: Float32Array | null, out: Float32Array, n: number): void;
   /** transparent huge pages for the memory's untouched 2 MiB pages (Linux); whether the OS took the advice */
@@ -39,4 +42,11 @@ export function nativeRows(): { mod: NativeRowsModule | null; why: string } {
   } catch (e) {
     return (loaded = { mod: null, why: `${NATIVE_ADDON} did not load: ${(e as Error).message}` });
   }
+}
+
+let codeId: string | undefined;
+/** the built addon's identity (sha256 of build/native/rows.node, 12 hex digits): cached kernel costs are keyed by it */
+export function nativeCodeId(): string {
+  if (codeId === undefined) { try { codeId = createHash('sha256').update(fs.readFileSync(NATIVE_ADDON)).digest('hex').slice(0, 12); } catch { codeId = 'none'; } }
+  return codeId;
 }

@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__linux__)
@@ -563,6 +564,88 @@ static napi_value js_silu(napi_env env, napi_callback_info info) {
   return throw_error(env, "native rows: silu needs AVX2 / FMA");
 }
 
+/* ---------------------------------------------------------------- q8_0 quantization at load */
+/*
+ * q8(src: Float32Array | Uint16Array (float16 bits), q: Int8Array, s: Float32Array): the q8_0 blocks of src, the same
+ * bits as kernels.ts quantizeQ8 (s = max|w| / 127 in double, stored as float32; q = Math.round(w / fround(s)) in
+ * double, ties toward +inf, clamped to +-127); false (nothing written past the first non-finite block) where a value
+ * is inf or NaN. Hand-written because quantizing in JS took a TinyLlama-width load 15-20 s of its 21 s on this VM
+ * (AVX2: the products and rounding in double lanes, as JS computes them).
+ */
+#if defined(__x86_64__)
+/* one q8_0 block of 32 values (w: float32 or float16 bits) as js_q8's scalar loop computes it; 0 where a value is not finite */
+SIMD static int q8_block(const uint8_t *w, int t, int8_t *q, float *sc) {
+  __m256 v[4];
+  for (int u = 0; u < 4; u++) v[u] = t == F32 ? _mm256_loadu_ps((const float *)w + 8 * u) : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + 8 * u)));
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i expm = _mm256_set1_epi32(0x7f800000);
+  __m256 m = _mm256_setzero_ps();
+  for (int u = 0; u < 4; u++) {
+    const __m256i e = _mm256_and_si256(_mm256_castps_si256(v[u]), expm);
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(e, expm))) return 0;
+    m = _mm256_max_ps(m, _mm256_and_ps(v[u], absm));
+  }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h)); h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  const double sd = (double)_mm_cvtss_f32(h) / 127;
+  *sc = (float)sd;
+  const __m256d inv = _mm256_set1_pd(sd > 0 ? 1.0 / (double)(float)sd : 0), half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1), hi = _mm256_set1_pd(127), lo = _mm256_set1_pd(-127);
+  int32_t o[32];
+  for (int u = 0; u < 4; u++)
+    for (int k = 0; k < 2; k++) {
+      const __m256d x = _mm256_mul_pd(_mm256_cvtps_pd(k ? _mm256_extractf128_ps(v[u], 1) : _mm256_castps256_ps128(v[u])), inv);
+      const __m256d r = _mm256_floor_pd(x);
+      __m256d y = _mm256_add_pd(r, _mm256_and_pd(_mm256_cmp_pd(_mm256_sub_pd(x, r), half, _CMP_GE_OQ), one));
+      y = _mm256_max_pd(_mm256_min_pd(y, hi), lo);
+      _mm_storeu_si128((__m128i *)(o + 8 * u + 4 * k), _mm256_cvtpd_epi32(y));
+    }
+  for (int j = 0; j < 32; j++) q[j] = (int8_t)o[j];
+  return 1;
+}
+#endif
+
+static napi_value js_q8(napi_env env, napi_callback_info info) {
+  size_t argc = 3; napi_value argv[3], res;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3) return throw_error(env, "native rows: q8 takes 3 arguments");
+  napi_typedarray_type ts, tq, tsc; void *ds, *dq, *dsc; size_t ns, nq, nsc;
+  if (napi_get_typedarray_info(env, argv[0], &ts, &ns, &ds, NULL, NULL) != napi_ok || napi_get_typedarray_info(env, argv[1], &tq, &nq, &dq, NULL, NULL) != napi_ok
+      || napi_get_typedarray_info(env, argv[2], &tsc, &nsc, &dsc, NULL, NULL) != napi_ok || (ts != napi_float32_array && ts != napi_uint16_array)
+      || tq != napi_int8_array || tsc != napi_float32_array || ns % 32 != 0 || nq != ns || nsc != ns / 32)
+    return throw_error(env, "native rows: q8(src: Float32Array | Uint16Array, q: Int8Array, s: Float32Array) with src.length = q.length = 32 s.length");
+  const int t = ts == napi_float32_array ? F32 : F16;
+  int8_t *q = dq; float *sc = dsc;
+  int ok = 1;
+  float w[32];
+#if defined(__x86_64__)
+  if (simd) {
+    for (size_t b = 0; b < nsc && ok; b++) ok = q8_block((const uint8_t *)ds + 32 * b * (t == F32 ? 4 : 2), t, q + 32 * b, sc + b);
+    napi_get_boolean(env, ok, &res);
+    return res;
+  }
+#endif
+  for (size_t b = 0; b < nsc && ok; b++) {
+    float m = 0;
+    for (int j = 0; j < 32; j++) {
+      w[j] = widen((const uint8_t *)ds, t, (int64_t)(32 * b + j));
+      const float a = w[j] < 0 ? -w[j] : w[j];
+      if (!(a <= 3.402823466e38f)) { ok = 0; break; }
+      if (a > m) m = a;
+    }
+    if (!ok) break;
+    const double sd = (double)m / 127;
+    sc[b] = (float)sd;
+    const double inv = sd > 0 ? 1.0 / (double)(float)sd : 0;
+    for (int j = 0; j < 32; j++) {
+      const double x = (double)w[j] * inv, r = floor(x);
+      double v = x - r >= 0.5 ? r + 1 : r;
+      if (v > 127) v = 127; else if (v < -127) v = -127;
+      q[32 * b + j] = (int8_t)v;
+    }
+  }
+  napi_get_boolean(env, ok, &res);
+  return res;
+}
+
 /* info(): { simd: 'avx2' | 'none', maxThreads } */
 static napi_value js_info(napi_env env, napi_callback_info info) {
   (void)info;
@@ -585,6 +668,8 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "run", f);
   napi_create_function(env, "advise", NAPI_AUTO_LENGTH, js_advise, NULL, &f);
   napi_set_named_property(env, exports, "advise", f);
+  napi_create_function(env, "q8", NAPI_AUTO_LENGTH, js_q8, NULL, &f);
+  napi_set_named_property(env, exports, "q8", f);
   napi_create_function(env, "silu", NAPI_AUTO_LENGTH, js_silu, NULL, &f);
   napi_set_named_property(env, exports, "silu", f);
   napi_create_function(env, "info", NAPI_AUTO_LENGTH, js_info, NULL, &f);

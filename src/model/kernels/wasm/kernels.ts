@@ -226,8 +226,18 @@ export function toWasmRows(data: Float32Array | Uint16Array, rows: number, d: nu
   if (dtype === 'float16' && (f16in ? nonFiniteF16(data) : pastF16(data))) dtype = 'float32';
   const f32 = () => (f16in ? f16ToF32Array(data) : data);
   let wide: Float32Array | null = null;
-  if (dtype === 'q8_0' && nonFinite((wide = f32()))) dtype = 'float32';
-  const len = rows * d, n = d * VALUE_BYTES[dtype];
+  // q8_0 with the native kernels: quantized natively (the same bits as quantizeQ8) straight from the source values
+  const nq = dtype === 'q8_0' && typeof arena.native?.mod.q8 === 'function' ? arena.native.mod : null;
+  if (dtype === 'q8_0' && !nq && nonFinite((wide = f32()))) dtype = 'float32';
+  const len = rows * d;
+  if (nq) {
+    const off = arena.alloc(len + len / 8);
+    if (off === null) return null;
+    const buf = arena.exports().memory.buffer;
+    if (nq.q8(data, new Int8Array(buf, off, len), new Float32Array(buf, off + len, len / 32))) return { arena, off, soff: off + len, rows, d, n: d, dtype };
+    dtype = 'float32'; // a value q8_0 cannot hold (inf / NaN): these rows stay float32 (the block stays allocated: a bump arena)
+  }
+  const n = d * VALUE_BYTES[dtype];
   const off = arena.alloc(len * VALUE_BYTES[dtype] + (dtype === 'q8_0' ? len / 8 : 0));
   if (off === null) return null;
   const buf = arena.exports().memory.buffer;
