@@ -109,9 +109,10 @@ export function packLayer(t: { xa: tf.Tensor; xm: tf.Tensor; act: tf.Tensor; hn:
 // ------------------------------------------------------------------------------------------------ the batch's reads
 // tfjs-webgpu's data() copies each tensor into a staging buffer of its own, maps it and copies the mapping out with
 // getMappedRange().slice(0) on the calling thread: on the GPU box (H200) 1.1 GB/s, 1.66 s of every 8,192-token batch
-// at OPT-1.3B widths (1.84 GB packed), the collecting thread's largest cost. readPacked copies a batch's packed layers
-// into reused staging buffers (one submit, one mapAsync per staging buffer) and copies the mapping out on native
-// threads (native/readback.c) when the addon is built, else with one typed-array copy a layer on this thread.
+// at OPT-1.3B widths (1.84 GB packed), the collecting thread's largest cost (the first touch of each fresh 76 MB
+// destination, measured: docs/gpu.md). readPacked copies a batch's packed layers into reused staging buffers (one
+// submit, one mapAsync per staging buffer) and copies the mapping out on native threads (native/readback.c: 0.22 s a
+// batch on the box) when the addon is built, else with one typed-array copy a layer on this thread (1.5 s).
 
 /** the parts of tfjs-webgpu 4.22's WebGPUBackend that readPacked uses (pinned: package.json) */
 interface GpuBackendInternals {

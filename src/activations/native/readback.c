@@ -2,11 +2,13 @@
  * collect's GPU reads copied out of Dawn's mapped staging buffer on native threads (a Node-API addon, built at install
  * by scripts/build-native.mjs beside rows.node; without it the copy runs in JavaScript on the collecting thread).
  *
- * Why native: on the GPU box (H200, NVIDIA 580 Vulkan) the copy out of a mapped MAP_READ buffer is what bounded
- * collect at OPT-1.3B widths: tfjs-webgpu's getMappedRange().slice(0) ran at 1.1 GB/s on the collecting thread, 1.66 s
- * of every 8,192-token batch (1.84 GB), and a mapped ArrayBuffer cannot move to a worker thread (unmap detaches it);
- * here the copy runs on up to 16 POSIX threads beside the event loop, into destinations advised to huge pages
- * (docs/gpu.md has the measurements).
+ * Why native: on the GPU box (H200, NVIDIA 580 Vulkan) the copy out of the mapped staging buffers bounded collect at
+ * OPT-1.3B widths: tfjs-webgpu's getMappedRange().slice(0) ran at 1.1-1.2 GB/s on the collecting thread, 1.66 s of
+ * every 8,192-token batch (1.84 GB). The mapping reads at 5.1 GB/s into a touched buffer: what is slow is the first
+ * touch of the fresh destination (a page fault and zeroing every 4 KiB; a heap-to-fresh slice is as slow), and a
+ * mapped ArrayBuffer cannot move to a worker thread (unmap detaches it). Here the copy runs beside the event loop on
+ * up to 16 POSIX threads into destinations advised to huge pages: a batch's 24 layers in 219 ms on 8 threads
+ * (8.2 GB/s) against 1.45-1.52 s for the same copy in JavaScript (docs/gpu.md, fourth session).
  *
  * copy(src: ArrayBuffer, offsets: number[], dsts: ArrayBuffer[], threads): Promise<void> -- dsts[i] gets the bytes of
  * src from offsets[i] (its whole length); the caller keeps src mapped and the dsts untouched until it settles.
