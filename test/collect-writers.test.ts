@@ -3,7 +3,8 @@
  * threads, appended through libuv while the next batches are captured) against the serial path
  * (DEJAVU_COLLECT_WRITERS=0: each batch encoded and written on the collecting thread before the next is taken):
  * byte-identical shards and manifest; a disk-full error injected mid-run (DEJAVU_FAULT_ENOSPC_AFTER) exits 2 as on the
- * serial path, leaves no temp file and the same complete shards and progress.json, and the resume completes them.
+ * serial path, leaves no temp file and the same complete shards and progress.json, and the resume completes them;
+ * the same with a background flush (fdatasync) after every append (ShardFile's early flushes).
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -50,6 +51,25 @@ describe('collect: pipelined shard writing', () => {
       expect(p.code, p.err).toBe(0);
       expect(snapshot(out), `${w} writer(s), ${workers} model worker(s)`).toEqual(serial);
     }
+  }, 120_000);
+
+  it('with a background flush after every append (DEJAVU_COLLECT_FLUSH_BYTES=1): the same bytes; a disk-full error as before', async () => {
+    process.env.DEJAVU_COLLECT_FLUSH_BYTES = '1';
+    try {
+      const out = path.join(TMP, 'flush');
+      const p = await collect(out, '4', '--workers', '1');
+      expect(p.code, p.err).toBe(0);
+      expect(snapshot(out)).toEqual(serial);
+      const bytes = Object.entries(serial).filter(([f]) => f.endsWith('.arrow')).reduce((a, [, b]) => a + Buffer.from(b, 'base64').length, 0);
+      process.env.DEJAVU_FAULT_ENOSPC_AFTER = String(Math.floor(bytes / 2) + 7);
+      const full = path.join(TMP, 'flush-full'), r = await collect(full, '4', '--workers', '1');
+      delete process.env.DEJAVU_FAULT_ENOSPC_AFTER;
+      expect(r.code, r.err).toBe(2);
+      const left = snapshot(full);
+      expect(Object.keys(left).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+      expect(JSON.parse(fs.readFileSync(path.join(full, 'progress.json'), 'utf8')).shardsDone).toBe(2);
+      for (const f of Object.keys(left).filter((f) => f.endsWith('.arrow'))) expect(left[f], f).toBe(serial[f]);
+    } finally { delete process.env.DEJAVU_COLLECT_FLUSH_BYTES; }
   }, 120_000);
 
   it('a disk-full error mid-run: exit 2 as on the serial path, no temp file, the same complete shards; the resume completes them', async () => {

@@ -19,8 +19,8 @@ export default function setup(): () => void {
   const tsc = path.join(repo, 'node_modules', 'typescript', 'bin', 'tsc');
   const r = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: repo, encoding: 'utf8', timeout: 300_000 });
   if (r.status !== 0) throw new Error(`building dist/ failed (tsc exit ${r.status}):\n${r.stdout}${r.stderr}`);
-  // the native decode kernels, rebuilt when src/model/kernels/native/rows.c is newer (never fatal: without a compiler
-  // test/decode-native skips and says why)
+  // the native decode kernels and collect's readback copy, each rebuilt when its source is newer (never fatal: without
+  // a compiler test/decode-native skips and says why)
   const nat = spawnSync(process.execPath, [path.join(repo, 'scripts', 'build-native.mjs')], { cwd: repo, encoding: 'utf8', timeout: 120_000 });
   if (nat.stderr) process.stderr.write(nat.stderr);
   return () => fs.rmSync(cache, { recursive: true, force: true });

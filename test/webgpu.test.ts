@@ -17,8 +17,9 @@ import { iterateLayer, readManifest } from '../src/activations/dataset.js';
 import { loadModel } from '../src/model/model.js';
 import { disposeOutput, forward } from '../src/model/forward.js';
 import { captureBatch, captureLayer, type LayerCapture, type LayerHostSpec } from '../src/activations/capture.js';
-import { packLayer, packLayout, type PackSpec } from '../src/activations/gpu-pack.js';
+import { nativeReadback, packLayer, packLayout, readPacked, type PackSpec } from '../src/activations/gpu-pack.js';
 import { activationBits } from '../src/model/kernels/wasm/kernels.js';
+import { NATIVE_ADDON } from '../src/model/kernels/native/native.js';
 import { f32BitsToF16Array } from '../src/util/half.js';
 import { FIXTURES, loadReference, relFrob, tmpDir } from './helpers.js';
 
@@ -154,6 +155,28 @@ describe.skipIf(skip !== null)('webgpu: captures packed on the GPU (float16 halv
       }
     });
   }
+
+  it('readPacked (one mapping a batch, copied out natively or in JavaScript) gives each tensor\'s data(), also split over staging buffers', async () => {
+    await ensureBackend('webgpu');
+    // where a C compiler built the decode kernels, the readback addon must be there too
+    if (fs.existsSync(NATIVE_ADDON)) expect(nativeReadback().why, 'the native readback addon is built (npm run build:native)').toBe('');
+    const sizes = [5, 1024, 3, 70_001, 8];
+    for (const [js, maxBytes, threads] of [[false, undefined, 4], [true, undefined, 1], [false, 4 * 70_010, 3], [true, 4 * 1030, 1]] as const) {
+      const ts = sizes.map((n, k) => tf.tidy(() => tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(7 + k, 'int32')), tf.scalar(-3 * k, 'int32'))));
+      const got = await readPacked(ts, threads, js, maxBytes);
+      const want = await Promise.all(ts.map(async (t) => (await t.data()) as Int32Array));
+      got.forEach((g, k) => {
+        expect(g.byteOffset === 0 && g.byteLength === g.buffer.byteLength, 'a buffer of its own').toBe(true);
+        expect(Array.from(g), `tensor ${k}, js ${js}, maxBytes ${maxBytes}`).toEqual(Array.from(want[k]!));
+      });
+      ts.forEach((t) => t.dispose());
+    }
+    // two batches at once (collect keeps two in flight): each its own staging buffers
+    const a = [tf.fill([4096], 1, 'int32'), tf.fill([4096], 2, 'int32')], b = [tf.fill([4096], 3, 'int32'), tf.fill([4096], 4, 'int32')];
+    const [ra, rb] = await Promise.all([readPacked(a, 2), readPacked(b, 2)]);
+    expect([ra[0]![9], ra[1]![4095], rb[0]![0], rb[1]![17]]).toEqual([1, 2, 3, 4]);
+    [...a, ...b].forEach((t) => t.dispose());
+  });
 
   it('a value only the per-value checks can judge sends the layer back to the float32 reads', async () => {
     await ensureBackend('webgpu');

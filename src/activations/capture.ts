@@ -9,7 +9,7 @@ import type { Model } from '../model/model.js';
 import { UserError } from '../util/errors.js';
 import { f32ToF16Array } from '../util/half.js';
 import { activationBits } from '../model/kernels/wasm/kernels.js';
-import { packLayer, packLayout, packsOnDevice, type PackSpec } from './gpu-pack.js';
+import { gpuReads, packLayer, packLayout, packsOnDevice, readbackThreads, readPacked, type PackSpec } from './gpu-pack.js';
 
 /** pack: pack the captures on the device before reading them (gpu-pack.ts; default: on webgpu) */
 export interface CaptureSpec { layers: number[]; seqLen: number; dtype: 'float16' | 'float32'; mlpAct: boolean; pack?: boolean }
@@ -154,13 +154,21 @@ export async function captureBatch(model: Model, seqs: number[][], firstSeq: num
       const [xa, xm, act, hn] = await Promise.all([read(o.captured.xAttn![l]), read(o.captured.xMlp![l]), read(o.captured.mlpAct![l]), read(o.captured.headNorm![l])]);
       return { layer: l, xa: xa!, xm: xm!, act: act!, hn: hn! };
     };
-    const packed = async (l: number): Promise<PackedReads> => {
+    const reads = pack ? gpuReads() : 'tfjs';
+    const packedOne = async (l: number): Promise<PackedReads> => {
       const p = packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, packSpec(h));
       try { return { layer: l, packed: (await p.data()) as Int32Array }; } finally { p.dispose(); }
     };
-    // every layer's packing is queued (behind the forward) before the first read
-    const layers = await Promise.all(spec.layers.map(async (l) => {
-      const r: LayerReads = pack ? await packed(l) : await floats(l);
+    // on webgpu every layer's packing is queued (behind the forward), then read in one mapping (gpu-pack.ts readPacked)
+    let all: Promise<Int32Array[]> | null = null;
+    if (pack && reads !== 'tfjs') {
+      const ps = spec.layers.map((l) => packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, packSpec(h)));
+      all = readPacked(ps, readbackThreads(), reads === 'mapped-js').finally(() => { for (const p of ps) p.dispose(); });
+      all.catch(() => undefined); // awaited below
+    }
+    const packed = async (l: number, i: number): Promise<PackedReads> => all ? { layer: l, packed: (await all)[i]! } : packedOne(l);
+    const layers = await Promise.all(spec.layers.map(async (l, i) => {
+      const r: LayerReads = pack ? await packed(l, i) : await floats(l);
       readMs = Math.max(readMs, performance.now() - s);
       return (await (host ? host(r, h) : captureLayer(r, h))) ?? captureFloats(await floats(l), h);
     }));

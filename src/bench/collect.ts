@@ -8,7 +8,7 @@
  * forward pass alone, forward + captures (readback, float16, bits, statistics), the forward's dense matmuls alone at
  * their shapes, and the attention kernel alone, each against the same FLOPs at one thread's matmul rate. On webgpu
  * (gpuBreakdown) the GPU's parts, each waited for by reading one value computed last: the forward alone, + the
- * captures packed, + their reads, + the host work (captureBatch); the dense matmuls at the model's shapes as the
+ * captures packed, + their reads (tfjs's data(), and collect's readPacked), + the host work (captureBatch); the dense matmuls at the model's shapes as the
  * model lays its weights ([in, out]) and transposed ([out, in]); one layer's shard encoding (Arrow + sha256).
  */
 import { spawnSync } from 'node:child_process';
@@ -26,7 +26,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { loadModel } from '../model/model.js';
 import { forward, disposeOutput } from '../model/forward.js';
 import { captureBatch } from '../activations/capture.js';
-import { packLayer } from '../activations/gpu-pack.js';
+import { nativeReadback, packLayer, readbackThreads, readPacked } from '../activations/gpu-pack.js';
 import { runShardJob } from '../activations/format.js';
 import { median } from '../util/stats.js';
 import { attentionHost } from '../model/kernels/wasm/kernels.js';
@@ -186,6 +186,12 @@ async function gpuBreakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken
     const p = packAll(o);
     try { bytes = (await Promise.all(p.map((t) => t.data()))).reduce((a, v) => a + v.byteLength, 0); } finally { for (const t of p) t.dispose(); }
   }));
+  // collect's read path (readPacked: one mapping a batch, copied out on native threads where the addon is built)
+  const nat = nativeReadback();
+  const readMapped = await timeAsync(() => withForward(async (o) => {
+    const p = packAll(o);
+    try { await readPacked(p, readbackThreads()); } finally { for (const t of p) t.dispose(); }
+  }));
   const cspec = { layers, seqLen: T, dtype: 'float16' as const, mlpAct: c.activation !== 'relu' };
   let one: Awaited<ReturnType<typeof captureBatch>> | null = null;
   const cap = await timeAsync(async () => { one = await captureBatch(model, seqs, 0, cspec); });
@@ -222,7 +228,8 @@ async function gpuBreakdown(c: ReturnType<typeof normalizeConfig>, flopsPerToken
   const out = [
     ['forward alone (captures kept on the GPU)', fwd.toFixed(0), gf(fwd), ratio(fwd)],
     ['forward + captures packed on the GPU', packed.toFixed(0), gf(packed), ratio(packed)],
-    [`forward + packed + read back (${(bytes / 1e6).toFixed(0)} MB)`, read.toFixed(0), gf(read), ratio(read)],
+    [`forward + packed + read back (${(bytes / 1e6).toFixed(0)} MB), tfjs's data() a tensor`, read.toFixed(0), gf(read), ratio(read)],
+    [`forward + packed + read back by readPacked (one mapping, copied ${nat.mod ? 'on native threads' : `in JavaScript: ${nat.why}`})`, readMapped.toFixed(0), gf(readMapped), ratio(readMapped)],
     ['captureBatch (+ the host work, on this thread)', cap.toFixed(0), gf(cap), ratio(cap)],
     [`the dense matmuls alone, x ${c.layers} layers (weights [in, out] as the model's)`, mmMs.toFixed(0), '-', '-'],
     ['the same, weights transposed ([out, in], matMul transposeB)', mmTMs.toFixed(0), '-', '-'],

@@ -31,6 +31,7 @@ import { loadHostWeights, loadModel, type Model } from '../model/model.js';
 import { normalizeConfig } from '../model/config.js';
 import { openCheckpoint } from '../checkpoint/checkpoint.js';
 import { captureBatch, readBuffers, type BatchCapture, type CaptureSpec, type LayerCapture, type LayerHost } from '../activations/capture.js';
+import { releaseStaging } from '../activations/gpu-pack.js';
 import { defaultWorkers, WorkerPool } from '../util/pool.js';
 import { defaultModelWorkers, getBackend, hostWorkersBeside } from '../backend.js';
 import { stageWorkerScript } from './worker-script.js';
@@ -374,6 +375,7 @@ export async function runCollect(cfg: CollectConfig, deps: StageDeps): Promise<S
     }
   } finally {
     model?.dispose();
+    releaseStaging(); // the GPU reads' staging buffers (host memory the size of a batch's packed layers, twice)
     await pool?.close();
     await hostPool?.close();
     await Promise.all(writerPools.map((p) => p.close()));
