@@ -9,7 +9,7 @@ import { DecodeSession, denseModes } from '../dist/runtime/decoder.js';
 await ensureBackend('wasm');
 const [dir, dtype = 'q8_0', threads = '1', which = 'dense'] = process.argv.slice(2), sparse = which === 'sparse';
 if (!dir) { console.error('usage: node scripts/profile-decode.mjs DIR [dtype] [threads] [dense|sparse]'); process.exit(2); }
-const model = loadModel(dir, { decode: { dtype, threads: Number(threads) } });
+const model = loadModel(dir, { forward: false, decode: { dtype, threads: Number(threads) } });
 const c = model.config;
 let s = 99; const rnd = () => { s = (s * 1103515245 + 12345) & 0x7fffffff; return s / 0x7fffffff; };
 const pickK = (n, k) => { const a = Int32Array.from({ length: n }, (_, i) => i); for (let i = 0; i < k; i++) { const j = i + Math.floor(rnd() * (n - i)); [a[i], a[j]] = [a[j], a[i]]; } return a.slice(0, k).sort(); };

@@ -327,6 +327,23 @@ static int started = 0;
 static Call job;
 static int64_t parts[MAX_THREADS + 1];
 static int nparts;
+/*
+ * Dynamic split (matvecs, row-split axpys): the work is cut into units (rows in multiples of 8; whole chunks of a
+ * row-split axpy) that the threads take in turn from a shared counter, so a thread slowed by the VM's other work takes
+ * fewer: on this 2-core VM a static half each left the faster thread waiting (llama.cpp's matmuls take chunks the
+ * same way). Which thread computes a unit does not change its bits.
+ */
+static int dyn, active;
+static int64_t dunit, dlen;
+static atomic_llong dnext;
+
+static void run_dynamic(void) {
+  for (;;) {
+    const int64_t u = atomic_fetch_add_explicit(&dnext, 1, memory_order_relaxed), i0 = u * dunit;
+    if (i0 >= dlen) break;
+    run_part(&job, i0, i0 + dunit < dlen ? i0 + dunit : dlen);
+  }
+}
 
 static void *worker(void *arg) {
   const int id = (int)(intptr_t)arg;
@@ -346,7 +363,8 @@ static void *worker(void *arg) {
       pthread_mutex_unlock(&mu);
     }
     seen = g;
-    if (id < nparts && parts[id] < parts[id + 1]) run_part(&job, parts[id], parts[id + 1]);
+    if (dyn) { if (id < active) run_dynamic(); }
+    else if (id < nparts && parts[id] < parts[id + 1]) run_part(&job, parts[id], parts[id + 1]);
     atomic_fetch_add_explicit(&done, 1, memory_order_release);
   }
   return NULL;
@@ -374,34 +392,26 @@ static int split(int64_t len, int T, int64_t unit) {
 
 #define PAR_MIN (1 << 15)
 
-/* the chunks' boundaries as close to equal row counts per thread as chunk boundaries allow */
-static int split_chunks(const int64_t *cs, int64_t G, int T) {
-  int m = 0;
-  parts[0] = 0;
-  for (int t = 1; t <= T; t++) {
-    int64_t g = parts[t - 1];
-    const int64_t want = cs[G] * t / T;
-    while (g < G && cs[g] < want) g++;
-    parts[t] = t == T ? G : g;
-  }
-  for (int t = 0; t < T; t++) if (parts[t] < parts[t + 1]) m = t + 1;
-  return m;
-}
-
 static void run_call(const Call *c, int T) {
   const int ax = (c->fn & 3) >= AX;
   const int64_t len = c->cs ? (int64_t)c->n /* unused */ : ax ? c->d : c->k;
   if (T > 1 && c->k * c->d >= PAR_MIN && pthread_mutex_trylock(&busy) == 0) {
     T = ensure_threads(T);
     job = *c;
-    nparts = c->cs ? split_chunks(c->cs, c->xs, T) : split(len, T, ax ? 64 : 8);
+    /* matvecs and row-split axpys: dynamic units, ~8 a thread (rows in multiples of 8); column-split axpys: static */
+    dyn = c->cs || !ax; active = T;
+    if (dyn) {
+      dlen = c->cs ? c->xs : len;
+      dunit = c->cs ? 1 : ((dlen + 8 * T - 1) / (8 * T) + 7) / 8 * 8;
+      atomic_store_explicit(&dnext, 0, memory_order_relaxed);
+    } else nparts = split(len, T, 64);
     const int waiters = started;
     atomic_store(&done, 0);
     pthread_mutex_lock(&mu);
     atomic_fetch_add_explicit(&gen, 1, memory_order_release);
     if (atomic_load(&sleepers)) pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&mu);
-    if (parts[0] < parts[1]) run_part(&job, parts[0], parts[1]);
+    if (dyn) run_dynamic(); else if (parts[0] < parts[1]) run_part(&job, parts[0], parts[1]);
     while (atomic_load_explicit(&done, memory_order_acquire) < waiters) {
 #if defined(__x86_64__)
       _mm_pause();
