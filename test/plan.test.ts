@@ -152,16 +152,19 @@ const planCfg = (name: string, maxPplIncrease: number, extra: Record<string, unk
 
 /**
  * The cost model of a machine where the predictor and the selected rows are cheap: the measured cache with the
- * predicted mode's kernels (`select`) and every predictor call at a fifth of their time. On opt-tiny-ref (d 64, ffn
- * 256) the measured predicted mode (closed form r 32) costs more than lossless (~0.0030 vs ~0.0025 ms per layer here),
- * so with measured costs the search never has a reason to spend the budget; with these it must.
+ * predicted mode's kernels (`select`) at half the dense MLP's time per neuron kept (or a fifth of their measured time,
+ * if less) and every predictor call at a twentieth of the dense MLP (or a fifth of its time). On opt-tiny-ref (d 64,
+ * ffn 256) the measured predicted mode (closed form r 32) costs more than dense or lossless (0.0082-0.0092 against
+ * 0.0077 ms per layer with the native kernels), so with measured costs the search never has a reason to spend the
+ * budget; with these it must.
  */
 function seedCheapCache(from: string, dir: string): void {
-  const j = JSON.parse(fs.readFileSync(path.join(from, 'kernel-costs.json'), 'utf8')) as { shapes: Record<string, { select: [number, number][] }>; predictors: Record<string, number> };
+  const j = JSON.parse(fs.readFileSync(path.join(from, 'kernel-costs.json'), 'utf8')) as { shapes: Record<string, { select: [number, number][]; upMs: number; downMs: number }>; predictors: Record<string, number> };
   expect(Object.keys(j.shapes).length).toBeGreaterThan(0);
   expect(Object.keys(j.predictors).length).toBeGreaterThan(0);
-  for (const s of Object.values(j.shapes)) s.select = s.select.map(([p, ms]) => [p, ms / 5]);
-  for (const k of Object.keys(j.predictors)) j.predictors[k] = j.predictors[k]! / 5;
+  let mlp = Infinity;
+  for (const s of Object.values(j.shapes)) { mlp = Math.min(mlp, s.upMs + s.downMs); s.select = s.select.map(([p, ms]) => [p, Math.min(ms / 5, 0.5 * p * (s.upMs + s.downMs))]); }
+  for (const k of Object.keys(j.predictors)) j.predictors[k] = Math.min(j.predictors[k]! / 5, mlp / 20);
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'kernel-costs.json'), JSON.stringify(j));
 }
