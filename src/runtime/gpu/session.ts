@@ -46,8 +46,10 @@ export type GpuHeadMode = { mode: 'dense' } | { mode: 'select'; sets: Int32Array
 /** per layer; `inputs`: the input-threshold sites (src/runtime/decoder.ts: the same thresholds and scores) */
 export interface GpuModes { mlp: GpuMlpMode[]; heads: GpuHeadMode[]; inputs?: (LayerInputs | undefined)[] | undefined }
 
-/** chunks of an input-sparse axpy over `rows` inputs into `cols` outputs: ~48k threads, at most SITE_PER rows a chunk */
-function siteChunks(rows: number, cols: number): number { return Math.min(rows, Math.max(Math.ceil(rows / SITE_PER), Math.min(128, Math.ceil(49152 / (cols / 8))))); }
+/** threads an input-sparse axpy is spread over (siteChunks) */
+export const SITE_THREADS = 49152;
+/** chunks of an input-sparse axpy over `rows` inputs into `cols` outputs: ~`threads` threads, at most SITE_PER rows a chunk, at most 128 chunks */
+function siteChunks(rows: number, cols: number, threads = SITE_THREADS): number { return Math.min(rows, Math.max(Math.ceil(rows / SITE_PER), Math.min(128, Math.ceil(threads / (cols / 8))))); }
 
 export function gpuDenseModes(layers: number): GpuModes {
   return { mlp: Array.from({ length: layers }, () => ({ mode: 'dense' })), heads: Array.from({ length: layers }, () => ({ mode: 'dense' })) };
@@ -124,6 +126,11 @@ export interface GpuSessionOptions {
   unfused?: boolean;
   /** fuse the norm only into matvecs of at most this many rows (default FUSE_ROWS) */
   fuseRows?: number;
+  /** the input-sparse axpys: threads each is spread over (default SITE_THREADS), kept rows in flight per thread (default 8) (benchmarks) */
+  siteThreads?: number;
+  siteUnroll?: 4 | 8;
+  /** attention's lanes per cached position (default attnLanes: by the capacity) (benchmarks) */
+  attnLanes?: number;
 }
 
 export class GpuDecodeSession {
@@ -216,7 +223,7 @@ export class GpuDecodeSession {
     const normed = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>, entries: Entry[], x: number, g: GPUBuffer, bb: GPUBuffer | undefined): Op[] => fits && spec.rows <= fuseRows
       ? [this.op(mv({ ...spec, norm: { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false } }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)]
       : [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
-    const attn = { heads: H, kvHeads: KV, hd, cap: this.cap, ropeDim: this.invFreq ? c.ropeDim : 0, scale: c.attnScale };
+    const attn = { heads: H, kvHeads: KV, hd, cap: this.cap, ropeDim: this.invFreq ? c.ropeDim : 0, scale: c.attnScale, lanes: o.attnLanes };
     const seq = (n: number) => Array.from({ length: n }, (_, i) => i);
     const check = (set: Int32Array, n: number, what: string) => { for (let j = 0; j < set.length; j++) if (!(set[j]! >= 0 && set[j]! < n) || (j && set[j]! === set[j - 1])) throw new Error(`GPU decode: ${what} set holds ${set[j]} (ids must be distinct, in 0..${n - 1})`); };
 
@@ -257,11 +264,11 @@ export class GpuDecodeSession {
       // an input-sparse axpy: its threshold thr[64 i + k] (k: the site's index in INPUT_SITES), the rows it reads counted in the
       // layer's stats[k] (the down site's: the MLP's count)
       const site = (spec: Omit<AxpySiteSpec, 'skip' | 'count' | 'chunks'>, k: number, th: InputThreshold | null, count: boolean, entries: Entry[]): { op: Op; chunks: number } => {
-        const chunks = siteChunks(spec.rows, spec.cols);
+        const chunks = siteChunks(spec.rows, spec.cols, o.siteThreads);
         if (th) this.thr[64 * i + k] = th.t;
         const skip = th ? { slot: k, wina: Boolean(th.wina) } : null;
         const norm = (['qkvT.norm', 'oT.norm', 'upT.norm', 'down.norm'] as const)[k]!;
-        return { chunks, op: this.op(axpySiteWgsl({ ...spec, chunks, skip, count: count ? (k + 1) % 4 : null }), [...entries,
+        return { chunks, op: this.op(axpySiteWgsl({ ...spec, chunks, skip, count: count ? (k + 1) % 4 : null, unroll: o.siteUnroll }), [...entries,
           ...(skip?.wina ? [[4, gpuDerived(gpu, w, i, norm)] as Entry] : []), ...(skip ? [[9, { buffer: s.thr, offset: 256 * i, size: 16 }] as Entry] : []),
           ...(count ? [[7, statsOf(i)] as Entry] : [])], Math.ceil(spec.cols / 8 / 256), chunks) };
       };
