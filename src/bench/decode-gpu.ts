@@ -223,12 +223,14 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
     mk('predicted 10% MLP / 50% heads, norms fused into matvecs of <= 8192 rows', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: 8192 }),
     mk('predicted 10% MLP / 50% heads, norms fused into every matvec (q|k|v\'s 10240 rows too)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: Infinity }),
-    mk('predicted 10% MLP / 50% heads, attention at 8 lanes a position (3 score passes)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { attnLanes: 8 }),
-    mk('dense, attention at 8 lanes a position (3 score passes)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { attnLanes: 8 }),
+    mk('predicted 10% MLP / 50% heads, down in 26 chunks (64 of the set\'s rows each, as dense\'s 128 of 16384)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { downChunks: 26 }),
+    mk('predicted 10% MLP / 50% heads, down in 52 chunks', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { downChunks: 52 }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
     sparseIn,
-    sparseAs('input-sparse 50%, 4 rows in flight a thread', { siteUnroll: 4 }),
-    sparseAs('input-sparse 50%, each site over ~98k threads (2x the chunks, at most 128)', { siteThreads: 98304 }),
+    sparseAs('input-sparse 50%, each site over ~49k threads, at most 128 chunks (the last session\'s)', { siteThreads: 49152, siteMaxChunks: 128 }),
+    sparseAs('input-sparse 50%, ~98k threads, at most 128 chunks', { siteMaxChunks: 128 }),
+    sparseAs('input-sparse 50%, ~147k threads', { siteThreads: 147456 }),
+    sparseAs('input-sparse 50%, ~196k threads', { siteThreads: 196608 }),
   ];
   try {
     await measure(vs, STEPS);
@@ -236,7 +238,7 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     log(table(HEADER, tables[tables.length - 1]!.rows));
     // where layer 0's time goes (after the rounds: timing ops leaves the sessions' vectors meaningless)
     const parts: (string | number)[][] = [];
-    for (const v of vs.filter((x) => x.name === 'dense' || x.name.startsWith('predicted 10% MLP / 50% heads (') || x.name.startsWith('input-sparse'))) {
+    for (const v of vs.filter((x) => x.name === 'dense' || x.name.startsWith('predicted 10% MLP / 50% heads (') || x.name.includes('down in') || x.name.startsWith('input-sparse'))) {
       const names = [...new Set(v.s.opNames(0))].filter((n) => n !== undefined);
       const each: string[] = [];
       for (const n of names) each.push(`${n} ${(1000 * await v.s.timeOps(0, [n])).toFixed(1)}`);

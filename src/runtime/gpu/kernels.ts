@@ -478,18 +478,6 @@ export interface AttnSpec {
    * matvec's compact vector
    */
   parts?: { chunks: number; bias: boolean } | undefined;
-  /** lanes per cached position in the scores (default: attnLanes) */
-  lanes?: number | undefined;
-}
-
-/**
- * Lanes per position in attention's scores: the most (of 8, 4, 2, 1 dividing hd / 4) with which one pass of 256
- * threads covers the whole cache (`cap` positions: one pass, 2 barriers, where 8 lanes took 3 passes at 73 positions),
- * else 8 (a long cache: adjacent lanes read adjacent vec4s of a key)
- */
-export function attnLanes(hd: number, cap: number): number {
-  const ok = [8, 4, 2, 1].filter((l) => (hd / 4) % l === 0);
-  return ok.find((l) => 256 / l >= cap) ?? ok[0]!;
 }
 
 /**
@@ -503,9 +491,9 @@ export function attnLanes(hd: number, cap: number): number {
  */
 export function attentionWgsl(s: AttnSpec): string {
   const hd = s.hd, HD4 = hd / 4, KV = s.kvHeads, H = s.heads, G = H / KV, h2 = s.ropeDim / 2, TG = Math.max(1, Math.floor(256 / HD4));
-  // the scores: LP lanes per position, JL vec4s each
-  const LP = s.lanes ?? attnLanes(hd, s.cap), JL = HD4 / LP;
-  if (HD4 % LP || 256 % LP) throw new Error(`attentionWgsl: ${LP} lanes a position over ${HD4} vec4s`);
+  // the scores: LP lanes per position (the largest of 8, 4, 2, 1 dividing HD4; on the H200 at 73 positions 2 lanes, one
+  // pass, ran the 10% / 50% token 1.2% slower than 8 lanes, 3 passes), JL vec4s each
+  const LP = [8, 4, 2, 1].find((l) => HD4 % l === 0)!, JL = HD4 / LP;
   const P = s.parts, NQ = (H + 2 * KV) * hd;
   // stage o: 0 q, 1 k (kvh), 2 v (kvh), 3 k (w), 4 v (w) -> the offset of that vector in the input
   const off = P
