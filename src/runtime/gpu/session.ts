@@ -53,9 +53,13 @@ export interface GpuModes { mlp: GpuMlpMode[]; heads: GpuHeadMode[]; inputs?: (L
  */
 export const SITE_THREADS = 98304;
 export const SITE_MAX_CHUNKS = 256;
-/** chunks of an input-sparse axpy over `rows` inputs into `cols` outputs: ~`threads` threads, at most SITE_PER rows a chunk, at most `most` chunks */
+/**
+ * chunks of an input-sparse axpy over `rows` inputs into `cols` outputs: ~`threads` threads, at most SITE_PER rows a
+ * chunk, at most `most` chunks, and at least 16 rows a chunk (a small model's site is not cut into chunks of a few
+ * rows, each paying the workgroup's fixed cost and a partial sum: at d 256 ~98k threads made 256 chunks of 4 rows)
+ */
 function siteChunks(rows: number, cols: number, threads = SITE_THREADS, most = SITE_MAX_CHUNKS): number {
-  return Math.min(rows, Math.max(Math.ceil(rows / SITE_PER), Math.min(most, Math.ceil(threads / (cols / 8)))));
+  return Math.max(1, Math.ceil(rows / SITE_PER), Math.min(most, Math.floor(rows / 16), Math.ceil(threads / (cols / 8))));
 }
 
 export function gpuDenseModes(layers: number): GpuModes {
