@@ -450,8 +450,8 @@ function charge(o: Option<MlpOption | HeadOption | InputOption>): number { retur
 /**
  * The runtime decodes the verification text with the plan (on a copy of the model that stores the plan's input sites
  * input-major); while over budget the last move is undone. Then dense (the model's own layout) and the plan decode the
- * same text in alternating rounds (cfg.runtime gpu: on the GPU decode runtime, greedily after the same context); a plan
- * not faster (twice) becomes dense (cfg.neverSlower). The weights read per token are counted by the (CPU) runtime.
+ * same text in alternating rounds (cfg.runtime gpu: on the GPU decode runtime, as generate --runtime gpu times them:
+ * gpuAlternatingStepMs); a plan not faster (twice) becomes dense (cfg.neverSlower). The weights read per token are counted by the (CPU) runtime.
  */
 async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{ verified: RuntimePlan['verified']; fallback: string }> {
   const { cfg, model, preds, deps } = x, c = model.config;
