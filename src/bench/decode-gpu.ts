@@ -17,7 +17,7 @@ import { loadModel } from '../model/model.js';
 import { DecodeSession, denseModes, INPUT_SITES, type LayerInputs } from '../runtime/decoder.js';
 import { closeGpu, getGpu, type Gpu } from '../runtime/gpu/device.js';
 import { attentionWgsl, axpySiteWgsl, axpyWgsl, copyWgsl, matvecWgsl, normWgsl, reduceWgsl } from '../runtime/gpu/kernels.js';
-import { GpuDecodeSession, gpuDenseModes, gpuPlanModes, gpuSession, type GpuModes } from '../runtime/gpu/session.js';
+import { GpuDecodeSession, gpuDenseModes, gpuPlanModes, gpuSession, type GpuModes, type GpuSessionOptions } from '../runtime/gpu/session.js';
 import { loadBundlePredictors } from '../bundle/bundle.js';
 import { gpuEmpty, randomGpuWeights } from '../runtime/gpu/weights.js';
 import { opt13bConfig, seededSets, table, writeBenchResult, type BenchTable } from './common.js';
@@ -131,20 +131,22 @@ function allSites(layers: number, t0: number): (LayerInputs | undefined)[] {
  * few greedy tokens: TEAL's calibration, done on the GPU's own counts (random weights have no calibration text).
  * Returns the kept share per site (attn, o, mlp, down) over all layers at the end.
  */
-async function calibrate(s: GpuDecodeSession, c: ModelConfig, density: number, iters = 24, k = 4): Promise<number[]> {
+async function calibrate(s: GpuDecodeSession, c: ModelConfig, density: number, iters = 24, k = 4): Promise<{ kept: number[]; set: (s: GpuDecodeSession) => void }> {
   const L = c.layers, widths = [c.hidden, c.heads * c.headDim, c.hidden, c.ffn];
   const lo = Array.from({ length: 4 * L }, () => 1e-6), hi = Array.from({ length: 4 * L }, () => 64);
-  let kept = new Array<number>(4 * L).fill(0);
+  let kept = new Array<number>(4 * L).fill(0), t: number[] = [];
+  const set = (z: GpuDecodeSession) => t.forEach((v, j) => z.setThreshold(Math.floor(j / 4), INPUT_SITES[j % 4]!, v));
   for (let it = 0; it <= iters; it++) {
-    const t = lo.map((l, j) => Math.sqrt(l * hi[j]!));
-    t.forEach((v, j) => s.setThreshold(Math.floor(j / 4), INPUT_SITES[j % 4]!, v));
+    t = lo.map((l, j) => Math.sqrt(l * hi[j]!));
+    set(s);
     const before = s.siteRows.map((r) => [...r]);
     await s.greedy(7, k);
     s.rewind(k);
     kept = s.siteRows.flatMap((r, i) => r.map((x, j) => (x - before[i]![j]!) / (k * widths[j]!)));
     if (it < iters) kept.forEach((f, j) => { if (f > density) lo[j] = t[j]!; else hi[j] = t[j]!; });
   }
-  return [0, 1, 2, 3].map((j) => kept.filter((_, q) => q % 4 === j).reduce((a, b) => a + b, 0) / L);
+  // (the same weights and tokens in another session: the same inputs, so the same thresholds keep the same share)
+  return { kept: [0, 1, 2, 3].map((j) => kept.filter((_, q) => q % 4 === j).reduce((a, b) => a + b, 0) / L), set };
 }
 
 /** prime each session with the prompt, then ROUNDS alternating rounds of greedy and step() timing */
@@ -195,14 +197,19 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
   const cap = PROMPT.length + STEPS + 8;
   const H = c.heads, hd = c.headDim, layerBytes = (qf: number, mf: number) => 2 * ((qf * H + 2 * H) * hd * d + qf * H * hd * d + 2 * mf * F * d);
   const head = 2 * c.vocabSize * d;
-  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number, o: { unfused?: boolean; fuseRows?: number } = {}): Variant => {
+  const mk = (name: string, modes: GpuModes, bytes: (s: GpuDecodeSession) => number, o: GpuSessionOptions = {}): Variant => {
     const s = new GpuDecodeSession(gpu, w, modes, { capacity: cap, ...o });
     return { name, s, bytes: () => bytes(s), greedy: [], step: [], host: [] };
   };
   const lossless: GpuModes = { mlp: gpuDenseModes(LAYERS).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(LAYERS).heads };
   const sparseIn = mk('input-sparse 50% (q/k/v, o, fc1, fc2 inputs)', { ...gpuDenseModes(LAYERS), inputs: allSites(LAYERS, 0.1) }, () => LAYERS * layerBytes(1, 1) + head);
-  const inDensity = await calibrate(sparseIn.s, c, 0.5);
+  const cal = await calibrate(sparseIn.s, c, 0.5), inDensity = cal.kept;
   sparseIn.bytes = () => LAYERS * 2 * d * (inDensity[0]! * (3 * H * hd) + inDensity[1]! * d + (inDensity[2]! + inDensity[3]!) * F) + head;
+  const sparseAs = (name: string, o: GpuSessionOptions): Variant => {
+    const v = mk(name, { ...gpuDenseModes(LAYERS), inputs: allSites(LAYERS, 0.1) }, () => sparseIn.bytes(), o);
+    cal.set(v.s);
+    return v;
+  };
   notes.push(`input-sparse at the 6.7B widths: thresholds bisected on the GPU's counts per layer and site to 50%; kept q/k/v ${pct(inDensity[0]!)}, o ${pct(inDensity[1]!)}, fc1 ${pct(inDensity[2]!)}, fc2 ${pct(inDensity[3]!)} of the inputs`);
   log(notes[notes.length - 1]!);
   const vs = [
@@ -216,13 +223,29 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
     mk('predicted 10% MLP / 50% heads, norms fused into matvecs of <= 8192 rows', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: 8192 }),
     mk('predicted 10% MLP / 50% heads, norms fused into every matvec (q|k|v\'s 10240 rows too)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: Infinity }),
+    mk('predicted 10% MLP / 50% heads, down in 26 chunks (64 of the set\'s rows each, as dense\'s 128 of 16384)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { downChunks: 26 }),
+    mk('predicted 10% MLP / 50% heads, down in 52 chunks', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { downChunks: 52 }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
     sparseIn,
+    sparseAs('input-sparse 50%, each site over ~49k threads, at most 128 chunks (the last session\'s)', { siteThreads: 49152, siteMaxChunks: 128 }),
+    sparseAs('input-sparse 50%, ~98k threads, at most 128 chunks', { siteMaxChunks: 128 }),
+    sparseAs('input-sparse 50%, ~147k threads', { siteThreads: 147456 }),
+    sparseAs('input-sparse 50%, ~196k threads', { siteThreads: 196608 }),
   ];
   try {
     await measure(vs, STEPS);
     tables.push({ caption: `OPT-6.7B widths, random float16 weights (${LAYERS} layers, d ${d}, ffn ${F}, ${d / 128} heads of 128, vocab 2048), batch 1, ${STEPS} greedy tokens after an ${PROMPT.length}-token prompt`, header: HEADER, rows: rowsOf(vs, 'dense') });
     log(table(HEADER, tables[tables.length - 1]!.rows));
+    // where layer 0's time goes (after the rounds: timing ops leaves the sessions' vectors meaningless)
+    const parts: (string | number)[][] = [];
+    for (const v of vs.filter((x) => x.name === 'dense' || x.name.startsWith('predicted 10% MLP / 50% heads (') || x.name.includes('down in') || x.name.startsWith('input-sparse'))) {
+      const names = [...new Set(v.s.opNames(0))].filter((n) => n !== undefined);
+      const each: string[] = [];
+      for (const n of names) each.push(`${n} ${(1000 * await v.s.timeOps(0, [n])).toFixed(1)}`);
+      parts.push([v.name, (1000 * await v.s.timeOps(0, null)).toFixed(1), each.join(', ')]);
+    }
+    tables.push({ caption: 'Layer 0\'s ops timed alone (GpuDecodeSession.timeOps: many runs in one pass, median of 5; an op whose weights fit in the L2 cache, as o\'s 32 MiB, reads them from there)', header: ['variant', 'whole layer µs', 'per op µs (o / site.o: with its chunk sum)'], rows: parts });
+    log(table(tables[tables.length - 1]!.header, parts));
   } finally { for (const v of vs) v.s.dispose(); w.dispose(); }
 }
 

@@ -37,6 +37,7 @@ import { getGpu } from './gpu/device.js';
 import * as gpuKernels from './gpu/kernels.js';
 import { GpuDecodeSession, gpuDenseModes, type GpuHeadMode, type GpuMlpMode, type GpuModes, type OpName } from './gpu/session.js';
 import { gpuWeightsFromModel, type GpuWeights } from './gpu/weights.js';
+import { alternatingGreedy } from './gpu/generate.js';
 import { median } from '../util/stats.js';
 
 export const COSTS_FORMAT_VERSION = 1;
@@ -418,14 +419,18 @@ async function gpuSiteCosts(c: Model['config'], session: GpuSessionRun, layer0: 
   return { attn: { denseMs: dense.attn, sparse: attn! }, o: { denseMs: dense.o, sparse: o! }, mlp: { denseMs: dense.up, sparse: mlp! }, down: { denseMs: dense.down, sparse: dn } };
 }
 
+/** the greedy run generate --runtime gpu is checked by (--max-tokens 200: 199 greedy steps after the prompt) */
+export const GPU_CHECK_STEPS = 199;
+
 /**
- * alternatingStepMs on the GPU decode runtime: one session per set of modes (over one copy of the weights), primed
- * with `context` tokens of `text` (read back one by one: a predictor picks from the real context), then `rounds`
- * rounds in which every set decodes `steps` tokens greedily (one submission a token, one readback) in turn and
- * rewinds; the median round of each, ms per token.
+ * alternatingStepMs on the GPU decode runtime, timed as `generate --runtime gpu` times a plan against dense
+ * (alternatingGreedy: the same code): one session per set of modes (over one copy of the weights), primed with the
+ * `context` tokens of `text` (a prompt), then a full-length warm-up of each and `groups` groups of greedy runs of
+ * `steps` tokens in ABBA order (one submission a token, one readback a run); the median run of each, ms per token.
  */
-export async function gpuAlternatingStepMs(model: Model, sets: GpuModes[], text: number[], context: number, steps = 32, rounds = 5, onSteps?: (n: number) => void): Promise<number[]> {
+export async function gpuAlternatingStepMs(model: Model, sets: GpuModes[], text: number[], context: number, steps = GPU_CHECK_STEPS, groups = 3, onSteps?: (n: number) => void): Promise<number[]> {
   if (text.length < context + 1) throw new Error(`gpuAlternatingStepMs: ${text.length} tokens < context ${context} + 1`);
+  if (sets.length !== 2) throw new Error(`gpuAlternatingStepMs: ${sets.length} sets of modes (two)`);
   const gpu = await getGpu(), w = gpuWeightsFromModel(gpu, model), sessions: GpuDecodeSession[] = [];
   try {
     for (const m of sets) {
@@ -434,15 +439,8 @@ export async function gpuAlternatingStepMs(model: Model, sets: GpuModes[], text:
       for (let t = 0; t < context; t++) await s.step([text[t]!]);
       onSteps?.(context);
     }
-    const runs: number[][] = sets.map(() => []);
-    for (let r = 0; r < rounds; r++)
-      for (const [i, s] of sessions.entries()) {
-        const t = performance.now();
-        await s.greedy(text[context]!, steps);
-        runs[i]!.push((performance.now() - t) / steps);
-        onSteps?.(steps);
-        s.rewind(steps);
-      }
-    return runs.map(median);
+    const r = await alternatingGreedy(sessions, text[context]!, steps, groups);
+    onSteps?.(2 * (1 + 2 * groups) * steps);
+    return r.ms.map((x) => median(x) / steps);
   } finally { for (const s of sessions) s.dispose(); w.dispose(); }
 }

@@ -43,7 +43,7 @@ import { ppl } from '../eval/perplexity.js';
 import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
 import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, readPlanFile, siteMasks, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
-import { alternatingStepMs, gpuAlternatingStepMs, gpuKernelCosts, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
+import { alternatingStepMs, GPU_CHECK_STEPS, gpuAlternatingStepMs, gpuKernelCosts, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
 import { gpuDenseModes, gpuPlanModes } from '../runtime/gpu/session.js';
 import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs } from '../runtime/decoder.js';
 import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
@@ -450,8 +450,8 @@ function charge(o: Option<MlpOption | HeadOption | InputOption>): number { retur
 /**
  * The runtime decodes the verification text with the plan (on a copy of the model that stores the plan's input sites
  * input-major); while over budget the last move is undone. Then dense (the model's own layout) and the plan decode the
- * same text in alternating rounds (cfg.runtime gpu: on the GPU decode runtime, greedily after the same context); a plan
- * not faster (twice) becomes dense (cfg.neverSlower). The weights read per token are counted by the (CPU) runtime.
+ * same text in alternating rounds (cfg.runtime gpu: on the GPU decode runtime, as generate --runtime gpu times them:
+ * gpuAlternatingStepMs); a plan not faster (twice) becomes dense (cfg.neverSlower). The weights read per token are counted by the (CPU) runtime.
  */
 async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{ verified: RuntimePlan['verified']; fallback: string }> {
   const { cfg, model, preds, deps } = x, c = model.config;
@@ -504,11 +504,15 @@ async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{
     const both = [model, modelFor(layers)];
     let denseMs: number, planMs: number;
     try {
-      const timed = (rounds: number) => withBar(`timing dense and the plan${cfg.runtime === 'gpu' ? ' on the GPU' : ''} (${rounds} rounds)`, 2 * (ctx + rounds * steps), 'steps',
-        async (add) => (cfg.runtime === 'gpu' ? await gpuAlternatingStepMs(model, [gpuDenseModes(c.layers), gpuPlanModes(c, preds, { layers })], text, ctx, steps, rounds, add)
+      // the GPU: as generate --runtime gpu times them (a prompt of up to 8 tokens, then greedy runs of 199 steps in ABBA
+      // groups: 3, then 4), the CPU: 32-step rounds at half the sequence length (5, then 7)
+      const gctx = Math.min(8, text.length - 1), gsteps = Math.max(1, Math.min(GPU_CHECK_STEPS, c.maxPositions - gctx - 1));
+      const timed = (rounds: number) => withBar(`timing dense and the plan${cfg.runtime === 'gpu' ? ' on the GPU' : ''} (${rounds} rounds)`,
+        cfg.runtime === 'gpu' ? 2 * (gctx + (1 + 2 * rounds) * gsteps) : 2 * (ctx + rounds * steps), 'steps',
+        async (add) => (cfg.runtime === 'gpu' ? await gpuAlternatingStepMs(model, [gpuDenseModes(c.layers), gpuPlanModes(c, preds, { layers })], text, gctx, gsteps, rounds, add)
           : alternatingStepMs(both, [denseModes(c.layers), built.modes], text, ctx, steps, rounds, add)) as [number, number]);
-      [denseMs, planMs] = await timed(5);
-      if (planMs >= denseMs) [denseMs, planMs] = await timed(7); // once more, longer
+      [denseMs, planMs] = await timed(cfg.runtime === 'gpu' ? 3 : 5);
+      if (planMs >= denseMs) [denseMs, planMs] = await timed(cfg.runtime === 'gpu' ? 4 : 7); // once more, longer
     } finally { built.dispose(); }
     let fallback = '', read = shares(r.weights);
     if (cfg.neverSlower && planMs >= denseMs) {

@@ -85,7 +85,7 @@ function normFast(d: number, kind: 'layernorm' | 'rmsnorm', eps: number, src: st
   ${meanInv(d, kind, eps)}`;
 }
 
-/** WGSL: the workgroup's exclusive prefix sum (a 256-slot `scan` array and `excl`), shared by the input-sparse axpy's compaction and pickWgsl */
+/** WGSL: the workgroup's exclusive prefix sum (a 256-slot `scan` array and `excl`), pickWgsl's */
 const EXCL = `var<workgroup> scan: array<u32, 256>;
 /** exclusive prefix sum of v over the workgroup (and the total) */
 fn excl(v: u32, lid: u32) -> vec2<u32> {
@@ -283,6 +283,8 @@ export interface AxpySiteSpec {
   skip: { slot: number; wina: boolean } | null;
   /** stats[count] (binding 7) += the rows read */
   count: number | null;
+  /** kept rows read in flight per thread (4 or 8; default 8) */
+  unroll?: 4 | 8 | undefined;
 }
 
 /** the most input rows one chunk of axpySiteWgsl holds (a thread per row) */
@@ -292,8 +294,12 @@ export const SITE_PER = 256;
  * The input-sparse axpy (the input-threshold sites of src/runtime/decoder.ts, on input-major matrices):
  * part[c] = Σ_{kept i in chunk c} v_i W[row(i)]. Each workgroup (256 threads of 8 output columns each, the chunk
  * wid.y) first computes its chunk's input values (a thread per input row), keeps those at or above the threshold
- * and lists them in order (a prefix sum in workgroup memory), so the weight rows it skips are never read and the
- * sum runs in the CPU runtime's order; reduceWgsl or the attention kernel (AttnSpec.parts) sums the chunks.
+ * and lists them in order, so the weight rows it skips are never read and the sum runs in the CPU runtime's order;
+ * reduceWgsl or the attention kernel (AttnSpec.parts) sums the chunks. The list is made from a 256-bit mask (each
+ * kept thread sets its bit with an atomicOr, then counts the bits below its own: 2 barriers, where the
+ * Hillis-Steele prefix sum took 18, ~4 µs of a site's fixed cost on the H200 when every workgroup does it before
+ * its first row); `unroll` (default 8) rows are read in flight per thread (4: the workgroups too few to hide the
+ * memory's latency at 50% kept, ~48k threads a site).
  */
 export function axpySiteWgsl(s: AxpySiteSpec): string {
   const U = s.cols / 8, inp = s.input, n = s.rows;
@@ -316,18 +322,21 @@ export function axpySiteWgsl(s: AxpySiteSpec): string {
       : 'v = a[i];';
   const row = inp.kind === 'gather' ? 'sel[1u + i]' : 'i';
   const keep = s.skip ? `v != 0.0 && abs(v)${s.skip.wina ? ' * nrm[id]' : ''} >= thr[${s.skip.slot}u]` : 'true';
-  const acc = (k: number) => `{ let w = W[kid[k + ${k}u] * ${U}u + u]; let ai = av[k + ${k}u];
-      s0 += ai * vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); s1 += ai * vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)); }`;
+  const R = s.unroll ?? 8;
+  // the loads first, then the sums in row order (the CPU runtime's order)
+  const step = (k0: number, m: number) => `${Array.from({ length: m }, (_, k) => `let w${k} = W[kid[k + ${k0 + k}u] * ${U}u + u];`).join(' ')}
+      ${Array.from({ length: m }, (_, k) => `{ let ai = av[k + ${k0 + k}u]; s0 += ai * vec4<f32>(unpack2x16float(w${k}.x), unpack2x16float(w${k}.y)); s1 += ai * vec4<f32>(unpack2x16float(w${k}.z), unpack2x16float(w${k}.w)); }`).join('\n      ')}`;
   return `${b.join('\n')}
 ${inp.kind === 'parts' ? actFn(inp.act, inp.actThreshold) : ''}
-${EXCL}
 var<workgroup> kid: array<u32, ${SITE_PER}>;
 var<workgroup> av: array<f32, ${SITE_PER}>;
+var<workgroup> bits: array<atomic<u32>, 8>;
 var<workgroup> wcount: u32;
 ${inp.kind === 'norm' ? FAST_SHARED : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   if (lid == 0u) { wcount = ${inp.kind === 'gather' ? 'sel[0]' : `${n}u`}; }
+  if (lid < 8u) { atomicStore(&bits[lid], 0u); }
   let count = workgroupUniformLoad(&wcount);
   let u = wid.x * 256u + lid;
   let c = wid.y;
@@ -339,17 +348,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var id = 0u;
   var kp = false;
   if (lo + lid < hi) { let i = lo + lid; ${value} id = ${row}; kp = ${keep}; }
-  let pos = excl(select(0u, 1u, kp), lid);
-  if (kp) { kid[pos.x] = id; av[pos.x] = v; }
-  let nk = pos.y;
+  // the kept inputs listed in order: a bit per thread, then each kept thread counts the bits below its own
+  if (kp) { atomicOr(&bits[lid / 32u], 1u << (lid % 32u)); }
+  workgroupBarrier();
+  var below = 0u;
+  var nk = 0u;
+  for (var q = 0u; q < 8u; q++) { let cb = countOneBits(atomicLoad(&bits[q])); below += select(0u, cb, q < lid / 32u); nk += cb; }
+  if (kp) { let at = below + countOneBits(atomicLoad(&bits[lid / 32u]) & ((1u << (lid % 32u)) - 1u)); kid[at] = id; av[at] = v; }
   workgroupBarrier();
   ${s.count !== null ? `if (wid.x == 0u && lid == 0u && nk > 0u) { atomicAdd(&stats[${s.count}u], nk); }` : ''}
   if (u >= ${U}u) { return; }
   var s0 = vec4<f32>(0.0);
   var s1 = vec4<f32>(0.0);
   var k = 0u;
-  for (; k + 3u < nk; k += 4u) { ${[0, 1, 2, 3].map(acc).join(' ')} }
-  for (; k < nk; k += 1u) { ${acc(0)} }
+  for (; k + ${R - 1}u < nk; k += ${R}u) {
+      ${step(0, R)}
+  }
+  for (; k < nk; k += 1u) { ${step(0, 1)} }
   part[(c * ${U}u + u) * 2u] = s0;
   part[(c * ${U}u + u) * 2u + 1u] = s1;
 }`;
@@ -476,7 +491,8 @@ export interface AttnSpec {
  */
 export function attentionWgsl(s: AttnSpec): string {
   const hd = s.hd, HD4 = hd / 4, KV = s.kvHeads, H = s.heads, G = H / KV, h2 = s.ropeDim / 2, TG = Math.max(1, Math.floor(256 / HD4));
-  // the scores: LP lanes per position (the largest of 8, 4, 2, 1 dividing HD4), JL vec4s each
+  // the scores: LP lanes per position (the largest of 8, 4, 2, 1 dividing HD4; on the H200 at 73 positions 2 lanes, one
+  // pass, ran the 10% / 50% token 1.2% slower than 8 lanes, 3 passes), JL vec4s each
   const LP = [8, 4, 2, 1].find((l) => HD4 % l === 0)!, JL = HD4 / LP;
   const P = s.parts, NQ = (H + 2 * KV) * hd;
   // stage o: 0 q, 1 k (kvh), 2 v (kvh), 3 k (w), 4 v (w) -> the offset of that vector in the input

@@ -46,8 +46,21 @@ export type GpuHeadMode = { mode: 'dense' } | { mode: 'select'; sets: Int32Array
 /** per layer; `inputs`: the input-threshold sites (src/runtime/decoder.ts: the same thresholds and scores) */
 export interface GpuModes { mlp: GpuMlpMode[]; heads: GpuHeadMode[]; inputs?: (LayerInputs | undefined)[] | undefined }
 
-/** chunks of an input-sparse axpy over `rows` inputs into `cols` outputs: ~48k threads, at most SITE_PER rows a chunk */
-function siteChunks(rows: number, cols: number): number { return Math.min(rows, Math.max(Math.ceil(rows / SITE_PER), Math.min(128, Math.ceil(49152 / (cols / 8))))); }
+/**
+ * Threads an input-sparse axpy is spread over, and its most chunks (siteChunks; the partial sums' buffers hold that
+ * many). On the H200 at the 6.7B widths, 50% kept: ~49k threads (at most 128 chunks) 1.21-1.22x dense, ~98k 1.38x;
+ * see docs/gpu-decode.md for the cap of 256
+ */
+export const SITE_THREADS = 98304;
+export const SITE_MAX_CHUNKS = 256;
+/**
+ * chunks of an input-sparse axpy over `rows` inputs into `cols` outputs: ~`threads` threads, at most SITE_PER rows a
+ * chunk, at most `most` chunks, and at least 16 rows a chunk (a small model's site is not cut into chunks of a few
+ * rows, each paying the workgroup's fixed cost and a partial sum: at d 256 ~98k threads made 256 chunks of 4 rows)
+ */
+function siteChunks(rows: number, cols: number, threads = SITE_THREADS, most = SITE_MAX_CHUNKS): number {
+  return Math.max(1, Math.ceil(rows / SITE_PER), Math.min(most, Math.floor(rows / 16), Math.ceil(threads / (cols / 8))));
+}
 
 export function gpuDenseModes(layers: number): GpuModes {
   return { mlp: Array.from({ length: layers }, () => ({ mode: 'dense' })), heads: Array.from({ length: layers }, () => ({ mode: 'dense' })) };
@@ -124,6 +137,11 @@ export interface GpuSessionOptions {
   unfused?: boolean;
   /** fuse the norm only into matvecs of at most this many rows (default FUSE_ROWS) */
   fuseRows?: number;
+  /** the input-sparse axpys: threads each is spread over (default SITE_THREADS), their most chunks (default and at most SITE_MAX_CHUNKS) (benchmarks) */
+  siteThreads?: number;
+  siteMaxChunks?: number;
+  /** chunks of a down axpy over fixed neuron sets (default: as dense, one per 64 of the ffn's rows, at most 128) (benchmarks) */
+  downChunks?: number;
 }
 
 export class GpuDecodeSession {
@@ -187,11 +205,12 @@ export class GpuDecodeSession {
     modes.mlp.forEach((m, i) => { if (m.mode === 'predicted' && c.gated) throw new UserError(`the GPU decode runtime does not run layer ${i}'s predicted gated MLP (its scores need the gate's and up's predictors)`, 'decode this bundle with the CPU runtime'); });
     if (modes.mlp.some((m) => m.mode === 'lossless') && (c.gated || (c.act !== 'relu' && c.act !== 'fatrelu'))) throw new UserError(`the GPU decode runtime's lossless mode needs an ungated ReLU MLP (this model's is ${c.gated ? 'gated ' : ''}${c.act})`, 'use dense or select modes for this model');
     const chunks = Math.min(128, Math.max(1, Math.ceil(F / 64)));
+    const siteMost = Math.min(SITE_MAX_CHUNKS, o.siteMaxChunks ?? SITE_MAX_CHUNKS), selChunks = Math.min(128, Math.max(1, o.downChunks ?? chunks));
     const mk = (bytes: number, label: string, usage = 0) => { const b = gpuEmpty(gpu, bytes, label, usage); this.bufs.push(b); return b; };
     // (part: the down axpy's chunks, or an o / down site's: at most 128)
     this.b = {
       x: mk(4 * d, 'x'), hn: mk(4 * d, 'normed'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
-      part: mk(4 * 128 * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'), cs: mk(4 * Math.max(4, c.ropeDim), 'cos/sin'),
+      part: mk(4 * Math.max(128, siteMost) * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'), cs: mk(4 * Math.max(4, c.ropeDim), 'cos/sin'),
       // per layer: the MLP rows' count (lossless, predicted, down site), the attn / o / mlp sites' rows; the greedy non-finite flag; per layer the predicted heads' count
       stats: mk(256 * (2 * L + 1), 'stats'),
       sc: mk(4 * Math.max(F, H), 'scores'), pu1: mk(4 * Math.max(8, ...[...modes.mlp, ...modes.heads].map((m) => (m.mode === 'predicted' ? m.p.r : 0))), 'pred.hidden'),
@@ -257,7 +276,7 @@ export class GpuDecodeSession {
       // an input-sparse axpy: its threshold thr[64 i + k] (k: the site's index in INPUT_SITES), the rows it reads counted in the
       // layer's stats[k] (the down site's: the MLP's count)
       const site = (spec: Omit<AxpySiteSpec, 'skip' | 'count' | 'chunks'>, k: number, th: InputThreshold | null, count: boolean, entries: Entry[]): { op: Op; chunks: number } => {
-        const chunks = siteChunks(spec.rows, spec.cols);
+        const chunks = siteChunks(spec.rows, spec.cols, o.siteThreads, siteMost);
         if (th) this.thr[64 * i + k] = th.t;
         const skip = th ? { slot: k, wina: Boolean(th.wina) } : null;
         const norm = (['qkvT.norm', 'oT.norm', 'upT.norm', 'down.norm'] as const)[k]!;
@@ -266,7 +285,7 @@ export class GpuDecodeSession {
           ...(count ? [[7, statsOf(i)] as Entry] : [])], Math.ceil(spec.cols / 8 / 256), chunks) };
       };
       const qs = si?.attn ? site({ cols: NQ, rows: d, input: { kind: 'norm', norm: c.norm, eps: c.normEps, hasB: Boolean(Lw.ln1b) } }, 0, si.attn, true,
-        [[0, gpuDerived(gpu, w, i, 'qkvT')], [1, s.x], [2, (this.pq ??= mk(4 * 128 * NQ, 'parts.qkv'))], [5, Lw.ln1g], ...opt(6, Lw.ln1b)]) : null;
+        [[0, gpuDerived(gpu, w, i, 'qkvT')], [1, s.x], [2, (this.pq ??= mk(4 * siteMost * NQ, 'parts.qkv'))], [5, Lw.ln1g], ...opt(6, Lw.ln1b)]) : null;
       const os = si?.o ? site({ cols: d, rows: H * hd, input: { kind: 'x' } }, 1, si.o, true, [[0, gpuDerived(gpu, w, i, 'oT')], [1, s.ctx], [2, s.part]]) : null;
       // attention block: one op list per head set (dense: all; select: the fixed sets; predicted: the selection this step's scorer made)
       const hsets: { sel: GPUBuffer; n: number; host: number }[] = hm.mode === 'predicted' ? [{ sel: headSel[i]!, n: H, host: 0 }]
@@ -321,7 +340,7 @@ export class GpuDecodeSession {
       if (si?.mlp) {
         // the MLP input site: up over the kept inputs' rows (axpy, every neuron), then down summing its chunks (+ bias, act) over the rows its own site keeps
         const us = site({ cols: F, rows: d, input: { kind: 'norm', norm: c.norm, eps: c.normEps, hasB: Boolean(Lw.ln2b) } }, 2, si.mlp, true,
-          [[0, gpuDerived(gpu, w, i, 'upT')], [1, s.x], [2, (this.pu ??= mk(4 * 128 * F, 'parts.up'))], [5, Lw.ln2g], ...opt(6, Lw.ln2b)]);
+          [[0, gpuDerived(gpu, w, i, 'upT')], [1, s.x], [2, (this.pu ??= mk(4 * siteMost * F, 'parts.up'))], [5, Lw.ln2g], ...opt(6, Lw.ln2b)]);
         const ds = site({ cols: d, rows: F, input: { kind: 'parts', chunks: us.chunks, bias: Boolean(Lw.upBias), act, actThreshold: c.actThreshold } }, 3, si.down ?? null, Boolean(si.down),
           [[0, Lw.down], [2, s.part], [8, this.pu!], ...opt(5, Lw.upBias)]);
         this.mlpOps.push([[...tag('site.mlp', [us.op]), ...tag('site.down', [ds.op]), reduce(ds.chunks)]]);
@@ -332,7 +351,7 @@ export class GpuDecodeSession {
           return [...pre, ...upOf(set), ...tag('site.down', [ds.op]), reduce(ds.chunks)];
         }));
       } else if (nsets) {
-        this.mlpOps.push(nsets.map((set) => [...pre, ...upOf(set), down({ cols: d, rows: F, chunks, gather: true }, [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]]), reduce(chunks)]));
+        this.mlpOps.push(nsets.map((set) => { const ch = mm.mode === 'select' ? selChunks : chunks; return [...pre, ...upOf(set), down({ cols: d, rows: F, chunks: ch, gather: true }, [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]]), reduce(ch)]; }));
       } else if (mm.mode === 'lossless') {
         // up for every neuron, its nonzero activations compacted in the same dispatch (ids into msel, values into coef)
         this.mlpOps.push([[...up({ rows: F, compact: true }, [...upEntries(null, s.a), [7, msel!], [11, s.coef], [12, statsOf(i)]], Math.ceil(F / 8)),
