@@ -85,7 +85,8 @@ export async function generateGpu(model: Model, prompt: number[], o: GpuGenerate
         session.rewind(steps);
       }
       const z = session.counts, per = (a: number, b: number) => Math.round((a - b) / runsOf0);
-      counts = { mlpSelected: per(z.mlpSelected, c0.mlpSelected), mlpTotal: per(z.mlpTotal, c0.mlpTotal), headsSelected: per(z.headsSelected, c0.headsSelected), headsTotal: per(z.headsTotal, c0.headsTotal) };
+      counts = { mlpSelected: per(z.mlpSelected, c0.mlpSelected), mlpTotal: per(z.mlpTotal, c0.mlpTotal),
+        headsSelected: per(z.headsSelected, c0.headsSelected), headsTotal: per(z.headsTotal, c0.headsTotal) };
     }
     const tokens = runs[0]!, decodeMs = ms[0]! / (o.versus ? 2 : 1);
     const eos = new Set(eosIds(model));
