@@ -58,12 +58,6 @@ export function mlpActTf(c: ModelConfig, up: tf.Tensor, gate: tf.Tensor | null):
   return c.gated ? tf.mul(actTf(c, gate!), up) : actTf(c, up);
 }
 
-/** host: a[0..n) = act(a) (ungated) or act(g) * a (gated, g given) in place */
-export function mlpActHost(f: (x: number) => number, a: Float32Array, n: number, g: Float32Array | null): void {
-  if (g) for (let j = 0; j < n; j++) a[j] = f(g[j]!) * a[j]!;
-  else for (let j = 0; j < n; j++) a[j] = f(a[j]!);
-}
-
 /** The neuron's magnitude score a predictor's gated labels use: |act(g) * u| (host), shared by the fit and the plan. */
 export function gatedScoreHost(f: (x: number) => number, g: Float32Array, u: Float32Array, out: Float32Array, n = out.length): void {
   for (let j = 0; j < n; j++) out[j] = Math.abs(f(g[j]!) * u[j]!);

@@ -74,10 +74,7 @@ function pick(logits: Float32Array, o: GenerateOptions, rand: () => number): num
 export function generate(model: Model, prompts: number[][], o: GenerateOptions): GenerateResult {
   const B = prompts.length;
   const T = Math.max(...prompts.map((p) => p.length));
-  const padded = prompts.map((p) => [...new Array(T - p.length).fill(0), ...p]);
-  const mask = prompts.map((p) => [...new Array(T - p.length).fill(0), ...new Array(p.length).fill(1)]);
   const rand = mulberry32(o.seed ?? 0);
-  const cache = newCache(model);
   const out: number[][] = prompts.map(() => []);
   const done = new Array(B).fill(false);
   const eos = new Set(eosIds(model));
@@ -89,22 +86,27 @@ export function generate(model: Model, prompts: number[][], o: GenerateOptions):
   let session: DecodeSession;
   let t = performance.now();
   let next: number[];
+  const modes = o.modes ?? denseModes(model.config.layers);
   if (model.decodeOnly) { // prefilled by dense decode steps, each prompt without its padding
-    disposeCache(cache);
-    session = new DecodeSession(model, o.modes ?? denseModes(model.config.layers), B);
+    session = new DecodeSession(model, modes, B);
     const last = new Float32Array(B * V);
     try { prompts.forEach((p, b) => session.prefill(b, p, last.subarray(b * V, (b + 1) * V))); } catch (e) { session.dispose(); throw e; }
     assertFinite(last, V, 'generate (prompt)');
     next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
-  } else try {
-    const pre = forward(model, padded, { attentionMask: mask, cache });
-    const last = readSync(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]));
-    disposeOutput(pre);
-    assertFinite(last, V, 'generate (prompt)');
-    next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
-    session = sessionFromPrefill(model, o.modes ?? denseModes(model.config.layers), cache);
-  } finally {
-    disposeCache(cache);
+  } else { // prefilled by the forward pass, the prompts left-padded together
+    const padded = prompts.map((p) => [...new Array(T - p.length).fill(0), ...p]);
+    const mask = prompts.map((p) => [...new Array(T - p.length).fill(0), ...new Array(p.length).fill(1)]);
+    const cache = newCache(model);
+    try {
+      const pre = forward(model, padded, { attentionMask: mask, cache });
+      const last = readSync(() => tf.slice(pre.logits!, [0, T - 1, 0], [B, 1, V]));
+      disposeOutput(pre);
+      assertFinite(last, V, 'generate (prompt)');
+      next = Array.from({ length: B }, (_, b) => pick(last.subarray(b * V, (b + 1) * V), o, rand));
+      session = sessionFromPrefill(model, modes, cache);
+    } finally {
+      disposeCache(cache);
+    }
   }
   const prefillMs = performance.now() - t;
   t = performance.now();

@@ -21,7 +21,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__linux__)
@@ -38,8 +37,8 @@ static const int VALUE_BYTES[4] = { 4, 2, 2, 1 };
 
 typedef struct {
   uint8_t *base; int fn; int64_t W, S, rows, k, x, xs, d, n, out;
-  /* a chunked axpy (ax_chunks): chunk g is the rows at positions [cs[g], cs[g + 1]), summed into part + g * d */
-  const int64_t *cs; float *part;
+  /* a row-split axpy (ax_chunked): chunk g < nc is the rows at positions [cs[g], cs[g + 1]), summed into part + g * d */
+  const int64_t *cs; float *part; int64_t nc;
 } Call;
 
 /* ---------------------------------------------------------------- portable kernels (no AVX2) */
@@ -405,14 +404,14 @@ static int split(int64_t len, int T, int64_t unit) {
 
 static void run_call(const Call *c, int T) {
   const int ax = (c->fn & 3) >= AX;
-  const int64_t len = c->cs ? (int64_t)c->n /* unused */ : ax ? c->d : c->k;
+  const int64_t len = c->cs ? c->nc : ax ? c->d : c->k; /* chunks, columns or rows */
   if (T > 1 && c->k * c->d >= PAR_MIN && pthread_mutex_trylock(&busy) == 0) {
     T = ensure_threads(T);
     job = *c;
     /* matvecs and row-split axpys: dynamic units, ~8 a thread (rows in multiples of 8); column-split axpys: static */
     dyn = c->cs || !ax; active = T;
     if (dyn) {
-      dlen = c->cs ? c->xs : len;
+      dlen = len;
       dunit = c->cs ? 1 : ((dlen + 8 * T - 1) / (8 * T) + 7) / 8 * 8;
       atomic_store_explicit(&dnext, 0, memory_order_relaxed);
     } else nparts = split(len, T, 64);
@@ -431,7 +430,7 @@ static void run_call(const Call *c, int T) {
     pthread_mutex_unlock(&busy);
     return;
   }
-  run_part(c, 0, c->cs ? c->xs : len);
+  run_part(c, 0, len);
 }
 
 /*
@@ -449,17 +448,15 @@ static void run_call(const Call *c, int T) {
 static int ax_chunked(const Call *c0, int T) {
   const int32_t *rows = (const int32_t *)(c0->base + c0->rows);
   const int64_t k = c0->k, d = c0->d;
-  int64_t G = 0;
-  for (int64_t i = 0; i < k; i++) if (i == 0 || rows[i] / AXC != rows[i - 1] / AXC) G++;
-  /* scratch per JS thread (the main thread, each worker_threads thread), kept between calls */
+  /* scratch per JS thread (the main thread, each worker_threads thread), kept between calls; at most k chunks */
   static __thread int64_t *cs = NULL; static __thread float *part = NULL; static __thread int64_t cap_cs = 0, cap_part = 0;
-  if (G + 1 > cap_cs) { int64_t *q = realloc(cs, (size_t)(G + 1) * sizeof(int64_t)); if (!q) return 0; cs = q; cap_cs = G + 1; }
-  if (G * d > cap_part) { float *q = NULL; if (posix_memalign((void **)&q, 64, (size_t)(G * d) * sizeof(float)) != 0) return 0; free(part); part = q; cap_part = G * d; }
-  G = 0;
+  if (k + 1 > cap_cs) { int64_t *q = realloc(cs, (size_t)(k + 1) * sizeof(int64_t)); if (!q) return 0; cs = q; cap_cs = k + 1; }
+  int64_t G = 0;
   for (int64_t i = 0; i < k; i++) if (i == 0 || rows[i] / AXC != rows[i - 1] / AXC) cs[G++] = i;
   cs[G] = k;
+  if (G * d > cap_part) { float *q = NULL; if (posix_memalign((void **)&q, 64, (size_t)(G * d) * sizeof(float)) != 0) return 0; free(part); part = q; cap_part = G * d; }
   Call c = *c0;
-  c.cs = cs; c.part = part; c.xs = G; /* xs (the q8 input's scales) is unused by an axpy: it carries the chunk count */
+  c.cs = cs; c.part = part; c.nc = G;
   run_call(&c, T);
   float *out = (float *)(c.base + c.out);
   for (int64_t g = 0; g < G; g++) { const float *p = part + g * d; for (int64_t j = 0; j < d; j++) out[j] += p[j]; }
@@ -477,7 +474,7 @@ static napi_value js_run(napi_env env, napi_callback_info info) {
   if (napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok) return throw_error(env, "native rows: the first argument is not an ArrayBuffer");
   int64_t v[11];
   for (int i = 0; i < 11; i++) if (napi_get_value_int64(env, argv[i + 1], &v[i]) != napi_ok) return throw_error(env, "native rows: an argument is not a number");
-  Call c = { (uint8_t *)data, (int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], NULL, NULL };
+  Call c = { (uint8_t *)data, (int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], NULL, NULL, 0 };
   const int T = (int)v[10], t = c.fn >> 2, ax = (c.fn & 3) >= AX;
   /* bounds: an out-of-range offset is a bug in the caller, never a wild read */
   const int64_t L = (int64_t)len, vb = VALUE_BYTES[t];
@@ -594,7 +591,7 @@ static napi_value js_silu(napi_env env, napi_callback_info info) {
  * (AVX2: the products and rounding in double lanes, as JS computes them).
  */
 #if defined(__x86_64__)
-/* one q8_0 block of 32 values (w: float32 or float16 bits) as js_q8's scalar loop computes it; 0 where a value is not finite */
+/* one q8_0 block of 32 values (w: float32 or float16 bits), quantizeQ8's arithmetic; 0 where a value is not finite */
 SIMD static int q8_block(const uint8_t *w, int t, int8_t *q, float *sc) {
   __m256 v[4];
   for (int u = 0; u < 4; u++) v[u] = t == F32 ? _mm256_loadu_ps((const float *)w + 8 * u) : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + 8 * u)));
@@ -634,37 +631,16 @@ static napi_value js_q8(napi_env env, napi_callback_info info) {
       || tq != napi_int8_array || tsc != napi_float32_array || ns % 32 != 0 || nq != ns || nsc != ns / 32)
     return throw_error(env, "native rows: q8(src: Float32Array | Uint16Array, q: Int8Array, s: Float32Array) with src.length = q.length = 32 s.length");
   const int t = ts == napi_float32_array ? F32 : F16;
-  int8_t *q = dq; float *sc = dsc;
-  int ok = 1;
-  float w[32];
 #if defined(__x86_64__)
   if (simd) {
-    for (size_t b = 0; b < nsc && ok; b++) ok = q8_block((const uint8_t *)ds + 32 * b * (t == F32 ? 4 : 2), t, q + 32 * b, sc + b);
+    int ok = 1;
+    for (size_t b = 0; b < nsc && ok; b++) ok = q8_block((const uint8_t *)ds + 32 * b * (t == F32 ? 4 : 2), t, (int8_t *)dq + 32 * b, (float *)dsc + b);
     napi_get_boolean(env, ok, &res);
     return res;
   }
 #endif
-  for (size_t b = 0; b < nsc && ok; b++) {
-    float m = 0;
-    for (int j = 0; j < 32; j++) {
-      w[j] = widen((const uint8_t *)ds, t, (int64_t)(32 * b + j));
-      const float a = w[j] < 0 ? -w[j] : w[j];
-      if (!(a <= 3.402823466e38f)) { ok = 0; break; }
-      if (a > m) m = a;
-    }
-    if (!ok) break;
-    const double sd = (double)m / 127;
-    sc[b] = (float)sd;
-    const double inv = sd > 0 ? 1.0 / (double)(float)sd : 0;
-    for (int j = 0; j < 32; j++) {
-      const double x = (double)w[j] * inv, r = floor(x);
-      double v = x - r >= 0.5 ? r + 1 : r;
-      if (v > 127) v = 127; else if (v < -127) v = -127;
-      q[32 * b + j] = (int8_t)v;
-    }
-  }
-  napi_get_boolean(env, ok, &res);
-  return res;
+  (void)t;
+  return throw_error(env, "native rows: q8 needs AVX2 / F16C");
 }
 
 /* info(): { simd: 'avx2' | 'none', maxThreads } */
