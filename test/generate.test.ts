@@ -84,6 +84,16 @@ describe('dejavu generate', () => {
     } finally { only.dispose(); full.dispose(); }
   });
 
+  it('an empty prompt with a tokenizer that adds no BOS: a user error (exit 2), not a stack', async () => {
+    const dir = path.join(TMP, 'no-bos');
+    fs.cpSync(path.join(import.meta.dirname, '..', 'checkpoints', 'llama-fixture'), dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ add_bos_token: false }));
+    const r = await cli('generate', '--model', dir, '--prompt', '', '--backend', 'wasm');
+    expect(r.code, r.err).toBe(2);
+    expect(r.err).toMatch(/prompt 1 is empty and this tokenizer adds no BOS token/);
+    expect(r.err).not.toMatch(/\n\s+at /);
+  });
+
   it('a prompt longer than the positions is a user error before any work', async () => {
     const r = await cli('generate', '--model', MODEL, '--prompt', 'the whale '.repeat(100), '--backend', 'wasm');
     expect(r.code).toBe(2);

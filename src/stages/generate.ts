@@ -32,6 +32,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
     const P = model.config.maxPositions;
     prompts.forEach((p, i) => {
+      if (p.length === 0) throw new UserError(`prompt ${i + 1} is empty and this tokenizer adds no BOS token: there is no token to start from`, 'give a prompt with some text');
       if (p.length >= P) throw new UserError(`prompt ${i + 1} has ${p.length} tokens; the model has ${P} positions (max_position_embeddings), so nothing can be generated after it`, 'shorten the prompt');
     });
     if (o.runtime === 'gpu') return await generateOnGpu(o, deps, model, prompts, preds, plan, tok.decode.bind(tok));
