@@ -155,14 +155,15 @@ export async function captureBatch(model: Model, seqs: number[][], firstSeq: num
       return { layer: l, xa: xa!, xm: xm!, act: act!, hn: hn! };
     };
     const reads = pack ? gpuReads() : 'tfjs';
+    const packOf = (l: number) => packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, packSpec(h));
     const packedOne = async (l: number): Promise<PackedReads> => {
-      const p = packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, packSpec(h));
+      const p = packOf(l);
       try { return { layer: l, packed: (await p.data()) as Int32Array }; } finally { p.dispose(); }
     };
     // on webgpu every layer's packing is queued (behind the forward), then read in one mapping (gpu-pack.ts readPacked)
     let all: Promise<Int32Array[]> | null = null;
     if (pack && reads !== 'tfjs') {
-      const ps = spec.layers.map((l) => packLayer({ xa: o.captured.xAttn![l]!, xm: o.captured.xMlp![l]!, act: o.captured.mlpAct![l]!, hn: o.captured.headNorm![l]! }, packSpec(h)));
+      const ps = spec.layers.map(packOf);
       all = readPacked(ps, readbackThreads(), reads === 'mapped-js').finally(() => { for (const p of ps) p.dispose(); });
       all.catch(() => undefined); // awaited below
     }

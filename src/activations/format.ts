@@ -136,14 +136,14 @@ export class ShardFile {
   private pending: Promise<void> = Promise.resolve();
   private flushed: Promise<void> = Promise.resolve();
   private unflushed = 0;
+  private readonly flushAt = flushBytes();
   constructor(readonly file: string) { this.fd = fs.openSync(file, 'w'); }
   append(bytes: Uint8Array): Promise<void> {
     const p = this.pending.then(() => writeAllAsync(this.fd, bytes));
     this.pending = p;
     p.catch(() => undefined); // observed by the caller, a later append or close()
     this.unflushed += bytes.byteLength;
-    const limit = flushBytes();
-    if (limit > 0 && this.unflushed >= limit) {
+    if (this.flushAt > 0 && this.unflushed >= this.flushAt) {
       this.unflushed = 0;
       const fd = this.fd, before = this.flushed;
       const f = Promise.all([p, flushes, before]).then(() => new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => e ? rej(e) : res())));
