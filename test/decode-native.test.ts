@@ -93,6 +93,43 @@ run.each(['float32', 'float16', 'bfloat16', 'q8_0'] as RowDtype[])('native %s ro
   });
 });
 
+// the AVX-512 kernels (rows.c; where the CPU has AVX-512F) against the AVX2 ones: the same bits, at widths whose
+// tails are 0, 8, 16 and 24 values past a 32-value step, for every row set, in rows of 1 to 9 at a time
+const wideMod = mod && mod.setWide(true) ? mod : null;
+if (mod && !wideMod) console.warn('test/decode-native: AVX-512 kernels skipped: this CPU has no AVX-512F');
+(wideMod ? describe : describe.skip)('native rows: AVX-512 kernels', () => {
+  it.each(['float32', 'float16', 'bfloat16'] as RowDtype[])('%s: the AVX2 kernels\' bits, every tail and row set', (dtype) => {
+    for (const dd of [1056, 1064, 1072, 1080]) {
+      const nn = 37, w = Float32Array.from({ length: nn * dd }, () => rnd() * 2 - 1), x = Float32Array.from({ length: dd }, () => rnd() * 4 - 2);
+      const sets: (Int32Array | undefined)[] = [undefined, Int32Array.from({ length: 9 }, (_, i) => 3 + i), Int32Array.from({ length: 17 }, (_, i) => (i * 11 + 2) % nn),
+        Int32Array.from({ length: 20 }, (_, i) => (i * 7 + 1) % nn).sort()];
+      const ar = nativeArena(2);
+      try {
+        const m = rowMatrix(w, nn, dd, ar, dtype);
+        for (const rows of sets) {
+          const k = rows ? rows.length : nn, c = Float32Array.from({ length: k }, () => rnd() - 0.5);
+          const res = [true, false].map((on) => {
+            expect(wideMod!.setWide(on)).toBe(on);
+            const o = new Float32Array(k), y = Float32Array.from({ length: dd }, (_, j) => j / dd);
+            m.matvec(x, o, rows); m.axpy(c, y, rows);
+            return { o, y };
+          });
+          expect(same(res[0]!.o, res[1]!.o)).toBe(true);
+          expect(same(res[0]!.y, res[1]!.y)).toBe(true);
+          // and not trivially: the outputs are the float64 dot products within float32 rounding
+          const stored = wasmRowsF32((m as unknown as { W: WasmRows }).W);
+          for (let i = 0; i < k; i++) {
+            const r = rows ? rows[i]! : i;
+            let ref = 0, mag = 0;
+            for (let j = 0; j < dd; j++) { ref += stored[r * dd + j]! * x[j]!; mag += Math.abs(stored[r * dd + j]! * x[j]!); }
+            expect(Math.abs(res[0]!.o[i]! - ref)).toBeLessThanOrEqual(2e-5 * mag);
+          }
+        }
+      } finally { wideMod!.setWide(true); ar.dispose(); }
+    }
+  });
+});
+
 run('native rows: formats and bounds', () => {
   it('float16 and bfloat16 rows give the float32 rows\' bits for the same values', () => {
     const h = f32ToF16Array(Float32Array.from({ length: n * d }, () => rnd() * 2 - 1));

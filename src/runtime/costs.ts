@@ -26,7 +26,7 @@ import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { VERSION } from '../version.js';
 import { KERNELS_WASM_BASE64 } from '../model/kernels/wasm/kernels-binary.js';
-import { nativeCodeId } from '../model/kernels/native/native.js';
+import { nativeCodeId, nativeRows } from '../model/kernels/native/native.js';
 import type { Model } from '../model/model.js';
 import { writeArtifact } from '../util/json-artifact.js';
 import { DecodeSession, denseModes, keepInputs, type DecodeModes, type InputSite, type LayerInputs } from './decoder.js';
@@ -196,7 +196,7 @@ export async function kernelCosts(model: Model, context: number, o: { file?: str
   if (!model.decode) throw new Error('kernelCosts needs a model loaded with { decode: true }');
   const c = model.config, sparse = o.sparse;
   // the native kernels' costs are keyed by the built addon too (a rebuilt rows.c measures again)
-  const kern = model.decode.kernel === 'native' ? `native ${nativeCodeId()}` : model.decode.kernel;
+  const kern = model.decode.kernel === 'native' ? `native ${nativeCodeId()}${nativeRows().mod?.info().wide ? ' wide' : ''}` : model.decode.kernel;
   const key = [machine(), kern, model.decode.dtype, `threads${model.decode.threads}`, ...shapeKey(c, context)].join('|');
   return cachedCosts('cpu', key, `${machine()}|${kern}`, c, o, async () => measureShape(model, context), sparse ? async () => siteCosts(model, sparse) : null,
     async (p) => timePerCall(p.run), () => undefined);

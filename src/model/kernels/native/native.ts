@@ -12,7 +12,10 @@ import { fileURLToPath } from 'node:url';
 export interface NativeRowsModule {
   /** ROW_FNS[fn] over the arena's memory (byte offsets), split over `threads` threads */
   run(memory: ArrayBuffer, fn: number, W: number, S: number, rows: number, k: number, x: number, xs: number, d: number, n: number, out: number, threads: number): void;
-  info(): { simd: 'avx2' | 'none'; maxThreads: number };
+  /** wide: the AVX-512 row kernels run (the AVX2 kernels' bits; rows.c) */
+  info(): { simd: 'avx2' | 'none'; wide: boolean; maxThreads: number };
+  /** the AVX-512 row kernels on (where the CPU has AVX-512F) or off; returns whether they run */
+  setWide(on: boolean): boolean;
   /** q8_0 blocks of src (float32 values or float16 bits) into q and s, the bits of quantizeQ8; false where a value is not finite */
   q8(src: Float32Array | Uint16Array, q: Int8Array, s: Float32Array): boolean;
   /** out[0, n) = silu(g) (* a): float32 e^x within 2 ulps (rows.c); out may be g or a */
@@ -38,6 +41,8 @@ export function nativeRows(): { mod: NativeRowsModule | null; why: string } {
     const mod = createRequire(import.meta.url)(NATIVE_ADDON) as NativeRowsModule;
     const info = mod.info();
     if (info.simd !== 'avx2') return (loaded = { mod: null, why: 'this CPU has no AVX2 / FMA / F16C (the native kernels\' portable loops would be slower than WebAssembly SIMD)' });
+    // DEJAVU_NATIVE_WIDE=0: the AVX2 row kernels on an AVX-512 CPU (the same bits; for comparing their speed)
+    if (process.env.DEJAVU_NATIVE_WIDE === '0') mod.setWide(false);
     return (loaded = { mod, why: '' });
   } catch (e) {
     return (loaded = { mod: null, why: `${NATIVE_ADDON} did not load: ${(e as Error).message}` });
