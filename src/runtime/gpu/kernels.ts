@@ -5,7 +5,8 @@
  *     values read as vec4<u32> units of 8; cols % 8 == 0; float32 accumulation;
  *   - a selection `sel`: u32 [count, id0, id1, ...]; with a group size G the rows are id * G + (0..G) (a head's hd
  *     rows of q / k / v); `sub` groups at its end are not counted (the K / V groups appended to the heads' list);
- *   - vectors are float32; `params` is the step's uniform (cache slot n, learned position row, step index).
+ *   - vectors are float32; `params` is the step's (cache slot n, learned position row, step index), a storage buffer the
+ *     host writes and greedy's argmax advances; RoPE's cos / sin a table of a row per position (`cs[n * ropeDim ..]`).
  */
 
 export type GpuAct = 'relu' | 'fatrelu' | 'silu' | 'gelu' | 'gelu_tanh';
@@ -431,6 +432,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 /**
+ * out[j] = act(bias[j] + Σ_c part[c, j]) (n outputs): the input of the site after an input-sparse axpy whose chunks
+ * it sums (fc2's site after fc1's: computed once here, where each of the next site's workgroups summed its inputs'
+ * chunks itself), laid out as reduceWgsl (a workgroup per 8 vec4 columns, 32 threads per column each summing every
+ * 32nd chunk, then a shared-memory sum of the 32)
+ */
+export function sumPartsWgsl(n: number, chunks: number, bias: boolean, act: GpuAct | null, actThreshold: number): string {
+  const D4 = n / 4;
+  return `@group(0) @binding(0) var<storage, read_write> outv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
+${bias ? '@group(0) @binding(2) var<storage, read> bias: array<vec4<f32>>;' : ''}
+${actFn(act, actThreshold)}
+var<workgroup> acc: array<vec4<f32>, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let cg = lid / 8u;
+  let c4 = wid.x * 8u + lid % 8u;
+  var s = vec4<f32>(0.0);
+  if (c4 < ${D4}u) { for (var c = cg; c < ${chunks}u; c += 32u) { s += part[c * ${D4}u + c4]; } }
+  acc[lid] = s;
+  workgroupBarrier();
+  if (cg == 0u && c4 < ${D4}u) {
+    var t = ${bias ? 'bias[c4]' : 'vec4<f32>(0.0)'};
+    for (var k = 0u; k < 32u; k++) { t += acc[lid + 8u * k]; }
+    ${act ? 'outv[c4] = vec4<f32>(act(t.x), act(t.y), act(t.z), act(t.w));' : 'outv[c4] = t;'}
+  }
+}`;
+}
+
+/**
  * dst = norm(src) · g (+ b): one workgroup, each thread holding its vec4s of src in registers (one read), two
  * shared-memory sums (LayerNorm: mean, then variance; RMSNorm: mean square)
  */
@@ -458,7 +488,7 @@ export function embedWgsl(d: number, scale: number | null, pos: boolean): string
 @group(0) @binding(0) var<storage, read> E: array<u32>;
 @group(0) @binding(1) var<storage, read> tok: array<u32>;
 @group(0) @binding(2) var<storage, read_write> xv: array<f32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> params: Params;
 ${pos ? '@group(0) @binding(4) var<storage, read> P: array<u32>;' : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -503,9 +533,10 @@ export function attentionWgsl(s: AttnSpec): string {
   const rot = h2 > 0
     ? `fn rot(o: u32, j: u32) -> f32 {
   if (j >= ${2 * h2}u) { return hv[o + j]; }
-  if (j < ${h2}u) { return hv[o + j] * cs[j] - hv[o + j + ${h2}u] * cs[${h2}u + j]; }
+  let cb = params.n * ${2 * h2}u;
+  if (j < ${h2}u) { return hv[o + j] * cs[cb + j] - hv[o + j + ${h2}u] * cs[cb + ${h2}u + j]; }
   let i = j - ${h2}u;
-  return hv[o + j] * cs[i] + hv[o + i] * cs[${h2}u + i];
+  return hv[o + j] * cs[cb + i] + hv[o + i] * cs[cb + ${h2}u + i];
 }`
     : 'fn rot(o: u32, j: u32) -> f32 { return hv[o + j]; }';
   return `${PARAMS}
@@ -517,7 +548,7 @@ const KV0 = ${KV}u;
 @group(0) @binding(2) var<storage, read_write> K: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> V: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> ctx: array<vec4<f32>>;
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(5) var<storage, read> params: Params;
 ${h2 > 0 ? '@group(0) @binding(6) var<storage, read> cs: array<f32>;' : ''}
 ${P?.bias ? '@group(0) @binding(8) var<storage, read> qb: array<f32>;' : ''}
 var<workgroup> hv: array<f32, ${5 * hd}>;
@@ -711,14 +742,15 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
 /**
  * greedy: tok[0] = hist[params.step] = argmax of the logits (the lowest index among equal maxima); bad[0] = 1
- * when a logit is not finite (the session refuses the tokens: broken weights)
+ * when a logit is not finite (the session refuses the tokens: broken weights); then params advances to the next token
+ * (n, pos, step + 1: no host write between greedy tokens)
  */
 export function argmaxWgsl(n: number): string {
   return `${PARAMS}
 @group(0) @binding(0) var<storage, read> lg: array<f32>;
 @group(0) @binding(1) var<storage, read_write> tok: array<u32>;
 @group(0) @binding(2) var<storage, read_write> hist: array<u32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read_write> params: Params;
 @group(0) @binding(4) var<storage, read_write> bad: array<atomic<u32>>;
 var<workgroup> bv: array<f32, 256>;
 var<workgroup> bi: array<u32, 256>;
@@ -738,7 +770,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid < s) { let ov = bv[lid + s]; let oi = bi[lid + s]; if (ov > bv[lid] || (ov == bv[lid] && oi < bi[lid])) { bv[lid] = ov; bi[lid] = oi; } }
     workgroupBarrier();
   }
-  if (lid == 0u) { let t = select(bi[0], 0u, bi[0] == 0xffffffffu); tok[0] = t; hist[params.step] = t; }
+  if (lid == 0u) {
+    let t = select(bi[0], 0u, bi[0] == 0xffffffffu); tok[0] = t; hist[params.step] = t;
+    // the next token's cache slot, position row and step: greedy writes params once, then each token advances them here
+    params = Params(params.n + 1u, params.pos + 1u, params.step + 1u, 0u);
+  }
 }`;
 }
 
