@@ -157,6 +157,16 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     // float32 weights (a predictor's fc1 of h_mlp): 264 units of 4 a row
     o = await run(K.matvecWgsl({ ...MV, cols, rows, f32: true, bias: true, act: 'relu', norm: nm }), { 0: A, 1: xs, 2: 4 * rows, 4: ba, 8: g, 9: nb }, Math.ceil(rows / 8));
     close(o[2]!, Array.from({ length: rows }, (_, r) => Math.max(0, dotRow(A, r, ln, cols) + ba[r]!)), 1e-5, 'float32, 264 units a row');
+    // two rows per 32 lanes (16 a workgroup): 20 rows = a full workgroup and one of 4 (its second rows past the count)
+    o = await run(K.matvecWgsl({ ...MV, cols, rows, bias: true, act: 'relu', norm: nm, pair: true }), { 0: packF16(A), 1: xs, 2: 4 * rows, 4: ba, 8: g, 9: nb }, Math.ceil(rows / 16));
+    close(o[2]!, Array.from({ length: rows }, (_, r) => Math.max(0, dotRow(A, r, ln, cols) + ba[r]!)), 1e-5, 'pair rows, norm fused');
+    // gathered groups of 4 rows (ids 4, 0, 2; the last group not counted), added into the residual, unnormed x
+    const sel = Uint32Array.from([4, 4, 0, 2, 1]), rs = vals(rows, 51), ids = [16, 17, 18, 19, 0, 1, 2, 3, 8, 9, 10, 11];
+    o = await run(K.matvecWgsl({ ...MV, cols, rows, rowGather: { G: 4, sub: 1 }, resid: true, pair: true }), { 0: packF16(A), 1: xs, 2: rs, 3: sel }, 1);
+    const want = Array.from(rs);
+    for (const r of ids) want[r] = rs[r]! + dotRow(A, r, xs, cols);
+    close(o[2]!, want, 1e-5, 'pair rows, gathered, into the residual');
+    expect(() => K.matvecWgsl({ ...MV, cols, rows, gated: true, pair: true })).toThrow(/pair rows/);
   });
 
   it('input-sparse axpy: kept rows only (abs / WINA scores, gathered rows, the norm fused in, the chunks of an earlier axpy + act), counted', async () => {
@@ -437,6 +447,10 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
     const a = await gpuSession(opt, gm, { capacity: 16 }), b = await gpuSession(opt, gm, { capacity: 16, unfused: true });
     const la = [await a.step([3]), await a.step([4])], lb = [await b.step([3]), await b.step([4])];
     expect(maxRel(la, lb)).toBeLessThan(1e-5);
+    // and fused at 16 rows a workgroup (q|k|v and the head; lossless fc1 compacts: a norm dispatch)
+    const p = await gpuSession(opt, gm, { capacity: 16, fuseRows: 0, fusePairRows: Infinity });
+    expect(maxRel([await p.step([3]), await p.step([4])], lb)).toBeLessThan(1e-5);
+    p.dispose();
     // lossless keeps the neurons whose pre-activation is > 0: fused and unfused norms round differently, so a neuron
     // within an ulp of 0 can flip (CI saw 2753 vs 2752 of 12288); more than a few flips is a real difference
     expect(a.counts.mlpTotal).toBe(b.counts.mlpTotal);

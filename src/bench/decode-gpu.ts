@@ -219,6 +219,9 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     mk('predicted 10% MLP / 50% heads (fixed random sets)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head),
     mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
+    mk('dense, norms fused at 16 rows a workgroup into matvecs of <= 16384 rows (fc1 too)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fusePairRows: 16384 }),
+    mk('dense, no 16-row fused matvecs (the last session\'s)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fusePairRows: 0 }),
+    mk('predicted 10% MLP / 50% heads, no 16-row fused matvecs (q|k|v with a norm dispatch: the last session\'s)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fusePairRows: 0 }),
     mk('dense, one submission per token', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { submitTokens: 1 }),
     mk('predicted 10% MLP / 50% heads, one submission per token', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { submitTokens: 1 }),
     mk('predicted 10% MLP / 50% heads, 16 tokens a submission', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { submitTokens: 16 }),
@@ -228,6 +231,21 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     sparseAs('input-sparse 50% at q/k/v, fc1, fc2 inputs, o dense (as a GPU-priced plan keeps it)', {}, true),
     sparseAs('input-sparse 50%, ~147k threads', { siteThreads: 147456 }),
   ];
+  { // the 16-row fused matvecs compute what the norm dispatch and the 8-row matvec do (10% / 50% and dense, 3 steps)
+    let worst = 0;
+    for (const modes of [gpuDenseModes(LAYERS), randomSets(c, 0.1, 0.5)]) {
+      const p = new GpuDecodeSession(gpu, w, modes, { capacity: 8 }), q = new GpuDecodeSession(gpu, w, modes, { capacity: 8, fusePairRows: 0 });
+      for (const id of [3, 4, 5]) {
+        const a = await p.step([id]), z = await q.step([id]);
+        let m = 0, e = 0;
+        for (let j = 0; j < a.length; j++) { m = Math.max(m, Math.abs(z[j]!)); e = Math.max(e, Math.abs(a[j]! - z[j]!)); }
+        worst = Math.max(worst, e / m);
+      }
+      p.dispose(); q.dispose();
+    }
+    notes.push(`16-row fused matvecs vs a norm dispatch and 8-row matvecs at the 6.7B widths (dense, 10% / 50%, 3 steps): max |diff| / max |logit| = ${worst.toExponential(2)}`);
+    log(notes[notes.length - 1]!);
+  }
   try {
     await measure(vs, STEPS);
     tables.push({ caption: `OPT-6.7B widths, random float16 weights (${LAYERS} layers, d ${d}, ffn ${F}, ${d / 128} heads of 128, vocab 2048), batch 1, ${STEPS} greedy tokens after an ${PROMPT.length}-token prompt`, header: HEADER, rows: rowsOf(vs, 'dense') });

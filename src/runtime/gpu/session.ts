@@ -117,6 +117,11 @@ export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, pla
  * tok/s with it, 727-797 never fused, 586-769 always fused; 10% MLP / 50% heads 1567-1574, 1438-1444, 982-1545.
  */
 export const FUSE_ROWS = 8192;
+/**
+ * above FUSE_ROWS, the norm is fused into matvecs of at most this many rows with two rows per 32 lanes (16 a
+ * workgroup: half the workgroups normalizing x; matvecPairWgsl): q|k|v at 50% heads (10240 rows) and dense (12288)
+ */
+export const FUSE_PAIR_ROWS = 12288;
 
 /**
  * what an op computes, for timing parts of a block (timeOps: the plan's cost model): pred = a predictor's dispatches;
@@ -137,6 +142,8 @@ export interface GpuSessionOptions {
   unfused?: boolean;
   /** fuse the norm only into matvecs of at most this many rows (default FUSE_ROWS) */
   fuseRows?: number;
+  /** above fuseRows, fuse it into matvecs of at most this many rows at 16 rows a workgroup (default FUSE_PAIR_ROWS; 0: never) */
+  fusePairRows?: number;
   /** the input-sparse axpys: threads each is spread over (default SITE_THREADS), their most chunks (default and at most SITE_MAX_CHUNKS) (benchmarks) */
   siteThreads?: number;
   siteMaxChunks?: number;
@@ -245,9 +252,14 @@ export class GpuDecodeSession {
     // a matvec of norm(x): the norm fused in (every workgroup normalizes x into workgroup memory: one dispatch less)
     // where the adapter has the workgroup memory, else a norm dispatch into s.hn first
     const fits = matvecNormBytes(d, c.gated) <= gpu.limits.maxComputeWorkgroupStorageSize, fuseRows = o.unfused ? 0 : o.fuseRows ?? FUSE_ROWS;
-    const normed = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>, entries: Entry[], x: number, g: GPUBuffer, bb: GPUBuffer | undefined): Op[] => fits && spec.rows <= fuseRows
-      ? [this.op(mv({ ...spec, norm: { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false } }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)]
-      : [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
+    const pairRows = o.unfused ? 0 : o.fusePairRows ?? FUSE_PAIR_ROWS;
+    const normed = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>, entries: Entry[], x: number, g: GPUBuffer, bb: GPUBuffer | undefined): Op[] => {
+      const nm = { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false };
+      if (fits && spec.rows <= fuseRows) return [this.op(mv({ ...spec, norm: nm }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)];
+      // two rows per 32 lanes (16 a workgroup): half the workgroups normalizing x
+      if (matvecNormBytes(d, true) <= gpu.limits.maxComputeWorkgroupStorageSize && spec.rows <= pairRows && !spec.f32 && !spec.gated && !spec.compact && !spec.colGather) return [this.op(mv({ ...spec, norm: nm, pair: true }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], Math.ceil(spec.rows / 16))];
+      return [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
+    };
     const attn = { heads: H, kvHeads: KV, hd, cap: this.cap, ropeDim: this.invFreq ? c.ropeDim : 0, scale: c.attnScale };
     const seq = (n: number) => Array.from({ length: n }, (_, i) => i);
     const check = (set: Int32Array, n: number, what: string) => { for (let j = 0; j < set.length; j++) if (!(set[j]! >= 0 && set[j]! < n) || (j && set[j]! === set[j - 1])) throw new Error(`GPU decode: ${what} set holds ${set[j]} (ids must be distinct, in 0..${n - 1})`); };
