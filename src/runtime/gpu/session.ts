@@ -119,9 +119,11 @@ export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, pla
 export const FUSE_ROWS = 8192;
 /**
  * above FUSE_ROWS, the norm is fused into matvecs of at most this many rows with two rows per 32 lanes (16 a
- * workgroup: half the workgroups normalizing x; matvecPairWgsl): q|k|v at 50% heads (10240 rows) and dense (12288)
+ * workgroup: half the workgroups normalizing x; matvecPairWgsl): q|k|v (10240 rows at 50% heads, 12288 dense) and fc1
+ * (16384). On the H200 at the 6.7B widths dense ran 839-851 tok/s with q|k|v's alone, 885-897 with fc1's too, 811-821
+ * with neither (a norm dispatch before each); 10% / 50% 1697-1735 with q|k|v's, 1617-1656 without
  */
-export const FUSE_PAIR_ROWS = 12288;
+export const FUSE_PAIR_ROWS = 16384;
 
 /**
  * what an op computes, for timing parts of a block (timeOps: the plan's cost model): pred = a predictor's dispatches;
