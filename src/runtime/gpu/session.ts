@@ -259,7 +259,8 @@ export class GpuDecodeSession {
       const nm = { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false };
       if (fits && spec.rows <= fuseRows) return [this.op(mv({ ...spec, norm: nm }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)];
       // two rows per 32 lanes (16 a workgroup): half the workgroups normalizing x
-      if (matvecNormBytes(d, true) <= gpu.limits.maxComputeWorkgroupStorageSize && spec.rows <= pairRows && !spec.f32 && !spec.gated && !spec.compact && !spec.colGather) return [this.op(mv({ ...spec, norm: nm, pair: true }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], Math.ceil(spec.rows / 16))];
+      const pairs = matvecNormBytes(d, true) <= gpu.limits.maxComputeWorkgroupStorageSize && !spec.f32 && !spec.gated && !spec.compact && !spec.colGather;
+      if (pairs && spec.rows <= pairRows) return [this.op(mv({ ...spec, norm: nm, pair: true }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], Math.ceil(spec.rows / 16))];
       return [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
     };
     const attn = { heads: H, kvHeads: KV, hd, cap: this.cap, ropeDim: this.invFreq ? c.ropeDim : 0, scale: c.attnScale };
