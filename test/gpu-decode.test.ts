@@ -44,11 +44,12 @@ async function run(code: string, bind: Record<number, In>, x: number, y = 1): Pr
   const dev = gpu!.device;
   const bufs: Record<number, GPUBuffer> = {};
   for (const [k, v] of Object.entries(bind)) bufs[Number(k)] = typeof v === 'number' ? gpuEmpty(gpu!, v, `b${k}`) : gpuBuffer(gpu!, v, `b${k}`);
-  const uni = code.includes('var<uniform> params') ? dev.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }) : null;
+  // params: a storage buffer (greedy's argmax advances it), returned as out[PARAMS_OUT]
+  const ub = /@binding\((\d+)\) var<storage(?:, read(?:_write)?)?> params/.exec(code);
+  const uni = ub ? gpuEmpty(gpu!, 16, 'params') : null;
   const p = dev.createComputePipeline({ layout: 'auto', compute: { module: dev.createShaderModule({ code }), entryPoint: 'main' } });
   const entries = Object.entries(bufs).map(([k, b]) => ({ binding: Number(k), resource: { buffer: b } }));
-  const ub = /@binding\((\d+)\) var<uniform> params/.exec(code);
-  if (uni && ub) { entries.push({ binding: Number(ub[1]), resource: { buffer: uni } }); dev.queue.writeBuffer(uni, 0, params); }
+  if (uni && ub) { entries.push({ binding: Number(ub[1]), resource: { buffer: uni } }); dev.queue.writeBuffer(uni, 0, params); bufs[PARAMS_OUT] = uni; }
   const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
   pass.setPipeline(p); pass.setBindGroup(0, dev.createBindGroup({ layout: p.getBindGroupLayout(0), entries })); pass.dispatchWorkgroups(x, y); pass.end();
   const st: Record<number, GPUBuffer> = {};
@@ -65,6 +66,7 @@ async function run(code: string, bind: Record<number, In>, x: number, y = 1): Pr
   return out;
 }
 let params = new Uint32Array(4);
+const PARAMS_OUT = 99;
 const u32 = (x: Float32Array) => new Uint32Array(x.buffer, x.byteOffset, x.length);
 function close(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string): void {
   expect(a.length, what).toBeGreaterThanOrEqual(b.length);
@@ -155,6 +157,16 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     // float32 weights (a predictor's fc1 of h_mlp): 264 units of 4 a row
     o = await run(K.matvecWgsl({ ...MV, cols, rows, f32: true, bias: true, act: 'relu', norm: nm }), { 0: A, 1: xs, 2: 4 * rows, 4: ba, 8: g, 9: nb }, Math.ceil(rows / 8));
     close(o[2]!, Array.from({ length: rows }, (_, r) => Math.max(0, dotRow(A, r, ln, cols) + ba[r]!)), 1e-5, 'float32, 264 units a row');
+    // two rows per 32 lanes (16 a workgroup): 20 rows = a full workgroup and one of 4 (its second rows past the count)
+    o = await run(K.matvecWgsl({ ...MV, cols, rows, bias: true, act: 'relu', norm: nm, pair: true }), { 0: packF16(A), 1: xs, 2: 4 * rows, 4: ba, 8: g, 9: nb }, Math.ceil(rows / 16));
+    close(o[2]!, Array.from({ length: rows }, (_, r) => Math.max(0, dotRow(A, r, ln, cols) + ba[r]!)), 1e-5, 'pair rows, norm fused');
+    // gathered groups of 4 rows (ids 4, 0, 2; the last group not counted), added into the residual, unnormed x
+    const sel = Uint32Array.from([4, 4, 0, 2, 1]), rs = vals(rows, 51), ids = [16, 17, 18, 19, 0, 1, 2, 3, 8, 9, 10, 11];
+    o = await run(K.matvecWgsl({ ...MV, cols, rows, rowGather: { G: 4, sub: 1 }, resid: true, pair: true }), { 0: packF16(A), 1: xs, 2: rs, 3: sel }, 1);
+    const want = Array.from(rs);
+    for (const r of ids) want[r] = rs[r]! + dotRow(A, r, xs, cols);
+    close(o[2]!, want, 1e-5, 'pair rows, gathered, into the residual');
+    expect(() => K.matvecWgsl({ ...MV, cols, rows, gated: true, pair: true })).toThrow(/pair rows/);
   });
 
   it('input-sparse axpy: kept rows only (abs / WINA scores, gathered rows, the norm fused in, the chunks of an earlier axpy + act), counted', async () => {
@@ -201,6 +213,16 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     expect(u32(o[7]!)[0]).toBe(rows); // no skip: every row read
   });
 
+  it('the sum of an input-sparse axpy\'s chunks (+ bias, act): fc2\'s input computed once', async () => {
+    const n = 1032, chunks = 37, pin = vals(chunks * n, 61), pb = vals(n, 62); // 1032 / 4 = 258 columns: 33 workgroups, the last partial
+    const pre = Array.from({ length: n }, (_, i) => { let t = pb[i]!; for (let c = 0; c < chunks; c++) t += pin[c * n + i]!; return t; });
+    let o = await run(K.sumPartsWgsl(n, chunks, true, 'relu', 0), { 0: 4 * n, 1: pin, 2: pb }, Math.ceil(n / 32));
+    close(o[0]!, pre.map((t) => Math.max(0, t)), 1e-5, 'sum relu');
+    expect(o[0]!.some((t) => t === 0) && o[0]!.some((t) => t > 0)).toBe(true);
+    o = await run(K.sumPartsWgsl(n, chunks, false, null, 0), { 0: 4 * n, 1: pin }, Math.ceil(n / 32));
+    close(o[0]!, pre.map((t, i) => t - pb[i]!), 1e-5, 'sum, no bias, no act');
+  });
+
   it('transpose of float16 rows; row norms', async () => {
     const rows = 6, cols = 10, M = vals(rows * cols, 50);
     const o = await run(K.transposeWgsl(rows, cols), { 0: packF16(M), 1: rows * cols * 2 }, 1);
@@ -231,8 +253,11 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
       const sel = Uint32Array.from([heads.length + 2 * KV, ...heads, ...Array.from({ length: 2 * KV }, (_, k) => H + k)]);
       const qkv = vals((heads.length + 2 * KV) * hd, 17), Kc = vals(KV * cap * hd, 18), Vc = vals(KV * cap * hd, 19);
       const cs = Float32Array.from({ length: rd }, (_, j) => Math.cos(0.7 * j + 0.3 * (j >= h2 ? 1 : 0))); // cos [rd / 2], sin [rd / 2]
+      // the kernel reads position n's row of a table [cap, rd] (the other rows hold other values: a wrong row fails)
+      const table = vals(cap * rd, 24);
+      table.set(cs, n * rd);
       params = Uint32Array.from([n, 0, 0, 0]);
-      const o = await run(K.attentionWgsl(spec), { 0: qkv, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs }, Math.max(heads.length, KV));
+      const o = await run(K.attentionWgsl(spec), { 0: qkv, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: table }, Math.max(heads.length, KV));
       // partial rotary: dims 0..rd-1 rotated in pairs (j, j + rd / 2), the rest passed through
       const rope = (v: ArrayLike<number>) => {
         const r = Array.from(v);
@@ -260,7 +285,7 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
       full.set(qkv.subarray(nh * hd), H * hd);
       const p1 = vals(full.length, 23), parts = new Float32Array(2 * full.length);
       for (let j = 0; j < full.length; j++) { parts[j] = p1[j]!; parts[full.length + j] = full[j]! - p1[j]! - qb[j]!; }
-      const o2 = await run(K.attentionWgsl({ ...spec, parts: { chunks: 2, bias: true } }), { 0: parts, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: cs, 8: qb }, Math.max(heads.length, KV));
+      const o2 = await run(K.attentionWgsl({ ...spec, parts: { chunks: 2, bias: true } }), { 0: parts, 1: sel, 2: Kc, 3: Vc, 4: 4 * H * hd, 6: table, 8: qb }, Math.max(heads.length, KV));
       close(o2[4]!, ref, 1e-5, `attention from parts, ${tag}`);
       close(o2[2]!, K2, 1e-5, `K cache from parts, ${tag}`);
     }
@@ -276,10 +301,11 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     const got = Array.from(sel.subarray(1, 1 + k)).map((id, i) => [id, o[2]![i]!] as const).sort((p, q) => p[0] - q[0]);
     expect(got).toEqual(nz.map((i) => [i, act[i]!]));
     const lg = vals(1000, 21); lg[700] = 5; lg[333] = 5;
-    params = Uint32Array.from([0, 0, 2, 0]);
+    params = Uint32Array.from([7, 9, 2, 0]);
     let r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16, 4: 16 }, 1);
     expect(u32(r[1]!)[0]).toBe(333);
     expect(u32(r[2]!)[2]).toBe(333);
+    expect(Array.from(u32(r[PARAMS_OUT]!))).toEqual([8, 10, 3, 0]); // the next greedy token's slot, position, step
     expect(u32(r[4]!)[0]).toBe(0);
     lg[900] = NaN;
     r = await run(K.argmaxWgsl(1000), { 0: lg, 1: 16, 2: 16, 4: 16 }, 1);
@@ -421,6 +447,10 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
     const a = await gpuSession(opt, gm, { capacity: 16 }), b = await gpuSession(opt, gm, { capacity: 16, unfused: true });
     const la = [await a.step([3]), await a.step([4])], lb = [await b.step([3]), await b.step([4])];
     expect(maxRel(la, lb)).toBeLessThan(1e-5);
+    // and fused at 16 rows a workgroup (q|k|v and the head; lossless fc1 compacts: a norm dispatch)
+    const p = await gpuSession(opt, gm, { capacity: 16, fuseRows: 0, fusePairRows: Infinity });
+    expect(maxRel([await p.step([3]), await p.step([4])], lb)).toBeLessThan(1e-5);
+    p.dispose();
     // lossless keeps the neurons whose pre-activation is > 0: fused and unfused norms round differently, so a neuron
     // within an ulp of 0 can flip (CI saw 2753 vs 2752 of 12288); more than a few flips is a real difference
     expect(a.counts.mlpTotal).toBe(b.counts.mlpTotal);

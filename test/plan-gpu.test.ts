@@ -85,7 +85,7 @@ describe.skipIf(!gpu)('a plan priced for the GPU decode runtime', () => {
       expect(pred.filter((n) => n === 'pred').length).toBeGreaterThanOrEqual(2);
       expect(pred.filter((n) => n !== 'pred')).toEqual(plain);
       const at = { t: 0.5 };
-      expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ attn: at, o: at, mlp: at })) })).toEqual(['site.attn', 'attn', 'site.o', 'site.o', 'site.mlp', 'site.down', 'reduce']);
+      expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ attn: at, o: at, mlp: at })) })).toEqual(['site.attn', 'attn', 'site.o', 'site.o', 'site.mlp', 'site.mlp', 'site.down', 'reduce']); // (fc1's site, then its chunks' sum)
       expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ down: at })) })).toEqual(['qkv', 'attn', 'o', 'up', 'site.down', 'reduce']);
       expect(F).toBeGreaterThan(9);
     } finally { preds.dispose(); model.dispose(); }

@@ -88,7 +88,7 @@ let copyGBs = 0;
     [W, x, part, x, x, g, x, x, x, thr], F / 8 / 256, 24);
   const hd = 128, cap = 80, qkv = gpuEmpty(gpu, 4 * 3 * d, 'qkv'), sel = gpuEmpty(gpu, 4 * (1 + 3 * (d / hd)), 'sel'), Kc = gpuEmpty(gpu, 4 * d * cap, 'K'), Vc = gpuEmpty(gpu, 4 * d * cap, 'V');
   gpu.device.queue.writeBuffer(sel, 0, Uint32Array.from({ length: 1 + 3 * (d / hd) }, (_, i) => (i === 0 ? 3 * (d / hd) : i - 1)));
-  const params = gpu.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  const params = gpuEmpty(gpu, 16, 'params');
   gpu.device.queue.writeBuffer(params, 0, Uint32Array.from([cap - 8, 0, 0, 0]));
   const aMs = await kernelMs(gpu, attentionWgsl({ heads: d / hd, kvHeads: d / hd, hd, cap, ropeDim: 0, scale: 0.1 }), [qkv, sel, Kc, Vc, y, params], d / hd);
   const one = gpuEmpty(gpu, 16, 'one');
@@ -122,8 +122,8 @@ function randomSets(c: ModelConfig, mlpFrac: number, headFrac: number): GpuModes
 interface Variant { name: string; s: GpuDecodeSession; bytes: () => number; greedy: number[]; step: number[]; host: number[] }
 
 /** every input site of every layer at threshold `t0` (abs scores), for calibrate() */
-function allSites(layers: number, t0: number): (LayerInputs | undefined)[] {
-  return Array.from({ length: layers }, () => ({ attn: { t: t0 }, o: { t: t0 }, mlp: { t: t0 }, down: { t: t0 } }));
+function allSites(layers: number, t0: number, oDense = false): (LayerInputs | undefined)[] {
+  return Array.from({ length: layers }, () => ({ attn: { t: t0 }, ...(oDense ? {} : { o: { t: t0 } }), mlp: { t: t0 }, down: { t: t0 } }));
 }
 
 /**
@@ -131,11 +131,11 @@ function allSites(layers: number, t0: number): (LayerInputs | undefined)[] {
  * few greedy tokens: TEAL's calibration, done on the GPU's own counts (random weights have no calibration text).
  * Returns the kept share per site (attn, o, mlp, down) over all layers at the end.
  */
-async function calibrate(s: GpuDecodeSession, c: ModelConfig, density: number, iters = 24, k = 4): Promise<{ kept: number[]; set: (s: GpuDecodeSession) => void }> {
+async function calibrate(s: GpuDecodeSession, c: ModelConfig, density: number, iters = 24, k = 4): Promise<{ kept: number[]; set: (s: GpuDecodeSession, oDense?: boolean) => void }> {
   const L = c.layers, widths = [c.hidden, c.heads * c.headDim, c.hidden, c.ffn];
   const lo = Array.from({ length: 4 * L }, () => 1e-6), hi = Array.from({ length: 4 * L }, () => 64);
   let kept = new Array<number>(4 * L).fill(0), t: number[] = [];
-  const set = (z: GpuDecodeSession) => t.forEach((v, j) => z.setThreshold(Math.floor(j / 4), INPUT_SITES[j % 4]!, v));
+  const set = (z: GpuDecodeSession, oDense = false) => t.forEach((v, j) => { if (!(oDense && INPUT_SITES[j % 4] === 'o')) z.setThreshold(Math.floor(j / 4), INPUT_SITES[j % 4]!, v); });
   for (let it = 0; it <= iters; it++) {
     t = lo.map((l, j) => Math.sqrt(l * hi[j]!));
     set(s);
@@ -205,9 +205,9 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
   const sparseIn = mk('input-sparse 50% (q/k/v, o, fc1, fc2 inputs)', { ...gpuDenseModes(LAYERS), inputs: allSites(LAYERS, 0.1) }, () => LAYERS * layerBytes(1, 1) + head);
   const cal = await calibrate(sparseIn.s, c, 0.5), inDensity = cal.kept;
   sparseIn.bytes = () => LAYERS * 2 * d * (inDensity[0]! * (3 * H * hd) + inDensity[1]! * d + (inDensity[2]! + inDensity[3]!) * F) + head;
-  const sparseAs = (name: string, o: GpuSessionOptions): Variant => {
-    const v = mk(name, { ...gpuDenseModes(LAYERS), inputs: allSites(LAYERS, 0.1) }, () => sparseIn.bytes(), o);
-    cal.set(v.s);
+  const sparseAs = (name: string, o: GpuSessionOptions, oDense = false): Variant => {
+    const v = mk(name, { ...gpuDenseModes(LAYERS), inputs: allSites(LAYERS, 0.1, oDense) }, oDense ? () => sparseIn.bytes() + LAYERS * 2 * d * (1 - inDensity[1]!) * d : () => sparseIn.bytes(), o);
+    cal.set(v.s, oDense);
     return v;
   };
   notes.push(`input-sparse at the 6.7B widths: thresholds bisected on the GPU's counts per layer and site to 50%; kept q/k/v ${pct(inDensity[0]!)}, o ${pct(inDensity[1]!)}, fc1 ${pct(inDensity[2]!)}, fc2 ${pct(inDensity[3]!)} of the inputs`);
@@ -215,30 +215,45 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
   const vs = [
     mk('dense', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head),
     mk('dense, norms not fused (a norm dispatch before qkv, fc1, the head)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { unfused: true }),
-    mk('dense, norms fused into matvecs of <= 8192 rows', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fuseRows: 8192 }),
-    mk('dense, norms fused into matvecs of <= 12288 rows (q|k|v too)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fuseRows: 12288 }),
-    mk('dense, norms fused into every matvec', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fuseRows: Infinity }),
     mk('lossless (ReLU, nonzero rows of fc2)', lossless, (s) => { const a = s.counts.mlpSelected / s.counts.mlpTotal; return LAYERS * (layerBytes(1, 0.5) + 2 * a * F * d) + head; }),
     mk('predicted 10% MLP / 50% heads (fixed random sets)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head),
     mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
-    mk('predicted 10% MLP / 50% heads, norms fused into matvecs of <= 8192 rows', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: 8192 }),
-    mk('predicted 10% MLP / 50% heads, norms fused into every matvec (q|k|v\'s 10240 rows too)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: Infinity }),
-    mk('predicted 10% MLP / 50% heads, down in 26 chunks (64 of the set\'s rows each, as dense\'s 128 of 16384)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { downChunks: 26 }),
-    mk('predicted 10% MLP / 50% heads, down in 52 chunks', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { downChunks: 52 }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
+    mk('dense, norms fused at 16 rows a workgroup into q|k|v only (<= 12288 rows; fc1 with a norm dispatch)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fusePairRows: 12288 }),
+    mk('dense, no 16-row fused matvecs (the last session\'s)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fusePairRows: 0 }),
+    mk('predicted 10% MLP / 50% heads, no 16-row fused matvecs (q|k|v with a norm dispatch: the last session\'s)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fusePairRows: 0 }),
+    mk('predicted 10% MLP / 50% heads, every fused matvec at 16 rows a workgroup (fc1\'s 1638 rows too)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: 0 }),
+    mk('dense, one submission per token', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { submitTokens: 1 }),
+    mk('predicted 10% MLP / 50% heads, one submission per token', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { submitTokens: 1 }),
+    mk('predicted 10% MLP / 50% heads, 16 tokens a submission', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { submitTokens: 16 }),
     sparseIn,
-    sparseAs('input-sparse 50%, each site over ~49k threads, at most 128 chunks (the last session\'s)', { siteThreads: 49152, siteMaxChunks: 128 }),
-    sparseAs('input-sparse 50%, ~98k threads, at most 128 chunks', { siteMaxChunks: 128 }),
+    // o's site at 50% is slower than dense o on the H200 (its 192 chunks' sum and the site's fixed cost outweigh 16 MB):
+    // a plan priced on the GPU keeps o dense (its site priced by both ends), as this variant does
+    sparseAs('input-sparse 50% at q/k/v, fc1, fc2 inputs, o dense (as a GPU-priced plan keeps it)', {}, true),
     sparseAs('input-sparse 50%, ~147k threads', { siteThreads: 147456 }),
-    sparseAs('input-sparse 50%, ~196k threads', { siteThreads: 196608 }),
   ];
+  { // the 16-row fused matvecs compute what the norm dispatch and the 8-row matvec do (10% / 50% and dense, 3 steps)
+    let worst = 0;
+    for (const modes of [gpuDenseModes(LAYERS), randomSets(c, 0.1, 0.5)]) {
+      const p = new GpuDecodeSession(gpu, w, modes, { capacity: 8 }), q = new GpuDecodeSession(gpu, w, modes, { capacity: 8, fusePairRows: 0 });
+      for (const id of [3, 4, 5]) {
+        const a = await p.step([id]), z = await q.step([id]);
+        let m = 0, e = 0;
+        for (let j = 0; j < a.length; j++) { m = Math.max(m, Math.abs(z[j]!)); e = Math.max(e, Math.abs(a[j]! - z[j]!)); }
+        worst = Math.max(worst, e / m);
+      }
+      p.dispose(); q.dispose();
+    }
+    notes.push(`16-row fused matvecs vs a norm dispatch and 8-row matvecs at the 6.7B widths (dense, 10% / 50%, 3 steps): max |diff| / max |logit| = ${worst.toExponential(2)}`);
+    log(notes[notes.length - 1]!);
+  }
   try {
     await measure(vs, STEPS);
     tables.push({ caption: `OPT-6.7B widths, random float16 weights (${LAYERS} layers, d ${d}, ffn ${F}, ${d / 128} heads of 128, vocab 2048), batch 1, ${STEPS} greedy tokens after an ${PROMPT.length}-token prompt`, header: HEADER, rows: rowsOf(vs, 'dense') });
     log(table(HEADER, tables[tables.length - 1]!.rows));
     // where layer 0's time goes (after the rounds: timing ops leaves the sessions' vectors meaningless)
     const parts: (string | number)[][] = [];
-    for (const v of vs.filter((x) => x.name === 'dense' || x.name.startsWith('predicted 10% MLP / 50% heads (') || x.name.includes('down in') || x.name.startsWith('input-sparse'))) {
+    for (const v of vs.filter((x) => x.name === 'dense' || x.name.startsWith('predicted 10% MLP / 50% heads (') || x.name.startsWith('input-sparse'))) {
       const names = [...new Set(v.s.opNames(0))].filter((n) => n !== undefined);
       const each: string[] = [];
       for (const n of names) each.push(`${n} ${(1000 * await v.s.timeOps(0, [n])).toFixed(1)}`);

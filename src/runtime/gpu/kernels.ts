@@ -5,7 +5,8 @@
  *     values read as vec4<u32> units of 8; cols % 8 == 0; float32 accumulation;
  *   - a selection `sel`: u32 [count, id0, id1, ...]; with a group size G the rows are id * G + (0..G) (a head's hd
  *     rows of q / k / v); `sub` groups at its end are not counted (the K / V groups appended to the heads' list);
- *   - vectors are float32; `params` is the step's uniform (cache slot n, learned position row, step index).
+ *   - vectors are float32; `params` is the step's (cache slot n, learned position row, step index), a storage buffer the
+ *     host writes and greedy's argmax advances; RoPE's cos / sin a table of a row per position (`cs[n * ropeDim ..]`).
  */
 
 export type GpuAct = 'relu' | 'fatrelu' | 'silu' | 'gelu' | 'gelu_tanh';
@@ -67,6 +68,11 @@ export interface MatvecSpec {
   compact?: boolean | { ge: number } | undefined;
   /** float32 weights (vec4<f32> units of 4: the predictors) instead of float16 pairs */
   f32?: boolean | undefined;
+  /**
+   * two rows per 32 lanes, 16 rows a workgroup (matvecPairWgsl: x read once for both; with the norm fused in, half the
+   * workgroups normalizing x): float16, no gate, no compaction, no gathered columns
+   */
+  pair?: boolean | undefined;
 }
 
 /** workgroup bytes a matvec with its norm fused in needs (the session fuses it only where the adapter has them) */
@@ -124,6 +130,7 @@ const FAST_SHARED = 'var<workgroup> red2v: array<vec2<f32>, 256>;\nvar<workgroup
  * reading vec4<u32> (8 float16) units strided by 32 (4 in flight), then a shared-memory sum per row.
  */
 export function matvecWgsl(s: MatvecSpec): string {
+  if (s.pair) return matvecPairWgsl(s);
   const E = s.f32 ? 4 : 8, U = s.cols / E, nm = s.norm;
   if (s.f32 && (s.gated || s.colGather)) throw new Error('matvecWgsl: float32 weights with a gate or gathered columns');
   const b: string[] = [`@group(0) @binding(0) var<storage, read> W: array<vec4<${s.f32 ? 'f32' : 'u32'}>>;`, '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
@@ -231,6 +238,90 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${s.gated ? 'red2[lid] = acc2;' : ''}
   workgroupBarrier();
   ${tail}
+}`;
+}
+
+/**
+ * matvecWgsl with two rows per 32 lanes (rows i and i + 8 of a workgroup's 16): each lane's x units loaded once for
+ * both rows, 8 weight units in flight; with the norm fused in, every workgroup normalizes x (as matvecWgsl) for 16
+ * rows, half the workgroups' reads of x, g, b (a fused norm's cost in a matvec of many rows: each workgroup reads 48
+ * KiB from L2 at d 4096). A second row past the count reads the first's (its result is not written).
+ */
+function matvecPairWgsl(s: MatvecSpec): string {
+  if (s.f32 || s.gated || s.compact || s.colGather) throw new Error('matvecWgsl: pair rows with float32 weights, a gate, compaction or gathered columns');
+  const U = s.cols / 8, nm = s.norm, rg = s.rowGather;
+  const b: string[] = ['@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;', '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
+    '@group(0) @binding(2) var<storage, read_write> outv: array<f32>;'];
+  if (rg) b.push('@group(0) @binding(3) var<storage, read> sel: array<u32>;');
+  if (s.bias) b.push('@group(0) @binding(4) var<storage, read> bias: array<f32>;');
+  if (s.zero) b.push('@group(0) @binding(7) var<storage, read_write> zc: array<u32>;');
+  if (nm) {
+    b.push('@group(0) @binding(8) var<storage, read> ng: array<vec4<f32>>;');
+    if (nm.hasB) b.push('@group(0) @binding(9) var<storage, read> nb: array<vec4<f32>>;');
+    if (nm.out) b.push('@group(0) @binding(10) var<storage, read_write> nout: array<vec4<f32>>;');
+  }
+  const count = rg ? `(sel[0] - ${rg.sub}u) * ${rg.G}u` : `${s.rows}u`;
+  const rowOf = (i: string) => (rg ? `sel[1u + ${i} / ${rg.G}u] * ${rg.G}u + ${i} % ${rg.G}u` : i);
+  const X = nm ? 'xw' : 'x';
+  const both = (u: string, w0: string, w1: string) => `{ let u = ${u}; let xa = ${X}[2u * u]; let xb = ${X}[2u * u + 1u]; acc0 += dot8(${w0}, xa, xb); acc1 += dot8(${w1}, xa, xb); }`;
+  const load = (k: number) => both(`u0 + ${k * 32}u`, 'W[base0 + u]', 'W[base1 + u]');
+  const D4 = s.cols / 4, NV = Math.ceil(D4 / 256);
+  const normIn = nm ? `var gs: array<vec4<f32>, ${NV}>;
+  ${nm.hasB ? `var bs: array<vec4<f32>, ${NV}>;` : ''}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { gs[k] = ng[j];${nm.hasB ? ' bs[k] = nb[j];' : ''} } }
+  ${normFast(s.cols, nm.kind, nm.eps, 'x')}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * gs[k]${nm.hasB ? ' + bs[k]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
+  workgroupBarrier();` : '';
+  // with the norm fused in, each lane's first 4 weight units of both rows loaded before the norm, summed first
+  const pre = nm ? [0, 1, 2, 3].map((k) => `var p0${k} = vec4<u32>(); var p1${k} = vec4<u32>();
+  if (lane + ${32 * k}u < ${U}u) { p0${k} = W[base0 + lane + ${32 * k}u]; p1${k} = W[base1 + lane + ${32 * k}u]; }`).join('\n  ') : '';
+  const preUse = nm ? [0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < ${U}u) ${both(`lane + ${32 * k}u`, `p0${k}`, `p1${k}`)}`).join('\n    ') + '\n    u0 += 128u;' : '';
+  const res = (row: string) => `${s.act ? 'act(' : '('}t${s.bias ? ` + bias[${row}]` : ''})`;
+  const write = (i: string, row: string) => (s.resid ? `outv[${row}] = outv[${row}] + ${res(row)};` : `outv[${i}] = ${res(row)};`);
+  return `${b.join('\n')}
+${DOT8}
+${actFn(s.act, s.actThreshold)}
+var<workgroup> red: array<f32, 512>;
+${nm ? `var<workgroup> xw: array<vec4<f32>, ${D4}>;\n${FAST_SHARED}` : ''}
+var<workgroup> wcount: u32;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  if (lid == 0u) { wcount = ${count};${s.zero ? ' if (wid.x == 0u) { zc[0] = 0u; }' : ''} }
+  let count = workgroupUniformLoad(&wcount);
+  if (wid.x * 16u >= count) { return; }
+  let r = lid / 32u;
+  let lane = lid % 32u;
+  let i0 = wid.x * 16u + r;
+  let i1 = i0 + 8u;
+  var acc0 = 0.0;
+  var acc1 = 0.0;
+  var row0 = 0u;
+  var row1 = 0u;
+  if (i0 < count) { row0 = ${rowOf('i0')}; }
+  if (i1 < count) { row1 = ${rowOf('i1')}; } else { row1 = row0; }
+  let base0 = row0 * ${U}u;
+  let base1 = row1 * ${U}u;
+  ${pre}
+  ${normIn}
+  if (i0 < count) {
+    var u0 = lane;
+    ${preUse}
+    for (; u0 + 96u < ${U}u; u0 += 128u) { ${[0, 1, 2, 3].map(load).join(' ')} }
+    for (; u0 < ${U}u; u0 += 32u) { ${load(0)} }
+  }
+  red[lid] = acc0;
+  red[256u + lid] = acc1;
+  workgroupBarrier();
+  if (lane == 0u && i0 < count) {
+    var t = 0.0;
+    for (var k = 0u; k < 32u; k++) { t += red[lid + k]; }
+    ${write('i0', 'row0')}
+  }
+  if (lane == 0u && i1 < count) {
+    var t = 0.0;
+    for (var k = 0u; k < 32u; k++) { t += red[256u + lid + k]; }
+    ${write('i1', 'row1')}
+  }
 }`;
 }
 
@@ -431,6 +522,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 /**
+ * out[j] = act(bias[j] + Σ_c part[c, j]) (n outputs): the input of the site after an input-sparse axpy whose chunks
+ * it sums (fc2's site after fc1's: computed once here, where each of the next site's workgroups summed its inputs'
+ * chunks itself), laid out as reduceWgsl (a workgroup per 8 vec4 columns, 32 threads per column each summing every
+ * 32nd chunk, then a shared-memory sum of the 32)
+ */
+export function sumPartsWgsl(n: number, chunks: number, bias: boolean, act: GpuAct | null, actThreshold: number): string {
+  const D4 = n / 4;
+  return `@group(0) @binding(0) var<storage, read_write> outv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
+${bias ? '@group(0) @binding(2) var<storage, read> bias: array<vec4<f32>>;' : ''}
+${actFn(act, actThreshold)}
+var<workgroup> acc: array<vec4<f32>, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let cg = lid / 8u;
+  let c4 = wid.x * 8u + lid % 8u;
+  var s = vec4<f32>(0.0);
+  if (c4 < ${D4}u) { for (var c = cg; c < ${chunks}u; c += 32u) { s += part[c * ${D4}u + c4]; } }
+  acc[lid] = s;
+  workgroupBarrier();
+  if (cg == 0u && c4 < ${D4}u) {
+    var t = ${bias ? 'bias[c4]' : 'vec4<f32>(0.0)'};
+    for (var k = 0u; k < 32u; k++) { t += acc[lid + 8u * k]; }
+    ${act ? 'outv[c4] = vec4<f32>(act(t.x), act(t.y), act(t.z), act(t.w));' : 'outv[c4] = t;'}
+  }
+}`;
+}
+
+/**
  * dst = norm(src) · g (+ b): one workgroup, each thread holding its vec4s of src in registers (one read), two
  * shared-memory sums (LayerNorm: mean, then variance; RMSNorm: mean square)
  */
@@ -458,7 +578,7 @@ export function embedWgsl(d: number, scale: number | null, pos: boolean): string
 @group(0) @binding(0) var<storage, read> E: array<u32>;
 @group(0) @binding(1) var<storage, read> tok: array<u32>;
 @group(0) @binding(2) var<storage, read_write> xv: array<f32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> params: Params;
 ${pos ? '@group(0) @binding(4) var<storage, read> P: array<u32>;' : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -503,9 +623,10 @@ export function attentionWgsl(s: AttnSpec): string {
   const rot = h2 > 0
     ? `fn rot(o: u32, j: u32) -> f32 {
   if (j >= ${2 * h2}u) { return hv[o + j]; }
-  if (j < ${h2}u) { return hv[o + j] * cs[j] - hv[o + j + ${h2}u] * cs[${h2}u + j]; }
+  let cb = params.n * ${2 * h2}u;
+  if (j < ${h2}u) { return hv[o + j] * cs[cb + j] - hv[o + j + ${h2}u] * cs[cb + ${h2}u + j]; }
   let i = j - ${h2}u;
-  return hv[o + j] * cs[i] + hv[o + i] * cs[${h2}u + i];
+  return hv[o + j] * cs[cb + i] + hv[o + i] * cs[cb + ${h2}u + i];
 }`
     : 'fn rot(o: u32, j: u32) -> f32 { return hv[o + j]; }';
   return `${PARAMS}
@@ -517,7 +638,7 @@ const KV0 = ${KV}u;
 @group(0) @binding(2) var<storage, read_write> K: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> V: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> ctx: array<vec4<f32>>;
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(5) var<storage, read> params: Params;
 ${h2 > 0 ? '@group(0) @binding(6) var<storage, read> cs: array<f32>;' : ''}
 ${P?.bias ? '@group(0) @binding(8) var<storage, read> qb: array<f32>;' : ''}
 var<workgroup> hv: array<f32, ${5 * hd}>;
@@ -711,14 +832,15 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
 /**
  * greedy: tok[0] = hist[params.step] = argmax of the logits (the lowest index among equal maxima); bad[0] = 1
- * when a logit is not finite (the session refuses the tokens: broken weights)
+ * when a logit is not finite (the session refuses the tokens: broken weights); then params advances to the next token
+ * (n, pos, step + 1: no host write between greedy tokens)
  */
 export function argmaxWgsl(n: number): string {
   return `${PARAMS}
 @group(0) @binding(0) var<storage, read> lg: array<f32>;
 @group(0) @binding(1) var<storage, read_write> tok: array<u32>;
 @group(0) @binding(2) var<storage, read_write> hist: array<u32>;
-@group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read_write> params: Params;
 @group(0) @binding(4) var<storage, read_write> bad: array<atomic<u32>>;
 var<workgroup> bv: array<f32, 256>;
 var<workgroup> bi: array<u32, 256>;
@@ -738,7 +860,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid < s) { let ov = bv[lid + s]; let oi = bi[lid + s]; if (ov > bv[lid] || (ov == bv[lid] && oi < bi[lid])) { bv[lid] = ov; bi[lid] = oi; } }
     workgroupBarrier();
   }
-  if (lid == 0u) { let t = select(bi[0], 0u, bi[0] == 0xffffffffu); tok[0] = t; hist[params.step] = t; }
+  if (lid == 0u) {
+    let t = select(bi[0], 0u, bi[0] == 0xffffffffu); tok[0] = t; hist[params.step] = t;
+    // the next token's cache slot, position row and step: greedy writes params once, then each token advances them here
+    params = Params(params.n + 1u, params.pos + 1u, params.step + 1u, 0u);
+  }
 }`;
 }
 

@@ -21,7 +21,7 @@
  *   input-threshold sites (attn, o, mlp, down: TEAL / WINA, as src/runtime/decoder.ts): the site's matrix read
  *         input-major (a transposed copy made once, ./weights.ts gpuDerived), only the rows of the kept inputs
  *         (axpySiteWgsl: each workgroup scores its chunk of inputs, the norm fused in where the site reads one);
- *         the q|k|v chunks summed by the attention kernel, up's by down's axpy; thresholds in a buffer (setThreshold)
+ *         the q|k|v chunks summed by the attention kernel, up's by one dispatch before down's axpy; thresholds in a buffer (setThreshold)
  */
 import type { KVCache } from '../../model/forward.js';
 import type { ModelConfig } from '../../model/config.js';
@@ -34,7 +34,7 @@ import type { HostPredictor } from '../../predictors/predictor.js';
 import type { LoadedPredictors, LoadedSite } from '../../predictors/hooks.js';
 import { planInputs, type RuntimePlan } from '../plan.js';
 import type { SelectionRule } from '../../predictors/metrics.js';
-import { argmaxWgsl, attentionWgsl, axpySiteWgsl, pickWgsl, axpyWgsl, embedWgsl, matvecNormBytes, matvecWgsl, normWgsl, reduceWgsl, SITE_PER, type AxpySiteSpec, type GpuAct, type MatvecSpec } from './kernels.js';
+import { argmaxWgsl, attentionWgsl, axpySiteWgsl, pickWgsl, axpyWgsl, embedWgsl, matvecNormBytes, matvecWgsl, normWgsl, reduceWgsl, SITE_PER, sumPartsWgsl, type AxpySiteSpec, type GpuAct, type MatvecSpec } from './kernels.js';
 import { gpuBuffer, gpuDerived, gpuEmpty, gpuWeightsFromModel, type GpuWeights } from './weights.js';
 import { median } from '../../util/stats.js';
 
@@ -117,6 +117,13 @@ export function gpuPlanModes(c: ModelConfig, preds: LoadedPredictors | null, pla
  * tok/s with it, 727-797 never fused, 586-769 always fused; 10% MLP / 50% heads 1567-1574, 1438-1444, 982-1545.
  */
 export const FUSE_ROWS = 8192;
+/**
+ * above FUSE_ROWS, the norm is fused into matvecs of at most this many rows with two rows per 32 lanes (16 a
+ * workgroup: half the workgroups normalizing x; matvecPairWgsl): q|k|v (10240 rows at 50% heads, 12288 dense) and fc1
+ * (16384). On the H200 at the 6.7B widths dense ran 839-851 tok/s with q|k|v's alone, 885-897 with fc1's too, 811-821
+ * with neither (a norm dispatch before each); 10% / 50% 1697-1735 with q|k|v's, 1617-1656 without
+ */
+export const FUSE_PAIR_ROWS = 16384;
 
 /**
  * what an op computes, for timing parts of a block (timeOps: the plan's cost model): pred = a predictor's dispatches;
@@ -137,12 +144,22 @@ export interface GpuSessionOptions {
   unfused?: boolean;
   /** fuse the norm only into matvecs of at most this many rows (default FUSE_ROWS) */
   fuseRows?: number;
+  /** above fuseRows, fuse it into matvecs of at most this many rows at 16 rows a workgroup (default FUSE_PAIR_ROWS; 0: never) */
+  fusePairRows?: number;
   /** the input-sparse axpys: threads each is spread over (default SITE_THREADS), their most chunks (default and at most SITE_MAX_CHUNKS) (benchmarks) */
   siteThreads?: number;
   siteMaxChunks?: number;
   /** chunks of a down axpy over fixed neuron sets (default: as dense, one per 64 of the ffn's rows, at most 128) (benchmarks) */
   downChunks?: number;
+  /** greedy tokens per command submission (default SUBMIT_TOKENS) */
+  submitTokens?: number;
 }
+
+/**
+ * greedy tokens encoded into one command submission: a submission costs the host ~40 µs (Dawn, lavapipe) and the GPU a
+ * gap between command buffers; the params advance on the GPU, so tokens need no host write between them
+ */
+export const SUBMIT_TOKENS = 4;
 
 export class GpuDecodeSession {
   readonly counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
@@ -183,12 +200,14 @@ export class GpuDecodeSession {
   /** ms the last greedy call spent encoding and submitting on the host (its GPU work overlaps this) */
   lastHostMs = 0;
   private disposed = false;
+  private readonly submitTokens: number;
 
   constructor(private readonly gpu: Gpu, private readonly w: GpuWeights, modes: GpuModes, o: GpuSessionOptions = {}, private readonly ownsWeights = false) {
     const c = (this.c = w.config), dev = (this.dev = gpu.device);
     const d = c.hidden, H = c.heads, KV = c.kvHeads, hd = c.headDim, F = c.ffn, V = c.vocabSize, L = c.layers;
     if (modes.mlp.length !== L || modes.heads.length !== L) throw new Error(`GPU decode modes for ${modes.mlp.length}/${modes.heads.length} layers, model has ${L}`);
     this.cap = o.capacity ?? Math.min(c.maxPositions, 2048);
+    this.submitTokens = Math.max(1, Math.floor(o.submitTokens ?? SUBMIT_TOKENS));
     // the attention kernel keeps a head's scores over the cache in workgroup memory
     const shared = 4 * this.cap + 256 * 20 + 68 * hd / 4 + 16;
     if (shared > gpu.limits.maxComputeWorkgroupStorageSize) throw new UserError(`GPU decode: a KV cache of ${this.cap} positions needs ${shared} bytes of workgroup memory; this adapter has ${gpu.limits.maxComputeWorkgroupStorageSize}`, 'make the session with a smaller capacity');
@@ -210,18 +229,21 @@ export class GpuDecodeSession {
     // (part: the down axpy's chunks, or an o / down site's: at most 128)
     this.b = {
       x: mk(4 * d, 'x'), hn: mk(4 * d, 'normed'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
-      part: mk(4 * Math.max(128, siteMost) * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'), cs: mk(4 * Math.max(4, c.ropeDim), 'cos/sin'),
+      part: mk(4 * Math.max(128, siteMost) * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'),
+      // RoPE's cos / sin, a row per position (written for the positions a step or greedy call decodes)
+      cs: mk(4 * Math.max(4, c.ropeDim) * (c.positions === 'rope' && c.ropeDim > 0 ? this.cap : 1), 'cos/sin'),
       // per layer: the MLP rows' count (lossless, predicted, down site), the attn / o / mlp sites' rows; the greedy non-finite flag; per layer the predicted heads' count
       stats: mk(256 * (2 * L + 1), 'stats'),
       sc: mk(4 * Math.max(F, H), 'scores'), pu1: mk(4 * Math.max(8, ...[...modes.mlp, ...modes.heads].map((m) => (m.mode === 'predicted' ? m.p.r : 0))), 'pred.hidden'),
       thr: mk(256 * L, 'thresholds'), // per layer (256 bytes apart: a binding's offset): the attn / o / mlp / down sites' thresholds
-      params: dev.createBuffer({ label: 'params', size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }),
+      // (storage: greedy's argmax advances it on the GPU)
+      params: mk(16, 'params'),
       staging: dev.createBuffer({ label: 'staging', size: 4 * Math.max(V, this.cap) + 256 * (2 * L + 1), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
     };
-    this.bufs.push(this.b.params, this.b.staging);
+    this.bufs.push(this.b.staging);
     for (let i = 0; i < L; i++) { this.K.push(mk(4 * KV * this.cap * hd, `K${i}`)); this.V.push(mk(4 * KV * this.cap * hd, `V${i}`)); }
     this.invFreq = c.positions === 'rope' && c.ropeDim > 0 ? ropeInvFreq(c) : null;
-    this.cs = new Float32Array(Math.max(4, c.ropeDim));
+    this.cs = new Float32Array(Math.max(4, c.ropeDim) * this.cap);
     this.thr = new Float32Array(64 * L);
     this.siteRows = Array.from({ length: L }, () => [0, 0, 0, 0]);
     const s = this.b;
@@ -232,9 +254,15 @@ export class GpuDecodeSession {
     // a matvec of norm(x): the norm fused in (every workgroup normalizes x into workgroup memory: one dispatch less)
     // where the adapter has the workgroup memory, else a norm dispatch into s.hn first
     const fits = matvecNormBytes(d, c.gated) <= gpu.limits.maxComputeWorkgroupStorageSize, fuseRows = o.unfused ? 0 : o.fuseRows ?? FUSE_ROWS;
-    const normed = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>, entries: Entry[], x: number, g: GPUBuffer, bb: GPUBuffer | undefined): Op[] => fits && spec.rows <= fuseRows
-      ? [this.op(mv({ ...spec, norm: { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false } }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)]
-      : [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
+    const pairRows = o.unfused ? 0 : o.fusePairRows ?? FUSE_PAIR_ROWS;
+    const normed = (spec: Partial<MatvecSpec> & Pick<MatvecSpec, 'cols' | 'rows'>, entries: Entry[], x: number, g: GPUBuffer, bb: GPUBuffer | undefined): Op[] => {
+      const nm = { kind: c.norm, eps: c.normEps, hasB: Boolean(bb), out: false };
+      if (fits && spec.rows <= fuseRows) return [this.op(mv({ ...spec, norm: nm }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], x)];
+      // two rows per 32 lanes (16 a workgroup): half the workgroups normalizing x
+      const pairs = matvecNormBytes(d, true) <= gpu.limits.maxComputeWorkgroupStorageSize && !spec.f32 && !spec.gated && !spec.compact && !spec.colGather;
+      if (pairs && spec.rows <= pairRows) return [this.op(mv({ ...spec, norm: nm, pair: true }), [...entries, [1, s.x], [8, g], ...opt(9, bb)], Math.ceil(spec.rows / 16))];
+      return [norm(s.x, s.hn, g, bb), this.op(mv(spec), [...entries, [1, s.hn]], x)];
+    };
     const attn = { heads: H, kvHeads: KV, hd, cap: this.cap, ropeDim: this.invFreq ? c.ropeDim : 0, scale: c.attnScale };
     const seq = (n: number) => Array.from({ length: n }, (_, i) => i);
     const check = (set: Int32Array, n: number, what: string) => { for (let j = 0; j < set.length; j++) if (!(set[j]! >= 0 && set[j]! < n) || (j && set[j]! === set[j - 1])) throw new Error(`GPU decode: ${what} set holds ${set[j]} (ids must be distinct, in 0..${n - 1})`); };
@@ -341,9 +369,11 @@ export class GpuDecodeSession {
         // the MLP input site: up over the kept inputs' rows (axpy, every neuron), then down summing its chunks (+ bias, act) over the rows its own site keeps
         const us = site({ cols: F, rows: d, input: { kind: 'norm', norm: c.norm, eps: c.normEps, hasB: Boolean(Lw.ln2b) } }, 2, si.mlp, true,
           [[0, gpuDerived(gpu, w, i, 'upT')], [1, s.x], [2, (this.pu ??= mk(4 * siteMost * F, 'parts.up'))], [5, Lw.ln2g], ...opt(6, Lw.ln2b)]);
-        const ds = site({ cols: d, rows: F, input: { kind: 'parts', chunks: us.chunks, bias: Boolean(Lw.upBias), act, actThreshold: c.actThreshold } }, 3, si.down ?? null, Boolean(si.down),
-          [[0, Lw.down], [2, s.part], [8, this.pu!], ...opt(5, Lw.upBias)]);
-        this.mlpOps.push([[...tag('site.mlp', [us.op]), ...tag('site.down', [ds.op]), reduce(ds.chunks)]]);
+        // fc1's chunks summed once (+ bias, act) into s.a (each of fc2's workgroups summed its inputs' 48 chunks itself: fc2's
+        // site 29 µs against dense down's 45 at 50% kept on the H200), then fc2's site reads a
+        const sum = this.op(sumPartsWgsl(F, us.chunks, Boolean(Lw.upBias), act, c.actThreshold), [[0, s.a], [1, this.pu!], ...opt(2, Lw.upBias)], Math.ceil(F / 32));
+        const ds = site({ cols: d, rows: F, input: { kind: 'x' } }, 3, si.down ?? null, Boolean(si.down), [[0, Lw.down], [1, s.a], [2, s.part]]);
+        this.mlpOps.push([[...tag('site.mlp', [us.op, sum]), ...tag('site.down', [ds.op]), reduce(ds.chunks)]]);
       } else if (dn) {
         // the down input site: up as its mode says, then down over the rows of the activations it keeps (counted on the GPU)
         this.mlpOps.push((nsets ?? [null]).map((set) => {
@@ -463,18 +493,28 @@ export class GpuDecodeSession {
     this.n = P;
   }
 
-  /** write the step's uniforms (slot, position, step index, cos / sin) and encode its pass */
-  private encode(enc: GPUCommandEncoder, histStep: number | null): void {
-    const c = this.c, n = this.n;
-    if (n >= this.cap) throw new UserError(`GPU decode: position ${n} is past the session's KV cache (${this.cap} positions)`, 'decode fewer tokens, or make the session with a larger capacity');
-    if (c.positions === 'learned' && n >= c.maxPositions) throw new UserError(`decode: position ${n} exceeds the model's max_position_embeddings ${c.maxPositions}`);
-    this.dev.queue.writeBuffer(this.b.params, 0, Uint32Array.from([n, n + c.positionOffset, histStep ?? 0, 0]));
+  /**
+   * write the params (slot, position, step index) of the next `count` tokens' first and the cos / sin rows of their
+   * positions (greedy's argmax advances the params on the GPU: one write per call, not per token)
+   */
+  private writeParams(count: number, histStep: number): void {
+    const c = this.c, n = this.n, last = n + count - 1;
+    if (last >= this.cap) throw new UserError(`GPU decode: position ${last} is past the session's KV cache (${this.cap} positions)`, 'decode fewer tokens, or make the session with a larger capacity');
+    if (c.positions === 'learned' && last >= c.maxPositions) throw new UserError(`decode: position ${last} exceeds the model's max_position_embeddings ${c.maxPositions}`);
+    this.dev.queue.writeBuffer(this.b.params, 0, Uint32Array.from([n, n + c.positionOffset, histStep, 0]));
     if (this.invFreq) {
-      if (c.ropeScaling?.type === 'dynamic') this.invFreq = ropeInvFreq(c, n + 1);
-      const h = c.ropeDim / 2;
-      ropeAngles(c, this.invFreq, n, this.cs.subarray(0, h), this.cs.subarray(h, 2 * h));
-      this.dev.queue.writeBuffer(this.b.cs, 0, this.cs);
+      const R = c.ropeDim, h = R / 2;
+      for (let p = n; p <= last; p++) {
+        if (c.ropeScaling?.type === 'dynamic') this.invFreq = ropeInvFreq(c, p + 1);
+        ropeAngles(c, this.invFreq, p, this.cs.subarray(p * R, p * R + h), this.cs.subarray(p * R + h, p * R + R));
+      }
+      this.dev.queue.writeBuffer(this.b.cs, 4 * n * R, this.cs, n * R, count * R);
     }
+  }
+
+  /** encode the next token's pass (its params written by writeParams, or advanced by the previous token's argmax) */
+  private encode(enc: GPUCommandEncoder, histStep: number | null): void {
+    const c = this.c;
     const pass = enc.beginComputePass();
     const run = (ops: Op[]) => { for (const o of ops) { pass.setPipeline(o.p); pass.setBindGroup(0, o.g); pass.dispatchWorkgroups(o.x, o.y); } };
     run(this.pre);
@@ -526,26 +566,28 @@ export class GpuDecodeSession {
     this.busy = true;
     try {
       const enc = this.dev.createCommandEncoder();
+      this.writeParams(1, 0);
       this.encode(enc, null);
       return new Float32Array(await this.readback(enc, this.b.logits, 4 * this.c.vocabSize, 'step'));
     } finally { this.busy = false; }
   }
 
   /**
-   * Greedy decoding on the GPU: `first` then `n` steps, each step's argmax feeding the next (no readback between
-   * tokens: a submission each, the tokens read back once at the end). Returns the n tokens the steps chose.
+   * Greedy decoding on the GPU: `first` then `n` steps, each step's argmax feeding the next and advancing the params
+   * (no readback and no host write between tokens: a submission per `submitTokens` tokens, the tokens read back once
+   * at the end). Returns the n tokens the steps chose.
    */
   async greedy(first: number, n: number): Promise<number[]> {
     this.enter([first]);
     if (n < 1 || n > this.cap) throw new Error(`GPU decode: greedy of ${n} tokens (1..${this.cap})`);
     this.busy = true;
     try {
-      let enc!: GPUCommandEncoder;
       const t0 = performance.now();
+      this.writeParams(n, 0);
+      let enc = this.dev.createCommandEncoder();
       for (let k = 0; k < n; k++) {
-        enc = this.dev.createCommandEncoder();
         this.encode(enc, k);
-        if (k < n - 1) this.dev.queue.submit([enc.finish()]);
+        if (k < n - 1 && (k + 1) % this.submitTokens === 0) { this.dev.queue.submit([enc.finish()]); enc = this.dev.createCommandEncoder(); }
       }
       this.lastHostMs = performance.now() - t0;
       return Array.from(new Uint32Array(await this.readback(enc, this.b.hist, 4 * n, 'greedy')));
