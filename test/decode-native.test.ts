@@ -131,7 +131,9 @@ if (mod && !wideMod) console.warn('test/decode-native: AVX-512 kernels skipped: 
 });
 
 run('native rows: formats and bounds', () => {
-  it('float16 and bfloat16 rows give the float32 rows\' bits for the same values', () => {
+  // d 1056 / 1064 / 1072 / 1080: the float16 matvec's 32-value steps alone, then with an 8-value tail, a 16-value
+  // step, both (the float32 kernel steps 16 values: the same sums in the same order)
+  it.each([1056, 1064, 1072, 1080])('float16 and bfloat16 rows give the float32 rows\' bits for the same values (d %i)', (d) => {
     const h = f32ToF16Array(Float32Array.from({ length: n * d }, () => rnd() * 2 - 1));
     const w = f16ToF32Array(h); // the float16 values as float32
     const x = Float32Array.from({ length: d }, () => rnd() * 4 - 2);
@@ -150,6 +152,18 @@ run('native rows: formats and bounds', () => {
       e.matvec(x, o1); f.matvec(x, o2);
       expect(same(o1, o2)).toBe(true);
     } finally { ar.dispose(); }
+  });
+
+  it('a native arena grows 2 MiB past what it hands out (its bytes lie in huge pages advised before their first touch); a WebAssembly-only one grows to what it needs', () => {
+    const na = nativeArena(), wa = createArena()!;
+    try {
+      for (const bytes of [3 << 20, 100, (5 << 20) + 17, 4096]) {
+        const o = na.alloc(bytes, 4096)!, w = wa.alloc(bytes, 4096)!;
+        // advise covers the buffer's whole 2 MiB pages: with >= 2 MiB beyond `end`, each written byte is in one
+        expect(na.bytes - (o + bytes)).toBeGreaterThanOrEqual(2 << 20);
+        expect(wa.bytes - (w + bytes)).toBeLessThan(65536);
+      }
+    } finally { na.dispose(); wa.dispose(); }
   });
 
   it('a call out of the arena\'s bounds throws instead of reading past it', () => {

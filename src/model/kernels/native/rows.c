@@ -98,6 +98,9 @@ static void scalar_run(const Call *c, int t, int ax, int64_t i0, int64_t i1) {
 #ifndef AXR
 #define AXR 8
 #endif
+#ifndef NEXTROW
+#define NEXTROW 0 /* 1: the in-order matvec prefetches the next row's start (see MV_BODY) */
+#endif
 
 enum { VB_F32 = 4, VB_F16 = 2, VB_BF16 = 2 };
 /* 8 values at p (index j) widened to float32 */
@@ -118,9 +121,13 @@ SIMD static inline float hsum8(__m256 v) {
 /*
  * out[i] = W[rows[i]] . x for i in [i0, i1), two accumulators a row (even and odd 8-value steps). FOUR (scattered
  * rows): four rows at a time (four row starts miss the cache together; x loaded once for the four); else one row at
- * a time with the next row's start prefetched: in order, one stream a thread read 13.3-16.4 GB/s against four
- * streams' 9.9-15.5 (`kernel-speed.mjs 2 native --dram`, pairs run alternately on this VM). A row gets the same bits
- * either way.
+ * a time: in order, one stream a thread read 13.3-16.4 GB/s against four streams' 9.9-15.5 (`kernel-speed.mjs 2 native
+ * --dram`, pairs run alternately on an AMD EPYC VM). One software prefetch per 64-byte line (a float16 row: one line
+ * a step of 32 values), not one per 16 values, and no prefetch of the next row's start (NEXTROW 0): on a Zen 2 EPYC
+ * VM, 2 threads, scripts/row-stream.c's variant 8 against 0 read 26.6-31.6 against 22.5-25.9 GB/s (medians of 7, six
+ * interleaved runs); bench:decode's TinyLlama row, alternating builds, dense / llama.cpp F16 per round 1.01-1.08x
+ * (medians 1.05, 1.07) against 0.93-1.12x (0.98, 1.07). A row gets the same bits any way (the same two accumulators
+ * in the same order).
  */
 #define MV_BODY(T, NAME, FOUR)                                                                                      \
   SIMD static void NAME(const Call *c, int64_t i0, int64_t i1) {                                                 \
@@ -136,7 +143,7 @@ SIMD static inline float hsum8(__m256 v) {
       __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;            \
       int64_t j = 0;                                                                                             \
       for (; j < d16; j += 16) {                                                                                 \
-        if (PF) { const int64_t o = (j * VB_##T) + PF; _mm_prefetch((const char *)p0 + o, _MM_HINT_T0); _mm_prefetch((const char *)p1 + o, _MM_HINT_T0); \
+        if (PF && !((j * VB_##T) & 63)) { const int64_t o = (j * VB_##T) + PF; _mm_prefetch((const char *)p0 + o, _MM_HINT_T0); _mm_prefetch((const char *)p1 + o, _MM_HINT_T0); \
                   _mm_prefetch((const char *)p2 + o, _MM_HINT_T0); _mm_prefetch((const char *)p3 + o, _MM_HINT_T0); } \
         __m256 xa = _mm256_loadu_ps(x + j), xb = _mm256_loadu_ps(x + j + 8);                                      \
         a0 = _mm256_fmadd_ps(load8(p0, T, j), xa, a0); b0 = _mm256_fmadd_ps(load8(p0, T, j + 8), xb, b0);          \
@@ -156,9 +163,16 @@ SIMD static inline float hsum8(__m256 v) {
       const uint8_t *p0 = W + rows[i] * n;                                                                       \
       __m256 a0 = _mm256_setzero_ps(), b0 = a0;                                                                  \
       int64_t j = 0;                                                                                             \
-      if (!FOUR && i + 1 < i1) _mm_prefetch((const char *)(W + rows[i + 1] * n), _MM_HINT_T0);                    \
+      if (!FOUR && NEXTROW && i + 1 < i1) _mm_prefetch((const char *)(W + rows[i + 1] * n), _MM_HINT_T0);        \
+      if (VB_##T == 2) for (; j + 32 <= d16; j += 32) {                                                          \
+        if (!FOUR && PF) _mm_prefetch((const char *)p0 + j * 2 + PF, _MM_HINT_T0);                               \
+        a0 = _mm256_fmadd_ps(load8(p0, T, j), _mm256_loadu_ps(x + j), a0);                                       \
+        b0 = _mm256_fmadd_ps(load8(p0, T, j + 8), _mm256_loadu_ps(x + j + 8), b0);                               \
+        a0 = _mm256_fmadd_ps(load8(p0, T, j + 16), _mm256_loadu_ps(x + j + 16), a0);                             \
+        b0 = _mm256_fmadd_ps(load8(p0, T, j + 24), _mm256_loadu_ps(x + j + 24), b0);                             \
+      }                                                                                                          \
       for (; j < d16; j += 16) {                                                                                 \
-        if (!FOUR && PF) _mm_prefetch((const char *)p0 + j * VB_##T + PF, _MM_HINT_T0);                           \
+        if (!FOUR && PF && !((j * VB_##T) & 63)) _mm_prefetch((const char *)p0 + j * VB_##T + PF, _MM_HINT_T0);  \
         a0 = _mm256_fmadd_ps(load8(p0, T, j), _mm256_loadu_ps(x + j), a0);                                       \
         b0 = _mm256_fmadd_ps(load8(p0, T, j + 8), _mm256_loadu_ps(x + j + 8), b0);                               \
       }                                                                                                          \
