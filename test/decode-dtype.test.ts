@@ -12,7 +12,7 @@ import { ensureBackend } from '../src/backend.js';
 import { rowMatrix, type RowDtype } from '../src/model/kernels/rows.js';
 import { createArena, quantizeQ8 } from '../src/model/kernels/wasm/kernels.js';
 import { loadModel } from '../src/model/model.js';
-import { DecodeSession, denseModes } from '../src/runtime/decoder.js';
+import { DecodeSession, denseModes, warmDecode } from '../src/runtime/decoder.js';
 import { bf16ToF32Array, f16ToF32Array, f32ToBf16Array, f32ToF16Array } from '../src/util/half.js';
 import { UserError } from '../src/util/errors.js';
 import { tmpDir } from './helpers.js';
@@ -183,6 +183,25 @@ describe('decode steps', () => {
     expect(eq).toBeLessThan(0.05);
     expect(eh).toBeLessThan(eb);
     expect(eh).toBeLessThan(eq);
+  });
+
+  it('warmDecode runs throwaway sessions only: the logits after it are those of a model never warmed, bit for bit', () => {
+    const dir = path.join(work, 'warm');
+    makeRandomCheckpoint(dir, { family: 'llama', layers: 2, hidden: 64, ffn: 128, heads: 4, kvHeads: 2, vocab: 96, dtype: 'F16', seed: 9 });
+    const cold = logits(dir, {});
+    const model = loadModel(dir, { decode: {} });
+    try {
+      const s = new DecodeSession(model, denseModes(model.config.layers), 1); // a session open across the warm-up
+      try {
+        const first = s.step([5]);
+        expect(warmDecode(model, 1e9, 300)).toBe(300); // the step cap (a new session every 128 positions)
+        expect(warmDecode(model, 0)).toBe(0); // no budget, no steps
+        const rest = [9, 2, 33, 17, 4].map((id) => s.step([id]));
+        [first, ...rest].forEach((l, t) => expect(Buffer.from(l.buffer).equals(Buffer.from(cold.all[t]!.buffer))).toBe(true));
+      } finally { s.dispose(); }
+      const after = new DecodeSession(model, denseModes(model.config.layers), 1);
+      try { [5, 9, 2, 33, 17, 4].forEach((id, t) => expect(Buffer.from(after.step([id]).buffer).equals(Buffer.from(cold.all[t]!.buffer))).toBe(true)); } finally { after.dispose(); }
+    } finally { model.dispose(); }
   });
 
   it('a dtype or thread count that is not understood is refused by name', () => {

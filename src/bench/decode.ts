@@ -28,7 +28,7 @@ import { normalizeConfig, type ModelConfig } from '../model/config.js';
 import type { DecodeOptions } from '../model/decode-weights.js';
 import { forward, newCache, disposeCache, disposeOutput } from '../model/forward.js';
 import { loadModel, type Model } from '../model/model.js';
-import { DecodeSession, denseModes, type DecodeModes } from '../runtime/decoder.js';
+import { DecodeSession, denseModes, warmDecode, type DecodeModes } from '../runtime/decoder.js';
 import { decodeModes, planInputMajor } from '../runtime/plan.js';
 import { opt13bConfig, seededSets, table, writeBenchResult, type BenchTable } from './common.js';
 import { writeLlamaGguf, type GgmlType } from './gguf.js';
@@ -200,6 +200,7 @@ function llamaTable(tag: string, title: string, dir: string, c: ModelConfig, ckp
     fns.push(() => {
       const t0 = performance.now();
       const model = loadModel(dir, { forward: false, decode: o }); // the decode rows only, as generate loads them
+      warmDecode(model); // and warms them (counted in the load time)
       const loadS = (performance.now() - t0) / 1000;
       try { ranAs[i] = ran(model); return [decodeRate(model, dense), decodeRate(model, picks), loadS]; } finally { model.dispose(); }
     });

@@ -29,7 +29,7 @@ import { KERNELS_WASM_BASE64 } from '../model/kernels/wasm/kernels-binary.js';
 import { nativeCodeId, nativeRows } from '../model/kernels/native/native.js';
 import type { Model } from '../model/model.js';
 import { writeArtifact } from '../util/json-artifact.js';
-import { DecodeSession, denseModes, keepInputs, type DecodeModes, type InputSite, type LayerInputs } from './decoder.js';
+import { DecodeSession, denseModes, keepInputs, warmDecode, type DecodeModes, type InputSite, type LayerInputs } from './decoder.js';
 import { nonzeros, type RowMatrix } from '../model/kernels/rows.js';
 import type { LoadedSite } from '../predictors/hooks.js';
 import type { SelectionRule } from '../predictors/metrics.js';
@@ -132,6 +132,7 @@ function spread(n: number, k: number, seed: number): Int32Array {
 }
 
 function measureShape(model: Model, context: number): ShapeCosts {
+  warmDecode(model); // priced as generate runs it: V8's step code compiled (decoder.ts)
   const c = model.config, L0 = model.decode!.layers[0]!, F = c.ffn, d = c.hidden;
   const h = Float32Array.from({ length: d }, (_, i) => Math.sin(i + 1));
   const a = new Float32Array(F), y = new Float32Array(d);

@@ -3,7 +3,7 @@ import { loadBundlePredictors } from '../bundle/bundle.js';
 import { loadModel, type Model } from '../model/model.js';
 import { decodeModes, planInputMajor, type BuiltModes } from '../runtime/plan.js';
 import { generate, type StopReason } from '../runtime/generate.js';
-import { zeroCounts, type DecodeCounts } from '../runtime/decoder.js';
+import { warmDecode, zeroCounts, type DecodeCounts } from '../runtime/decoder.js';
 import { generateGpu } from '../runtime/gpu/generate.js';
 import { gpuDenseModes, gpuPlanModes } from '../runtime/gpu/session.js';
 import type { RuntimePlan } from '../runtime/plan.js';
@@ -27,6 +27,7 @@ export async function runGenerate(o: GenerateConfig, deps: StageDeps): Promise<S
     // decode rows only (the prompt prefilled by dense decode steps: seconds and about the rows' memory, where the
     // forward pass's tensors took a TinyLlama-width model 16-17 s and 5 GiB); the GPU runtime prefills by the forward pass
     model = loadModel(o.model, { forward: o.runtime === 'gpu', decode: { dtype: o.dtype, threads: o.threads, kernels: o.kernels, inputMajor: planInputMajor(plan, { gated: Boolean(preds?.bundle.model.architecture.gated) }) } });
+    if (o.runtime !== 'gpu') warmDecode(model); // V8's compiled step code before the first token (decoder.ts)
     built = decodeModes(model.config, preds, plan);
     const bos = tok.bos !== undefined ? tok.bos : model.config.bosTokenId; // what transformers' tokenizer prepends
     const prompts = o.prompt.map((p) => [...(bos !== null ? [bos] : []), ...tok.encode(p)]);
