@@ -37,13 +37,13 @@ describe('collect-activations memory', () => {
   // live memory of a 1-worker run, sampled after forced GCs, climbs the same way (35 / 56 / 61 MB at 20k / 80k / 160k
   // tokens) and is back to 18 MB when it ends: pipelining, not a leak. A bound relative to the RSS (it was < 10% at
   // 48k -> 96k) failed on that noise, while a collection that kept its output in memory would have grown by only ~10%
-  // there (25 MB of shards more). So the runs are 4x apart (40k -> 160k tokens, ~66 MB of shards more) and the bound
-  // is on what a leak adds: peak RSS grows by less than 3/4 of the extra shard bytes written (measured 16-23 MB, 75 MB more shards; a
-  // collection holding its output grows by at least all of them: one that kept a copy of every shard byte read
-  // 250 -> 336 MB and 388 -> 476 MB, against a 56 MB bound)
+  // there (25 MB of shards more). So the runs are 4x apart (40k -> 160k tokens, ~75 MB of shards more) and the bound
+  // is on what a leak adds: peak RSS grows by less than 9/10 of the extra shard bytes written (measured +13 to +37 MB,
+  // on loaded and quiet hosts and a fresh clone); a collection holding its output grows by at least all of them (one
+  // that kept a copy of every shard byte read 250 -> 336 MB and 388 -> 476 MB: +86 and +89 MB against a 68 MB bound)
   for (const workers of [1, 2] as const) {
     const tokens = 40_960; // 4x is 160 of the 164 shards of 1,024 rows that data/calibration.jsonl holds
-    it(`peak RSS does not grow with the number of tokens (${workers} worker(s): 4x the tokens adds < 3/4 of the extra data to it)`, () => {
+    it(`peak RSS does not grow with the number of tokens (${workers} worker(s): 4x the tokens adds < 9/10 of the extra data to it)`, () => {
       const tmp = tmpDir();
       // the smaller of two runs each: one run's peak can jump when other tests load the machine
       const a = Math.min(peakRss(tokens, path.join(tmp, 'a'), workers), peakRss(tokens, path.join(tmp, 'a2'), workers));
@@ -52,7 +52,7 @@ describe('collect-activations memory', () => {
       expect(shards(path.join(tmp, 'b'))).toBe(4 * shards(path.join(tmp, 'a'))); // four times the data really was written
       const extraKiB = (dataBytes(path.join(tmp, 'b')) - dataBytes(path.join(tmp, 'a'))) / 1024;
       console.info(`collect-memory, ${workers} worker(s): peak RSS ${a} KiB -> ${b} KiB at ${tokens} -> ${4 * tokens} tokens (${Math.round(extraKiB)} KiB more shards)`);
-      expect(b - a, `peak RSS ${a} KiB -> ${b} KiB, ${Math.round(extraKiB)} KiB more shards`).toBeLessThan(0.75 * extraKiB);
+      expect(b - a, `peak RSS ${a} KiB -> ${b} KiB, ${Math.round(extraKiB)} KiB more shards`).toBeLessThan(0.9 * extraKiB);
       fs.rmSync(tmp, { recursive: true, force: true });
     });
   }
