@@ -169,6 +169,37 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
     expect(() => K.matvecWgsl({ ...MV, cols, rows, gated: true, pair: true })).toThrow(/pair rows/);
   });
 
+  it('the MLP over selected neurons in one dispatch (norm fused; gated; chunks of 1-9 rows, empty ones) == a float64 reference and == matvec + axpy bit for bit', async () => {
+    const silu = (v: number) => v / (1 + Math.exp(-v));
+    // widths: 6 units a row (fewer than the 32 lanes), 132 (past the 4 loaded before the norm), 264 (two down units a thread, the second partial)
+    for (const [cols, F, gated] of [[48, 40, false], [1056, 60, true], [2112, 30, false]] as const) {
+      const xs = vals(cols, 60 + cols).map((v) => 2 * v + 0.3), g = vals(cols, 61), nb = vals(cols, 62);
+      const A = vals(F * cols, 63), B = vals(F * cols, 64), D = vals(F * cols, 65), ba = vals(F, 66), bb = vals(F, 67);
+      const mean = xs.reduce((a, t) => a + t, 0) / cols, va = xs.reduce((a, t) => a + (t - mean) ** 2, 0) / cols;
+      const ln = Array.from(xs, (t, j) => ((t - mean) / Math.sqrt(va + 1e-5)) * g[j]! + nb[j]!);
+      const actOf = (r: number) => (gated ? silu(dotRow(B, r, ln, cols) + bb[r]!) * (dotRow(A, r, ln, cols) + ba[r]!) : Math.max(0, dotRow(A, r, ln, cols) + ba[r]!));
+      const ids = Array.from({ length: F }, (_, i) => i).filter((i) => (i * 7) % 3 !== 1).reverse().slice(0, 19).sort((p, q) => p - q);
+      const sel = Uint32Array.from([ids.length, ...ids]);
+      const nm = { kind: 'layernorm', eps: 1e-5, hasB: true } as const;
+      const spec = { cols, rows: F, bias: true, gated, gateBias: gated, act: gated ? 'silu' as const : 'relu' as const, actThreshold: 0, norm: nm };
+      const bind = (chunks: number, down = true) => ({ 0: packF16(A), 1: xs, 2: 4 * chunks * cols, 3: sel, 4: ba, ...(gated ? { 5: packF16(B), 6: bb } : {}), 8: g, 9: nb, ...(down ? { 13: packF16(D) } : {}) });
+      // 19 neurons: in 3 chunks of 7 (one pass of 8 rows), 2 of 10 (two passes), 25 (19 of 1, 6 empty); the wider rows in 2
+      for (const chunks of cols === 48 ? [3, 2, 25] : [2]) {
+        const o = await run(K.mlpSelWgsl({ ...spec, chunks }), bind(chunks), chunks);
+        const per = Math.ceil(ids.length / chunks);
+        for (let c = 0; c < chunks; c++) {
+          const mine = ids.slice(c * per, (c + 1) * per);
+          const want = Array.from({ length: cols }, (_, j) => mine.reduce((t, r) => t + actOf(r) * D[r * cols + j]!, 0));
+          close(o[2]!.subarray(c * cols, (c + 1) * cols), want, 1e-4, `${cols} cols, chunk ${c} of ${chunks}`);
+        }
+        // the up matvec (norm fused, gathered rows) then the split-K axpy over its outputs: the same bits
+        const up = await run(K.matvecWgsl({ ...MV, ...spec, norm: { ...nm, out: false }, rowGather: { G: 1, sub: 0 } }), { ...bind(chunks, false), 2: 4 * F }, Math.ceil(ids.length / 8));
+        const ax = await run(K.axpyWgsl({ cols, rows: F, chunks, gather: true }), { 0: packF16(D), 1: up[2]!, 2: 4 * chunks * cols, 3: sel }, Math.ceil(cols / 8 / 256), chunks);
+        expect(Array.from(u32(o[2]!)), `${cols} cols, ${chunks} chunks: the two dispatches' bits`).toEqual(Array.from(u32(ax[2]!)));
+      }
+    }
+  });
+
   it('input-sparse axpy: kept rows only (abs / WINA scores, gathered rows, the norm fused in, the chunks of an earlier axpy + act), counted', async () => {
     const rows = 40, cols = 16, chunks = 3, M = vals(rows * cols, 40), nrm = vals(rows, 41).map((v) => 1 + Math.abs(v));
     const sum = (p: Float32Array, ch = chunks) => Array.from({ length: cols }, (_, j) => { let t = 0; for (let c = 0; c < ch; c++) t += p[c * cols + j]!; return t; });
@@ -389,7 +420,7 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
     l.gpu.dispose(); l.cpu.dispose();
   });
 
-  it('OPT and Llama (GQA, RoPE, SwiGLU, RMSNorm): the same fixed neuron / head sets on the GPU == on the CPU runtime, != dense', async () => {
+  it('OPT and Llama (GQA, RoPE, SwiGLU, RMSNorm): the same fixed neuron / head sets on the GPU == on the CPU runtime, != dense; the MLP in one dispatch == two', async () => {
     for (const model of [opt, llama]) {
       const c = model.config;
       const gm: GpuModes = { mlp: fixedSets(c.layers, c.ffn, Math.round(c.ffn / 5), 3, 1).map((sets) => ({ mode: 'select' as const, sets })),
@@ -399,6 +430,10 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
       expect(s.gpu.counts, c.family).toEqual(s.cpu.counts);
       expect(s.gpu.counts.mlpSelected / s.gpu.counts.mlpTotal).toBeCloseTo(Math.round(c.ffn / 5) / c.ffn, 9);
       s.gpu.dispose(); s.cpu.dispose();
+      // the MLP in one dispatch (the default) == up and down as two, bit for bit with the two's chunks
+      const split = await gpuSession(model, gm, { capacity: 16, splitMlp: true }), one = await gpuSession(model, gm, { capacity: 16, mlpChunks: Math.min(128, Math.ceil(c.ffn / 64)) });
+      for (const id of IDS.slice(0, 3)) expect(Array.from(u32(await one.step([id]))), `${c.family}: one dispatch == two`).toEqual(Array.from(u32(await split.step([id]))));
+      split.dispose(); one.dispose();
       if (model === llama) {
         const d = await compare(model, gpuDenseModes(c.layers), denseModes(c.layers));
         expect(d.worst, 'llama dense').toBeLessThan(1e-4);

@@ -219,18 +219,14 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     mk('predicted 10% MLP / 50% heads (fixed random sets)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head),
     mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
-    mk('dense, norms fused at 16 rows a workgroup into q|k|v only (<= 12288 rows; fc1 with a norm dispatch)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fusePairRows: 12288 }),
-    mk('dense, no 16-row fused matvecs (the last session\'s)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { fusePairRows: 0 }),
-    mk('predicted 10% MLP / 50% heads, no 16-row fused matvecs (q|k|v with a norm dispatch: the last session\'s)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fusePairRows: 0 }),
-    mk('predicted 10% MLP / 50% heads, every fused matvec at 16 rows a workgroup (fc1\'s 1638 rows too)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { fuseRows: 0 }),
-    mk('dense, one submission per token', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { submitTokens: 1 }),
-    mk('predicted 10% MLP / 50% heads, one submission per token', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { submitTokens: 1 }),
-    mk('predicted 10% MLP / 50% heads, 16 tokens a submission', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { submitTokens: 16 }),
+    mk('predicted 10% MLP / 50% heads, up and down as two dispatches (the last session\'s)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { splitMlp: true }),
+    mk('predicted 10% MLP / 50% heads, the one-dispatch MLP in 128 chunks', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { mlpChunks: 128 }),
+    mk('predicted 10% MLP / 50% heads, the one-dispatch MLP in 256 chunks', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { mlpChunks: 256 }),
+    mk('predicted 10% MLP only, up and down as two dispatches', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head, { splitMlp: true }),
     sparseIn,
     // o's site at 50% is slower than dense o on the H200 (its 192 chunks' sum and the site's fixed cost outweigh 16 MB):
     // a plan priced on the GPU keeps o dense (its site priced by both ends), as this variant does
     sparseAs('input-sparse 50% at q/k/v, fc1, fc2 inputs, o dense (as a GPU-priced plan keeps it)', {}, true),
-    sparseAs('input-sparse 50%, ~147k threads', { siteThreads: 147456 }),
   ];
   { // the 16-row fused matvecs compute what the norm dispatch and the 8-row matvec do (10% / 50% and dense, 3 steps)
     let worst = 0;
@@ -245,6 +241,21 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
       p.dispose(); q.dispose();
     }
     notes.push(`16-row fused matvecs vs a norm dispatch and 8-row matvecs at the 6.7B widths (dense, 10% / 50%, 3 steps): max |diff| / max |logit| = ${worst.toExponential(2)}`);
+    log(notes[notes.length - 1]!);
+  }
+  { // the one-dispatch MLP over selected neurons computes what up and down as two dispatches do (10% / 50%, 3 steps): in the
+    // two's chunks (one per 64 of the ffn's rows, at most 128) the same bits; in its own (a chunk per 8 neurons) the same sums split otherwise
+    const modes = randomSets(c, 0.1, 0.5), twoChunks = Math.min(128, Math.ceil(F / 64));
+    const two = new GpuDecodeSession(gpu, w, modes, { capacity: 8, splitMlp: true }), same = new GpuDecodeSession(gpu, w, modes, { capacity: 8, mlpChunks: twoChunks }), own = new GpuDecodeSession(gpu, w, modes, { capacity: 8 });
+    let diffBits = 0, worst = 0;
+    for (const id of [3, 4, 5]) {
+      const z = await two.step([id]), a = await same.step([id]), b = await own.step([id]);
+      let m = 0, e = 0;
+      for (let j = 0; j < z.length; j++) { if (Math.fround(a[j]!) !== Math.fround(z[j]!)) diffBits++; m = Math.max(m, Math.abs(z[j]!)); e = Math.max(e, Math.abs(b[j]! - z[j]!)); }
+      worst = Math.max(worst, e / m);
+    }
+    two.dispose(); same.dispose(); own.dispose();
+    notes.push(`the one-dispatch MLP vs up and down as two dispatches at the 6.7B widths (10% / 50%, 3 steps): in the two's ${twoChunks} chunks ${diffBits} of ${3 * c.vocabSize} logits differ; in its own chunks max |diff| / max |logit| = ${worst.toExponential(2)}`);
     log(notes[notes.length - 1]!);
   }
   try {

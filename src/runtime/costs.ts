@@ -395,7 +395,7 @@ async function measureGpuShape(c: Model['config'], context: number, session: Gpu
   return session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'select', sets }), ...(hsets.length ? { heads: layer0<GpuHeadMode>({ mode: 'dense' }, { mode: 'select', sets: hsets }) } : {}) }, async (s) => {
     const select: [number, number][] = [], skip: [number, number][] = [], heads: [number, number][] = [];
     for (const [k, p] of densities.entries()) {
-      select.push([p, await s.timeOps(0, ['up', ...down], { mlp: k })]);
+      select.push([p, await s.timeOps(0, ['up', 'updown', ...down], { mlp: k })]);
       skip.push([p, compactMs + await s.timeOps(0, down, { mlp: k })]);
     }
     for (const [k, n] of ns.entries()) heads.push([n, Math.max(0, headsMs - await s.timeOps(0, attn, { heads: k }))]);

@@ -124,6 +124,20 @@ function meanInv(d: number, kind: 'layernorm' | 'rmsnorm', eps: number): string 
 }
 const FAST_SHARED = 'var<workgroup> red2v: array<vec2<f32>, 256>;\nvar<workgroup> red32: array<vec2<f32>, 32>;';
 
+/**
+ * WGSL: norm(x) into the workgroup's xw (every workgroup of a kernel with the norm fused in; g at binding 8 as ng, b
+ * at 9 as nb, loaded with x: one round trip less before the rows; `out`: workgroup 0 also writes it to nout)
+ */
+function normInto(cols: number, nm: NonNullable<MatvecSpec['norm']>): string {
+  const D4 = cols / 4, NV = Math.ceil(D4 / 256);
+  return `var gs: array<vec4<f32>, ${NV}>;
+  ${nm.hasB ? `var bs: array<vec4<f32>, ${NV}>;` : ''}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { gs[k] = ng[j];${nm.hasB ? ' bs[k] = nb[j];' : ''} } }
+  ${normFast(cols, nm.kind, nm.eps, 'x')}
+  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * gs[k]${nm.hasB ? ' + bs[k]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
+  workgroupBarrier();`;
+}
+
 
 /**
  * y = W x over selected rows / columns: a workgroup of 256 threads handles 8 rows, 32 lanes per row, each lane
@@ -160,14 +174,8 @@ export function matvecWgsl(s: MatvecSpec): string {
     : `{ let u = u0 + ${k * 32}u; let c = ${col('u')}; let xa = ${X}[2u * u]; let xb = ${X}[2u * u + 1u]; acc += dot8(W[base + c], xa, xb);${s.gated ? ' acc2 += dot8(W2[base + c], xa, xb);' : ''} }`;
   const v1 = `s1${s.bias ? ' + bias[row]' : ''}`;
   const res = s.gated ? `act(s2${s.gateBias ? ' + bias2[row]' : ''}) * (${v1})` : s.act ? `act(${v1})` : v1;
-  const D4 = s.cols / 4, NV = Math.ceil(D4 / 256);
-  // (g and b loaded with x: one round trip less before the rows)
-  const normIn = nm ? `var gs: array<vec4<f32>, ${NV}>;
-  ${nm.hasB ? `var bs: array<vec4<f32>, ${NV}>;` : ''}
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { gs[k] = ng[j];${nm.hasB ? ' bs[k] = nb[j];' : ''} } }
-  ${normFast(s.cols, nm.kind, nm.eps, 'x')}
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * gs[k]${nm.hasB ? ' + bs[k]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
-  workgroupBarrier();` : '';
+  const D4 = s.cols / 4;
+  const normIn = nm ? normInto(s.cols, nm) : '';
   // with the norm fused in, each lane's first 4 weight units are loaded before the norm (their latency hidden behind
   // it) and summed first, in the order the loop sums them
   const T = s.f32 ? 'f32' : 'u32';
@@ -265,13 +273,8 @@ function matvecPairWgsl(s: MatvecSpec): string {
   const X = nm ? 'xw' : 'x';
   const both = (u: string, w0: string, w1: string) => `{ let u = ${u}; let xa = ${X}[2u * u]; let xb = ${X}[2u * u + 1u]; acc0 += dot8(${w0}, xa, xb); acc1 += dot8(${w1}, xa, xb); }`;
   const load = (k: number) => both(`u0 + ${k * 32}u`, 'W[base0 + u]', 'W[base1 + u]');
-  const D4 = s.cols / 4, NV = Math.ceil(D4 / 256);
-  const normIn = nm ? `var gs: array<vec4<f32>, ${NV}>;
-  ${nm.hasB ? `var bs: array<vec4<f32>, ${NV}>;` : ''}
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { gs[k] = ng[j];${nm.hasB ? ' bs[k] = nb[j];' : ''} } }
-  ${normFast(s.cols, nm.kind, nm.eps, 'x')}
-  for (var k = 0u; k < ${NV}u; k++) { let j = lid + 256u * k; if (j < ${D4}u) { let v = (xs[k] - m) * inv * gs[k]${nm.hasB ? ' + bs[k]' : ''}; xw[j] = v;${nm.out ? ' if (wid.x == 0u) { nout[j] = v; }' : ''} } }
-  workgroupBarrier();` : '';
+  const D4 = s.cols / 4;
+  const normIn = nm ? normInto(s.cols, nm) : '';
   // with the norm fused in, each lane's first 4 weight units of both rows loaded before the norm, summed first
   const pre = nm ? [0, 1, 2, 3].map((k) => `var p0${k} = vec4<u32>(); var p1${k} = vec4<u32>();
   if (lane + ${32 * k}u < ${U}u) { p0${k} = W[base0 + lane + ${32 * k}u]; p1${k} = W[base1 + lane + ${32 * k}u]; }`).join('\n  ') : '';
@@ -322,6 +325,118 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var k = 0u; k < 32u; k++) { t += red[256u + lid + k]; }
     ${write('i1', 'row1')}
   }
+}`;
+}
+
+export interface MlpSelSpec {
+  /** the model's width (% 8 == 0) */
+  cols: number;
+  /** the most neurons a selection holds (the ffn's width) */
+  rows: number;
+  /** workgroups, each a chunk of the selection */
+  chunks: number;
+  bias: boolean;
+  gated: boolean;
+  gateBias: boolean;
+  act: GpuAct | null;
+  actThreshold: number;
+  /** the norm fused in (as MatvecSpec.norm, without `out`); absent: x is already normed */
+  norm?: { kind: 'layernorm' | 'rmsnorm'; eps: number; hasB: boolean } | undefined;
+}
+
+/**
+ * The MLP over selected neurons in one dispatch: part[c] = Σ_{i in chunk c} act(up_i · x (+ b)) down_i (gated:
+ * act(gate_i · x + gb) (up_i · x + b)), the selection sel [count, ids...] split into `chunks` chunks of consecutive
+ * ids, a workgroup each. Where the up matvec and the split-K axpy were two dispatches (with a barrier between them,
+ * and each a kernel of ~1-2 µs of rows at 10% of the 6.7B widths' ffn behind its ramp-up and tail), a workgroup
+ * computes its chunk's activations (8 rows at a time, 32 lanes a row: matvecWgsl's order, so the same values) into
+ * workgroup memory, then reads those neurons' down rows (a thread per 8 columns, rows in order as axpyWgsl: the same
+ * partial sums as the two dispatches with the same chunks); reduceWgsl sums the chunks into the residual.
+ * Bindings: W 0 (up), x 1, part 2, sel 3, bias 4, W2 5 (gate), bias2 6, ng 8, nb 9, Wd 13 (down).
+ */
+export function mlpSelWgsl(s: MlpSelSpec): string {
+  const U = s.cols / 8, nm = s.norm, C = s.chunks, PER = Math.ceil(s.rows / C), NU = Math.ceil(U / 256);
+  const b: string[] = ['@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;', '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
+    '@group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;', '@group(0) @binding(3) var<storage, read> sel: array<u32>;',
+    '@group(0) @binding(13) var<storage, read> Wd: array<vec4<u32>>;'];
+  if (s.bias) b.push('@group(0) @binding(4) var<storage, read> bias: array<f32>;');
+  if (s.gated) b.push('@group(0) @binding(5) var<storage, read> W2: array<vec4<u32>>;');
+  if (s.gated && s.gateBias) b.push('@group(0) @binding(6) var<storage, read> bias2: array<f32>;');
+  if (nm) { b.push('@group(0) @binding(8) var<storage, read> ng: array<vec4<f32>>;'); if (nm.hasB) b.push('@group(0) @binding(9) var<storage, read> nb: array<vec4<f32>>;'); }
+  const X = nm ? 'xw' : 'x';
+  const load = (k: number) => `{ let u = u0 + ${k * 32}u; let xa = ${X}[2u * u]; let xb = ${X}[2u * u + 1u]; acc += dot8(W[base + u], xa, xb);${s.gated ? ' acc2 += dot8(W2[base + u], xa, xb);' : ''} }`;
+  // with the norm fused in, each lane's first 4 units of its first row loaded before the norm, summed first (matvecWgsl's order)
+  const pre = nm ? [0, 1, 2, 3].map((k) => `var pw${k} = vec4<u32>();${s.gated ? ` var pg${k} = vec4<u32>();` : ''}`).join(' ') : '';
+  const preLoad = nm ? `if (lo + r < hi) { let b0 = sel[1u + lo + r] * ${U}u; ${[0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < ${U}u) { pw${k} = W[b0 + lane + ${32 * k}u];${s.gated ? ` pg${k} = W2[b0 + lane + ${32 * k}u];` : ''} }`).join(' ')} }` : '';
+  const preUse = nm ? `if (rb == lo) { ${[0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < ${U}u) { let u = lane + ${32 * k}u; let xa = xw[2u * u]; let xb = xw[2u * u + 1u]; acc += dot8(pw${k}, xa, xb);${s.gated ? ` acc2 += dot8(pg${k}, xa, xb);` : ''} }`).join(' ')} u0 += 128u; }` : '';
+  const v1 = `s1${s.bias ? ' + bias[row]' : ''}`;
+  const res = s.gated ? `act(s2${s.gateBias ? ' + bias2[row]' : ''}) * (${v1})` : s.act ? `act(${v1})` : v1;
+  // the down rows: per row its ids' units for this thread's NU column units, 4 rows' loads in flight
+  const units = Array.from({ length: NU }, (_, j) => j);
+  // rows k0 .. k0 + m - 1: every load first (m * NU in flight), then the sums in row order
+  const downRows = (k0: string, m: number) => {
+    const rows = Array.from({ length: m }, (_, q) => q);
+    const inb = (j: number) => (256 * (j + 1) <= U ? '' : `if (lid + ${256 * j}u < ${U}u) `);
+    return `${rows.map((q) => `let d${q} = kid[${k0} + ${q}u] * ${U}u;${units.map((j) => ` var w${q}_${j} = vec4<u32>(); ${inb(j)}{ w${q}_${j} = Wd[d${q} + lid + ${256 * j}u]; }`).join('')}`).join('\n    ')}
+    ${rows.map((q) => `{ let ai = av[${k0} + ${q}u];${units.map((j) => ` s0[${j}] += ai * vec4<f32>(unpack2x16float(w${q}_${j}.x), unpack2x16float(w${q}_${j}.y)); s1[${j}] += ai * vec4<f32>(unpack2x16float(w${q}_${j}.z), unpack2x16float(w${q}_${j}.w));`).join('')} }`).join('\n    ')}`;
+  };
+  return `${b.join('\n')}
+${DOT8}
+${actFn(s.act, s.actThreshold)}
+var<workgroup> red: array<f32, 256>;
+${s.gated ? 'var<workgroup> red2: array<f32, 256>;' : ''}
+${nm ? `var<workgroup> xw: array<vec4<f32>, ${s.cols / 4}>;\n${FAST_SHARED}` : ''}
+var<workgroup> av: array<f32, ${PER}>;
+var<workgroup> kid: array<u32, ${PER}>;
+var<workgroup> wcount: u32;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  if (lid == 0u) { wcount = sel[0]; }
+  let count = workgroupUniformLoad(&wcount);
+  let per = (count + ${C - 1}u) / ${C}u;
+  let lo = min(count, wid.x * per);
+  let hi = min(count, lo + per);
+  let r = lid / 32u;
+  let lane = lid % 32u;
+  ${pre}
+  ${preLoad}
+  ${nm ? normInto(s.cols, { ...nm, out: false }) : ''}
+  for (var rb = lo; rb < hi; rb += 8u) {
+    let i = rb + r;
+    var acc = 0.0;
+    var acc2 = 0.0;
+    var row = 0u;
+    if (i < hi) {
+      row = sel[1u + i];
+      let base = row * ${U}u;
+      var u0 = lane;
+      ${preUse}
+      for (; u0 + 96u < ${U}u; u0 += 128u) { ${[0, 1, 2, 3].map(load).join(' ')} }
+      for (; u0 < ${U}u; u0 += 32u) { ${load(0)} }
+    }
+    red[lid] = acc;
+    ${s.gated ? 'red2[lid] = acc2;' : ''}
+    workgroupBarrier();
+    if (lane == 0u && i < hi) {
+      var s1 = 0.0;
+      var s2 = 0.0;
+      for (var k = 0u; k < 32u; k++) { s1 += red[lid + k];${s.gated ? ' s2 += red2[lid + k];' : ''} }
+      av[i - lo] = ${res};
+      kid[i - lo] = row;
+    }
+    workgroupBarrier();
+  }
+  var s0: array<vec4<f32>, ${NU}>;
+  var s1: array<vec4<f32>, ${NU}>;
+  let nk = hi - lo;
+  var k = 0u;
+  for (; k + 3u < nk; k += 4u) {
+    ${downRows('k', 4)}
+  }
+  for (; k < nk; k += 1u) {
+    ${downRows('k', 1)}
+  }
+  ${units.map((j) => `if (lid + ${256 * j}u < ${U}u) { let u = lid + ${256 * j}u; part[(wid.x * ${U}u + u) * 2u] = s0[${j}]; part[(wid.x * ${U}u + u) * 2u + 1u] = s1[${j}]; }`).join('\n  ')}
 }`;
 }
 

@@ -34,7 +34,7 @@ import type { HostPredictor } from '../../predictors/predictor.js';
 import type { LoadedPredictors, LoadedSite } from '../../predictors/hooks.js';
 import { planInputs, type RuntimePlan } from '../plan.js';
 import type { SelectionRule } from '../../predictors/metrics.js';
-import { argmaxWgsl, attentionWgsl, axpySiteWgsl, pickWgsl, axpyWgsl, embedWgsl, matvecNormBytes, matvecWgsl, normWgsl, reduceWgsl, SITE_PER, sumPartsWgsl, type AxpySiteSpec, type GpuAct, type MatvecSpec } from './kernels.js';
+import { argmaxWgsl, attentionWgsl, axpySiteWgsl, pickWgsl, axpyWgsl, embedWgsl, matvecNormBytes, matvecWgsl, mlpSelWgsl, normWgsl, reduceWgsl, SITE_PER, sumPartsWgsl, type AxpySiteSpec, type GpuAct, type MatvecSpec } from './kernels.js';
 import { gpuBuffer, gpuDerived, gpuEmpty, gpuWeightsFromModel, type GpuWeights } from './weights.js';
 import { median } from '../../util/stats.js';
 
@@ -127,9 +127,10 @@ export const FUSE_PAIR_ROWS = 16384;
 
 /**
  * what an op computes, for timing parts of a block (timeOps: the plan's cost model): pred = a predictor's dispatches;
- * site.* = an input-threshold site's axpy (o's with its chunk sum); reduce = the MLP's chunk sum (+ bias, residual)
+ * site.* = an input-threshold site's axpy (o's with its chunk sum); updown = up and down of selected neurons in one
+ * dispatch (mlpSelWgsl); reduce = the MLP's chunk sum (+ bias, residual)
  */
-export type OpName = 'pred' | 'qkv' | 'attn' | 'o' | 'up' | 'down' | 'reduce' | 'site.attn' | 'site.o' | 'site.mlp' | 'site.down';
+export type OpName = 'pred' | 'qkv' | 'attn' | 'o' | 'up' | 'down' | 'updown' | 'reduce' | 'site.attn' | 'site.o' | 'site.mlp' | 'site.down';
 interface Op { p: GPUComputePipeline; g: GPUBindGroup; x: number; y: number; name?: OpName }
 /** the ops, each tagged `name` */
 const tag = (name: OpName, ops: Op[]): Op[] => { for (const o of ops) o.name = name; return ops; };
@@ -151,6 +152,13 @@ export interface GpuSessionOptions {
   siteMaxChunks?: number;
   /** chunks of a down axpy over fixed neuron sets (default: as dense, one per 64 of the ffn's rows, at most 128) (benchmarks) */
   downChunks?: number;
+  /**
+   * selected neurons (select and predicted MLPs) as an up matvec and a down axpy, two dispatches, instead of one
+   * (mlpSelWgsl, where the norm can be fused in) (benchmarks, tests)
+   */
+  splitMlp?: boolean;
+  /** chunks of the one-dispatch MLP over selected neurons (default: a chunk per 8 of a fixed set's neurons, at most MLP_CHUNKS) (benchmarks, tests) */
+  mlpChunks?: number;
   /** greedy tokens per command submission (default SUBMIT_TOKENS) */
   submitTokens?: number;
 }
@@ -160,6 +168,13 @@ export interface GpuSessionOptions {
  * gap between command buffers; the params advance on the GPU, so tokens need no host write between them
  */
 export const SUBMIT_TOKENS = 4;
+
+/**
+ * the most chunks (workgroups) of the one-dispatch MLP over selected neurons (mlpSelWgsl): a chunk per 8 of a fixed
+ * set's neurons (one pass of its 8 rows of 32 lanes), up to this; a predictor's picks (their count known on the GPU
+ * only) this many
+ */
+export const MLP_CHUNKS = 256;
 
 export class GpuDecodeSession {
   readonly counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
@@ -229,7 +244,7 @@ export class GpuDecodeSession {
     // (part: the down axpy's chunks, or an o / down site's: at most 128)
     this.b = {
       x: mk(4 * d, 'x'), hn: mk(4 * d, 'normed'), qkv: mk(4 * (H + 2 * KV) * hd, 'qkv'), ctx: mk(4 * H * hd, 'ctx'), a: mk(4 * F, 'a'), coef: mk(4 * F, 'coef'),
-      part: mk(4 * Math.max(128, siteMost) * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'),
+      part: mk(4 * Math.max(128, siteMost, MLP_CHUNKS) * d, 'part'), logits: mk(4 * V, 'logits'), tok: mk(16, 'tok'), hist: mk(4 * this.cap, 'hist'),
       // RoPE's cos / sin, a row per position (written for the positions a step or greedy call decodes)
       cs: mk(4 * Math.max(4, c.ropeDim) * (c.positions === 'rope' && c.ropeDim > 0 ? this.cap : 1), 'cos/sin'),
       // per layer: the MLP rows' count (lossless, predicted, down site), the attn / o / mlp sites' rows; the greedy non-finite flag; per layer the predicted heads' count
@@ -381,7 +396,18 @@ export class GpuDecodeSession {
           return [...pre, ...upOf(set), ...tag('site.down', [ds.op]), reduce(ds.chunks)];
         }));
       } else if (nsets) {
-        this.mlpOps.push(nsets.map((set) => { const ch = mm.mode === 'select' ? selChunks : chunks; return [...pre, ...upOf(set), down({ cols: d, rows: F, chunks: ch, gather: true }, [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]]), reduce(ch)]; }));
+        this.mlpOps.push(nsets.map((set) => {
+          // up and down in one dispatch, the norm fused in: a workgroup per chunk of the selected neurons
+          const ch = Math.min(MLP_CHUNKS, Math.max(1, Math.floor(o.mlpChunks ?? (mm.mode === 'select' ? Math.ceil(set.n / 8) : MLP_CHUNKS))));
+          if (!o.splitMlp && !o.unfused && matvecNormBytes(d, gated) + 8 * Math.ceil(set.n / ch) <= gpu.limits.maxComputeWorkgroupStorageSize) {
+            const nm = { kind: c.norm, eps: c.normEps, hasB: Boolean(Lw.ln2b) };
+            const op = this.op(mlpSelWgsl({ cols: d, rows: set.n, chunks: ch, bias: Boolean(Lw.upBias), gated, gateBias: Boolean(Lw.gateBias), act, actThreshold: c.actThreshold, norm: nm }),
+              [[0, Lw.up], [1, s.x], [2, s.part], [3, set.sel], ...opt(4, Lw.upBias), ...opt(5, Lw.gate), ...opt(6, Lw.gateBias), [8, Lw.ln2g], ...opt(9, Lw.ln2b), [13, Lw.down]], ch);
+            return [...pre, ...tag('updown', [op]), reduce(ch)];
+          }
+          const dch = mm.mode === 'select' ? selChunks : chunks;
+          return [...pre, ...upOf(set), down({ cols: d, rows: F, chunks: dch, gather: true }, [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]]), reduce(dch)];
+        }));
       } else if (mm.mode === 'lossless') {
         // up for every neuron, its nonzero activations compacted in the same dispatch (ids into msel, values into coef)
         this.mlpOps.push([[...up({ rows: F, compact: true }, [...upEntries(null, s.a), [7, msel!], [11, s.coef], [12, statsOf(i)]], Math.ceil(F / 8)),
