@@ -182,7 +182,12 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
       const sel = Uint32Array.from([ids.length, ...ids]);
       const nm = { kind: 'layernorm', eps: 1e-5, hasB: true } as const;
       const spec = { cols, rows: F, bias: true, gated, gateBias: gated, act: gated ? 'silu' as const : 'relu' as const, actThreshold: 0, norm: nm };
-      const bind = (chunks: number, down = true) => ({ 0: packF16(A), 1: xs, 2: 4 * chunks * cols, 3: sel, 4: ba, ...(gated ? { 5: packF16(B), 6: bb } : {}), 8: g, 9: nb, ...(down ? { 13: packF16(D) } : {}) });
+      const bind = (chunks: number, down = true): Record<number, In> => {
+        const r: Record<number, In> = { 0: packF16(A), 1: xs, 2: 4 * chunks * cols, 3: sel, 4: ba, 8: g, 9: nb };
+        if (gated) { r[5] = packF16(B); r[6] = bb; }
+        if (down) r[13] = packF16(D);
+        return r;
+      };
       // 19 neurons: in 3 chunks of 7 (one pass of 8 rows), 2 of 10 (two passes), 25 (19 of 1, 6 empty); the wider rows in 2
       for (const chunks of cols === 48 ? [3, 2, 25] : [2]) {
         const o = await run(K.mlpSelWgsl({ ...spec, chunks }), bind(chunks), chunks);
@@ -198,6 +203,22 @@ describe.skipIf(!gpu)('GPU kernels vs a float64 reference', () => {
         expect(Array.from(u32(o[2]!)), `${cols} cols, ${chunks} chunks: the two dispatches' bits`).toEqual(Array.from(u32(ax[2]!)));
       }
     }
+    // lossless in one dispatch (every neuron, the zero activations' down rows not read, the nonzero ones counted) == the
+    // dense up matvec and split-K axpy over every row, bit for bit; a fatReLU threshold makes more zeros
+    const cols = 1056, F = 60, xs = vals(cols, 70).map((v) => 2 * v + 0.3), g = vals(cols, 71), nb = vals(cols, 72);
+    const A = vals(F * cols, 73), D = vals(F * cols, 74), ba = vals(F, 75), nm = { kind: 'layernorm', eps: 1e-5, hasB: true } as const;
+    for (const [act, th] of [['relu', 0], ['fatrelu', 0.5]] as const) {
+      const spec = { cols, rows: F, chunks: 4, bias: true, gated: false, gateBias: false, act, actThreshold: th, norm: nm, every: true, skipZero: true };
+      const o = await run(K.mlpSelWgsl(spec), { 0: packF16(A), 1: xs, 2: 4 * 4 * cols, 4: ba, 8: g, 9: nb, 12: Uint32Array.from([7, 0, 0, 0]), 13: packF16(D) }, 4);
+      const upSpec = { ...MV, cols, rows: F, bias: true, act, actThreshold: th, norm: { ...nm, out: false } };
+      const up = await run(K.matvecWgsl(upSpec), { 0: packF16(A), 1: xs, 2: 4 * F, 4: ba, 8: g, 9: nb }, Math.ceil(F / 8));
+      const nz = Array.from(up[2]!).filter((v) => v !== 0).length;
+      expect(nz, act).toBeGreaterThan(5); expect(nz, act).toBeLessThan(F - 5);
+      expect(u32(o[12]!)[0], `${act}: the nonzero count added`).toBe(7 + nz);
+      const ax = await run(K.axpyWgsl({ cols, rows: F, chunks: 4, gather: false }), { 0: packF16(D), 1: up[2]!, 2: 4 * 4 * cols }, Math.ceil(cols / 8 / 256), 4);
+      expect(Array.from(u32(o[2]!)).map((b) => (b === 0x80000000 ? 0 : b)), `${act}: dense's bits`).toEqual(Array.from(u32(ax[2]!)).map((b) => (b === 0x80000000 ? 0 : b)));
+    }
+    expect(() => K.mlpSelWgsl({ cols: 48, rows: 40, chunks: 2, bias: false, gated: false, gateBias: false, act: 'relu', actThreshold: 0, skipZero: true })).toThrow(/skipZero/);
   });
 
   it('input-sparse axpy: kept rows only (abs / WINA scores, gathered rows, the norm fused in, the chunks of an earlier axpy + act), counted', async () => {
@@ -411,12 +432,22 @@ describe.skipIf(!gpu)('GPU decode sessions vs the CPU runtime and the forward pa
     // lossless: only the nonzero rows of fc2, compacted on the GPU: the dense logits, fewer rows read
     const lossless: GpuModes = { mlp: gpuDenseModes(c.layers).mlp.map(() => ({ mode: 'lossless' as const })), heads: gpuDenseModes(c.layers).heads };
     const l = await compare(opt, lossless, { mlp: lossless.mlp.map(() => ({ mode: 'lossless' as const })), heads: denseModes(c.layers).heads });
-    expect(maxRel(l.logits, d.logits)).toBeLessThan(1e-4);
+    // (in one dispatch at this width: dense's chunks with the zero terms left out, so dense's bits)
+    expect(l.gpu.opNames(0)).toContain('updown');
+    l.logits.forEach((x, t) => expect(Array.from(u32(x)), `lossless step ${t}: dense's bits`).toEqual(Array.from(u32(d.logits[t]!))));
     expect(l.worst).toBeLessThan(1e-4);
     const gc = l.gpu.counts, cc = l.cpu.counts;
     expect(gc.mlpTotal).toBe(cc.mlpTotal);
     expect(gc.mlpSelected).toBeLessThan(0.8 * gc.mlpTotal); // really skipped rows
     expect(Math.abs(gc.mlpSelected - cc.mlpSelected)).toBeLessThanOrEqual(0.002 * cc.mlpSelected); // the same nonzeros, up to rounding at 0
+    // the same with up compacting and down over the compacted rows (two dispatches): the same rows read
+    const two = await gpuSession(opt, lossless, { capacity: 32, losslessOneRows: 0 });
+    expect(two.opNames(0)).not.toContain('updown');
+    const lt = [];
+    for (const id of IDS) lt.push(await two.step([id]));
+    expect(maxRel(lt, d.logits)).toBeLessThan(1e-4);
+    expect(two.counts).toEqual(gc);
+    two.dispose();
     l.gpu.dispose(); l.cpu.dispose();
   });
 

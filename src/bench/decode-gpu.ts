@@ -216,6 +216,9 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
     mk('dense', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head),
     mk('dense, norms not fused (a norm dispatch before qkv, fc1, the head)', gpuDenseModes(LAYERS), () => LAYERS * layerBytes(1, 1) + head, { unfused: true }),
     mk('lossless (ReLU, nonzero rows of fc2)', lossless, (s) => { const a = s.counts.mlpSelected / s.counts.mlpTotal; return LAYERS * (layerBytes(1, 0.5) + 2 * a * F * d) + head; }),
+    // (the runtime runs lossless in one dispatch up to LOSSLESS_ONE_ROWS rows of ffn: here it is two, this is the one)
+    mk('lossless in one dispatch (up, act and the nonzero rows of fc2: 128 workgroups)', lossless, (s) => { const a = s.counts.mlpSelected / s.counts.mlpTotal; return LAYERS * (layerBytes(1, 0.5) + 2 * a * F * d) + head; },
+      { losslessOneRows: Infinity }),
     mk('predicted 10% MLP / 50% heads (fixed random sets)', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head),
     mk('predicted 10% MLP / 50% heads, norms not fused', randomSets(c, 0.1, 0.5), () => LAYERS * layerBytes(0.5, 0.1) + head, { unfused: true }),
     mk('predicted 10% MLP only', randomSets(c, 0.1, 1), () => LAYERS * layerBytes(1, 0.1) + head),
@@ -246,7 +249,8 @@ const HEADER = ['variant', 'density MLP / heads', 'weights read / token (MiB)', 
   { // the one-dispatch MLP over selected neurons computes what up and down as two dispatches do (10% / 50%, 3 steps): in the
     // two's chunks (one per 64 of the ffn's rows, at most 128) the same bits; in its own (a chunk per 8 neurons) the same sums split otherwise
     const modes = randomSets(c, 0.1, 0.5), twoChunks = Math.min(128, Math.ceil(F / 64));
-    const two = new GpuDecodeSession(gpu, w, modes, { capacity: 8, splitMlp: true }), same = new GpuDecodeSession(gpu, w, modes, { capacity: 8, mlpChunks: twoChunks }), own = new GpuDecodeSession(gpu, w, modes, { capacity: 8 });
+    const two = new GpuDecodeSession(gpu, w, modes, { capacity: 8, splitMlp: true });
+    const same = new GpuDecodeSession(gpu, w, modes, { capacity: 8, mlpChunks: twoChunks }), own = new GpuDecodeSession(gpu, w, modes, { capacity: 8 });
     let diffBits = 0, worst = 0;
     for (const id of [3, 4, 5]) {
       const z = await two.step([id]), a = await same.step([id]), b = await own.step([id]);
@@ -299,11 +303,12 @@ if (fs.existsSync(`${fixture}/config.json`)) {
     const k = s.counts;
     return 2 * c.layers * (4 * c.hidden * c.hidden * (0.5 + 0.5 * k.headsSelected / k.headsTotal) + 2 * c.hidden * c.ffn * k.mlpSelected / k.mlpTotal) + 2 * c.vocabSize * c.hidden;
   };
-  const mk = async (name: string, modes: GpuModes): Promise<Variant> => {
-    const s = await gpuSession(model, modes, { capacity: cap });
+  const mk = async (name: string, modes: GpuModes, o: GpuSessionOptions = {}): Promise<Variant> => {
+    const s = await gpuSession(model, modes, { ...o, capacity: cap });
     return { name, s, bytes: bytes(s), greedy: [], step: [], host: [] };
   };
-  const vs = [await mk('dense', gpuDenseModes(c.layers)), await mk('lossless', lossless), await mk('fixed picks 10% MLP / 50% heads', randomSets(c, 0.1, 0.5))];
+  const vs = [await mk('dense', gpuDenseModes(c.layers)), await mk('lossless (one dispatch: up, act, the nonzero rows of fc2)', lossless),
+    await mk('lossless, up (compacting) and fc2 as two dispatches (the last session\'s)', lossless, { losslessOneRows: 0 }), await mk('fixed picks 10% MLP / 50% heads', randomSets(c, 0.1, 0.5))];
   // the fixture's bundle (BENCH_BUNDLE, default runs/default/bundle): its plan on the GPU, predictors included
   const bundleDir = process.env.BENCH_BUNDLE ?? 'runs/default/bundle';
   if (fs.existsSync(`${bundleDir}/manifest.json`)) {

@@ -35,7 +35,7 @@ import type { LoadedSite } from '../predictors/hooks.js';
 import type { SelectionRule } from '../predictors/metrics.js';
 import { getGpu } from './gpu/device.js';
 import * as gpuKernels from './gpu/kernels.js';
-import { GpuDecodeSession, gpuDenseModes, type GpuHeadMode, type GpuMlpMode, type GpuModes, type OpName } from './gpu/session.js';
+import { GpuDecodeSession, gpuDenseModes, type GpuHeadMode, type GpuMlpMode, type GpuModes, type GpuSessionOptions, type OpName } from './gpu/session.js';
 import { gpuWeightsFromModel, type GpuWeights } from './gpu/weights.js';
 import { alternatingGreedy } from './gpu/generate.js';
 import { median } from '../util/stats.js';
@@ -361,8 +361,8 @@ export async function gpuKernelCosts(model: Model, context: number, o: { file?: 
   const free = () => { held.w?.dispose(); held.w = null; };
   const cap = context + 40;
   /** a session over the shared weights, its position at `context` (greedy steps: the vectors hold a real step's values) */
-  const session = async <R>(modes: Partial<GpuModes>, f: (s: GpuDecodeSession) => Promise<R>): Promise<R> => {
-    const s = new GpuDecodeSession(gpu, weights(), { ...gpuDenseModes(c.layers), ...modes }, { capacity: cap });
+  const session = async <R>(modes: Partial<GpuModes>, f: (s: GpuDecodeSession) => Promise<R>, opts: GpuSessionOptions = {}): Promise<R> => {
+    const s = new GpuDecodeSession(gpu, weights(), { ...gpuDenseModes(c.layers), ...modes }, { ...opts, capacity: cap });
     try { await s.greedy(1 % c.vocabSize, context); return await f(s); } finally { s.dispose(); }
   };
   const layer0 = <T>(dense: T, x: T): T[] => Array.from({ length: c.layers }, (_, i) => (i ? dense : x));
@@ -377,7 +377,7 @@ export async function gpuKernelCosts(model: Model, context: number, o: { file?: 
   } catch (e) { free(); throw e; }
 }
 
-type GpuSessionRun = <R>(modes: Partial<GpuModes>, f: (s: GpuDecodeSession) => Promise<R>) => Promise<R>;
+type GpuSessionRun = <R>(modes: Partial<GpuModes>, f: (s: GpuDecodeSession) => Promise<R>, opts?: GpuSessionOptions) => Promise<R>;
 type Layer0 = <T>(dense: T, x: T) => T[];
 
 async function measureGpuShape(c: Model['config'], context: number, session: GpuSessionRun, layer0: Layer0): Promise<ShapeCosts> {
@@ -387,18 +387,28 @@ async function measureGpuShape(c: Model['config'], context: number, session: Gpu
     for (let r = 0; r < 5; r++) { const t = performance.now(); await s.greedy(2 % c.vocabSize, 16); xs.push((performance.now() - t) / 16); s.rewind(16); }
     return { stepMs: median(xs), upMs: await s.timeOps(0, ['up']), downMs: await s.timeOps(0, down), headsMs: await s.timeOps(0, attn) };
   });
-  // lossless: compacting the nonzero activations in up's dispatch (ReLU models)
-  const compactMs = c.activation === 'relu' && !c.gated ? await session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'lossless' }) }, async (s) => Math.max(0, (await s.timeOps(0, ['up'])) - upMs)) : 0;
   const densities = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75];
   const ns = [...new Set([Math.ceil(H / 4), Math.ceil(H / 2), Math.ceil((3 * H) / 4)])].filter((n) => n < H);
   const sets = densities.map((p) => spread(F, Math.max(1, Math.round(p * F)), 11)), hsets = ns.map((n) => spread(H, n, 5));
+  // down over p·F gathered rows (the split-K axpy and its chunk sum: what lossless reads of down)
+  const gathered = await session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'select', sets }) }, async (s) => {
+    const out: [number, number][] = [];
+    for (const [k, p] of densities.entries()) out.push([p, await s.timeOps(0, down, { mlp: k })]);
+    return out;
+  }, { splitMlp: true });
+  // lossless (ReLU models): what it costs beyond up and the nonzero rows of down, at layer 0's own density p0 (the session
+  // lossless in layer 0 only): compacting in up's dispatch, or, where the runtime runs it in one dispatch, that
+  // dispatch and its chunk sum less up and down's rows at p0 (negative where the one dispatch saves)
+  const compactMs = c.activation === 'relu' && !c.gated ? await session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'lossless' }) }, async (s) => {
+    if (!s.opNames(0).includes('updown')) return Math.max(0, (await s.timeOps(0, ['up'])) - upMs);
+    const k = s.counts, L = c.layers, p0 = Math.min(1, Math.max(0, (L * k.mlpSelected - (L - 1) * k.mlpTotal) / k.mlpTotal));
+    return (await s.timeOps(0, ['updown', 'reduce'])) - upMs - interp(gathered, p0);
+  }) : 0;
   return session({ mlp: layer0<GpuMlpMode>({ mode: 'dense' }, { mode: 'select', sets }), ...(hsets.length ? { heads: layer0<GpuHeadMode>({ mode: 'dense' }, { mode: 'select', sets: hsets }) } : {}) }, async (s) => {
-    const select: [number, number][] = [], skip: [number, number][] = [], heads: [number, number][] = [];
-    for (const [k, p] of densities.entries()) {
-      select.push([p, await s.timeOps(0, ['up', 'updown', ...down], { mlp: k })]);
-      skip.push([p, compactMs + await s.timeOps(0, down, { mlp: k })]);
-    }
+    const select: [number, number][] = [], heads: [number, number][] = [];
+    for (const [k, p] of densities.entries()) select.push([p, await s.timeOps(0, ['up', 'updown', ...down], { mlp: k })]);
     for (const [k, n] of ns.entries()) heads.push([n, Math.max(0, headsMs - await s.timeOps(0, attn, { heads: k }))]);
+    const skip = gathered.map(([p, ms]): [number, number] => [p, Math.max(1e-6, compactMs + ms)]);
     return { stepMs, upMs, downMs, skip, select, heads, context, measuredAt: new Date().toISOString() };
   });
 }

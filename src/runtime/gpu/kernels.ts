@@ -342,6 +342,10 @@ export interface MlpSelSpec {
   actThreshold: number;
   /** the norm fused in (as MatvecSpec.norm, without `out`); absent: x is already normed */
   norm?: { kind: 'layernorm' | 'rmsnorm'; eps: number; hasB: boolean } | undefined;
+  /** every neuron (0 .. rows - 1, no selection): a dense MLP's chunks */
+  every?: boolean | undefined;
+  /** lossless: the down rows of zero activations are not read; the nonzero ones counted into stats[0] (binding 12) */
+  skipZero?: boolean | undefined;
 }
 
 /**
@@ -352,13 +356,19 @@ export interface MlpSelSpec {
  * computes its chunk's activations (8 rows at a time, 32 lanes a row: matvecWgsl's order, so the same values) into
  * workgroup memory, then reads those neurons' down rows (a thread per 8 columns, rows in order as axpyWgsl: the same
  * partial sums as the two dispatches with the same chunks); reduceWgsl sums the chunks into the residual.
- * Bindings: W 0 (up), x 1, part 2, sel 3, bias 4, W2 5 (gate), bias2 6, ng 8, nb 9, Wd 13 (down).
+ * `every` with `skipZero` is the lossless MLP in one dispatch: every neuron's activation, then only the nonzero
+ * ones' down rows, listed in order (a 256-bit mask as axpySiteWgsl's), so each chunk's sum is the dense axpy's over the
+ * same chunk with its zero terms left out: the same bits as dense.
+ * Bindings: W 0 (up), x 1, part 2, sel 3, bias 4, W2 5 (gate), bias2 6, ng 8, nb 9, stats 12, Wd 13 (down).
  */
 export function mlpSelWgsl(s: MlpSelSpec): string {
   const U = s.cols / 8, nm = s.norm, C = s.chunks, PER = Math.ceil(s.rows / C), NU = Math.ceil(U / 256);
+  if (s.skipZero && (PER > 256 || !s.every)) throw new Error(`mlpSelWgsl: skipZero needs every neuron and at most 256 a chunk (${s.rows} in ${C})`);
   const b: string[] = ['@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;', '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
-    '@group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;', '@group(0) @binding(3) var<storage, read> sel: array<u32>;',
-    '@group(0) @binding(13) var<storage, read> Wd: array<vec4<u32>>;'];
+    '@group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;', '@group(0) @binding(13) var<storage, read> Wd: array<vec4<u32>>;'];
+  if (!s.every) b.push('@group(0) @binding(3) var<storage, read> sel: array<u32>;');
+  if (s.skipZero) b.push('@group(0) @binding(12) var<storage, read_write> stats: array<atomic<u32>>;');
+  const id = (i: string) => (s.every ? `(${i})` : `sel[1u + ${i}]`);
   if (s.bias) b.push('@group(0) @binding(4) var<storage, read> bias: array<f32>;');
   if (s.gated) b.push('@group(0) @binding(5) var<storage, read> W2: array<vec4<u32>>;');
   if (s.gated && s.gateBias) b.push('@group(0) @binding(6) var<storage, read> bias2: array<f32>;');
@@ -367,7 +377,7 @@ export function mlpSelWgsl(s: MlpSelSpec): string {
   const load = (k: number) => `{ let u = u0 + ${k * 32}u; let xa = ${X}[2u * u]; let xb = ${X}[2u * u + 1u]; acc += dot8(W[base + u], xa, xb);${s.gated ? ' acc2 += dot8(W2[base + u], xa, xb);' : ''} }`;
   // with the norm fused in, each lane's first 4 units of its first row loaded before the norm, summed first (matvecWgsl's order)
   const pre = nm ? [0, 1, 2, 3].map((k) => `var pw${k} = vec4<u32>();${s.gated ? ` var pg${k} = vec4<u32>();` : ''}`).join(' ') : '';
-  const preLoad = nm ? `if (lo + r < hi) { let b0 = sel[1u + lo + r] * ${U}u; ${[0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < ${U}u) { pw${k} = W[b0 + lane + ${32 * k}u];${s.gated ? ` pg${k} = W2[b0 + lane + ${32 * k}u];` : ''} }`).join(' ')} }` : '';
+  const preLoad = nm ? `if (lo + r < hi) { let b0 = ${id('lo + r')} * ${U}u; ${[0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < ${U}u) { pw${k} = W[b0 + lane + ${32 * k}u];${s.gated ? ` pg${k} = W2[b0 + lane + ${32 * k}u];` : ''} }`).join(' ')} }` : '';
   const preUse = nm ? `if (rb == lo) { ${[0, 1, 2, 3].map((k) => `if (lane + ${32 * k}u < ${U}u) { let u = lane + ${32 * k}u; let xa = xw[2u * u]; let xb = xw[2u * u + 1u]; acc += dot8(pw${k}, xa, xb);${s.gated ? ` acc2 += dot8(pg${k}, xa, xb);` : ''} }`).join(' ')} u0 += 128u; }` : '';
   const v1 = `s1${s.bias ? ' + bias[row]' : ''}`;
   const res = s.gated ? `act(s2${s.gateBias ? ' + bias2[row]' : ''}) * (${v1})` : s.act ? `act(${v1})` : v1;
@@ -389,9 +399,10 @@ ${nm ? `var<workgroup> xw: array<vec4<f32>, ${s.cols / 4}>;\n${FAST_SHARED}` : '
 var<workgroup> av: array<f32, ${PER}>;
 var<workgroup> kid: array<u32, ${PER}>;
 var<workgroup> wcount: u32;
+${s.skipZero ? 'var<workgroup> bits: array<atomic<u32>, 8>;\nvar<workgroup> nkw: u32;' : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  if (lid == 0u) { wcount = sel[0]; }
+  if (lid == 0u) { wcount = ${s.every ? `${s.rows}u` : 'sel[0]'}; }${s.skipZero ? '\n  if (lid < 8u) { atomicStore(&bits[lid], 0u); }' : ''}
   let count = workgroupUniformLoad(&wcount);
   let per = (count + ${C - 1}u) / ${C}u;
   let lo = min(count, wid.x * per);
@@ -407,7 +418,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc2 = 0.0;
     var row = 0u;
     if (i < hi) {
-      row = sel[1u + i];
+      row = ${id('i')};
       let base = row * ${U}u;
       var u0 = lane;
       ${preUse}
@@ -428,7 +439,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   var s0: array<vec4<f32>, ${NU}>;
   var s1: array<vec4<f32>, ${NU}>;
-  let nk = hi - lo;
+  ${s.skipZero ? `// the nonzero activations listed in order (kid / av rewritten in place: a thread per neuron of the chunk)
+  let own = lid < hi - lo;
+  var ka = 0.0;
+  var kr = 0u;
+  if (own) { ka = av[lid]; kr = kid[lid]; if (ka != 0.0) { atomicOr(&bits[lid / 32u], 1u << (lid % 32u)); } }
+  workgroupBarrier();
+  var below = 0u;
+  var nz = 0u;
+  for (var q = 0u; q < 8u; q++) { let cb = countOneBits(atomicLoad(&bits[q])); below += select(0u, cb, q < lid / 32u); nz += cb; }
+  if (own && ka != 0.0) { let at = below + countOneBits(atomicLoad(&bits[lid / 32u]) & ((1u << (lid % 32u)) - 1u)); kid[at] = kr; av[at] = ka; }
+  if (lid == 0u) { nkw = nz; if (nz > 0u) { atomicAdd(&stats[0], nz); } }
+  let nk = workgroupUniformLoad(&nkw);` : 'let nk = hi - lo;'}
   var k = 0u;
   for (; k + 3u < nk; k += 4u) {
     ${downRows('k', 4)}

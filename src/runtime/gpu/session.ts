@@ -159,6 +159,8 @@ export interface GpuSessionOptions {
   splitMlp?: boolean;
   /** chunks of the one-dispatch MLP over selected neurons (default: a chunk per 8 of a fixed set's neurons, at most MLP_CHUNKS) (benchmarks, tests) */
   mlpChunks?: number;
+  /** the lossless MLP in one dispatch (mlpSelWgsl every + skipZero) for an ffn of at most this many rows (default LOSSLESS_ONE_ROWS; 0: never) */
+  losslessOneRows?: number;
   /** greedy tokens per command submission (default SUBMIT_TOKENS) */
   submitTokens?: number;
 }
@@ -175,6 +177,14 @@ export const SUBMIT_TOKENS = 4;
  * only) this many
  */
 export const MLP_CHUNKS = 256;
+
+/**
+ * the lossless MLP in one dispatch (every neuron's activation, then the nonzero ones' down rows, a workgroup per
+ * chunk of dense's down axpy: the same bits as dense) up to this ffn width: where a step is bound by the host's
+ * encoding (small models), one dispatch a layer less is what makes it faster than dense; above it up's rows in
+ * 128 workgroups are too few to read at the matvec's rate
+ */
+export const LOSSLESS_ONE_ROWS = 4096;
 
 export class GpuDecodeSession {
   readonly counts: DecodeCounts = { mlpSelected: 0, mlpTotal: 0, headsSelected: 0, headsTotal: 0 };
@@ -310,9 +320,12 @@ export class GpuDecodeSession {
       }
       // lossless with a down site: the down axpy skips the zero activations itself (threshold 0: the same rows)
       const viaSkip = mm.mode === 'lossless' && Boolean(si?.down);
+      // the lossless MLP in one dispatch (no selection buffer: each chunk lists its nonzero activations itself)
+      const oneLossless = mm.mode === 'lossless' && !viaSkip && !si?.mlp && !o.unfused && F <= (o.losslessOneRows ?? LOSSLESS_ONE_ROWS) && Math.ceil(F / chunks) <= 256
+        && matvecNormBytes(d, false) + 8 * Math.ceil(F / chunks) + 64 <= gpu.limits.maxComputeWorkgroupStorageSize;
       // the MLP's selection made on the GPU this step (lossless: the nonzero activations; predicted: the predictor's
       // picks), its count zeroed by the attention block's last dispatch
-      const msel = (mm.mode === 'lossless' && !viaSkip) || mm.mode === 'predicted' ? mk(4 * (F + 4), `sel.mlp.${i}`) : undefined;
+      const msel = (mm.mode === 'lossless' && !viaSkip && !oneLossless) || mm.mode === 'predicted' ? mk(4 * (F + 4), `sel.mlp.${i}`) : undefined;
       // (a selection the layer's start makes, from x_attn, writes its count itself)
       const zsel = mm.mode === 'predicted' && mm.input === 'x_attn' ? undefined : msel;
       const NQ = (H + 2 * KV) * hd;
@@ -408,6 +421,11 @@ export class GpuDecodeSession {
           const dch = mm.mode === 'select' ? selChunks : chunks;
           return [...pre, ...upOf(set), down({ cols: d, rows: F, chunks: dch, gather: true }, [[0, Lw.down], [1, s.a], [2, s.part], [3, set.sel]]), reduce(dch)];
         }));
+      } else if (oneLossless) {
+        const op = this.op(mlpSelWgsl({ cols: d, rows: F, chunks, bias: Boolean(Lw.upBias), gated: false, gateBias: false, act, actThreshold: c.actThreshold,
+          norm: { kind: c.norm, eps: c.normEps, hasB: Boolean(Lw.ln2b) }, every: true, skipZero: true }),
+        [[0, Lw.up], [1, s.x], [2, s.part], ...opt(4, Lw.upBias), [8, Lw.ln2g], ...opt(9, Lw.ln2b), [12, statsOf(i)], [13, Lw.down]], chunks);
+        this.mlpOps.push([[...tag('updown', [op]), reduce(chunks)]]);
       } else if (mm.mode === 'lossless') {
         // up for every neuron, its nonzero activations compacted in the same dispatch (ids into msel, values into coef)
         this.mlpOps.push([[...up({ rows: F, compact: true }, [...upEntries(null, s.a), [7, msel!], [11, s.coef], [12, statsOf(i)]], Math.ceil(F / 8)),
