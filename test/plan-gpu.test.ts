@@ -71,19 +71,22 @@ describe.skipIf(!gpu)('a plan priced for the GPU decode runtime', () => {
     const model = loadModel(MODEL, { decode: true }), preds = loadPredictors(CF);
     try {
       const L = model.config.layers, F = model.config.ffn, dense = gpuDenseModes(L);
-      const names = async (modes: GpuModes, o: { unfused?: boolean } = {}) => {
+      const names = async (modes: GpuModes, o: { unfused?: boolean; losslessOneRows?: number; splitMlp?: boolean } = {}) => {
         const s = await gpuSession(model, modes, { capacity: 16, ...o });
         try { return s.opNames(0); } finally { s.dispose(); }
       };
-      const plain = ['qkv', 'attn', 'o', 'up', 'down', 'reduce'];
+      const plain = ['qkv', 'attn', 'o', 'up', 'down', 'reduce'], one = ['qkv', 'attn', 'o', 'updown', 'reduce']; // (one: up, act, down's rows in one dispatch)
       expect(await names(dense)).toEqual(plain);
       expect(await names(dense, { unfused: true })).toEqual(['qkv', 'qkv', 'attn', 'o', 'up', 'up', 'down', 'reduce']); // a norm dispatch counts with its matvec
-      expect(await names({ ...dense, mlp: dense.mlp.map(() => ({ mode: 'lossless' })) })).toEqual(plain);
+      const lossless: GpuModes = { ...dense, mlp: dense.mlp.map(() => ({ mode: 'lossless' })) };
+      expect(await names(lossless)).toEqual(one);
+      expect(await names(lossless, { losslessOneRows: 0 })).toEqual(plain);
       const sel = { mlp: dense.mlp.map(() => ({ mode: 'select' as const, sets: [Int32Array.from([1, 5, 9])] })), heads: dense.heads.map(() => ({ mode: 'select' as const, sets: [Int32Array.from([0, 2])] })) };
-      expect(await names(sel)).toEqual(plain);
+      expect(await names(sel)).toEqual(one);
+      expect(await names(sel, { splitMlp: true })).toEqual(plain);
       const pred = await names(gpuPlanModes(model.config, preds, null)); // the trained rules: predicted MLPs and heads
       expect(pred.filter((n) => n === 'pred').length).toBeGreaterThanOrEqual(2);
-      expect(pred.filter((n) => n !== 'pred')).toEqual(plain);
+      expect(pred.filter((n) => n !== 'pred')).toEqual(one);
       const at = { t: 0.5 };
       expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ attn: at, o: at, mlp: at })) })).toEqual(['site.attn', 'attn', 'site.o', 'site.o', 'site.mlp', 'site.mlp', 'site.down', 'reduce']); // (fc1's site, then its chunks' sum)
       expect(await names({ ...dense, inputs: Array.from({ length: L }, () => ({ down: at })) })).toEqual(['qkv', 'attn', 'o', 'up', 'site.down', 'reduce']);
