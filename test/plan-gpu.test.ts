@@ -36,7 +36,7 @@ const quiet = { log: (s: string) => { logs.push(s); }, progress: () => ({ update
 const MODEL = path.join(FIXTURES, 'opt-tiny-ref');
 const HELDOUT = path.join(import.meta.dirname, '..', 'data', 'heldout.jsonl');
 const ACTS = path.join(TMP, 'acts'), CF = path.join(TMP, 'cf');
-const SMALL = { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows: 1024, batchSize: 4, sites: false } as const;
+const SMALL = { seqLen: 32, searchTokens: 64, verifyTokens: 128, calibrationRows: 1024, batchSize: 4, sites: false, gpuTimingSteps: 24 } as const;
 const planCfg = (name: string, extra: Record<string, unknown>) => planSchema.parse({ model: MODEL, predictors: CF, activations: ACTS, out: path.join(TMP, name), ...SMALL, ...extra });
 const cacheOf = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'kernel-costs.json'), 'utf8')) as { shapes: Record<string, ShapeCosts>; predictors: Record<string, number> };
 

@@ -43,7 +43,7 @@ import { ppl } from '../eval/perplexity.js';
 import { frontierSpec, specToSvg } from '../eval/plots.js';
 import { decodeNll } from '../runtime/generate.js';
 import { decodeModes, PLAN_FORMAT_VERSION, planFileSchema, planInputMajor, readPlanFile, siteMasks, sitePicker, type InputSitePlan, type LayerPlan, type PlanFile, type RuntimePlan } from '../runtime/plan.js';
-import { alternatingStepMs, GPU_CHECK_STEPS, gpuAlternatingStepMs, gpuKernelCosts, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
+import { alternatingStepMs, gpuAlternatingStepMs, gpuKernelCosts, headSavingMs, kernelCosts, mlpMs, siteMs, type CostModel, type SiteCosts } from '../runtime/costs.js';
 import { gpuDenseModes, gpuPlanModes } from '../runtime/gpu/session.js';
 import { denseModes, inputMajorNames, type WeightCounts, type LayerInputs } from '../runtime/decoder.js';
 import { calibrateSites, thresholdAt, type SiteCalibration } from '../runtime/calibrate.js';
@@ -504,9 +504,9 @@ async function verifyPlan(x: Ctx, choice: Choice, verify: number[][]): Promise<{
     const both = [model, modelFor(layers)];
     let denseMs: number, planMs: number;
     try {
-      // the GPU: as generate --runtime gpu times them (a prompt of up to 8 tokens, then greedy runs of 199 steps in ABBA
+      // the GPU: as generate --runtime gpu times them (a prompt of up to 8 tokens, then greedy runs of gpuTimingSteps (199) steps in ABBA
       // groups: 3, then 4), the CPU: 32-step rounds at half the sequence length (5, then 7)
-      const gctx = Math.min(8, text.length - 1), gsteps = Math.max(1, Math.min(GPU_CHECK_STEPS, c.maxPositions - gctx - 1));
+      const gctx = Math.min(8, text.length - 1), gsteps = Math.max(1, Math.min(cfg.gpuTimingSteps, c.maxPositions - gctx - 1));
       const timed = (rounds: number) => withBar(`timing dense and the plan${cfg.runtime === 'gpu' ? ' on the GPU' : ''} (${rounds} rounds)`,
         cfg.runtime === 'gpu' ? 2 * (gctx + (1 + 2 * rounds) * gsteps) : 2 * (ctx + rounds * steps), 'steps',
         async (add) => (cfg.runtime === 'gpu' ? await gpuAlternatingStepMs(model, [gpuDenseModes(c.layers), gpuPlanModes(c, preds, { layers })], text, gctx, gsteps, rounds, add)
